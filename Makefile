@@ -1,0 +1,76 @@
+# TensorWasm — every developer and CI step lives here. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+PROTO_SRC := $(shell find protos/tensorwasm -name '*.proto' | sort)
+NPM_PREFIX := .tools/npm
+BUF := $(NPM_PREFIX)/node_modules/.bin/buf
+DATA_DIR ?= $(CURDIR)/.demo-data
+
+.PHONY: help setup sysdeps proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
+
+sysdeps: ## Install the Debian tools the tests use (wabt, clang for wasm32-wasi); needs root
+	@if ! command -v wat2wasm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wabt >/dev/null; \
+	  else echo "sysdeps: wat2wasm missing; install the 'wabt' package" >&2; fi; fi
+
+.venv/.synced: pyproject.toml uv.lock $(wildcard */pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(NPM_PREFIX) @bufbuild/buf@1.75.0
+
+setup: .venv/.synced $(BUF) ## Create .venv (uv workspace, all services + dev tools) and install buf
+	@echo "setup: .venv/bin/tensorwasm is ready"
+
+proto: .venv/.synced ## Regenerate Python code from protos/ (checked in)
+	$(PY) tools/gen_protos.py
+
+proto-check: .venv/.synced ## Fail if the generated code is stale
+	$(PY) tools/gen_protos.py --check
+
+lint: setup proto-check ## buf lint, ruff, mypy --strict
+	cd protos && ../$(BUF) lint
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy runtime_common services clients/python tools
+
+fmt: .venv/.synced ## Format the Python code
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+test: setup sysdeps ## Run the whole test suite (unit, integration, e2e) on the cpu backend
+	.venv/bin/pytest -m "not gpu and not bench" -q
+
+test-unit: .venv/.synced ## Unit tests only
+	.venv/bin/pytest tests/unit -q
+
+test-gpu: setup ## GPU tests (needs an NVIDIA device)
+	.venv/bin/pytest -m gpu -q
+
+bench: setup sysdeps ## Run the benchmark groups; JSON under bench-results/
+	$(PY) -m tests.bench --out bench-results
+
+up: setup ## Start the five services on loopback (state in DATA_DIR)
+	.venv/bin/tensorwasm up --data-dir $(DATA_DIR)
+
+down: ## Stop the local stack
+	.venv/bin/tensorwasm down --data-dir $(DATA_DIR)
+
+status: ## Show the local stack's health
+	.venv/bin/tensorwasm status --data-dir $(DATA_DIR)
+
+demo: setup ## Fresh clone to result: stack up, deploy the example, invoke it, stack down
+	bash deploy/demo.sh $(DATA_DIR)
+
+clean: ## Remove the venv, tools and local data
+	rm -rf .venv .tools .demo-data bench-results .pytest_cache .mypy_cache .ruff_cache
