@@ -1,0 +1,1 @@
+"""Shared runtime of the TensorWasm services: settings, logging, tracing, metrics, bootstrap."""

@@ -1,0 +1,197 @@
+"""Server bootstrap: interceptors, health, reflection, metrics, ready file, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from tensorwasm_common.interceptors import ErrorInterceptor
+from tensorwasm_common.logs import configure_logging
+from tensorwasm_common.metrics import start_metrics_endpoint
+from tensorwasm_common.settings import ServerSettings, SettingsError, load_settings, split_address
+from tensorwasm_common.tracing import configure_tracing
+
+_log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[bool]]
+Cleanup = Callable[[], Awaitable[None]]
+SettingsT = TypeVar("SettingsT", bound=ServerSettings)
+
+
+@dataclass
+class ServiceHost:
+    """A gRPC server for one service with its standard companions."""
+
+    service: str
+    settings: ServerSettings
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def set_serving(self, serving: bool) -> None:
+        """Sets the health of the whole server and of each of its services."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            asyncio.get_running_loop().create_task(self.health.set(name, status))
+
+
+def create_host(
+    service: str, settings: ServerSettings, service_names: Sequence[str]
+) -> ServiceHost:
+    """Creates the server with tracing and error interceptors, health and reflection.
+
+    Register the service's servicers on `host.server`, then call `serve_forever`.
+    """
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), ErrorInterceptor(service)], options=options
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    host, _port = split_address(settings.listen_address)
+    port = server.add_insecure_port(settings.listen_address)
+    if port == 0:
+        raise OSError(f"{service}: cannot listen on {settings.listen_address}")
+    return ServiceHost(service, settings, server, health_servicer, names, port)
+
+
+def bootstrap(service: str, settings: ServerSettings) -> None:
+    """Configures JSON logging and tracing for a service process."""
+    configure_logging(service, settings.log_level)
+    configure_tracing(service)
+
+
+async def serve_forever(
+    host: ServiceHost,
+    *,
+    health_check: HealthCheck | None = None,
+    health_interval_seconds: float = 2.0,
+    cleanup: Cleanup | None = None,
+) -> None:
+    """Starts the server, reports readiness, and on SIGTERM/SIGINT shuts down gracefully:
+    health NOT_SERVING, drain for the grace period, stop, release resources."""
+    settings = host.settings
+    metrics_address = (
+        start_metrics_endpoint(settings.metrics_address) if settings.metrics_address else ""
+    )
+    await host.server.start()
+    bind_host, _ = split_address(settings.listen_address)
+    grpc_address = f"{bind_host}:{host.port}"
+    serving = await _check(health_check)
+    host.set_serving(serving)
+    if settings.ready_file is not None:
+        _write_ready_file(settings.ready_file, host.service, grpc_address, metrics_address)
+    _log.info(
+        "serving",
+        extra={
+            "grpc_address": grpc_address,
+            "metrics_address": metrics_address,
+            "pid": os.getpid(),
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    monitor = asyncio.create_task(_monitor_health(host, health_check, health_interval_seconds))
+    await stop.wait()
+    _log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    monitor.cancel()
+    host.set_serving(False)
+    await host.server.stop(settings.shutdown_grace_seconds)
+    if cleanup is not None:
+        await cleanup()
+    with contextlib.suppress(Exception):
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+    _log.info("stopped")
+
+
+async def _check(health_check: HealthCheck | None) -> bool:
+    if health_check is None:
+        return True
+    try:
+        return await health_check()
+    except Exception:
+        _log.warning("health check failed", exc_info=True)
+        return False
+
+
+async def _monitor_health(host: ServiceHost, check: HealthCheck | None, interval: float) -> None:
+    if check is None:
+        return
+    last = True
+    while True:
+        await asyncio.sleep(interval)
+        serving = await _check(check)
+        if serving != last:
+            _log.warning("health changed", extra={"serving": serving})
+            host.set_serving(serving)
+            last = serving
+
+
+def _write_ready_file(path: Path, service: str, grpc_address: str, metrics_address: str) -> None:
+    """Writes the bound addresses atomically so a launcher can read them once complete."""
+    payload = {
+        "service": service,
+        "pid": os.getpid(),
+        "grpc_address": grpc_address,
+        "metrics_address": metrics_address,
+    }
+    temp = path.with_suffix(path.suffix + ".tmp")
+    temp.write_text(json.dumps(payload))
+    os.replace(temp, path)
+
+
+def run_main(
+    service: str,
+    settings_type: type[SettingsT],
+    serve: Callable[[SettingsT], Awaitable[None]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The body of every service's `main()`: settings (fail fast), logging, tracing, serve."""
+    try:
+        settings = load_settings(
+            settings_type, service, argv=sys.argv[1:] if argv is None else argv
+        )
+    except SettingsError as exc:
+        print(f"tensorwasm-{service}: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    bootstrap(service, settings)
+    asyncio.run(serve(settings))

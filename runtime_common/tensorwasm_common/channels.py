@@ -1,0 +1,34 @@
+"""Client channels between services: traced, size-capped, with deadlines and tenant metadata."""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+TENANT_METADATA_KEY = "x-tensorwasm-tenant"
+DEFAULT_TENANT = "default"
+
+
+def open_channel(address: str, *, max_message_bytes: int = 64 << 20) -> grpc.aio.Channel:
+    """An insecure (loopback or mesh-mTLS) channel that propagates W3C traceparent."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+    ]
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=aio_client_interceptors()
+    )
+
+
+async def peer_serving(channel: grpc.aio.Channel, *, timeout_seconds: float = 2.0) -> bool:
+    """True when the peer's `grpc.health.v1` answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout_seconds
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

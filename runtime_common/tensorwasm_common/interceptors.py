@@ -1,0 +1,124 @@
+"""The server interceptor that maps exceptions to rich statuses and records request metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError
+
+from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
+from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, grpc_code, to_status_proto
+
+_log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns ServiceError into `google.rpc.Status` + ErrorInfo, and anything else into an
+    INTERNAL error that does not leak internals. Counts every request by method and code."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._domain = domain_of(service)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = Code.OK
+            try:
+                return await behavior(request, context)
+            except AbortError:
+                code = _context_code(context)
+                raise
+            except Exception as exc:
+                error = self._as_service_error(exc, method)
+                code = error.code
+                await self._abort(context, error)
+            finally:
+                self._record(method, code, started)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = Code.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except AbortError:
+                code = _context_code(context)
+                raise
+            except Exception as exc:
+                error = self._as_service_error(exc, method)
+                code = error.code
+                await self._abort(context, error)
+            finally:
+                self._record(method, code, started)
+
+        return wrapped
+
+    @staticmethod
+    def _as_service_error(exc: Exception, method: str) -> ServiceError:
+        if isinstance(exc, ServiceError):
+            if exc.code == Code.INTERNAL:
+                _log.error("internal error in %s: %s", method, exc, exc_info=exc)
+            return exc
+        _log.error("unhandled exception in %s", method, exc_info=exc)
+        return ServiceError("internal error", code=Code.INTERNAL, reason="INTERNAL")
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+        status = to_status_proto(error, self._domain)
+        await context.abort(
+            grpc_code(error.code),
+            error.message,
+            trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+        )
+
+    def _record(self, method: str, code: Code, started: float) -> None:
+        GRPC_REQUESTS.labels(self._service, method, code.name).inc()
+        GRPC_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+
+
+def _context_code(context: grpc.aio.ServicerContext) -> Code:
+    code = context.code()
+    return Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN

@@ -1,0 +1,129 @@
+"""Typed, frozen service settings read from TENSORWASM_<SVC>_* variables and CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Settings every service has: where it listens and how it reports."""
+
+    listen_address: str = "127.0.0.1:0"
+    metrics_address: str = "127.0.0.1:0"
+    ready_file: Path | None = None
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 5.0
+    max_message_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        _require_address("listen_address", self.listen_address)
+        if self.metrics_address:
+            _require_address("metrics_address", self.metrics_address)
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError(
+                f"log_level: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"
+            )
+        if self.shutdown_grace_seconds < 0:
+            raise SettingsError("shutdown_grace_seconds: must be >= 0")
+        if self.max_message_bytes < 1 << 20:
+            raise SettingsError("max_message_bytes: must be at least 1 MiB")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Splits `host:port` (or `[v6]:port`) into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _require_address(field: str, value: str) -> None:
+    try:
+        split_address(value)
+    except SettingsError as exc:
+        raise SettingsError(f"{field}: {exc}") from None
+
+
+def env_name(service: str, field: str) -> str:
+    """The environment variable of a setting, e.g. TENSORWASM_GATEWAY_LISTEN_ADDRESS."""
+    return f"TENSORWASM_{service.upper()}_{field.upper()}"
+
+
+def load_settings(
+    cls: type[T],
+    service: str,
+    *,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Builds `cls` from defaults, then the environment, then `--field-name` flags.
+
+    Raises:
+        SettingsError: a value does not parse or fails the class's validation.
+    """
+    environ = os.environ if environ is None else environ
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    values: dict[str, Any] = {}
+    for field in fields:
+        name = env_name(service, field.name)
+        if name in environ:
+            values[field.name] = _convert(name, hints[field.name], environ[name])
+    if argv is not None:
+        parser = argparse.ArgumentParser(prog=f"tensorwasm-{service}")
+        for field in fields:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name)
+        parsed = parser.parse_args(argv)
+        for field in fields:
+            raw = getattr(parsed, field.name)
+            if raw is not None:
+                values[field.name] = _convert(f"--{field.name}", hints[field.name], raw)
+    try:
+        return cls(**values)
+    except SettingsError as exc:
+        raise SettingsError(f"{service} settings: {exc}") from None
+
+
+def _convert(source: str, annotation: Any, raw: str) -> Any:
+    optional = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(members) < len(typing.get_args(annotation))
+        annotation = members[0]
+    if optional and raw == "":
+        return None
+    try:
+        if annotation is bool:
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return lowered in _TRUE
+        if annotation is int:
+            return int(raw, 0)
+        if annotation in (float, str, Path):
+            return annotation(raw)
+        if typing.get_origin(annotation) is tuple:
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+    except ValueError:
+        kind = getattr(annotation, "__name__", str(annotation))
+        raise SettingsError(f"{source}: expected {kind}, got {raw!r}") from None
+    raise TypeError(f"unsupported settings type {annotation!r} for {source}")
