@@ -64,6 +64,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The page token is malformed or stale."""
     ERROR_REASON_UNSATISFIED_IMPORT: _ErrorReason.ValueType  # 20
     """The module's imports cannot be satisfied by the executor."""
+    ERROR_REASON_INVALID_VALUE: _ErrorReason.ValueType  # 21
+    """A value does not fit its wasm type (e.g. a v128 that is not 16 bytes)."""
+    ERROR_REASON_CUDA_UNAVAILABLE: _ErrorReason.ValueType  # 22
+    """The cuda backend was required but no CUDA device answers."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -113,4 +117,8 @@ ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 19
 """The page token is malformed or stale."""
 ERROR_REASON_UNSATISFIED_IMPORT: ErrorReason.ValueType  # 20
 """The module's imports cannot be satisfied by the executor."""
+ERROR_REASON_INVALID_VALUE: ErrorReason.ValueType  # 21
+"""A value does not fit its wasm type (e.g. a v128 that is not 16 bytes)."""
+ERROR_REASON_CUDA_UNAVAILABLE: ErrorReason.ValueType  # 22
+"""The cuda backend was required but no CUDA device answers."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,400 @@
+"""The wasmtime sandbox: one engine, a compiled-module LRU, and isolated per-call invocations."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import wasmtime
+from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+
+from tensorwasm_executor import rawcall
+from tensorwasm_executor.errors import (
+    ArgumentMismatchError,
+    ExportNotFoundError,
+    InvalidWasmError,
+    UnsatisfiedImportError,
+    UnsupportedValueTypeError,
+)
+from tensorwasm_executor.values import ValueType, WasmValue
+
+__all__ = ["CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "Sandbox"]
+
+# Engine settings; every one is part of `Sandbox.engine_fingerprint`.
+ENGINE_FLAGS: Mapping[str, bool | str | int] = {
+    "epoch_interruption": True,
+    "cranelift_opt_level": "speed",
+    "cranelift_nan_canonicalization": False,
+    "wasm_threads": False,
+    "wasm_simd": True,
+    "wasm_multi_value": True,
+    "wasm_reference_types": True,
+    "wasm_bulk_memory": True,
+    "max_wasm_stack": 512 * 1024,
+}
+TRAP_CODES = frozenset(
+    {
+        "STACK_OVERFLOW", "MEMORY_OUT_OF_BOUNDS", "HEAP_MISALIGNED", "TABLE_OUT_OF_BOUNDS",
+        "INDIRECT_CALL_TO_NULL", "BAD_SIGNATURE", "INTEGER_OVERFLOW", "INTEGER_DIVISION_BY_ZERO",
+        "BAD_CONVERSION_TO_INTEGER", "UNREACHABLE", "INTERRUPT", "OUT_OF_FUEL", "NULL_REFERENCE",
+    }
+)  # fmt: skip
+_IMPORT_NAME = re.compile(r"`(.*)::(.*)`")
+
+
+@dataclass(frozen=True)
+class HostModule:
+    """A host import module (e.g. `wasi:cuda/host@0.2.0`) and the function defining it."""
+
+    name: str
+    define: Callable[[wasmtime.Linker], None]
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """A function export and its signature."""
+
+    name: str
+    params: tuple[ValueType, ...]
+    results: tuple[ValueType, ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a guest did not return: TRAP, DEADLINE_EXCEEDED or PROC_EXIT."""
+
+    reason: str
+    trap_code: str | None
+    message: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one invocation: results or a failure, plus captured output."""
+
+    results: tuple[WasmValue, ...] | None
+    failure: Failure | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    guest_seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledModule:
+    """A validated, compiled, import-resolved module and its export signatures."""
+
+    digest: str
+    exports: tuple[ExportInfo, ...]
+    size_bytes: int
+    module: wasmtime.Module = field(repr=False)
+    instance_pre: wasmtime.InstancePre = field(repr=False)
+    engine: wasmtime.Engine = field(repr=False)
+    unrepresentable: frozenset[str] = field(repr=False)
+    _by_name: Mapping[str, ExportInfo] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {info.name: info for info in self.exports})
+
+    def export(self, name: str) -> ExportInfo:
+        """Returns the callable export `name`.
+
+        Raises:
+            ExportNotFoundError: no function export has that name.
+            UnsupportedValueTypeError: its signature has a reference (or other) type.
+        """
+        info = self._by_name.get(name)
+        if info is not None:
+            bad = [t.value for t in info.params + info.results if t.is_reference]
+            if bad:
+                raise UnsupportedValueTypeError(
+                    f"export {name!r} uses {bad[0]}", metadata={"export": name, "type": bad[0]}
+                )
+            return info
+        if name in self.unrepresentable:
+            raise UnsupportedValueTypeError(
+                f"export {name!r} uses an unsupported type", metadata={"export": name}
+            )
+        raise ExportNotFoundError(f"no function export {name!r}", metadata={"export": name})
+
+
+class _Capture:
+    """A WASI output sink that keeps the first `limit` bytes and flags the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.truncated = False
+
+    def write(self, chunk: bytes) -> int:
+        room = self.limit - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0:
+            self.data += chunk[:room]
+        return len(chunk)  # the guest always sees a full write
+
+
+def _fingerprint() -> str:
+    facts = {
+        "wasmtime": importlib.metadata.version("wasmtime"),
+        "flags": dict(ENGINE_FLAGS),
+        "machine": platform.machine(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _signature(types: Sequence[ValueType]) -> str:
+    return "(" + ", ".join(t.value for t in types) + ")"
+
+
+def _trap_code(trap: wasmtime.Trap) -> str:
+    try:
+        code = trap.trap_code
+    except ValueError:  # a code newer than wasmtime-py's TrapCode enum
+        return "OTHER"
+    return code.name if code is not None and code.name in TRAP_CODES else "OTHER"
+
+
+def _failure(exc: wasmtime.Trap | wasmtime.WasmtimeError, returns: bool) -> Failure | None:
+    """Maps a wasmtime failure to a Failure (None: a successful proc_exit(0))."""
+    host = rawcall.take_host_exception()
+    if isinstance(exc, wasmtime.ExitTrap):
+        if exc.code == 0 and not returns:
+            return None
+        return Failure("PROC_EXIT", None, f"guest exited with status {exc.code}", exc.code)
+    suffix = f" (host function raised {host!r})" if host is not None else ""
+    if isinstance(exc, wasmtime.Trap):
+        code = _trap_code(exc)
+        reason = "DEADLINE_EXCEEDED" if code == "INTERRUPT" else "TRAP"
+        return Failure(reason, code, exc.message + suffix, None)
+    return Failure("TRAP", "OTHER", str(exc) + suffix, None)
+
+
+class Sandbox:
+    """Compiles modules once and runs each invocation in a fresh store and instance."""
+
+    def __init__(
+        self,
+        *,
+        default_timeout_seconds: float = 10.0,
+        max_output_bytes: int = 1 << 20,
+        epoch_tick_seconds: float = 0.01,
+        module_cache_entries: int = 256,
+        host_modules: Sequence[HostModule] = (),
+    ) -> None:
+        if default_timeout_seconds <= 0 or epoch_tick_seconds <= 0:
+            raise ValueError("timeouts and the epoch tick must be positive")
+        if max_output_bytes < 0 or module_cache_entries < 1:
+            raise ValueError("max_output_bytes must be >= 0 and module_cache_entries >= 1")
+        self._timeout = default_timeout_seconds
+        self._max_output = max_output_bytes
+        self._tick = epoch_tick_seconds
+        self._capacity = module_cache_entries
+        config = wasmtime.Config()
+        for flag, value in ENGINE_FLAGS.items():
+            setattr(config, flag, value)
+        self._engine = wasmtime.Engine(config)
+        self._linker = wasmtime.Linker(self._engine)
+        self._linker.define_wasi()
+        for host in host_modules:
+            host.define(self._linker)
+        self._fingerprint = _fingerprint()
+        self._cache: OrderedDict[str, CompiledModule] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._active = 0  # invocations in flight; the ticker outlives close() until 0
+        self._ticker = threading.Thread(
+            target=self._run_ticker, name="wasm-epoch-ticker", daemon=True
+        )
+        self._ticker.start()
+
+    def _run_ticker(self) -> None:
+        while not (self._stop.is_set() and self._active == 0):
+            time.sleep(self._tick)
+            self._engine.increment_epoch()
+
+    @property
+    def engine_fingerprint(self) -> str:
+        """A hex digest of the wasmtime version, the engine flags and the machine."""
+        return self._fingerprint
+
+    def compile(self, digest: str, wasm: bytes) -> CompiledModule:
+        """Validates, compiles and caches a module under `digest` (which is not re-checked).
+
+        Args:
+            digest: the content digest the caller computed over `wasm`.
+            wasm: the module's binary bytes (text format is rejected).
+
+        Returns:
+            The cached module when `digest` is known, else the newly compiled one.
+
+        Raises:
+            InvalidWasmError: the bytes do not validate (wasmtime's message).
+            UnsatisfiedImportError: an import is neither WASI preview 1 nor a host module.
+        """
+        cached = self.lookup(digest)
+        if cached is not None:
+            return cached
+        try:
+            wasmtime.Module.validate(self._engine, wasm)
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        try:
+            pre = self._linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            match = _IMPORT_NAME.search(str(exc))
+            where = match.groups() if match else ("", "")
+            raise UnsatisfiedImportError(
+                str(exc), metadata={"module": where[0], "name": where[1]}
+            ) from None
+        exports, unrepresentable = [], set()
+        for export in module.exports:
+            if isinstance(export.type, wasmtime.FuncType):
+                signature = rawcall.signature_of(export.type)
+                if signature is None:
+                    unrepresentable.add(export.name)
+                else:
+                    exports.append(ExportInfo(export.name, *signature))
+        compiled = CompiledModule(
+            digest, tuple(exports), len(wasm), module, pre, self._engine, frozenset(unrepresentable)
+        )
+        with self._lock:
+            compiled = self._cache.setdefault(digest, compiled)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def lookup(self, digest: str) -> CompiledModule | None:
+        """Returns the cached module for `digest` (marking it recently used), or None."""
+        with self._lock:
+            compiled = self._cache.get(digest)
+            if compiled is not None:
+                self._cache.move_to_end(digest)
+            return compiled
+
+    def invoke(
+        self,
+        module: CompiledModule,
+        export: str,
+        args: Sequence[WasmValue],
+        *,
+        stdin: bytes = b"",
+        timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
+    ) -> Outcome:
+        """Runs `export` in a fresh store and instance of `module`.
+
+        A `proc_exit(0)` from an export without results (e.g. `_start`) is a success
+        with no results, as under `wasmtime run`; any other proc_exit is a PROC_EXIT
+        failure. Guest traps and the deadline are failures in the Outcome, not raised.
+
+        Args:
+            module: a module compiled by this sandbox.
+            export: the function export to call.
+            args: arguments, checked against the export's signature.
+            stdin: the guest's WASI stdin.
+            timeout_seconds: wall-clock budget (instantiation included), rounded up to ticks.
+            max_output_bytes: cap on each of stdout and stderr.
+
+        Returns:
+            The Outcome: results or a Failure, captured output and guest time.
+
+        Raises:
+            ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
+            InvalidArgumentError: the timeout is not a positive finite number.
+            UnavailableError: the sandbox is closed.
+        """
+        if module.engine is not self._engine:
+            raise ValueError("module was compiled by another Sandbox")
+        info = module.export(export)
+        got = tuple(arg.type for arg in args)
+        if got != info.params:
+            expected = _signature(info.params)
+            raise ArgumentMismatchError(
+                f"export {export!r} takes {expected}, got {_signature(got)}",
+                metadata={"export": export, "expected": expected, "got": _signature(got)},
+            )
+        timeout = self._timeout if timeout_seconds is None else timeout_seconds
+        if not 0 < timeout < math.inf:
+            raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
+        limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
+        with self._lock:
+            if self._stop.is_set():
+                raise UnavailableError("the sandbox is closed")
+            self._active += 1
+        try:
+            return self._run(module, info, args, stdin=stdin, timeout=timeout, limit=limit)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _run(
+        self,
+        module: CompiledModule,
+        info: ExportInfo,
+        args: Sequence[WasmValue],
+        *,
+        stdin: bytes,
+        timeout: float,
+        limit: int,
+    ) -> Outcome:
+        stdout, stderr = _Capture(limit), _Capture(limit)
+        wasi = wasmtime.WasiConfig()
+        if stdin:
+            rawcall.set_stdin_bytes(wasi, stdin)
+        wasi.stdout_custom = stdout.write
+        wasi.stderr_custom = stderr.write
+        store = wasmtime.Store(self._engine)
+        results: tuple[WasmValue, ...] | None = ()
+        failure = None
+        try:
+            store.set_wasi(wasi)
+            store.set_epoch_deadline(min(max(1, math.ceil(timeout / self._tick)), 1 << 62))
+            started = time.perf_counter()
+            try:
+                instance = rawcall.instantiate(module.instance_pre, store)
+                results = rawcall.call(store, instance, info.name, info.results, args)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                failure = _failure(exc, bool(info.results))
+            elapsed = time.perf_counter() - started
+        finally:
+            store.close()
+        return Outcome(
+            results=None if failure else results,
+            failure=failure,
+            stdout=bytes(stdout.data),
+            stderr=bytes(stderr.data),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            guest_seconds=elapsed,
+        )
+
+    def close(self) -> None:
+        """Stops the epoch ticker once in-flight invocations end (their deadlines bound it).
+
+        Idempotent; later invocations raise UnavailableError.
+        """
+        with self._lock:
+            self._stop.set()
+        if self._ticker.is_alive() and self._ticker is not threading.current_thread():
+            self._ticker.join()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

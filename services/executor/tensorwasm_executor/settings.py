@@ -1,0 +1,37 @@
+"""Settings of the executor, from TENSORWASM_EXECUTOR_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecutorSettings(ServerSettings):
+    """Where modules come from and how guests are run."""
+
+    listen_address: str = "127.0.0.1:50052"
+    snapshot_address: str = "127.0.0.1:50054"
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
+    default_timeout_seconds: float = 10.0
+    max_timeout_seconds: float = 300.0
+    max_output_bytes: int = 1 << 20
+    module_cache_entries: int = 256
+    epoch_tick_seconds: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            split_address(self.snapshot_address)
+        except SettingsError as exc:
+            raise SettingsError(f"snapshot_address: {exc}") from None
+        if self.workers <= 0:
+            raise SettingsError("workers: must be positive")
+        if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
+            raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
+        if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
+            raise SettingsError("max_output_bytes and module_cache_entries must be positive")
+        if not 0.001 <= self.epoch_tick_seconds <= 1.0:
+            raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")
