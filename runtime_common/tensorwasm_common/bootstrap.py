@@ -9,10 +9,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -66,8 +66,9 @@ def create_host(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ErrorInterceptor(service)], options=options
+        interceptors=[tracing_interceptor, ErrorInterceptor(service)], options=options
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -80,7 +81,6 @@ def create_host(
         ],
         server,
     )
-    host, _port = split_address(settings.listen_address)
     port = server.add_insecure_port(settings.listen_address)
     if port == 0:
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
@@ -182,7 +182,7 @@ def _write_ready_file(path: Path, service: str, grpc_address: str, metrics_addre
 def run_main(
     service: str,
     settings_type: type[SettingsT],
-    serve: Callable[[SettingsT], Awaitable[None]],
+    serve: Callable[[SettingsT], Coroutine[Any, Any, None]],
     argv: Sequence[str] | None = None,
 ) -> None:
     """The body of every service's `main()`: settings (fail fast), logging, tracing, serve."""

@@ -17,7 +17,9 @@ def open_channel(address: str, *, max_message_bytes: int = 64 << 20) -> grpc.aio
         ("grpc.enable_retries", 1),
     ]
     return grpc.aio.insecure_channel(
-        address, options=options, interceptors=aio_client_interceptors()
+        address,
+        options=options,
+        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
     )
 
 

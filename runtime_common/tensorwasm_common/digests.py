@@ -6,7 +6,7 @@ import re
 
 import blake3
 
-DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
 def blake3_hex(data: bytes) -> str:
@@ -16,4 +16,4 @@ def blake3_hex(data: bytes) -> str:
 
 def is_digest(value: str) -> bool:
     """True when `value` is a well-formed content address."""
-    return bool(DIGEST_PATTERN.match(value))
+    return bool(DIGEST_PATTERN.fullmatch(value))

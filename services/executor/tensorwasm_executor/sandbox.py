@@ -192,6 +192,8 @@ class Sandbox:
         max_output_bytes: int = 1 << 20,
         epoch_tick_seconds: float = 0.01,
         module_cache_entries: int = 256,
+        max_memory_bytes: int = 256 << 20,
+        max_table_elements: int = 100_000,
         host_modules: Sequence[HostModule] = (),
     ) -> None:
         if default_timeout_seconds <= 0 or epoch_tick_seconds <= 0:
@@ -202,6 +204,9 @@ class Sandbox:
         self._max_output = max_output_bytes
         self._tick = epoch_tick_seconds
         self._capacity = module_cache_entries
+        # Per-store caps: a memory.grow or table.grow bomb gets -1, not the host's memory.
+        self._max_memory = max_memory_bytes
+        self._max_table_elements = max_table_elements
         config = wasmtime.Config()
         for flag, value in ENGINE_FLAGS.items():
             setattr(config, flag, value)
@@ -363,6 +368,7 @@ class Sandbox:
         failure = None
         try:
             store.set_wasi(wasi)
+            store.set_limits(memory_size=self._max_memory, table_elements=self._max_table_elements)
             store.set_epoch_deadline(min(max(1, math.ceil(timeout / self._tick)), 1 << 62))
             started = time.perf_counter()
             try:

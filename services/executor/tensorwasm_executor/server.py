@@ -25,6 +25,8 @@ async def serve(settings: ExecutorSettings) -> None:
         max_output_bytes=settings.max_output_bytes,
         epoch_tick_seconds=settings.epoch_tick_seconds,
         module_cache_entries=settings.module_cache_entries,
+        max_memory_bytes=settings.max_memory_bytes,
+        max_table_elements=settings.max_table_elements,
     )
     workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="guest")
     compile_pool = ThreadPoolExecutor(1, thread_name_prefix="compile")

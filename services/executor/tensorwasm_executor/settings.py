@@ -19,6 +19,8 @@ class ExecutorSettings(ServerSettings):
     max_timeout_seconds: float = 300.0
     max_output_bytes: int = 1 << 20
     module_cache_entries: int = 256
+    max_memory_bytes: int = 256 << 20
+    max_table_elements: int = 100_000
     epoch_tick_seconds: float = 0.01
 
     def __post_init__(self) -> None:
@@ -33,5 +35,7 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
             raise SettingsError("max_output_bytes and module_cache_entries must be positive")
+        if self.max_memory_bytes < 1 << 16 or self.max_table_elements < 0:
+            raise SettingsError("max_memory_bytes: at least one wasm page (65536)")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")

@@ -423,3 +423,22 @@ def test_closed_and_foreign_use(numeric: CompiledModule) -> None:
     module = _compile(box, NUMERIC)
     with pytest.raises(UnavailableError):
         box.invoke(module, "nothing", [])
+
+
+def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_traps() -> None:
+    grow = """
+    (module (memory 1)
+      (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+    """
+    big = '(module (memory (export "m") 4096) (func (export "f")))'
+    with Sandbox(max_memory_bytes=2 << 20) as sandbox:
+        module = sandbox.compile("a" * 64, bytes(wasmtime.wat2wasm(grow)))
+        # 16 pages (1 MiB) more fits under 2 MiB; 65535 pages (4 GiB) do not: grow returns -1.
+        ok = sandbox.invoke(module, "grow", [WasmValue.i32(16)])
+        bomb = sandbox.invoke(module, "grow", [WasmValue.i32(65535)])
+        assert ok.results == (WasmValue.i32(1),)
+        assert bomb.results == (WasmValue.i32(-1),)
+        huge = sandbox.compile("b" * 64, bytes(wasmtime.wat2wasm(big)))
+        outcome = sandbox.invoke(huge, "f", [])
+        assert outcome.failure is not None
+        assert outcome.failure.reason == "TRAP"

@@ -1,0 +1,249 @@
+"""Durable content-addressed blobs on local disk: BLAKE3-named, zstd at rest, verified on read.
+
+Layout: ``<root>/blobs/<digest[:2]>/<digest>`` holds committed blobs; ``<root>/tmp/`` holds
+in-flight writes (same filesystem, so the rename is atomic) and is emptied when a store opens,
+so one root belongs to one process. A digest is BLAKE3-256 of the plaintext in lowercase hex.
+A writer puts a placeholder header first and the real one last, fsyncs, renames into place and
+fsyncs the directory (and ``blobs/`` for a new ``<xx>/``): a blob is whole or absent after a crash.
+
+Blob file: a 60-byte little-endian header, then one zstd frame (with content checksum):
+
+    0   magic b"TWBLOB\\x00" + format version byte 1    20  BLAKE3 digest, 32 raw bytes
+    8   plaintext size, u64                            52  zstd frame size, u64
+    16  zstd level used, i32 (informational)           60  the zstd frame
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+import zstandard
+from tensorwasm_common.errors import InvalidArgumentError
+
+from tensorwasm_snapshot import errors
+
+_MAGIC, _HEADER = b"TWBLOB\x00\x01", struct.Struct("<8sQi32sQ")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_INSTALL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex digest prefix
+
+
+def validate_digest(digest: object) -> str:
+    """Returns `digest` if it is 64 lowercase hex digits, else raises InvalidDigestError."""
+    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
+        raise errors.InvalidDigestError(digest)
+    return digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A committed blob: digest, plaintext size, and on-disk size (header plus frame)."""
+
+    digest: str
+    size_bytes: int
+    stored_size_bytes: int
+
+
+class BlobStore:
+    """Immutable blobs named by digest, safe from many threads; `chunk_bytes` sizes reads."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        compression_level: int = 3,
+        max_blob_bytes: int = 256 << 20,
+        chunk_bytes: int = 1 << 20,
+    ) -> None:
+        """Opens (creating if needed) the store at `root` and deletes stale temp files."""
+        if not (1 <= compression_level <= 22 and max_blob_bytes >= 0 and chunk_bytes >= 1):
+            raise ValueError("need 1 <= compression_level <= 22, max_blob_bytes >= 0, chunk >= 1")
+        self.root, self.compression_level = Path(root), compression_level
+        self.max_blob_bytes, self.chunk_bytes = max_blob_bytes, chunk_bytes
+        self._blobs, self._tmp = self.root / "blobs", self.root / "tmp"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(exist_ok=True)
+        _fsync_dir(self.root)  # make a new blobs/ durable
+        for entry in os.scandir(self._tmp):  # exhausting the iterator closes it
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+
+    def writer(
+        self, *, expected_digest: str | None = None, expected_size: int | None = None
+    ) -> BlobWriter:
+        """Starts an upload (a context manager) whose `commit()` checks the expected digest/size."""
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+        if expected_size is not None and expected_size < 0:
+            raise InvalidArgumentError("expected_size must be >= 0")
+        if (expected_size or 0) > self.max_blob_bytes:
+            raise errors.TooLargeError(self.max_blob_bytes)
+        return BlobWriter(self, expected_digest, expected_size)
+
+    def stat(self, digest: str) -> BlobInfo:
+        """Describes a blob from its header; BlobIntegrityError if the header is damaged."""
+        with self._open(validate_digest(digest)) as fh:
+            return self._header(digest, fh)
+
+    def open_verified(self, digest: str) -> Iterator[bytes]:
+        """Returns an iterator of `chunk_bytes` plaintext pieces that never yields a damaged byte.
+
+        Its first `next()` verifies the whole blob in constant memory (BlobNotFoundError,
+        BlobIntegrityError); a second pass then yields, re-hashing, raising at the end if changed.
+        """
+        return self._verified(validate_digest(digest))
+
+    def read_bytes(self, digest: str) -> bytes:
+        """Returns a whole verified blob, decompressed once (memory grows with its size)."""
+        return b"".join(self._decode(validate_digest(digest)))
+
+    def put_bytes(self, data: bytes) -> tuple[BlobInfo, bool]:
+        """Stores `data`; returns its info and True if it was already stored (deduplicated)."""
+        with self.writer() as blob_writer:
+            blob_writer.write(data)
+            return blob_writer.commit()
+
+    def check(self) -> None:
+        """Health check: raises OSError unless the store exists and files can be created."""
+        for directory in (self._blobs, self._tmp):
+            tempfile.TemporaryFile(dir=directory).close()
+
+    def _open(self, digest: str) -> BinaryIO:
+        try:
+            return (self._blobs / digest[:2] / digest).open("rb")
+        except FileNotFoundError:
+            raise errors.BlobNotFoundError(digest) from None
+
+    @staticmethod
+    def _header(digest: str, fh: BinaryIO) -> BlobInfo:
+        raw = fh.read(_HEADER.size).ljust(_HEADER.size, b"\0")  # then the file size check fails
+        magic, size, _level, raw_digest, frame_size = _HEADER.unpack(raw)
+        stored = os.fstat(fh.fileno()).st_size
+        if magic != _MAGIC or raw_digest.hex() != digest or stored != _HEADER.size + frame_size:
+            raise errors.BlobIntegrityError(digest, "bad magic, version, digest or file size")
+        return BlobInfo(digest, size, stored)
+
+    def _verified(self, digest: str) -> Iterator[bytes]:
+        tail = deque(self._decode(digest), maxlen=2)  # check pass; a lone piece is kept
+        yield from tail if len(tail) < 2 else self._decode(digest)
+
+    def _decode(self, digest: str) -> Iterator[bytes]:
+        # Yields the plaintext; raises BlobIntegrityError, at the end at the latest, if bad.
+        with self._open(digest) as fh:
+            info = self._header(digest, fh)
+            if info.size_bytes > self.max_blob_bytes:
+                raise errors.BlobIntegrityError(digest, "declared size over max_blob_bytes")
+            hasher, total = blake3.blake3(), 0
+            try:
+                dctx = zstandard.ZstdDecompressor()
+                with dctx.stream_reader(fh, read_across_frames=True, closefd=False) as reader:
+                    while piece := reader.read(self.chunk_bytes):
+                        total += len(piece)
+                        if total > info.size_bytes:  # also the decompression-bomb guard
+                            raise errors.BlobIntegrityError(digest, "more plaintext than declared")
+                        hasher.update(piece)
+                        yield piece
+            except zstandard.ZstdError as exc:
+                raise errors.BlobIntegrityError(digest, f"zstd: {exc}") from exc
+        if total != info.size_bytes or hasher.hexdigest() != digest:
+            raise errors.BlobIntegrityError(digest, "plaintext size or digest mismatch")
+
+    def _install(self, tmp_path: Path, info: BlobInfo) -> tuple[BlobInfo, bool]:
+        final = self._blobs / info.digest[:2] / info.digest
+        with _INSTALL_LOCKS[int(info.digest[:2], 16)]:
+            try:
+                existing = self.stat(info.digest)
+                deque(self._decode(info.digest), maxlen=0)  # verify it: keep no damaged copy
+                tmp_path.unlink()
+                return existing, True
+            except (errors.BlobNotFoundError, errors.BlobIntegrityError):
+                pass  # absent, or damaged and about to be replaced
+            if not final.parent.is_dir():  # other committers of this prefix wait on the lock
+                final.parent.mkdir()
+                _fsync_dir(self._blobs)
+            os.replace(tmp_path, final)
+            _fsync_dir(final.parent)
+        return info, False
+
+
+class BlobWriter:
+    """One streaming upload into a temp file, used by one thread at a time."""
+
+    def __init__(self, store: BlobStore, digest: str | None, size: int | None) -> None:
+        """Opens a temp file under the store's ``tmp/``; prefer `BlobStore.writer()`."""
+        self._store, self._want_digest, self._want_size = store, digest, size
+        self._limit = store.max_blob_bytes if size is None else size
+        self._size, self._done, self._hasher = 0, False, blake3.blake3()
+        fd, name = tempfile.mkstemp(dir=store._tmp, prefix="blob-", suffix=".part")
+        self._tmp_path, self._file = Path(name), os.fdopen(fd, "wb")
+        self._file.write(bytes(_HEADER.size))  # placeholder, rewritten by commit()
+        cctx = zstandard.ZstdCompressor(level=store.compression_level, write_checksum=True)
+        self._cobj = cctx.compressobj()
+
+    def write(self, chunk: bytes) -> None:
+        """Hashes and compresses more plaintext; TooLargeError (and abort) past the limit."""
+        if self._done:
+            raise RuntimeError("blob writer already committed or aborted")
+        if self._size + len(chunk) > self._limit:
+            self.abort()
+            raise errors.TooLargeError(self._limit)
+        self._size += len(chunk)
+        self._hasher.update(chunk)
+        self._file.write(self._cobj.compress(chunk))
+
+    def commit(self) -> tuple[BlobInfo, bool]:
+        """Checks size/digest (DigestMismatchError), installs durably; -> (info, deduplicated)."""
+        if self._done:
+            raise RuntimeError("blob writer already committed or aborted")
+        try:
+            self._file.write(self._cobj.flush())
+            digest, size = self._hasher.hexdigest(), self._size
+            if self._want_size is not None and size != self._want_size:
+                raise errors.DigestMismatchError(expected_size=self._want_size, actual_size=size)
+            if self._want_digest is not None and digest != self._want_digest:
+                raise errors.DigestMismatchError(expected=self._want_digest, actual=digest)
+            info = BlobInfo(digest, size, self._file.tell())
+            self._file.seek(0)
+            level, frame_size = self._store.compression_level, info.stored_size_bytes - _HEADER.size
+            self._file.write(_HEADER.pack(_MAGIC, size, level, bytes.fromhex(digest), frame_size))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            result = self._store._install(self._tmp_path, info)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return result
+
+    def abort(self) -> None:
+        """Discards the upload and its temp file; a no-op once committed or aborted."""
+        if not self._done:
+            self._done = True
+            try:
+                self._file.close()
+            finally:
+                self._tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()  # a no-op after commit(); an escaping exception cannot undo a commit
