@@ -9,18 +9,13 @@ NPM_PREFIX := .tools/npm
 BUF := $(NPM_PREFIX)/node_modules/.bin/buf
 DATA_DIR ?= $(CURDIR)/.demo-data
 
-.PHONY: help setup sysdeps proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean
+.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(UV):
 	python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
-
-sysdeps: ## Install the Debian tools the tests use (wabt, clang for wasm32-wasi); needs root
-	@if ! command -v wat2wasm >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wabt >/dev/null; \
-	  else echo "sysdeps: wat2wasm missing; install the 'wabt' package" >&2; fi; fi
 
 .venv/.synced: pyproject.toml uv.lock $(wildcard */pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) | $(UV)
 	$(UV) sync --frozen --all-packages
@@ -48,7 +43,7 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-test: setup sysdeps ## Run the whole test suite (unit, integration, e2e) on the cpu backend
+test: setup ## Run the whole test suite (unit, integration, e2e) on the cpu backend
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
 test-unit: .venv/.synced ## Unit tests only
@@ -57,7 +52,7 @@ test-unit: .venv/.synced ## Unit tests only
 test-gpu: setup ## GPU tests (needs an NVIDIA device)
 	.venv/bin/pytest -m gpu -q
 
-bench: setup sysdeps ## Run the benchmark groups; JSON under bench-results/
+bench: setup ## Run the benchmark groups; JSON under bench-results/
 	$(PY) -m tests.bench --out bench-results
 
 up: setup ## Start the five services on loopback (state in DATA_DIR)

@@ -1,0 +1,1 @@
+"""The TensorWasm Python client and the tensorwasm CLI."""

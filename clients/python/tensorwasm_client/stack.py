@@ -1,0 +1,227 @@
+"""The local stack: the five services as separate processes on loopback, one data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# Start order: every service starts after the ones it calls.
+SERVICES = ("snapshot", "jit", "dispatcher", "executor", "gateway")
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "executor": 50052,
+    "dispatcher": 50053,
+    "snapshot": 50054,
+    "jit": 50055,
+}
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """One running service."""
+
+    name: str
+    pid: int
+    grpc_address: str
+    metrics_address: str
+    log_path: str
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/tensorwasm`, else `~/.local/share/tensorwasm`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tensorwasm"
+
+
+class LocalStack:
+    """Starts, inspects and stops the local stack kept in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        ephemeral_ports: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self._host = host
+        self._ephemeral = ephemeral_ports
+        self._extra_env = dict(extra_env or {})
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def state_path(self) -> Path:
+        """Where the running stack's pids and addresses are recorded."""
+        return self.data_dir / STATE_FILE
+
+    def start(self, timeout_seconds: float = 60.0) -> dict[str, ServiceProcess]:
+        """Starts every service, waiting until each one's health check says SERVING."""
+        if self.running():
+            raise StackError(f"a stack is already running from {self.data_dir}; stop it first")
+        for sub in ("run", "logs"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        started: dict[str, ServiceProcess] = {}
+        try:
+            for name in SERVICES:
+                started[name] = self._start_one(name, started, timeout_seconds)
+                self._write_state(started)
+        except BaseException:
+            self._write_state(started)
+            self.stop()
+            raise
+        return started
+
+    def _service_env(self, name: str, started: dict[str, ServiceProcess]) -> dict[str, str]:
+        prefix = f"TENSORWASM_{name.upper()}_"
+        port = 0 if self._ephemeral else DEFAULT_PORTS[name]
+        env = {
+            **os.environ,
+            **self._extra_env,
+            prefix + "LISTEN_ADDRESS": f"{self._host}:{port}",
+            prefix + "METRICS_ADDRESS": f"{self._host}:0",
+            prefix + "READY_FILE": str(self.data_dir / "run" / f"{name}.ready.json"),
+            "OTEL_SERVICE_NAME": f"tensorwasm-{name}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if (
+            "jsonl" in env.get("OTEL_TRACES_EXPORTER", "")
+            and "TENSORWASM_TRACES_JSONL_PATH" not in self._extra_env
+        ):
+            env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{name}.jsonl")
+        if name == "snapshot":
+            env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
+        if name in ("executor", "gateway"):
+            env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
+        if name == "gateway":
+            env[prefix + "EXECUTOR_ADDRESSES"] = started["executor"].grpc_address
+            env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
+        return env
+
+    def _start_one(
+        self, name: str, started: dict[str, ServiceProcess], timeout_seconds: float
+    ) -> ServiceProcess:
+        ready_file = self.data_dir / "run" / f"{name}.ready.json"
+        ready_file.unlink(missing_ok=True)
+        log_path = self.data_dir / "logs" / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"tensorwasm_{name}"],
+                env=self._service_env(name, started),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        deadline = time.monotonic() + timeout_seconds
+        while not ready_file.exists():
+            if process.poll() is not None:
+                raise StackError(f"{name} exited with {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not start in {timeout_seconds}s:\n{_tail(log_path)}")
+            time.sleep(0.05)
+        ready = json.loads(ready_file.read_text())
+        service = ServiceProcess(
+            name, process.pid, ready["grpc_address"], ready["metrics_address"], str(log_path)
+        )
+        while health(service.grpc_address) != "SERVING":
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"{name} never reported SERVING:\n{_tail(log_path)}")
+            time.sleep(0.1)
+        return service
+
+    def _write_state(self, services: dict[str, ServiceProcess]) -> None:
+        temp = self.state_path.with_suffix(".tmp")
+        temp.write_text(json.dumps({n: asdict(s) for n, s in services.items()}, indent=2))
+        os.replace(temp, self.state_path)
+
+    def services(self) -> dict[str, ServiceProcess]:
+        """The recorded services (running or not)."""
+        if not self.state_path.exists():
+            return {}
+        raw = json.loads(self.state_path.read_text())
+        return {name: ServiceProcess(**fields) for name, fields in raw.items()}
+
+    def running(self) -> bool:
+        """True when any recorded service process is still alive."""
+        return any(_alive(s) for s in self.services().values())
+
+    def stop(self, grace_seconds: float = 15.0) -> list[str]:
+        """SIGTERM in reverse start order, SIGKILL what outlives the grace period."""
+        services = self.services()
+        order = [services[n] for n in reversed(SERVICES) if n in services]
+        stopped = []
+        for service in order:
+            if not _alive(service):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(service.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+            while self._still_running(service) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._still_running(service):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(service.pid, signal.SIGKILL)
+                while self._still_running(service):
+                    time.sleep(0.05)
+            stopped.append(service.name)
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs one service (for crash tests) and reaps it."""
+        service = self.services()[name]
+        os.kill(service.pid, signal.SIGKILL)
+        while self._still_running(service):
+            time.sleep(0.02)
+
+    def _still_running(self, service: ServiceProcess) -> bool:
+        child = self._children.get(service.pid)
+        if child is not None:
+            return child.poll() is None
+        return _alive(service)
+
+
+def health(address: str, timeout_seconds: float = 1.0) -> str:
+    """The server's overall health: SERVING, NOT_SERVING, ... or UNREACHABLE."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_seconds
+            )
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _alive(service: ServiceProcess) -> bool:
+    try:
+        cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{service.pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return not zombie and f"tensorwasm_{service.name}".encode() in cmdline
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,1 @@
+"""TensorWasm gateway service."""

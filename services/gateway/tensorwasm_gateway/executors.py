@@ -1,0 +1,60 @@
+"""Calls to executor replicas: rendezvous routing, failover only where no call has started."""
+
+from __future__ import annotations
+
+import grpc
+from tensorwasm.executor.v1 import executor_service_pb2 as pb
+from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import open_channel
+from tensorwasm_common.errors import ServiceError, UnavailableError
+from tensorwasm_common.status import downstream_error
+
+from tensorwasm_gateway.routing import rendezvous_order
+
+_DOWN = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+class ExecutorPool:
+    """One channel per executor replica; each module digest prefers the same replica."""
+
+    def __init__(self, addresses: tuple[str, ...], *, max_message_bytes: int, timeout: float):
+        self._channels = {
+            a: open_channel(a, max_message_bytes=max_message_bytes) for a in addresses
+        }
+        self._stubs = {a: pb_grpc.ExecutorServiceStub(c) for a, c in self._channels.items()}
+        self._timeout = timeout
+
+    async def prepare(self, digest: str) -> pb.PrepareModuleResponse:
+        """Compiles on the preferred replica; PrepareModule is idempotent, so any
+        UNAVAILABLE replica is skipped for the next one."""
+        last: ServiceError | None = None
+        for address in rendezvous_order(digest, list(self._stubs)):
+            try:
+                response: pb.PrepareModuleResponse = await self._stubs[address].PrepareModule(
+                    pb.PrepareModuleRequest(module_digest=digest), timeout=self._timeout
+                )
+                return response
+            except grpc.aio.AioRpcError as exc:
+                last = downstream_error(exc, f"executor {address}")
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise last from exc
+        raise last or UnavailableError("no executor replica is configured")
+
+    async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
+        """Runs the call on the first replica (in rendezvous order) whose channel is not
+        known to be down. A call that reached a replica is never sent to another one."""
+        order = rendezvous_order(request.module_digest, list(self._stubs))
+        usable = [a for a in order if self._channels[a].get_state(try_to_connect=True) not in _DOWN]
+        address = (usable or order)[0]
+        try:
+            response: pb.InvokeResponse = await self._stubs[address].Invoke(
+                request, timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, f"executor {address}") from exc
+        return response
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        for channel in self._channels.values():
+            await channel.close()

@@ -1,0 +1,151 @@
+"""The durable function registry in SQLite (WAL, synchronous=FULL), scoped by tenant."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS functions (
+    tenant TEXT NOT NULL,
+    function_id TEXT NOT NULL,
+    module_digest TEXT NOT NULL,
+    module_size_bytes INTEGER NOT NULL,
+    exports_json TEXT NOT NULL,
+    create_time_ns INTEGER NOT NULL,
+    PRIMARY KEY (tenant, function_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """An export's name and its signature as value-type names (`i32`, `f64`, ...)."""
+
+    name: str
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    """One deployed function."""
+
+    tenant: str
+    function_id: str
+    module_digest: str
+    module_size_bytes: int
+    exports: tuple[ExportRecord, ...]
+    create_time_ns: int
+
+
+class Registry:
+    """Function rows; every write is committed durably before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+
+    def insert(self, record: FunctionRecord) -> None:
+        """Adds a function; FunctionAlreadyExistsError if the tenant has one of that id."""
+        exports = json.dumps(
+            [{"name": e.name, "params": e.params, "results": e.results} for e in record.exports]
+        )
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        record.tenant,
+                        record.function_id,
+                        record.module_digest,
+                        record.module_size_bytes,
+                        exports,
+                        record.create_time_ns,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise FunctionAlreadyExistsError(
+                f"function {record.function_id!r} already exists",
+                metadata={"function_id": record.function_id},
+            ) from None
+
+    def get(self, tenant: str, function_id: str) -> FunctionRecord:
+        """The function; FunctionNotFoundError when the tenant has none of that id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM functions WHERE tenant = ? AND function_id = ?",
+                (tenant, function_id),
+            ).fetchone()
+        if row is None:
+            raise FunctionNotFoundError(
+                f"function {function_id!r} not found", metadata={"function_id": function_id}
+            )
+        return _record(row)
+
+    def exists(self, tenant: str, function_id: str) -> bool:
+        """True when the tenant has a function of that id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM functions WHERE tenant = ? AND function_id = ?",
+                (tenant, function_id),
+            ).fetchone()
+        return row is not None
+
+    def list_page(self, tenant: str, after: str, limit: int) -> list[FunctionRecord]:
+        """Up to `limit` functions with ids greater than `after`, ordered by id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM functions WHERE tenant = ? AND function_id > ? "
+                "ORDER BY function_id LIMIT ?",
+                (tenant, after, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def delete(self, tenant: str, function_id: str) -> None:
+        """Removes a function; FunctionNotFoundError when there is none."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM functions WHERE tenant = ? AND function_id = ?",
+                (tenant, function_id),
+            )
+        if cursor.rowcount == 0:
+            raise FunctionNotFoundError(
+                f"function {function_id!r} not found", metadata={"function_id": function_id}
+            )
+
+    def check(self) -> None:
+        """Health: the database answers a query."""
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        """Closes the connection."""
+        with self._lock:
+            self._db.close()
+
+
+def now_ns() -> int:
+    """The creation timestamp for new rows."""
+    return time.time_ns()
+
+
+def _record(row: tuple[str, str, str, int, str, int]) -> FunctionRecord:
+    tenant, function_id, digest, size, exports_json, created = row
+    exports = tuple(
+        ExportRecord(e["name"], tuple(e["params"]), tuple(e["results"]))
+        for e in json.loads(exports_json)
+    )
+    return FunctionRecord(tenant, function_id, digest, size, exports, created)

@@ -1,0 +1,48 @@
+"""Builds and runs the gateway server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.blob_client import BlobClient
+from tensorwasm_common.bootstrap import create_host, serve_forever
+from tensorwasm_common.channels import open_channel, peer_serving
+
+from tensorwasm_gateway.executors import ExecutorPool
+from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.registry import Registry
+from tensorwasm_gateway.servicer import GatewayServicer
+from tensorwasm_gateway.settings import GatewaySettings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Serves until SIGTERM; NOT_SERVING while the registry or the store is unreachable."""
+    registry = Registry(settings.database_path)
+    store_channel = open_channel(
+        settings.snapshot_address, max_message_bytes=settings.max_message_bytes
+    )
+    executors = ExecutorPool(
+        settings.executor_addresses,
+        max_message_bytes=settings.max_message_bytes,
+        timeout=settings.downstream_timeout_seconds,
+    )
+    functions = FunctionService(
+        registry, BlobClient(store_channel), executors, max_module_bytes=settings.max_module_bytes
+    )
+    host = create_host("gateway", settings, [SERVICE_NAME])
+    pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(functions), host.server)
+
+    async def healthy() -> bool:
+        await asyncio.to_thread(registry.check)
+        return await peer_serving(store_channel)
+
+    async def cleanup() -> None:
+        await executors.close()
+        await store_channel.close()
+        registry.close()
+
+    await serve_forever(host, health_check=healthy, cleanup=cleanup)

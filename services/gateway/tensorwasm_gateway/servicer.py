@@ -1,0 +1,138 @@
+"""GatewayService: proto <-> function-service translation and the tenant from metadata."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import grpc
+from tensorwasm.common.v1 import values_pb2
+from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+
+from tensorwasm_gateway.errors import InvalidPageTokenError
+from tensorwasm_gateway.functions import FunctionService, function_id_from_name, validate_tenant
+from tensorwasm_gateway.registry import FunctionRecord
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_WIRE_TYPES: dict[str, values_pb2.ValueType.ValueType] = {
+    "i32": values_pb2.VALUE_TYPE_I32,
+    "i64": values_pb2.VALUE_TYPE_I64,
+    "f32": values_pb2.VALUE_TYPE_F32,
+    "f64": values_pb2.VALUE_TYPE_F64,
+    "v128": values_pb2.VALUE_TYPE_V128,
+    "funcref": values_pb2.VALUE_TYPE_FUNCREF,
+    "externref": values_pb2.VALUE_TYPE_EXTERNREF,
+}
+
+
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The tenant named in the call's metadata, or the default tenant."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA_KEY:
+            return validate_tenant(str(value))
+    return DEFAULT_TENANT
+
+
+def function_to_wire(record: FunctionRecord) -> pb.Function:
+    """The function resource on the wire."""
+    function = pb.Function(
+        name=f"functions/{record.function_id}",
+        tenant=record.tenant,
+        module_digest=record.module_digest,
+        module_size_bytes=record.module_size_bytes,
+        exports=[
+            values_pb2.ExportedFunction(
+                name=e.name,
+                signature=values_pb2.FunctionSignature(
+                    params=[
+                        _WIRE_TYPES.get(t, values_pb2.VALUE_TYPE_UNSPECIFIED) for t in e.params
+                    ],
+                    results=[
+                        _WIRE_TYPES.get(t, values_pb2.VALUE_TYPE_UNSPECIFIED) for t in e.results
+                    ],
+                ),
+            )
+            for e in record.exports
+        ],
+    )
+    function.create_time.FromNanoseconds(record.create_time_ns)
+    return function
+
+
+def encode_page_token(last_id: str) -> str:
+    """An opaque token that resumes listing after `last_id`."""
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    """The id to resume after; InvalidPageTokenError when the token is not ours."""
+    if not token:
+        return ""
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidPageTokenError("page_token is malformed") from None
+    if not isinstance(after, str):
+        raise InvalidPageTokenError("page_token is malformed")
+    return after
+
+
+class GatewayServicer(pb_grpc.GatewayServiceServicer):
+    """The public API."""
+
+    def __init__(self, functions: FunctionService) -> None:
+        self._functions = functions
+
+    async def CreateFunction(
+        self, request: pb.CreateFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateFunctionResponse:
+        record = await self._functions.create(tenant_of(context), request.function_id, request.wasm)
+        return pb.CreateFunctionResponse(function=function_to_wire(record))
+
+    async def GetFunction(
+        self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetFunctionResponse:
+        tenant = tenant_of(context)
+        record = await self._functions.get(tenant, function_id_from_name(request.name))
+        return pb.GetFunctionResponse(function=function_to_wire(record))
+
+    async def ListFunctions(
+        self, request: pb.ListFunctionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListFunctionsResponse:
+        tenant = tenant_of(context)
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if page_size < 0:
+            page_size = DEFAULT_PAGE_SIZE
+        after = decode_page_token(request.page_token)
+        records = await self._functions.list_page(tenant, after, page_size + 1)
+        page = records[:page_size]
+        token = encode_page_token(page[-1].function_id) if len(records) > page_size else ""
+        return pb.ListFunctionsResponse(
+            functions=[function_to_wire(r) for r in page], next_page_token=token
+        )
+
+    async def DeleteFunction(
+        self, request: pb.DeleteFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteFunctionResponse:
+        tenant = tenant_of(context)
+        await self._functions.delete(tenant, function_id_from_name(request.name))
+        return pb.DeleteFunctionResponse()
+
+    async def Invoke(
+        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InvokeResponse:
+        tenant = tenant_of(context)
+        function_id = function_id_from_name(request.name)
+        downstream = executor_pb.InvokeRequest(
+            export_name=request.export_name,
+            args=request.args,
+            stdin=request.stdin,
+            limits=request.limits,
+        )
+        response, export = await self._functions.invoke(tenant, function_id, downstream)
+        return pb.InvokeResponse(outcome=response.outcome, export_name=export)

@@ -1,0 +1,35 @@
+"""Settings of the gateway, from TENSORWASM_GATEWAY_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tensorwasm_common.paths import default_data_dir
+from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatewaySettings(ServerSettings):
+    """Where the registry lives and which backends the gateway talks to."""
+
+    listen_address: str = "127.0.0.1:50051"
+    executor_addresses: tuple[str, ...] = ("127.0.0.1:50052",)
+    snapshot_address: str = "127.0.0.1:50054"
+    database_path: Path = dataclasses.field(
+        default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
+    )
+    max_module_bytes: int = 32 << 20
+    downstream_timeout_seconds: float = 330.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.executor_addresses:
+            raise SettingsError("executor_addresses: at least one executor is required")
+        for address in (*self.executor_addresses, self.snapshot_address):
+            try:
+                split_address(address)
+            except SettingsError as exc:
+                raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
+        if not 8 <= self.max_module_bytes <= self.max_message_bytes:
+            raise SettingsError("max_module_bytes: must be in [8, max_message_bytes]")
