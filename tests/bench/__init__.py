@@ -1,0 +1,1 @@
+"""TensorWasm benchmarks: `python -m tests.bench --out bench-results [--groups ...] [--quick]`."""

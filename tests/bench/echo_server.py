@@ -1,0 +1,137 @@
+"""A bare grpc.aio echo server (optionally relaying one hop), and its launcher, for bench floors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+# The services run grpc.aio servers on plain asyncio, so the floor does too: same framework, no
+# interceptors, no application logic. Generic handlers with no (de)serializers move raw bytes.
+SERVICE = "tensorwasm.bench.v1.Echo"
+METHOD = "Unary"
+FULL_METHOD = f"/{SERVICE}/{METHOD}"
+# The same per-call deadline the harness puts on every call (it is sent as grpc-timeout).
+FORWARD_TIMEOUT_SECONDS = 30.0
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.echo_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    parser.add_argument(
+        "--forward", default="", metavar="HOST:PORT", help="relay each call to this echo server"
+    )
+    return parser.parse_args(argv)
+
+
+async def _serve(host: str, port: int, forward: str) -> None:
+    downstream: grpc.aio.Channel | None = None
+    if forward:
+        downstream = grpc.aio.insecure_channel(forward)
+        relay = downstream.unary_unary(FULL_METHOD)
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            reply: bytes = await relay(request, timeout=FORWARD_TIMEOUT_SECONDS)
+            return reply
+
+    else:
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(handle)}
+            ),
+        )
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"echo_server: cannot listen on {host}:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # The launcher reads exactly one line: the bound port.
+    print(bound, flush=True)
+    await stop.wait()
+    await server.stop(0.5)
+    if downstream is not None:
+        await downstream.close()
+
+
+@contextlib.contextmanager
+def running_echo_server(
+    log_path: Path, *, forward: str = "", timeout_seconds: float = 30.0
+) -> Iterator[str]:
+    """Starts an echo server in its own OS process, yields its address, stops it on exit."""
+    repo_root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "tests.bench.echo_server", "--port", "0"]
+    if forward:
+        command += ["--forward", forward]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=repo_root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        yield f"127.0.0.1:{_read_port(process, log_path, timeout_seconds)}"
+    finally:
+        _stop(process)
+
+
+def _read_port(process: subprocess.Popen[bytes], log_path: Path, timeout_seconds: float) -> int:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"echo server did not report its port in {timeout_seconds}s")
+        readable, _, _ = select.select([process.stdout], [], [], remaining)
+        if readable:
+            break
+    line = process.stdout.readline().strip()
+    if not line.isdigit():
+        log = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"echo server failed to start (exit {process.poll()}):\n{log}")
+    return int(line)
+
+
+def _stop(process: subprocess.Popen[bytes], grace_seconds: float = 5.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serves until SIGTERM/SIGINT, after printing the bound port on stdout."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.host, args.port, args.forward))
+
+
+if __name__ == "__main__":
+    main()

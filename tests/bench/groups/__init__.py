@@ -1,0 +1,1 @@
+"""Benchmark groups: every module here registers its groups with `@harness.group(...)`."""
