@@ -35,11 +35,7 @@ def _generate(out_dir: Path) -> None:
 
 
 def _generated_files(root: Path) -> set[Path]:
-    return {
-        p.relative_to(root)
-        for p in root.rglob("*.py*")
-        if p.name.endswith(GENERATED_SUFFIXES)
-    }
+    return {p.relative_to(root) for p in root.rglob("*.py*") if p.name.endswith(GENERATED_SUFFIXES)}
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,6 +70,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except AbortError:
                 code = _context_code(context)
                 raise
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
             except Exception as exc:
                 error = self._as_service_error(exc, method)
                 code = error.code
@@ -87,6 +91,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     yield response
             except AbortError:
                 code = _context_code(context)
+                raise
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
                 raise
             except Exception as exc:
                 error = self._as_service_error(exc, method)
@@ -117,6 +124,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _record(self, method: str, code: Code, started: float) -> None:
         GRPC_REQUESTS.labels(self._service, method, code.name).inc()
         GRPC_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> Code:
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return Code.DEADLINE_EXCEEDED if expired else Code.CANCELLED
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> Code:

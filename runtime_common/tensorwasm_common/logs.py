@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"] = format(context.trace_id, "032x")
             entry["span_id"] = format(context.span_id, "016x")
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            if key not in _STANDARD_ATTRS and key not in entry and not key.startswith("_"):
                 entry[key] = value if isinstance(value, str | int | float | bool) else repr(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

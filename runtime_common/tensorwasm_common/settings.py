@@ -40,7 +40,7 @@ class ServerSettings:
             raise SettingsError(
                 f"log_level: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"
             )
-        if self.shutdown_grace_seconds < 0:
+        if not 0 <= self.shutdown_grace_seconds < float("inf"):
             raise SettingsError("shutdown_grace_seconds: must be >= 0")
         if self.max_message_bytes < 1 << 20:
             raise SettingsError("max_message_bytes: must be at least 1 MiB")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -26,10 +24,11 @@ def to_status_proto(error: ServiceError, default_domain: str) -> status_pb2.Stat
     status = status_pb2.Status(code=int(error.code), message=error.message)
     status.details.add().Pack(info)
     if error.retry_after_seconds is not None:
-        seconds = max(error.retry_after_seconds, 0.0)
-        whole = math.floor(seconds)
+        total_nanos = round(max(error.retry_after_seconds, 0.0) * 1e9)
         retry = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+            retry_delay=duration_pb2.Duration(
+                seconds=total_nanos // 1_000_000_000, nanos=total_nanos % 1_000_000_000
+            )
         )
         status.details.add().Pack(retry)
     return status

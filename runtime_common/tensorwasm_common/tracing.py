@@ -89,7 +89,10 @@ def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            exporters.append(OTLPSpanExporter())
+            endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+                "OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+            exporters.append(OTLPSpanExporter(endpoint=endpoint or None))
         elif name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name == "jsonl":

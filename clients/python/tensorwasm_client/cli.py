@@ -103,7 +103,10 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.file.suffix == ".wat":
         import wasmtime
 
-        source = bytes(wasmtime.wat2wasm(source.decode()))
+        try:
+            source = bytes(wasmtime.wat2wasm(source.decode()))
+        except wasmtime.WasmtimeError as exc:
+            raise ArgumentError(f"{args.file} is not valid WAT: {exc}") from None
     name = args.name or re.sub(r"[^a-z0-9-]+", "-", args.file.stem.lower()).strip("-")
     with _client(args) as client:
         function = client.create_function(name, source)

@@ -53,7 +53,7 @@ def _one(arg: Any, kind: str, position: int) -> values_pb2.Value:
         return values_pb2.Value(i32=arg) if kind == "i32" else values_pb2.Value(i64=arg)
     if kind in ("f32", "f64"):
         if isinstance(arg, dict) and "bits" in arg:
-            return _float_bits(kind, int(str(arg["bits"]), 0))
+            return _float_bits(kind, _parse_bits(arg["bits"], 32 if kind == "f32" else 64, where))
         if isinstance(arg, str) and arg.lower() in _NON_FINITE:
             arg = _NON_FINITE[arg.lower()]
         if isinstance(arg, bool) or not isinstance(arg, int | float):
@@ -65,11 +65,24 @@ def _one(arg: Any, kind: str, position: int) -> values_pb2.Value:
             raise ArgumentError(f"{where}: {arg} does not fit in {kind}") from None
         return _float_bits(kind, struct.unpack(fmt[1], packed)[0])
     if kind == "v128":
-        data = bytes.fromhex(str(arg).removeprefix("0x")) if isinstance(arg, str) else b""
+        try:
+            data = bytes.fromhex(arg.removeprefix("0x")) if isinstance(arg, str) else b""
+        except ValueError:
+            data = b""
         if len(data) != 16:
             raise ArgumentError(f"{where}: expected 32 hex digits")
         return values_pb2.Value(v128=data)
     raise ArgumentError(f"{where}: this value type cannot be passed over the API")
+
+
+def _parse_bits(raw: object, width: int, where: str) -> int:
+    try:
+        bits = int(str(raw), 0)
+    except ValueError:
+        raise ArgumentError(f"{where}: bits must be an integer such as 0x7fa00000") from None
+    if not 0 <= bits < 1 << width:
+        raise ArgumentError(f"{where}: bits {raw} do not fit in {width} bits")
+    return bits
 
 
 def _float_bits(kind: str, bits: int) -> values_pb2.Value:

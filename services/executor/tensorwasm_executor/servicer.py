@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.errors import InvalidArgumentError
 
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.modules import ModuleProvider
@@ -51,6 +52,11 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             requested = request.limits.timeout.ToTimedelta().total_seconds()
             if requested > 0:
                 timeout = min(requested, self._settings.max_timeout_seconds)
+        if request.limits.max_output_bytes < 0:
+            raise InvalidArgumentError(
+                "limits.max_output_bytes must not be negative",
+                metadata={"field": "limits.max_output_bytes"},
+            )
         max_output = request.limits.max_output_bytes or self._settings.max_output_bytes
         call = functools.partial(
             self._sandbox.invoke,

@@ -21,8 +21,8 @@ from tensorwasm_gateway.errors import (
 from tensorwasm_gateway.executors import ExecutorPool
 from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry, now_ns
 
-FUNCTION_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 _TYPE_NAMES = {
     values_pb2.VALUE_TYPE_I32: "i32",
@@ -45,7 +45,7 @@ class BlobPutter(Protocol):
 def function_id_from_name(name: str) -> str:
     """`functions/{id}` -> id, validating the pattern."""
     prefix, _, function_id = name.partition("/")
-    if prefix != "functions" or not FUNCTION_ID.match(function_id):
+    if prefix != "functions" or not FUNCTION_ID.fullmatch(function_id):
         raise InvalidNameError(
             "name must be functions/{id} with id matching [a-z][a-z0-9-]{0,62}",
             metadata={"name": name[:200]},
@@ -55,7 +55,7 @@ def function_id_from_name(name: str) -> str:
 
 def validate_tenant(tenant: str) -> str:
     """The tenant id, validated."""
-    if not TENANT_ID.match(tenant):
+    if not TENANT_ID.fullmatch(tenant):
         raise InvalidNameError(
             "tenant must match [a-z0-9][a-z0-9_-]{0,62}", metadata={"tenant": tenant[:200]}
         )
@@ -80,7 +80,7 @@ class FunctionService:
 
     async def create(self, tenant: str, function_id: str, wasm: bytes) -> FunctionRecord:
         """Deploys a module: validated, stored, compiled by an executor, then recorded."""
-        if not FUNCTION_ID.match(function_id):
+        if not FUNCTION_ID.fullmatch(function_id):
             raise InvalidNameError(
                 "function_id must match [a-z][a-z0-9-]{0,62}",
                 metadata={"function_id": function_id[:200]},

@@ -19,6 +19,7 @@ from tensorwasm_gateway.registry import FunctionRecord
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_TOKEN_CHARS = 512
 _WIRE_TYPES: dict[str, values_pb2.ValueType.ValueType] = {
     "i32": values_pb2.VALUE_TYPE_I32,
     "i64": values_pb2.VALUE_TYPE_I64,
@@ -73,9 +74,11 @@ def decode_page_token(token: str) -> str:
     """The id to resume after; InvalidPageTokenError when the token is not ours."""
     if not token:
         return ""
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidPageTokenError("page_token is malformed")
     try:
         after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidPageTokenError("page_token is malformed") from None
     if not isinstance(after, str):
         raise InvalidPageTokenError("page_token is malformed")

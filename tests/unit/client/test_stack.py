@@ -1,0 +1,188 @@
+"""Unit tests for the pure parts of tensorwasm_client.stack: state file, liveness, health."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from tensorwasm_client import stack
+from tensorwasm_client.stack import (
+    DEFAULT_PORTS,
+    SERVICES,
+    STATE_FILE,
+    LocalStack,
+    ServiceProcess,
+    default_data_dir,
+    health,
+)
+
+
+def _service(name: str, pid: int) -> ServiceProcess:
+    return ServiceProcess(
+        name=name,
+        pid=pid,
+        grpc_address=f"127.0.0.1:{DEFAULT_PORTS[name]}",
+        metrics_address="127.0.0.1:9100",
+        log_path=f"/tmp/logs/{name}.log",
+    )
+
+
+def _unused_pid() -> int:
+    """A pid with no process (pid_max is at most 4194304 on Linux)."""
+    for pid in range(4_194_303, 4_000_000, -1):
+        if not Path(f"/proc/{pid}").exists():
+            return pid
+    raise AssertionError("no free pid found")
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_start_order_and_default_ports() -> None:
+    assert SERVICES == ("snapshot", "jit", "dispatcher", "executor", "gateway")
+    assert DEFAULT_PORTS == {
+        "gateway": 50051,
+        "executor": 50052,
+        "dispatcher": 50053,
+        "snapshot": 50054,
+        "jit": 50055,
+    }
+
+
+def test_default_data_dir_uses_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "tensorwasm"
+
+
+def test_default_data_dir_falls_back_to_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "tensorwasm"
+
+
+def test_state_path_is_resolved_inside_the_data_dir(tmp_path: Path) -> None:
+    relative = Path(os.path.relpath(tmp_path / "data"))
+    local = LocalStack(relative)
+    assert local.data_dir == (tmp_path / "data").resolve()
+    assert local.state_path == (tmp_path / "data").resolve() / STATE_FILE
+
+
+def test_no_state_file_means_no_services(tmp_path: Path) -> None:
+    local = LocalStack(tmp_path)
+    assert local.services() == {}
+    assert local.running() is False
+    assert local.stop() == []
+    assert not local.state_path.exists()
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    local = LocalStack(tmp_path)
+    services = {name: _service(name, 1000 + i) for i, name in enumerate(SERVICES)}
+    local._write_state(services)
+    assert local.services() == services
+    raw = json.loads(local.state_path.read_text())
+    assert list(raw) == list(SERVICES)
+    assert raw["gateway"] == asdict(services["gateway"])
+    assert not local.state_path.with_suffix(".tmp").exists()  # written atomically
+
+
+def test_state_file_is_replaced_not_merged(tmp_path: Path) -> None:
+    local = LocalStack(tmp_path)
+    local._write_state({"snapshot": _service("snapshot", 1), "jit": _service("jit", 2)})
+    local._write_state({"gateway": _service("gateway", 3)})
+    assert local.services() == {"gateway": _service("gateway", 3)}
+
+
+def test_dead_recorded_services_are_not_running_and_stop_clears_state(tmp_path: Path) -> None:
+    local = LocalStack(tmp_path)
+    pid = _unused_pid()
+    local._write_state({name: _service(name, pid) for name in SERVICES})
+    assert local.running() is False
+    assert local.stop(grace_seconds=0) == []  # nothing alive to stop
+    assert not local.state_path.exists()
+    assert local.services() == {}
+
+
+def test_alive_is_false_for_a_missing_pid() -> None:
+    assert stack._alive(_service("gateway", _unused_pid())) is False
+
+
+def test_alive_is_false_for_a_process_that_is_not_the_service() -> None:
+    # This test process is alive but its command line does not name tensorwasm_gateway.
+    assert stack._alive(_service("gateway", os.getpid())) is False
+
+
+@pytest.fixture
+def fake_service() -> Iterator[subprocess.Popen[bytes]]:
+    """A sleeping process whose command line mentions tensorwasm_executor."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; print('ready', flush=True); time.sleep(120)",
+            "tensorwasm_executor",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    # Wait until the interpreter runs: right after exec, /proc/<pid>/cmdline can be empty.
+    assert process.stdout.readline() == b"ready\n"
+    process.stdout.close()
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def test_alive_matches_the_service_command_line(
+    fake_service: subprocess.Popen[bytes],
+) -> None:
+    assert stack._alive(_service("executor", fake_service.pid)) is True
+    assert stack._alive(_service("gateway", fake_service.pid)) is False
+
+
+def test_stop_terminates_a_recorded_live_service(
+    tmp_path: Path, fake_service: subprocess.Popen[bytes]
+) -> None:
+    local = LocalStack(tmp_path)
+    local._write_state(
+        {
+            "snapshot": _service("snapshot", _unused_pid()),
+            "executor": _service("executor", fake_service.pid),
+        }
+    )
+    assert local.running() is True
+    # The process is our child but not LocalStack's: once it is a zombie it counts as gone.
+    assert local.stop(grace_seconds=30) == ["executor"]
+    assert fake_service.wait(timeout=30) == -15  # SIGTERM
+    assert not local.state_path.exists()
+    assert local.running() is False
+
+
+def test_health_of_an_unreachable_address() -> None:
+    assert health(f"127.0.0.1:{_closed_port()}", timeout_seconds=5) == "UNREACHABLE"
+
+
+def test_tail_of_a_missing_log(tmp_path: Path) -> None:
+    assert stack._tail(tmp_path / "missing.log") == "(no log)"
+
+
+def test_tail_keeps_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    log.write_text("".join(f"line {i}\n" for i in range(50)))
+    assert stack._tail(log) == "\n".join(f"line {i}" for i in range(20, 50))
+    assert stack._tail(log, lines=2) == "line 48\nline 49"
