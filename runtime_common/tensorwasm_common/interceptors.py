@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,46 +64,40 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = Code.OK
-            try:
+            async with self._handling(context, method):
                 return await behavior(request, context)
-            except AbortError:
-                code = _context_code(context)
-                raise
-            except asyncio.CancelledError:
-                code = _cancelled_code(context)
-                raise
-            except Exception as exc:
-                error = self._as_service_error(exc, method)
-                code = error.code
-                await self._abort(context, error)
-            finally:
-                self._record(method, code, started)
 
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = Code.OK
-            try:
+            async with self._handling(context, method):
                 async for response in behavior(request, context):
                     yield response
-            except AbortError:
-                code = _context_code(context)
-                raise
-            except asyncio.CancelledError:
-                code = _cancelled_code(context)
-                raise
-            except Exception as exc:
-                error = self._as_service_error(exc, method)
-                code = error.code
-                await self._abort(context, error)
-            finally:
-                self._record(method, code, started)
 
         return wrapped
+
+    @contextlib.asynccontextmanager
+    async def _handling(
+        self, context: grpc.aio.ServicerContext, method: str
+    ) -> AsyncIterator[None]:
+        """Maps what the handler raises to a status and records the call's code and time."""
+        started = time.perf_counter()
+        code = Code.OK
+        try:
+            yield
+        except AbortError:
+            code = _context_code(context)
+            raise
+        except asyncio.CancelledError:
+            code = _cancelled_code(context)
+            raise
+        except Exception as exc:
+            error = self._as_service_error(exc, method)
+            code = error.code
+            await self._abort(context, error)
+        finally:
+            self._record(method, code, started)
 
     @staticmethod
     def _as_service_error(exc: Exception, method: str) -> ServiceError:

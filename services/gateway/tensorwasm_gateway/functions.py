@@ -24,7 +24,7 @@ from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry, 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
-_TYPE_NAMES = {
+TYPE_NAMES = {
     values_pb2.VALUE_TYPE_I32: "i32",
     values_pb2.VALUE_TYPE_I64: "i64",
     values_pb2.VALUE_TYPE_F32: "f32",
@@ -102,8 +102,8 @@ class FunctionService:
         exports = tuple(
             ExportRecord(
                 e.name,
-                tuple(_TYPE_NAMES.get(t, "unknown") for t in e.signature.params),
-                tuple(_TYPE_NAMES.get(t, "unknown") for t in e.signature.results),
+                tuple(TYPE_NAMES.get(t, "unknown") for t in e.signature.params),
+                tuple(TYPE_NAMES.get(t, "unknown") for t in e.signature.results),
             )
             for e in prepared.exports
         )

@@ -14,21 +14,18 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 
 from tensorwasm_gateway.errors import InvalidPageTokenError
-from tensorwasm_gateway.functions import FunctionService, function_id_from_name, validate_tenant
+from tensorwasm_gateway.functions import (
+    TYPE_NAMES,
+    FunctionService,
+    function_id_from_name,
+    validate_tenant,
+)
 from tensorwasm_gateway.registry import FunctionRecord
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 512
-_WIRE_TYPES: dict[str, values_pb2.ValueType.ValueType] = {
-    "i32": values_pb2.VALUE_TYPE_I32,
-    "i64": values_pb2.VALUE_TYPE_I64,
-    "f32": values_pb2.VALUE_TYPE_F32,
-    "f64": values_pb2.VALUE_TYPE_F64,
-    "v128": values_pb2.VALUE_TYPE_V128,
-    "funcref": values_pb2.VALUE_TYPE_FUNCREF,
-    "externref": values_pb2.VALUE_TYPE_EXTERNREF,
-}
+_WIRE_TYPES = {name: wire for wire, name in TYPE_NAMES.items()}
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
