@@ -42,10 +42,12 @@ class RunningStack:
         self.launcher.stop()
 
 
-def start_stack(data_dir: Path) -> RunningStack:
+def start_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> RunningStack:
     """Starts the five services on ephemeral ports, with JSON-lines trace files."""
     launcher = LocalStack(
-        data_dir, ephemeral_ports=True, extra_env={"OTEL_TRACES_EXPORTER": "jsonl"}
+        data_dir,
+        ephemeral_ports=True,
+        extra_env={"OTEL_TRACES_EXPORTER": "jsonl", **(extra_env or {})},
     )
     return RunningStack(launcher, launcher.start())
 
@@ -61,12 +63,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 @pytest.fixture
-def launch_stack() -> Iterator[Callable[[Path], RunningStack]]:
+def launch_stack() -> Iterator[Callable[..., RunningStack]]:
     """Starts a private stack on a data dir (again after a stop); all stopped at teardown."""
     launched: list[RunningStack] = []
 
-    def launch(data_dir: Path) -> RunningStack:
-        running = start_stack(data_dir)
+    def launch(data_dir: Path, extra_env: dict[str, str] | None = None) -> RunningStack:
+        running = start_stack(data_dir, extra_env)
         launched.append(running)
         return running
 

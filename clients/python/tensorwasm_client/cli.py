@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("--args", default="[]", help="JSON array of arguments")
     invoke.add_argument("--stdin", type=Path, help="file whose bytes the guest reads on stdin")
     invoke.add_argument("--timeout", type=float, default=0.0, help="guest deadline in seconds")
+    invoke.add_argument("--fuel", type=int, default=0, help="instruction budget (0: unmetered)")
     commands.add_parser("list", help="list functions")
     get = commands.add_parser("get", help="show one function")
     get.add_argument("name")
@@ -140,7 +141,7 @@ def _invoke(args: argparse.Namespace) -> int:
             raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
         values = to_wire(raw_args, list(exports[export].params))
         response = client.invoke(
-            args.name, export, values, stdin=stdin, timeout_seconds=args.timeout
+            args.name, export, values, stdin=stdin, timeout_seconds=args.timeout, fuel=args.fuel
         )
     outcome = response.outcome
     sys.stdout.buffer.write(outcome.stdout)

@@ -112,9 +112,11 @@ class GatewayClient:
         *,
         stdin: bytes = b"",
         timeout_seconds: float = 0.0,
+        fuel: int = 0,
+        max_memory_bytes: int = 0,
     ) -> pb.InvokeResponse:
         """Calls an export with typed arguments; a trap is in `response.outcome.failure`."""
-        limits = invocation_pb2.InvocationLimits()
+        limits = invocation_pb2.InvocationLimits(fuel=fuel, max_memory_bytes=max_memory_bytes)
         if timeout_seconds > 0:
             limits.timeout.CopyFrom(
                 duration_pb2.Duration(

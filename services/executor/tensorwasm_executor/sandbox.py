@@ -48,6 +48,8 @@ TRAP_CODES = frozenset(
         "BAD_CONVERSION_TO_INTEGER", "UNREACHABLE", "INTERRUPT", "OUT_OF_FUEL", "NULL_REFERENCE",
     }
 )  # fmt: skip
+# Trap codes that are a limit being enforced rather than a guest bug.
+_TRAP_REASONS = {"INTERRUPT": "DEADLINE_EXCEEDED", "OUT_OF_FUEL": "FUEL_EXHAUSTED"}
 _IMPORT_NAME = re.compile(r"`(.*)::(.*)`")
 
 
@@ -146,10 +148,24 @@ class _Capture:
         return len(chunk)  # the guest always sees a full write
 
 
-def _fingerprint() -> str:
+_UNMETERED_FUEL = (1 << 63) - 1
+_MEMORY_LIMIT = re.compile(r"exceeds memory limits|memory.*limit", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _CallLimits:
+    """The limits of one invocation, already defaulted and clamped."""
+
+    timeout_seconds: float
+    output_bytes: int
+    fuel: int | None
+    memory_bytes: int
+
+
+def _fingerprint(flags: Mapping[str, bool | str | int]) -> str:
     facts = {
         "wasmtime": importlib.metadata.version("wasmtime"),
-        "flags": dict(ENGINE_FLAGS),
+        "flags": dict(flags),
         "machine": platform.machine(),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
@@ -177,8 +193,10 @@ def _failure(exc: wasmtime.Trap | wasmtime.WasmtimeError, returns: bool) -> Fail
     suffix = f" (host function raised {host!r})" if host is not None else ""
     if isinstance(exc, wasmtime.Trap):
         code = _trap_code(exc)
-        reason = "DEADLINE_EXCEEDED" if code == "INTERRUPT" else "TRAP"
+        reason = _TRAP_REASONS.get(code, "TRAP")
         return Failure(reason, code, exc.message + suffix, None)
+    if _MEMORY_LIMIT.search(str(exc)):
+        return Failure("MEMORY_LIMIT_EXCEEDED", None, str(exc) + suffix, None)
     return Failure("TRAP", "OTHER", str(exc) + suffix, None)
 
 
@@ -194,6 +212,7 @@ class Sandbox:
         module_cache_entries: int = 256,
         max_memory_bytes: int = 256 << 20,
         max_table_elements: int = 100_000,
+        fuel_metering: bool = False,
         host_modules: Sequence[HostModule] = (),
     ) -> None:
         if default_timeout_seconds <= 0 or epoch_tick_seconds <= 0:
@@ -207,15 +226,18 @@ class Sandbox:
         # Per-store caps: a memory.grow or table.grow bomb gets -1, not the host's memory.
         self._max_memory = max_memory_bytes
         self._max_table_elements = max_table_elements
+        # Fuel metering costs every guest some speed, so it is an engine-wide opt-in.
+        flags = {**ENGINE_FLAGS, "consume_fuel": fuel_metering}
+        self.fuel_metering = fuel_metering
         config = wasmtime.Config()
-        for flag, value in ENGINE_FLAGS.items():
+        for flag, value in flags.items():
             setattr(config, flag, value)
         self._engine = wasmtime.Engine(config)
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         for host in host_modules:
             host.define(self._linker)
-        self._fingerprint = _fingerprint()
+        self._fingerprint = _fingerprint(flags)
         self._cache: OrderedDict[str, CompiledModule] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -300,6 +322,8 @@ class Sandbox:
         stdin: bytes = b"",
         timeout_seconds: float | None = None,
         max_output_bytes: int | None = None,
+        fuel: int | None = None,
+        max_memory_bytes: int | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -314,13 +338,16 @@ class Sandbox:
             stdin: the guest's WASI stdin.
             timeout_seconds: wall-clock budget (instantiation included), rounded up to ticks.
             max_output_bytes: cap on each of stdout and stderr.
+            fuel: instruction budget (needs `fuel_metering`); None means unmetered.
+            max_memory_bytes: linear-memory cap for this call, at most the sandbox's cap.
 
         Returns:
             The Outcome: results or a Failure, captured output and guest time.
 
         Raises:
             ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
-            InvalidArgumentError: the timeout is not a positive finite number.
+            InvalidArgumentError: the timeout is not a positive finite number, or fuel
+                was asked for without fuel metering.
             UnavailableError: the sandbox is closed.
         """
         if module.engine is not self._engine:
@@ -337,12 +364,18 @@ class Sandbox:
         if not 0 < timeout < math.inf:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
         limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
+        if fuel is not None and not self.fuel_metering:
+            raise InvalidArgumentError(
+                "this executor does not meter fuel", reason="FUEL_UNSUPPORTED"
+            )
+        memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
+        limits = _CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
         with self._lock:
             if self._stop.is_set():
                 raise UnavailableError("the sandbox is closed")
             self._active += 1
         try:
-            return self._run(module, info, args, stdin=stdin, timeout=timeout, limit=limit)
+            return self._run(module, info, args, stdin=stdin, limits=limits)
         finally:
             with self._lock:
                 self._active -= 1
@@ -354,10 +387,9 @@ class Sandbox:
         args: Sequence[WasmValue],
         *,
         stdin: bytes,
-        timeout: float,
-        limit: int,
+        limits: _CallLimits,
     ) -> Outcome:
-        stdout, stderr = _Capture(limit), _Capture(limit)
+        stdout, stderr = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         wasi = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(wasi, stdin)
@@ -368,8 +400,13 @@ class Sandbox:
         failure = None
         try:
             store.set_wasi(wasi)
-            store.set_limits(memory_size=self._max_memory, table_elements=self._max_table_elements)
-            store.set_epoch_deadline(min(max(1, math.ceil(timeout / self._tick)), 1 << 62))
+            store.set_limits(
+                memory_size=limits.memory_bytes, table_elements=self._max_table_elements
+            )
+            ticks = math.ceil(limits.timeout_seconds / self._tick)
+            store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+            if self.fuel_metering:
+                store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
             started = time.perf_counter()
             try:
                 instance = rawcall.instantiate(module.instance_pre, store)

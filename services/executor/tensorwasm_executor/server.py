@@ -10,6 +10,7 @@ from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 
+from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Sandbox
 from tensorwasm_executor.servicer import ExecutorServicer
@@ -27,6 +28,10 @@ async def serve(settings: ExecutorSettings) -> None:
         module_cache_entries=settings.module_cache_entries,
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
+        fuel_metering=settings.fuel_metering,
+    )
+    admission = Admission(
+        max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit
     )
     workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="guest")
     compile_pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
@@ -37,7 +42,7 @@ async def serve(settings: ExecutorSettings) -> None:
     modules = ModuleProvider(sandbox, blobs.get, compile_pool)
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
     pb_grpc.add_ExecutorServiceServicer_to_server(
-        ExecutorServicer(settings, sandbox, modules, workers), host.server
+        ExecutorServicer(settings, sandbox, modules, workers, admission), host.server
     )
 
     async def healthy() -> bool:

@@ -21,7 +21,21 @@ class ExecutorSettings(ServerSettings):
     module_cache_entries: int = 256
     max_memory_bytes: int = 256 << 20
     max_table_elements: int = 100_000
+    fuel_metering: bool = False
+    # 0: derived from workers (twice the workers in flight; half of that per tenant).
+    max_in_flight: int = 0
+    max_in_flight_per_tenant: int = 0
     epoch_tick_seconds: float = 0.01
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Calls admitted at once (running and waiting for a worker)."""
+        return self.max_in_flight or 2 * self.workers
+
+    @property
+    def tenant_in_flight_limit(self) -> int:
+        """Calls one tenant may have admitted at once."""
+        return self.max_in_flight_per_tenant or max(1, self.in_flight_limit // 2)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,6 +49,8 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
             raise SettingsError("max_output_bytes and module_cache_entries must be positive")
+        if self.max_in_flight < 0 or self.max_in_flight_per_tenant < 0:
+            raise SettingsError("max_in_flight and max_in_flight_per_tenant must be >= 0")
         if self.max_memory_bytes < 1 << 16 or self.max_table_elements < 0:
             raise SettingsError("max_memory_bytes: at least one wasm page (65536)")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:

@@ -425,7 +425,7 @@ def test_closed_and_foreign_use(numeric: CompiledModule) -> None:
         box.invoke(module, "nothing", [])
 
 
-def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_traps() -> None:
+def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_fails() -> None:
     grow = """
     (module (memory 1)
       (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
@@ -441,4 +441,52 @@ def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_traps() -> N
         huge = sandbox.compile("b" * 64, bytes(wasmtime.wat2wasm(big)))
         outcome = sandbox.invoke(huge, "f", [])
         assert outcome.failure is not None
-        assert outcome.failure.reason == "TRAP"
+        assert outcome.failure.reason == "MEMORY_LIMIT_EXCEEDED"
+        assert outcome.failure.trap_code is None
+
+
+_LOOP_WAT = """
+(module
+  (func (export "count") (param $n i64) (result i64)
+    (local $i i64)
+    (block $done
+      (loop $next
+        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
+        (local.set $i (i64.add (local.get $i) (i64.const 1)))
+        (br $next)))
+    (local.get $i)))
+"""
+
+
+def test_fuel_budget_ends_a_guest_with_fuel_exhausted() -> None:
+    with Sandbox(fuel_metering=True) as sandbox:
+        module = sandbox.compile("c" * 64, bytes(wasmtime.wat2wasm(_LOOP_WAT)))
+        small = sandbox.invoke(module, "count", [WasmValue.i64(10)], fuel=10_000)
+        assert small.results == (WasmValue.i64(10),)
+        starved = sandbox.invoke(module, "count", [WasmValue.i64(10**9)], fuel=10_000)
+        assert starved.failure is not None
+        assert starved.failure.reason == "FUEL_EXHAUSTED"
+        assert starved.failure.trap_code == "OUT_OF_FUEL"
+        unmetered = sandbox.invoke(module, "count", [WasmValue.i64(100_000)])
+        assert unmetered.results == (WasmValue.i64(100_000),)
+
+
+def test_fuel_without_metering_is_refused_and_metering_changes_the_fingerprint() -> None:
+    with Sandbox() as plain, Sandbox(fuel_metering=True) as metered:
+        module = plain.compile("c" * 64, bytes(wasmtime.wat2wasm(_LOOP_WAT)))
+        with pytest.raises(InvalidArgumentError) as caught:
+            plain.invoke(module, "count", [WasmValue.i64(1)], fuel=100)
+        assert caught.value.reason == "FUEL_UNSUPPORTED"
+        assert plain.engine_fingerprint != metered.engine_fingerprint
+
+
+def test_per_call_memory_cap_is_clamped_to_the_sandbox_cap() -> None:
+    wat = '(module (memory 32) (func (export "f")))'  # 2 MiB at instantiation
+    with Sandbox(max_memory_bytes=4 << 20) as sandbox:
+        module = sandbox.compile("d" * 64, bytes(wasmtime.wat2wasm(wat)))
+        assert sandbox.invoke(module, "f", []).failure is None
+        tight = sandbox.invoke(module, "f", [], max_memory_bytes=1 << 20)
+        assert tight.failure is not None
+        assert tight.failure.reason == "MEMORY_LIMIT_EXCEEDED"
+        # Asking for more than the sandbox allows gets the sandbox's cap, not more.
+        assert sandbox.invoke(module, "f", [], max_memory_bytes=1 << 40).failure is None

@@ -68,6 +68,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A value does not fit its wasm type (e.g. a v128 that is not 16 bytes)."""
     ERROR_REASON_CUDA_UNAVAILABLE: _ErrorReason.ValueType  # 22
     """The cuda backend was required but no CUDA device answers."""
+    ERROR_REASON_FUEL_UNSUPPORTED: _ErrorReason.ValueType  # 23
+    """Fuel was requested from an executor that does not meter fuel."""
+    ERROR_REASON_EXECUTOR_SATURATED: _ErrorReason.ValueType  # 24
+    """Every slot of the executor is taken; retry after RetryInfo's delay."""
+    ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 25
+    """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -121,4 +127,10 @@ ERROR_REASON_INVALID_VALUE: ErrorReason.ValueType  # 21
 """A value does not fit its wasm type (e.g. a v128 that is not 16 bytes)."""
 ERROR_REASON_CUDA_UNAVAILABLE: ErrorReason.ValueType  # 22
 """The cuda backend was required but no CUDA device answers."""
+ERROR_REASON_FUEL_UNSUPPORTED: ErrorReason.ValueType  # 23
+"""Fuel was requested from an executor that does not meter fuel."""
+ERROR_REASON_EXECUTOR_SATURATED: ErrorReason.ValueType  # 24
+"""Every slot of the executor is taken; retry after RetryInfo's delay."""
+ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 25
+"""The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

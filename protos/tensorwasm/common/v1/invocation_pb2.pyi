@@ -101,8 +101,16 @@ class InvocationLimits(_message.Message):
 
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    FUEL_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     max_output_bytes: _builtins.int
     """Maximum bytes of stdout and of stderr kept (each)."""
+    fuel: _builtins.int
+    """Instruction budget (wasmtime fuel); 0 means unmetered. Needs an executor with
+    fuel metering on, else the call fails with FUEL_UNSUPPORTED.
+    """
+    max_memory_bytes: _builtins.int
+    """Linear-memory cap for this call, at most the executor's own cap."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Wall-clock deadline of the guest call."""
@@ -112,10 +120,12 @@ class InvocationLimits(_message.Message):
         *,
         timeout: _duration_pb2.Duration | None = ...,
         max_output_bytes: _builtins.int = ...,
+        fuel: _builtins.int = ...,
+        max_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_output_bytes", b"max_output_bytes", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fuel", b"fuel", "max_memory_bytes", b"max_memory_bytes", "max_output_bytes", b"max_output_bytes", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,7 +168,9 @@ class InvocationFailure(_message.Message):
     trap_code: Global___TrapCode.ValueType
     """The trap code, when the failure is a trap."""
     reason: _builtins.str
-    """A stable UPPER_SNAKE reason, e.g. TRAP, DEADLINE_EXCEEDED, PROC_EXIT."""
+    """A stable UPPER_SNAKE reason: TRAP, DEADLINE_EXCEEDED, FUEL_EXHAUSTED,
+    MEMORY_LIMIT_EXCEEDED or PROC_EXIT.
+    """
     message: _builtins.str
     """A human-readable message (the trap message and backtrace)."""
     exit_code: _builtins.int

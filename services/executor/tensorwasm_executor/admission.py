@@ -1,0 +1,85 @@
+"""Admission control: a bounded number of guest calls in flight, per executor and per tenant."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tensorwasm_common.errors import ResourceExhaustedError
+
+
+class ExecutorSaturatedError(ResourceExhaustedError):
+    """Every slot of this executor is taken; retry after the delay (or on another replica)."""
+
+    reason = "EXECUTOR_SATURATED"
+
+
+class TenantCapacityExhaustedError(ResourceExhaustedError):
+    """The tenant already has its maximum number of live instances on this executor."""
+
+    reason = "TENANT_CAPACITY_EXHAUSTED"
+
+
+class Admission:
+    """Counts live guest calls; refuses instead of queueing without bound.
+
+    A call holds its slot from admission until its outcome is ready, so `max_in_flight`
+    bounds running plus waiting calls, and `max_per_tenant` keeps one tenant from taking
+    every slot.
+    """
+
+    def __init__(
+        self, *, max_in_flight: int, max_per_tenant: int, retry_after_seconds: float = 0.05
+    ) -> None:
+        if max_in_flight < 1 or max_per_tenant < 1:
+            raise ValueError("max_in_flight and max_per_tenant must be at least 1")
+        self.max_in_flight = max_in_flight
+        self.max_per_tenant = max_per_tenant
+        self._retry = retry_after_seconds
+        self._lock = threading.Lock()
+        self._total = 0
+        self._tenants: Counter[str] = Counter()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not yet finished."""
+        return self._total
+
+    def tenant_in_flight(self, tenant: str) -> int:
+        """The tenant's calls admitted and not yet finished."""
+        with self._lock:
+            return self._tenants[tenant]
+
+    @contextmanager
+    def admit(self, tenant: str) -> Iterator[None]:
+        """Holds one slot for `tenant` for the duration of the block.
+
+        Raises:
+            TenantCapacityExhaustedError: the tenant is at its cap.
+            ExecutorSaturatedError: the executor is at its cap.
+        """
+        with self._lock:
+            if self._tenants[tenant] >= self.max_per_tenant:
+                raise TenantCapacityExhaustedError(
+                    f"tenant {tenant!r} has {self.max_per_tenant} calls in flight already",
+                    metadata={"tenant": tenant, "limit": str(self.max_per_tenant)},
+                    retry_after_seconds=self._retry,
+                )
+            if self._total >= self.max_in_flight:
+                raise ExecutorSaturatedError(
+                    "the executor is saturated",
+                    metadata={"limit": str(self.max_in_flight)},
+                    retry_after_seconds=self._retry,
+                )
+            self._total += 1
+            self._tenants[tenant] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._total -= 1
+                self._tenants[tenant] -= 1
+                if not self._tenants[tenant]:
+                    del self._tenants[tenant]
