@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import wasmtime
 from tensorwasm.common.v1 import values_pb2
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 from tensorwasm_client.stack import health
@@ -23,19 +22,6 @@ _EXECUTOR_ENV = {
     "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT_PER_TENANT": "4",
     "TENSORWASM_EXECUTOR_FUEL_METERING": "1",
 }
-_COUNT_WAT = """
-(module
-  (func (export "count") (param $n i64) (result i64)
-    (local $i i64)
-    (block $done
-      (loop $next
-        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
-        (local.set $i (i64.add (local.get $i) (i64.const 1)))
-        (br $next)))
-    (local.get $i))
-  (func (export "big") (result i32) (memory.size))
-  (memory 40))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +43,7 @@ def test_fuel_and_memory_limits_end_calls_with_their_own_reasons(
     limited: RunningStack, wasm: Callable[[str], bytes]
 ) -> None:
     with limited.client("fuel") as client:
-        client.create_function("count", bytes(wasmtime.wat2wasm(_COUNT_WAT)))
+        client.create_function("count", wasm("count"))
         done = client.invoke("count", "count", [_i64(1000)], fuel=1_000_000)
         assert done.outcome.success.results[0].i64 == 1000
         starved = client.invoke("count", "count", [_i64(10**12)], fuel=100_000)

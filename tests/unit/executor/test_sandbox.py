@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import wasmtime
@@ -445,17 +446,7 @@ def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_fails() -> N
         assert outcome.failure.trap_code is None
 
 
-_LOOP_WAT = """
-(module
-  (func (export "count") (param $n i64) (result i64)
-    (local $i i64)
-    (block $done
-      (loop $next
-        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
-        (local.set $i (i64.add (local.get $i) (i64.const 1)))
-        (br $next)))
-    (local.get $i)))
-"""
+_LOOP_WAT = (Path(__file__).parents[2] / "fixtures" / "wat" / "count.wat").read_text()
 
 
 def test_fuel_budget_ends_a_guest_with_fuel_exhausted() -> None:
