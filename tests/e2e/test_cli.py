@@ -213,6 +213,47 @@ def test_errors_exit_1_with_a_message(cli: Cli, wat_dir: Path, tmp_path: Path) -
     assert cli.fails("get", "Bad_Name").startswith("error: INVALID_ARGUMENT INVALID_NAME")
 
 
+def test_stream_writes_output_as_the_guest_runs(cli: Cli, wat_dir: Path, tmp_path: Path) -> None:
+    cli.ok("deploy", str(wat_dir / "wasi_echo.wat"), "--name", "echo")
+    stdin = tmp_path / "input.txt"
+    stdin.write_text("line one\nline two\n")
+    result = cli("invoke", "echo", "--export", "_start", "--stdin", str(stdin), "--stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello stdout\nline one\nline two\n[]\n"
+    assert result.stderr == "hello stderr\n"
+
+    cli.ok("deploy", str(wat_dir / "stream.wat"))
+    assert cli.ok("invoke", "stream", "--export", "lines", "--stream") == (
+        "out 1\nout 2\nout 3\n[42]\n"
+    )
+    trapped = cli("invoke", "stream", "--export", "trap_after_output", "--stream")
+    assert trapped.returncode == 1
+    assert trapped.stdout == "before the trap\n"
+    assert "error: guest failed: TRAP" in trapped.stderr
+    exited = cli("invoke", "echo", "--export", "exit3", "--stream")
+    assert exited.returncode == 3
+    assert "error: guest failed: PROC_EXIT" in exited.stderr
+    assert cli.fails("invoke", "nope", "--stream").startswith("error: NOT_FOUND")
+
+    # The line arrives while the guest still spins (until its 3 s deadline): streamed,
+    # not printed at the end.
+    options = ["--gateway", cli.gateway] if cli.gateway else []
+    options += ["--tenant", cli.tenant] if cli.tenant else []
+    args = ["invoke", "stream", "--export", "spin_after_line", "--timeout", "3", "--stream"]
+    with subprocess.Popen(
+        [str(TENSORWASM), "--data-dir", str(cli.data_dir), *options, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"started\n"
+        assert process.poll() is None, "the output came only after the call ended"
+        assert process.wait(timeout=60) == 1
+        assert b"error: guest failed: DEADLINE_EXCEEDED" in process.stderr.read()
+        assert process.stdout.read() == b""
+
+
 def test_an_unreachable_gateway_is_an_error(tmp_path: Path) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

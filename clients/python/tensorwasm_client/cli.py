@@ -8,6 +8,9 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
+
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 
 from tensorwasm_client.client import DEFAULT_GATEWAY, GatewayClient, TensorWasmError
 from tensorwasm_client.stack import LocalStack, StackError, default_data_dir, health
@@ -46,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("--stdin", type=Path, help="file whose bytes the guest reads on stdin")
     invoke.add_argument("--timeout", type=float, default=0.0, help="guest deadline in seconds")
     invoke.add_argument("--fuel", type=int, default=0, help="instruction budget (0: unmetered)")
+    invoke.add_argument(
+        "--stream",
+        action="store_true",
+        help="write the guest's stdout/stderr as it runs (streaming invoke)",
+    )
     commands.add_parser("list", help="list functions")
     get = commands.add_parser("get", help="show one function")
     get.add_argument("name")
@@ -65,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StackError, ArgumentError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a streaming invoke was cancelled on the way out
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -140,12 +151,42 @@ def _invoke(args: argparse.Namespace) -> int:
         if export not in exports:
             raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
         values = to_wire(raw_args, list(exports[export].params))
-        response = client.invoke(
-            args.name, export, values, stdin=stdin, timeout_seconds=args.timeout, fuel=args.fuel
-        )
+        options = {"stdin": stdin, "timeout_seconds": args.timeout, "fuel": args.fuel}
+        if args.stream:
+            return _invoke_streaming(client, args.name, export, values, options)
+        response = client.invoke(args.name, export, values, **options)
     outcome = response.outcome
     sys.stdout.buffer.write(outcome.stdout)
     sys.stderr.buffer.write(outcome.stderr)
+    sys.stdout.flush()
+    return _report(outcome)
+
+
+def _invoke_streaming(
+    client: GatewayClient,
+    name: str,
+    export: str,
+    values: list[values_pb2.Value],
+    options: dict[str, Any],
+) -> int:
+    """Writes each output chunk as it arrives (flushed), then reports the outcome."""
+    sinks = {
+        invocation_pb2.OUTPUT_STREAM_STDOUT: sys.stdout.buffer,
+        invocation_pb2.OUTPUT_STREAM_STDERR: sys.stderr.buffer,
+    }
+    with client.invoke_stream(name, export, values, **options) as events:
+        for event in events:
+            if event.HasField("outcome"):
+                return _report(event.outcome)
+            sink = sinks.get(event.output.stream)
+            if sink is not None:
+                sink.write(event.output.data)
+                sink.flush()
+    raise TensorWasmError("UNKNOWN", "STREAM_ENDED", "the stream ended without an outcome")
+
+
+def _report(outcome: invocation_pb2.InvocationOutcome) -> int:
+    """Prints the results as JSON (or the failure); returns the exit code."""
     sys.stdout.flush()
     if outcome.HasField("failure"):
         failure = outcome.failure

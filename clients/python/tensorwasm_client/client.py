@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -116,20 +117,104 @@ class GatewayClient:
         max_memory_bytes: int = 0,
     ) -> pb.InvokeResponse:
         """Calls an export with typed arguments; a trap is in `response.outcome.failure`."""
-        limits = invocation_pb2.InvocationLimits(fuel=fuel, max_memory_bytes=max_memory_bytes)
-        if timeout_seconds > 0:
-            limits.timeout.CopyFrom(
-                duration_pb2.Duration(
-                    nanos=int(timeout_seconds % 1 * 1e9), seconds=int(timeout_seconds)
-                )
-            )
-        request = pb.InvokeRequest(
-            name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
+        request = _invoke_request(
+            function_id,
+            export,
+            args,
+            stdin=stdin,
+            timeout_seconds=timeout_seconds,
+            fuel=fuel,
+            max_memory_bytes=max_memory_bytes,
         )
-        rpc_timeout = max(timeout_seconds, 10.0) + 30.0
-        response = self._call("Invoke", request, timeout=rpc_timeout)
+        response = self._call("Invoke", request, timeout=_rpc_timeout(timeout_seconds))
         assert isinstance(response, pb.InvokeResponse)
         return response
+
+    def invoke_stream(
+        self,
+        function_id: str,
+        export: str = "",
+        args: Sequence[values_pb2.Value] = (),
+        *,
+        stdin: bytes = b"",
+        timeout_seconds: float = 0.0,
+        fuel: int = 0,
+        max_memory_bytes: int = 0,
+    ) -> InvocationStream:
+        """Calls an export and streams its events as the guest runs.
+
+        Iterate the result for `InvokeStreamResponse` events: `output` chunks (stdout or
+        stderr, in the order the guest wrote them), then one `outcome`, the last event.
+        Request errors raise TensorWasmError from the iteration, before any event.
+        `cancel()` (or leaving a `with` block early) stops the guest.
+        """
+        request = _invoke_request(
+            function_id,
+            export,
+            args,
+            stdin=stdin,
+            timeout_seconds=timeout_seconds,
+            fuel=fuel,
+            max_memory_bytes=max_memory_bytes,
+        )
+        call = self._stub.InvokeStream(
+            pb.InvokeStreamRequest(invocation=request),
+            metadata=self._metadata,
+            timeout=_rpc_timeout(timeout_seconds),
+        )
+        return InvocationStream(call)
+
+
+class InvocationStream:
+    """The events of a streaming invoke; iterate it once."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[pb.InvokeStreamResponse]:
+        return self
+
+    def __next__(self) -> pb.InvokeStreamResponse:
+        try:
+            event = next(self._call)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        assert isinstance(event, pb.InvokeStreamResponse)
+        return event
+
+    def cancel(self) -> None:
+        """Cancels the call: the guest stops; a no-op once the call has ended."""
+        self._call.cancel()
+
+    def __enter__(self) -> InvocationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def _invoke_request(
+    function_id: str,
+    export: str,
+    args: Sequence[values_pb2.Value],
+    *,
+    stdin: bytes,
+    timeout_seconds: float,
+    fuel: int,
+    max_memory_bytes: int,
+) -> pb.InvokeRequest:
+    limits = invocation_pb2.InvocationLimits(fuel=fuel, max_memory_bytes=max_memory_bytes)
+    if timeout_seconds > 0:
+        seconds, nanos = int(timeout_seconds), int(timeout_seconds % 1 * 1e9)
+        limits.timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
+    return pb.InvokeRequest(
+        name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
+    )
+
+
+def _rpc_timeout(timeout_seconds: float) -> float:
+    """The RPC deadline for a guest deadline: room for the guest and the hops."""
+    return max(timeout_seconds, 10.0) + 30.0
 
 
 def _name(function_id: str) -> str:

@@ -52,9 +52,11 @@ class Admission:
         with self._lock:
             return self._tenants[tenant]
 
-    @contextmanager
-    def admit(self, tenant: str) -> Iterator[None]:
-        """Holds one slot for `tenant` for the duration of the block.
+    def acquire(self, tenant: str) -> Slot:
+        """Takes one slot for `tenant`; the caller must `release()` it (once is enough).
+
+        For calls whose guest thread may outlive the request handler (a cancelled
+        stream): release from the thread's completion, not from the handler.
 
         Raises:
             TenantCapacityExhaustedError: the tenant is at its cap.
@@ -75,11 +77,41 @@ class Admission:
                 )
             self._total += 1
             self._tenants[tenant] += 1
+        return Slot(self, tenant)
+
+    def _release(self, tenant: str) -> None:
+        with self._lock:
+            self._total -= 1
+            self._tenants[tenant] -= 1
+            if not self._tenants[tenant]:
+                del self._tenants[tenant]
+
+    @contextmanager
+    def admit(self, tenant: str) -> Iterator[None]:
+        """Holds one slot for `tenant` for the duration of the block.
+
+        Raises:
+            TenantCapacityExhaustedError: the tenant is at its cap.
+            ExecutorSaturatedError: the executor is at its cap.
+        """
+        slot = self.acquire(tenant)
         try:
             yield
         finally:
-            with self._lock:
-                self._total -= 1
-                self._tenants[tenant] -= 1
-                if not self._tenants[tenant]:
-                    del self._tenants[tenant]
+            slot.release()
+
+
+class Slot:
+    """One admitted call; `release()` frees it, and later calls of it do nothing."""
+
+    def __init__(self, admission: Admission, tenant: str) -> None:
+        self._admission: Admission | None = admission
+        self.tenant = tenant
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Frees the slot (thread-safe, idempotent)."""
+        with self._lock:
+            admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._release(self.tenant)

@@ -12,10 +12,11 @@ free the C objects when collected.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import wasmtime
+import wasmtime._bindings
 import wasmtime._func
 from wasmtime import _ffi as ffi
 
@@ -23,7 +24,8 @@ from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.values import ValueType, WasmValue
 
 __all__ = [
-    "call", "instantiate", "set_stdin_bytes", "signature_of", "take_host_exception",
+    "EpochCallback", "call", "instantiate", "set_epoch_callback", "set_stdin_bytes",
+    "signature_of", "take_host_exception",
 ]  # fmt: skip
 
 _RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
@@ -102,6 +104,63 @@ def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
     ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buffer)
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))  # moves the bytes out
     ffi.wasm_byte_vec_delete(ctypes.byref(vec))  # frees nothing if emptied, else the copy
+
+
+# The C types of `wasmtime_store_epoch_deadline_callback`'s callback and finalizer, exactly
+# as wasmtime-py declares them (ctypes rejects a function pointer of another type).
+_EPOCH_ARGTYPES: Any = wasmtime._bindings._wasmtime_store_epoch_deadline_callback.argtypes
+_EPOCH_CALLBACK_TYPE: Any = _EPOCH_ARGTYPES[1]
+_NO_FINALIZER = _EPOCH_ARGTYPES[3]()  # a NULL function pointer
+# `wasmtime_update_deadline_kind_t` (the bindings declare the type, not the values).
+WASMTIME_UPDATE_DEADLINE_CONTINUE = 0
+
+
+class EpochCallback:
+    """A store's epoch-deadline callback, and the ctypes object wasmtime calls.
+
+    Keep this object alive until the store is closed: wasmtime holds a raw pointer to
+    the ctypes thunk, and calling it after it was collected would crash the process.
+    """
+
+    def __init__(self, on_tick: Callable[[], str | None]) -> None:
+        self._on_tick = on_tick
+        self.thunk = _EPOCH_CALLBACK_TYPE(self._call)
+
+    def _call(self, context: Any, data: Any, delta: Any, kind: Any) -> int:
+        # Runs on the guest's thread, inside the wasm call, each time the store's epoch
+        # deadline is reached. Returning NULL with delta=1 resumes the guest for one
+        # more tick; returning a new wasmtime_error_t (wasmtime takes ownership) makes
+        # the call fail with that error.
+        try:
+            stop = self._on_tick()
+        except BaseException as exc:  # never let an exception cross the C boundary
+            stop = f"epoch callback failed: {type(exc).__name__}"
+        if stop is None:
+            delta[0] = 1
+            kind[0] = WASMTIME_UPDATE_DEADLINE_CONTINUE
+            return 0
+        error = ffi.wasmtime_error_new(stop.encode("utf-8", "replace"))
+        return ctypes.cast(error, ctypes.c_void_p).value or 0
+
+
+def set_epoch_callback(store: wasmtime.Store, on_tick: Callable[[], str | None]) -> EpochCallback:
+    """Calls `on_tick` at every epoch tick while `store` runs wasm, instead of trapping.
+
+    The store's epoch deadline must be set to 1 (one tick from now) for the callback to
+    run at every tick. `on_tick` returns None to let the guest run one more tick, or a
+    message to stop it: the wasm call then raises `wasmtime.WasmtimeError` with that
+    message in its cause.
+
+    Args:
+        store: a store of an engine with epoch interruption on.
+        on_tick: called on the guest's thread; it must be quick and must not touch the store.
+
+    Returns:
+        The callback, which the caller must keep referenced until `store` is closed.
+    """
+    callback = EpochCallback(on_tick)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback.thunk, None, _NO_FINALIZER)
+    return callback
 
 
 def _raise_failure(error: Any, trap: Any) -> None:

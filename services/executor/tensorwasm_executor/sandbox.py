@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import math
 import platform
 import re
@@ -27,7 +28,9 @@ from tensorwasm_executor.errors import (
 )
 from tensorwasm_executor.values import ValueType, WasmValue
 
-__all__ = ["CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "Sandbox"]
+__all__ = [
+    "CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "OutputSink", "Sandbox",
+]  # fmt: skip
 
 # Engine settings; every one is part of `Sandbox.engine_fingerprint`.
 ENGINE_FLAGS: Mapping[str, bool | str | int] = {
@@ -51,6 +54,10 @@ TRAP_CODES = frozenset(
 # Trap codes that are a limit being enforced rather than a guest bug.
 _TRAP_REASONS = {"INTERRUPT": "DEADLINE_EXCEEDED", "OUT_OF_FUEL": "FUEL_EXHAUSTED"}
 _IMPORT_NAME = re.compile(r"`(.*)::(.*)`")
+_log = logging.getLogger(__name__)
+
+# Receives guest output as it is written: ("stdout" | "stderr", bytes), on the guest's thread.
+OutputSink = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class ExportInfo:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why a guest did not return: TRAP, DEADLINE_EXCEEDED or PROC_EXIT."""
+    """Why a guest did not return: TRAP, DEADLINE_EXCEEDED, FUEL_EXHAUSTED,
+    MEMORY_LIMIT_EXCEEDED, PROC_EXIT or CANCELLED."""
 
     reason: str
     trap_code: str | None
@@ -132,19 +140,34 @@ class CompiledModule:
 
 
 class _Capture:
-    """A WASI output sink that keeps the first `limit` bytes and flags the rest."""
+    """A WASI output sink that keeps the first `limit` bytes and flags the rest.
 
-    def __init__(self, limit: int) -> None:
+    With a `sink`, the kept bytes are handed to it as they are written instead of
+    being buffered (so `data` stays empty); the cap and the flag work the same.
+    """
+
+    def __init__(self, limit: int, stream: str = "", sink: OutputSink | None = None) -> None:
         self.data = bytearray()
         self.limit = limit
         self.truncated = False
+        self._stream = stream
+        self._sink = sink
+        self._written = 0
 
     def write(self, chunk: bytes) -> int:
-        room = self.limit - len(self.data)
+        room = self.limit - self._written
         if len(chunk) > room:
             self.truncated = True
-        if room > 0:
-            self.data += chunk[:room]
+        if room > 0 and chunk:
+            kept = chunk[:room]
+            self._written += len(kept)
+            if self._sink is None:
+                self.data += kept
+            else:
+                try:
+                    self._sink(self._stream, kept)
+                except Exception:  # a failing consumer must not fail the guest's write
+                    _log.warning("output sink failed", exc_info=True)
         return len(chunk)  # the guest always sees a full write
 
 
@@ -183,6 +206,17 @@ def _trap_code(trap: wasmtime.Trap) -> str:
     return code.name if code is not None and code.name in TRAP_CODES else "OTHER"
 
 
+_CANCELLED = Failure("CANCELLED", None, "the call was cancelled", None)
+
+
+def _stopped(reason: str) -> Failure:
+    """The failure of a guest that the epoch callback stopped, for `reason`."""
+    rawcall.take_host_exception()  # clear it, as `_failure` does
+    if reason == "CANCELLED":
+        return _CANCELLED
+    return Failure(reason, "INTERRUPT", "wasm trap: interrupt (the deadline passed)", None)
+
+
 def _failure(exc: wasmtime.Trap | wasmtime.WasmtimeError, returns: bool) -> Failure | None:
     """Maps a wasmtime failure to a Failure (None: a successful proc_exit(0))."""
     host = rawcall.take_host_exception()
@@ -198,6 +232,31 @@ def _failure(exc: wasmtime.Trap | wasmtime.WasmtimeError, returns: bool) -> Fail
     if _MEMORY_LIMIT.search(str(exc)):
         return Failure("MEMORY_LIMIT_EXCEEDED", None, str(exc) + suffix, None)
     return Failure("TRAP", "OTHER", str(exc) + suffix, None)
+
+
+class _Watch:
+    """The epoch callback of a cancellable call: stops the guest once `cancel` is set or
+    the wall-clock `deadline` (time.monotonic) has passed, and records which."""
+
+    def __init__(self, cancel: threading.Event, deadline: float) -> None:
+        self._cancel = cancel
+        self._deadline = deadline
+        self.stopped: str | None = None
+        self._callback: rawcall.EpochCallback | None = None
+
+    def install(self, store: wasmtime.Store) -> None:
+        """Hooks the callback into `store` and has it run at every epoch tick."""
+        self._callback = rawcall.set_epoch_callback(store, self._on_tick)
+        store.set_epoch_deadline(1)
+
+    def _on_tick(self) -> str | None:
+        if self._cancel.is_set():
+            self.stopped = "CANCELLED"
+            return "cancelled"
+        if time.monotonic() >= self._deadline:
+            self.stopped = "DEADLINE_EXCEEDED"
+            return "deadline exceeded"
+        return None
 
 
 class Sandbox:
@@ -324,12 +383,20 @@ class Sandbox:
         max_output_bytes: int | None = None,
         fuel: int | None = None,
         max_memory_bytes: int | None = None,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
         A `proc_exit(0)` from an export without results (e.g. `_start`) is a success
         with no results, as under `wasmtime run`; any other proc_exit is a PROC_EXIT
         failure. Guest traps and the deadline are failures in the Outcome, not raised.
+
+        Streaming: with `on_output`, guest output is passed to it as the guest writes it
+        (up to the cap; later bytes are dropped and the truncation flag is set) and the
+        Outcome's stdout/stderr are empty. With `cancel`, setting the event stops the
+        guest within about one epoch tick, even in a tight loop, with a CANCELLED
+        failure; the deadline is then checked at every tick against the wall clock.
 
         Args:
             module: a module compiled by this sandbox.
@@ -340,6 +407,9 @@ class Sandbox:
             max_output_bytes: cap on each of stdout and stderr.
             fuel: instruction budget (needs `fuel_metering`); None means unmetered.
             max_memory_bytes: linear-memory cap for this call, at most the sandbox's cap.
+            on_output: receives ("stdout" | "stderr", bytes) on the guest's thread, in
+                the order written; an exception it raises is logged and ignored.
+            cancel: an event another thread may set to stop the call.
 
         Returns:
             The Outcome: results or a Failure, captured output and guest time.
@@ -375,7 +445,9 @@ class Sandbox:
                 raise UnavailableError("the sandbox is closed")
             self._active += 1
         try:
-            return self._run(module, info, args, stdin=stdin, limits=limits)
+            return self._run(
+                module, info, args, stdin=stdin, limits=limits, on_output=on_output, cancel=cancel
+            )
         finally:
             with self._lock:
                 self._active -= 1
@@ -388,8 +460,11 @@ class Sandbox:
         *,
         stdin: bytes,
         limits: _CallLimits,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
     ) -> Outcome:
-        stdout, stderr = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+        stdout = _Capture(limits.output_bytes, "stdout", on_output)
+        stderr = _Capture(limits.output_bytes, "stderr", on_output)
         wasi = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(wasi, stdin)
@@ -398,24 +473,34 @@ class Sandbox:
         store = wasmtime.Store(self._engine)
         results: tuple[WasmValue, ...] | None = ()
         failure = None
+        watch: _Watch | None = None
         try:
             store.set_wasi(wasi)
             store.set_limits(
                 memory_size=limits.memory_bytes, table_elements=self._max_table_elements
             )
-            ticks = math.ceil(limits.timeout_seconds / self._tick)
-            store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+            if cancel is None:  # the unary hot path: wasmtime traps at a fixed tick count
+                ticks = math.ceil(limits.timeout_seconds / self._tick)
+                store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+            else:  # a callback at every tick decides: cancelled, past the deadline, or go on
+                watch = _Watch(cancel, time.monotonic() + limits.timeout_seconds)
+                watch.install(store)
             if self.fuel_metering:
                 store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
             started = time.perf_counter()
             try:
-                instance = rawcall.instantiate(module.instance_pre, store)
-                results = rawcall.call(store, instance, info.name, info.results, args)
+                if cancel is not None and cancel.is_set():
+                    failure = _CANCELLED
+                else:
+                    instance = rawcall.instantiate(module.instance_pre, store)
+                    results = rawcall.call(store, instance, info.name, info.results, args)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                failure = _failure(exc, bool(info.results))
+                stopped = watch.stopped if watch is not None else None
+                failure = _stopped(stopped) if stopped else _failure(exc, bool(info.results))
             elapsed = time.perf_counter() - started
         finally:
             store.close()
+            del watch  # only now may the ctypes callback be collected
         return Outcome(
             results=None if failure else results,
             failure=failure,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,13 +15,22 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.sandbox import Sandbox
+from tensorwasm_executor.sandbox import Outcome, OutputSink, Sandbox
 from tensorwasm_executor.settings import ExecutorSettings
+
+_log = logging.getLogger(__name__)
+
+# Largest data of one streamed OutputChunk; a bigger guest write is split.
+OUTPUT_CHUNK_BYTES = 64 << 10
+_WIRE_STREAMS = {
+    "stdout": invocation_pb2.OUTPUT_STREAM_STDOUT,
+    "stderr": invocation_pb2.OUTPUT_STREAM_STDERR,
+}
 
 
 class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
@@ -51,20 +63,83 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> pb.InvokeResponse:
-        tenant = request.tenant or DEFAULT_TENANT
-        with self._admission.admit(tenant):
+        outcome = await asyncio.wrap_future(await self._start(request))
+        return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
+
+    async def InvokeStream(
+        self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InvokeStreamResponse]:
+        """Streams guest output as it is written, then the outcome.
+
+        The guest thread hands each chunk to the event loop (`call_soon_threadsafe`) and
+        a sentinel when it ends; chunks are bounded by the output cap, so the queue is
+        too. When the client cancels (the handler is cancelled, or the RPC ends), the
+        guest's cancel event is set and it stops within about one epoch tick; the
+        admission slot is held until the guest thread has actually returned.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def on_output(stream: str, data: bytes) -> None:  # on the guest's thread
+            _post(loop, events.put_nowait, (stream, data))
+
+        context.add_done_callback(lambda _: cancel.set())
+        future = await self._start(request.invocation, on_output=on_output, cancel=cancel)
+        future.add_done_callback(lambda _: _post(loop, events.put_nowait, None))
+        try:
+            while (event := await events.get()) is not None:
+                stream, data = event
+                for start in range(0, len(data), OUTPUT_CHUNK_BYTES):
+                    chunk = invocation_pb2.OutputChunk(
+                        stream=_WIRE_STREAMS[stream], data=data[start : start + OUTPUT_CHUNK_BYTES]
+                    )
+                    yield pb.InvokeStreamResponse(output=chunk)
+            # The sentinel follows the future's completion: result() does not block.
+            if future.cancelled():  # dropped from the pool's queue at shutdown
+                raise UnavailableError("the executor is shutting down")
+            outcome = future.result()
+            yield pb.InvokeStreamResponse(outcome=outcome_to_wire(outcome))
+        finally:
+            cancel.set()  # a no-op once the guest has returned
+            future.cancel()  # a guest still queued for a worker never starts
+
+    async def _start(
+        self,
+        request: pb.InvokeRequest,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> concurrent.futures.Future[Outcome]:
+        """Admits the call and submits the guest to the worker pool.
+
+        The admission slot is released when the guest thread finishes (or the queued
+        call is cancelled), not when the handler returns, so a call whose client went
+        away keeps counting until its guest has really stopped.
+        """
+        slot = self._admission.acquire(request.tenant or DEFAULT_TENANT)
+        try:
             module, _ = await self._modules.get(request.module_digest)
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
-            call = functools.partial(
+            extra: dict[str, Any] = {}
+            if on_output is not None:
+                extra["on_output"] = on_output
+            if cancel is not None:
+                extra["cancel"] = cancel
+            future = self._workers.submit(
                 self._sandbox.invoke,
                 module,
                 request.export_name,
                 args,
                 stdin=request.stdin,
                 **self._limits(request.limits),
+                **extra,
             )
-            outcome = await asyncio.get_running_loop().run_in_executor(self._workers, call)
-        return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
+        except BaseException:
+            slot.release()
+            raise
+        future.add_done_callback(lambda _: slot.release())
+        return future
 
     def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
         """The request's limits, defaulted and clamped to this executor's ceilings."""
@@ -86,3 +161,11 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             "fuel": limits.fuel or None,
             "max_memory_bytes": limits.max_memory_bytes or None,
         }
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """Schedules `callback(*args)` on `loop` from any thread; a closed loop is ignored."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop closed (shutdown): nobody is waiting any more
+        _log.debug("event loop closed; dropped a guest event")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
@@ -40,12 +43,16 @@ class ExecutorPool:
                     raise last from exc
         raise last or UnavailableError("no executor replica is configured")
 
+    def _replica(self, digest: str) -> str:
+        """The first replica (in rendezvous order) whose channel is not known to be down."""
+        order = rendezvous_order(digest, list(self._stubs))
+        usable = [a for a in order if self._channels[a].get_state(try_to_connect=True) not in _DOWN]
+        return (usable or order)[0]
+
     async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
         """Runs the call on the first replica (in rendezvous order) whose channel is not
         known to be down. A call that reached a replica is never sent to another one."""
-        order = rendezvous_order(request.module_digest, list(self._stubs))
-        usable = [a for a in order if self._channels[a].get_state(try_to_connect=True) not in _DOWN]
-        address = (usable or order)[0]
+        address = self._replica(request.module_digest)
         try:
             response: pb.InvokeResponse = await self._stubs[address].Invoke(
                 request, timeout=self._timeout
@@ -54,7 +61,38 @@ class ExecutorPool:
             raise downstream_error(exc, f"executor {address}") from exc
         return response
 
+    def invoke_stream(self, request: pb.InvokeRequest) -> ExecutorStream:
+        """Starts the call on one replica, chosen as for `invoke` and never resent, and
+        returns its event stream."""
+        address = self._replica(request.module_digest)
+        call = self._stubs[address].InvokeStream(
+            pb.InvokeStreamRequest(invocation=request), timeout=self._timeout
+        )
+        return ExecutorStream(call, address)
+
     async def close(self) -> None:
         """Closes every channel."""
         for channel in self._channels.values():
             await channel.close()
+
+
+class ExecutorStream:
+    """The events of one executor InvokeStream call; `cancel()` stops the call (and with
+    it the guest). Iterate it once; leaving the iteration early cancels the call too."""
+
+    def __init__(self, call: Any, address: str) -> None:
+        self._call = call
+        self.address = address
+
+    def cancel(self) -> None:
+        """Cancels the executor call; a no-op once it has ended."""
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[pb.InvokeStreamResponse]:
+        try:
+            async for message in self._call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, f"executor {self.address}") from exc
+        finally:
+            self._call.cancel()

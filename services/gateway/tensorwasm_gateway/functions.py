@@ -18,7 +18,7 @@ from tensorwasm_gateway.errors import (
     InvalidWasmError,
     ModuleTooLargeError,
 )
-from tensorwasm_gateway.executors import ExecutorPool
+from tensorwasm_gateway.executors import ExecutorPool, ExecutorStream
 from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry, now_ns
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -127,12 +127,27 @@ class FunctionService:
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
     ) -> tuple[executor_pb.InvokeResponse, str]:
         """Routes a call to an executor; returns its response and the export called."""
+        export = await self._resolve(tenant, function_id, request)
+        return await self._executors.invoke(request), export
+
+    async def invoke_stream(
+        self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
+    ) -> tuple[ExecutorStream, str]:
+        """Resolves the call as `invoke` does (errors are raised here, before any event)
+        and starts it; returns the executor's event stream and the export called."""
+        export = await self._resolve(tenant, function_id, request)
+        return self._executors.invoke_stream(request), export
+
+    async def _resolve(
+        self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
+    ) -> str:
+        """Looks the function up, chooses the export and addresses `request` to it."""
         record = await self.get(tenant, function_id)
         export = choose_export(record, request.export_name)
         request.module_digest = record.module_digest
         request.export_name = export
         request.tenant = tenant
-        return await self._executors.invoke(request), export
+        return export
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import AsyncIterator
 
 import grpc
 from tensorwasm.common.v1 import values_pb2
@@ -128,11 +129,38 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     ) -> pb.InvokeResponse:
         tenant = tenant_of(context)
         function_id = function_id_from_name(request.name)
-        downstream = executor_pb.InvokeRequest(
-            export_name=request.export_name,
-            args=request.args,
-            stdin=request.stdin,
-            limits=request.limits,
-        )
+        downstream = _downstream(request)
         response, export = await self._functions.invoke(tenant, function_id, downstream)
         return pb.InvokeResponse(outcome=response.outcome, export_name=export)
+
+    async def InvokeStream(
+        self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InvokeStreamResponse]:
+        """Relays the executor's events; a cancelled call cancels the executor's call.
+
+        The downstream call is iterated inside this handler, so a client cancel (which
+        cancels this task) unwinds into it and cancels it; the done callback cancels it
+        as well whenever this RPC ends, however the handler was left.
+        """
+        tenant = tenant_of(context)
+        invocation = request.invocation
+        function_id = function_id_from_name(invocation.name)
+        events, export = await self._functions.invoke_stream(
+            tenant, function_id, _downstream(invocation)
+        )
+        context.add_done_callback(lambda _: events.cancel())
+        async for event in events:
+            if event.HasField("outcome"):
+                yield pb.InvokeStreamResponse(outcome=event.outcome, export_name=export)
+            else:
+                yield pb.InvokeStreamResponse(output=event.output)
+
+
+def _downstream(request: pb.InvokeRequest) -> executor_pb.InvokeRequest:
+    """The executor's request for a gateway call (addressed later by FunctionService)."""
+    return executor_pb.InvokeRequest(
+        export_name=request.export_name,
+        args=request.args,
+        stdin=request.stdin,
+        limits=request.limits,
+    )

@@ -93,6 +93,30 @@ TRAP_CODE_OTHER: TrapCode.ValueType  # 14
 """A trap with no specific code (e.g. a host function failed)."""
 Global___TrapCode: _TypeAlias = TrapCode  # noqa: Y015
 
+class _OutputStream:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutputStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputStream.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTPUT_STREAM_UNSPECIFIED: _OutputStream.ValueType  # 0
+    """Not set."""
+    OUTPUT_STREAM_STDOUT: _OutputStream.ValueType  # 1
+    """The guest's stdout (fd 1)."""
+    OUTPUT_STREAM_STDERR: _OutputStream.ValueType  # 2
+    """The guest's stderr (fd 2)."""
+
+class OutputStream(_OutputStream, metaclass=_OutputStreamEnumTypeWrapper):
+    """The WASI output stream a chunk of guest output was written to."""
+
+OUTPUT_STREAM_UNSPECIFIED: OutputStream.ValueType  # 0
+"""Not set."""
+OUTPUT_STREAM_STDOUT: OutputStream.ValueType  # 1
+"""The guest's stdout (fd 1)."""
+OUTPUT_STREAM_STDERR: OutputStream.ValueType  # 2
+"""The guest's stderr (fd 2)."""
+Global___OutputStream: _TypeAlias = OutputStream  # noqa: Y015
+
 @_typing.final
 class InvocationLimits(_message.Message):
     """Limits applied to one invocation. Zero means "the service default"."""
@@ -169,7 +193,8 @@ class InvocationFailure(_message.Message):
     """The trap code, when the failure is a trap."""
     reason: _builtins.str
     """A stable UPPER_SNAKE reason: TRAP, DEADLINE_EXCEEDED, FUEL_EXHAUSTED,
-    MEMORY_LIMIT_EXCEEDED or PROC_EXIT.
+    MEMORY_LIMIT_EXCEEDED, PROC_EXIT or CANCELLED (the caller cancelled a streaming
+    call, which stopped the guest).
     """
     message: _builtins.str
     """A human-readable message (the trap message and backtrace)."""
@@ -205,9 +230,13 @@ class InvocationOutcome(_message.Message):
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
     GUEST_DURATION_FIELD_NUMBER: _builtins.int
     stdout: _builtins.bytes
-    """The guest's stdout (up to the output cap)."""
+    """The guest's stdout (up to the output cap). Empty in the final message of a
+    streaming invoke: there the bytes were already sent as OutputChunk events.
+    """
     stderr: _builtins.bytes
-    """The guest's stderr (up to the output cap)."""
+    """The guest's stderr (up to the output cap). Empty in the final message of a
+    streaming invoke, like stdout.
+    """
     stdout_truncated: _builtins.bool
     """True when stdout was cut at the output cap."""
     stderr_truncated: _builtins.bool
@@ -244,3 +273,32 @@ class InvocationOutcome(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___InvocationOutcome: _TypeAlias = InvocationOutcome  # noqa: Y015
+
+@_typing.final
+class OutputChunk(_message.Message):
+    """A piece of guest output, forwarded by a streaming invoke as the guest writes it.
+    Chunks of both streams arrive in the order the guest wrote them; bytes past the
+    call's output cap are dropped (the outcome's *_truncated flag says so).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    stream: Global___OutputStream.ValueType
+    """The stream the guest wrote to."""
+    data: _builtins.bytes
+    """The bytes written."""
+    def __init__(
+        self,
+        *,
+        stream: Global___OutputStream.ValueType = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015

@@ -26,7 +26,7 @@ from tensorwasm.common.v1 import invocation_pb2 as tensorwasm_dot_common_dot_v1_
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"-\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\"\x7f\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"\xbd\x01\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome2\xd8\x01\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"-\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\"\x7f\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"\xbd\x01\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"P\n\x13InvokeStreamRequest\x12\x39\n\ninvocation\x18\x01 \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequest\"\x90\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x42\x07\n\x05\x65vent2\xc5\x02\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponse\x12k\n\x0cInvokeStream\x12+.tensorwasm.executor.v1.InvokeStreamRequest\x1a,.tensorwasm.executor.v1.InvokeStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOKEREQUEST']._serialized_end=513
   _globals['_INVOKERESPONSE']._serialized_start=515
   _globals['_INVOKERESPONSE']._serialized_end=589
-  _globals['_EXECUTORSERVICE']._serialized_start=592
-  _globals['_EXECUTORSERVICE']._serialized_end=808
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=591
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=671
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=674
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=818
+  _globals['_EXECUTORSERVICE']._serialized_start=821
+  _globals['_EXECUTORSERVICE']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

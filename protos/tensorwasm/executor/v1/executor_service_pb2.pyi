@@ -143,3 +143,64 @@ class InvokeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvokeResponse: _TypeAlias = InvokeResponse  # noqa: Y015
+
+@_typing.final
+class InvokeStreamRequest(_message.Message):
+    """Request for InvokeStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invocation(self) -> Global___InvokeRequest:
+        """The call, with the same fields and meaning as for Invoke."""
+
+    def __init__(
+        self,
+        *,
+        invocation: Global___InvokeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
+
+@_typing.final
+class InvokeStreamResponse(_message.Message):
+    """One event of InvokeStream: any number of output chunks, in the order the guest
+    wrote them, then exactly one outcome, which is always the last message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def output(self) -> _invocation_pb2.OutputChunk:
+        """Bytes the guest wrote to stdout or stderr."""
+
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """What the guest did. Its stdout and stderr fields are empty (their bytes were
+        already streamed as output events); the truncation flags and the guest
+        duration are set as for Invoke.
+        """
+
+    def __init__(
+        self,
+        *,
+        output: _invocation_pb2.OutputChunk | None = ...,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015

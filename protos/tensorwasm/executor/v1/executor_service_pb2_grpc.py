@@ -46,6 +46,11 @@ class ExecutorServiceStub:
                 request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/tensorwasm.executor.v1.ExecutorService/InvokeStream',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -69,6 +74,15 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeStream(self, request, context):
+        """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+        guest writes them, then ends with the outcome. Cancelling the call stops the
+        guest within about one epoch tick.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +95,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeRequest.FromString,
                     response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +158,33 @@ class ExecutorService:
             '/tensorwasm.executor.v1.ExecutorService/Invoke',
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeRequest.SerializeToString,
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/InvokeStream',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class ExecutorServiceStub:
     """Calls one export of a module with typed arguments. A guest trap is a
     failure outcome in the response, not an RPC error.
     """
+    InvokeStream: _grpc.UnaryStreamMultiCallable[_executor_service_pb2.InvokeStreamRequest, _executor_service_pb2.InvokeStreamResponse]
+    """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+    guest writes them, then ends with the outcome. Cancelling the call stops the
+    guest within about one epoch tick.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -58,6 +63,11 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     Invoke: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.InvokeRequest, _executor_service_pb2.InvokeResponse]  # type: ignore[assignment]
     """Calls one export of a module with typed arguments. A guest trap is a
     failure outcome in the response, not an RPC error.
+    """
+    InvokeStream: _aio.UnaryStreamMultiCallable[_executor_service_pb2.InvokeStreamRequest, _executor_service_pb2.InvokeStreamResponse]  # type: ignore[assignment]
+    """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+    guest writes them, then ends with the outcome. Cancelling the call stops the
+    guest within about one epoch tick.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +93,17 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_service_pb2.InvokeResponse, _abc.Awaitable[_executor_service_pb2.InvokeResponse]]:
         """Calls one export of a module with typed arguments. A guest trap is a
         failure outcome in the response, not an RPC error.
+        """
+
+    @_abc_1.abstractmethod
+    def InvokeStream(
+        self,
+        request: _executor_service_pb2.InvokeStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.InvokeStreamResponse], _abc.AsyncIterator[_executor_service_pb2.InvokeStreamResponse]]:
+        """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+        guest writes them, then ends with the outcome. Cancelling the call stops the
+        guest within about one epoch tick.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -61,6 +61,11 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/tensorwasm.gateway.v1.GatewayService/InvokeStream',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -104,6 +109,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeStream(self, request, context):
+        """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+        guest writes them, then ends with the outcome. Request errors (not found, bad
+        arguments, limits) end the call before any message; a guest trap is the final
+        outcome. Cancelling the call stops the guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +290,33 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/Invoke',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/InvokeStream',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class GatewayServiceStub:
     """Calls one export of a function. A guest trap is a failure outcome in the
     response, not an RPC error.
     """
+    InvokeStream: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.InvokeStreamRequest, _gateway_service_pb2.InvokeStreamResponse]
+    """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+    guest writes them, then ends with the outcome. Request errors (not found, bad
+    arguments, limits) end the call before any message; a guest trap is the final
+    outcome. Cancelling the call stops the guest.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -66,6 +72,12 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     Invoke: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.InvokeRequest, _gateway_service_pb2.InvokeResponse]  # type: ignore[assignment]
     """Calls one export of a function. A guest trap is a failure outcome in the
     response, not an RPC error.
+    """
+    InvokeStream: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.InvokeStreamRequest, _gateway_service_pb2.InvokeStreamResponse]  # type: ignore[assignment]
+    """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+    guest writes them, then ends with the outcome. Request errors (not found, bad
+    arguments, limits) end the call before any message; a guest trap is the final
+    outcome. Cancelling the call stops the guest.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +125,18 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_service_pb2.InvokeResponse, _abc.Awaitable[_gateway_service_pb2.InvokeResponse]]:
         """Calls one export of a function. A guest trap is a failure outcome in the
         response, not an RPC error.
+        """
+
+    @_abc_1.abstractmethod
+    def InvokeStream(
+        self,
+        request: _gateway_service_pb2.InvokeStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.InvokeStreamResponse], _abc.AsyncIterator[_gateway_service_pb2.InvokeStreamResponse]]:
+        """Calls one export like Invoke, but streams the guest's stdout and stderr as the
+        guest writes them, then ends with the outcome. Request errors (not found, bad
+        arguments, limits) end the call before any message; a guest trap is the final
+        outcome. Cancelling the call stops the guest.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
