@@ -121,19 +121,15 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         try:
             module, _ = await self._modules.get(request.module_digest)
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
-            extra: dict[str, Any] = {}
-            if on_output is not None:
-                extra["on_output"] = on_output
-            if cancel is not None:
-                extra["cancel"] = cancel
             future = self._workers.submit(
                 self._sandbox.invoke,
                 module,
                 request.export_name,
                 args,
                 stdin=request.stdin,
+                on_output=on_output,
+                cancel=cancel,
                 **self._limits(request.limits),
-                **extra,
             )
         except BaseException:
             slot.release()
