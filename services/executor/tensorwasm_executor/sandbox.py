@@ -12,11 +12,18 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import wasmtime
-from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+from tensorwasm_common.errors import (
+    Code,
+    InvalidArgumentError,
+    NotFoundError,
+    ServiceError,
+    UnavailableError,
+)
 
 from tensorwasm_executor import rawcall
 from tensorwasm_executor.errors import (
@@ -29,7 +36,8 @@ from tensorwasm_executor.errors import (
 from tensorwasm_executor.values import ValueType, WasmValue
 
 __all__ = [
-    "CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "OutputSink", "Sandbox",
+    "CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "OutputSink",
+    "Resident", "ResidentGoneError", "Sandbox", "WasiOptions",
 ]  # fmt: skip
 
 # Engine settings; every one is part of `Sandbox.engine_fingerprint`.
@@ -66,6 +74,23 @@ class HostModule:
 
     name: str
     define: Callable[[wasmtime.Linker], None]
+
+
+@dataclass(frozen=True)
+class WasiOptions:
+    """What a guest sees of WASI beyond stdio: argv, environment, one read-only directory.
+
+    `read_only_dir` is a host directory the caller has already resolved and authorised;
+    the guest sees it, read-only, at `guest_dir`. Without it the guest has no filesystem.
+    """
+
+    argv: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    read_only_dir: str | None = None
+    guest_dir: str = "/data"
+
+
+NO_WASI_OPTIONS = WasiOptions()
 
 
 @dataclass(frozen=True)
@@ -235,28 +260,233 @@ def _failure(exc: wasmtime.Trap | wasmtime.WasmtimeError, returns: bool) -> Fail
 
 
 class _Watch:
-    """The epoch callback of a cancellable call: stops the guest once `cancel` is set or
-    the wall-clock `deadline` (time.monotonic) has passed, and records which."""
+    """The epoch callback of a cancellable store: stops the running call once one of its
+    events is set or the wall-clock deadline (time.monotonic) has passed, and records which.
 
-    def __init__(self, cancel: threading.Event, deadline: float) -> None:
-        self._cancel = cancel
-        self._deadline = deadline
+    A resident instance keeps one watch for its whole life and re-arms it per call.
+    """
+
+    def __init__(self) -> None:
+        self._events: tuple[threading.Event, ...] = ()
+        self._deadline = math.inf
         self.stopped: str | None = None
         self._callback: rawcall.EpochCallback | None = None
 
     def install(self, store: wasmtime.Store) -> None:
         """Hooks the callback into `store` and has it run at every epoch tick."""
         self._callback = rawcall.set_epoch_callback(store, self._on_tick)
+
+    def arm(
+        self, store: wasmtime.Store, events: Sequence[threading.Event], deadline: float
+    ) -> None:
+        """Starts watching one call: stop it when an event is set or at `deadline`."""
+        self._events = tuple(events)
+        self._deadline = deadline
+        self.stopped = None
         store.set_epoch_deadline(1)
 
     def _on_tick(self) -> str | None:
-        if self._cancel.is_set():
+        if any(event.is_set() for event in self._events):
             self.stopped = "CANCELLED"
             return "cancelled"
         if time.monotonic() >= self._deadline:
             self.stopped = "DEADLINE_EXCEEDED"
             return "deadline exceeded"
         return None
+
+
+class _Session:
+    """A store with WASI wired to per-call output captures, and (once made) its instance.
+
+    A fresh invocation uses one session for one call; a resident instance keeps its
+    session across calls. With `watched`, an epoch callback decides at every tick
+    whether the running call goes on (cancellation, terminate, wall-clock deadline);
+    otherwise wasmtime traps at a fixed tick count (the unary hot path).
+    """
+
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        *,
+        stdin: bytes,
+        wasi: WasiOptions,
+        memory_bytes: int,
+        table_elements: int,
+        watched: bool,
+    ) -> None:
+        self.stdout = _Capture(0)
+        self.stderr = _Capture(0)
+        config = wasmtime.WasiConfig()
+        if stdin:
+            rawcall.set_stdin_bytes(config, stdin)
+        config.stdout_custom = self._write_stdout
+        config.stderr_custom = self._write_stderr
+        if wasi.argv:
+            config.argv = list(wasi.argv)
+        if wasi.env:
+            config.env = [list(pair) for pair in wasi.env]
+        if wasi.read_only_dir is not None:
+            config.preopen_dir(wasi.read_only_dir, wasi.guest_dir, fs_mutable=False)
+        self.store = wasmtime.Store(engine)
+        self.instance: object | None = None
+        self.watch: _Watch | None = None
+        try:
+            self.store.set_wasi(config)
+            self.store.set_limits(memory_size=memory_bytes, table_elements=table_elements)
+            if watched:
+                self.watch = _Watch()
+                self.watch.install(self.store)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _write_stdout(self, chunk: bytes) -> int:
+        return self.stdout.write(chunk)
+
+    def _write_stderr(self, chunk: bytes) -> int:
+        return self.stderr.write(chunk)
+
+    def begin(
+        self,
+        limits: _CallLimits,
+        tick_seconds: float,
+        *,
+        fuel_metering: bool,
+        on_output: OutputSink | None,
+        events: Sequence[threading.Event],
+    ) -> None:
+        """Arms the store for one call: fresh output captures, the deadline, the fuel."""
+        self.stdout = _Capture(limits.output_bytes, "stdout", on_output)
+        self.stderr = _Capture(limits.output_bytes, "stderr", on_output)
+        if self.watch is not None:
+            self.watch.arm(self.store, events, time.monotonic() + limits.timeout_seconds)
+        else:
+            ticks = math.ceil(limits.timeout_seconds / tick_seconds)
+            self.store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+        if fuel_metering:
+            self.store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
+
+    def run(
+        self, module: CompiledModule, info: ExportInfo | None, args: Sequence[WasmValue]
+    ) -> tuple[tuple[WasmValue, ...] | None, Failure | None, float]:
+        """Instantiates (when not yet done) and calls `info` (None: instantiate only).
+
+        Returns (results, failure, guest seconds); guest failures are not raised.
+        """
+        started = time.perf_counter()
+        results: tuple[WasmValue, ...] | None = ()
+        failure = None
+        try:
+            if self.instance is None:
+                self.instance = rawcall.instantiate(module.instance_pre, self.store)
+            if info is not None:
+                results = rawcall.call(self.store, self.instance, info.name, info.results, args)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            stopped = self.watch.stopped if self.watch is not None else None
+            returns = info is not None and bool(info.results)
+            failure = _stopped(stopped) if stopped else _failure(exc, returns)
+        return (None if failure else results), failure, time.perf_counter() - started
+
+    def outcome(
+        self, results: tuple[WasmValue, ...] | None, failure: Failure | None, elapsed: float
+    ) -> Outcome:
+        """The Outcome of the call just run, with its captured output."""
+        return Outcome(
+            results=results,
+            failure=failure,
+            stdout=bytes(self.stdout.data),
+            stderr=bytes(self.stderr.data),
+            stdout_truncated=self.stdout.truncated,
+            stderr_truncated=self.stderr.truncated,
+            guest_seconds=elapsed,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        self.watch = None  # only now may the ctypes callback be collected
+
+
+class ResidentGoneError(NotFoundError):
+    """The resident instance was terminated."""
+
+    reason = "INSTANCE_NOT_FOUND"
+
+
+class Resident:
+    """A long-lived instance: one store and instance that keep their state across calls.
+
+    Calls run one at a time (a second caller waits, within its own deadline). Every
+    call re-arms the deadline, the fuel and fresh output captures. `terminate()` stops a
+    running call within about one epoch tick and closes the store once it has returned.
+    """
+
+    def __init__(self, sandbox: Sandbox, module: CompiledModule, session: _Session) -> None:
+        self.module = module
+        self._sandbox = sandbox
+        self._session: _Session | None = session
+        self._lock = threading.Lock()
+        self._terminated = threading.Event()
+
+    @property
+    def terminated(self) -> bool:
+        """Whether `terminate()` was called."""
+        return self._terminated.is_set()
+
+    def call(
+        self,
+        export: str,
+        args: Sequence[WasmValue],
+        *,
+        timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
+        fuel: int | None = None,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Outcome:
+        """Calls `export` on this instance; the arguments and limits are as `Sandbox.invoke`'s.
+
+        Raises:
+            ResidentGoneError: the instance was terminated.
+            ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
+            InvalidArgumentError: a bad limit, or no free turn on the instance before the
+                call's deadline (reason INSTANCE_BUSY).
+        """
+        sandbox = self._sandbox
+        info = sandbox._checked_export(self.module, export, args)
+        limits = sandbox._call_limits(timeout_seconds, max_output_bytes, fuel, None)
+        if not self._lock.acquire(timeout=limits.timeout_seconds):
+            raise InstanceBusyError(
+                "another call held the instance for the whole deadline",
+                metadata={"export": export},
+            )
+        try:
+            session = self._session
+            if session is None or self._terminated.is_set():
+                raise ResidentGoneError("the instance was terminated")
+            events = (self._terminated,) if cancel is None else (self._terminated, cancel)
+            with sandbox._activity():
+                session.begin(
+                    limits, sandbox._tick, fuel_metering=sandbox.fuel_metering,
+                    on_output=on_output, events=events,
+                )  # fmt: skip
+                return session.outcome(*session.run(self.module, info, args))
+        finally:
+            self._lock.release()
+
+    def terminate(self) -> None:
+        """Stops a running call and frees the store (once no call runs). Idempotent."""
+        self._terminated.set()
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+class InstanceBusyError(ServiceError):
+    """A resident instance stayed busy with other calls for this call's whole deadline."""
+
+    code = Code.ABORTED
+    reason = "INSTANCE_BUSY"
 
 
 class Sandbox:
@@ -385,6 +615,7 @@ class Sandbox:
         max_memory_bytes: int | None = None,
         on_output: OutputSink | None = None,
         cancel: threading.Event | None = None,
+        wasi: WasiOptions = NO_WASI_OPTIONS,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -410,6 +641,7 @@ class Sandbox:
             on_output: receives ("stdout" | "stderr", bytes) on the guest's thread, in
                 the order written; an exception it raises is logged and ignored.
             cancel: an event another thread may set to stop the call.
+            wasi: argv, environment and the read-only directory.
 
         Returns:
             The Outcome: results or a Failure, captured output and guest time.
@@ -420,8 +652,76 @@ class Sandbox:
                 was asked for without fuel metering.
             UnavailableError: the sandbox is closed.
         """
+        info = self._checked_export(module, export, args)
+        limits = self._call_limits(timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
+        with self._activity():
+            session = _Session(
+                self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=cancel is not None,
+            )  # fmt: skip
+            try:
+                events = () if cancel is None else (cancel,)
+                session.begin(
+                    limits, self._tick, fuel_metering=self.fuel_metering,
+                    on_output=on_output, events=events,
+                )  # fmt: skip
+                if cancel is not None and cancel.is_set():
+                    return session.outcome(None, _CANCELLED, 0.0)
+                return session.outcome(*session.run(module, info, args))
+            finally:
+                session.close()
+
+    def spawn(
+        self,
+        module: CompiledModule,
+        *,
+        stdin: bytes = b"",
+        wasi: WasiOptions = NO_WASI_OPTIONS,
+        timeout_seconds: float | None = None,
+        max_memory_bytes: int | None = None,
+    ) -> tuple[Resident | None, Outcome]:
+        """Instantiates `module` into a long-lived store (running its start function).
+
+        Args:
+            module: a module compiled by this sandbox.
+            stdin: the instance's WASI stdin, for its whole life.
+            wasi: argv, environment and the read-only directory.
+            timeout_seconds: the deadline of instantiation (start function included).
+            max_memory_bytes: the linear-memory cap for the instance's whole life.
+
+        Returns:
+            (the Resident, the instantiation's Outcome), or (None, the Outcome with the
+            failure) when instantiation trapped, exited or ran out of time.
+
+        Raises:
+            InvalidArgumentError: a bad limit.
+            UnavailableError: the sandbox is closed.
+        """
+        self._own(module)
+        limits = self._call_limits(timeout_seconds, None, None, max_memory_bytes)
+        with self._activity():
+            session = _Session(
+                self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=True,
+            )  # fmt: skip
+            session.begin(
+                limits, self._tick, fuel_metering=self.fuel_metering, on_output=None, events=()
+            )
+            outcome = session.outcome(*session.run(module, None, ()))
+            if outcome.failure is not None:
+                session.close()
+                return None, outcome
+        return Resident(self, module, session), outcome
+
+    def _own(self, module: CompiledModule) -> None:
         if module.engine is not self._engine:
             raise ValueError("module was compiled by another Sandbox")
+
+    def _checked_export(
+        self, module: CompiledModule, export: str, args: Sequence[WasmValue]
+    ) -> ExportInfo:
+        """The export's signature, checked against the arguments' types."""
+        self._own(module)
         info = module.export(export)
         got = tuple(arg.type for arg in args)
         if got != info.params:
@@ -430,6 +730,16 @@ class Sandbox:
                 f"export {export!r} takes {expected}, got {_signature(got)}",
                 metadata={"export": export, "expected": expected, "got": _signature(got)},
             )
+        return info
+
+    def _call_limits(
+        self,
+        timeout_seconds: float | None,
+        max_output_bytes: int | None,
+        fuel: int | None,
+        max_memory_bytes: int | None,
+    ) -> _CallLimits:
+        """The limits of one call, defaulted and clamped to the sandbox's caps."""
         timeout = self._timeout if timeout_seconds is None else timeout_seconds
         if not 0 < timeout < math.inf:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
@@ -439,77 +749,20 @@ class Sandbox:
                 "this executor does not meter fuel", reason="FUEL_UNSUPPORTED"
             )
         memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
-        limits = _CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
+        return _CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
+
+    @contextmanager
+    def _activity(self) -> Iterator[None]:
+        """Counts a call in flight (the ticker runs until none is); refused once closed."""
         with self._lock:
             if self._stop.is_set():
                 raise UnavailableError("the sandbox is closed")
             self._active += 1
         try:
-            return self._run(
-                module, info, args, stdin=stdin, limits=limits, on_output=on_output, cancel=cancel
-            )
+            yield
         finally:
             with self._lock:
                 self._active -= 1
-
-    def _run(
-        self,
-        module: CompiledModule,
-        info: ExportInfo,
-        args: Sequence[WasmValue],
-        *,
-        stdin: bytes,
-        limits: _CallLimits,
-        on_output: OutputSink | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Outcome:
-        stdout = _Capture(limits.output_bytes, "stdout", on_output)
-        stderr = _Capture(limits.output_bytes, "stderr", on_output)
-        wasi = wasmtime.WasiConfig()
-        if stdin:
-            rawcall.set_stdin_bytes(wasi, stdin)
-        wasi.stdout_custom = stdout.write
-        wasi.stderr_custom = stderr.write
-        store = wasmtime.Store(self._engine)
-        results: tuple[WasmValue, ...] | None = ()
-        failure = None
-        watch: _Watch | None = None
-        try:
-            store.set_wasi(wasi)
-            store.set_limits(
-                memory_size=limits.memory_bytes, table_elements=self._max_table_elements
-            )
-            if cancel is None:  # the unary hot path: wasmtime traps at a fixed tick count
-                ticks = math.ceil(limits.timeout_seconds / self._tick)
-                store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
-            else:  # a callback at every tick decides: cancelled, past the deadline, or go on
-                watch = _Watch(cancel, time.monotonic() + limits.timeout_seconds)
-                watch.install(store)
-            if self.fuel_metering:
-                store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
-            started = time.perf_counter()
-            try:
-                if cancel is not None and cancel.is_set():
-                    failure = _CANCELLED
-                else:
-                    instance = rawcall.instantiate(module.instance_pre, store)
-                    results = rawcall.call(store, instance, info.name, info.results, args)
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                stopped = watch.stopped if watch is not None else None
-                failure = _stopped(stopped) if stopped else _failure(exc, bool(info.results))
-            elapsed = time.perf_counter() - started
-        finally:
-            store.close()
-            del watch  # only now may the ctypes callback be collected
-        return Outcome(
-            results=None if failure else results,
-            failure=failure,
-            stdout=bytes(stdout.data),
-            stderr=bytes(stderr.data),
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            guest_seconds=elapsed,
-        )
 
     def close(self) -> None:
         """Stops the epoch ticker once in-flight invocations end (their deadlines bound it).

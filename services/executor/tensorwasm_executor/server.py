@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
@@ -11,12 +13,24 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 
 from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Sandbox
 from tensorwasm_executor.servicer import ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+_log = logging.getLogger(__name__)
+
+
+async def _expire_idle(instances: InstanceTable, interval_seconds: float) -> None:
+    """Terminates instances idle past their TTL, every `interval_seconds`."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_seconds)
+        for live in instances.expire():
+            _log.info("instance %s expired (idle ttl)", live.id, extra={"tenant": live.tenant})
+            await loop.run_in_executor(None, live.resident.terminate)
 
 
 async def serve(settings: ExecutorSettings) -> None:
@@ -41,14 +55,24 @@ async def serve(settings: ExecutorSettings) -> None:
     blobs = BlobClient(store_channel)
     modules = ModuleProvider(sandbox, blobs.get, compile_pool)
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
-    pb_grpc.add_ExecutorServiceServicer_to_server(
-        ExecutorServicer(settings, sandbox, modules, workers, admission), host.server
+    instances = InstanceTable(
+        max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant
     )
+    pb_grpc.add_ExecutorServiceServicer_to_server(
+        ExecutorServicer(
+            settings, sandbox, modules, workers, admission=admission, instances=instances
+        ),
+        host.server,
+    )
+    sweeper = asyncio.create_task(_expire_idle(instances, settings.instance_sweep_seconds))
 
     async def healthy() -> bool:
         return await peer_serving(store_channel)
 
     async def cleanup() -> None:
+        sweeper.cancel()
+        for live in instances.drain():
+            live.resident.terminate()
         await store_channel.close()
         workers.shutdown(wait=False, cancel_futures=True)
         compile_pool.shutdown(wait=False, cancel_futures=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -19,9 +20,11 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
+from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Outcome, OutputSink, Sandbox
 from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.wasi import wasi_from_wire
 
 _log = logging.getLogger(__name__)
 
@@ -42,13 +45,16 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         sandbox: Sandbox,
         modules: ModuleProvider,
         workers: ThreadPoolExecutor,
+        *,
         admission: Admission,
+        instances: InstanceTable,
     ) -> None:
         self._settings = settings
         self._sandbox = sandbox
         self._modules = modules
         self._workers = workers
         self._admission = admission
+        self._instances = instances
 
     async def PrepareModule(
         self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
@@ -63,8 +69,115 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> pb.InvokeResponse:
-        outcome = await asyncio.wrap_future(await self._start(request))
+        """Runs one call; a client that cancels (or whose deadline passes) stops the guest."""
+        cancel = threading.Event()
+        context.add_done_callback(lambda _: cancel.set())
+        future = await self._start(request, cancel=cancel)
+        try:
+            outcome = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            future.cancel()
+            raise
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
+
+    async def CreateInstance(
+        self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateInstanceResponse:
+        """Instantiates on a worker; the instance is registered there, so one whose
+        client went away mid-creation is still owned by the table (and expires)."""
+        tenant = request.tenant or DEFAULT_TENANT
+        wasi = wasi_from_wire(
+            request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
+        )
+        ttl = self._idle_ttl(request)
+        limits = self._limits(request.limits)
+        module, _ = await self._modules.get(request.module_digest)
+        reservation = self._instances.reserve(tenant)
+
+        def create() -> tuple[str, Outcome]:
+            try:
+                resident, outcome = self._sandbox.spawn(
+                    module, stdin=request.stdin, wasi=wasi,
+                    timeout_seconds=limits["timeout_seconds"],
+                    max_memory_bytes=limits["max_memory_bytes"],
+                )  # fmt: skip
+            except BaseException:
+                reservation.release()
+                raise
+            if resident is None:
+                reservation.release()
+                return "", outcome
+            return reservation.commit(resident, module.digest, ttl).id, outcome
+
+        try:
+            slot = self._admission.acquire(tenant)
+        except BaseException:
+            reservation.release()
+            raise
+        future = self._workers.submit(create)
+        future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
+        instance_id, outcome = await asyncio.wrap_future(future)
+        response = pb.CreateInstanceResponse(
+            instance_id=instance_id, outcome=outcome_to_wire(outcome)
+        )
+        response.idle_ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+        return response
+
+    async def CallInstance(
+        self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CallInstanceResponse:
+        tenant = request.tenant or DEFAULT_TENANT
+        live = self._instances.checkout(request.instance_id, tenant)
+        cancel = threading.Event()
+        context.add_done_callback(lambda _: cancel.set())
+        try:
+            args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
+            limits = self._limits(request.limits)
+            del limits["max_memory_bytes"]  # the instance's, fixed at creation
+            slot = self._admission.acquire(tenant)
+        except BaseException:
+            self._instances.checkin(live)
+            raise
+        try:
+            future = self._workers.submit(
+                live.resident.call, request.export_name, args, cancel=cancel, **limits
+            )
+        except BaseException:
+            slot.release()
+            self._instances.checkin(live)
+            raise
+        future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(lambda _: self._instances.checkin(live))
+        try:
+            outcome = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            future.cancel()
+            raise
+        return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
+
+    async def DeleteInstance(
+        self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteInstanceResponse:
+        """Unregisters at once; a running call is stopped and waited for off the loop."""
+        live = self._instances.remove(request.instance_id, request.tenant or DEFAULT_TENANT)
+        await asyncio.get_running_loop().run_in_executor(None, live.resident.terminate)
+        return pb.DeleteInstanceResponse()
+
+    def _idle_ttl(self, request: pb.CreateInstanceRequest) -> float:
+        settings = self._settings
+        ttl = settings.instance_idle_ttl_seconds
+        if request.HasField("idle_ttl"):
+            requested = request.idle_ttl.ToTimedelta().total_seconds()
+            if requested < 0:
+                raise InvalidArgumentError(
+                    "idle_ttl must not be negative", metadata={"field": "idle_ttl"}
+                )
+            if requested > 0:
+                ttl = min(requested, settings.max_instance_idle_ttl_seconds)
+        return ttl
 
     async def InvokeStream(
         self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
@@ -121,12 +234,18 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         try:
             module, _ = await self._modules.get(request.module_digest)
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
+            wasi = wasi_from_wire(
+                request.wasi,
+                tenant=request.tenant or DEFAULT_TENANT,
+                guest_dirs_root=self._settings.guest_dirs_root,
+            )
             future = self._workers.submit(
                 self._sandbox.invoke,
                 module,
                 request.export_name,
                 args,
                 stdin=request.stdin,
+                wasi=wasi,
                 on_output=on_output,
                 cancel=cancel,
                 **self._limits(request.limits),
@@ -157,6 +276,12 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             "fuel": limits.fuel or None,
             "max_memory_bytes": limits.max_memory_bytes or None,
         }
+
+
+def _if_cancelled(future: concurrent.futures.Future[Any], action: Callable[[], None]) -> None:
+    """Runs `action` when `future` was cancelled before it ran."""
+    if future.cancelled():
+        action()
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:

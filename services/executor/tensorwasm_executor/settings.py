@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
 
@@ -26,6 +27,14 @@ class ExecutorSettings(ServerSettings):
     max_in_flight: int = 0
     max_in_flight_per_tenant: int = 0
     epoch_tick_seconds: float = 0.01
+    # Read-only directories a function may be granted live under <root>/<tenant>/;
+    # empty: no guest ever gets a filesystem.
+    guest_dirs_root: Path | None = None
+    max_instances: int = 1000
+    max_instances_per_tenant: int = 100
+    instance_idle_ttl_seconds: float = 300.0
+    max_instance_idle_ttl_seconds: float = 3600.0
+    instance_sweep_seconds: float = 1.0
 
     @property
     def in_flight_limit(self) -> int:
@@ -53,5 +62,13 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("max_in_flight and max_in_flight_per_tenant must be >= 0")
         if self.max_memory_bytes < 1 << 16 or self.max_table_elements < 0:
             raise SettingsError("max_memory_bytes: at least one wasm page (65536)")
+        if self.max_instances <= 0 or self.max_instances_per_tenant <= 0:
+            raise SettingsError("max_instances and max_instances_per_tenant must be positive")
+        if not 0 < self.instance_idle_ttl_seconds <= self.max_instance_idle_ttl_seconds:
+            raise SettingsError(
+                "instance_idle_ttl_seconds: must be in (0, max_instance_idle_ttl_seconds]"
+            )
+        if self.instance_sweep_seconds <= 0:
+            raise SettingsError("instance_sweep_seconds: must be positive")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")

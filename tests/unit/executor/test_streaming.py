@@ -19,6 +19,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.errors import ExportNotFoundError
+from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.sandbox import CompiledModule, Outcome, Sandbox
 from tensorwasm_executor.servicer import OUTPUT_CHUNK_BYTES, ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
@@ -275,7 +276,10 @@ class BlockingSandbox:
 
 def _servicer(sandbox: Any, module: Any, admission: Admission, workers: ThreadPoolExecutor) -> Any:
     settings = ExecutorSettings()
-    return ExecutorServicer(settings, sandbox, FakeModules(module), workers, admission)  # type: ignore[arg-type]
+    instances = InstanceTable(max_instances=4, max_per_tenant=2)
+    return ExecutorServicer(
+        settings, sandbox, FakeModules(module), workers, admission=admission, instances=instances
+    )
 
 
 def _request(export: str, *, timeout_seconds: int = 0, tenant: str = "acme") -> Any:

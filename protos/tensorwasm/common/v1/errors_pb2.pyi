@@ -74,6 +74,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Every slot of the executor is taken; retry after RetryInfo's delay."""
     ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 25
     """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+    ERROR_REASON_INSTANCE_NOT_FOUND: _ErrorReason.ValueType  # 40
+    """(26-39 are reserved for the snapshot store.)
+    No live instance has that id for this tenant (never created, deleted, expired).
+    """
+    ERROR_REASON_INSTANCE_BUSY: _ErrorReason.ValueType  # 41
+    """The instance stayed busy with other calls for this call's whole deadline."""
+    ERROR_REASON_INVALID_WASI_CONFIG: _ErrorReason.ValueType  # 42
+    """The WASI configuration is malformed (argv, env, guest directory)."""
+    ERROR_REASON_DIRECTORY_NOT_GRANTED: _ErrorReason.ValueType  # 43
+    """The read-only directory is not under the tenant's granted directory, or missing."""
+    ERROR_REASON_INSTANCE_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 44
+    """The executor holds its maximum number of live instances."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -133,4 +145,16 @@ ERROR_REASON_EXECUTOR_SATURATED: ErrorReason.ValueType  # 24
 """Every slot of the executor is taken; retry after RetryInfo's delay."""
 ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 25
 """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+ERROR_REASON_INSTANCE_NOT_FOUND: ErrorReason.ValueType  # 40
+"""(26-39 are reserved for the snapshot store.)
+No live instance has that id for this tenant (never created, deleted, expired).
+"""
+ERROR_REASON_INSTANCE_BUSY: ErrorReason.ValueType  # 41
+"""The instance stayed busy with other calls for this call's whole deadline."""
+ERROR_REASON_INVALID_WASI_CONFIG: ErrorReason.ValueType  # 42
+"""The WASI configuration is malformed (argv, env, guest directory)."""
+ERROR_REASON_DIRECTORY_NOT_GRANTED: ErrorReason.ValueType  # 43
+"""The read-only directory is not under the tenant's granted directory, or missing."""
+ERROR_REASON_INSTANCE_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 44
+"""The executor holds its maximum number of live instances."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -156,6 +156,72 @@ class InvocationLimits(_message.Message):
 Global___InvocationLimits: _TypeAlias = InvocationLimits  # noqa: Y015
 
 @_typing.final
+class WasiConfig(_message.Message):
+    """What a guest sees of WASI preview 1 beyond stdio. Without a read-only directory
+    the guest has no filesystem at all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ARGV_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    READ_ONLY_DIR_FIELD_NUMBER: _builtins.int
+    GUEST_DIR_FIELD_NUMBER: _builtins.int
+    read_only_dir: _builtins.str
+    """A directory granted read-only, relative to the tenant's directory under the
+    executor's guest-directory root (e.g. "models/v1"); empty: no filesystem.
+    """
+    guest_dir: _builtins.str
+    """Where the guest sees that directory; "/data" when empty."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The guest's argv (argv[0] included, if the guest expects one). At most 1024
+        entries and 64 KiB in all; no NUL bytes.
+        """
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables. Names are non-empty, without '=' or NUL; at most 1024
+        entries and 64 KiB in all.
+        """
+
+    def __init__(
+        self,
+        *,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        read_only_dir: _builtins.str = ...,
+        guest_dir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "guest_dir", b"guest_dir", "read_only_dir", b"read_only_dir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WasiConfig: _TypeAlias = WasiConfig  # noqa: Y015
+
+@_typing.final
 class InvocationSuccess(_message.Message):
     """The guest ran to completion."""
 

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from tensorwasm.common.v1 import invocation_pb2 as _invocation_pb2
@@ -86,6 +87,7 @@ class InvokeRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    WASI_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     export_name: _builtins.str
@@ -102,6 +104,10 @@ class InvokeRequest(_message.Message):
     def limits(self) -> _invocation_pb2.InvocationLimits:
         """Limits for this call (zero fields take the executor's defaults)."""
 
+    @_builtins.property
+    def wasi(self) -> _invocation_pb2.WasiConfig:
+        """argv, environment and the read-only directory of the guest."""
+
     def __init__(
         self,
         *,
@@ -111,10 +117,11 @@ class InvokeRequest(_message.Message):
         stdin: _builtins.bytes = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
         tenant: _builtins.str = ...,
+        wasi: _invocation_pb2.WasiConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,3 +211,198 @@ class InvokeStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015
+
+@_typing.final
+class CreateInstanceRequest(_message.Message):
+    """Request for CreateInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    WASI_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    module_digest: _builtins.str
+    """BLAKE3 digest of the module bytes in the snapshot store."""
+    tenant: _builtins.str
+    """The tenant that will own the instance."""
+    stdin: _builtins.bytes
+    """Bytes the instance reads from WASI stdin, for its whole life."""
+    @_builtins.property
+    def limits(self) -> _invocation_pb2.InvocationLimits:
+        """The deadline of instantiation (start function included) in `timeout`, and the
+        instance's linear-memory cap in `max_memory_bytes`; other fields are ignored.
+        """
+
+    @_builtins.property
+    def wasi(self) -> _invocation_pb2.WasiConfig:
+        """argv, environment and the read-only directory of the instance."""
+
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """The instance is terminated after this long without a call; the executor's
+        default when unset, clamped to its maximum.
+        """
+
+    def __init__(
+        self,
+        *,
+        module_digest: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        stdin: _builtins.bytes = ...,
+        limits: _invocation_pb2.InvocationLimits | None = ...,
+        wasi: _invocation_pb2.WasiConfig | None = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInstanceRequest: _TypeAlias = CreateInstanceRequest  # noqa: Y015
+
+@_typing.final
+class CreateInstanceResponse(_message.Message):
+    """The result of CreateInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The new instance's id; empty when instantiation failed (see `outcome`)."""
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """The instantiation's outcome: the start function's output, or its failure."""
+
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """The idle TTL that applies."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "instance_id", b"instance_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInstanceResponse: _TypeAlias = CreateInstanceResponse  # noqa: Y015
+
+@_typing.final
+class CallInstanceRequest(_message.Message):
+    """Request for CallInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance, as CreateInstance returned it."""
+    tenant: _builtins.str
+    """The calling tenant; an instance of another tenant is NOT_FOUND."""
+    export_name: _builtins.str
+    """The export to call."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
+        """The arguments, typed to match the export's signature."""
+
+    @_builtins.property
+    def limits(self) -> _invocation_pb2.InvocationLimits:
+        """Limits for this call (max_memory_bytes is the instance's, set at creation)."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        export_name: _builtins.str = ...,
+        args: _abc.Iterable[_values_pb2.Value] | None = ...,
+        limits: _invocation_pb2.InvocationLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "instance_id", b"instance_id", "limits", b"limits", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallInstanceRequest: _TypeAlias = CallInstanceRequest  # noqa: Y015
+
+@_typing.final
+class CallInstanceResponse(_message.Message):
+    """The result of CallInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """Results or the failure, and the call's output."""
+
+    def __init__(
+        self,
+        *,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallInstanceResponse: _TypeAlias = CallInstanceResponse  # noqa: Y015
+
+@_typing.final
+class DeleteInstanceRequest(_message.Message):
+    """Request for DeleteInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance to terminate."""
+    tenant: _builtins.str
+    """The calling tenant; an instance of another tenant is NOT_FOUND."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInstanceRequest: _TypeAlias = DeleteInstanceRequest  # noqa: Y015
+
+@_typing.final
+class DeleteInstanceResponse(_message.Message):
+    """The result of DeleteInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInstanceResponse: _TypeAlias = DeleteInstanceResponse  # noqa: Y015

@@ -51,6 +51,21 @@ class ExecutorServiceStub:
                 request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.FromString,
                 _registered_method=True)
+        self.CreateInstance = channel.unary_unary(
+                '/tensorwasm.executor.v1.ExecutorService/CreateInstance',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceResponse.FromString,
+                _registered_method=True)
+        self.CallInstance = channel.unary_unary(
+                '/tensorwasm.executor.v1.ExecutorService/CallInstance',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceResponse.FromString,
+                _registered_method=True)
+        self.DeleteInstance = channel.unary_unary(
+                '/tensorwasm.executor.v1.ExecutorService/DeleteInstance',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -83,6 +98,30 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInstance(self, request, context):
+        """Instantiates a module into a long-lived instance whose state (linear memory,
+        globals, tables) persists across CallInstance calls until DeleteInstance or
+        the idle TTL. A start function that fails is reported in the response's
+        outcome, and no instance is created.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallInstance(self, request, context):
+        """Calls one export of a live instance. Calls on one instance run one at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInstance(self, request, context):
+        """Terminates an instance; a call running on it stops within about one epoch tick.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +139,21 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.InvokeStream,
                     request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.FromString,
                     response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.SerializeToString,
+            ),
+            'CreateInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInstance,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceResponse.SerializeToString,
+            ),
+            'CallInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallInstance,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceResponse.SerializeToString,
+            ),
+            'DeleteInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInstance,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +239,87 @@ class ExecutorService:
             '/tensorwasm.executor.v1.ExecutorService/InvokeStream',
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamRequest.SerializeToString,
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.InvokeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/CreateInstance',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CreateInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/CallInstance',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/DeleteInstance',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,16 @@ class ExecutorServiceStub:
     guest writes them, then ends with the outcome. Cancelling the call stops the
     guest within about one epoch tick.
     """
+    CreateInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.CreateInstanceRequest, _executor_service_pb2.CreateInstanceResponse]
+    """Instantiates a module into a long-lived instance whose state (linear memory,
+    globals, tables) persists across CallInstance calls until DeleteInstance or
+    the idle TTL. A start function that fails is reported in the response's
+    outcome, and no instance is created.
+    """
+    CallInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.CallInstanceRequest, _executor_service_pb2.CallInstanceResponse]
+    """Calls one export of a live instance. Calls on one instance run one at a time."""
+    DeleteInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]
+    """Terminates an instance; a call running on it stops within about one epoch tick."""
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -69,6 +79,16 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     guest writes them, then ends with the outcome. Cancelling the call stops the
     guest within about one epoch tick.
     """
+    CreateInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.CreateInstanceRequest, _executor_service_pb2.CreateInstanceResponse]  # type: ignore[assignment]
+    """Instantiates a module into a long-lived instance whose state (linear memory,
+    globals, tables) persists across CallInstance calls until DeleteInstance or
+    the idle TTL. A start function that fails is reported in the response's
+    outcome, and no instance is created.
+    """
+    CallInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.CallInstanceRequest, _executor_service_pb2.CallInstanceResponse]  # type: ignore[assignment]
+    """Calls one export of a live instance. Calls on one instance run one at a time."""
+    DeleteInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
+    """Terminates an instance; a call running on it stops within about one epoch tick."""
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The executor runs untrusted WebAssembly guests. Modules are addressed by the
@@ -105,5 +125,33 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         guest writes them, then ends with the outcome. Cancelling the call stops the
         guest within about one epoch tick.
         """
+
+    @_abc_1.abstractmethod
+    def CreateInstance(
+        self,
+        request: _executor_service_pb2.CreateInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.CreateInstanceResponse, _abc.Awaitable[_executor_service_pb2.CreateInstanceResponse]]:
+        """Instantiates a module into a long-lived instance whose state (linear memory,
+        globals, tables) persists across CallInstance calls until DeleteInstance or
+        the idle TTL. A start function that fails is reported in the response's
+        outcome, and no instance is created.
+        """
+
+    @_abc_1.abstractmethod
+    def CallInstance(
+        self,
+        request: _executor_service_pb2.CallInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.CallInstanceResponse, _abc.Awaitable[_executor_service_pb2.CallInstanceResponse]]:
+        """Calls one export of a live instance. Calls on one instance run one at a time."""
+
+    @_abc_1.abstractmethod
+    def DeleteInstance(
+        self,
+        request: _executor_service_pb2.DeleteInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.DeleteInstanceResponse, _abc.Awaitable[_executor_service_pb2.DeleteInstanceResponse]]:
+        """Terminates an instance; a call running on it stops within about one epoch tick."""
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

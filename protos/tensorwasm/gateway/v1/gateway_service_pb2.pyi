@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -22,6 +23,39 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class FunctionConfig(_message.Message):
+    """How a function runs: its WASI view and its default limits. The limits of a call
+    are the request's, else these defaults, each clamped to the tenant's ceilings
+    and then to the executor's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WASI_FIELD_NUMBER: _builtins.int
+    DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wasi(self) -> _invocation_pb2.WasiConfig:
+        """argv, environment and the read-only directory the guest sees."""
+
+    @_builtins.property
+    def default_limits(self) -> _invocation_pb2.InvocationLimits:
+        """Limits used where a call leaves a field zero."""
+
+    def __init__(
+        self,
+        *,
+        wasi: _invocation_pb2.WasiConfig | None = ...,
+        default_limits: _invocation_pb2.InvocationLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionConfig: _TypeAlias = FunctionConfig  # noqa: Y015
+
+@_typing.final
 class Function(_message.Message):
     """A deployed function."""
 
@@ -33,6 +67,7 @@ class Function(_message.Message):
     MODULE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     EXPORTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `functions/{function_id}`."""
     tenant: _builtins.str
@@ -49,6 +84,10 @@ class Function(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the function was created."""
 
+    @_builtins.property
+    def config(self) -> Global___FunctionConfig:
+        """The function's WASI view and default limits."""
+
     def __init__(
         self,
         *,
@@ -58,10 +97,11 @@ class Function(_message.Message):
         module_size_bytes: _builtins.int = ...,
         exports: _abc.Iterable[_values_pb2.ExportedFunction] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        config: Global___FunctionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "exports", b"exports", "module_digest", b"module_digest", "module_size_bytes", b"module_size_bytes", "name", b"name", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "exports", b"exports", "module_digest", b"module_digest", "module_size_bytes", b"module_size_bytes", "name", b"name", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -75,19 +115,25 @@ class CreateFunctionRequest(_message.Message):
 
     FUNCTION_ID_FIELD_NUMBER: _builtins.int
     WASM_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     """The function id: 1-63 characters of [a-z0-9-], starting with a letter."""
     wasm: _builtins.bytes
     """The WebAssembly module (binary format)."""
+    @_builtins.property
+    def config(self) -> Global___FunctionConfig:
+        """The function's WASI view and default limits (all optional)."""
+
     def __init__(
         self,
         *,
         function_id: _builtins.str = ...,
         wasm: _builtins.bytes = ...,
+        config: Global___FunctionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_id", b"function_id", "wasm", b"wasm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "function_id", b"function_id", "wasm", b"wasm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,3 +436,220 @@ class InvokeStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___InvokeStreamResponse: _TypeAlias = InvokeStreamResponse  # noqa: Y015
+
+@_typing.final
+class Instance(_message.Message):
+    """A live instance of a function."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `instances/{instance_id}`."""
+    function: _builtins.str
+    """The function it instantiates, `functions/{function_id}`."""
+    tenant: _builtins.str
+    """The tenant that owns the instance."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the instance was created."""
+
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """The instance ends after this long without a call."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        function: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "idle_ttl", b"idle_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "function", b"function", "idle_ttl", b"idle_ttl", "name", b"name", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Instance: _TypeAlias = Instance  # noqa: Y015
+
+@_typing.final
+class CreateInstanceRequest(_message.Message):
+    """Request for CreateInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    """The function to instantiate, `functions/{function_id}`."""
+    stdin: _builtins.bytes
+    """Bytes the instance reads from WASI stdin, for its whole life."""
+    @_builtins.property
+    def limits(self) -> _invocation_pb2.InvocationLimits:
+        """`timeout` bounds instantiation (start function included); `max_memory_bytes`
+        caps the instance's memory for its whole life. Defaults and ceilings as for calls.
+        """
+
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """Idle TTL; the executor's default when unset, clamped to its maximum."""
+
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        stdin: _builtins.bytes = ...,
+        limits: _invocation_pb2.InvocationLimits | None = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInstanceRequest: _TypeAlias = CreateInstanceRequest  # noqa: Y015
+
+@_typing.final
+class CreateInstanceResponse(_message.Message):
+    """The result of CreateInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___Instance:
+        """The new instance; unset when instantiation failed (see `outcome`)."""
+
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """The instantiation's outcome: the start function's output, or its failure."""
+
+    def __init__(
+        self,
+        *,
+        instance: Global___Instance | None = ...,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInstanceResponse: _TypeAlias = CreateInstanceResponse  # noqa: Y015
+
+@_typing.final
+class CallInstanceRequest(_message.Message):
+    """Request for CallInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance, `instances/{instance_id}`."""
+    export_name: _builtins.str
+    """The export to call (chosen as for Invoke when empty)."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
+        """The arguments, typed to match the export's signature."""
+
+    @_builtins.property
+    def limits(self) -> _invocation_pb2.InvocationLimits:
+        """Limits of this call (max_memory_bytes is the instance's, set at creation)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        export_name: _builtins.str = ...,
+        args: _abc.Iterable[_values_pb2.Value] | None = ...,
+        limits: _invocation_pb2.InvocationLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallInstanceRequest: _TypeAlias = CallInstanceRequest  # noqa: Y015
+
+@_typing.final
+class CallInstanceResponse(_message.Message):
+    """The result of CallInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    export_name: _builtins.str
+    """The export that was called."""
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """Results or the failure, and the call's output."""
+
+    def __init__(
+        self,
+        *,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        export_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_name", b"export_name", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallInstanceResponse: _TypeAlias = CallInstanceResponse  # noqa: Y015
+
+@_typing.final
+class DeleteInstanceRequest(_message.Message):
+    """Request for DeleteInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance, `instances/{instance_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInstanceRequest: _TypeAlias = DeleteInstanceRequest  # noqa: Y015
+
+@_typing.final
+class DeleteInstanceResponse(_message.Message):
+    """The result of DeleteInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInstanceResponse: _TypeAlias = DeleteInstanceResponse  # noqa: Y015

@@ -66,6 +66,21 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.FromString,
                 _registered_method=True)
+        self.CreateInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/CreateInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.FromString,
+                _registered_method=True)
+        self.CallInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/CallInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceResponse.FromString,
+                _registered_method=True)
+        self.DeleteInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/DeleteInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -119,6 +134,29 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInstance(self, request, context):
+        """Starts a long-lived instance of a function (the original's spawn): its state
+        persists across CallInstance calls until DeleteInstance or its idle TTL. A
+        start function that fails is the response's outcome, and no instance exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallInstance(self, request, context):
+        """Calls one export of a live instance (calls on one instance take turns).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInstance(self, request, context):
+        """Terminates an instance (the original's terminate); a running call stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +189,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.InvokeStream,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.SerializeToString,
+            ),
+            'CreateInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.SerializeToString,
+            ),
+            'CallInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceResponse.SerializeToString,
+            ),
+            'DeleteInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +370,87 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/InvokeStream',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.InvokeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/CreateInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/CallInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/DeleteInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

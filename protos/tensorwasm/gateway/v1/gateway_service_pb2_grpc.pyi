@@ -53,6 +53,15 @@ class GatewayServiceStub:
     arguments, limits) end the call before any message; a guest trap is the final
     outcome. Cancelling the call stops the guest.
     """
+    CreateInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateInstanceRequest, _gateway_service_pb2.CreateInstanceResponse]
+    """Starts a long-lived instance of a function (the original's spawn): its state
+    persists across CallInstance calls until DeleteInstance or its idle TTL. A
+    start function that fails is the response's outcome, and no instance exists.
+    """
+    CallInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]
+    """Calls one export of a live instance (calls on one instance take turns)."""
+    DeleteInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]
+    """Terminates an instance (the original's terminate); a running call stops."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -79,6 +88,15 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     arguments, limits) end the call before any message; a guest trap is the final
     outcome. Cancelling the call stops the guest.
     """
+    CreateInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateInstanceRequest, _gateway_service_pb2.CreateInstanceResponse]  # type: ignore[assignment]
+    """Starts a long-lived instance of a function (the original's spawn): its state
+    persists across CallInstance calls until DeleteInstance or its idle TTL. A
+    start function that fails is the response's outcome, and no instance exists.
+    """
+    CallInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]  # type: ignore[assignment]
+    """Calls one export of a live instance (calls on one instance take turns)."""
+    DeleteInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
+    """Terminates an instance (the original's terminate); a running call stops."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of TensorWasm. Every call is scoped to the tenant named in the
@@ -138,5 +156,32 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         arguments, limits) end the call before any message; a guest trap is the final
         outcome. Cancelling the call stops the guest.
         """
+
+    @_abc_1.abstractmethod
+    def CreateInstance(
+        self,
+        request: _gateway_service_pb2.CreateInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.CreateInstanceResponse, _abc.Awaitable[_gateway_service_pb2.CreateInstanceResponse]]:
+        """Starts a long-lived instance of a function (the original's spawn): its state
+        persists across CallInstance calls until DeleteInstance or its idle TTL. A
+        start function that fails is the response's outcome, and no instance exists.
+        """
+
+    @_abc_1.abstractmethod
+    def CallInstance(
+        self,
+        request: _gateway_service_pb2.CallInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.CallInstanceResponse, _abc.Awaitable[_gateway_service_pb2.CallInstanceResponse]]:
+        """Calls one export of a live instance (calls on one instance take turns)."""
+
+    @_abc_1.abstractmethod
+    def DeleteInstance(
+        self,
+        request: _gateway_service_pb2.DeleteInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.DeleteInstanceResponse, _abc.Awaitable[_gateway_service_pb2.DeleteInstanceResponse]]:
+        """Terminates an instance (the original's terminate); a running call stops."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
