@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError
 
+from tensorwasm_common.deadlines import request_deadline
 from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
 from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, grpc_code, to_status_proto
@@ -85,7 +86,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = time.perf_counter()
         code = Code.OK
         try:
-            yield
+            with request_deadline(context.time_remaining()):
+                yield
         except AbortError:
             code = _context_code(context)
             raise

@@ -47,7 +47,11 @@ def start_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Runn
     launcher = LocalStack(
         data_dir,
         ephemeral_ports=True,
-        extra_env={"OTEL_TRACES_EXPORTER": "jsonl", **(extra_env or {})},
+        extra_env={
+            "OTEL_TRACES_EXPORTER": "jsonl",
+            "TENSORWASM_EXECUTOR_INSTANCE_SWEEP_SECONDS": "0.1",
+            **(extra_env or {}),
+        },
     )
     return RunningStack(launcher, launcher.start())
 

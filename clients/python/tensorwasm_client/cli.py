@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
+from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
-from tensorwasm_client.client import DEFAULT_GATEWAY, GatewayClient, TensorWasmError
+from tensorwasm_client.client import (
+    DEFAULT_GATEWAY,
+    GatewayClient,
+    TensorWasmError,
+    invocation_limits,
+)
+from tensorwasm_client.local_run import load_module_bytes, run_local
 from tensorwasm_client.stack import LocalStack, StackError, default_data_dir, health
 from tensorwasm_client.values import TYPE_NAMES, ArgumentError, to_json, to_wire
 
@@ -42,6 +49,35 @@ def _parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser("deploy", help="deploy a .wasm or .wat file")
     deploy.add_argument("file", type=Path)
     deploy.add_argument("--name", help="function id (default: from the file name)")
+    _wasi_flags(deploy, directory_help="read-only directory, relative to the tenant's grant")
+    deploy.add_argument("--timeout", type=float, default=0.0, help="default guest deadline (s)")
+    deploy.add_argument("--fuel", type=int, default=0, help="default instruction budget")
+    deploy.add_argument("--memory", type=int, default=0, help="default linear-memory cap (bytes)")
+    deploy.add_argument("--argv", action="append", default=[], help="guest argv entry (repeat)")
+    commands.add_parser("list", help="list functions")
+    get = commands.add_parser("get", help="show one function")
+    get.add_argument("name")
+    delete = commands.add_parser("delete", help="delete a function")
+    delete.add_argument("name")
+    _add_run(commands)
+    _add_instance(commands)
+    return parser
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="run a .wasm/.wat file locally, without the services (like wasmtime run)"
+    )
+    run.add_argument("file", type=Path)
+    run.epilog = "Guest arguments follow a `--`: tensorwasm run app.wasm -- --verbose in.txt"
+    run.add_argument(
+        "--export", default="", help="export to call (default: _start or the only one)"
+    )
+    run.add_argument("--args", default="[]", help="JSON array of typed arguments")
+    run.add_argument("--stdin", type=Path, help="file whose bytes the guest reads on stdin")
+    run.add_argument("--timeout", type=float, default=0.0, help="guest deadline in seconds")
+    run.add_argument("--fuel", type=int, default=0, help="instruction budget (0: unmetered)")
+    _wasi_flags(run, directory_help="host directory the guest may read")
     invoke = commands.add_parser("invoke", help="call an export; prints the results as JSON")
     invoke.add_argument("name")
     invoke.add_argument("--export", default="", help="export to call (default: the only one)")
@@ -54,17 +90,61 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the guest's stdout/stderr as it runs (streaming invoke)",
     )
-    commands.add_parser("list", help="list functions")
-    get = commands.add_parser("get", help="show one function")
-    get.add_argument("name")
-    delete = commands.add_parser("delete", help="delete a function")
-    delete.add_argument("name")
-    return parser
+
+
+def _add_instance(commands: Any) -> None:
+    instance = commands.add_parser("instance", help="live (stateful) instances")
+    verbs = instance.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="start an instance of a function")
+    create.add_argument("name")
+    create.add_argument("--stdin", type=Path, help="file the instance reads on stdin")
+    create.add_argument("--timeout", type=float, default=0.0, help="instantiation deadline (s)")
+    create.add_argument("--ttl", type=float, default=0.0, help="idle TTL in seconds")
+    call = verbs.add_parser("call", help="call an export of an instance")
+    call.add_argument("instance")
+    call.add_argument("--export", default="", help="export to call (default: the only one)")
+    call.add_argument("--args", default="[]", help="JSON array of arguments")
+    call.add_argument("--timeout", type=float, default=0.0, help="guest deadline in seconds")
+    call.add_argument("--fuel", type=int, default=0, help="instruction budget (0: unmetered)")
+    remove = verbs.add_parser("delete", help="terminate an instance")
+    remove.add_argument("instance")
+
+
+def _wasi_flags(parser: argparse.ArgumentParser, *, directory_help: str) -> None:
+    parser.add_argument("--env", action="append", default=[], help="NAME=value (repeat)")
+    parser.add_argument("--dir", default="", help=directory_help)
+    parser.add_argument("--guest-dir", default="/data", help="where the guest sees --dir")
+
+
+def _env_pairs(entries: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or not name:
+            raise ArgumentError(f"--env takes NAME=value, got {entry!r}")
+        pairs.append((name, value))
+    return pairs
+
+
+def _json_args(text: str) -> list[object]:
+    raw = json.loads(text)
+    if not isinstance(raw, list):
+        raise ArgumentError("--args must be a JSON array")
+    return raw
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    guest_argv: list[str] = []
+    if "--" in argv:  # everything after the first `--` is the guest's (tensorwasm run)
+        split = argv.index("--")
+        argv, guest_argv = argv[:split], argv[split + 1 :]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if guest_argv and args.command != "run":
+        parser.error("arguments after `--` are only for `tensorwasm run`")
+    args.argv = guest_argv
     try:
         return int(_COMMANDS[args.command](args))
     except TensorWasmError as exc:
@@ -111,17 +191,19 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    source = args.file.read_bytes()
-    if args.file.suffix == ".wat":
-        import wasmtime
-
-        try:
-            source = bytes(wasmtime.wat2wasm(source.decode()))
-        except wasmtime.WasmtimeError as exc:
-            raise ArgumentError(f"{args.file} is not valid WAT: {exc}") from None
+    source = load_module_bytes(args.file)
     name = args.name or re.sub(r"[^a-z0-9-]+", "-", args.file.stem.lower()).strip("-")
+    config = gateway_pb.FunctionConfig(
+        wasi=invocation_pb2.WasiConfig(
+            argv=args.argv,
+            env=dict(_env_pairs(args.env)),
+            read_only_dir=args.dir,
+            guest_dir=args.guest_dir if args.dir else "",
+        ),
+        default_limits=invocation_limits(args.timeout, args.fuel, args.memory),
+    )
     with _client(args) as client:
-        function = client.create_function(name, source)
+        function = client.create_function(name, source, config)
     exports = {e.name: _signature(e.signature) for e in function.exports}
     print(
         json.dumps(
@@ -138,9 +220,7 @@ def _signature(signature: object) -> str:
 
 
 def _invoke(args: argparse.Namespace) -> int:
-    raw_args = json.loads(args.args)
-    if not isinstance(raw_args, list):
-        raise ArgumentError("--args must be a JSON array")
+    raw_args = _json_args(args.args)
     stdin = args.stdin.read_bytes() if args.stdin else b""
     with _client(args) as client:
         function = client.get_function(args.name)
@@ -232,6 +312,66 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    outcome = run_local(
+        args.file,
+        export=args.export,
+        json_args=_json_args(args.args),
+        argv=args.argv,
+        env=_env_pairs(args.env),
+        read_only_dir=args.dir or None,
+        guest_dir=args.guest_dir,
+        stdin=args.stdin.read_bytes() if args.stdin else b"",
+        timeout_seconds=args.timeout,
+        fuel=args.fuel,
+    )
+    return _print_outcome(outcome)
+
+
+def _print_outcome(outcome: invocation_pb2.InvocationOutcome) -> int:
+    sys.stdout.buffer.write(outcome.stdout)
+    sys.stderr.buffer.write(outcome.stderr)
+    sys.stdout.flush()
+    return _report(outcome)
+
+
+def _instance(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.verb == "create":
+            stdin = args.stdin.read_bytes() if args.stdin else b""
+            created = client.create_instance(
+                args.name, stdin=stdin, timeout_seconds=args.timeout, idle_ttl_seconds=args.ttl
+            )
+            sys.stdout.buffer.write(created.outcome.stdout)
+            sys.stderr.buffer.write(created.outcome.stderr)
+            if not created.HasField("instance"):
+                return _report(created.outcome)
+            print(json.dumps({"name": created.instance.name}))
+            return 0
+        if args.verb == "delete":
+            client.delete_instance(args.instance)
+            print(f"deleted {args.instance}")
+            return 0
+        values = _instance_args(client, args)
+        response = client.call_instance(
+            args.instance, args.export, values, timeout_seconds=args.timeout, fuel=args.fuel
+        )
+    return _print_outcome(response.outcome)
+
+
+def _instance_args(client: GatewayClient, args: argparse.Namespace) -> list[values_pb2.Value]:
+    """Typed arguments, by the export's signature (found through the instance's function)."""
+    raw = _json_args(args.args)
+    if not raw:
+        return []
+    function = client.get_function(client.get_instance(args.instance).function)
+    exports = {e.name: e.signature for e in function.exports}
+    export = args.export or _default_export(list(exports))
+    if export not in exports:
+        raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
+    return to_wire(raw, list(exports[export].params))
+
+
 def _delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.delete_function(args.name)
@@ -248,6 +388,8 @@ _COMMANDS = {
     "list": _list,
     "get": _get,
     "delete": _delete,
+    "run": _run,
+    "instance": _instance,
 }
 
 

@@ -69,9 +69,12 @@ class GatewayClient:
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
-    def create_function(self, function_id: str, wasm: bytes) -> pb.Function:
-        """Deploys a module under `functions/{function_id}`."""
-        request = pb.CreateFunctionRequest(function_id=function_id, wasm=wasm)
+    def create_function(
+        self, function_id: str, wasm: bytes, config: pb.FunctionConfig | None = None
+    ) -> pb.Function:
+        """Deploys a module under `functions/{function_id}`, with its WASI view and
+        default limits in `config`."""
+        request = pb.CreateFunctionRequest(function_id=function_id, wasm=wasm, config=config)
         response = self._call("CreateFunction", request, timeout=300.0)
         assert isinstance(response, pb.CreateFunctionResponse)
         return response.function
@@ -164,6 +167,58 @@ class GatewayClient:
         )
         return InvocationStream(call)
 
+    def create_instance(
+        self,
+        function_id: str,
+        *,
+        stdin: bytes = b"",
+        timeout_seconds: float = 0.0,
+        max_memory_bytes: int = 0,
+        idle_ttl_seconds: float = 0.0,
+    ) -> pb.CreateInstanceResponse:
+        """Starts a live instance; `response.instance` is unset when its start failed."""
+        request = pb.CreateInstanceRequest(
+            function=_name(function_id),
+            stdin=stdin,
+            limits=invocation_limits(timeout_seconds, 0, max_memory_bytes),
+        )
+        if idle_ttl_seconds > 0:
+            request.idle_ttl.FromNanoseconds(round(idle_ttl_seconds * 1e9))
+        response = self._call("CreateInstance", request, timeout=_rpc_timeout(timeout_seconds))
+        assert isinstance(response, pb.CreateInstanceResponse)
+        return response
+
+    def call_instance(
+        self,
+        instance: str,
+        export: str = "",
+        args: Sequence[values_pb2.Value] = (),
+        *,
+        timeout_seconds: float = 0.0,
+        fuel: int = 0,
+    ) -> pb.CallInstanceResponse:
+        """Calls an export of a live instance (`instances/{id}` or the bare id)."""
+        request = pb.CallInstanceRequest(
+            name=_instance_name(instance),
+            export_name=export,
+            args=args,
+            limits=invocation_limits(timeout_seconds, fuel, 0),
+        )
+        response = self._call("CallInstance", request, timeout=_rpc_timeout(timeout_seconds))
+        assert isinstance(response, pb.CallInstanceResponse)
+        return response
+
+    def get_instance(self, instance: str) -> pb.Instance:
+        """One live instance."""
+        request = pb.GetInstanceRequest(name=_instance_name(instance))
+        response = self._call("GetInstance", request)
+        assert isinstance(response, pb.GetInstanceResponse)
+        return response.instance
+
+    def delete_instance(self, instance: str) -> None:
+        """Terminates a live instance."""
+        self._call("DeleteInstance", pb.DeleteInstanceRequest(name=_instance_name(instance)))
+
 
 class InvocationStream:
     """The events of a streaming invoke; iterate it once."""
@@ -203,13 +258,21 @@ def _invoke_request(
     fuel: int,
     max_memory_bytes: int,
 ) -> pb.InvokeRequest:
+    limits = invocation_limits(timeout_seconds, fuel, max_memory_bytes)
+    return pb.InvokeRequest(
+        name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
+    )
+
+
+def invocation_limits(
+    timeout_seconds: float, fuel: int, max_memory_bytes: int
+) -> invocation_pb2.InvocationLimits:
+    """Wire limits; zero fields mean "the default"."""
     limits = invocation_pb2.InvocationLimits(fuel=fuel, max_memory_bytes=max_memory_bytes)
     if timeout_seconds > 0:
         seconds, nanos = int(timeout_seconds), int(timeout_seconds % 1 * 1e9)
         limits.timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
-    return pb.InvokeRequest(
-        name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
-    )
+    return limits
 
 
 def _rpc_timeout(timeout_seconds: float) -> float:
@@ -219,3 +282,7 @@ def _rpc_timeout(timeout_seconds: float) -> float:
 
 def _name(function_id: str) -> str:
     return function_id if function_id.startswith("functions/") else f"functions/{function_id}"
+
+
+def _instance_name(instance: str) -> str:
+    return instance if instance.startswith("instances/") else f"instances/{instance}"

@@ -106,6 +106,8 @@ class LocalStack:
             env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{name}.jsonl")
         if name == "snapshot":
             env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
+        if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
+            env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "gateway":

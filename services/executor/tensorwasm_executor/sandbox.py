@@ -678,6 +678,7 @@ class Sandbox:
         stdin: bytes = b"",
         wasi: WasiOptions = NO_WASI_OPTIONS,
         timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
         max_memory_bytes: int | None = None,
     ) -> tuple[Resident | None, Outcome]:
         """Instantiates `module` into a long-lived store (running its start function).
@@ -687,6 +688,7 @@ class Sandbox:
             stdin: the instance's WASI stdin, for its whole life.
             wasi: argv, environment and the read-only directory.
             timeout_seconds: the deadline of instantiation (start function included).
+            max_output_bytes: cap on each of stdout and stderr of the start function.
             max_memory_bytes: the linear-memory cap for the instance's whole life.
 
         Returns:
@@ -698,7 +700,7 @@ class Sandbox:
             UnavailableError: the sandbox is closed.
         """
         self._own(module)
-        limits = self._call_limits(timeout_seconds, None, None, max_memory_bytes)
+        limits = self._call_limits(timeout_seconds, max_output_bytes, None, max_memory_bytes)
         with self._activity():
             session = _Session(
                 self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,

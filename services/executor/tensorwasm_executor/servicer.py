@@ -100,6 +100,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 resident, outcome = self._sandbox.spawn(
                     module, stdin=request.stdin, wasi=wasi,
                     timeout_seconds=limits["timeout_seconds"],
+                    max_output_bytes=limits["max_output_bytes"],
                     max_memory_bytes=limits["max_memory_bytes"],
                 )  # fmt: skip
             except BaseException:

@@ -51,3 +51,9 @@ class InvalidPageTokenError(InvalidArgumentError):
     """The page token is malformed."""
 
     reason = "INVALID_PAGE_TOKEN"
+
+
+class InstanceNotFoundError(NotFoundError):
+    """No live instance of that name exists for the tenant (never created, deleted, expired)."""
+
+    reason = "INSTANCE_NOT_FOUND"

@@ -9,6 +9,7 @@ import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import open_channel
+from tensorwasm_common.deadlines import downstream_timeout
 from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
 
@@ -34,7 +35,8 @@ class ExecutorPool:
         for address in rendezvous_order(digest, list(self._stubs)):
             try:
                 response: pb.PrepareModuleResponse = await self._stubs[address].PrepareModule(
-                    pb.PrepareModuleRequest(module_digest=digest), timeout=self._timeout
+                    pb.PrepareModuleRequest(module_digest=digest),
+                    timeout=downstream_timeout(self._timeout),
                 )
                 return response
             except grpc.aio.AioRpcError as exc:
@@ -55,7 +57,7 @@ class ExecutorPool:
         address = self._replica(request.module_digest)
         try:
             response: pb.InvokeResponse = await self._stubs[address].Invoke(
-                request, timeout=self._timeout
+                request, timeout=downstream_timeout(self._timeout)
             )
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, f"executor {address}") from exc
@@ -66,9 +68,40 @@ class ExecutorPool:
         returns its event stream."""
         address = self._replica(request.module_digest)
         call = self._stubs[address].InvokeStream(
-            pb.InvokeStreamRequest(invocation=request), timeout=self._timeout
+            pb.InvokeStreamRequest(invocation=request), timeout=downstream_timeout(self._timeout)
         )
         return ExecutorStream(call, address)
+
+    async def create_instance(
+        self, request: pb.CreateInstanceRequest
+    ) -> tuple[str, pb.CreateInstanceResponse]:
+        """Creates the instance on the replica chosen as for `invoke` (never resent);
+        returns that replica's address, where every later call of the instance goes."""
+        address = self._replica(request.module_digest)
+        response: pb.CreateInstanceResponse = await self._unary(address, "CreateInstance", request)
+        return address, response
+
+    async def call_instance(
+        self, address: str, request: pb.CallInstanceRequest
+    ) -> pb.CallInstanceResponse:
+        """Calls an instance on the replica that holds it."""
+        response: pb.CallInstanceResponse = await self._unary(address, "CallInstance", request)
+        return response
+
+    async def delete_instance(self, address: str, request: pb.DeleteInstanceRequest) -> None:
+        """Terminates an instance on the replica that holds it."""
+        await self._unary(address, "DeleteInstance", request)
+
+    async def _unary(self, address: str, method: str, request: Any) -> Any:
+        stub = self._stubs.get(address)
+        if stub is None:  # the replica left the configuration, with its instances
+            raise UnavailableError(
+                f"executor {address} is no longer configured", metadata={"executor": address}
+            )
+        try:
+            return await getattr(stub, method)(request, timeout=downstream_timeout(self._timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, f"executor {address}") from exc
 
     async def close(self) -> None:
         """Closes every channel."""

@@ -7,21 +7,33 @@ import re
 from typing import Protocol
 
 import blake3
-from tensorwasm.common.v1 import values_pb2
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
+from tensorwasm_common.errors import ServiceError
+from tensorwasm_common.wasi_config import check_wasi_config
 
 from tensorwasm_gateway.errors import (
     ExportNotFoundError,
     ExportRequiredError,
     FunctionAlreadyExistsError,
+    FunctionNotFoundError,
     InvalidNameError,
     InvalidWasmError,
     ModuleTooLargeError,
 )
 from tensorwasm_gateway.executors import ExecutorPool, ExecutorStream
-from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.limits import TenantCeilings, check_limits, effective_limits
+from tensorwasm_gateway.registry import (
+    ExportRecord,
+    FunctionRecord,
+    InstanceRecord,
+    Registry,
+    now_ns,
+)
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 TYPE_NAMES = {
@@ -53,6 +65,22 @@ def function_id_from_name(name: str) -> str:
     return function_id
 
 
+def instance_id_from_name(name: str) -> str:
+    """`instances/{id}` -> id, validating the pattern."""
+    prefix, _, instance_id = name.partition("/")
+    if prefix != "instances" or not INSTANCE_ID.fullmatch(instance_id):
+        raise InvalidNameError(
+            "name must be instances/{id} with id of 32 lowercase hex digits",
+            metadata={"name": name[:200]},
+        )
+    return instance_id
+
+
+def function_config(record: FunctionRecord) -> gateway_pb.FunctionConfig:
+    """The function's stored configuration."""
+    return gateway_pb.FunctionConfig.FromString(record.config)
+
+
 def validate_tenant(tenant: str) -> str:
     """The tenant id, validated."""
     if not TENANT_ID.fullmatch(tenant):
@@ -72,14 +100,25 @@ class FunctionService:
         executors: ExecutorPool,
         *,
         max_module_bytes: int,
+        ceilings: TenantCeilings | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
         self._executors = executors
         self._max_module_bytes = max_module_bytes
+        self._ceilings = ceilings or TenantCeilings()
 
-    async def create(self, tenant: str, function_id: str, wasm: bytes) -> FunctionRecord:
+    async def create(
+        self,
+        tenant: str,
+        function_id: str,
+        wasm: bytes,
+        config: gateway_pb.FunctionConfig | None = None,
+    ) -> FunctionRecord:
         """Deploys a module: validated, stored, compiled by an executor, then recorded."""
+        config = config or gateway_pb.FunctionConfig()
+        check_wasi_config(config.wasi)
+        check_limits(config.default_limits, "config.default_limits")
         if not FUNCTION_ID.fullmatch(function_id):
             raise InvalidNameError(
                 "function_id must match [a-z][a-z0-9-]{0,62}",
@@ -107,7 +146,9 @@ class FunctionService:
             )
             for e in prepared.exports
         )
-        record = FunctionRecord(tenant, function_id, digest, len(wasm), exports, now_ns())
+        record = FunctionRecord(
+            tenant, function_id, digest, len(wasm), exports, now_ns(), config.SerializeToString()
+        )
         await asyncio.to_thread(self._registry.insert, record)
         return record
 
@@ -144,10 +185,93 @@ class FunctionService:
         """Looks the function up, chooses the export and addresses `request` to it."""
         record = await self.get(tenant, function_id)
         export = choose_export(record, request.export_name)
+        config = function_config(record)
         request.module_digest = record.module_digest
         request.export_name = export
         request.tenant = tenant
+        request.wasi.CopyFrom(config.wasi)
+        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
         return export
+
+    def _limits(
+        self,
+        tenant: str,
+        requested: invocation_pb2.InvocationLimits,
+        config: gateway_pb.FunctionConfig,
+    ) -> invocation_pb2.InvocationLimits:
+        return effective_limits(requested, config.default_limits, self._ceilings.of(tenant))
+
+    async def create_instance(
+        self, tenant: str, function_id: str, request: executor_pb.CreateInstanceRequest
+    ) -> tuple[InstanceRecord | None, executor_pb.CreateInstanceResponse]:
+        """Starts an instance on an executor and records where it lives.
+
+        Returns (the record, the executor's response); the record is None when the
+        start function failed (the response's outcome says how).
+        """
+        record = await self.get(tenant, function_id)
+        config = function_config(record)
+        request.module_digest = record.module_digest
+        request.tenant = tenant
+        request.wasi.CopyFrom(config.wasi)
+        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
+        address, response = await self._executors.create_instance(request)
+        if not response.instance_id:
+            return None, response
+        instance = InstanceRecord(
+            tenant=tenant,
+            instance_id=response.instance_id,
+            function_id=function_id,
+            module_digest=record.module_digest,
+            executor=address,
+            idle_ttl_ns=response.idle_ttl.ToNanoseconds(),
+            create_time_ns=now_ns(),
+        )
+        await asyncio.to_thread(self._registry.insert_instance, instance)
+        return instance, response
+
+    async def get_instance(self, tenant: str, instance_id: str) -> InstanceRecord:
+        """One live instance of the tenant, as recorded."""
+        return await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
+
+    async def call_instance(
+        self, tenant: str, instance_id: str, request: executor_pb.CallInstanceRequest
+    ) -> tuple[executor_pb.CallInstanceResponse, str]:
+        """Calls a live instance on its executor; returns the response and the export.
+
+        An instance the executor no longer has (expired, or its executor restarted) is
+        forgotten here too and reported as INSTANCE_NOT_FOUND.
+        """
+        instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
+        try:
+            function = await self.get(tenant, instance.function_id)
+        except FunctionNotFoundError:  # deleted since: the instance lives on
+            config, export = gateway_pb.FunctionConfig(), request.export_name
+        else:
+            config, export = function_config(function), choose_export(function, request.export_name)
+        request.instance_id = instance_id
+        request.tenant = tenant
+        request.export_name = export
+        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
+        try:
+            response = await self._executors.call_instance(instance.executor, request)
+        except ServiceError as exc:
+            if exc.reason == "INSTANCE_NOT_FOUND":
+                await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
+            raise
+        return response, export
+
+    async def delete_instance(self, tenant: str, instance_id: str) -> None:
+        """Terminates the instance and forgets it (one already gone on its executor is
+        simply forgotten)."""
+        instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
+        request = executor_pb.DeleteInstanceRequest(instance_id=instance_id, tenant=tenant)
+        try:
+            await self._executors.delete_instance(instance.executor, request)
+        except ServiceError as exc:
+            if exc.reason != "INSTANCE_NOT_FOUND":
+                raise
+        await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:

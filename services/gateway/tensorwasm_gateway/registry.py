@@ -9,7 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
+from tensorwasm_gateway.errors import (
+    FunctionAlreadyExistsError,
+    FunctionNotFoundError,
+    InstanceNotFoundError,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
@@ -19,9 +23,22 @@ CREATE TABLE IF NOT EXISTS functions (
     module_size_bytes INTEGER NOT NULL,
     exports_json TEXT NOT NULL,
     create_time_ns INTEGER NOT NULL,
+    config BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (tenant, function_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances (
+    tenant TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    function_id TEXT NOT NULL,
+    module_digest TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    idle_ttl_ns INTEGER NOT NULL,
+    create_time_ns INTEGER NOT NULL,
+    PRIMARY KEY (tenant, instance_id)
+) WITHOUT ROWID;
 """
+# Columns added after a table's first release: (table, column, definition).
+_MIGRATIONS = (("functions", "config", "BLOB NOT NULL DEFAULT x''"),)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,20 @@ class FunctionRecord:
     module_size_bytes: int
     exports: tuple[ExportRecord, ...]
     create_time_ns: int
+    config: bytes = b""  # a serialized tensorwasm.gateway.v1.FunctionConfig
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A live instance as the gateway knows it: which executor holds it."""
+
+    tenant: str
+    instance_id: str
+    function_id: str
+    module_digest: str
+    executor: str
+    idle_ttl_ns: int
+    create_time_ns: int
 
 
 class Registry:
@@ -57,6 +88,10 @@ class Registry:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            for table, column, definition in _MIGRATIONS:
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def insert(self, record: FunctionRecord) -> None:
         """Adds a function; FunctionAlreadyExistsError if the tenant has one of that id."""
@@ -66,7 +101,7 @@ class Registry:
         try:
             with self._lock:
                 self._db.execute(
-                    "INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.tenant,
                         record.function_id,
@@ -74,6 +109,7 @@ class Registry:
                         record.module_size_bytes,
                         exports,
                         record.create_time_ns,
+                        record.config,
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -126,6 +162,44 @@ class Registry:
                 f"function {function_id!r} not found", metadata={"function_id": function_id}
             )
 
+    def insert_instance(self, record: InstanceRecord) -> None:
+        """Records a live instance."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.tenant,
+                    record.instance_id,
+                    record.function_id,
+                    record.module_digest,
+                    record.executor,
+                    record.idle_ttl_ns,
+                    record.create_time_ns,
+                ),
+            )
+
+    def get_instance(self, tenant: str, instance_id: str) -> InstanceRecord:
+        """The tenant's instance; InstanceNotFoundError when it has none of that id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM instances WHERE tenant = ? AND instance_id = ?",
+                (tenant, instance_id),
+            ).fetchone()
+        if row is None:
+            raise InstanceNotFoundError(
+                f"instance {instance_id!r} not found", metadata={"instance_id": instance_id}
+            )
+        return InstanceRecord(*row)
+
+    def delete_instance(self, tenant: str, instance_id: str) -> bool:
+        """Forgets an instance; False when there was no such row."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM instances WHERE tenant = ? AND instance_id = ?",
+                (tenant, instance_id),
+            )
+        return cursor.rowcount > 0
+
     def check(self) -> None:
         """Health: the database answers a query."""
         with self._lock:
@@ -142,10 +216,10 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def _record(row: tuple[str, str, str, int, str, int]) -> FunctionRecord:
-    tenant, function_id, digest, size, exports_json, created = row
+def _record(row: tuple[str, str, str, int, str, int, bytes]) -> FunctionRecord:
+    tenant, function_id, digest, size, exports_json, created, config = row
     exports = tuple(
         ExportRecord(e["name"], tuple(e["params"]), tuple(e["results"]))
         for e in json.loads(exports_json)
     )
-    return FunctionRecord(tenant, function_id, digest, size, exports, created)
+    return FunctionRecord(tenant, function_id, digest, size, exports, created, bytes(config))

@@ -12,6 +12,7 @@ from tensorwasm_common.channels import open_channel, peer_serving
 
 from tensorwasm_gateway.executors import ExecutorPool
 from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
@@ -21,6 +22,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 async def serve(settings: GatewaySettings) -> None:
     """Serves until SIGTERM; NOT_SERVING while the registry or the store is unreachable."""
+    ceilings = TenantCeilings.load(settings.tenant_limits_file)  # malformed: fail at start
     registry = Registry(settings.database_path)
     store_channel = open_channel(
         settings.snapshot_address, max_message_bytes=settings.max_message_bytes
@@ -31,7 +33,11 @@ async def serve(settings: GatewaySettings) -> None:
         timeout=settings.downstream_timeout_seconds,
     )
     functions = FunctionService(
-        registry, BlobClient(store_channel), executors, max_module_bytes=settings.max_module_bytes
+        registry,
+        BlobClient(store_channel),
+        executors,
+        max_module_bytes=settings.max_module_bytes,
+        ceilings=ceilings,
     )
     host = create_host("gateway", settings, [SERVICE_NAME])
     pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(functions), host.server)

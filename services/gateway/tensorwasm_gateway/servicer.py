@@ -18,10 +18,12 @@ from tensorwasm_gateway.errors import InvalidPageTokenError
 from tensorwasm_gateway.functions import (
     TYPE_NAMES,
     FunctionService,
+    function_config,
     function_id_from_name,
+    instance_id_from_name,
     validate_tenant,
 )
-from tensorwasm_gateway.registry import FunctionRecord
+from tensorwasm_gateway.registry import FunctionRecord, InstanceRecord
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -60,7 +62,20 @@ def function_to_wire(record: FunctionRecord) -> pb.Function:
         ],
     )
     function.create_time.FromNanoseconds(record.create_time_ns)
+    function.config.CopyFrom(function_config(record))
     return function
+
+
+def instance_to_wire(record: InstanceRecord) -> pb.Instance:
+    """The instance resource on the wire."""
+    instance = pb.Instance(
+        name=f"instances/{record.instance_id}",
+        function=f"functions/{record.function_id}",
+        tenant=record.tenant,
+    )
+    instance.create_time.FromNanoseconds(record.create_time_ns)
+    instance.idle_ttl.FromNanoseconds(record.idle_ttl_ns)
+    return instance
 
 
 def encode_page_token(last_id: str) -> str:
@@ -92,7 +107,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def CreateFunction(
         self, request: pb.CreateFunctionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateFunctionResponse:
-        record = await self._functions.create(tenant_of(context), request.function_id, request.wasm)
+        record = await self._functions.create(
+            tenant_of(context), request.function_id, request.wasm, request.config
+        )
         return pb.CreateFunctionResponse(function=function_to_wire(record))
 
     async def GetFunction(
@@ -154,6 +171,45 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 yield pb.InvokeStreamResponse(outcome=event.outcome, export_name=export)
             else:
                 yield pb.InvokeStreamResponse(output=event.output)
+
+    async def CreateInstance(
+        self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateInstanceResponse:
+        tenant = tenant_of(context)
+        function_id = function_id_from_name(request.function)
+        downstream = executor_pb.CreateInstanceRequest(stdin=request.stdin, limits=request.limits)
+        if request.HasField("idle_ttl"):
+            downstream.idle_ttl.CopyFrom(request.idle_ttl)
+        record, response = await self._functions.create_instance(tenant, function_id, downstream)
+        reply = pb.CreateInstanceResponse(outcome=response.outcome)
+        if record is not None:
+            reply.instance.CopyFrom(instance_to_wire(record))
+        return reply
+
+    async def GetInstance(
+        self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInstanceResponse:
+        tenant = tenant_of(context)
+        record = await self._functions.get_instance(tenant, instance_id_from_name(request.name))
+        return pb.GetInstanceResponse(instance=instance_to_wire(record))
+
+    async def CallInstance(
+        self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CallInstanceResponse:
+        tenant = tenant_of(context)
+        instance_id = instance_id_from_name(request.name)
+        downstream = executor_pb.CallInstanceRequest(
+            export_name=request.export_name, args=request.args, limits=request.limits
+        )
+        response, export = await self._functions.call_instance(tenant, instance_id, downstream)
+        return pb.CallInstanceResponse(outcome=response.outcome, export_name=export)
+
+    async def DeleteInstance(
+        self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteInstanceResponse:
+        tenant = tenant_of(context)
+        await self._functions.delete_instance(tenant, instance_id_from_name(request.name))
+        return pb.DeleteInstanceResponse()
 
 
 def _downstream(request: pb.InvokeRequest) -> executor_pb.InvokeRequest:

@@ -21,6 +21,8 @@ class GatewaySettings(ServerSettings):
     )
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
+    # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
+    tenant_limits_file: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,3 +35,6 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
         if not 8 <= self.max_module_bytes <= self.max_message_bytes:
             raise SettingsError("max_module_bytes: must be in [8, max_message_bytes]")
+        from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
+
+        TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start

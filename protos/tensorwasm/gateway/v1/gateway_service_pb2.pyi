@@ -550,6 +550,52 @@ class CreateInstanceResponse(_message.Message):
 Global___CreateInstanceResponse: _TypeAlias = CreateInstanceResponse  # noqa: Y015
 
 @_typing.final
+class GetInstanceRequest(_message.Message):
+    """Request for GetInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance, `instances/{instance_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstanceRequest: _TypeAlias = GetInstanceRequest  # noqa: Y015
+
+@_typing.final
+class GetInstanceResponse(_message.Message):
+    """The result of GetInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___Instance:
+        """The instance."""
+
+    def __init__(
+        self,
+        *,
+        instance: Global___Instance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstanceResponse: _TypeAlias = GetInstanceResponse  # noqa: Y015
+
+@_typing.final
 class CallInstanceRequest(_message.Message):
     """Request for CallInstance."""
 

@@ -71,6 +71,11 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.FromString,
                 _registered_method=True)
+        self.GetInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/GetInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.FromString,
+                _registered_method=True)
         self.CallInstance = channel.unary_unary(
                 '/tensorwasm.gateway.v1.GatewayService/CallInstance',
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceRequest.SerializeToString,
@@ -143,6 +148,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInstance(self, request, context):
+        """Returns one live instance (as the gateway last knew it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CallInstance(self, request, context):
         """Calls one export of a live instance (calls on one instance take turns).
         """
@@ -194,6 +206,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.CreateInstance,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.SerializeToString,
+            ),
+            'GetInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.SerializeToString,
             ),
             'CallInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.CallInstance,
@@ -397,6 +414,33 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/CreateInstance',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/GetInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

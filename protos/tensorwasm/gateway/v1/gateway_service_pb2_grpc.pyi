@@ -58,6 +58,8 @@ class GatewayServiceStub:
     persists across CallInstance calls until DeleteInstance or its idle TTL. A
     start function that fails is the response's outcome, and no instance exists.
     """
+    GetInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInstanceRequest, _gateway_service_pb2.GetInstanceResponse]
+    """Returns one live instance (as the gateway last knew it)."""
     CallInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]
@@ -93,6 +95,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     persists across CallInstance calls until DeleteInstance or its idle TTL. A
     start function that fails is the response's outcome, and no instance exists.
     """
+    GetInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInstanceRequest, _gateway_service_pb2.GetInstanceResponse]  # type: ignore[assignment]
+    """Returns one live instance (as the gateway last knew it)."""
     CallInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]  # type: ignore[assignment]
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
@@ -167,6 +171,14 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         persists across CallInstance calls until DeleteInstance or its idle TTL. A
         start function that fails is the response's outcome, and no instance exists.
         """
+
+    @_abc_1.abstractmethod
+    def GetInstance(
+        self,
+        request: _gateway_service_pb2.GetInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.GetInstanceResponse, _abc.Awaitable[_gateway_service_pb2.GetInstanceResponse]]:
+        """Returns one live instance (as the gateway last knew it)."""
 
     @_abc_1.abstractmethod
     def CallInstance(
