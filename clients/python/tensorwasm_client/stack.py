@@ -108,6 +108,7 @@ class LocalStack:
             env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
+            env.setdefault(prefix + "ARTIFACT_DIR", str(self.data_dir / "executor" / "artifacts"))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "gateway":

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import wasmtime
 from tensorwasm_common.errors import (
@@ -132,7 +133,7 @@ class CompiledModule:
 
     digest: str
     exports: tuple[ExportInfo, ...]
-    size_bytes: int
+    size_bytes: int  # of the wasm (compiled here) or of the artifact file (loaded)
     module: wasmtime.Module = field(repr=False)
     instance_pre: wasmtime.InstancePre = field(repr=False)
     engine: wasmtime.Engine = field(repr=False)
@@ -568,6 +569,30 @@ class Sandbox:
             module = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        return self._install(digest, module, len(wasm))
+
+    def load_artifact(self, digest: str, path: Path) -> CompiledModule:
+        """Loads a module this engine compiled and serialized earlier (`serialize`), from a
+        trusted local file, memory-mapped by `Module.deserialize_file`, and caches it.
+
+        Only for files this executor wrote: wasmtime trusts serialized code. A file of
+        another engine fingerprint (wasmtime version, flags) is refused by wasmtime.
+
+        Raises:
+            InvalidWasmError: the file is not an artifact of this engine.
+            UnsatisfiedImportError: as for `compile`.
+        """
+        cached = self.lookup(digest)
+        if cached is not None:
+            return cached
+        try:
+            module = wasmtime.Module.deserialize_file(self._engine, str(path))
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        return self._install(digest, module, path.stat().st_size)
+
+    def _install(self, digest: str, module: wasmtime.Module, size: int) -> CompiledModule:
+        """Resolves imports once (InstancePre), reads the export signatures, caches."""
         try:
             pre = self._linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
@@ -585,7 +610,7 @@ class Sandbox:
                 else:
                     exports.append(ExportInfo(export.name, *signature))
         compiled = CompiledModule(
-            digest, tuple(exports), len(wasm), module, pre, self._engine, frozenset(unrepresentable)
+            digest, tuple(exports), size, module, pre, self._engine, frozenset(unrepresentable)
         )
         with self._lock:
             compiled = self._cache.setdefault(digest, compiled)

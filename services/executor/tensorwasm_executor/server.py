@@ -53,7 +53,7 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.snapshot_address, max_message_bytes=settings.max_message_bytes
     )
     blobs = BlobClient(store_channel)
-    modules = ModuleProvider(sandbox, blobs.get, compile_pool)
+    modules = ModuleProvider(sandbox, blobs.get, compile_pool, artifact_dir=settings.artifact_dir)
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
 
 
@@ -30,6 +31,10 @@ class ExecutorSettings(ServerSettings):
     # Read-only directories a function may be granted live under <root>/<tenant>/;
     # empty: no guest ever gets a filesystem.
     guest_dirs_root: Path | None = None
+    # Compiled artifacts (per engine fingerprint), reloaded with Module.deserialize_file.
+    artifact_dir: Path | None = dataclasses.field(
+        default_factory=lambda: default_data_dir() / "executor" / "artifacts"
+    )
     max_instances: int = 1000
     max_instances_per_tenant: int = 100
     instance_idle_ttl_seconds: float = 300.0
