@@ -1,0 +1,1 @@
+"""TensorWasm kernel library: CUDA sources, canonical PTX and NumPy references."""
