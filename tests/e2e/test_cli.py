@@ -325,3 +325,49 @@ def test_status_and_down(tmp_path: Path) -> None:
         assert tensorwasm("down", data_dir=tmp_path).stdout == "stopped: nothing was running\n"
     finally:
         launcher.stop()
+
+
+def test_instance_create_call_delete(cli: Cli, wat_dir: Path) -> None:
+    cli.ok("deploy", str(wat_dir / "counter.wat"))
+    created = cli("instance", "create", "counter")
+    assert created.returncode == 0, created.stderr
+    first, second = created.stdout.splitlines()
+    assert first == "started"  # the start function's stdout
+    name = json.loads(second)["name"]
+    assert cli.ok("instance", "call", name, "--export", "inc") == "[1]\n"
+    assert cli.ok("instance", "call", name, "--export", "add", "--args", "[5]") == "[6]\n"
+    assert cli.ok("instance", "delete", name) == f"deleted {name}\n"
+    assert cli.fails("instance", "call", name, "--export", "inc").startswith(
+        "error: NOT_FOUND INSTANCE_NOT_FOUND"
+    )
+
+
+def test_deploy_with_a_wasi_config(cli: Cli, wat_dir: Path) -> None:
+    cli.ok(
+        "deploy", str(wat_dir / "wasi_probe.wat"), "--argv", "probe", "--argv=-v",
+        "--env", "MODE=test",
+    )  # fmt: skip
+    assert cli.ok("invoke", "wasi-probe", "--export", "args").startswith("probe\0-v\0")
+    assert cli.ok("invoke", "wasi-probe", "--export", "environ").startswith("MODE=test\0")
+    assert "INVALID_WASI_CONFIG" in cli.fails(
+        "deploy", str(wat_dir / "wasi_probe.wat"), "--name", "bad", "--dir", "../up"
+    )
+
+
+def test_run_locally_without_the_services(wat_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_text("local file\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return tensorwasm("run", *args, data_dir=tmp_path / "unused")
+
+    added = run(str(wat_dir / "add.wat"), "--args", "[40, 2]")
+    assert (added.returncode, added.stdout) == (0, "[42]\n")
+    probed = run(str(wat_dir / "wasi_probe.wat"), "--export", "args", "--", "x", "--y")
+    assert probed.stdout.startswith("wasi_probe.wat\0x\0--y\0")
+    cat = run(str(wat_dir / "wasi_probe.wat"), "--export", "cat", "--dir", str(tmp_path))
+    assert cat.stdout == "local file\n[0]\n"
+    spun = run(str(wat_dir / "counter.wat"), "--export", "spin", "--timeout", "0.2")
+    assert spun.returncode == 1 and "DEADLINE_EXCEEDED" in spun.stderr
+    missing = run(str(wat_dir / "counter.wat"), "--export", "nope")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
+    assert not (tmp_path / "unused").exists()  # no stack was started
