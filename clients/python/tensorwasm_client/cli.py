@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if guest_argv and args.command != "run":
         parser.error("arguments after `--` are only for `tensorwasm run`")
-    args.argv = guest_argv
+    args.guest_argv = guest_argv
     try:
         return int(_COMMANDS[args.command](args))
     except TensorWasmError as exc:
@@ -317,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
         args.file,
         export=args.export,
         json_args=_json_args(args.args),
-        argv=args.argv,
+        argv=args.guest_argv,
         env=_env_pairs(args.env),
         read_only_dir=args.dir or None,
         guest_dir=args.guest_dir,
