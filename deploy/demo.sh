@@ -18,7 +18,16 @@ echo "== deploy + invoke a WASI guest with stdin"
 "${tw[@]}" deploy clients/guest/examples/hello.wat --name hello-demo >/dev/null
 echo "stdin reaches the guest" > "$data_dir/stdin.txt"
 "${tw[@]}" invoke hello-demo --stdin "$data_dir/stdin.txt"
+echo "== a live instance keeps its state across calls"
+"${tw[@]}" deploy clients/guest/examples/counter.wat --name counter-demo >/dev/null
+instance=$("${tw[@]}" instance create counter-demo | tail -n 1 | sed -E 's/.*"(instances\/[0-9a-f]+)".*/\1/')
+"${tw[@]}" instance call "$instance" --export inc >/dev/null
+count=$("${tw[@]}" instance call "$instance" --export add --args '[40]')
+echo "$instance: $count"
+[ "$count" = "[41]" ] || { echo "demo: expected [41], got $count" >&2; exit 1; }
+"${tw[@]}" instance delete "$instance"
 "${tw[@]}" list
+"${tw[@]}" delete counter-demo
 "${tw[@]}" delete add-demo
 "${tw[@]}" delete hello-demo
 echo "== tensorwasm down"
