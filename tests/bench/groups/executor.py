@@ -137,6 +137,11 @@ def call_export(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             finally:
                 store.close()
 
+        resident, _ = sandbox.spawn(compiled)
+        if resident is None:
+            raise RuntimeError("calls.wat did not instantiate")
+        cleanup.callback(resident.terminate)
+
         calls: list[tuple[str, Callable[[], object], tuple[str, ...], str]] = [
             (FUNC_NOARGS, functools.partial(noop, warm), (), "Func.__call__ on a warm instance"),
             (FUNC_TWO_I32, functools.partial(add, warm, 1, 2), (), "Func.__call__, warm"),
@@ -171,6 +176,18 @@ def call_export(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 "fresh store + rawcall.instantiate(InstancePre) + rawcall.call, no WASI",
             ),
             (
+                "resident/call_export/noargs",
+                functools.partial(resident.call, "noop", ()),
+                (FUNC_NOARGS,),
+                "Resident.call on a live instance: turn lock, deadline, fuel, output captures",
+            ),
+            (
+                "resident/call_export/args/two_i32",
+                functools.partial(resident.call, "add", two_i32),
+                (FUNC_TWO_I32,),
+                "Resident.call on a live instance (what CallInstance runs)",
+            ),
+            (
                 "sandbox/call_export/noargs",
                 functools.partial(sandbox.invoke, compiled, "noop", ()),
                 (FRESH_NOARGS, FUNC_NOARGS),
@@ -190,8 +207,9 @@ def call_export(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             fresh_call(engine, module, "add", 1, 2, epoch=True),
             raw_fresh_add(),
             succeeded(sandbox.invoke(compiled, "add", two_i32)),
+            succeeded(resident.call("add", two_i32)),
         ]
-        expected = [3, (WasmValue.i32(3),), 3, (WasmValue.i32(3),), (WasmValue.i32(3),)]
+        expected = [3, (WasmValue.i32(3),), 3, *[(WasmValue.i32(3),)] * 3]
         if checks != expected or succeeded(sandbox.invoke(compiled, "noop", ())) != ():
             raise RuntimeError(f"a call path returned a wrong result: {checks}")
         yield [
