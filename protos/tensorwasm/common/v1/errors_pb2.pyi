@@ -74,6 +74,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Every slot of the executor is taken; retry after RetryInfo's delay."""
     ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 25
     """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+    ERROR_REASON_TENANT_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 26
+    """Referencing the object would take the tenant past its byte quota of the snapshot
+    store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
+    was not added.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -133,4 +138,9 @@ ERROR_REASON_EXECUTOR_SATURATED: ErrorReason.ValueType  # 24
 """Every slot of the executor is taken; retry after RetryInfo's delay."""
 ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 25
 """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+ERROR_REASON_TENANT_QUOTA_EXCEEDED: ErrorReason.ValueType  # 26
+"""Referencing the object would take the tenant past its byte quota of the snapshot
+store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
+was not added.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
