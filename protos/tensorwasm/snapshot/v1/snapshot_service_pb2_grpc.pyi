@@ -35,7 +35,7 @@ class SnapshotStoreServiceStub:
     reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
     is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
     ref_name is the caller's own label for why it holds the blob (for example
-    `functions/add`), 1-256 characters of [A-Za-z0-9._~:/@+=-] starting with a
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
     letter or digit. A blob with no reference is garbage once it has been untouched
     for the store's grace period, where "touched" means put (also a deduplicated
     put) or released (its last reference removed): so a PutBlob followed by AddRef
@@ -89,7 +89,7 @@ class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
     reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
     is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
     ref_name is the caller's own label for why it holds the blob (for example
-    `functions/add`), 1-256 characters of [A-Za-z0-9._~:/@+=-] starting with a
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
     letter or digit. A blob with no reference is garbage once it has been untouched
     for the store's grace period, where "touched" means put (also a deduplicated
     put) or released (its last reference removed): so a PutBlob followed by AddRef
@@ -139,7 +139,7 @@ class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
     is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
     ref_name is the caller's own label for why it holds the blob (for example
-    `functions/add`), 1-256 characters of [A-Za-z0-9._~:/@+=-] starting with a
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
     letter or digit. A blob with no reference is garbage once it has been untouched
     for the store's grace period, where "touched" means put (also a deduplicated
     put) or released (its last reference removed): so a PutBlob followed by AddRef
