@@ -128,8 +128,7 @@ class BlobStore:
 
     def verify(self, digest: str) -> BlobInfo:
         """Decodes a whole blob in constant memory; its info if it is intact, else raises."""
-        with self._open(validate_digest(digest)) as fh:
-            info = self._header(digest, fh)
+        info = self.stat(digest)
         deque(self._decode(digest), maxlen=0)
         return info
 

@@ -8,12 +8,12 @@ take the same lock (`BlobStore.remove_if`), so a put never returns an object bei
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tensorwasm_snapshot import errors
@@ -43,7 +43,7 @@ def validate_ref_name(ref_name: str) -> str:
     return ref_name
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class GcReport:
     """What one collection deleted."""
 
@@ -52,7 +52,7 @@ class GcReport:
     deleted_stored_size_bytes: int = 0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ReconcileReport:
     """What opening the store repaired in the index."""
 
@@ -113,7 +113,7 @@ class SnapshotStore:
             index.close()
             raise
         if report != ReconcileReport():
-            _log.warning("index reconciled with the blob files", extra=report.__dict__)
+            _log.warning("index reconciled with the blob files", extra=dataclasses.asdict(report))
         return store
 
     def close(self) -> None:
