@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 import blake3
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
+from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import DataLossError
 from tensorwasm_common.status import downstream_error
 
@@ -16,25 +17,79 @@ CHUNK_BYTES = 1 << 20
 
 
 class BlobClient:
-    """Puts and gets whole blobs over the streamed RPCs."""
+    """Puts and gets blobs over the streamed RPCs; references and usage as a tenant.
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_seconds: float = 60.0) -> None:
+    `tenant` (per client, or per call) goes out as `x-tensorwasm-tenant` metadata; without
+    one the store uses its default tenant.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_seconds: float = 60.0,
+        tenant: str | None = None,
+    ) -> None:
         self._stub = pb_grpc.SnapshotStoreServiceStub(channel)
         self._timeout = timeout_seconds
+        self._tenant = tenant
 
-    async def put(self, data: bytes, *, expected_digest: str = "") -> pb.PutBlobResponse:
-        """Stores `data`; the store refuses it if it does not hash to `expected_digest`."""
+    def _metadata(self, tenant: str | None) -> tuple[tuple[str, str], ...]:
+        chosen = tenant or self._tenant
+        return ((TENANT_METADATA_KEY, chosen),) if chosen else ()
+
+    async def put(
+        self,
+        data: bytes,
+        *,
+        expected_digest: str = "",
+        ref_name: str = "",
+        tenant: str | None = None,
+    ) -> pb.PutBlobResponse:
+        """Stores `data`; the store refuses it if it does not hash to `expected_digest`.
+
+        With `ref_name`, the tenant's reference is added as the upload commits.
+        """
+        view = memoryview(data)
+        chunks = (bytes(view[i : i + CHUNK_BYTES]) for i in range(0, len(data), CHUNK_BYTES))
+        return await self.put_stream(
+            chunks,
+            expected_digest=expected_digest,
+            size_bytes=len(data),
+            ref_name=ref_name,
+            tenant=tenant,
+        )
+
+    async def put_stream(
+        self,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        expected_digest: str = "",
+        size_bytes: int = 0,
+        ref_name: str = "",
+        tenant: str | None = None,
+    ) -> pb.PutBlobResponse:
+        """Stores the concatenated `chunks` (each at most a few MiB) without holding them all.
+
+        A non-zero `size_bytes` lets the store refuse an object over its cap or the tenant's
+        quota before any chunk is sent.
+        """
+        header = pb.PutBlobHeader(
+            expected_digest=expected_digest, size_bytes=size_bytes, ref_name=ref_name
+        )
 
         async def messages() -> AsyncIterator[pb.PutBlobRequest]:
-            header = pb.PutBlobHeader(expected_digest=expected_digest, size_bytes=len(data))
             yield pb.PutBlobRequest(header=header)
-            view = memoryview(data)
-            for offset in range(0, len(data), CHUNK_BYTES):
-                yield pb.PutBlobRequest(chunk=bytes(view[offset : offset + CHUNK_BYTES]))
+            if isinstance(chunks, AsyncIterable):
+                async for chunk in chunks:
+                    yield pb.PutBlobRequest(chunk=chunk)
+            else:
+                for chunk in chunks:
+                    yield pb.PutBlobRequest(chunk=chunk)
 
         try:
             response: pb.PutBlobResponse = await self._stub.PutBlob(
-                messages(), timeout=self._timeout
+                messages(), timeout=self._timeout, metadata=self._metadata(tenant)
             )
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, "snapshot store") from exc
@@ -42,14 +97,18 @@ class BlobClient:
 
     async def get(self, digest: str) -> bytes:
         """Fetches a blob and checks that its bytes hash to `digest`."""
+        return b"".join([chunk async for chunk in self.get_stream(digest)])
+
+    async def get_stream(self, digest: str) -> AsyncIterator[bytes]:
+        """Yields a blob's chunks as they arrive; raises DataLossError after the last one if
+        they do not hash to `digest` (the store verified them before sending any)."""
         hasher = blake3.blake3()
-        parts: list[bytes] = []
         try:
             async for message in self._stub.GetBlob(
                 pb.GetBlobRequest(digest=digest), timeout=self._timeout
             ):
                 hasher.update(message.chunk)
-                parts.append(message.chunk)
+                yield message.chunk
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, "snapshot store") from exc
         if hasher.hexdigest() != digest:
@@ -58,4 +117,37 @@ class BlobClient:
                 reason="BLOB_INTEGRITY",
                 metadata={"digest": digest},
             )
-        return b"".join(parts)
+
+    async def add_ref(self, digest: str, ref_name: str, *, tenant: str | None = None) -> bool:
+        """Adds the tenant's reference to a stored blob; False if it existed already."""
+        try:
+            response: pb.AddRefResponse = await self._stub.AddRef(
+                pb.AddRefRequest(digest=digest, ref_name=ref_name),
+                timeout=self._timeout,
+                metadata=self._metadata(tenant),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, "snapshot store") from exc
+        return response.created
+
+    async def remove_ref(self, digest: str, ref_name: str, *, tenant: str | None = None) -> bool:
+        """Removes the tenant's reference; False if it had none of that name."""
+        try:
+            response: pb.RemoveRefResponse = await self._stub.RemoveRef(
+                pb.RemoveRefRequest(digest=digest, ref_name=ref_name),
+                timeout=self._timeout,
+                metadata=self._metadata(tenant),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, "snapshot store") from exc
+        return response.removed
+
+    async def usage(self, *, tenant: str | None = None) -> pb.GetUsageResponse:
+        """The tenant's charged bytes, object and reference counts, and quota."""
+        try:
+            response: pb.GetUsageResponse = await self._stub.GetUsage(
+                pb.GetUsageRequest(), timeout=self._timeout, metadata=self._metadata(tenant)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise downstream_error(exc, "snapshot store") from exc
+        return response

@@ -1,7 +1,7 @@
 """The snapshot store never serves damaged bytes, and its errors reach the caller intact.
 
-On-disk layout: <data_dir>/snapshot/blobs/<digest[:2]>/<digest>, a 52-byte header
-(magic, size, level, raw digest) followed by one zstd frame.
+On-disk layout: <data_dir>/snapshot/blobs/<digest[:2]>/<digest>, a 60-byte header
+(magic, size, level, raw digest, frame size) followed by one zstd frame.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tensorwasm_common.status import error_from_rpc
 
 pytestmark = pytest.mark.integration
 
-HEADER_BYTES = 52
+HEADER_BYTES = 60
 CHUNK = 1 << 20
 
 

@@ -5,6 +5,7 @@ in-flight writes (same filesystem, so the rename is atomic) and is emptied when 
 so one root belongs to one process. A digest is BLAKE3-256 of the plaintext in lowercase hex.
 A writer puts a placeholder header first and the real one last, fsyncs, renames into place and
 fsyncs the directory (and ``blobs/`` for a new ``<xx>/``): a blob is whole or absent after a crash.
+Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `index`, `store`).
 
 Blob file: a 60-byte little-endian header, then one zstd frame (with content checksum):
 
@@ -21,7 +22,7 @@ import struct
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,10 @@ from tensorwasm_snapshot import errors
 _MAGIC, _HEADER = b"TWBLOB\x00\x01", struct.Struct("<8sQi32sQ")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _INSTALL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex digest prefix
+
+# Called with the digest's lock held once a blob is installed or found already stored, so
+# that a collector taking the same lock (`remove_if`) never deletes what a put just returned.
+InstallHook = Callable[["BlobInfo"], None]
 
 
 def validate_digest(digest: object) -> str:
@@ -86,16 +91,27 @@ class BlobStore:
                 os.unlink(entry.path)
 
     def writer(
-        self, *, expected_digest: str | None = None, expected_size: int | None = None
+        self,
+        *,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        on_install: InstallHook | None = None,
     ) -> BlobWriter:
-        """Starts an upload (a context manager) whose `commit()` checks the expected digest/size."""
+        """Starts an upload (a context manager) whose `commit()` checks the expected digest/size.
+
+        Raises TooLargeError before anything is written when `expected_size` is over the cap.
+        """
+        self.check_upload(expected_digest, expected_size)
+        return BlobWriter(self, expected_digest, expected_size, on_install)
+
+    def check_upload(self, expected_digest: str | None, expected_size: int | None) -> None:
+        """Raises what `writer()` would raise for these expectations, without a temp file."""
         if expected_digest is not None:
             validate_digest(expected_digest)
         if expected_size is not None and expected_size < 0:
             raise InvalidArgumentError("expected_size must be >= 0")
         if (expected_size or 0) > self.max_blob_bytes:
             raise errors.TooLargeError(self.max_blob_bytes)
-        return BlobWriter(self, expected_digest, expected_size)
 
     def stat(self, digest: str) -> BlobInfo:
         """Describes a blob from its header; BlobIntegrityError if the header is damaged."""
@@ -109,6 +125,12 @@ class BlobStore:
         BlobIntegrityError); a second pass then yields, re-hashing, raising at the end if changed.
         """
         return self._verified(validate_digest(digest))
+
+    def verify(self, digest: str) -> BlobInfo:
+        """Decodes a whole blob in constant memory; its info if it is intact, else raises."""
+        info = self.stat(digest)
+        deque(self._decode(digest), maxlen=0)
+        return info
 
     def read_bytes(self, digest: str) -> bytes:
         """Returns a whole verified blob, decompressed once (memory grows with its size)."""
@@ -125,19 +147,48 @@ class BlobStore:
         for directory in (self._blobs, self._tmp):
             tempfile.TemporaryFile(dir=directory).close()
 
+    def digests(self) -> Iterator[str]:
+        """The digests of the files under ``blobs/``, intact or not (others are skipped)."""
+        for prefix in sorted(os.listdir(self._blobs)):
+            directory = self._blobs / prefix
+            if len(prefix) != 2 or not directory.is_dir():
+                continue
+            for name in sorted(os.listdir(directory)):
+                if _DIGEST_RE.fullmatch(name) and name[:2] == prefix:
+                    yield name
+
+    def remove_if(self, digest: str, condition: Callable[[], bool]) -> bool:
+        """Deletes a blob durably if `condition()`, asked with the digest's lock held, is true.
+
+        The lock is the one installs take, so a put that returned this blob either ran before
+        (and `condition` sees what it recorded) or runs after, and stores the blob again.
+        """
+        path = self.path_of(digest)
+        with _INSTALL_LOCKS[int(digest[:2], 16)]:
+            if not condition():
+                return False
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+        return True
+
+    def path_of(self, digest: str) -> Path:
+        """Where the blob of `digest` lives (whether or not it exists)."""
+        return self._blobs / validate_digest(digest)[:2] / digest
+
     def _open(self, digest: str) -> BinaryIO:
         try:
-            return (self._blobs / digest[:2] / digest).open("rb")
+            return self.path_of(digest).open("rb")
         except FileNotFoundError:
             raise errors.BlobNotFoundError(digest) from None
 
-    @staticmethod
-    def _header(digest: str, fh: BinaryIO) -> BlobInfo:
+    def _header(self, digest: str, fh: BinaryIO) -> BlobInfo:
         raw = fh.read(_HEADER.size).ljust(_HEADER.size, b"\0")  # then the file size check fails
         magic, size, _level, raw_digest, frame_size = _HEADER.unpack(raw)
         stored = os.fstat(fh.fileno()).st_size
         if magic != _MAGIC or raw_digest.hex() != digest or stored != _HEADER.size + frame_size:
             raise errors.BlobIntegrityError(digest, "bad magic, version, digest or file size")
+        if size > self.max_blob_bytes:  # the bomb guard: refused before decompressing a byte
+            raise errors.BlobIntegrityError(digest, "declared size over max_blob_bytes")
         return BlobInfo(digest, size, stored)
 
     def _verified(self, digest: str) -> Iterator[bytes]:
@@ -148,8 +199,6 @@ class BlobStore:
         # Yields the plaintext; raises BlobIntegrityError, at the end at the latest, if bad.
         with self._open(digest) as fh:
             info = self._header(digest, fh)
-            if info.size_bytes > self.max_blob_bytes:
-                raise errors.BlobIntegrityError(digest, "declared size over max_blob_bytes")
             hasher, total = blake3.blake3(), 0
             try:
                 dctx = zstandard.ZstdDecompressor()
@@ -165,30 +214,40 @@ class BlobStore:
         if total != info.size_bytes or hasher.hexdigest() != digest:
             raise errors.BlobIntegrityError(digest, "plaintext size or digest mismatch")
 
-    def _install(self, tmp_path: Path, info: BlobInfo) -> tuple[BlobInfo, bool]:
-        final = self._blobs / info.digest[:2] / info.digest
+    def _install(
+        self, tmp_path: Path, info: BlobInfo, on_install: InstallHook | None
+    ) -> tuple[BlobInfo, bool]:
+        final = self.path_of(info.digest)
         with _INSTALL_LOCKS[int(info.digest[:2], 16)]:
             try:
-                existing = self.stat(info.digest)
-                deque(self._decode(info.digest), maxlen=0)  # verify it: keep no damaged copy
+                result = self.verify(info.digest), True  # keep no damaged copy
                 tmp_path.unlink()
-                return existing, True
             except (errors.BlobNotFoundError, errors.BlobIntegrityError):
-                pass  # absent, or damaged and about to be replaced
-            if not final.parent.is_dir():  # other committers of this prefix wait on the lock
-                final.parent.mkdir()
-                _fsync_dir(self._blobs)
-            os.replace(tmp_path, final)
-            _fsync_dir(final.parent)
-        return info, False
+                # Absent, or damaged and about to be replaced.
+                if not final.parent.is_dir():  # other committers of this prefix wait on the lock
+                    final.parent.mkdir()
+                    _fsync_dir(self._blobs)
+                os.replace(tmp_path, final)
+                _fsync_dir(final.parent)
+                result = info, False
+            if on_install is not None:
+                on_install(result[0])
+        return result
 
 
 class BlobWriter:
     """One streaming upload into a temp file, used by one thread at a time."""
 
-    def __init__(self, store: BlobStore, digest: str | None, size: int | None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        digest: str | None,
+        size: int | None,
+        on_install: InstallHook | None = None,
+    ) -> None:
         """Opens a temp file under the store's ``tmp/``; prefer `BlobStore.writer()`."""
         self._store, self._want_digest, self._want_size = store, digest, size
+        self._on_install = on_install
         self._limit = store.max_blob_bytes if size is None else size
         self._size, self._done, self._hasher = 0, False, blake3.blake3()
         fd, name = tempfile.mkstemp(dir=store._tmp, prefix="blob-", suffix=".part")
@@ -226,7 +285,7 @@ class BlobWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            result = self._store._install(self._tmp_path, info)
+            result = self._store._install(self._tmp_path, info, self._on_install)
         except BaseException:
             self.abort()
             raise

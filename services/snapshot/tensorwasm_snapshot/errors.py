@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from tensorwasm_common.errors import DataLossError, InvalidArgumentError, NotFoundError
+from tensorwasm_common.errors import (
+    DataLossError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 
 __all__ = [
     "BlobIntegrityError",
     "BlobNotFoundError",
     "DigestMismatchError",
     "InvalidDigestError",
+    "InvalidNameError",
+    "TenantQuotaExceededError",
     "TooLargeError",
 ]
 
@@ -110,4 +117,51 @@ class InvalidDigestError(InvalidArgumentError):
         super().__init__(
             f"invalid digest {shown}: want 64 lowercase hex digits (BLAKE3)",
             metadata={"digest": shown},
+        )
+
+
+class InvalidNameError(InvalidArgumentError):
+    """A tenant id or reference name does not follow its pattern."""
+
+    reason = "INVALID_NAME"
+
+    def __init__(self, field: str, value: str, pattern: str) -> None:
+        """Builds the error.
+
+        Args:
+            field: `tenant` or `ref_name`.
+            value: The rejected value; echoed back shortened in the metadata.
+            pattern: The pattern it had to match, for the message.
+        """
+        super().__init__(
+            f"{field} must match {pattern}",
+            metadata={"field": field, field: value[:_MAX_ECHO_CHARS]},
+        )
+
+
+class TenantQuotaExceededError(ResourceExhaustedError):
+    """Referencing a blob would take the tenant past its byte quota; nothing was referenced."""
+
+    reason = "TENANT_QUOTA_EXCEEDED"
+
+    def __init__(
+        self, tenant: str, quota_bytes: int, usage_bytes: int, requested_bytes: int
+    ) -> None:
+        """Builds the error.
+
+        Args:
+            tenant: The tenant charged.
+            quota_bytes: Its quota.
+            usage_bytes: What it is charged already.
+            requested_bytes: What the refused reference (or upload) would add.
+        """
+        super().__init__(
+            f"tenant {tenant!r} would exceed its quota of {quota_bytes} bytes "
+            f"({usage_bytes} used, {requested_bytes} more requested)",
+            metadata={
+                "tenant": tenant,
+                "quota_bytes": str(quota_bytes),
+                "usage_bytes": str(usage_bytes),
+                "requested_bytes": str(requested_bytes),
+            },
         )

@@ -1,40 +1,66 @@
-"""Builds and runs the snapshot store server."""
+"""Builds and runs the snapshot store server, with its periodic garbage collection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
-from tensorwasm_snapshot.blobstore import BlobStore
 from tensorwasm_snapshot.settings import SnapshotSettings
+from tensorwasm_snapshot.store import SnapshotStore
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SnapshotStoreService"].full_name
 
+_log = logging.getLogger(__name__)
 
-def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, BlobStore]:
-    """Opens the blob store and registers the servicer on a new server."""
+
+def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore]:
+    """Opens (and reconciles) the store and registers the servicer on a new server."""
     from tensorwasm_snapshot.servicer import SnapshotStoreServicer
 
-    store = BlobStore(
+    store = SnapshotStore.open(
         settings.data_dir,
         compression_level=settings.compression_level,
         max_blob_bytes=settings.max_blob_bytes,
         chunk_bytes=settings.chunk_bytes,
+        gc_grace_seconds=settings.gc_grace_seconds,
+        tenant_quota_bytes=settings.tenant_quota_bytes,
     )
     host = create_host("snapshot", settings, [SERVICE_NAME])
     pb_grpc.add_SnapshotStoreServiceServicer_to_server(SnapshotStoreServicer(store), host.server)
     return host, store
 
 
+async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> None:
+    """Collects garbage every `interval_seconds` until cancelled; a failed sweep is logged."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await asyncio.to_thread(store.collect_garbage)
+        except Exception:
+            _log.exception("garbage collection failed")
+
+
 async def serve(settings: SnapshotSettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the data directory is not writable."""
+    """Serves until SIGTERM; NOT_SERVING while the data directory or index is unusable."""
     host, store = build_server(settings)
+    sweeper = None
+    if settings.gc_interval_seconds > 0:
+        sweeper = asyncio.create_task(sweep_periodically(store, settings.gc_interval_seconds))
 
     async def healthy() -> bool:
         await asyncio.to_thread(store.check)
         return True
 
-    await serve_forever(host, health_check=healthy)
+    async def cleanup() -> None:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        store.close()
+
+    await serve_forever(host, health_check=healthy, cleanup=cleanup)

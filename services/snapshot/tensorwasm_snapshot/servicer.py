@@ -1,4 +1,4 @@
-"""SnapshotStoreService: proto <-> BlobStore translation, blocking I/O off the event loop."""
+"""SnapshotStoreService: proto <-> SnapshotStore translation, blocking I/O off the event loop."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError
 
-from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore
+from tensorwasm_snapshot.blobstore import BlobInfo
+from tensorwasm_snapshot.store import ObjectWriter, SnapshotStore, validate_tenant
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:
@@ -19,42 +21,57 @@ def _info(info: BlobInfo) -> pb.BlobInfo:
     )
 
 
-class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
-    """Streams blobs in and out of the content-addressed store."""
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The tenant named in the call's metadata (validated), or the default tenant."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA_KEY:
+            return validate_tenant(str(value))
+    return DEFAULT_TENANT
 
-    def __init__(self, store: BlobStore) -> None:
+
+class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
+    """Streams blobs in and out of the content-addressed store; references, usage and GC."""
+
+    def __init__(self, store: SnapshotStore) -> None:
         self._store = store
 
     async def PutBlob(
         self, request_iterator: AsyncIterator[pb.PutBlobRequest], context: grpc.aio.ServicerContext
     ) -> pb.PutBlobResponse:
-        first = True
-        writer = None
+        writer: ObjectWriter | None = None
         try:
             async for message in request_iterator:
                 part = message.WhichOneof("part")
                 if part == "header":
-                    if not first:
+                    if writer is not None:
                         raise InvalidArgumentError(
                             "the header must be the first message", metadata={"field": "header"}
                         )
-                    header = message.header
-                    writer = self._store.writer(
-                        expected_digest=header.expected_digest or None,
-                        expected_size=header.size_bytes or None,
-                    )
+                    writer = await self._open_writer(message.header, context)
                 elif part == "chunk":
                     if writer is None:
-                        writer = self._store.writer()
+                        writer = await asyncio.to_thread(self._store.writer)
                     await asyncio.to_thread(writer.write, message.chunk)
-                first = False
             if writer is None:
-                writer = self._store.writer()
+                writer = await asyncio.to_thread(self._store.writer)
             info, deduplicated = await asyncio.to_thread(writer.commit)
         finally:
             if writer is not None:
                 await asyncio.to_thread(writer.abort)
         return pb.PutBlobResponse(blob=_info(info), deduplicated=deduplicated)
+
+    async def _open_writer(
+        self, header: pb.PutBlobHeader, context: grpc.aio.ServicerContext
+    ) -> ObjectWriter:
+        # Size cap and quota are checked here, before the first chunk is read.
+        ref_name = header.ref_name or None
+        return await asyncio.to_thread(
+            self._store.writer,
+            expected_digest=header.expected_digest or None,
+            expected_size=header.size_bytes or None,
+            tenant=tenant_of(context) if ref_name is not None else None,
+            ref_name=ref_name,
+        )
 
     async def GetBlob(
         self, request: pb.GetBlobRequest, context: grpc.aio.ServicerContext
@@ -62,7 +79,8 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         info = await asyncio.to_thread(self._store.stat, request.digest)
         chunks: Iterator[bytes] = self._store.open_verified(request.digest)
         try:
-            # The first chunk arrives only after the whole blob verified.
+            # The first chunk arrives only after the whole blob verified; then one bounded
+            # chunk at a time, each sent (flow control permitting) before the next is read.
             chunk = await asyncio.to_thread(next, chunks, None)
             yield pb.GetBlobResponse(blob=_info(info), chunk=chunk or b"")
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -77,3 +95,41 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
     ) -> pb.StatBlobResponse:
         info = await asyncio.to_thread(self._store.stat, request.digest)
         return pb.StatBlobResponse(blob=_info(info))
+
+    async def AddRef(
+        self, request: pb.AddRefRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddRefResponse:
+        info, created = await asyncio.to_thread(
+            self._store.add_ref, tenant_of(context), request.digest, request.ref_name
+        )
+        return pb.AddRefResponse(blob=_info(info), created=created)
+
+    async def RemoveRef(
+        self, request: pb.RemoveRefRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveRefResponse:
+        removed = await asyncio.to_thread(
+            self._store.remove_ref, tenant_of(context), request.digest, request.ref_name
+        )
+        return pb.RemoveRefResponse(removed=removed)
+
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageResponse:
+        usage = await asyncio.to_thread(self._store.usage, tenant_of(context))
+        return pb.GetUsageResponse(
+            tenant=usage.tenant,
+            size_bytes=usage.size_bytes,
+            object_count=usage.object_count,
+            ref_count=usage.ref_count,
+            quota_bytes=self._store.tenant_quota_bytes,
+        )
+
+    async def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectGarbageResponse:
+        report = await asyncio.to_thread(self._store.collect_garbage)
+        return pb.CollectGarbageResponse(
+            deleted_count=report.deleted_count,
+            deleted_size_bytes=report.deleted_size_bytes,
+            deleted_stored_size_bytes=report.deleted_stored_size_bytes,
+        )

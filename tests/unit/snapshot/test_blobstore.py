@@ -393,3 +393,81 @@ def test_invalid_settings(tmp_path: Path) -> None:
         BlobStore(tmp_path, compression_level=0)
     with pytest.raises(ValueError):
         BlobStore(tmp_path, chunk_bytes=0)
+
+
+def test_declared_size_over_the_cap_is_refused_before_decompressing(store: BlobStore) -> None:
+    info, _ = store.put_bytes(os.urandom(1000))
+    patch(blob_path(store, info.digest), 8, struct.pack("<Q", store.max_blob_bytes + 1))
+    with pytest.raises(BlobIntegrityError, match="declared size over max_blob_bytes"):
+        store.stat(info.digest)
+    with pytest.raises(BlobIntegrityError, match="declared size over max_blob_bytes"):
+        store.verify(info.digest)
+    assert_damaged(store, info.digest)
+
+
+def test_declared_size_over_the_cap_is_refused_before_a_temp_file(store: BlobStore) -> None:
+    with pytest.raises(TooLargeError) as caught:
+        store.writer(expected_size=store.max_blob_bytes + 1)
+    assert caught.value.metadata == {"limit_bytes": str(store.max_blob_bytes)}
+    with pytest.raises(TooLargeError):
+        store.check_upload(None, store.max_blob_bytes + 1)
+    store.check_upload(None, store.max_blob_bytes)
+    assert tmp_files(store) == []
+
+
+def test_verify(store: BlobStore) -> None:
+    info, _ = store.put_bytes(os.urandom(3 * MIB))
+    assert store.verify(info.digest) == info
+    patch(blob_path(store, info.digest), info.stored_size_bytes - 1, b"\xff")
+    with pytest.raises(BlobIntegrityError):
+        store.verify(info.digest)
+
+
+def test_install_hook_runs_for_new_and_deduplicated_blobs(store: BlobStore) -> None:
+    seen: list[tuple[BlobInfo, bool]] = []
+
+    def hook(info: BlobInfo) -> None:
+        seen.append((info, blob_path(store, info.digest).is_file()))
+
+    for _ in range(2):
+        with store.writer(on_install=hook) as writer:
+            writer.write(b"hooked")
+            info, _ = writer.commit()
+    assert seen == [(info, True), (info, True)]
+
+
+def test_a_failing_install_hook_fails_the_commit_but_keeps_the_blob(store: BlobStore) -> None:
+    def hook(info: BlobInfo) -> None:
+        raise ValueError("index is down")
+
+    with pytest.raises(ValueError, match="index is down"), store.writer(on_install=hook) as w:
+        w.write(b"installed anyway")
+        w.commit()
+    assert tmp_files(store) == []
+    assert store.read_bytes(blake3.blake3(b"installed anyway").hexdigest()) == b"installed anyway"
+
+
+def test_digests_lists_only_blob_files(store: BlobStore) -> None:
+    infos = [store.put_bytes(os.urandom(10))[0] for _ in range(5)]
+    (store.root / "blobs" / "zz").mkdir()
+    (store.root / "blobs" / "zz" / ("a" * 64)).write_bytes(b"wrong prefix")
+    (store.root / "blobs" / "notes.txt").write_text("stray")
+    assert list(store.digests()) == sorted(i.digest for i in infos)
+
+
+def test_remove_if(store: BlobStore) -> None:
+    info, _ = store.put_bytes(b"doomed")
+    assert store.remove_if(info.digest, lambda: False) is False
+    assert store.read_bytes(info.digest) == b"doomed"
+    assert store.remove_if(info.digest, lambda: True) is True
+    assert not blob_path(store, info.digest).exists()
+    assert store.remove_if(info.digest, lambda: True) is True  # already gone: no error
+    with pytest.raises(InvalidDigestError):
+        store.remove_if("../etc", lambda: True)
+
+
+def test_path_of(store: BlobStore) -> None:
+    digest = blake3.blake3(b"p").hexdigest()
+    assert store.path_of(digest) == blob_path(store, digest)
+    with pytest.raises(InvalidDigestError):
+        store.path_of("A" * 64)

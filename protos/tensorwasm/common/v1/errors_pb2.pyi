@@ -74,8 +74,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Every slot of the executor is taken; retry after RetryInfo's delay."""
     ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 25
     """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+    ERROR_REASON_TENANT_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 26
+    """Referencing the object would take the tenant past its byte quota of the snapshot
+    store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
+    was not added.
+    """
     ERROR_REASON_INSTANCE_NOT_FOUND: _ErrorReason.ValueType  # 40
-    """(26-39 are reserved for the snapshot store.)
+    """(27-39 are reserved for the snapshot store, 50-69 for the GPU path.)
     No live instance has that id for this tenant (never created, deleted, expired).
     """
     ERROR_REASON_INSTANCE_BUSY: _ErrorReason.ValueType  # 41
@@ -145,8 +150,13 @@ ERROR_REASON_EXECUTOR_SATURATED: ErrorReason.ValueType  # 24
 """Every slot of the executor is taken; retry after RetryInfo's delay."""
 ERROR_REASON_TENANT_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 25
 """The tenant has its maximum number of calls in flight; retry after RetryInfo's delay."""
+ERROR_REASON_TENANT_QUOTA_EXCEEDED: ErrorReason.ValueType  # 26
+"""Referencing the object would take the tenant past its byte quota of the snapshot
+store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
+was not added.
+"""
 ERROR_REASON_INSTANCE_NOT_FOUND: ErrorReason.ValueType  # 40
-"""(26-39 are reserved for the snapshot store.)
+"""(27-39 are reserved for the snapshot store, 50-69 for the GPU path.)
 No live instance has that id for this tenant (never created, deleted, expired).
 """
 ERROR_REASON_INSTANCE_BUSY: ErrorReason.ValueType  # 41

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/snapshot/v1/snapshot_service.proto\x12\x16tensorwasm.snapshot.v1\"I\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x19\n\x11stored_size_bytes\x18\x03 \x01(\x03\"<\n\rPutBlobHeader\x12\x17\n\x0f\x65xpected_digest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"b\n\x0ePutBlobRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.tensorwasm.snapshot.v1.PutBlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"W\n\x0fPutBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\" \n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"P\n\x0fGetBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x10StatBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo2\xb1\x02\n\x14SnapshotStoreService\x12\\\n\x07PutBlob\x12&.tensorwasm.snapshot.v1.PutBlobRequest\x1a\'.tensorwasm.snapshot.v1.PutBlobResponse(\x01\x12\\\n\x07GetBlob\x12&.tensorwasm.snapshot.v1.GetBlobRequest\x1a\'.tensorwasm.snapshot.v1.GetBlobResponse0\x01\x12]\n\x08StatBlob\x12\'.tensorwasm.snapshot.v1.StatBlobRequest\x1a(.tensorwasm.snapshot.v1.StatBlobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/snapshot/v1/snapshot_service.proto\x12\x16tensorwasm.snapshot.v1\"I\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x19\n\x11stored_size_bytes\x18\x03 \x01(\x03\"N\n\rPutBlobHeader\x12\x17\n\x0f\x65xpected_digest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x10\n\x08ref_name\x18\x03 \x01(\t\"b\n\x0ePutBlobRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.tensorwasm.snapshot.v1.PutBlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"W\n\x0fPutBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\" \n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"P\n\x0fGetBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x10StatBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\"1\n\rAddRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"Q\n\x0e\x41\x64\x64RefResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"4\n\x10RemoveRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"$\n\x11RemoveRefResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x11\n\x0fGetUsageRequest\"t\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cobject_count\x18\x03 \x01(\x03\x12\x11\n\tref_count\x18\x04 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x03\"\x17\n\x15\x43ollectGarbageRequest\"n\n\x16\x43ollectGarbageResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x1a\n\x12\x64\x65leted_size_bytes\x18\x02 \x01(\x03\x12!\n\x19\x64\x65leted_stored_size_bytes\x18\x03 \x01(\x03\x32\xbc\x05\n\x14SnapshotStoreService\x12\\\n\x07PutBlob\x12&.tensorwasm.snapshot.v1.PutBlobRequest\x1a\'.tensorwasm.snapshot.v1.PutBlobResponse(\x01\x12\\\n\x07GetBlob\x12&.tensorwasm.snapshot.v1.GetBlobRequest\x1a\'.tensorwasm.snapshot.v1.GetBlobResponse0\x01\x12]\n\x08StatBlob\x12\'.tensorwasm.snapshot.v1.StatBlobRequest\x1a(.tensorwasm.snapshot.v1.StatBlobResponse\x12W\n\x06\x41\x64\x64Ref\x12%.tensorwasm.snapshot.v1.AddRefRequest\x1a&.tensorwasm.snapshot.v1.AddRefResponse\x12`\n\tRemoveRef\x12(.tensorwasm.snapshot.v1.RemoveRefRequest\x1a).tensorwasm.snapshot.v1.RemoveRefResponse\x12]\n\x08GetUsage\x12\'.tensorwasm.snapshot.v1.GetUsageRequest\x1a(.tensorwasm.snapshot.v1.GetUsageResponse\x12o\n\x0e\x43ollectGarbage\x12-.tensorwasm.snapshot.v1.CollectGarbageRequest\x1a..tensorwasm.snapshot.v1.CollectGarbageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBINFO']._serialized_start=73
   _globals['_BLOBINFO']._serialized_end=146
   _globals['_PUTBLOBHEADER']._serialized_start=148
-  _globals['_PUTBLOBHEADER']._serialized_end=208
-  _globals['_PUTBLOBREQUEST']._serialized_start=210
-  _globals['_PUTBLOBREQUEST']._serialized_end=308
-  _globals['_PUTBLOBRESPONSE']._serialized_start=310
-  _globals['_PUTBLOBRESPONSE']._serialized_end=397
-  _globals['_GETBLOBREQUEST']._serialized_start=399
-  _globals['_GETBLOBREQUEST']._serialized_end=431
-  _globals['_GETBLOBRESPONSE']._serialized_start=433
-  _globals['_GETBLOBRESPONSE']._serialized_end=513
-  _globals['_STATBLOBREQUEST']._serialized_start=515
-  _globals['_STATBLOBREQUEST']._serialized_end=548
-  _globals['_STATBLOBRESPONSE']._serialized_start=550
-  _globals['_STATBLOBRESPONSE']._serialized_end=616
-  _globals['_SNAPSHOTSTORESERVICE']._serialized_start=619
-  _globals['_SNAPSHOTSTORESERVICE']._serialized_end=924
+  _globals['_PUTBLOBHEADER']._serialized_end=226
+  _globals['_PUTBLOBREQUEST']._serialized_start=228
+  _globals['_PUTBLOBREQUEST']._serialized_end=326
+  _globals['_PUTBLOBRESPONSE']._serialized_start=328
+  _globals['_PUTBLOBRESPONSE']._serialized_end=415
+  _globals['_GETBLOBREQUEST']._serialized_start=417
+  _globals['_GETBLOBREQUEST']._serialized_end=449
+  _globals['_GETBLOBRESPONSE']._serialized_start=451
+  _globals['_GETBLOBRESPONSE']._serialized_end=531
+  _globals['_STATBLOBREQUEST']._serialized_start=533
+  _globals['_STATBLOBREQUEST']._serialized_end=566
+  _globals['_STATBLOBRESPONSE']._serialized_start=568
+  _globals['_STATBLOBRESPONSE']._serialized_end=634
+  _globals['_ADDREFREQUEST']._serialized_start=636
+  _globals['_ADDREFREQUEST']._serialized_end=685
+  _globals['_ADDREFRESPONSE']._serialized_start=687
+  _globals['_ADDREFRESPONSE']._serialized_end=768
+  _globals['_REMOVEREFREQUEST']._serialized_start=770
+  _globals['_REMOVEREFREQUEST']._serialized_end=822
+  _globals['_REMOVEREFRESPONSE']._serialized_start=824
+  _globals['_REMOVEREFRESPONSE']._serialized_end=860
+  _globals['_GETUSAGEREQUEST']._serialized_start=862
+  _globals['_GETUSAGEREQUEST']._serialized_end=879
+  _globals['_GETUSAGERESPONSE']._serialized_start=881
+  _globals['_GETUSAGERESPONSE']._serialized_end=997
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=999
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=1022
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=1024
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=1134
+  _globals['_SNAPSHOTSTORESERVICE']._serialized_start=1137
+  _globals['_SNAPSHOTSTORESERVICE']._serialized_end=1837
 # @@protoc_insertion_point(module_scope)

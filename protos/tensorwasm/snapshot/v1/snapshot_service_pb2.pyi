@@ -54,19 +54,27 @@ class PutBlobHeader(_message.Message):
 
     EXPECTED_DIGEST_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    REF_NAME_FIELD_NUMBER: _builtins.int
     expected_digest: _builtins.str
     """When set, the upload is refused unless the plaintext hashes to this digest."""
     size_bytes: _builtins.int
-    """When non-zero, the upload is refused unless exactly this many bytes arrive."""
+    """When non-zero, the upload is refused unless exactly this many bytes arrive;
+    checked against the size cap and the quota before any chunk is read.
+    """
+    ref_name: _builtins.str
+    """When set, the calling tenant's reference under this name is added to the blob
+    in the same step as the upload commits (see AddRef).
+    """
     def __init__(
         self,
         *,
         expected_digest: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        ref_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_digest", b"expected_digest", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_digest", b"expected_digest", "ref_name", b"ref_name", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,3 +233,207 @@ class StatBlobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatBlobResponse: _TypeAlias = StatBlobResponse  # noqa: Y015
+
+@_typing.final
+class AddRefRequest(_message.Message):
+    """Request for AddRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    REF_NAME_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """The digest of a stored blob."""
+    ref_name: _builtins.str
+    """The caller's name for the reference."""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        ref_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ref_name", b"ref_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRefRequest: _TypeAlias = AddRefRequest  # noqa: Y015
+
+@_typing.final
+class AddRefResponse(_message.Message):
+    """The result of AddRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the tenant already held this reference."""
+    @_builtins.property
+    def blob(self) -> Global___BlobInfo:
+        """The referenced blob."""
+
+    def __init__(
+        self,
+        *,
+        blob: Global___BlobInfo | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRefResponse: _TypeAlias = AddRefResponse  # noqa: Y015
+
+@_typing.final
+class RemoveRefRequest(_message.Message):
+    """Request for RemoveRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    REF_NAME_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """The digest of the referenced blob."""
+    ref_name: _builtins.str
+    """The caller's name for the reference."""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        ref_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ref_name", b"ref_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRefRequest: _TypeAlias = RemoveRefRequest  # noqa: Y015
+
+@_typing.final
+class RemoveRefResponse(_message.Message):
+    """The result of RemoveRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    """False when the tenant held no such reference."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRefResponse: _TypeAlias = RemoveRefResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """Request for GetUsage; the tenant is the caller's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """A tenant's usage of the store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    OBJECT_COUNT_FIELD_NUMBER: _builtins.int
+    REF_COUNT_FIELD_NUMBER: _builtins.int
+    QUOTA_BYTES_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant."""
+    size_bytes: _builtins.int
+    """Plaintext bytes charged: the sum of the sizes of the distinct blobs it references."""
+    object_count: _builtins.int
+    """Number of distinct blobs it references."""
+    ref_count: _builtins.int
+    """Number of its references."""
+    quota_bytes: _builtins.int
+    """Its byte quota; 0 means unlimited."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        object_count: _builtins.int = ...,
+        ref_count: _builtins.int = ...,
+        quota_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_count", b"object_count", "quota_bytes", b"quota_bytes", "ref_count", b"ref_count", "size_bytes", b"size_bytes", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class CollectGarbageRequest(_message.Message):
+    """Request for CollectGarbage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageRequest: _TypeAlias = CollectGarbageRequest  # noqa: Y015
+
+@_typing.final
+class CollectGarbageResponse(_message.Message):
+    """The result of CollectGarbage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    DELETED_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DELETED_STORED_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    deleted_count: _builtins.int
+    """Number of blobs deleted."""
+    deleted_size_bytes: _builtins.int
+    """Their plaintext bytes."""
+    deleted_stored_size_bytes: _builtins.int
+    """Their bytes on disk."""
+    def __init__(
+        self,
+        *,
+        deleted_count: _builtins.int = ...,
+        deleted_size_bytes: _builtins.int = ...,
+        deleted_stored_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count", "deleted_size_bytes", b"deleted_size_bytes", "deleted_stored_size_bytes", b"deleted_stored_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageResponse: _TypeAlias = CollectGarbageResponse  # noqa: Y015

@@ -29,6 +29,23 @@ class SnapshotStoreServiceStub:
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     def __init__(self, channel):
@@ -52,17 +69,57 @@ class SnapshotStoreServiceStub:
                 request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobResponse.FromString,
                 _registered_method=True)
+        self.AddRef = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/AddRef',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefResponse.FromString,
+                _registered_method=True)
+        self.RemoveRef = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/RemoveRef',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/GetUsage',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/CollectGarbage',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotStoreServiceServicer:
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     def PutBlob(self, request_iterator, context):
         """Stores a blob sent as a stream: a header first, then chunks. Idempotent:
-        putting bytes that are already stored returns the existing blob.
+        putting bytes that are already stored returns the existing blob. Refused
+        before any chunk is read when the header declares more than the store's
+        object size cap (TOO_LARGE) or, with a ref_name, more than the tenant's
+        remaining quota (TENANT_QUOTA_EXCEEDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +134,37 @@ class SnapshotStoreServiceServicer:
 
     def StatBlob(self, request, context):
         """Returns a blob's metadata without its bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddRef(self, request, context):
+        """Adds the calling tenant's reference (digest, tenant, ref_name) to a stored
+        blob. Idempotent: adding an existing reference changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRef(self, request, context):
+        """Removes the calling tenant's reference; a blob left with no reference becomes
+        garbage after the grace period. Idempotent: removing a missing reference is OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Returns the calling tenant's charged bytes, object and reference counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectGarbage(self, request, context):
+        """Deletes now every blob that has no reference and has been untouched for the
+        grace period (the store also does this periodically when configured to).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +188,26 @@ def add_SnapshotStoreServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobRequest.FromString,
                     response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobResponse.SerializeToString,
             ),
+            'AddRef': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRef,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefResponse.SerializeToString,
+            ),
+            'RemoveRef': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRef,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tensorwasm.snapshot.v1.SnapshotStoreService', rpc_method_handlers)
@@ -112,6 +220,23 @@ class SnapshotStoreService:
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     @staticmethod
@@ -185,6 +310,114 @@ class SnapshotStoreService:
             '/tensorwasm.snapshot.v1.SnapshotStoreService/StatBlob',
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobRequest.SerializeToString,
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.StatBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRef(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/AddRef',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.AddRefResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRef(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/RemoveRef',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.RemoveRefResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/GetUsage',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/CollectGarbage',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,23 @@ class SnapshotStoreServiceStub:
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     @_typing.overload
@@ -38,34 +55,102 @@ class SnapshotStoreServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SnapshotStoreServiceAsyncStub: ...
     PutBlob: _grpc.StreamUnaryMultiCallable[_snapshot_service_pb2.PutBlobRequest, _snapshot_service_pb2.PutBlobResponse]
     """Stores a blob sent as a stream: a header first, then chunks. Idempotent:
-    putting bytes that are already stored returns the existing blob.
+    putting bytes that are already stored returns the existing blob. Refused
+    before any chunk is read when the header declares more than the store's
+    object size cap (TOO_LARGE) or, with a ref_name, more than the tenant's
+    remaining quota (TENANT_QUOTA_EXCEEDED).
     """
     GetBlob: _grpc.UnaryStreamMultiCallable[_snapshot_service_pb2.GetBlobRequest, _snapshot_service_pb2.GetBlobResponse]
     """Streams a blob's plaintext back in chunks, after verifying its digest."""
     StatBlob: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.StatBlobRequest, _snapshot_service_pb2.StatBlobResponse]
     """Returns a blob's metadata without its bytes."""
+    AddRef: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.AddRefRequest, _snapshot_service_pb2.AddRefResponse]
+    """Adds the calling tenant's reference (digest, tenant, ref_name) to a stored
+    blob. Idempotent: adding an existing reference changes nothing.
+    """
+    RemoveRef: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.RemoveRefRequest, _snapshot_service_pb2.RemoveRefResponse]
+    """Removes the calling tenant's reference; a blob left with no reference becomes
+    garbage after the grace period. Idempotent: removing a missing reference is OK.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.GetUsageRequest, _snapshot_service_pb2.GetUsageResponse]
+    """Returns the calling tenant's charged bytes, object and reference counts."""
+    CollectGarbage: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.CollectGarbageRequest, _snapshot_service_pb2.CollectGarbageResponse]
+    """Deletes now every blob that has no reference and has been untouched for the
+    grace period (the store also does this periodically when configured to).
+    """
 
 @_typing.type_check_only
 class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PutBlob: _aio.StreamUnaryMultiCallable[_snapshot_service_pb2.PutBlobRequest, _snapshot_service_pb2.PutBlobResponse]  # type: ignore[assignment]
     """Stores a blob sent as a stream: a header first, then chunks. Idempotent:
-    putting bytes that are already stored returns the existing blob.
+    putting bytes that are already stored returns the existing blob. Refused
+    before any chunk is read when the header declares more than the store's
+    object size cap (TOO_LARGE) or, with a ref_name, more than the tenant's
+    remaining quota (TENANT_QUOTA_EXCEEDED).
     """
     GetBlob: _aio.UnaryStreamMultiCallable[_snapshot_service_pb2.GetBlobRequest, _snapshot_service_pb2.GetBlobResponse]  # type: ignore[assignment]
     """Streams a blob's plaintext back in chunks, after verifying its digest."""
     StatBlob: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.StatBlobRequest, _snapshot_service_pb2.StatBlobResponse]  # type: ignore[assignment]
     """Returns a blob's metadata without its bytes."""
+    AddRef: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.AddRefRequest, _snapshot_service_pb2.AddRefResponse]  # type: ignore[assignment]
+    """Adds the calling tenant's reference (digest, tenant, ref_name) to a stored
+    blob. Idempotent: adding an existing reference changes nothing.
+    """
+    RemoveRef: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.RemoveRefRequest, _snapshot_service_pb2.RemoveRefResponse]  # type: ignore[assignment]
+    """Removes the calling tenant's reference; a blob left with no reference becomes
+    garbage after the grace period. Idempotent: removing a missing reference is OK.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.GetUsageRequest, _snapshot_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Returns the calling tenant's charged bytes, object and reference counts."""
+    CollectGarbage: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.CollectGarbageRequest, _snapshot_service_pb2.CollectGarbageResponse]  # type: ignore[assignment]
+    """Deletes now every blob that has no reference and has been untouched for the
+    grace period (the store also does this periodically when configured to).
+    """
 
 class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The snapshot store: durable content-addressed blobs. A blob's address is the
     BLAKE3 digest of its plaintext (64 lowercase hex digits); blobs are kept
     zstd-compressed at rest and their digest is verified on every read.
+
+    References and garbage collection: a blob is kept while some tenant holds a
+    reference to it. A reference is the triple (digest, tenant, ref_name); the tenant
+    is the caller's `x-tensorwasm-tenant` metadata (`default` when absent) and the
+    ref_name is the caller's own label for why it holds the blob (for example
+    `functions/add`), 1-256 characters of [A-Za-z0-9_.~:/@+=-] starting with a
+    letter or digit. A blob with no reference is garbage once it has been untouched
+    for the store's grace period, where "touched" means put (also a deduplicated
+    put) or released (its last reference removed): so a PutBlob followed by AddRef
+    is never raced by the collector. PutBlob with `ref_name` adds the reference
+    atomically with the upload.
+
+    Quotas: a tenant is charged the plaintext size of every distinct blob it
+    references, once per blob however many ref_names it uses; two tenants
+    referencing the same blob are each charged in full. A reference that would take
+    the tenant past its quota is refused with RESOURCE_EXHAUSTED and reason
+    TENANT_QUOTA_EXCEEDED, and nothing is referenced.
     """
 
     @_abc_1.abstractmethod
@@ -75,7 +160,10 @@ class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_service_pb2.PutBlobResponse, _abc.Awaitable[_snapshot_service_pb2.PutBlobResponse]]:
         """Stores a blob sent as a stream: a header first, then chunks. Idempotent:
-        putting bytes that are already stored returns the existing blob.
+        putting bytes that are already stored returns the existing blob. Refused
+        before any chunk is read when the header declares more than the store's
+        object size cap (TOO_LARGE) or, with a ref_name, more than the tenant's
+        remaining quota (TENANT_QUOTA_EXCEEDED).
         """
 
     @_abc_1.abstractmethod
@@ -93,5 +181,43 @@ class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_service_pb2.StatBlobResponse, _abc.Awaitable[_snapshot_service_pb2.StatBlobResponse]]:
         """Returns a blob's metadata without its bytes."""
+
+    @_abc_1.abstractmethod
+    def AddRef(
+        self,
+        request: _snapshot_service_pb2.AddRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.AddRefResponse, _abc.Awaitable[_snapshot_service_pb2.AddRefResponse]]:
+        """Adds the calling tenant's reference (digest, tenant, ref_name) to a stored
+        blob. Idempotent: adding an existing reference changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveRef(
+        self,
+        request: _snapshot_service_pb2.RemoveRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.RemoveRefResponse, _abc.Awaitable[_snapshot_service_pb2.RemoveRefResponse]]:
+        """Removes the calling tenant's reference; a blob left with no reference becomes
+        garbage after the grace period. Idempotent: removing a missing reference is OK.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _snapshot_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.GetUsageResponse, _abc.Awaitable[_snapshot_service_pb2.GetUsageResponse]]:
+        """Returns the calling tenant's charged bytes, object and reference counts."""
+
+    @_abc_1.abstractmethod
+    def CollectGarbage(
+        self,
+        request: _snapshot_service_pb2.CollectGarbageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.CollectGarbageResponse, _abc.Awaitable[_snapshot_service_pb2.CollectGarbageResponse]]:
+        """Deletes now every blob that has no reference and has been untouched for the
+        grace period (the store also does this periodically when configured to).
+        """
 
 def add_SnapshotStoreServiceServicer_to_server(servicer: SnapshotStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
