@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from tensorwasm_gateway.registry import (
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
+_log = logging.getLogger(__name__)
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 TYPE_NAMES = {
@@ -48,10 +50,22 @@ TYPE_NAMES = {
 
 
 class BlobPutter(Protocol):
-    """What the deploy path needs of the snapshot store."""
+    """What the deploy path needs of the snapshot store: a function's module is stored
+    with the tenant's reference `functions/{id}`, which deleting the function removes
+    (the store collects objects nobody references)."""
 
-    async def put(self, data: bytes, *, expected_digest: str = "") -> object:
-        """Stores `data` under its digest."""
+    async def put(
+        self,
+        data: bytes,
+        *,
+        expected_digest: str = "",
+        ref_name: str = "",
+        tenant: str | None = None,
+    ) -> object:
+        """Stores `data` under its digest, referenced as `ref_name` for `tenant`."""
+
+    async def remove_ref(self, digest: str, ref_name: str, *, tenant: str | None = None) -> bool:
+        """Removes the tenant's reference `ref_name` to `digest`."""
 
 
 def function_id_from_name(name: str) -> str:
@@ -136,7 +150,8 @@ class FunctionService:
                 f"function {function_id!r} already exists", metadata={"function_id": function_id}
             )
         digest = blake3.blake3(wasm).hexdigest()
-        await self._store.put(wasm, expected_digest=digest)
+        reference = f"functions/{function_id}"
+        await self._store.put(wasm, expected_digest=digest, ref_name=reference, tenant=tenant)
         prepared = await self._executors.prepare(digest)
         exports = tuple(
             ExportRecord(
@@ -149,7 +164,13 @@ class FunctionService:
         record = FunctionRecord(
             tenant, function_id, digest, len(wasm), exports, now_ns(), config.SerializeToString()
         )
-        await asyncio.to_thread(self._registry.insert, record)
+        try:
+            await asyncio.to_thread(self._registry.insert, record)
+        except FunctionAlreadyExistsError:  # a concurrent deploy of the same id won
+            winner = await self.get(tenant, function_id)
+            if winner.module_digest != digest:  # ours is not the winner's: drop our reference
+                await self._release(tenant, digest, reference)
+            raise
         return record
 
     async def get(self, tenant: str, function_id: str) -> FunctionRecord:
@@ -161,8 +182,20 @@ class FunctionService:
         return await asyncio.to_thread(self._registry.list_page, tenant, after, limit)
 
     async def delete(self, tenant: str, function_id: str) -> None:
-        """Removes the function's registry row (its blob stays for other references)."""
+        """Removes the function's registry row, then its reference to the module (the
+        store keeps the module while other functions or tenants reference it)."""
+        record = await self.get(tenant, function_id)
         await asyncio.to_thread(self._registry.delete, tenant, function_id)
+        await self._release(tenant, record.module_digest, f"functions/{function_id}")
+
+    async def _release(self, tenant: str, digest: str, reference: str) -> None:
+        try:
+            await self._store.remove_ref(digest, reference, tenant=tenant)
+        except ServiceError as exc:  # the function is gone either way; the blob leaks
+            _log.warning(
+                "could not remove reference %s to %s: %s", reference, digest, exc,
+                extra={"tenant": tenant},
+            )  # fmt: skip
 
     async def invoke(
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest

@@ -71,10 +71,26 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.puts: list[tuple[bytes, str]] = []
+        self.refs: set[tuple[str, str, str]] = set()  # (tenant, digest, ref_name)
 
-    async def put(self, data: bytes, *, expected_digest: str = "") -> object:
+    async def put(
+        self,
+        data: bytes,
+        *,
+        expected_digest: str = "",
+        ref_name: str = "",
+        tenant: str | None = None,
+    ) -> object:
         self.puts.append((data, expected_digest))
+        if ref_name:
+            self.refs.add((tenant or "default", expected_digest, ref_name))
         return object()
+
+    async def remove_ref(self, digest: str, ref_name: str, *, tenant: str | None = None) -> bool:
+        key = (tenant or "default", digest, ref_name)
+        found = key in self.refs
+        self.refs.discard(key)
+        return found
 
 
 class FakeExecutors:
@@ -343,16 +359,20 @@ def test_failed_compile_records_nothing(registry: Registry) -> None:
 
 
 def test_get_list_and_delete(registry: Registry) -> None:
-    service = _service(registry)
+    store = FakeStore()
+    service = _service(registry, store)
 
     async def scenario() -> None:
         for function_id in ("c", "a", "b"):
             await service.create("default", function_id, WASM)
+        digest = store.puts[0][1]
+        assert store.refs == {("default", digest, f"functions/{f}") for f in "abc"}
         assert (await service.get("default", "a")).function_id == "a"
         page = await service.list_page("default", "a", 10)
         assert [r.function_id for r in page] == ["b", "c"]
         await service.delete("default", "b")
         assert [r.function_id for r in await service.list_page("default", "", 10)] == ["a", "c"]
+        assert store.refs == {("default", digest, f"functions/{f}") for f in "ac"}
         with pytest.raises(FunctionNotFoundError):
             await service.get("default", "b")
         with pytest.raises(FunctionNotFoundError):

@@ -60,8 +60,11 @@ class FakeExecutors:
 
 
 class UnusedStore:
-    async def put(self, data: bytes, *, expected_digest: str = "") -> object:
+    async def put(self, data: bytes, **options: object) -> object:
         raise AssertionError("not used")
+
+    async def remove_ref(self, digest: str, ref_name: str, **options: object) -> bool:
+        return True  # deleting a function drops its reference
 
 
 # --- page tokens ---------------------------------------------------------------------------
