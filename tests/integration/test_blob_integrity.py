@@ -7,6 +7,7 @@ On-disk layout: <data_dir>/snapshot/blobs/<digest[:2]>/<digest>, a 60-byte heade
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,9 @@ def test_damaged_module_fails_the_call_with_data_loss(
     path = blob_path(tmp_path, function.module_digest)
     flip_byte(path, (HEADER_BYTES + path.stat().st_size) // 2)
 
-    second = launch_stack(tmp_path)  # a fresh executor must fetch the module again
+    # A fresh replica (no local artifacts) must fetch the module again.
+    shutil.rmtree(tmp_path / "executor" / "artifacts")
+    second = launch_stack(tmp_path)
     with second.client() as client:
         with pytest.raises(TensorWasmError) as caught:
             client.invoke("add", "add", [Value(i32=1), Value(i32=2)])
@@ -252,3 +255,22 @@ def test_damaged_module_fails_the_call_with_data_loss(
         for name in ("add", "add-again"):
             response = client.invoke(name, "add", [Value(i32=1), Value(i32=2)])
             assert list(response.outcome.success.results) == [Value(i32=3)]
+
+
+def test_a_restarted_executor_runs_from_its_local_artifact(
+    launch_stack: Callable[[Path], Any], tmp_path: Path, wasm: Callable[[str], bytes]
+) -> None:
+    """The executor's artifact file (Module.deserialize_file) serves a restart: the module
+    is neither fetched nor compiled again, so even a damaged store copy goes unread."""
+    first = launch_stack(tmp_path)
+    with first.client() as client:
+        function = client.create_function("add", wasm("add"))
+    first.stop()
+    artifacts = list((tmp_path / "executor" / "artifacts").rglob(f"{function.module_digest}.cwasm"))
+    assert len(artifacts) == 1
+    path = blob_path(tmp_path, function.module_digest)
+    flip_byte(path, (HEADER_BYTES + path.stat().st_size) // 2)
+    second = launch_stack(tmp_path)
+    with second.client() as client:
+        response = client.invoke("add", "add", [Value(i32=1), Value(i32=2)])
+    assert list(response.outcome.success.results) == [Value(i32=3)]
