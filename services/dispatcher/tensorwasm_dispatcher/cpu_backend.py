@@ -129,7 +129,7 @@ class CpuBackend(Backend):
         except LaunchGeometryError as exc:
             raise AbiFailure(AbiError.INVALID_DIMENSIONS, f"{spec.name}: {exc}") from None
         except KernelArgumentError as exc:  # a GPU would fault: a buffer too short
-            raise AbiFailure(AbiError.LAUNCH_FAILED, f"{spec.name}: {exc}") from None
+            raise AbiFailure(AbiError.LAUNCH_FAILED, str(exc)) from None
         elapsed = time.perf_counter() - started
         written = frozenset(
             position for position, param in enumerate(spec.params) if param.kind.is_written
