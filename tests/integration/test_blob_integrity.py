@@ -7,6 +7,7 @@ On-disk layout: <data_dir>/snapshot/blobs/<digest[:2]>/<digest>, a 52-byte heade
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,9 @@ def test_damaged_module_fails_the_call_with_data_loss(
     path = blob_path(tmp_path, function.module_digest)
     flip_byte(path, (HEADER_BYTES + path.stat().st_size) // 2)
 
-    second = launch_stack(tmp_path)  # a fresh executor must fetch the module again
+    # Without its local artifact cache, a fresh executor must fetch the module again.
+    shutil.rmtree(tmp_path / "executor" / "artifacts", ignore_errors=True)
+    second = launch_stack(tmp_path)
     with second.client() as client:
         with pytest.raises(TensorWasmError) as caught:
             client.invoke("add", "add", [Value(i32=1), Value(i32=2)])
