@@ -347,10 +347,10 @@ class _Session:
         final_calls: bool = False,
     ) -> None:
         self.stdout = _Capture(0)
+        self.stderr = _Capture(0)
         # The store's host state; `final_calls`: each call is the store's last.
         self.host_state = host_state
         self._final_calls = final_calls
-        self.stderr = _Capture(0)
         config = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(config, stdin)
