@@ -28,3 +28,49 @@ def wasm() -> Callable[[str], bytes]:
         return cache[name]
 
     return load
+
+
+# A well-formed PTX that declares `vector_add` but is not the kernel library's: the cpu
+# backend cannot run it (not_available).
+FOREIGN_PTX = (
+    b".version 7.8\n.target sm_80\n.address_size 64\n\n"
+    b".visible .entry vector_add(\n)\n{\n\tret;\n}\n"
+)
+
+
+def wat_string(data: bytes) -> str:
+    """`data` as the inside of a WAT string literal (every unsafe byte as \\hh)."""
+    safe = {b for b in range(0x20, 0x7F)} - {ord('"'), ord("\\")}
+    return "".join(chr(b) if b in safe else f"\\{b:02x}" for b in data)
+
+
+def render_cuda_guest(name: str) -> bytes:
+    """tests/fixtures/wat/<name>.wat.in with the canonical vector_add PTX (and the foreign
+    one) inserted, as a binary module."""
+    from tensorwasm_kernels import CATALOG
+
+    ptx = CATALOG["vector_add"].ptx_text().encode("utf-8")
+    text = (WAT_DIR / f"{name}.wat.in").read_text()
+    substitutions = {
+        "PTX": wat_string(ptx),
+        "PTX_LEN": str(len(ptx)),
+        "ALIEN": wat_string(FOREIGN_PTX),
+        "ALIEN_LEN": str(len(FOREIGN_PTX)),
+    }
+    for key, value in substitutions.items():
+        text = text.replace("{{" + key + "}}", value)
+    return bytes(wasmtime.wat2wasm(text))
+
+
+@pytest.fixture(scope="session")
+def cuda_guest() -> Callable[[str], bytes]:
+    """Returns the binary module of a `wasi:cuda` guest template (cuda_vector_add,
+    cuda_errors) with the canonical vector_add PTX in its data segment."""
+    cache: dict[str, bytes] = {}
+
+    def load(name: str) -> bytes:
+        if name not in cache:
+            cache[name] = render_cuda_guest(name)
+        return cache[name]
+
+    return load

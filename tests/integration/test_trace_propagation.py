@@ -160,3 +160,50 @@ def test_the_gateway_continues_the_callers_trace(
     assert found["server"]["parent_span_id"] == parent_id
     assert found["call"]["parent_span_id"] == found["server"]["span_id"]
     assert found["executor"]["parent_span_id"] == found["call"]["span_id"]
+
+
+DISPATCHER = "/tensorwasm.dispatcher.v1.DispatcherService/"
+
+
+def test_a_guests_gpu_batches_join_the_invocations_trace(
+    stack: Any, client: GatewayClient, tenant: str, cuda_guest: Callable[[str], bytes]
+) -> None:
+    client.create_function("vector-add", cuda_guest("cuda_vector_add"))
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    metadata = (
+        ("x-tensorwasm-tenant", tenant),
+        ("traceparent", f"00-{trace_id}-{parent_id}-01"),
+    )
+    with grpc.insecure_channel(stack.gateway) as channel:
+        response = gateway_pb_grpc.GatewayServiceStub(channel).Invoke(
+            gateway_pb.InvokeRequest(name="functions/vector-add", export_name="run"),
+            metadata=metadata,
+            timeout=30,
+        )
+    assert list(response.outcome.success.results) == [Value(i32=0)]
+
+    def chain(spans: list[Span]) -> dict[str, Span] | None:
+        in_trace = [s for s in spans if s["trace_id"] == trace_id]
+        executor = one(in_trace, "executor", "SERVER", EXECUTOR + "Invoke")
+        calls = [
+            s
+            for s in in_trace
+            if s["service"] == "tensorwasm-executor" and s["name"] == DISPATCHER + "Execute"
+        ]
+        served = [
+            s for s in in_trace if s["service"] == "tensorwasm-dispatcher" and s["kind"] == "SERVER"
+        ]
+        # the load, the launch at sync, the end of the session
+        if executor is None or len(calls) < 3 or len(served) < 3:
+            return None
+        return {"executor": executor, **{f"call{i}": c for i, c in enumerate(calls)},
+                **{f"served{i}": s for i, s in enumerate(served)}}  # fmt: skip
+
+    found = poll(chain, stack.data_dir)
+    calls = [s for k, s in found.items() if k.startswith("call")]
+    served = [s for k, s in found.items() if k.startswith("served")]
+    assert len(calls) == len(served) == 3
+    assert all(c["kind"] == "CLIENT" for c in calls)
+    assert {c["parent_span_id"] for c in calls} == {found["executor"]["span_id"]}
+    assert {s["parent_span_id"] for s in served} == {c["span_id"] for c in calls}
+    assert {s["name"] for s in served} == {DISPATCHER + "Execute"}

@@ -111,6 +111,8 @@ class LocalStack:
             env.setdefault(prefix + "ARTIFACT_DIR", str(self.data_dir / "executor" / "artifacts"))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
+        if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
+            env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
         if name == "gateway":
             env[prefix + "EXECUTOR_ADDRESSES"] = started["executor"].grpc_address
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")

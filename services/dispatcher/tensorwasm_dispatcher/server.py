@@ -2,32 +2,96 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
-from tensorwasm_dispatcher.devices import discover
+from tensorwasm_dispatcher.accounting import Admission, Ledger
+from tensorwasm_dispatcher.backend import Backend
+from tensorwasm_dispatcher.cpu_backend import CpuBackend
+from tensorwasm_dispatcher.devices import BackendKind, DeviceReport, cpu_report, discover
+from tensorwasm_dispatcher.execution import Dispatcher
 from tensorwasm_dispatcher.servicer import DispatcherServicer
+from tensorwasm_dispatcher.sessions import SessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
 _log = logging.getLogger(__name__)
 
 
-def build_server(settings: DispatcherSettings) -> ServiceHost:
-    """Discovers the devices (cuda, else cpu) and registers the servicer."""
+def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
+    """The backend the settings ask for: cuda when a device answers (or is required),
+    else cpu. A cuda device that answers discovery but cannot be opened falls back to cpu
+    under `auto` and fails the start under `cuda`."""
     report = discover(settings.backend)
+    if report.backend is BackendKind.CUDA:
+        from tensorwasm_dispatcher.cuda_backend import CudaBackend
+
+        try:
+            return report, CudaBackend(report.devices[0].ordinal)
+        except Exception as exc:
+            if settings.backend == "cuda":
+                raise
+            report = cpu_report(f"the CUDA device could not be opened: {exc}")
+    return report, CpuBackend()
+
+
+def build_server(
+    settings: DispatcherSettings,
+) -> tuple[ServiceHost, Dispatcher, ThreadPoolExecutor]:
+    """Opens the backend and registers the servicer."""
+    report, backend = open_backend(settings)
     _log.info(
         "backend selected",
         extra={"backend": report.backend.value, "fallback_reason": report.fallback_reason},
     )
+    ledger = Ledger(settings.tenant_memory_quota_bytes)
+    sessions = SessionTable(
+        backend,
+        idle_ttl_seconds=settings.session_idle_ttl_seconds,
+        on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
+    )
+    dispatcher = Dispatcher(backend, ledger, sessions)
+    admission = Admission(
+        max_in_flight=settings.max_in_flight,
+        max_per_tenant=settings.tenant_in_flight_limit,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
+    workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="gpu")
     host = create_host("dispatcher", settings, [SERVICE_NAME])
-    pb_grpc.add_DispatcherServiceServicer_to_server(DispatcherServicer(report), host.server)
-    return host
+    pb_grpc.add_DispatcherServiceServicer_to_server(
+        DispatcherServicer(report, dispatcher, admission, workers), host.server
+    )
+    return host, dispatcher, workers
+
+
+async def _expire_sessions(
+    dispatcher: Dispatcher, workers: ThreadPoolExecutor, interval_seconds: float
+) -> None:
+    """Closes sessions idle past their TTL, every `interval_seconds`, off the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_seconds)
+        expired = await loop.run_in_executor(workers, dispatcher.sessions.expire)
+        if expired:
+            _log.info("idle sessions closed", extra={"sessions": expired})
 
 
 async def serve(settings: DispatcherSettings) -> None:
-    """Serves until SIGTERM."""
-    await serve_forever(build_server(settings))
+    """Serves until SIGTERM, then closes the sessions and the device."""
+    host, dispatcher, workers = build_server(settings)
+    sweeper = asyncio.create_task(
+        _expire_sessions(dispatcher, workers, settings.session_sweep_seconds)
+    )
+
+    async def cleanup() -> None:
+        sweeper.cancel()
+        workers.shutdown(wait=True, cancel_futures=True)
+        dispatcher.sessions.close_all()
+        dispatcher.backend.close()
+
+    await serve_forever(host, cleanup=cleanup)

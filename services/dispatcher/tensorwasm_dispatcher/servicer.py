@@ -1,21 +1,64 @@
-"""DispatcherService: proto <-> device report translation."""
+"""DispatcherService: proto <-> domain translation; batches run on the worker pool."""
 
 from __future__ import annotations
+
+import asyncio
+import datetime
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedError
+from tensorwasm_common.gpu_abi import ArgTag
 
+from tensorwasm_dispatcher.accounting import Admission
+from tensorwasm_dispatcher.backend import ScalarArg
 from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
+from tensorwasm_dispatcher.execution import (
+    Batch,
+    BatchOutcome,
+    BufferRef,
+    Command,
+    Dispatcher,
+    InvalidBatchError,
+    LaunchCommand,
+    LoadCommand,
+    StagedRegion,
+)
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
+_SCALAR_FIELDS = {
+    "i32": ArgTag.I32,
+    "i64": ArgTag.I64,
+    "f32_bits": ArgTag.F32,
+    "f64_bits": ArgTag.F64,
+    "u32": ArgTag.U32,
+    "u64": ArgTag.U64,
+}
+
+
+class TenantMismatchError(InvalidArgumentError):
+    """The request's tenant field and its tenant metadata disagree."""
+
+    reason = "TENANT_MISMATCH"
 
 
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
-    """Answers with the backend chosen at start."""
+    """Reports the device, runs batches (admitted first) and reports tenants' usage."""
 
-    def __init__(self, report: DeviceReport) -> None:
+    def __init__(
+        self,
+        report: DeviceReport,
+        dispatcher: Dispatcher,
+        admission: Admission,
+        workers: ThreadPoolExecutor,
+    ) -> None:
         self._report = report
+        self._dispatcher = dispatcher
+        self._admission = admission
+        self._workers = workers
 
     async def GetDevice(
         self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
@@ -36,3 +79,124 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             driver_version=report.driver_version,
             fallback_reason=report.fallback_reason,
         )
+
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteResponse:
+        """Admits the batch (or refuses it at once) and runs it on a worker thread.
+
+        The slot is released when the worker is done, not when the handler returns, so a
+        batch whose caller went away keeps counting until it has really stopped.
+        """
+        tenant = _tenant(request.tenant, context)
+        batch = batch_from_wire(request)
+        try:
+            slot = self._admission.acquire(tenant)
+        except ResourceExhaustedError:
+            self._dispatcher.ledger.record(tenant, rejected_requests=1)
+            raise
+        try:
+            future = self._workers.submit(self._dispatcher.execute, tenant, batch)
+        except BaseException:
+            slot.release()
+            raise
+        future.add_done_callback(lambda _: slot.release())
+        return outcome_to_wire(await asyncio.wrap_future(future))
+
+    async def GetTenantUsage(
+        self, request: pb.GetTenantUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTenantUsageResponse:
+        usage = self._dispatcher.ledger.usage(_tenant(request.tenant, context))
+        response = pb.GetTenantUsageResponse(
+            tenant=usage.tenant,
+            staged_bytes_total=usage.staged_bytes_total,
+            staged_bytes_current=usage.staged_bytes_current,
+            staged_bytes_peak=usage.staged_bytes_peak,
+            memory_quota_bytes=usage.memory_quota_bytes,
+            launches=usage.launches,
+            loads=usage.loads,
+            failed_commands=usage.failed_commands,
+            execute_requests=usage.execute_requests,
+            rejected_requests=usage.rejected_requests,
+            open_sessions=usage.open_sessions,
+        )
+        response.kernel_time.FromTimedelta(datetime.timedelta(seconds=usage.kernel_seconds))
+        return response
+
+
+def _tenant(field: str, context: grpc.aio.ServicerContext) -> str:
+    """The request's tenant: the field, else the metadata, else the default tenant."""
+    metadata = dict(context.invocation_metadata() or ())
+    header = metadata.get(TENANT_METADATA_KEY, "")
+    if field and header and field != header:
+        raise TenantMismatchError(
+            "the tenant field and the x-tensorwasm-tenant metadata differ",
+            metadata={"field": "tenant"},
+        )
+    return field or str(header) or DEFAULT_TENANT
+
+
+def batch_from_wire(request: pb.ExecuteRequest) -> Batch:
+    """The domain batch of an ExecuteRequest.
+
+    Raises:
+        InvalidBatchError: a command or an argument has no value set.
+    """
+    regions = tuple(
+        StagedRegion(
+            buffer_id=buffer.buffer_id,
+            data=buffer.data,
+            guest_offset=buffer.guest_offset,
+            copy_back=buffer.copy_back,
+        )
+        for buffer in request.buffers
+    )
+    commands = tuple(
+        _command_from_wire(command, index) for index, command in enumerate(request.commands)
+    )
+    return Batch(request.session_id, regions, commands, request.end_session)
+
+
+def _command_from_wire(command: pb.Command, index: int) -> Command:
+    kind = command.WhichOneof("command")
+    if kind == "load":
+        load = command.load
+        return LoadCommand(load.kernel_id, load.ptx, load.entry)
+    if kind == "launch":
+        launch = command.launch
+        return LaunchCommand(
+            kernel_id=launch.kernel_id,
+            grid=(launch.grid.x, launch.grid.y, launch.grid.z),
+            block=(launch.block.x, launch.block.y, launch.block.z),
+            shared_mem_bytes=launch.shared_mem_bytes,
+            args=tuple(_arg_from_wire(arg, index) for arg in launch.args),
+        )
+    raise InvalidBatchError(
+        f"command {index} has no load or launch", metadata={"field": f"commands[{index}]"}
+    )
+
+
+def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef:
+    kind = arg.WhichOneof("value")
+    if kind == "buffer":
+        ref = arg.buffer
+        return BufferRef(ref.buffer_id, ref.offset_bytes, ref.length_bytes)
+    if kind is None:
+        raise InvalidBatchError(
+            f"command {index} has an argument without a value",
+            metadata={"field": f"commands[{index}].launch.args"},
+        )
+    return ScalarArg(_SCALAR_FIELDS[kind], int(getattr(arg, kind)))
+
+
+def outcome_to_wire(outcome: BatchOutcome) -> pb.ExecuteResponse:
+    """The ExecuteResponse of a batch's outcome."""
+    response = pb.ExecuteResponse(
+        results=[pb.CommandResult(abi_code=r.code, message=r.message) for r in outcome.results],
+        buffers=[
+            pb.BufferData(buffer_id=buffer_id, data=data)
+            for buffer_id, data in outcome.buffers.items()
+        ],
+    )
+    response.kernel_time.FromTimedelta(datetime.timedelta(seconds=outcome.kernel_seconds))
+    return response

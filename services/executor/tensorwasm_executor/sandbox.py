@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import wasmtime
 from tensorwasm_common.errors import (
@@ -37,8 +38,9 @@ from tensorwasm_executor.errors import (
 from tensorwasm_executor.values import ValueType, WasmValue
 
 __all__ = [
-    "CompiledModule", "ExportInfo", "Failure", "HostModule", "Outcome", "OutputSink",
-    "Resident", "ResidentGoneError", "Sandbox", "WasiOptions",
+    "CompiledModule", "ExportInfo", "Failure", "HostModule", "HostState", "Outcome",
+    "OutputSink", "Resident", "ResidentGoneError", "Sandbox", "WasiOptions",
+    "current_host_state",
 ]  # fmt: skip
 
 # Engine settings; every one is part of `Sandbox.engine_fingerprint`.
@@ -75,6 +77,32 @@ class HostModule:
 
     name: str
     define: Callable[[wasmtime.Linker], None]
+
+
+class HostState(Protocol):
+    """Per-store state of host modules (e.g. a `wasi:cuda` session), owned by one store.
+
+    Host functions are defined once on the engine's linker; while a call runs on a store,
+    `current_host_state()` returns that store's state on the guest's thread.
+    """
+
+    def begin_call(self, deadline: float) -> None:
+        """A call starts on the store; `deadline` is its end on `time.monotonic()`."""
+
+    def end_call(self, store: wasmtime.Store, *, completed: bool, final: bool) -> None:
+        """The call ended (`completed`: it returned); `final`: the store is discarded next."""
+
+    def close(self) -> None:
+        """The store is closed."""
+
+
+_CURRENT = threading.local()
+
+
+def current_host_state() -> HostState | None:
+    """The host state of the store whose call is running on this thread, if it has one."""
+    state: HostState | None = getattr(_CURRENT, "state", None)
+    return state
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,7 @@ class CompiledModule:
     instance_pre: wasmtime.InstancePre = field(repr=False)
     engine: wasmtime.Engine = field(repr=False)
     unrepresentable: frozenset[str] = field(repr=False)
+    imported_modules: frozenset[str] = field(default=frozenset(), repr=False)
     _by_name: Mapping[str, ExportInfo] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -314,9 +343,14 @@ class _Session:
         memory_bytes: int,
         table_elements: int,
         watched: bool,
+        host_state: HostState | None = None,
+        final_calls: bool = False,
     ) -> None:
         self.stdout = _Capture(0)
         self.stderr = _Capture(0)
+        # The store's host state; `final_calls`: each call is the store's last.
+        self.host_state = host_state
+        self._final_calls = final_calls
         config = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(config, stdin)
@@ -359,8 +393,11 @@ class _Session:
         """Arms the store for one call: fresh output captures, the deadline, the fuel."""
         self.stdout = _Capture(limits.output_bytes, "stdout", on_output)
         self.stderr = _Capture(limits.output_bytes, "stderr", on_output)
+        deadline = time.monotonic() + limits.timeout_seconds
+        if self.host_state is not None:
+            self.host_state.begin_call(deadline)
         if self.watch is not None:
-            self.watch.arm(self.store, events, time.monotonic() + limits.timeout_seconds)
+            self.watch.arm(self.store, events, deadline)
         else:
             ticks = math.ceil(limits.timeout_seconds / tick_seconds)
             self.store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
@@ -377,6 +414,8 @@ class _Session:
         started = time.perf_counter()
         results: tuple[WasmValue, ...] | None = ()
         failure = None
+        if self.host_state is not None:
+            _CURRENT.state = self.host_state
         try:
             if self.instance is None:
                 self.instance = rawcall.instantiate(module.instance_pre, self.store)
@@ -386,7 +425,20 @@ class _Session:
             stopped = self.watch.stopped if self.watch is not None else None
             returns = info is not None and bool(info.results)
             failure = _stopped(stopped) if stopped else _failure(exc, returns)
+        finally:
+            if self.host_state is not None:
+                _CURRENT.state = None
+        if self.host_state is not None:
+            self._end_host_call(completed=failure is None)
         return (None if failure else results), failure, time.perf_counter() - started
+
+    def _end_host_call(self, *, completed: bool) -> None:
+        """Lets the host state finish the call (e.g. run the GPU work it left queued)."""
+        assert self.host_state is not None
+        try:
+            self.host_state.end_call(self.store, completed=completed, final=self._final_calls)
+        except Exception:  # the guest's outcome stands; the host state's failure is logged
+            _log.exception("a host module failed to end the call")
 
     def outcome(
         self, results: tuple[WasmValue, ...] | None, failure: Failure | None, elapsed: float
@@ -403,6 +455,12 @@ class _Session:
         )
 
     def close(self) -> None:
+        if self.host_state is not None:
+            try:
+                self.host_state.close()
+            except Exception:
+                _log.exception("a host module failed to close")
+            self.host_state = None
         self.store.close()
         self.watch = None  # only now may the ctypes callback be collected
 
@@ -610,7 +668,14 @@ class Sandbox:
                 else:
                     exports.append(ExportInfo(export.name, *signature))
         compiled = CompiledModule(
-            digest, tuple(exports), size, module, pre, self._engine, frozenset(unrepresentable)
+            digest,
+            tuple(exports),
+            size,
+            module,
+            pre,
+            self._engine,
+            frozenset(unrepresentable),
+            frozenset(entry.module for entry in module.imports),
         )
         with self._lock:
             compiled = self._cache.setdefault(digest, compiled)
@@ -641,6 +706,7 @@ class Sandbox:
         on_output: OutputSink | None = None,
         cancel: threading.Event | None = None,
         wasi: WasiOptions = NO_WASI_OPTIONS,
+        host_state: HostState | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -667,6 +733,8 @@ class Sandbox:
                 the order written; an exception it raises is logged and ignored.
             cancel: an event another thread may set to stop the call.
             wasi: argv, environment and the read-only directory.
+            host_state: the store's host-module state (closed with the store); the
+                store's only call is final for it.
 
         Returns:
             The Outcome: results or a Failure, captured output and guest time.
@@ -683,6 +751,7 @@ class Sandbox:
             session = _Session(
                 self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
                 table_elements=self._max_table_elements, watched=cancel is not None,
+                host_state=host_state, final_calls=True,
             )  # fmt: skip
             try:
                 events = () if cancel is None else (cancel,)
@@ -705,6 +774,7 @@ class Sandbox:
         timeout_seconds: float | None = None,
         max_output_bytes: int | None = None,
         max_memory_bytes: int | None = None,
+        host_state: HostState | None = None,
     ) -> tuple[Resident | None, Outcome]:
         """Instantiates `module` into a long-lived store (running its start function).
 
@@ -715,6 +785,8 @@ class Sandbox:
             timeout_seconds: the deadline of instantiation (start function included).
             max_output_bytes: cap on each of stdout and stderr of the start function.
             max_memory_bytes: the linear-memory cap for the instance's whole life.
+            host_state: the instance's host-module state, for its whole life (closed
+                when the instance is terminated).
 
         Returns:
             (the Resident, the instantiation's Outcome), or (None, the Outcome with the
@@ -729,7 +801,7 @@ class Sandbox:
         with self._activity():
             session = _Session(
                 self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
-                table_elements=self._max_table_elements, watched=True,
+                table_elements=self._max_table_elements, watched=True, host_state=host_state,
             )  # fmt: skip
             session.begin(
                 limits, self._tick, fuel_metering=self.fuel_metering, on_output=None, events=()

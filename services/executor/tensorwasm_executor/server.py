@@ -13,6 +13,8 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 
 from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.cuda_host import CudaHost
+from tensorwasm_executor.dispatcher_client import DispatcherClient
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Sandbox
@@ -33,8 +35,28 @@ async def _expire_idle(instances: InstanceTable, interval_seconds: float) -> Non
             await loop.run_in_executor(None, live.resident.terminate)
 
 
+def gpu_host(settings: ExecutorSettings) -> tuple[CudaHost, DispatcherClient | None]:
+    """The `wasi:cuda` host module, wired to the dispatcher when one is configured."""
+    client = None
+    if settings.dispatcher_address:
+        client = DispatcherClient(
+            settings.dispatcher_address, max_message_bytes=settings.dispatcher_max_message_bytes
+        )
+    host = CudaHost(
+        client.transport if client is not None else None,
+        max_batch_commands=settings.gpu_batch_max_commands,
+        max_batch_bytes=settings.gpu_batch_max_bytes,
+    )
+    return host, client
+
+
 async def serve(settings: ExecutorSettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the snapshot store is unreachable."""
+    """Serves until SIGTERM; NOT_SERVING while the snapshot store is unreachable.
+
+    The dispatcher is not part of the health check: guests without GPU work do not
+    need it, and those with it get not_available while it is down.
+    """
+    gpu, dispatcher = gpu_host(settings)
     sandbox = Sandbox(
         default_timeout_seconds=settings.default_timeout_seconds,
         max_output_bytes=settings.max_output_bytes,
@@ -43,6 +65,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
         fuel_metering=settings.fuel_metering,
+        host_modules=[gpu.host_module],
     )
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit
@@ -60,7 +83,13 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     pb_grpc.add_ExecutorServiceServicer_to_server(
         ExecutorServicer(
-            settings, sandbox, modules, workers, admission=admission, instances=instances
+            settings,
+            sandbox,
+            modules,
+            workers,
+            admission=admission,
+            instances=instances,
+            gpu=gpu,
         ),
         host.server,
     )
@@ -77,5 +106,7 @@ async def serve(settings: ExecutorSettings) -> None:
         workers.shutdown(wait=False, cancel_futures=True)
         compile_pool.shutdown(wait=False, cancel_futures=True)
         sandbox.close()
+        if dispatcher is not None:
+            dispatcher.close()
 
     await serve_forever(host, health_check=healthy, cleanup=cleanup)

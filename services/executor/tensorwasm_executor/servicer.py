@@ -20,9 +20,10 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
+from tensorwasm_executor.cuda_host import CudaHost
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.sandbox import Outcome, OutputSink, Sandbox
+from tensorwasm_executor.sandbox import CompiledModule, HostState, Outcome, OutputSink, Sandbox
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasi import wasi_from_wire
 
@@ -48,6 +49,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         *,
         admission: Admission,
         instances: InstanceTable,
+        gpu: CudaHost | None = None,
     ) -> None:
         self._settings = settings
         self._sandbox = sandbox
@@ -55,6 +57,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self._workers = workers
         self._admission = admission
         self._instances = instances
+        self._gpu = gpu
 
     async def PrepareModule(
         self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
@@ -94,6 +97,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         limits = self._limits(request.limits)
         module, _ = await self._modules.get(request.module_digest)
         reservation = self._instances.reserve(tenant)
+        host_state = self._host_state(module, tenant)
 
         def create() -> tuple[str, Outcome]:
             try:
@@ -102,6 +106,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                     timeout_seconds=limits["timeout_seconds"],
                     max_output_bytes=limits["max_output_bytes"],
                     max_memory_bytes=limits["max_memory_bytes"],
+                    host_state=host_state,
                 )  # fmt: skip
             except BaseException:
                 reservation.release()
@@ -231,14 +236,13 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         call is cancelled), not when the handler returns, so a call whose client went
         away keeps counting until its guest has really stopped.
         """
-        slot = self._admission.acquire(request.tenant or DEFAULT_TENANT)
+        tenant = request.tenant or DEFAULT_TENANT
+        slot = self._admission.acquire(tenant)
         try:
             module, _ = await self._modules.get(request.module_digest)
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
             wasi = wasi_from_wire(
-                request.wasi,
-                tenant=request.tenant or DEFAULT_TENANT,
-                guest_dirs_root=self._settings.guest_dirs_root,
+                request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
             )
             future = self._workers.submit(
                 self._sandbox.invoke,
@@ -249,6 +253,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 wasi=wasi,
                 on_output=on_output,
                 cancel=cancel,
+                host_state=self._host_state(module, tenant),
                 **self._limits(request.limits),
             )
         except BaseException:
@@ -256,6 +261,11 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             raise
         future.add_done_callback(lambda _: slot.release())
         return future
+
+    def _host_state(self, module: CompiledModule, tenant: str) -> HostState | None:
+        """The new store's host-module state: a `wasi:cuda` session when the module
+        imports it (made here, on the loop, so that it carries the request's trace)."""
+        return self._gpu.state_for(module, tenant) if self._gpu is not None else None
 
     def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
         """The request's limits, defaulted and clamped to this executor's ceilings."""

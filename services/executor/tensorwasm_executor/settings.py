@@ -40,6 +40,12 @@ class ExecutorSettings(ServerSettings):
     instance_idle_ttl_seconds: float = 300.0
     max_instance_idle_ttl_seconds: float = 3600.0
     instance_sweep_seconds: float = 1.0
+    # The GPU path: the dispatcher guests' `wasi:cuda` calls go to (empty: none, and every
+    # `wasi:cuda` call answers not_available), and when a guest's batch is full.
+    dispatcher_address: str = ""
+    gpu_batch_max_commands: int = 256
+    gpu_batch_max_bytes: int = 64 << 20
+    dispatcher_max_message_bytes: int = 96 << 20
 
     @property
     def in_flight_limit(self) -> int:
@@ -57,6 +63,7 @@ class ExecutorSettings(ServerSettings):
             split_address(self.snapshot_address)
         except SettingsError as exc:
             raise SettingsError(f"snapshot_address: {exc}") from None
+        self._check_gpu()
         if self.workers <= 0:
             raise SettingsError("workers: must be positive")
         if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
@@ -77,3 +84,16 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("instance_sweep_seconds: must be positive")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")
+
+    def _check_gpu(self) -> None:
+        if self.dispatcher_address:
+            try:
+                split_address(self.dispatcher_address)
+            except SettingsError as exc:
+                raise SettingsError(f"dispatcher_address: {exc}") from None
+        if self.gpu_batch_max_commands <= 0 or self.gpu_batch_max_bytes <= 0:
+            raise SettingsError("gpu_batch_max_commands and gpu_batch_max_bytes: positive")
+        if self.dispatcher_max_message_bytes < self.gpu_batch_max_bytes + (1 << 20):
+            raise SettingsError(
+                "dispatcher_max_message_bytes: at least gpu_batch_max_bytes + 1 MiB"
+            )

@@ -91,6 +91,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The read-only directory is not under the tenant's granted directory, or missing."""
     ERROR_REASON_INSTANCE_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 44
     """The executor holds its maximum number of live instances."""
+    ERROR_REASON_DISPATCHER_SATURATED: _ErrorReason.ValueType  # 50
+    """(50-69: the GPU path.)
+    Every GPU request slot of the dispatcher is taken; retry after RetryInfo's delay.
+    """
+    ERROR_REASON_GPU_TENANT_BUSY: _ErrorReason.ValueType  # 51
+    """The tenant has its maximum number of GPU requests in flight; retry after RetryInfo's delay."""
+    ERROR_REASON_INVALID_GPU_BATCH: _ErrorReason.ValueType  # 52
+    """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
+    ERROR_REASON_TENANT_MISMATCH: _ErrorReason.ValueType  # 53
+    """The request's tenant field and its tenant metadata name different tenants."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -167,4 +177,14 @@ ERROR_REASON_DIRECTORY_NOT_GRANTED: ErrorReason.ValueType  # 43
 """The read-only directory is not under the tenant's granted directory, or missing."""
 ERROR_REASON_INSTANCE_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 44
 """The executor holds its maximum number of live instances."""
+ERROR_REASON_DISPATCHER_SATURATED: ErrorReason.ValueType  # 50
+"""(50-69: the GPU path.)
+Every GPU request slot of the dispatcher is taken; retry after RetryInfo's delay.
+"""
+ERROR_REASON_GPU_TENANT_BUSY: ErrorReason.ValueType  # 51
+"""The tenant has its maximum number of GPU requests in flight; retry after RetryInfo's delay."""
+ERROR_REASON_INVALID_GPU_BATCH: ErrorReason.ValueType  # 52
+"""A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
+ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 53
+"""The request's tenant field and its tenant metadata name different tenants."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -22,23 +22,50 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tensorwasm/dispatcher/v1/dispatcher_service.proto\x12\x18tensorwasm.dispatcher.v1\"\x87\x01\n\x06\x44\x65vice\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x18\x63ompute_capability_major\x18\x03 \x01(\x05\x12 \n\x18\x63ompute_capability_minor\x18\x04 \x01(\x05\x12\x1a\n\x12total_memory_bytes\x18\x05 \x01(\x03\"\x12\n\x10GetDeviceRequest\"\xab\x01\n\x11GetDeviceResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.tensorwasm.dispatcher.v1.Backend\x12\x31\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32 .tensorwasm.dispatcher.v1.Device\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t*E\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x02\x32y\n\x11\x44ispatcherService\x12\x64\n\tGetDevice\x12*.tensorwasm.dispatcher.v1.GetDeviceRequest\x1a+.tensorwasm.dispatcher.v1.GetDeviceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tensorwasm/dispatcher/v1/dispatcher_service.proto\x12\x18tensorwasm.dispatcher.v1\x1a\x1egoogle/protobuf/duration.proto\"\x87\x01\n\x06\x44\x65vice\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x18\x63ompute_capability_major\x18\x03 \x01(\x05\x12 \n\x18\x63ompute_capability_minor\x18\x04 \x01(\x05\x12\x1a\n\x12total_memory_bytes\x18\x05 \x01(\x03\"\x12\n\x10GetDeviceRequest\"\xab\x01\n\x11GetDeviceResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.tensorwasm.dispatcher.v1.Backend\x12\x31\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32 .tensorwasm.dispatcher.v1.Device\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\"\'\n\x04\x44im3\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\t\n\x01z\x18\x03 \x01(\r\"X\n\x0cStagedBuffer\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0cguest_offset\x18\x03 \x01(\x04\x12\x11\n\tcopy_back\x18\x04 \x01(\x08\"J\n\tBufferRef\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"\xaf\x01\n\tKernelArg\x12\r\n\x03i32\x18\x01 \x01(\x05H\x00\x12\r\n\x03i64\x18\x02 \x01(\x03H\x00\x12\x12\n\x08\x66\x33\x32_bits\x18\x03 \x01(\x07H\x00\x12\x12\n\x08\x66\x36\x34_bits\x18\x04 \x01(\x06H\x00\x12\r\n\x03u32\x18\x05 \x01(\rH\x00\x12\r\n\x03u64\x18\x06 \x01(\x04H\x00\x12\x35\n\x06\x62uffer\x18\x07 \x01(\x0b\x32#.tensorwasm.dispatcher.v1.BufferRefH\x00\x42\x07\n\x05value\";\n\nLoadKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12\x0b\n\x03ptx\x18\x02 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\"\xcb\x01\n\x0cLaunchKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12,\n\x04grid\x18\x02 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12-\n\x05\x62lock\x18\x03 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12\x18\n\x10shared_mem_bytes\x18\x04 \x01(\r\x12\x31\n\x04\x61rgs\x18\x05 \x03(\x0b\x32#.tensorwasm.dispatcher.v1.KernelArg\"\x84\x01\n\x07\x43ommand\x12\x34\n\x04load\x18\x01 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.LoadKernelH\x00\x12\x38\n\x06launch\x18\x02 \x01(\x0b\x32&.tensorwasm.dispatcher.v1.LaunchKernelH\x00\x42\t\n\x07\x63ommand\"\xb7\x01\n\x0e\x45xecuteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x37\n\x07\x62uffers\x18\x03 \x03(\x0b\x32&.tensorwasm.dispatcher.v1.StagedBuffer\x12\x33\n\x08\x63ommands\x18\x04 \x03(\x0b\x32!.tensorwasm.dispatcher.v1.Command\x12\x13\n\x0b\x65nd_session\x18\x05 \x01(\x08\"2\n\rCommandResult\x12\x10\n\x08\x61\x62i_code\x18\x01 \x01(\x11\x12\x0f\n\x07message\x18\x02 \x01(\t\"-\n\nBufferData\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xb2\x01\n\x0f\x45xecuteResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.tensorwasm.dispatcher.v1.CommandResult\x12\x35\n\x07\x62uffers\x18\x02 \x03(\x0b\x32$.tensorwasm.dispatcher.v1.BufferData\x12.\n\x0bkernel_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x15GetTenantUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xcf\x02\n\x16GetTenantUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12staged_bytes_total\x18\x02 \x01(\x03\x12\x1c\n\x14staged_bytes_current\x18\x03 \x01(\x03\x12\x19\n\x11staged_bytes_peak\x18\x04 \x01(\x03\x12\x1a\n\x12memory_quota_bytes\x18\x05 \x01(\x03\x12\x10\n\x08launches\x18\x06 \x01(\x03\x12\r\n\x05loads\x18\x07 \x01(\x03\x12\x17\n\x0f\x66\x61iled_commands\x18\x08 \x01(\x03\x12\x18\n\x10\x65xecute_requests\x18\t \x01(\x03\x12\x19\n\x11rejected_requests\x18\n \x01(\x03\x12\x15\n\ropen_sessions\x18\x0b \x01(\x03\x12.\n\x0bkernel_time\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration*E\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x02\x32\xce\x02\n\x11\x44ispatcherService\x12\x64\n\tGetDevice\x12*.tensorwasm.dispatcher.v1.GetDeviceRequest\x1a+.tensorwasm.dispatcher.v1.GetDeviceResponse\x12^\n\x07\x45xecute\x12(.tensorwasm.dispatcher.v1.ExecuteRequest\x1a).tensorwasm.dispatcher.v1.ExecuteResponse\x12s\n\x0eGetTenantUsage\x12/.tensorwasm.dispatcher.v1.GetTenantUsageRequest\x1a\x30.tensorwasm.dispatcher.v1.GetTenantUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.dispatcher.v1.dispatcher_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKEND']._serialized_start=411
-  _globals['_BACKEND']._serialized_end=480
-  _globals['_DEVICE']._serialized_start=80
-  _globals['_DEVICE']._serialized_end=215
-  _globals['_GETDEVICEREQUEST']._serialized_start=217
-  _globals['_GETDEVICEREQUEST']._serialized_end=235
-  _globals['_GETDEVICERESPONSE']._serialized_start=238
-  _globals['_GETDEVICERESPONSE']._serialized_end=409
-  _globals['_DISPATCHERSERVICE']._serialized_start=482
-  _globals['_DISPATCHERSERVICE']._serialized_end=603
+  _globals['_BACKEND']._serialized_start=2075
+  _globals['_BACKEND']._serialized_end=2144
+  _globals['_DEVICE']._serialized_start=112
+  _globals['_DEVICE']._serialized_end=247
+  _globals['_GETDEVICEREQUEST']._serialized_start=249
+  _globals['_GETDEVICEREQUEST']._serialized_end=267
+  _globals['_GETDEVICERESPONSE']._serialized_start=270
+  _globals['_GETDEVICERESPONSE']._serialized_end=441
+  _globals['_DIM3']._serialized_start=443
+  _globals['_DIM3']._serialized_end=482
+  _globals['_STAGEDBUFFER']._serialized_start=484
+  _globals['_STAGEDBUFFER']._serialized_end=572
+  _globals['_BUFFERREF']._serialized_start=574
+  _globals['_BUFFERREF']._serialized_end=648
+  _globals['_KERNELARG']._serialized_start=651
+  _globals['_KERNELARG']._serialized_end=826
+  _globals['_LOADKERNEL']._serialized_start=828
+  _globals['_LOADKERNEL']._serialized_end=887
+  _globals['_LAUNCHKERNEL']._serialized_start=890
+  _globals['_LAUNCHKERNEL']._serialized_end=1093
+  _globals['_COMMAND']._serialized_start=1096
+  _globals['_COMMAND']._serialized_end=1228
+  _globals['_EXECUTEREQUEST']._serialized_start=1231
+  _globals['_EXECUTEREQUEST']._serialized_end=1414
+  _globals['_COMMANDRESULT']._serialized_start=1416
+  _globals['_COMMANDRESULT']._serialized_end=1466
+  _globals['_BUFFERDATA']._serialized_start=1468
+  _globals['_BUFFERDATA']._serialized_end=1513
+  _globals['_EXECUTERESPONSE']._serialized_start=1516
+  _globals['_EXECUTERESPONSE']._serialized_end=1694
+  _globals['_GETTENANTUSAGEREQUEST']._serialized_start=1696
+  _globals['_GETTENANTUSAGEREQUEST']._serialized_end=1735
+  _globals['_GETTENANTUSAGERESPONSE']._serialized_start=1738
+  _globals['_GETTENANTUSAGERESPONSE']._serialized_end=2073
+  _globals['_DISPATCHERSERVICE']._serialized_start=2147
+  _globals['_DISPATCHERSERVICE']._serialized_end=2481
 # @@protoc_insertion_point(module_scope)

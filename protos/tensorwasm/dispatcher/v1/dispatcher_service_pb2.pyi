@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -133,3 +134,487 @@ class GetDeviceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeviceResponse: _TypeAlias = GetDeviceResponse  # noqa: Y015
+
+@_typing.final
+class Dim3(_message.Message):
+    """Three sizes of a launch: blocks per grid, or threads per block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    x: _builtins.int
+    """Size along x."""
+    y: _builtins.int
+    """Size along y."""
+    z: _builtins.int
+    """Size along z."""
+    def __init__(
+        self,
+        *,
+        x: _builtins.int = ...,
+        y: _builtins.int = ...,
+        z: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["x", b"x", "y", b"y", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dim3: _TypeAlias = Dim3  # noqa: Y015
+
+@_typing.final
+class StagedBuffer(_message.Message):
+    """Host bytes staged for the commands of one request: one region of the guest's
+    linear memory (overlapping pointer arguments share one region, so the
+    launches of a batch see each other's writes as under unified memory).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUFFER_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    GUEST_OFFSET_FIELD_NUMBER: _builtins.int
+    COPY_BACK_FIELD_NUMBER: _builtins.int
+    buffer_id: _builtins.int
+    """The buffer's id, unique within the request; `BufferRef.buffer_id` names it."""
+    data: _builtins.bytes
+    """The bytes, as the guest's memory held them when the batch was sent."""
+    guest_offset: _builtins.int
+    """Where the region starts in the guest's linear memory (for alignment checks
+    and messages; the dispatcher never addresses guest memory).
+    """
+    copy_back: _builtins.bool
+    """Copy-back directive: return the buffer's bytes in the response when a
+    launch may have written them. False when nobody will read them (e.g. the
+    last batch of a call whose store is discarded).
+    """
+    def __init__(
+        self,
+        *,
+        buffer_id: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        guest_offset: _builtins.int = ...,
+        copy_back: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "copy_back", b"copy_back", "data", b"data", "guest_offset", b"guest_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StagedBuffer: _TypeAlias = StagedBuffer  # noqa: Y015
+
+@_typing.final
+class BufferRef(_message.Message):
+    """A kernel pointer argument: a byte range of a staged buffer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUFFER_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_BYTES_FIELD_NUMBER: _builtins.int
+    LENGTH_BYTES_FIELD_NUMBER: _builtins.int
+    buffer_id: _builtins.int
+    """The staged buffer (`StagedBuffer.buffer_id`)."""
+    offset_bytes: _builtins.int
+    """Where the range starts, in bytes from the buffer's start."""
+    length_bytes: _builtins.int
+    """The range's length in bytes."""
+    def __init__(
+        self,
+        *,
+        buffer_id: _builtins.int = ...,
+        offset_bytes: _builtins.int = ...,
+        length_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "length_bytes", b"length_bytes", "offset_bytes", b"offset_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BufferRef: _TypeAlias = BufferRef  # noqa: Y015
+
+@_typing.final
+class KernelArg(_message.Message):
+    """One kernel argument, typed as the guest's argv record was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    I32_FIELD_NUMBER: _builtins.int
+    I64_FIELD_NUMBER: _builtins.int
+    F32_BITS_FIELD_NUMBER: _builtins.int
+    F64_BITS_FIELD_NUMBER: _builtins.int
+    U32_FIELD_NUMBER: _builtins.int
+    U64_FIELD_NUMBER: _builtins.int
+    BUFFER_FIELD_NUMBER: _builtins.int
+    i32: _builtins.int
+    """Record tag 0x01: a signed 32-bit integer."""
+    i64: _builtins.int
+    """Record tag 0x02: a signed 64-bit integer."""
+    f32_bits: _builtins.int
+    """Record tag 0x03: an f32, as its bits."""
+    f64_bits: _builtins.int
+    """Record tag 0x04: an f64, as its bits."""
+    u32: _builtins.int
+    """Record tag 0x05: an unsigned 32-bit integer."""
+    u64: _builtins.int
+    """Record tag 0x06: an unsigned 64-bit integer."""
+    @_builtins.property
+    def buffer(self) -> Global___BufferRef:
+        """Record tag 0x07: a pointer into guest memory, staged."""
+
+    def __init__(
+        self,
+        *,
+        i32: _builtins.int = ...,
+        i64: _builtins.int = ...,
+        f32_bits: _builtins.int = ...,
+        f64_bits: _builtins.int = ...,
+        u32: _builtins.int = ...,
+        u64: _builtins.int = ...,
+        buffer: Global___BufferRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["i32", "i64", "f32_bits", "f64_bits", "u32", "u64", "buffer"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___KernelArg: _TypeAlias = KernelArg  # noqa: Y015
+
+@_typing.final
+class LoadKernel(_message.Message):
+    """Loads PTX and makes one of its entry points a kernel of the session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_ID_FIELD_NUMBER: _builtins.int
+    PTX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    kernel_id: _builtins.int
+    """The id the executor gave the kernel (instance-scoped; the guest's id)."""
+    ptx: _builtins.bytes
+    """The PTX text (at most 8 MiB)."""
+    entry: _builtins.str
+    """The `.entry` symbol to launch."""
+    def __init__(
+        self,
+        *,
+        kernel_id: _builtins.int = ...,
+        ptx: _builtins.bytes = ...,
+        entry: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "kernel_id", b"kernel_id", "ptx", b"ptx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadKernel: _TypeAlias = LoadKernel  # noqa: Y015
+
+@_typing.final
+class LaunchKernel(_message.Message):
+    """Launches a kernel the session loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_ID_FIELD_NUMBER: _builtins.int
+    GRID_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    SHARED_MEM_BYTES_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    kernel_id: _builtins.int
+    """The kernel (`LoadKernel.kernel_id`)."""
+    shared_mem_bytes: _builtins.int
+    """Dynamic shared memory per block, in bytes."""
+    @_builtins.property
+    def grid(self) -> Global___Dim3:
+        """Blocks per grid."""
+
+    @_builtins.property
+    def block(self) -> Global___Dim3:
+        """Threads per block."""
+
+    @_builtins.property
+    def args(self) -> _containers.RepeatedCompositeFieldContainer[Global___KernelArg]:
+        """The kernel's arguments, in parameter order."""
+
+    def __init__(
+        self,
+        *,
+        kernel_id: _builtins.int = ...,
+        grid: Global___Dim3 | None = ...,
+        block: Global___Dim3 | None = ...,
+        shared_mem_bytes: _builtins.int = ...,
+        args: _abc.Iterable[Global___KernelArg] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "grid", b"grid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "block", b"block", "grid", b"grid", "kernel_id", b"kernel_id", "shared_mem_bytes", b"shared_mem_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchKernel: _TypeAlias = LaunchKernel  # noqa: Y015
+
+@_typing.final
+class Command(_message.Message):
+    """One command of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_FIELD_NUMBER: _builtins.int
+    LAUNCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load(self) -> Global___LoadKernel:
+        """Load a kernel."""
+
+    @_builtins.property
+    def launch(self) -> Global___LaunchKernel:
+        """Launch a kernel."""
+
+    def __init__(
+        self,
+        *,
+        load: Global___LoadKernel | None = ...,
+        launch: Global___LaunchKernel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "launch", b"launch", "load", b"load"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "launch", b"launch", "load", b"load"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["load", "launch"]  # noqa: Y015
+    _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class ExecuteRequest(_message.Message):
+    """Request for Execute: one batch of one guest session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BUFFERS_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    END_SESSION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant the session belongs to (else the `x-tensorwasm-tenant` metadata)."""
+    session_id: _builtins.str
+    """The executor's id of the session (one per guest store): kernels loaded in
+    one request stay loaded for the session's later requests.
+    """
+    end_session: _builtins.bool
+    """Forget the session after this batch (its kernels are unloaded)."""
+    @_builtins.property
+    def buffers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StagedBuffer]:
+        """The host buffers the launches' pointer arguments refer to."""
+
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
+        """The commands, run in order; a failed command does not stop the others."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        buffers: _abc.Iterable[Global___StagedBuffer] | None = ...,
+        commands: _abc.Iterable[Global___Command] | None = ...,
+        end_session: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "commands", b"commands", "end_session", b"end_session", "session_id", b"session_id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
+
+@_typing.final
+class CommandResult(_message.Message):
+    """The status of one command: the `wasi:cuda` ABI code and a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABI_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    abi_code: _builtins.int
+    """0 for success, else the guest ABI error code: -1 not_available,
+    -2 invalid_pointer, -3 invalid_kernel, -4 malformed_ptx, -5 launch_failed,
+    -6 quota_exceeded, -7 internal, -8 invalid_dimensions, -9 invalid_args,
+    -10 kernel_args_unsupported.
+    """
+    message: _builtins.str
+    """What went wrong, for the guest's `last_error` (empty on success)."""
+    def __init__(
+        self,
+        *,
+        abi_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abi_code", b"abi_code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class BufferData(_message.Message):
+    """The bytes of a staged buffer after the batch ran."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUFFER_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    buffer_id: _builtins.int
+    """The staged buffer (`StagedBuffer.buffer_id`)."""
+    data: _builtins.bytes
+    """Its bytes, as long as the staged ones."""
+    def __init__(
+        self,
+        *,
+        buffer_id: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_id", b"buffer_id", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BufferData: _TypeAlias = BufferData  # noqa: Y015
+
+@_typing.final
+class ExecuteResponse(_message.Message):
+    """The result of Execute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    BUFFERS_FIELD_NUMBER: _builtins.int
+    KERNEL_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandResult]:
+        """One result per command, in the request's order."""
+
+    @_builtins.property
+    def buffers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BufferData]:
+        """The buffers to copy back (asked for, and possibly written by a launch)."""
+
+    @_builtins.property
+    def kernel_time(self) -> _duration_pb2.Duration:
+        """Time the batch's kernels ran (wall time of the kernels on the cpu backend)."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CommandResult] | None = ...,
+        buffers: _abc.Iterable[Global___BufferData] | None = ...,
+        kernel_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "kernel_time", b"kernel_time", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
+class GetTenantUsageRequest(_message.Message):
+    """Request for GetTenantUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant (else the `x-tensorwasm-tenant` metadata)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantUsageRequest: _TypeAlias = GetTenantUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantUsageResponse(_message.Message):
+    """The result of GetTenantUsage: the tenant's usage since the dispatcher started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    STAGED_BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    STAGED_BYTES_CURRENT_FIELD_NUMBER: _builtins.int
+    STAGED_BYTES_PEAK_FIELD_NUMBER: _builtins.int
+    MEMORY_QUOTA_BYTES_FIELD_NUMBER: _builtins.int
+    LAUNCHES_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
+    FAILED_COMMANDS_FIELD_NUMBER: _builtins.int
+    EXECUTE_REQUESTS_FIELD_NUMBER: _builtins.int
+    REJECTED_REQUESTS_FIELD_NUMBER: _builtins.int
+    OPEN_SESSIONS_FIELD_NUMBER: _builtins.int
+    KERNEL_TIME_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant reported on."""
+    staged_bytes_total: _builtins.int
+    """Bytes staged for the tenant's launches, in all."""
+    staged_bytes_current: _builtins.int
+    """Bytes staged right now (requests in flight)."""
+    staged_bytes_peak: _builtins.int
+    """The most bytes staged at once."""
+    memory_quota_bytes: _builtins.int
+    """The tenant's quota of bytes staged at once."""
+    launches: _builtins.int
+    """Kernels launched successfully."""
+    loads: _builtins.int
+    """Kernels loaded successfully."""
+    failed_commands: _builtins.int
+    """Commands that failed (any ABI error)."""
+    execute_requests: _builtins.int
+    """Execute calls admitted (one per flushed batch)."""
+    rejected_requests: _builtins.int
+    """Execute calls refused by back-pressure."""
+    open_sessions: _builtins.int
+    """Sessions open now."""
+    @_builtins.property
+    def kernel_time(self) -> _duration_pb2.Duration:
+        """Time the tenant's kernels ran (GPU time; wall time on the cpu backend)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        staged_bytes_total: _builtins.int = ...,
+        staged_bytes_current: _builtins.int = ...,
+        staged_bytes_peak: _builtins.int = ...,
+        memory_quota_bytes: _builtins.int = ...,
+        launches: _builtins.int = ...,
+        loads: _builtins.int = ...,
+        failed_commands: _builtins.int = ...,
+        execute_requests: _builtins.int = ...,
+        rejected_requests: _builtins.int = ...,
+        open_sessions: _builtins.int = ...,
+        kernel_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execute_requests", b"execute_requests", "failed_commands", b"failed_commands", "kernel_time", b"kernel_time", "launches", b"launches", "loads", b"loads", "memory_quota_bytes", b"memory_quota_bytes", "open_sessions", b"open_sessions", "rejected_requests", b"rejected_requests", "staged_bytes_current", b"staged_bytes_current", "staged_bytes_peak", b"staged_bytes_peak", "staged_bytes_total", b"staged_bytes_total", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantUsageResponse: _TypeAlias = GetTenantUsageResponse  # noqa: Y015

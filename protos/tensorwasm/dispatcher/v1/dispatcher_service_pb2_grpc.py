@@ -41,6 +41,16 @@ class DispatcherServiceStub:
                 request_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceResponse.FromString,
                 _registered_method=True)
+        self.Execute = channel.unary_unary(
+                '/tensorwasm.dispatcher.v1.DispatcherService/Execute',
+                request_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteResponse.FromString,
+                _registered_method=True)
+        self.GetTenantUsage = channel.unary_unary(
+                '/tensorwasm.dispatcher.v1.DispatcherService/GetTenantUsage',
+                request_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServiceServicer:
@@ -55,6 +65,26 @@ class DispatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Execute(self, request, context):
+        """Runs one batch of a guest session's GPU commands, in order: the executor
+        queues a guest's loads and launches and sends them together (at
+        `wasi_cuda_sync`, when the batch is full, at the end of the guest call),
+        never one call per command. Each command gets its own status; the call
+        itself fails only for a malformed request or back-pressure
+        (RESOURCE_EXHAUSTED with RetryInfo). The tenant is the request's `tenant`
+        field, else the `x-tensorwasm-tenant` metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantUsage(self, request, context):
+        """Reports what one tenant has used: staged bytes, launches, kernel time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +92,16 @@ def add_DispatcherServiceServicer_to_server(servicer, server):
                     servicer.GetDevice,
                     request_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceRequest.FromString,
                     response_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceResponse.SerializeToString,
+            ),
+            'Execute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteRequest.FromString,
+                    response_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'GetTenantUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantUsage,
+                    request_deserializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageRequest.FromString,
+                    response_serializer=tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +133,60 @@ class DispatcherService:
             '/tensorwasm.dispatcher.v1.DispatcherService/GetDevice',
             tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceRequest.SerializeToString,
             tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Execute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.dispatcher.v1.DispatcherService/Execute',
+            tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteRequest.SerializeToString,
+            tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.dispatcher.v1.DispatcherService/GetTenantUsage',
+            tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageRequest.SerializeToString,
+            tensorwasm_dot_dispatcher_dot_v1_dot_dispatcher__service__pb2.GetTenantUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,17 @@ class DispatcherServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DispatcherServiceAsyncStub: ...
     GetDevice: _grpc.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetDeviceRequest, _dispatcher_service_pb2.GetDeviceResponse]
     """Reports the active backend and the devices it drives."""
+    Execute: _grpc.UnaryUnaryMultiCallable[_dispatcher_service_pb2.ExecuteRequest, _dispatcher_service_pb2.ExecuteResponse]
+    """Runs one batch of a guest session's GPU commands, in order: the executor
+    queues a guest's loads and launches and sends them together (at
+    `wasi_cuda_sync`, when the batch is full, at the end of the guest call),
+    never one call per command. Each command gets its own status; the call
+    itself fails only for a malformed request or back-pressure
+    (RESOURCE_EXHAUSTED with RetryInfo). The tenant is the request's `tenant`
+    field, else the `x-tensorwasm-tenant` metadata.
+    """
+    GetTenantUsage: _grpc.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetTenantUsageRequest, _dispatcher_service_pb2.GetTenantUsageResponse]
+    """Reports what one tenant has used: staged bytes, launches, kernel time."""
 
 @_typing.type_check_only
 class DispatcherServiceAsyncStub(DispatcherServiceStub):
@@ -47,6 +58,17 @@ class DispatcherServiceAsyncStub(DispatcherServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetDevice: _aio.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetDeviceRequest, _dispatcher_service_pb2.GetDeviceResponse]  # type: ignore[assignment]
     """Reports the active backend and the devices it drives."""
+    Execute: _aio.UnaryUnaryMultiCallable[_dispatcher_service_pb2.ExecuteRequest, _dispatcher_service_pb2.ExecuteResponse]  # type: ignore[assignment]
+    """Runs one batch of a guest session's GPU commands, in order: the executor
+    queues a guest's loads and launches and sends them together (at
+    `wasi_cuda_sync`, when the batch is full, at the end of the guest call),
+    never one call per command. Each command gets its own status; the call
+    itself fails only for a malformed request or back-pressure
+    (RESOURCE_EXHAUSTED with RetryInfo). The tenant is the request's `tenant`
+    field, else the `x-tensorwasm-tenant` metadata.
+    """
+    GetTenantUsage: _aio.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetTenantUsageRequest, _dispatcher_service_pb2.GetTenantUsageResponse]  # type: ignore[assignment]
+    """Reports what one tenant has used: staged bytes, launches, kernel time."""
 
 class DispatcherServiceServicer(metaclass=_abc_1.ABCMeta):
     """The dispatcher is the only process that touches CUDA. It owns the devices,
@@ -60,5 +82,28 @@ class DispatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dispatcher_service_pb2.GetDeviceResponse, _abc.Awaitable[_dispatcher_service_pb2.GetDeviceResponse]]:
         """Reports the active backend and the devices it drives."""
+
+    @_abc_1.abstractmethod
+    def Execute(
+        self,
+        request: _dispatcher_service_pb2.ExecuteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_service_pb2.ExecuteResponse, _abc.Awaitable[_dispatcher_service_pb2.ExecuteResponse]]:
+        """Runs one batch of a guest session's GPU commands, in order: the executor
+        queues a guest's loads and launches and sends them together (at
+        `wasi_cuda_sync`, when the batch is full, at the end of the guest call),
+        never one call per command. Each command gets its own status; the call
+        itself fails only for a malformed request or back-pressure
+        (RESOURCE_EXHAUSTED with RetryInfo). The tenant is the request's `tenant`
+        field, else the `x-tensorwasm-tenant` metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenantUsage(
+        self,
+        request: _dispatcher_service_pb2.GetTenantUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_service_pb2.GetTenantUsageResponse, _abc.Awaitable[_dispatcher_service_pb2.GetTenantUsageResponse]]:
+        """Reports what one tenant has used: staged bytes, launches, kernel time."""
 
 def add_DispatcherServiceServicer_to_server(servicer: DispatcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

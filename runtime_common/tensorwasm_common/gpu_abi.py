@@ -1,0 +1,93 @@
+"""The `wasi:cuda/host@0.2.0` guest ABI shared by the executor and the dispatcher.
+
+The error codes, the argv record tags and the caps are the original's (DESIGN §4); they
+are part of the guest contract and never change. The executor validates every guest
+input against them; the dispatcher reports each command's outcome with the same codes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+MODULE = "wasi:cuda/host@0.2.0"
+
+MAX_PTX_BYTES = 8 << 20  # per load
+MAX_TOTAL_PTX_BYTES = 64 * MAX_PTX_BYTES  # per instance
+MAX_KERNELS_PER_INSTANCE = 256
+MAX_ENTRY_BYTES = 256
+MAX_ARGV_RECORDS = 128
+MAX_ARGV_BYTES = 4096
+MAX_BLOCK_DIM = 1024
+MAX_BLOCK_THREADS = 1024
+MAX_GRID_DIM = 2**31 - 1
+MAX_ERROR_BYTES = 512
+
+
+class AbiError(enum.IntEnum):
+    """The stable error codes a `wasi:cuda` function returns (0 is success)."""
+
+    NOT_AVAILABLE = -1
+    INVALID_POINTER = -2
+    INVALID_KERNEL = -3
+    MALFORMED_PTX = -4
+    LAUNCH_FAILED = -5
+    QUOTA_EXCEEDED = -6
+    INTERNAL = -7
+    INVALID_DIMENSIONS = -8
+    INVALID_ARGS = -9
+    KERNEL_ARGS_UNSUPPORTED = -10
+
+    @property
+    def label(self) -> str:
+        """The original's snake_case name, e.g. `invalid_pointer`."""
+        return self.name.lower()
+
+
+class AbiFailure(Exception):  # noqa: N818 - a result to hand back, not a bug
+    """A `wasi:cuda` operation failed with an ABI code; the message is for `last_error`."""
+
+    def __init__(self, code: AbiError, message: str) -> None:
+        """Records the code and the message.
+
+        Args:
+            code: The ABI error code the guest gets.
+            message: What went wrong, for a person (the guest's `last_error`).
+        """
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"AbiFailure({self.code.label}, {self.message!r})"
+
+
+class ArgTag(enum.IntEnum):
+    """The tag byte of a typed argv record; the value follows, little-endian."""
+
+    I32 = 0x01
+    I64 = 0x02
+    F32 = 0x03
+    F64 = 0x04
+    U32 = 0x05
+    U64 = 0x06
+    PTR = 0x07  # u32 guest offset + u32 byte length
+
+    @property
+    def value_bytes(self) -> int:
+        """How many value bytes follow the tag."""
+        return 4 if self in (ArgTag.I32, ArgTag.F32, ArgTag.U32) else 8
+
+
+def ptx_declares_entry(ptx: bytes, entry: str) -> bool:
+    """Whether the PTX text declares `.entry <entry>(` (a kernel the driver can find).
+
+    Args:
+        ptx: The PTX text's bytes.
+        entry: The entry symbol.
+
+    Returns:
+        True when an `.entry` directive names exactly `entry`.
+    """
+    pattern = rb"\.entry\s+" + re.escape(entry.encode("utf-8")) + rb"\s*\("
+    return re.search(pattern, ptx) is not None

@@ -1,0 +1,190 @@
+"""The cpu backend: runs the kernel library's kernels with their NumPy references.
+
+A kernel is found by identity (`lookup_by_ptx`: the canonical PTX text and its entry);
+any other PTX is not available here. Staged buffers are host bytearrays, viewed as f32 by
+the references and written in place, so a batch's launches see each other's writes.
+Kernel time is the wall time of the reference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag
+from tensorwasm_kernels import (
+    CATALOG,
+    KernelArgumentError,
+    KernelSpec,
+    LaunchGeometryError,
+    ParamKind,
+    check_geometry,
+    f32_view,
+    lookup_by_ptx,
+)
+
+from tensorwasm_dispatcher.backend import (
+    Backend,
+    BufferArg,
+    DeviceBuffer,
+    Dim3,
+    Kernel,
+    LaunchArg,
+    LaunchResult,
+    ScalarArg,
+    Stream,
+)
+from tensorwasm_dispatcher.devices import BackendKind
+
+# Dynamic shared memory a launch may ask for without opting in (cuLaunchKernel refuses
+# more); the references need none, but the cpu backend refuses what a GPU would.
+MAX_DYNAMIC_SHARED_BYTES = 48 << 10
+_F32_ALIGNMENT = 4
+# The argv tags a scalar parameter of each kind takes (a C `int` takes i32 or u32 alike).
+_SCALAR_TAGS = {
+    ParamKind.I32: frozenset({ArgTag.I32, ArgTag.U32}),
+    ParamKind.U32: frozenset({ArgTag.I32, ArgTag.U32}),
+    ParamKind.F32: frozenset({ArgTag.F32}),
+}
+
+
+class _CpuKernel(Kernel):
+    def __init__(self, spec: KernelSpec) -> None:
+        self.spec = spec
+        self.entry = spec.entry
+
+
+class _CpuBuffer(DeviceBuffer):
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        self.size_bytes = len(data)
+
+
+class _CpuStream(Stream):
+    """Launches run synchronously on the calling thread; the stream orders nothing more."""
+
+
+class CpuBackend(Backend):
+    """Runs kernels of `tensorwasm_kernels` on the host."""
+
+    kind = BackendKind.CPU
+
+    def open_stream(self) -> Stream:
+        return _CpuStream()
+
+    def close_stream(self, stream: Stream) -> None:
+        pass
+
+    def load(self, ptx: bytes, entry: str) -> Kernel:
+        spec = lookup_by_ptx(ptx, entry)
+        if spec is None:
+            raise AbiFailure(
+                AbiError.NOT_AVAILABLE,
+                f"the cpu backend runs only the kernel library's own PTX "
+                f"({', '.join(sorted(CATALOG))}); this PTX for entry {entry!r} is not one of "
+                "them, and arbitrary PTX needs a GPU",
+            )
+        return _CpuKernel(spec)
+
+    def unload(self, kernel: Kernel) -> None:
+        pass
+
+    def stage(self, data: bytes) -> DeviceBuffer:
+        return _CpuBuffer(data)
+
+    def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
+        return bytes(_cpu_buffer(buffer).data)
+
+    def free(self, buffer: DeviceBuffer) -> None:
+        _cpu_buffer(buffer).data = bytearray()
+
+    def launch(
+        self,
+        stream: Stream,
+        kernel: Kernel,
+        *,
+        grid: Dim3,
+        block: Dim3,
+        shared_mem_bytes: int,
+        args: Sequence[LaunchArg],
+    ) -> LaunchResult:
+        if not isinstance(kernel, _CpuKernel):
+            raise TypeError("not a kernel of the cpu backend")
+        spec = kernel.spec
+        try:
+            check_geometry(grid, block)
+        except LaunchGeometryError as exc:
+            raise AbiFailure(AbiError.INVALID_DIMENSIONS, f"{spec.name}: {exc}") from None
+        if shared_mem_bytes > MAX_DYNAMIC_SHARED_BYTES:
+            raise AbiFailure(
+                AbiError.LAUNCH_FAILED,
+                f"{spec.name}: {shared_mem_bytes} bytes of dynamic shared memory, more than "
+                f"the {MAX_DYNAMIC_SHARED_BYTES} a launch may use",
+            )
+        buffers, scalars = _bind(spec, args)
+        started = time.perf_counter()
+        try:
+            spec.run_reference(buffers, scalars, grid, block)
+        except LaunchGeometryError as exc:
+            raise AbiFailure(AbiError.INVALID_DIMENSIONS, f"{spec.name}: {exc}") from None
+        except KernelArgumentError as exc:  # a GPU would fault: a buffer too short
+            raise AbiFailure(AbiError.LAUNCH_FAILED, str(exc)) from None
+        elapsed = time.perf_counter() - started
+        written = frozenset(
+            position for position, param in enumerate(spec.params) if param.kind.is_written
+        )
+        return LaunchResult(kernel_seconds=elapsed, written=written)
+
+
+def _cpu_buffer(buffer: DeviceBuffer) -> _CpuBuffer:
+    if not isinstance(buffer, _CpuBuffer):
+        raise TypeError("not a buffer of the cpu backend")
+    return buffer
+
+
+def _bind(
+    spec: KernelSpec, args: Sequence[LaunchArg]
+) -> tuple[list[np.ndarray], list[int | np.float32]]:
+    """Matches the argv records to the kernel's parameters, position by position.
+
+    Raises:
+        AbiFailure: INVALID_ARGS for a wrong count or a record of the wrong kind;
+            LAUNCH_FAILED for a misaligned pointer (the GPU would fault).
+    """
+    if len(args) != len(spec.params):
+        raise AbiFailure(
+            AbiError.INVALID_ARGS,
+            f"{spec.name} takes {len(spec.params)} arguments "
+            f"({', '.join(p.name for p in spec.params)}), got {len(args)}",
+        )
+    buffers: list[np.ndarray] = []
+    scalars: list[int | np.float32] = []
+    for position, (param, arg) in enumerate(zip(spec.params, args, strict=True)):
+        where = f"{spec.name} argument {position} ({param.name})"
+        if param.kind.is_pointer:
+            if not isinstance(arg, BufferArg):
+                raise AbiFailure(AbiError.INVALID_ARGS, f"{where} is a pointer, got {_kind(arg)}")
+            address = arg.guest_offset
+            if address % _F32_ALIGNMENT:
+                raise AbiFailure(
+                    AbiError.LAUNCH_FAILED,
+                    f"{where}: misaligned address {address} for f32 (needs {_F32_ALIGNMENT})",
+                )
+            data = _cpu_buffer(arg.buffer).data
+            window = memoryview(data)[arg.offset_bytes : arg.offset_bytes + arg.length_bytes]
+            buffers.append(f32_view(window))
+            continue
+        if not isinstance(arg, ScalarArg) or arg.tag not in _SCALAR_TAGS[param.kind]:
+            expected = "/".join(t.name.lower() for t in sorted(_SCALAR_TAGS[param.kind]))
+            raise AbiFailure(AbiError.INVALID_ARGS, f"{where} takes {expected}, got {_kind(arg)}")
+        if arg.tag is ArgTag.F32:
+            bits = np.array([arg.value], dtype=np.uint32)
+            scalars.append(np.float32(bits.view(np.float32)[0]))
+        else:
+            scalars.append(arg.value)
+    return buffers, scalars
+
+
+def _kind(arg: LaunchArg) -> str:
+    return "ptr" if isinstance(arg, BufferArg) else arg.tag.name.lower()

@@ -1,0 +1,230 @@
+"""The cuda backend: PTX modules, device buffers and launches through `cuda.bindings.driver`.
+
+`cuda` is imported when a backend is created, never at module import, so the dispatcher
+(and its tests) load without a driver. The primary context of one device is made current
+on whichever worker thread calls in; each session gets its own stream; every launch is
+timed with a pair of events (the tenant's GPU time). Every CUresult is checked in one
+place, `_call`, and mapped to an ABI code at this edge: out of memory is quota_exceeded,
+a PTX the driver refuses is malformed_ptx, anything else a launch does is launch_failed.
+
+Not exercised without a GPU: the `gpu`-marked tests run it on a device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag
+
+from tensorwasm_dispatcher.backend import (
+    Backend,
+    BufferArg,
+    DeviceBuffer,
+    Dim3,
+    Kernel,
+    LaunchArg,
+    LaunchResult,
+    ScalarArg,
+    Stream,
+)
+from tensorwasm_dispatcher.devices import BackendKind, CudaCallError
+
+_CTYPES = {
+    ArgTag.I32: ctypes.c_int32,
+    ArgTag.I64: ctypes.c_int64,
+    ArgTag.F32: ctypes.c_uint32,  # the raw bits: the kernel reads them as an f32
+    ArgTag.F64: ctypes.c_uint64,
+    ArgTag.U32: ctypes.c_uint32,
+    ArgTag.U64: ctypes.c_uint64,
+}
+_OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
+
+
+class _CudaKernel(Kernel):
+    def __init__(self, module: Any, function: Any, entry: str) -> None:
+        self.module = module
+        self.function = function
+        self.entry = entry
+
+
+class _CudaBuffer(DeviceBuffer):
+    def __init__(self, pointer: Any, size_bytes: int) -> None:
+        self.pointer = pointer
+        self.size_bytes = size_bytes
+
+
+class _CudaStream(Stream):
+    def __init__(self, stream: Any, start: Any, end: Any) -> None:
+        self.stream = stream
+        self.start = start
+        self.end = end
+
+
+class CudaBackend(Backend):
+    """One CUDA device's primary context, shared by every session."""
+
+    kind = BackendKind.CUDA
+
+    def __init__(self, ordinal: int = 0) -> None:
+        """Initialises the driver and retains the device's primary context.
+
+        Raises:
+            CudaCallError: the driver or the device cannot be used.
+        """
+        from cuda.bindings import driver
+
+        self._driver = driver
+        self._call(driver.cuInit(0))
+        (self._device,) = self._call(driver.cuDeviceGet(ordinal))
+        (self._context,) = self._call(driver.cuDevicePrimaryCtxRetain(self._device))
+
+    @staticmethod
+    def _call(result: Any) -> tuple[Any, ...]:
+        """The one check of every driver call's CUresult; returns the outputs."""
+        status, *values = result if isinstance(result, tuple) else (result,)
+        if int(status) != 0:
+            raise CudaCallError(status)
+        return tuple(values)
+
+    def _current(self) -> None:
+        """Makes the primary context current on the calling (worker) thread."""
+        self._call(self._driver.cuCtxSetCurrent(self._context))
+
+    def _abi(self, code: AbiError, what: str, exc: CudaCallError) -> AbiFailure:
+        if int(exc.result) == _OUT_OF_MEMORY:
+            code = AbiError.QUOTA_EXCEEDED
+        return AbiFailure(code, f"{what}: {exc.result_name}")
+
+    def open_stream(self) -> Stream:
+        driver = self._driver
+        self._current()
+        flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
+        (stream,) = self._call(driver.cuStreamCreate(flags))
+        (start,) = self._call(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT))
+        (end,) = self._call(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT))
+        return _CudaStream(stream, start, end)
+
+    def close_stream(self, stream: Stream) -> None:
+        cuda_stream = _stream(stream)
+        self._current()
+        self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
+        self._call(self._driver.cuEventDestroy(cuda_stream.start))
+        self._call(self._driver.cuEventDestroy(cuda_stream.end))
+        self._call(self._driver.cuStreamDestroy(cuda_stream.stream))
+
+    def load(self, ptx: bytes, entry: str) -> Kernel:
+        driver = self._driver
+        self._current()
+        image = ptx if ptx.endswith(b"\0") else ptx + b"\0"
+        buffer = ctypes.create_string_buffer(image, len(image))
+        try:
+            (module,) = self._call(driver.cuModuleLoadDataEx(ctypes.addressof(buffer), 0, [], []))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.MALFORMED_PTX, "the driver refused the PTX", exc) from None
+        try:
+            (function,) = self._call(driver.cuModuleGetFunction(module, entry.encode("utf-8")))
+        except CudaCallError as exc:
+            self._call(driver.cuModuleUnload(module))
+            message = f"no kernel {entry!r} in the PTX"
+            raise self._abi(AbiError.MALFORMED_PTX, message, exc) from None
+        return _CudaKernel(module, function, entry)
+
+    def unload(self, kernel: Kernel) -> None:
+        self._current()
+        self._call(self._driver.cuModuleUnload(_kernel(kernel).module))
+
+    def stage(self, data: bytes) -> DeviceBuffer:
+        driver = self._driver
+        self._current()
+        try:
+            (pointer,) = self._call(driver.cuMemAlloc(max(len(data), 1)))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.INTERNAL, "cuMemAlloc failed", exc) from None
+        if data:
+            source = ctypes.create_string_buffer(data, len(data))
+            try:
+                self._call(driver.cuMemcpyHtoD(pointer, ctypes.addressof(source), len(data)))
+            except CudaCallError as exc:
+                self._call(driver.cuMemFree(pointer))
+                raise self._abi(AbiError.INTERNAL, "cuMemcpyHtoD failed", exc) from None
+        return _CudaBuffer(pointer, len(data))
+
+    def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
+        device = _buffer(buffer)
+        self._current()
+        self._call(self._driver.cuStreamSynchronize(_stream(stream).stream))
+        target = ctypes.create_string_buffer(device.size_bytes)
+        if device.size_bytes:
+            copy = self._driver.cuMemcpyDtoH
+            self._call(copy(ctypes.addressof(target), device.pointer, device.size_bytes))
+        return target.raw
+
+    def free(self, buffer: DeviceBuffer) -> None:
+        self._current()
+        self._call(self._driver.cuMemFree(_buffer(buffer).pointer))
+
+    def launch(
+        self,
+        stream: Stream,
+        kernel: Kernel,
+        *,
+        grid: Dim3,
+        block: Dim3,
+        shared_mem_bytes: int,
+        args: Sequence[LaunchArg],
+    ) -> LaunchResult:
+        driver = self._driver
+        cuda_stream, function = _stream(stream), _kernel(kernel).function
+        slots: list[Any] = []
+        for arg in args:
+            if isinstance(arg, BufferArg):
+                base = int(_buffer(arg.buffer).pointer)
+                slots.append(ctypes.c_uint64(base + arg.offset_bytes))
+            elif isinstance(arg, ScalarArg):
+                slots.append(_CTYPES[arg.tag](arg.value))
+        # cuLaunchKernel copies the values at the call: `slots` need only outlive it.
+        params = (ctypes.c_void_p * max(len(slots), 1))(*[ctypes.addressof(s) for s in slots])
+        self._current()
+        started = time.perf_counter()
+        try:
+            self._call(driver.cuEventRecord(cuda_stream.start, cuda_stream.stream))
+            launched = driver.cuLaunchKernel(
+                function, *grid, *block, shared_mem_bytes, cuda_stream.stream,
+                ctypes.addressof(params), 0,
+            )  # fmt: skip
+            self._call(launched)
+            self._call(driver.cuEventRecord(cuda_stream.end, cuda_stream.stream))
+            self._call(driver.cuStreamSynchronize(cuda_stream.stream))
+            elapsed = driver.cuEventElapsedTime(cuda_stream.start, cuda_stream.end)
+            (milliseconds,) = self._call(elapsed)
+            seconds = float(milliseconds) / 1000.0
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, f"launching {kernel.entry}", exc) from None
+        if seconds <= 0.0:
+            seconds = time.perf_counter() - started
+        written = frozenset(i for i, arg in enumerate(args) if isinstance(arg, BufferArg))
+        return LaunchResult(kernel_seconds=seconds, written=written)
+
+    def close(self) -> None:
+        self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
+
+
+def _stream(stream: Stream) -> _CudaStream:
+    if not isinstance(stream, _CudaStream):
+        raise TypeError("not a stream of the cuda backend")
+    return stream
+
+
+def _kernel(kernel: Kernel) -> _CudaKernel:
+    if not isinstance(kernel, _CudaKernel):
+        raise TypeError("not a kernel of the cuda backend")
+    return kernel
+
+
+def _buffer(buffer: DeviceBuffer) -> _CudaBuffer:
+    if not isinstance(buffer, _CudaBuffer):
+        raise TypeError("not a buffer of the cuda backend")
+    return buffer

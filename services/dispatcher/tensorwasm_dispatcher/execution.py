@@ -1,0 +1,324 @@
+"""Runs one batch of a guest session's commands on the backend, with per-tenant accounting.
+
+Each command gets its own ABI status; a failed command does not stop the others (a launch
+on a kernel that failed to load fails on its own, with invalid_kernel). Buffers are staged
+when a launch first needs them, against the tenant's quota, shared by the batch's later
+launches, copied back once the batch ran (when asked for and possibly written), and
+released at the end of the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.gpu_abi import (
+    MAX_BLOCK_DIM,
+    MAX_BLOCK_THREADS,
+    MAX_ENTRY_BYTES,
+    MAX_GRID_DIM,
+    MAX_KERNELS_PER_INSTANCE,
+    MAX_PTX_BYTES,
+    AbiError,
+    AbiFailure,
+    ptx_declares_entry,
+)
+
+from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.backend import (
+    Backend,
+    BufferArg,
+    DeviceBuffer,
+    Dim3,
+    LaunchArg,
+    ScalarArg,
+    Stream,
+)
+from tensorwasm_dispatcher.sessions import Session, SessionTable
+
+_log = logging.getLogger(__name__)
+
+MAX_COMMANDS_PER_BATCH = 4096
+
+
+class InvalidBatchError(InvalidArgumentError):
+    """The batch itself is malformed (not one of its commands)."""
+
+    reason = "INVALID_GPU_BATCH"
+
+
+@dataclass(frozen=True)
+class StagedRegion:
+    """Host bytes sent for the batch's pointer arguments (`StagedBuffer` on the wire)."""
+
+    buffer_id: int
+    data: bytes = field(repr=False)
+    guest_offset: int
+    copy_back: bool
+
+
+@dataclass(frozen=True)
+class BufferRef:
+    """A pointer argument: a byte range of a staged region."""
+
+    buffer_id: int
+    offset_bytes: int
+    length_bytes: int
+
+
+@dataclass(frozen=True)
+class LoadCommand:
+    """Load PTX and make `entry` the session's kernel `kernel_id`."""
+
+    kernel_id: int
+    ptx: bytes = field(repr=False)
+    entry: str
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    """Launch the session's kernel `kernel_id`."""
+
+    kernel_id: int
+    grid: Dim3
+    block: Dim3
+    shared_mem_bytes: int
+    args: tuple[ScalarArg | BufferRef, ...]
+
+
+Command = LoadCommand | LaunchCommand
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One request: the commands of a session, the regions they use, and whether it ends."""
+
+    session_id: str
+    regions: tuple[StagedRegion, ...]
+    commands: tuple[Command, ...]
+    end_session: bool = False
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """A command's ABI code (0: success) and message."""
+
+    code: int
+    message: str = ""
+
+
+OK = CommandOutcome(0)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Per-command outcomes, the copied-back buffers and the kernels' run time."""
+
+    results: tuple[CommandOutcome, ...]
+    buffers: dict[int, bytes]
+    kernel_seconds: float
+
+
+class _Staging:
+    """The device buffers of one request, staged on first use against the tenant's quota."""
+
+    def __init__(
+        self, backend: Backend, ledger: Ledger, tenant: str, regions: Sequence[StagedRegion]
+    ) -> None:
+        self._backend = backend
+        self._ledger = ledger
+        self._tenant = tenant
+        self.regions = {region.buffer_id: region for region in regions}
+        if len(self.regions) != len(regions):
+            raise InvalidBatchError("two staged buffers have the same buffer_id")
+        self._staged: dict[int, DeviceBuffer] = {}
+        self._written: set[int] = set()
+        self.staged_bytes = 0
+
+    def resolve(self, ref: BufferRef) -> BufferArg:
+        region = self.regions.get(ref.buffer_id)
+        if region is None:
+            raise AbiFailure(AbiError.INVALID_POINTER, f"no staged buffer {ref.buffer_id}")
+        if ref.offset_bytes + ref.length_bytes > len(region.data):
+            raise AbiFailure(
+                AbiError.INVALID_POINTER,
+                f"bytes [{ref.offset_bytes}, {ref.offset_bytes + ref.length_bytes}) are outside "
+                f"staged buffer {ref.buffer_id} ({len(region.data)} bytes)",
+            )
+        buffer = self._staged.get(ref.buffer_id)
+        if buffer is None:
+            buffer = self._stage(region)
+        return BufferArg(
+            buffer, ref.offset_bytes, ref.length_bytes, region.guest_offset + ref.offset_bytes
+        )
+
+    def _stage(self, region: StagedRegion) -> DeviceBuffer:
+        size = len(region.data)
+        if not self._ledger.reserve(self._tenant, size):
+            usage = self._ledger.usage(self._tenant)
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"staging {size} bytes would exceed the tenant's GPU memory quota of "
+                f"{self._ledger.memory_quota_bytes} bytes ({usage.staged_bytes_current} staged)",
+            )
+        try:
+            buffer = self._backend.stage(region.data)
+        except BaseException:
+            self._ledger.release(self._tenant, size)
+            raise
+        self._staged[region.buffer_id] = buffer
+        self.staged_bytes += size
+        return buffer
+
+    def mark_written(self, buffer_id: int) -> None:
+        self._written.add(buffer_id)
+
+    def copy_back(self, stream: Stream) -> dict[int, bytes]:
+        """The bytes of the buffers asked back that a launch may have written."""
+        return {
+            buffer_id: self._backend.read(self._staged[buffer_id], stream)
+            for buffer_id in sorted(self._written)
+            if self.regions[buffer_id].copy_back
+        }
+
+    def release(self) -> None:
+        for buffer in self._staged.values():
+            try:
+                self._backend.free(buffer)
+            except Exception:
+                _log.exception("freeing a staged buffer failed", extra={"tenant": self._tenant})
+        self._staged.clear()
+        if self.staged_bytes:
+            self._ledger.release(self._tenant, self.staged_bytes)
+            self.staged_bytes = 0
+
+
+class Dispatcher:
+    """Executes batches for tenants: sessions, staging, launches and their accounting."""
+
+    def __init__(self, backend: Backend, ledger: Ledger, sessions: SessionTable) -> None:
+        self.backend = backend
+        self.ledger = ledger
+        self.sessions = sessions
+
+    def execute(self, tenant: str, batch: Batch) -> BatchOutcome:
+        """Runs `batch` for `tenant` (blocking: call it off the event loop).
+
+        Raises:
+            InvalidBatchError: no session id, too many commands, duplicate buffer ids.
+        """
+        if not batch.session_id:
+            raise InvalidBatchError("session_id is required", metadata={"field": "session_id"})
+        if len(batch.commands) > MAX_COMMANDS_PER_BATCH:
+            raise InvalidBatchError(
+                f"{len(batch.commands)} commands, more than {MAX_COMMANDS_PER_BATCH} per batch",
+                metadata={"field": "commands"},
+            )
+        staging = _Staging(self.backend, self.ledger, tenant, batch.regions)
+        session = self.sessions.checkout(tenant, batch.session_id)
+        results: list[CommandOutcome] = []
+        kernel_seconds = 0.0
+        try:
+            for command in batch.commands:
+                try:
+                    kernel_seconds += self._run(session, staging, command)
+                    results.append(OK)
+                except AbiFailure as failure:
+                    results.append(CommandOutcome(int(failure.code), failure.message))
+                except Exception:
+                    _log.exception("a GPU command failed unexpectedly", extra={"tenant": tenant})
+                    results.append(CommandOutcome(int(AbiError.INTERNAL), "internal error"))
+            buffers = staging.copy_back(session.stream)
+        finally:
+            staging.release()
+            self.sessions.checkin(session, end=batch.end_session)
+        launches = sum(
+            1
+            for command, result in zip(batch.commands, results, strict=True)
+            if isinstance(command, LaunchCommand) and result.code == 0
+        )
+        loads = sum(
+            1
+            for command, result in zip(batch.commands, results, strict=True)
+            if isinstance(command, LoadCommand) and result.code == 0
+        )
+        self.ledger.record(
+            tenant,
+            launches=launches,
+            loads=loads,
+            failed_commands=sum(1 for result in results if result.code != 0),
+            kernel_seconds=kernel_seconds,
+            execute_requests=1,
+        )
+        return BatchOutcome(tuple(results), buffers, kernel_seconds)
+
+    def _run(self, session: Session, staging: _Staging, command: Command) -> float:
+        """Runs one command; returns its kernel time. Failures raise AbiFailure."""
+        if isinstance(command, LoadCommand):
+            self._load(session, command)
+            return 0.0
+        kernel = session.kernels.get(command.kernel_id)
+        if kernel is None:
+            raise AbiFailure(
+                AbiError.INVALID_KERNEL, f"kernel {command.kernel_id} is not loaded in this session"
+            )
+        _check_dimensions(command.grid, command.block)
+        args: list[LaunchArg] = [
+            staging.resolve(arg) if isinstance(arg, BufferRef) else arg for arg in command.args
+        ]
+        result = self.backend.launch(
+            session.stream,
+            kernel,
+            grid=command.grid,
+            block=command.block,
+            shared_mem_bytes=command.shared_mem_bytes,
+            args=args,
+        )
+        for position in result.written:
+            arg = command.args[position]
+            if isinstance(arg, BufferRef):
+                staging.mark_written(arg.buffer_id)
+        return result.kernel_seconds
+
+    def _load(self, session: Session, command: LoadCommand) -> None:
+        entry = command.entry
+        if not entry or len(entry.encode("utf-8")) > MAX_ENTRY_BYTES:
+            raise AbiFailure(
+                AbiError.INVALID_ARGS, f"the entry name must be 1 to {MAX_ENTRY_BYTES} bytes"
+            )
+        if len(command.ptx) > MAX_PTX_BYTES:
+            raise AbiFailure(
+                AbiError.MALFORMED_PTX,
+                f"the PTX has {len(command.ptx)} bytes, more than {MAX_PTX_BYTES}",
+            )
+        if not ptx_declares_entry(command.ptx, entry):
+            raise AbiFailure(AbiError.MALFORMED_PTX, f"the PTX declares no `.entry {entry}`")
+        if command.kernel_id in session.kernels:
+            raise AbiFailure(
+                AbiError.INVALID_KERNEL, f"kernel id {command.kernel_id} is already loaded"
+            )
+        if len(session.kernels) >= MAX_KERNELS_PER_INSTANCE:
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"the session has {MAX_KERNELS_PER_INSTANCE} kernels loaded already",
+            )
+        session.kernels[command.kernel_id] = self.backend.load(command.ptx, entry)
+
+
+def _check_dimensions(grid: Dim3, block: Dim3) -> None:
+    """The ABI's dimension limits (the backend checks the device's own)."""
+    if not all(1 <= size <= MAX_BLOCK_DIM for size in block) or (
+        block[0] * block[1] * block[2] > MAX_BLOCK_THREADS
+    ):
+        raise AbiFailure(
+            AbiError.INVALID_DIMENSIONS,
+            f"block {block}: each dimension must be in [1, {MAX_BLOCK_DIM}] and the "
+            f"product at most {MAX_BLOCK_THREADS}",
+        )
+    if not all(1 <= size <= MAX_GRID_DIM for size in grid):
+        raise AbiFailure(
+            AbiError.INVALID_DIMENSIONS,
+            f"grid {grid}: each dimension must be in [1, {MAX_GRID_DIM}]",
+        )

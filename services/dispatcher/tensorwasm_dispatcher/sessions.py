@@ -1,0 +1,120 @@
+"""Guest sessions: the kernels and the stream one guest store uses, across its requests.
+
+The executor names a session per guest store (an invocation, or a live instance) and
+ends it with its last request; a session nobody ends (an executor that died) is closed
+once idle for the TTL. Sessions are keyed by (tenant, session id), so one tenant can
+never reach another's kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tensorwasm_dispatcher.backend import Backend, Kernel, Stream
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Session:
+    """One guest session: its stream and its loaded kernels, by the executor's kernel id."""
+
+    tenant: str
+    session_id: str
+    stream: Stream = field(repr=False)
+    kernels: dict[int, Kernel] = field(default_factory=dict, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    last_used: float = 0.0
+    busy: int = 0
+    ended: bool = False
+
+
+class SessionTable:
+    """The open sessions; thread-safe. A session's work is serialised by its own lock."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        idle_ttl_seconds: float,
+        on_count: Callable[[str, int], None] = lambda tenant, delta: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._ttl = idle_ttl_seconds
+        self._on_count = on_count
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[tuple[str, str], Session] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def checkout(self, tenant: str, session_id: str) -> Session:
+        """The session (opened on first use), marked busy until `checkin`; its lock is held."""
+        key = (tenant, session_id)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = Session(tenant, session_id, self._backend.open_stream())
+                self._sessions[key] = session
+                self._on_count(tenant, 1)
+            session.busy += 1
+        session.lock.acquire()
+        return session
+
+    def checkin(self, session: Session, *, end: bool) -> None:
+        """Ends one request on the session; with `end`, closes the session too."""
+        session.last_used = self._clock()
+        session.lock.release()
+        with self._lock:
+            session.busy -= 1
+            if end and not session.ended:
+                self._forget(session)
+            closing = session.ended and not session.busy
+        if closing:
+            self._close(session)
+
+    def expire(self) -> int:
+        """Closes the sessions idle for the TTL; returns how many."""
+        now = self._clock()
+        with self._lock:
+            idle = [
+                s for s in self._sessions.values() if not s.busy and now - s.last_used >= self._ttl
+            ]
+            for session in idle:
+                self._forget(session)
+        for session in idle:
+            self._close(session)
+        return len(idle)
+
+    def close_all(self) -> None:
+        """Closes every session (shutdown)."""
+        with self._lock:
+            everything = list(self._sessions.values())
+            for session in everything:
+                self._forget(session)
+        for session in everything:
+            if not session.busy:
+                self._close(session)
+
+    def _forget(self, session: Session) -> None:
+        """Unregisters a session (the table lock must be held)."""
+        del self._sessions[(session.tenant, session.session_id)]
+        session.ended = True
+        self._on_count(session.tenant, -1)
+
+    def _close(self, session: Session) -> None:
+        """Unloads a forgotten session's kernels and releases its stream."""
+        kernels, session.kernels = list(session.kernels.values()), {}
+        try:
+            for kernel in kernels:
+                self._backend.unload(kernel)
+            self._backend.close_stream(session.stream)
+        except Exception:  # a device error must not take the request or the sweeper down
+            _log.exception("closing a session failed", extra={"tenant": session.tenant})

@@ -1,0 +1,364 @@
+"""The `wasi:cuda` state of one guest store: its kernels, its queued launches, `last_error`.
+
+A session belongs to one store (a single invocation, or a live instance for its whole
+life) and runs on that store's thread. Every guest input is validated before anything is
+queued. Launches are queued and flushed as one batch: at `sync`, when the batch is full
+(commands or staged bytes), at a `load_ptx` (whose result the guest needs at once), and at
+the end of the guest call. Written buffers are copied back into linear memory when their
+batch returns; errors of queued commands surface at the next `sync`, the first one's code
+returned and its message in `last_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from tensorwasm_common.gpu_abi import (
+    MAX_ARGV_BYTES,
+    MAX_ENTRY_BYTES,
+    MAX_KERNELS_PER_INSTANCE,
+    MAX_PTX_BYTES,
+    MAX_TOTAL_PTX_BYTES,
+    AbiError,
+    AbiFailure,
+    ptx_declares_entry,
+)
+
+from tensorwasm_executor.cuda_abi import (
+    ArgRecord,
+    as_u32,
+    check_dimensions,
+    check_region,
+    parse_argv,
+    truncate_error,
+)
+from tensorwasm_executor.cuda_batch import (
+    BatchReply,
+    BatchRequest,
+    CommandResult,
+    GuestMemory,
+    LaunchKernel,
+    LoadKernel,
+    Transport,
+    TransportError,
+    build_request,
+)
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_COMMANDS = 256
+DEFAULT_MAX_BATCH_BYTES = 64 << 20
+# How long the session's last request may take once the call is over (ending it only).
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+class CudaSession:
+    """One store's `wasi:cuda` state; its methods are the ABI functions (codes, not raises)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_batch_commands: int = DEFAULT_MAX_BATCH_COMMANDS,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_batch_commands < 1 or max_batch_bytes < 1:
+            raise ValueError("max_batch_commands and max_batch_bytes must be positive")
+        self.session_id = secrets.token_hex(16)
+        self._transport = transport
+        self._max_commands = max_batch_commands
+        self._max_bytes = max_batch_bytes
+        self._clock = clock
+        self._sleep = sleep
+        self._deadline = clock() + CLOSE_TIMEOUT_SECONDS
+        self._kernels: dict[int, str] = {}  # id -> entry
+        self._next_kernel_id = 0
+        self._ptx_bytes = 0
+        self._pending: list[LaunchKernel] = []
+        self._pending_bytes = 0
+        self._deferred: AbiFailure | None = None
+        self._deferred_more = 0
+        self._last_error = b""
+        self._opened = False  # a request was sent: the dispatcher may hold the session
+        self.requests_sent = 0
+
+    # --- the call's life -------------------------------------------------------------
+
+    def begin_call(self, deadline: float) -> None:
+        """A guest call starts; `deadline` (on the session's clock) bounds its requests."""
+        self._deadline = deadline
+
+    def end_call(self, memory: GuestMemory | None, *, completed: bool, final: bool) -> None:
+        """The guest call returned (`completed`) or failed; flushes what it left queued.
+
+        Args:
+            memory: The store's memory (None when the guest never reached a host call).
+            completed: False when it trapped, exited or was stopped: its queued launches
+                are dropped.
+            final: The store is about to be discarded: nothing is copied back, and the
+                dispatcher's session ends with this request.
+        """
+        if not completed:
+            self._pending.clear()
+            self._pending_bytes = 0
+        if not self._pending and not (final and self._opened):
+            return
+        try:
+            self._flush(memory, copy_back=not final, end_session=final)
+        except AbiFailure as failure:  # nobody is left to tell
+            _log.info("the last GPU batch of a call failed: %s", failure.message)
+
+    def close(self) -> None:
+        """The store is closed: ends the dispatcher's session if one may be open."""
+        self._pending.clear()
+        if not self._opened:
+            return
+        self._deadline = self._clock() + CLOSE_TIMEOUT_SECONDS
+        request = BatchRequest(self.session_id, (), (), end_session=True)
+        try:
+            self._send(request)
+        except AbiFailure as failure:  # the dispatcher expires it after its idle TTL
+            _log.info("ending a GPU session failed: %s", failure.message)
+
+    # --- the ABI -----------------------------------------------------------------------
+
+    def load_ptx(
+        self, memory: GuestMemory | None, ptx_ptr: int, ptx_len: int, entry_ptr: int, entry_len: int
+    ) -> int:
+        """`wasi_cuda_load_ptx`: a kernel id (>= 0) or an ABI error code."""
+        try:
+            memory = _require(memory)
+            size = memory.size()
+            if as_u32(ptx_len) > MAX_PTX_BYTES:
+                raise AbiFailure(
+                    AbiError.QUOTA_EXCEEDED,
+                    f"the PTX has {as_u32(ptx_len)} bytes, more than {MAX_PTX_BYTES} per load",
+                )
+            ptx_start, ptx_size = check_region(ptx_ptr, ptx_len, size, "the PTX")
+            entry_start, entry_size = check_region(entry_ptr, entry_len, size, "the entry name")
+            entry = _entry_name(memory.read(entry_start, entry_size))
+            if len(self._kernels) >= MAX_KERNELS_PER_INSTANCE:
+                raise AbiFailure(
+                    AbiError.QUOTA_EXCEEDED,
+                    f"the instance has {MAX_KERNELS_PER_INSTANCE} kernels loaded already",
+                )
+            if self._ptx_bytes + ptx_size > MAX_TOTAL_PTX_BYTES:
+                raise AbiFailure(
+                    AbiError.QUOTA_EXCEEDED,
+                    f"the instance would load more than {MAX_TOTAL_PTX_BYTES} bytes of PTX",
+                )
+            ptx = memory.read(ptx_start, ptx_size)
+            if not ptx_declares_entry(ptx, entry):
+                raise AbiFailure(AbiError.MALFORMED_PTX, f"the PTX declares no `.entry {entry}`")
+            kernel_id = self._next_kernel_id
+            result = self._flush(memory, extra=LoadKernel(kernel_id, ptx, entry))
+            if result is not None and result.code != 0:
+                raise AbiFailure(_abi_code(result.code), result.message)
+        except AbiFailure as failure:
+            return self._fail(failure)
+        self._kernels[kernel_id] = entry
+        self._next_kernel_id += 1
+        self._ptx_bytes += ptx_size
+        return kernel_id
+
+    def launch(
+        self,
+        memory: GuestMemory | None,
+        kernel_id: int,
+        *,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        shared_mem: int,
+        args_ptr: int,
+        args_len: int,
+    ) -> int:
+        """`wasi_cuda_launch`: 0 once validated and queued, or an ABI error code."""
+        try:
+            if kernel_id not in self._kernels:
+                raise AbiFailure(
+                    AbiError.INVALID_KERNEL, f"kernel {kernel_id} was not loaded by this instance"
+                )
+            check_dimensions(grid, block)
+            records = self._argv(memory, args_ptr, args_len)
+            launch = LaunchKernel(kernel_id, grid, block, as_u32(shared_mem), records)
+            launch_bytes = launch.staged_bytes
+            if launch_bytes > self._max_bytes:
+                raise AbiFailure(
+                    AbiError.QUOTA_EXCEEDED,
+                    f"the launch stages {launch_bytes} bytes, more than {self._max_bytes} "
+                    "per batch",
+                )
+            if self._pending and self._pending_bytes + launch_bytes > self._max_bytes:
+                self._flush(memory)  # full by bytes: send what is queued first
+            self._pending.append(launch)
+            self._pending_bytes += launch_bytes
+            if len(self._pending) >= self._max_commands:
+                self._flush(memory)  # full by commands
+        except AbiFailure as failure:
+            return self._fail(failure)
+        return 0
+
+    def sync(self, memory: GuestMemory | None) -> int:
+        """`wasi_cuda_sync`: runs what is queued; 0, or the first failure since the last sync."""
+        try:
+            if self._pending:
+                self._flush(memory)
+        except AbiFailure as failure:
+            return self._fail(failure)
+        deferred, self._deferred = self._deferred, None
+        more, self._deferred_more = self._deferred_more, 0
+        if deferred is None:
+            return 0
+        if more:
+            deferred = AbiFailure(deferred.code, f"{deferred.message} (and {more} more failed)")
+        return self._fail(deferred)
+
+    def last_error_len(self) -> int:
+        """`wasi_cuda_last_error_len`: the byte length of the last error (0: none)."""
+        return len(self._last_error)
+
+    def last_error_copy(self, memory: GuestMemory | None, dst_ptr: int, dst_len: int) -> int:
+        """`wasi_cuda_last_error_copy`: bytes written (min of both lengths), 0, or -2."""
+        if as_u32(dst_len) == 0:
+            return 0
+        try:
+            memory = _require(memory)
+            start, size = check_region(dst_ptr, dst_len, memory.size(), "the destination")
+        except AbiFailure as failure:
+            return int(failure.code)  # last_error keeps the error the guest is reading
+        count = min(size, len(self._last_error))
+        if count:
+            memory.write(start, self._last_error[:count])
+        return count
+
+    def fail_internal(self, function: str) -> int:
+        """Records an unexpected failure of a host function; returns internal (-7)."""
+        return self._fail(AbiFailure(AbiError.INTERNAL, f"{function} failed unexpectedly"))
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _argv(
+        self, memory: GuestMemory | None, args_ptr: int, args_len: int
+    ) -> tuple[ArgRecord, ...]:
+        if as_u32(args_len) > MAX_ARGV_BYTES:
+            raise AbiFailure(
+                AbiError.KERNEL_ARGS_UNSUPPORTED,
+                f"argv has {as_u32(args_len)} bytes, more than {MAX_ARGV_BYTES}",
+            )
+        if as_u32(args_len) == 0 and memory is None:
+            return ()
+        memory = _require(memory)
+        size = memory.size()
+        start, length = check_region(args_ptr, args_len, size, "the argv")
+        return parse_argv(memory.read(start, length), size)
+
+    def _fail(self, failure: AbiFailure) -> int:
+        self._last_error = truncate_error(f"{failure.code.label}: {failure.message}")
+        return int(failure.code)
+
+    def _defer(self, failure: AbiFailure) -> None:
+        """Keeps a queued command's failure for the next sync (the first one wins)."""
+        if self._deferred is None:
+            self._deferred = failure
+            self._fail(failure)
+        else:
+            self._deferred_more += 1
+
+    def _flush(
+        self,
+        memory: GuestMemory | None,
+        *,
+        extra: LoadKernel | None = None,
+        copy_back: bool = True,
+        end_session: bool = False,
+    ) -> CommandResult | None:
+        """Sends the queued launches (and `extra`) as one request; copies back what comes
+        back; defers the queued launches' failures. Returns `extra`'s result."""
+        queued, self._pending, self._pending_bytes = self._pending, [], 0
+        commands: list[LaunchKernel | LoadKernel] = [*queued]
+        if extra is not None:
+            commands.append(extra)
+        request = build_request(
+            self.session_id, commands, memory, copy_back=copy_back, end_session=end_session
+        )
+        try:
+            reply = self._send(request)
+        except AbiFailure as failure:
+            results = tuple(CommandResult(int(failure.code), failure.message) for _ in commands)
+            reply = BatchReply(results, {})
+        if copy_back and memory is not None:
+            self._copy_back(request, reply, memory)
+        for result in reply.results[: len(queued)]:
+            if result.code != 0:
+                self._defer(AbiFailure(_abi_code(result.code), result.message))
+        return reply.results[-1] if extra is not None else None
+
+    def _send(self, request: BatchRequest) -> BatchReply:
+        """Sends one request, coming back after the dispatcher's delay while it is busy.
+
+        Raises:
+            AbiFailure: it did not run before the call's deadline, or cannot run.
+        """
+        self._opened = True
+        try:
+            while True:
+                remaining = self._deadline - self._clock()
+                if remaining <= 0:
+                    raise AbiFailure(
+                        AbiError.NOT_AVAILABLE, "the call's deadline passed before the GPU ran"
+                    )
+                try:
+                    self.requests_sent += 1
+                    reply = self._transport.execute(request, remaining)
+                except TransportError as exc:
+                    delay = exc.retry_after_seconds
+                    if delay is None or delay >= self._deadline - self._clock():
+                        raise AbiFailure(exc.code, exc.message) from None
+                    self._sleep(delay)
+                    continue
+                if len(reply.results) != len(request.commands):
+                    raise AbiFailure(AbiError.INTERNAL, "the dispatcher's reply does not match")
+                return reply
+        finally:
+            if request.end_session:
+                self._opened = False
+
+    def _copy_back(self, request: BatchRequest, reply: BatchReply, memory: GuestMemory) -> None:
+        for region in request.regions:
+            data = reply.buffers.get(region.buffer_id)
+            if data is None:
+                continue
+            if len(data) != len(region.data):
+                self._defer(AbiFailure(AbiError.INTERNAL, "a copied-back buffer changed size"))
+                continue
+            memory.write(region.guest_offset, data)
+
+
+def _require(memory: GuestMemory | None) -> GuestMemory:
+    if memory is None:
+        raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no memory named `memory`")
+    return memory
+
+
+def _entry_name(raw: bytes) -> str:
+    if not 1 <= len(raw) <= MAX_ENTRY_BYTES:
+        raise AbiFailure(
+            AbiError.INVALID_ARGS, f"the entry name must be 1 to {MAX_ENTRY_BYTES} bytes"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AbiFailure(AbiError.INVALID_ARGS, "the entry name is not UTF-8") from None
+
+
+def _abi_code(code: int) -> AbiError:
+    """The ABI code of a dispatcher result (an unknown one is internal)."""
+    try:
+        return AbiError(code)
+    except ValueError:
+        return AbiError.INTERNAL

@@ -1,0 +1,165 @@
+"""The executor's path to the dispatcher: a synchronous gRPC channel used by guest threads.
+
+A `wasi:cuda` host function runs on the guest's worker thread, inside the wasm call, and
+must block until its batch has run. It calls the dispatcher through this blocking channel
+(grpc's sync stack is thread-safe and does not touch the server's asyncio loop, which
+keeps serving other requests). Each transport carries its tenant in the request and in
+`x-tensorwasm-tenant`, and the trace context of the request it serves, so the dispatcher's
+spans join the invocation's trace. RPC failures are mapped to ABI codes here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
+from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import TENANT_METADATA_KEY
+from tensorwasm_common.errors import Code
+from tensorwasm_common.gpu_abi import AbiError, ArgTag
+from tensorwasm_common.status import error_from_rpc
+
+from tensorwasm_executor.cuda_abi import ScalarRecord
+from tensorwasm_executor.cuda_batch import (
+    BatchReply,
+    BatchRequest,
+    BufferRef,
+    CommandResult,
+    LaunchKernel,
+    LoadKernel,
+    TransportError,
+)
+
+_SCALAR_FIELDS = {
+    ArgTag.I32: "i32",
+    ArgTag.I64: "i64",
+    ArgTag.F32: "f32_bits",
+    ArgTag.F64: "f64_bits",
+    ArgTag.U32: "u32",
+    ArgTag.U64: "u64",
+}
+_UNREACHABLE = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.UNKNOWN})
+
+
+class DispatcherClient:
+    """A blocking channel to the dispatcher, shared by every guest thread."""
+
+    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+        """Opens the channel (connecting lazily).
+
+        Args:
+            address: The dispatcher's `host:port`.
+            max_message_bytes: The largest request or reply (a full batch and its bytes).
+        """
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = grpc.insecure_channel(address, options=options)
+        tracing = client_interceptor()  # type: ignore[no-untyped-call]
+        # OpenTelemetry's own intercept_channel: its interceptor is not a grpc one.
+        traced = grpcext.intercept_channel(self._channel, tracing)  # type: ignore[no-untyped-call]
+        self._stub = pb_grpc.DispatcherServiceStub(traced)
+
+    def transport(self, tenant: str) -> DispatcherTransport:
+        """A tenant's transport, bound to the current trace context (call it while serving)."""
+        return DispatcherTransport(self._stub, tenant, otel_context.get_current())
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+
+class DispatcherTransport:
+    """Sends one session's batches for one tenant (a `cuda_batch.Transport`)."""
+
+    def __init__(self, stub: Any, tenant: str, trace_context: otel_context.Context) -> None:
+        self._stub = stub
+        self._tenant = tenant
+        self._trace_context = trace_context
+
+    def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
+        wire = request_to_wire(request, self._tenant)
+        token = otel_context.attach(self._trace_context)
+        try:
+            response = self._stub.Execute(
+                wire, timeout=timeout_seconds, metadata=((TENANT_METADATA_KEY, self._tenant),)
+            )
+        except grpc.RpcError as exc:
+            raise transport_error(exc) from None
+        finally:
+            otel_context.detach(token)
+        return BatchReply(
+            results=tuple(CommandResult(r.abi_code, r.message) for r in response.results),
+            buffers={buffer.buffer_id: buffer.data for buffer in response.buffers},
+        )
+
+
+def transport_error(exc: grpc.RpcError) -> TransportError:
+    """The ABI outcome of a failed Execute: busy (retry later), unreachable, or refused."""
+    error = error_from_rpc(exc)
+    if error.code == Code.RESOURCE_EXHAUSTED:
+        return TransportError(
+            AbiError.NOT_AVAILABLE,
+            f"the GPU dispatcher is busy ({error.reason}): {error.message}",
+            retry_after_seconds=error.retry_after_seconds or 0.05,
+        )
+    if error.code in _UNREACHABLE:
+        return TransportError(
+            AbiError.NOT_AVAILABLE, f"the GPU dispatcher is unavailable: {error.message}"
+        )
+    return TransportError(
+        AbiError.INTERNAL, f"the GPU dispatcher refused the batch ({error.reason})"
+    )
+
+
+def request_to_wire(request: BatchRequest, tenant: str) -> pb.ExecuteRequest:
+    """The ExecuteRequest of a batch."""
+    wire = pb.ExecuteRequest(
+        tenant=tenant,
+        session_id=request.session_id,
+        end_session=request.end_session,
+        buffers=[
+            pb.StagedBuffer(
+                buffer_id=region.buffer_id,
+                data=region.data,
+                guest_offset=region.guest_offset,
+                copy_back=region.copy_back,
+            )
+            for region in request.regions
+        ],
+    )
+    for command in request.commands:
+        if isinstance(command, LoadKernel):
+            wire.commands.add().load.CopyFrom(
+                pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
+            )
+        else:
+            wire.commands.add().launch.CopyFrom(_launch_to_wire(command))
+    return wire
+
+
+def _launch_to_wire(command: LaunchKernel) -> pb.LaunchKernel:
+    launch = pb.LaunchKernel(
+        kernel_id=command.kernel_id,
+        grid=pb.Dim3(x=command.grid[0], y=command.grid[1], z=command.grid[2]),
+        block=pb.Dim3(x=command.block[0], y=command.block[1], z=command.block[2]),
+        shared_mem_bytes=command.shared_mem_bytes,
+    )
+    for arg in command.args:
+        if isinstance(arg, BufferRef):
+            launch.args.add().buffer.CopyFrom(
+                pb.BufferRef(
+                    buffer_id=arg.buffer_id,
+                    offset_bytes=arg.offset_bytes,
+                    length_bytes=arg.length_bytes,
+                )
+            )
+        elif isinstance(arg, ScalarRecord):
+            setattr(launch.args.add(), _SCALAR_FIELDS[arg.tag], arg.value)
+        else:
+            raise TypeError(f"a queued pointer reached the wire: {arg!r}")
+    return launch

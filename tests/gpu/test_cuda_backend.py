@@ -1,0 +1,99 @@
+"""GPU tests of the dispatcher's cuda backend: batches through `Dispatcher.execute` on a
+device match the cpu backend (the NumPy references), and its ABI codes hold.
+
+Run on a machine with an NVIDIA device: `pytest -m gpu tests/gpu`. The backend imports
+`cuda` when it is created, inside the fixture, so collecting this file needs no driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from tensorwasm_common.gpu_abi import AbiError, ArgTag
+from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.backend import Backend, ScalarArg
+from tensorwasm_dispatcher.cpu_backend import CpuBackend
+from tensorwasm_dispatcher.execution import (
+    Batch,
+    BufferRef,
+    Dispatcher,
+    LaunchCommand,
+    LoadCommand,
+    StagedRegion,
+)
+from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_kernels import CATALOG
+
+pytestmark = pytest.mark.gpu
+
+
+def _gpu_selected(config: pytest.Config) -> bool:
+    return "gpu" in (config.getoption("markexpr", default="") or "")
+
+
+def _dispatcher(backend: Backend, quota: int = 1 << 30) -> Dispatcher:
+    return Dispatcher(backend, Ledger(quota), SessionTable(backend, idle_ttl_seconds=60))
+
+
+@pytest.fixture(scope="module")
+def cuda_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if not _gpu_selected(request.config):
+        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
+    from tensorwasm_dispatcher.cuda_backend import CudaBackend
+
+    try:
+        backend = CudaBackend(0)
+    except Exception as exc:  # a missing driver or device fails a GPU run, loudly
+        pytest.fail(f"no usable CUDA device for the GPU tests: {exc!r}")
+    yield backend
+    backend.close()
+
+
+def _vector_add_batch(n: int, session: str) -> Batch:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    regions = (
+        StagedRegion(0, a.tobytes(), 0, True),
+        StagedRegion(1, b.tobytes(), 1 << 20, True),
+        StagedRegion(2, bytes(4 * n), 2 << 20, True),
+    )
+    args = (*(BufferRef(i, 0, 4 * n) for i in range(3)), ScalarArg(ArgTag.U32, n))
+    spec = CATALOG["vector_add"]
+    blocks = (n + 255) // 256
+    return Batch(
+        session,
+        regions,
+        (
+            LoadCommand(0, spec.ptx_text().encode(), "vector_add"),
+            LaunchCommand(0, (blocks, 1, 1), (256, 1, 1), 0, args),
+            LaunchCommand(0, (blocks, 1, 1), (256, 1, 1), 0, args),
+        ),
+        end_session=True,
+    )
+
+
+def test_vector_add_matches_the_cpu_backend(cuda_backend: Backend) -> None:
+    batch = _vector_add_batch(100_003, "va")
+    on_gpu = _dispatcher(cuda_backend).execute("t", batch)
+    on_cpu = _dispatcher(CpuBackend()).execute("t", batch)
+    assert [r.code for r in on_gpu.results] == [0, 0, 0]
+    np.testing.assert_array_equal(
+        np.frombuffer(on_gpu.buffers[2], np.float32), np.frombuffer(on_cpu.buffers[2], np.float32)
+    )
+    assert on_gpu.kernel_seconds > 0
+
+
+def test_the_driver_refuses_garbage_ptx(cuda_backend: Backend) -> None:
+    load = LoadCommand(0, b".version 7.8\n.target sm_80\n.visible .entry k(\n)\n{ bogus; }\n", "k")
+    outcome = _dispatcher(cuda_backend).execute("t", Batch("bad", (), (load,), end_session=True))
+    assert outcome.results[0].code == AbiError.MALFORMED_PTX
+
+
+def test_the_quota_holds_on_the_device(cuda_backend: Backend) -> None:
+    batch = _vector_add_batch(1 << 16, "quota")
+    outcome = _dispatcher(cuda_backend, quota=2 * 4 * (1 << 16)).execute("t", batch)
+    # a and b fit the quota; c does not, so neither launch runs
+    codes = [r.code for r in outcome.results]
+    assert codes == [0, AbiError.QUOTA_EXCEEDED, AbiError.QUOTA_EXCEEDED]

@@ -1,0 +1,165 @@
+"""The dispatcher's gRPC face on its own process: back-pressure with RetryInfo, tenant
+isolation under it, malformed batches, and the tenant taken from the metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
+from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
+from tensorwasm_common.status import error_from_rpc
+from tensorwasm_kernels import CATALOG
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.DispatcherServiceStub]:
+    """A cpu dispatcher that admits one request per tenant and runs two at once."""
+    ready = tmp_path_factory.mktemp("dispatcher") / "ready.json"
+    env = {
+        **os.environ,
+        "TENSORWASM_DISPATCHER_LISTEN_ADDRESS": "127.0.0.1:0",
+        "TENSORWASM_DISPATCHER_METRICS_ADDRESS": "127.0.0.1:0",
+        "TENSORWASM_DISPATCHER_READY_FILE": str(ready),
+        "TENSORWASM_DISPATCHER_BACKEND": "cpu",
+        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT": "4",
+        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT_PER_TENANT": "1",
+        "TENSORWASM_DISPATCHER_WORKERS": "2",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorwasm_dispatcher"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert process.poll() is None, "the dispatcher exited"
+            assert time.monotonic() < deadline, "the dispatcher did not start"
+            time.sleep(0.05)
+        address = json.loads(Path(ready).read_text())["grpc_address"]
+        options = [
+            ("grpc.max_send_message_length", 96 << 20),
+            ("grpc.max_receive_message_length", 96 << 20),
+        ]
+        with grpc.insecure_channel(address, options=options) as channel:
+            yield pb_grpc.DispatcherServiceStub(channel)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def conv2d_batch(session: str, side: int, launches: int) -> pb.ExecuteRequest:
+    """Loads conv2d and runs it `launches` times over a side x side image (slow on cpu)."""
+    image = np.random.default_rng(1).standard_normal(side * side).astype(np.float32)
+    buffers = [
+        pb.StagedBuffer(buffer_id=0, data=image.tobytes(), guest_offset=0),
+        pb.StagedBuffer(buffer_id=1, data=np.ones(9, np.float32).tobytes(), guest_offset=0),
+        pb.StagedBuffer(buffer_id=2, data=bytes(4 * side * side), guest_offset=0, copy_back=True),
+    ]
+    args = [
+        pb.KernelArg(buffer=pb.BufferRef(buffer_id=i, length_bytes=len(buffers[i].data)))
+        for i in range(3)
+    ] + [pb.KernelArg(i32=side), pb.KernelArg(i32=side)]
+    grid, block = pb.Dim3(x=side // 16, y=side // 16, z=1), pb.Dim3(x=16, y=16, z=1)
+    spec = CATALOG["conv2d"]
+    commands = [
+        pb.Command(load=pb.LoadKernel(kernel_id=0, ptx=spec.ptx_text().encode(), entry="conv2d"))
+    ]
+    commands += [
+        pb.Command(launch=pb.LaunchKernel(kernel_id=0, grid=grid, block=block, args=args))
+    ] * launches
+    return pb.ExecuteRequest(
+        session_id=session, buffers=buffers, commands=commands, end_session=True
+    )
+
+
+def small_batch(session: str) -> pb.ExecuteRequest:
+    return conv2d_batch(session, 16, 1)
+
+
+def tenant(name: str) -> tuple[tuple[str, str]]:
+    return (("x-tensorwasm-tenant", name),)
+
+
+def test_a_busy_tenant_is_turned_away_and_another_is_served(
+    stub: pb_grpc.DispatcherServiceStub,
+) -> None:
+    slow = stub.Execute.future(conv2d_batch("slow", 1024, 4), metadata=tenant("flood"), timeout=120)
+    rejection, admitted = None, 0
+    while rejection is None and not slow.done():
+        try:  # admitted only if it slipped in before the slow one
+            stub.Execute(small_batch(f"again{admitted}"), metadata=tenant("flood"), timeout=30)
+            admitted += 1
+        except grpc.RpcError as exc:
+            rejection = error_from_rpc(exc)
+            # while the flood's request runs, another tenant is served at once
+            served = stub.Execute(small_batch("light"), metadata=tenant("light"), timeout=30)
+            assert [r.abi_code for r in served.results] == [0, 0]
+    assert rejection is not None, "the slow batch finished before a second one was tried"
+    assert (rejection.code.name, rejection.reason) == ("RESOURCE_EXHAUSTED", "GPU_TENANT_BUSY")
+    assert rejection.retry_after_seconds == pytest.approx(0.05)
+    assert rejection.metadata == {"tenant": "flood", "limit": "1"}
+    done = slow.result()
+    assert [r.abi_code for r in done.results] == [0] * 5
+    usage = stub.GetTenantUsage(pb.GetTenantUsageRequest(), metadata=tenant("flood"))
+    assert usage.tenant == "flood" and usage.rejected_requests >= 1
+    assert usage.launches == 4 + admitted and usage.open_sessions == 0
+
+
+def test_tenant_field_and_metadata_must_agree(stub: pb_grpc.DispatcherServiceStub) -> None:
+    request = small_batch("s")
+    request.tenant = "a"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Execute(request, metadata=tenant("b"), timeout=30)
+    error = error_from_rpc(caught.value)
+    assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "TENANT_MISMATCH")
+    assert [r.abi_code for r in stub.Execute(request, metadata=tenant("a")).results] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.ExecuteRequest(commands=[pb.Command()], session_id="s"),
+        pb.ExecuteRequest(),
+        pb.ExecuteRequest(
+            session_id="s",
+            commands=[pb.Command(launch=pb.LaunchKernel(kernel_id=0, args=[pb.KernelArg()]))],
+        ),
+    ],
+    ids=["empty-command", "no-session", "empty-argument"],
+)
+def test_malformed_batches_are_invalid_argument(
+    stub: pb_grpc.DispatcherServiceStub, request_: pb.ExecuteRequest
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Execute(request_, metadata=tenant("m"), timeout=30)
+    error = error_from_rpc(caught.value)
+    assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INVALID_GPU_BATCH")
+    assert error.domain == "dispatcher.tensorwasm.dev"
+
+
+def test_per_command_codes_come_back_in_order(stub: pb_grpc.DispatcherServiceStub) -> None:
+    request = small_batch("codes")
+    request.commands.insert(1, pb.Command(launch=pb.LaunchKernel(kernel_id=5)))
+    request.commands.append(pb.Command(load=pb.LoadKernel(kernel_id=1, ptx=b"x", entry="k")))
+    response = stub.Execute(request, metadata=tenant("codes"), timeout=30)
+    assert [(r.abi_code, bool(r.message)) for r in response.results] == [
+        (0, False),
+        (-3, True),
+        (0, False),
+        (-4, True),
+    ]
+    assert [b.buffer_id for b in response.buffers] == [2]  # the output, asked back
