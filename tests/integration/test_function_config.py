@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -178,7 +177,7 @@ def test_a_unary_call_whose_client_gives_up_frees_its_slot(
     channel.close()
 
 
-def test_guest_dirs_are_optional(tmp_path: Path) -> None:
+def test_guest_dirs_are_optional() -> None:
     """The shared stacks grant <data dir>/guest-dirs; the setting itself defaults to none."""
     from tensorwasm_executor.settings import ExecutorSettings
 

@@ -145,13 +145,18 @@ class InstanceTable:
             InstanceNotFoundError: no such live instance for this tenant.
         """
         with self._lock:
-            live = self._live.get(instance_id)
-            if live is None or live.tenant != tenant:
-                raise InstanceNotFoundError(
-                    f"no live instance {instance_id!r}", metadata={"instance_id": instance_id[:64]}
-                )
+            live = self._owned(instance_id, tenant)
             live.busy += 1
             return live
+
+    def _owned(self, instance_id: str, tenant: str) -> LiveInstance:
+        """The tenant's live instance (the caller holds the lock)."""
+        live = self._live.get(instance_id)
+        if live is None or live.tenant != tenant:
+            raise InstanceNotFoundError(
+                f"no live instance {instance_id!r}", metadata={"instance_id": instance_id[:64]}
+            )
+        return live
 
     def checkin(self, live: LiveInstance) -> None:
         """Ends a call on `live`; its idle time starts again."""
@@ -166,11 +171,7 @@ class InstanceTable:
             InstanceNotFoundError: no such live instance for this tenant.
         """
         with self._lock:
-            live = self._live.get(instance_id)
-            if live is None or live.tenant != tenant:
-                raise InstanceNotFoundError(
-                    f"no live instance {instance_id!r}", metadata={"instance_id": instance_id[:64]}
-                )
+            live = self._owned(instance_id, tenant)
             self._drop(live)
         return live
 

@@ -76,12 +76,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         cancel = threading.Event()
         context.add_done_callback(lambda _: cancel.set())
         future = await self._start(request, cancel=cancel)
-        try:
-            outcome = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            future.cancel()
-            raise
+        outcome = await _outcome(future, cancel)
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
 
     async def CreateInstance(
@@ -156,12 +151,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             raise
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda _: self._instances.checkin(live))
-        try:
-            outcome = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            future.cancel()
-            raise
+        outcome = await _outcome(future, cancel)
         return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
 
     async def DeleteInstance(
@@ -287,6 +277,16 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             "fuel": limits.fuel or None,
             "max_memory_bytes": limits.max_memory_bytes or None,
         }
+
+
+async def _outcome(future: concurrent.futures.Future[Outcome], cancel: threading.Event) -> Outcome:
+    """Awaits a guest call; if the handler is cancelled, the guest is stopped too."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        future.cancel()  # a call still queued for a worker never starts
+        raise
 
 
 def _if_cancelled(future: concurrent.futures.Future[Any], action: Callable[[], None]) -> None:

@@ -54,13 +54,9 @@ class ExecutorPool:
     async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
         """Runs the call on the first replica (in rendezvous order) whose channel is not
         known to be down. A call that reached a replica is never sent to another one."""
-        address = self._replica(request.module_digest)
-        try:
-            response: pb.InvokeResponse = await self._stubs[address].Invoke(
-                request, timeout=downstream_timeout(self._timeout)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise downstream_error(exc, f"executor {address}") from exc
+        response: pb.InvokeResponse = await self._unary(
+            self._replica(request.module_digest), "Invoke", request
+        )
         return response
 
     def invoke_stream(self, request: pb.InvokeRequest) -> ExecutorStream:

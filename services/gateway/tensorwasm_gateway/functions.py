@@ -217,14 +217,22 @@ class FunctionService:
     ) -> str:
         """Looks the function up, chooses the export and addresses `request` to it."""
         record = await self.get(tenant, function_id)
-        export = choose_export(record, request.export_name)
+        request.export_name = choose_export(record, request.export_name)
+        self._address(tenant, record, request)
+        return request.export_name
+
+    def _address(
+        self,
+        tenant: str,
+        record: FunctionRecord,
+        request: executor_pb.InvokeRequest | executor_pb.CreateInstanceRequest,
+    ) -> None:
+        """Sets the module, tenant, WASI view and effective limits of an executor request."""
         config = function_config(record)
         request.module_digest = record.module_digest
-        request.export_name = export
         request.tenant = tenant
         request.wasi.CopyFrom(config.wasi)
         request.limits.CopyFrom(self._limits(tenant, request.limits, config))
-        return export
 
     def _limits(
         self,
@@ -243,11 +251,7 @@ class FunctionService:
         start function failed (the response's outcome says how).
         """
         record = await self.get(tenant, function_id)
-        config = function_config(record)
-        request.module_digest = record.module_digest
-        request.tenant = tenant
-        request.wasi.CopyFrom(config.wasi)
-        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
+        self._address(tenant, record, request)
         address, response = await self._executors.create_instance(request)
         if not response.instance_id:
             return None, response
