@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 
 MODULE = "wasi:cuda/host@0.2.0"
 
@@ -77,6 +78,19 @@ class ArgTag(enum.IntEnum):
     def value_bytes(self) -> int:
         """How many value bytes follow the tag."""
         return 4 if self in (ArgTag.I32, ArgTag.F32, ArgTag.U32) else 8
+
+
+@dataclass(frozen=True)
+class ScalarArg:
+    """A scalar kernel argument: its argv tag and value (i32/i64 signed, f32/f64 as raw
+    bits). The executor parses it from the guest's argv; the dispatcher receives it."""
+
+    tag: ArgTag
+    value: int
+
+
+# A grid or block: (x, y, z).
+Dim3 = tuple[int, int, int]
 
 
 def ptx_declares_entry(ptx: bytes, entry: str) -> bool:

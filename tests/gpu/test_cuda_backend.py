@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, ArgTag
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend, ScalarArg
+from tensorwasm_dispatcher.backend import Backend
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
 from tensorwasm_dispatcher.execution import (
     Batch,

@@ -11,25 +11,15 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tensorwasm_common.gpu_abi import ArgTag
+from tensorwasm_common.gpu_abi import Dim3, ScalarArg
 
 from tensorwasm_dispatcher.devices import BackendKind
-
-Dim3 = tuple[int, int, int]
 
 
 class DeviceBuffer(abc.ABC):
     """Bytes staged on the device for one request (host memory on the cpu backend)."""
 
     size_bytes: int
-
-
-@dataclass(frozen=True)
-class ScalarArg:
-    """A scalar kernel argument: its argv tag and its value (f32/f64 as raw bits)."""
-
-    tag: ArgTag
-    value: int
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, Dim3, ScalarArg
 from tensorwasm_kernels import (
     CATALOG,
     KernelArgumentError,
@@ -28,11 +28,9 @@ from tensorwasm_dispatcher.backend import (
     Backend,
     BufferArg,
     DeviceBuffer,
-    Dim3,
     Kernel,
     LaunchArg,
     LaunchResult,
-    ScalarArg,
     Stream,
 )
 from tensorwasm_dispatcher.devices import BackendKind

@@ -17,17 +17,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, Dim3, ScalarArg
 
 from tensorwasm_dispatcher.backend import (
     Backend,
     BufferArg,
     DeviceBuffer,
-    Dim3,
     Kernel,
     LaunchArg,
     LaunchResult,
-    ScalarArg,
     Stream,
 )
 from tensorwasm_dispatcher.devices import BackendKind, CudaCallError

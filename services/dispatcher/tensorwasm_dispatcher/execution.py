@@ -23,19 +23,13 @@ from tensorwasm_common.gpu_abi import (
     MAX_PTX_BYTES,
     AbiError,
     AbiFailure,
+    Dim3,
+    ScalarArg,
     ptx_declares_entry,
 )
 
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import (
-    Backend,
-    BufferArg,
-    DeviceBuffer,
-    Dim3,
-    LaunchArg,
-    ScalarArg,
-    Stream,
-)
+from tensorwasm_dispatcher.backend import Backend, BufferArg, DeviceBuffer, LaunchArg, Stream
 from tensorwasm_dispatcher.sessions import Session, SessionTable
 
 _log = logging.getLogger(__name__)

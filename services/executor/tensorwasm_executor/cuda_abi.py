@@ -20,21 +20,13 @@ from tensorwasm_common.gpu_abi import (
     AbiError,
     AbiFailure,
     ArgTag,
+    Dim3,
+    ScalarArg,
 )
 
 _U32_MASK = 0xFFFF_FFFF
 _ELLIPSIS = "…".encode()
 _SIGNED = frozenset({ArgTag.I32, ArgTag.I64})
-
-Dim3 = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class ScalarRecord:
-    """A scalar argv record: its tag and value (i32/i64 signed, f32/f64 as raw bits)."""
-
-    tag: ArgTag
-    value: int
 
 
 @dataclass(frozen=True)
@@ -45,7 +37,7 @@ class PointerRecord:
     length: int
 
 
-ArgRecord = ScalarRecord | PointerRecord
+ArgRecord = ScalarArg | PointerRecord
 
 
 def as_u32(value: int) -> int:
@@ -155,7 +147,7 @@ def parse_argv(data: bytes, memory_bytes: int) -> tuple[ArgRecord, ...]:
             records.append(PointerRecord(*check_region(offset, length, memory_bytes, what)))
         else:
             number = int.from_bytes(value, "little", signed=tag in _SIGNED)
-            records.append(ScalarRecord(tag, number))
+            records.append(ScalarArg(tag, number))
         position = end
     return tuple(records)
 

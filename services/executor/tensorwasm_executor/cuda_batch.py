@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tensorwasm_common.gpu_abi import AbiError
+from tensorwasm_common.gpu_abi import AbiError, Dim3
 
-from tensorwasm_executor.cuda_abi import ArgRecord, Dim3, PointerRecord
+from tensorwasm_executor.cuda_abi import ArgRecord, PointerRecord
 
 
 class GuestMemory(Protocol):

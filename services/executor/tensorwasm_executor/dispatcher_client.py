@@ -19,10 +19,9 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
-from tensorwasm_common.gpu_abi import AbiError, ArgTag
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
 from tensorwasm_common.status import error_from_rpc
 
-from tensorwasm_executor.cuda_abi import ScalarRecord
 from tensorwasm_executor.cuda_batch import (
     BatchReply,
     BatchRequest,
@@ -158,7 +157,7 @@ def _launch_to_wire(command: LaunchKernel) -> pb.LaunchKernel:
                     length_bytes=arg.length_bytes,
                 )
             )
-        elif isinstance(arg, ScalarRecord):
+        elif isinstance(arg, ScalarArg):
             setattr(launch.args.add(), _SCALAR_FIELDS[arg.tag], arg.value)
         else:
             raise TypeError(f"a queued pointer reached the wire: {arg!r}")

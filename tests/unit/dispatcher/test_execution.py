@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, ArgTag
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import ScalarArg
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
 from tensorwasm_dispatcher.execution import (
     Batch,

@@ -8,7 +8,7 @@ import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, ptx_declares_entry
 from tensorwasm_executor.cuda_abi import (
     PointerRecord,
-    ScalarRecord,
+    ScalarArg,
     as_u32,
     check_dimensions,
     check_region,
@@ -39,12 +39,12 @@ def test_every_tag_round_trips_little_endian() -> None:
         + b"\x07" + struct.pack("<II", 1024, 256)
     )  # fmt: skip
     assert parse_argv(argv, MEMORY) == (
-        ScalarRecord(ArgTag.I32, -7),
-        ScalarRecord(ArgTag.I64, -(2**40)),
-        ScalarRecord(ArgTag.F32, 0x7FA00000),
-        ScalarRecord(ArgTag.F64, 0x7FF4000000000001),
-        ScalarRecord(ArgTag.U32, 0xFFFFFFFF),
-        ScalarRecord(ArgTag.U64, 2**64 - 1),
+        ScalarArg(ArgTag.I32, -7),
+        ScalarArg(ArgTag.I64, -(2**40)),
+        ScalarArg(ArgTag.F32, 0x7FA00000),
+        ScalarArg(ArgTag.F64, 0x7FF4000000000001),
+        ScalarArg(ArgTag.U32, 0xFFFFFFFF),
+        ScalarArg(ArgTag.U64, 2**64 - 1),
         PointerRecord(1024, 256),
     )
 

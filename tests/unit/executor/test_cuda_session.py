@@ -10,8 +10,8 @@ import struct
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import MAX_PTX_BYTES, AbiError, ArgTag
-from tensorwasm_executor.cuda_abi import PointerRecord, ScalarRecord
+from tensorwasm_common.gpu_abi import MAX_PTX_BYTES, AbiError, ArgTag, ScalarArg
+from tensorwasm_executor.cuda_abi import PointerRecord
 from tensorwasm_executor.cuda_batch import (
     BatchReply,
     BatchRequest,
@@ -82,7 +82,7 @@ class Dispatcher:
                 continue
             a, b, c, n = command.args
             assert isinstance(a, BufferRef) and isinstance(b, BufferRef)
-            assert isinstance(c, BufferRef) and isinstance(n, ScalarRecord)
+            assert isinstance(c, BufferRef) and isinstance(n, ScalarArg)
 
             def view(ref: BufferRef) -> np.ndarray:
                 raw = buffers[ref.buffer_id]
@@ -487,7 +487,7 @@ def test_build_request_refers_into_merged_regions(memory: Memory) -> None:
     launch = LaunchKernel(
         0, (1, 1, 1), (1, 1, 1), 0,
         (PointerRecord(1024, 256), PointerRecord(1100, 8), PointerRecord(2000, 0),
-         ScalarRecord(ArgTag.U32, 3)),
+         ScalarArg(ArgTag.U32, 3)),
     )  # fmt: skip
     request = build_request("s", [launch], memory, copy_back=True)
     assert [(r.buffer_id, r.guest_offset, len(r.data)) for r in request.regions] == [
