@@ -210,7 +210,7 @@ class FunctionService:
         """Resolves the call as `invoke` does (errors are raised here, before any event)
         and starts it; returns the executor's event stream and the export called."""
         export = await self._resolve(tenant, function_id, request)
-        return self._executors.invoke_stream(request), export
+        return await self._executors.invoke_stream(request), export
 
     async def _resolve(
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest

@@ -10,7 +10,7 @@ from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 
-from tensorwasm_gateway.executors import ExecutorPool
+from tensorwasm_gateway.executors import open_executor_pool
 from tensorwasm_gateway.functions import FunctionService
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.registry import Registry
@@ -27,11 +27,7 @@ async def serve(settings: GatewaySettings) -> None:
     store_channel = open_channel(
         settings.snapshot_address, max_message_bytes=settings.max_message_bytes
     )
-    executors = ExecutorPool(
-        settings.executor_addresses,
-        max_message_bytes=settings.max_message_bytes,
-        timeout=settings.downstream_timeout_seconds,
-    )
+    executors = await open_executor_pool(settings)
     functions = FunctionService(
         registry,
         BlobClient(store_channel),

@@ -15,6 +15,13 @@ class GatewaySettings(ServerSettings):
 
     listen_address: str = "127.0.0.1:50051"
     executor_addresses: tuple[str, ...] = ("127.0.0.1:50052",)
+    # A DNS name `host:port` whose every address is an executor replica (replaces
+    # executor_addresses when set), re-resolved every executor_resolve_interval_seconds.
+    executor_dns: str = ""
+    executor_resolve_interval_seconds: float = 10.0
+    executor_health_interval_seconds: float = 2.0
+    # Bounded load: a replica holding more than this x the average calls is skipped.
+    executor_load_factor: float = 1.25
     snapshot_address: str = "127.0.0.1:50054"
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
@@ -26,8 +33,19 @@ class GatewaySettings(ServerSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.executor_addresses:
+        if not self.executor_addresses and not self.executor_dns:
             raise SettingsError("executor_addresses: at least one executor is required")
+        if self.executor_dns:
+            try:
+                split_address(self.executor_dns)
+            except SettingsError as exc:
+                raise SettingsError(f"executor_dns: {exc}") from None
+        if not 0.1 <= self.executor_resolve_interval_seconds < float("inf"):
+            raise SettingsError("executor_resolve_interval_seconds: must be >= 0.1")
+        if not 0.1 <= self.executor_health_interval_seconds < float("inf"):
+            raise SettingsError("executor_health_interval_seconds: must be >= 0.1")
+        if not 1.0 <= self.executor_load_factor < float("inf"):
+            raise SettingsError("executor_load_factor: must be >= 1.0")
         for address in (*self.executor_addresses, self.snapshot_address):
             try:
                 split_address(address)
