@@ -12,6 +12,8 @@ from tensorwasm_common.channels import open_channel, peer_serving
 
 from tensorwasm_gateway.executors import open_executor_pool
 from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.invocation_store import InvocationStore
+from tensorwasm_gateway.invocations import InvocationService
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
@@ -35,14 +37,25 @@ async def serve(settings: GatewaySettings) -> None:
         max_module_bytes=settings.max_module_bytes,
         ceilings=ceilings,
     )
+    invocations = InvocationService(
+        functions,
+        InvocationStore(registry),
+        retention_seconds=settings.invocation_retention_seconds,
+        max_unfinished=settings.max_unfinished_invocations,
+    )
+    invocations.recover()  # what a previous gateway left running is failed, not re-run
+    invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
     host = create_host("gateway", settings, [SERVICE_NAME])
-    pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(functions), host.server)
+    pb_grpc.add_GatewayServiceServicer_to_server(
+        GatewayServicer(functions, invocations), host.server
+    )
 
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
         return await peer_serving(store_channel)
 
     async def cleanup() -> None:
+        await invocations.close(settings.shutdown_grace_seconds)
         await executors.close()
         await store_channel.close()
         registry.close()

@@ -28,6 +28,10 @@ class GatewaySettings(ServerSettings):
     )
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
+    # Finished async invocations are kept this long, then purged.
+    invocation_retention_seconds: float = 86400.0
+    # At most this many async invocations pending or running at once (per gateway).
+    max_unfinished_invocations: int = 1000
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
 
@@ -46,6 +50,10 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("executor_health_interval_seconds: must be >= 0.1")
         if not 1.0 <= self.executor_load_factor < float("inf"):
             raise SettingsError("executor_load_factor: must be >= 1.0")
+        if not 1.0 <= self.invocation_retention_seconds < float("inf"):
+            raise SettingsError("invocation_retention_seconds: must be >= 1")
+        if self.max_unfinished_invocations < 1:
+            raise SettingsError("max_unfinished_invocations: must be >= 1")
         for address in (*self.executor_addresses, self.snapshot_address):
             try:
                 split_address(address)
