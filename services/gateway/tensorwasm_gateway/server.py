@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -12,6 +13,7 @@ from tensorwasm_common.channels import open_channel, peer_serving
 
 from tensorwasm_gateway.executors import open_executor_pool
 from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.http_face import start_http_face
 from tensorwasm_gateway.invocation_store import InvocationStore
 from tensorwasm_gateway.invocations import InvocationService
 from tensorwasm_gateway.limits import TenantCeilings
@@ -19,6 +21,7 @@ from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
 
+_log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
@@ -50,11 +53,24 @@ async def serve(settings: GatewaySettings) -> None:
         GatewayServicer(functions, invocations), host.server
     )
 
+    http = None
+    if settings.http_address:
+        http = await start_http_face(
+            settings.http_address,
+            host.port,
+            max_body_bytes=settings.max_message_bytes,
+            timeout_seconds=settings.downstream_timeout_seconds,
+        )
+        _log.info("http face listening", extra={"http_address": http[2]})
+
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
         return await peer_serving(store_channel)
 
     async def cleanup() -> None:
+        if http is not None:
+            http[0].close()
+            await http[1].close()
         await invocations.close(settings.shutdown_grace_seconds)
         await executors.close()
         await store_channel.close()

@@ -28,6 +28,8 @@ class GatewaySettings(ServerSettings):
     )
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
+    # The HTTP/JSON face (the original's REST routes); empty: off.
+    http_address: str = "127.0.0.1:8080"
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -35,7 +37,7 @@ class GatewaySettings(ServerSettings):
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
         if not self.executor_addresses and not self.executor_dns:
             raise SettingsError("executor_addresses: at least one executor is required")
@@ -50,6 +52,11 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("executor_health_interval_seconds: must be >= 0.1")
         if not 1.0 <= self.executor_load_factor < float("inf"):
             raise SettingsError("executor_load_factor: must be >= 1.0")
+        if self.http_address:
+            try:
+                split_address(self.http_address)
+            except SettingsError as exc:
+                raise SettingsError(f"http_address: {exc}") from None
         if not 1.0 <= self.invocation_retention_seconds < float("inf"):
             raise SettingsError("invocation_retention_seconds: must be >= 1")
         if self.max_unfinished_invocations < 1:
