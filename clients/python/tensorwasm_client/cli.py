@@ -90,6 +90,22 @@ def _add_run(commands: Any) -> None:
         action="store_true",
         help="write the guest's stdout/stderr as it runs (streaming invoke)",
     )
+    invoke.add_argument(
+        "--async",
+        dest="run_async",
+        action="store_true",
+        help="start an async invocation and print its name (see `tensorwasm invocation`)",
+    )
+    invoke.add_argument("--request-id", default="", help="idempotency key for --async")
+    invocation = commands.add_parser("invocation", help="async invocations")
+    invocation_verbs = invocation.add_subparsers(dest="verb", required=True)
+    get_invocation = invocation_verbs.add_parser("get", help="show one invocation")
+    get_invocation.add_argument("invocation")
+    get_invocation.add_argument(
+        "--wait", action="store_true", help="wait until it has finished; exit as `invoke` does"
+    )
+    get_invocation.add_argument("--wait-timeout", type=float, default=300.0)
+    invocation_verbs.add_parser("list", help="list the tenant's retained invocations")
 
 
 def _add_instance(commands: Any) -> None:
@@ -234,6 +250,12 @@ def _invoke(args: argparse.Namespace) -> int:
         options = {"stdin": stdin, "timeout_seconds": args.timeout, "fuel": args.fuel}
         if args.stream:
             return _invoke_streaming(client, args.name, export, values, options)
+        if args.run_async:
+            started = client.start_invocation(
+                args.name, export, values, request_id=args.request_id, **options
+            )
+            print(json.dumps({"name": started.name}))
+            return 0
         response = client.invoke(args.name, export, values, **options)
     outcome = response.outcome
     sys.stdout.buffer.write(outcome.stdout)
@@ -275,6 +297,48 @@ def _report(outcome: invocation_pb2.InvocationOutcome) -> int:
         return code or 1
     print(json.dumps(to_json(outcome.success.results)))
     return 0
+
+
+def _invocation(args: argparse.Namespace) -> int:
+    """`invocation get` prints the invocation as JSON (--wait: then exits as `invoke`);
+    `invocation list` prints one line per invocation."""
+    with _client(args) as client:
+        if args.verb == "list":
+            for item in client.list_invocations():
+                state = _invocation_json(item)["state"]
+                print(f"{item.name:<46} {state:<10} {item.function} {item.export_name}")
+            return 0
+        if args.wait:
+            found = client.wait_invocation(args.invocation, args.wait_timeout)
+        else:
+            found = client.get_invocation(args.invocation)
+    print(json.dumps(_invocation_json(found)))
+    if not args.wait:
+        return 0
+    if found.HasField("error"):
+        print(f"error: {found.error.reason}: {found.error.message}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(found.outcome.stdout)
+    sys.stderr.buffer.write(found.outcome.stderr)
+    return _report(found.outcome)
+
+
+def _invocation_json(invocation: gateway_pb.Invocation) -> dict[str, object]:
+    state = gateway_pb.InvocationState.Name(invocation.state).removeprefix("INVOCATION_STATE_")
+    document: dict[str, object] = {
+        "name": invocation.name,
+        "function": invocation.function,
+        "export": invocation.export_name,
+        "state": state.lower(),
+    }
+    if invocation.outcome.HasField("success"):
+        document["results"] = to_json(invocation.outcome.success.results)
+    if invocation.outcome.HasField("failure"):
+        failure = invocation.outcome.failure
+        document["failure"] = {"reason": failure.reason, "message": failure.message}
+    if invocation.HasField("error"):
+        document["error"] = {"reason": invocation.error.reason, "message": invocation.error.message}
+    return document
 
 
 def _default_export(names: list[str]) -> str:
@@ -390,6 +454,7 @@ _COMMANDS = {
     "delete": _delete,
     "run": _run,
     "instance": _instance,
+    "invocation": _invocation,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,71 @@ class GatewayClient:
         response = self._call("Invoke", request, timeout=_rpc_timeout(timeout_seconds))
         assert isinstance(response, pb.InvokeResponse)
         return response
+
+    def start_invocation(
+        self,
+        function_id: str,
+        export: str = "",
+        args: Sequence[values_pb2.Value] = (),
+        *,
+        request_id: str = "",
+        stdin: bytes = b"",
+        timeout_seconds: float = 0.0,
+        fuel: int = 0,
+        max_memory_bytes: int = 0,
+    ) -> pb.Invocation:
+        """Starts an async invocation; returns it (PENDING) at once."""
+        request = _invoke_request(
+            function_id,
+            export,
+            args,
+            stdin=stdin,
+            timeout_seconds=timeout_seconds,
+            fuel=fuel,
+            max_memory_bytes=max_memory_bytes,
+        )
+        response = self._call(
+            "StartInvocation",
+            pb.StartInvocationRequest(invocation=request, request_id=request_id),
+        )
+        assert isinstance(response, pb.StartInvocationResponse)
+        return response.invocation
+
+    def get_invocation(self, invocation: str) -> pb.Invocation:
+        """One async invocation, with its outcome once finished."""
+        response = self._call(
+            "GetInvocation", pb.GetInvocationRequest(name=_invocation_name(invocation))
+        )
+        assert isinstance(response, pb.GetInvocationResponse)
+        return response.invocation
+
+    def list_invocations(self, page_size: int = 100) -> Iterator[pb.Invocation]:
+        """Every retained invocation of the tenant, oldest first, fetched a page at a time."""
+        token = ""
+        while True:
+            response = self._call(
+                "ListInvocations",
+                pb.ListInvocationsRequest(page_size=page_size, page_token=token),
+            )
+            assert isinstance(response, pb.ListInvocationsResponse)
+            yield from response.invocations
+            token = response.next_page_token
+            if not token:
+                return
+
+    def wait_invocation(self, invocation: str, timeout_seconds: float = 60.0) -> pb.Invocation:
+        """Polls an invocation until it has finished (TimeoutError past the timeout)."""
+        deadline = time.monotonic() + timeout_seconds
+        delay = 0.02
+        while True:
+            current = self.get_invocation(invocation)
+            if current.state in (pb.INVOCATION_STATE_SUCCEEDED, pb.INVOCATION_STATE_FAILED):
+                return current
+            if time.monotonic() > deadline:
+                state = pb.InvocationState.Name(current.state)
+                raise TimeoutError(f"{current.name} is still {state}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def invoke_stream(
         self,
@@ -282,6 +348,10 @@ def _rpc_timeout(timeout_seconds: float) -> float:
 
 def _name(function_id: str) -> str:
     return function_id if function_id.startswith("functions/") else f"functions/{function_id}"
+
+
+def _invocation_name(invocation: str) -> str:
+    return invocation if invocation.startswith("invocations/") else f"invocations/{invocation}"
 
 
 def _instance_name(instance: str) -> str:

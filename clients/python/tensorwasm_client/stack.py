@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ class ServiceProcess:
     grpc_address: str
     metrics_address: str
     log_path: str
+    http_address: str = ""  # the gateway's HTTP/JSON face
 
 
 def default_data_dir() -> Path:
@@ -58,12 +60,19 @@ class LocalStack:
         host: str = "127.0.0.1",
         ephemeral_ports: bool = False,
         extra_env: dict[str, str] | None = None,
+        executor_replicas: int = 1,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self._host = host
         self._ephemeral = ephemeral_ports
         self._extra_env = dict(extra_env or {})
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # replicas after the first are named executor-2, executor-3, ...
+        self._names = [
+            *SERVICES[:-1],
+            *(f"executor-{i}" for i in range(2, executor_replicas + 1)),
+            SERVICES[-1],
+        ]
 
     @property
     def state_path(self) -> Path:
@@ -78,7 +87,7 @@ class LocalStack:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         started: dict[str, ServiceProcess] = {}
         try:
-            for name in SERVICES:
+            for name in self._names:
                 started[name] = self._start_one(name, started, timeout_seconds)
                 self._write_state(started)
         except BaseException:
@@ -88,33 +97,38 @@ class LocalStack:
         return started
 
     def _service_env(self, name: str, started: dict[str, ServiceProcess]) -> dict[str, str]:
+        replica, name = name, _kind(name)
         prefix = f"TENSORWASM_{name.upper()}_"
-        port = 0 if self._ephemeral else DEFAULT_PORTS[name]
+        port = 0 if self._ephemeral or replica != name else DEFAULT_PORTS[name]
         env = {
             **os.environ,
             **self._extra_env,
             prefix + "LISTEN_ADDRESS": f"{self._host}:{port}",
             prefix + "METRICS_ADDRESS": f"{self._host}:0",
-            prefix + "READY_FILE": str(self.data_dir / "run" / f"{name}.ready.json"),
-            "OTEL_SERVICE_NAME": f"tensorwasm-{name}",
+            prefix + "READY_FILE": str(self.data_dir / "run" / f"{replica}.ready.json"),
+            "OTEL_SERVICE_NAME": f"tensorwasm-{replica}",
             "PYTHONUNBUFFERED": "1",
         }
         if (
             "jsonl" in env.get("OTEL_TRACES_EXPORTER", "")
             and "TENSORWASM_TRACES_JSONL_PATH" not in self._extra_env
         ):
-            env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{name}.jsonl")
+            env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{replica}.jsonl")
         if name == "snapshot":
             env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
-            env.setdefault(prefix + "ARTIFACT_DIR", str(self.data_dir / "executor" / "artifacts"))
+            artifacts = self.data_dir / replica / "artifacts"
+            env.setdefault(prefix + "ARTIFACT_DIR", str(artifacts))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
             env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
         if name == "gateway":
-            env[prefix + "EXECUTOR_ADDRESSES"] = started["executor"].grpc_address
+            env[prefix + "EXECUTOR_ADDRESSES"] = ",".join(
+                s.grpc_address for n, s in started.items() if _kind(n) == "executor"
+            )
+            env[prefix + "HTTP_ADDRESS"] = f"{self._host}:{self._http_port()}"
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
         return env
 
@@ -122,12 +136,13 @@ class LocalStack:
         self, name: str, started: dict[str, ServiceProcess], timeout_seconds: float
     ) -> ServiceProcess:
         ready_file = self.data_dir / "run" / f"{name}.ready.json"
+        env = self._service_env(name, started)
         ready_file.unlink(missing_ok=True)
         log_path = self.data_dir / "logs" / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", f"tensorwasm_{name}"],
-                env=self._service_env(name, started),
+                [sys.executable, "-m", f"tensorwasm_{_kind(name)}"],
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -143,13 +158,26 @@ class LocalStack:
             time.sleep(0.05)
         ready = json.loads(ready_file.read_text())
         service = ServiceProcess(
-            name, process.pid, ready["grpc_address"], ready["metrics_address"], str(log_path)
+            name,
+            process.pid,
+            ready["grpc_address"],
+            ready["metrics_address"],
+            str(log_path),
+            env.get("TENSORWASM_GATEWAY_HTTP_ADDRESS", "") if name == "gateway" else "",
         )
         while health(service.grpc_address) != "SERVING":
             if process.poll() is not None or time.monotonic() > deadline:
                 raise StackError(f"{name} never reported SERVING:\n{_tail(log_path)}")
             time.sleep(0.1)
         return service
+
+    def _http_port(self) -> int:
+        """The gateway's HTTP port: 8080, or a free one with ephemeral ports."""
+        if not self._ephemeral:
+            return 8080
+        with socket.socket() as probe:  # free now; the gateway binds it right after
+            probe.bind((self._host, 0))
+            return int(probe.getsockname()[1])
 
     def _write_state(self, services: dict[str, ServiceProcess]) -> None:
         temp = self.state_path.with_suffix(".tmp")
@@ -170,7 +198,7 @@ class LocalStack:
     def stop(self, grace_seconds: float = 15.0) -> list[str]:
         """SIGTERM in reverse start order, SIGKILL what outlives the grace period."""
         services = self.services()
-        order = [services[n] for n in reversed(SERVICES) if n in services]
+        order = sorted(services.values(), key=lambda s: SERVICES.index(_kind(s.name)), reverse=True)
         stopped = []
         for service in order:
             if not _alive(service):
@@ -203,6 +231,11 @@ class LocalStack:
         return _alive(service)
 
 
+def _kind(name: str) -> str:
+    """The service of a process name: `executor-2` is an executor."""
+    return name.split("-", 1)[0]
+
+
 def health(address: str, timeout_seconds: float = 1.0) -> str:
     """The server's overall health: SERVING, NOT_SERVING, ... or UNREACHABLE."""
     with grpc.insecure_channel(address) as channel:
@@ -222,7 +255,7 @@ def _alive(service: ServiceProcess) -> bool:
     except OSError:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and f"tensorwasm_{service.name}".encode() in cmdline
+    return not zombie and f"tensorwasm_{_kind(service.name)}".encode() in cmdline
 
 
 def _tail(path: Path, lines: int = 30) -> str:

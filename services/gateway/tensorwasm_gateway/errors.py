@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tensorwasm_common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from tensorwasm_common.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 
 
 class FunctionNotFoundError(NotFoundError):
@@ -57,3 +62,15 @@ class InstanceNotFoundError(NotFoundError):
     """No live instance of that name exists for the tenant (never created, deleted, expired)."""
 
     reason = "INSTANCE_NOT_FOUND"
+
+
+class InvocationNotFoundError(NotFoundError):
+    """No invocation of that id exists for the tenant (or it is past its retention)."""
+
+    reason = "INVOCATION_NOT_FOUND"
+
+
+class AsyncCapacityExhaustedError(ResourceExhaustedError):
+    """The gateway holds its maximum number of unfinished async invocations."""
+
+    reason = "ASYNC_CAPACITY_EXHAUSTED"

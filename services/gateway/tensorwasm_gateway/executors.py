@@ -1,11 +1,27 @@
-"""Calls to executor replicas: rendezvous routing, failover only where no call has started."""
+"""Calls to executor replicas: routing, health, failover only where no call has started.
+
+A call goes to the first replica of `routing.route` (rendezvous order on the module
+digest, bounded load, health). It moves on to the next replica only when gRPC says the
+call never left the gateway: the channel could not connect ("failed to connect to all
+addresses", which grpc reports when no transport was ever picked for the call, so no
+byte of the request was sent). Any other failure, UNAVAILABLE included ("Socket
+closed", a reset, a GOAWAY the transport could not retry itself), may come after the
+executor received the request, and is returned to the caller: a call is never executed
+twice. Calls are made with wait_for_ready=False, so a replica that is down fails fast
+instead of queueing the call until the deadline.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Gauge
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import open_channel
@@ -13,28 +29,173 @@ from tensorwasm_common.deadlines import downstream_timeout
 from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
 
-from tensorwasm_gateway.routing import rendezvous_order
+from tensorwasm_gateway.replicas import ReplicaSource
+from tensorwasm_gateway.routing import ReplicaView, rendezvous_order, route
+from tensorwasm_gateway.settings import GatewaySettings
 
-_DOWN = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+_log = logging.getLogger(__name__)
+# grpc's message when the load balancer found no connected transport for the call.
+_NOT_STARTED = "failed to connect to all addresses"
+
+EXECUTOR_CALLS = Counter(
+    "tensorwasm_gateway_executor_calls",
+    "Calls sent to executor replicas, by replica and outcome (ok, error, not_started).",
+    ["replica", "outcome"],
+)
+EXECUTOR_FAILOVERS = Counter(
+    "tensorwasm_gateway_executor_failovers",
+    "Calls moved to another replica because the chosen one could not be connected.",
+)
+EXECUTOR_HEALTHY = Gauge(
+    "tensorwasm_gateway_executor_healthy",
+    "1 when the replica's last health check answered SERVING, else 0.",
+    ["replica"],
+)
+EXECUTOR_IN_FLIGHT = Gauge(
+    "tensorwasm_gateway_executor_in_flight", "Calls in flight on each replica.", ["replica"]
+)
+
+
+def not_started(exc: grpc.aio.AioRpcError) -> bool:
+    """True when grpc reports that the call was never sent to the replica."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and _NOT_STARTED in (exc.details() or "")
+
+
+class Replica:
+    """One executor replica: its channel, health and calls in flight."""
+
+    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+        self.address = address
+        self.channel = open_channel(address, max_message_bytes=max_message_bytes)
+        self.stub = pb_grpc.ExecutorServiceStub(self.channel)
+        self.in_flight = 0
+        self.healthy = True  # optimistic until the first check answers
+        EXECUTOR_HEALTHY.labels(address).set(1)
+
+    def view(self) -> ReplicaView:
+        """The replica as routing sees it."""
+        return ReplicaView(self.address, self.in_flight, self.healthy)
+
+    def mark(self, healthy: bool) -> None:
+        """Records the replica's health."""
+        if healthy != self.healthy:
+            _log.warning("executor %s is %s", self.address, "up" if healthy else "down")
+        self.healthy = healthy
+        EXECUTOR_HEALTHY.labels(self.address).set(int(healthy))
+
+    def acquire(self) -> None:
+        """Counts one more call in flight."""
+        self.in_flight += 1
+        EXECUTOR_IN_FLIGHT.labels(self.address).inc()
+
+    def release(self) -> None:
+        """Counts one call less in flight."""
+        self.in_flight -= 1
+        EXECUTOR_IN_FLIGHT.labels(self.address).dec()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Counts one call in flight for as long as the block runs."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class ExecutorPool:
-    """One channel per executor replica; each module digest prefers the same replica."""
+    """The executor replicas; each module digest prefers the same replica."""
 
-    def __init__(self, addresses: tuple[str, ...], *, max_message_bytes: int, timeout: float):
-        self._channels = {
-            a: open_channel(a, max_message_bytes=max_message_bytes) for a in addresses
-        }
-        self._stubs = {a: pb_grpc.ExecutorServiceStub(c) for a, c in self._channels.items()}
+    def __init__(
+        self,
+        addresses: tuple[str, ...],
+        *,
+        max_message_bytes: int,
+        timeout: float,
+        load_factor: float = 1.25,
+        health_interval_seconds: float = 2.0,
+        source: ReplicaSource | None = None,
+    ) -> None:
+        self._max_message_bytes = max_message_bytes
         self._timeout = timeout
+        self._load_factor = load_factor
+        self._health_interval = health_interval_seconds
+        self._source = source
+        self._replicas: dict[str, Replica] = {}
+        self._retired: list[Replica] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.set_addresses(addresses)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The replicas currently configured."""
+        return list(self._replicas)
+
+    def set_addresses(self, addresses: tuple[str, ...] | list[str]) -> None:
+        """Adopts a new set of replicas (a DNS answer); kept ones keep their channel."""
+        wanted = list(dict.fromkeys(addresses))
+        for address in [a for a in self._replicas if a not in wanted]:
+            self._retired.append(self._replicas.pop(address))  # closed at close()
+            EXECUTOR_HEALTHY.remove(address)
+        for address in wanted:
+            if address not in self._replicas:
+                self._replicas[address] = Replica(
+                    address, max_message_bytes=self._max_message_bytes
+                )
+        if wanted:
+            _log.info("executor replicas: %s", ",".join(wanted))
+
+    def start(self) -> None:
+        """Starts health polling (and re-resolution of the replica source, if any)."""
+        self._tasks.append(asyncio.create_task(self._poll_health()))
+        if self._source is not None:
+            self._tasks.append(asyncio.create_task(self._follow_source(self._source)))
+
+    async def check_health(self) -> None:
+        """Asks every replica's grpc.health.v1 once and records the answers."""
+
+        async def check(replica: Replica) -> None:
+            try:
+                reply = await health_pb2_grpc.HealthStub(replica.channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=max(self._health_interval, 0.5)
+                )
+                replica.mark(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            except grpc.aio.AioRpcError:
+                replica.mark(False)
+
+        await asyncio.gather(*(check(r) for r in list(self._replicas.values())))
+
+    async def _poll_health(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self._health_interval)
+
+    async def _follow_source(self, source: ReplicaSource) -> None:
+        while True:
+            await asyncio.sleep(source.interval_seconds)
+            try:
+                addresses = await source.resolve()
+            except OSError as exc:  # keep the last answer rather than route nowhere
+                _log.warning("could not resolve executors (%s); keeping the last answer", exc)
+                continue
+            if addresses and sorted(addresses) != sorted(self._replicas):
+                self.set_addresses(addresses)
+
+    def order(self, digest: str) -> list[str]:
+        """The replicas a call of `digest` would try, best first."""
+        return route(
+            digest, [r.view() for r in self._replicas.values()], load_factor=self._load_factor
+        )
 
     async def prepare(self, digest: str) -> pb.PrepareModuleResponse:
         """Compiles on the preferred replica; PrepareModule is idempotent, so any
         UNAVAILABLE replica is skipped for the next one."""
         last: ServiceError | None = None
-        for address in rendezvous_order(digest, list(self._stubs)):
+        for address in rendezvous_order(digest, list(self._replicas)):
             try:
-                response: pb.PrepareModuleResponse = await self._stubs[address].PrepareModule(
+                response: pb.PrepareModuleResponse = await self._replicas[
+                    address
+                ].stub.PrepareModule(
                     pb.PrepareModuleRequest(module_digest=digest),
                     timeout=downstream_timeout(self._timeout),
                 )
@@ -45,83 +206,170 @@ class ExecutorPool:
                     raise last from exc
         raise last or UnavailableError("no executor replica is configured")
 
-    def _replica(self, digest: str) -> str:
-        """The first replica (in rendezvous order) whose channel is not known to be down."""
-        order = rendezvous_order(digest, list(self._stubs))
-        usable = [a for a in order if self._channels[a].get_state(try_to_connect=True) not in _DOWN]
-        return (usable or order)[0]
-
     async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
-        """Runs the call on the first replica (in rendezvous order) whose channel is not
-        known to be down. A call that reached a replica is never sent to another one."""
-        response: pb.InvokeResponse = await self._unary(
-            self._replica(request.module_digest), "Invoke", request
-        )
-        return response
-
-    def invoke_stream(self, request: pb.InvokeRequest) -> ExecutorStream:
-        """Starts the call on one replica, chosen as for `invoke` and never resent, and
-        returns its event stream."""
-        address = self._replica(request.module_digest)
-        call = self._stubs[address].InvokeStream(
-            pb.InvokeStreamRequest(invocation=request), timeout=downstream_timeout(self._timeout)
-        )
-        return ExecutorStream(call, address)
+        """Runs the call on the routed replica, failing over only while not started."""
+        _, response = await self._routed(request.module_digest, "Invoke", request)
+        return response  # type: ignore[no-any-return]
 
     async def create_instance(
         self, request: pb.CreateInstanceRequest
     ) -> tuple[str, pb.CreateInstanceResponse]:
-        """Creates the instance on the replica chosen as for `invoke` (never resent);
-        returns that replica's address, where every later call of the instance goes."""
-        address = self._replica(request.module_digest)
-        response: pb.CreateInstanceResponse = await self._unary(address, "CreateInstance", request)
+        """Creates the instance on the routed replica (failing over only while not
+        started); returns that replica's address, where every later call of it goes."""
+        address, response = await self._routed(request.module_digest, "CreateInstance", request)
         return address, response
+
+    async def invoke_stream(self, request: pb.InvokeRequest) -> ExecutorStream:
+        """Starts the call on the routed replica and returns its event stream. The first
+        event is read here, so a replica that cannot be connected is failed over like
+        a unary call; a call that started is never resent."""
+        message = pb.InvokeStreamRequest(invocation=request)
+
+        async def start(replica: Replica) -> ExecutorStream:
+            call = replica.stub.InvokeStream(
+                message, timeout=downstream_timeout(self._timeout), wait_for_ready=False
+            )
+            replica.acquire()
+            try:
+                first = await call.read()
+            except BaseException:
+                call.cancel()
+                replica.release()
+                raise
+            return ExecutorStream(call, replica.address, first, replica.release)
+
+        _, stream = await self._failover(request.module_digest, start)
+        assert isinstance(stream, ExecutorStream)
+        return stream
+
+    async def _routed(self, digest: str, method: str, request: Any) -> tuple[str, Any]:
+        async def call(replica: Replica) -> Any:
+            with replica.holding():
+                return await getattr(replica.stub, method)(
+                    request, timeout=downstream_timeout(self._timeout), wait_for_ready=False
+                )
+
+        return await self._failover(digest, call)
+
+    async def _failover(
+        self, digest: str, attempt: Callable[[Replica], Awaitable[Any]]
+    ) -> tuple[str, Any]:
+        """Tries the routed replicas in turn while grpc says the call was not started."""
+        last: grpc.aio.AioRpcError | None = None
+        for index, address in enumerate(self.order(digest)):
+            replica = self._replicas.get(address)
+            if replica is None:  # left the configuration while we were trying others
+                continue
+            if index:
+                EXECUTOR_FAILOVERS.inc()
+            try:
+                result = await attempt(replica)
+            except grpc.aio.AioRpcError as exc:
+                if not_started(exc):
+                    EXECUTOR_CALLS.labels(address, "not_started").inc()
+                    replica.mark(False)  # until its next health check says otherwise
+                    last = exc
+                    continue
+                EXECUTOR_CALLS.labels(address, "error").inc()
+                raise downstream_error(exc, f"executor {address}") from exc
+            EXECUTOR_CALLS.labels(address, "ok").inc()
+            return address, result
+        if last is None:
+            raise UnavailableError("no executor replica is configured")
+        raise downstream_error(last, "executor replicas") from last
 
     async def call_instance(
         self, address: str, request: pb.CallInstanceRequest
     ) -> pb.CallInstanceResponse:
         """Calls an instance on the replica that holds it."""
-        response: pb.CallInstanceResponse = await self._unary(address, "CallInstance", request)
+        response: pb.CallInstanceResponse = await self._pinned(address, "CallInstance", request)
         return response
 
     async def delete_instance(self, address: str, request: pb.DeleteInstanceRequest) -> None:
         """Terminates an instance on the replica that holds it."""
-        await self._unary(address, "DeleteInstance", request)
+        await self._pinned(address, "DeleteInstance", request)
 
-    async def _unary(self, address: str, method: str, request: Any) -> Any:
-        stub = self._stubs.get(address)
-        if stub is None:  # the replica left the configuration, with its instances
+    async def _pinned(self, address: str, method: str, request: Any) -> Any:
+        replica = self._replicas.get(address)
+        if replica is None:  # the replica left the configuration, with its instances
             raise UnavailableError(
                 f"executor {address} is no longer configured", metadata={"executor": address}
             )
         try:
-            return await getattr(stub, method)(request, timeout=downstream_timeout(self._timeout))
+            with replica.holding():
+                return await getattr(replica.stub, method)(
+                    request, timeout=downstream_timeout(self._timeout)
+                )
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, f"executor {address}") from exc
 
     async def close(self) -> None:
-        """Closes every channel."""
-        for channel in self._channels.values():
-            await channel.close()
+        """Stops the background tasks and closes every channel."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for replica in [*self._replicas.values(), *self._retired]:
+            await replica.channel.close()
+
+
+async def open_executor_pool(settings: GatewaySettings) -> ExecutorPool:
+    """The pool the settings describe (a static list, or a DNS name resolved now and
+    followed), with health polling started."""
+    source = None
+    addresses = settings.executor_addresses
+    if settings.executor_dns:
+        source = ReplicaSource(
+            settings.executor_dns, interval_seconds=settings.executor_resolve_interval_seconds
+        )
+        try:
+            addresses = tuple(await source.resolve())
+        except OSError as exc:  # start anyway: the name may resolve once the fleet is up
+            _log.warning("could not resolve %s: %s", settings.executor_dns, exc)
+            addresses = ()
+    pool = ExecutorPool(
+        addresses,
+        max_message_bytes=settings.max_message_bytes,
+        timeout=settings.downstream_timeout_seconds,
+        load_factor=settings.executor_load_factor,
+        health_interval_seconds=settings.executor_health_interval_seconds,
+        source=source,
+    )
+    pool.start()
+    return pool
 
 
 class ExecutorStream:
     """The events of one executor InvokeStream call; `cancel()` stops the call (and with
     it the guest). Iterate it once; leaving the iteration early cancels the call too."""
 
-    def __init__(self, call: Any, address: str) -> None:
+    def __init__(
+        self, call: Any, address: str, first: Any, release: Callable[[], None] | None = None
+    ) -> None:
         self._call = call
+        self._first = first
+        self._release = release
         self.address = address
 
     def cancel(self) -> None:
         """Cancels the executor call; a no-op once it has ended."""
         self._call.cancel()
+        self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     async def __aiter__(self) -> AsyncIterator[pb.InvokeStreamResponse]:
         try:
-            async for message in self._call:
+            message = self._first
+            while message is not grpc.aio.EOF:
                 yield message
+                message = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, f"executor {self.address}") from exc
         finally:
             self._call.cancel()
+            self._done()

@@ -201,18 +201,24 @@ class FunctionService:
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
     ) -> tuple[executor_pb.InvokeResponse, str]:
         """Routes a call to an executor; returns its response and the export called."""
-        export = await self._resolve(tenant, function_id, request)
+        export = await self.resolve(tenant, function_id, request)
         return await self._executors.invoke(request), export
+
+    async def invoke_resolved(
+        self, request: executor_pb.InvokeRequest
+    ) -> executor_pb.InvokeResponse:
+        """Runs a call that `resolve` addressed (async invocations resolve first, run later)."""
+        return await self._executors.invoke(request)
 
     async def invoke_stream(
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
     ) -> tuple[ExecutorStream, str]:
         """Resolves the call as `invoke` does (errors are raised here, before any event)
         and starts it; returns the executor's event stream and the export called."""
-        export = await self._resolve(tenant, function_id, request)
-        return self._executors.invoke_stream(request), export
+        export = await self.resolve(tenant, function_id, request)
+        return await self._executors.invoke_stream(request), export
 
-    async def _resolve(
+    async def resolve(
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
     ) -> str:
         """Looks the function up, chooses the export and addresses `request` to it."""

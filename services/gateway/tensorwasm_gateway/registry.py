@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +201,13 @@ class Registry:
                 (tenant, instance_id),
             )
         return cursor.rowcount > 0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held exclusively: for the tables other modules keep in the
+        registry database (tensorwasm_gateway.invocation_store)."""
+        with self._lock:
+            yield self._db
 
     def check(self) -> None:
         """Health: the database answers a query."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -10,13 +11,17 @@ from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 
-from tensorwasm_gateway.executors import ExecutorPool
+from tensorwasm_gateway.executors import open_executor_pool
 from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.http_face import start_http_face
+from tensorwasm_gateway.invocation_store import InvocationStore
+from tensorwasm_gateway.invocations import InvocationService
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
 
+_log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
@@ -27,11 +32,7 @@ async def serve(settings: GatewaySettings) -> None:
     store_channel = open_channel(
         settings.snapshot_address, max_message_bytes=settings.max_message_bytes
     )
-    executors = ExecutorPool(
-        settings.executor_addresses,
-        max_message_bytes=settings.max_message_bytes,
-        timeout=settings.downstream_timeout_seconds,
-    )
+    executors = await open_executor_pool(settings)
     functions = FunctionService(
         registry,
         BlobClient(store_channel),
@@ -39,14 +40,38 @@ async def serve(settings: GatewaySettings) -> None:
         max_module_bytes=settings.max_module_bytes,
         ceilings=ceilings,
     )
+    invocations = InvocationService(
+        functions,
+        InvocationStore(registry),
+        retention_seconds=settings.invocation_retention_seconds,
+        max_unfinished=settings.max_unfinished_invocations,
+    )
+    invocations.recover()  # what a previous gateway left running is failed, not re-run
+    invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
     host = create_host("gateway", settings, [SERVICE_NAME])
-    pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(functions), host.server)
+    pb_grpc.add_GatewayServiceServicer_to_server(
+        GatewayServicer(functions, invocations), host.server
+    )
+
+    http = None
+    if settings.http_address:
+        http = await start_http_face(
+            settings.http_address,
+            host.port,
+            max_body_bytes=settings.max_message_bytes,
+            timeout_seconds=settings.downstream_timeout_seconds,
+        )
+        _log.info("http face listening", extra={"http_address": http[2]})
 
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
         return await peer_serving(store_channel)
 
     async def cleanup() -> None:
+        if http is not None:
+            http[0].close()
+            await http[1].close()
+        await invocations.close(settings.shutdown_grace_seconds)
         await executors.close()
         await store_channel.close()
         registry.close()

@@ -13,6 +13,7 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.errors import Code, ServiceError
 
 from tensorwasm_gateway.errors import InvalidPageTokenError
 from tensorwasm_gateway.functions import (
@@ -23,6 +24,8 @@ from tensorwasm_gateway.functions import (
     instance_id_from_name,
     validate_tenant,
 )
+from tensorwasm_gateway.invocation_store import InvocationRecord
+from tensorwasm_gateway.invocations import InvocationService, invocation_id_from_name
 from tensorwasm_gateway.registry import FunctionRecord, InstanceRecord
 
 DEFAULT_PAGE_SIZE = 50
@@ -78,6 +81,33 @@ def instance_to_wire(record: InstanceRecord) -> pb.Instance:
     return instance
 
 
+def invocation_to_wire(record: InvocationRecord) -> pb.Invocation:
+    """The invocation resource on the wire."""
+    invocation = pb.Invocation(
+        name=f"invocations/{record.invocation_id}",
+        function=f"functions/{record.function_id}",
+        tenant=record.tenant,
+        export_name=record.export_name,
+        state=record.state,  # type: ignore[arg-type]
+        request_id=record.request_id or "",
+    )
+    invocation.create_time.FromNanoseconds(record.create_time_ns)
+    if record.outcome:
+        invocation.outcome.ParseFromString(record.outcome)
+    if record.error:
+        invocation.error.ParseFromString(record.error)
+    if record.end_time_ns is not None:
+        invocation.end_time.FromNanoseconds(record.end_time_ns)
+    if record.expire_time_ns is not None:
+        invocation.expire_time.FromNanoseconds(record.expire_time_ns)
+    return invocation
+
+
+def page_size_of(requested: int) -> int:
+    """The page size of a List call: the default when unset or negative, else capped."""
+    return DEFAULT_PAGE_SIZE if requested <= 0 else min(requested, MAX_PAGE_SIZE)
+
+
 def encode_page_token(last_id: str) -> str:
     """An opaque token that resumes listing after `last_id`."""
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode()
@@ -98,11 +128,60 @@ def decode_page_token(token: str) -> str:
     return after
 
 
-class GatewayServicer(pb_grpc.GatewayServiceServicer):
+class InvocationsMixin:
+    """StartInvocation, GetInvocation and ListInvocations (mixed into GatewayServicer)."""
+
+    _invocations: InvocationService | None
+
+    def _service(self) -> InvocationService:
+        if self._invocations is None:
+            raise ServiceError(
+                "async invocations are not enabled", code=Code.UNIMPLEMENTED, reason="UNIMPLEMENTED"
+            )
+        return self._invocations
+
+    async def StartInvocation(
+        self, request: pb.StartInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartInvocationResponse:
+        tenant = tenant_of(context)
+        invocation = request.invocation
+        record = await self._service().start(
+            tenant,
+            function_id_from_name(invocation.name),
+            _downstream(invocation),
+            request.request_id,
+        )
+        return pb.StartInvocationResponse(invocation=invocation_to_wire(record))
+
+    async def GetInvocation(
+        self, request: pb.GetInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInvocationResponse:
+        tenant = tenant_of(context)
+        record = await self._service().get(tenant, invocation_id_from_name(request.name))
+        return pb.GetInvocationResponse(invocation=invocation_to_wire(record))
+
+    async def ListInvocations(
+        self, request: pb.ListInvocationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInvocationsResponse:
+        tenant = tenant_of(context)
+        page_size = page_size_of(request.page_size)
+        after = decode_page_token(request.page_token)
+        records = await self._service().list_page(tenant, after, page_size + 1)
+        page = records[:page_size]
+        token = encode_page_token(page[-1].invocation_id) if len(records) > page_size else ""
+        return pb.ListInvocationsResponse(
+            invocations=[invocation_to_wire(r) for r in page], next_page_token=token
+        )
+
+
+class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     """The public API."""
 
-    def __init__(self, functions: FunctionService) -> None:
+    def __init__(
+        self, functions: FunctionService, invocations: InvocationService | None = None
+    ) -> None:
         self._functions = functions
+        self._invocations = invocations
 
     async def CreateFunction(
         self, request: pb.CreateFunctionRequest, context: grpc.aio.ServicerContext

@@ -55,7 +55,7 @@ class FakeExecutors:
         self.streamed: list[executor_pb.InvokeRequest] = []
         self.streams: list[FakeStream] = []
 
-    def invoke_stream(self, request: executor_pb.InvokeRequest) -> FakeStream:
+    async def invoke_stream(self, request: executor_pb.InvokeRequest) -> FakeStream:
         copy = executor_pb.InvokeRequest()
         copy.CopyFrom(request)
         self.streamed.append(copy)

@@ -101,6 +101,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
     ERROR_REASON_TENANT_MISMATCH: _ErrorReason.ValueType  # 53
     """The request's tenant field and its tenant metadata name different tenants."""
+    ERROR_REASON_INVOCATION_NOT_FOUND: _ErrorReason.ValueType  # 90
+    """(90-99: gateway routing, async invocations and the HTTP face.)
+    No invocation has that id for this tenant (never started, or past its retention).
+    """
+    ERROR_REASON_ASYNC_CAPACITY_EXHAUSTED: _ErrorReason.ValueType  # 91
+    """The gateway holds its maximum number of unfinished async invocations; retry after
+    RetryInfo's delay.
+    """
+    ERROR_REASON_INVOCATION_INTERRUPTED: _ErrorReason.ValueType  # 92
+    """The gateway stopped while the invocation was pending or running; whether the guest
+    ran is unknown (the invocation is failed, never re-run).
+    """
+    ERROR_REASON_INVALID_JSON: _ErrorReason.ValueType  # 93
+    """An HTTP request body is not the JSON the route expects (HTTP face only)."""
+    ERROR_REASON_INVALID_BASE64: _ErrorReason.ValueType  # 94
+    """An HTTP request's `wasm_b64` is not standard padded base64 (HTTP face only)."""
+    ERROR_REASON_BODY_TOO_LARGE: _ErrorReason.ValueType  # 95
+    """An HTTP request body is larger than the gateway accepts (HTTP face only)."""
+    ERROR_REASON_ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 96
+    """No HTTP route has that method and path (HTTP face only)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -187,4 +207,24 @@ ERROR_REASON_INVALID_GPU_BATCH: ErrorReason.ValueType  # 52
 """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
 ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 53
 """The request's tenant field and its tenant metadata name different tenants."""
+ERROR_REASON_INVOCATION_NOT_FOUND: ErrorReason.ValueType  # 90
+"""(90-99: gateway routing, async invocations and the HTTP face.)
+No invocation has that id for this tenant (never started, or past its retention).
+"""
+ERROR_REASON_ASYNC_CAPACITY_EXHAUSTED: ErrorReason.ValueType  # 91
+"""The gateway holds its maximum number of unfinished async invocations; retry after
+RetryInfo's delay.
+"""
+ERROR_REASON_INVOCATION_INTERRUPTED: ErrorReason.ValueType  # 92
+"""The gateway stopped while the invocation was pending or running; whether the guest
+ran is unknown (the invocation is failed, never re-run).
+"""
+ERROR_REASON_INVALID_JSON: ErrorReason.ValueType  # 93
+"""An HTTP request body is not the JSON the route expects (HTTP face only)."""
+ERROR_REASON_INVALID_BASE64: ErrorReason.ValueType  # 94
+"""An HTTP request's `wasm_b64` is not standard padded base64 (HTTP face only)."""
+ERROR_REASON_BODY_TOO_LARGE: ErrorReason.ValueType  # 95
+"""An HTTP request body is larger than the gateway accepts (HTTP face only)."""
+ERROR_REASON_ROUTE_NOT_FOUND: ErrorReason.ValueType  # 96
+"""No HTTP route has that method and path (HTTP face only)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

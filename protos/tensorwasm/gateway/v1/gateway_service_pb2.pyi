@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tensorwasm.common.v1 import invocation_pb2 as _invocation_pb2
 from tensorwasm.common.v1 import values_pb2 as _values_pb2
 import builtins as _builtins
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _InvocationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvocationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvocationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOCATION_STATE_UNSPECIFIED: _InvocationState.ValueType  # 0
+    """Not set."""
+    INVOCATION_STATE_PENDING: _InvocationState.ValueType  # 1
+    """Accepted, not yet sent to an executor."""
+    INVOCATION_STATE_RUNNING: _InvocationState.ValueType  # 2
+    """Sent to an executor; no outcome yet."""
+    INVOCATION_STATE_SUCCEEDED: _InvocationState.ValueType  # 3
+    """The guest returned: `outcome.success` holds the results."""
+    INVOCATION_STATE_FAILED: _InvocationState.ValueType  # 4
+    """The guest failed (`outcome.failure`: trap, exit, limit) or the call failed
+    before it could run or while it ran (`error`).
+    """
+
+class InvocationState(_InvocationState, metaclass=_InvocationStateEnumTypeWrapper):
+    """The life of an async invocation."""
+
+INVOCATION_STATE_UNSPECIFIED: InvocationState.ValueType  # 0
+"""Not set."""
+INVOCATION_STATE_PENDING: InvocationState.ValueType  # 1
+"""Accepted, not yet sent to an executor."""
+INVOCATION_STATE_RUNNING: InvocationState.ValueType  # 2
+"""Sent to an executor; no outcome yet."""
+INVOCATION_STATE_SUCCEEDED: InvocationState.ValueType  # 3
+"""The guest returned: `outcome.success` holds the results."""
+INVOCATION_STATE_FAILED: InvocationState.ValueType  # 4
+"""The guest failed (`outcome.failure`: trap, exit, limit) or the call failed
+before it could run or while it ran (`error`).
+"""
+Global___InvocationState: _TypeAlias = InvocationState  # noqa: Y015
 
 @_typing.final
 class FunctionConfig(_message.Message):
@@ -699,3 +736,288 @@ class DeleteInstanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteInstanceResponse: _TypeAlias = DeleteInstanceResponse  # noqa: Y015
+
+@_typing.final
+class InvocationError(_message.Message):
+    """Why an invocation's call failed as a request (not as a guest): the status the
+    synchronous Invoke would have returned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The canonical status code (google.rpc.Code)."""
+    message: _builtins.str
+    """The human-readable message (not stable)."""
+    reason: _builtins.str
+    """The stable ErrorInfo reason, e.g. `EXECUTOR_SATURATED`."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The ErrorInfo metadata."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvocationError: _TypeAlias = InvocationError  # noqa: Y015
+
+@_typing.final
+class Invocation(_message.Message):
+    """An async invocation of a function."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `invocations/{invocation_id}`."""
+    function: _builtins.str
+    """The function called, `functions/{function_id}`."""
+    tenant: _builtins.str
+    """The tenant that started the invocation."""
+    export_name: _builtins.str
+    """The export called."""
+    state: Global___InvocationState.ValueType
+    """Where the invocation is in its life."""
+    request_id: _builtins.str
+    """The request_id it was started with, if any."""
+    @_builtins.property
+    def outcome(self) -> _invocation_pb2.InvocationOutcome:
+        """What the guest did, once it has run (SUCCEEDED, or FAILED by the guest)."""
+
+    @_builtins.property
+    def error(self) -> Global___InvocationError:
+        """Why the call failed as a request (FAILED without an outcome)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the invocation was started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it finished; unset while PENDING or RUNNING."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a finished invocation is forgotten; unset while PENDING or RUNNING."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        function: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        export_name: _builtins.str = ...,
+        state: Global___InvocationState.ValueType = ...,
+        outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        error: Global___InvocationError | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "expire_time", b"expire_time", "export_name", b"export_name", "function", b"function", "name", b"name", "outcome", b"outcome", "request_id", b"request_id", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invocation: _TypeAlias = Invocation  # noqa: Y015
+
+@_typing.final
+class StartInvocationRequest(_message.Message):
+    """Request for StartInvocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (1-128 printable ASCII characters): a second
+    StartInvocation of the tenant with the same request_id returns the first
+    invocation instead of starting another (while that one is retained).
+    """
+    @_builtins.property
+    def invocation(self) -> Global___InvokeRequest:
+        """The call, with the same fields and meaning as for Invoke."""
+
+    def __init__(
+        self,
+        *,
+        invocation: Global___InvokeRequest | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartInvocationRequest: _TypeAlias = StartInvocationRequest  # noqa: Y015
+
+@_typing.final
+class StartInvocationResponse(_message.Message):
+    """The result of StartInvocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invocation(self) -> Global___Invocation:
+        """The invocation, PENDING (or its current state, for a repeated request_id)."""
+
+    def __init__(
+        self,
+        *,
+        invocation: Global___Invocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartInvocationResponse: _TypeAlias = StartInvocationResponse  # noqa: Y015
+
+@_typing.final
+class GetInvocationRequest(_message.Message):
+    """Request for GetInvocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `invocations/{invocation_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvocationRequest: _TypeAlias = GetInvocationRequest  # noqa: Y015
+
+@_typing.final
+class GetInvocationResponse(_message.Message):
+    """The result of GetInvocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invocation(self) -> Global___Invocation:
+        """The invocation."""
+
+    def __init__(
+        self,
+        *,
+        invocation: Global___Invocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvocationResponse: _TypeAlias = GetInvocationResponse  # noqa: Y015
+
+@_typing.final
+class ListInvocationsRequest(_message.Message):
+    """Request for ListInvocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum invocations per page (default 50, at most 1000)."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous response, to continue from there."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvocationsRequest: _TypeAlias = ListInvocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListInvocationsResponse(_message.Message):
+    """The result of ListInvocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def invocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invocation]:
+        """One page of invocations, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        invocations: _abc.Iterable[Global___Invocation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocations", b"invocations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvocationsResponse: _TypeAlias = ListInvocationsResponse  # noqa: Y015

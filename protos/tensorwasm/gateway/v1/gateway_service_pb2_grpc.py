@@ -86,6 +86,21 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.FromString,
                 _registered_method=True)
+        self.StartInvocation = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/StartInvocation',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationResponse.FromString,
+                _registered_method=True)
+        self.GetInvocation = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/GetInvocation',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationResponse.FromString,
+                _registered_method=True)
+        self.ListInvocations = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/ListInvocations',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -169,6 +184,30 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartInvocation(self, request, context):
+        """Starts an invocation in the background and returns it at once, PENDING. The
+        function and export are resolved first, so those errors are this call's errors;
+        what happens later is recorded on the invocation. Finished invocations are kept
+        for the gateway's retention period, durably (they survive a gateway restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvocation(self, request, context):
+        """Returns one invocation of the tenant, with its outcome once it has finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvocations(self, request, context):
+        """Lists the tenant's invocations, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +260,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeleteInstance,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.SerializeToString,
+            ),
+            'StartInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartInvocation,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationResponse.SerializeToString,
+            ),
+            'GetInvocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvocation,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationResponse.SerializeToString,
+            ),
+            'ListInvocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvocations,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +549,87 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/DeleteInstance',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/StartInvocation',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.StartInvocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/GetInvocation',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInvocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/ListInvocations',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,16 @@ class GatewayServiceStub:
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]
     """Terminates an instance (the original's terminate); a running call stops."""
+    StartInvocation: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.StartInvocationRequest, _gateway_service_pb2.StartInvocationResponse]
+    """Starts an invocation in the background and returns it at once, PENDING. The
+    function and export are resolved first, so those errors are this call's errors;
+    what happens later is recorded on the invocation. Finished invocations are kept
+    for the gateway's retention period, durably (they survive a gateway restart).
+    """
+    GetInvocation: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInvocationRequest, _gateway_service_pb2.GetInvocationResponse]
+    """Returns one invocation of the tenant, with its outcome once it has finished."""
+    ListInvocations: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]
+    """Lists the tenant's invocations, oldest first, a page at a time."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -101,6 +111,16 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
     """Terminates an instance (the original's terminate); a running call stops."""
+    StartInvocation: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.StartInvocationRequest, _gateway_service_pb2.StartInvocationResponse]  # type: ignore[assignment]
+    """Starts an invocation in the background and returns it at once, PENDING. The
+    function and export are resolved first, so those errors are this call's errors;
+    what happens later is recorded on the invocation. Finished invocations are kept
+    for the gateway's retention period, durably (they survive a gateway restart).
+    """
+    GetInvocation: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInvocationRequest, _gateway_service_pb2.GetInvocationResponse]  # type: ignore[assignment]
+    """Returns one invocation of the tenant, with its outcome once it has finished."""
+    ListInvocations: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]  # type: ignore[assignment]
+    """Lists the tenant's invocations, oldest first, a page at a time."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of TensorWasm. Every call is scoped to the tenant named in the
@@ -195,5 +215,33 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.DeleteInstanceResponse, _abc.Awaitable[_gateway_service_pb2.DeleteInstanceResponse]]:
         """Terminates an instance (the original's terminate); a running call stops."""
+
+    @_abc_1.abstractmethod
+    def StartInvocation(
+        self,
+        request: _gateway_service_pb2.StartInvocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.StartInvocationResponse, _abc.Awaitable[_gateway_service_pb2.StartInvocationResponse]]:
+        """Starts an invocation in the background and returns it at once, PENDING. The
+        function and export are resolved first, so those errors are this call's errors;
+        what happens later is recorded on the invocation. Finished invocations are kept
+        for the gateway's retention period, durably (they survive a gateway restart).
+        """
+
+    @_abc_1.abstractmethod
+    def GetInvocation(
+        self,
+        request: _gateway_service_pb2.GetInvocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.GetInvocationResponse, _abc.Awaitable[_gateway_service_pb2.GetInvocationResponse]]:
+        """Returns one invocation of the tenant, with its outcome once it has finished."""
+
+    @_abc_1.abstractmethod
+    def ListInvocations(
+        self,
+        request: _gateway_service_pb2.ListInvocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListInvocationsResponse, _abc.Awaitable[_gateway_service_pb2.ListInvocationsResponse]]:
+        """Lists the tenant's invocations, oldest first, a page at a time."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,225 @@
+"""Async invocations in the registry database: one row each, durable, kept until expiry."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, replace
+
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+
+from tensorwasm_gateway.errors import InvocationNotFoundError
+from tensorwasm_gateway.registry import Registry
+
+PENDING = pb.INVOCATION_STATE_PENDING
+RUNNING = pb.INVOCATION_STATE_RUNNING
+SUCCEEDED = pb.INVOCATION_STATE_SUCCEEDED
+FAILED = pb.INVOCATION_STATE_FAILED
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations (
+    tenant TEXT NOT NULL,
+    invocation_id TEXT NOT NULL,
+    function_id TEXT NOT NULL,
+    export_name TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    request_id TEXT,
+    outcome BLOB NOT NULL DEFAULT x'',
+    error BLOB NOT NULL DEFAULT x'',
+    create_time_ns INTEGER NOT NULL,
+    end_time_ns INTEGER,
+    expire_time_ns INTEGER,
+    PRIMARY KEY (tenant, invocation_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS invocations_by_request_id
+    ON invocations (tenant, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invocations_by_expiry
+    ON invocations (expire_time_ns) WHERE expire_time_ns IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True)
+class InvocationRecord:
+    """One async invocation as stored."""
+
+    tenant: str
+    invocation_id: str
+    function_id: str
+    export_name: str
+    state: int  # a tensorwasm.gateway.v1.InvocationState value
+    request_id: str | None
+    create_time_ns: int
+    outcome: bytes = b""  # a serialized tensorwasm.common.v1.InvocationOutcome
+    error: bytes = b""  # a serialized tensorwasm.gateway.v1.InvocationError
+    end_time_ns: int | None = None
+    expire_time_ns: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once SUCCEEDED or FAILED."""
+        return self.state in (SUCCEEDED, FAILED)
+
+
+class InvocationStore:
+    """The `invocations` table; every write is committed durably before it returns."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        with registry.locked() as db:
+            db.executescript(_SCHEMA)
+
+    def insert(self, record: InvocationRecord) -> InvocationRecord:
+        """Adds a PENDING invocation; with a request_id already used by the tenant,
+        returns that invocation instead (even past its expiry it is gone, not reused)."""
+        try:
+            with self._registry.locked() as db:
+                db.execute(
+                    "INSERT INTO invocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _row(record),
+                )
+        except sqlite3.IntegrityError:
+            if record.request_id is None:
+                raise
+            existing = self.by_request_id(record.tenant, record.request_id)
+            if existing is None:  # deleted between the insert and the read: try once more
+                return self.insert(record)
+            return existing
+        return record
+
+    def by_request_id(self, tenant: str, request_id: str) -> InvocationRecord | None:
+        """The tenant's invocation started with `request_id`, if any."""
+        with self._registry.locked() as db:
+            row = db.execute(
+                "SELECT * FROM invocations WHERE tenant = ? AND request_id = ?",
+                (tenant, request_id),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def get(self, tenant: str, invocation_id: str, now_ns: int) -> InvocationRecord:
+        """The invocation; InvocationNotFoundError when unknown or expired."""
+        with self._registry.locked() as db:
+            row = db.execute(
+                "SELECT * FROM invocations WHERE tenant = ? AND invocation_id = ? "
+                "AND (expire_time_ns IS NULL OR expire_time_ns > ?)",
+                (tenant, invocation_id, now_ns),
+            ).fetchone()
+        if row is None:
+            raise InvocationNotFoundError(
+                f"invocation {invocation_id!r} not found",
+                metadata={"invocation_id": invocation_id},
+            )
+        return _record(row)
+
+    def list_page(self, tenant: str, after: str, limit: int, now_ns: int) -> list[InvocationRecord]:
+        """Up to `limit` unexpired invocations with ids greater than `after`, by id (ids
+        are time-ordered, so this is oldest first)."""
+        with self._registry.locked() as db:
+            rows = db.execute(
+                "SELECT * FROM invocations WHERE tenant = ? AND invocation_id > ? "
+                "AND (expire_time_ns IS NULL OR expire_time_ns > ?) "
+                "ORDER BY invocation_id LIMIT ?",
+                (tenant, after, now_ns, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def set_running(self, tenant: str, invocation_id: str) -> None:
+        """PENDING -> RUNNING."""
+        with self._registry.locked() as db:
+            db.execute(
+                "UPDATE invocations SET state = ? WHERE tenant = ? AND invocation_id = ? "
+                "AND state = ?",
+                (RUNNING, tenant, invocation_id, PENDING),
+            )
+
+    def finish(self, record: InvocationRecord) -> None:
+        """Records the final state, outcome or error, end and expiry of an invocation
+        that has not finished yet (a finished invocation never changes)."""
+        with self._registry.locked() as db:
+            db.execute(
+                "UPDATE invocations SET state = ?, outcome = ?, error = ?, end_time_ns = ?, "
+                "expire_time_ns = ? WHERE tenant = ? AND invocation_id = ? AND state IN (?, ?)",
+                (
+                    record.state,
+                    record.outcome,
+                    record.error,
+                    record.end_time_ns,
+                    record.expire_time_ns,
+                    record.tenant,
+                    record.invocation_id,
+                    PENDING,
+                    RUNNING,
+                ),
+            )
+
+    def fail_unfinished(self, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
+        """Marks every PENDING or RUNNING invocation FAILED with `error` (at start: the
+        gateway that ran them is gone); returns how many."""
+        with self._registry.locked() as db:
+            cursor = db.execute(
+                "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
+                "expire_time_ns = ? WHERE state IN (?, ?)",
+                (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING),
+            )
+        return cursor.rowcount
+
+    def purge_expired(self, now_ns: int) -> int:
+        """Deletes the invocations past their expiry; returns how many."""
+        with self._registry.locked() as db:
+            cursor = db.execute(
+                "DELETE FROM invocations WHERE expire_time_ns IS NOT NULL AND expire_time_ns <= ?",
+                (now_ns,),
+            )
+        return cursor.rowcount
+
+
+def finished(
+    record: InvocationRecord,
+    state: int,
+    *,
+    outcome: bytes = b"",
+    error: bytes = b"",
+    end_time_ns: int,
+    retention_ns: int,
+) -> InvocationRecord:
+    """`record` in its final state."""
+    return replace(
+        record,
+        state=state,
+        outcome=outcome,
+        error=error,
+        end_time_ns=end_time_ns,
+        expire_time_ns=end_time_ns + retention_ns,
+    )
+
+
+def _row(record: InvocationRecord) -> tuple[object, ...]:
+    return (
+        record.tenant,
+        record.invocation_id,
+        record.function_id,
+        record.export_name,
+        record.state,
+        record.request_id,
+        record.outcome,
+        record.error,
+        record.create_time_ns,
+        record.end_time_ns,
+        record.expire_time_ns,
+    )
+
+
+def _record(row: tuple[object, ...]) -> InvocationRecord:
+    (tenant, invocation_id, function_id, export, state, request_id, outcome, error,
+     created, ended, expires) = row  # fmt: skip
+    return InvocationRecord(
+        tenant=str(tenant),
+        invocation_id=str(invocation_id),
+        function_id=str(function_id),
+        export_name=str(export),
+        state=int(state),  # type: ignore[call-overload]
+        request_id=None if request_id is None else str(request_id),
+        create_time_ns=int(created),  # type: ignore[call-overload]
+        outcome=bytes(outcome),  # type: ignore[call-overload]
+        error=bytes(error),  # type: ignore[call-overload]
+        end_time_ns=None if ended is None else int(ended),  # type: ignore[call-overload]
+        expire_time_ns=None if expires is None else int(expires),  # type: ignore[call-overload]
+    )

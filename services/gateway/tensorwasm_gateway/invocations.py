@@ -1,0 +1,223 @@
+"""Async invocations: resolve now, run in the background, record the outcome durably.
+
+An invocation is PENDING once recorded, RUNNING once sent to an executor, then
+SUCCEEDED (the guest returned) or FAILED (the guest failed: `outcome.failure`; or the
+request failed: `error`). It is run at most once: an invocation interrupted by a
+gateway stop is FAILED with INVOCATION_INTERRUPTED, never re-run, since the guest may
+have run already. Finished invocations are kept `retention_seconds`, then purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge
+from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
+
+from tensorwasm_gateway.errors import AsyncCapacityExhaustedError, InvalidNameError
+from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.invocation_store import (
+    FAILED,
+    PENDING,
+    SUCCEEDED,
+    InvocationRecord,
+    InvocationStore,
+    finished,
+)
+
+_log = logging.getLogger(__name__)
+MAX_REQUEST_ID_CHARS = 128
+INVOCATION_ID = re.compile(r"[0-9a-f]{32}")
+
+INVOCATIONS_UNFINISHED = Gauge(
+    "tensorwasm_gateway_invocations_unfinished",
+    "Async invocations of this gateway that are pending or running.",
+)
+INVOCATIONS_FINISHED = Counter(
+    "tensorwasm_gateway_invocations_finished",
+    "Async invocations finished, by final state (succeeded, failed) and tenant.",
+    ["state", "tenant"],
+)
+
+
+def invocation_id_from_name(name: str) -> str:
+    """`invocations/{id}` -> id, validating the pattern."""
+    prefix, _, invocation_id = name.partition("/")
+    if prefix != "invocations" or not INVOCATION_ID.fullmatch(invocation_id):
+        raise InvalidNameError(
+            "name must be invocations/{id} with id of 32 lowercase hex digits",
+            metadata={"name": name[:200]},
+        )
+    return invocation_id
+
+
+def new_invocation_id(now_ns: int) -> str:
+    """32 hex digits, ordered by creation time (then random)."""
+    return f"{now_ns:016x}{secrets.token_hex(8)}"
+
+
+def error_to_wire(error: ServiceError) -> pb.InvocationError:
+    """The status a synchronous Invoke would have returned, as stored."""
+    return pb.InvocationError(
+        code=int(error.code), message=error.message, reason=error.reason, metadata=error.metadata
+    )
+
+
+def interrupted_error() -> pb.InvocationError:
+    """The error of an invocation its gateway stopped under."""
+    return pb.InvocationError(
+        code=int(Code.ABORTED),
+        message="the gateway stopped while the invocation was pending or running; "
+        "it was not re-run (the guest may or may not have run)",
+        reason="INVOCATION_INTERRUPTED",
+    )
+
+
+class InvocationService:
+    """Starts, runs, records and reports async invocations."""
+
+    def __init__(
+        self,
+        functions: FunctionService,
+        store: InvocationStore,
+        *,
+        retention_seconds: float,
+        max_unfinished: int,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._functions = functions
+        self._store = store
+        self._retention_ns = round(retention_seconds * 1e9)
+        self._max_unfinished = max_unfinished
+        self._clock_ns = clock_ns
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def recover(self) -> int:
+        """At start: fails the invocations a previous gateway left unfinished."""
+        now = self._clock_ns()
+        count = self._store.fail_unfinished(
+            interrupted_error().SerializeToString(), now, now + self._retention_ns
+        )
+        if count:
+            _log.warning("%d invocations were interrupted by the last stop; marked failed", count)
+        return count
+
+    def start_sweeping(self, interval_seconds: float) -> None:
+        """Purges expired invocations every `interval_seconds` in the background."""
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                await asyncio.to_thread(self._store.purge_expired, self._clock_ns())
+
+        self._sweeper = asyncio.create_task(sweep())
+
+    async def start(
+        self,
+        tenant: str,
+        function_id: str,
+        request: executor_pb.InvokeRequest,
+        request_id: str = "",
+    ) -> InvocationRecord:
+        """Resolves the call (its errors are raised here), records it PENDING and runs
+        it in the background. A request_id the tenant used before returns that
+        invocation instead."""
+        if request_id:
+            if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+                raise InvalidArgumentError(
+                    "request_id must be 1-128 printable characters",
+                    metadata={"field": "request_id"},
+                )
+            existing = await asyncio.to_thread(self._store.by_request_id, tenant, request_id)
+            if existing is not None:
+                return existing
+        if len(self._tasks) >= self._max_unfinished:
+            raise AsyncCapacityExhaustedError(
+                f"the gateway holds {self._max_unfinished} unfinished invocations",
+                metadata={"limit": str(self._max_unfinished)},
+                retry_after_seconds=1.0,
+            )
+        export = await self._functions.resolve(tenant, function_id, request)
+        now = self._clock_ns()
+        record = InvocationRecord(
+            tenant=tenant,
+            invocation_id=new_invocation_id(now),
+            function_id=function_id,
+            export_name=export,
+            state=PENDING,
+            request_id=request_id or None,
+            create_time_ns=now,
+        )
+        stored = await asyncio.to_thread(self._store.insert, record)
+        if stored.invocation_id != record.invocation_id:  # a concurrent twin won the id
+            return stored
+        self._tasks[record.invocation_id] = asyncio.create_task(self._run(record, request))
+        INVOCATIONS_UNFINISHED.set(len(self._tasks))
+        return record
+
+    async def _run(self, record: InvocationRecord, request: executor_pb.InvokeRequest) -> None:
+        outcome = error = b""
+        try:
+            await asyncio.to_thread(self._store.set_running, record.tenant, record.invocation_id)
+            response = await self._functions.invoke_resolved(request)
+            state = SUCCEEDED if response.outcome.HasField("success") else FAILED
+            outcome = response.outcome.SerializeToString()
+        except ServiceError as exc:
+            state, error = FAILED, error_to_wire(exc).SerializeToString()
+        except asyncio.CancelledError:  # the gateway is stopping: record it, then end
+            self._finish(record, FAILED, b"", interrupted_error().SerializeToString())
+            raise
+        except Exception:
+            _log.exception("async invocation %s failed", record.invocation_id)
+            state = FAILED
+            error = error_to_wire(ServiceError("internal error")).SerializeToString()
+        await asyncio.to_thread(self._finish, record, state, outcome, error)
+
+    def _finish(self, record: InvocationRecord, state: int, outcome: bytes, error: bytes) -> None:
+        done = finished(
+            record,
+            state,
+            outcome=outcome,
+            error=error,
+            end_time_ns=self._clock_ns(),
+            retention_ns=self._retention_ns,
+        )
+        self._store.finish(done)
+        self._tasks.pop(record.invocation_id, None)
+        INVOCATIONS_UNFINISHED.set(len(self._tasks))
+        INVOCATIONS_FINISHED.labels(
+            "succeeded" if state == SUCCEEDED else "failed", record.tenant
+        ).inc()
+
+    async def get(self, tenant: str, invocation_id: str) -> InvocationRecord:
+        """One unexpired invocation of the tenant."""
+        return await asyncio.to_thread(self._store.get, tenant, invocation_id, self._clock_ns())
+
+    async def list_page(self, tenant: str, after: str, limit: int) -> list[InvocationRecord]:
+        """A page of the tenant's unexpired invocations after `after`, oldest first."""
+        return await asyncio.to_thread(
+            self._store.list_page, tenant, after, limit, self._clock_ns()
+        )
+
+    async def close(self, grace_seconds: float) -> None:
+        """Lets running invocations finish for up to `grace_seconds`, then cancels the
+        rest (recorded FAILED, INVOCATION_INTERRUPTED)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,0 +1,194 @@
+"""Routing over three real executor replicas: spread by module digest, and a kill -9 of
+one replica under load fails no retried idempotent call and runs no call twice."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import wasmtime
+from tensorwasm.common.v1 import values_pb2
+from tensorwasm_client.client import GatewayClient, TensorWasmError
+from tensorwasm_client.stack import LocalStack, ServiceProcess
+
+pytestmark = pytest.mark.integration
+EXECUTORS = ("executor", "executor-2", "executor-3")
+INVOKE = "/tensorwasm.executor.v1.ExecutorService/Invoke"
+MODULES = 24
+
+
+def module(index: int) -> bytes:
+    """`add`, plus an export that makes each module's digest its own."""
+    return bytes(
+        wasmtime.wat2wasm(
+            '(module (func (export "add") (param i32 i32) (result i32)'
+            " local.get 0 local.get 1 i32.add)"
+            f' (func (export "v{index}")))'
+        )
+    )
+
+
+def scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def series(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def executed(service: ServiceProcess) -> float:
+    """Invoke calls the executor handled (any status)."""
+    return series(
+        scrape(service.metrics_address),
+        "tensorwasm_grpc_server_requests_total",
+        service="executor",
+        method=INVOKE,
+    )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[LocalStack, dict[str, ServiceProcess]]]:
+    launcher = LocalStack(
+        tmp_path / "fleet",
+        ephemeral_ports=True,
+        executor_replicas=3,
+        extra_env={
+            "TENSORWASM_GATEWAY_EXECUTOR_HEALTH_INTERVAL_SECONDS": "0.5",
+            "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT": "64",
+            "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT_PER_TENANT": "64",
+        },
+    )
+    try:
+        yield launcher, launcher.start()
+    finally:
+        launcher.stop()
+
+
+def add(client: GatewayClient, function: str, a: int, b: int) -> int:
+    args = [values_pb2.Value(i32=a), values_pb2.Value(i32=b)]
+    response = client.invoke(function, "add", args)
+    return int(response.outcome.success.results[0].i32)
+
+
+def test_calls_spread_over_replicas_then_survive_a_kill(
+    fleet: tuple[LocalStack, dict[str, ServiceProcess]],
+) -> None:
+    launcher, services = fleet
+    gateway = services["gateway"]
+    with GatewayClient(gateway.grpc_address, tenant="routing") as client:
+        for i in range(MODULES):
+            client.create_function(f"f{i}", module(i))
+        for i in range(MODULES):
+            assert add(client, f"f{i}", i, 1) == i + 1
+    counts = {name: executed(services[name]) for name in EXECUTORS}
+    assert sum(counts.values()) == MODULES
+    assert all(count > 0 for count in counts.values()), counts  # every replica got digests
+
+    # Under load from 8 callers, kill -9 one replica. A caller retries UNAVAILABLE (the
+    # function is pure, so the caller may); every logical call must end with the sum.
+    victim = max(EXECUTORS, key=lambda n: counts[n])
+    first_try_failures: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+    issued, logical = [0], [0]
+    killed, stop = threading.Event(), threading.Event()
+
+    def one(n: int) -> None:
+        with GatewayClient(gateway.grpc_address, tenant="routing") as caller:
+            for attempt in range(20):
+                with lock:
+                    issued[0] += 1
+                try:
+                    assert add(caller, f"f{n % MODULES}", n, 7) == n + 7
+                    return
+                except TensorWasmError as exc:
+                    assert exc.code == "UNAVAILABLE", exc
+                    with lock:
+                        first_try_failures.append((n, attempt, exc.message))
+                    time.sleep(0.05)
+            raise AssertionError(f"call {n} never succeeded")
+
+    def caller(worker: int) -> None:
+        n = worker
+        while not stop.is_set():
+            one(n)
+            n += 8
+            with lock:
+                logical[0] += 1
+
+    def kill_under_load() -> None:
+        time.sleep(1.0)
+        launcher.kill(victim)
+        killed.set()
+        time.sleep(2.0)
+        stop.set()
+
+    killer = threading.Thread(target=kill_under_load)
+    killer.start()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(caller, range(8)))
+    killer.join()
+    assert killed.is_set()
+    assert logical[0] > 50
+
+    gateway_metrics = scrape(gateway.metrics_address)
+    started = {
+        name: series(
+            gateway_metrics,
+            "tensorwasm_gateway_executor_calls_total",
+            replica=services[name].grpc_address,
+            outcome=outcome,
+        )
+        for name in EXECUTORS
+        for outcome in ("ok", "error")
+    }
+    gateway_invokes = series(
+        gateway_metrics,
+        "tensorwasm_grpc_server_requests_total",
+        service="gateway",
+        method="/tensorwasm.gateway.v1.GatewayService/Invoke",
+    )
+    total_started = sum(
+        series(gateway_metrics, "tensorwasm_gateway_executor_calls_total", outcome=o)
+        for o in ("ok", "error")
+    )
+    # every gateway Invoke was sent (started) on exactly one replica: never on two
+    assert gateway_invokes == MODULES + issued[0]
+    assert total_started == gateway_invokes
+    # the survivors executed exactly the calls the gateway says it started there
+    for name in EXECUTORS:
+        if name == victim:
+            continue
+        sent = series(
+            gateway_metrics,
+            "tensorwasm_gateway_executor_calls_total",
+            replica=services[name].grpc_address,
+        ) - series(
+            gateway_metrics,
+            "tensorwasm_gateway_executor_calls_total",
+            replica=services[name].grpc_address,
+            outcome="not_started",
+        )
+        assert executed(services[name]) == sent, (name, started)
+    # only calls in flight on the victim when it died can have failed (bounded by callers)
+    print(
+        "failovers:",
+        series(gateway_metrics, "tensorwasm_gateway_executor_failovers_total"),
+        "calls failed on the victim (caller retried):",
+        len(first_try_failures),
+    )
+    assert len(first_try_failures) <= 8 * 2, first_try_failures

@@ -1,0 +1,206 @@
+"""The HTTP/JSON face against the gRPC API on the same stack: same results, and each
+gRPC error's mapped kind and status, route by route."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+from tensorwasm.common.v1 import values_pb2
+from tensorwasm_client.client import TensorWasmError
+
+from tests.integration.conftest import RunningStack
+
+pytestmark = pytest.mark.integration
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wat"
+ADD = bytes(wasmtime.wat2wasm((FIXTURES / "add.wat").read_text()))
+
+
+def request(
+    stack: RunningStack, method: str, path: str, tenant: str, body: object = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    host, port = stack.services["gateway"].http_address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    payload = (
+        b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    )
+    try:
+        connection.request(
+            method, path, body=payload, headers={"x-tensorwasm-tenant": tenant, **headers}
+        )
+        reply = connection.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    finally:
+        connection.close()
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    error = json.loads(body)["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def grpc_error(call: Any) -> TensorWasmError:
+    with pytest.raises(TensorWasmError) as caught:
+        call()
+    return caught.value
+
+
+def test_healthz_and_metrics(stack: RunningStack, tenant: str) -> None:
+    status, _, body = request(stack, "GET", "/healthz", tenant)
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    status, headers, body = request(stack, "GET", "/metrics", tenant)
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert b"tensorwasm_grpc_server_requests_total" in body
+
+
+def test_deploy_invoke_delete_match_grpc(stack: RunningStack, tenant: str) -> None:
+    wasm_b64 = base64.b64encode(ADD).decode()
+    status, _, body = request(
+        stack, "POST", "/functions", tenant, {"name": "add", "wasm_b64": wasm_b64}
+    )
+    assert status == 200, body
+    created = json.loads(body)
+    with stack.client(tenant) as client:
+        function = client.get_function("add")
+        assert created["module_digest"] == function.module_digest
+        assert created["id"] == "add" and created["tenant"] == tenant
+        # same request through both faces: same result
+        status, _, body = request(
+            stack, "POST", "/functions/add/invoke", tenant, {"export": "add", "args": [2, 40]}
+        )
+        grpc_reply = client.invoke(
+            "add", "add", [values_pb2.Value(i32=2), values_pb2.Value(i32=40)]
+        )
+        assert status == 200
+        assert json.loads(body)["result"] == [grpc_reply.outcome.success.results[0].i32] == [42]
+        # duplicate deploy: ALREADY_EXISTS on both
+        status, _, body = request(
+            stack, "POST", "/functions", tenant, {"name": "add", "wasm_b64": wasm_b64}
+        )
+        grpc = grpc_error(lambda: client.create_function("add", ADD))
+        assert (status, error_of(body)["reason"]) == (409, grpc.reason)
+        # delete, then a second delete is not_found (404) as in gRPC
+        status, _, body = request(stack, "DELETE", "/functions/add", tenant)
+        assert (status, body) == (204, b"")
+        status, _, body = request(stack, "DELETE", "/functions/add", tenant)
+        grpc = grpc_error(lambda: client.delete_function("add"))
+        assert status == 404
+        assert error_of(body)["kind"] == "not_found"
+        assert (error_of(body)["code"], error_of(body)["reason"]) == (grpc.code, grpc.reason)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        ({"name": "  ", "wasm_b64": "AAAA"}, 400, "invalid_name"),
+        ({"name": "x", "wasm_b64": "@@@"}, 400, "invalid_base64"),
+        ({"name": "x", "wasm_b64": base64.b64encode(b"notwasm!").decode()}, 400, "invalid_wasm"),
+        ({"name": "x", "wasm_b64": "AAAA", "extra": 1}, 400, "invalid_json"),
+    ],
+)
+def test_deploy_errors_have_the_originals_kinds(
+    stack: RunningStack, tenant: str, body: object, status: int, kind: str
+) -> None:
+    got, _, reply = request(stack, "POST", "/functions", tenant, body)
+    assert (got, error_of(reply)["kind"]) == (status, kind)
+
+
+def test_invoke_errors_match_grpc(stack: RunningStack, tenant: str) -> None:
+    with stack.client(tenant) as client:
+        client.create_function("add", ADD)
+        cases = [
+            (
+                "/functions/nope/invoke",
+                {"args": []},
+                lambda: client.invoke("nope"),
+                404,
+                "not_found",
+            ),
+            (
+                "/functions/add/invoke",
+                {"export": "missing"},
+                lambda: client.invoke("add", "missing"),
+                400,
+                "missing_export",
+            ),
+        ]
+        for path, body, grpc_call, status, kind in cases:
+            got, _, reply = request(stack, "POST", path, tenant, body)
+            grpc = grpc_error(grpc_call)
+            error = error_of(reply)
+            assert (got, error["kind"]) == (status, kind)
+            assert (error["code"], error["reason"]) == (grpc.code, grpc.reason)
+        got, _, reply = request(
+            stack, "POST", "/functions/add/invoke", tenant, {"export": "add", "args": ["x", 1]}
+        )
+        assert (got, error_of(reply)["kind"]) == (400, "invalid_args")
+    got, _, reply = request(stack, "GET", "/nowhere", tenant)
+    assert (got, error_of(reply)["kind"]) == (404, "not_found")
+
+
+def test_async_job_matches_get_invocation(stack: RunningStack, tenant: str) -> None:
+    with stack.client(tenant) as client:
+        client.create_function("add", ADD)
+        status, _, body = request(
+            stack, "POST", "/functions/add/invoke-async", tenant, {"export": "add", "args": [1, 2]}
+        )
+        assert status == 202
+        job_id = json.loads(body)["job_id"]
+        invocation = client.wait_invocation(job_id, 30)
+        status, _, body = request(stack, "GET", f"/jobs/{job_id}", tenant)
+        job = json.loads(body)
+        assert status == 200
+        assert (job["status"], job["result"]["result"]) == ("completed", [3])
+        assert [v.i32 for v in invocation.outcome.success.results] == [3]
+        # another tenant does not see it: not_found, as GetInvocation says
+        status, _, body = request(stack, "GET", f"/jobs/{job_id}", tenant + "-other")
+        assert (status, error_of(body)["reason"]) == (404, "INVOCATION_NOT_FOUND")
+        # the gRPC view lists it
+        assert invocation.name in [i.name for i in client.list_invocations()]
+
+
+def test_invoke_stream_sse_ends_with_the_result(stack: RunningStack, tenant: str) -> None:
+    with stack.client(tenant) as client:
+        client.create_function("add", ADD)
+    status, headers, body = request(
+        stack,
+        "POST",
+        "/functions/add/invoke-stream",
+        tenant,
+        {"export": "add", "args": [5, 6]},
+        accept="text/event-stream",
+    )
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    frames = [f for f in body.decode().split("\n\n") if f]
+    assert frames[-1].startswith("event: end\ndata: ")
+    assert json.loads(frames[-1].split("data: ", 1)[1])["result"] == [11]
+    status, _, body = request(
+        stack, "POST", "/functions/nope/invoke-stream", tenant, {}, accept="text/event-stream"
+    )
+    assert (status, error_of(body)["kind"]) == (404, "not_found")
+
+
+def test_http_callers_reach_the_grpc_interceptors(stack: RunningStack, tenant: str) -> None:
+    """The face calls the gateway's own gRPC server: its request counter moves."""
+    before = request(stack, "GET", "/metrics", tenant)[2].decode()
+    request(stack, "POST", "/functions/nope/invoke", tenant, {})
+    time.sleep(0.1)
+    after = request(stack, "GET", "/metrics", tenant)[2].decode()
+    line = 'method="/tensorwasm.gateway.v1.GatewayService/GetFunction"'
+
+    def count(text: str) -> float:
+        return sum(
+            float(x.rsplit(" ", 1)[1])
+            for x in text.splitlines()
+            if x.startswith("tensorwasm_grpc_server_requests_total") and line in x
+        )
+
+    assert count(after) == count(before) + 1

@@ -1,0 +1,296 @@
+"""Unit tests for async invocations: states, outcomes, request ids, retention, restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
+from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm_common.channels import TENANT_METADATA_KEY
+from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_gateway.errors import (
+    AsyncCapacityExhaustedError,
+    FunctionNotFoundError,
+    InvocationNotFoundError,
+)
+from tensorwasm_gateway.invocation_store import (
+    FAILED,
+    RUNNING,
+    InvocationRecord,
+    InvocationStore,
+)
+from tensorwasm_gateway.invocations import InvocationService
+from tensorwasm_gateway.registry import Registry
+from tensorwasm_gateway.servicer import GatewayServicer
+
+SECOND = 1_000_000_000
+
+
+class FakeFunctions:
+    """Resolves `functions/add` only; each call waits for `release`, then answers."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.answer: executor_pb.InvokeResponse | ServiceError = executor_pb.InvokeResponse(
+            outcome=invocation_pb2.InvocationOutcome(
+                success=invocation_pb2.InvocationSuccess(results=[values_pb2.Value(i32=3)])
+            )
+        )
+
+    async def resolve(self, tenant: str, function_id: str, request: Any) -> str:
+        if function_id != "add":
+            raise FunctionNotFoundError(f"function {function_id!r} not found")
+        request.export_name = request.export_name or "add"
+        return str(request.export_name)
+
+    async def invoke_resolved(self, request: Any) -> executor_pb.InvokeResponse:
+        self.calls += 1
+        await self.release.wait()
+        if isinstance(self.answer, ServiceError):
+            raise self.answer
+        return self.answer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000 * SECOND
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def make(tmp_path: Path, **kwargs: Any) -> tuple[InvocationService, FakeFunctions, Clock]:
+    functions = FakeFunctions()
+    clock = Clock()
+    service = InvocationService(
+        functions,  # type: ignore[arg-type]
+        InvocationStore(Registry(tmp_path / "registry.sqlite3")),
+        retention_seconds=kwargs.get("retention_seconds", 60.0),
+        max_unfinished=kwargs.get("max_unfinished", 100),
+        clock_ns=clock,
+    )
+    return service, functions, clock
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+async def settle(service: InvocationService, tenant: str, invocation_id: str) -> InvocationRecord:
+    for _ in range(200):
+        record = await service.get(tenant, invocation_id)
+        if record.finished:
+            return record
+        await asyncio.sleep(0.01)
+    raise AssertionError("the invocation did not finish")
+
+
+def test_an_invocation_is_pending_then_succeeds_with_its_outcome(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, _ = make(tmp_path)
+        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        assert record.state == pb.INVOCATION_STATE_PENDING
+        assert record.export_name == "add"
+        await asyncio.sleep(0.05)
+        assert (await service.get("acme", record.invocation_id)).state == RUNNING
+        functions.release.set()
+        done = await settle(service, "acme", record.invocation_id)
+        assert done.state == pb.INVOCATION_STATE_SUCCEEDED
+        outcome = invocation_pb2.InvocationOutcome.FromString(done.outcome)
+        assert [v.i32 for v in outcome.success.results] == [3]
+        assert (
+            done.end_time_ns is not None and done.expire_time_ns == done.end_time_ns + 60 * SECOND
+        )
+        assert functions.calls == 1
+
+    run(scenario)
+
+
+def test_a_guest_failure_and_a_request_failure_are_failed_invocations(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, _ = make(tmp_path)
+        functions.release.set()
+        functions.answer = executor_pb.InvokeResponse(
+            outcome=invocation_pb2.InvocationOutcome(
+                failure=invocation_pb2.InvocationFailure(reason="TRAP")
+            )
+        )
+        trapped = await service.start("acme", "add", executor_pb.InvokeRequest())
+        done = await settle(service, "acme", trapped.invocation_id)
+        assert done.state == FAILED
+        assert invocation_pb2.InvocationOutcome.FromString(done.outcome).failure.reason == "TRAP"
+        assert done.error == b""
+        functions.answer = ServiceError(
+            "busy", code=Code.RESOURCE_EXHAUSTED, reason="EXECUTOR_SATURATED"
+        )
+        refused = await service.start("acme", "add", executor_pb.InvokeRequest())
+        done = await settle(service, "acme", refused.invocation_id)
+        error = pb.InvocationError.FromString(done.error)
+        assert (done.state, error.code, error.reason) == (FAILED, 8, "EXECUTOR_SATURATED")
+        assert done.outcome == b""
+
+    run(scenario)
+
+
+def test_resolution_errors_are_the_start_calls_own(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, _ = make(tmp_path)
+        with pytest.raises(FunctionNotFoundError):
+            await service.start("acme", "nope", executor_pb.InvokeRequest())
+        assert await service.list_page("acme", "", 10) == []
+        assert functions.calls == 0
+
+    run(scenario)
+
+
+def test_a_repeated_request_id_returns_the_first_invocation(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, _ = make(tmp_path)
+        first = await service.start("acme", "add", executor_pb.InvokeRequest(), "req-1")
+        again = await service.start("acme", "add", executor_pb.InvokeRequest(), "req-1")
+        other_tenant = await service.start("beta", "add", executor_pb.InvokeRequest(), "req-1")
+        assert again.invocation_id == first.invocation_id
+        assert other_tenant.invocation_id != first.invocation_id
+        functions.release.set()
+        await settle(service, "acme", first.invocation_id)
+        await settle(service, "beta", other_tenant.invocation_id)
+        assert functions.calls == 2
+
+    run(scenario)
+
+
+def test_unfinished_invocations_are_capped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, _ = make(tmp_path, max_unfinished=2)
+        await service.start("acme", "add", executor_pb.InvokeRequest())
+        await service.start("acme", "add", executor_pb.InvokeRequest())
+        with pytest.raises(AsyncCapacityExhaustedError) as caught:
+            await service.start("acme", "add", executor_pb.InvokeRequest())
+        assert caught.value.retry_after_seconds == 1.0
+        functions.release.set()
+        await service.close(5.0)
+
+    run(scenario)
+
+
+def test_finished_invocations_expire_after_the_retention(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, clock = make(tmp_path, retention_seconds=60.0)
+        functions.release.set()
+        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        await settle(service, "acme", record.invocation_id)
+        clock.now += 59 * SECOND
+        assert (await service.get("acme", record.invocation_id)).finished
+        clock.now += 2 * SECOND
+        with pytest.raises(InvocationNotFoundError):
+            await service.get("acme", record.invocation_id)
+        assert await service.list_page("acme", "", 10) == []
+        assert service._store.purge_expired(clock.now) == 1
+
+    run(scenario)
+
+
+def test_a_restart_keeps_finished_invocations_and_fails_unfinished_ones(tmp_path: Path) -> None:
+    async def first_life() -> tuple[str, str]:
+        service, functions, _ = make(tmp_path)
+        functions.release.set()
+        done = await service.start("acme", "add", executor_pb.InvokeRequest())
+        await settle(service, "acme", done.invocation_id)
+        # a row as a gateway killed (-9) mid-call leaves it: RUNNING, never finished
+        running = InvocationRecord(
+            tenant="acme",
+            invocation_id="f" * 32,
+            function_id="add",
+            export_name="add",
+            state=RUNNING,
+            request_id=None,
+            create_time_ns=1,
+        )
+        service._store.insert(running)
+        return done.invocation_id, running.invocation_id
+
+    done_id, running_id = asyncio.run(first_life())
+
+    async def second_life() -> None:
+        service, _, _ = make(tmp_path)
+        assert service.recover() == 1
+        kept = await service.get("acme", done_id)
+        assert kept.state == pb.INVOCATION_STATE_SUCCEEDED
+        interrupted = await service.get("acme", running_id)
+        error = pb.InvocationError.FromString(interrupted.error)
+        assert interrupted.state == FAILED
+        assert (error.code, error.reason) == (int(Code.ABORTED), "INVOCATION_INTERRUPTED")
+
+    run(second_life)
+
+
+def test_a_stop_past_the_grace_period_fails_running_invocations(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, _, _ = make(tmp_path)
+        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        await asyncio.sleep(0.02)
+        await service.close(0.05)
+        stopped = await service.get("acme", record.invocation_id)
+        assert stopped.state == FAILED
+        assert pb.InvocationError.FromString(stopped.error).reason == "INVOCATION_INTERRUPTED"
+
+    run(scenario)
+
+
+class FakeContext:
+    def __init__(self, tenant: str) -> None:
+        self._metadata = ((TENANT_METADATA_KEY, tenant),)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+def test_servicer_lists_a_tenants_invocations_a_page_at_a_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, functions, clock = make(tmp_path)
+        functions.release.set()
+        servicer = GatewayServicer(None, service)  # type: ignore[arg-type]
+        names = []
+        for _ in range(5):
+            clock.now += 1
+            started = await servicer.StartInvocation(
+                pb.StartInvocationRequest(invocation=pb.InvokeRequest(name="functions/add")),
+                FakeContext("acme"),  # type: ignore[arg-type]
+            )
+            names.append(started.invocation.name)
+        await servicer.StartInvocation(
+            pb.StartInvocationRequest(invocation=pb.InvokeRequest(name="functions/add")),
+            FakeContext("beta"),  # type: ignore[arg-type]
+        )
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await servicer.ListInvocations(
+                pb.ListInvocationsRequest(page_size=2, page_token=token),
+                FakeContext("acme"),  # type: ignore[arg-type]
+            )
+            seen += [i.name for i in page.invocations]
+            assert len(page.invocations) <= 2
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == names
+        got = await servicer.GetInvocation(
+            pb.GetInvocationRequest(name=names[0]),
+            FakeContext("acme"),  # type: ignore[arg-type]
+        )
+        assert got.invocation.function == "functions/add"
+        with pytest.raises(InvocationNotFoundError):
+            await servicer.GetInvocation(
+                pb.GetInvocationRequest(name=names[0]),
+                FakeContext("beta"),  # type: ignore[arg-type]
+            )
+        await service.close(5.0)
+
+    run(scenario)
