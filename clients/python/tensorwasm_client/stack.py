@@ -113,6 +113,8 @@ class LocalStack:
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
             env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
+        if name == "executor" and "jit" in started:  # guests' tensorwasm:gpu kernels
+            env[prefix + "JIT_ADDRESS"] = started["jit"].grpc_address
         if name == "gateway":
             env[prefix + "EXECUTOR_ADDRESSES"] = started["executor"].grpc_address
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
