@@ -89,3 +89,44 @@ def test_the_jit_cache_served_the_guests_kernels(
         )
     assert response.cache_hit  # the executor's EmitKernel put it there
     assert response.kernel.entry == "tw_matmul_f32_k8_m8_n8_tile16"
+
+
+def test_list_kernels_and_artifacts_over_grpc(stack: Any) -> None:
+    with grpc.insecure_channel(stack.services["jit"].grpc_address) as channel:
+        stub = jit_grpc.JitCacheServiceStub(channel)
+        for size in (4, 5, 6):
+            stub.EmitKernel(
+                jit_pb.EmitKernelRequest(
+                    op="conv2d", params={"height": size, "width": size}, target="sm_86"
+                ),
+                timeout=10,
+            )
+        keys: list[str] = []
+        token = ""
+        while True:
+            page = stub.ListKernels(jit_pb.ListKernelsRequest(page_size=2, page_token=token))
+            assert len(page.kernels) <= 2
+            keys += [kernel.cache_key for kernel in page.kernels]
+            token = page.next_page_token
+            if not token:
+                break
+        assert keys == sorted(keys) and len(keys) == len(set(keys)) >= 3
+        with pytest.raises(grpc.RpcError) as bad_token:
+            stub.ListKernels(jit_pb.ListKernelsRequest(page_token="nope"))
+        assert bad_token.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        digest = "cd" * 32
+        put = stub.PutArtifact(
+            jit_pb.PutArtifactRequest(
+                ptx_digest=digest, compute_capability="sm_90", data=b"\x7fELF"
+            )
+        )
+        assert put.created
+        got = stub.GetArtifact(
+            jit_pb.GetArtifactRequest(ptx_digest=digest, compute_capability="sm_90")
+        )
+        assert (got.data, got.data_digest) == (b"\x7fELF", put.data_digest)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetArtifact(
+                jit_pb.GetArtifactRequest(ptx_digest=digest, compute_capability="sm_80")
+            )
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND

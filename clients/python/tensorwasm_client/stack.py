@@ -106,6 +106,8 @@ class LocalStack:
             env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{name}.jsonl")
         if name == "snapshot":
             env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
+        if name == "jit":  # emitted kernels and shared cubins persist with the stack
+            env.setdefault(prefix + "DATA_DIR", str(self.data_dir / "jit"))
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
             env.setdefault(prefix + "ARTIFACT_DIR", str(self.data_dir / "executor" / "artifacts"))
