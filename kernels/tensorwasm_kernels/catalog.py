@@ -162,7 +162,7 @@ class KernelSpec:
             have, need = flat[param.name].size, needed[param.name]
             if have < need:
                 size = param.kind.element_dtype.itemsize
-                kind = param.kind.element_dtype.name
+                kind = f"f{8 * size}"  # f32, f16
                 raise KernelArgumentError(
                     f"{self.name}: buffer {param.name} has {have} {kind} elements "
                     f"({have * size} bytes) but the launch touches {need} ({need * size} bytes)",
