@@ -161,9 +161,11 @@ class KernelSpec:
         for param in self.pointer_params:
             have, need = flat[param.name].size, needed[param.name]
             if have < need:
+                size = param.kind.element_dtype.itemsize
+                kind = f"f{8 * size}"  # f32, f16
                 raise KernelArgumentError(
-                    f"{self.name}: buffer {param.name} has {have} f32 elements ({have * 4} "
-                    f"bytes) but the launch touches {need} ({need * 4} bytes)",
+                    f"{self.name}: buffer {param.name} has {have} {kind} elements "
+                    f"({have * size} bytes) but the launch touches {need} ({need * size} bytes)",
                     param=param.name,
                 )
         self.reference_fn(flat, values, checked_grid, checked_block)

@@ -24,6 +24,9 @@ class ParamKind(enum.Enum):
     PTR_F32_IN = "ptr_f32_in"
     PTR_F32_OUT = "ptr_f32_out"
     PTR_F32_INOUT = "ptr_f32_inout"
+    PTR_F16_IN = "ptr_f16_in"
+    PTR_F16_OUT = "ptr_f16_out"
+    PTR_F16_INOUT = "ptr_f16_inout"
     I32 = "i32"
     U32 = "u32"
     F32 = "f32"
@@ -36,12 +39,27 @@ class ParamKind(enum.Enum):
     @property
     def is_read(self) -> bool:
         """True for buffers the kernel reads."""
-        return self in {ParamKind.PTR_F32_IN, ParamKind.PTR_F32_INOUT}
+        return self in {
+            ParamKind.PTR_F32_IN,
+            ParamKind.PTR_F32_INOUT,
+            ParamKind.PTR_F16_IN,
+            ParamKind.PTR_F16_INOUT,
+        }
 
     @property
     def is_written(self) -> bool:
         """True for buffers the kernel writes: the ones to copy back after a launch."""
-        return self in {ParamKind.PTR_F32_OUT, ParamKind.PTR_F32_INOUT}
+        return self in {
+            ParamKind.PTR_F32_OUT,
+            ParamKind.PTR_F32_INOUT,
+            ParamKind.PTR_F16_OUT,
+            ParamKind.PTR_F16_INOUT,
+        }
+
+    @property
+    def element_dtype(self) -> np.dtype[Any]:
+        """The little-endian element type of a buffer kind (float32 or float16)."""
+        return np.dtype("<f2") if self in _F16_POINTERS else np.dtype("<f4")
 
     @property
     def ptx_type(self) -> str:
@@ -49,11 +67,15 @@ class ParamKind(enum.Enum):
         return _PTX_TYPES[self]
 
 
-_POINTERS = frozenset({ParamKind.PTR_F32_IN, ParamKind.PTR_F32_OUT, ParamKind.PTR_F32_INOUT})
+_F16_POINTERS = frozenset({ParamKind.PTR_F16_IN, ParamKind.PTR_F16_OUT, ParamKind.PTR_F16_INOUT})
+_POINTERS = _F16_POINTERS | {ParamKind.PTR_F32_IN, ParamKind.PTR_F32_OUT, ParamKind.PTR_F32_INOUT}
 _PTX_TYPES = {
     ParamKind.PTR_F32_IN: ".u64",
     ParamKind.PTR_F32_OUT: ".u64",
     ParamKind.PTR_F32_INOUT: ".u64",
+    ParamKind.PTR_F16_IN: ".u64",
+    ParamKind.PTR_F16_OUT: ".u64",
+    ParamKind.PTR_F16_INOUT: ".u64",
     ParamKind.I32: ".u32",
     ParamKind.U32: ".u32",
     ParamKind.F32: ".f32",
@@ -94,21 +116,32 @@ def f32_view(buffer: bytes | bytearray | memoryview | npt.NDArray[Any]) -> F32Ar
     return as_bytes[: as_bytes.size // 4 * 4].view("<f4")
 
 
+def element_view(buffer: bytes | bytearray | memoryview, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Views staged bytes as elements of `dtype` (float32 or float16), without copying.
+
+    A trailing part shorter than one element is left out; writable when `buffer` is.
+    """
+    raw = np.frombuffer(buffer, dtype=np.uint8)
+    return raw[: raw.size // dtype.itemsize * dtype.itemsize].view(dtype)
+
+
 def check_buffer(param: Param, buffer: object) -> F32Array:
-    """Checks a buffer argument and returns it as a flat float32 view.
+    """Checks a buffer argument and returns it as a flat view of its element type.
 
     Raises:
-        KernelArgumentError: It is not a C-contiguous float32 NumPy array, or the kernel
-            writes it and it is read-only.
+        KernelArgumentError: It is not a C-contiguous NumPy array of the kind's element
+            type (float32, or float16 for the f16 kinds), or the kernel writes it and it
+            is read-only.
     """
+    expected = param.kind.element_dtype
     if not isinstance(buffer, np.ndarray):
         raise KernelArgumentError(
-            f"{param.name}: expected a float32 NumPy array, got {type(buffer).__name__}",
+            f"{param.name}: expected a {expected.name} NumPy array, got {type(buffer).__name__}",
             param=param.name,
         )
-    if buffer.dtype != np.float32 or not buffer.flags.c_contiguous:
+    if buffer.dtype != expected or not buffer.flags.c_contiguous:
         raise KernelArgumentError(
-            f"{param.name}: expected a C-contiguous float32 array, got {buffer.dtype}"
+            f"{param.name}: expected a C-contiguous {expected.name} array, got {buffer.dtype}"
             f"{'' if buffer.flags.c_contiguous else ' (not contiguous)'}",
             param=param.name,
         )

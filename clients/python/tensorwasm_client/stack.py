@@ -116,6 +116,8 @@ class LocalStack:
             env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{replica}.jsonl")
         if name == "snapshot":
             env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
+        if name == "jit":  # emitted kernels and shared cubins persist with the stack
+            env.setdefault(prefix + "DATA_DIR", str(self.data_dir / "jit"))
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
             artifacts = self.data_dir / replica / "artifacts"
@@ -124,6 +126,8 @@ class LocalStack:
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
             env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
+        if name == "executor" and "jit" in started:  # guests' tensorwasm:gpu kernels
+            env[prefix + "JIT_ADDRESS"] = started["jit"].grpc_address
         if name == "gateway":
             env[prefix + "EXECUTOR_ADDRESSES"] = ",".join(
                 s.grpc_address for n, s in started.items() if _kind(n) == "executor"

@@ -1,7 +1,8 @@
 """The cpu backend: runs the kernel library's kernels with their NumPy references.
 
-A kernel is found by identity (`lookup_by_ptx`: the canonical PTX text and its entry);
-any other PTX is not available here. Staged buffers are host bytearrays, viewed as f32 by
+A kernel is found by identity (`lookup_by_ptx`: the canonical PTX text and its entry), or
+as a jit-emitted kernel by its marker line and entry (`lookup_emitted`); any other PTX is
+not available here. Staged buffers are host bytearrays, viewed as f32 by
 the references and written in place, so a batch's launches see each other's writes.
 Kernel time is the wall time of the reference.
 """
@@ -20,9 +21,10 @@ from tensorwasm_kernels import (
     LaunchGeometryError,
     ParamKind,
     check_geometry,
-    f32_view,
     lookup_by_ptx,
 )
+from tensorwasm_kernels.emitted import lookup_emitted
+from tensorwasm_kernels.params import element_view
 
 from tensorwasm_dispatcher.backend import (
     Backend,
@@ -38,7 +40,6 @@ from tensorwasm_dispatcher.devices import BackendKind
 # Dynamic shared memory a launch may ask for without opting in (cuLaunchKernel refuses
 # more); the references need none, but the cpu backend refuses what a GPU would.
 MAX_DYNAMIC_SHARED_BYTES = 48 << 10
-_F32_ALIGNMENT = 4
 # The argv tags a scalar parameter of each kind takes (a C `int` takes i32 or u32 alike).
 _SCALAR_TAGS = {
     ParamKind.I32: frozenset({ArgTag.I32, ArgTag.U32}),
@@ -75,13 +76,13 @@ class CpuBackend(Backend):
         pass
 
     def load(self, ptx: bytes, entry: str) -> Kernel:
-        spec = lookup_by_ptx(ptx, entry)
+        spec = lookup_by_ptx(ptx, entry) or lookup_emitted(ptx, entry)
         if spec is None:
             raise AbiFailure(
                 AbiError.NOT_AVAILABLE,
                 f"the cpu backend runs only the kernel library's own PTX "
-                f"({', '.join(sorted(CATALOG))}); this PTX for entry {entry!r} is not one of "
-                "them, and arbitrary PTX needs a GPU",
+                f"({', '.join(sorted(CATALOG))}) and kernels emitted by the jit cache; this "
+                f"PTX for entry {entry!r} is neither, and arbitrary PTX needs a GPU",
             )
         return _CpuKernel(spec)
 
@@ -164,14 +165,16 @@ def _bind(
             if not isinstance(arg, BufferArg):
                 raise AbiFailure(AbiError.INVALID_ARGS, f"{where} is a pointer, got {_kind(arg)}")
             address = arg.guest_offset
-            if address % _F32_ALIGNMENT:
+            dtype = param.kind.element_dtype
+            if address % dtype.itemsize:
                 raise AbiFailure(
                     AbiError.LAUNCH_FAILED,
-                    f"{where}: misaligned address {address} for f32 (needs {_F32_ALIGNMENT})",
+                    f"{where}: misaligned address {address} for {dtype.name} "
+                    f"(needs {dtype.itemsize})",
                 )
             data = _cpu_buffer(arg.buffer).data
             window = memoryview(data)[arg.offset_bytes : arg.offset_bytes + arg.length_bytes]
-            buffers.append(f32_view(window))
+            buffers.append(element_view(window, dtype))
             continue
         if not isinstance(arg, ScalarArg) or arg.tag not in _SCALAR_TAGS[param.kind]:
             expected = "/".join(t.name.lower() for t in sorted(_SCALAR_TAGS[param.kind]))

@@ -27,6 +27,8 @@ from tensorwasm_executor.cuda_session import (
 from tensorwasm_executor.sandbox import CompiledModule, HostModule, current_host_state
 
 _log = logging.getLogger(__name__)
+# Modules whose functions use the store's session: ours (`tensorwasm:gpu`) shares it.
+SESSION_MODULES = frozenset({MODULE, "tensorwasm:gpu/host@0.1.0"})
 _NOT_AVAILABLE = int(AbiError.NOT_AVAILABLE)
 _INTERNAL = int(AbiError.INTERNAL)
 
@@ -115,7 +117,7 @@ class CudaHost:
         Call it on the thread that serves the request: the transport keeps its trace
         context, so the dispatcher's spans join the invocation's trace.
         """
-        if self._transport_for is None or MODULE not in module.imported_modules:
+        if self._transport_for is None or not module.imported_modules & SESSION_MODULES:
             return None
         session = CudaSession(
             self._transport_for(tenant),

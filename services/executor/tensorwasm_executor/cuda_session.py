@@ -142,17 +142,22 @@ class CudaSession:
             ptx_start, ptx_size = check_region(ptx_ptr, ptx_len, size, "the PTX")
             entry_start, entry_size = check_region(entry_ptr, entry_len, size, "the entry name")
             entry = _entry_name(memory.read(entry_start, entry_size))
-            if len(self._kernels) >= MAX_KERNELS_PER_INSTANCE:
-                raise AbiFailure(
-                    AbiError.QUOTA_EXCEEDED,
-                    f"the instance has {MAX_KERNELS_PER_INSTANCE} kernels loaded already",
-                )
-            if self._ptx_bytes + ptx_size > MAX_TOTAL_PTX_BYTES:
-                raise AbiFailure(
-                    AbiError.QUOTA_EXCEEDED,
-                    f"the instance would load more than {MAX_TOTAL_PTX_BYTES} bytes of PTX",
-                )
+            self._check_load_quota(ptx_size)
             ptx = memory.read(ptx_start, ptx_size)
+        except AbiFailure as failure:
+            return self._fail(failure)
+        return self.load_kernel(memory, ptx, entry)
+
+    def load_kernel(self, memory: GuestMemory | None, ptx: bytes, entry: str) -> int:
+        """Loads PTX the host provides (a jit-emitted kernel) as this store's next kernel.
+
+        The same caps and checks as `load_ptx`; the id works with `wasi_cuda_launch`.
+
+        Returns:
+            The kernel id (>= 0), or an ABI error code.
+        """
+        try:
+            self._check_load_quota(len(ptx))
             if not ptx_declares_entry(ptx, entry):
                 raise AbiFailure(AbiError.MALFORMED_PTX, f"the PTX declares no `.entry {entry}`")
             kernel_id = self._next_kernel_id
@@ -163,8 +168,20 @@ class CudaSession:
             return self._fail(failure)
         self._kernels[kernel_id] = entry
         self._next_kernel_id += 1
-        self._ptx_bytes += ptx_size
+        self._ptx_bytes += len(ptx)
         return kernel_id
+
+    def _check_load_quota(self, ptx_size: int) -> None:
+        if len(self._kernels) >= MAX_KERNELS_PER_INSTANCE:
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"the instance has {MAX_KERNELS_PER_INSTANCE} kernels loaded already",
+            )
+        if self._ptx_bytes + ptx_size > MAX_TOTAL_PTX_BYTES:
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"the instance would load more than {MAX_TOTAL_PTX_BYTES} bytes of PTX",
+            )
 
     def launch(
         self,
@@ -179,29 +196,53 @@ class CudaSession:
     ) -> int:
         """`wasi_cuda_launch`: 0 once validated and queued, or an ABI error code."""
         try:
-            if kernel_id not in self._kernels:
-                raise AbiFailure(
-                    AbiError.INVALID_KERNEL, f"kernel {kernel_id} was not loaded by this instance"
-                )
-            check_dimensions(grid, block)
+            self._check_launch(kernel_id, grid, block)
             records = self._argv(memory, args_ptr, args_len)
-            launch = LaunchKernel(kernel_id, grid, block, as_u32(shared_mem), records)
-            launch_bytes = launch.staged_bytes
-            if launch_bytes > self._max_bytes:
-                raise AbiFailure(
-                    AbiError.QUOTA_EXCEEDED,
-                    f"the launch stages {launch_bytes} bytes, more than {self._max_bytes} "
-                    "per batch",
-                )
-            if self._pending and self._pending_bytes + launch_bytes > self._max_bytes:
-                self._flush(memory)  # full by bytes: send what is queued first
-            self._pending.append(launch)
-            self._pending_bytes += launch_bytes
-            if len(self._pending) >= self._max_commands:
-                self._flush(memory)  # full by commands
+            self._enqueue(memory, LaunchKernel(kernel_id, grid, block, as_u32(shared_mem), records))
         except AbiFailure as failure:
             return self._fail(failure)
         return 0
+
+    def launch_records(
+        self,
+        memory: GuestMemory | None,
+        kernel_id: int,
+        *,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        records: tuple[ArgRecord, ...],
+    ) -> int:
+        """Queues a launch whose arguments the host built (pointer records already
+        bounds-checked); 0, or an ABI error code, as `launch`."""
+        try:
+            self._check_launch(kernel_id, grid, block)
+            self._enqueue(memory, LaunchKernel(kernel_id, grid, block, 0, records))
+        except AbiFailure as failure:
+            return self._fail(failure)
+        return 0
+
+    def _check_launch(
+        self, kernel_id: int, grid: tuple[int, int, int], block: tuple[int, int, int]
+    ) -> None:
+        if kernel_id not in self._kernels:
+            raise AbiFailure(
+                AbiError.INVALID_KERNEL, f"kernel {kernel_id} was not loaded by this instance"
+            )
+        check_dimensions(grid, block)
+
+    def _enqueue(self, memory: GuestMemory | None, launch: LaunchKernel) -> None:
+        launch_bytes = launch.staged_bytes
+        if launch_bytes > self._max_bytes:
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"the launch stages {launch_bytes} bytes, more than {self._max_bytes} per batch",
+            )
+        if self._pending and self._pending_bytes + launch_bytes > self._max_bytes:
+            self._flush(memory)  # full by bytes: send what is queued first
+        self._pending.append(launch)
+        self._pending_bytes += launch_bytes
+        if len(self._pending) >= self._max_commands:
+            self._flush(memory)  # full by commands
 
     def sync(self, memory: GuestMemory | None) -> int:
         """`wasi_cuda_sync`: runs what is queued; 0, or the first failure since the last sync."""
@@ -235,6 +276,14 @@ class CudaSession:
         if count:
             memory.write(start, self._last_error[:count])
         return count
+
+    def record_failure(self, failure: AbiFailure) -> int:
+        """Records a host function's failure in `last_error`; returns its code."""
+        return self._fail(failure)
+
+    def remaining_seconds(self) -> float:
+        """Time left before the current call's deadline (0 when it has passed)."""
+        return max(0.0, self._deadline - self._clock())
 
     def fail_internal(self, function: str) -> int:
         """Records an unexpected failure of a host function; returns internal (-7)."""

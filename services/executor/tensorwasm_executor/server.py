@@ -16,6 +16,8 @@ from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.cuda_host import CudaHost
 from tensorwasm_executor.dispatcher_client import DispatcherClient
 from tensorwasm_executor.instances import InstanceTable
+from tensorwasm_executor.jit_client import JitClient
+from tensorwasm_executor.jit_host import JitHost
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Sandbox
 from tensorwasm_executor.servicer import ExecutorServicer
@@ -57,6 +59,11 @@ async def serve(settings: ExecutorSettings) -> None:
     need it, and those with it get not_available while it is down.
     """
     gpu, dispatcher = gpu_host(settings)
+    jit = (
+        JitClient(settings.jit_address, target=settings.jit_target)
+        if settings.jit_address
+        else None
+    )
     sandbox = Sandbox(
         default_timeout_seconds=settings.default_timeout_seconds,
         max_output_bytes=settings.max_output_bytes,
@@ -65,7 +72,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
         fuel_metering=settings.fuel_metering,
-        host_modules=[gpu.host_module],
+        host_modules=[gpu.host_module, JitHost(jit).host_module],
     )
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit
@@ -108,5 +115,7 @@ async def serve(settings: ExecutorSettings) -> None:
         sandbox.close()
         if dispatcher is not None:
             dispatcher.close()
+        if jit is not None:
+            jit.close()
 
     await serve_forever(host, health_check=healthy, cleanup=cleanup)

@@ -46,6 +46,10 @@ class ExecutorSettings(ServerSettings):
     gpu_batch_max_commands: int = 256
     gpu_batch_max_bytes: int = 64 << 20
     dispatcher_max_message_bytes: int = 96 << 20
+    # The jit cache `tensorwasm:gpu` kernels come from (empty: none, and those functions
+    # answer not_available), and the GPU target they are emitted for.
+    jit_address: str = ""
+    jit_target: str = "sm_80"
 
     @property
     def in_flight_limit(self) -> int:
@@ -91,6 +95,13 @@ class ExecutorSettings(ServerSettings):
                 split_address(self.dispatcher_address)
             except SettingsError as exc:
                 raise SettingsError(f"dispatcher_address: {exc}") from None
+        if self.jit_address:
+            try:
+                split_address(self.jit_address)
+            except SettingsError as exc:
+                raise SettingsError(f"jit_address: {exc}") from None
+        if not self.jit_target.startswith("sm_") or not self.jit_target[3:].isdigit():
+            raise SettingsError("jit_target: a GPU target such as sm_80")
         if self.gpu_batch_max_commands <= 0 or self.gpu_batch_max_bytes <= 0:
             raise SettingsError("gpu_batch_max_commands and gpu_batch_max_bytes: positive")
         if self.dispatcher_max_message_bytes < self.gpu_batch_max_bytes + (1 << 20):

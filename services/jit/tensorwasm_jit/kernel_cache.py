@@ -1,80 +1,168 @@
-"""A thread-safe in-memory LRU of emitted kernels, keyed by their cache key."""
+"""The kernel cache: an in-memory LRU of emitted kernels over an optional disk tier.
+
+A lookup canonicalises the spec (defaults filled in, validated), then tries memory, then
+disk (verified), then emits and stores in both. Memory is bounded by entries and PTX bytes,
+disk by bytes (`store.ByteStore`); evictions are counted per tier (`evictions` here, and the
+`tensorwasm_jit_cache_evictions_total{tier}` counter).
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from tensorwasm_jit.ptx_emit import EmittedKernel, KernelSpec, cache_key, emit
+from tensorwasm_jit.ptx_emit import EmittedKernel, KernelSpec, cache_key, canonical_spec, emit
+from tensorwasm_jit.store import EVICTIONS, LOOKUPS, ArtifactIntegrityError, ByteStore
+
+
+@dataclass(frozen=True)
+class CachedKernel:
+    """A cached kernel and the canonical spec it was emitted for."""
+
+    spec: KernelSpec
+    kernel: EmittedKernel
 
 
 class KernelCache:
     """Least-recently-used cache of `EmittedKernel`s that emits on a miss.
 
-    `hits`, `misses` and `evictions` count since construction. A spec that fails to emit
-    raises and counts as neither a hit nor a miss.
+    `hits`, `misses` and `evictions` count the memory tier since construction (a disk hit
+    is a memory miss). A spec that fails to emit raises and counts as neither.
     """
 
-    def __init__(self, max_entries: int = 1024) -> None:
-        """Creates an empty cache.
-
-        Args:
-            max_entries: How many kernels to keep; the least recently used goes first.
+    def __init__(
+        self, max_entries: int = 1024, *, max_bytes: int = 64 << 20, disk: ByteStore | None = None
+    ) -> None:
+        """Creates an empty memory tier over an optional disk tier.
 
         Raises:
-            ValueError: `max_entries` is less than 1.
+            ValueError: `max_entries` or `max_bytes` is less than 1.
         """
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError(f"max_entries and max_bytes must be >= 1, got {max_entries}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.disk = disk
         self.hits = 0
         self.misses = 0
         self.evictions = 0
-        self._entries: OrderedDict[str, EmittedKernel] = OrderedDict()
+        self._entries: OrderedDict[str, CachedKernel] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get_or_emit(self, spec: KernelSpec) -> tuple[EmittedKernel, bool]:
         """Returns the cached kernel of a spec, emitting and caching it on a miss.
 
-        Args:
-            spec: The kernel spec.
-
         Returns:
-            The kernel, and True when it came from the cache.
+            The kernel, and True when it came from the cache (memory or disk).
 
         Raises:
-            UnknownOpError: No emitter is registered for the op.
-            UnsupportedTargetError: The target is not supported.
-            InvalidArgumentError: The dtype or parameters do not suit the op.
+            UnknownOpError, UnsupportedTargetError, InvalidArgumentError: a bad spec.
         """
-        key = cache_key(spec)
+        full = canonical_spec(spec)
+        key = cache_key(full)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return found, True
-        # Emitting is pure and cheap; doing it unlocked keeps lookups from waiting on it.
-        kernel = emit(spec)
-        with self._lock:
+                LOOKUPS.labels("memory", "hit").inc()
+                return found.kernel, True
             self.misses += 1
+        LOOKUPS.labels("memory", "miss").inc()
+        cached = self._from_disk(key)
+        from_disk = cached is not None
+        if cached is None:
+            # Emitting is pure and cheap; doing it unlocked keeps lookups from waiting on it.
+            cached = CachedKernel(full, emit(full))
+            if self.disk is not None:
+                self.disk.put(key, _encode(cached))
+        return self._remember(key, cached), from_disk
+
+    def _from_disk(self, key: str) -> CachedKernel | None:
+        if self.disk is None:
+            return None
+        try:
+            payload = self.disk.get(key)
+        except ArtifactIntegrityError:
+            return None  # removed; emitted again below
+        return None if payload is None else _decode(payload)
+
+    def _remember(self, key: str, cached: CachedKernel) -> EmittedKernel:
+        with self._lock:
             raced = self._entries.get(key)
-            if raced is not None:
-                # Another thread emitted the same spec meanwhile; keep its (equal) kernel.
+            if raced is not None:  # another thread got it meanwhile; keep its (equal) kernel
                 self._entries.move_to_end(key)
-                return raced, False
-            self._entries[key] = kernel
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                return raced.kernel
+            self._entries[key] = cached
+            self._bytes += len(cached.kernel.ptx)
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= len(dropped.kernel.ptx)
                 self.evictions += 1
-            return kernel, False
+                EVICTIONS.labels("memory").inc()
+            return cached.kernel
+
+    def list_page(self, after: str, page_size: int) -> tuple[list[CachedKernel], str]:
+        """Up to `page_size` cached kernels with keys above `after`, by key; the last key
+        of the page when more may follow, else ""."""
+        with self._lock:
+            in_memory = dict(self._entries)
+        keys = set(in_memory) | set(self.disk.names() if self.disk is not None else ())
+        ordered = sorted(key for key in keys if key > after)
+        page: list[CachedKernel] = []
+        for key in ordered:
+            if len(page) == page_size:
+                break
+            cached = in_memory.get(key) or self._from_disk(key)
+            if cached is not None:
+                page.append(cached)
+        more = len(ordered) > page_size and bool(page)
+        return page, (page[-1].kernel.cache_key if more else "")
 
     def __contains__(self, key: object) -> bool:
-        """Whether a kernel with this cache key is cached (does not touch the LRU order)."""
+        """Whether a kernel with this cache key is in memory (does not touch the LRU order)."""
         with self._lock:
             return key in self._entries
 
     def __len__(self) -> int:
-        """The number of cached kernels."""
+        """The number of kernels in memory."""
         with self._lock:
             return len(self._entries)
+
+
+def _encode(cached: CachedKernel) -> bytes:
+    spec, kernel = cached.spec, cached.kernel
+    record = {
+        "op": spec.op,
+        "params": [list(pair) for pair in spec.params],
+        "dtype": spec.dtype,
+        "target": spec.target,
+        "cache_key": kernel.cache_key,
+        "ptx": kernel.ptx,
+        "entry": kernel.entry,
+        "ptx_digest": kernel.ptx_digest,
+    }
+    return json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+def _decode(payload: bytes) -> CachedKernel | None:
+    """A disk record, or None when it is from another emitter version or malformed."""
+    try:
+        record = json.loads(payload)
+        spec = KernelSpec(
+            record["op"], [tuple(p) for p in record["params"]], record["dtype"], record["target"]
+        )
+        kernel = EmittedKernel(
+            cache_key=record["cache_key"],
+            ptx=record["ptx"],
+            entry=record["entry"],
+            target=record["target"],
+            ptx_digest=record["ptx_digest"],
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+    # The key embeds the emitter version: a record of an older emitter never matches.
+    return CachedKernel(spec, kernel) if cache_key(spec) == kernel.cache_key else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from tensorwasm_jit.errors import InvalidArgumentError, UnknownOpError, Unsuppor
 from tensorwasm_jit.ptx_emit import (
     EMITTER_VERSION,
     EMITTERS,
+    MARKER_PREFIX,
     SUPPORTED_TARGETS,
     KernelSpec,
     cache_key,
@@ -46,35 +48,115 @@ def _arch_unknown_to_ptxas(result: subprocess.CompletedProcess[str], arch: str) 
     return result.returncode != 0 and f"Value '{arch}' is not defined" in result.stderr
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16"])
-@pytest.mark.parametrize("target", SUPPORTED_TARGETS)
-def test_ptxas_assembles_vector_add(target: str, dtype: str, tmp_path: Path) -> None:
-    ptxas = _ptxas()
-    kernel = emit(KernelSpec("vector_add", {}, dtype, target))
-    ptx_file = tmp_path / f"vector_add_{dtype}_{target}.ptx"
-    ptx_file.write_text(kernel.ptx, encoding="utf-8")
+def _every_kernel(target: str) -> list[KernelSpec]:
+    """One spec per (op, dtype), with several shapes for the shaped ops."""
+    specs = [
+        KernelSpec(op, {}, dtype, target)
+        for op, emitter in sorted(EMITTERS.items())
+        if not emitter.required_params
+        for dtype in sorted(emitter.dtypes)
+    ]
+    specs += [KernelSpec("reduce_sum", {"block": block}, "f32", target) for block in (32, 1024)]
+    specs += [
+        KernelSpec("matmul", {"m": m, "n": n, "k": k, "tile": tile}, "f32", target)
+        for m, n, k, tile in ((16, 16, 16, 16), (128, 128, 128, 16), (1, 1, 1, 8), (33, 17, 40, 32))
+    ]
+    specs += [
+        KernelSpec("conv2d", {"height": h, "width": w}, "f32", target)
+        for h, w in ((3, 3), (1, 1), (1, 9), (64, 48))
+    ]
+    return specs
 
-    result = _assemble(ptxas, ptx_file, target)
-    if _arch_unknown_to_ptxas(result, target):
-        # PTX for `.target sm_XY` assembles for any sm_MN >= XY: check it on the oldest
-        # newer target this ptxas knows, so the sm_70 module is still validated.
-        newer = [t for t in SUPPORTED_TARGETS if int(t[3:]) > int(target[3:])]
-        for arch in newer:
-            result = _assemble(ptxas, ptx_file, arch)
-            if not _arch_unknown_to_ptxas(result, arch):
-                break
-    assert result.returncode == 0, f"ptxas failed for {target}/{dtype}:\n{result.stderr}"
+
+emit(KernelSpec("vector_add", {}, "f32", "sm_80"))  # fills the registry for parametrize
+
+
+@pytest.mark.parametrize("target", SUPPORTED_TARGETS)
+def test_ptxas_assembles_every_kernel_for_every_target(target: str, tmp_path: Path) -> None:
+    ptxas = _ptxas()
+    for spec in _every_kernel(target):
+        kernel = emit(spec)
+        ptx_file = tmp_path / f"{kernel.entry}.ptx"
+        ptx_file.write_text(kernel.ptx, encoding="utf-8")
+        result = _assemble(ptxas, ptx_file, target)
+        if target == "sm_70" and _arch_unknown_to_ptxas(result, target):
+            # CUDA 13's ptxas knows no sm_70; PTX for `.target sm_70` assembles for any newer
+            # target, so the module is checked for sm_75 (the driver JIT takes it on Volta).
+            result = _assemble(ptxas, ptx_file, "sm_75")
+        assert result.returncode == 0, f"ptxas failed for {kernel.entry}/{target}:\n{result.stderr}"
+
+
+def test_the_sm_70_fallback_is_needed_only_where_ptxas_lacks_sm_70(tmp_path: Path) -> None:
+    ptxas = _ptxas()
+    ptx_file = tmp_path / "va.ptx"
+    ptx_file.write_text(emit(KernelSpec("vector_add", {}, "f32", "sm_75")).ptx, encoding="utf-8")
+    assert _assemble(ptxas, ptx_file, "sm_75").returncode == 0
+    direct = _assemble(ptxas, ptx_file, "sm_70")
+    # Either this ptxas still knows sm_70 (then it must refuse sm_75 PTX for it), or it
+    # reports the architecture as unknown, which is the case the fallback above handles.
+    assert direct.returncode != 0
+
+
+def test_shaped_ops_bake_their_shape_and_use_shared_memory() -> None:
+    matmul = emit(KernelSpec("matmul", {"m": 64, "n": 32, "k": 48, "tile": 8}, "f32", "sm_80"))
+    assert matmul.entry == "tw_matmul_f32_k48_m64_n32_tile8"
+    assert ".shared .align 4 .f32 tile_a[64];" in matmul.ptx
+    assert matmul.ptx.count("fma.rn.f32") == 8  # the tile loop is unrolled
+    assert "bar.sync 0;" in matmul.ptx
+    assert "setp.lt.u32 %p2, %r5, 64;" in matmul.ptx  # m is an immediate
+    default = emit(KernelSpec("matmul", {"m": 64, "n": 32, "k": 48}, "f32", "sm_80"))
+    assert default.entry.endswith("_tile16")
+    spelled = emit(KernelSpec("matmul", {"m": 64, "n": 32, "k": 48, "tile": 16}, "f32", "sm_80"))
+    assert spelled == default  # a default spelled out is the same kernel and key
+    reduce = emit(KernelSpec("reduce_sum", {}, "f32", "sm_80"))
+    assert reduce.entry == "tw_reduce_sum_f32_block256"
+    assert "red.global.add.f32" in reduce.ptx
+    conv = emit(KernelSpec("conv2d", {"height": 1, "width": 5}, "f32", "sm_80"))
+    assert conv.ptx.count("fma.rn.f32") == 3  # a one-row image has only its row's taps
+
+
+def test_marker_line_names_the_kernel() -> None:
+    kernel = emit(KernelSpec("relu", {}, "f16", "sm_86"))
+    first = kernel.ptx.split("\n", 1)[0]
+    assert first.startswith(MARKER_PREFIX)
+    assert json.loads(first[len(MARKER_PREFIX) :]) == {
+        "dtype": "f16",
+        "emitter_version": EMITTER_VERSION,
+        "entry": "tw_relu_f16",
+        "op": "relu",
+        "params": {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (KernelSpec("matmul", {"m": 0, "n": 1, "k": 1}, "f32", "sm_80"), "params.m"),
+        (KernelSpec("matmul", {"m": 1, "n": 1 << 16, "k": 1}, "f32", "sm_80"), "params.n"),
+        (KernelSpec("matmul", {"m": 1, "n": 1, "k": 1, "tile": 12}, "f32", "sm_80"), "params.tile"),
+        (KernelSpec("matmul", {"m": 1, "n": 1}, "f32", "sm_80"), "params.k"),
+        (KernelSpec("matmul", {"m": 1, "n": 1, "k": 1}, "f16", "sm_80"), "dtype"),
+        (KernelSpec("reduce_sum", {"block": 100}, "f32", "sm_80"), "params.block"),
+        (KernelSpec("conv2d", {"height": 3, "width": -1}, "f32", "sm_80"), "params.width"),
+        (KernelSpec("saxpy", {}, "f16", "sm_80"), "dtype"),
+    ],
+)
+def test_bad_shapes_are_invalid_arguments(spec: KernelSpec, field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        emit(spec)
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert info.value.metadata == {"field": field}
 
 
 def test_vector_add_signature_and_directives() -> None:
     kernel = emit(KernelSpec("vector_add", {}, "f32", "sm_80"))
-    assert kernel.entry == "vector_add"
+    assert kernel.entry == "tw_vector_add_f32"
     assert kernel.target == "sm_80"
-    assert ".visible .entry vector_add(" in kernel.ptx
+    assert ".visible .entry tw_vector_add_f32(" in kernel.ptx
     assert re.search(r"^\.target sm_80$", kernel.ptx, re.MULTILINE)
     assert re.search(r"^\.address_size 64$", kernel.ptx, re.MULTILINE)
     assert re.search(r"^\.version \d+\.\d+$", kernel.ptx, re.MULTILINE)
-    signature = kernel.ptx.split(".visible .entry vector_add(", 1)[1].split(")", 1)[0]
+    signature = kernel.ptx.split(".visible .entry tw_vector_add_f32(", 1)[1].split(")", 1)[0]
     params = [p.strip() for p in signature.split(",")]
     assert params == [".param .u64 a", ".param .u64 b", ".param .u64 c", ".param .u32 n"]
 
@@ -87,10 +169,11 @@ def test_vector_add_body_is_bounds_checked_add() -> None:
     assert "setp.ge.u32" in f32
     assert "add.rn.f32" in f32
     assert "st.global.f32" in f32
-    assert "mul.wide.u32 %rd7, %r5, 4;" in f32
+    assert "mul.wide.u32 %rd1, %r5, 4;" in f32
     f16 = emit(KernelSpec("vector_add", {}, "f16", "sm_90")).ptx
-    assert "add.rn.f16" in f16
-    assert "mul.wide.u32 %rd7, %r5, 2;" in f16
+    assert "cvt.f32.f16" in f16  # halves are added in f32 and rounded once
+    assert "cvt.rn.f16.f32" in f16
+    assert "mul.wide.u32 %rd1, %r5, 2;" in f16
 
 
 def test_ptx_digest_and_key_fields() -> None:
@@ -121,6 +204,7 @@ def test_cache_key_is_stable_and_ignores_param_order() -> None:
         KernelSpec("vector_add", {}, "f16", "sm_80"),
         KernelSpec("saxpy", {}, "f32", "sm_80"),
         KernelSpec("vector_add", {"n": 1}, "f32", "sm_80"),
+        KernelSpec("add", {}, "f32", "sm_80"),
     ],
 )
 def test_cache_key_differs_by_every_field(other: KernelSpec) -> None:
@@ -130,7 +214,7 @@ def test_cache_key_differs_by_every_field(other: KernelSpec) -> None:
 def test_cache_key_includes_emitter_version(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = KernelSpec("vector_add", {}, "f32", "sm_80")
     before = cache_key(spec)
-    monkeypatch.setattr("tensorwasm_jit.ptx_emit.EMITTER_VERSION", EMITTER_VERSION + 1)
+    monkeypatch.setattr("tensorwasm_jit.ptx_core.EMITTER_VERSION", EMITTER_VERSION + 1)
     assert cache_key(spec) != before
 
 
@@ -181,6 +265,9 @@ def test_malformed_params(params: object, field: str) -> None:
     assert info.value.metadata == {"field": field}
 
 
-def test_registry_has_vector_add() -> None:
-    assert "vector_add" in EMITTERS
-    assert EMITTERS["vector_add"].op == "vector_add"
+def test_registry_has_every_op() -> None:
+    assert set(EMITTERS) == {
+        "vector_add", "saxpy", "relu", "neg", "abs", "sqrt", "exp",
+        "add", "sub", "mul", "div", "max", "min", "reduce_sum", "matmul", "conv2d",
+    }  # fmt: skip
+    assert all(emitter.op == op for op, emitter in EMITTERS.items())

@@ -79,12 +79,23 @@ def test_param_kind_properties() -> None:
         ParamKind.PTR_F32_IN,
         ParamKind.PTR_F32_OUT,
         ParamKind.PTR_F32_INOUT,
+        ParamKind.PTR_F16_IN,
+        ParamKind.PTR_F16_OUT,
+        ParamKind.PTR_F16_INOUT,
     ]
     assert {k for k in ParamKind if k.is_written} == {
         ParamKind.PTR_F32_OUT,
         ParamKind.PTR_F32_INOUT,
+        ParamKind.PTR_F16_OUT,
+        ParamKind.PTR_F16_INOUT,
     }
-    assert {k for k in ParamKind if k.is_read} == {ParamKind.PTR_F32_IN, ParamKind.PTR_F32_INOUT}
+    assert {k for k in ParamKind if k.is_read} == {
+        ParamKind.PTR_F32_IN,
+        ParamKind.PTR_F32_INOUT,
+        ParamKind.PTR_F16_IN,
+        ParamKind.PTR_F16_INOUT,
+    }
+    assert {k.element_dtype.name for k in ParamKind if k.is_pointer} == {"float32", "float16"}
     assert {k.ptx_type for k in ParamKind} == {".u64", ".u32", ".f32"}
 
 

@@ -101,6 +101,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
     ERROR_REASON_TENANT_MISMATCH: _ErrorReason.ValueType  # 53
     """The request's tenant field and its tenant metadata name different tenants."""
+    ERROR_REASON_ARTIFACT_NOT_FOUND: _ErrorReason.ValueType  # 70
+    """jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
+    ERROR_REASON_ARTIFACT_INTEGRITY: _ErrorReason.ValueType  # 71
+    """jit cache: a stored kernel or artifact failed verification against its digest."""
     ERROR_REASON_INVOCATION_NOT_FOUND: _ErrorReason.ValueType  # 90
     """(90-99: gateway routing, async invocations and the HTTP face.)
     No invocation has that id for this tenant (never started, or past its retention).
@@ -207,6 +211,10 @@ ERROR_REASON_INVALID_GPU_BATCH: ErrorReason.ValueType  # 52
 """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
 ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 53
 """The request's tenant field and its tenant metadata name different tenants."""
+ERROR_REASON_ARTIFACT_NOT_FOUND: ErrorReason.ValueType  # 70
+"""jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
+ERROR_REASON_ARTIFACT_INTEGRITY: ErrorReason.ValueType  # 71
+"""jit cache: a stored kernel or artifact failed verification against its digest."""
 ERROR_REASON_INVOCATION_NOT_FOUND: ErrorReason.ValueType  # 90
 """(90-99: gateway routing, async invocations and the HTTP face.)
 No invocation has that id for this tenant (never started, or past its retention).

@@ -164,3 +164,237 @@ class EmitKernelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmitKernelResponse: _TypeAlias = EmitKernelResponse  # noqa: Y015
+
+@_typing.final
+class ListKernelsRequest(_message.Message):
+    """Request for ListKernels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many kernels (0: 100; capped at 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKernelsRequest: _TypeAlias = ListKernelsRequest  # noqa: Y015
+
+@_typing.final
+class KernelInfo(_message.Message):
+    """What ListKernels says about one cached kernel (without its PTX)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CACHE_KEY_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    PTX_DIGEST_FIELD_NUMBER: _builtins.int
+    PTX_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    cache_key: _builtins.str
+    """The cache key (hex BLAKE3)."""
+    op: _builtins.str
+    """The op."""
+    dtype: Global___DataType.ValueType
+    """The element type."""
+    target: _builtins.str
+    """The GPU target."""
+    entry: _builtins.str
+    """The entry point name."""
+    ptx_digest: _builtins.str
+    """BLAKE3 digest of the PTX text, hex."""
+    ptx_size_bytes: _builtins.int
+    """The PTX text's size in bytes."""
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The op's parameters, defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        cache_key: _builtins.str = ...,
+        op: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        dtype: Global___DataType.ValueType = ...,
+        target: _builtins.str = ...,
+        entry: _builtins.str = ...,
+        ptx_digest: _builtins.str = ...,
+        ptx_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "dtype", b"dtype", "entry", b"entry", "op", b"op", "params", b"params", "ptx_digest", b"ptx_digest", "ptx_size_bytes", b"ptx_size_bytes", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KernelInfo: _TypeAlias = KernelInfo  # noqa: Y015
+
+@_typing.final
+class ListKernelsResponse(_message.Message):
+    """One page of ListKernels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def kernels(self) -> _containers.RepeatedCompositeFieldContainer[Global___KernelInfo]:
+        """The kernels of this page."""
+
+    def __init__(
+        self,
+        *,
+        kernels: _abc.Iterable[Global___KernelInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kernels", b"kernels", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKernelsResponse: _TypeAlias = ListKernelsResponse  # noqa: Y015
+
+@_typing.final
+class PutArtifactRequest(_message.Message):
+    """Request for PutArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PTX_DIGEST_FIELD_NUMBER: _builtins.int
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ptx_digest: _builtins.str
+    """BLAKE3 hex digest of the PTX text the artifact was compiled from."""
+    compute_capability: _builtins.str
+    """The compute capability it was compiled for, as "sm_XY" (e.g. "sm_90")."""
+    data: _builtins.bytes
+    """The compiled module (cubin) bytes."""
+    def __init__(
+        self,
+        *,
+        ptx_digest: _builtins.str = ...,
+        compute_capability: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "data", b"data", "ptx_digest", b"ptx_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutArtifactRequest: _TypeAlias = PutArtifactRequest  # noqa: Y015
+
+@_typing.final
+class PutArtifactResponse(_message.Message):
+    """The result of PutArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_DIGEST_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    data_digest: _builtins.str
+    """BLAKE3 hex digest of the stored bytes."""
+    created: _builtins.bool
+    """False when an artifact was stored for this key already (it is kept)."""
+    def __init__(
+        self,
+        *,
+        data_digest: _builtins.str = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "data_digest", b"data_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutArtifactResponse: _TypeAlias = PutArtifactResponse  # noqa: Y015
+
+@_typing.final
+class GetArtifactRequest(_message.Message):
+    """Request for GetArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PTX_DIGEST_FIELD_NUMBER: _builtins.int
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
+    ptx_digest: _builtins.str
+    """BLAKE3 hex digest of the PTX text."""
+    compute_capability: _builtins.str
+    """The compute capability, as "sm_XY"."""
+    def __init__(
+        self,
+        *,
+        ptx_digest: _builtins.str = ...,
+        compute_capability: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "ptx_digest", b"ptx_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactRequest: _TypeAlias = GetArtifactRequest  # noqa: Y015
+
+@_typing.final
+class GetArtifactResponse(_message.Message):
+    """The result of GetArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    DATA_DIGEST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The compiled module bytes, verified against their digest."""
+    data_digest: _builtins.str
+    """BLAKE3 hex digest of data."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        data_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_digest", b"data_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactResponse: _TypeAlias = GetArtifactResponse  # noqa: Y015

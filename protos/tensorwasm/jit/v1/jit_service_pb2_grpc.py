@@ -41,6 +41,21 @@ class JitCacheServiceStub:
                 request_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelResponse.FromString,
                 _registered_method=True)
+        self.ListKernels = channel.unary_unary(
+                '/tensorwasm.jit.v1.JitCacheService/ListKernels',
+                request_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsResponse.FromString,
+                _registered_method=True)
+        self.PutArtifact = channel.unary_unary(
+                '/tensorwasm.jit.v1.JitCacheService/PutArtifact',
+                request_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactResponse.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/tensorwasm.jit.v1.JitCacheService/GetArtifact',
+                request_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class JitCacheServiceServicer:
@@ -56,6 +71,28 @@ class JitCacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKernels(self, request, context):
+        """Lists the cached kernels (memory and disk), ordered by cache key, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutArtifact(self, request, context):
+        """Stores a compiled module (cubin) of a PTX for one compute capability, so that a
+        dispatcher that has driver-JIT-compiled a PTX shares the result with the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """Returns the compiled module of a PTX for a compute capability (NOT_FOUND if none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JitCacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +100,21 @@ def add_JitCacheServiceServicer_to_server(servicer, server):
                     servicer.EmitKernel,
                     request_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelRequest.FromString,
                     response_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelResponse.SerializeToString,
+            ),
+            'ListKernels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKernels,
+                    request_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsRequest.FromString,
+                    response_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsResponse.SerializeToString,
+            ),
+            'PutArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutArtifact,
+                    request_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactRequest.FromString,
+                    response_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactRequest.FromString,
+                    response_serializer=tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +146,87 @@ class JitCacheService:
             '/tensorwasm.jit.v1.JitCacheService/EmitKernel',
             tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelRequest.SerializeToString,
             tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.EmitKernelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKernels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.jit.v1.JitCacheService/ListKernels',
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsRequest.SerializeToString,
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.ListKernelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.jit.v1.JitCacheService/PutArtifact',
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactRequest.SerializeToString,
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.PutArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.jit.v1.JitCacheService/GetArtifact',
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactRequest.SerializeToString,
+            tensorwasm_dot_jit_dot_v1_dot_jit__service__pb2.GetArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class JitCacheServiceStub:
     """Returns the PTX of an op specialised for the given parameters and target,
     emitting it on a cache miss.
     """
+    ListKernels: _grpc.UnaryUnaryMultiCallable[_jit_service_pb2.ListKernelsRequest, _jit_service_pb2.ListKernelsResponse]
+    """Lists the cached kernels (memory and disk), ordered by cache key, one page at a time."""
+    PutArtifact: _grpc.UnaryUnaryMultiCallable[_jit_service_pb2.PutArtifactRequest, _jit_service_pb2.PutArtifactResponse]
+    """Stores a compiled module (cubin) of a PTX for one compute capability, so that a
+    dispatcher that has driver-JIT-compiled a PTX shares the result with the others.
+    """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_jit_service_pb2.GetArtifactRequest, _jit_service_pb2.GetArtifactResponse]
+    """Returns the compiled module of a PTX for a compute capability (NOT_FOUND if none)."""
 
 @_typing.type_check_only
 class JitCacheServiceAsyncStub(JitCacheServiceStub):
@@ -51,6 +59,14 @@ class JitCacheServiceAsyncStub(JitCacheServiceStub):
     """Returns the PTX of an op specialised for the given parameters and target,
     emitting it on a cache miss.
     """
+    ListKernels: _aio.UnaryUnaryMultiCallable[_jit_service_pb2.ListKernelsRequest, _jit_service_pb2.ListKernelsResponse]  # type: ignore[assignment]
+    """Lists the cached kernels (memory and disk), ordered by cache key, one page at a time."""
+    PutArtifact: _aio.UnaryUnaryMultiCallable[_jit_service_pb2.PutArtifactRequest, _jit_service_pb2.PutArtifactResponse]  # type: ignore[assignment]
+    """Stores a compiled module (cubin) of a PTX for one compute capability, so that a
+    dispatcher that has driver-JIT-compiled a PTX shares the result with the others.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_jit_service_pb2.GetArtifactRequest, _jit_service_pb2.GetArtifactResponse]  # type: ignore[assignment]
+    """Returns the compiled module of a PTX for a compute capability (NOT_FOUND if none)."""
 
 class JitCacheServiceServicer(metaclass=_abc_1.ABCMeta):
     """The jit cache generates PTX for known tensor ops and caches the kernels by the
@@ -66,5 +82,31 @@ class JitCacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the PTX of an op specialised for the given parameters and target,
         emitting it on a cache miss.
         """
+
+    @_abc_1.abstractmethod
+    def ListKernels(
+        self,
+        request: _jit_service_pb2.ListKernelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jit_service_pb2.ListKernelsResponse, _abc.Awaitable[_jit_service_pb2.ListKernelsResponse]]:
+        """Lists the cached kernels (memory and disk), ordered by cache key, one page at a time."""
+
+    @_abc_1.abstractmethod
+    def PutArtifact(
+        self,
+        request: _jit_service_pb2.PutArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jit_service_pb2.PutArtifactResponse, _abc.Awaitable[_jit_service_pb2.PutArtifactResponse]]:
+        """Stores a compiled module (cubin) of a PTX for one compute capability, so that a
+        dispatcher that has driver-JIT-compiled a PTX shares the result with the others.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _jit_service_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jit_service_pb2.GetArtifactResponse, _abc.Awaitable[_jit_service_pb2.GetArtifactResponse]]:
+        """Returns the compiled module of a PTX for a compute capability (NOT_FOUND if none)."""
 
 def add_JitCacheServiceServicer_to_server(servicer: JitCacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,191 @@
+"""A bounded, verified byte store for the jit cache: files on local disk, or memory.
+
+Each record is `[32-byte BLAKE3 of the payload][payload]`, written atomically (temp file,
+fsync, rename, directory fsync) under `<root>/<name>`, and verified on every read: a record
+that fails is deleted and reported as `ArtifactIntegrityError`. The store keeps at most
+`max_bytes`; past that the least recently used records go first (counted in `evictions`
+and the `tensorwasm_jit_cache_evictions_total{tier}` counter). Without a root, records
+live in memory under the same bound.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import blake3
+from prometheus_client import Counter
+from tensorwasm_common.errors import DataLossError
+
+DIGEST_BYTES = 32
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+EVICTIONS = Counter(
+    "tensorwasm_jit_cache_evictions",
+    "Entries the jit cache evicted to stay within its bounds, by tier.",
+    ["tier"],
+)
+LOOKUPS = Counter(
+    "tensorwasm_jit_cache_lookups",
+    "Lookups of the jit cache by tier and result (hit, miss).",
+    ["tier", "result"],
+)
+
+
+class ArtifactIntegrityError(DataLossError):
+    """A stored record does not match its digest (it was deleted)."""
+
+    reason = "ARTIFACT_INTEGRITY"
+
+
+class ByteStore:
+    """Named byte records, bounded in bytes, LRU-evicted; thread-safe."""
+
+    def __init__(self, root: Path | None, *, max_bytes: int, tier: str) -> None:
+        """Opens (or creates) the store, indexing the records already on disk.
+
+        Args:
+            root: The directory; None keeps records in memory.
+            max_bytes: The most payload bytes kept.
+            tier: The metrics label ("disk", "artifacts", ...).
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        self.root = root
+        self.max_bytes = max_bytes
+        self.tier = tier
+        self.evictions = 0
+        self._lock = threading.Lock()
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # name -> payload bytes, LRU first
+        self._memory: dict[str, bytes] = {}
+        self._total = 0
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            files = [p for p in root.iterdir() if p.is_file()]
+            for stale in (p for p in files if p.name.endswith(".part")):
+                stale.unlink(missing_ok=True)
+            live = sorted(
+                (p for p in files if _NAME.fullmatch(p.name) and not p.name.endswith(".part")),
+                key=lambda p: p.stat().st_mtime_ns,
+            )
+            for path in live:
+                size = max(0, path.stat().st_size - DIGEST_BYTES)
+                self._sizes[path.name] = size
+                self._total += size
+            self._evict()
+
+    def names(self) -> list[str]:
+        """The stored names (any order)."""
+        with self._lock:
+            return list(self._sizes)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._sizes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sizes)
+
+    @property
+    def total_bytes(self) -> int:
+        """Payload bytes stored."""
+        with self._lock:
+            return self._total
+
+    def get(self, name: str) -> bytes | None:
+        """The payload of `name`, verified, or None; marks it recently used.
+
+        Raises:
+            ArtifactIntegrityError: The record does not match its digest (now deleted).
+        """
+        with self._lock:
+            if name not in self._sizes:
+                LOOKUPS.labels(self.tier, "miss").inc()
+                return None
+            self._sizes.move_to_end(name)
+            record = self._memory.get(name) if self.root is None else self._read(name)
+        if record is None:
+            self._forget(name)
+            LOOKUPS.labels(self.tier, "miss").inc()
+            return None
+        digest, payload = record[:DIGEST_BYTES], record[DIGEST_BYTES:]
+        if blake3.blake3(payload).digest() != digest:
+            self._forget(name)
+            raise ArtifactIntegrityError(
+                f"stored record {name} does not match its digest; it was removed",
+                metadata={"name": name},
+            )
+        LOOKUPS.labels(self.tier, "hit").inc()
+        return payload
+
+    def put(self, name: str, payload: bytes) -> bool:
+        """Stores a payload under `name` unless it is there already; returns True if new.
+
+        A payload larger than the whole bound is not stored (returns False).
+        """
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"bad record name {name!r}")
+        if len(payload) > self.max_bytes:
+            return False
+        record = blake3.blake3(payload).digest() + payload
+        with self._lock:
+            if name in self._sizes:
+                self._sizes.move_to_end(name)
+                return False
+            if self.root is None:
+                self._memory[name] = record
+            else:
+                self._write(name, record)
+            self._sizes[name] = len(payload)
+            self._total += len(payload)
+            self._evict()
+        return True
+
+    def _read(self, name: str) -> bytes | None:
+        assert self.root is not None
+        path = self.root / name
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # the LRU order survives a restart
+        except FileNotFoundError:
+            return None
+        return data
+
+    def _write(self, name: str, record: bytes) -> None:
+        assert self.root is not None
+        temp = self.root / f"{name}.{secrets.token_hex(4)}.part"
+        with open(temp, "wb") as handle:
+            handle.write(record)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.root / name)
+        directory = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            size = self._sizes.pop(name, None)
+            if size is not None:
+                self._total -= size
+            self._memory.pop(name, None)
+            if self.root is not None:
+                (self.root / name).unlink(missing_ok=True)
+
+    def _evict(self) -> None:
+        """Drops least recently used records until within the bound (lock held)."""
+        while self._total > self.max_bytes and self._sizes:
+            name, size = self._sizes.popitem(last=False)
+            self._total -= size
+            self._memory.pop(name, None)
+            if self.root is not None:
+                (self.root / name).unlink(missing_ok=True)
+            self.evictions += 1
+            EVICTIONS.labels(self.tier).inc()

@@ -1,0 +1,124 @@
+"""Groups `jit_compile` and `jit_matmul`: PTX emission, the kernel cache, the tensor-op API.
+
+- `jit_compile`: `emit_text/*` renders PTX in process (no cache); `cache/warm_hit` looks a
+  kernel up in a warm `KernelCache` in process and, as `cache/warm_hit_grpc`, through the
+  jit service's `EmitKernel` (a real process of the local stack); `cache/cold_miss_then_insert`
+  is a fresh cache's first lookup (canonicalise, key, emit, insert). Anchor: the in-process
+  warm hit.
+- `jit_matmul`: C = A @ B for 256x256x256 f32 in a guest on the local stack (cpu backend):
+  `tensor_op[256]` calls `tensorwasm:gpu` `matmul` (jit kernel, cached, run by the
+  dispatcher, C written back into linear memory); `wasm_loop[256]` is the same guest's
+  plain wasm triple loop, the anchor. Both through gateway -> executor. Slow per sample:
+  run it with few samples (docs/PERFORMANCE.md has the command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import wasmtime
+from tensorwasm.common.v1 import values_pb2
+from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
+from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
+from tensorwasm_client.client import GatewayClient
+from tensorwasm_client.stack import LocalStack
+from tensorwasm_jit.kernel_cache import KernelCache
+from tensorwasm_jit.ptx_emit import KernelSpec, emit
+
+from tests.bench.harness import Benchmark, RunConfig, group
+
+GUEST = Path(__file__).resolve().parents[3] / "clients" / "guest" / "examples" / "jit_matmul.wat"
+TIMEOUT_SECONDS = 60.0
+
+
+def _stack(cleanup: contextlib.ExitStack) -> dict[str, str]:
+    temp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tensorwasm-bench-jit-"))
+    stack = LocalStack(
+        Path(temp) / "stack", ephemeral_ports=True, extra_env={"OTEL_TRACES_EXPORTER": "none"}
+    )
+    cleanup.callback(stack.stop)
+    return {name: service.grpc_address for name, service in stack.start().items()}
+
+
+@group("jit_compile")
+def jit_compile(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
+    """Emission in process, warm hits in process and over gRPC, a cold miss and insert."""
+    specs = {
+        "vector_add": KernelSpec("vector_add", {}, "f32", "sm_80"),
+        "matmul[16x16x16]": KernelSpec("matmul", {"m": 16, "n": 16, "k": 16}, "f32", "sm_80"),
+        "matmul[128x128x128]": KernelSpec("matmul", {"m": 128, "n": 128, "k": 128}, "f32", "sm_80"),
+        "conv2d[3x3]": KernelSpec("conv2d", {"height": 64, "width": 64}, "f32", "sm_80"),
+    }
+    with contextlib.ExitStack() as cleanup:
+        jit = _stack(cleanup)["jit"]
+        stub = jit_grpc.JitCacheServiceStub(cleanup.enter_context(grpc.insecure_channel(jit)))
+        request = jit_pb.EmitKernelRequest(
+            op="matmul", params={"m": 64, "n": 64, "k": 64}, target="sm_80"
+        )
+        stub.EmitKernel(request, timeout=TIMEOUT_SECONDS)
+        warm = KernelCache()
+        hot = KernelSpec("matmul", {"m": 64, "n": 64, "k": 64}, "f32", "sm_80")
+        warm.get_or_emit(hot)
+        anchor = "jit_compile/cache/warm_hit"
+
+        def warm_hit_grpc() -> None:
+            if not stub.EmitKernel(request, timeout=TIMEOUT_SECONDS).cache_hit:
+                raise RuntimeError("the jit service missed a warm kernel")
+
+        benchmarks = [
+            Benchmark(anchor, lambda: warm.get_or_emit(hot), description="in-process LRU hit"),
+            Benchmark(
+                "jit_compile/cache/warm_hit_grpc",
+                warm_hit_grpc,
+                anchors=(anchor,),
+                description="EmitKernel hit through the jit service (loopback gRPC)",
+            ),
+            Benchmark(
+                "jit_compile/cache/cold_miss_then_insert",
+                lambda: KernelCache().get_or_emit(hot),
+                anchors=(anchor,),
+                description="a fresh cache: canonicalise, key, emit, insert",
+            ),
+        ]
+        for name, spec in specs.items():
+            benchmarks.append(
+                Benchmark(
+                    f"jit_compile/emit_text/{name}",
+                    lambda spec=spec: emit(spec),  # type: ignore[misc]
+                    anchors=(anchor,),
+                    params={"ptx_bytes": len(emit(spec).ptx)},
+                )
+            )
+        yield benchmarks
+
+
+@group("jit_matmul")
+def jit_matmul(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
+    """256x256x256 matmul: the `tensorwasm:gpu` tensor op against a guest-side wasm loop."""
+    with contextlib.ExitStack() as cleanup:
+        gateway = _stack(cleanup)["gateway"]
+        client = cleanup.enter_context(GatewayClient(gateway))
+        client.create_function("jit-matmul", bytes(wasmtime.wat2wasm(GUEST.read_text())))
+
+        def run(offload: int) -> None:
+            args = [values_pb2.Value(i32=v) for v in (256, 256, 256, offload, 0)]
+            outcome = client.invoke(
+                "jit-matmul", "run", args, timeout_seconds=TIMEOUT_SECONDS
+            ).outcome
+            if outcome.WhichOneof("result") != "success" or outcome.success.results[0].i32:
+                raise RuntimeError(f"matmul guest failed: {outcome}")
+
+        anchor = "jit_matmul/wasm_loop[256]"
+        yield [
+            Benchmark(anchor, lambda: run(0), description="guest-side wasm triple loop"),
+            Benchmark(
+                "jit_matmul/tensor_op[256]",
+                lambda: run(1),
+                anchors=(anchor,),
+                description="tensorwasm:gpu matmul: jit kernel on the dispatcher (cpu backend)",
+            ),
+        ]

@@ -1,0 +1,67 @@
+"""Every kernel the jit cache emits runs on the dispatcher's cpu backend and matches NumPy;
+the cpu backend recognises emitted modules by their marker and entry, and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure
+from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.cpu_backend import CpuBackend
+from tensorwasm_dispatcher.execution import Dispatcher
+from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_jit.ptx_emit import EMITTERS, KernelSpec, emit
+from tensorwasm_kernels.emitted import lookup_emitted
+
+from tests.emitted_cases import Case, all_cases, check_case, run_case
+
+CASES = all_cases()
+
+
+def _dispatcher() -> Dispatcher:
+    backend = CpuBackend()
+    return Dispatcher(backend, Ledger(1 << 30), SessionTable(backend, idle_ttl_seconds=60))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_emitted_kernel_matches_numpy_on_the_cpu_backend(case: Case) -> None:
+    check_case(case, run_case(_dispatcher(), case, case.name))
+
+
+def test_every_emitter_has_a_case() -> None:
+    emit(KernelSpec("vector_add", {}, "f32", "sm_80"))  # fills the registry
+    assert {case.spec.op for case in CASES} == set(EMITTERS)
+    for op, emitter in EMITTERS.items():
+        assert {c.spec.dtype for c in CASES if c.spec.op == op} == set(emitter.dtypes), op
+
+
+def test_lookup_needs_the_emitters_entry_and_a_valid_marker() -> None:
+    kernel = emit(KernelSpec("matmul", {"m": 4, "n": 4, "k": 4}, "f32", "sm_90"))
+    assert kernel.entry == "tw_matmul_f32_k4_m4_n4_tile16"
+    spec = lookup_emitted(kernel.ptx, kernel.entry)
+    assert spec is not None and spec.entry == kernel.entry
+    assert lookup_emitted(kernel.ptx, "tw_matmul_f32_k4_m4_n4_tile8") is None
+    marker, rest = kernel.ptx.split("\n", 1)
+    payload = json.loads(marker.split(" ", 2)[2])
+    for change in ({"emitter_version": 1}, {"op": "nope"}, {"params": {"m": 4}}):
+        forged = [*marker.split(" ", 2)[:2], json.dumps({**payload, **change})]
+        assert lookup_emitted(" ".join(forged) + "\n" + rest, kernel.entry) is None, change
+    assert lookup_emitted(rest, kernel.entry) is None  # no marker
+    assert lookup_emitted("// tensorwasm-jit-kernel {not json\n", kernel.entry) is None
+
+
+def test_emitted_ptx_without_its_marker_is_not_available_on_cpu() -> None:
+    kernel = emit(KernelSpec("relu", {}, "f32", "sm_80"))
+    assert CpuBackend().load(kernel.ptx.encode(), kernel.entry).entry == kernel.entry
+    with pytest.raises(AbiFailure) as info:
+        CpuBackend().load(kernel.ptx.split("\n", 1)[1].encode(), kernel.entry)
+    assert info.value.code is AbiError.NOT_AVAILABLE
+    assert "jit cache" in info.value.message
+
+
+def test_a_launch_with_the_wrong_argument_count_fails_with_invalid_args() -> None:
+    case = next(c for c in CASES if c.name == "relu-f32")
+    short = Case(case.name, case.spec, case.arrays, (), case.grid, case.block, {})
+    outcome = run_case(_dispatcher(), short, "short")
+    assert outcome.results[1].code == AbiError.INVALID_ARGS
