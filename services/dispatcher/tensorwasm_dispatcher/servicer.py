@@ -1,10 +1,9 @@
-"""DispatcherService: proto <-> domain translation; batches run on the worker pool."""
+"""DispatcherService: proto <-> domain translation; batches run on the fair scheduler."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
@@ -26,6 +25,7 @@ from tensorwasm_dispatcher.execution import (
     LoadCommand,
     StagedRegion,
 )
+from tensorwasm_dispatcher.scheduling import FairScheduler
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
 _SCALAR_FIELDS = {
@@ -52,12 +52,12 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         report: DeviceReport,
         dispatcher: Dispatcher,
         admission: Admission,
-        workers: ThreadPoolExecutor,
+        scheduler: FairScheduler,
     ) -> None:
         self._report = report
         self._dispatcher = dispatcher
         self._admission = admission
-        self._workers = workers
+        self._scheduler = scheduler
 
     async def GetDevice(
         self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
@@ -82,9 +82,11 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        """Admits the batch (or refuses it at once) and runs it on a worker thread.
+        """Admits the batch (or refuses it at once) and queues it for a worker thread.
 
-        The slot is released when the worker is done, not when the handler returns, so a
+        Admitted batches wait in their tenant's queue; the workers serve the tenants in
+        turn (`FairScheduler`), so a flooding tenant waits behind itself. The slot is
+        released when the worker is done, not when the handler returns, so a
         batch whose caller went away keeps counting until it has really stopped.
         """
         tenant = _tenant(request.tenant, context)
@@ -95,7 +97,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             self._dispatcher.ledger.record(tenant, rejected_requests=1)
             raise
         try:
-            future = self._workers.submit(self._dispatcher.execute, tenant, batch)
+            future = self._scheduler.submit(
+                tenant, len(batch.commands), lambda: self._dispatcher.execute(tenant, batch)
+            )
         except BaseException:
             slot.release()
             raise
@@ -118,6 +122,7 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             execute_requests=usage.execute_requests,
             rejected_requests=usage.rejected_requests,
             open_sessions=usage.open_sessions,
+            queued_requests=self._scheduler.queued(usage.tenant),
         )
         response.kernel_time.FromTimedelta(datetime.timedelta(seconds=usage.kernel_seconds))
         return response

@@ -569,6 +569,7 @@ class GetTenantUsageResponse(_message.Message):
     REJECTED_REQUESTS_FIELD_NUMBER: _builtins.int
     OPEN_SESSIONS_FIELD_NUMBER: _builtins.int
     KERNEL_TIME_FIELD_NUMBER: _builtins.int
+    QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """The tenant reported on."""
     staged_bytes_total: _builtins.int
@@ -591,6 +592,10 @@ class GetTenantUsageResponse(_message.Message):
     """Execute calls refused by back-pressure."""
     open_sessions: _builtins.int
     """Sessions open now."""
+    queued_requests: _builtins.int
+    """Execute calls admitted and waiting in the tenant's queue for a worker now
+    (tenants' queues are served in turn: deficit round robin).
+    """
     @_builtins.property
     def kernel_time(self) -> _duration_pb2.Duration:
         """Time the tenant's kernels ran (GPU time; wall time on the cpu backend)."""
@@ -610,10 +615,11 @@ class GetTenantUsageResponse(_message.Message):
         rejected_requests: _builtins.int = ...,
         open_sessions: _builtins.int = ...,
         kernel_time: _duration_pb2.Duration | None = ...,
+        queued_requests: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execute_requests", b"execute_requests", "failed_commands", b"failed_commands", "kernel_time", b"kernel_time", "launches", b"launches", "loads", b"loads", "memory_quota_bytes", b"memory_quota_bytes", "open_sessions", b"open_sessions", "rejected_requests", b"rejected_requests", "staged_bytes_current", b"staged_bytes_current", "staged_bytes_peak", b"staged_bytes_peak", "staged_bytes_total", b"staged_bytes_total", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execute_requests", b"execute_requests", "failed_commands", b"failed_commands", "kernel_time", b"kernel_time", "launches", b"launches", "loads", b"loads", "memory_quota_bytes", b"memory_quota_bytes", "open_sessions", b"open_sessions", "queued_requests", b"queued_requests", "rejected_requests", b"rejected_requests", "staged_bytes_current", b"staged_bytes_current", "staged_bytes_peak", b"staged_bytes_peak", "staged_bytes_total", b"staged_bytes_total", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
