@@ -160,6 +160,51 @@ class CudaBackend(Backend):
             self._call(copy(ctypes.addressof(target), device.pointer, device.size_bytes))
         return target.raw
 
+    def allocate(self, size_bytes: int) -> DeviceBuffer:
+        driver = self._driver
+        self._current()
+        try:
+            (pointer,) = self._call(driver.cuMemAlloc(max(size_bytes, 1)))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.INTERNAL, "cuMemAlloc failed", exc) from None
+        try:
+            self._call(driver.cuMemsetD8(pointer, 0, max(size_bytes, 1)))
+        except CudaCallError as exc:
+            self._call(driver.cuMemFree(pointer))
+            raise self._abi(AbiError.INTERNAL, "cuMemsetD8 failed", exc) from None
+        return _CudaBuffer(pointer, size_bytes)
+
+    def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
+        if not data:
+            return
+        device, cuda_stream = _buffer(buffer), _stream(stream)
+        source = ctypes.create_string_buffer(data, len(data))
+        target = int(device.pointer) + offset_bytes
+        self._current()
+        try:
+            # In the stream's order (after its launches), and done before `source` goes.
+            copy = self._driver.cuMemcpyHtoDAsync
+            self._call(copy(target, ctypes.addressof(source), len(data), cuda_stream.stream))
+            self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, "copying to a device buffer", exc) from None
+
+    def read_range(
+        self, buffer: DeviceBuffer, offset_bytes: int, length_bytes: int, stream: Stream
+    ) -> bytes:
+        device = _buffer(buffer)
+        target = ctypes.create_string_buffer(length_bytes)
+        self._current()
+        try:
+            self._call(self._driver.cuStreamSynchronize(_stream(stream).stream))
+            if length_bytes:
+                source = int(device.pointer) + offset_bytes
+                copy = self._driver.cuMemcpyDtoH
+                self._call(copy(ctypes.addressof(target), source, length_bytes))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, "copying from a device buffer", exc) from None
+        return target.raw
+
     def free(self, buffer: DeviceBuffer) -> None:
         self._current()
         self._call(self._driver.cuMemFree(_buffer(buffer).pointer))
