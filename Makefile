@@ -9,7 +9,7 @@ NPM_PREFIX := .tools/npm
 BUF := $(NPM_PREFIX)/node_modules/.bin/buf
 DATA_DIR ?= $(CURDIR)/.demo-data
 
-.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean
+.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean guest-toolchain guests
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,19 @@ test-unit: .venv/.synced ## Unit tests only
 
 test-gpu: setup ## GPU tests (needs an NVIDIA device)
 	.venv/bin/pytest -m gpu -q
+
+# The wasm32-wasi C toolchain for guests (Debian/Ubuntu packages), installed when missing.
+GUEST_TOOLCHAIN := clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
+GUEST_OUT ?= build/guests
+
+guest-toolchain: ## Install clang-19, lld-19, wasi-libc, libclang-rt-19-dev-wasm32 (apt) if missing
+	@if dpkg -s $(GUEST_TOOLCHAIN) >/dev/null 2>&1; then echo "guest-toolchain: installed"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_TOOLCHAIN); fi
+
+guests: .venv/.synced guest-toolchain ## Build the example GPU guests (C with clang, WAT) into build/guests
+	$(PY) tools/build_guests.py --require-c --out $(GUEST_OUT)
 
 bench: setup ## Run the benchmark groups; JSON under bench-results/
 	$(PY) -m tests.bench --out bench-results

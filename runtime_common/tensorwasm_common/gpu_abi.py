@@ -12,6 +12,12 @@ import re
 from dataclasses import dataclass
 
 MODULE = "wasi:cuda/host@0.2.0"
+# Our own extensions (device-resident buffers, GPU time, JIT kernels), kept out of the
+# original module so that one stays byte-for-byte compatible.
+EXT_MODULE = "tensorwasm:gpu/host@0.1.0"
+# Device buffers one instance may hold at once (their bytes count against the tenant's
+# GPU memory quota in the dispatcher).
+MAX_DEVICE_BUFFERS_PER_INSTANCE = 1024
 
 MAX_PTX_BYTES = 8 << 20  # per load
 MAX_TOTAL_PTX_BYTES = 64 * MAX_PTX_BYTES  # per instance
@@ -73,6 +79,10 @@ class ArgTag(enum.IntEnum):
     U32 = 0x05
     U64 = 0x06
     PTR = 0x07  # u32 guest offset + u32 byte length
+    # Extension: u32 device buffer handle (from `tensorwasm:gpu`) + u32 byte offset into
+    # it. A guest that never allocated a buffer gets invalid_args for it, as the original
+    # answers an unknown tag, so guests built for the original see no difference.
+    DEVICE_BUFFER = 0x08
 
     @property
     def value_bytes(self) -> int:

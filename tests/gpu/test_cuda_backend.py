@@ -97,3 +97,57 @@ def test_the_quota_holds_on_the_device(cuda_backend: Backend) -> None:
     # a and b fit the quota; c does not, so neither launch runs
     codes = [r.code for r in outcome.results]
     assert codes == [0, AbiError.QUOTA_EXCEEDED, AbiError.QUOTA_EXCEEDED]
+
+
+def test_launch_errors_are_mapped_to_codes_before_the_driver(cuda_backend: Backend) -> None:
+    batch = _vector_add_batch(256, "errors")
+    load, good = batch.commands[0], batch.commands[1]
+    assert isinstance(good, LaunchCommand)
+    short_argv = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 0, good.args[:3])
+    wide_n = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 0, (*good.args[:3], ScalarArg(ArgTag.U64, 1)))
+    tall_grid = LaunchCommand(0, (1, 70_000, 1), (256, 1, 1), 0, good.args)
+    big_shared = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 64 << 10, good.args)
+    commands = (load, short_argv, wide_n, tall_grid, big_shared, good)
+    outcome = _dispatcher(cuda_backend).execute(
+        "t", Batch("errors", batch.regions, commands, end_session=True)
+    )
+    assert [r.code for r in outcome.results] == [0, -9, -9, -8, -5, 0]
+
+
+def test_device_buffers_round_trip_on_the_device(cuda_backend: Backend) -> None:
+    from tensorwasm_dispatcher.device_buffers import (
+        AllocBufferCommand,
+        DeviceRef,
+        ReadBufferCommand,
+        WriteBufferCommand,
+    )
+
+    n = 1 << 12
+    a = np.arange(n, dtype=np.float32)
+    spec = CATALOG["vector_add"]
+    launch = LaunchCommand(
+        0, (n // 256, 1, 1), (256, 1, 1), 0,
+        (DeviceRef(1, 0), DeviceRef(2, 0), DeviceRef(3, 0), ScalarArg(ArgTag.U32, n)),
+    )  # fmt: skip
+    commands = (
+        LoadCommand(0, spec.ptx_text().encode(), "vector_add"),
+        *(AllocBufferCommand(h, 4 * n) for h in (1, 2, 3)),
+        WriteBufferCommand(1, 0, a.tobytes()),
+        WriteBufferCommand(2, 0, a.tobytes()),
+        launch,
+        ReadBufferCommand(3, 0, 4 * n),
+    )
+    dispatcher = _dispatcher(cuda_backend, quota=1 << 20)
+    outcome = dispatcher.execute("t", Batch("resident", (), commands, end_session=True))
+    assert [r.code for r in outcome.results] == [0] * len(commands)
+    np.testing.assert_array_equal(np.frombuffer(outcome.results[-1].data, np.float32), 2 * a)
+    assert dispatcher.ledger.usage("t").staged_bytes_current == 0  # freed with the session
+
+
+def test_a_128_mib_buffer_is_refused_under_a_64_mib_cap(cuda_backend: Backend) -> None:
+    from tensorwasm_dispatcher.device_buffers import AllocBufferCommand
+
+    dispatcher = _dispatcher(cuda_backend, quota=64 << 20)
+    commands = (AllocBufferCommand(1, 128 << 20), AllocBufferCommand(2, 32 << 20))
+    outcome = dispatcher.execute("t", Batch("cap", (), commands, end_session=True))
+    assert [r.code for r in outcome.results] == [AbiError.QUOTA_EXCEEDED, 0]

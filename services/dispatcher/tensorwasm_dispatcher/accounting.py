@@ -45,6 +45,8 @@ class TenantUsage:
     rejected_requests: int = 0
     open_sessions: int = 0
     kernel_seconds: float = 0.0
+    device_buffers: int = 0
+    device_buffer_bytes: int = 0
 
 
 class Ledger:
@@ -110,10 +112,12 @@ class Ledger:
         execute_requests: int = 0,
         rejected_requests: int = 0,
         open_sessions: int = 0,
-    ) -> None:
-        """Adds to the tenant's counters."""
+        device_buffers: int = 0,
+        device_buffer_bytes: int = 0,
+    ) -> TenantUsage:
+        """Adds to the tenant's counters; returns them as updated."""
         with self._lock:
-            self._update(
+            updated = self._update(
                 tenant,
                 launches=launches,
                 loads=loads,
@@ -122,11 +126,14 @@ class Ledger:
                 execute_requests=execute_requests,
                 rejected_requests=rejected_requests,
                 open_sessions=open_sessions,
+                device_buffers=device_buffers,
+                device_buffer_bytes=device_buffer_bytes,
             )
         if launches:
             LAUNCHES.labels(tenant).inc(launches)
         if kernel_seconds:
             KERNEL_SECONDS.labels(tenant).inc(kernel_seconds)
+        return replace(updated, memory_quota_bytes=self.memory_quota_bytes)
 
 
 class DispatcherSaturatedError(ResourceExhaustedError):

@@ -99,6 +99,26 @@ class Backend(abc.ABC):
         """Copies a buffer back to the host, after the stream's work on it."""
 
     @abc.abstractmethod
+    def allocate(self, size_bytes: int) -> DeviceBuffer:
+        """A new device buffer of `size_bytes` zeros (a device-resident buffer).
+
+        Raises:
+            AbiFailure: QUOTA_EXCEEDED when the device is out of memory.
+        """
+
+    @abc.abstractmethod
+    def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
+        """Copies host bytes into a buffer at `offset_bytes`, in the stream's order (the
+        caller has checked the range)."""
+
+    @abc.abstractmethod
+    def read_range(
+        self, buffer: DeviceBuffer, offset_bytes: int, length_bytes: int, stream: Stream
+    ) -> bytes:
+        """Copies bytes of a buffer back to the host, after the stream's work on it (the
+        caller has checked the range)."""
+
+    @abc.abstractmethod
     def free(self, buffer: DeviceBuffer) -> None:
         """Releases a staged buffer."""
 

@@ -95,6 +95,17 @@ class CpuBackend(Backend):
     def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
         return bytes(_cpu_buffer(buffer).data)
 
+    def allocate(self, size_bytes: int) -> DeviceBuffer:
+        return _CpuBuffer(bytes(size_bytes))
+
+    def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
+        _cpu_buffer(buffer).data[offset_bytes : offset_bytes + len(data)] = data
+
+    def read_range(
+        self, buffer: DeviceBuffer, offset_bytes: int, length_bytes: int, stream: Stream
+    ) -> bytes:
+        return bytes(_cpu_buffer(buffer).data[offset_bytes : offset_bytes + length_bytes])
+
     def free(self, buffer: DeviceBuffer) -> None:
         _cpu_buffer(buffer).data = bytearray()
 

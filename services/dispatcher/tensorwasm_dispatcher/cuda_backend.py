@@ -7,17 +7,25 @@ timed with a pair of events (the tenant's GPU time). Every CUresult is checked i
 place, `_call`, and mapped to an ABI code at this edge: out of memory is quota_exceeded,
 a PTX the driver refuses is malformed_ptx, anything else a launch does is launch_failed.
 
+Before a launch reaches the driver, what the driver cannot check is checked here, with
+the cpu backend's codes: the grid and block against the device limits (-8), and the
+argv records against the entry's declared `.param` list, count and sizes (-9): the
+driver reads as many parameter bytes as the kernel declares, so a short argv would make
+it read past the host's parameter array.
+
 Not exercised without a GPU: the `gpu`-marked tests run it on a device.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, Dim3, ScalarArg
+from tensorwasm_kernels import LaunchGeometryError, check_geometry
 
 from tensorwasm_dispatcher.backend import (
     Backend,
@@ -39,13 +47,42 @@ _CTYPES = {
     ArgTag.U64: ctypes.c_uint64,
 }
 _OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
+# Dynamic shared memory a launch may use without opting in (the cpu backend's limit too).
+MAX_DYNAMIC_SHARED_BYTES = 48 << 10
+_PARAM = re.compile(
+    r"\.param\s+(?:\.align\s+\d+\s+)?\.([a-z]+)(\d+)\s+[A-Za-z_$%][\w$]*\s*(?:\[(\d+)\])?"
+)
+
+
+def entry_param_sizes(ptx: bytes, entry: str) -> tuple[int, ...] | None:
+    """The byte sizes of the `.param`s of `.entry <entry>(...)`, in order (None when the
+    declaration cannot be read: the launch is then not checked)."""
+    text = ptx.decode("utf-8", errors="replace")
+    found = re.search(r"\.entry\s+" + re.escape(entry) + r"\s*\(([^)]*)\)", text)
+    if found is None:
+        return None
+    sizes = []
+    for declaration in filter(None, (part.strip() for part in found[1].split(","))):
+        param = _PARAM.fullmatch(declaration)
+        if param is None:
+            return None
+        width = int(param[2]) // 8
+        sizes.append(width * int(param[3]) if param[3] else width)
+    return tuple(sizes)
+
+
+def _arg_size(arg: LaunchArg) -> int:
+    return 8 if isinstance(arg, BufferArg) else arg.tag.value_bytes
 
 
 class _CudaKernel(Kernel):
-    def __init__(self, module: Any, function: Any, entry: str) -> None:
+    def __init__(
+        self, module: Any, function: Any, entry: str, param_sizes: tuple[int, ...] | None
+    ) -> None:
         self.module = module
         self.function = function
         self.entry = entry
+        self.param_sizes = param_sizes
 
 
 class _CudaBuffer(DeviceBuffer):
@@ -128,7 +165,7 @@ class CudaBackend(Backend):
             self._call(driver.cuModuleUnload(module))
             message = f"no kernel {entry!r} in the PTX"
             raise self._abi(AbiError.MALFORMED_PTX, message, exc) from None
-        return _CudaKernel(module, function, entry)
+        return _CudaKernel(module, function, entry, entry_param_sizes(ptx, entry))
 
     def unload(self, kernel: Kernel) -> None:
         self._current()
@@ -160,6 +197,51 @@ class CudaBackend(Backend):
             self._call(copy(ctypes.addressof(target), device.pointer, device.size_bytes))
         return target.raw
 
+    def allocate(self, size_bytes: int) -> DeviceBuffer:
+        driver = self._driver
+        self._current()
+        try:
+            (pointer,) = self._call(driver.cuMemAlloc(max(size_bytes, 1)))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.INTERNAL, "cuMemAlloc failed", exc) from None
+        try:
+            self._call(driver.cuMemsetD8(pointer, 0, max(size_bytes, 1)))
+        except CudaCallError as exc:
+            self._call(driver.cuMemFree(pointer))
+            raise self._abi(AbiError.INTERNAL, "cuMemsetD8 failed", exc) from None
+        return _CudaBuffer(pointer, size_bytes)
+
+    def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
+        if not data:
+            return
+        device, cuda_stream = _buffer(buffer), _stream(stream)
+        source = ctypes.create_string_buffer(data, len(data))
+        target = int(device.pointer) + offset_bytes
+        self._current()
+        try:
+            # In the stream's order (after its launches), and done before `source` goes.
+            copy = self._driver.cuMemcpyHtoDAsync
+            self._call(copy(target, ctypes.addressof(source), len(data), cuda_stream.stream))
+            self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, "copying to a device buffer", exc) from None
+
+    def read_range(
+        self, buffer: DeviceBuffer, offset_bytes: int, length_bytes: int, stream: Stream
+    ) -> bytes:
+        device = _buffer(buffer)
+        target = ctypes.create_string_buffer(length_bytes)
+        self._current()
+        try:
+            self._call(self._driver.cuStreamSynchronize(_stream(stream).stream))
+            if length_bytes:
+                source = int(device.pointer) + offset_bytes
+                copy = self._driver.cuMemcpyDtoH
+                self._call(copy(ctypes.addressof(target), source, length_bytes))
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, "copying from a device buffer", exc) from None
+        return target.raw
+
     def free(self, buffer: DeviceBuffer) -> None:
         self._current()
         self._call(self._driver.cuMemFree(_buffer(buffer).pointer))
@@ -175,7 +257,9 @@ class CudaBackend(Backend):
         args: Sequence[LaunchArg],
     ) -> LaunchResult:
         driver = self._driver
-        cuda_stream, function = _stream(stream), _kernel(kernel).function
+        cuda_kernel = _kernel(kernel)
+        cuda_stream, function = _stream(stream), cuda_kernel.function
+        _check_launch(cuda_kernel, grid, block, shared_mem_bytes, args)
         slots: list[Any] = []
         for arg in args:
             if isinstance(arg, BufferArg):
@@ -208,6 +292,32 @@ class CudaBackend(Backend):
 
     def close(self) -> None:
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
+
+
+def _check_launch(
+    kernel: _CudaKernel, grid: Dim3, block: Dim3, shared_mem_bytes: int, args: Sequence[LaunchArg]
+) -> None:
+    """What the driver cannot check (or answers with one vague error), checked first."""
+    try:
+        check_geometry(grid, block)
+    except LaunchGeometryError as exc:
+        raise AbiFailure(AbiError.INVALID_DIMENSIONS, f"{kernel.entry}: {exc}") from None
+    if shared_mem_bytes > MAX_DYNAMIC_SHARED_BYTES:
+        raise AbiFailure(
+            AbiError.LAUNCH_FAILED,
+            f"{kernel.entry}: {shared_mem_bytes} bytes of dynamic shared memory, more than "
+            f"the {MAX_DYNAMIC_SHARED_BYTES} a launch may use",
+        )
+    expected = kernel.param_sizes
+    if expected is None:
+        return
+    got = tuple(_arg_size(arg) for arg in args)
+    if got != expected:
+        raise AbiFailure(
+            AbiError.INVALID_ARGS,
+            f"{kernel.entry} declares {len(expected)} parameters of {list(expected)} bytes; "
+            f"the argv has {len(got)} of {list(got)} bytes",
+        )
 
 
 def _stream(stream: Stream) -> _CudaStream:

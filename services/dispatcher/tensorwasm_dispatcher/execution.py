@@ -30,6 +30,15 @@ from tensorwasm_common.gpu_abi import (
 
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backend import Backend, BufferArg, DeviceBuffer, LaunchArg, Stream
+from tensorwasm_dispatcher.device_buffers import (
+    AllocBufferCommand,
+    BufferCommand,
+    DeviceBuffers,
+    DeviceRef,
+    FreeBufferCommand,
+    ReadBufferCommand,
+    WriteBufferCommand,
+)
 from tensorwasm_dispatcher.sessions import Session, SessionTable
 
 _log = logging.getLogger(__name__)
@@ -79,10 +88,11 @@ class LaunchCommand:
     grid: Dim3
     block: Dim3
     shared_mem_bytes: int
-    args: tuple[ScalarArg | BufferRef, ...]
+    args: tuple[ScalarArg | BufferRef | DeviceRef, ...]
 
 
-Command = LoadCommand | LaunchCommand
+Command = LoadCommand | LaunchCommand | BufferCommand
+_BUFFER_COMMANDS = (AllocBufferCommand, FreeBufferCommand, WriteBufferCommand, ReadBufferCommand)
 
 
 @dataclass(frozen=True)
@@ -97,10 +107,11 @@ class Batch:
 
 @dataclass(frozen=True)
 class CommandOutcome:
-    """A command's ABI code (0: success) and message."""
+    """A command's ABI code (0: success), message, and the bytes a buffer read read."""
 
     code: int
     message: str = ""
+    data: bytes = field(default=b"", repr=False)
 
 
 OK = CommandOutcome(0)
@@ -108,11 +119,13 @@ OK = CommandOutcome(0)
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """Per-command outcomes, the copied-back buffers and the kernels' run time."""
+    """Per-command outcomes, the copied-back buffers, the kernels' run time and the
+    tenant's kernel time in all (this batch included)."""
 
     results: tuple[CommandOutcome, ...]
     buffers: dict[int, bytes]
     kernel_seconds: float
+    tenant_kernel_seconds: float = 0.0
 
 
 class _Staging:
@@ -196,6 +209,8 @@ class Dispatcher:
         self.backend = backend
         self.ledger = ledger
         self.sessions = sessions
+        self.buffers = DeviceBuffers(backend, ledger)
+        sessions.on_close = self.buffers.release_all
 
     def execute(self, tenant: str, batch: Batch) -> BatchOutcome:
         """Runs `batch` for `tenant` (blocking: call it off the event loop).
@@ -217,6 +232,10 @@ class Dispatcher:
         try:
             for command in batch.commands:
                 try:
+                    if isinstance(command, _BUFFER_COMMANDS):
+                        data = self.buffers.run(session, command)
+                        results.append(CommandOutcome(0, data=data) if data else OK)
+                        continue
                     kernel_seconds += self._run(session, staging, command)
                     results.append(OK)
                 except AbiFailure as failure:
@@ -238,7 +257,7 @@ class Dispatcher:
             for command, result in zip(batch.commands, results, strict=True)
             if isinstance(command, LoadCommand) and result.code == 0
         )
-        self.ledger.record(
+        usage = self.ledger.record(
             tenant,
             launches=launches,
             loads=loads,
@@ -246,9 +265,11 @@ class Dispatcher:
             kernel_seconds=kernel_seconds,
             execute_requests=1,
         )
-        return BatchOutcome(tuple(results), buffers, kernel_seconds)
+        return BatchOutcome(tuple(results), buffers, kernel_seconds, usage.kernel_seconds)
 
-    def _run(self, session: Session, staging: _Staging, command: Command) -> float:
+    def _run(
+        self, session: Session, staging: _Staging, command: LoadCommand | LaunchCommand
+    ) -> float:
         """Runs one command; returns its kernel time. Failures raise AbiFailure."""
         if isinstance(command, LoadCommand):
             self._load(session, command)
@@ -260,7 +281,12 @@ class Dispatcher:
             )
         _check_dimensions(command.grid, command.block)
         args: list[LaunchArg] = [
-            staging.resolve(arg) if isinstance(arg, BufferRef) else arg for arg in command.args
+            staging.resolve(arg)
+            if isinstance(arg, BufferRef)
+            else self.buffers.resolve(session, arg)
+            if isinstance(arg, DeviceRef)
+            else arg
+            for arg in command.args
         ]
         result = self.backend.launch(
             session.stream,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
@@ -15,6 +14,7 @@ from tensorwasm_dispatcher.backend import Backend
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
 from tensorwasm_dispatcher.devices import BackendKind, DeviceReport, cpu_report, discover
 from tensorwasm_dispatcher.execution import Dispatcher
+from tensorwasm_dispatcher.scheduling import FairScheduler
 from tensorwasm_dispatcher.servicer import DispatcherServicer
 from tensorwasm_dispatcher.sessions import SessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
@@ -42,7 +42,7 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
 
 def build_server(
     settings: DispatcherSettings,
-) -> tuple[ServiceHost, Dispatcher, ThreadPoolExecutor]:
+) -> tuple[ServiceHost, Dispatcher, FairScheduler]:
     """Opens the backend and registers the servicer."""
     report, backend = open_backend(settings)
     _log.info(
@@ -61,36 +61,31 @@ def build_server(
         max_per_tenant=settings.tenant_in_flight_limit,
         retry_after_seconds=settings.retry_after_seconds,
     )
-    workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="gpu")
+    scheduler = FairScheduler(settings.workers, quantum=settings.fair_quantum_commands)
     host = create_host("dispatcher", settings, [SERVICE_NAME])
     pb_grpc.add_DispatcherServiceServicer_to_server(
-        DispatcherServicer(report, dispatcher, admission, workers), host.server
+        DispatcherServicer(report, dispatcher, admission, scheduler), host.server
     )
-    return host, dispatcher, workers
+    return host, dispatcher, scheduler
 
 
-async def _expire_sessions(
-    dispatcher: Dispatcher, workers: ThreadPoolExecutor, interval_seconds: float
-) -> None:
+async def _expire_sessions(dispatcher: Dispatcher, interval_seconds: float) -> None:
     """Closes sessions idle past their TTL, every `interval_seconds`, off the loop."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval_seconds)
-        expired = await loop.run_in_executor(workers, dispatcher.sessions.expire)
+        expired = await asyncio.to_thread(dispatcher.sessions.expire)
         if expired:
             _log.info("idle sessions closed", extra={"sessions": expired})
 
 
 async def serve(settings: DispatcherSettings) -> None:
     """Serves until SIGTERM, then closes the sessions and the device."""
-    host, dispatcher, workers = build_server(settings)
-    sweeper = asyncio.create_task(
-        _expire_sessions(dispatcher, workers, settings.session_sweep_seconds)
-    )
+    host, dispatcher, scheduler = build_server(settings)
+    sweeper = asyncio.create_task(_expire_sessions(dispatcher, settings.session_sweep_seconds))
 
     async def cleanup() -> None:
         sweeper.cancel()
-        workers.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(scheduler.shutdown)
         dispatcher.sessions.close_all()
         dispatcher.backend.close()
 

@@ -1,10 +1,9 @@
-"""DispatcherService: proto <-> domain translation; batches run on the worker pool."""
+"""DispatcherService: proto <-> domain translation; batches run on the fair scheduler."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
@@ -14,6 +13,13 @@ from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedErro
 from tensorwasm_common.gpu_abi import ArgTag, ScalarArg
 
 from tensorwasm_dispatcher.accounting import Admission
+from tensorwasm_dispatcher.device_buffers import (
+    AllocBufferCommand,
+    DeviceRef,
+    FreeBufferCommand,
+    ReadBufferCommand,
+    WriteBufferCommand,
+)
 from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
 from tensorwasm_dispatcher.execution import (
     Batch,
@@ -26,6 +32,7 @@ from tensorwasm_dispatcher.execution import (
     LoadCommand,
     StagedRegion,
 )
+from tensorwasm_dispatcher.scheduling import FairScheduler
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
 _SCALAR_FIELDS = {
@@ -52,12 +59,12 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         report: DeviceReport,
         dispatcher: Dispatcher,
         admission: Admission,
-        workers: ThreadPoolExecutor,
+        scheduler: FairScheduler,
     ) -> None:
         self._report = report
         self._dispatcher = dispatcher
         self._admission = admission
-        self._workers = workers
+        self._scheduler = scheduler
 
     async def GetDevice(
         self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
@@ -82,9 +89,11 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        """Admits the batch (or refuses it at once) and runs it on a worker thread.
+        """Admits the batch (or refuses it at once) and queues it for a worker thread.
 
-        The slot is released when the worker is done, not when the handler returns, so a
+        Admitted batches wait in their tenant's queue; the workers serve the tenants in
+        turn (`FairScheduler`), so a flooding tenant waits behind itself. The slot is
+        released when the worker is done, not when the handler returns, so a
         batch whose caller went away keeps counting until it has really stopped.
         """
         tenant = _tenant(request.tenant, context)
@@ -95,7 +104,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             self._dispatcher.ledger.record(tenant, rejected_requests=1)
             raise
         try:
-            future = self._workers.submit(self._dispatcher.execute, tenant, batch)
+            future = self._scheduler.submit(
+                tenant, len(batch.commands), lambda: self._dispatcher.execute(tenant, batch)
+            )
         except BaseException:
             slot.release()
             raise
@@ -118,6 +129,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             execute_requests=usage.execute_requests,
             rejected_requests=usage.rejected_requests,
             open_sessions=usage.open_sessions,
+            queued_requests=self._scheduler.queued(usage.tenant),
+            device_buffers=usage.device_buffers,
+            device_buffer_bytes=usage.device_buffer_bytes,
         )
         response.kernel_time.FromTimedelta(datetime.timedelta(seconds=usage.kernel_seconds))
         return response
@@ -170,16 +184,28 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
             shared_mem_bytes=launch.shared_mem_bytes,
             args=tuple(_arg_from_wire(arg, index) for arg in launch.args),
         )
+    if kind == "alloc_buffer":
+        return AllocBufferCommand(command.alloc_buffer.handle, command.alloc_buffer.size_bytes)
+    if kind == "free_buffer":
+        return FreeBufferCommand(command.free_buffer.handle)
+    if kind == "write_buffer":
+        write = command.write_buffer
+        return WriteBufferCommand(write.handle, write.offset_bytes, write.data)
+    if kind == "read_buffer":
+        read = command.read_buffer
+        return ReadBufferCommand(read.handle, read.offset_bytes, read.length_bytes)
     raise InvalidBatchError(
-        f"command {index} has no load or launch", metadata={"field": f"commands[{index}]"}
+        f"command {index} has no command set", metadata={"field": f"commands[{index}]"}
     )
 
 
-def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef:
+def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef | DeviceRef:
     kind = arg.WhichOneof("value")
     if kind == "buffer":
         ref = arg.buffer
         return BufferRef(ref.buffer_id, ref.offset_bytes, ref.length_bytes)
+    if kind == "device_buffer":
+        return DeviceRef(arg.device_buffer.handle, arg.device_buffer.offset_bytes)
     if kind is None:
         raise InvalidBatchError(
             f"command {index} has an argument without a value",
@@ -191,11 +217,17 @@ def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef:
 def outcome_to_wire(outcome: BatchOutcome) -> pb.ExecuteResponse:
     """The ExecuteResponse of a batch's outcome."""
     response = pb.ExecuteResponse(
-        results=[pb.CommandResult(abi_code=r.code, message=r.message) for r in outcome.results],
+        results=[
+            pb.CommandResult(abi_code=r.code, message=r.message, data=r.data)
+            for r in outcome.results
+        ],
         buffers=[
             pb.BufferData(buffer_id=buffer_id, data=data)
             for buffer_id, data in outcome.buffers.items()
         ],
     )
     response.kernel_time.FromTimedelta(datetime.timedelta(seconds=outcome.kernel_seconds))
+    response.tenant_kernel_time.FromTimedelta(
+        datetime.timedelta(seconds=outcome.tenant_kernel_seconds)
+    )
     return response

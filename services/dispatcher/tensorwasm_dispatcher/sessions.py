@@ -14,19 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensorwasm_dispatcher.backend import Backend, Kernel, Stream
+from tensorwasm_dispatcher.backend import Backend, DeviceBuffer, Kernel, Stream
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Session:
-    """One guest session: its stream and its loaded kernels, by the executor's kernel id."""
+    """One guest session: its stream, its loaded kernels (by the executor's kernel id) and
+    its device-resident buffers (by the executor's handle)."""
 
     tenant: str
     session_id: str
     stream: Stream = field(repr=False)
     kernels: dict[int, Kernel] = field(default_factory=dict, repr=False)
+    buffers: dict[int, DeviceBuffer] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     last_used: float = 0.0
     busy: int = 0
@@ -41,7 +43,7 @@ class SessionTable:
         backend: Backend,
         *,
         idle_ttl_seconds: float,
-        on_count: Callable[[str, int], None] = lambda tenant, delta: None,
+        on_count: Callable[[str, int], object] = lambda tenant, delta: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
@@ -50,6 +52,9 @@ class SessionTable:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[tuple[str, str], Session] = {}
+        # Releases what else a closing session holds (its device buffers); set by the
+        # dispatcher that owns them.
+        self.on_close: Callable[[Session], None] = lambda session: None
 
     def __len__(self) -> int:
         with self._lock:
@@ -110,9 +115,10 @@ class SessionTable:
         self._on_count(session.tenant, -1)
 
     def _close(self, session: Session) -> None:
-        """Unloads a forgotten session's kernels and releases its stream."""
+        """Frees a forgotten session's buffers, unloads its kernels, releases its stream."""
         kernels, session.kernels = list(session.kernels.values()), {}
         try:
+            self.on_close(session)
             for kernel in kernels:
                 self._backend.unload(kernel)
             self._backend.close_stream(session.stream)

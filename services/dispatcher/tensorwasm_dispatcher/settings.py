@@ -26,6 +26,9 @@ class DispatcherSettings(ServerSettings):
     retry_after_seconds: float = 0.05
     # Threads that run batches (the event loop never runs a kernel).
     workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
+    # Fair scheduling (deficit round robin over per-tenant queues): the commands a tenant
+    # may run per turn before the next tenant with queued batches is served.
+    fair_quantum_commands: int = 256
     # A session nobody ended (its executor died) is closed after this much idle time.
     session_idle_ttl_seconds: float = 600.0
     session_sweep_seconds: float = 5.0
@@ -47,5 +50,7 @@ class DispatcherSettings(ServerSettings):
             raise SettingsError("retry_after_seconds: must be in (0, 60]")
         if self.workers <= 0:
             raise SettingsError("workers: must be positive")
+        if self.fair_quantum_commands <= 0:
+            raise SettingsError("fair_quantum_commands: must be positive")
         if self.session_idle_ttl_seconds <= 0 or self.session_sweep_seconds <= 0:
             raise SettingsError("session_idle_ttl_seconds and session_sweep_seconds: positive")

@@ -8,6 +8,7 @@ u32 is at most 2**33 - 2, and is compared as it is).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tensorwasm_common.gpu_abi import (
@@ -37,7 +38,17 @@ class PointerRecord:
     length: int
 
 
-ArgRecord = ScalarArg | PointerRecord
+@dataclass(frozen=True)
+class DeviceBufferRecord:
+    """A device buffer argv record (tag 0x08): bytes `[offset, size)` of one of the
+    instance's device buffers, already checked to exist and to hold the offset."""
+
+    handle: int
+    offset: int
+    length: int
+
+
+ArgRecord = ScalarArg | PointerRecord | DeviceBufferRecord
 
 
 def as_u32(value: int) -> int:
@@ -97,12 +108,16 @@ def check_dimensions(grid: Dim3, block: Dim3) -> None:
         )
 
 
-def parse_argv(data: bytes, memory_bytes: int) -> tuple[ArgRecord, ...]:
+def parse_argv(
+    data: bytes, memory_bytes: int, device_buffers: Mapping[int, int] | None = None
+) -> tuple[ArgRecord, ...]:
     """Parses a typed argv buffer: records `[tag u8][value LE]`, no padding, nothing after.
 
     Args:
         data: The argv bytes (already read from guest memory).
         memory_bytes: The linear memory's size, to check pointer records against.
+        device_buffers: The instance's device buffers (handle -> size in bytes), for
+            device buffer records (tag 0x08); none: every such record is invalid_args.
 
     Returns:
         The records in order.
@@ -145,11 +160,34 @@ def parse_argv(data: bytes, memory_bytes: int) -> tuple[ArgRecord, ...]:
             length = int.from_bytes(value[4:], "little")
             what = f"argv record {len(records)} (ptr)"
             records.append(PointerRecord(*check_region(offset, length, memory_bytes, what)))
+        elif tag is ArgTag.DEVICE_BUFFER:
+            handle = int.from_bytes(value[:4], "little")
+            offset = int.from_bytes(value[4:], "little")
+            records.append(_device_record(handle, offset, device_buffers or {}, len(records)))
         else:
             number = int.from_bytes(value, "little", signed=tag in _SIGNED)
             records.append(ScalarArg(tag, number))
         position = end
     return tuple(records)
+
+
+def _device_record(
+    handle: int, offset: int, device_buffers: Mapping[int, int], index: int
+) -> DeviceBufferRecord:
+    size = device_buffers.get(handle)
+    if size is None:
+        raise AbiFailure(
+            AbiError.INVALID_ARGS,
+            f"argv record {index} (device_buffer) names buffer {handle}, which this "
+            "instance does not hold",
+        )
+    if offset >= size:
+        raise AbiFailure(
+            AbiError.INVALID_POINTER,
+            f"argv record {index} (device_buffer): offset {offset} is outside buffer {handle} "
+            f"({size} bytes)",
+        )
+    return DeviceBufferRecord(handle, offset, size - offset)
 
 
 def truncate_error(message: str) -> bytes:

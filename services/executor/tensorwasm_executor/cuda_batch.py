@@ -78,7 +78,45 @@ class LaunchKernel:
         return sum(arg.length for arg in self.args if isinstance(arg, PointerRecord))
 
 
-Command = LoadKernel | LaunchKernel
+@dataclass(frozen=True)
+class AllocBuffer:
+    """Allocate a device-resident buffer as the session's `handle` (extension)."""
+
+    handle: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class FreeBuffer:
+    """Free the session's device buffer `handle` (extension)."""
+
+    handle: int
+
+
+@dataclass(frozen=True)
+class WriteBuffer:
+    """Copy bytes (read from linear memory when queued) into a device buffer (extension)."""
+
+    handle: int
+    offset_bytes: int
+    data: bytes = field(repr=False)
+
+    @property
+    def staged_bytes(self) -> int:
+        """The bytes it carries."""
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class ReadBuffer:
+    """Copy bytes of a device buffer back; they come in the result's `data` (extension)."""
+
+    handle: int
+    offset_bytes: int
+    length_bytes: int
+
+
+Command = LoadKernel | LaunchKernel | AllocBuffer | FreeBuffer | WriteBuffer | ReadBuffer
 
 
 @dataclass(frozen=True)
@@ -93,18 +131,22 @@ class BatchRequest:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """A command's ABI code (0: success) and message."""
+    """A command's ABI code (0: success), message, and the bytes a buffer read read."""
 
     code: int
     message: str = ""
+    data: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
 class BatchReply:
-    """The dispatcher's answer: one result per command and the copied-back buffers."""
+    """The dispatcher's answer: one result per command, the copied-back buffers, the
+    batch's kernel time and the tenant's kernel time in all."""
 
     results: tuple[CommandResult, ...]
     buffers: Mapping[int, bytes]
+    kernel_seconds: float = 0.0
+    tenant_kernel_seconds: float = 0.0
 
 
 class TransportError(Exception):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wasmtime
-from tensorwasm_common.gpu_abi import MODULE, AbiError
+from tensorwasm_common.gpu_abi import EXT_MODULE, MODULE, AbiError
 
 from tensorwasm_executor.cuda_batch import Transport
 from tensorwasm_executor.cuda_session import (
@@ -27,10 +27,10 @@ from tensorwasm_executor.cuda_session import (
 from tensorwasm_executor.sandbox import CompiledModule, HostModule, current_host_state
 
 _log = logging.getLogger(__name__)
-# Modules whose functions use the store's session: ours (`tensorwasm:gpu`) shares it.
-SESSION_MODULES = frozenset({MODULE, "tensorwasm:gpu/host@0.1.0"})
 _NOT_AVAILABLE = int(AbiError.NOT_AVAILABLE)
 _INTERNAL = int(AbiError.INTERNAL)
+# The import modules whose functions use a store's session.
+GPU_MODULES = frozenset({MODULE, EXT_MODULE})
 
 
 class WasmMemory:
@@ -109,6 +109,14 @@ class CudaHost:
         self._max_batch_commands = max_batch_commands
         self._max_batch_bytes = max_batch_bytes
         self.host_module = HostModule(MODULE, define)
+        # The extension module (gpu_ext.py); other files add functions to it with
+        # `gpu_ext.define_function` and a HostModule of their own in `host_modules`.
+        from tensorwasm_executor import gpu_ext
+
+        self.host_modules: list[HostModule] = [
+            self.host_module,
+            HostModule(EXT_MODULE, gpu_ext.define),
+        ]
 
     def state_for(self, module: CompiledModule, tenant: str) -> CudaHostState | None:
         """A new store's state: a session when the module imports `wasi:cuda` and a
@@ -117,7 +125,7 @@ class CudaHost:
         Call it on the thread that serves the request: the transport keeps its trace
         context, so the dispatcher's spans join the invocation's trace.
         """
-        if self._transport_for is None or not module.imported_modules & SESSION_MODULES:
+        if self._transport_for is None or not GPU_MODULES & module.imported_modules:
             return None
         session = CudaSession(
             self._transport_for(tenant),
@@ -132,7 +140,11 @@ def _state() -> CudaHostState | None:
     return state if isinstance(state, CudaHostState) else None
 
 
-def _guarded(name: str, body: Callable[..., int]) -> Callable[..., int]:
+# A host function's body: (the store's state, the caller, *the wasm arguments) -> result.
+HostBody = Callable[..., int]
+
+
+def guarded(name: str, body: HostBody) -> Callable[..., int]:
     """A host function: -1 without a session, -7 (logged) on an unexpected exception."""
 
     def host_function(caller: wasmtime.Caller, *args: Any) -> int:
@@ -195,6 +207,6 @@ def define(linker: wasmtime.Linker) -> None:
             MODULE,
             name,
             wasmtime.FuncType(params, [result]),
-            _guarded(name, body),
+            guarded(name, body),
             access_caller=True,
         )

@@ -38,12 +38,14 @@ from tensorwasm_executor.cuda_abi import (
 from tensorwasm_executor.cuda_batch import (
     BatchReply,
     BatchRequest,
+    Command,
     CommandResult,
     GuestMemory,
     LaunchKernel,
     LoadKernel,
     Transport,
     TransportError,
+    WriteBuffer,
     build_request,
 )
 
@@ -79,13 +81,19 @@ class CudaSession:
         self._kernels: dict[int, str] = {}  # id -> entry
         self._next_kernel_id = 0
         self._ptx_bytes = 0
-        self._pending: list[LaunchKernel] = []
+        self._pending: list[Command] = []
         self._pending_bytes = 0
         self._deferred: AbiFailure | None = None
         self._deferred_more = 0
         self._last_error = b""
         self._opened = False  # a request was sent: the dispatcher may hold the session
         self.requests_sent = 0
+        # Extension state (`tensorwasm:gpu`, see gpu_ext.py): device buffers by handle
+        # (their sizes), and kernel time as the dispatcher reported it.
+        self.device_buffers: dict[int, int] = {}
+        self.device_handles_issued = 0
+        self.kernel_seconds = 0.0
+        self.tenant_kernel_seconds = 0.0
 
     # --- the call's life -------------------------------------------------------------
 
@@ -277,13 +285,47 @@ class CudaSession:
             memory.write(start, self._last_error[:count])
         return count
 
-    def record_failure(self, failure: AbiFailure) -> int:
-        """Records a host function's failure in `last_error`; returns its code."""
-        return self._fail(failure)
-
     def remaining_seconds(self) -> float:
         """Time left before the current call's deadline (0 when it has passed)."""
         return max(0.0, self._deadline - self._clock())
+
+    # --- for extension modules (gpu_ext.py and others) -----------------------------------
+
+    def request(self, memory: GuestMemory | None, command: Command) -> CommandResult:
+        """Sends what is queued and then `command`, and returns `command`'s result (a
+        round trip: for functions whose result the guest needs at once)."""
+        result = self._flush(memory, extra=command)
+        assert result is not None
+        return result
+
+    def enqueue(self, memory: GuestMemory | None, command: WriteBuffer | Command) -> None:
+        """Queues a command whose failure the next sync reports (sends a full batch).
+
+        Raises:
+            AbiFailure: QUOTA_EXCEEDED when the command alone is larger than a batch.
+        """
+        size = command.staged_bytes if isinstance(command, WriteBuffer) else 0
+        if size > self._max_bytes:
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"the command carries {size} bytes, more than {self._max_bytes} per batch",
+            )
+        if self._pending and self._pending_bytes + size > self._max_bytes:
+            self._flush(memory)
+        self._pending.append(command)
+        self._pending_bytes += size
+        if len(self._pending) >= self._max_commands:
+            self._flush(memory)
+
+    def flush(self, memory: GuestMemory | None, *, even_if_empty: bool) -> None:
+        """Runs what is queued now (its failures wait for the next sync); with
+        `even_if_empty`, sends a request even when nothing is queued."""
+        if self._pending or even_if_empty:
+            self._flush(memory)
+
+    def fail(self, failure: AbiFailure) -> int:
+        """Records `failure` in last_error; returns its code."""
+        return self._fail(failure)
 
     def fail_internal(self, function: str) -> int:
         """Records an unexpected failure of a host function; returns internal (-7)."""
@@ -304,7 +346,7 @@ class CudaSession:
         memory = _require(memory)
         size = memory.size()
         start, length = check_region(args_ptr, args_len, size, "the argv")
-        return parse_argv(memory.read(start, length), size)
+        return parse_argv(memory.read(start, length), size, self.device_buffers)
 
     def _fail(self, failure: AbiFailure) -> int:
         self._last_error = truncate_error(f"{failure.code.label}: {failure.message}")
@@ -322,14 +364,14 @@ class CudaSession:
         self,
         memory: GuestMemory | None,
         *,
-        extra: LoadKernel | None = None,
+        extra: Command | None = None,
         copy_back: bool = True,
         end_session: bool = False,
     ) -> CommandResult | None:
         """Sends the queued launches (and `extra`) as one request; copies back what comes
         back; defers the queued launches' failures. Returns `extra`'s result."""
         queued, self._pending, self._pending_bytes = self._pending, [], 0
-        commands: list[LaunchKernel | LoadKernel] = [*queued]
+        commands: list[Command] = [*queued]
         if extra is not None:
             commands.append(extra)
         request = build_request(
@@ -340,6 +382,8 @@ class CudaSession:
         except AbiFailure as failure:
             results = tuple(CommandResult(int(failure.code), failure.message) for _ in commands)
             reply = BatchReply(results, {})
+        self.kernel_seconds += reply.kernel_seconds
+        self.tenant_kernel_seconds = max(self.tenant_kernel_seconds, reply.tenant_kernel_seconds)
         if copy_back and memory is not None:
             self._copy_back(request, reply, memory)
         for result in reply.results[: len(queued)]:

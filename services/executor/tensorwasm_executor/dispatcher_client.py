@@ -22,14 +22,19 @@ from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
 from tensorwasm_common.status import error_from_rpc
 
+from tensorwasm_executor.cuda_abi import DeviceBufferRecord
 from tensorwasm_executor.cuda_batch import (
+    AllocBuffer,
     BatchReply,
     BatchRequest,
     BufferRef,
+    Command,
     CommandResult,
+    FreeBuffer,
     LaunchKernel,
     LoadKernel,
     TransportError,
+    WriteBuffer,
 )
 
 _SCALAR_FIELDS = {
@@ -92,8 +97,10 @@ class DispatcherTransport:
         finally:
             otel_context.detach(token)
         return BatchReply(
-            results=tuple(CommandResult(r.abi_code, r.message) for r in response.results),
+            results=tuple(CommandResult(r.abi_code, r.message, r.data) for r in response.results),
             buffers={buffer.buffer_id: buffer.data for buffer in response.buffers},
+            kernel_seconds=response.kernel_time.ToTimedelta().total_seconds(),
+            tenant_kernel_seconds=response.tenant_kernel_time.ToTimedelta().total_seconds(),
         )
 
 
@@ -132,13 +139,37 @@ def request_to_wire(request: BatchRequest, tenant: str) -> pb.ExecuteRequest:
         ],
     )
     for command in request.commands:
-        if isinstance(command, LoadKernel):
-            wire.commands.add().load.CopyFrom(
-                pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
-            )
-        else:
-            wire.commands.add().launch.CopyFrom(_launch_to_wire(command))
+        _command_to_wire(command, wire.commands.add())
     return wire
+
+
+def _command_to_wire(command: Command, wire: pb.Command) -> None:
+    if isinstance(command, LoadKernel):
+        wire.load.CopyFrom(
+            pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
+        )
+    elif isinstance(command, LaunchKernel):
+        wire.launch.CopyFrom(_launch_to_wire(command))
+    elif isinstance(command, AllocBuffer):
+        wire.alloc_buffer.CopyFrom(
+            pb.AllocBuffer(handle=command.handle, size_bytes=command.size_bytes)
+        )
+    elif isinstance(command, FreeBuffer):
+        wire.free_buffer.CopyFrom(pb.FreeBuffer(handle=command.handle))
+    elif isinstance(command, WriteBuffer):
+        wire.write_buffer.CopyFrom(
+            pb.WriteBuffer(
+                handle=command.handle, offset_bytes=command.offset_bytes, data=command.data
+            )
+        )
+    else:
+        wire.read_buffer.CopyFrom(
+            pb.ReadBuffer(
+                handle=command.handle,
+                offset_bytes=command.offset_bytes,
+                length_bytes=command.length_bytes,
+            )
+        )
 
 
 def _launch_to_wire(command: LaunchKernel) -> pb.LaunchKernel:
@@ -159,6 +190,10 @@ def _launch_to_wire(command: LaunchKernel) -> pb.LaunchKernel:
             )
         elif isinstance(arg, ScalarArg):
             setattr(launch.args.add(), _SCALAR_FIELDS[arg.tag], arg.value)
+        elif isinstance(arg, DeviceBufferRecord):
+            launch.args.add().device_buffer.CopyFrom(
+                pb.DeviceBufferRef(handle=arg.handle, offset_bytes=arg.offset)
+            )
         else:
             raise TypeError(f"a queued pointer reached the wire: {arg!r}")
     return launch

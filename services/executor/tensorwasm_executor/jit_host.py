@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wasmtime
-from tensorwasm_common.gpu_abi import AbiError, AbiFailure
+from tensorwasm_common.gpu_abi import EXT_MODULE, AbiError, AbiFailure
 
 from tensorwasm_executor.cuda_abi import PointerRecord, as_u32, check_region
 from tensorwasm_executor.cuda_host import CudaHostState
@@ -33,7 +33,7 @@ from tensorwasm_executor.cuda_session import CudaSession
 from tensorwasm_executor.jit_client import JitClient
 from tensorwasm_executor.sandbox import HostModule, current_host_state
 
-MODULE = "tensorwasm:gpu/host@0.1.0"
+MODULE = EXT_MODULE
 MAX_OP_BYTES = 64
 MAX_PARAMS_BYTES = 512
 MAX_MATMUL_DIM = 1 << 15
@@ -81,7 +81,7 @@ class JitHost:
             try:
                 return body(state, self._client, caller, *args)
             except AbiFailure as failure:
-                return state.session.record_failure(failure)
+                return state.session.fail(failure)
             except Exception:
                 _log.exception("tensorwasm:gpu %s failed", name)
                 return state.session.fail_internal(name)

@@ -72,7 +72,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
         fuel_metering=settings.fuel_metering,
-        host_modules=[gpu.host_module, JitHost(jit).host_module],
+        host_modules=[*gpu.host_modules, JitHost(jit).host_module],
     )
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit

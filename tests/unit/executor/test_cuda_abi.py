@@ -7,6 +7,7 @@ import struct
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, ptx_declares_entry
 from tensorwasm_executor.cuda_abi import (
+    DeviceBufferRecord,
     PointerRecord,
     ScalarArg,
     as_u32,
@@ -60,13 +61,31 @@ def test_empty_argv_has_no_records() -> None:
     assert parse_argv(b"", MEMORY) == ()
 
 
-@pytest.mark.parametrize("tag", [0x00, 0x08, 0x7F, 0xFF])
+@pytest.mark.parametrize("tag", [0x00, 0x09, 0x7F, 0xFF])
 def test_unknown_tags_are_invalid_args(tag: int) -> None:
     argv = b"\x05\x01\x00\x00\x00" + bytes([tag]) + b"\x00" * 8
     with pytest.raises(AbiFailure) as caught:
         parse_argv(argv, MEMORY)
     assert caught.value.code is AbiError.INVALID_ARGS
     assert f"{tag:#04x}" in caught.value.message and "record 1" in caught.value.message
+
+
+def test_a_device_buffer_record_without_buffers_is_invalid_args_as_in_the_original() -> None:
+    argv = b"\x08" + (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    with pytest.raises(AbiFailure) as caught:
+        parse_argv(argv, MEMORY)
+    assert caught.value.code is AbiError.INVALID_ARGS
+    assert "buffer 1" in caught.value.message
+
+
+def test_a_device_buffer_record_names_a_held_buffer_and_an_offset_inside_it() -> None:
+    buffers = {3: 256}
+    argv = b"\x08" + (3).to_bytes(4, "little") + (64).to_bytes(4, "little")
+    assert parse_argv(argv, MEMORY, buffers) == (DeviceBufferRecord(3, 64, 192),)
+    outside = b"\x08" + (3).to_bytes(4, "little") + (256).to_bytes(4, "little")
+    assert code_of(parse_argv, outside, MEMORY, buffers) is AbiError.INVALID_POINTER
+    other = b"\x08" + (4).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    assert code_of(parse_argv, other, MEMORY, buffers) is AbiError.INVALID_ARGS
 
 
 @pytest.mark.parametrize("tag", list(ArgTag))

@@ -238,6 +238,147 @@ class BufferRef(_message.Message):
 Global___BufferRef: _TypeAlias = BufferRef  # noqa: Y015
 
 @_typing.final
+class DeviceBufferRef(_message.Message):
+    """A kernel pointer argument into a device-resident buffer of the session
+    (`tensorwasm:gpu` extension): the pointer is the buffer's start plus the offset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    OFFSET_BYTES_FIELD_NUMBER: _builtins.int
+    handle: _builtins.int
+    """The buffer's handle (`AllocBuffer.handle`)."""
+    offset_bytes: _builtins.int
+    """Bytes from the buffer's start."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.int = ...,
+        offset_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "offset_bytes", b"offset_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceBufferRef: _TypeAlias = DeviceBufferRef  # noqa: Y015
+
+@_typing.final
+class AllocBuffer(_message.Message):
+    """Allocates a device-resident buffer that stays in the session until it is
+    freed or the session ends; its bytes count against the tenant's GPU memory
+    quota (quota_exceeded, -6, when they would pass it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    handle: _builtins.int
+    """The handle the executor gave it (instance-scoped; the guest's handle)."""
+    size_bytes: _builtins.int
+    """The buffer's size in bytes (at least 1). Its contents start as zeros."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocBuffer: _TypeAlias = AllocBuffer  # noqa: Y015
+
+@_typing.final
+class FreeBuffer(_message.Message):
+    """Frees a device-resident buffer of the session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    handle: _builtins.int
+    """The buffer (`AllocBuffer.handle`)."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreeBuffer: _TypeAlias = FreeBuffer  # noqa: Y015
+
+@_typing.final
+class WriteBuffer(_message.Message):
+    """Copies host bytes into a device-resident buffer (host to device)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    OFFSET_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    handle: _builtins.int
+    """The buffer (`AllocBuffer.handle`)."""
+    offset_bytes: _builtins.int
+    """Where the bytes go, from the buffer's start."""
+    data: _builtins.bytes
+    """The bytes (they must fit in the buffer)."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.int = ...,
+        offset_bytes: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "handle", b"handle", "offset_bytes", b"offset_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteBuffer: _TypeAlias = WriteBuffer  # noqa: Y015
+
+@_typing.final
+class ReadBuffer(_message.Message):
+    """Copies bytes of a device-resident buffer back to the host (device to host);
+    they come back in the command's `CommandResult.data`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLE_FIELD_NUMBER: _builtins.int
+    OFFSET_BYTES_FIELD_NUMBER: _builtins.int
+    LENGTH_BYTES_FIELD_NUMBER: _builtins.int
+    handle: _builtins.int
+    """The buffer (`AllocBuffer.handle`)."""
+    offset_bytes: _builtins.int
+    """Where the bytes start, from the buffer's start."""
+    length_bytes: _builtins.int
+    """How many bytes (the range must lie in the buffer)."""
+    def __init__(
+        self,
+        *,
+        handle: _builtins.int = ...,
+        offset_bytes: _builtins.int = ...,
+        length_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "length_bytes", b"length_bytes", "offset_bytes", b"offset_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadBuffer: _TypeAlias = ReadBuffer  # noqa: Y015
+
+@_typing.final
 class KernelArg(_message.Message):
     """One kernel argument, typed as the guest's argv record was."""
 
@@ -250,6 +391,7 @@ class KernelArg(_message.Message):
     U32_FIELD_NUMBER: _builtins.int
     U64_FIELD_NUMBER: _builtins.int
     BUFFER_FIELD_NUMBER: _builtins.int
+    DEVICE_BUFFER_FIELD_NUMBER: _builtins.int
     i32: _builtins.int
     """Record tag 0x01: a signed 32-bit integer."""
     i64: _builtins.int
@@ -266,6 +408,10 @@ class KernelArg(_message.Message):
     def buffer(self) -> Global___BufferRef:
         """Record tag 0x07: a pointer into guest memory, staged."""
 
+    @_builtins.property
+    def device_buffer(self) -> Global___DeviceBufferRef:
+        """Record tag 0x08 (extension): a device-resident buffer of the session."""
+
     def __init__(
         self,
         *,
@@ -276,12 +422,13 @@ class KernelArg(_message.Message):
         u32: _builtins.int = ...,
         u64: _builtins.int = ...,
         buffer: Global___BufferRef | None = ...,
+        device_buffer: Global___DeviceBufferRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "device_buffer", b"device_buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "device_buffer", b"device_buffer", "f32_bits", b"f32_bits", "f64_bits", b"f64_bits", "i32", b"i32", "i64", b"i64", "u32", b"u32", "u64", b"u64", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["i32", "i64", "f32_bits", "f64_bits", "u32", "u64", "buffer"]  # noqa: Y015
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["i32", "i64", "f32_bits", "f64_bits", "u32", "u64", "buffer", "device_buffer"]  # noqa: Y015
     _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
 
@@ -369,6 +516,10 @@ class Command(_message.Message):
 
     LOAD_FIELD_NUMBER: _builtins.int
     LAUNCH_FIELD_NUMBER: _builtins.int
+    ALLOC_BUFFER_FIELD_NUMBER: _builtins.int
+    FREE_BUFFER_FIELD_NUMBER: _builtins.int
+    WRITE_BUFFER_FIELD_NUMBER: _builtins.int
+    READ_BUFFER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def load(self) -> Global___LoadKernel:
         """Load a kernel."""
@@ -377,17 +528,37 @@ class Command(_message.Message):
     def launch(self) -> Global___LaunchKernel:
         """Launch a kernel."""
 
+    @_builtins.property
+    def alloc_buffer(self) -> Global___AllocBuffer:
+        """Allocate a device-resident buffer (extension)."""
+
+    @_builtins.property
+    def free_buffer(self) -> Global___FreeBuffer:
+        """Free a device-resident buffer (extension)."""
+
+    @_builtins.property
+    def write_buffer(self) -> Global___WriteBuffer:
+        """Copy host bytes into a device-resident buffer (extension)."""
+
+    @_builtins.property
+    def read_buffer(self) -> Global___ReadBuffer:
+        """Copy a device-resident buffer's bytes back (extension)."""
+
     def __init__(
         self,
         *,
         load: Global___LoadKernel | None = ...,
         launch: Global___LaunchKernel | None = ...,
+        alloc_buffer: Global___AllocBuffer | None = ...,
+        free_buffer: Global___FreeBuffer | None = ...,
+        write_buffer: Global___WriteBuffer | None = ...,
+        read_buffer: Global___ReadBuffer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "launch", b"launch", "load", b"load"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_buffer", b"alloc_buffer", "command", b"command", "free_buffer", b"free_buffer", "launch", b"launch", "load", b"load", "read_buffer", b"read_buffer", "write_buffer", b"write_buffer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "launch", b"launch", "load", b"load"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_buffer", b"alloc_buffer", "command", b"command", "free_buffer", b"free_buffer", "launch", b"launch", "load", b"load", "read_buffer", b"read_buffer", "write_buffer", b"write_buffer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["load", "launch"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["load", "launch", "alloc_buffer", "free_buffer", "write_buffer", "read_buffer"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -445,6 +616,7 @@ class CommandResult(_message.Message):
 
     ABI_CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     abi_code: _builtins.int
     """0 for success, else the guest ABI error code: -1 not_available,
     -2 invalid_pointer, -3 invalid_kernel, -4 malformed_ptx, -5 launch_failed,
@@ -453,15 +625,18 @@ class CommandResult(_message.Message):
     """
     message: _builtins.str
     """What went wrong, for the guest's `last_error` (empty on success)."""
+    data: _builtins.bytes
+    """The bytes a successful `ReadBuffer` read (empty for other commands)."""
     def __init__(
         self,
         *,
         abi_code: _builtins.int = ...,
         message: _builtins.str = ...,
+        data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abi_code", b"abi_code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abi_code", b"abi_code", "data", b"data", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,6 +677,7 @@ class ExecuteResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     BUFFERS_FIELD_NUMBER: _builtins.int
     KERNEL_TIME_FIELD_NUMBER: _builtins.int
+    TENANT_KERNEL_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandResult]:
         """One result per command, in the request's order."""
@@ -514,16 +690,23 @@ class ExecuteResponse(_message.Message):
     def kernel_time(self) -> _duration_pb2.Duration:
         """Time the batch's kernels ran (wall time of the kernels on the cpu backend)."""
 
+    @_builtins.property
+    def tenant_kernel_time(self) -> _duration_pb2.Duration:
+        """The tenant's kernel time in all, this batch included (what
+        GetTenantUsage.kernel_time would report), for the guest's GPU-time query.
+        """
+
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___CommandResult] | None = ...,
         buffers: _abc.Iterable[Global___BufferData] | None = ...,
         kernel_time: _duration_pb2.Duration | None = ...,
+        tenant_kernel_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time", "tenant_kernel_time", b"tenant_kernel_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "kernel_time", b"kernel_time", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers", b"buffers", "kernel_time", b"kernel_time", "results", b"results", "tenant_kernel_time", b"tenant_kernel_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -569,6 +752,9 @@ class GetTenantUsageResponse(_message.Message):
     REJECTED_REQUESTS_FIELD_NUMBER: _builtins.int
     OPEN_SESSIONS_FIELD_NUMBER: _builtins.int
     KERNEL_TIME_FIELD_NUMBER: _builtins.int
+    QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
+    DEVICE_BUFFERS_FIELD_NUMBER: _builtins.int
+    DEVICE_BUFFER_BYTES_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """The tenant reported on."""
     staged_bytes_total: _builtins.int
@@ -591,6 +777,14 @@ class GetTenantUsageResponse(_message.Message):
     """Execute calls refused by back-pressure."""
     open_sessions: _builtins.int
     """Sessions open now."""
+    queued_requests: _builtins.int
+    """Execute calls admitted and waiting in the tenant's queue for a worker now
+    (tenants' queues are served in turn: deficit round robin).
+    """
+    device_buffers: _builtins.int
+    """Device-resident buffers the tenant's sessions hold now (extension)."""
+    device_buffer_bytes: _builtins.int
+    """Their bytes (part of `staged_bytes_current`: both count against the quota)."""
     @_builtins.property
     def kernel_time(self) -> _duration_pb2.Duration:
         """Time the tenant's kernels ran (GPU time; wall time on the cpu backend)."""
@@ -610,10 +804,13 @@ class GetTenantUsageResponse(_message.Message):
         rejected_requests: _builtins.int = ...,
         open_sessions: _builtins.int = ...,
         kernel_time: _duration_pb2.Duration | None = ...,
+        queued_requests: _builtins.int = ...,
+        device_buffers: _builtins.int = ...,
+        device_buffer_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_time", b"kernel_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execute_requests", b"execute_requests", "failed_commands", b"failed_commands", "kernel_time", b"kernel_time", "launches", b"launches", "loads", b"loads", "memory_quota_bytes", b"memory_quota_bytes", "open_sessions", b"open_sessions", "rejected_requests", b"rejected_requests", "staged_bytes_current", b"staged_bytes_current", "staged_bytes_peak", b"staged_bytes_peak", "staged_bytes_total", b"staged_bytes_total", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_buffer_bytes", b"device_buffer_bytes", "device_buffers", b"device_buffers", "execute_requests", b"execute_requests", "failed_commands", b"failed_commands", "kernel_time", b"kernel_time", "launches", b"launches", "loads", b"loads", "memory_quota_bytes", b"memory_quota_bytes", "open_sessions", b"open_sessions", "queued_requests", b"queued_requests", "rejected_requests", b"rejected_requests", "staged_bytes_current", b"staged_bytes_current", "staged_bytes_peak", b"staged_bytes_peak", "staged_bytes_total", b"staged_bytes_total", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
