@@ -101,6 +101,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
     ERROR_REASON_TENANT_MISMATCH: _ErrorReason.ValueType  # 53
     """The request's tenant field and its tenant metadata name different tenants."""
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 80
+    """(80-89: gateway security.)
+    The call carries no valid bearer token (missing, malformed, unknown, or too long).
+    """
+    ERROR_REASON_TENANT_SCOPE_DENIED: _ErrorReason.ValueType  # 81
+    """The bearer token is not scoped to the tenant named in x-tensorwasm-tenant (checked
+    before any lookup, so existence never leaks across tenants; metadata: tenant, token_id).
+    """
+    ERROR_REASON_ADMIN_SCOPE_REQUIRED: _ErrorReason.ValueType  # 82
+    """The call is a fleet operation and the bearer token lacks the admin role."""
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 83
+    """The token's (or the token and tenant's) request bucket is empty; retry after
+    RetryInfo's delay (metadata: scope "token" or "tenant").
+    """
+    ERROR_REASON_CONCURRENCY_EXHAUSTED: _ErrorReason.ValueType  # 84
+    """Every slot of the call's class (invoke, write, read, admin) is taken; retry after
+    RetryInfo's delay (metadata: call_class, limit).
+    """
+    ERROR_REASON_INVALID_METADATA: _ErrorReason.ValueType  # 85
+    """A security header is repeated or malformed (two authorization or tenant headers)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
@@ -187,4 +207,24 @@ ERROR_REASON_INVALID_GPU_BATCH: ErrorReason.ValueType  # 52
 """A GPU batch is malformed (too many commands, a duplicate buffer id, a missing command)."""
 ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 53
 """The request's tenant field and its tenant metadata name different tenants."""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 80
+"""(80-89: gateway security.)
+The call carries no valid bearer token (missing, malformed, unknown, or too long).
+"""
+ERROR_REASON_TENANT_SCOPE_DENIED: ErrorReason.ValueType  # 81
+"""The bearer token is not scoped to the tenant named in x-tensorwasm-tenant (checked
+before any lookup, so existence never leaks across tenants; metadata: tenant, token_id).
+"""
+ERROR_REASON_ADMIN_SCOPE_REQUIRED: ErrorReason.ValueType  # 82
+"""The call is a fleet operation and the bearer token lacks the admin role."""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 83
+"""The token's (or the token and tenant's) request bucket is empty; retry after
+RetryInfo's delay (metadata: scope "token" or "tenant").
+"""
+ERROR_REASON_CONCURRENCY_EXHAUSTED: ErrorReason.ValueType  # 84
+"""Every slot of the call's class (invoke, write, read, admin) is taken; retry after
+RetryInfo's delay (metadata: call_class, limit).
+"""
+ERROR_REASON_INVALID_METADATA: ErrorReason.ValueType  # 85
+"""A security header is repeated or malformed (two authorization or tenant headers)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
