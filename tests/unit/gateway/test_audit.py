@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-
 from tensorwasm_gateway.audit import AuditEvent, AuditLog, FdSink, open_sink, render
 from tensorwasm_gateway.auth import Principal, Scope
 from tensorwasm_gateway.guard import peer_of, resource_of

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.errors import Code, ServiceError
-
 from tensorwasm_gateway.audit import AuditLog
 from tensorwasm_gateway.auth import (
     DEV_PRINCIPAL,
@@ -86,7 +85,12 @@ def test_tokens_are_held_hashed_and_file_merges(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["Bearer tok-0123456789abcdef", "bearer tok-0123456789abcdef", "BEARER\ttok-0123456789abcdef  "]
+    "header",
+    [
+        "Bearer tok-0123456789abcdef",
+        "bearer tok-0123456789abcdef",
+        "BEARER\ttok-0123456789abcdef  ",
+    ],
 )
 def test_bearer_scheme_forms(header: str) -> None:
     store = TokenStore(parse_tokens("tok-0123456789abcdef:tenant=*"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tensorwasm_gateway.ratelimit import (
     NEVER_REFILLS_RETRY_SECONDS,
     BucketConfig,
@@ -75,9 +74,7 @@ def test_buckets_are_per_token_and_tenant() -> None:
 
 def test_token_backstop_spans_tenants_and_rejection_consumes_nothing() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(
-        BucketConfig(qps=0, burst=3), BucketConfig(qps=1, burst=4), clock=clock
-    )
+    limiter = RateLimiter(BucketConfig(qps=0, burst=3), BucketConfig(qps=1, burst=4), clock=clock)
     assert _admitted(limiter, 3, "t", "a") == 3
     # Tenant a's bucket is empty: the rejected calls must not drain the token bucket.
     assert _admitted(limiter, 10, "t", "a") == 0

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.settings import SettingsError, load_settings
-
 from tensorwasm_gateway.server import build_guard
 from tensorwasm_gateway.settings import GatewaySettings
 
@@ -56,5 +55,5 @@ def test_tokens_file_must_exist(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_values(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name.split("_")[0]):
+    with pytest.raises(SettingsError, match=name.split("_", maxsplit=1)[0]):
         _load(**{name: value})
