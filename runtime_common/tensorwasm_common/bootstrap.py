@@ -55,10 +55,15 @@ class ServiceHost:
 
 
 def create_host(
-    service: str, settings: ServerSettings, service_names: Sequence[str]
+    service: str,
+    settings: ServerSettings,
+    service_names: Sequence[str],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServiceHost:
     """Creates the server with tracing and error interceptors, health and reflection.
 
+    `interceptors` run inside the error interceptor (what they raise becomes a rich status).
     Register the service's servicers on `host.server`, then call `serve_forever`.
     """
     options = [
@@ -68,7 +73,8 @@ def create_host(
     ]
     tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[tracing_interceptor, ErrorInterceptor(service)], options=options
+        interceptors=[tracing_interceptor, ErrorInterceptor(service), *interceptors],
+        options=options,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -29,6 +29,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service: str) -> None:
         self._service = service
         self._domain = domain_of(service)
+        # The wrapped handler of each method, built once (the server returns the same
+        # handler object for a method on every call).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -39,6 +42,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
@@ -111,12 +122,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return ServiceError("internal error", code=Code.INTERNAL, reason="INTERNAL")
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+        """Ends the call with the error's status without raising through the outer layers.
+
+        Setting the code, details and trailing metadata (instead of `context.abort`, which
+        raises) ends the call the same way on the wire, but the tracing interceptor then sees
+        a return, not an exception: it marks the span with the status code and does not
+        format and attach a traceback to every expected error (about 1 ms per call).
+        """
         status = to_status_proto(error, self._domain)
-        await context.abort(
-            grpc_code(error.code),
-            error.message,
-            trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
-        )
+        context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
+        context.set_details(error.message)
+        context.set_code(grpc_code(error.code))
 
     def _record(self, method: str, code: Code, started: float) -> None:
         GRPC_REQUESTS.labels(self._service, method, code.name).inc()

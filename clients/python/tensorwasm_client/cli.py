@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tenant (env TENSORWASM_TENANT)",
     )
     parser.add_argument(
+        "--token",
+        default=os.environ.get("TENSORWASM_TOKEN"),
+        help="bearer token for the gateway (env TENSORWASM_TOKEN; prefer the env var)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("TENSORWASM_DATA_DIR") or default_data_dir()),
@@ -203,7 +208,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> GatewayClient:
-    return GatewayClient(args.gateway, tenant=args.tenant)
+    return GatewayClient(args.gateway, tenant=args.tenant, token=args.token)
 
 
 def _deploy(args: argparse.Namespace) -> int:

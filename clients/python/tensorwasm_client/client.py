@@ -47,12 +47,24 @@ def _error(exc: grpc.RpcError) -> TensorWasmError:
 class GatewayClient:
     """Calls the public API as one tenant."""
 
-    def __init__(self, address: str = DEFAULT_GATEWAY, *, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_GATEWAY,
+        *,
+        tenant: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        """`token` is sent as `authorization: Bearer <token>` (the gateway's auth)."""
         self._channel = grpc.insecure_channel(
             address, options=[("grpc.max_send_message_length", 64 << 20)]
         )
         self._stub = pb_grpc.GatewayServiceStub(self._channel)
-        self._metadata = ((TENANT_METADATA_KEY, tenant),) if tenant else ()
+        metadata: list[tuple[str, str]] = []
+        if tenant:
+            metadata.append((TENANT_METADATA_KEY, tenant))
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata)
 
     def __enter__(self) -> GatewayClient:
         return self

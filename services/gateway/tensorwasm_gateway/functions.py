@@ -222,7 +222,7 @@ class FunctionService:
         self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
     ) -> str:
         """Looks the function up, chooses the export and addresses `request` to it."""
-        record = await self.get(tenant, function_id)
+        record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
         request.export_name = choose_export(record, request.export_name)
         self._address(tenant, record, request)
         return request.export_name

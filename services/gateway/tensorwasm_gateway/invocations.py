@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
@@ -32,15 +32,12 @@ from tensorwasm_gateway.invocation_store import (
     InvocationStore,
     finished,
 )
+from tensorwasm_gateway.metrics import JOBS_ACTIVE
 
 _log = logging.getLogger(__name__)
 MAX_REQUEST_ID_CHARS = 128
 INVOCATION_ID = re.compile(r"[0-9a-f]{32}")
 
-INVOCATIONS_UNFINISHED = Gauge(
-    "tensorwasm_gateway_invocations_unfinished",
-    "Async invocations of this gateway that are pending or running.",
-)
 INVOCATIONS_FINISHED = Counter(
     "tensorwasm_gateway_invocations_finished",
     "Async invocations finished, by final state (succeeded, failed) and tenant.",
@@ -161,7 +158,7 @@ class InvocationService:
         if stored.invocation_id != record.invocation_id:  # a concurrent twin won the id
             return stored
         self._tasks[record.invocation_id] = asyncio.create_task(self._run(record, request))
-        INVOCATIONS_UNFINISHED.set(len(self._tasks))
+        JOBS_ACTIVE.set(len(self._tasks))
         return record
 
     async def _run(self, record: InvocationRecord, request: executor_pb.InvokeRequest) -> None:
@@ -193,7 +190,7 @@ class InvocationService:
         )
         self._store.finish(done)
         self._tasks.pop(record.invocation_id, None)
-        INVOCATIONS_UNFINISHED.set(len(self._tasks))
+        JOBS_ACTIVE.set(len(self._tasks))
         INVOCATIONS_FINISHED.labels(
             "succeeded" if state == SUCCEEDED else "failed", record.tenant
         ).inc()

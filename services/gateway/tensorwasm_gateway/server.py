@@ -10,19 +10,60 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
+from tensorwasm_common.settings import SettingsError
 
+from tensorwasm_gateway.audit import AuditLog, open_sink
+from tensorwasm_gateway.auth import TokenStore
 from tensorwasm_gateway.executors import open_executor_pool
 from tensorwasm_gateway.functions import FunctionService
+from tensorwasm_gateway.guard import Guard, GuardInterceptor
 from tensorwasm_gateway.http_face import start_http_face
 from tensorwasm_gateway.invocation_store import InvocationStore
 from tensorwasm_gateway.invocations import InvocationService
 from tensorwasm_gateway.limits import TenantCeilings
+from tensorwasm_gateway.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
 
-_log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+_log = logging.getLogger(__name__)
+
+
+def build_guard(settings: GatewaySettings) -> Guard:
+    """Tokens, rate limits, concurrency caps and the audit sink from the settings.
+
+    Raises:
+        SettingsError: no token survived parsing and the gateway would listen beyond
+            loopback without TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED.
+    """
+    tokens = TokenStore.load(settings.tokens, settings.tokens_file)
+    if not tokens.enabled:
+        if not settings.loopback_only and not settings.allow_unauthenticated:
+            raise SettingsError(
+                "no valid bearer token is configured and the gateway would listen beyond "
+                f"loopback ({settings.listen_address}); refusing to start"
+            )
+        _log.warning(
+            "NO BEARER TOKENS CONFIGURED: authentication is OFF and every caller acts on "
+            "every tenant (dev mode). Set TENSORWASM_GATEWAY_TOKENS for any shared use.",
+            extra={"listen_address": settings.listen_address},
+        )
+    else:
+        _log.info("bearer auth on", extra={"token_ids": list(tokens.token_ids)})
+    limiter = RateLimiter(
+        BucketConfig(settings.rate_limit_tenant_qps, settings.rate_limit_tenant_burst),
+        BucketConfig(settings.rate_limit_token_qps, settings.rate_limit_token_burst),
+    )
+    caps = ConcurrencyCaps(
+        {
+            "invoke": settings.max_concurrent_invoke,
+            "write": settings.max_concurrent_write,
+            "read": settings.max_concurrent_read,
+            "admin": settings.max_concurrent_admin,
+        }
+    )
+    return Guard(tokens, limiter, caps, AuditLog(open_sink(settings.audit_log)))
 
 
 async def serve(settings: GatewaySettings) -> None:
@@ -48,7 +89,8 @@ async def serve(settings: GatewaySettings) -> None:
     )
     invocations.recover()  # what a previous gateway left running is failed, not re-run
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
-    host = create_host("gateway", settings, [SERVICE_NAME])
+    guard = build_guard(settings)
+    host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(functions, invocations), host.server
     )
@@ -75,5 +117,6 @@ async def serve(settings: GatewaySettings) -> None:
         await executors.close()
         await store_channel.close()
         registry.close()
+        guard.audit.close()
 
     await serve_forever(host, health_check=healthy, cleanup=cleanup)

@@ -24,6 +24,7 @@ from tensorwasm_gateway.functions import (
     instance_id_from_name,
     validate_tenant,
 )
+from tensorwasm_gateway.guard import CURRENT_TENANT
 from tensorwasm_gateway.invocation_store import InvocationRecord
 from tensorwasm_gateway.invocations import InvocationService, invocation_id_from_name
 from tensorwasm_gateway.registry import FunctionRecord, InstanceRecord
@@ -35,7 +36,10 @@ _WIRE_TYPES = {name: wire for wire, name in TYPE_NAMES.items()}
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
-    """The tenant named in the call's metadata, or the default tenant."""
+    """The tenant the guard admitted the call for; else the metadata's, or the default."""
+    admitted = CURRENT_TENANT.get()
+    if admitted is not None:
+        return admitted
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_METADATA_KEY:
             return validate_tenant(str(value))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 from pathlib import Path
 
 from tensorwasm_common.paths import default_data_dir
@@ -36,6 +38,23 @@ class GatewaySettings(ServerSettings):
     max_unfinished_invocations: int = 1000
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
+    # Bearer tokens in the original's grammar (see tensorwasm_gateway.auth); none: dev mode.
+    tokens: str = ""
+    tokens_file: Path | None = None
+    # Without tokens the gateway only listens on loopback, unless this is set.
+    allow_unauthenticated: bool = False
+    # Token buckets (see tensorwasm_gateway.ratelimit); burst 0 turns a layer off.
+    rate_limit_tenant_qps: float = 10.0
+    rate_limit_tenant_burst: int = 20
+    rate_limit_token_qps: float = 0.0
+    rate_limit_token_burst: int = 0
+    # Calls of each class in flight at once (0: no cap); a full class answers RESOURCE_EXHAUSTED.
+    max_concurrent_invoke: int = 512
+    max_concurrent_write: int = 32
+    max_concurrent_read: int = 256
+    max_concurrent_admin: int = 8
+    # Audit sink: stdout, none, or file:/path (appended, one write per record).
+    audit_log: str = "stdout"
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
@@ -68,6 +87,50 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
         if not 8 <= self.max_module_bytes <= self.max_message_bytes:
             raise SettingsError("max_module_bytes: must be in [8, max_message_bytes]")
+        self._check_security()
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
+
+    def _check_security(self) -> None:
+        rates = (
+            self.rate_limit_tenant_qps,
+            self.rate_limit_tenant_burst,
+            self.rate_limit_token_qps,
+            self.rate_limit_token_burst,
+        )
+        if not all(0 <= value < math.inf for value in rates):
+            raise SettingsError("rate_limit_*: must be finite and >= 0")
+        caps = (
+            self.max_concurrent_invoke,
+            self.max_concurrent_write,
+            self.max_concurrent_read,
+            self.max_concurrent_admin,
+        )
+        if min(caps) < 0:
+            raise SettingsError("max_concurrent_*: must be >= 0 (0: no cap)")
+        if not (
+            self.audit_log in ("stdout", "none")
+            or (self.audit_log.startswith("file:") and len(self.audit_log) > len("file:"))
+        ):
+            raise SettingsError("audit_log: expected stdout, none or file:/path")
+        if self.tokens_file is not None and not self.tokens_file.is_file():
+            raise SettingsError(f"tokens_file: {self.tokens_file} is not a readable file")
+        configured = bool(self.tokens.strip()) or self.tokens_file is not None
+        if not configured and not self.allow_unauthenticated and not self.loopback_only:
+            raise SettingsError(
+                f"listen_address {self.listen_address} is beyond loopback and no bearer tokens "
+                "are configured: set TENSORWASM_GATEWAY_TOKENS (or _TOKENS_FILE), or "
+                "TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without auth"
+            )
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the gateway listens on a loopback address only."""
+        host, _ = split_address(self.listen_address)
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False

@@ -188,3 +188,13 @@ def test_now_ns_is_nanoseconds() -> None:
     value = now_ns()
     assert isinstance(value, int)
     assert value > 1_600_000_000 * 10**9  # after 2020, in nanoseconds
+
+
+def test_lookup_reads_what_the_writer_committed(registry: Registry) -> None:
+    with pytest.raises(FunctionNotFoundError):
+        registry.lookup("acme", "late")
+    registry.insert(_record("late", "acme"))
+    assert registry.lookup("acme", "late") == registry.get("acme", "late")
+    registry.delete("acme", "late")
+    with pytest.raises(FunctionNotFoundError):
+        registry.lookup("acme", "late")

@@ -105,6 +105,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
     ERROR_REASON_ARTIFACT_INTEGRITY: _ErrorReason.ValueType  # 71
     """jit cache: a stored kernel or artifact failed verification against its digest."""
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 80
+    """(80-89: gateway security.)
+    The call carries no valid bearer token (missing, malformed, unknown, or too long).
+    """
+    ERROR_REASON_TENANT_SCOPE_DENIED: _ErrorReason.ValueType  # 81
+    """The bearer token is not scoped to the tenant named in x-tensorwasm-tenant (checked
+    before any lookup, so existence never leaks across tenants; metadata: tenant, token_id).
+    """
+    ERROR_REASON_ADMIN_SCOPE_REQUIRED: _ErrorReason.ValueType  # 82
+    """The call is a fleet operation and the bearer token lacks the admin role."""
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 83
+    """The token's (or the token and tenant's) request bucket is empty; retry after
+    RetryInfo's delay (metadata: scope "token" or "tenant").
+    """
+    ERROR_REASON_CONCURRENCY_EXHAUSTED: _ErrorReason.ValueType  # 84
+    """Every slot of the call's class (invoke, write, read, admin) is taken; retry after
+    RetryInfo's delay (metadata: call_class, limit).
+    """
+    ERROR_REASON_INVALID_METADATA: _ErrorReason.ValueType  # 85
+    """A security header is repeated or malformed (two authorization or tenant headers)."""
     ERROR_REASON_INVOCATION_NOT_FOUND: _ErrorReason.ValueType  # 90
     """(90-99: gateway routing, async invocations and the HTTP face.)
     No invocation has that id for this tenant (never started, or past its retention).
@@ -215,6 +235,26 @@ ERROR_REASON_ARTIFACT_NOT_FOUND: ErrorReason.ValueType  # 70
 """jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
 ERROR_REASON_ARTIFACT_INTEGRITY: ErrorReason.ValueType  # 71
 """jit cache: a stored kernel or artifact failed verification against its digest."""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 80
+"""(80-89: gateway security.)
+The call carries no valid bearer token (missing, malformed, unknown, or too long).
+"""
+ERROR_REASON_TENANT_SCOPE_DENIED: ErrorReason.ValueType  # 81
+"""The bearer token is not scoped to the tenant named in x-tensorwasm-tenant (checked
+before any lookup, so existence never leaks across tenants; metadata: tenant, token_id).
+"""
+ERROR_REASON_ADMIN_SCOPE_REQUIRED: ErrorReason.ValueType  # 82
+"""The call is a fleet operation and the bearer token lacks the admin role."""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 83
+"""The token's (or the token and tenant's) request bucket is empty; retry after
+RetryInfo's delay (metadata: scope "token" or "tenant").
+"""
+ERROR_REASON_CONCURRENCY_EXHAUSTED: ErrorReason.ValueType  # 84
+"""Every slot of the call's class (invoke, write, read, admin) is taken; retry after
+RetryInfo's delay (metadata: call_class, limit).
+"""
+ERROR_REASON_INVALID_METADATA: ErrorReason.ValueType  # 85
+"""A security header is repeated or malformed (two authorization or tenant headers)."""
 ERROR_REASON_INVOCATION_NOT_FOUND: ErrorReason.ValueType  # 90
 """(90-99: gateway routing, async invocations and the HTTP face.)
 No invocation has that id for this tenant (never started, or past its retention).

@@ -1,0 +1,351 @@
+"""The gateway's guard: bearer auth, tenant scope, rate limits, concurrency caps and audit.
+
+One server interceptor runs, for every call of the public API (health and reflection are
+open probes), in this order: authenticate the bearer token (UNAUTHENTICATED) → read and
+validate `x-tensorwasm-tenant` → check the token's scope covers the tenant, and the admin
+role for fleet operations (PERMISSION_DENIED, before any lookup, so existence never leaks
+across tenants) → take from the rate-limit buckets → take a concurrency slot of the call's
+class (RESOURCE_EXHAUSTED + RetryInfo) → the handler. Mutating and invoking calls write
+one audit record, allowed or denied (a call refused for its token has no actor).
+
+The class and audit policy of a method follow from its verb, so RPCs added later are
+guarded without a table edit: Invoke*/Call*/Start* are `invoke`, Create*/Delete*/Update*/
+Cancel* are `write` (both audited), anything else is `read`; `ADMIN_METHODS` are `admin`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError
+from opentelemetry import trace
+from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.errors import Code, ServiceError
+
+from tensorwasm_gateway.audit import AuditEvent, AuditLog
+from tensorwasm_gateway.auth import (
+    InvalidMetadataError,
+    Principal,
+    TokenStore,
+    authorize_admin,
+    authorize_tenant,
+)
+from tensorwasm_gateway.functions import validate_tenant
+from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS
+from tensorwasm_gateway.ratelimit import ConcurrencyCaps, RateLimiter
+
+AUTHORIZATION_KEY = "authorization"
+FORWARDED_FOR_KEY = "x-forwarded-for"
+REQUEST_ID_KEY = "x-request-id"
+# Fleet operations: only tokens with role=admin may call them (full method names).
+ADMIN_METHODS: frozenset[str] = frozenset()
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+CALL_CLASSES = ("invoke", "write", "read", "admin")
+_INVOKE_VERBS = ("Invoke", "Call", "Start", "Run", "Execute")
+_WRITE_VERBS = ("Create", "Delete", "Update", "Cancel", "Put", "Remove", "Set")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
+_GUARD_REASONS = frozenset(
+    {
+        "UNAUTHENTICATED",
+        "TENANT_SCOPE_DENIED",
+        "ADMIN_SCOPE_REQUIRED",
+        "RATE_LIMITED",
+        "CONCURRENCY_EXHAUSTED",
+        "INVALID_METADATA",
+        "INVALID_NAME",
+    }
+)
+
+# The tenant the guard admitted the current call for; the servicer reads it.
+CURRENT_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tensorwasm_gateway_tenant", default=None
+)
+
+Behavior = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class MethodPolicy:
+    """How one method is guarded."""
+
+    method: str
+    action: str
+    call_class: str
+    audited: bool
+    invoking: bool
+
+
+def policy_of(method: str) -> MethodPolicy:
+    """The policy of a full method name (`/package.Service/Rpc`)."""
+    rpc = method.rpartition("/")[2]
+    action = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+    if method in ADMIN_METHODS:
+        return MethodPolicy(method, action, "admin", audited=True, invoking=False)
+    if rpc.startswith(_INVOKE_VERBS):
+        return MethodPolicy(method, action, "invoke", audited=True, invoking=True)
+    if rpc.startswith(_WRITE_VERBS):
+        return MethodPolicy(method, action, "write", audited=True, invoking=False)
+    return MethodPolicy(method, action, "read", audited=False, invoking=False)
+
+
+def resource_of(request: Any) -> str:
+    """The resource a request names (`functions/x`, `instances/y`), or ""."""
+    for field in ("name", "function"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            return value
+    function_id = getattr(request, "function_id", None)
+    if isinstance(function_id, str) and function_id:
+        return f"functions/{function_id}"
+    nested = getattr(request, "invocation", None)
+    if nested is not None:
+        return resource_of(nested)
+    return ""
+
+
+def _values(metadata: Any, key: str) -> list[str]:
+    return [str(v) for k, v in metadata or () if k == key]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def peer_of(context: grpc.aio.ServicerContext, metadata: Any) -> str:
+    """The caller's address; a loopback peer (the HTTP face) may name it in x-forwarded-for."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
+    if host and _is_loopback(host):
+        forwarded = _values(metadata, FORWARDED_FOR_KEY)
+        if forwarded:
+            # The last hop is the one our own (loopback) proxy appended; earlier ones are
+            # whatever the client claimed.
+            nearest = forwarded[-1].split(",")[-1].strip()
+            if nearest:
+                return _PEER_CHARS.sub("?", nearest[:64])
+    return rest if kind in ("ipv4", "ipv6") else peer
+
+
+def _trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else ""
+
+
+class Guard:
+    """The admission checks (no grpc types): principal, tenant, limits."""
+
+    def __init__(
+        self,
+        tokens: TokenStore,
+        limiter: RateLimiter,
+        caps: ConcurrencyCaps,
+        audit: AuditLog,
+    ) -> None:
+        self.tokens = tokens
+        self.limiter = limiter
+        self.caps = caps
+        self.audit = audit
+
+    def authenticate(self, metadata: Any) -> Principal:
+        """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none)."""
+        return self.tokens.authenticate(_values(metadata, AUTHORIZATION_KEY))
+
+    @staticmethod
+    def tenant_of(principal: Principal, metadata: Any) -> str:
+        """The tenant the call names; a single-tenant token's tenant, else the default."""
+        tenants = _values(metadata, TENANT_METADATA_KEY)
+        if len(tenants) > 1:
+            raise InvalidMetadataError(f"more than one {TENANT_METADATA_KEY} header")
+        if tenants:
+            return validate_tenant(tenants[0].strip())
+        if principal.scope.tenants is not None and len(principal.scope.tenants) == 1:
+            (tenant,) = principal.scope.tenants
+            return tenant
+        return DEFAULT_TENANT
+
+    def authorize(self, policy: MethodPolicy, principal: Principal, tenant: str) -> None:
+        """Scope (and admin role) checks, then the rate-limit buckets."""
+        authorize_tenant(principal, tenant)
+        if policy.call_class == "admin":
+            authorize_admin(principal)
+        if principal.kind != "dev":  # dev mode (no tokens, loopback) is not rate-limited
+            self.limiter.take(principal.token_id, tenant)
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Runs the Guard around every guarded method; wrapped handlers are cached per method."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, policy_of(method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, policy: MethodPolicy) -> Any:
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, policy), **codec
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, policy), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, policy), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, policy), **codec
+        )
+
+    def _unary(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self._guard, policy, request, context)
+            try:
+                call.enter()
+                return await behavior(request, context)
+            except BaseException as exc:
+                call.failed(exc, context)
+                raise
+            finally:
+                call.exit()
+
+        return guarded
+
+    def _stream(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self._guard, policy, request, context)
+            try:
+                call.enter()
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                call.failed(exc, context)
+                raise
+            finally:
+                call.exit()
+
+        return guarded
+
+
+class _Call:
+    """The state of one guarded call, from admission to its audit record."""
+
+    __slots__ = (
+        "_context",
+        "_guard",
+        "_metadata",
+        "_policy",
+        "_request",
+        "_slot",
+        "_started",
+        "_tenant_token",
+        "code",
+        "principal",
+        "reason",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        guard: Guard,
+        policy: MethodPolicy,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self._started = time.perf_counter()
+        self._guard = guard
+        self._policy = policy
+        self._request = request
+        self._context = context
+        self._metadata = context.invocation_metadata()
+        self._slot = False
+        self._tenant_token: contextvars.Token[str | None] | None = None
+        self.principal: Principal | None = None
+        self.tenant = ""
+        self.code = Code.OK
+        self.reason = ""
+
+    def enter(self) -> None:
+        guard = self._guard
+        self.principal = principal = guard.authenticate(self._metadata)
+        self.tenant = guard.tenant_of(principal, self._metadata)
+        guard.authorize(self._policy, principal, self.tenant)
+        self._guard.caps.acquire(self._policy.call_class)
+        self._slot = True
+        self._tenant_token = CURRENT_TENANT.set(self.tenant)
+
+    def failed(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(exc, ServiceError):
+            self.code, self.reason = exc.code, exc.reason
+            if not self._slot and exc.reason in _GUARD_REASONS:
+                REJECTIONS.labels(self.tenant, exc.reason).inc()
+        elif isinstance(exc, AbortError):
+            code = context.code()
+            self.code = Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN
+        elif isinstance(exc, Exception):
+            self.code, self.reason = Code.INTERNAL, "INTERNAL"
+        else:
+            self.code = Code.CANCELLED
+
+    def exit(self) -> None:
+        if self._tenant_token is not None:
+            CURRENT_TENANT.reset(self._tenant_token)
+        if self._slot:
+            self._guard.caps.release(self._policy.call_class)
+            if self._policy.invoking:
+                INVOCATIONS.labels(self.tenant, self._policy.action, self.code.name).inc()
+        audit = self._guard.audit
+        if not self._policy.audited or not audit.enabled:
+            return
+        audit.record(
+            AuditEvent(
+                request_id=self._request_id(),
+                principal=self.principal,
+                action=self._policy.action,
+                resource=resource_of(self._request),
+                tenant=self.tenant,
+                code=self.code.name,
+                reason=self.reason,
+                latency_seconds=time.perf_counter() - self._started,
+                peer=peer_of(self._context, self._metadata),
+                trace_id=_trace_id(),
+            )
+        )
+
+    def _request_id(self) -> str:
+        supplied = _values(self._metadata, REQUEST_ID_KEY)
+        if supplied and _REQUEST_ID.fullmatch(supplied[0]):
+            return supplied[0]
+        return uuid.uuid4().hex

@@ -1,0 +1,186 @@
+"""Token-bucket rate limits per (token, tenant) and per token, and concurrency caps per class.
+
+Buckets refill lazily when taken from: `level = min(burst, level + elapsed * qps)`; a call
+is admitted when every applicable bucket holds at least one request, and only then is one
+taken from each (a rejected call consumes nothing). The retry hint is the time until the
+emptiest rejecting bucket holds one request again (at least one second, as the original's
+Retry-After; one hour for a bucket that never refills).
+
+The (token, tenant) layer is primary (defaults: burst 20, 10 qps); the per-token layer is a
+backstop, off unless configured. A layer with burst 0 is off; qps 0 with burst > 0 grants
+`burst` requests and never refills. Full buckets are forgotten when the map grows past
+`max_buckets` (forgetting a full bucket changes nothing), so wildcard tokens cannot grow it
+without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tensorwasm_common.errors import ResourceExhaustedError
+
+NEVER_REFILLS_RETRY_SECONDS = 3600.0
+DEFAULT_MAX_BUCKETS = 100_000
+
+Clock = Callable[[], float]
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """A request bucket is empty."""
+
+    reason = "RATE_LIMITED"
+
+
+class ConcurrencyExhaustedError(ResourceExhaustedError):
+    """Every slot of the call's class is taken."""
+
+    reason = "CONCURRENCY_EXHAUSTED"
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """One layer: `burst` requests at most, refilled at `qps` per second; burst 0 is off."""
+
+    qps: float
+    burst: int
+
+    @property
+    def enabled(self) -> bool:
+        """True when the layer limits anything."""
+        return self.burst > 0
+
+
+class _Bucket:
+    __slots__ = ("level", "stamp")
+
+    def __init__(self, level: float, stamp: float) -> None:
+        self.level = level
+        self.stamp = stamp
+
+
+class _Layer:
+    def __init__(self, config: BucketConfig, max_buckets: int) -> None:
+        self.config = config
+        self._buckets: dict[object, _Bucket] = {}
+        self._max_buckets = max_buckets
+
+    def refilled(self, key: object, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_buckets:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(float(self.config.burst), now)
+            return bucket
+        elapsed = now - bucket.stamp
+        if elapsed > 0:
+            bucket.level = min(self.config.burst, bucket.level + elapsed * self.config.qps)
+            bucket.stamp = now
+        return bucket
+
+    def retry_after(self, bucket: _Bucket) -> float:
+        if self.config.qps <= 0:
+            return NEVER_REFILLS_RETRY_SECONDS
+        return max(1.0, math.ceil((1.0 - bucket.level) / self.config.qps))
+
+    def _forget_full(self, now: float) -> None:
+        qps, burst = self.config.qps, self.config.burst
+        full = [
+            key
+            for key, b in self._buckets.items()
+            if min(burst, b.level + max(0.0, now - b.stamp) * qps) >= burst
+        ]
+        for key in full:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RateLimiter:
+    """Admits or rejects calls by (token, tenant) and by token; thread-safe."""
+
+    def __init__(
+        self,
+        tenant_layer: BucketConfig,
+        token_layer: BucketConfig,
+        *,
+        clock: Clock = time.monotonic,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> None:
+        self._tenant = _Layer(tenant_layer, max_buckets) if tenant_layer.enabled else None
+        self._token = _Layer(token_layer, max_buckets) if token_layer.enabled else None
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """True when any layer limits anything."""
+        return self._tenant is not None or self._token is not None
+
+    def bucket_count(self) -> int:
+        """How many buckets are held (for tests and metrics)."""
+        return sum(len(layer) for layer in (self._tenant, self._token) if layer is not None)
+
+    def take(self, token_id: str, tenant: str) -> None:
+        """Takes one request from each applicable bucket, or raises RateLimitedError."""
+        if self._tenant is None and self._token is None:
+            return
+        with self._lock:
+            now = self._clock()
+            held: list[tuple[str, _Layer, _Bucket]] = []
+            if self._tenant is not None:
+                held.append(
+                    ("tenant", self._tenant, self._tenant.refilled((token_id, tenant), now))
+                )
+            if self._token is not None:
+                held.append(("token", self._token, self._token.refilled(token_id, now)))
+            empty = [(scope, layer, b) for scope, layer, b in held if b.level < 1.0]
+            if not empty:
+                for _, _, bucket in held:
+                    bucket.level -= 1.0
+                return
+        retry = min(layer.retry_after(bucket) for _, layer, bucket in empty)
+        scope = empty[0][0]
+        raise RateLimitedError(
+            f"{scope} rate limit exceeded; retry after {retry:g}s",
+            metadata={"scope": scope, "tenant": tenant, "token_id": token_id},
+            retry_after_seconds=retry,
+        )
+
+
+class ConcurrencyCaps:
+    """At most `limits[class]` calls of each class at once; a full class rejects at once.
+
+    The event loop is single-threaded, so plain counters suffice (no await between the
+    check and the increment).
+    """
+
+    RETRY_AFTER_SECONDS = 1.0
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self._limits = dict(limits)
+        self._active = dict.fromkeys(limits, 0)
+
+    def acquire(self, call_class: str) -> None:
+        """Takes a slot of the class, or raises ConcurrencyExhaustedError (0: no cap)."""
+        limit = self._limits.get(call_class, 0)
+        active = self._active.get(call_class, 0)
+        if limit and active >= limit:
+            raise ConcurrencyExhaustedError(
+                f"too many concurrent {call_class} calls (limit {limit}); retry shortly",
+                metadata={"call_class": call_class, "limit": str(limit)},
+                retry_after_seconds=self.RETRY_AFTER_SECONDS,
+            )
+        self._active[call_class] = active + 1
+
+    def release(self, call_class: str) -> None:
+        """Gives a slot back."""
+        self._active[call_class] -= 1
+
+    def active(self, call_class: str) -> int:
+        """Calls of the class in flight."""
+        return self._active.get(call_class, 0)
