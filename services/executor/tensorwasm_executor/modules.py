@@ -77,15 +77,17 @@ class ModuleProvider:
         self._inflight[digest] = future
         try:
             loop = asyncio.get_running_loop()
-            module = await loop.run_in_executor(self._pool, self._load_artifact, digest)
-            if module is None:
-                module = await self._restore(digest)
-            if module is None:
+            loaded = await loop.run_in_executor(self._pool, self._load_artifact, digest)
+            if loaded is None:
+                loaded = await self._restore(digest)
+            if loaded is None:
                 wasm = await self._fetch(digest)
                 module, artifact = await loop.run_in_executor(
                     self._pool, self._compile, digest, wasm
                 )
                 await self._share(digest, artifact)
+            else:
+                module = loaded
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
