@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -20,6 +20,30 @@ import grpc
 SERVICE = "tensorwasm.bench.v1.Echo"
 METHOD = "Unary"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
+# Streaming floors for bulk transfers: Upload drains a client stream and answers its byte
+# count (8 bytes, little-endian); Download answers a request of 16 bytes (total, chunk size,
+# little-endian u64s) with that many bytes in chunks of that size.
+UPLOAD_METHOD = f"/{SERVICE}/Upload"
+DOWNLOAD_METHOD = f"/{SERVICE}/Download"
+
+
+async def _upload(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+    total = 0
+    async for chunk in requests:
+        total += len(chunk)
+    return total.to_bytes(8, "little")
+
+
+async def _download(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    total, chunk_bytes = (
+        int.from_bytes(request[:8], "little"),
+        int.from_bytes(request[8:], "little"),
+    )
+    chunk = bytes(chunk_bytes)
+    for start in range(0, total, chunk_bytes):
+        yield chunk[: min(chunk_bytes, total - start)]
+
+
 # The same per-call deadline the harness puts on every call (it is sent as grpc-timeout).
 FORWARD_TIMEOUT_SECONDS = 30.0
 
@@ -49,11 +73,18 @@ async def _serve(host: str, port: int, forward: str) -> None:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return request
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)]
+    )
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(handle)}
+                SERVICE,
+                {
+                    METHOD: grpc.unary_unary_rpc_method_handler(handle),
+                    "Upload": grpc.stream_unary_rpc_method_handler(_upload),
+                    "Download": grpc.unary_stream_rpc_method_handler(_download),
+                },
             ),
         )
     )

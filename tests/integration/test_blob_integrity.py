@@ -228,6 +228,20 @@ def test_damaged_module_fails_the_call_with_data_loss(
     # A fresh replica (no local artifacts) must fetch the module again.
     shutil.rmtree(tmp_path / "executor" / "artifacts")
     second = launch_stack(tmp_path)
+    # Deploy shared the compiled artifact through the store, which would serve the replica
+    # without the wasm: remove it, so that the replica must fetch the (damaged) module.
+    with grpc.insecure_channel(second.services["snapshot"].grpc_address) as channel:
+        store = pb_grpc.SnapshotStoreServiceStub(channel)
+        artifacts = (("x-tensorwasm-tenant", "fleet-artifacts"),)
+        listed = store.ListSnapshots(
+            pb.ListSnapshotsRequest(source_digest=function.module_digest),
+            timeout=10,
+            metadata=artifacts,
+        )
+        assert len(listed.snapshots) == 1
+        store.DeleteSnapshot(
+            pb.DeleteSnapshotRequest(id=listed.snapshots[0].id), timeout=10, metadata=artifacts
+        )
     with second.client() as client:
         with pytest.raises(TensorWasmError) as caught:
             client.invoke("add", "add", [Value(i32=1), Value(i32=2)])

@@ -13,6 +13,7 @@ from typing import Any
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
+from tensorwasm_client import snapshots
 from tensorwasm_client.client import (
     DEFAULT_GATEWAY,
     GatewayClient,
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory", type=int, default=0, help="default linear-memory cap (bytes)")
     deploy.add_argument("--argv", action="append", default=[], help="guest argv entry (repeat)")
     commands.add_parser("list", help="list functions")
+    snapshots.add_parser(commands)
     get = commands.add_parser("get", help="show one function")
     get.add_argument("name")
     delete = commands.add_parser("delete", help="delete a function")
@@ -460,6 +462,7 @@ _COMMANDS = {
     "run": _run,
     "instance": _instance,
     "invocation": _invocation,
+    "snapshot": snapshots.run,
 }
 
 

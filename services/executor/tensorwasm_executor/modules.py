@@ -1,6 +1,8 @@
 """Compiled-module lookup: the memory LRU, else this executor's artifact file (memory-mapped
-by `Module.deserialize_file`), else fetch from the snapshot store and compile, once, then
-write the artifact (temp file, fsync, rename) so a restarted executor does not compile again.
+by `Module.deserialize_file`), else the fleet's artifact in the snapshot store (a
+COMPILED_MODULE record of this engine fingerprint, written to the local file first), else
+fetch the wasm and compile, once, then write the artifact (temp file, fsync, rename) and
+share it through the store (best effort) so no replica compiles it again.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from tensorwasm_common.digests import is_digest
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import InvalidArgumentError, ServiceError
+from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
+from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 
 from tensorwasm_executor.errors import InvalidWasmError
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 
 FetchBlob = Callable[[str], Awaitable[bytes]]
+# Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
+# the module, so the fleet keeps them under one store tenant of its own.
+ARTIFACT_TENANT = "fleet-artifacts"
 _log = logging.getLogger(__name__)
 
 
@@ -33,8 +40,10 @@ class ModuleProvider:
         compile_pool: Executor,
         *,
         artifact_dir: Path | None = None,
+        snapshots: SnapshotClient | None = None,
     ) -> None:
         self._sandbox = sandbox
+        self._snapshots = snapshots if artifact_dir is not None else None
         self._fetch = fetch
         self._pool = compile_pool
         self._inflight: dict[str, asyncio.Future[CompiledModule]] = {}
@@ -43,6 +52,8 @@ class ModuleProvider:
             artifact_dir / sandbox.engine_fingerprint[:16] if artifact_dir is not None else None
         )
         self.compiled = 0  # modules this provider compiled (not loaded from an artifact)
+        self.restored = 0  # artifacts it took from the snapshot store
+        self.shared = 0  # artifacts it put into the snapshot store
 
     def artifact_path(self, digest: str) -> Path | None:
         """Where the compiled artifact of `digest` is kept (None: no artifact directory)."""
@@ -66,10 +77,17 @@ class ModuleProvider:
         self._inflight[digest] = future
         try:
             loop = asyncio.get_running_loop()
-            module = await loop.run_in_executor(self._pool, self._load_artifact, digest)
-            if module is None:
+            loaded = await loop.run_in_executor(self._pool, self._load_artifact, digest)
+            if loaded is None:
+                loaded = await self._restore(digest)
+            if loaded is None:
                 wasm = await self._fetch(digest)
-                module = await loop.run_in_executor(self._pool, self._compile, digest, wasm)
+                module, artifact = await loop.run_in_executor(
+                    self._pool, self._compile, digest, wasm
+                )
+                await self._share(digest, artifact)
+            else:
+                module = loaded
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
@@ -92,16 +110,65 @@ class ModuleProvider:
             path.unlink(missing_ok=True)
             return None
 
-    def _compile(self, digest: str, wasm: bytes) -> CompiledModule:
+    async def _restore(self, digest: str) -> CompiledModule | None:
+        """The module from the store's artifact of this engine fingerprint, via the local
+        file; None (and the caller compiles) when there is none, it is of another
+        fingerprint, the store fails, or wasmtime refuses it."""
+        path = self.artifact_path(digest)
+        if self._snapshots is None or path is None:
+            return None
+        fingerprint = self._sandbox.engine_fingerprint
+        try:
+            found = await self._snapshots.find_snapshot(
+                COMPILED_MODULE, digest, fingerprint, tenant=ARTIFACT_TENANT
+            )
+            if found is None:
+                return None
+            payload = await self._snapshots.read_snapshot(
+                found.id, fingerprint, tenant=ARTIFACT_TENANT
+            )
+        except FingerprintMismatchError:
+            _log.info("store artifact of %s is of another engine; compiling", digest)
+            return None
+        except ServiceError as exc:
+            _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
+            return None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, _write_atomically, path, payload)
+        module = await loop.run_in_executor(self._pool, self._load_artifact, digest)
+        if module is not None:
+            self.restored += 1
+        return module
+
+    async def _share(self, digest: str, artifact: bytes | None) -> None:
+        """Puts a freshly compiled artifact into the store; a failure is logged, not raised."""
+        if self._snapshots is None or artifact is None:
+            return
+        try:
+            await self._snapshots.create_snapshot(
+                COMPILED_MODULE,
+                self._sandbox.engine_fingerprint,
+                digest,
+                artifact,
+                tenant=ARTIFACT_TENANT,
+            )
+        except ServiceError as exc:
+            _log.warning("could not share the artifact of %s: %s", digest, exc)
+            return
+        self.shared += 1
+
+    def _compile(self, digest: str, wasm: bytes) -> tuple[CompiledModule, bytes | None]:
         module = self._sandbox.compile(digest, wasm)
         self.compiled += 1
         path = self.artifact_path(digest)
-        if path is not None:
-            try:
-                _write_atomically(path, module.module.serialize())
-            except OSError as exc:  # a full or read-only disk costs a recompile later, no more
-                _log.warning("could not write artifact %s: %s", path, exc)
-        return module
+        if path is None:
+            return module, None
+        artifact = bytes(module.module.serialize())
+        try:
+            _write_atomically(path, artifact)
+        except OSError as exc:  # a full or read-only disk costs a recompile later, no more
+            _log.warning("could not write artifact %s: %s", path, exc)
+        return module, artifact
 
 
 def _write_atomically(path: Path, data: bytes | bytearray) -> None:

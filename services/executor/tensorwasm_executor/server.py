@@ -11,6 +11,7 @@ from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
+from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.cuda_host import CudaHost
@@ -83,7 +84,13 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.snapshot_address, max_message_bytes=settings.max_message_bytes
     )
     blobs = BlobClient(store_channel)
-    modules = ModuleProvider(sandbox, blobs.get, compile_pool, artifact_dir=settings.artifact_dir)
+    modules = ModuleProvider(
+        sandbox,
+        blobs.get,
+        compile_pool,
+        artifact_dir=settings.artifact_dir,
+        snapshots=SnapshotClient(store_channel),
+    )
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant

@@ -15,6 +15,7 @@ __all__ = [
     "DigestMismatchError",
     "InvalidDigestError",
     "InvalidNameError",
+    "InvalidPageTokenError",
     "TenantQuotaExceededError",
     "TooLargeError",
 ]
@@ -164,4 +165,16 @@ class TenantQuotaExceededError(ResourceExhaustedError):
                 "usage_bytes": str(usage_bytes),
                 "requested_bytes": str(requested_bytes),
             },
+        )
+
+
+class InvalidPageTokenError(InvalidArgumentError):
+    """A page token is malformed, or was issued for other filters."""
+
+    reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self) -> None:
+        """Builds the error."""
+        super().__init__(
+            "page_token is malformed or belongs to other filters", metadata={"field": "page_token"}
         )

@@ -1,5 +1,7 @@
 """The store's index in SQLite (WAL, synchronous=FULL): objects, references, usage, GC candidates.
 
+The `snapshots` table (records, see `snapshot_index`) lives in the same database.
+
 The blob files are the truth about bytes; the index is the truth about who holds them. An
 object row is written after its file is installed and deleted before its file is, so after
 a crash the index can only lag the files, which `SnapshotStore.reconcile` repairs.
@@ -33,7 +35,25 @@ CREATE TABLE IF NOT EXISTS refs (
     PRIMARY KEY (tenant, digest, ref_name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_by_digest ON refs (digest);
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    engine_fingerprint TEXT NOT NULL,
+    source_digest TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    payload_digest TEXT NOT NULL,
+    payload_size_bytes INTEGER NOT NULL,
+    record_digest TEXT NOT NULL REFERENCES objects (digest) ON DELETE CASCADE,
+    record_size_bytes INTEGER NOT NULL,
+    create_time_ns INTEGER NOT NULL,
+    format_version INTEGER NOT NULL,
+    signed INTEGER NOT NULL,
+    UNIQUE (tenant, kind, source_digest, variant, engine_fingerprint)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots (tenant, create_time_ns, id);
+CREATE INDEX IF NOT EXISTS snapshots_by_record ON snapshots (record_digest);
+PRAGMA user_version = 2;
 """
 
 
@@ -87,7 +107,14 @@ class BlobIndex:
             self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchall()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the index's lock, for reads of tables kept beside it."""
+        with self._lock:
+            yield self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate transaction, committed durably on exit, rolled back on an error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -99,7 +126,7 @@ class BlobIndex:
 
     def record(self, info: BlobInfo, now_ns: int, *, create_time_ns: int | None = None) -> None:
         """Adds an object, or touches it (a deduplicated put restarts its grace period)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO objects VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET"
                 " size_bytes = excluded.size_bytes,"
@@ -129,7 +156,7 @@ class BlobIndex:
             BlobNotFoundError: the object is not indexed.
             TenantQuotaExceededError: the charge would pass the quota; nothing was added.
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             record = _get(db, digest)
             if record is None:
                 raise errors.BlobNotFoundError(digest)
@@ -150,7 +177,7 @@ class BlobIndex:
 
     def remove_ref(self, tenant: str, digest: str, ref_name: str, now_ns: int) -> bool:
         """Removes a reference; the last one's removal touches the object. False if absent."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute(
                 "DELETE FROM refs WHERE tenant = ? AND digest = ? AND ref_name = ?",
                 (tenant, digest, ref_name),
@@ -187,7 +214,7 @@ class BlobIndex:
 
     def forget_if_collectable(self, digest: str, cutoff_ns: int) -> ObjectRecord | None:
         """Deletes the object's row if it is still collectable; the deleted row, or None."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             record = _get(db, digest)
             if record is None or record.touch_time_ns > cutoff_ns:
                 return None
@@ -205,7 +232,7 @@ class BlobIndex:
 
     def forget(self, digest: str) -> int:
         """Deletes an object's row and its references (its file is gone); -> references lost."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             (refs,) = db.execute("SELECT count(*) FROM refs WHERE digest = ?", (digest,)).fetchone()
             db.execute("DELETE FROM objects WHERE digest = ?", (digest,))
         return int(refs)

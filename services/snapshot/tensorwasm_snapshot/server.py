@@ -10,6 +10,7 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
+from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
 from tensorwasm_snapshot.store import SnapshotStore
 
@@ -19,7 +20,7 @@ _log = logging.getLogger(__name__)
 
 
 def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore]:
-    """Opens (and reconciles) the store and registers the servicer on a new server."""
+    """Opens (and reconciles) the store and its records; registers the servicer."""
     from tensorwasm_snapshot.servicer import SnapshotStoreServicer
 
     store = SnapshotStore.open(
@@ -30,8 +31,15 @@ def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore
         gc_grace_seconds=settings.gc_grace_seconds,
         tenant_quota_bytes=settings.tenant_quota_bytes,
     )
+    try:
+        records = SnapshotRecords(store, signing_key=settings.signing_key())
+        records.reconcile()
+    except BaseException:
+        store.close()
+        raise
     host = create_host("snapshot", settings, [SERVICE_NAME])
-    pb_grpc.add_SnapshotStoreServiceServicer_to_server(SnapshotStoreServicer(store), host.server)
+    servicer = SnapshotStoreServicer(store, records)
+    pb_grpc.add_SnapshotStoreServiceServicer_to_server(servicer, host.server)
     return host, store
 
 

@@ -12,6 +12,8 @@ from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError
 
 from tensorwasm_snapshot.blobstore import BlobInfo
+from tensorwasm_snapshot.records import SnapshotCreator, SnapshotRecords
+from tensorwasm_snapshot.snapshot_index import SnapshotRow
 from tensorwasm_snapshot.store import ObjectWriter, SnapshotStore, validate_tenant
 
 
@@ -19,6 +21,26 @@ def _info(info: BlobInfo) -> pb.BlobInfo:
     return pb.BlobInfo(
         digest=info.digest, size_bytes=info.size_bytes, stored_size_bytes=info.stored_size_bytes
     )
+
+
+def snapshot_proto(row: SnapshotRow) -> pb.Snapshot:
+    """The record's metadata as the API shows it."""
+    snapshot = pb.Snapshot(
+        id=row.id,
+        kind=row.kind,  # type: ignore[arg-type]
+        tenant=row.tenant,
+        engine_fingerprint=row.engine_fingerprint,
+        source_digest=row.source_digest,
+        variant=row.variant,
+        payload_digest=row.payload_digest,
+        payload_size_bytes=row.payload_size_bytes,
+        record_digest=row.record_digest,
+        record_size_bytes=row.record_size_bytes,
+        format_version=row.format_version,
+        signed=row.signed,
+    )
+    snapshot.create_time.FromNanoseconds(row.create_time_ns)
+    return snapshot
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
@@ -32,8 +54,9 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
 class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
     """Streams blobs in and out of the content-addressed store; references, usage and GC."""
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(self, store: SnapshotStore, records: SnapshotRecords | None = None) -> None:
         self._store = store
+        self._records = records if records is not None else SnapshotRecords(store)
 
     async def PutBlob(
         self, request_iterator: AsyncIterator[pb.PutBlobRequest], context: grpc.aio.ServicerContext
@@ -133,3 +156,95 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
             deleted_size_bytes=report.deleted_size_bytes,
             deleted_stored_size_bytes=report.deleted_stored_size_bytes,
         )
+
+    # --- snapshot records ---
+
+    async def CreateSnapshot(
+        self,
+        request_iterator: AsyncIterator[pb.CreateSnapshotRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.CreateSnapshotResponse:
+        creator: SnapshotCreator | None = None
+        try:
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "header" and creator is None:
+                    header = message.header
+                    creator = await asyncio.to_thread(
+                        self._records.creator,
+                        tenant_of(context),
+                        kind=header.kind,
+                        engine_fingerprint=header.engine_fingerprint,
+                        source_digest=header.source_digest,
+                        variant=header.variant,
+                        payload_size_bytes=header.payload_size_bytes,
+                    )
+                elif creator is None or part != "chunk":
+                    raise InvalidArgumentError(
+                        "the header must be the first message, and only it",
+                        metadata={"field": "header"},
+                    )
+                else:
+                    await asyncio.to_thread(creator.write, message.chunk)
+            if creator is None:
+                raise InvalidArgumentError("missing header", metadata={"field": "header"})
+            row = await asyncio.to_thread(creator.commit)
+        finally:
+            if creator is not None:
+                await asyncio.to_thread(creator.abort)
+        return pb.CreateSnapshotResponse(snapshot=snapshot_proto(row))
+
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSnapshotResponse:
+        row = await asyncio.to_thread(self._records.get, tenant_of(context), request.id)
+        return pb.GetSnapshotResponse(snapshot=snapshot_proto(row))
+
+    async def FindSnapshot(
+        self, request: pb.FindSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FindSnapshotResponse:
+        row = await asyncio.to_thread(
+            self._records.find,
+            tenant_of(context),
+            request.kind,
+            request.source_digest,
+            request.variant,
+            request.engine_fingerprint,
+        )
+        return pb.FindSnapshotResponse(snapshot=snapshot_proto(row))
+
+    async def ReadSnapshot(
+        self, request: pb.ReadSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadSnapshotResponse]:
+        # Verified whole (signature before decompressing, then the payload) before any byte.
+        row, chunks = await asyncio.to_thread(
+            self._records.open_payload,
+            tenant_of(context),
+            request.id,
+            request.expected_engine_fingerprint,
+        )
+        chunk = await asyncio.to_thread(next, chunks, None)
+        yield pb.ReadSnapshotResponse(snapshot=snapshot_proto(row), chunk=chunk or b"")
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield pb.ReadSnapshotResponse(chunk=chunk)
+
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSnapshotsResponse:
+        rows, token = await asyncio.to_thread(
+            self._records.list,
+            tenant_of(context),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            kind=request.kind,
+            source_digest=request.source_digest,
+        )
+        return pb.ListSnapshotsResponse(
+            snapshots=[snapshot_proto(row) for row in rows], next_page_token=token
+        )
+
+    async def DeleteSnapshot(
+        self, request: pb.DeleteSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSnapshotResponse:
+        await asyncio.to_thread(self._records.delete, tenant_of(context), request.id)
+        return pb.DeleteSnapshotResponse()

@@ -8,6 +8,8 @@ from pathlib import Path
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import ServerSettings, SettingsError
 
+MIN_SIGNING_KEY_BYTES = 32
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SnapshotSettings(ServerSettings):
@@ -15,7 +17,9 @@ class SnapshotSettings(ServerSettings):
 
     `max_blob_bytes` caps each object's plaintext (declared and actual, on put and on read);
     `gc_interval_seconds` 0 turns the periodic sweep off (CollectGarbage still works);
-    `tenant_quota_bytes` 0 is unlimited.
+    `tenant_quota_bytes` 0 is unlimited; `signing_key_file` (its bytes, at least 32, a trailing
+    newline dropped) turns on HMAC-SHA256 signing of snapshot records: then records are signed
+    and only correctly signed ones are read.
     """
 
     listen_address: str = "127.0.0.1:50054"
@@ -26,6 +30,7 @@ class SnapshotSettings(ServerSettings):
     gc_interval_seconds: float = 0.0
     gc_grace_seconds: float = 3600.0
     tenant_quota_bytes: int = 0
+    signing_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,3 +46,17 @@ class SnapshotSettings(ServerSettings):
             raise SettingsError("gc_grace_seconds: must be >= 0")
         if self.tenant_quota_bytes < 0:
             raise SettingsError("tenant_quota_bytes: must be >= 0 (0 is unlimited)")
+        if self.signing_key_file is not None:
+            self.signing_key()  # fail fast on a missing or short key file
+
+    def signing_key(self) -> bytes | None:
+        """The HMAC key of snapshot records, or None when signing is off."""
+        if self.signing_key_file is None:
+            return None
+        try:
+            key = self.signing_key_file.read_bytes().removesuffix(b"\n")
+        except OSError as exc:
+            raise SettingsError(f"signing_key_file: cannot read it: {exc}") from exc
+        if len(key) < MIN_SIGNING_KEY_BYTES:
+            raise SettingsError(f"signing_key_file: need at least {MIN_SIGNING_KEY_BYTES} bytes")
+        return key

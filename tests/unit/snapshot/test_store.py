@@ -435,7 +435,7 @@ def test_index_settings(store: SnapshotStore) -> None:
     db = sqlite3.connect(store.blobs.root / "index.sqlite3")
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)  # 2: the snapshots table
     finally:
         db.close()
 
