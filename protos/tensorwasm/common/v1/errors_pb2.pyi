@@ -79,8 +79,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
     was not added.
     """
+    ERROR_REASON_SNAPSHOT_NOT_FOUND: _ErrorReason.ValueType  # 27
+    """No snapshot record matches (id, or kind/source/variant) for this tenant."""
+    ERROR_REASON_ENGINE_FINGERPRINT_MISMATCH: _ErrorReason.ValueType  # 28
+    """The snapshot was made by another engine fingerprint; it cannot be loaded here
+    (metadata: expected, actual). The executor compiles or re-runs init instead.
+    """
+    ERROR_REASON_SNAPSHOT_CORRUPT: _ErrorReason.ValueType  # 29
+    """A snapshot record file is damaged (truncated, bad header, bad payload digest)."""
+    ERROR_REASON_SNAPSHOT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 30
+    """A snapshot record's HMAC-SHA256 signature is missing or does not verify; nothing
+    of it was decompressed.
+    """
+    ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: _ErrorReason.ValueType  # 31
+    """A snapshot record file has a format version this store cannot read."""
     ERROR_REASON_INIT_EXPORT_INVALID: _ErrorReason.ValueType  # 35
-    """(27-39 are reserved for the snapshot store, 50-69 for the GPU path.)
+    """(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
     The function's init export is not an exported function taking and returning
     nothing (metadata: export).
     """
@@ -179,8 +193,22 @@ ERROR_REASON_TENANT_QUOTA_EXCEEDED: ErrorReason.ValueType  # 26
 store (metadata: tenant, quota_bytes, usage_bytes, requested_bytes); the reference
 was not added.
 """
+ERROR_REASON_SNAPSHOT_NOT_FOUND: ErrorReason.ValueType  # 27
+"""No snapshot record matches (id, or kind/source/variant) for this tenant."""
+ERROR_REASON_ENGINE_FINGERPRINT_MISMATCH: ErrorReason.ValueType  # 28
+"""The snapshot was made by another engine fingerprint; it cannot be loaded here
+(metadata: expected, actual). The executor compiles or re-runs init instead.
+"""
+ERROR_REASON_SNAPSHOT_CORRUPT: ErrorReason.ValueType  # 29
+"""A snapshot record file is damaged (truncated, bad header, bad payload digest)."""
+ERROR_REASON_SNAPSHOT_SIGNATURE_INVALID: ErrorReason.ValueType  # 30
+"""A snapshot record's HMAC-SHA256 signature is missing or does not verify; nothing
+of it was decompressed.
+"""
+ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: ErrorReason.ValueType  # 31
+"""A snapshot record file has a format version this store cannot read."""
 ERROR_REASON_INIT_EXPORT_INVALID: ErrorReason.ValueType  # 35
-"""(27-39 are reserved for the snapshot store, 50-69 for the GPU path.)
+"""(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
 The function's init export is not an exported function taking and returning
 nothing (metadata: export).
 """

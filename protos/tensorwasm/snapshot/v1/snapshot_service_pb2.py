@@ -22,47 +22,78 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/snapshot/v1/snapshot_service.proto\x12\x16tensorwasm.snapshot.v1\"I\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x19\n\x11stored_size_bytes\x18\x03 \x01(\x03\"N\n\rPutBlobHeader\x12\x17\n\x0f\x65xpected_digest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x10\n\x08ref_name\x18\x03 \x01(\t\"b\n\x0ePutBlobRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.tensorwasm.snapshot.v1.PutBlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"W\n\x0fPutBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\" \n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"P\n\x0fGetBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x10StatBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\"1\n\rAddRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"Q\n\x0e\x41\x64\x64RefResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"4\n\x10RemoveRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"$\n\x11RemoveRefResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x11\n\x0fGetUsageRequest\"t\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cobject_count\x18\x03 \x01(\x03\x12\x11\n\tref_count\x18\x04 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x03\"\x17\n\x15\x43ollectGarbageRequest\"n\n\x16\x43ollectGarbageResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x1a\n\x12\x64\x65leted_size_bytes\x18\x02 \x01(\x03\x12!\n\x19\x64\x65leted_stored_size_bytes\x18\x03 \x01(\x03\x32\xbc\x05\n\x14SnapshotStoreService\x12\\\n\x07PutBlob\x12&.tensorwasm.snapshot.v1.PutBlobRequest\x1a\'.tensorwasm.snapshot.v1.PutBlobResponse(\x01\x12\\\n\x07GetBlob\x12&.tensorwasm.snapshot.v1.GetBlobRequest\x1a\'.tensorwasm.snapshot.v1.GetBlobResponse0\x01\x12]\n\x08StatBlob\x12\'.tensorwasm.snapshot.v1.StatBlobRequest\x1a(.tensorwasm.snapshot.v1.StatBlobResponse\x12W\n\x06\x41\x64\x64Ref\x12%.tensorwasm.snapshot.v1.AddRefRequest\x1a&.tensorwasm.snapshot.v1.AddRefResponse\x12`\n\tRemoveRef\x12(.tensorwasm.snapshot.v1.RemoveRefRequest\x1a).tensorwasm.snapshot.v1.RemoveRefResponse\x12]\n\x08GetUsage\x12\'.tensorwasm.snapshot.v1.GetUsageRequest\x1a(.tensorwasm.snapshot.v1.GetUsageResponse\x12o\n\x0e\x43ollectGarbage\x12-.tensorwasm.snapshot.v1.CollectGarbageRequest\x1a..tensorwasm.snapshot.v1.CollectGarbageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/snapshot/v1/snapshot_service.proto\x12\x16tensorwasm.snapshot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x19\n\x11stored_size_bytes\x18\x03 \x01(\x03\"N\n\rPutBlobHeader\x12\x17\n\x0f\x65xpected_digest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x10\n\x08ref_name\x18\x03 \x01(\t\"b\n\x0ePutBlobRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.tensorwasm.snapshot.v1.PutBlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"W\n\x0fPutBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\" \n\x0eGetBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"P\n\x0fGetBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x10StatBlobResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\"1\n\rAddRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"Q\n\x0e\x41\x64\x64RefResponse\x12.\n\x04\x62lob\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.BlobInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"4\n\x10RemoveRefRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x10\n\x08ref_name\x18\x02 \x01(\t\"$\n\x11RemoveRefResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x11\n\x0fGetUsageRequest\"t\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cobject_count\x18\x03 \x01(\x03\x12\x11\n\tref_count\x18\x04 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x03\"\x17\n\x15\x43ollectGarbageRequest\"n\n\x16\x43ollectGarbageResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x1a\n\x12\x64\x65leted_size_bytes\x18\x02 \x01(\x03\x12!\n\x19\x64\x65leted_stored_size_bytes\x18\x03 \x01(\x03\"\xdd\x02\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.tensorwasm.snapshot.v1.SnapshotKind\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x04 \x01(\t\x12\x15\n\rsource_digest\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x16\n\x0epayload_digest\x18\x07 \x01(\t\x12\x1a\n\x12payload_size_bytes\x18\x08 \x01(\x03\x12\x15\n\rrecord_digest\x18\t \x01(\t\x12\x19\n\x11record_size_bytes\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66ormat_version\x18\x0c \x01(\r\x12\x0e\n\x06signed\x18\r \x01(\x08\"\xaa\x01\n\x14\x43reateSnapshotHeader\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.tensorwasm.snapshot.v1.SnapshotKind\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x15\n\rsource_digest\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x1a\n\x12payload_size_bytes\x18\x05 \x01(\x03\"p\n\x15\x43reateSnapshotRequest\x12>\n\x06header\x18\x01 \x01(\x0b\x32,.tensorwasm.snapshot.v1.CreateSnapshotHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x16\x43reateSnapshotResponse\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.Snapshot\" \n\x12GetSnapshotRequest\x12\n\n\x02id\x18\x01 \x01(\t\"I\n\x13GetSnapshotResponse\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.Snapshot\"\x8d\x01\n\x13\x46indSnapshotRequest\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.tensorwasm.snapshot.v1.SnapshotKind\x12\x15\n\rsource_digest\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x04 \x01(\t\"J\n\x14\x46indSnapshotResponse\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.Snapshot\"F\n\x13ReadSnapshotRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x1b\x65xpected_engine_fingerprint\x18\x02 \x01(\t\"Y\n\x14ReadSnapshotResponse\x12\x32\n\x08snapshot\x18\x01 \x01(\x0b\x32 .tensorwasm.snapshot.v1.Snapshot\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"\x88\x01\n\x14ListSnapshotsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x04kind\x18\x03 \x01(\x0e\x32$.tensorwasm.snapshot.v1.SnapshotKind\x12\x15\n\rsource_digest\x18\x04 \x01(\t\"e\n\x15ListSnapshotsResponse\x12\x33\n\tsnapshots\x18\x01 \x03(\x0b\x32 .tensorwasm.snapshot.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x15\x44\x65leteSnapshotRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteSnapshotResponse*r\n\x0cSnapshotKind\x12\x1d\n\x19SNAPSHOT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dSNAPSHOT_KIND_COMPILED_MODULE\x10\x01\x12 \n\x1cSNAPSHOT_KIND_INSTANCE_IMAGE\x10\x02\x32\xce\n\n\x14SnapshotStoreService\x12\\\n\x07PutBlob\x12&.tensorwasm.snapshot.v1.PutBlobRequest\x1a\'.tensorwasm.snapshot.v1.PutBlobResponse(\x01\x12\\\n\x07GetBlob\x12&.tensorwasm.snapshot.v1.GetBlobRequest\x1a\'.tensorwasm.snapshot.v1.GetBlobResponse0\x01\x12]\n\x08StatBlob\x12\'.tensorwasm.snapshot.v1.StatBlobRequest\x1a(.tensorwasm.snapshot.v1.StatBlobResponse\x12W\n\x06\x41\x64\x64Ref\x12%.tensorwasm.snapshot.v1.AddRefRequest\x1a&.tensorwasm.snapshot.v1.AddRefResponse\x12`\n\tRemoveRef\x12(.tensorwasm.snapshot.v1.RemoveRefRequest\x1a).tensorwasm.snapshot.v1.RemoveRefResponse\x12]\n\x08GetUsage\x12\'.tensorwasm.snapshot.v1.GetUsageRequest\x1a(.tensorwasm.snapshot.v1.GetUsageResponse\x12o\n\x0e\x43ollectGarbage\x12-.tensorwasm.snapshot.v1.CollectGarbageRequest\x1a..tensorwasm.snapshot.v1.CollectGarbageResponse\x12q\n\x0e\x43reateSnapshot\x12-.tensorwasm.snapshot.v1.CreateSnapshotRequest\x1a..tensorwasm.snapshot.v1.CreateSnapshotResponse(\x01\x12\x66\n\x0bGetSnapshot\x12*.tensorwasm.snapshot.v1.GetSnapshotRequest\x1a+.tensorwasm.snapshot.v1.GetSnapshotResponse\x12i\n\x0c\x46indSnapshot\x12+.tensorwasm.snapshot.v1.FindSnapshotRequest\x1a,.tensorwasm.snapshot.v1.FindSnapshotResponse\x12k\n\x0cReadSnapshot\x12+.tensorwasm.snapshot.v1.ReadSnapshotRequest\x1a,.tensorwasm.snapshot.v1.ReadSnapshotResponse0\x01\x12l\n\rListSnapshots\x12,.tensorwasm.snapshot.v1.ListSnapshotsRequest\x1a-.tensorwasm.snapshot.v1.ListSnapshotsResponse\x12o\n\x0e\x44\x65leteSnapshot\x12-.tensorwasm.snapshot.v1.DeleteSnapshotRequest\x1a..tensorwasm.snapshot.v1.DeleteSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.snapshot.v1.snapshot_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BLOBINFO']._serialized_start=73
-  _globals['_BLOBINFO']._serialized_end=146
-  _globals['_PUTBLOBHEADER']._serialized_start=148
-  _globals['_PUTBLOBHEADER']._serialized_end=226
-  _globals['_PUTBLOBREQUEST']._serialized_start=228
-  _globals['_PUTBLOBREQUEST']._serialized_end=326
-  _globals['_PUTBLOBRESPONSE']._serialized_start=328
-  _globals['_PUTBLOBRESPONSE']._serialized_end=415
-  _globals['_GETBLOBREQUEST']._serialized_start=417
-  _globals['_GETBLOBREQUEST']._serialized_end=449
-  _globals['_GETBLOBRESPONSE']._serialized_start=451
-  _globals['_GETBLOBRESPONSE']._serialized_end=531
-  _globals['_STATBLOBREQUEST']._serialized_start=533
-  _globals['_STATBLOBREQUEST']._serialized_end=566
-  _globals['_STATBLOBRESPONSE']._serialized_start=568
-  _globals['_STATBLOBRESPONSE']._serialized_end=634
-  _globals['_ADDREFREQUEST']._serialized_start=636
-  _globals['_ADDREFREQUEST']._serialized_end=685
-  _globals['_ADDREFRESPONSE']._serialized_start=687
-  _globals['_ADDREFRESPONSE']._serialized_end=768
-  _globals['_REMOVEREFREQUEST']._serialized_start=770
-  _globals['_REMOVEREFREQUEST']._serialized_end=822
-  _globals['_REMOVEREFRESPONSE']._serialized_start=824
-  _globals['_REMOVEREFRESPONSE']._serialized_end=860
-  _globals['_GETUSAGEREQUEST']._serialized_start=862
-  _globals['_GETUSAGEREQUEST']._serialized_end=879
-  _globals['_GETUSAGERESPONSE']._serialized_start=881
-  _globals['_GETUSAGERESPONSE']._serialized_end=997
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=999
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=1022
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=1024
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=1134
-  _globals['_SNAPSHOTSTORESERVICE']._serialized_start=1137
-  _globals['_SNAPSHOTSTORESERVICE']._serialized_end=1837
+  _globals['_SNAPSHOTKIND']._serialized_start=2683
+  _globals['_SNAPSHOTKIND']._serialized_end=2797
+  _globals['_BLOBINFO']._serialized_start=106
+  _globals['_BLOBINFO']._serialized_end=179
+  _globals['_PUTBLOBHEADER']._serialized_start=181
+  _globals['_PUTBLOBHEADER']._serialized_end=259
+  _globals['_PUTBLOBREQUEST']._serialized_start=261
+  _globals['_PUTBLOBREQUEST']._serialized_end=359
+  _globals['_PUTBLOBRESPONSE']._serialized_start=361
+  _globals['_PUTBLOBRESPONSE']._serialized_end=448
+  _globals['_GETBLOBREQUEST']._serialized_start=450
+  _globals['_GETBLOBREQUEST']._serialized_end=482
+  _globals['_GETBLOBRESPONSE']._serialized_start=484
+  _globals['_GETBLOBRESPONSE']._serialized_end=564
+  _globals['_STATBLOBREQUEST']._serialized_start=566
+  _globals['_STATBLOBREQUEST']._serialized_end=599
+  _globals['_STATBLOBRESPONSE']._serialized_start=601
+  _globals['_STATBLOBRESPONSE']._serialized_end=667
+  _globals['_ADDREFREQUEST']._serialized_start=669
+  _globals['_ADDREFREQUEST']._serialized_end=718
+  _globals['_ADDREFRESPONSE']._serialized_start=720
+  _globals['_ADDREFRESPONSE']._serialized_end=801
+  _globals['_REMOVEREFREQUEST']._serialized_start=803
+  _globals['_REMOVEREFREQUEST']._serialized_end=855
+  _globals['_REMOVEREFRESPONSE']._serialized_start=857
+  _globals['_REMOVEREFRESPONSE']._serialized_end=893
+  _globals['_GETUSAGEREQUEST']._serialized_start=895
+  _globals['_GETUSAGEREQUEST']._serialized_end=912
+  _globals['_GETUSAGERESPONSE']._serialized_start=914
+  _globals['_GETUSAGERESPONSE']._serialized_end=1030
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=1032
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=1055
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=1057
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=1167
+  _globals['_SNAPSHOT']._serialized_start=1170
+  _globals['_SNAPSHOT']._serialized_end=1519
+  _globals['_CREATESNAPSHOTHEADER']._serialized_start=1522
+  _globals['_CREATESNAPSHOTHEADER']._serialized_end=1692
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=1694
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=1806
+  _globals['_CREATESNAPSHOTRESPONSE']._serialized_start=1808
+  _globals['_CREATESNAPSHOTRESPONSE']._serialized_end=1884
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1886
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1918
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1920
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1993
+  _globals['_FINDSNAPSHOTREQUEST']._serialized_start=1996
+  _globals['_FINDSNAPSHOTREQUEST']._serialized_end=2137
+  _globals['_FINDSNAPSHOTRESPONSE']._serialized_start=2139
+  _globals['_FINDSNAPSHOTRESPONSE']._serialized_end=2213
+  _globals['_READSNAPSHOTREQUEST']._serialized_start=2215
+  _globals['_READSNAPSHOTREQUEST']._serialized_end=2285
+  _globals['_READSNAPSHOTRESPONSE']._serialized_start=2287
+  _globals['_READSNAPSHOTRESPONSE']._serialized_end=2376
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=2379
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=2515
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=2517
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2618
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=2620
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=2655
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=2657
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=2681
+  _globals['_SNAPSHOTSTORESERVICE']._serialized_start=2800
+  _globals['_SNAPSHOTSTORESERVICE']._serialized_end=4158
 # @@protoc_insertion_point(module_scope)

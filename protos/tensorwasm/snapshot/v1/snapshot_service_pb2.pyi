@@ -3,8 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +19,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SnapshotKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SnapshotKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SnapshotKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SNAPSHOT_KIND_UNSPECIFIED: _SnapshotKind.ValueType  # 0
+    """Not set."""
+    SNAPSHOT_KIND_COMPILED_MODULE: _SnapshotKind.ValueType  # 1
+    """A compiled module: wasmtime `Module.serialize()` output."""
+    SNAPSHOT_KIND_INSTANCE_IMAGE: _SnapshotKind.ValueType  # 2
+    """A pre-initialised instance image (the executor's own payload format)."""
+
+class SnapshotKind(_SnapshotKind, metaclass=_SnapshotKindEnumTypeWrapper):
+    """What a snapshot record holds."""
+
+SNAPSHOT_KIND_UNSPECIFIED: SnapshotKind.ValueType  # 0
+"""Not set."""
+SNAPSHOT_KIND_COMPILED_MODULE: SnapshotKind.ValueType  # 1
+"""A compiled module: wasmtime `Module.serialize()` output."""
+SNAPSHOT_KIND_INSTANCE_IMAGE: SnapshotKind.ValueType  # 2
+"""A pre-initialised instance image (the executor's own payload format)."""
+Global___SnapshotKind: _TypeAlias = SnapshotKind  # noqa: Y015
 
 @_typing.final
 class BlobInfo(_message.Message):
@@ -437,3 +465,432 @@ class CollectGarbageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectGarbageResponse: _TypeAlias = CollectGarbageResponse  # noqa: Y015
+
+@_typing.final
+class Snapshot(_message.Message):
+    """A snapshot record's metadata; never its payload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ENGINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_DIGEST_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    RECORD_DIGEST_FIELD_NUMBER: _builtins.int
+    RECORD_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FORMAT_VERSION_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """"snap_" + 32 lowercase hex digits (random), assigned by the store."""
+    kind: Global___SnapshotKind.ValueType
+    """What the payload is."""
+    tenant: _builtins.str
+    """The owning tenant (the creator's `x-tensorwasm-tenant`)."""
+    engine_fingerprint: _builtins.str
+    """The producing executor's engine fingerprint; payloads only load into an engine
+    with the same fingerprint.
+    """
+    source_digest: _builtins.str
+    """BLAKE3 digest of the wasm module the payload was made from."""
+    variant: _builtins.str
+    """A kind-specific key: "" for compiled modules; the init export for instance images."""
+    payload_digest: _builtins.str
+    """BLAKE3 digest of the payload plaintext."""
+    payload_size_bytes: _builtins.int
+    """Size of the payload plaintext in bytes."""
+    record_digest: _builtins.str
+    """BLAKE3 digest of the encoded record file, which the blob store holds."""
+    record_size_bytes: _builtins.int
+    """Size of the encoded record file in bytes."""
+    format_version: _builtins.int
+    """The record file's format version (docs/SNAPSHOT_FORMAT.md)."""
+    signed: _builtins.bool
+    """True when the record file carries an HMAC-SHA256 signature."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the record was created."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___SnapshotKind.ValueType = ...,
+        tenant: _builtins.str = ...,
+        engine_fingerprint: _builtins.str = ...,
+        source_digest: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        payload_digest: _builtins.str = ...,
+        payload_size_bytes: _builtins.int = ...,
+        record_digest: _builtins.str = ...,
+        record_size_bytes: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        format_version: _builtins.int = ...,
+        signed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "engine_fingerprint", b"engine_fingerprint", "format_version", b"format_version", "id", b"id", "kind", b"kind", "payload_digest", b"payload_digest", "payload_size_bytes", b"payload_size_bytes", "record_digest", b"record_digest", "record_size_bytes", b"record_size_bytes", "signed", b"signed", "source_digest", b"source_digest", "tenant", b"tenant", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class CreateSnapshotHeader(_message.Message):
+    """The first message of a CreateSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ENGINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    kind: Global___SnapshotKind.ValueType
+    """What the payload is; required."""
+    engine_fingerprint: _builtins.str
+    """The producing executor's engine fingerprint; required."""
+    source_digest: _builtins.str
+    """BLAKE3 digest of the wasm module the payload was made from; required."""
+    variant: _builtins.str
+    """A kind-specific key: "" for compiled modules; the init export for instance images."""
+    payload_size_bytes: _builtins.int
+    """The payload's exact size in bytes; checked against the store's cap before any
+    chunk is read and against the bytes that arrive.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___SnapshotKind.ValueType = ...,
+        engine_fingerprint: _builtins.str = ...,
+        source_digest: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        payload_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_fingerprint", b"engine_fingerprint", "kind", b"kind", "payload_size_bytes", b"payload_size_bytes", "source_digest", b"source_digest", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSnapshotHeader: _TypeAlias = CreateSnapshotHeader  # noqa: Y015
+
+@_typing.final
+class CreateSnapshotRequest(_message.Message):
+    """One message of a CreateSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the payload."""
+    @_builtins.property
+    def header(self) -> Global___CreateSnapshotHeader:
+        """The header; must be the first message."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___CreateSnapshotHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___CreateSnapshotRequest: _TypeAlias = CreateSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class CreateSnapshotResponse(_message.Message):
+    """The result of CreateSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The stored record."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSnapshotResponse: _TypeAlias = CreateSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class GetSnapshotRequest(_message.Message):
+    """Request for GetSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The record's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotRequest: _TypeAlias = GetSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class GetSnapshotResponse(_message.Message):
+    """The result of GetSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The record."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotResponse: _TypeAlias = GetSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class FindSnapshotRequest(_message.Message):
+    """Request for FindSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    ENGINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    kind: Global___SnapshotKind.ValueType
+    """What the payload must be."""
+    source_digest: _builtins.str
+    """BLAKE3 digest of the wasm module."""
+    variant: _builtins.str
+    """The kind-specific key ("" for compiled modules)."""
+    engine_fingerprint: _builtins.str
+    """The caller's engine fingerprint."""
+    def __init__(
+        self,
+        *,
+        kind: Global___SnapshotKind.ValueType = ...,
+        source_digest: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        engine_fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_fingerprint", b"engine_fingerprint", "kind", b"kind", "source_digest", b"source_digest", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSnapshotRequest: _TypeAlias = FindSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class FindSnapshotResponse(_message.Message):
+    """The result of FindSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The matching record."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSnapshotResponse: _TypeAlias = FindSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotRequest(_message.Message):
+    """Request for ReadSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_ENGINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The record's id."""
+    expected_engine_fingerprint: _builtins.str
+    """When set, the read is refused (FAILED_PRECONDITION, ENGINE_FINGERPRINT_MISMATCH)
+    unless the record was made by this engine fingerprint.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        expected_engine_fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_engine_fingerprint", b"expected_engine_fingerprint", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotRequest: _TypeAlias = ReadSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ReadSnapshotResponse(_message.Message):
+    """One message of a ReadSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the payload plaintext."""
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The record's metadata, set on the first message only."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadSnapshotResponse: _TypeAlias = ReadSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsRequest(_message.Message):
+    """Request for ListSnapshots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_DIGEST_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many records per page; 0 means the default (100), capped at 1000."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page; empty for the first page."""
+    kind: Global___SnapshotKind.ValueType
+    """Only records of this kind; SNAPSHOT_KIND_UNSPECIFIED means all kinds."""
+    source_digest: _builtins.str
+    """Only records made from this module; empty means all."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        kind: Global___SnapshotKind.ValueType = ...,
+        source_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "source_digest", b"source_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsRequest: _TypeAlias = ListSnapshotsRequest  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsResponse(_message.Message):
+    """A page of ListSnapshots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Snapshot]:
+        """The records, newest first."""
+
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___Snapshot] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsResponse: _TypeAlias = ListSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotRequest(_message.Message):
+    """Request for DeleteSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The record's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotRequest: _TypeAlias = DeleteSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotResponse(_message.Message):
+    """The result of DeleteSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotResponse: _TypeAlias = DeleteSnapshotResponse  # noqa: Y015

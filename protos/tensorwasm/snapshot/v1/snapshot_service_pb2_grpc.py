@@ -89,6 +89,36 @@ class SnapshotStoreServiceStub:
                 request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.FromString,
                 _registered_method=True)
+        self.CreateSnapshot = channel.stream_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/CreateSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/GetSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotResponse.FromString,
+                _registered_method=True)
+        self.FindSnapshot = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/FindSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ReadSnapshot = channel.unary_stream(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/ReadSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/ListSnapshots',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/DeleteSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotStoreServiceServicer:
@@ -170,6 +200,57 @@ class SnapshotStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request_iterator, context):
+        """Stores a snapshot record: a header first, then the payload in chunks. The store
+        encodes the record file (docs/SNAPSHOT_FORMAT.md), signs it when it holds a key,
+        stores it as a blob and references it for the calling tenant, so quotas and GC
+        apply. Idempotent per (tenant, kind, engine_fingerprint, source_digest, variant):
+        creating it again replaces the old record (releasing its blob reference).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """Returns a snapshot record's metadata; another tenant's id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindSnapshot(self, request, context):
+        """Returns the calling tenant's record for (kind, source_digest, variant) made by
+        `engine_fingerprint`. When one exists only for another engine fingerprint:
+        FAILED_PRECONDITION with reason ENGINE_FINGERPRINT_MISMATCH; when none exists:
+        NOT_FOUND with reason SNAPSHOT_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadSnapshot(self, request, context):
+        """Streams a record's payload after verifying the record: its signature before
+        anything is decompressed, then the payload digest. The first message carries
+        the record's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Lists the calling tenant's records, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +288,36 @@ def add_SnapshotStoreServiceServicer_to_server(servicer, server):
                     servicer.CollectGarbage,
                     request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.FromString,
                     response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'FindSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotResponse.SerializeToString,
+            ),
+            'ReadSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +529,168 @@ class SnapshotStoreService:
             '/tensorwasm.snapshot.v1.SnapshotStoreService/CollectGarbage',
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageRequest.SerializeToString,
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/CreateSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.CreateSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/GetSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.GetSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/FindSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.FindSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/ReadSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ReadSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/ListSnapshots',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/DeleteSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,30 @@ class SnapshotStoreServiceStub:
     """Deletes now every blob that has no reference and has been untouched for the
     grace period (the store also does this periodically when configured to).
     """
+    CreateSnapshot: _grpc.StreamUnaryMultiCallable[_snapshot_service_pb2.CreateSnapshotRequest, _snapshot_service_pb2.CreateSnapshotResponse]
+    """Stores a snapshot record: a header first, then the payload in chunks. The store
+    encodes the record file (docs/SNAPSHOT_FORMAT.md), signs it when it holds a key,
+    stores it as a blob and references it for the calling tenant, so quotas and GC
+    apply. Idempotent per (tenant, kind, engine_fingerprint, source_digest, variant):
+    creating it again replaces the old record (releasing its blob reference).
+    """
+    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.GetSnapshotRequest, _snapshot_service_pb2.GetSnapshotResponse]
+    """Returns a snapshot record's metadata; another tenant's id is NOT_FOUND."""
+    FindSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.FindSnapshotRequest, _snapshot_service_pb2.FindSnapshotResponse]
+    """Returns the calling tenant's record for (kind, source_digest, variant) made by
+    `engine_fingerprint`. When one exists only for another engine fingerprint:
+    FAILED_PRECONDITION with reason ENGINE_FINGERPRINT_MISMATCH; when none exists:
+    NOT_FOUND with reason SNAPSHOT_NOT_FOUND.
+    """
+    ReadSnapshot: _grpc.UnaryStreamMultiCallable[_snapshot_service_pb2.ReadSnapshotRequest, _snapshot_service_pb2.ReadSnapshotResponse]
+    """Streams a record's payload after verifying the record: its signature before
+    anything is decompressed, then the payload digest. The first message carries
+    the record's metadata.
+    """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.ListSnapshotsRequest, _snapshot_service_pb2.ListSnapshotsResponse]
+    """Lists the calling tenant's records, newest first, a page at a time."""
+    DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.DeleteSnapshotRequest, _snapshot_service_pb2.DeleteSnapshotResponse]
+    """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
 
 @_typing.type_check_only
 class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
@@ -129,6 +153,30 @@ class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
     """Deletes now every blob that has no reference and has been untouched for the
     grace period (the store also does this periodically when configured to).
     """
+    CreateSnapshot: _aio.StreamUnaryMultiCallable[_snapshot_service_pb2.CreateSnapshotRequest, _snapshot_service_pb2.CreateSnapshotResponse]  # type: ignore[assignment]
+    """Stores a snapshot record: a header first, then the payload in chunks. The store
+    encodes the record file (docs/SNAPSHOT_FORMAT.md), signs it when it holds a key,
+    stores it as a blob and references it for the calling tenant, so quotas and GC
+    apply. Idempotent per (tenant, kind, engine_fingerprint, source_digest, variant):
+    creating it again replaces the old record (releasing its blob reference).
+    """
+    GetSnapshot: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.GetSnapshotRequest, _snapshot_service_pb2.GetSnapshotResponse]  # type: ignore[assignment]
+    """Returns a snapshot record's metadata; another tenant's id is NOT_FOUND."""
+    FindSnapshot: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.FindSnapshotRequest, _snapshot_service_pb2.FindSnapshotResponse]  # type: ignore[assignment]
+    """Returns the calling tenant's record for (kind, source_digest, variant) made by
+    `engine_fingerprint`. When one exists only for another engine fingerprint:
+    FAILED_PRECONDITION with reason ENGINE_FINGERPRINT_MISMATCH; when none exists:
+    NOT_FOUND with reason SNAPSHOT_NOT_FOUND.
+    """
+    ReadSnapshot: _aio.UnaryStreamMultiCallable[_snapshot_service_pb2.ReadSnapshotRequest, _snapshot_service_pb2.ReadSnapshotResponse]  # type: ignore[assignment]
+    """Streams a record's payload after verifying the record: its signature before
+    anything is decompressed, then the payload digest. The first message carries
+    the record's metadata.
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.ListSnapshotsRequest, _snapshot_service_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """Lists the calling tenant's records, newest first, a page at a time."""
+    DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.DeleteSnapshotRequest, _snapshot_service_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
+    """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
 
 class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The snapshot store: durable content-addressed blobs. A blob's address is the
@@ -219,5 +267,65 @@ class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes now every blob that has no reference and has been untouched for the
         grace period (the store also does this periodically when configured to).
         """
+
+    @_abc_1.abstractmethod
+    def CreateSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_snapshot_service_pb2.CreateSnapshotRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.CreateSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.CreateSnapshotResponse]]:
+        """Stores a snapshot record: a header first, then the payload in chunks. The store
+        encodes the record file (docs/SNAPSHOT_FORMAT.md), signs it when it holds a key,
+        stores it as a blob and references it for the calling tenant, so quotas and GC
+        apply. Idempotent per (tenant, kind, engine_fingerprint, source_digest, variant):
+        creating it again replaces the old record (releasing its blob reference).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSnapshot(
+        self,
+        request: _snapshot_service_pb2.GetSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.GetSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.GetSnapshotResponse]]:
+        """Returns a snapshot record's metadata; another tenant's id is NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def FindSnapshot(
+        self,
+        request: _snapshot_service_pb2.FindSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.FindSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.FindSnapshotResponse]]:
+        """Returns the calling tenant's record for (kind, source_digest, variant) made by
+        `engine_fingerprint`. When one exists only for another engine fingerprint:
+        FAILED_PRECONDITION with reason ENGINE_FINGERPRINT_MISMATCH; when none exists:
+        NOT_FOUND with reason SNAPSHOT_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadSnapshot(
+        self,
+        request: _snapshot_service_pb2.ReadSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_snapshot_service_pb2.ReadSnapshotResponse], _abc.AsyncIterator[_snapshot_service_pb2.ReadSnapshotResponse]]:
+        """Streams a record's payload after verifying the record: its signature before
+        anything is decompressed, then the payload digest. The first message carries
+        the record's metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _snapshot_service_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.ListSnapshotsResponse, _abc.Awaitable[_snapshot_service_pb2.ListSnapshotsResponse]]:
+        """Lists the calling tenant's records, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshot(
+        self,
+        request: _snapshot_service_pb2.DeleteSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.DeleteSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.DeleteSnapshotResponse]]:
+        """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
 
 def add_SnapshotStoreServiceServicer_to_server(servicer: SnapshotStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
