@@ -109,6 +109,7 @@ class LocalStack:
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
             env.setdefault(prefix + "ARTIFACT_DIR", str(self.data_dir / "executor" / "artifacts"))
+            env.setdefault(prefix + "IMAGE_DIR", str(self.data_dir / "executor" / "images"))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there

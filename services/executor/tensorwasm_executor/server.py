@@ -11,10 +11,12 @@ from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
+from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.cuda_host import CudaHost
 from tensorwasm_executor.dispatcher_client import DispatcherClient
+from tensorwasm_executor.images import ImageProvider
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import Sandbox
@@ -77,6 +79,10 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     blobs = BlobClient(store_channel)
     modules = ModuleProvider(sandbox, blobs.get, compile_pool, artifact_dir=settings.artifact_dir)
+    images = ImageProvider(
+        sandbox, blobs.get, compile_pool, image_dir=settings.image_dir,
+        records=SnapshotClient(store_channel), cache_entries=settings.image_cache_entries,
+    )  # fmt: skip
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant
@@ -90,6 +96,7 @@ async def serve(settings: ExecutorSettings) -> None:
             admission=admission,
             instances=instances,
             gpu=gpu,
+            images=images,
         ),
         host.server,
     )

@@ -57,3 +57,9 @@ class InstanceNotFoundError(NotFoundError):
     """No live instance of that name exists for the tenant (never created, deleted, expired)."""
 
     reason = "INSTANCE_NOT_FOUND"
+
+
+class InitExportInvalidError(InvalidArgumentError):
+    """The init export is not an exported function `() -> ()` (metadata: export)."""
+
+    reason = "INIT_EXPORT_INVALID"

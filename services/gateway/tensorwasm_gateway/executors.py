@@ -28,14 +28,18 @@ class ExecutorPool:
         self._stubs = {a: pb_grpc.ExecutorServiceStub(c) for a, c in self._channels.items()}
         self._timeout = timeout
 
-    async def prepare(self, digest: str) -> pb.PrepareModuleResponse:
+    async def prepare(
+        self, digest: str, *, init_export: str = "", tenant: str = ""
+    ) -> pb.PrepareModuleResponse:
         """Compiles on the preferred replica; PrepareModule is idempotent, so any
         UNAVAILABLE replica is skipped for the next one."""
         last: ServiceError | None = None
         for address in rendezvous_order(digest, list(self._stubs)):
             try:
                 response: pb.PrepareModuleResponse = await self._stubs[address].PrepareModule(
-                    pb.PrepareModuleRequest(module_digest=digest),
+                    pb.PrepareModuleRequest(
+                        module_digest=digest, init_export=init_export, tenant=tenant
+                    ),
                     timeout=downstream_timeout(self._timeout),
                 )
                 return response

@@ -28,7 +28,7 @@ from tensorwasm.common.v1 import invocation_pb2 as tensorwasm_dot_common_dot_v1_
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tensorwasm/gateway/v1/gateway_service.proto\x12\x15tensorwasm.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\x80\x01\n\x0e\x46unctionConfig\x12.\n\x04wasi\x18\x01 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12>\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"\xfb\x01\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rmodule_digest\x18\x03 \x01(\t\x12\x19\n\x11module_size_bytes\x18\x04 \x01(\x03\x12\x37\n\x07\x65xports\x18\x05 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"q\n\x15\x43reateFunctionRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0c\n\x04wasm\x18\x02 \x01(\x0c\x12\x35\n\x06\x63onfig\x18\x03 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"K\n\x16\x43reateFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListFunctionsResponse\x12\x32\n\tfunctions\x18\x01 \x03(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteFunctionResponse\"\xa4\x01\n\rInvokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"_\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"O\n\x13InvokeStreamRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\"\xa5\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\tB\x07\n\x05\x65vent\"\x98\x01\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08idle_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9d\x01\n\x15\x43reateInstanceRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05stdin\x18\x02 \x01(\x0c\x12\x36\n\x06limits\x18\x03 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12+\n\x08idle_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x01\n\x16\x43reateInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"\"\n\x12GetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\"\x9b\x01\n\x13\x43\x61llInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"e\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"%\n\x15\x44\x65leteInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse2\xaf\x08\n\x0eGatewayService\x12m\n\x0e\x43reateFunction\x12,.tensorwasm.gateway.v1.CreateFunctionRequest\x1a-.tensorwasm.gateway.v1.CreateFunctionResponse\x12\x64\n\x0bGetFunction\x12).tensorwasm.gateway.v1.GetFunctionRequest\x1a*.tensorwasm.gateway.v1.GetFunctionResponse\x12j\n\rListFunctions\x12+.tensorwasm.gateway.v1.ListFunctionsRequest\x1a,.tensorwasm.gateway.v1.ListFunctionsResponse\x12m\n\x0e\x44\x65leteFunction\x12,.tensorwasm.gateway.v1.DeleteFunctionRequest\x1a-.tensorwasm.gateway.v1.DeleteFunctionResponse\x12U\n\x06Invoke\x12$.tensorwasm.gateway.v1.InvokeRequest\x1a%.tensorwasm.gateway.v1.InvokeResponse\x12i\n\x0cInvokeStream\x12*.tensorwasm.gateway.v1.InvokeStreamRequest\x1a+.tensorwasm.gateway.v1.InvokeStreamResponse0\x01\x12m\n\x0e\x43reateInstance\x12,.tensorwasm.gateway.v1.CreateInstanceRequest\x1a-.tensorwasm.gateway.v1.CreateInstanceResponse\x12\x64\n\x0bGetInstance\x12).tensorwasm.gateway.v1.GetInstanceRequest\x1a*.tensorwasm.gateway.v1.GetInstanceResponse\x12g\n\x0c\x43\x61llInstance\x12*.tensorwasm.gateway.v1.CallInstanceRequest\x1a+.tensorwasm.gateway.v1.CallInstanceResponse\x12m\n\x0e\x44\x65leteInstance\x12,.tensorwasm.gateway.v1.DeleteInstanceRequest\x1a-.tensorwasm.gateway.v1.DeleteInstanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tensorwasm/gateway/v1/gateway_service.proto\x12\x15tensorwasm.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\xa6\x01\n\x0e\x46unctionConfig\x12.\n\x04wasi\x18\x01 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12>\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x13\n\x0binit_export\x18\x03 \x01(\t\x12\x0f\n\x07no_init\x18\x04 \x01(\x08\"\xfb\x01\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rmodule_digest\x18\x03 \x01(\t\x12\x19\n\x11module_size_bytes\x18\x04 \x01(\x03\x12\x37\n\x07\x65xports\x18\x05 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"q\n\x15\x43reateFunctionRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0c\n\x04wasm\x18\x02 \x01(\x0c\x12\x35\n\x06\x63onfig\x18\x03 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"K\n\x16\x43reateFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListFunctionsResponse\x12\x32\n\tfunctions\x18\x01 \x03(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteFunctionResponse\"\xa4\x01\n\rInvokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"_\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"O\n\x13InvokeStreamRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\"\xa5\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\tB\x07\n\x05\x65vent\"\x98\x01\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08idle_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9d\x01\n\x15\x43reateInstanceRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05stdin\x18\x02 \x01(\x0c\x12\x36\n\x06limits\x18\x03 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12+\n\x08idle_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x01\n\x16\x43reateInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"\"\n\x12GetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\"\x9b\x01\n\x13\x43\x61llInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"e\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"%\n\x15\x44\x65leteInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse2\xaf\x08\n\x0eGatewayService\x12m\n\x0e\x43reateFunction\x12,.tensorwasm.gateway.v1.CreateFunctionRequest\x1a-.tensorwasm.gateway.v1.CreateFunctionResponse\x12\x64\n\x0bGetFunction\x12).tensorwasm.gateway.v1.GetFunctionRequest\x1a*.tensorwasm.gateway.v1.GetFunctionResponse\x12j\n\rListFunctions\x12+.tensorwasm.gateway.v1.ListFunctionsRequest\x1a,.tensorwasm.gateway.v1.ListFunctionsResponse\x12m\n\x0e\x44\x65leteFunction\x12,.tensorwasm.gateway.v1.DeleteFunctionRequest\x1a-.tensorwasm.gateway.v1.DeleteFunctionResponse\x12U\n\x06Invoke\x12$.tensorwasm.gateway.v1.InvokeRequest\x1a%.tensorwasm.gateway.v1.InvokeResponse\x12i\n\x0cInvokeStream\x12*.tensorwasm.gateway.v1.InvokeStreamRequest\x1a+.tensorwasm.gateway.v1.InvokeStreamResponse0\x01\x12m\n\x0e\x43reateInstance\x12,.tensorwasm.gateway.v1.CreateInstanceRequest\x1a-.tensorwasm.gateway.v1.CreateInstanceResponse\x12\x64\n\x0bGetInstance\x12).tensorwasm.gateway.v1.GetInstanceRequest\x1a*.tensorwasm.gateway.v1.GetInstanceResponse\x12g\n\x0c\x43\x61llInstance\x12*.tensorwasm.gateway.v1.CallInstanceRequest\x1a+.tensorwasm.gateway.v1.CallInstanceResponse\x12m\n\x0e\x44\x65leteInstance\x12,.tensorwasm.gateway.v1.DeleteInstanceRequest\x1a-.tensorwasm.gateway.v1.DeleteInstanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,51 +36,51 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.gateway.v1.gatew
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FUNCTIONCONFIG']._serialized_start=210
-  _globals['_FUNCTIONCONFIG']._serialized_end=338
-  _globals['_FUNCTION']._serialized_start=341
-  _globals['_FUNCTION']._serialized_end=592
-  _globals['_CREATEFUNCTIONREQUEST']._serialized_start=594
-  _globals['_CREATEFUNCTIONREQUEST']._serialized_end=707
-  _globals['_CREATEFUNCTIONRESPONSE']._serialized_start=709
-  _globals['_CREATEFUNCTIONRESPONSE']._serialized_end=784
-  _globals['_GETFUNCTIONREQUEST']._serialized_start=786
-  _globals['_GETFUNCTIONREQUEST']._serialized_end=820
-  _globals['_GETFUNCTIONRESPONSE']._serialized_start=822
-  _globals['_GETFUNCTIONRESPONSE']._serialized_end=894
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=896
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=957
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=959
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1059
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1061
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=1098
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1100
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=1124
-  _globals['_INVOKEREQUEST']._serialized_start=1127
-  _globals['_INVOKEREQUEST']._serialized_end=1291
-  _globals['_INVOKERESPONSE']._serialized_start=1293
-  _globals['_INVOKERESPONSE']._serialized_end=1388
-  _globals['_INVOKESTREAMREQUEST']._serialized_start=1390
-  _globals['_INVOKESTREAMREQUEST']._serialized_end=1469
-  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1472
-  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1637
-  _globals['_INSTANCE']._serialized_start=1640
-  _globals['_INSTANCE']._serialized_end=1792
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1795
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1952
-  _globals['_CREATEINSTANCERESPONSE']._serialized_start=1955
-  _globals['_CREATEINSTANCERESPONSE']._serialized_end=2088
-  _globals['_GETINSTANCEREQUEST']._serialized_start=2090
-  _globals['_GETINSTANCEREQUEST']._serialized_end=2124
-  _globals['_GETINSTANCERESPONSE']._serialized_start=2126
-  _globals['_GETINSTANCERESPONSE']._serialized_end=2198
-  _globals['_CALLINSTANCEREQUEST']._serialized_start=2201
-  _globals['_CALLINSTANCEREQUEST']._serialized_end=2356
-  _globals['_CALLINSTANCERESPONSE']._serialized_start=2358
-  _globals['_CALLINSTANCERESPONSE']._serialized_end=2459
-  _globals['_DELETEINSTANCEREQUEST']._serialized_start=2461
-  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2498
-  _globals['_DELETEINSTANCERESPONSE']._serialized_start=2500
-  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2524
-  _globals['_GATEWAYSERVICE']._serialized_start=2527
-  _globals['_GATEWAYSERVICE']._serialized_end=3598
+  _globals['_FUNCTIONCONFIG']._serialized_end=376
+  _globals['_FUNCTION']._serialized_start=379
+  _globals['_FUNCTION']._serialized_end=630
+  _globals['_CREATEFUNCTIONREQUEST']._serialized_start=632
+  _globals['_CREATEFUNCTIONREQUEST']._serialized_end=745
+  _globals['_CREATEFUNCTIONRESPONSE']._serialized_start=747
+  _globals['_CREATEFUNCTIONRESPONSE']._serialized_end=822
+  _globals['_GETFUNCTIONREQUEST']._serialized_start=824
+  _globals['_GETFUNCTIONREQUEST']._serialized_end=858
+  _globals['_GETFUNCTIONRESPONSE']._serialized_start=860
+  _globals['_GETFUNCTIONRESPONSE']._serialized_end=932
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=934
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=995
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=997
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1097
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1099
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=1136
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1138
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=1162
+  _globals['_INVOKEREQUEST']._serialized_start=1165
+  _globals['_INVOKEREQUEST']._serialized_end=1329
+  _globals['_INVOKERESPONSE']._serialized_start=1331
+  _globals['_INVOKERESPONSE']._serialized_end=1426
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=1428
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=1507
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1510
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1675
+  _globals['_INSTANCE']._serialized_start=1678
+  _globals['_INSTANCE']._serialized_end=1830
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1833
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1990
+  _globals['_CREATEINSTANCERESPONSE']._serialized_start=1993
+  _globals['_CREATEINSTANCERESPONSE']._serialized_end=2126
+  _globals['_GETINSTANCEREQUEST']._serialized_start=2128
+  _globals['_GETINSTANCEREQUEST']._serialized_end=2162
+  _globals['_GETINSTANCERESPONSE']._serialized_start=2164
+  _globals['_GETINSTANCERESPONSE']._serialized_end=2236
+  _globals['_CALLINSTANCEREQUEST']._serialized_start=2239
+  _globals['_CALLINSTANCEREQUEST']._serialized_end=2394
+  _globals['_CALLINSTANCERESPONSE']._serialized_start=2396
+  _globals['_CALLINSTANCERESPONSE']._serialized_end=2497
+  _globals['_DELETEINSTANCEREQUEST']._serialized_start=2499
+  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2536
+  _globals['_DELETEINSTANCERESPONSE']._serialized_start=2538
+  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2562
+  _globals['_GATEWAYSERVICE']._serialized_start=2565
+  _globals['_GATEWAYSERVICE']._serialized_end=3636
 # @@protoc_insertion_point(module_scope)
