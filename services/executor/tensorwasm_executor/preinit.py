@@ -26,9 +26,13 @@ blocks.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import functools
 import json
 import mmap
+import os
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +57,45 @@ _PREFIX = struct.Struct("<8sII")
 # Value kinds an image can hold (wasmtime_valkind_t): i32, i64, f32, f64, v128.
 NUMERIC_KINDS = frozenset({0, 1, 2, 3, 4})
 _VALUE_BYTES = 16
+_MAP_FIXED = 0x10  # Linux
+
+
+@functools.cache
+def _libc() -> Any:
+    """libc's mmap (Linux only; None elsewhere), loaded on first use."""
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_long,
+    ]  # fmt: skip
+    return libc
+
+
 _KIND_BYTES = {0: 4, 1: 8, 2: 4, 3: 8, 4: 16}
+
+
+class ImageFile:
+    """An open image file whose page-aligned blocks can be mapped into linear memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 @dataclass(frozen=True)
 class MemoryImage:
-    """One linear memory: the export that reaches it, its size in pages, its bytes."""
+    """One linear memory: the export that reaches it, its size in pages, its bytes, and
+    (when loaded from a file) that file and the block's offset in it."""
 
     export: str
     pages: int
     data: bytes | memoryview
+    source: tuple[ImageFile, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +168,7 @@ def encode_image(image: InstanceImage) -> bytes:
     return bytes(out)
 
 
-def decode_image(buffer: bytes | memoryview) -> InstanceImage:
+def decode_image(buffer: bytes | memoryview, source: ImageFile | None = None) -> InstanceImage:
     """Parses a payload; memory blocks are views into `buffer` (no copy).
 
     Raises:
@@ -155,7 +188,7 @@ def decode_image(buffer: bytes | memoryview) -> InstanceImage:
         )
     try:
         header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_length]))
-        memories = tuple(_memory(view, entry) for entry in header["memories"])
+        memories = tuple(_memory(view, entry, source) for entry in header["memories"])
         globals_ = tuple(
             GlobalImage(str(g["export"]), int(g["kind"]), bytes.fromhex(g["bits"]))
             for g in header["globals"]
@@ -176,22 +209,23 @@ def decode_image(buffer: bytes | memoryview) -> InstanceImage:
     return image
 
 
-def _memory(view: memoryview, entry: dict[str, Any]) -> MemoryImage:
+def _memory(view: memoryview, entry: dict[str, Any], source: ImageFile | None) -> MemoryImage:
     offset, length, pages = int(entry["offset"]), int(entry["length"]), int(entry["pages"])
     if offset < 0 or length != pages * PAGE_BYTES or offset + length > len(view):
         raise ImageFormatError(f"instance image memory {entry.get('export')!r} is out of bounds")
-    return MemoryImage(str(entry["export"]), pages, view[offset : offset + length])
+    located = (source, offset) if source is not None and offset % _ALIGN == 0 else None
+    return MemoryImage(str(entry["export"]), pages, view[offset : offset + length], located)
 
 
 def read_image_file(path: Path) -> InstanceImage:
     """Maps a cached payload file (copy-on-write, so blocks can be handed to ctypes) and
     decodes it. The mapping lives as long as the image's memory views do."""
-    with path.open("rb") as file:
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageFormatError("instance image file is empty")
-        mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)
-    return decode_image(memoryview(mapping))
+    source = ImageFile(path)
+    size = os.fstat(source.fd).st_size
+    if size == 0:
+        raise ImageFormatError("instance image file is empty")
+    mapping = mmap.mmap(source.fd, size, access=mmap.ACCESS_COPY)
+    return decode_image(memoryview(mapping), source)
 
 
 # --- reading and writing an instance's state through its exports -------------------------------
@@ -245,7 +279,27 @@ def write_global(store: wasmtime.Store, global_: Any, kind: int, bits: bytes) ->
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-def _write_memory(store: wasmtime.Store, memory: Any, pages: int, data: bytes | memoryview) -> None:
+def _map_private(pointer: Any, length: int, source: ImageFile, offset: int) -> bool:
+    """Maps the file block copy-on-write over the memory's first `length` bytes (as
+    wasmtime maps a module's data segments): pages are read lazily, writes stay private.
+    False where that is not possible (then the bytes are copied)."""
+    address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+    libc = _libc()
+    if libc is None or address % mmap.PAGESIZE or offset % mmap.PAGESIZE:
+        return False
+    flags = mmap.MAP_PRIVATE | _MAP_FIXED
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    mapped = libc.mmap(address, length, prot, flags, source.fd, offset)
+    return bool(mapped == address)
+
+
+def _write_memory(
+    store: wasmtime.Store,
+    memory: Any,
+    pages: int,
+    data: bytes | memoryview,
+    source: tuple[ImageFile, int] | None = None,
+) -> None:
     context = store._context()
     handle = ctypes.byref(memory.of.memory)
     current = int(ffi.wasmtime_memory_size(context, handle))
@@ -261,6 +315,8 @@ def _write_memory(store: wasmtime.Store, memory: Any, pages: int, data: bytes | 
     if not data:
         return
     pointer = ffi.wasmtime_memory_data(context, handle)
+    if source is not None and _map_private(pointer, len(data), *source):
+        return
     if isinstance(data, memoryview) and data.readonly:  # a view of bytes: ctypes needs a copy
         data = data.tobytes()
     if isinstance(data, bytes):
@@ -278,7 +334,7 @@ def apply_image(store: wasmtime.Store, instance: Any, image: InstanceImage) -> N
     """
     for memory in image.memories:
         item = export_of(store, instance, memory.export, ffi.WASMTIME_EXTERN_MEMORY)
-        _write_memory(store, item, memory.pages, memory.data)
+        _write_memory(store, item, memory.pages, memory.data, memory.source)
     for value in image.globals:
         item = export_of(store, instance, value.export, ffi.WASMTIME_EXTERN_GLOBAL)
         write_global(store, item, value.kind, value.bits)

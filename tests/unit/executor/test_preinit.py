@@ -282,3 +282,25 @@ def test_an_image_larger_than_the_memory_limit_fails_the_call(
     assert one(sandbox, module, "pages", image=image) == 16
     outcome = sandbox.invoke(module, "pages", [], image=image, max_memory_bytes=4 * 65536)
     assert outcome.failure is not None and outcome.results is None
+
+
+def test_an_image_mapped_from_its_file_is_copy_on_write(
+    sandbox: Sandbox, wasm: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    source = wasm("preinit_table")
+    module = compiled(sandbox, source)
+    path = tmp_path / "image.twimg"
+    path.write_bytes(preinit.encode_image(sandbox.capture_image(module, source, INIT)))
+    before = path.read_bytes()
+    image = preinit.read_image_file(path)
+    assert image.memories[0].source is not None  # page-aligned: mapped, not copied
+    resident, _ = sandbox.spawn(module, image=image)
+    assert resident is not None
+    try:
+        bumps = [resident.call("bump", []).results for _ in range(3)]
+        assert [b[0].payload for b in bumps if b] == [1, 2, 3]
+    finally:
+        resident.terminate()
+    assert one(sandbox, module, "bump", image=image) == 1  # the guest's writes stayed private
+    assert one(sandbox, module, "init_runs", image=image) == 1
+    assert path.read_bytes() == before
