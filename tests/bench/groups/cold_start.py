@@ -73,10 +73,7 @@ def sized_module(size: int, *, data: bytes | None) -> bytes:
         _section(5, b"\x01\x00" + _uleb(pages)),
         _section(
             7,
-            b"\x03"
-            + b"\x06memory\x02\x00"
-            + b"\x04init\x00\x00"
-            + b"\x04noop\x00\x01",
+            b"\x03" + b"\x06memory\x02\x00" + b"\x04init\x00\x00" + b"\x04noop\x00\x01",
         ),
     ]
     if data is not None:
@@ -181,31 +178,42 @@ class _Sized:
             bench("wasmtime/deserialize_file", self.deserialize_file, text="deserialize_file"),
             bench("wasmtime/deserialize", self.deserialize, text="Module.deserialize(bytes)"),
             bench(
-                "wasmtime/deserialize_file_instantiate", self.deserialize_file_instantiate,
+                "wasmtime/deserialize_file_instantiate",
+                self.deserialize_file_instantiate,
                 text="deserialize_file + fresh store + instantiate (data segment: CoW map)",
-            ),  # fmt: skip
+            ),
             bench(
-                "wasmtime/disk_round_trip", self.wasmtime_disk_round_trip,
+                "wasmtime/disk_round_trip",
+                self.wasmtime_disk_round_trip,
                 text="serialize + atomic fsynced write + deserialize_file",
-            ),  # fmt: skip
+            ),
             bench(
-                "cold_start/capture", self.capture, "wasmtime/serialize",
+                "cold_start/capture",
+                self.capture,
+                "wasmtime/serialize",
                 text="capture_image (probe compile + init fill) + encode_image",
-            ),  # fmt: skip
+            ),
             bench(
-                "cold_start/restore", self.restore, "wasmtime/deserialize_file",
-                "wasmtime/deserialize", "wasmtime/deserialize_file_instantiate",
+                "cold_start/restore",
+                self.restore,
+                "wasmtime/deserialize_file",
+                "wasmtime/deserialize",
+                "wasmtime/deserialize_file_instantiate",
                 text="read_image_file (mmap) + fresh store + instantiate + apply_image",
-            ),  # fmt: skip
+            ),
             bench(
-                "cold_start/restore_in_memory", self.restore_in_memory,
-                "wasmtime/deserialize_file", "wasmtime/deserialize_file_instantiate",
+                "cold_start/restore_in_memory",
+                self.restore_in_memory,
+                "wasmtime/deserialize_file",
+                "wasmtime/deserialize_file_instantiate",
                 text="fresh store + instantiate + apply_image from the in-memory image",
-            ),  # fmt: skip
+            ),
             bench(
-                "cold_start/disk_round_trip", self.disk_round_trip, "wasmtime/disk_round_trip",
+                "cold_start/disk_round_trip",
+                self.disk_round_trip,
+                "wasmtime/disk_round_trip",
                 text="encode_image + atomic fsynced write + read_image_file",
-            ),  # fmt: skip
+            ),
         ]
 
 
@@ -229,14 +237,16 @@ def _first_call_benchmarks(sandbox: Sandbox, module: CompiledModule, wasm: bytes
 
     return [
         Benchmark(
-            "cold_start/first_call/init", lambda: first_call(False),
+            "cold_start/first_call/init",
+            lambda: first_call(False),
             description="live instance: instantiate + wizer.initialize + lookup",
-        ),  # fmt: skip
+        ),
         Benchmark(
-            "cold_start/first_call/image", lambda: first_call(True),
+            "cold_start/first_call/image",
+            lambda: first_call(True),
             ("cold_start/first_call/init",),
             "live instance from the image (instantiate + apply 5 MiB) + lookup",
-        ),  # fmt: skip
+        ),
     ]
 
 
