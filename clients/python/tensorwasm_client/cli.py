@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--fuel", type=int, default=0, help="default instruction budget")
     deploy.add_argument("--memory", type=int, default=0, help="default linear-memory cap (bytes)")
     deploy.add_argument("--argv", action="append", default=[], help="guest argv entry (repeat)")
+    init = deploy.add_mutually_exclusive_group()
+    init.add_argument(
+        "--init-export",
+        default="",
+        help="export () -> () run once at deploy; calls start from the state it leaves "
+        "(default: wizer.initialize when exported)",
+    )
+    init.add_argument(
+        "--no-init", action="store_true", help="do not pre-initialise with wizer.initialize"
+    )
     commands.add_parser("list", help="list functions")
     snapshots.add_parser(commands)
     get = commands.add_parser("get", help="show one function")
@@ -224,13 +234,20 @@ def _deploy(args: argparse.Namespace) -> int:
             guest_dir=args.guest_dir if args.dir else "",
         ),
         default_limits=invocation_limits(args.timeout, args.fuel, args.memory),
+        init_export=args.init_export,
+        no_init=args.no_init,
     )
     with _client(args) as client:
         function = client.create_function(name, source, config)
     exports = {e.name: _signature(e.signature) for e in function.exports}
     print(
         json.dumps(
-            {"name": function.name, "module_digest": function.module_digest, "exports": exports}
+            {
+                "name": function.name,
+                "module_digest": function.module_digest,
+                "exports": exports,
+                "init_export": function.config.init_export,
+            }
         )
     )
     return 0

@@ -122,6 +122,7 @@ class LocalStack:
             env.setdefault(prefix + "GUEST_DIRS_ROOT", str(self.data_dir / "guest-dirs"))
             artifacts = self.data_dir / replica / "artifacts"
             env.setdefault(prefix + "ARTIFACT_DIR", str(artifacts))
+            env.setdefault(prefix + "IMAGE_DIR", str(self.data_dir / replica / "images"))
         if name in ("executor", "gateway"):
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there

@@ -7,8 +7,12 @@ from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
 __all__ = [
     "ArgumentMismatchError",
     "ExportNotFoundError",
+    "ImageFormatError",
+    "InitExportInvalidError",
+    "InitFailedError",
     "InvalidValueError",
     "InvalidWasmError",
+    "PreinitStateUnsupportedError",
     "UnsatisfiedImportError",
     "UnsupportedValueTypeError",
 ]
@@ -49,3 +53,31 @@ class UnsatisfiedImportError(ServiceError):
 
     code = Code.FAILED_PRECONDITION
     reason = "UNSATISFIED_IMPORT"
+
+
+class InitExportInvalidError(InvalidArgumentError):
+    """The init export is not an exported function `() -> ()` (metadata: export)."""
+
+    reason = "INIT_EXPORT_INVALID"
+
+
+class InitFailedError(ServiceError):
+    """The start function or the init export failed while building an image
+    (metadata: stage "start" | "init", export, trap_code)."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = "INIT_FAILED"
+
+
+class PreinitStateUnsupportedError(ServiceError):
+    """Init changed state an image cannot restore (metadata: kind, index)."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = "PREINIT_STATE_UNSUPPORTED"
+
+
+class ImageFormatError(ServiceError):
+    """A pre-initialised instance image is malformed or of an unknown format version."""
+
+    code = Code.DATA_LOSS
+    reason = "INSTANCE_IMAGE_INVALID"

@@ -27,7 +27,7 @@ from tensorwasm_common.errors import (
     UnavailableError,
 )
 
-from tensorwasm_executor import rawcall
+from tensorwasm_executor import capture, preinit, rawcall
 from tensorwasm_executor.errors import (
     ArgumentMismatchError,
     ExportNotFoundError,
@@ -35,7 +35,9 @@ from tensorwasm_executor.errors import (
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )
+from tensorwasm_executor.preinit import InstanceImage
 from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_executor.wasm_exports import export_everything
 
 __all__ = [
     "CompiledModule", "ExportInfo", "Failure", "HostModule", "HostState", "Outcome",
@@ -405,9 +407,14 @@ class _Session:
             self.store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
 
     def run(
-        self, module: CompiledModule, info: ExportInfo | None, args: Sequence[WasmValue]
+        self,
+        module: CompiledModule,
+        info: ExportInfo | None,
+        args: Sequence[WasmValue],
+        image: InstanceImage | None = None,
     ) -> tuple[tuple[WasmValue, ...] | None, Failure | None, float]:
-        """Instantiates (when not yet done) and calls `info` (None: instantiate only).
+        """Instantiates (when not yet done, then writes `image` into the new instance) and
+        calls `info` (None: instantiate only).
 
         Returns (results, failure, guest seconds); guest failures are not raised.
         """
@@ -419,6 +426,8 @@ class _Session:
         try:
             if self.instance is None:
                 self.instance = rawcall.instantiate(module.instance_pre, self.store)
+                if image is not None:
+                    preinit.apply_image(self.store, self.instance, image)
             if info is not None:
                 results = rawcall.call(self.store, self.instance, info.name, info.results, args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -707,6 +716,7 @@ class Sandbox:
         cancel: threading.Event | None = None,
         wasi: WasiOptions = NO_WASI_OPTIONS,
         host_state: HostState | None = None,
+        image: InstanceImage | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -735,6 +745,8 @@ class Sandbox:
             wasi: argv, environment and the read-only directory.
             host_state: the store's host-module state (closed with the store); the
                 store's only call is final for it.
+            image: a pre-initialised image of `module`, written into the instance
+                before the call (init is not run again).
 
         Returns:
             The Outcome: results or a Failure, captured output and guest time.
@@ -761,7 +773,7 @@ class Sandbox:
                 )  # fmt: skip
                 if cancel is not None and cancel.is_set():
                     return session.outcome(None, _CANCELLED, 0.0)
-                return session.outcome(*session.run(module, info, args))
+                return session.outcome(*session.run(module, info, args, image))
             finally:
                 session.close()
 
@@ -775,6 +787,7 @@ class Sandbox:
         max_output_bytes: int | None = None,
         max_memory_bytes: int | None = None,
         host_state: HostState | None = None,
+        image: InstanceImage | None = None,
     ) -> tuple[Resident | None, Outcome]:
         """Instantiates `module` into a long-lived store (running its start function).
 
@@ -787,6 +800,8 @@ class Sandbox:
             max_memory_bytes: the linear-memory cap for the instance's whole life.
             host_state: the instance's host-module state, for its whole life (closed
                 when the instance is terminated).
+            image: a pre-initialised image of `module`, written into the instance once
+                it is instantiated.
 
         Returns:
             (the Resident, the instantiation's Outcome), or (None, the Outcome with the
@@ -806,11 +821,63 @@ class Sandbox:
             session.begin(
                 limits, self._tick, fuel_metering=self.fuel_metering, on_output=None, events=()
             )
-            outcome = session.outcome(*session.run(module, None, ()))
+            outcome = session.outcome(*session.run(module, None, (), image))
             if outcome.failure is not None:
                 session.close()
                 return None, outcome
         return Resident(self, module, session), outcome
+
+    def capture_image(
+        self,
+        module: CompiledModule,
+        wasm: bytes,
+        init_export: str,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> InstanceImage:
+        """Runs `init_export` once and returns the image of the state it left.
+
+        Init runs in a fresh instance of a probe copy of `wasm` (every memory and global
+        exported; see `capture`) with no WASI argv, environment, directory or stdin, no
+        host-module state, and its output discarded, under the sandbox's memory cap.
+
+        Args:
+            module: `wasm` as compiled by this sandbox (its exports are checked).
+            wasm: the module's bytes.
+            init_export: a function export `() -> ()`.
+            timeout_seconds: the deadline of start function + init.
+
+        Raises:
+            InitExportInvalidError: no such export, or not `() -> ()`.
+            InitFailedError: the start function or init failed (no image).
+            PreinitStateUnsupportedError: init changed state no image can restore.
+            InvalidWasmError: the probe copy does not compile.
+        """
+        self._own(module)
+        capture.check_init_export(module.exports, init_export)
+        probes = export_everything(wasm)
+        try:
+            probe_module = wasmtime.Module(self._engine, probes.wasm)
+            pre = self._linker.instantiate_pre(probe_module)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": module.digest}) from None
+        limits = self._call_limits(timeout_seconds, 0, None, None)
+        with self._activity():
+            session = _Session(
+                self._engine, stdin=b"", wasi=NO_WASI_OPTIONS, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=False,
+            )  # fmt: skip
+            try:
+                session.begin(
+                    limits, self._tick, fuel_metering=self.fuel_metering, on_output=None,
+                    events=(),
+                )  # fmt: skip
+                return capture.run_init(
+                    session.store, pre, probes, probe_module, source_digest=module.digest,
+                    engine_fingerprint=self._fingerprint, init_export=init_export,
+                )  # fmt: skip
+            finally:
+                session.close()
 
     def _own(self, module: CompiledModule) -> None:
         if module.engine is not self._engine:

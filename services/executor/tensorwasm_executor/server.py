@@ -16,6 +16,7 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.cuda_host import CudaHost
 from tensorwasm_executor.dispatcher_client import DispatcherClient
+from tensorwasm_executor.images import ImageProvider
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.jit_client import JitClient
 from tensorwasm_executor.jit_host import JitHost
@@ -91,6 +92,10 @@ async def serve(settings: ExecutorSettings) -> None:
         artifact_dir=settings.artifact_dir,
         snapshots=SnapshotClient(store_channel),
     )
+    images = ImageProvider(
+        sandbox, blobs.get, compile_pool, image_dir=settings.image_dir,
+        records=SnapshotClient(store_channel), cache_entries=settings.image_cache_entries,
+    )  # fmt: skip
     host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant
@@ -104,6 +109,7 @@ async def serve(settings: ExecutorSettings) -> None:
             admission=admission,
             instances=instances,
             gpu=gpu,
+            images=images,
         ),
         host.server,
     )

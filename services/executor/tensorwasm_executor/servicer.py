@@ -21,8 +21,10 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.cuda_host import CudaHost
+from tensorwasm_executor.images import ImageProvider
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.modules import ModuleProvider
+from tensorwasm_executor.preinit import InstanceImage
 from tensorwasm_executor.sandbox import CompiledModule, HostState, Outcome, OutputSink, Sandbox
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasi import wasi_from_wire
@@ -50,6 +52,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         admission: Admission,
         instances: InstanceTable,
         gpu: CudaHost | None = None,
+        images: ImageProvider | None = None,
     ) -> None:
         self._settings = settings
         self._sandbox = sandbox
@@ -58,16 +61,29 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self._admission = admission
         self._instances = instances
         self._gpu = gpu
+        self._images = images
 
     async def PrepareModule(
         self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareModuleResponse:
         module, cache_hit = await self._modules.get(request.module_digest)
+        image = await self._image(module, request.init_export, request.tenant)
         return pb.PrepareModuleResponse(
             exports=[export_to_wire(e) for e in module.exports],
             engine_fingerprint=self._sandbox.engine_fingerprint,
             cache_hit=cache_hit,
+            image_memory_bytes=image.memory_bytes if image is not None else 0,
         )
+
+    async def _image(
+        self, module: CompiledModule, init_export: str, tenant: str
+    ) -> InstanceImage | None:
+        """The module's pre-initialised image after `init_export` (None: no init export)."""
+        if not init_export:
+            return None
+        if self._images is None:
+            raise UnavailableError("this executor does not pre-initialise instances")
+        return await self._images.get(module, init_export, tenant or DEFAULT_TENANT)
 
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
@@ -91,6 +107,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         ttl = self._idle_ttl(request)
         limits = self._limits(request.limits)
         module, _ = await self._modules.get(request.module_digest)
+        image = await self._image(module, request.init_export, tenant)
         reservation = self._instances.reserve(tenant)
         host_state = self._host_state(module, tenant)
 
@@ -101,7 +118,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                     timeout_seconds=limits["timeout_seconds"],
                     max_output_bytes=limits["max_output_bytes"],
                     max_memory_bytes=limits["max_memory_bytes"],
-                    host_state=host_state,
+                    host_state=host_state, image=image,
                 )  # fmt: skip
             except BaseException:
                 reservation.release()
@@ -230,6 +247,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         slot = self._admission.acquire(tenant)
         try:
             module, _ = await self._modules.get(request.module_digest)
+            image = await self._image(module, request.init_export, tenant)
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
             wasi = wasi_from_wire(
                 request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
@@ -244,6 +262,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 on_output=on_output,
                 cancel=cancel,
                 host_state=self._host_state(module, tenant),
+                image=image,
                 **self._limits(request.limits),
             )
         except BaseException:

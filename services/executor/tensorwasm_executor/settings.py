@@ -35,6 +35,12 @@ class ExecutorSettings(ServerSettings):
     artifact_dir: Path | None = dataclasses.field(
         default_factory=lambda: default_data_dir() / "executor" / "artifacts"
     )
+    # Pre-initialised instance images (per engine fingerprint), memory-mapped on load, and
+    # how many decoded images are kept in memory.
+    image_dir: Path | None = dataclasses.field(
+        default_factory=lambda: default_data_dir() / "executor" / "images"
+    )
+    image_cache_entries: int = 32
     max_instances: int = 1000
     max_instances_per_tenant: int = 100
     instance_idle_ttl_seconds: float = 300.0
@@ -72,6 +78,8 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("workers: must be positive")
         if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
+        if self.image_cache_entries <= 0:
+            raise SettingsError("image_cache_entries: must be positive")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
             raise SettingsError("max_output_bytes and module_cache_entries must be positive")
         if self.max_in_flight < 0 or self.max_in_flight_per_tenant < 0:

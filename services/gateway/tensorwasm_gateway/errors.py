@@ -74,3 +74,9 @@ class AsyncCapacityExhaustedError(ResourceExhaustedError):
     """The gateway holds its maximum number of unfinished async invocations."""
 
     reason = "ASYNC_CAPACITY_EXHAUSTED"
+
+
+class InitExportInvalidError(InvalidArgumentError):
+    """The init export is not an exported function `() -> ()` (metadata: export)."""
+
+    reason = "INIT_EXPORT_INVALID"

@@ -187,7 +187,9 @@ class ExecutorPool:
             digest, [r.view() for r in self._replicas.values()], load_factor=self._load_factor
         )
 
-    async def prepare(self, digest: str) -> pb.PrepareModuleResponse:
+    async def prepare(
+        self, digest: str, *, init_export: str = "", tenant: str = ""
+    ) -> pb.PrepareModuleResponse:
         """Compiles on the preferred replica; PrepareModule is idempotent, so any
         UNAVAILABLE replica is skipped for the next one."""
         last: ServiceError | None = None
@@ -196,7 +198,9 @@ class ExecutorPool:
                 response: pb.PrepareModuleResponse = await self._replicas[
                     address
                 ].stub.PrepareModule(
-                    pb.PrepareModuleRequest(module_digest=digest),
+                    pb.PrepareModuleRequest(
+                        module_digest=digest, init_export=init_export, tenant=tenant
+                    ),
                     timeout=downstream_timeout(self._timeout),
                 )
                 return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
 import blake3
@@ -19,6 +20,7 @@ from tensorwasm_gateway.errors import (
     ExportRequiredError,
     FunctionAlreadyExistsError,
     FunctionNotFoundError,
+    InitExportInvalidError,
     InvalidNameError,
     InvalidWasmError,
     ModuleTooLargeError,
@@ -38,6 +40,7 @@ INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
 _log = logging.getLogger(__name__)
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
+DEFAULT_INIT_EXPORT = "wizer.initialize"
 TYPE_NAMES = {
     values_pb2.VALUE_TYPE_I32: "i32",
     values_pb2.VALUE_TYPE_I64: "i64",
@@ -95,6 +98,39 @@ def function_config(record: FunctionRecord) -> gateway_pb.FunctionConfig:
     return gateway_pb.FunctionConfig.FromString(record.config)
 
 
+def resolve_init_export(
+    config: gateway_pb.FunctionConfig, exports: Sequence[values_pb2.ExportedFunction]
+) -> str:
+    """The init export a deploy asks for: the named one (checked: an exported function
+    `() -> ()`), none with `no_init`, else `wizer.initialize` when it is such an export.
+
+    Raises:
+        InitExportInvalidError: the named export is missing or not `() -> ()`, or both
+            `init_export` and `no_init` are set.
+    """
+    if config.no_init:
+        if config.init_export:
+            raise InitExportInvalidError(
+                "init_export and no_init exclude each other",
+                metadata={"export": config.init_export[:200]},
+            )
+        return ""
+    by_name = {e.name: e for e in exports}
+    if not config.init_export:
+        default = by_name.get(DEFAULT_INIT_EXPORT)
+        if default is None or default.signature.params or default.signature.results:
+            return ""
+        return DEFAULT_INIT_EXPORT
+    export = by_name.get(config.init_export)
+    if export is None or export.signature.params or export.signature.results:
+        raise InitExportInvalidError(
+            f"init export {config.init_export!r} must be an exported function taking and "
+            "returning nothing",
+            metadata={"export": config.init_export[:200]},
+        )
+    return config.init_export
+
+
 def validate_tenant(tenant: str) -> str:
     """The tenant id, validated."""
     if not TENANT_ID.fullmatch(tenant):
@@ -133,6 +169,11 @@ class FunctionService:
         config = config or gateway_pb.FunctionConfig()
         check_wasi_config(config.wasi)
         check_limits(config.default_limits, "config.default_limits")
+        if config.no_init and config.init_export:
+            raise InitExportInvalidError(
+                "config.init_export and config.no_init exclude each other",
+                metadata={"export": config.init_export[:200]},
+            )
         if not FUNCTION_ID.fullmatch(function_id):
             raise InvalidNameError(
                 "function_id must match [a-z][a-z0-9-]{0,62}",
@@ -153,6 +194,14 @@ class FunctionService:
         reference = f"functions/{function_id}"
         await self._store.put(wasm, expected_digest=digest, ref_name=reference, tenant=tenant)
         prepared = await self._executors.prepare(digest)
+        try:
+            init_export = resolve_init_export(config, prepared.exports)
+            if init_export:  # run init now: a failing init fails the deploy, not a call
+                await self._executors.prepare(digest, init_export=init_export, tenant=tenant)
+        except ServiceError:
+            await self._release(tenant, digest, reference)
+            raise
+        config.init_export, config.no_init = init_export, not init_export
         exports = tuple(
             ExportRecord(
                 e.name,
@@ -238,6 +287,7 @@ class FunctionService:
         request.module_digest = record.module_digest
         request.tenant = tenant
         request.wasi.CopyFrom(config.wasi)
+        request.init_export = config.init_export
         request.limits.CopyFrom(self._limits(tenant, request.limits, config))
 
     def _limits(

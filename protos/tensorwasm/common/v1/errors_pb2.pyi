@@ -93,10 +93,24 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: _ErrorReason.ValueType  # 31
     """A snapshot record file has a format version this store cannot read."""
-    ERROR_REASON_INSTANCE_NOT_FOUND: _ErrorReason.ValueType  # 40
-    """(32-39 are reserved for the snapshot store, 50-69 for the GPU path.)
-    No live instance has that id for this tenant (never created, deleted, expired).
+    ERROR_REASON_INIT_EXPORT_INVALID: _ErrorReason.ValueType  # 35
+    """(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+    The function's init export is not an exported function taking and returning
+    nothing (metadata: export).
     """
+    ERROR_REASON_INIT_FAILED: _ErrorReason.ValueType  # 36
+    """The module's start function or its init export trapped, exited or ran out of time
+    while building a pre-initialised image; no image was made (metadata: stage, export,
+    trap_code).
+    """
+    ERROR_REASON_PREINIT_STATE_UNSUPPORTED: _ErrorReason.ValueType  # 37
+    """Init changed state that an image cannot restore: a memory or global the module does
+    not export, or a mutable reference-typed global (metadata: kind, index).
+    """
+    ERROR_REASON_INSTANCE_IMAGE_INVALID: _ErrorReason.ValueType  # 38
+    """A pre-initialised instance image is malformed or of an unknown format version."""
+    ERROR_REASON_INSTANCE_NOT_FOUND: _ErrorReason.ValueType  # 40
+    """No live instance has that id for this tenant (never created, deleted, expired)."""
     ERROR_REASON_INSTANCE_BUSY: _ErrorReason.ValueType  # 41
     """The instance stayed busy with other calls for this call's whole deadline."""
     ERROR_REASON_INVALID_WASI_CONFIG: _ErrorReason.ValueType  # 42
@@ -237,10 +251,24 @@ of it was decompressed.
 """
 ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: ErrorReason.ValueType  # 31
 """A snapshot record file has a format version this store cannot read."""
-ERROR_REASON_INSTANCE_NOT_FOUND: ErrorReason.ValueType  # 40
-"""(32-39 are reserved for the snapshot store, 50-69 for the GPU path.)
-No live instance has that id for this tenant (never created, deleted, expired).
+ERROR_REASON_INIT_EXPORT_INVALID: ErrorReason.ValueType  # 35
+"""(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+The function's init export is not an exported function taking and returning
+nothing (metadata: export).
 """
+ERROR_REASON_INIT_FAILED: ErrorReason.ValueType  # 36
+"""The module's start function or its init export trapped, exited or ran out of time
+while building a pre-initialised image; no image was made (metadata: stage, export,
+trap_code).
+"""
+ERROR_REASON_PREINIT_STATE_UNSUPPORTED: ErrorReason.ValueType  # 37
+"""Init changed state that an image cannot restore: a memory or global the module does
+not export, or a mutable reference-typed global (metadata: kind, index).
+"""
+ERROR_REASON_INSTANCE_IMAGE_INVALID: ErrorReason.ValueType  # 38
+"""A pre-initialised instance image is malformed or of an unknown format version."""
+ERROR_REASON_INSTANCE_NOT_FOUND: ErrorReason.ValueType  # 40
+"""No live instance has that id for this tenant (never created, deleted, expired)."""
 ERROR_REASON_INSTANCE_BUSY: ErrorReason.ValueType  # 41
 """The instance stayed busy with other calls for this call's whole deadline."""
 ERROR_REASON_INVALID_WASI_CONFIG: ErrorReason.ValueType  # 42

@@ -28,16 +28,26 @@ class PrepareModuleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    INIT_EXPORT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
+    init_export: _builtins.str
+    """When set, also makes (or finds) the module's pre-initialised image after this
+    init export, so that deploy reports INIT_FAILED / INIT_EXPORT_INVALID at once.
+    """
+    tenant: _builtins.str
+    """The tenant whose snapshot records hold the image (set by the gateway)."""
     def __init__(
         self,
         *,
         module_digest: _builtins.str = ...,
+        init_export: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_digest", b"module_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["init_export", b"init_export", "module_digest", b"module_digest", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -52,10 +62,13 @@ class PrepareModuleResponse(_message.Message):
     EXPORTS_FIELD_NUMBER: _builtins.int
     ENGINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
+    IMAGE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     engine_fingerprint: _builtins.str
     """The engine fingerprint (wasmtime version, config, target) the module was compiled for."""
     cache_hit: _builtins.bool
     """True when the compiled module was already in this executor's cache."""
+    image_memory_bytes: _builtins.int
+    """Bytes of linear memory in the pre-initialised image (0 without `init_export`)."""
     @_builtins.property
     def exports(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.ExportedFunction]:
         """The module's exported functions with their signatures."""
@@ -66,10 +79,11 @@ class PrepareModuleResponse(_message.Message):
         exports: _abc.Iterable[_values_pb2.ExportedFunction] | None = ...,
         engine_fingerprint: _builtins.str = ...,
         cache_hit: _builtins.bool = ...,
+        image_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "engine_fingerprint", b"engine_fingerprint", "exports", b"exports"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "engine_fingerprint", b"engine_fingerprint", "exports", b"exports", "image_memory_bytes", b"image_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,6 +102,7 @@ class InvokeRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     WASI_FIELD_NUMBER: _builtins.int
+    INIT_EXPORT_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     export_name: _builtins.str
@@ -96,6 +111,10 @@ class InvokeRequest(_message.Message):
     """Bytes the guest reads from WASI stdin."""
     tenant: _builtins.str
     """The tenant the call runs for (set by the gateway)."""
+    init_export: _builtins.str
+    """The function's init export: the instance starts from the module's pre-initialised
+    image after it (init runs once per image, not per call). Empty: no pre-initialisation.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -118,10 +137,11 @@ class InvokeRequest(_message.Message):
         limits: _invocation_pb2.InvocationLimits | None = ...,
         tenant: _builtins.str = ...,
         wasi: _invocation_pb2.WasiConfig | None = ...,
+        init_export: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,12 +244,17 @@ class CreateInstanceRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     WASI_FIELD_NUMBER: _builtins.int
     IDLE_TTL_FIELD_NUMBER: _builtins.int
+    INIT_EXPORT_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     tenant: _builtins.str
     """The tenant that will own the instance."""
     stdin: _builtins.bytes
     """Bytes the instance reads from WASI stdin, for its whole life."""
+    init_export: _builtins.str
+    """The function's init export: the instance starts from the pre-initialised image
+    after it, as for Invoke. Empty: no pre-initialisation.
+    """
     @_builtins.property
     def limits(self) -> _invocation_pb2.InvocationLimits:
         """The deadline of instantiation (start function included) in `timeout`, and the
@@ -255,10 +280,11 @@ class CreateInstanceRequest(_message.Message):
         limits: _invocation_pb2.InvocationLimits | None = ...,
         wasi: _invocation_pb2.WasiConfig | None = ...,
         idle_ttl: _duration_pb2.Duration | None = ...,
+        init_export: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,6 +70,16 @@ class FunctionConfig(_message.Message):
 
     WASI_FIELD_NUMBER: _builtins.int
     DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    INIT_EXPORT_FIELD_NUMBER: _builtins.int
+    NO_INIT_FIELD_NUMBER: _builtins.int
+    init_export: _builtins.str
+    """The init export: a function `() -> ()` run once at deploy; every instance then
+    starts from the memory and globals it left (a pre-initialised image). Empty at
+    deploy: `wizer.initialize` when the module exports it. The deployed function
+    reports the export in use ("" for none).
+    """
+    no_init: _builtins.bool
+    """At deploy: do not pre-initialise, even when the module exports `wizer.initialize`."""
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
         """argv, environment and the read-only directory the guest sees."""
@@ -83,10 +93,12 @@ class FunctionConfig(_message.Message):
         *,
         wasi: _invocation_pb2.WasiConfig | None = ...,
         default_limits: _invocation_pb2.InvocationLimits | None = ...,
+        init_export: _builtins.str = ...,
+        no_init: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

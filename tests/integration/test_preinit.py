@@ -1,0 +1,126 @@
+"""Pre-initialised instances through the whole stack: init runs once (at deploy), its state
+is what every call and live instance starts from, calls do not leak state into each other,
+and a restarted executor reuses the image instead of running init again.
+
+The fixture's init records a random stamp (WASI random_get): a second run of init would
+almost surely record another, so equal stamps are timing-free evidence that it ran once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorwasm.common.v1.values_pb2 import Value
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm_client.client import GatewayClient, TensorWasmError
+
+pytestmark = pytest.mark.integration
+
+Launch = Callable[[Path], Any]
+
+
+def result(client: GatewayClient, function: str, export: str, *args: Value) -> Value:
+    outcome = client.invoke(function, export, list(args)).outcome
+    assert outcome.HasField("success"), outcome
+    return outcome.success.results[0]
+
+
+def image_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "executor" / "images").rglob("*.twimg"))
+
+
+def test_init_runs_once_and_every_call_starts_from_its_state(
+    client: GatewayClient, wasm: Callable[[str], bytes]
+) -> None:
+    function = client.create_function("table", wasm("preinit_table"))
+    assert function.config.init_export == "wizer.initialize"  # the default, honoured
+    stamp = result(client, "table", "stamp").i64
+    assert stamp != 0
+    lookups = {result(client, "table", "lookup", Value(i32=i)).i32 for i in (0, 1, 1000)}
+    assert 0 not in lookups  # the table init built is there
+    for _ in range(3):
+        assert result(client, "table", "stamp").i64 == stamp
+        assert result(client, "table", "init_runs").i32 == 1
+        assert result(client, "table", "is_ready").i32 == 1  # an exported global from init
+        assert result(client, "table", "bump").i32 == 1  # no state leaks between calls
+    instance = client.create_instance("table").instance
+    try:
+        bumps = [client.call_instance(instance.name, "bump").outcome for _ in range(3)]
+        assert [o.success.results[0].i32 for o in bumps] == [1, 2, 3]
+        again = client.call_instance(instance.name, "stamp").outcome
+        assert again.success.results[0].i64 == stamp
+    finally:
+        client.delete_instance(instance.name)
+    assert result(client, "table", "bump").i32 == 1
+
+
+def test_no_init_and_an_explicit_init_export(
+    client: GatewayClient, wasm: Callable[[str], bytes]
+) -> None:
+    plain = client.create_function("plain", wasm("preinit_table"), pb.FunctionConfig(no_init=True))
+    assert plain.config.init_export == "" and plain.config.no_init
+    assert result(client, "plain", "init_runs").i32 == 0
+    assert result(client, "plain", "lookup", Value(i32=5)).i32 == 0
+    named = pb.FunctionConfig(init_export="wizer.initialize")
+    client.create_function("named", wasm("preinit_table"), named)
+    assert result(client, "named", "init_runs").i32 == 1
+    assert client.get_function("named").config.init_export == "wizer.initialize"
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (pb.FunctionConfig(init_export="missing"), "INIT_EXPORT_INVALID"),
+        (pb.FunctionConfig(init_export="lookup"), "INIT_EXPORT_INVALID"),
+        (pb.FunctionConfig(init_export="stamp"), "INIT_EXPORT_INVALID"),
+        (pb.FunctionConfig(init_export="wizer.initialize", no_init=True), "INIT_EXPORT_INVALID"),
+    ],
+    ids=["missing", "takes-params", "returns", "with-no-init"],
+)
+def test_a_bad_init_export_fails_the_deploy(
+    client: GatewayClient, wasm: Callable[[str], bytes], config: pb.FunctionConfig, reason: str
+) -> None:
+    with pytest.raises(TensorWasmError) as caught:
+        client.create_function("bad-init", wasm("preinit_table"), config)
+    assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", reason)
+    with pytest.raises(TensorWasmError) as missing:
+        client.get_function("bad-init")
+    assert missing.value.reason == "FUNCTION_NOT_FOUND"
+
+
+def test_a_trapping_init_fails_the_deploy_with_a_typed_error(client: GatewayClient) -> None:
+    trapping = b"".join(
+        [
+            b"\x00asm\x01\x00\x00\x00",
+            b"\x01\x04\x01\x60\x00\x00",  # type 0: () -> ()
+            b"\x03\x02\x01\x00",  # one function of type 0
+            b"\x07\x14\x01\x10wizer.initialize\x00\x00",  # exported as wizer.initialize
+            b"\x0a\x05\x01\x03\x00\x00\x0b",  # body: unreachable
+        ]
+    )
+    with pytest.raises(TensorWasmError) as caught:
+        client.create_function("trap-init", trapping)
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "INIT_FAILED")
+    assert caught.value.metadata["stage"] == "init"
+    assert caught.value.metadata["trap_code"] == "UNREACHABLE"
+    # With --no-init the same module deploys (and its init is just an export).
+    client.create_function("trap-init", trapping, pb.FunctionConfig(no_init=True))
+
+
+def test_a_restarted_executor_reuses_the_image_file(
+    launch_stack: Launch, tmp_path: Path, wasm: Callable[[str], bytes]
+) -> None:
+    first = launch_stack(tmp_path)
+    with first.client() as client:
+        client.create_function("table", wasm("preinit_table"))
+        stamp = result(client, "table", "stamp").i64
+    assert len(image_files(tmp_path)) == 1
+    first.stop()
+    second = launch_stack(tmp_path)
+    with second.client() as client:
+        assert result(client, "table", "stamp").i64 == stamp
+        assert result(client, "table", "init_runs").i32 == 1
+    assert len(image_files(tmp_path)) == 1
