@@ -127,7 +127,8 @@ class LocalStack:
             env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
             env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
-        if name == "executor" and "jit" in started:  # guests' tensorwasm:gpu kernels
+        if name in ("executor", "dispatcher") and "jit" in started:
+            # the executor's tensorwasm:gpu kernels; the dispatcher's shared cubins
             env[prefix + "JIT_ADDRESS"] = started["jit"].grpc_address
         if name == "gateway":
             env[prefix + "EXECUTOR_ADDRESSES"] = ",".join(

@@ -13,6 +13,10 @@ argv records against the entry's declared `.param` list, count and sizes (-9): t
 driver reads as many parameter bytes as the kernel declares, so a short argv would make
 it read past the host's parameter array.
 
+With cubin sharing on (`cubin_sharing.py`, a jit cache address), a PTX is loaded from the
+cubin another dispatcher shared for this compute capability, or compiled here with the
+driver's linker and shared.
+
 Not exercised without a GPU: the `gpu`-marked tests run it on a device.
 """
 
@@ -36,6 +40,7 @@ from tensorwasm_dispatcher.backend import (
     LaunchResult,
     Stream,
 )
+from tensorwasm_dispatcher.cubin_sharing import ArtifactStore, CubinSharing
 from tensorwasm_dispatcher.devices import BackendKind, CudaCallError
 
 _CTYPES = {
@@ -103,8 +108,12 @@ class CudaBackend(Backend):
 
     kind = BackendKind.CUDA
 
-    def __init__(self, ordinal: int = 0) -> None:
+    def __init__(self, ordinal: int = 0, *, artifacts: ArtifactStore | None = None) -> None:
         """Initialises the driver and retains the device's primary context.
+
+        Args:
+            ordinal: The device.
+            artifacts: Where cubins are shared (the jit cache); None: PTX is loaded as is.
 
         Raises:
             CudaCallError: the driver or the device cannot be used.
@@ -115,6 +124,64 @@ class CudaBackend(Backend):
         self._call(driver.cuInit(0))
         (self._device,) = self._call(driver.cuDeviceGet(ordinal))
         (self._context,) = self._call(driver.cuDevicePrimaryCtxRetain(self._device))
+        self.cubins: CubinSharing | None = None
+        if artifacts is not None:
+            self.cubins = CubinSharing(artifacts, self.compute_capability())
+
+    def compute_capability(self) -> str:
+        """The device's target, e.g. `sm_90`."""
+        attribute = self._driver.CUdevice_attribute
+        (major,) = self._call(
+            self._driver.cuDeviceGetAttribute(
+                attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self._device
+            )
+        )
+        (minor,) = self._call(
+            self._driver.cuDeviceGetAttribute(
+                attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self._device
+            )
+        )
+        return f"sm_{int(major)}{int(minor)}"
+
+    def load_image(self, image: bytes) -> Any:
+        """Loads a cubin or NUL-terminated PTX image (the context must be current).
+
+        Raises:
+            CudaCallError: the driver refused it.
+        """
+        buffer = ctypes.create_string_buffer(image, len(image))
+        (module,) = self._call(self._driver.cuModuleLoadDataEx(ctypes.addressof(buffer), 0, [], []))
+        return module
+
+    def compile_ptx(self, ptx: bytes) -> bytes:
+        """The cubin the driver's JIT linker makes of a PTX for this device (the context
+        must be current).
+
+        Raises:
+            CudaCallError: the driver refused the PTX.
+        """
+        driver = self._driver
+        image = ptx if ptx.endswith(b"\0") else ptx + b"\0"
+        buffer = ctypes.create_string_buffer(image, len(image))
+        (state,) = self._call(driver.cuLinkCreate(0, [], []))
+        try:
+            self._call(
+                driver.cuLinkAddData(
+                    state,
+                    driver.CUjitInputType.CU_JIT_INPUT_PTX,
+                    ctypes.addressof(buffer),
+                    len(image),
+                    b"tensorwasm.ptx",
+                    0,
+                    [],
+                    [],
+                )
+            )
+            cubin, size = self._call(driver.cuLinkComplete(state))
+            # The image belongs to the link state: copy it before destroying the state.
+            return ctypes.string_at(int(cubin), int(size))
+        finally:
+            self._call(driver.cuLinkDestroy(state))
 
     @staticmethod
     def _call(result: Any) -> tuple[Any, ...]:
@@ -153,10 +220,11 @@ class CudaBackend(Backend):
     def load(self, ptx: bytes, entry: str) -> Kernel:
         driver = self._driver
         self._current()
-        image = ptx if ptx.endswith(b"\0") else ptx + b"\0"
-        buffer = ctypes.create_string_buffer(image, len(image))
         try:
-            (module,) = self._call(driver.cuModuleLoadDataEx(ctypes.addressof(buffer), 0, [], []))
+            if self.cubins is None:
+                module = self.load_image(ptx if ptx.endswith(b"\0") else ptx + b"\0")
+            else:
+                module = self.cubins.load(ptx, self)
         except CudaCallError as exc:
             raise self._abi(AbiError.MALFORMED_PTX, "the driver refused the PTX", exc) from None
         try:
@@ -291,6 +359,8 @@ class CudaBackend(Backend):
         return LaunchResult(kernel_seconds=seconds, written=written)
 
     def close(self) -> None:
+        if self.cubins is not None:
+            self.cubins.store.close()
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
 
 

@@ -12,6 +12,7 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_dispatcher.accounting import Admission, Ledger
 from tensorwasm_dispatcher.backend import Backend
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
+from tensorwasm_dispatcher.cubin_sharing import JitArtifactStore
 from tensorwasm_dispatcher.devices import BackendKind, DeviceReport, cpu_report, discover
 from tensorwasm_dispatcher.execution import Dispatcher
 from tensorwasm_dispatcher.scheduling import FairScheduler
@@ -31,9 +32,16 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
     if report.backend is BackendKind.CUDA:
         from tensorwasm_dispatcher.cuda_backend import CudaBackend
 
+        artifacts = None
+        if settings.jit_address:  # cubins shared through the jit cache
+            artifacts = JitArtifactStore(
+                settings.jit_address, timeout_seconds=settings.jit_timeout_seconds
+            )
         try:
-            return report, CudaBackend(report.devices[0].ordinal)
+            return report, CudaBackend(report.devices[0].ordinal, artifacts=artifacts)
         except Exception as exc:
+            if artifacts is not None:
+                artifacts.close()
             if settings.backend == "cuda":
                 raise
             report = cpu_report(f"the CUDA device could not be opened: {exc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tensorwasm_common.settings import ServerSettings, SettingsError
+from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,6 +32,10 @@ class DispatcherSettings(ServerSettings):
     # A session nobody ended (its executor died) is closed after this much idle time.
     session_idle_ttl_seconds: float = 600.0
     session_sweep_seconds: float = 5.0
+    # The jit cache cubins are shared through, per (PTX digest, compute capability), on the
+    # cuda backend (empty: off, every PTX is JIT-compiled by this dispatcher's driver).
+    jit_address: str = ""
+    jit_timeout_seconds: float = 2.0
 
     @property
     def tenant_in_flight_limit(self) -> int:
@@ -54,3 +58,10 @@ class DispatcherSettings(ServerSettings):
             raise SettingsError("fair_quantum_commands: must be positive")
         if self.session_idle_ttl_seconds <= 0 or self.session_sweep_seconds <= 0:
             raise SettingsError("session_idle_ttl_seconds and session_sweep_seconds: positive")
+        if self.jit_address:
+            try:
+                split_address(self.jit_address)
+            except SettingsError as exc:
+                raise SettingsError(f"jit_address: {exc}") from None
+        if not 0 < self.jit_timeout_seconds <= 60:
+            raise SettingsError("jit_timeout_seconds: must be in (0, 60]")

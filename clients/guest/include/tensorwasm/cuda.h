@@ -116,6 +116,32 @@ int64_t tw_gpu_time_ns(void);
 TW_IMPORT(TW_GPU_MODULE, "tw_gpu_tenant_time_ns")
 int64_t tw_gpu_tenant_time_ns(void);
 
+/* ---- tensorwasm:gpu/host@0.1.0: jit kernels and one-call tensor ops --------------- */
+
+/* A kernel emitted (once per op, params, dtype and target, fleet-wide) by the jit cache,
+ * usable with wasi_cuda_launch: a kernel id >= 0, or -9 (bad op text or params, an op or
+ * parameter the jit cache does not know), -1 (no jit cache), another code. `op` is an op
+ * name (vector_add, saxpy, relu, neg, abs, sqrt, exp, add, sub, mul, div, max, min,
+ * reduce_sum, matmul, conv2d) of at most 64 ASCII bytes; `params` is ASCII
+ * "name=value,..." (e.g. "m=64,n=64,k=64,tile=16"; "dtype=f16" for a half-precision
+ * elementwise kernel), at most 512 bytes, empty for none. Loaded once per instance.
+ * wasm: (i32 op_ptr, i32 op_len, i32 params_ptr, i32 params_len) -> i64 */
+TW_IMPORT(TW_GPU_MODULE, "jit_kernel")
+int64_t tw_gpu_jit_kernel(const char *op, uint32_t op_len, const char *params,
+                          uint32_t params_len);
+
+/* C[m x n] = A[m x k] @ B[k x n], row-major f32 in linear memory, run by the dispatcher
+ * (a jit-emitted tiled matmul): 0 once C is written, -9 (a dimension outside [1, 2^15]),
+ * -2 (a matrix outside memory), or another code. Like sync, launches queued before it
+ * run first.
+ * wasm: (i32 a, i32 b, i32 c, i32 m, i32 n, i32 k) -> i32 */
+TW_IMPORT(TW_GPU_MODULE, "matmul")
+int32_t tw_gpu_matmul(const float *a, const float *b, float *c, uint32_t m, uint32_t n,
+                      uint32_t k);
+
+/* The jit matmul kernel's launch geometry: 16 x 16 threads per block, one output tile. */
+#define TW_GPU_MATMUL_TILE 16
+
 /* ---- argv builder ------------------------------------------------------------------ */
 
 typedef struct wasi_cuda_argv {
@@ -169,6 +195,12 @@ static inline void tw_gpu_argv_device_buffer(wasi_cuda_argv *argv, int32_t handl
 static inline int64_t wasi_cuda_load_ptx_str(const char *ptx, const char *entry) {
     return wasi_cuda_load_ptx(ptx, (uint32_t)__builtin_strlen(ptx), entry,
                               (uint32_t)__builtin_strlen(entry));
+}
+
+/* jit_kernel with NUL-free op and params strings. */
+static inline int64_t tw_gpu_jit_kernel_str(const char *op, const char *params) {
+    return tw_gpu_jit_kernel(op, (uint32_t)__builtin_strlen(op), params,
+                             (uint32_t)__builtin_strlen(params));
 }
 
 /* Launches with a built argv. */

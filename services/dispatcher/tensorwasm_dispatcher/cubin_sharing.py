@@ -1,0 +1,170 @@
+"""Cubin sharing: a PTX the driver JIT-compiled once is loaded as a cubin everywhere else.
+
+The jit cache stores artifacts per (PTX digest, compute capability) (`PutArtifact`,
+`GetArtifact`). With sharing on (`TENSORWASM_DISPATCHER_JIT_ADDRESS` set), the cuda
+backend loads a PTX by:
+
+1. `GetArtifact(blake3(ptx), sm_XY)`: a hit (its bytes verified against the returned
+   digest) is loaded as a cubin; a cubin the driver refuses (damaged, or built by an
+   incompatible driver) counts as `refused` and falls through to 2.
+2. otherwise the driver compiles the PTX to a cubin (`cuLinkCreate` / `cuLinkAddData` /
+   `cuLinkComplete`), that cubin is loaded, then `PutArtifact` shares it. Best effort: a
+   jit cache that is down or refuses costs the round trip, never the load.
+
+The digest is BLAKE3 of the PTX text without trailing NULs, the `ptx_digest` the jit cache
+gives its emitted kernels, so cubins of jit-emitted kernels and of guest-shipped PTX share
+one key space. Nothing here imports `cuda`: the backend passes itself as the `ModuleLoader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Protocol
+
+import grpc
+from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
+from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
+from tensorwasm_common.digests import blake3_hex
+
+from tensorwasm_dispatcher.devices import CudaCallError
+
+_log = logging.getLogger(__name__)
+
+
+class ArtifactStore(Protocol):
+    """Where cubins are shared (the jit cache)."""
+
+    def get(self, ptx_digest: str, capability: str) -> bytes | None:
+        """The stored cubin, or None (none stored, or the store cannot answer)."""
+
+    def put(self, ptx_digest: str, capability: str, data: bytes) -> bool:
+        """Stores a cubin; False when the store refused or cannot answer."""
+
+    def close(self) -> None:
+        """Releases the store's connections."""
+
+
+class ModuleLoader(Protocol):
+    """The driver side (the cuda backend)."""
+
+    def load_image(self, image: bytes) -> Any:
+        """Loads a cubin or NUL-terminated PTX image into a module.
+
+        Raises:
+            CudaCallError: the driver refused it.
+        """
+
+    def compile_ptx(self, ptx: bytes) -> bytes:
+        """The cubin the driver compiles a PTX to, for this device.
+
+        Raises:
+            CudaCallError: the driver refused the PTX.
+        """
+
+
+def ptx_digest(ptx: bytes) -> str:
+    """BLAKE3 hex of the PTX text (trailing NULs are not part of it)."""
+    return blake3_hex(ptx.rstrip(b"\0"))
+
+
+@dataclasses.dataclass
+class SharingStats:
+    """What loads did: shared cubins loaded, compiled here, puts done and failed, shared
+    cubins the driver refused."""
+
+    hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    put_failures: int = 0
+    refused: int = 0
+
+
+class CubinSharing:
+    """Loads PTX through the shared cubins of one compute capability."""
+
+    def __init__(self, store: ArtifactStore, capability: str) -> None:
+        """Args: store: the jit cache. capability: this device's target, e.g. `sm_90`."""
+        self.store = store
+        self.capability = capability
+        self.stats = SharingStats()
+        self._lock = threading.Lock()
+
+    def load(self, ptx: bytes, loader: ModuleLoader) -> Any:
+        """The loaded module of a PTX: from the shared cubin, else compiled and shared.
+
+        Raises:
+            CudaCallError: the driver refused the PTX (compiling or loading its cubin).
+        """
+        digest = ptx_digest(ptx)
+        shared = self.store.get(digest, self.capability)
+        if shared is not None:
+            try:
+                module = loader.load_image(shared)
+            except CudaCallError as exc:
+                _log.warning(
+                    "a shared cubin was refused; compiling the PTX",
+                    extra={"ptx_digest": digest, "result": exc.result_name},
+                )
+                self._count("refused")
+            else:
+                self._count("hits")
+                return module
+        self._count("misses")
+        cubin = loader.compile_ptx(ptx)
+        module = loader.load_image(cubin)
+        self._count("puts" if self.store.put(digest, self.capability, cubin) else "put_failures")
+        return module
+
+    def _count(self, field: str) -> None:
+        with self._lock:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+
+
+class JitArtifactStore:
+    """`ArtifactStore` over the jit cache's gRPC API; failures are logged and answer
+    None / False (sharing is an optimisation, never a reason to fail a load)."""
+
+    def __init__(self, address: str, *, timeout_seconds: float = 2.0) -> None:
+        """Args: address: the jit cache's `host:port`. timeout_seconds: per call."""
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 80 << 20),
+                ("grpc.max_send_message_length", 80 << 20),
+            ],
+        )
+        self._stub = jit_grpc.JitCacheServiceStub(self._channel)
+        self._timeout = timeout_seconds
+
+    def get(self, ptx_digest: str, capability: str) -> bytes | None:
+        """The cubin whose bytes match the digest the jit cache gives, or None."""
+        request = jit_pb.GetArtifactRequest(ptx_digest=ptx_digest, compute_capability=capability)
+        try:
+            response = self._stub.GetArtifact(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                _log.warning("GetArtifact failed", extra={"code": exc.code().name})
+            return None
+        data = bytes(response.data)
+        if blake3_hex(data) != response.data_digest:
+            _log.warning("GetArtifact: the bytes do not match their digest", extra={})
+            return None
+        return data
+
+    def put(self, ptx_digest: str, capability: str, data: bytes) -> bool:
+        """Shares a cubin; False when the jit cache refused it or did not answer."""
+        request = jit_pb.PutArtifactRequest(
+            ptx_digest=ptx_digest, compute_capability=capability, data=data
+        )
+        try:
+            self._stub.PutArtifact(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            _log.warning("PutArtifact failed", extra={"code": exc.code().name})
+            return False
+        return True
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
