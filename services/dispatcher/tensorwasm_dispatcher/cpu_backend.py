@@ -52,6 +52,10 @@ class _CpuKernel(Kernel):
     def __init__(self, spec: KernelSpec) -> None:
         self.spec = spec
         self.entry = spec.entry
+        # The positions of the parameters a launch writes (the same for every launch).
+        self.written = frozenset(
+            position for position, param in enumerate(spec.params) if param.kind.is_written
+        )
 
 
 class _CpuBuffer(DeviceBuffer):
@@ -141,10 +145,7 @@ class CpuBackend(Backend):
         except KernelArgumentError as exc:  # a GPU would fault: a buffer too short
             raise AbiFailure(AbiError.LAUNCH_FAILED, str(exc)) from None
         elapsed = time.perf_counter() - started
-        written = frozenset(
-            position for position, param in enumerate(spec.params) if param.kind.is_written
-        )
-        return LaunchResult(kernel_seconds=elapsed, written=written)
+        return LaunchResult(kernel_seconds=elapsed, written=kernel.written)
 
 
 def _cpu_buffer(buffer: DeviceBuffer) -> _CpuBuffer:

@@ -164,10 +164,20 @@ def batch_from_wire(request: pb.ExecuteRequest) -> Batch:
         )
         for buffer in request.buffers
     )
-    commands = tuple(
-        _command_from_wire(command, index) for index, command in enumerate(request.commands)
-    )
-    return Batch(request.session_id, regions, commands, request.end_session)
+    # A batch's launches mostly repeat one launch: each distinct one is converted once
+    # (keyed by its serialized bytes; the commands are immutable, so they can be shared).
+    launches: dict[bytes, Command] = {}
+    commands: list[Command] = []
+    for index, command in enumerate(request.commands):
+        if command.HasField("launch"):
+            key = command.launch.SerializeToString(deterministic=True)
+            found = launches.get(key)
+            if found is None:
+                found = launches[key] = _command_from_wire(command, index)
+            commands.append(found)
+        else:
+            commands.append(_command_from_wire(command, index))
+    return Batch(request.session_id, regions, tuple(commands), request.end_session)
 
 
 def _command_from_wire(command: pb.Command, index: int) -> Command:

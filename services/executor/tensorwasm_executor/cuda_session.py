@@ -29,6 +29,7 @@ from tensorwasm_common.gpu_abi import (
 
 from tensorwasm_executor.cuda_abi import (
     ArgRecord,
+    DeviceBufferRecord,
     as_u32,
     check_dimensions,
     check_region,
@@ -53,6 +54,9 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_COMMANDS = 256
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
+# Parsed argv buffers a session remembers (a guest launching in a loop passes the same
+# bytes every time: parsing them again would be most of a launch's cost in the executor).
+ARGV_CACHE_ENTRIES = 64
 # How long the session's last request may take once the call is over (ending it only).
 CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -86,6 +90,9 @@ class CudaSession:
         self._deferred: AbiFailure | None = None
         self._deferred_more = 0
         self._last_error = b""
+        # (argv bytes, memory size) -> its records; only argv without device buffer
+        # records, whose validity depends on nothing else (the bytes and the memory size).
+        self._argv_cache: dict[tuple[bytes, int], tuple[ArgRecord, ...]] = {}
         self._opened = False  # a request was sent: the dispatcher may hold the session
         self.requests_sent = 0
         # Extension state (`tensorwasm:gpu`, see gpu_ext.py): device buffers by handle
@@ -346,7 +353,16 @@ class CudaSession:
         memory = _require(memory)
         size = memory.size()
         start, length = check_region(args_ptr, args_len, size, "the argv")
-        return parse_argv(memory.read(start, length), size, self.device_buffers)
+        raw = memory.read(start, length)
+        key = (raw, size)
+        records = self._argv_cache.get(key)
+        if records is None:
+            records = parse_argv(raw, size, self.device_buffers)
+            if not any(isinstance(record, DeviceBufferRecord) for record in records):
+                if len(self._argv_cache) >= ARGV_CACHE_ENTRIES:
+                    self._argv_cache.pop(next(iter(self._argv_cache)))
+                self._argv_cache[key] = records
+        return records
 
     def _fail(self, failure: AbiFailure) -> int:
         self._last_error = truncate_error(f"{failure.code.label}: {failure.message}")

@@ -123,8 +123,15 @@ def transport_error(exc: grpc.RpcError) -> TransportError:
 
 
 def request_to_wire(request: BatchRequest, tenant: str) -> pb.ExecuteRequest:
-    """The ExecuteRequest of a batch."""
-    wire = pb.ExecuteRequest(
+    """The ExecuteRequest of a batch.
+
+    Launches of a batch mostly repeat the same geometry and arguments: each distinct
+    argument tuple and dimension triple is converted once per batch, and the messages are
+    built from keyword arguments (no `CopyFrom` per field).
+    """
+    args_memo: dict[tuple[object, ...], list[pb.KernelArg]] = {}
+    dims_memo: dict[tuple[int, int, int], pb.Dim3] = {}
+    return pb.ExecuteRequest(
         tenant=tenant,
         session_id=request.session_id,
         end_session=request.end_session,
@@ -137,63 +144,81 @@ def request_to_wire(request: BatchRequest, tenant: str) -> pb.ExecuteRequest:
             )
             for region in request.regions
         ],
+        commands=[_command_to_wire(command, args_memo, dims_memo) for command in request.commands],
     )
-    for command in request.commands:
-        _command_to_wire(command, wire.commands.add())
-    return wire
 
 
-def _command_to_wire(command: Command, wire: pb.Command) -> None:
+def _command_to_wire(
+    command: Command,
+    args_memo: dict[tuple[object, ...], list[pb.KernelArg]],
+    dims_memo: dict[tuple[int, int, int], pb.Dim3],
+) -> pb.Command:
+    if isinstance(command, LaunchKernel):
+        return pb.Command(launch=_launch_to_wire(command, args_memo, dims_memo))
     if isinstance(command, LoadKernel):
-        wire.load.CopyFrom(
-            pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
+        return pb.Command(
+            load=pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
         )
-    elif isinstance(command, LaunchKernel):
-        wire.launch.CopyFrom(_launch_to_wire(command))
-    elif isinstance(command, AllocBuffer):
-        wire.alloc_buffer.CopyFrom(
-            pb.AllocBuffer(handle=command.handle, size_bytes=command.size_bytes)
+    if isinstance(command, AllocBuffer):
+        return pb.Command(
+            alloc_buffer=pb.AllocBuffer(handle=command.handle, size_bytes=command.size_bytes)
         )
-    elif isinstance(command, FreeBuffer):
-        wire.free_buffer.CopyFrom(pb.FreeBuffer(handle=command.handle))
-    elif isinstance(command, WriteBuffer):
-        wire.write_buffer.CopyFrom(
-            pb.WriteBuffer(
+    if isinstance(command, FreeBuffer):
+        return pb.Command(free_buffer=pb.FreeBuffer(handle=command.handle))
+    if isinstance(command, WriteBuffer):
+        return pb.Command(
+            write_buffer=pb.WriteBuffer(
                 handle=command.handle, offset_bytes=command.offset_bytes, data=command.data
             )
         )
-    else:
-        wire.read_buffer.CopyFrom(
-            pb.ReadBuffer(
-                handle=command.handle,
-                offset_bytes=command.offset_bytes,
-                length_bytes=command.length_bytes,
+    return pb.Command(
+        read_buffer=pb.ReadBuffer(
+            handle=command.handle,
+            offset_bytes=command.offset_bytes,
+            length_bytes=command.length_bytes,
+        )
+    )
+
+
+def _dim3(dims: tuple[int, int, int], memo: dict[tuple[int, int, int], pb.Dim3]) -> pb.Dim3:
+    found = memo.get(dims)
+    if found is None:
+        found = memo[dims] = pb.Dim3(x=dims[0], y=dims[1], z=dims[2])
+    return found
+
+
+def _launch_to_wire(
+    command: LaunchKernel,
+    args_memo: dict[tuple[object, ...], list[pb.KernelArg]],
+    dims_memo: dict[tuple[int, int, int], pb.Dim3],
+) -> pb.LaunchKernel:
+    args = args_memo.get(command.args)
+    if args is None:
+        args = args_memo[command.args] = [_arg_to_wire(arg) for arg in command.args]
+    return pb.LaunchKernel(
+        kernel_id=command.kernel_id,
+        grid=_dim3(command.grid, dims_memo),
+        block=_dim3(command.block, dims_memo),
+        shared_mem_bytes=command.shared_mem_bytes,
+        args=args,
+    )
+
+
+def _arg_to_wire(arg: object) -> pb.KernelArg:
+    if isinstance(arg, BufferRef):
+        return pb.KernelArg(
+            buffer=pb.BufferRef(
+                buffer_id=arg.buffer_id,
+                offset_bytes=arg.offset_bytes,
+                length_bytes=arg.length_bytes,
             )
         )
-
-
-def _launch_to_wire(command: LaunchKernel) -> pb.LaunchKernel:
-    launch = pb.LaunchKernel(
-        kernel_id=command.kernel_id,
-        grid=pb.Dim3(x=command.grid[0], y=command.grid[1], z=command.grid[2]),
-        block=pb.Dim3(x=command.block[0], y=command.block[1], z=command.block[2]),
-        shared_mem_bytes=command.shared_mem_bytes,
-    )
-    for arg in command.args:
-        if isinstance(arg, BufferRef):
-            launch.args.add().buffer.CopyFrom(
-                pb.BufferRef(
-                    buffer_id=arg.buffer_id,
-                    offset_bytes=arg.offset_bytes,
-                    length_bytes=arg.length_bytes,
-                )
-            )
-        elif isinstance(arg, ScalarArg):
-            setattr(launch.args.add(), _SCALAR_FIELDS[arg.tag], arg.value)
-        elif isinstance(arg, DeviceBufferRecord):
-            launch.args.add().device_buffer.CopyFrom(
-                pb.DeviceBufferRef(handle=arg.handle, offset_bytes=arg.offset)
-            )
-        else:
-            raise TypeError(f"a queued pointer reached the wire: {arg!r}")
-    return launch
+    if isinstance(arg, ScalarArg):
+        wire = pb.KernelArg()
+        setattr(wire, _SCALAR_FIELDS[arg.tag], arg.value)
+        return wire
+    if isinstance(arg, DeviceBufferRecord):
+        return pb.KernelArg(
+            device_buffer=pb.DeviceBufferRef(handle=arg.handle, offset_bytes=arg.offset)
+        )
+    raise TypeError(f"a queued pointer reached the wire: {arg!r}")

@@ -498,3 +498,40 @@ def test_build_request_refers_into_merged_regions(memory: Memory) -> None:
     assert isinstance(sent, LaunchKernel)
     assert sent.args[:3] == (BufferRef(0, 0, 256), BufferRef(0, 76, 8), BufferRef(1, 0, 0))
     assert request.regions[0].data == memory.read(1024, 256)
+
+
+# --- the parsed-argv cache ---------------------------------------------------------------
+
+
+def test_a_changed_argv_is_parsed_again(dispatcher: Dispatcher, memory: Memory) -> None:
+    session = make_session(dispatcher)
+    kernel = load(session, memory)
+    assert launch(session, memory, kernel, argv(memory, n=64)) == 0
+    assert launch(session, memory, kernel, argv(memory, n=64)) == 0
+    assert launch(session, memory, kernel, argv(memory, n=32)) == 0
+    assert session.sync(memory) == 0
+    counts = [c.args[3] for c in dispatcher.requests[-1].commands if isinstance(c, LaunchKernel)]
+    assert counts == [ScalarArg(ArgTag.U32, 64)] * 2 + [ScalarArg(ArgTag.U32, 32)]
+
+
+def test_a_bad_argv_fails_every_time(dispatcher: Dispatcher, memory: Memory) -> None:
+    session = make_session(dispatcher)
+    kernel = load(session, memory)
+    bad = argv(memory, a=len(memory.data) - 16)  # 256 bytes from 16 before the end
+    assert launch(session, memory, kernel, bad) == AbiError.INVALID_POINTER
+    assert launch(session, memory, kernel, bad) == AbiError.INVALID_POINTER
+    memory.data.extend(bytes(65536))  # memory.grow: the same bytes are now in bounds
+    assert launch(session, memory, kernel, bad) == 0
+
+
+def test_device_buffer_argv_is_checked_at_every_launch(
+    dispatcher: Dispatcher, memory: Memory
+) -> None:
+    session = make_session(dispatcher)
+    kernel = load(session, memory)
+    data = b"\x08" + struct.pack("<II", 1, 0)
+    memory.data[ARGV_AT : ARGV_AT + len(data)] = data
+    session.device_buffers[1] = 1024
+    assert launch(session, memory, kernel, len(data)) == 0
+    del session.device_buffers[1]  # freed: the same argv bytes no longer name a buffer
+    assert launch(session, memory, kernel, len(data)) == AbiError.INVALID_ARGS
