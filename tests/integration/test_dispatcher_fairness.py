@@ -29,6 +29,9 @@ FLOOD_REQUESTS = 24
 # One load + 255 launches = 256 commands: one quantum (the default) per flood batch.
 FLOOD_LAUNCHES = 255
 LIGHT_REQUESTS = 3
+# Large enough that one flood batch takes far longer than a light request's round trip and
+# the usage queries around it, even on a loaded machine.
+FLOOD_ELEMENTS = 1 << 18
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ def check_fairness(
 ) -> None:
     flood = [
         flood_stub.Execute.future(
-            vector_add_batch(f"flood-{index}", 1 << 16, FLOOD_LAUNCHES),
+            vector_add_batch(f"flood-{index}", FLOOD_ELEMENTS, FLOOD_LAUNCHES),
             metadata=(("x-tensorwasm-tenant", "flood"),),
             timeout=300,
         )
@@ -138,9 +141,9 @@ def check_fairness(
     left = usage(stub, "flood").queued_requests
 
     # FIFO would make the first light request wait for the whole backlog (>= 12 flood
-    # batches); by turns it waits for the flood batch running and at most one more (one
-    # more may complete while the request is in transit, before it is queued).
-    assert all(count <= 3 for count in during), (during, backlog)
+    # batches); by turns it waits for the flood batch running and at most one more (and
+    # one or two may complete while the request and the usage queries are in transit).
+    assert all(count <= 4 for count in during), (during, backlog)
     assert left > 0 and left >= backlog - 3 * LIGHT_REQUESTS, (left, backlog, during)
     for future in flood:
         assert all(result.abi_code == 0 for result in future.result(timeout=300).results)
