@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from tensorwasm_common.files import write_atomically
 from tensorwasm_executor import preinit, rawcall
-from tensorwasm_executor.modules import _write_atomically
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 from tensorwasm_executor.values import WasmValue
 
@@ -164,11 +164,11 @@ class _Sized:
             store.close()
 
     def disk_round_trip(self) -> preinit.InstanceImage:
-        _write_atomically(self.round_trip_image, preinit.encode_image(self.image))
+        write_atomically(self.round_trip_image, preinit.encode_image(self.image))
         return preinit.read_image_file(self.round_trip_image)
 
     def wasmtime_disk_round_trip(self) -> wasmtime.Module:
-        _write_atomically(self.round_trip_module, self.data_module.serialize())
+        write_atomically(self.round_trip_module, self.data_module.serialize())
         return wasmtime.Module.deserialize_file(self.engine, str(self.round_trip_module))
 
     def benchmarks(self) -> list[Benchmark]:
