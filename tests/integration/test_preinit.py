@@ -8,6 +8,8 @@ almost surely record another, so equal stamps are timing-free evidence that it r
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,10 @@ from typing import Any
 import pytest
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm_client.client import GatewayClient, TensorWasmError
+from tensorwasm_common.channels import open_channel
+from tensorwasm_common.snapshot_client import INSTANCE_IMAGE, SnapshotClient
 
 pytestmark = pytest.mark.integration
 
@@ -123,4 +128,43 @@ def test_a_restarted_executor_reuses_the_image_file(
     with second.client() as client:
         assert result(client, "table", "stamp").i64 == stamp
         assert result(client, "table", "init_runs").i32 == 1
+    assert len(image_files(tmp_path)) == 1
+
+
+def image_records(store: str, tenant: str) -> list[snapshot_pb.Snapshot]:
+    """The tenant's INSTANCE_IMAGE records in the store at `store`."""
+
+    async def main() -> list[snapshot_pb.Snapshot]:
+        async with open_channel(store) as channel:
+            page = await SnapshotClient(channel).list_snapshots(kind=INSTANCE_IMAGE, tenant=tenant)
+        return list(page.snapshots)
+
+    return asyncio.run(main())
+
+
+def test_a_restarted_executor_without_local_files_takes_the_image_from_the_store(
+    launch_stack: Launch, tmp_path: Path, wasm: Callable[[str], bytes]
+) -> None:
+    tenant = "preinit-store"
+    first = launch_stack(tmp_path)
+    with first.client(tenant) as client:
+        client.create_function("table", wasm("preinit_table"))
+        stamp = result(client, "table", "stamp").i64
+    [record] = image_records(first.services["snapshot"].grpc_address, tenant)
+    assert (record.variant, record.tenant) == ("wizer.initialize", tenant)
+    first.stop()
+    # The replica loses its local image and artifact files (a fresh disk).
+    executor_dir = tmp_path / "executor"
+    for local in ("images", "artifacts"):
+        shutil.rmtree(executor_dir / local)
+    assert image_files(tmp_path) == []
+    second = launch_stack(tmp_path)
+    with second.client(tenant) as client:
+        # init's random stamp is the one of the first run: the image is the stored one.
+        assert result(client, "table", "stamp").i64 == stamp
+        assert result(client, "table", "init_runs").i32 == 1
+        assert result(client, "table", "bump").i32 == 1
+    # init did not run again: a second run would have replaced the record with a new one.
+    assert image_records(second.services["snapshot"].grpc_address, tenant) == [record]
+    # The image taken from the store is kept in the local file again.
     assert len(image_files(tmp_path)) == 1

@@ -19,9 +19,9 @@ from typing import Protocol
 
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm_common.errors import ServiceError
+from tensorwasm_common.files import write_atomically
 
 from tensorwasm_executor.errors import ImageFormatError
-from tensorwasm_executor.modules import _write_atomically
 from tensorwasm_executor.preinit import (
     InstanceImage,
     decode_image,
@@ -187,7 +187,7 @@ class ImageProvider:
             if path is None:
                 return self._checked(decode_image(payload))
             self._checked(decode_image(payload))
-            _write_atomically(path, payload)
+            write_atomically(path, payload)
             return self._checked(read_image_file(path))
         except ImageFormatError as exc:
             _log.warning("image payload refused: %s", exc)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
 from tensorwasm_common.digests import is_digest
 from tensorwasm_common.errors import InvalidArgumentError, ServiceError
+from tensorwasm_common.files import write_atomically
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
 from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 
@@ -134,7 +133,7 @@ class ModuleProvider:
             _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
             return None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, _write_atomically, path, payload)
+        await loop.run_in_executor(self._pool, write_atomically, path, payload)
         module = await loop.run_in_executor(self._pool, self._load_artifact, digest)
         if module is not None:
             self.restored += 1
@@ -165,27 +164,7 @@ class ModuleProvider:
             return module, None
         artifact = bytes(module.module.serialize())
         try:
-            _write_atomically(path, artifact)
+            write_atomically(path, artifact)
         except OSError as exc:  # a full or read-only disk costs a recompile later, no more
             _log.warning("could not write artifact %s: %s", path, exc)
         return module, artifact
-
-
-def _write_atomically(path: Path, data: bytes | bytearray) -> None:
-    """Writes `data` to `path` so that a crash leaves the old state or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

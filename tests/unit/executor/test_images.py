@@ -16,6 +16,7 @@ from tensorwasm_common.errors import UnavailableError
 from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 from tensorwasm_executor.errors import InitFailedError
 from tensorwasm_executor.images import INSTANCE_IMAGE, ImageProvider
+from tensorwasm_executor.preinit import InstanceImage
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 from tensorwasm_executor.values import ValueType, WasmValue
 
@@ -118,6 +119,13 @@ def provider(
     return ImageProvider(sandbox, setup.fetch, pool, image_dir=image_dir, records=records)
 
 
+def file_backed(image: object) -> bool:
+    """Whether every memory of the image is a block of an open, mapped image file (a
+    restore then maps it copy-on-write: no open, parse or copy per restore)."""
+    assert isinstance(image, InstanceImage)
+    return bool(image.memories) and all(m.source is not None for m in image.memories)
+
+
 def test_concurrent_first_requests_run_init_once_and_keep_it_everywhere(
     sandbox: Sandbox, setup: Setup, pool: ThreadPoolExecutor, tmp_path: Path
 ) -> None:
@@ -136,6 +144,7 @@ def test_concurrent_first_requests_run_init_once_and_keep_it_everywhere(
         ("acme", INSTANCE_IMAGE, sandbox.engine_fingerprint, setup.digest, INIT)
     ]
     assert asyncio.run(images.get(setup.module, INIT, "acme")) is got[0]  # memory hit
+    assert file_backed(got[0])  # what the LRU holds is the mapped file: restores map it
     assert images.captured == 1
 
 
@@ -149,12 +158,14 @@ def test_a_new_provider_reads_the_file_then_the_store_and_never_reruns_init(
     from_file = provider(sandbox, setup, pool, tmp_path / "a", None)
     image = asyncio.run(from_file.get(setup.module, INIT, "acme"))
     assert (from_file.loaded_from_file, from_file.captured) == (1, 0)
+    assert file_backed(image)
     assert stamp(sandbox, setup.module, image) == original
 
     # Another replica (empty directory) gets it from the tenant's store record.
     from_store = provider(sandbox, setup, pool, tmp_path / "b", records)
     image = asyncio.run(from_store.get(setup.module, INIT, "acme"))
     assert (from_store.loaded_from_store, from_store.captured, setup.fetches) == (1, 0, 1)
+    assert file_backed(image)
     assert stamp(sandbox, setup.module, image) == original
     path = from_store.image_path(setup.digest, INIT)
     assert path is not None and path.is_file()  # and now it has the file too
