@@ -11,7 +11,7 @@ import pytest
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm_client.client import GatewayClient
 
-from .test_gpu_path import result_of, usage
+from .test_gpu_path import result_of, settled_usage, usage
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def test_vector_add_on_device_buffers_and_gpu_time(
 ) -> None:
     response = client.invoke(buffers, "run", [Value(i32=3)])
     assert result_of(response) == 0, response.outcome.stderr
-    used = usage(stack, tenant)
+    used = settled_usage(stack, tenant)
     # Three launches, no staged pointer argument: only the buffers' bytes were held.
     assert (used.launches, used.failed_commands) == (3, 0)
     assert used.staged_bytes_total == 3 * 256
@@ -49,7 +49,7 @@ def test_buffers_live_with_their_instance_and_report_gpu_time(
     assert (held.device_buffers, held.device_buffer_bytes) == (3, 2 * 256 + 1000)
     assert held.staged_bytes_current == 2 * 256 + 1000
     client.delete_instance(name)
-    freed = usage(stack, tenant)
+    freed = settled_usage(stack, tenant)
     assert (freed.device_buffers, freed.staged_bytes_current, freed.open_sessions) == (0, 0, 0)
 
 

@@ -4,6 +4,7 @@ functions) -> dispatcher (cpu backend), with real guests built from WAT template
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,23 @@ def usage(stack: Any, tenant: str) -> dispatcher_pb.GetTenantUsageResponse:
     return response
 
 
+def settled_usage(
+    stack: Any, tenant: str, timeout_seconds: float = 10.0
+) -> dispatcher_pb.GetTenantUsageResponse:
+    """The tenant's usage once its sessions have ended.
+
+    The executor ends a finished store's dispatcher session in the background (the call
+    does not wait for it), so `open_sessions` reaches 0 shortly after the call returns.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        used = usage(stack, tenant)
+        if used.open_sessions == 0:
+            return used
+        assert time.monotonic() < deadline, f"{used.open_sessions} sessions still open"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def vector_add(client: GatewayClient, cuda_guest: Callable[[str], bytes]) -> str:
     client.create_function("vector-add", cuda_guest("cuda_vector_add"))
@@ -50,7 +68,7 @@ def test_vector_add_runs_on_the_cpu_backend(
     response = client.invoke(vector_add, "run")
     assert result_of(response) == 0, response.outcome.stderr
     assert response.outcome.stderr == b""
-    used = usage(stack, tenant)
+    used = settled_usage(stack, tenant)
     assert (used.loads, used.launches, used.failed_commands) == (1, 1, 0)
     assert used.staged_bytes_total == 3 * 256
     assert used.staged_bytes_current == 0 and used.open_sessions == 0
@@ -62,7 +80,7 @@ def test_launches_are_batched_into_one_request(
 ) -> None:
     # 100 in-place launches (each reads the previous one's output) and one sync.
     assert result_of(client.invoke(vector_add, "accumulate", [Value(i32=100)])) == 0
-    used = usage(stack, tenant)
+    used = settled_usage(stack, tenant)
     assert used.launches == 100
     # the load, the 100 launches at sync, and the end of the session
     assert used.execute_requests == 3
@@ -72,7 +90,7 @@ def test_a_full_batch_is_sent_at_256_launches(
     client: GatewayClient, vector_add: str, stack: Any, tenant: str
 ) -> None:
     assert result_of(client.invoke(vector_add, "accumulate", [Value(i32=300)])) == 0
-    used = usage(stack, tenant)
+    used = settled_usage(stack, tenant)
     assert used.launches == 300
     assert used.execute_requests == 4  # load, 256 launches, 44 at sync, end of session
 
@@ -85,8 +103,7 @@ def test_a_live_instance_keeps_its_kernels_and_session(
     assert result_of(client.call_instance(name, "accumulate", [Value(i32=3)])) == 0
     assert usage(stack, tenant).open_sessions == 1  # the instance's, until it is deleted
     client.delete_instance(name)
-    assert usage(stack, tenant).open_sessions == 0
-    assert usage(stack, tenant).launches == 4
+    assert settled_usage(stack, tenant).launches == 4
 
 
 ERRORS = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tensorwasm_common.gpu_abi import AbiError, Dim3
 
@@ -174,6 +174,20 @@ class Transport(Protocol):
 
         Raises:
             TransportError: the batch did not run (unreachable, busy, refused).
+        """
+        ...
+
+
+@runtime_checkable
+class BackgroundTransport(Transport, Protocol):
+    """A transport that can also end a session without the guest's thread waiting."""
+
+    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+        """Sends `request` (an empty end-of-session request) in the background.
+
+        Returns:
+            False when it did not take the request (its bound of requests in flight is
+            reached): the caller sends it itself.
         """
         ...
 

@@ -7,6 +7,11 @@ queued. Launches are queued and flushed as one batch: at `sync`, when the batch 
 the end of the guest call. Written buffers are copied back into linear memory when their
 batch returns; errors of queued commands surface at the next `sync`, the first one's code
 returned and its message in `last_error`.
+
+Ending the dispatcher's session when the store is done with it is off the call's critical
+path where the transport can do it in the background (`BackgroundTransport`): an empty
+end-of-session request has no result anyone waits for. A final batch that still carries
+commands is sent and waited for as before (its work belongs to the call).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from tensorwasm_executor.cuda_abi import (
     truncate_error,
 )
 from tensorwasm_executor.cuda_batch import (
+    BackgroundTransport,
     BatchReply,
     BatchRequest,
     Command,
@@ -121,7 +127,9 @@ class CudaSession:
         if not completed:
             self._pending.clear()
             self._pending_bytes = 0
-        if not self._pending and not (final and self._opened):
+        if not self._pending:
+            if final:
+                self._end_session(self._deadline)
             return
         try:
             self._flush(memory, copy_back=not final, end_session=final)
@@ -131,10 +139,22 @@ class CudaSession:
     def close(self) -> None:
         """The store is closed: ends the dispatcher's session if one may be open."""
         self._pending.clear()
+        self._pending_bytes = 0
+        self._end_session(self._clock() + CLOSE_TIMEOUT_SECONDS)
+
+    def _end_session(self, deadline: float) -> None:
+        """Ends the dispatcher's session if one may be open: in the transport's background
+        when it takes the request, else here, waiting until `deadline` at most."""
         if not self._opened:
             return
-        self._deadline = self._clock() + CLOSE_TIMEOUT_SECONDS
         request = BatchRequest(self.session_id, (), (), end_session=True)
+        if isinstance(self._transport, BackgroundTransport) and (
+            self._transport.end_session_later(request, CLOSE_TIMEOUT_SECONDS)
+        ):
+            self._opened = False
+            self.requests_sent += 1
+            return
+        self._deadline = deadline
         try:
             self._send(request)
         except AbiFailure as failure:  # the dispatcher expires it after its idle TTL

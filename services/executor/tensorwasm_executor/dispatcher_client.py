@@ -6,10 +6,21 @@ must block until its batch has run. It calls the dispatcher through this blockin
 keeps serving other requests). Each transport carries its tenant in the request and in
 `x-tensorwasm-tenant`, and the trace context of the request it serves, so the dispatcher's
 spans join the invocation's trace. RPC failures are mapped to ABI codes here, once.
+
+The empty request that ends a session once its store is done is sent without waiting
+(`end_session_later`): a non-blocking call whose completion releases one of a bounded
+number of slots (`MAX_BACKGROUND_ENDS`); when they are all taken, the guest's thread
+sends it itself, so a slow dispatcher pushes back instead of piling up requests. A busy
+dispatcher's refusal is retried after its delay within the request's timeout; an end
+that still fails is logged, and the dispatcher expires the session after its idle TTL.
+Closing the client waits (bounded) for the ends in flight.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
 import grpc
@@ -45,6 +56,11 @@ _SCALAR_FIELDS = {
     ArgTag.U32: "u32",
     ArgTag.U64: "u64",
 }
+_log = logging.getLogger(__name__)
+# Session ends sent in the background and not answered yet, at most (per client).
+MAX_BACKGROUND_ENDS = 256
+# How long closing the client waits for the ends in flight.
+CLOSE_DRAIN_SECONDS = 2.0
 _UNREACHABLE = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.UNKNOWN})
 
 
@@ -67,23 +83,59 @@ class DispatcherClient:
         # OpenTelemetry's own intercept_channel: its interceptor is not a grpc one.
         traced = grpcext.intercept_channel(self._channel, tracing)  # type: ignore[no-untyped-call]
         self._stub = pb_grpc.DispatcherServiceStub(traced)
+        self._ends = _BackgroundEnds(MAX_BACKGROUND_ENDS)
 
     def transport(self, tenant: str) -> DispatcherTransport:
         """A tenant's transport, bound to the current trace context (call it while serving)."""
-        return DispatcherTransport(self._stub, tenant, otel_context.get_current())
+        return DispatcherTransport(self._stub, tenant, otel_context.get_current(), self._ends)
 
     def close(self) -> None:
-        """Closes the channel."""
+        """Closes the channel once the session ends in flight are answered (bounded wait)."""
+        if not self._ends.drain(CLOSE_DRAIN_SECONDS):
+            _log.info("closing with %d GPU session ends unanswered", self._ends.in_flight)
         self._channel.close()
+
+
+class _BackgroundEnds:
+    """Counts the session ends in flight, at most `limit` (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._changed = threading.Condition()
+        self.in_flight = 0
+
+    def try_acquire(self) -> bool:
+        with self._changed:
+            if self.in_flight >= self._limit:
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()
+
+    def drain(self, timeout_seconds: float) -> bool:
+        """Waits until none is in flight; False if some still are after the timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.in_flight == 0, timeout_seconds)
 
 
 class DispatcherTransport:
     """Sends one session's batches for one tenant (a `cuda_batch.Transport`)."""
 
-    def __init__(self, stub: Any, tenant: str, trace_context: otel_context.Context) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        tenant: str,
+        trace_context: otel_context.Context,
+        ends: _BackgroundEnds | None = None,
+    ) -> None:
         self._stub = stub
         self._tenant = tenant
         self._trace_context = trace_context
+        self._ends = ends if ends is not None else _BackgroundEnds(MAX_BACKGROUND_ENDS)
 
     def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
         wire = request_to_wire(request, self._tenant)
@@ -102,6 +154,60 @@ class DispatcherTransport:
             kernel_seconds=response.kernel_time.ToTimedelta().total_seconds(),
             tenant_kernel_seconds=response.tenant_kernel_time.ToTimedelta().total_seconds(),
         )
+
+    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+        """Sends an end-of-session request without waiting for it (a `BackgroundTransport`).
+
+        Returns:
+            False when `MAX_BACKGROUND_ENDS` are in flight already (the caller sends it).
+        """
+        if request.commands or request.regions or not request.end_session:
+            raise ValueError("only an empty end-of-session request is sent in the background")
+        if not self._ends.try_acquire():
+            return False
+        wire = request_to_wire(request, self._tenant)
+        try:
+            self._send_end(wire, time.monotonic() + timeout_seconds)
+        except BaseException:
+            self._ends.release()
+            raise
+        return True
+
+    def _send_end(self, wire: pb.ExecuteRequest, deadline: float) -> None:
+        """Starts the call; its completion releases the slot or retries while busy."""
+        token = otel_context.attach(self._trace_context)
+        try:
+            call = self._stub.Execute.future(
+                wire,
+                timeout=max(0.0, deadline - time.monotonic()),
+                metadata=((TENANT_METADATA_KEY, self._tenant),),
+            )
+        finally:
+            otel_context.detach(token)
+        call.add_done_callback(lambda done: self._ended(done, wire, deadline))
+
+    def _ended(self, call: Any, wire: pb.ExecuteRequest, deadline: float) -> None:
+        try:
+            call.result()
+        except grpc.RpcError as exc:
+            failure = transport_error(exc)
+            delay = failure.retry_after_seconds
+            if delay is not None and time.monotonic() + delay < deadline:
+                timer = threading.Timer(delay, self._retry_end, (wire, deadline))
+                timer.daemon = True
+                timer.start()
+                return
+            _log.info("ending a GPU session failed: %s", failure.message)
+        except BaseException:  # cancelled (the channel closed) or unexpected
+            _log.info("ending a GPU session failed", exc_info=True)
+        self._ends.release()
+
+    def _retry_end(self, wire: pb.ExecuteRequest, deadline: float) -> None:
+        try:
+            self._send_end(wire, deadline)
+        except BaseException:
+            _log.info("ending a GPU session failed", exc_info=True)
+            self._ends.release()
 
 
 def transport_error(exc: grpc.RpcError) -> TransportError:

@@ -282,6 +282,58 @@ def test_close_ends_an_open_session(dispatcher: Dispatcher, memory: Memory) -> N
     assert dispatcher.requests[-1] == BatchRequest(session.session_id, (), (), end_session=True)
 
 
+class BackgroundDispatcher(Dispatcher):
+    """Also takes empty session ends in the background, up to `slots` of them."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__()
+        self.slots = slots
+        self.later: list[tuple[BatchRequest, float]] = []
+
+    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+        if len(self.later) >= self.slots:
+            return False
+        self.later.append((request, timeout_seconds))
+        return True
+
+
+def test_an_empty_final_end_goes_to_the_background() -> None:
+    dispatcher, memory = BackgroundDispatcher(slots=1), Memory()
+    session = make_session(dispatcher)
+    kernel = load(session, memory)
+    assert launch(session, memory, kernel, argv(memory)) == 0
+    assert session.sync(memory) == 0
+    sent = len(dispatcher.requests)
+    session.end_call(memory, completed=True, final=True)
+    assert len(dispatcher.requests) == sent  # nothing waited for on the guest's thread
+    ended = BatchRequest(session.session_id, (), (), end_session=True)
+    assert [request for request, _ in dispatcher.later] == [ended]
+    assert dispatcher.later[0][1] > 0
+    session.close()  # already ended
+    assert len(dispatcher.later) == 1 and len(dispatcher.requests) == sent
+
+
+def test_a_final_batch_with_commands_is_waited_for_not_backgrounded() -> None:
+    dispatcher, memory = BackgroundDispatcher(slots=1), Memory()
+    session = make_session(dispatcher)
+    kernel = load(session, memory)
+    assert launch(session, memory, kernel, argv(memory)) == 0
+    session.end_call(memory, completed=True, final=True)
+    assert dispatcher.later == []
+    assert dispatcher.requests[-1].end_session and len(dispatcher.requests[-1].commands) == 1
+
+
+def test_session_ends_are_sent_in_place_when_the_background_is_full() -> None:
+    dispatcher, memory = BackgroundDispatcher(slots=1), Memory()
+    first, second = make_session(dispatcher), make_session(dispatcher)
+    load(first, memory)
+    load(second, memory)
+    first.close()
+    second.end_call(memory, completed=False, final=True)
+    assert [request.session_id for request, _ in dispatcher.later] == [first.session_id]
+    assert dispatcher.requests[-1] == BatchRequest(second.session_id, (), (), end_session=True)
+
+
 # --- deferred errors -----------------------------------------------------------------
 
 
