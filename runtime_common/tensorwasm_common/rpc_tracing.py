@@ -68,7 +68,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Continues the caller's trace for the handler; records a SERVER span when spans
     are exported. Put it first, so the span covers the other interceptors."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -110,14 +111,14 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with _server_span(context, method):
+            with _server_span(self._tracer, context, method):
                 return await behavior(request, context)
 
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with _server_span(context, method):
+            with _server_span(self._tracer, context, method):
                 async for response in behavior(request, context):
                     yield response
 
@@ -135,10 +136,12 @@ def _remote_context(context: grpc.aio.ServicerContext) -> otel_context.Context |
 
 
 @contextmanager
-def _server_span(context: grpc.aio.ServicerContext, method: str) -> Iterator[None]:
+def _server_span(
+    tracer: trace.Tracer, context: grpc.aio.ServicerContext, method: str
+) -> Iterator[None]:
     parent = _remote_context(context)
     if span_recording():
-        span = trace.get_tracer(_INSTRUMENTATION).start_span(
+        span = tracer.start_span(
             method, context=parent, kind=SpanKind.SERVER, attributes=_attributes(method)
         )
     else:
@@ -182,14 +185,12 @@ def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:
     return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags, state))
 
 
-def _outgoing(metadata: Any, method: str) -> tuple[Any, trace.Span | None]:
+def _outgoing(tracer: trace.Tracer, metadata: Any, method: str) -> tuple[Any, trace.Span | None]:
     """The call's metadata with the trace context added, and its CLIENT span if recorded."""
     span: trace.Span | None = None
     ctx = None
     if span_recording():
-        span = trace.get_tracer(_INSTRUMENTATION).start_span(
-            method, kind=SpanKind.CLIENT, attributes=_attributes(method)
-        )
+        span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_attributes(method))
         ctx = trace.set_span_in_context(span)
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=ctx)
@@ -223,12 +224,13 @@ async def _finish(call: Any, span: trace.Span) -> None:
 class _TracedMultiCallable:
     """A grpc.aio multicallable that sends the current trace context with each call."""
 
-    def __init__(self, inner: Any, method: str) -> None:
+    def __init__(self, inner: Any, method: str, tracer: trace.Tracer) -> None:
         self._inner = inner
         self._method = method
+        self._tracer = tracer
 
     def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
-        metadata, span = _outgoing(metadata, self._method)
+        metadata, span = _outgoing(self._tracer, metadata, self._method)
         call = self._inner(request, metadata=metadata, **kwargs)
         if span is not None:
             _end_when_done(call, span)
@@ -238,8 +240,11 @@ class _TracedMultiCallable:
 class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio channel whose calls carry W3C trace context (see the module doc)."""
 
-    def __init__(self, inner: grpc.aio.Channel) -> None:
+    def __init__(
+        self, inner: grpc.aio.Channel, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
         self._inner = inner
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
 
     async def __aenter__(self) -> TracedChannel:
         return self
@@ -265,16 +270,20 @@ class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced unary-unary multicallable for `method`."""
-        return _TracedMultiCallable(self._inner.unary_unary(method, *args, **kwargs), method)
+        inner = self._inner.unary_unary(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced unary-stream multicallable for `method`."""
-        return _TracedMultiCallable(self._inner.unary_stream(method, *args, **kwargs), method)
+        inner = self._inner.unary_stream(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced stream-unary multicallable for `method`."""
-        return _TracedMultiCallable(self._inner.stream_unary(method, *args, **kwargs), method)
+        inner = self._inner.stream_unary(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced stream-stream multicallable for `method`."""
-        return _TracedMultiCallable(self._inner.stream_stream(method, *args, **kwargs), method)
+        inner = self._inner.stream_stream(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
