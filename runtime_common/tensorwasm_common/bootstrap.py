@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tensorwasm_common.interceptors import ErrorInterceptor
 from tensorwasm_common.logs import configure_logging
 from tensorwasm_common.metrics import start_metrics_endpoint
+from tensorwasm_common.rpc_tracing import TracingInterceptor
 from tensorwasm_common.settings import ServerSettings, SettingsError, load_settings, split_address
 from tensorwasm_common.tracing import configure_tracing
 
@@ -71,9 +71,8 @@ def create_host(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    tracing_interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[tracing_interceptor, ErrorInterceptor(service), *interceptors],
+        interceptors=[TracingInterceptor(), ErrorInterceptor(service), *interceptors],
         options=options,
     )
     health_servicer = health.aio.HealthServicer()

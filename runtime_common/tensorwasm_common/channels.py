@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from tensorwasm_common.rpc_tracing import TracedChannel
 
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 DEFAULT_TENANT = "default"
@@ -16,11 +17,7 @@ def open_channel(address: str, *, max_message_bytes: int = 64 << 20) -> grpc.aio
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
     ]
-    return grpc.aio.insecure_channel(
-        address,
-        options=options,
-        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-    )
+    return TracedChannel(grpc.aio.insecure_channel(address, options=options))
 
 
 async def peer_serving(channel: grpc.aio.Channel, *, timeout_seconds: float = 2.0) -> bool:

@@ -32,6 +32,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # The wrapped handler of each method, built once (the server returns the same
         # handler object for a method on every call).
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._metrics: dict[tuple[str, Code], tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -135,8 +136,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         context.set_code(grpc_code(error.code))
 
     def _record(self, method: str, code: Code, started: float) -> None:
-        GRPC_REQUESTS.labels(self._service, method, code.name).inc()
-        GRPC_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
+        children = self._metrics.get((method, code))
+        if children is None:  # looked up once per method and code, not per call
+            children = (
+                GRPC_REQUESTS.labels(self._service, method, code.name),
+                GRPC_DURATION.labels(self._service, method),
+            )
+            self._metrics[(method, code)] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
 
 def _cancelled_code(context: grpc.aio.ServicerContext) -> Code:

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from tensorwasm_common.rpc_tracing import set_span_recording
+
 JSONL_PATH_VARIABLE = "TENSORWASM_TRACES_JSONL_PATH"
 
 
@@ -69,8 +71,11 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     environ = os.environ if environ is None else environ
     service_name = environ.get("OTEL_SERVICE_NAME", f"tensorwasm-{service}")
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    for exporter in _exporters(environ):
+    exporters = _exporters(environ)
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+    # With no exporter, the RPC hops propagate trace context without recording spans.
+    set_span_recording(bool(exporters))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -70,6 +70,7 @@ class Replica:
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
+        self._in_flight_gauge = EXECUTOR_IN_FLIGHT.labels(address)  # looked up once
         EXECUTOR_HEALTHY.labels(address).set(1)
 
     def view(self) -> ReplicaView:
@@ -86,12 +87,12 @@ class Replica:
     def acquire(self) -> None:
         """Counts one more call in flight."""
         self.in_flight += 1
-        EXECUTOR_IN_FLIGHT.labels(self.address).inc()
+        self._in_flight_gauge.inc()
 
     def release(self) -> None:
         """Counts one call less in flight."""
         self.in_flight -= 1
-        EXECUTOR_IN_FLIGHT.labels(self.address).dec()
+        self._in_flight_gauge.dec()
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:

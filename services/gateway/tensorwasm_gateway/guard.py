@@ -16,6 +16,7 @@ Cancel* are `write` (both audited), anything else is `read`; `ADMIN_METHODS` are
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 import re
 import time
@@ -116,6 +117,7 @@ def _values(metadata: Any, key: str) -> list[str]:
     return [str(v) for k, v in metadata or () if k == key]
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

@@ -5,6 +5,7 @@ Pure functions over a snapshot of the replicas; `executors.ExecutorPool` feeds t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,10 +16,20 @@ import blake3
 def rendezvous_order(key: str, replicas: Sequence[str]) -> list[str]:
     """Replicas ordered by preference for `key`: the same key always prefers the same
     replica (warm caches), and removing a replica only moves the keys it owned."""
-    return sorted(
-        replicas,
-        key=lambda replica: blake3.blake3(f"{replica}\x00{key}".encode()).digest(),
-        reverse=True,
+    return list(_rendezvous_order(key, tuple(replicas)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rendezvous_order(key: str, replicas: tuple[str, ...]) -> tuple[str, ...]:
+    """`rendezvous_order`, memoised: a hot module's order is hashed once, not per call."""
+    if len(replicas) == 1:
+        return replicas
+    return tuple(
+        sorted(
+            replicas,
+            key=lambda replica: blake3.blake3(f"{replica}\x00{key}".encode()).digest(),
+            reverse=True,
+        )
     )
 
 

@@ -12,7 +12,8 @@ Self-timed, stored in the params of `e2e/invoke_noop`:
 - `tail`: 10,000 samples (1,000 with --quick) of invoke_noop and of the two-hop echo, for
   nearest-rank P50/P95/P99/P99.9 with enough samples behind the P99.9;
 - `throughput_64`: 64 concurrent callers (grpc.aio, one process) against the one-hop echo
-  and against invoke_noop, in alternating blocks; calls/second and the ratio.
+  and against invoke_noop, in alternating blocks; calls/second and the ratio, and the CPU
+  time per invoke_noop of the gateway and executor processes (from /proc, all threads).
 
 The gateway runs as in production: a bearer token scoped to one tenant, the audit log
 written to a file (one write per record), rate limits on (set high enough not to reject).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -84,23 +86,44 @@ async def _drive(address: str, method: str, payload: bytes, metadata: Any, calls
         return time.perf_counter() - started
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _throughput(
-    subjects: dict[str, Callable[[int], float]], calls: int, blocks: int
+    subjects: dict[str, Callable[[int], float]],
+    calls: int,
+    blocks: int,
+    *,
+    cpu_of: str,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """Calls/second of each subject over `blocks` alternating blocks of `calls` calls."""
+    """Calls/second of each subject over `blocks` alternating blocks of `calls` calls, and
+    the CPU time per call that the processes in `pids` spent on the `cpu_of` subject's
+    blocks (less sensitive than rates to other work on a shared machine)."""
     seconds = dict.fromkeys(subjects, 0.0)
+    cpu = dict.fromkeys(pids, 0.0)
     for subject in subjects.values():
         subject(max(calls // 4, CONCURRENT_CALLERS))  # warm-up
     for index in range(blocks):
         order = list(subjects.items())
         for name, subject in order[index % 2 :] + order[: index % 2]:
+            before = {process: _cpu_seconds(pid) for process, pid in pids.items()}
             seconds[name] += subject(calls)
+            if name == cpu_of:
+                for process, pid in pids.items():
+                    cpu[process] += _cpu_seconds(pid) - before[process]
     rates = {name: blocks * calls / total for name, total in seconds.items()}
     return {
         "concurrent_callers": CONCURRENT_CALLERS,
         "calls_per_block": calls,
         "blocks": blocks,
         "calls_per_second": {name: round(rate, 1) for name, rate in rates.items()},
+        f"cpu_us_per_call[{cpu_of}]": {
+            process: round(total / (blocks * calls) * 1e6) for process, total in cpu.items()
+        },
     }
 
 
@@ -124,7 +147,9 @@ def e2e(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             },
         )
         cleanup.callback(stack.stop)
-        gateway = stack.start()["gateway"].grpc_address
+        services = stack.start()
+        gateway = services["gateway"].grpc_address
+        service_pids = {name: services[name].pid for name in ("gateway", "executor")}
         leaf = cleanup.enter_context(running_echo_server(data_dir / "echo-leaf.log"))
         relay = cleanup.enter_context(
             running_echo_server(data_dir / "echo-relay.log", forward=leaf)
@@ -173,11 +198,14 @@ def e2e(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             },
             calls=640 if config.quick else 3200,
             blocks=4 if config.quick else 6,
+            cpu_of=NOOP,
+            pids=service_pids,
         )
         rates = throughput["calls_per_second"]
         throughput["ratio_to_echo"] = round(rates[NOOP] / rates[ECHO_UNARY], 3)
         print(f"throughput at {CONCURRENT_CALLERS} callers (calls/s): {rates}")
-        print(f"  invoke_noop / one-hop echo = {throughput['ratio_to_echo']}\n")
+        print(f"  invoke_noop / one-hop echo = {throughput['ratio_to_echo']}")
+        print(f"  CPU µs per invoke_noop: {throughput[f'cpu_us_per_call[{NOOP}]']}\n")
         noop_params: dict[str, Any] = {
             "tail": {name: as_params(result, tail_tier) for name, result in tail.items()},
             "throughput_64": throughput,

@@ -1,0 +1,289 @@
+"""W3C trace propagation on every gRPC hop, with spans only when they are exported.
+
+The OpenTelemetry grpc instrumentation costs about 0.35 ms of CPU per call in the gateway
+and 0.17 ms in the executor (it rebuilds the method handler and wraps the servicer context
+on every call, and its aio client interceptor runs each call through grpc's interceptor
+pipeline, an extra task per call). This module does the same job more cheaply:
+
+- `TracingInterceptor` (server): continues the caller's trace from its `traceparent`
+  metadata and makes the call's span current for the handler (logs, the audit record and
+  every downstream call see it); handlers are wrapped once per method;
+- `TracedChannel` (client): adds the current trace context to each call's metadata, on the
+  plain grpc.aio multicallables (no interceptor pipeline).
+
+When spans are exported (`configure_tracing` installed an exporter, or a process set up
+its own provider), each hop records a SERVER span and each call a CLIENT span, with the
+method as name and `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`
+attributes, as the instrumentation did. When nothing would export them (the default
+`OTEL_TRACES_EXPORTER=none`), no span is recorded: the server hop still takes a new span
+id under the caller's trace id and sampled flag, so the trace id, the parent/child
+structure downstream and the sampling decision propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+
+Behavior = Callable[..., Any]
+# The metadata keys the W3C (and baggage) propagators read.
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+_INSTRUMENTATION = "tensorwasm.rpc"
+
+# None: not configured by `configure_tracing`; record through whatever provider is set.
+_recording: list[bool | None] = [None]
+# CLIENT spans whose end is pending (a reference, so that the tasks are not collected).
+_finishing: set[asyncio.Future[None]] = set()
+
+
+def set_span_recording(recording: bool | None) -> None:
+    """Whether hops record spans (`configure_tracing` sets it from its exporters)."""
+    _recording[0] = recording
+
+
+def span_recording() -> bool:
+    """True when spans are recorded: an exporter is configured, or the provider is the
+    process's own (tests, tools)."""
+    return _recording[0] is not False
+
+
+def _attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _code_value(code: Any) -> int:
+    return int(code.value[0]) if isinstance(code, grpc.StatusCode) else 0
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Continues the caller's trace for the handler; records a SERVER span when spans
+    are exported. Put it first, so the span covers the other interceptors."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method), **serializers
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method), **serializers
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method), **serializers
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method), **serializers
+        )
+
+    def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with _server_span(self._tracer, context, method):
+                return await behavior(request, context)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with _server_span(self._tracer, context, method):
+                async for response in behavior(request, context):
+                    yield response
+
+        return wrapped
+
+
+def _remote_context(context: grpc.aio.ServicerContext) -> otel_context.Context | None:
+    """The caller's trace context from the call's metadata (None when it sent none)."""
+    carrier = {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if key in _TRACE_KEYS and isinstance(value, str)
+    }
+    return propagate.extract(carrier) if carrier else None
+
+
+@contextmanager
+def _server_span(
+    tracer: trace.Tracer, context: grpc.aio.ServicerContext, method: str
+) -> Iterator[None]:
+    parent = _remote_context(context)
+    if span_recording():
+        span = tracer.start_span(
+            method, context=parent, kind=SpanKind.SERVER, attributes=_attributes(method)
+        )
+    else:
+        span = _unrecorded_child(parent)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield
+    except BaseException as exc:
+        if span.is_recording():
+            code = _code_value(context.code()) or _exception_code(exc)
+            span.set_attribute("rpc.grpc.status_code", code)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}"))
+        raise
+    else:
+        if span.is_recording():
+            code = _code_value(context.code())
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code:
+                span.set_status(Status(StatusCode.ERROR, context.details() or None))
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def _exception_code(exc: BaseException) -> int:
+    if isinstance(exc, asyncio.CancelledError):
+        return _code_value(grpc.StatusCode.CANCELLED)
+    return _code_value(grpc.StatusCode.UNKNOWN)
+
+
+def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:
+    """A span that records nothing but carries the caller's trace id and flags (a new
+    trace when there is none) under a new span id, as a sampled-out SDK span would."""
+    remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    if remote is not None and remote.is_valid:
+        trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
+    else:
+        trace_id = random.getrandbits(128) or 1
+        flags, state = trace.TraceFlags(trace.TraceFlags.SAMPLED), trace.TraceState()
+    span_id = random.getrandbits(64) or 1
+    return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags, state))
+
+
+def _outgoing(tracer: trace.Tracer, metadata: Any, method: str) -> tuple[Any, trace.Span | None]:
+    """The call's metadata with the trace context added, and its CLIENT span if recorded."""
+    span: trace.Span | None = None
+    ctx = None
+    if span_recording():
+        span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_attributes(method))
+        ctx = trace.set_span_in_context(span)
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=ctx)
+    if not carrier:
+        return metadata, span
+    return (*(tuple(metadata) if metadata else ()), *carrier.items()), span
+
+
+def _end_when_done(call: Any, span: trace.Span) -> None:
+    """Ends the CLIENT span with the call's status once the call completes."""
+
+    def done(finished: Any) -> None:
+        task = asyncio.ensure_future(_finish(finished, span))
+        _finishing.add(task)
+        task.add_done_callback(_finishing.discard)
+
+    call.add_done_callback(done)
+
+
+async def _finish(call: Any, span: trace.Span) -> None:
+    try:
+        code = await call.code()
+        value = _code_value(code)
+        span.set_attribute("rpc.grpc.status_code", value)
+        if value:
+            span.set_status(Status(StatusCode.ERROR, await call.details()))
+    finally:
+        span.end()
+
+
+class _TracedMultiCallable:
+    """A grpc.aio multicallable that sends the current trace context with each call."""
+
+    def __init__(self, inner: Any, method: str, tracer: trace.Tracer) -> None:
+        self._inner = inner
+        self._method = method
+        self._tracer = tracer
+
+    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+        metadata, span = _outgoing(self._tracer, metadata, self._method)
+        call = self._inner(request, metadata=metadata, **kwargs)
+        if span is not None:
+            _end_when_done(call, span)
+        return call
+
+
+class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A grpc.aio channel whose calls carry W3C trace context (see the module doc)."""
+
+    def __init__(
+        self, inner: grpc.aio.Channel, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
+        self._inner = inner
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    async def __aenter__(self) -> TracedChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._inner.close(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Closes the underlying channel (see grpc.aio.Channel.close)."""
+        await self._inner.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The underlying channel's connectivity state."""
+        return self._inner.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Waits until the state differs from `last_observed_state`."""
+        await self._inner.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        """Waits until the channel is READY."""
+        await self._inner.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+        """A traced unary-unary multicallable for `method`."""
+        inner = self._inner.unary_unary(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+        """A traced unary-stream multicallable for `method`."""
+        inner = self._inner.unary_stream(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+        """A traced stream-unary multicallable for `method`."""
+        inner = self._inner.stream_unary(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+        """A traced stream-stream multicallable for `method`."""
+        inner = self._inner.stream_stream(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._tracer)

@@ -1,0 +1,202 @@
+"""rpc_tracing on real grpc.aio servers: trace context crosses two hops, recorded or not.
+
+The client calls `front` (a server with TracingInterceptor), whose handler calls `back`
+through a TracedChannel; `back` answers the traceparent it received and `front` adds the
+span context it ran under.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tensorwasm_common import rpc_tracing
+from tensorwasm_common.rpc_tracing import TracedChannel, TracingInterceptor
+
+SERVICE = "test.Trace"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _traceparent(context: grpc.aio.ServicerContext) -> str:
+    return next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), "none")
+
+
+async def _back(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if request == b"fail":
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no")
+    return _traceparent(context).encode()
+
+
+async def _back_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield _traceparent(context).encode()
+
+
+def _handlers(front: Callable[..., Awaitable[bytes]] | None) -> grpc.GenericRpcHandler:
+    def unary(behavior: Callable[..., Any]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=_identity, response_serializer=_identity
+        )
+
+    handlers = {
+        "Back": unary(_back),
+        "BackStream": grpc.unary_stream_rpc_method_handler(
+            _back_stream, request_deserializer=_identity, response_serializer=_identity
+        ),
+    }
+    if front is not None:
+        handlers["Front"] = unary(front)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _here() -> str:
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def _run(metadata: tuple[tuple[str, str], ...], provider: TracerProvider | None = None) -> Any:
+    """Calls Front (which calls Back and BackStream); returns what each hop saw."""
+
+    async def main() -> list[str]:
+        back = grpc.aio.server(interceptors=[TracingInterceptor(provider)])
+        back.add_generic_rpc_handlers((_handlers(None),))
+        back_port = back.add_insecure_port("127.0.0.1:0")
+        await back.start()
+        channel = TracedChannel(grpc.aio.insecure_channel(f"127.0.0.1:{back_port}"), provider)
+
+        async def front(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            call = channel.unary_unary(
+                f"/{SERVICE}/Back", request_serializer=_identity, response_deserializer=_identity
+            )
+            seen = await call(request, timeout=10)
+            stream = channel.unary_stream(
+                f"/{SERVICE}/BackStream",
+                request_serializer=_identity,
+                response_deserializer=_identity,
+            )
+            streamed = [chunk async for chunk in stream(b"", timeout=10)]
+            return b"|".join([_here().encode(), seen, *streamed])
+
+        server = grpc.aio.server(interceptors=[TracingInterceptor(provider)])
+        server.add_generic_rpc_handlers((_handlers(front),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as client:
+                call = client.unary_unary(
+                    f"/{SERVICE}/Front",
+                    request_serializer=_identity,
+                    response_deserializer=_identity,
+                )
+                reply = await asyncio.wait_for(call(b"", metadata=metadata, timeout=10), 30)
+        finally:
+            await channel.close()
+            await server.stop(5)
+            await back.stop(5)
+        return bytes(reply).decode().split("|")
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def unrecorded() -> Iterator[None]:
+    rpc_tracing.set_span_recording(False)
+    yield
+    rpc_tracing.set_span_recording(None)
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_unrecorded_hops_continue_the_callers_trace(unrecorded: None, flags: str) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    here, back, streamed = _run((("traceparent", f"00-{trace_id}-{parent}-{flags}"),))
+    here_trace, here_span, here_flags = here.split("-")
+    assert (here_trace, here_flags) == (trace_id, flags)
+    assert here_span not in (parent, "0" * 16)  # the hop's own span id
+    # Back's parent is front's span: the structure propagates although nothing is recorded.
+    assert back == streamed == f"00-{trace_id}-{here_span}-{flags}"
+
+
+def test_unrecorded_hop_without_a_caller_trace_starts_one(unrecorded: None) -> None:
+    here, back, _ = _run(())
+    trace_id, span_id, flags = here.split("-")
+    assert trace_id != "0" * 32 and span_id != "0" * 16
+    assert back == f"00-{trace_id}-{span_id}-{flags}"
+
+
+def test_recorded_hops_make_server_and_client_spans_in_one_trace() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    rpc_tracing.set_span_recording(True)
+    try:
+        trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+        here, back, streamed = _run((("traceparent", f"00-{trace_id}-{parent}-01"),), provider)
+        # CLIENT spans end from a done callback: let it run before reading.
+        spans = {(s.name, s.kind.name): s for s in exporter.get_finished_spans()}
+    finally:
+        rpc_tracing.set_span_recording(None)
+    front = spans[(f"/{SERVICE}/Front", "SERVER")]
+    calls = [spans[(f"/{SERVICE}/{m}", "CLIENT")] for m in ("Back", "BackStream")]
+    served = [spans[(f"/{SERVICE}/{m}", "SERVER")] for m in ("Back", "BackStream")]
+    assert {format(s.context.trace_id, "032x") for s in [front, *calls, *served]} == {trace_id}
+    assert front.parent is not None and format(front.parent.span_id, "016x") == parent
+    assert here.split("-")[1] == format(front.context.span_id, "016x")
+    for call, server, seen in zip(calls, served, (back, streamed), strict=True):
+        assert call.parent is not None and call.parent.span_id == front.context.span_id
+        assert server.parent is not None and server.parent.span_id == call.context.span_id
+        assert seen == f"00-{trace_id}-{call.context.span_id:016x}-01"
+        assert call.attributes is not None and call.attributes["rpc.grpc.status_code"] == 0
+    assert front.attributes is not None
+    assert front.attributes["rpc.grpc.status_code"] == 0
+    assert front.attributes["rpc.method"] == "Front"
+
+
+def test_recorded_server_span_of_an_aborted_call_has_its_code() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    rpc_tracing.set_span_recording(True)
+
+    async def main() -> grpc.StatusCode:
+        server = grpc.aio.server(interceptors=[TracingInterceptor(provider)])
+        server.add_generic_rpc_handlers((_handlers(None),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with TracedChannel(
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}"), provider
+            ) as channel:
+                call = channel.unary_unary(
+                    f"/{SERVICE}/Back",
+                    request_serializer=_identity,
+                    response_deserializer=_identity,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(b"fail", timeout=10)
+                await asyncio.sleep(0.05)  # the CLIENT span ends from the call's done callback
+                return caught.value.code()
+        finally:
+            await server.stop(5)
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        rpc_tracing.set_span_recording(None)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    spans = {s.kind.name: s for s in exporter.get_finished_spans()}
+    expected = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    for kind in ("SERVER", "CLIENT"):
+        attributes = spans[kind].attributes
+        assert attributes is not None
+        assert attributes["rpc.grpc.status_code"] == expected
+        assert spans[kind].status.status_code.name == "ERROR"
