@@ -129,9 +129,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         raises) ends the call the same way on the wire, but the tracing interceptor then sees
         a return, not an exception: it marks the span with the status code and does not
         format and attach a traceback to every expected error (about 1 ms per call).
+        Trailing metadata the handler set (the gateway's `x-request-id`) is kept.
         """
         status = to_status_proto(error, self._domain)
-        context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
+        kept = tuple(m for m in context.trailing_metadata() or () if m[0] != STATUS_DETAILS_KEY)
+        context.set_trailing_metadata((*kept, (STATUS_DETAILS_KEY, status.SerializeToString())))
         context.set_details(error.message)
         context.set_code(grpc_code(error.code))
 

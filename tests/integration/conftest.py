@@ -50,6 +50,7 @@ def start_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Runn
         extra_env={
             "OTEL_TRACES_EXPORTER": "jsonl",
             "TENSORWASM_EXECUTOR_INSTANCE_SWEEP_SECONDS": "0.1",
+            "TENSORWASM_EXECUTOR_CALL_LOG": "true",
             **(extra_env or {}),
         },
     )

@@ -3,6 +3,7 @@ one replica under load fails no retried idempotent call and runs no call twice."
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -71,6 +72,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[LocalStack, dict[str, ServiceProcess
             "TENSORWASM_GATEWAY_EXECUTOR_HEALTH_INTERVAL_SECONDS": "0.5",
             "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT": "64",
             "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT_PER_TENANT": "64",
+            "TENSORWASM_EXECUTOR_CALL_LOG": "true",
         },
     )
     try:
@@ -184,6 +186,19 @@ def test_calls_spread_over_replicas_then_survive_a_kill(
             outcome="not_started",
         )
         assert executed(services[name]) == sent, (name, started)
+    # The executors' call logs (the killed one's file survives it): every request id the
+    # gateway chose was received by at most one executor, once.
+    seen: dict[str, list[str]] = {}
+    for name in EXECUTORS:
+        for raw in Path(services[name].log_path).read_text().splitlines():
+            entry = json.loads(raw) if raw.startswith("{") else {}
+            if entry.get("message") == "call received" and entry.get("method") == "Invoke":
+                seen.setdefault(str(entry["request_id"]), []).append(name)
+    assert "" not in seen  # the gateway sent an id with every call
+    twice = {rid: names for rid, names in seen.items() if len(names) > 1}
+    assert not twice, twice
+    assert len(seen) >= total_started - len(first_try_failures)  # the log is complete
+    assert len(seen) <= total_started
     # only calls in flight on the victim when it died can have failed (bounded by callers)
     print(
         "failovers:",

@@ -223,6 +223,19 @@ class LocalStack:
         self.state_path.unlink(missing_ok=True)
         return stopped
 
+    def start_service(self, name: str, timeout_seconds: float = 60.0) -> ServiceProcess:
+        """Starts one recorded service again (after `kill` or a crash), with the addresses
+        of the others; returns it with its new addresses (ephemeral ports change)."""
+        services = self.services()
+        if name not in services:
+            raise StackError(f"{name} is not part of the stack in {self.data_dir}")
+        if _alive(services[name]):
+            raise StackError(f"{name} is still running")
+        service = self._start_one(name, services, timeout_seconds)
+        services[name] = service
+        self._write_state(services)
+        return service
+
     def kill(self, name: str) -> None:
         """SIGKILLs one service (for crash tests) and reaps it."""
         service = self.services()[name]

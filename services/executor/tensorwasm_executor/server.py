@@ -14,6 +14,7 @@ from tensorwasm_common.channels import open_channel, peer_serving
 from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.call_log import CallLogInterceptor
 from tensorwasm_executor.cuda_host import CudaHost
 from tensorwasm_executor.dispatcher_client import DispatcherClient
 from tensorwasm_executor.images import ImageProvider
@@ -96,7 +97,12 @@ async def serve(settings: ExecutorSettings) -> None:
         sandbox, blobs.get, compile_pool, image_dir=settings.image_dir,
         records=SnapshotClient(store_channel), cache_entries=settings.image_cache_entries,
     )  # fmt: skip
-    host: ServiceHost = create_host("executor", settings, [SERVICE_NAME])
+    host: ServiceHost = create_host(
+        "executor",
+        settings,
+        [SERVICE_NAME],
+        interceptors=[CallLogInterceptor()] if settings.call_log else [],
+    )
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant
     )

@@ -24,6 +24,9 @@ class ExecutorSettings(ServerSettings):
     max_memory_bytes: int = 256 << 20
     max_table_elements: int = 100_000
     fuel_metering: bool = False
+    # One JSON log line per call received (Invoke, InvokeStream, instances), with the
+    # caller's x-request-id: the gateway's request id, for at-most-once evidence.
+    call_log: bool = False
     # 0: derived from workers (twice the workers in flight; half of that per tenant).
     max_in_flight: int = 0
     max_in_flight_per_tenant: int = 0

@@ -166,8 +166,9 @@ def _parse_entry(raw: str, tenants: list[str]) -> tuple[str, Scope]:
     return token, Scope(tenants=frozenset(names))
 
 
-def parse_tokens(text: str) -> list[tuple[str, Scope]]:
-    """Parses token configuration (see the module docstring); bad entries are dropped."""
+def parse_tokens(text: str, errors: list[str] | None = None) -> list[tuple[str, Scope]]:
+    """Parses token configuration (see the module docstring); bad entries are dropped
+    (and why is appended to `errors`, when given)."""
     entries: list[tuple[str, Scope]] = []
     bare = 0
     current: str | None = None
@@ -181,6 +182,8 @@ def parse_tokens(text: str) -> list[tuple[str, Scope]]:
                 bare += ":" not in current
             except _EntryError as exc:
                 _log.warning("token entry dropped: %s", exc)
+                if errors is not None:
+                    errors.append(str(exc))
         current, continued = None, []
 
     for fragment in _fragments(text):

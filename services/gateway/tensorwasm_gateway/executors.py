@@ -30,6 +30,7 @@ from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
 
 from tensorwasm_gateway.replicas import ReplicaSource
+from tensorwasm_gateway.request_ids import downstream_metadata
 from tensorwasm_gateway.routing import ReplicaView, rendezvous_order, route
 from tensorwasm_gateway.settings import GatewaySettings
 
@@ -232,7 +233,10 @@ class ExecutorPool:
 
         async def start(replica: Replica) -> ExecutorStream:
             call = replica.stub.InvokeStream(
-                message, timeout=downstream_timeout(self._timeout), wait_for_ready=False
+                message,
+                timeout=downstream_timeout(self._timeout),
+                wait_for_ready=False,
+                metadata=downstream_metadata(),
             )
             replica.acquire()
             try:
@@ -251,7 +255,10 @@ class ExecutorPool:
         async def call(replica: Replica) -> Any:
             with replica.holding():
                 return await getattr(replica.stub, method)(
-                    request, timeout=downstream_timeout(self._timeout), wait_for_ready=False
+                    request,
+                    timeout=downstream_timeout(self._timeout),
+                    wait_for_ready=False,
+                    metadata=downstream_metadata(),
                 )
 
         return await self._failover(digest, call)
@@ -303,7 +310,9 @@ class ExecutorPool:
         try:
             with replica.holding():
                 return await getattr(replica.stub, method)(
-                    request, timeout=downstream_timeout(self._timeout)
+                    request,
+                    timeout=downstream_timeout(self._timeout),
+                    metadata=downstream_metadata(),
                 )
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, f"executor {address}") from exc

@@ -20,7 +20,6 @@ import functools
 import ipaddress
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,19 +39,18 @@ from tensorwasm_gateway.auth import (
     authorize_tenant,
 )
 from tensorwasm_gateway.functions import validate_tenant
-from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS
+from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS, tenant_label
 from tensorwasm_gateway.ratelimit import ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, REQUEST_ID_KEY, request_id_from
 
 AUTHORIZATION_KEY = "authorization"
 FORWARDED_FOR_KEY = "x-forwarded-for"
-REQUEST_ID_KEY = "x-request-id"
 # Fleet operations: only tokens with role=admin may call them (full method names).
 ADMIN_METHODS: frozenset[str] = frozenset()
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 CALL_CLASSES = ("invoke", "write", "read", "admin")
 _INVOKE_VERBS = ("Invoke", "Call", "Start", "Run", "Execute")
 _WRITE_VERBS = ("Create", "Delete", "Update", "Cancel", "Put", "Remove", "Set")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 _GUARD_REASONS = frozenset(
     {
@@ -270,12 +268,14 @@ class _Call:
         "_metadata",
         "_policy",
         "_request",
+        "_request_id_token",
         "_slot",
         "_started",
         "_tenant_token",
         "code",
         "principal",
         "reason",
+        "request_id",
         "tenant",
     )
 
@@ -294,6 +294,10 @@ class _Call:
         self._metadata = context.invocation_metadata()
         self._slot = False
         self._tenant_token: contextvars.Token[str | None] | None = None
+        # Chosen before any check, so refused calls are answered with it too.
+        self.request_id = request_id_from(self._metadata)
+        self._request_id_token = CURRENT_REQUEST_ID.set(self.request_id)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         self.principal: Principal | None = None
         self.tenant = ""
         self.code = Code.OK
@@ -312,7 +316,7 @@ class _Call:
         if isinstance(exc, ServiceError):
             self.code, self.reason = exc.code, exc.reason
             if not self._slot and exc.reason in _GUARD_REASONS:
-                REJECTIONS.labels(self.tenant, exc.reason).inc()
+                REJECTIONS.labels(tenant_label(self.tenant), exc.reason).inc()
         elif isinstance(exc, AbortError):
             code = context.code()
             self.code = Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN
@@ -322,18 +326,21 @@ class _Call:
             self.code = Code.CANCELLED
 
     def exit(self) -> None:
+        CURRENT_REQUEST_ID.reset(self._request_id_token)
         if self._tenant_token is not None:
             CURRENT_TENANT.reset(self._tenant_token)
         if self._slot:
             self._guard.caps.release(self._policy.call_class)
             if self._policy.invoking:
-                INVOCATIONS.labels(self.tenant, self._policy.action, self.code.name).inc()
+                INVOCATIONS.labels(
+                    tenant_label(self.tenant), self._policy.action, self.code.name
+                ).inc()
         audit = self._guard.audit
         if not self._policy.audited or not audit.enabled:
             return
         audit.record(
             AuditEvent(
-                request_id=self._request_id(),
+                request_id=self.request_id,
                 principal=self.principal,
                 action=self._policy.action,
                 resource=resource_of(self._request),
@@ -345,9 +352,3 @@ class _Call:
                 trace_id=_trace_id(),
             )
         )
-
-    def _request_id(self) -> str:
-        supplied = _values(self._metadata, REQUEST_ID_KEY)
-        if supplied and _REQUEST_ID.fullmatch(supplied[0]):
-            return supplied[0]
-        return uuid.uuid4().hex

@@ -1,7 +1,8 @@
 """The HTTP/JSON face: the original's REST routes, translated onto the gateway's own gRPC API.
 
 Every route is one (or two) calls to this gateway's gRPC server over loopback, with the
-caller's `authorization`, `x-tensorwasm-tenant` and `traceparent` forwarded as metadata
+caller's `authorization`, `x-tensorwasm-tenant`, `traceparent` and `x-request-id` (the
+client's, else one chosen here; returned as a response header) forwarded as metadata
 and `x-forwarded-for` naming the HTTP client, so the gRPC interceptors (auth, rate
 limits, audit, metrics) apply to HTTP callers unchanged. gRPC errors map to the
 original's `{"error": {"kind", "message"}}` envelope and statuses, with the gRPC
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import re
@@ -32,8 +34,9 @@ from tensorwasm_common.status import STATUS_DETAILS_KEY
 
 from tensorwasm_gateway.http_server import Request, Response, start_http_server
 from tensorwasm_gateway.json_values import ArgumentError, to_json, to_wire
+from tensorwasm_gateway.request_ids import REQUEST_ID_KEY, request_id_from
 
-FORWARDED = ("authorization", "x-tensorwasm-tenant", "traceparent")
+FORWARDED = ("authorization", "x-tensorwasm-tenant", "traceparent", REQUEST_ID_KEY)
 _JSON = [("content-type", "application/json")]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _FUNCTION = r"/functions/(?P<id>[^/]+)"
@@ -153,7 +156,22 @@ class HttpFace:
         self._timeout = timeout_seconds
 
     async def handle(self, request: Request) -> Response:
-        """Answers one request (never raises for a bad request)."""
+        """Answers one request (never raises for a bad request), with an `x-request-id`
+        header: the client's valid one, else a new one, sent on every gRPC call the
+        route makes (so the audit log names the same id)."""
+        request_id = request_id_from(request.headers)
+        request = dataclasses.replace(
+            request,
+            headers=[
+                *(h for h in request.headers if h[0] != REQUEST_ID_KEY),
+                (REQUEST_ID_KEY, request_id),
+            ],
+        )
+        response = await self._route(request)
+        response.headers.append((REQUEST_ID_KEY, request_id))
+        return response
+
+    async def _route(self, request: Request) -> Response:
         allowed = [m for m, pattern, _ in ROUTES if pattern.fullmatch(request.path)]
         route = next(
             (name for m, p, name in ROUTES if m == request.method and p.fullmatch(request.path)),

@@ -32,7 +32,7 @@ from tensorwasm_gateway.invocation_store import (
     InvocationStore,
     finished,
 )
-from tensorwasm_gateway.metrics import JOBS_ACTIVE
+from tensorwasm_gateway.metrics import JOBS_ACTIVE, tenant_label
 
 _log = logging.getLogger(__name__)
 MAX_REQUEST_ID_CHARS = 128
@@ -192,7 +192,7 @@ class InvocationService:
         self._tasks.pop(record.invocation_id, None)
         JOBS_ACTIVE.set(len(self._tasks))
         INVOCATIONS_FINISHED.labels(
-            "succeeded" if state == SUCCEEDED else "failed", record.tenant
+            "succeeded" if state == SUCCEEDED else "failed", tenant_label(record.tenant)
         ).inc()
 
     async def get(self, tenant: str, invocation_id: str) -> InvocationRecord:

@@ -21,10 +21,12 @@ from tensorwasm_gateway.http_face import start_http_face
 from tensorwasm_gateway.invocation_store import InvocationStore
 from tensorwasm_gateway.invocations import InvocationService
 from tensorwasm_gateway.limits import TenantCeilings
+from tensorwasm_gateway.metrics import tenant_label
 from tensorwasm_gateway.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
+from tensorwasm_gateway.token_reload import TokenReloader
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 _log = logging.getLogger(__name__)
@@ -90,6 +92,11 @@ async def serve(settings: GatewaySettings) -> None:
     invocations.recover()  # what a previous gateway left running is failed, not re-run
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
     guard = build_guard(settings)
+    tenant_label.configure(settings.metrics_max_tenants)
+    reloader = None
+    if settings.tokens_file is not None:
+        reloader = TokenReloader(guard, settings.tokens_file, settings.tokens)
+        reloader.start(settings.tokens_reload_seconds)
     host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(functions, invocations), host.server
@@ -110,6 +117,8 @@ async def serve(settings: GatewaySettings) -> None:
         return await peer_serving(store_channel)
 
     async def cleanup() -> None:
+        if reloader is not None:
+            await reloader.close()
         if http is not None:
             http[0].close()
             await http[1].close()

@@ -41,6 +41,11 @@ class GatewaySettings(ServerSettings):
     # Bearer tokens in the original's grammar (see tensorwasm_gateway.auth); none: dev mode.
     tokens: str = ""
     tokens_file: Path | None = None
+    # The tokens file is re-read when its mtime, size or inode changes (checked this often;
+    # 0: only on SIGHUP, which always reloads it).
+    tokens_reload_seconds: float = 5.0
+    # The first this-many distinct tenants get their own metrics label; the rest `_other`.
+    metrics_max_tenants: int = 100
     # Without tokens the gateway only listens on loopback, unless this is set.
     allow_unauthenticated: bool = False
     # Token buckets (see tensorwasm_gateway.ratelimit); burst 0 turns a layer off.
@@ -58,6 +63,10 @@ class GatewaySettings(ServerSettings):
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
+        if not 0.0 <= self.tokens_reload_seconds < float("inf"):
+            raise SettingsError("tokens_reload_seconds: must be >= 0")
+        if self.metrics_max_tenants < 0:
+            raise SettingsError("metrics_max_tenants: must be >= 0")
         if not self.executor_addresses and not self.executor_dns:
             raise SettingsError("executor_addresses: at least one executor is required")
         if self.executor_dns:
