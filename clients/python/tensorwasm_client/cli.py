@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--no-init", action="store_true", help="do not pre-initialise with wizer.initialize"
     )
+    deploy.add_argument(
+        "--offload",
+        action="store_true",
+        help="run the exports declared in the module's tensorwasm.offload custom section "
+        "as tensor ops on the GPU (checked at deploy)",
+    )
     commands.add_parser("list", help="list functions")
     snapshots.add_parser(commands)
     get = commands.add_parser("get", help="show one function")
@@ -236,6 +242,7 @@ def _deploy(args: argparse.Namespace) -> int:
         default_limits=invocation_limits(args.timeout, args.fuel, args.memory),
         init_export=args.init_export,
         no_init=args.no_init,
+        auto_offload=args.offload,
     )
     with _client(args) as client:
         function = client.create_function(name, source, config)
@@ -247,6 +254,7 @@ def _deploy(args: argparse.Namespace) -> int:
                 "module_digest": function.module_digest,
                 "exports": exports,
                 "init_export": function.config.init_export,
+                "offloads": {o.export_name: o.op for o in function.config.offloads},
             }
         )
     )

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
+from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.gpu_abi import EXT_MODULE, MODULE, AbiError
 
 from tensorwasm_executor.cuda_batch import Transport
@@ -25,6 +27,9 @@ from tensorwasm_executor.cuda_session import (
     CudaSession,
 )
 from tensorwasm_executor.sandbox import CompiledModule, HostModule, current_host_state
+
+if TYPE_CHECKING:
+    from tensorwasm_executor.jit_host import JitHost
 
 _log = logging.getLogger(__name__)
 _NOT_AVAILABLE = int(AbiError.NOT_AVAILABLE)
@@ -109,6 +114,8 @@ class CudaHost:
         self._max_batch_commands = max_batch_commands
         self._max_batch_bytes = max_batch_bytes
         self.host_module = HostModule(MODULE, define)
+        # The jit host that runs auto-offloaded exports (offload.py); None: they run wasm.
+        self.offload_jit: JitHost | None = None
         # The extension module (gpu_ext.py); other files add functions to it with
         # `gpu_ext.define_function` and a HostModule of their own in `host_modules`.
         from tensorwasm_executor import gpu_ext
@@ -118,20 +125,40 @@ class CudaHost:
             HostModule(EXT_MODULE, gpu_ext.define),
         ]
 
-    def state_for(self, module: CompiledModule, tenant: str) -> CudaHostState | None:
-        """A new store's state: a session when the module imports `wasi:cuda` and a
-        dispatcher is configured, else None (the guest pays nothing for the GPU path).
+    def state_for(
+        self,
+        module: CompiledModule,
+        tenant: str,
+        offloads: Sequence[invocation_pb2.OffloadedExport] = (),
+    ) -> CudaHostState | None:
+        """A new store's state: a session when the module imports `wasi:cuda` or has
+        `offloads` (run on the GPU when `offload_jit` is set) and a dispatcher is
+        configured, else None (the guest pays nothing for the GPU path).
 
         Call it on the thread that serves the request: the transport keeps its trace
         context, so the dispatcher's spans join the invocation's trace.
+
+        Declarations that do not fit the module are logged and ignored (the wasm runs).
         """
-        if self._transport_for is None or not GPU_MODULES & module.imported_modules:
+        if self._transport_for is None:
+            return None
+        planned, jit = None, self.offload_jit
+        if offloads and jit is not None and jit.client is not None:
+            from tensorwasm_executor import offload
+
+            try:
+                planned = offload.plan(module, offloads)
+            except ServiceError as exc:  # the gateway checks them at deploy: not expected
+                _log.warning("offload declarations ignored (the wasm runs): %s", exc)
+        if not planned and not GPU_MODULES & module.imported_modules:
             return None
         session = CudaSession(
             self._transport_for(tenant),
             max_batch_commands=self._max_batch_commands,
             max_batch_bytes=self._max_batch_bytes,
         )
+        if planned and jit is not None:
+            return offload.OffloadingState(session, jit, planned)
         return CudaHostState(session)
 
 

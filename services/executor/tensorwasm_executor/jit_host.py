@@ -28,7 +28,7 @@ import wasmtime
 from tensorwasm_common.gpu_abi import EXT_MODULE, AbiError, AbiFailure
 
 from tensorwasm_executor.cuda_abi import PointerRecord, as_u32, check_region
-from tensorwasm_executor.cuda_host import CudaHostState
+from tensorwasm_executor.cuda_host import CudaHostState, WasmMemory
 from tensorwasm_executor.cuda_session import CudaSession
 from tensorwasm_executor.jit_client import JitClient
 from tensorwasm_executor.sandbox import HostModule, current_host_state
@@ -90,7 +90,7 @@ class JitHost:
         return host_function
 
     def _kernel_id(
-        self, state: CudaHostState, client: JitClient, caller: wasmtime.Caller, key: SpecKey
+        self, state: CudaHostState, client: JitClient, memory: WasmMemory | None, key: SpecKey
     ) -> int:
         """The store's kernel id of a spec, emitting and loading it on first use."""
         loaded = self._loaded.setdefault(state.session, {})
@@ -100,7 +100,7 @@ class JitHost:
         op, params, dtype = key
         timeout = state.session.remaining_seconds()
         kernel = client.kernel(op, dict(params), dtype, timeout)
-        kernel_id = state.session.load_kernel(state.memory(caller), kernel.ptx, kernel.entry)
+        kernel_id = state.session.load_kernel(memory, kernel.ptx, kernel.entry)
         if kernel_id >= 0:
             loaded[key] = kernel_id
         return kernel_id
@@ -122,31 +122,32 @@ class JitHost:
         params_start, params_size = check_region(params_ptr, params_len, size, "the params")
         op = _ascii(memory.read(op_start, op_size), "the op name")
         params, dtype = parse_params(_ascii(memory.read(params_start, params_size), "params"))
-        return self._kernel_id(state, client, caller, (op, params, dtype))
+        return self._kernel_id(state, client, memory, (op, params, dtype))
 
     def _matmul(
         self, state: CudaHostState, client: JitClient, caller: wasmtime.Caller, *args: int
     ) -> int:
-        a_ptr, b_ptr, c_ptr, *dims = args
-        m, n, k = (as_u32(value) for value in dims)
-        if not all(1 <= value <= MAX_MATMUL_DIM for value in (m, n, k)):
-            raise AbiFailure(
-                AbiError.INVALID_ARGS, f"matmul({m}, {n}, {k}): each must be in [1, 2^15]"
-            )
-        memory = state.memory(caller)
-        if memory is None:
-            raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no `memory`")
-        size = memory.size()
-        records = tuple(
-            PointerRecord(*check_region(pointer, 4 * count, size, name))
-            for pointer, count, name in (
-                (a_ptr, m * k, "A"),
-                (b_ptr, k * n, "B"),
-                (c_ptr, m * n, "C"),
-            )
-        )
+        return self.matmul(state, client, state.memory(caller), *args)
+
+    @property
+    def client(self) -> JitClient | None:
+        """The jit cache (None: the executor has none)."""
+        return self._client
+
+    def matmul(
+        self, state: CudaHostState, client: JitClient, memory: WasmMemory | None, *args: int
+    ) -> int:
+        """`matmul(a_ptr, b_ptr, c_ptr, m, n, k)` over `memory` (also run by auto-offload):
+        0 once C is written, or a negative code.
+
+        Raises:
+            AbiFailure: -9 a dimension outside [1, 2^15]; -2 no memory or a matrix outside it.
+        """
+        records = matmul_records(memory, *args)
+        assert memory is not None  # matmul_records raised otherwise
+        m, n, k = (as_u32(value) for value in args[3:])
         params = (("k", k), ("m", m), ("n", n), ("tile", MATMUL_TILE))
-        kernel_id = self._kernel_id(state, client, caller, ("matmul", params, "f32"))
+        kernel_id = self._kernel_id(state, client, memory, ("matmul", params, "f32"))
         if kernel_id < 0:
             return kernel_id
         grid = (-(-n // MATMUL_TILE), -(-m // MATMUL_TILE), 1)
@@ -156,6 +157,29 @@ class JitHost:
         if code != 0:
             return code
         return state.session.sync(memory)
+
+
+def matmul_records(memory: WasmMemory | None, *args: int) -> tuple[PointerRecord, ...]:
+    """The checked (start, size) regions of A, B and C of `matmul(a, b, c, m, n, k)`.
+
+    Raises:
+        AbiFailure: -9 a dimension outside [1, 2^15]; -2 no memory or a matrix outside it.
+    """
+    a_ptr, b_ptr, c_ptr, *dims = args
+    m, n, k = (as_u32(value) for value in dims)
+    if not all(1 <= value <= MAX_MATMUL_DIM for value in (m, n, k)):
+        raise AbiFailure(AbiError.INVALID_ARGS, f"matmul({m}, {n}, {k}): each must be in [1, 2^15]")
+    if memory is None:
+        raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no `memory`")
+    size = memory.size()
+    return tuple(
+        PointerRecord(*check_region(pointer, 4 * count, size, name))
+        for pointer, count, name in (
+            (a_ptr, m * k, "A"),
+            (b_ptr, k * n, "B"),
+            (c_ptr, m * n, "C"),
+        )
+    )
 
 
 def parse_params(text: str) -> tuple[tuple[tuple[str, int], ...], str]:

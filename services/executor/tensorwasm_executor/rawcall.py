@@ -24,8 +24,8 @@ from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.values import ValueType, WasmValue
 
 __all__ = [
-    "EpochCallback", "call", "instantiate", "set_epoch_callback", "set_stdin_bytes",
-    "signature_of", "take_host_exception",
+    "EpochCallback", "call", "export_memory", "instantiate", "set_epoch_callback",
+    "set_stdin_bytes", "signature_of", "take_host_exception",
 ]  # fmt: skip
 
 _RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
@@ -247,3 +247,18 @@ def call(
     return tuple(
         _load(values[index], base + index * _RAW_SIZE, kind) for index, kind in enumerate(results)
     )
+
+
+def export_memory(
+    store: wasmtime.Store, instance: Any, name: str = "memory"
+) -> wasmtime.Memory | None:
+    """The instance's memory export `name` (None: no memory export of that name)."""
+    encoded = name.encode("utf-8")
+    item = ffi.wasmtime_extern_t()
+    found = ffi.wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance), ctypes.create_string_buffer(encoded),
+        len(encoded), ctypes.byref(item),
+    )  # fmt: skip
+    if not found or cast(int, item.kind) != ffi.WASMTIME_EXTERN_MEMORY.value:
+        return None
+    return wasmtime.Memory._from_raw(item.of.memory)

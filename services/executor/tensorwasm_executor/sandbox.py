@@ -429,7 +429,9 @@ class _Session:
                 if image is not None:
                     preinit.apply_image(self.store, self.instance, image)
             if info is not None:
-                results = rawcall.call(self.store, self.instance, info.name, info.results, args)
+                # A host state may run the export itself (auto-offload, offload.py).
+                call = getattr(self.host_state, "call_export", None) or rawcall.call
+                results = call(self.store, self.instance, info.name, info.results, args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             stopped = self.watch.stopped if self.watch is not None else None
             returns = info is not None and bool(info.results)

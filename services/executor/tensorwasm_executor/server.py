@@ -67,6 +67,8 @@ async def serve(settings: ExecutorSettings) -> None:
         if settings.jit_address
         else None
     )
+    jit_host = JitHost(jit)
+    gpu.offload_jit = jit_host  # auto-offload (offload.py), with a dispatcher and a jit cache
     sandbox = Sandbox(
         default_timeout_seconds=settings.default_timeout_seconds,
         max_output_bytes=settings.max_output_bytes,
@@ -75,7 +77,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
         fuel_metering=settings.fuel_metering,
-        host_modules=[*gpu.host_modules, JitHost(jit).host_module],
+        host_modules=[*gpu.host_modules, jit_host.host_module],
     )
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit

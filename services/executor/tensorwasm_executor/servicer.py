@@ -7,12 +7,13 @@ import concurrent.futures
 import datetime
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1.invocation_pb2 import OffloadedExport
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT
@@ -109,7 +110,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         module, _ = await self._modules.get(request.module_digest)
         image = await self._image(module, request.init_export, tenant)
         reservation = self._instances.reserve(tenant)
-        host_state = self._host_state(module, tenant)
+        host_state = self._host_state(module, tenant, request.offloads)
 
         def create() -> tuple[str, Outcome]:
             try:
@@ -261,7 +262,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 wasi=wasi,
                 on_output=on_output,
                 cancel=cancel,
-                host_state=self._host_state(module, tenant),
+                host_state=self._host_state(module, tenant, request.offloads),
                 image=image,
                 **self._limits(request.limits),
             )
@@ -271,10 +272,13 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         future.add_done_callback(lambda _: slot.release())
         return future
 
-    def _host_state(self, module: CompiledModule, tenant: str) -> HostState | None:
+    def _host_state(
+        self, module: CompiledModule, tenant: str, offloads: Sequence[OffloadedExport] = ()
+    ) -> HostState | None:
         """The new store's host-module state: a `wasi:cuda` session when the module
-        imports it (made here, on the loop, so that it carries the request's trace)."""
-        return self._gpu.state_for(module, tenant) if self._gpu is not None else None
+        imports it or has auto-offloaded exports (made here, on the loop, so that it
+        carries the request's trace)."""
+        return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
 
     def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
         """The request's limits, defaulted and clamped to this executor's ceilings."""

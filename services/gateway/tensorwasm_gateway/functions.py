@@ -12,6 +12,7 @@ import blake3
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
+from tensorwasm_common import offload
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.wasi_config import check_wasi_config
 
@@ -131,6 +132,36 @@ def resolve_init_export(
     return config.init_export
 
 
+def offload_declarations(
+    config: gateway_pb.FunctionConfig,
+    wasm: bytes,
+    exports: Sequence[values_pb2.ExportedFunction],
+) -> list[invocation_pb2.OffloadedExport]:
+    """The module's auto-offload declarations when the deploy asks for them (none else),
+    each checked against the compiled exports.
+
+    Raises:
+        OffloadDeclarationMalformedError, OffloadOpUnknownError,
+        OffloadSignatureMismatchError: see `tensorwasm_common.offload`.
+    """
+    if not config.auto_offload:
+        return []
+    signatures = {
+        e.name: (
+            [TYPE_NAMES.get(t, "unknown") for t in e.signature.params],
+            [TYPE_NAMES.get(t, "unknown") for t in e.signature.results],
+        )
+        for e in exports
+    }
+    declared = []
+    for item in offload.parse_section(wasm):
+        offload.check_signature(item, signatures)
+        declared.append(
+            invocation_pb2.OffloadedExport(export_name=item.export_name, op=item.op, args=item.args)
+        )
+    return declared
+
+
 def validate_tenant(tenant: str) -> str:
     """The tenant id, validated."""
     if not TENANT_ID.fullmatch(tenant):
@@ -202,6 +233,13 @@ class FunctionService:
             await self._release(tenant, digest, reference)
             raise
         config.init_export, config.no_init = init_export, not init_export
+        try:
+            declared = offload_declarations(config, wasm, prepared.exports)
+        except ServiceError:
+            await self._release(tenant, digest, reference)
+            raise
+        del config.offloads[:]
+        config.offloads.extend(declared)
         exports = tuple(
             ExportRecord(
                 e.name,
@@ -288,6 +326,8 @@ class FunctionService:
         request.tenant = tenant
         request.wasi.CopyFrom(config.wasi)
         request.init_export = config.init_export
+        if config.offloads:  # kept only with auto_offload (see `offload_declarations`)
+            request.offloads.extend(config.offloads)
         request.limits.CopyFrom(self._limits(tenant, request.limits, config))
 
     def _limits(

@@ -142,6 +142,27 @@ int32_t tw_gpu_matmul(const float *a, const float *b, float *c, uint32_t m, uint
 /* The jit matmul kernel's launch geometry: 16 x 16 threads per block, one output tile. */
 #define TW_GPU_MATMUL_TILE 16
 
+/* ---- auto-offload ------------------------------------------------------------------
+ * TENSORWASM_OFFLOAD(<JSON>) puts the JSON, as written, into the module's
+ * `tensorwasm.offload` custom section (top-level inline asm; checked with clang-19
+ * --target=wasm32-wasi and wasm-ld: `__attribute__((section(...)))` makes a data segment,
+ * not a custom section). Use it once per module, at file scope, e.g.
+ *
+ *   TENSORWASM_OFFLOAD({"matmul_f32": {"op": "matmul",
+ *                       "args": ["a_ptr", "b_ptr", "c_ptr", "m", "n", "k"]}});
+ *   __attribute__((export_name("matmul_f32")))
+ *   int32_t matmul_f32(const float *a, const float *b, float *c, int32_t m, int32_t n,
+ *                      int32_t k) { ... a plain C loop, returning 0 ... }
+ *
+ * Deployed with `tensorwasm deploy --offload`, a call to the export runs on the GPU; the
+ * loop is the fallback (docs/ARCHITECTURE.md, "Auto-offload"). No import is needed. */
+#define TW_OFFLOAD_STR_(...) #__VA_ARGS__
+#define TW_OFFLOAD_XSTR_(s) TW_OFFLOAD_STR_(s)
+#define TENSORWASM_OFFLOAD(...)                                                          \
+    __asm__(".section .custom_section.tensorwasm.offload,\"\",@\n"                      \
+            ".ascii " TW_OFFLOAD_XSTR_(TW_OFFLOAD_STR_(__VA_ARGS__)) "\n"                 \
+            ".text\n")
+
 /* ---- argv builder ------------------------------------------------------------------ */
 
 typedef struct wasi_cuda_argv {

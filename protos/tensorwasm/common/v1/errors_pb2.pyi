@@ -133,6 +133,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
     ERROR_REASON_ARTIFACT_INTEGRITY: _ErrorReason.ValueType  # 71
     """jit cache: a stored kernel or artifact failed verification against its digest."""
+    ERROR_REASON_OFFLOAD_DECLARATION_MALFORMED: _ErrorReason.ValueType  # 72
+    """auto-offload: the `tensorwasm.offload` custom section is missing, repeated, not JSON,
+    or not an object of {"op": ..., "args": [...]} entries (metadata: why).
+    """
+    ERROR_REASON_OFFLOAD_OP_UNKNOWN: _ErrorReason.ValueType  # 73
+    """auto-offload: an export is declared as an op that cannot be offloaded, or with
+    argument names that are not that op's (metadata: export, op).
+    """
+    ERROR_REASON_OFFLOAD_SIGNATURE_MISMATCH: _ErrorReason.ValueType  # 74
+    """auto-offload: the declared export is missing or its signature does not fit the op's
+    convention (metadata: export, expected).
+    """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 80
     """(80-89: gateway security.)
     The call carries no valid bearer token (missing, malformed, unknown, or too long).
@@ -291,6 +303,18 @@ ERROR_REASON_ARTIFACT_NOT_FOUND: ErrorReason.ValueType  # 70
 """jit cache: no compiled artifact is stored for this PTX digest and compute capability."""
 ERROR_REASON_ARTIFACT_INTEGRITY: ErrorReason.ValueType  # 71
 """jit cache: a stored kernel or artifact failed verification against its digest."""
+ERROR_REASON_OFFLOAD_DECLARATION_MALFORMED: ErrorReason.ValueType  # 72
+"""auto-offload: the `tensorwasm.offload` custom section is missing, repeated, not JSON,
+or not an object of {"op": ..., "args": [...]} entries (metadata: why).
+"""
+ERROR_REASON_OFFLOAD_OP_UNKNOWN: ErrorReason.ValueType  # 73
+"""auto-offload: an export is declared as an op that cannot be offloaded, or with
+argument names that are not that op's (metadata: export, op).
+"""
+ERROR_REASON_OFFLOAD_SIGNATURE_MISMATCH: ErrorReason.ValueType  # 74
+"""auto-offload: the declared export is missing or its signature does not fit the op's
+convention (metadata: export, expected).
+"""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 80
 """(80-89: gateway security.)
 The call carries no valid bearer token (missing, malformed, unknown, or too long).

@@ -368,3 +368,40 @@ class OutputChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
+
+@_typing.final
+class OffloadedExport(_message.Message):
+    """A guest export that the executor runs as a known tensor op instead of its wasm body
+    (auto-offload: declared in the module's `tensorwasm.offload` custom section, checked
+    at deploy, enabled by FunctionConfig.auto_offload).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    export_name: _builtins.str
+    """The export's name."""
+    op: _builtins.str
+    """The op it computes (`matmul`)."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The op's argument names, in the export's parameter order (for `matmul` a
+        permutation of a_ptr, b_ptr, c_ptr, m, n, k).
+        """
+
+    def __init__(
+        self,
+        *,
+        export_name: _builtins.str = ...,
+        op: _builtins.str = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "op", b"op"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OffloadedExport: _TypeAlias = OffloadedExport  # noqa: Y015

@@ -103,6 +103,7 @@ class InvokeRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     WASI_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
+    OFFLOADS_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     export_name: _builtins.str
@@ -127,6 +128,12 @@ class InvokeRequest(_message.Message):
     def wasi(self) -> _invocation_pb2.WasiConfig:
         """argv, environment and the read-only directory of the guest."""
 
+    @_builtins.property
+    def offloads(self) -> _containers.RepeatedCompositeFieldContainer[_invocation_pb2.OffloadedExport]:
+        """Exports to run as tensor ops on the GPU instead of their wasm body (the function's
+        auto-offload declarations; ignored without a dispatcher and a jit cache).
+        """
+
     def __init__(
         self,
         *,
@@ -138,10 +145,11 @@ class InvokeRequest(_message.Message):
         tenant: _builtins.str = ...,
         wasi: _invocation_pb2.WasiConfig | None = ...,
         init_export: _builtins.str = ...,
+        offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,6 +253,7 @@ class CreateInstanceRequest(_message.Message):
     WASI_FIELD_NUMBER: _builtins.int
     IDLE_TTL_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
+    OFFLOADS_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     tenant: _builtins.str
@@ -271,6 +280,10 @@ class CreateInstanceRequest(_message.Message):
         default when unset, clamped to its maximum.
         """
 
+    @_builtins.property
+    def offloads(self) -> _containers.RepeatedCompositeFieldContainer[_invocation_pb2.OffloadedExport]:
+        """Exports to run as tensor ops on the GPU instead of their wasm body, as for Invoke."""
+
     def __init__(
         self,
         *,
@@ -281,10 +294,11 @@ class CreateInstanceRequest(_message.Message):
         wasi: _invocation_pb2.WasiConfig | None = ...,
         idle_ttl: _duration_pb2.Duration | None = ...,
         init_export: _builtins.str = ...,
+        offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

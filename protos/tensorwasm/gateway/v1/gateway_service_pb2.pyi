@@ -72,6 +72,8 @@ class FunctionConfig(_message.Message):
     DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
     NO_INIT_FIELD_NUMBER: _builtins.int
+    AUTO_OFFLOAD_FIELD_NUMBER: _builtins.int
+    OFFLOADS_FIELD_NUMBER: _builtins.int
     init_export: _builtins.str
     """The init export: a function `() -> ()` run once at deploy; every instance then
     starts from the memory and globals it left (a pre-initialised image). Empty at
@@ -80,6 +82,11 @@ class FunctionConfig(_message.Message):
     """
     no_init: _builtins.bool
     """At deploy: do not pre-initialise, even when the module exports `wizer.initialize`."""
+    auto_offload: _builtins.bool
+    """At deploy: check the module's `tensorwasm.offload` custom section and run the
+    exports it declares as tensor ops on the GPU (when the executor has a dispatcher
+    and a jit cache; otherwise their wasm body runs).
+    """
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
         """argv, environment and the read-only directory the guest sees."""
@@ -88,6 +95,10 @@ class FunctionConfig(_message.Message):
     def default_limits(self) -> _invocation_pb2.InvocationLimits:
         """Limits used where a call leaves a field zero."""
 
+    @_builtins.property
+    def offloads(self) -> _containers.RepeatedCompositeFieldContainer[_invocation_pb2.OffloadedExport]:
+        """Output only: the declarations the deploy checked (empty without auto_offload)."""
+
     def __init__(
         self,
         *,
@@ -95,10 +106,12 @@ class FunctionConfig(_message.Message):
         default_limits: _invocation_pb2.InvocationLimits | None = ...,
         init_export: _builtins.str = ...,
         no_init: _builtins.bool = ...,
+        auto_offload: _builtins.bool = ...,
+        offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
