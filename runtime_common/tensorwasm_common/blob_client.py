@@ -7,36 +7,18 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 import blake3
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
-from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
-from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import DataLossError
 from tensorwasm_common.status import downstream_error
+from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
-CHUNK_BYTES = 1 << 20
 
-
-class BlobClient:
+class BlobClient(StoreClientBase):
     """Puts and gets blobs over the streamed RPCs; references and usage as a tenant.
 
     `tenant` (per client, or per call) goes out as `x-tensorwasm-tenant` metadata; without
     one the store uses its default tenant.
     """
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        timeout_seconds: float = 60.0,
-        tenant: str | None = None,
-    ) -> None:
-        self._stub = pb_grpc.SnapshotStoreServiceStub(channel)
-        self._timeout = timeout_seconds
-        self._tenant = tenant
-
-    def _metadata(self, tenant: str | None) -> tuple[tuple[str, str], ...]:
-        chosen = tenant or self._tenant
-        return ((TENANT_METADATA_KEY, chosen),) if chosen else ()
 
     async def put(
         self,

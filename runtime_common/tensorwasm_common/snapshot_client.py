@@ -7,9 +7,7 @@ from collections.abc import AsyncIterator
 import blake3
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
-from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
-from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.snapshot_errors import (
     FingerprintMismatchError,
@@ -18,8 +16,7 @@ from tensorwasm_common.snapshot_errors import (
     typed_snapshot_error,
 )
 from tensorwasm_common.status import downstream_error
-
-CHUNK_BYTES = 1 << 20
+from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
 COMPILED_MODULE = pb.SNAPSHOT_KIND_COMPILED_MODULE
 INSTANCE_IMAGE = pb.SNAPSHOT_KIND_INSTANCE_IMAGE
@@ -29,28 +26,13 @@ def _error(exc: grpc.aio.AioRpcError) -> ServiceError:
     return typed_snapshot_error(downstream_error(exc, "snapshot store"))
 
 
-class SnapshotClient:
+class SnapshotClient(StoreClientBase):
     """Creates, finds, reads, lists and deletes snapshot records as a tenant.
 
     `tenant` (per client, or per call) goes out as `x-tensorwasm-tenant` metadata; without
     one the store uses its default tenant. Errors are the typed ones of
     `tensorwasm_common.snapshot_errors` where the store gave a snapshot reason.
     """
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        timeout_seconds: float = 60.0,
-        tenant: str | None = None,
-    ) -> None:
-        self._stub = pb_grpc.SnapshotStoreServiceStub(channel)
-        self._timeout = timeout_seconds
-        self._tenant = tenant
-
-    def _metadata(self, tenant: str | None) -> tuple[tuple[str, str], ...]:
-        chosen = tenant or self._tenant
-        return ((TENANT_METADATA_KEY, chosen),) if chosen else ()
 
     async def create_snapshot(
         self,

@@ -48,9 +48,7 @@ class DictStore:
 
 
 @pytest.fixture
-def open_backend(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    if "gpu" not in (request.config.getoption("markexpr", default="") or ""):
-        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
+def open_backend(gpu_run: None):  # type: ignore[no-untyped-def]
     from tensorwasm_dispatcher.cuda_backend import CudaBackend
 
     opened: list[CudaBackend] = []

@@ -7,8 +7,6 @@ Run on a machine with an NVIDIA device: `pytest -m gpu tests/gpu`. The backend i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
@@ -29,26 +27,8 @@ from tensorwasm_kernels import CATALOG
 pytestmark = pytest.mark.gpu
 
 
-def _gpu_selected(config: pytest.Config) -> bool:
-    return "gpu" in (config.getoption("markexpr", default="") or "")
-
-
 def _dispatcher(backend: Backend, quota: int = 1 << 30) -> Dispatcher:
     return Dispatcher(backend, Ledger(quota), SessionTable(backend, idle_ttl_seconds=60))
-
-
-@pytest.fixture(scope="module")
-def cuda_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if not _gpu_selected(request.config):
-        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
-    from tensorwasm_dispatcher.cuda_backend import CudaBackend
-
-    try:
-        backend = CudaBackend(0)
-    except Exception as exc:  # a missing driver or device fails a GPU run, loudly
-        pytest.fail(f"no usable CUDA device for the GPU tests: {exc!r}")
-    yield backend
-    backend.close()
 
 
 def _vector_add_batch(n: int, session: str) -> Batch:

@@ -7,8 +7,6 @@ Run on a machine with an NVIDIA device: `pytest -m gpu tests/gpu`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backend import Backend
@@ -21,20 +19,6 @@ pytestmark = pytest.mark.gpu
 
 # sm_70 PTX is loaded too: the driver JIT-compiles it for the device (ptxas 13 will not).
 CASES = [case for target in ("sm_70", "sm_80", "sm_90") for case in all_cases(target)]
-
-
-@pytest.fixture(scope="module")
-def cuda_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if "gpu" not in (request.config.getoption("markexpr", default="") or ""):
-        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
-    from tensorwasm_dispatcher.cuda_backend import CudaBackend
-
-    try:
-        backend = CudaBackend(0)
-    except Exception as exc:  # a missing driver or device fails a GPU run, loudly
-        pytest.fail(f"no usable CUDA device for the GPU tests: {exc!r}")
-    yield backend
-    backend.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{case.spec.target}-{case.name}" for case in CASES])

@@ -8,10 +8,7 @@ Run on a machine with an NVIDIA device: `pytest -m gpu tests/gpu`.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import grpc
 import pytest
@@ -22,26 +19,15 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as dispatcher_g
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack
 
+from tests.guests import load_builder
+
 pytestmark = pytest.mark.gpu
 
-ROOT = Path(__file__).resolve().parents[2]
 CAP_BYTES = 64 << 20
 
 
-def _builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_guests", ROOT / "tools/build_guests.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def gpu_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if "gpu" not in (request.config.getoption("markexpr", default="") or ""):
-        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
+def gpu_stack(gpu_run: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack = LocalStack(
         tmp_path_factory.mktemp("gpu-stack"),
         ephemeral_ports=True,
@@ -72,7 +58,7 @@ def _result(response: object) -> int:
 
 @pytest.mark.parametrize("example", ["vector_add", "matmul", "cuda_errors"])
 def test_sdk_examples_pass_on_the_device(gpu_stack: str, example: str) -> None:
-    builder = _builder()
+    builder = load_builder()
     wasm = bytes(wasmtime.wat2wasm(builder.render_wat(builder.EXAMPLES / f"{example}.wat.in")))
     with GatewayClient(gpu_stack, tenant=f"gpu-{example}") as client:
         client.create_function(example.replace("_", "-"), wasm)

@@ -23,10 +23,6 @@ F32 = npt.NDArray[np.float32]
 SENTINEL = np.float32(-12345.0)
 
 
-def _gpu_selected(config: pytest.Config) -> bool:
-    return "gpu" in (config.getoption("markexpr", default="") or "")
-
-
 class _Cuda:
     """The few driver calls the tests need, with one `_check` for the result tuples."""
 
@@ -104,9 +100,7 @@ class _Cuda:
 
 
 @pytest.fixture(scope="module")
-def cuda(request: pytest.FixtureRequest) -> Iterator[_Cuda]:
-    if not _gpu_selected(request.config):
-        pytest.skip("GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device")
+def cuda(gpu_run: None) -> Iterator[_Cuda]:
     try:
         device = _Cuda()
     except Exception as exc:  # a missing driver or device fails a GPU run, loudly

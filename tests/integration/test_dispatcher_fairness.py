@@ -8,13 +8,8 @@ never with wall-clock thresholds.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,6 +17,8 @@ import pytest
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_kernels import CATALOG
+
+from tests.integration.dispatcher_process import running_dispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -37,34 +34,13 @@ FLOOD_ELEMENTS = 1 << 18
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A cpu dispatcher with one worker, so batches wait in their tenants' queues."""
-    ready = tmp_path_factory.mktemp("fair") / "ready.json"
-    env = {
-        **os.environ,
-        "TENSORWASM_DISPATCHER_LISTEN_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_DISPATCHER_METRICS_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_DISPATCHER_READY_FILE": str(ready),
-        "TENSORWASM_DISPATCHER_BACKEND": "cpu",
-        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT": "64",
-        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT_PER_TENANT": "48",
-        "TENSORWASM_DISPATCHER_WORKERS": "1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorwasm_dispatcher"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert process.poll() is None, "the dispatcher exited"
-            assert time.monotonic() < deadline, "the dispatcher did not start"
-            time.sleep(0.05)
-        yield str(json.loads(Path(ready).read_text())["grpc_address"])
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_dispatcher(
+        tmp_path_factory.mktemp("fair"),
+        MAX_IN_FLIGHT="64",
+        MAX_IN_FLIGHT_PER_TENANT="48",
+        WORKERS="1",
+    ) as address:
+        yield address
 
 
 def vector_add_batch(session: str, n: int, launches: int) -> pb.ExecuteRequest:

@@ -3,13 +3,7 @@ isolation under it, malformed batches, and the tenant taken from the metadata.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,46 +13,28 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.status import error_from_rpc
 from tensorwasm_kernels import CATALOG
 
+from tests.integration.dispatcher_process import running_dispatcher
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.DispatcherServiceStub]:
     """A cpu dispatcher that admits one request per tenant and runs two at once."""
-    ready = tmp_path_factory.mktemp("dispatcher") / "ready.json"
-    env = {
-        **os.environ,
-        "TENSORWASM_DISPATCHER_LISTEN_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_DISPATCHER_METRICS_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_DISPATCHER_READY_FILE": str(ready),
-        "TENSORWASM_DISPATCHER_BACKEND": "cpu",
-        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT": "4",
-        "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT_PER_TENANT": "1",
-        "TENSORWASM_DISPATCHER_WORKERS": "2",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorwasm_dispatcher"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert process.poll() is None, "the dispatcher exited"
-            assert time.monotonic() < deadline, "the dispatcher did not start"
-            time.sleep(0.05)
-        address = json.loads(Path(ready).read_text())["grpc_address"]
-        options = [
-            ("grpc.max_send_message_length", 96 << 20),
-            ("grpc.max_receive_message_length", 96 << 20),
-        ]
-        with grpc.insecure_channel(address, options=options) as channel:
-            yield pb_grpc.DispatcherServiceStub(channel)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    options = [
+        ("grpc.max_send_message_length", 96 << 20),
+        ("grpc.max_receive_message_length", 96 << 20),
+    ]
+    with (
+        running_dispatcher(
+            tmp_path_factory.mktemp("dispatcher"),
+            MAX_IN_FLIGHT="4",
+            MAX_IN_FLIGHT_PER_TENANT="1",
+            WORKERS="2",
+        ) as address,
+        grpc.insecure_channel(address, options=options) as channel,
+    ):
+        yield pb_grpc.DispatcherServiceStub(channel)
 
 
 def conv2d_batch(session: str, side: int, launches: int) -> pb.ExecuteRequest:

@@ -6,56 +6,32 @@ cpu backend."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 
+from tests.guests import NO_CLANG, build_guests, cli, find_clang
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-TENSORWASM = Path(sys.executable).parent / "tensorwasm"
 _TENANTS = itertools.count(1)
-
-
-def _find_clang() -> str | None:
-    spec = importlib.util.spec_from_file_location("build_guests", ROOT / "tools/build_guests.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    clang: str | None = module.find_clang()
-    return clang
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if _find_clang() is None:
-        pytest.skip("no clang for wasm32-wasi (clang-19, wasi-libc): run `make guest-toolchain`")
-    out = tmp_path_factory.mktemp("jit-guests")
-    command = [sys.executable, str(ROOT / "tools/build_guests.py"), "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    return {path.name.removesuffix(".c.wasm"): path for path in out.glob("jit_*.c.wasm")}
-
-
-def cli(stack: Any, tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TENSORWASM), "--gateway", stack.gateway, "--tenant", tenant, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    if find_clang() is None:
+        pytest.skip(NO_CLANG)
+    paths = build_guests(tmp_path_factory.mktemp("jit-guests"))
+    return {p.name.removesuffix(".c.wasm"): p for p in paths if p.match("jit_*.c.wasm")}
 
 
 def deploy(stack: Any, module: Path, name: str) -> str:
     tenant = f"jit-sdk-{next(_TENANTS)}"
-    deployed = cli(stack, tenant, "deploy", str(module), "--name", name)
+    deployed = cli(stack.gateway, tenant, "deploy", str(module), "--name", name)
     assert deployed.returncode == 0, deployed.stderr
     assert json.loads(deployed.stdout)["exports"]["run"] == "() -> (i32)"
     return tenant
@@ -70,11 +46,11 @@ def test_jit_example_runs_through_the_stack(
 ) -> None:
     name = example.replace("_", "-")
     tenant = deploy(stack, built[example], name)
-    invoked = cli(stack, tenant, "invoke", name, "--export", "run")
+    invoked = cli(stack.gateway, tenant, "invoke", name, "--export", "run")
     assert invoked.returncode == 0, invoked.stderr
     # 0: every check in the guest held (else a code or 1 + the first wrong index).
     assert (invoked.stdout, invoked.stderr) == ("[0]\n", "")
-    refused = cli(stack, tenant, "invoke", name, "--export", error_export)
+    refused = cli(stack.gateway, tenant, "invoke", name, "--export", error_export)
     assert refused.returncode == 0, refused.stderr
     assert refused.stdout == f"[{code}]\n"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
+from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
 from tensorwasm_client import snapshots
@@ -22,7 +23,6 @@ from tensorwasm_client.client import (
 )
 from tensorwasm_client.local_run import load_module_bytes, run_local
 from tensorwasm_client.stack import LocalStack, StackError, default_data_dir, health
-from tensorwasm_client.values import TYPE_NAMES, ArgumentError, to_json, to_wire
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tensorwasm.common.v1 import invocation_pb2
-
-from tensorwasm_client.values import ArgumentError, to_wire
+from tensorwasm.common.v1.values_json import ArgumentError, to_wire
 
 
 def load_module_bytes(path: Path) -> bytes:
@@ -59,7 +58,7 @@ def run_local(
         chosen = export or _default_export(list(exports))
         if chosen not in exports:
             raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
-        params: list[int] = list(export_to_wire(exports[chosen]).signature.params)
+        params = list(export_to_wire(exports[chosen]).signature.params)
         values = [value_from_wire(v, i) for i, v in enumerate(to_wire(list(json_args), params))]
         wasi = WasiOptions(
             argv=(path.name, *argv), env=tuple(env), read_only_dir=read_only_dir,

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 
 from tensorwasm_common.gpu_abi import (
-    MAX_ARGV_BYTES,
     MAX_ENTRY_BYTES,
     MAX_KERNELS_PER_INSTANCE,
     MAX_PTX_BYTES,
@@ -34,13 +33,12 @@ from tensorwasm_common.gpu_abi import (
 
 from tensorwasm_executor.cuda_abi import (
     ArgRecord,
-    DeviceBufferRecord,
     as_u32,
     check_dimensions,
     check_region,
-    parse_argv,
     truncate_error,
 )
+from tensorwasm_executor.cuda_argv import ArgvCache, require_memory
 from tensorwasm_executor.cuda_batch import (
     BackgroundTransport,
     BatchReply,
@@ -60,9 +58,6 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_COMMANDS = 256
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
-# Parsed argv buffers a session remembers (a guest launching in a loop passes the same
-# bytes every time: parsing them again would be most of a launch's cost in the executor).
-ARGV_CACHE_ENTRIES = 64
 # How long the session's last request may take once the call is over (ending it only).
 CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -96,9 +91,7 @@ class CudaSession:
         self._deferred: AbiFailure | None = None
         self._deferred_more = 0
         self._last_error = b""
-        # (argv bytes, memory size) -> its records; only argv without device buffer
-        # records, whose validity depends on nothing else (the bytes and the memory size).
-        self._argv_cache: dict[tuple[bytes, int], tuple[ArgRecord, ...]] = {}
+        self._argv = ArgvCache()
         self._opened = False  # a request was sent: the dispatcher may hold the session
         self.requests_sent = 0
         # Extension state (`tensorwasm:gpu`, see gpu_ext.py): device buffers by handle
@@ -167,7 +160,7 @@ class CudaSession:
     ) -> int:
         """`wasi_cuda_load_ptx`: a kernel id (>= 0) or an ABI error code."""
         try:
-            memory = _require(memory)
+            memory = require_memory(memory)
             size = memory.size()
             if as_u32(ptx_len) > MAX_PTX_BYTES:
                 raise AbiFailure(
@@ -232,7 +225,7 @@ class CudaSession:
         """`wasi_cuda_launch`: 0 once validated and queued, or an ABI error code."""
         try:
             self._check_launch(kernel_id, grid, block)
-            records = self._argv(memory, args_ptr, args_len)
+            records = self._argv.read(memory, args_ptr, args_len, self.device_buffers)
             self._enqueue(memory, LaunchKernel(kernel_id, grid, block, as_u32(shared_mem), records))
         except AbiFailure as failure:
             return self._fail(failure)
@@ -303,7 +296,7 @@ class CudaSession:
         if as_u32(dst_len) == 0:
             return 0
         try:
-            memory = _require(memory)
+            memory = require_memory(memory)
             start, size = check_region(dst_ptr, dst_len, memory.size(), "the destination")
         except AbiFailure as failure:
             return int(failure.code)  # last_error keeps the error the guest is reading
@@ -359,30 +352,6 @@ class CudaSession:
         return self._fail(AbiFailure(AbiError.INTERNAL, f"{function} failed unexpectedly"))
 
     # --- internals ---------------------------------------------------------------------
-
-    def _argv(
-        self, memory: GuestMemory | None, args_ptr: int, args_len: int
-    ) -> tuple[ArgRecord, ...]:
-        if as_u32(args_len) > MAX_ARGV_BYTES:
-            raise AbiFailure(
-                AbiError.KERNEL_ARGS_UNSUPPORTED,
-                f"argv has {as_u32(args_len)} bytes, more than {MAX_ARGV_BYTES}",
-            )
-        if as_u32(args_len) == 0 and memory is None:
-            return ()
-        memory = _require(memory)
-        size = memory.size()
-        start, length = check_region(args_ptr, args_len, size, "the argv")
-        raw = memory.read(start, length)
-        key = (raw, size)
-        records = self._argv_cache.get(key)
-        if records is None:
-            records = parse_argv(raw, size, self.device_buffers)
-            if not any(isinstance(record, DeviceBufferRecord) for record in records):
-                if len(self._argv_cache) >= ARGV_CACHE_ENTRIES:
-                    self._argv_cache.pop(next(iter(self._argv_cache)))
-                self._argv_cache[key] = records
-        return records
 
     def _fail(self, failure: AbiFailure) -> int:
         self._last_error = truncate_error(f"{failure.code.label}: {failure.message}")
@@ -466,12 +435,6 @@ class CudaSession:
                 self._defer(AbiFailure(AbiError.INTERNAL, "a copied-back buffer changed size"))
                 continue
             memory.write(region.guest_offset, data)
-
-
-def _require(memory: GuestMemory | None) -> GuestMemory:
-    if memory is None:
-        raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no memory named `memory`")
-    return memory
 
 
 def _entry_name(raw: bytes) -> str:

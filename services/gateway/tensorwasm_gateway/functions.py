@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import blake3
-from tensorwasm.common.v1 import invocation_pb2, values_pb2
+from tensorwasm.common.v1 import invocation_pb2, values_json, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 from tensorwasm_common import offload
@@ -42,15 +42,7 @@ _log = logging.getLogger(__name__)
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
-TYPE_NAMES = {
-    values_pb2.VALUE_TYPE_I32: "i32",
-    values_pb2.VALUE_TYPE_I64: "i64",
-    values_pb2.VALUE_TYPE_F32: "f32",
-    values_pb2.VALUE_TYPE_F64: "f64",
-    values_pb2.VALUE_TYPE_V128: "v128",
-    values_pb2.VALUE_TYPE_FUNCREF: "funcref",
-    values_pb2.VALUE_TYPE_EXTERNREF: "externref",
-}
+TYPE_NAMES = values_json.TYPE_NAMES
 
 
 class BlobPutter(Protocol):

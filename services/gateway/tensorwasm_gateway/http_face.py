@@ -26,6 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import open_channel
@@ -33,7 +34,6 @@ from tensorwasm_common.settings import split_address
 from tensorwasm_common.status import STATUS_DETAILS_KEY
 
 from tensorwasm_gateway.http_server import Request, Response, start_http_server
-from tensorwasm_gateway.json_values import ArgumentError, to_json, to_wire
 from tensorwasm_gateway.request_ids import REQUEST_ID_KEY, request_id_from
 
 FORWARDED = ("authorization", "x-tensorwasm-tenant", "traceparent", REQUEST_ID_KEY)

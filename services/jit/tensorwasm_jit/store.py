@@ -1,18 +1,17 @@
 """A bounded, verified byte store for the jit cache: files on local disk, or memory.
 
-Each record is `[32-byte BLAKE3 of the payload][payload]`, written atomically (temp file,
-fsync, rename, directory fsync) under `<root>/<name>`, and verified on every read: a record
-that fails is deleted and reported as `ArtifactIntegrityError`. The store keeps at most
-`max_bytes`; past that the least recently used records go first (counted in `evictions`
-and the `tensorwasm_jit_cache_evictions_total{tier}` counter). Without a root, records
-live in memory under the same bound.
+Each record is `[32-byte BLAKE3 of the payload][payload]`, written atomically
+(`tensorwasm_common.files.write_atomically`) under `<root>/<name>`, and verified on every
+read: a record that fails is deleted and reported as `ArtifactIntegrityError`. The store
+keeps at most `max_bytes`; past that the least recently used records go first (counted in
+`evictions` and the `tensorwasm_jit_cache_evictions_total{tier}` counter). Without a root,
+records live in memory under the same bound.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import secrets
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,9 +19,17 @@ from pathlib import Path
 import blake3
 from prometheus_client import Counter
 from tensorwasm_common.errors import DataLossError
+from tensorwasm_common.files import TEMP_PREFIX, write_atomically
 
 DIGEST_BYTES = 32
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# Temp files of an interrupted write: `.tmp-*` (write_atomically), `*.part` (older versions).
+_STALE_SUFFIX = ".part"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) or name.endswith(_STALE_SUFFIX)
+
 
 EVICTIONS = Counter(
     "tensorwasm_jit_cache_evictions",
@@ -66,10 +73,10 @@ class ByteStore:
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
             files = [p for p in root.iterdir() if p.is_file()]
-            for stale in (p for p in files if p.name.endswith(".part")):
+            for stale in (p for p in files if _is_temp(p.name)):
                 stale.unlink(missing_ok=True)
             live = sorted(
-                (p for p in files if _NAME.fullmatch(p.name) and not p.name.endswith(".part")),
+                (p for p in files if _NAME.fullmatch(p.name) and not _is_temp(p.name)),
                 key=lambda p: p.stat().st_mtime_ns,
             )
             for path in live:
@@ -128,7 +135,7 @@ class ByteStore:
 
         A payload larger than the whole bound is not stored (returns False).
         """
-        if not _NAME.fullmatch(name):
+        if not _NAME.fullmatch(name) or _is_temp(name):
             raise ValueError(f"bad record name {name!r}")
         if len(payload) > self.max_bytes:
             return False
@@ -140,7 +147,7 @@ class ByteStore:
             if self.root is None:
                 self._memory[name] = record
             else:
-                self._write(name, record)
+                write_atomically(self.root / name, record)
             self._sizes[name] = len(payload)
             self._total += len(payload)
             self._evict()
@@ -155,20 +162,6 @@ class ByteStore:
         except FileNotFoundError:
             return None
         return data
-
-    def _write(self, name: str, record: bytes) -> None:
-        assert self.root is not None
-        temp = self.root / f"{name}.{secrets.token_hex(4)}.part"
-        with open(temp, "wb") as handle:
-            handle.write(record)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.root / name)
-        directory = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     def _forget(self, name: str) -> None:
         with self._lock:

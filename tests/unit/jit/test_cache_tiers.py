@@ -64,6 +64,21 @@ def test_byte_store_evicts_least_recently_used_and_counts_it(tmp_path: Path) -> 
         store.put("../escape", b"x")
 
 
+def test_byte_store_drops_interrupted_writes_when_it_opens(tmp_path: Path) -> None:
+    store = ByteStore(tmp_path, max_bytes=100, tier="test-tier")
+    assert store.put("kept", b"k" * 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # no temp file left behind
+    (tmp_path / ".tmp-abc123").write_bytes(b"\0" * 32 + b"half")  # write_atomically's temp
+    (tmp_path / "old.1a2b3c4d.part").write_bytes(b"\0" * 32 + b"half")  # an older version's
+    reopened = ByteStore(tmp_path, max_bytes=100, tier="test-tier")
+    assert reopened.names() == ["kept"] and reopened.total_bytes == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert reopened.get("kept") == b"k" * 10
+    for temp_name in (".tmp-x", "y.part"):
+        with pytest.raises(ValueError, match="bad record name"):
+            reopened.put(temp_name, b"x")
+
+
 def test_byte_store_in_memory_verifies_too() -> None:
     store = ByteStore(None, max_bytes=10, tier="mem")
     store.put("k", b"12345")

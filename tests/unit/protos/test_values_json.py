@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_client.values: JSON arguments <-> typed wire values."""
+"""Unit tests for tensorwasm.common.v1.values_json: JSON arguments <-> typed wire values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from tensorwasm.common.v1 import values_pb2
-from tensorwasm_client.values import TYPE_NAMES, ArgumentError, to_json, to_wire
+from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json, to_wire
 
 I32 = values_pb2.VALUE_TYPE_I32
 I64 = values_pb2.VALUE_TYPE_I64

@@ -1,5 +1,9 @@
-"""JSON <-> typed wasm values for the HTTP face, by the export's signature (the same rules
-as the CLI's tensorwasm_client.values: services do not import the client package)."""
+"""JSON <-> typed wasm values (values.proto's Value), by the export's signature.
+
+Hand-written, next to the generated code, so that the gateway's HTTP face and the Python
+client/CLI share one set of rules without the thin client depending on the services'
+runtime or a service on the client package. Floats travel as raw bits.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 
 from tensorwasm.common.v1 import values_pb2
 
-TYPE_NAMES: dict[int, str] = {
+TYPE_NAMES: dict[values_pb2.ValueType.ValueType, str] = {
     values_pb2.VALUE_TYPE_I32: "i32",
     values_pb2.VALUE_TYPE_I64: "i64",
     values_pb2.VALUE_TYPE_F32: "f32",
@@ -26,7 +30,9 @@ class ArgumentError(ValueError):
     """A JSON argument does not fit the export's signature."""
 
 
-def to_wire(args: Sequence[Any], params: Sequence[int]) -> list[values_pb2.Value]:
+def to_wire(
+    args: Sequence[Any], params: Sequence[values_pb2.ValueType.ValueType]
+) -> list[values_pb2.Value]:
     """Converts JSON arguments to typed values.
 
     Integers for i32/i64 (i32 also accepts unsigned values up to 2^32-1). Numbers,
