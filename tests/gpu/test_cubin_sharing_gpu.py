@@ -39,8 +39,11 @@ class DictStore:
     def get(self, digest: str, capability: str) -> bytes | None:
         return self.items.get((digest, capability))
 
-    def put(self, digest: str, capability: str, data: bytes) -> bool:
-        self.items[(digest, capability)] = data
+    def put(self, digest: str, capability: str, data: bytes, *, replace: bool = False) -> bool:
+        key = (digest, capability)
+        if key in self.items and not replace:
+            return True  # the jit cache's first write wins
+        self.items[key] = data
         return True
 
     def close(self) -> None:
@@ -108,9 +111,18 @@ def test_a_damaged_shared_cubin_is_refused_and_compiled_again(open_backend) -> N
     ptx = CATALOG["vector_add"].ptx_text().encode()
     store = DictStore()
     backend = open_backend(store)
-    store.items[(ptx_digest(ptx), backend.compute_capability())] = b"\x7fELF damaged"
+    key = (ptx_digest(ptx), backend.compute_capability())
+    store.items[key] = b"\x7fELF damaged"
     assert _run(backend, ptx, "damaged") == _run(CpuBackend(), ptx, "cpu")
     assert (backend.cubins.stats.refused, backend.cubins.stats.misses) == (1, 1)
+    assert backend.cubins.stats.replaced == 1  # the damaged one was overwritten
+    assert store.items[key][:4] == b"\x7fELF" and store.items[key] != b"\x7fELF damaged"
+    # The same backend loads it again from its LRU; another one from the shared store.
+    assert _run(backend, ptx, "again") == _run(CpuBackend(), ptx, "cpu")
+    assert backend.cubins.stats.local_hits == 1
+    other = open_backend(store)
+    assert _run(other, ptx, "other") == _run(CpuBackend(), ptx, "cpu")
+    assert (other.cubins.stats.hits, other.cubins.stats.refused) == (1, 0)
 
 
 def test_a_ptx_the_driver_refuses_is_malformed_and_not_shared(open_backend) -> None:  # type: ignore[no-untyped-def]

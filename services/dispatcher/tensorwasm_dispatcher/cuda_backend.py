@@ -40,7 +40,7 @@ from tensorwasm_dispatcher.backend import (
     LaunchResult,
     Stream,
 )
-from tensorwasm_dispatcher.cubin_sharing import ArtifactStore, CubinSharing
+from tensorwasm_dispatcher.cubin_sharing import DEFAULT_LOCAL_BYTES, ArtifactStore, CubinSharing
 from tensorwasm_dispatcher.devices import BackendKind, CudaCallError
 
 _CTYPES = {
@@ -108,12 +108,19 @@ class CudaBackend(Backend):
 
     kind = BackendKind.CUDA
 
-    def __init__(self, ordinal: int = 0, *, artifacts: ArtifactStore | None = None) -> None:
+    def __init__(
+        self,
+        ordinal: int = 0,
+        *,
+        artifacts: ArtifactStore | None = None,
+        cubin_cache_bytes: int = DEFAULT_LOCAL_BYTES,
+    ) -> None:
         """Initialises the driver and retains the device's primary context.
 
         Args:
             ordinal: The device.
             artifacts: Where cubins are shared (the jit cache); None: PTX is loaded as is.
+            cubin_cache_bytes: The bound of sharing's in-process LRU of cubins.
 
         Raises:
             CudaCallError: the driver or the device cannot be used.
@@ -126,7 +133,9 @@ class CudaBackend(Backend):
         (self._context,) = self._call(driver.cuDevicePrimaryCtxRetain(self._device))
         self.cubins: CubinSharing | None = None
         if artifacts is not None:
-            self.cubins = CubinSharing(artifacts, self.compute_capability())
+            self.cubins = CubinSharing(
+                artifacts, self.compute_capability(), local_bytes=cubin_cache_bytes
+            )
 
     def compute_capability(self) -> str:
         """The device's target, e.g. `sm_90`."""

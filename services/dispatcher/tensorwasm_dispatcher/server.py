@@ -38,7 +38,12 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
                 settings.jit_address, timeout_seconds=settings.jit_timeout_seconds
             )
         try:
-            return report, CudaBackend(report.devices[0].ordinal, artifacts=artifacts)
+            backend = CudaBackend(
+                report.devices[0].ordinal,
+                artifacts=artifacts,
+                cubin_cache_bytes=settings.cubin_cache_bytes,
+            )
+            return report, backend
         except Exception as exc:
             if artifacts is not None:
                 artifacts.close()

@@ -36,6 +36,9 @@ class DispatcherSettings(ServerSettings):
     # cuda backend (empty: off, every PTX is JIT-compiled by this dispatcher's driver).
     jit_address: str = ""
     jit_timeout_seconds: float = 2.0
+    # The in-process LRU of cubins loaded through sharing, in bytes (0: none kept, every
+    # load asks the jit cache).
+    cubin_cache_bytes: int = 64 << 20
 
     @property
     def tenant_in_flight_limit(self) -> int:
@@ -65,3 +68,5 @@ class DispatcherSettings(ServerSettings):
                 raise SettingsError(f"jit_address: {exc}") from None
         if not 0 < self.jit_timeout_seconds <= 60:
             raise SettingsError("jit_timeout_seconds: must be in (0, 60]")
+        if self.cubin_cache_bytes < 0:
+            raise SettingsError("cubin_cache_bytes: must be >= 0")

@@ -25,8 +25,11 @@ class ArtifactCache:
         self.store = store
         self.max_artifact_bytes = max_artifact_bytes
 
-    def put(self, ptx_digest: str, capability: str, data: bytes) -> tuple[str, bool]:
-        """Stores an artifact; returns the BLAKE3 hex of its bytes and whether it is new.
+    def put(
+        self, ptx_digest: str, capability: str, data: bytes, *, replace: bool = False
+    ) -> tuple[str, bool]:
+        """Stores an artifact (over a stored one with `replace`); returns the BLAKE3 hex of
+        its bytes and whether it was stored anew.
 
         Raises:
             InvalidDigestError, InvalidArgumentError: a malformed key or empty data.
@@ -40,7 +43,7 @@ class ArtifactCache:
                 f"the artifact has {len(data)} bytes, more than {self.max_artifact_bytes}",
                 metadata={"limit_bytes": str(self.max_artifact_bytes)},
             )
-        created = self.store.put(name, data)
+        created = self.store.put(name, data, replace=replace)
         return blake3.blake3(data).hexdigest(), created
 
     def get(self, ptx_digest: str, capability: str) -> tuple[bytes, str]:

@@ -76,7 +76,7 @@ class JitCacheServicer(pb_grpc.JitCacheServiceServicer):
         self, request: pb.PutArtifactRequest, context: grpc.aio.ServicerContext
     ) -> pb.PutArtifactResponse:
         digest, created = self._artifacts.put(
-            request.ptx_digest, request.compute_capability, request.data
+            request.ptx_digest, request.compute_capability, request.data, replace=request.replace
         )
         return pb.PutArtifactResponse(data_digest=digest, created=created)
 

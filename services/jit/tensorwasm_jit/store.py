@@ -130,8 +130,9 @@ class ByteStore:
         LOOKUPS.labels(self.tier, "hit").inc()
         return payload
 
-    def put(self, name: str, payload: bytes) -> bool:
-        """Stores a payload under `name` unless it is there already; returns True if new.
+    def put(self, name: str, payload: bytes, *, replace: bool = False) -> bool:
+        """Stores a payload under `name` unless it is there already (or, with `replace`,
+        over it); returns True if stored anew.
 
         A payload larger than the whole bound is not stored (returns False).
         """
@@ -142,8 +143,11 @@ class ByteStore:
         record = blake3.blake3(payload).digest() + payload
         with self._lock:
             if name in self._sizes:
-                self._sizes.move_to_end(name)
-                return False
+                if not replace:
+                    self._sizes.move_to_end(name)
+                    return False
+                self._total -= self._sizes.pop(name)
+                self._memory.pop(name, None)
             if self.root is None:
                 self._memory[name] = record
             else:

@@ -8,20 +8,27 @@
 - `jit_matmul`: C = A @ B for 256x256x256 f32 in a guest on the local stack (cpu backend):
   `tensor_op[256]` calls `tensorwasm:gpu` `matmul` (jit kernel, cached, run by the
   dispatcher, C written back into linear memory); `wasm_loop[256]` is the same guest's
-  plain wasm triple loop, the anchor. Both through gateway -> executor. Slow per sample:
-  run it with few samples (docs/PERFORMANCE.md has the command).
+  plain wasm triple loop, the anchor. Both through gateway -> executor. `offload[256]` is
+  auto-offload: the `matmul` export of clients/guest/examples/cuda/offload_matmul.c (a plain
+  C loop declared with `TENSORWASM_OFFLOAD`, built with clang-19) called on a live instance
+  of a function deployed with `auto_offload`, against `offload_off[256]`, the same export
+  on an instance deployed without it (the C loop, clang -O2). Slow per sample: run it with
+  few samples (docs/PERFORMANCE.md has the command).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import wasmtime
 from tensorwasm.common.v1 import values_pb2
+from tensorwasm.gateway.v1 import gateway_service_pb2 as gw_pb
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_client.client import GatewayClient
@@ -30,6 +37,7 @@ from tensorwasm_jit.kernel_cache import KernelCache
 from tensorwasm_jit.ptx_emit import KernelSpec, emit
 
 from tests.bench.harness import Benchmark, RunConfig, group
+from tests.guests import load_builder
 
 GUEST = Path(__file__).resolve().parents[3] / "clients" / "guest" / "examples" / "jit_matmul.wat"
 TIMEOUT_SECONDS = 60.0
@@ -113,7 +121,7 @@ def jit_matmul(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 raise RuntimeError(f"matmul guest failed: {outcome}")
 
         anchor = "jit_matmul/wasm_loop[256]"
-        yield [
+        benchmarks = [
             Benchmark(anchor, lambda: run(0), description="guest-side wasm triple loop"),
             Benchmark(
                 "jit_matmul/tensor_op[256]",
@@ -122,3 +130,65 @@ def jit_matmul(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 description="tensorwasm:gpu matmul: jit kernel on the dispatcher (cpu backend)",
             ),
         ]
+        temp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tw-offload-")))
+        calls = _offload_calls(client, temp, cleanup)
+        if calls is not None:
+            on, off = calls
+            benchmarks += [
+                Benchmark(
+                    "jit_matmul/offload_off[256]",
+                    off,
+                    anchors=(anchor,),
+                    description="offload_matmul.c's `matmul`, deployed without auto_offload",
+                ),
+                Benchmark(
+                    "jit_matmul/offload[256]",
+                    on,
+                    anchors=("jit_matmul/offload_off[256]", anchor),
+                    description="the same export deployed with auto_offload (cpu backend)",
+                ),
+            ]
+        yield benchmarks
+
+
+def _offload_calls(
+    client: GatewayClient, temp: Path, cleanup: contextlib.ExitStack
+) -> tuple[Callable[[], None], Callable[[], None]] | None:
+    """(on, off): a 256x256x256 call of offload_matmul.c's `matmul` export on a filled live
+    instance of it deployed with and without auto_offload; None without clang."""
+    builder = load_builder()
+    clang = builder.find_clang()
+    if clang is None:
+        print("jit_matmul: no clang for wasm32-wasi; offload[256] skipped", file=sys.stderr)
+        return None
+    wasm = builder.build_c(builder.EXAMPLES / "offload_matmul.c", temp, clang).read_bytes()
+
+    def ok(response: Any) -> list[int]:
+        outcome = response.outcome
+        if outcome.WhichOneof("result") != "success":
+            raise RuntimeError(f"offload guest failed: {outcome}")
+        return [value.i32 for value in outcome.success.results]
+
+    def call(instance: str, export: str, *args: int) -> list[int]:
+        values = [values_pb2.Value(i32=v) for v in args]
+        return ok(client.call_instance(instance, export, values, timeout_seconds=TIMEOUT_SECONDS))
+
+    def prepared(auto_offload: bool) -> Callable[[], None]:
+        name = "offload-on" if auto_offload else "offload-off"
+        client.create_function(name, wasm, gw_pb.FunctionConfig(auto_offload=auto_offload))
+        instance = client.create_instance(name, timeout_seconds=TIMEOUT_SECONDS).instance.name
+        cleanup.callback(client.delete_instance, instance)
+        if call(instance, "fill", 256, 256, 256) != [0]:
+            raise RuntimeError("fill refused 256x256x256")
+        args = [call(instance, f"{x}_buffer")[0] for x in "abc"] + [256, 256, 256]
+
+        def once() -> None:
+            if call(instance, "matmul", *args) != [0]:
+                raise RuntimeError("matmul did not return 0")
+
+        once()
+        if call(instance, "check", 256, 256, 256) != [0]:
+            raise RuntimeError(f"{name}: wrong result")
+        return once
+
+    return prepared(True), prepared(False)

@@ -14,11 +14,17 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_common.digests import blake3_hex
 from tensorwasm_common.settings import SettingsError
-from tensorwasm_dispatcher.cubin_sharing import CubinSharing, JitArtifactStore, ptx_digest
+from tensorwasm_dispatcher.cubin_sharing import (
+    CubinSharing,
+    JitArtifactStore,
+    LocalCubins,
+    ptx_digest,
+)
 from tensorwasm_dispatcher.devices import CudaCallError
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
@@ -182,3 +188,139 @@ def test_the_setting_is_checked() -> None:
         DispatcherSettings(jit_address="nowhere")
     with pytest.raises(SettingsError, match="jit_timeout_seconds"):
         DispatcherSettings(jit_timeout_seconds=0)
+    assert DispatcherSettings().cubin_cache_bytes == 64 << 20
+    with pytest.raises(SettingsError, match="cubin_cache_bytes"):
+        DispatcherSettings(cubin_cache_bytes=-1)
+
+
+class CountingStore(JitArtifactStore):
+    """The real gRPC store, counting its round trips."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.gets = 0
+        self.puts: list[bool] = []  # the replace flag of each put
+
+    def get(self, ptx_digest: str, capability: str) -> bytes | None:
+        self.gets += 1
+        return super().get(ptx_digest, capability)
+
+    def put(self, ptx_digest: str, capability: str, data: bytes, *, replace: bool = False) -> bool:
+        self.puts.append(replace)
+        return super().put(ptx_digest, capability, data, replace=replace)
+
+
+def loads(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "tensorwasm_dispatcher_cubin_loads_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+def test_repeated_loads_come_from_the_local_lru_without_a_round_trip(jit_address: str) -> None:
+    store = CountingStore(jit_address)
+    sharing = CubinSharing(store, "sm_89")
+    loader = FakeLoader()
+    ptx = unique_ptx("local")
+    before = loads("local_hits")
+    first = sharing.load(ptx, loader)
+    assert (store.gets, store.puts) == (1, [False])
+    for _ in range(3):
+        assert sharing.load(ptx, loader) == first
+    assert (store.gets, store.puts, loader.compiled) == (1, [False], [ptx])
+    assert (sharing.stats.local_hits, sharing.stats.misses) == (3, 1)
+    assert loads("local_hits") == before + 3
+    # A shared hit enters the LRU too: another dispatcher asks once.
+    other_store = CountingStore(jit_address)
+    other = CubinSharing(other_store, "sm_89")
+    for _ in range(2):
+        assert other.load(ptx, FakeLoader()) == first
+    assert (other_store.gets, other.stats.hits, other.stats.local_hits) == (1, 1, 1)
+    store.close()
+    other_store.close()
+
+
+def test_the_local_lru_is_bounded_in_bytes(jit_address: str) -> None:
+    cubin_bytes = len(FakeLoader().compile_ptx(PTX))  # every fake cubin has this size
+    store = CountingStore(jit_address)
+    sharing = CubinSharing(store, "sm_89", local_bytes=2 * cubin_bytes)
+    one, two, three = (unique_ptx(tag) for tag in ("lru1", "lru2", "lru3"))
+    for ptx in (one, two, one, three):  # `two` is the least recently used when `three` comes
+        sharing.load(ptx, FakeLoader())
+    assert (len(sharing.local), sharing.local.total_bytes) == (2, 2 * cubin_bytes)
+    gets = store.gets
+    sharing.load(one, FakeLoader())
+    sharing.load(three, FakeLoader())
+    assert store.gets == gets  # both local
+    sharing.load(two, FakeLoader())
+    assert store.gets == gets + 1  # evicted: asked (and found) in the jit cache
+    assert sharing.stats.hits == 1
+    none_kept = CubinSharing(store, "sm_89", local_bytes=0)
+    none_kept.load(one, FakeLoader())
+    none_kept.load(one, FakeLoader())
+    assert (len(none_kept.local), none_kept.stats.hits, none_kept.stats.local_hits) == (0, 2, 0)
+    store.close()
+
+
+def test_the_lru_replaces_and_discards() -> None:
+    local = LocalCubins(10)
+    local.put(("d", "sm_90"), b"12345")
+    local.put(("d", "sm_90"), b"123")  # same key: replaced, not counted twice
+    assert (len(local), local.total_bytes, local.get(("d", "sm_90"))) == (1, 3, b"123")
+    local.put(("e", "sm_90"), b"x" * 11)  # larger than the bound: not kept
+    assert local.get(("e", "sm_90")) is None
+    local.discard(("d", "sm_90"))
+    assert (len(local), local.total_bytes) == (0, 0)
+
+
+def test_a_refused_shared_cubin_is_overwritten_so_others_stop_recompiling(
+    jit_address: str,
+) -> None:
+    ptx = unique_ptx("overwrite")
+    bad = b"\x7fELF-from-an-incompatible-driver"
+    seeded = JitArtifactStore(jit_address)
+    assert seeded.put(ptx_digest(ptx), "sm_80", bad)
+    # This driver refuses `bad`; it compiles its own cubin and puts it with replace.
+    store = CountingStore(jit_address)
+    sharing = CubinSharing(store, "sm_80")
+    good = FakeLoader(refuse=(bad,))
+    before = loads("replaced")
+    module = sharing.load(ptx, good)
+    assert good.compiled == [ptx]
+    cubin = good.loaded[0]
+    assert module == ("module", cubin) and cubin != bad
+    assert store.puts == [True]
+    assert stored(jit_address, ptx, "sm_80") == cubin
+    assert (sharing.stats.refused, sharing.stats.misses, sharing.stats.puts) == (1, 1, 1)
+    assert sharing.stats.replaced == 1 and loads("replaced") == before + 1
+    # Every other dispatcher (same driver) now loads the good cubin without compiling.
+    for _ in range(2):
+        other = CubinSharing(JitArtifactStore(jit_address), "sm_80")
+        loader = FakeLoader(refuse=(bad,))
+        assert other.load(ptx, loader) == ("module", cubin)
+        assert (loader.compiled, other.stats.hits, other.stats.refused) == ([], 1, 0)
+    seeded.close()
+    store.close()
+
+
+def test_put_artifact_keeps_the_first_unless_replace(jit_address: str) -> None:
+    """The jit service's semantics: first put wins; `replace` overwrites."""
+    digest = ptx_digest(unique_ptx("semantics"))
+    request = jit_pb.PutArtifactRequest
+    with grpc.insecure_channel(jit_address) as channel:
+        stub = jit_grpc.JitCacheServiceStub(channel)
+        first = stub.PutArtifact(request(ptx_digest=digest, compute_capability="sm_90", data=b"A"))
+        kept = stub.PutArtifact(request(ptx_digest=digest, compute_capability="sm_90", data=b"B"))
+        get = jit_pb.GetArtifactRequest(ptx_digest=digest, compute_capability="sm_90")
+        assert (first.created, kept.created) == (True, False)
+        assert stub.GetArtifact(get).data == b"A"
+        replaced = stub.PutArtifact(
+            request(ptx_digest=digest, compute_capability="sm_90", data=b"BB", replace=True)
+        )
+        assert replaced.created and replaced.data_digest == blake3_hex(b"BB")
+        assert stub.GetArtifact(get).data == b"BB"
+        # replace on an empty key stores as usual.
+        fresh = ptx_digest(unique_ptx("semantics-fresh"))
+        assert stub.PutArtifact(
+            request(ptx_digest=fresh, compute_capability="sm_90", data=b"C", replace=True)
+        ).created

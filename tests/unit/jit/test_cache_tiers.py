@@ -129,3 +129,17 @@ def test_artifacts_round_trip_and_reject_bad_input() -> None:
         artifacts.put(digest, "sm_80", b"123456789")
     with pytest.raises(Exception, match="compute_capability"):
         artifacts.put(digest, "9.0", b"x")
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_a_replacing_put_overwrites_and_keeps_the_byte_count(tmp_path: Path, on_disk: bool) -> None:
+    root = tmp_path if on_disk else None
+    store = ByteStore(root, max_bytes=100, tier="replace")
+    assert store.put("a", b"x" * 30) and store.put("b", b"y" * 10)
+    assert not store.put("a", b"z" * 5)  # kept without replace
+    assert (store.get("a"), store.total_bytes) == (b"x" * 30, 40)
+    assert store.put("a", b"z" * 5, replace=True)
+    assert (store.get("a"), store.total_bytes, len(store)) == (b"z" * 5, 15, 2)
+    if on_disk:
+        reopened = ByteStore(tmp_path, max_bytes=100, tier="replace")
+        assert (reopened.get("a"), reopened.total_bytes) == (b"z" * 5, 15)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tensorwasm/jit/v1/jit_service.proto\x12\x11tensorwasm.jit.v1\"\xcc\x01\n\x11\x45mitKernelRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12@\n\x06params\x18\x02 \x03(\x0b\x32\x30.tensorwasm.jit.v1.EmitKernelRequest.ParamsEntry\x12*\n\x05\x64type\x18\x03 \x01(\x0e\x32\x1b.tensorwasm.jit.v1.DataType\x12\x0e\n\x06target\x18\x04 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"[\n\x06Kernel\x12\x11\n\tcache_key\x18\x01 \x01(\t\x12\x0b\n\x03ptx\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x12\n\nptx_digest\x18\x05 \x01(\t\"R\n\x12\x45mitKernelResponse\x12)\n\x06kernel\x18\x01 \x01(\x0b\x32\x19.tensorwasm.jit.v1.Kernel\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\";\n\x12ListKernelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8c\x02\n\nKernelInfo\x12\x11\n\tcache_key\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x39\n\x06params\x18\x03 \x03(\x0b\x32).tensorwasm.jit.v1.KernelInfo.ParamsEntry\x12*\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1b.tensorwasm.jit.v1.DataType\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\x12\x12\n\nptx_digest\x18\x07 \x01(\t\x12\x16\n\x0eptx_size_bytes\x18\x08 \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"^\n\x13ListKernelsResponse\x12.\n\x07kernels\x18\x01 \x03(\x0b\x32\x1d.tensorwasm.jit.v1.KernelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x12PutArtifactRequest\x12\x12\n\nptx_digest\x18\x01 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\";\n\x13PutArtifactResponse\x12\x13\n\x0b\x64\x61ta_digest\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"D\n\x12GetArtifactRequest\x12\x12\n\nptx_digest\x18\x01 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x02 \x01(\t\"8\n\x13GetArtifactResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t*K\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDATA_TYPE_F32\x10\x01\x12\x11\n\rDATA_TYPE_F16\x10\x02\x32\x86\x03\n\x0fJitCacheService\x12Y\n\nEmitKernel\x12$.tensorwasm.jit.v1.EmitKernelRequest\x1a%.tensorwasm.jit.v1.EmitKernelResponse\x12\\\n\x0bListKernels\x12%.tensorwasm.jit.v1.ListKernelsRequest\x1a&.tensorwasm.jit.v1.ListKernelsResponse\x12\\\n\x0bPutArtifact\x12%.tensorwasm.jit.v1.PutArtifactRequest\x1a&.tensorwasm.jit.v1.PutArtifactResponse\x12\\\n\x0bGetArtifact\x12%.tensorwasm.jit.v1.GetArtifactRequest\x1a&.tensorwasm.jit.v1.GetArtifactResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tensorwasm/jit/v1/jit_service.proto\x12\x11tensorwasm.jit.v1\"\xcc\x01\n\x11\x45mitKernelRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12@\n\x06params\x18\x02 \x03(\x0b\x32\x30.tensorwasm.jit.v1.EmitKernelRequest.ParamsEntry\x12*\n\x05\x64type\x18\x03 \x01(\x0e\x32\x1b.tensorwasm.jit.v1.DataType\x12\x0e\n\x06target\x18\x04 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"[\n\x06Kernel\x12\x11\n\tcache_key\x18\x01 \x01(\t\x12\x0b\n\x03ptx\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x12\n\nptx_digest\x18\x05 \x01(\t\"R\n\x12\x45mitKernelResponse\x12)\n\x06kernel\x18\x01 \x01(\x0b\x32\x19.tensorwasm.jit.v1.Kernel\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\";\n\x12ListKernelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8c\x02\n\nKernelInfo\x12\x11\n\tcache_key\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x39\n\x06params\x18\x03 \x03(\x0b\x32).tensorwasm.jit.v1.KernelInfo.ParamsEntry\x12*\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1b.tensorwasm.jit.v1.DataType\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\x12\x12\n\nptx_digest\x18\x07 \x01(\t\x12\x16\n\x0eptx_size_bytes\x18\x08 \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"^\n\x13ListKernelsResponse\x12.\n\x07kernels\x18\x01 \x03(\x0b\x32\x1d.tensorwasm.jit.v1.KernelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x12PutArtifactRequest\x12\x12\n\nptx_digest\x18\x01 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07replace\x18\x04 \x01(\x08\";\n\x13PutArtifactResponse\x12\x13\n\x0b\x64\x61ta_digest\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"D\n\x12GetArtifactRequest\x12\x12\n\nptx_digest\x18\x01 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x02 \x01(\t\"8\n\x13GetArtifactResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x61ta_digest\x18\x02 \x01(\t*K\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDATA_TYPE_F32\x10\x01\x12\x11\n\rDATA_TYPE_F16\x10\x02\x32\x86\x03\n\x0fJitCacheService\x12Y\n\nEmitKernel\x12$.tensorwasm.jit.v1.EmitKernelRequest\x1a%.tensorwasm.jit.v1.EmitKernelResponse\x12\\\n\x0bListKernels\x12%.tensorwasm.jit.v1.ListKernelsRequest\x1a&.tensorwasm.jit.v1.ListKernelsResponse\x12\\\n\x0bPutArtifact\x12%.tensorwasm.jit.v1.PutArtifactRequest\x1a&.tensorwasm.jit.v1.PutArtifactResponse\x12\\\n\x0bGetArtifact\x12%.tensorwasm.jit.v1.GetArtifactRequest\x1a&.tensorwasm.jit.v1.GetArtifactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMITKERNELREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_KERNELINFO_PARAMSENTRY']._loaded_options = None
   _globals['_KERNELINFO_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1143
-  _globals['_DATATYPE']._serialized_end=1218
+  _globals['_DATATYPE']._serialized_start=1160
+  _globals['_DATATYPE']._serialized_end=1235
   _globals['_EMITKERNELREQUEST']._serialized_start=59
   _globals['_EMITKERNELREQUEST']._serialized_end=263
   _globals['_EMITKERNELREQUEST_PARAMSENTRY']._serialized_start=218
@@ -54,13 +54,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTKERNELSRESPONSE']._serialized_start=774
   _globals['_LISTKERNELSRESPONSE']._serialized_end=868
   _globals['_PUTARTIFACTREQUEST']._serialized_start=870
-  _globals['_PUTARTIFACTREQUEST']._serialized_end=952
-  _globals['_PUTARTIFACTRESPONSE']._serialized_start=954
-  _globals['_PUTARTIFACTRESPONSE']._serialized_end=1013
-  _globals['_GETARTIFACTREQUEST']._serialized_start=1015
-  _globals['_GETARTIFACTREQUEST']._serialized_end=1083
-  _globals['_GETARTIFACTRESPONSE']._serialized_start=1085
-  _globals['_GETARTIFACTRESPONSE']._serialized_end=1141
-  _globals['_JITCACHESERVICE']._serialized_start=1221
-  _globals['_JITCACHESERVICE']._serialized_end=1611
+  _globals['_PUTARTIFACTREQUEST']._serialized_end=969
+  _globals['_PUTARTIFACTRESPONSE']._serialized_start=971
+  _globals['_PUTARTIFACTRESPONSE']._serialized_end=1030
+  _globals['_GETARTIFACTREQUEST']._serialized_start=1032
+  _globals['_GETARTIFACTREQUEST']._serialized_end=1100
+  _globals['_GETARTIFACTRESPONSE']._serialized_start=1102
+  _globals['_GETARTIFACTRESPONSE']._serialized_end=1158
+  _globals['_JITCACHESERVICE']._serialized_start=1238
+  _globals['_JITCACHESERVICE']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

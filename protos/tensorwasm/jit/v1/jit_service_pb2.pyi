@@ -300,22 +300,28 @@ class PutArtifactRequest(_message.Message):
     PTX_DIGEST_FIELD_NUMBER: _builtins.int
     COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
     ptx_digest: _builtins.str
     """BLAKE3 hex digest of the PTX text the artifact was compiled from."""
     compute_capability: _builtins.str
     """The compute capability it was compiled for, as "sm_XY" (e.g. "sm_90")."""
     data: _builtins.bytes
     """The compiled module (cubin) bytes."""
+    replace: _builtins.bool
+    """Overwrite an artifact stored for this key already (a dispatcher whose driver refused
+    the stored one); false: the stored one is kept.
+    """
     def __init__(
         self,
         *,
         ptx_digest: _builtins.str = ...,
         compute_capability: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        replace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "data", b"data", "ptx_digest", b"ptx_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "data", b"data", "ptx_digest", b"ptx_digest", "replace", b"replace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,7 +338,7 @@ class PutArtifactResponse(_message.Message):
     data_digest: _builtins.str
     """BLAKE3 hex digest of the stored bytes."""
     created: _builtins.bool
-    """False when an artifact was stored for this key already (it is kept)."""
+    """False when an artifact was stored for this key already (it is kept, unless replace)."""
     def __init__(
         self,
         *,
