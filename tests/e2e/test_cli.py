@@ -371,3 +371,26 @@ def test_run_locally_without_the_services(wat_dir: Path, tmp_path: Path) -> None
     missing = run(str(wat_dir / "counter.wat"), "--export", "nope")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ")
     assert not (tmp_path / "unused").exists()  # no stack was started
+
+
+def test_async_invoke_then_invocation_get_and_list(cli: Cli, wat_dir: Path) -> None:
+    cli.ok("deploy", str(wat_dir / "add.wat"))
+    started = json.loads(cli.ok("invoke", "add", "--args", "[40, 2]", "--async"))
+    name = started["name"]
+    assert name.startswith("invocations/"), name
+
+    waited = cli("invocation", "get", name, "--wait", "--wait-timeout", "60")
+    assert waited.returncode == 0, waited.stderr
+    document, results = waited.stdout.splitlines()
+    assert json.loads(document) == {
+        "name": name,
+        "function": "functions/add",
+        "export": "add",
+        "state": "succeeded",
+        "results": [42],
+    }
+    assert results == "[42]"
+
+    assert json.loads(cli.ok("invocation", "get", name))["state"] == "succeeded"
+    (line,) = cli.ok("invocation", "list").splitlines()
+    assert line.split() == [name, "succeeded", "functions/add", "add"]

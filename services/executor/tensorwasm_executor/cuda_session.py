@@ -8,16 +8,15 @@ the end of the guest call. Written buffers are copied back into linear memory wh
 batch returns; errors of queued commands surface at the next `sync`, the first one's code
 returned and its message in `last_error`.
 
-Ending the dispatcher's session when the store is done with it is off the call's critical
-path where the transport can do it in the background (`BackgroundTransport`): an empty
-end-of-session request has no result anyone waits for. A final batch that still carries
-commands is sent and waited for as before (its work belongs to the call).
+Sending (the deadline, retries while the dispatcher is busy) and ending the dispatcher's
+session are `cuda_sender.BatchSender`'s: an empty end-of-session request goes in the
+transport's background where it can; a final batch that still carries commands is sent
+and waited for (its work belongs to the call).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
@@ -40,7 +39,6 @@ from tensorwasm_executor.cuda_abi import (
 )
 from tensorwasm_executor.cuda_argv import ArgvCache, require_memory
 from tensorwasm_executor.cuda_batch import (
-    BackgroundTransport,
     BatchReply,
     BatchRequest,
     Command,
@@ -49,17 +47,15 @@ from tensorwasm_executor.cuda_batch import (
     LaunchKernel,
     LoadKernel,
     Transport,
-    TransportError,
     WriteBuffer,
     build_request,
 )
+from tensorwasm_executor.cuda_sender import BatchSender
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_COMMANDS = 256
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
-# How long the session's last request may take once the call is over (ending it only).
-CLOSE_TIMEOUT_SECONDS = 2.0
 
 
 class CudaSession:
@@ -76,13 +72,10 @@ class CudaSession:
     ) -> None:
         if max_batch_commands < 1 or max_batch_bytes < 1:
             raise ValueError("max_batch_commands and max_batch_bytes must be positive")
-        self.session_id = secrets.token_hex(16)
-        self._transport = transport
+        self._sender = BatchSender(transport, clock=clock, sleep=sleep)
+        self.session_id = self._sender.session_id
         self._max_commands = max_batch_commands
         self._max_bytes = max_batch_bytes
-        self._clock = clock
-        self._sleep = sleep
-        self._deadline = clock() + CLOSE_TIMEOUT_SECONDS
         self._kernels: dict[int, str] = {}  # id -> entry
         self._next_kernel_id = 0
         self._ptx_bytes = 0
@@ -92,8 +85,6 @@ class CudaSession:
         self._deferred_more = 0
         self._last_error = b""
         self._argv = ArgvCache()
-        self._opened = False  # a request was sent: the dispatcher may hold the session
-        self.requests_sent = 0
         # Extension state (`tensorwasm:gpu`, see gpu_ext.py): device buffers by handle
         # (their sizes), and kernel time as the dispatcher reported it.
         self.device_buffers: dict[int, int] = {}
@@ -101,11 +92,16 @@ class CudaSession:
         self.kernel_seconds = 0.0
         self.tenant_kernel_seconds = 0.0
 
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent to the dispatcher so far (retries and the session's end included)."""
+        return self._sender.requests_sent
+
     # --- the call's life -------------------------------------------------------------
 
     def begin_call(self, deadline: float) -> None:
         """A guest call starts; `deadline` (on the session's clock) bounds its requests."""
-        self._deadline = deadline
+        self._sender.deadline = deadline
 
     def end_call(self, memory: GuestMemory | None, *, completed: bool, final: bool) -> None:
         """The guest call returned (`completed`) or failed; flushes what it left queued.
@@ -122,7 +118,7 @@ class CudaSession:
             self._pending_bytes = 0
         if not self._pending:
             if final:
-                self._end_session(self._deadline)
+                self._sender.end_session(self._sender.deadline)
             return
         try:
             self._flush(memory, copy_back=not final, end_session=final)
@@ -133,25 +129,7 @@ class CudaSession:
         """The store is closed: ends the dispatcher's session if one may be open."""
         self._pending.clear()
         self._pending_bytes = 0
-        self._end_session(self._clock() + CLOSE_TIMEOUT_SECONDS)
-
-    def _end_session(self, deadline: float) -> None:
-        """Ends the dispatcher's session if one may be open: in the transport's background
-        when it takes the request, else here, waiting until `deadline` at most."""
-        if not self._opened:
-            return
-        request = BatchRequest(self.session_id, (), (), end_session=True)
-        if isinstance(self._transport, BackgroundTransport) and (
-            self._transport.end_session_later(request, CLOSE_TIMEOUT_SECONDS)
-        ):
-            self._opened = False
-            self.requests_sent += 1
-            return
-        self._deadline = deadline
-        try:
-            self._send(request)
-        except AbiFailure as failure:  # the dispatcher expires it after its idle TTL
-            _log.info("ending a GPU session failed: %s", failure.message)
+        self._sender.end_session()
 
     # --- the ABI -----------------------------------------------------------------------
 
@@ -307,7 +285,7 @@ class CudaSession:
 
     def remaining_seconds(self) -> float:
         """Time left before the current call's deadline (0 when it has passed)."""
-        return max(0.0, self._deadline - self._clock())
+        return self._sender.remaining_seconds()
 
     # --- for extension modules (gpu_ext.py and others) -----------------------------------
 
@@ -383,7 +361,7 @@ class CudaSession:
             self.session_id, commands, memory, copy_back=copy_back, end_session=end_session
         )
         try:
-            reply = self._send(request)
+            reply = self._sender.send(request)
         except AbiFailure as failure:
             results = tuple(CommandResult(int(failure.code), failure.message) for _ in commands)
             reply = BatchReply(results, {})
@@ -395,36 +373,6 @@ class CudaSession:
             if result.code != 0:
                 self._defer(AbiFailure(_abi_code(result.code), result.message))
         return reply.results[-1] if extra is not None else None
-
-    def _send(self, request: BatchRequest) -> BatchReply:
-        """Sends one request, coming back after the dispatcher's delay while it is busy.
-
-        Raises:
-            AbiFailure: it did not run before the call's deadline, or cannot run.
-        """
-        self._opened = True
-        try:
-            while True:
-                remaining = self._deadline - self._clock()
-                if remaining <= 0:
-                    raise AbiFailure(
-                        AbiError.NOT_AVAILABLE, "the call's deadline passed before the GPU ran"
-                    )
-                try:
-                    self.requests_sent += 1
-                    reply = self._transport.execute(request, remaining)
-                except TransportError as exc:
-                    delay = exc.retry_after_seconds
-                    if delay is None or delay >= self._deadline - self._clock():
-                        raise AbiFailure(exc.code, exc.message) from None
-                    self._sleep(delay)
-                    continue
-                if len(reply.results) != len(request.commands):
-                    raise AbiFailure(AbiError.INTERNAL, "the dispatcher's reply does not match")
-                return reply
-        finally:
-            if request.end_session:
-                self._opened = False
 
     def _copy_back(self, request: BatchRequest, reply: BatchReply, memory: GuestMemory) -> None:
         for region in request.regions:

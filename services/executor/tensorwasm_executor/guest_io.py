@@ -1,0 +1,62 @@
+"""What a guest sees of WASI beyond its exports: argv/env/directory options, captured stdio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_log = logging.getLogger(__name__)
+
+# Receives guest output as it is written: ("stdout" | "stderr", bytes), on the guest's thread.
+OutputSink = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class WasiOptions:
+    """What a guest sees of WASI beyond stdio: argv, environment, one read-only directory.
+
+    `read_only_dir` is a host directory the caller has already resolved and authorised;
+    the guest sees it, read-only, at `guest_dir`. Without it the guest has no filesystem.
+    """
+
+    argv: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    read_only_dir: str | None = None
+    guest_dir: str = "/data"
+
+
+NO_WASI_OPTIONS = WasiOptions()
+
+
+class OutputCapture:
+    """A WASI output sink that keeps the first `limit` bytes and flags the rest.
+
+    With a `sink`, the kept bytes are handed to it as they are written instead of
+    being buffered (so `data` stays empty); the cap and the flag work the same.
+    """
+
+    def __init__(self, limit: int, stream: str = "", sink: OutputSink | None = None) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.truncated = False
+        self._stream = stream
+        self._sink = sink
+        self._written = 0
+
+    def write(self, chunk: bytes) -> int:
+        """Keeps (or passes on) what fits under the cap; returns the full length."""
+        room = self.limit - self._written
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0 and chunk:
+            kept = chunk[:room]
+            self._written += len(kept)
+            if self._sink is None:
+                self.data += kept
+            else:
+                try:
+                    self._sink(self._stream, kept)
+                except Exception:  # a failing consumer must not fail the guest's write
+                    _log.warning("output sink failed", exc_info=True)
+        return len(chunk)  # the guest always sees a full write
