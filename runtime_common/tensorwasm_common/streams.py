@@ -1,0 +1,28 @@
+"""Helpers for client-streaming RPCs on the server side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+# How long a refused upload keeps being read (and discarded) before its error is sent.
+DRAIN_SECONDS = 5.0
+
+
+async def drain(requests: AsyncIterator[object], *, seconds: float = DRAIN_SECONDS) -> None:
+    """Reads and discards what the client still sends, until it half-closes or `seconds` pass.
+
+    A server that ends a client-streaming call before the client has half-closed sends its
+    status and then RST_STREAM; a grpc.aio client whose next write fails after that replaces
+    the server's status with a bare INTERNAL (grpc/grpc#36066). Refusing an upload only once
+    the client has finished sending keeps the refusal's code and reason intact; the bound
+    keeps a client that never half-closes from holding the call open.
+    """
+
+    async def consume() -> None:
+        async for _message in requests:
+            pass
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consume(), seconds)
