@@ -1,5 +1,6 @@
 """Group `snapshot_store`: store throughput (Put/Get of 16 and 256 MiB over loopback gRPC)
-against bare grpcio streaming of the same bytes, and the first call of a fresh executor
+against bare grpcio streaming of the same bytes, CreateSnapshot and ReadSnapshot of a
+16 MiB record against PutBlob and GetBlob of its payload, and the first call of a fresh executor
 replica for a >= 0.5 MB module with its artifact in the store against compiling it.
 
 The bulk and cold-start tiers are self-timed (few, long samples); the harness times StatBlob
@@ -42,6 +43,7 @@ from tests.integration.test_store_service import SnapshotProcess
 T = TypeVar("T")
 MIB = 1 << 20
 SIZES_MIB = (16, 256)
+RECORD_MIB = 16
 BULK_TIER, BULK_TIER_QUICK = Tier(6, 1, 3), Tier(3, 1, 3)
 COLD_TIER, COLD_TIER_QUICK = Tier(6, 1, 3), Tier(3, 1, 3)
 MODULE_FUNCTIONS = 8200  # ~0.53 MB of wasm
@@ -76,6 +78,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         cleanup.callback(lambda: run(store_channel.close()))
         blobs, snapshots = BlobClient(store_channel), SnapshotClient(store_channel)
         bulk = _bulk_tier(config, run, blobs, echo_channel)
+        records = _record_tier(config, run, blobs, snapshots)
         cold = _cold_tier(config, run, blobs, snapshots, temp)
 
         sync_store = cleanup.enter_context(grpc.insecure_channel(store.address))
@@ -96,7 +99,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 lambda: stat(request, timeout=30),
                 anchors=("grpcio/echo_unary",),
                 description="StatBlob: a header read, over gRPC",
-                params={"self_timed": bulk + cold},
+                params={"self_timed": bulk + records + cold},
             ),
         ]
 
@@ -182,6 +185,98 @@ def _bulk_tier(
             entry["mb_per_second_p50"] = round(size / 1e6 / median_s, 1)
             print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50")
             entries.append(entry)
+    print()
+    return entries
+
+
+def _record_payload(size: int) -> bytes:
+    """Half incompressible, half zero pages: about as compressible as a compiled artifact."""
+    noise = blake3.blake3(b"record").digest(length=size // 2)
+    page = 4096
+    pieces = (noise[i : i + page] + bytes(page) for i in range(0, len(noise), page))
+    return b"".join(pieces)[:size]
+
+
+def _record_tier(
+    config: RunConfig,
+    run: Callable[[Awaitable[object]], object],
+    blobs: BlobClient,
+    snapshots: SnapshotClient,
+) -> list[dict[str, object]]:
+    """CreateSnapshot and ReadSnapshot of a 16 MiB payload against PutBlob and GetBlob of it."""
+    tier = BULK_TIER_QUICK if config.quick else BULK_TIER
+    size = RECORD_MIB * MIB
+    payload = _record_payload(size)
+    source = blake3.blake3(b"record source").hexdigest()
+    kind = pb.SNAPSHOT_KIND_COMPILED_MODULE
+    counter = [0]
+
+    def fingerprint() -> str:
+        counter[0] += 1  # a new key (and record) every time
+        return f"bench-engine/{counter[0]}"
+
+    created = run(snapshots.create_snapshot(kind, fingerprint(), source, payload))
+    snapshot_id, snapshot_fingerprint = created.id, created.engine_fingerprint  # type: ignore[attr-defined]
+    blob_digest = run(blobs.put(payload, ref_name="bench/record-anchor")).blob.digest  # type: ignore[attr-defined]
+
+    def create() -> Reported:
+        start = time.perf_counter_ns()
+        made = run(snapshots.create_snapshot(kind, fingerprint(), source, payload))
+        elapsed = time.perf_counter_ns() - start
+        run(snapshots.delete_snapshot(made.id))  # type: ignore[attr-defined]
+        run(blobs._stub.CollectGarbage(pb.CollectGarbageRequest(), timeout=60))
+        return Reported(elapsed)
+
+    def read() -> Reported:
+        start = time.perf_counter_ns()
+        got = run(snapshots.read_snapshot(snapshot_id, snapshot_fingerprint))
+        elapsed = time.perf_counter_ns() - start
+        assert got == payload
+        return Reported(elapsed)
+
+    def put() -> Reported:
+        data = bytearray(payload)
+        data[:8] = fingerprint().encode()[-8:].ljust(8, b"\0")  # a new object: no dedupe
+        start = time.perf_counter_ns()
+        run(blobs.put_stream(_chunks(data), size_bytes=len(data)))
+        elapsed = time.perf_counter_ns() - start
+        run(blobs._stub.CollectGarbage(pb.CollectGarbageRequest(), timeout=60))
+        return Reported(elapsed)
+
+    def get() -> Reported:
+        start = time.perf_counter_ns()
+        got = run(blobs.get(blob_digest))
+        elapsed = time.perf_counter_ns() - start
+        assert len(got) == size  # type: ignore[arg-type]
+        return Reported(elapsed)
+
+    names = {k: f"{k}/{RECORD_MIB}MiB" for k in ("records/put_blob", "records/get_blob")}
+    results = run_self_timed(
+        f"snapshot_store [self-timed: {RECORD_MIB} MiB record payloads, half compressible]",
+        [
+            Benchmark(names["records/put_blob"], put, description="PutBlob of the payload"),
+            Benchmark(names["records/get_blob"], get, description="GetBlob of the payload"),
+            Benchmark(
+                f"records/create/{RECORD_MIB}MiB",
+                create,
+                anchors=(names["records/put_blob"],),
+                description="CreateSnapshot: encode (zstd payload) + store the record blob",
+            ),
+            Benchmark(
+                f"records/read/{RECORD_MIB}MiB",
+                read,
+                anchors=(names["records/get_blob"],),
+                description="ReadSnapshot: verify the record blob and payload, then stream",
+            ),
+        ],
+        tier,
+    )
+    entries = []
+    for name, result in results.items():
+        entry = as_params(result, tier)
+        entry["mb_per_second_p50"] = round(size / 1e6 / (result.summary.p50 / 1e9), 1)
+        print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50 (payload bytes)")
+        entries.append(entry)
     print()
     return entries
 
