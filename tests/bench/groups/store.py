@@ -1,7 +1,9 @@
 """Group `snapshot_store`: store throughput (Put/Get of 16 and 256 MiB over loopback gRPC)
 against bare grpcio streaming of the same bytes, CreateSnapshot and ReadSnapshot of a
-16 MiB record against PutBlob and GetBlob of its payload, and the first call of a fresh executor
-replica for a >= 0.5 MB module with its artifact in the store against compiling it.
+16 MiB record against PutBlob and GetBlob of its payload, that record's blob stored raw
+against zstd again in process (the second pass blob format 2 removed), and the first call
+of a fresh executor replica for a >= 0.5 MB module with its artifact in the store against
+compiling it.
 
 The bulk and cold-start tiers are self-timed (few, long samples); the harness times StatBlob
 against a bare unary echo and carries the tiers in its params.
@@ -28,6 +30,8 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_snapshot.blobstore import BlobStore, Codec
+from tensorwasm_snapshot.record_format import PayloadEncoder, RecordMeta
 
 from tests.bench.echo_server import (
     DOWNLOAD_METHOD,
@@ -78,7 +82,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         cleanup.callback(lambda: run(store_channel.close()))
         blobs, snapshots = BlobClient(store_channel), SnapshotClient(store_channel)
         bulk = _bulk_tier(config, run, blobs, echo_channel)
-        records = _record_tier(config, run, blobs, snapshots)
+        records = _record_tier(config, run, blobs, snapshots) + _at_rest_tier(config, temp)
         cold = _cold_tier(config, run, blobs, snapshots, temp)
 
         sync_store = cleanup.enter_context(grpc.insecure_channel(store.address))
@@ -278,6 +282,74 @@ def _record_tier(
         print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50 (payload bytes)")
         entries.append(entry)
     print()
+    return entries
+
+
+def _at_rest_tier(config: RunConfig, temp: Path) -> list[dict[str, object]]:
+    """In process, no gRPC: a 16 MiB record's blob stored and read raw (today) and with a
+    second zstd pass (what the store did before blob format 2), on one store."""
+    tier = BULK_TIER_QUICK if config.quick else BULK_TIER
+    payload = _record_payload(RECORD_MIB * MIB)
+    meta = RecordMeta(1, "bench-engine", blake3.blake3(b"src").hexdigest(), "", "bench", 1)
+    encoder = PayloadEncoder(spool_dir=temp)
+    encoder.write(payload)
+    sealed = encoder.finish(meta)
+    record = b"".join(sealed.pieces(CHUNK_BYTES))
+    encoder.close()
+    store = BlobStore(temp / "at-rest")
+    counter = [0]
+    stored: dict[Codec, str] = {}
+
+    def put(codec: Codec) -> Reported:
+        counter[0] += 1
+        data = counter[0].to_bytes(8, "little") + record  # a new blob every time
+        start = time.perf_counter_ns()
+        with store.writer(codec=codec) as writer:
+            for at in range(0, len(data), CHUNK_BYTES):
+                writer.write(data[at : at + CHUNK_BYTES])
+            info, _ = writer.commit()
+        elapsed = time.perf_counter_ns() - start
+        old = stored.get(codec)
+        if old is not None:
+            store.path_of(old).unlink()
+        stored[codec] = info.digest
+        return Reported(elapsed)
+
+    def get(codec: Codec) -> Reported:
+        start = time.perf_counter_ns()
+        for _ in store.open_verified(stored[codec]):  # verify pass, then the streaming pass
+            pass
+        return Reported(time.perf_counter_ns() - start)
+
+    put(Codec.RAW), put(Codec.ZSTD)
+    sizes = {c: store.stat(d).stored_size_bytes for c, d in stored.items()}
+    results = run_self_timed(
+        f"snapshot_store [self-timed, in process: a {len(record)}-byte record blob at rest]",
+        [
+            Benchmark("at_rest/put_zstd_again", lambda: put(Codec.ZSTD), description="before"),
+            Benchmark("at_rest/get_zstd_again", lambda: get(Codec.ZSTD), description="before"),
+            Benchmark(
+                "at_rest/put_raw",
+                lambda: put(Codec.RAW),
+                anchors=("at_rest/put_zstd_again",),
+                description="BLAKE3 + write + fsync + rename (records today)",
+            ),
+            Benchmark(
+                "at_rest/get_raw",
+                lambda: get(Codec.RAW),
+                anchors=("at_rest/get_zstd_again",),
+                description="verify pass + streaming pass, each hashing",
+            ),
+        ],
+        tier,
+    )
+    print(f"record blob on disk: raw {sizes[Codec.RAW]} B, zstd again {sizes[Codec.ZSTD]} B\n")
+    entries = []
+    for result in results.values():
+        entry = as_params(result, tier)
+        entry["record_bytes"] = len(record)
+        entry["stored_bytes"] = sizes[Codec.ZSTD if "zstd" in result.benchmark.name else Codec.RAW]
+        entries.append(entry)
     return entries
 
 
