@@ -9,7 +9,7 @@ Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `inde
 
 Blob file, format 2 (written today): a 64-byte little-endian header, then the body:
 
-    0   magic b"TWBLOB\x00" + format version byte 2    24  BLAKE3 digest, 32 raw bytes
+    0   magic b"TWBLOB\\x00" + format version byte 2    24  BLAKE3 digest, 32 raw bytes
     8   plaintext size, u64                            56  body size, u64
     16  codec, u16: 0 raw, 1 zstd                      64  the body: the plaintext itself
     18  flags, u16, must be 0                              (raw, body size = plaintext size)
@@ -83,7 +83,7 @@ class _Header:
 
 @dataclass(frozen=True)
 class BlobInfo:
-    """A committed blob: digest, plaintext size, and on-disk size (header plus frame)."""
+    """A committed blob: digest, plaintext size, and on-disk size (header plus body)."""
 
     digest: str
     size_bytes: int
@@ -165,7 +165,7 @@ class BlobStore:
         return info
 
     def read_bytes(self, digest: str) -> bytes:
-        """Returns a whole verified blob, decompressed once (memory grows with its size)."""
+        """Returns a whole verified blob, decoded once (memory grows with its size)."""
         return b"".join(self._decode(validate_digest(digest)))
 
     def put_bytes(self, data: bytes, *, codec: Codec = Codec.ZSTD) -> tuple[BlobInfo, bool]:
