@@ -23,7 +23,7 @@ from tensorwasm_common.status import error_from_rpc
 
 pytestmark = pytest.mark.integration
 
-HEADER_BYTES = 60
+HEADER_BYTES = 64  # format 2 of the blob file
 CHUNK = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""Durable content-addressed blobs on local disk: BLAKE3-named, zstd at rest, verified on read.
+"""Durable content-addressed blobs on local disk: BLAKE3-named, zstd or raw, verified on read.
 
 Layout: ``<root>/blobs/<digest[:2]>/<digest>`` holds committed blobs; ``<root>/tmp/`` holds
 in-flight writes (same filesystem, so the rename is atomic) and is emptied when a store opens,
@@ -7,15 +7,23 @@ A writer puts a placeholder header first and the real one last, fsyncs, renames 
 fsyncs the directory (and ``blobs/`` for a new ``<xx>/``): a blob is whole or absent after a crash.
 Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `index`, `store`).
 
-Blob file: a 60-byte little-endian header, then one zstd frame (with content checksum):
+Blob file, format 2 (written today): a 64-byte little-endian header, then the body:
 
-    0   magic b"TWBLOB\\x00" + format version byte 1    20  BLAKE3 digest, 32 raw bytes
-    8   plaintext size, u64                            52  zstd frame size, u64
-    16  zstd level used, i32 (informational)           60  the zstd frame
+    0   magic b"TWBLOB\\x00" + format version byte 2    24  BLAKE3 digest, 32 raw bytes
+    8   plaintext size, u64                            56  body size, u64
+    16  codec, u16: 0 raw, 1 zstd                      64  the body: the plaintext itself
+    18  flags, u16, must be 0                              (raw, body size = plaintext size)
+    20  zstd level used, i32 (informational; 0 raw)        or one zstd frame with checksum
+
+Format 1 (read, never written): a 60-byte header, magic version byte 1, plaintext size u64,
+level i32, digest, frame size u64, then always one zstd frame. The writer chooses the codec
+(`Codec`, zstd by default); the snapshot service stores records raw, their payload being
+zstd already. Whatever the codec, every read hashes the plaintext against the digest.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import struct
@@ -33,7 +41,9 @@ from tensorwasm_common.errors import InvalidArgumentError
 
 from tensorwasm_snapshot import errors
 
-_MAGIC, _HEADER = b"TWBLOB\x00\x01", struct.Struct("<8sQi32sQ")
+_MAGIC_PREFIX = b"TWBLOB\x00"
+_MAGIC_V1, _HEADER_V1 = _MAGIC_PREFIX + b"\x01", struct.Struct("<8sQi32sQ")
+_MAGIC, _HEADER = _MAGIC_PREFIX + b"\x02", struct.Struct("<8sQHHi32sQ")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _INSTALL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex digest prefix
 
@@ -57,9 +67,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Codec(enum.IntEnum):
+    """How a blob's body holds its plaintext (format 2 header, offset 16)."""
+
+    RAW = 0  # the plaintext itself: for bytes that do not compress (a zstd record, say)
+    ZSTD = 1  # one zstd frame with its content checksum, at the store's level
+
+
+@dataclass(frozen=True)
+class _Header:
+    info: BlobInfo
+    codec: Codec
+    body_offset: int
+
+
 @dataclass(frozen=True)
 class BlobInfo:
-    """A committed blob: digest, plaintext size, and on-disk size (header plus frame)."""
+    """A committed blob: digest, plaintext size, and on-disk size (header plus body)."""
 
     digest: str
     size_bytes: int
@@ -96,13 +120,16 @@ class BlobStore:
         expected_digest: str | None = None,
         expected_size: int | None = None,
         on_install: InstallHook | None = None,
+        codec: Codec = Codec.ZSTD,
     ) -> BlobWriter:
         """Starts an upload (a context manager) whose `commit()` checks the expected digest/size.
 
-        Raises TooLargeError before anything is written when `expected_size` is over the cap.
+        `codec` is how the body is kept at rest if this upload installs it (a deduplicated
+        put keeps the stored copy as it is). Raises TooLargeError before anything is written
+        when `expected_size` is over the cap.
         """
         self.check_upload(expected_digest, expected_size)
-        return BlobWriter(self, expected_digest, expected_size, on_install)
+        return BlobWriter(self, expected_digest, expected_size, on_install, Codec(codec))
 
     def check_upload(self, expected_digest: str | None, expected_size: int | None) -> None:
         """Raises what `writer()` would raise for these expectations, without a temp file."""
@@ -116,7 +143,12 @@ class BlobStore:
     def stat(self, digest: str) -> BlobInfo:
         """Describes a blob from its header; BlobIntegrityError if the header is damaged."""
         with self._open(validate_digest(digest)) as fh:
-            return self._header(digest, fh)
+            return self._header(digest, fh).info
+
+    def codec(self, digest: str) -> Codec:
+        """How the blob is kept at rest (zstd for every format-1 file), from its header."""
+        with self._open(validate_digest(digest)) as fh:
+            return self._header(digest, fh).codec
 
     def open_verified(self, digest: str) -> Iterator[bytes]:
         """Returns an iterator of `chunk_bytes` plaintext pieces that never yields a damaged byte.
@@ -133,12 +165,12 @@ class BlobStore:
         return info
 
     def read_bytes(self, digest: str) -> bytes:
-        """Returns a whole verified blob, decompressed once (memory grows with its size)."""
+        """Returns a whole verified blob, decoded once (memory grows with its size)."""
         return b"".join(self._decode(validate_digest(digest)))
 
-    def put_bytes(self, data: bytes) -> tuple[BlobInfo, bool]:
+    def put_bytes(self, data: bytes, *, codec: Codec = Codec.ZSTD) -> tuple[BlobInfo, bool]:
         """Stores `data`; returns its info and True if it was already stored (deduplicated)."""
-        with self.writer() as blob_writer:
+        with self.writer(codec=codec) as blob_writer:
             blob_writer.write(data)
             return blob_writer.commit()
 
@@ -181,15 +213,26 @@ class BlobStore:
         except FileNotFoundError:
             raise errors.BlobNotFoundError(digest) from None
 
-    def _header(self, digest: str, fh: BinaryIO) -> BlobInfo:
+    def _header(self, digest: str, fh: BinaryIO) -> _Header:
         raw = fh.read(_HEADER.size).ljust(_HEADER.size, b"\0")  # then the file size check fails
-        magic, size, _level, raw_digest, frame_size = _HEADER.unpack(raw)
         stored = os.fstat(fh.fileno()).st_size
-        if magic != _MAGIC or raw_digest.hex() != digest or stored != _HEADER.size + frame_size:
-            raise errors.BlobIntegrityError(digest, "bad magic, version, digest or file size")
+        if raw[:8] == _MAGIC:
+            _magic, size, codec, flags, _level, raw_digest, body_size = _HEADER.unpack(raw)
+            header_size = _HEADER.size
+        elif raw[:8] == _MAGIC_V1:
+            _magic, size, _level, raw_digest, body_size = _HEADER_V1.unpack(raw[: _HEADER_V1.size])
+            codec, flags, header_size = Codec.ZSTD, 0, _HEADER_V1.size
+        else:
+            raise errors.BlobIntegrityError(digest, "bad magic or unknown format version")
+        if raw_digest.hex() != digest or stored != header_size + body_size:
+            raise errors.BlobIntegrityError(digest, "bad digest or file size")
+        if flags or codec not in {c.value for c in Codec}:
+            raise errors.BlobIntegrityError(digest, f"unknown codec {codec} or flags {flags}")
+        if codec == Codec.RAW and body_size != size:
+            raise errors.BlobIntegrityError(digest, "raw body size is not the plaintext size")
         if size > self.max_blob_bytes:  # the bomb guard: refused before decompressing a byte
             raise errors.BlobIntegrityError(digest, "declared size over max_blob_bytes")
-        return BlobInfo(digest, size, stored)
+        return _Header(BlobInfo(digest, size, stored), Codec(codec), header_size)
 
     def _verified(self, digest: str) -> Iterator[bytes]:
         tail = deque(self._decode(digest), maxlen=2)  # check pass; a lone piece is kept
@@ -198,21 +241,31 @@ class BlobStore:
     def _decode(self, digest: str) -> Iterator[bytes]:
         # Yields the plaintext; raises BlobIntegrityError, at the end at the latest, if bad.
         with self._open(digest) as fh:
-            info = self._header(digest, fh)
-            hasher, total = blake3.blake3(), 0
+            header = self._header(digest, fh)
+            size, hasher, total = header.info.size_bytes, blake3.blake3(), 0
+            fh.seek(header.body_offset)
             try:
-                dctx = zstandard.ZstdDecompressor()
-                with dctx.stream_reader(fh, read_across_frames=True, closefd=False) as reader:
-                    while piece := reader.read(self.chunk_bytes):
-                        total += len(piece)
-                        if total > info.size_bytes:  # also the decompression-bomb guard
-                            raise errors.BlobIntegrityError(digest, "more plaintext than declared")
-                        hasher.update(piece)
-                        yield piece
+                for piece in self._body(fh, header.codec):
+                    total += len(piece)
+                    if total > size:  # also the decompression-bomb guard
+                        raise errors.BlobIntegrityError(digest, "more plaintext than declared")
+                    hasher.update(piece)
+                    yield piece
             except zstandard.ZstdError as exc:
                 raise errors.BlobIntegrityError(digest, f"zstd: {exc}") from exc
-        if total != info.size_bytes or hasher.hexdigest() != digest:
+        if total != size or hasher.hexdigest() != digest:
             raise errors.BlobIntegrityError(digest, "plaintext size or digest mismatch")
+
+    def _body(self, fh: BinaryIO, codec: Codec) -> Iterator[bytes]:
+        # The body's plaintext in pieces of at most `chunk_bytes`, unverified.
+        if codec == Codec.RAW:
+            while piece := fh.read(self.chunk_bytes):
+                yield piece
+            return
+        dctx = zstandard.ZstdDecompressor()
+        with dctx.stream_reader(fh, read_across_frames=True, closefd=False) as reader:
+            while piece := reader.read(self.chunk_bytes):
+                yield piece
 
     def _install(
         self, tmp_path: Path, info: BlobInfo, on_install: InstallHook | None
@@ -244,20 +297,25 @@ class BlobWriter:
         digest: str | None,
         size: int | None,
         on_install: InstallHook | None = None,
+        codec: Codec = Codec.ZSTD,
     ) -> None:
         """Opens a temp file under the store's ``tmp/``; prefer `BlobStore.writer()`."""
         self._store, self._want_digest, self._want_size = store, digest, size
+        self._codec = codec
         self._on_install = on_install
         self._limit = store.max_blob_bytes if size is None else size
         self._size, self._done, self._hasher = 0, False, blake3.blake3()
         fd, name = tempfile.mkstemp(dir=store._tmp, prefix="blob-", suffix=".part")
         self._tmp_path, self._file = Path(name), os.fdopen(fd, "wb")
         self._file.write(bytes(_HEADER.size))  # placeholder, rewritten by commit()
-        cctx = zstandard.ZstdCompressor(level=store.compression_level, write_checksum=True)
-        self._cobj = cctx.compressobj()
+        self._cobj: zstandard.ZstdCompressionObj | None = None
+        if codec == Codec.ZSTD:
+            cctx = zstandard.ZstdCompressor(level=store.compression_level, write_checksum=True)
+            self._cobj = cctx.compressobj()
 
     def write(self, chunk: bytes) -> None:
-        """Hashes and compresses more plaintext; TooLargeError (and abort) past the limit."""
+        """Hashes and stores (compressing, with zstd) more plaintext; TooLargeError (and
+        abort) past the limit."""
         if self._done:
             raise RuntimeError("blob writer already committed or aborted")
         if self._size + len(chunk) > self._limit:
@@ -265,14 +323,15 @@ class BlobWriter:
             raise errors.TooLargeError(self._limit)
         self._size += len(chunk)
         self._hasher.update(chunk)
-        self._file.write(self._cobj.compress(chunk))
+        self._file.write(chunk if self._cobj is None else self._cobj.compress(chunk))
 
     def commit(self) -> tuple[BlobInfo, bool]:
         """Checks size/digest (DigestMismatchError), installs durably; -> (info, deduplicated)."""
         if self._done:
             raise RuntimeError("blob writer already committed or aborted")
         try:
-            self._file.write(self._cobj.flush())
+            if self._cobj is not None:
+                self._file.write(self._cobj.flush())
             digest, size = self._hasher.hexdigest(), self._size
             if self._want_size is not None and size != self._want_size:
                 raise errors.DigestMismatchError(expected_size=self._want_size, actual_size=size)
@@ -280,8 +339,11 @@ class BlobWriter:
                 raise errors.DigestMismatchError(expected=self._want_digest, actual=digest)
             info = BlobInfo(digest, size, self._file.tell())
             self._file.seek(0)
-            level, frame_size = self._store.compression_level, info.stored_size_bytes - _HEADER.size
-            self._file.write(_HEADER.pack(_MAGIC, size, level, bytes.fromhex(digest), frame_size))
+            level = self._store.compression_level if self._codec == Codec.ZSTD else 0
+            body_size = info.stored_size_bytes - _HEADER.size
+            self._file.write(
+                _HEADER.pack(_MAGIC, size, self._codec, 0, level, bytes.fromhex(digest), body_size)
+            )
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()

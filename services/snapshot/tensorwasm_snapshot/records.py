@@ -2,8 +2,9 @@
 index it; find, read (verified before a byte is served), list and delete per tenant.
 
 A record's blob is an ordinary referenced object (`snapshots/<id>`), so quotas, GC and crash
-recovery apply to it as to any blob. Another tenant's record is never visible: every lookup
-is by (tenant, ...), and a foreign id answers SNAPSHOT_NOT_FOUND like a missing one.
+recovery apply to it as to any blob; it is stored raw (`Codec.RAW`), its payload being zstd
+already. Another tenant's record is never visible: every lookup is by (tenant, ...), and a
+foreign id answers SNAPSHOT_NOT_FOUND like a missing one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tensorwasm_common.snapshot_errors import (
 )
 
 from tensorwasm_snapshot import errors, record_format
-from tensorwasm_snapshot.blobstore import validate_digest
+from tensorwasm_snapshot.blobstore import Codec, validate_digest
 from tensorwasm_snapshot.record_format import PayloadEncoder, RecordMeta
 from tensorwasm_snapshot.snapshot_index import REF_PREFIX, SnapshotIndex, SnapshotRow
 from tensorwasm_snapshot.store import Clock, SnapshotStore, validate_tenant
@@ -214,7 +215,10 @@ class SnapshotRecords:
         snapshot_id = "snap_" + secrets.token_hex(16)
         meta = sealed.meta
         with self.store.writer(
-            expected_size=sealed.size_bytes, tenant=meta.tenant, ref_name=REF_PREFIX + snapshot_id
+            expected_size=sealed.size_bytes,
+            tenant=meta.tenant,
+            ref_name=REF_PREFIX + snapshot_id,
+            codec=Codec.RAW,  # the payload is one zstd frame already: no second pass
         ) as writer:
             for piece in sealed.pieces(self.store.blobs.chunk_bytes):
                 writer.write(piece)

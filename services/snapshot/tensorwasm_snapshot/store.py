@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensorwasm_snapshot import errors
-from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, validate_digest
+from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
 from tensorwasm_snapshot.index import BlobIndex, ObjectRecord, Usage
 
 _log = logging.getLogger(__name__)
@@ -134,8 +134,12 @@ class SnapshotStore:
         expected_size: int | None = None,
         tenant: str | None = None,
         ref_name: str | None = None,
+        codec: Codec = Codec.ZSTD,
     ) -> ObjectWriter:
         """Starts an upload; with `ref_name`, `tenant`'s reference is added as it commits.
+
+        `codec` is how a newly installed blob is kept at rest (`Codec.RAW` for bytes that are
+        compressed already, such as snapshot records).
 
         Raises TooLargeError or TenantQuotaExceededError before anything is written when the
         declared size is over the cap or the tenant's remaining quota.
@@ -156,7 +160,10 @@ class SnapshotStore:
                 )
 
         inner = self.blobs.writer(
-            expected_digest=expected_digest, expected_size=expected_size, on_install=on_install
+            expected_digest=expected_digest,
+            expected_size=expected_size,
+            on_install=on_install,
+            codec=codec,
         )
         return ObjectWriter(inner, budget, tenant or "", self.tenant_quota_bytes)
 

@@ -1,6 +1,9 @@
 """Group `snapshot_store`: store throughput (Put/Get of 16 and 256 MiB over loopback gRPC)
-against bare grpcio streaming of the same bytes, and the first call of a fresh executor
-replica for a >= 0.5 MB module with its artifact in the store against compiling it.
+against bare grpcio streaming of the same bytes, CreateSnapshot and ReadSnapshot of a
+16 MiB record against PutBlob and GetBlob of its payload, that record's blob stored raw
+against zstd again in process (the second pass blob format 2 removed), and the first call
+of a fresh executor replica for a >= 0.5 MB module with its artifact in the store against
+compiling it.
 
 The bulk and cold-start tiers are self-timed (few, long samples); the harness times StatBlob
 against a bare unary echo and carries the tiers in its params.
@@ -27,6 +30,8 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 from tensorwasm_executor.modules import ModuleProvider
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_snapshot.blobstore import BlobStore, Codec
+from tensorwasm_snapshot.record_format import PayloadEncoder, RecordMeta
 
 from tests.bench.echo_server import (
     DOWNLOAD_METHOD,
@@ -42,6 +47,7 @@ from tests.integration.test_store_service import SnapshotProcess
 T = TypeVar("T")
 MIB = 1 << 20
 SIZES_MIB = (16, 256)
+RECORD_MIB = 16
 BULK_TIER, BULK_TIER_QUICK = Tier(6, 1, 3), Tier(3, 1, 3)
 COLD_TIER, COLD_TIER_QUICK = Tier(6, 1, 3), Tier(3, 1, 3)
 MODULE_FUNCTIONS = 8200  # ~0.53 MB of wasm
@@ -76,6 +82,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         cleanup.callback(lambda: run(store_channel.close()))
         blobs, snapshots = BlobClient(store_channel), SnapshotClient(store_channel)
         bulk = _bulk_tier(config, run, blobs, echo_channel)
+        records = _record_tier(config, run, blobs, snapshots) + _at_rest_tier(config, temp)
         cold = _cold_tier(config, run, blobs, snapshots, temp)
 
         sync_store = cleanup.enter_context(grpc.insecure_channel(store.address))
@@ -96,7 +103,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 lambda: stat(request, timeout=30),
                 anchors=("grpcio/echo_unary",),
                 description="StatBlob: a header read, over gRPC",
-                params={"self_timed": bulk + cold},
+                params={"self_timed": bulk + records + cold},
             ),
         ]
 
@@ -183,6 +190,166 @@ def _bulk_tier(
             print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50")
             entries.append(entry)
     print()
+    return entries
+
+
+def _record_payload(size: int) -> bytes:
+    """Half incompressible, half zero pages: about as compressible as a compiled artifact."""
+    noise = blake3.blake3(b"record").digest(length=size // 2)
+    page = 4096
+    pieces = (noise[i : i + page] + bytes(page) for i in range(0, len(noise), page))
+    return b"".join(pieces)[:size]
+
+
+def _record_tier(
+    config: RunConfig,
+    run: Callable[[Awaitable[object]], object],
+    blobs: BlobClient,
+    snapshots: SnapshotClient,
+) -> list[dict[str, object]]:
+    """CreateSnapshot and ReadSnapshot of a 16 MiB payload against PutBlob and GetBlob of it."""
+    tier = BULK_TIER_QUICK if config.quick else BULK_TIER
+    size = RECORD_MIB * MIB
+    payload = _record_payload(size)
+    source = blake3.blake3(b"record source").hexdigest()
+    kind = pb.SNAPSHOT_KIND_COMPILED_MODULE
+    counter = [0]
+
+    def fingerprint() -> str:
+        counter[0] += 1  # a new key (and record) every time
+        return f"bench-engine/{counter[0]}"
+
+    created = run(snapshots.create_snapshot(kind, fingerprint(), source, payload))
+    snapshot_id, snapshot_fingerprint = created.id, created.engine_fingerprint  # type: ignore[attr-defined]
+    blob_digest = run(blobs.put(payload, ref_name="bench/record-anchor")).blob.digest  # type: ignore[attr-defined]
+
+    def create() -> Reported:
+        start = time.perf_counter_ns()
+        made = run(snapshots.create_snapshot(kind, fingerprint(), source, payload))
+        elapsed = time.perf_counter_ns() - start
+        run(snapshots.delete_snapshot(made.id))  # type: ignore[attr-defined]
+        run(blobs._stub.CollectGarbage(pb.CollectGarbageRequest(), timeout=60))
+        return Reported(elapsed)
+
+    def read() -> Reported:
+        start = time.perf_counter_ns()
+        got = run(snapshots.read_snapshot(snapshot_id, snapshot_fingerprint))
+        elapsed = time.perf_counter_ns() - start
+        assert got == payload
+        return Reported(elapsed)
+
+    def put() -> Reported:
+        data = bytearray(payload)
+        data[:8] = fingerprint().encode()[-8:].ljust(8, b"\0")  # a new object: no dedupe
+        start = time.perf_counter_ns()
+        run(blobs.put_stream(_chunks(data), size_bytes=len(data)))
+        elapsed = time.perf_counter_ns() - start
+        run(blobs._stub.CollectGarbage(pb.CollectGarbageRequest(), timeout=60))
+        return Reported(elapsed)
+
+    def get() -> Reported:
+        start = time.perf_counter_ns()
+        got = run(blobs.get(blob_digest))
+        elapsed = time.perf_counter_ns() - start
+        assert len(got) == size  # type: ignore[arg-type]
+        return Reported(elapsed)
+
+    names = {k: f"{k}/{RECORD_MIB}MiB" for k in ("records/put_blob", "records/get_blob")}
+    results = run_self_timed(
+        f"snapshot_store [self-timed: {RECORD_MIB} MiB record payloads, half compressible]",
+        [
+            Benchmark(names["records/put_blob"], put, description="PutBlob of the payload"),
+            Benchmark(names["records/get_blob"], get, description="GetBlob of the payload"),
+            Benchmark(
+                f"records/create/{RECORD_MIB}MiB",
+                create,
+                anchors=(names["records/put_blob"],),
+                description="CreateSnapshot: encode (zstd payload) + store the record blob",
+            ),
+            Benchmark(
+                f"records/read/{RECORD_MIB}MiB",
+                read,
+                anchors=(names["records/get_blob"],),
+                description="ReadSnapshot: verify the record blob and payload, then stream",
+            ),
+        ],
+        tier,
+    )
+    entries = []
+    for name, result in results.items():
+        entry = as_params(result, tier)
+        entry["mb_per_second_p50"] = round(size / 1e6 / (result.summary.p50 / 1e9), 1)
+        print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50 (payload bytes)")
+        entries.append(entry)
+    print()
+    return entries
+
+
+def _at_rest_tier(config: RunConfig, temp: Path) -> list[dict[str, object]]:
+    """In process, no gRPC: a 16 MiB record's blob stored and read raw (today) and with a
+    second zstd pass (what the store did before blob format 2), on one store."""
+    tier = BULK_TIER_QUICK if config.quick else BULK_TIER
+    payload = _record_payload(RECORD_MIB * MIB)
+    meta = RecordMeta(1, "bench-engine", blake3.blake3(b"src").hexdigest(), "", "bench", 1)
+    encoder = PayloadEncoder(spool_dir=temp)
+    encoder.write(payload)
+    sealed = encoder.finish(meta)
+    record = b"".join(sealed.pieces(CHUNK_BYTES))
+    encoder.close()
+    store = BlobStore(temp / "at-rest")
+    counter = [0]
+    stored: dict[Codec, str] = {}
+
+    def put(codec: Codec) -> Reported:
+        counter[0] += 1
+        data = counter[0].to_bytes(8, "little") + record  # a new blob every time
+        start = time.perf_counter_ns()
+        with store.writer(codec=codec) as writer:
+            for at in range(0, len(data), CHUNK_BYTES):
+                writer.write(data[at : at + CHUNK_BYTES])
+            info, _ = writer.commit()
+        elapsed = time.perf_counter_ns() - start
+        old = stored.get(codec)
+        if old is not None:
+            store.path_of(old).unlink()
+        stored[codec] = info.digest
+        return Reported(elapsed)
+
+    def get(codec: Codec) -> Reported:
+        start = time.perf_counter_ns()
+        for _ in store.open_verified(stored[codec]):  # verify pass, then the streaming pass
+            pass
+        return Reported(time.perf_counter_ns() - start)
+
+    put(Codec.RAW), put(Codec.ZSTD)
+    sizes = {c: store.stat(d).stored_size_bytes for c, d in stored.items()}
+    results = run_self_timed(
+        f"snapshot_store [self-timed, in process: a {len(record)}-byte record blob at rest]",
+        [
+            Benchmark("at_rest/put_zstd_again", lambda: put(Codec.ZSTD), description="before"),
+            Benchmark("at_rest/get_zstd_again", lambda: get(Codec.ZSTD), description="before"),
+            Benchmark(
+                "at_rest/put_raw",
+                lambda: put(Codec.RAW),
+                anchors=("at_rest/put_zstd_again",),
+                description="BLAKE3 + write + fsync + rename (records today)",
+            ),
+            Benchmark(
+                "at_rest/get_raw",
+                lambda: get(Codec.RAW),
+                anchors=("at_rest/get_zstd_again",),
+                description="verify pass + streaming pass, each hashing",
+            ),
+        ],
+        tier,
+    )
+    print(f"record blob on disk: raw {sizes[Codec.RAW]} B, zstd again {sizes[Codec.ZSTD]} B\n")
+    entries = []
+    for result in results.values():
+        entry = as_params(result, tier)
+        entry["record_bytes"] = len(record)
+        entry["stored_bytes"] = sizes[Codec.ZSTD if "zstd" in result.benchmark.name else Codec.RAW]
+        entries.append(entry)
     return entries
 
 

@@ -22,8 +22,9 @@ from tensorwasm_snapshot.errors import (
 )
 
 MIB = 1 << 20
-HEADER_BYTES = 60
-HEADER = struct.Struct("<8sQi32sQ")
+HEADER_BYTES = 64  # format 2; format 1 (60 bytes) is read by test_blob_codec.py
+HEADER = struct.Struct("<8sQHHi32sQ")
+HEADER_V1 = struct.Struct("<8sQi32sQ")
 
 
 @pytest.fixture
@@ -104,8 +105,15 @@ def test_stored_compressed(store: BlobStore) -> None:
     assert info.stored_size_bytes < len(data) // 100
     with blob_path(store, info.digest).open("rb") as fh:
         header = fh.read(HEADER_BYTES)
-    magic, size, level, digest, frame_size = HEADER.unpack(header)
-    assert (magic, size, level, digest.hex()) == (b"TWBLOB\x00\x01", len(data), 3, info.digest)
+    magic, size, codec, flags, level, digest, frame_size = HEADER.unpack(header)
+    assert (magic, size, codec, flags, level, digest.hex()) == (
+        b"TWBLOB\x00\x02",
+        len(data),
+        1,  # zstd, the default codec
+        0,
+        3,
+        info.digest,
+    )
     assert frame_size == info.stored_size_bytes - HEADER_BYTES
 
 
@@ -223,12 +231,16 @@ def test_appended_bytes(store: BlobStore) -> None:
     ("offset", "data"),
     [
         (0, b"X"),  # magic
-        (7, b"\x02"),  # format version
+        (7, b"\x03"),  # format version (unknown)
+        (7, b"\x01"),  # format version (format 1 has a shorter header)
         (8, struct.pack("<Q", 2 * MIB - 1)),  # size too small
         (8, struct.pack("<Q", 2 * MIB + 1)),  # size too large
         (8, struct.pack("<Q", 1 << 40)),  # size over max_blob_bytes
-        (20, b"\x00" * 32),  # digest
-        (52, struct.pack("<Q", 12)),  # frame size
+        (16, struct.pack("<H", 0)),  # codec: raw, but the body is a zstd frame
+        (16, struct.pack("<H", 9)),  # codec (unknown)
+        (18, struct.pack("<H", 1)),  # flags (unknown)
+        (24, b"\x00" * 32),  # digest
+        (56, struct.pack("<Q", 12)),  # frame size
     ],
 )
 def test_corrupt_header(store: BlobStore, offset: int, data: bytes) -> None:
@@ -257,7 +269,7 @@ def test_decompression_bomb(store: BlobStore) -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * (64 * MIB))
     path = blob_path(store, digest)
     path.parent.mkdir(parents=True)
-    header = HEADER.pack(b"TWBLOB\x00\x01", len(claimed), 3, bytes.fromhex(digest), len(bomb))
+    header = HEADER_V1.pack(b"TWBLOB\x00\x01", len(claimed), 3, bytes.fromhex(digest), len(bomb))
     path.write_bytes(header + bomb)
     assert store.stat(digest).size_bytes == len(claimed)
     assert_damaged(store, digest)
