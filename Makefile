@@ -9,7 +9,7 @@ NPM_PREFIX := .tools/npm
 BUF := $(NPM_PREFIX)/node_modules/.bin/buf
 DATA_DIR ?= $(CURDIR)/.demo-data
 
-.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench up down status demo clean guest-toolchain guests
+.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ guests: .venv/.synced guest-toolchain ## Build the example GPU guests (C with cl
 
 bench: setup ## Run the benchmark groups; JSON under bench-results/
 	$(PY) -m tests.bench --out bench-results
+
+bench-smoke: setup ## Every benchmark group at smoke sizing (CI: the groups still run; timings not judged)
+	$(PY) -m tests.bench --quick --out $${TMPDIR:-/tmp}/tensorwasm-bench-smoke
 
 up: setup ## Start the five services on loopback (state in DATA_DIR)
 	.venv/bin/tensorwasm up --data-dir $(DATA_DIR)
