@@ -36,6 +36,10 @@ class GatewaySettings(ServerSettings):
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
     max_unfinished_invocations: int = 1000
+    # Gateways sharing a registry database: each renews its lease this often, for this
+    # long; the unfinished invocations of a gateway whose lease expired are failed.
+    lease_heartbeat_seconds: float = 5.0
+    lease_seconds: float = 30.0
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
     # Bearer tokens in the original's grammar (see tensorwasm_gateway.auth); none: dev mode.
@@ -89,6 +93,10 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("invocation_retention_seconds: must be >= 1")
         if self.max_unfinished_invocations < 1:
             raise SettingsError("max_unfinished_invocations: must be >= 1")
+        if not 0.05 <= self.lease_heartbeat_seconds < float("inf"):
+            raise SettingsError("lease_heartbeat_seconds: must be >= 0.05")
+        if not 2 * self.lease_heartbeat_seconds <= self.lease_seconds < float("inf"):
+            raise SettingsError("lease_seconds: must be >= 2 x lease_heartbeat_seconds")
         for address in (*self.executor_addresses, self.snapshot_address):
             try:
                 split_address(address)
