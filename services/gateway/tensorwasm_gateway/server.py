@@ -113,6 +113,7 @@ async def serve(settings: GatewaySettings) -> None:
             host.port,
             max_body_bytes=settings.max_message_bytes,
             timeout_seconds=settings.downstream_timeout_seconds,
+            signature_ttl_seconds=settings.http_signature_cache_seconds,
         )
         _log.info("http face listening", extra={"http_address": http[2]})
 

@@ -32,6 +32,8 @@ class GatewaySettings(ServerSettings):
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (the original's REST routes); empty: off.
     http_address: str = "127.0.0.1:8080"
+    # The HTTP face caches export signatures (to type JSON args) this long; 0: no cache.
+    http_signature_cache_seconds: float = 5.0
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -89,6 +91,8 @@ class GatewaySettings(ServerSettings):
                 split_address(self.http_address)
             except SettingsError as exc:
                 raise SettingsError(f"http_address: {exc}") from None
+        if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
+            raise SettingsError("http_signature_cache_seconds: must be >= 0")
         if not 1.0 <= self.invocation_retention_seconds < float("inf"):
             raise SettingsError("invocation_retention_seconds: must be >= 1")
         if self.max_unfinished_invocations < 1:
