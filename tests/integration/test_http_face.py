@@ -204,3 +204,86 @@ def test_http_callers_reach_the_grpc_interceptors(stack: RunningStack, tenant: s
         )
 
     assert count(after) == count(before) + 1
+
+
+ADD_F64 = bytes(
+    wasmtime.wat2wasm(
+        '(module (func (export "add") (param f64 f64) (result f64)'
+        " local.get 0 local.get 1 f64.add))"
+    )
+)
+ADD_I32 = bytes(
+    wasmtime.wat2wasm(
+        '(module (func (export "add") (param i32 i32) (result i32)'
+        " local.get 0 local.get 1 i32.add))"
+    )
+)
+GET_FUNCTION = "/tensorwasm.gateway.v1.GatewayService/GetFunction"
+
+
+def get_function_calls(stack: RunningStack) -> float:
+    from tests.integration.test_service_surface import requests_total, scrape
+
+    return requests_total(scrape(stack.services["gateway"].metrics_address), GET_FUNCTION, "OK")
+
+
+def deploy(stack: RunningStack, tenant: str, wasm: bytes) -> None:
+    body = {"name": "sig", "wasm_b64": base64.b64encode(wasm).decode()}
+    status, _, answer = request(stack, "POST", "/functions", tenant, body)
+    assert status == 200, answer
+
+
+def invoke(stack: RunningStack, tenant: str, args: list[Any]) -> tuple[int, Any]:
+    status, _, body = request(
+        stack, "POST", "/functions/sig/invoke", tenant, {"export": "add", "args": args}
+    )
+    return status, json.loads(body)
+
+
+def test_a_redeploy_under_the_same_name_retypes_cached_signatures(
+    stack: RunningStack, tenant: str
+) -> None:
+    """The face caches export signatures (5 s by default): two invokes read the function
+    once; after a redeploy with other parameter types under the same name, within the
+    cache's life, JSON args are typed by the new signature (the stale guess is caught
+    by the executor's type check or by the typing itself, then retried once)."""
+    deploy(stack, tenant, ADD_I32)
+    before = get_function_calls(stack)
+    assert invoke(stack, tenant, [2, 3]) == (200, {"function_id": "sig", "result": [5]})
+    assert invoke(stack, tenant, [4, 5])[1]["result"] == [9]
+    assert get_function_calls(stack) - before == 1  # the second invoke used the cache
+
+    assert request(stack, "DELETE", "/functions/sig", tenant)[0] == 204
+    deploy(stack, tenant, ADD_F64)  # same name, (f64, f64) -> f64
+    status, document = invoke(stack, tenant, [2, 3])  # the cache still says (i32, i32)
+    assert status == 200, document
+    assert document["result"] == [5.0] and isinstance(document["result"][0], float)
+    assert invoke(stack, tenant, [1.5, 2.5])[1]["result"] == [4.0]
+
+    assert request(stack, "DELETE", "/functions/sig", tenant)[0] == 204
+    deploy(stack, tenant, ADD_I32)  # back to (i32, i32); the cache says (f64, f64)
+    status, document = invoke(stack, tenant, [2, 3])
+    assert status == 200, document
+    assert document["result"] == [5] and isinstance(document["result"][0], int)
+    status, document = invoke(stack, tenant, [1.5, 2.5])  # a genuine mismatch stays one
+    assert status == 400
+    assert (document["error"]["kind"], document["error"]["reason"]) == (
+        "invalid_args",
+        "ARGUMENT_MISMATCH",
+    )
+    # async invocations always read the function: the job is typed by the new signature
+    assert request(stack, "DELETE", "/functions/sig", tenant)[0] == 204
+    deploy(stack, tenant, ADD_F64)
+    status, _, body = request(
+        stack, "POST", "/functions/sig/invoke-async", tenant, {"export": "add", "args": [1, 2]}
+    )
+    assert status == 202, body
+    job = json.loads(body)["job_id"]
+    deadline = time.monotonic() + 30
+    while True:
+        document = json.loads(request(stack, "GET", f"/jobs/{job}", tenant)[2])
+        if document["status"] != "pending" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert document["status"] == "completed", document
+    assert document["result"]["result"] == [3.0]

@@ -98,10 +98,18 @@ def test_a_finished_invocation_survives_a_gateway_restart(
     assert len(received(stack, request_id)) == 1  # ran once, not re-run by the restart
 
 
+SHORT_LEASE = {
+    "TENSORWASM_GATEWAY_LEASE_HEARTBEAT_SECONDS": "0.2",
+    "TENSORWASM_GATEWAY_LEASE_SECONDS": "2",
+}
+
+
 def test_an_invocation_running_at_a_kill_is_interrupted_not_rerun(
     launch_stack: Callable[..., RunningStack], tmp_path: Path
 ) -> None:
-    stack = launch_stack(tmp_path / "stack")
+    """The restarted gateway (a new id) fails its previous incarnation's invocation once
+    that incarnation's lease (2 s here) has expired."""
+    stack = launch_stack(tmp_path / "stack", SHORT_LEASE)
     with stack.client(TENANT) as client:
         client.create_function("fn", MODULE)
     request_id = f"spin-{uuid.uuid4().hex}"
@@ -114,8 +122,9 @@ def test_an_invocation_running_at_a_kill_is_interrupted_not_rerun(
     stack.launcher.kill("gateway")
     stack.services["gateway"] = stack.launcher.start_service("gateway")
     with stack.client(TENANT) as client:
+        failed = pb.INVOCATION_STATE_FAILED
+        wait_until(lambda: client.get_invocation(invocation.name).state == failed, 15)
         after = client.get_invocation(invocation.name)
-        assert pb.InvocationState.Name(after.state) == "INVOCATION_STATE_FAILED", after
         assert after.error.reason == "INVOCATION_INTERRUPTED"
         assert after.error.code == grpc.StatusCode.ABORTED.value[0]
         time.sleep(1.0)  # a re-run, if the new gateway made one, would show by now

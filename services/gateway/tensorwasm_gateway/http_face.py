@@ -15,17 +15,19 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import hashlib
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -103,6 +105,19 @@ def error_response(
     return Response(status, _dump(envelope), headers)
 
 
+def error_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed gRPC call ("" without one)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return str(info.reason)
+    return ""
+
+
 def rpc_error_response(exc: grpc.aio.AioRpcError) -> Response:
     """The envelope for a failed gRPC call, reading its ErrorInfo and RetryInfo."""
     reason, retry = exc.code().name, None
@@ -147,13 +162,49 @@ def failure_response(function_id: str, outcome: invocation_pb2.InvocationOutcome
     return Response(status, _dump(envelope), list(_JSON))
 
 
-class HttpFace:
-    """Routes HTTP requests to the gateway's gRPC API at `grpc_address`."""
+@dataclasses.dataclass(frozen=True)
+class Signatures:
+    """A function's export signatures as read by GetFunction, until `expires`."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_seconds: float = 330.0) -> None:
+    module_digest: str
+    params: dict[str, tuple[values_pb2.ValueType.ValueType, ...]]  # export -> param types
+    expires: float  # on the face's monotonic clock
+
+
+# Cached signatures are keyed by (caller's credentials, tenant header, function id).
+SignatureKey = tuple[str, str, str]
+
+
+class HttpFace:
+    """Routes HTTP requests to the gateway's gRPC API at `grpc_address`.
+
+    A JSON invoke needs the export's signature to type its arguments. The signatures
+    read by GetFunction are cached per (credentials, tenant, function id) for
+    `signature_ttl_seconds` (0: no cache). A cached signature is only a guess: the
+    executor checks every argument's type before the guest runs, so when the function
+    was redeployed under the same name with another signature, the Invoke fails with
+    ARGUMENT_MISMATCH (or the stale types do not fit the JSON arguments here); the face
+    then reads the function again and retries once, only if the arguments' typing
+    changed. An async invocation (checked by the executor only once it runs) always
+    reads the function first.
+    """
+
+    MAX_CACHED_FUNCTIONS = 4096
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_seconds: float = 330.0,
+        signature_ttl_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stub = pb_grpc.GatewayServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._timeout = timeout_seconds
+        self._signature_ttl = signature_ttl_seconds
+        self._clock = clock
+        self._signatures: dict[SignatureKey, Signatures] = {}
 
     async def handle(self, request: Request) -> Response:
         """Answers one request (never raises for a bad request), with an `x-request-id`
@@ -245,9 +296,37 @@ class HttpFace:
         )
         return Response(204)
 
-    async def _invoke_request(self, request: Request, function_id: str) -> pb.InvokeRequest:
+    def _signature_key(self, request: Request, function_id: str) -> SignatureKey:
+        credentials = hashlib.sha256((request.header("authorization") or "").encode()).hexdigest()
+        return credentials, request.header("x-tensorwasm-tenant") or "", function_id
+
+    async def _read_signatures(self, request: Request, function_id: str) -> Signatures:
+        """GetFunction (the gateway authorises it as any call), cached for the TTL."""
+        function = (
+            await self._stub.GetFunction(
+                pb.GetFunctionRequest(name=f"functions/{function_id}"), **self._options(request)
+            )
+        ).function
+        signatures = Signatures(
+            function.module_digest,
+            {e.name: tuple(e.signature.params) for e in function.exports},
+            self._clock() + self._signature_ttl,
+        )
+        if self._signature_ttl > 0:
+            if len(self._signatures) >= self.MAX_CACHED_FUNCTIONS:
+                self._signatures.clear()  # simple and bounded; the cache refills lazily
+            self._signatures[self._signature_key(request, function_id)] = signatures
+        return signatures
+
+    def _forget_signatures(self, request: Request, function_id: str) -> None:
+        self._signatures.pop(self._signature_key(request, function_id), None)
+
+    async def _invoke_request(
+        self, request: Request, function_id: str, *, fresh: bool = False
+    ) -> tuple[pb.InvokeRequest, bool]:
         """The gRPC request for an InvokeRequest body `{export?, args?}`: the args are
-        typed by the export's signature, so the function is read first."""
+        typed by the export's signature, read first unless cached (`fresh`: read it
+        in any case). Returns the request and whether a cached signature typed it."""
         body = _json_object(request.body, None) if request.body.strip() else {}
         export, args = body.get("export") or "", body.get("args") or []
         if not isinstance(export, str) or not isinstance(args, list):
@@ -256,31 +335,48 @@ class HttpFace:
                 "INVALID_JSON",
                 "export must be a string and args an array",
             )
+        cached = None if fresh else self._signatures.get(self._signature_key(request, function_id))
+        if cached is not None and cached.expires <= self._clock():
+            cached = None
+        signatures = cached or await self._read_signatures(request, function_id)
+        try:
+            values = _typed_args(signatures, export, args)
+        except FaceError:
+            if cached is None:
+                raise
+            # the cached types do not fit: the function may have changed; read it again
+            signatures, cached = await self._read_signatures(request, function_id), None
+            values = _typed_args(signatures, export, args)
         name = f"functions/{function_id}"
-        function = (
-            await self._stub.GetFunction(pb.GetFunctionRequest(name=name), **self._options(request))
-        ).function
-        signatures = {e.name: e.signature for e in function.exports}
-        chosen = export or _default_export(list(signatures))
-        values: list[Any] = []
-        if chosen in signatures:  # else the gateway reports the export as missing
-            try:
-                values = to_wire(args, list(signatures[chosen].params))
-            except ArgumentError as exc:
-                raise FaceError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "ARGUMENT_MISMATCH", str(exc)
-                ) from None
-        return pb.InvokeRequest(name=name, export_name=export, args=values)
+        return pb.InvokeRequest(name=name, export_name=export, args=values), cached is not None
+
+    async def _retyped(
+        self, request: Request, function_id: str, sent: pb.InvokeRequest, exc: grpc.aio.AioRpcError
+    ) -> pb.InvokeRequest | None:
+        """After a call typed by a cached signature failed before the guest ran: the
+        request typed by the function's current signature, or None when that typing is
+        the same (the error stands) or the error is not a typing one."""
+        self._forget_signatures(request, function_id)
+        if error_reason(exc) != "ARGUMENT_MISMATCH":
+            return None
+        retry, _ = await self._invoke_request(request, function_id, fresh=True)
+        return None if retry == sent else retry
 
     async def _invoke(self, request: Request, id: str) -> Response:
-        invoke = await self._invoke_request(request, id)
-        reply = await self._stub.Invoke(invoke, **self._options(request))
+        invoke, cached = await self._invoke_request(request, id)
+        try:
+            reply = await self._stub.Invoke(invoke, **self._options(request))
+        except grpc.aio.AioRpcError as exc:
+            retry = await self._retyped(request, id, invoke, exc) if cached else None
+            if retry is None:
+                raise
+            reply = await self._stub.Invoke(retry, **self._options(request))
         if reply.outcome.HasField("failure"):
             return failure_response(id, reply.outcome)
         return Response(200, _dump(outcome_json(id, reply.outcome)), list(_JSON))
 
     async def _invoke_async(self, request: Request, id: str) -> Response:
-        invoke = await self._invoke_request(request, id)
+        invoke, _ = await self._invoke_request(request, id, fresh=True)
         request_id = request.header("idempotency-key") or ""
         reply = await self._stub.StartInvocation(
             pb.StartInvocationRequest(invocation=invoke, request_id=request_id),
@@ -296,7 +392,7 @@ class HttpFace:
         return Response(200, _dump(job_json(reply.invocation)), list(_JSON))
 
     async def _invoke_stream(self, request: Request, id: str) -> Response:
-        invoke = await self._invoke_request(request, id)
+        invoke, cached = await self._invoke_request(request, id)
         call = self._stub.InvokeStream(
             pb.InvokeStreamRequest(invocation=invoke), **self._options(request)
         )
@@ -304,7 +400,16 @@ class HttpFace:
         try:  # request errors end the call before any event: answer them as errors
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
-            return rpc_error_response(exc)
+            retry = await self._retyped(request, id, invoke, exc) if cached else None
+            if retry is None:
+                return rpc_error_response(exc)
+            call = self._stub.InvokeStream(
+                pb.InvokeStreamRequest(invocation=retry), **self._options(request)
+            )
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as again:
+                return rpc_error_response(again)
         content_type = "text/event-stream" if sse else "application/octet-stream"
         return Response(
             200, headers=[("content-type", content_type)], stream=_relay(call, first, id, sse)
@@ -383,6 +488,19 @@ def _status_code(number: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
 
 
+def _typed_args(signatures: Signatures, export: str, args: list[Any]) -> list[Any]:
+    """The JSON `args` as wire values of the chosen export's parameters ([] when the
+    export is unknown: the gateway then reports it missing)."""
+    chosen = export or _default_export(list(signatures.params))
+    if chosen not in signatures.params:
+        return []
+    try:
+        values: list[Any] = to_wire(args, signatures.params[chosen])
+    except ArgumentError as exc:
+        raise FaceError(grpc.StatusCode.INVALID_ARGUMENT, "ARGUMENT_MISMATCH", str(exc)) from None
+    return values
+
+
 def _default_export(names: list[str]) -> str:
     if len(names) == 1:
         return names[0]
@@ -407,12 +525,19 @@ def _dump(document: object) -> bytes:
 
 
 async def start_http_face(
-    address: str, grpc_port: int, *, max_body_bytes: int, timeout_seconds: float
+    address: str,
+    grpc_port: int,
+    *,
+    max_body_bytes: int,
+    timeout_seconds: float,
+    signature_ttl_seconds: float = 5.0,
 ) -> tuple[asyncio.Server, grpc.aio.Channel, str]:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
     this gateway's gRPC port; returns the server, the channel and the bound address."""
     channel = open_channel(f"127.0.0.1:{grpc_port}", max_message_bytes=max_body_bytes + (1 << 20))
-    face = HttpFace(channel, timeout_seconds=timeout_seconds)
+    face = HttpFace(
+        channel, timeout_seconds=timeout_seconds, signature_ttl_seconds=signature_ttl_seconds
+    )
     host, port = split_address(address)
     server = await start_http_server((host, port), face.handle, max_body_bytes=max_body_bytes)
     bound = server.sockets[0].getsockname()[1]

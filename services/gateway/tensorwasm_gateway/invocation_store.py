@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 
 from tensorwasm_gateway.errors import InvocationNotFoundError
-from tensorwasm_gateway.registry import Registry
+from tensorwasm_gateway.registry import Registry, add_missing_columns
 
 PENDING = pb.INVOCATION_STATE_PENDING
 RUNNING = pb.INVOCATION_STATE_RUNNING
@@ -28,13 +28,27 @@ CREATE TABLE IF NOT EXISTS invocations (
     create_time_ns INTEGER NOT NULL,
     end_time_ns INTEGER,
     expire_time_ns INTEGER,
+    owner TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (tenant, invocation_id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS invocations_by_request_id
     ON invocations (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS invocations_by_expiry
     ON invocations (expire_time_ns) WHERE expire_time_ns IS NOT NULL;
+CREATE TABLE IF NOT EXISTS gateways (
+    gateway_id TEXT PRIMARY KEY,
+    start_time_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    lease_expire_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+_UNFINISHED_INDEX = f"""
+CREATE INDEX IF NOT EXISTS invocations_unfinished_by_owner
+    ON invocations (owner) WHERE state IN ({PENDING}, {RUNNING});
+"""
+# Columns added after the table's first release: rows from before have no owner (''),
+# which holds no lease, so the first gateway to start fails them as interrupted.
+_MIGRATIONS = (("invocations", "owner", "TEXT NOT NULL DEFAULT ''"),)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class InvocationRecord:
     error: bytes = b""  # a serialized tensorwasm.gateway.v1.InvocationError
     end_time_ns: int | None = None
     expire_time_ns: int | None = None
+    owner: str = ""  # the id of the gateway process that runs it
 
     @property
     def finished(self) -> bool:
@@ -66,6 +81,8 @@ class InvocationStore:
         self._registry = registry
         with registry.locked() as db:
             db.executescript(_SCHEMA)
+            add_missing_columns(db, _MIGRATIONS)
+            db.executescript(_UNFINISHED_INDEX)
 
     def insert(self, record: InvocationRecord) -> InvocationRecord:
         """Adds a PENDING invocation; with a request_id already used by the tenant,
@@ -73,7 +90,7 @@ class InvocationStore:
         try:
             with self._registry.locked() as db:
                 db.execute(
-                    "INSERT INTO invocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO invocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(record),
                 )
         except sqlite3.IntegrityError:
@@ -150,16 +167,72 @@ class InvocationStore:
                 ),
             )
 
-    def fail_unfinished(self, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
-        """Marks every PENDING or RUNNING invocation FAILED with `error` (at start: the
-        gateway that ran them is gone); returns how many."""
+    def fail_owned(self, owner: str, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
+        """Marks the PENDING or RUNNING invocations of gateway `owner` FAILED with
+        `error` (at its clean stop); returns how many."""
         with self._registry.locked() as db:
             cursor = db.execute(
                 "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
-                "expire_time_ns = ? WHERE state IN (?, ?)",
-                (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING),
+                "expire_time_ns = ? WHERE state IN (?, ?) AND owner = ?",
+                (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, owner),
             )
         return cursor.rowcount
+
+    def fail_orphaned(self, alive: str, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
+        """Marks FAILED with `error` the PENDING or RUNNING invocations whose owner holds
+        no unexpired lease at `end_time_ns` (that gateway is gone: killed, crashed or
+        stalled past its lease), except those of gateway `alive` (the caller); then
+        forgets the expired leases. Returns how many invocations it failed."""
+        with self._registry.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.execute(
+                    "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
+                    "expire_time_ns = ? WHERE state IN (?, ?) AND owner != ? AND owner NOT IN "
+                    "(SELECT gateway_id FROM gateways WHERE lease_expire_ns > ?)",
+                    (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, alive,
+                     end_time_ns),
+                )  # fmt: skip
+                db.execute("DELETE FROM gateways WHERE lease_expire_ns <= ?", (end_time_ns,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return cursor.rowcount
+
+    def renew_lease(self, gateway_id: str, now_ns: int, lease_ns: int) -> bool:
+        """Records that gateway `gateway_id` is alive at `now_ns` and holds its lease
+        until `now_ns + lease_ns`; False when it had no unexpired lease before (its
+        first heartbeat, or it lost the lease: others may have failed its invocations)."""
+        with self._registry.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT lease_expire_ns FROM gateways WHERE gateway_id = ?", (gateway_id,)
+                ).fetchone()
+                held = row is not None and int(row[0]) > now_ns
+                db.execute(
+                    "INSERT INTO gateways VALUES (?, ?, ?, ?) ON CONFLICT (gateway_id) DO "
+                    "UPDATE SET last_seen_ns = excluded.last_seen_ns, "
+                    "lease_expire_ns = excluded.lease_expire_ns",
+                    (gateway_id, now_ns, now_ns, now_ns + lease_ns),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return held
+
+    def release_lease(self, gateway_id: str) -> None:
+        """Forgets the lease of gateway `gateway_id` (its clean stop)."""
+        with self._registry.locked() as db:
+            db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,))
+
+    def leases(self) -> dict[str, int]:
+        """Every recorded lease: gateway id -> lease expiry (ns)."""
+        with self._registry.locked() as db:
+            rows = db.execute("SELECT gateway_id, lease_expire_ns FROM gateways").fetchall()
+        return {str(gateway_id): int(expiry) for gateway_id, expiry in rows}
 
     def purge_expired(self, now_ns: int) -> int:
         """Deletes the invocations past their expiry; returns how many."""
@@ -204,12 +277,13 @@ def _row(record: InvocationRecord) -> tuple[object, ...]:
         record.create_time_ns,
         record.end_time_ns,
         record.expire_time_ns,
+        record.owner,
     )
 
 
 def _record(row: tuple[object, ...]) -> InvocationRecord:
     (tenant, invocation_id, function_id, export, state, request_id, outcome, error,
-     created, ended, expires) = row  # fmt: skip
+     created, ended, expires, owner) = row  # fmt: skip
     return InvocationRecord(
         tenant=str(tenant),
         invocation_id=str(invocation_id),
@@ -222,4 +296,5 @@ def _record(row: tuple[object, ...]) -> InvocationRecord:
         error=bytes(error),  # type: ignore[call-overload]
         end_time_ns=None if ended is None else int(ended),  # type: ignore[call-overload]
         expire_time_ns=None if expires is None else int(expires),  # type: ignore[call-overload]
+        owner=str(owner),
     )

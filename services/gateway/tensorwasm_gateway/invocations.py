@@ -5,6 +5,14 @@ SUCCEEDED (the guest returned) or FAILED (the guest failed: `outcome.failure`; o
 request failed: `error`). It is run at most once: an invocation interrupted by a
 gateway stop is FAILED with INVOCATION_INTERRUPTED, never re-run, since the guest may
 have run already. Finished invocations are kept `retention_seconds`, then purged.
+
+Several gateways may share one registry database. Each gateway process has an id (new
+per start) and holds a lease in the `gateways` table, renewed every
+`heartbeat_seconds` for `lease_seconds`; each invocation records its owner. A gateway
+fails (INVOCATION_INTERRUPTED) only the unfinished invocations whose owner's lease has
+expired -- at start and at every heartbeat -- so a (re)starting replica never touches
+the invocations a live one is running, and those of a killed one (its own previous
+incarnation included) end once its lease runs out.
 """
 
 from __future__ import annotations
@@ -88,25 +96,67 @@ class InvocationService:
         *,
         retention_seconds: float,
         max_unfinished: int,
+        lease_seconds: float = 30.0,
         clock_ns: Callable[[], int] = time.time_ns,
+        gateway_id: str = "",
     ) -> None:
         self._functions = functions
         self._store = store
         self._retention_ns = round(retention_seconds * 1e9)
         self._max_unfinished = max_unfinished
+        self._lease_ns = round(lease_seconds * 1e9)
         self._clock_ns = clock_ns
+        self.gateway_id = gateway_id or secrets.token_hex(8)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._leased = False
 
     def recover(self) -> int:
-        """At start: fails the invocations a previous gateway left unfinished."""
+        """At start: takes this gateway's lease, then fails the invocations whose
+        owner's lease has expired; returns how many it failed."""
+        self.renew_lease()
+        _log.info("gateway lease taken", extra={"gateway_id": self.gateway_id})
+        return self.fail_orphaned()
+
+    def renew_lease(self) -> None:
+        """Renews this gateway's lease (warns when it had lapsed: other gateways may
+        have failed its unfinished invocations meanwhile)."""
+        held = self._store.renew_lease(self.gateway_id, self._clock_ns(), self._lease_ns)
+        if self._leased and not held:
+            _log.warning(
+                "this gateway's lease had expired (heartbeats stalled); other gateways "
+                "may have failed its unfinished invocations",
+                extra={"gateway_id": self.gateway_id},
+            )
+        self._leased = True
+
+    def fail_orphaned(self) -> int:
+        """Fails the unfinished invocations of gateways whose lease has expired."""
         now = self._clock_ns()
-        count = self._store.fail_unfinished(
-            interrupted_error().SerializeToString(), now, now + self._retention_ns
+        count = self._store.fail_orphaned(
+            self.gateway_id, interrupted_error().SerializeToString(), now, now + self._retention_ns
         )
         if count:
-            _log.warning("%d invocations were interrupted by the last stop; marked failed", count)
+            _log.warning(
+                "%d invocations of stopped gateways (lease expired) marked failed", count,
+                extra={"gateway_id": self.gateway_id},
+            )  # fmt: skip
         return count
+
+    def start_heartbeat(self, interval_seconds: float) -> None:
+        """Every `interval_seconds`: renews the lease, then fails orphaned invocations."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                try:
+                    await asyncio.to_thread(self.renew_lease)
+                    await asyncio.to_thread(self.fail_orphaned)
+                except Exception:  # a busy or failing database: try again next beat
+                    _log.exception("gateway heartbeat failed")
+
+        self._heartbeat = asyncio.create_task(beat())
 
     def start_sweeping(self, interval_seconds: float) -> None:
         """Purges expired invocations every `interval_seconds` in the background."""
@@ -153,6 +203,7 @@ class InvocationService:
             state=PENDING,
             request_id=request_id or None,
             create_time_ns=now,
+            owner=self.gateway_id,
         )
         stored = await asyncio.to_thread(self._store.insert, record)
         if stored.invocation_id != record.invocation_id:  # a concurrent twin won the id
@@ -207,7 +258,7 @@ class InvocationService:
 
     async def close(self, grace_seconds: float) -> None:
         """Lets running invocations finish for up to `grace_seconds`, then cancels the
-        rest (recorded FAILED, INVOCATION_INTERRUPTED)."""
+        rest (recorded FAILED, INVOCATION_INTERRUPTED), and releases the lease."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         tasks = list(self._tasks.values())
@@ -218,3 +269,15 @@ class InvocationService:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        now = self._clock_ns()
+        error = interrupted_error().SerializeToString()
+        self._store.fail_owned(self.gateway_id, error, now, now + self._retention_ns)
+        self._store.release_lease(self.gateway_id)
+        _log.info("gateway lease released", extra={"gateway_id": self.gateway_id})

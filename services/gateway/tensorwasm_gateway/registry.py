@@ -90,10 +90,7 @@ class Registry:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            for table, column, definition in _MIGRATIONS:
-                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            add_missing_columns(self._db, _MIGRATIONS)
         # Point reads on the hot path (Invoke's lookup) use their own connection, inline on
         # the event loop: in WAL mode a reader never waits for the writer, and a primary-key
         # read (~10 µs) costs far less than a hop to a worker thread and back.
@@ -239,6 +236,17 @@ class Registry:
             self._db.close()
         with self._reader_lock:
             self._reader.close()
+
+
+def add_missing_columns(
+    db: sqlite3.Connection, migrations: tuple[tuple[str, str, str], ...]
+) -> None:
+    """Adds each (table, column, definition) the table lacks: a database made by an
+    older release gains the columns added since (at the end of the row)."""
+    for table, column, definition in migrations:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def now_ns() -> int:

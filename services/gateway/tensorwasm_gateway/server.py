@@ -88,8 +88,12 @@ async def serve(settings: GatewaySettings) -> None:
         InvocationStore(registry),
         retention_seconds=settings.invocation_retention_seconds,
         max_unfinished=settings.max_unfinished_invocations,
+        lease_seconds=settings.lease_seconds,
     )
-    invocations.recover()  # what a previous gateway left running is failed, not re-run
+    _log.info("gateway id chosen", extra={"gateway_id": invocations.gateway_id})
+    # what gateways whose lease expired left running is failed, not re-run
+    await asyncio.to_thread(invocations.recover)
+    invocations.start_heartbeat(settings.lease_heartbeat_seconds)
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
     guard = build_guard(settings)
     tenant_label.configure(settings.metrics_max_tenants)
@@ -109,6 +113,7 @@ async def serve(settings: GatewaySettings) -> None:
             host.port,
             max_body_bytes=settings.max_message_bytes,
             timeout_seconds=settings.downstream_timeout_seconds,
+            signature_ttl_seconds=settings.http_signature_cache_seconds,
         )
         _log.info("http face listening", extra={"http_address": http[2]})
 

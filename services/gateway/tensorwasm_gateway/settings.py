@@ -32,10 +32,16 @@ class GatewaySettings(ServerSettings):
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (the original's REST routes); empty: off.
     http_address: str = "127.0.0.1:8080"
+    # The HTTP face caches export signatures (to type JSON args) this long; 0: no cache.
+    http_signature_cache_seconds: float = 5.0
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
     max_unfinished_invocations: int = 1000
+    # Gateways sharing a registry database: each renews its lease this often, for this
+    # long; the unfinished invocations of a gateway whose lease expired are failed.
+    lease_heartbeat_seconds: float = 5.0
+    lease_seconds: float = 30.0
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
     # Bearer tokens in the original's grammar (see tensorwasm_gateway.auth); none: dev mode.
@@ -85,10 +91,16 @@ class GatewaySettings(ServerSettings):
                 split_address(self.http_address)
             except SettingsError as exc:
                 raise SettingsError(f"http_address: {exc}") from None
+        if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
+            raise SettingsError("http_signature_cache_seconds: must be >= 0")
         if not 1.0 <= self.invocation_retention_seconds < float("inf"):
             raise SettingsError("invocation_retention_seconds: must be >= 1")
         if self.max_unfinished_invocations < 1:
             raise SettingsError("max_unfinished_invocations: must be >= 1")
+        if not 0.05 <= self.lease_heartbeat_seconds < float("inf"):
+            raise SettingsError("lease_heartbeat_seconds: must be >= 0.05")
+        if not 2 * self.lease_heartbeat_seconds <= self.lease_seconds < float("inf"):
+            raise SettingsError("lease_seconds: must be >= 2 x lease_heartbeat_seconds")
         for address in (*self.executor_addresses, self.snapshot_address):
             try:
                 split_address(address)

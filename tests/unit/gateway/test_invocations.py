@@ -294,3 +294,182 @@ def test_servicer_lists_a_tenants_invocations_a_page_at_a_time(tmp_path: Path) -
         await service.close(5.0)
 
     run(scenario)
+
+
+def replica(
+    tmp_path: Path, clock: Clock, gateway_id: str
+) -> tuple[InvocationService, FakeFunctions]:
+    """A gateway process of its own (its own connections) on the shared database."""
+    functions = FakeFunctions()
+    service = InvocationService(
+        functions,  # type: ignore[arg-type]
+        InvocationStore(Registry(tmp_path / "registry.sqlite3")),
+        retention_seconds=60.0,
+        max_unfinished=100,
+        lease_seconds=30.0,
+        clock_ns=clock,
+        gateway_id=gateway_id,
+    )
+    return service, functions
+
+
+def interrupted(record: InvocationRecord) -> bool:
+    error = pb.InvocationError.FromString(record.error)
+    return record.state == FAILED and error.reason == "INVOCATION_INTERRUPTED"
+
+
+def test_a_starting_gateway_leaves_a_live_gateways_invocations_alone(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        a, a_functions = replica(tmp_path, clock, "gw-a")
+        assert a.recover() == 0
+        record = await a.start("acme", "add", executor_pb.InvokeRequest())
+        assert record.owner == "gw-a"
+        await asyncio.sleep(0.05)
+        b, _ = replica(tmp_path, clock, "gw-b")
+        assert b.recover() == 0  # A's lease is live: its running invocation is not B's to fail
+        b_again, _ = replica(tmp_path, clock, "gw-b2")  # B restarts under a new id
+        assert b_again.recover() == 0
+        assert (await b.get("acme", record.invocation_id)).state == RUNNING
+        clock.now += 20 * SECOND
+        a.renew_lease()  # A's heartbeat
+        clock.now += 20 * SECOND  # 40 s since A started, 20 s since its last beat
+        assert b.fail_orphaned() == 0
+        assert (await b.get("acme", record.invocation_id)).state == RUNNING
+        a_functions.release.set()
+        done = await settle(a, "acme", record.invocation_id)
+        assert done.state == pb.INVOCATION_STATE_SUCCEEDED
+        assert a_functions.calls == 1
+
+    run(scenario)
+
+
+def test_a_dead_gateways_invocations_fail_once_its_lease_expires(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        a, a_functions = replica(tmp_path, clock, "gw-a")
+        a.recover()
+        record = await a.start("acme", "add", executor_pb.InvokeRequest())
+        await asyncio.sleep(0.05)
+        b, b_functions = replica(tmp_path, clock, "gw-b")
+        b.recover()
+        clock.now += 29 * SECOND  # A stops beating (killed, or stalled)
+        b.renew_lease()
+        assert b.fail_orphaned() == 0
+        assert set(b._store.leases()) == {"gw-a", "gw-b"}
+        clock.now += 2 * SECOND  # A's lease (30 s) has expired; B's (renewed) has not
+        assert b.fail_orphaned() == 1
+        failed = await b.get("acme", record.invocation_id)
+        assert interrupted(failed)
+        assert failed.end_time_ns == clock.now
+        assert set(b._store.leases()) == {"gw-b"}  # the expired lease is forgotten
+        assert b_functions.calls == 0  # failed, never re-run
+        # A was only stalled: its late result does not change the recorded failure
+        a_functions.release.set()
+        await asyncio.sleep(0.05)
+        assert interrupted(await a.get("acme", record.invocation_id))
+        with caplog.at_level("WARNING"):
+            a.renew_lease()
+        assert "lease had expired" in caplog.text
+        assert set(a._store.leases()) == {"gw-a", "gw-b"}
+
+    run(scenario)
+
+
+def test_a_restarted_gateway_fails_its_previous_incarnations_rows_after_the_lease(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        first, _ = replica(tmp_path, clock, "gw-1")
+        first.recover()
+        record = await first.start("acme", "add", executor_pb.InvokeRequest())
+        await asyncio.sleep(0.05)
+        # killed -9: no close; the same gateway starts again under a new id
+        clock.now += 5 * SECOND
+        second, second_functions = replica(tmp_path, clock, "gw-2")
+        assert second.recover() == 0  # gw-1's lease still runs for 25 s
+        clock.now += 26 * SECOND
+        second.renew_lease()
+        assert second.fail_orphaned() == 1
+        assert interrupted(await second.get("acme", record.invocation_id))
+        assert second_functions.calls == 0
+
+    run(scenario)
+
+
+def test_a_clean_stop_fails_only_its_own_rows_and_releases_its_lease(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        a, _ = replica(tmp_path, clock, "gw-a")
+        b, b_functions = replica(tmp_path, clock, "gw-b")
+        a.recover()
+        b.recover()
+        mine = await a.start("acme", "add", executor_pb.InvokeRequest())
+        theirs = await b.start("acme", "add", executor_pb.InvokeRequest())
+        await asyncio.sleep(0.05)
+        await a.close(0.05)
+        assert interrupted(await b.get("acme", mine.invocation_id))
+        assert (await b.get("acme", theirs.invocation_id)).state == RUNNING
+        assert set(b._store.leases()) == {"gw-b"}
+        b_functions.release.set()
+        assert (await settle(b, "acme", theirs.invocation_id)).state == (
+            pb.INVOCATION_STATE_SUCCEEDED
+        )
+
+    run(scenario)
+
+
+def test_the_heartbeat_renews_the_lease_and_fails_orphans(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        dead, _ = replica(tmp_path, clock, "gw-dead")
+        dead.recover()
+        record = await dead.start("acme", "add", executor_pb.InvokeRequest())
+        await asyncio.sleep(0.05)
+        live, _ = replica(tmp_path, clock, "gw-live")
+        live.recover()
+        live.start_heartbeat(0.01)
+        clock.now += 31 * SECOND
+        for _ in range(300):
+            if interrupted(await live.get("acme", record.invocation_id)):
+                break
+            await asyncio.sleep(0.01)
+        assert interrupted(await live.get("acme", record.invocation_id))
+        assert live._store.leases() == {"gw-live": clock.now + 30 * SECOND}
+        await live.close(0.05)
+        assert live._store.leases() == {}
+
+    run(scenario)
+
+
+def test_an_old_database_gains_the_owner_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "registry.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE invocations (tenant TEXT NOT NULL, invocation_id TEXT NOT NULL,
+        function_id TEXT NOT NULL, export_name TEXT NOT NULL, state INTEGER NOT NULL,
+        request_id TEXT, outcome BLOB NOT NULL DEFAULT x'', error BLOB NOT NULL DEFAULT x'',
+        create_time_ns INTEGER NOT NULL, end_time_ns INTEGER, expire_time_ns INTEGER,
+        PRIMARY KEY (tenant, invocation_id)) WITHOUT ROWID;"""
+    )
+    db.execute(
+        "INSERT INTO invocations (tenant, invocation_id, function_id, export_name, state, "
+        "create_time_ns) VALUES ('acme', ?, 'add', 'add', ?, 1)",
+        ("a" * 32, RUNNING),
+    )
+    db.commit()
+    db.close()
+
+    async def scenario() -> None:
+        service, _ = replica(tmp_path, Clock(), "gw-new")
+        old = await service.get("acme", "a" * 32)
+        assert (old.owner, old.state) == ("", RUNNING)
+        assert service.recover() == 1  # a row from before owners holds no lease
+        assert interrupted(await service.get("acme", "a" * 32))
+
+    run(scenario)

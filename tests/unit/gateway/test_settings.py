@@ -57,3 +57,14 @@ def test_tokens_file_must_exist(tmp_path: Path) -> None:
 def test_invalid_values(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name.split("_", maxsplit=1)[0]):
         _load(**{name: value})
+
+
+def test_lease_settings() -> None:
+    settings = _load(lease_heartbeat_seconds="0.5", lease_seconds="3")
+    assert (settings.lease_heartbeat_seconds, settings.lease_seconds) == (0.5, 3.0)
+    defaults = _load()
+    assert (defaults.lease_heartbeat_seconds, defaults.lease_seconds) == (5.0, 30.0)
+    with pytest.raises(SettingsError, match="lease_heartbeat_seconds"):
+        _load(lease_heartbeat_seconds="0")
+    with pytest.raises(SettingsError, match="lease_seconds"):
+        _load(lease_heartbeat_seconds="5", lease_seconds="9")
