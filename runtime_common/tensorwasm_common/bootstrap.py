@@ -22,7 +22,14 @@ from tensorwasm_common.interceptors import ErrorInterceptor
 from tensorwasm_common.logs import configure_logging
 from tensorwasm_common.metrics import start_metrics_endpoint
 from tensorwasm_common.rpc_tracing import TracingInterceptor
-from tensorwasm_common.settings import ServerSettings, SettingsError, load_settings, split_address
+from tensorwasm_common.service_auth import ServiceTokenInterceptor
+from tensorwasm_common.settings import (
+    ServerSettings,
+    SettingsError,
+    listens_on_loopback,
+    load_settings,
+    split_address,
+)
 from tensorwasm_common.tracing import configure_tracing
 
 _log = logging.getLogger(__name__)
@@ -64,15 +71,19 @@ def create_host(
     """Creates the server with tracing and error interceptors, health and reflection.
 
     `interceptors` run inside the error interceptor (what they raise becomes a rich status).
-    Register the service's servicers on `host.server`, then call `serve_forever`.
+    An internal service (`settings.fleet_only`) with a service token first checks it on
+    every call; without one it warns loudly (settings refused to start one beyond loopback
+    unless allowed). Register the service's servicers on `host.server`, then call
+    `serve_forever`.
     """
+    guards = _fleet_guard(service, settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[TracingInterceptor(), ErrorInterceptor(service), *interceptors],
+        interceptors=[TracingInterceptor(), ErrorInterceptor(service), *guards, *interceptors],
         options=options,
     )
     health_servicer = health.aio.HealthServicer()
@@ -90,6 +101,27 @@ def create_host(
     if port == 0:
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
     return ServiceHost(service, settings, server, health_servicer, names, port)
+
+
+def _fleet_guard(service: str, settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
+    """The service-token check of an internal service, or a loud warning without a token."""
+    if not settings.fleet_only:
+        return []
+    token = settings.service_token()
+    if token is not None:
+        _log.info("service token required on internal calls", extra={"service": service})
+        return [ServiceTokenInterceptor(token)]
+    _log.warning(
+        "NO SERVICE TOKEN CONFIGURED: %s accepts calls from anyone who can reach %s. "
+        "Set TENSORWASM_SERVICE_TOKEN_FILE for any shared use.",
+        service,
+        settings.listen_address,
+        extra={
+            "listen_address": settings.listen_address,
+            "beyond_loopback": not listens_on_loopback(settings.listen_address),
+        },
+    )
+    return []
 
 
 def bootstrap(service: str, settings: ServerSettings) -> None:

@@ -5,19 +5,26 @@ from __future__ import annotations
 import grpc
 
 from tensorwasm_common.rpc_tracing import TracedChannel
+from tensorwasm_common.service_auth import token_metadata
 
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 DEFAULT_TENANT = "default"
 
 
-def open_channel(address: str, *, max_message_bytes: int = 64 << 20) -> grpc.aio.Channel:
-    """An insecure (loopback or mesh-mTLS) channel that propagates W3C traceparent."""
+def open_channel(
+    address: str, *, max_message_bytes: int = 64 << 20, service_token: str | None = None
+) -> grpc.aio.Channel:
+    """An insecure (loopback or mesh-mTLS) channel that propagates W3C traceparent and,
+    given one, sends the fleet's service token on every call."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
     ]
-    return TracedChannel(grpc.aio.insecure_channel(address, options=options))
+    return TracedChannel(
+        grpc.aio.insecure_channel(address, options=options),
+        extra_metadata=token_metadata(service_token),
+    )
 
 
 async def peer_serving(channel: grpc.aio.Channel, *, timeout_seconds: float = 2.0) -> bool:

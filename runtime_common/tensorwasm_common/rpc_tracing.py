@@ -224,12 +224,21 @@ async def _finish(call: Any, span: trace.Span) -> None:
 class _TracedMultiCallable:
     """A grpc.aio multicallable that sends the current trace context with each call."""
 
-    def __init__(self, inner: Any, method: str, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        method: str,
+        tracer: trace.Tracer,
+        extra_metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._inner = inner
         self._method = method
         self._tracer = tracer
+        self._extra = extra_metadata
 
     def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+        if self._extra:
+            metadata = (*(tuple(metadata) if metadata else ()), *self._extra)
         metadata, span = _outgoing(self._tracer, metadata, self._method)
         call = self._inner(request, metadata=metadata, **kwargs)
         if span is not None:
@@ -238,13 +247,19 @@ class _TracedMultiCallable:
 
 
 class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
-    """A grpc.aio channel whose calls carry W3C trace context (see the module doc)."""
+    """A grpc.aio channel whose calls carry W3C trace context (see the module doc) and
+    `extra_metadata` (the service token)."""
 
     def __init__(
-        self, inner: grpc.aio.Channel, tracer_provider: trace.TracerProvider | None = None
+        self,
+        inner: grpc.aio.Channel,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        extra_metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._inner = inner
         self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self._extra = extra_metadata
 
     async def __aenter__(self) -> TracedChannel:
         return self
@@ -271,19 +286,19 @@ class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced unary-unary multicallable for `method`."""
         inner = self._inner.unary_unary(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer)
+        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced unary-stream multicallable for `method`."""
         inner = self._inner.unary_stream(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer)
+        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced stream-unary multicallable for `method`."""
         inner = self._inner.stream_unary(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer)
+        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
         """A traced stream-stream multicallable for `method`."""
         inner = self._inner.stream_stream(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer)
+        return _TracedMultiCallable(inner, method, self._tracer, self._extra)

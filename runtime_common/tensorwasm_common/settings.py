@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -21,9 +22,24 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def _common_token_file() -> Path | None:
+    """TENSORWASM_SERVICE_TOKEN_FILE, the fleet-wide default of `service_token_file`."""
+    raw = os.environ.get("TENSORWASM_SERVICE_TOKEN_FILE", "")
+    return Path(raw) if raw else None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServerSettings:
-    """Settings every service has: where it listens and how it reports."""
+    """Settings every service has: where it listens, how it reports, the fleet credential.
+
+    `service_token_file` (default: TENSORWASM_SERVICE_TOKEN_FILE, for every service) holds
+    the fleet's service token: sent on every internal call, and required by the internal
+    services (`fleet_only`) on theirs. Without it an internal service serves anyone on
+    loopback only, unless `allow_no_service_token` is set.
+    """
+
+    # Internal services (all but the gateway) accept calls from the fleet only.
+    fleet_only: ClassVar[bool] = True
 
     listen_address: str = "127.0.0.1:0"
     metrics_address: str = "127.0.0.1:0"
@@ -31,6 +47,8 @@ class ServerSettings:
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 5.0
     max_message_bytes: int = 64 << 20
+    service_token_file: Path | None = dataclasses.field(default_factory=_common_token_file)
+    allow_no_service_token: bool = False
 
     def __post_init__(self) -> None:
         _require_address("listen_address", self.listen_address)
@@ -44,6 +62,40 @@ class ServerSettings:
             raise SettingsError("shutdown_grace_seconds: must be >= 0")
         if self.max_message_bytes < 1 << 20:
             raise SettingsError("max_message_bytes: must be at least 1 MiB")
+        if self.service_token_file is not None:
+            self.service_token()  # fail fast on a missing or malformed token file
+        elif (
+            self.fleet_only
+            and not self.allow_no_service_token
+            and not listens_on_loopback(self.listen_address)
+        ):
+            raise SettingsError(
+                f"listen_address {self.listen_address} is beyond loopback and no service token "
+                "is configured: set TENSORWASM_SERVICE_TOKEN_FILE (or the service's "
+                "_SERVICE_TOKEN_FILE), or _ALLOW_NO_SERVICE_TOKEN=true to accept any caller"
+            )
+
+    def service_token(self) -> str | None:
+        """The fleet's service token, or None when none is configured."""
+        from tensorwasm_common.service_auth import ServiceTokenError, read_service_token
+
+        if self.service_token_file is None:
+            return None
+        try:
+            return read_service_token(self.service_token_file)
+        except ServiceTokenError as exc:
+            raise SettingsError(f"service_token_file: {exc}") from None
+
+
+def listens_on_loopback(address: str) -> bool:
+    """True when `address` (HOST:PORT) binds a loopback interface only."""
+    host, _ = split_address(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
 import pytest
 import wasmtime
 from tensorwasm.common.v1.values_pb2 import Value
@@ -40,7 +39,7 @@ def gpu_stack(gpu_run: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     services = stack.start()
     try:
-        with grpc.insecure_channel(services["dispatcher"].grpc_address) as channel:
+        with stack.internal_channel("dispatcher") as channel:
             device = dispatcher_grpc.DispatcherServiceStub(channel).GetDevice(
                 dispatcher_pb.GetDeviceRequest(), timeout=30
             )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack, ServiceProcess
@@ -34,6 +35,10 @@ class RunningStack:
     @property
     def gateway(self) -> str:
         return self.services["gateway"].grpc_address
+
+    def internal_channel(self, name: str, **options: object) -> grpc.Channel:
+        """A blocking channel straight to an internal service, with the service token."""
+        return self.launcher.internal_channel(name, **options)
 
     def client(self, tenant: str | None = None) -> GatewayClient:
         return GatewayClient(self.gateway, tenant=tenant)

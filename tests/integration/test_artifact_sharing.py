@@ -37,7 +37,7 @@ def provide(
     """One replica's first request for `wasm`; returns its provider (counters)."""
 
     async def main() -> ModuleProvider:
-        async with open_channel(store.address) as channel:
+        async with store.aio_channel() as channel:
             blobs = BlobClient(channel)
             digest = (await blobs.put(wasm)).blob.digest
             with ThreadPoolExecutor(1) as pool:
@@ -59,7 +59,7 @@ def provide(
 
 def records(store: SnapshotProcess, digest: str) -> list[str]:
     async def main() -> list[str]:
-        async with open_channel(store.address) as channel:
+        async with store.aio_channel() as channel:
             page = await SnapshotClient(channel).list_snapshots(
                 kind=COMPILED_MODULE, source_digest=digest, tenant=ARTIFACT_TENANT
             )

@@ -39,9 +39,8 @@ def flip_byte(path: Path, offset: int) -> None:
 
 @pytest.fixture
 def store(stack: Any) -> Iterator[pb_grpc.SnapshotStoreServiceStub]:
-    with grpc.insecure_channel(
-        stack.services["snapshot"].grpc_address,
-        options=[("grpc.max_receive_message_length", 64 << 20)],
+    with stack.internal_channel(
+        "snapshot", **{"grpc.max_receive_message_length": 64 << 20}
     ) as channel:
         yield pb_grpc.SnapshotStoreServiceStub(channel)
 
@@ -230,7 +229,7 @@ def test_damaged_module_fails_the_call_with_data_loss(
     second = launch_stack(tmp_path)
     # Deploy shared the compiled artifact through the store, which would serve the replica
     # without the wasm: remove it, so that the replica must fetch the (damaged) module.
-    with grpc.insecure_channel(second.services["snapshot"].grpc_address) as channel:
+    with second.internal_channel("snapshot") as channel:
         store = pb_grpc.SnapshotStoreServiceStub(channel)
         artifacts = (("x-tensorwasm-tenant", "fleet-artifacts"),)
         listed = store.ListSnapshots(
@@ -256,7 +255,7 @@ def test_damaged_module_fails_the_call_with_data_loss(
             client.invoke("add", "add", [Value(i32=1), Value(i32=2)])
         assert caught.value.reason == "BLOB_INTEGRITY"
 
-    with grpc.insecure_channel(second.services["snapshot"].grpc_address) as channel:
+    with second.internal_channel("snapshot") as channel:
         store = pb_grpc.SnapshotStoreServiceStub(channel)
         chunks, error = get_chunks(store, function.module_digest)
     assert chunks == []

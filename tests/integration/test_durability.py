@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
@@ -55,7 +54,7 @@ def test_functions_survive_a_graceful_restart(
         assert caught.value.reason == "FUNCTION_ALREADY_EXISTS"
 
     # The store serves the blobs it kept.
-    with grpc.insecure_channel(second.services["snapshot"].grpc_address) as channel:
+    with second.internal_channel("snapshot") as channel:
         store = snapshot_pb_grpc.SnapshotStoreServiceStub(channel)
         for function, module in ((add, wasm("add")), (numeric, wasm("numeric"))):
             info = store.StatBlob(

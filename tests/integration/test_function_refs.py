@@ -34,7 +34,7 @@ def collecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
 
 
 def _store(stack: RunningStack) -> tuple[grpc.Channel, pb_grpc.SnapshotStoreServiceStub]:
-    channel = grpc.insecure_channel(stack.services["snapshot"].grpc_address)
+    channel = stack.internal_channel("snapshot")
     return channel, pb_grpc.SnapshotStoreServiceStub(channel)
 
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import grpc
 import pytest
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as dispatcher_pb
@@ -26,7 +25,7 @@ def result_of(response: Any) -> int:
 
 
 def usage(stack: Any, tenant: str) -> dispatcher_pb.GetTenantUsageResponse:
-    with grpc.insecure_channel(stack.services["dispatcher"].grpc_address) as channel:
+    with stack.internal_channel("dispatcher") as channel:
         response: dispatcher_pb.GetTenantUsageResponse = dispatcher_grpc.DispatcherServiceStub(
             channel
         ).GetTenantUsage(dispatcher_pb.GetTenantUsageRequest(tenant=tenant), timeout=10)

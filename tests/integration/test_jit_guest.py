@@ -77,7 +77,7 @@ def test_the_jit_cache_served_the_guests_kernels(
     stack: Any, client: GatewayClient, guest: str
 ) -> None:
     _run(client, guest, 8, 8, 8, 1, 0)
-    with grpc.insecure_channel(stack.services["jit"].grpc_address) as channel:
+    with stack.internal_channel("jit") as channel:
         response = jit_grpc.JitCacheServiceStub(channel).EmitKernel(
             jit_pb.EmitKernelRequest(
                 op="matmul",
@@ -92,7 +92,7 @@ def test_the_jit_cache_served_the_guests_kernels(
 
 
 def test_list_kernels_and_artifacts_over_grpc(stack: Any) -> None:
-    with grpc.insecure_channel(stack.services["jit"].grpc_address) as channel:
+    with stack.internal_channel("jit") as channel:
         stub = jit_grpc.JitCacheServiceStub(channel)
         for size in (4, 5, 6):
             stub.EmitKernel(

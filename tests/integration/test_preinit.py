@@ -131,11 +131,13 @@ def test_a_restarted_executor_reuses_the_image_file(
     assert len(image_files(tmp_path)) == 1
 
 
-def image_records(store: str, tenant: str) -> list[snapshot_pb.Snapshot]:
-    """The tenant's INSTANCE_IMAGE records in the store at `store`."""
+def image_records(stack: Any, tenant: str) -> list[snapshot_pb.Snapshot]:
+    """The tenant's INSTANCE_IMAGE records in the stack's store."""
+    store = stack.services["snapshot"].grpc_address
+    token = stack.launcher.service_token()
 
     async def main() -> list[snapshot_pb.Snapshot]:
-        async with open_channel(store) as channel:
+        async with open_channel(store, service_token=token) as channel:
             page = await SnapshotClient(channel).list_snapshots(kind=INSTANCE_IMAGE, tenant=tenant)
         return list(page.snapshots)
 
@@ -150,7 +152,7 @@ def test_a_restarted_executor_without_local_files_takes_the_image_from_the_store
     with first.client(tenant) as client:
         client.create_function("table", wasm("preinit_table"))
         stamp = result(client, "table", "stamp").i64
-    [record] = image_records(first.services["snapshot"].grpc_address, tenant)
+    [record] = image_records(first, tenant)
     assert (record.variant, record.tenant) == ("wizer.initialize", tenant)
     first.stop()
     # The replica loses its local image and artifact files (a fresh disk).
@@ -165,6 +167,6 @@ def test_a_restarted_executor_without_local_files_takes_the_image_from_the_store
         assert result(client, "table", "init_runs").i32 == 1
         assert result(client, "table", "bump").i32 == 1
     # init did not run again: a second run would have replaced the record with a new one.
-    assert image_records(second.services["snapshot"].grpc_address, tenant) == [record]
+    assert image_records(second, tenant) == [record]
     # The image taken from the store is kept in the local file again.
     assert len(image_files(tmp_path)) == 1

@@ -12,7 +12,6 @@ from typing import TypeVar
 import blake3
 import pytest
 from tensorwasm_common.blob_client import BlobClient
-from tensorwasm_common.channels import open_channel
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, INSTANCE_IMAGE, SnapshotClient
 from tensorwasm_common.snapshot_errors import (
@@ -34,7 +33,7 @@ Body = Callable[[SnapshotClient, BlobClient], Awaitable[T]]
 
 def run(service: SnapshotProcess, body: Body[T]) -> T:
     async def main() -> T:
-        async with open_channel(service.address) as channel:
+        async with service.aio_channel() as channel:
             return await body(SnapshotClient(channel, timeout_seconds=30), BlobClient(channel))
 
     return asyncio.run(main())

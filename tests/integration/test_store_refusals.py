@@ -15,7 +15,6 @@ import grpc
 import pytest
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import open_channel
 from tensorwasm_common.status import error_from_rpc
 
 from tests.integration.test_store_service import SnapshotProcess
@@ -44,7 +43,7 @@ def refusals(
 
     async def main() -> collections.Counter[tuple[str, str]]:
         seen: collections.Counter[tuple[str, str]] = collections.Counter()
-        async with open_channel(service.address) as channel:
+        async with service.aio_channel() as channel:
             stub = pb_grpc.SnapshotStoreServiceStub(channel)
             for _ in range(ATTEMPTS):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:

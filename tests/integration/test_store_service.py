@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import struct
 import subprocess
@@ -24,8 +25,9 @@ import grpc
 import pytest
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
-from tensorwasm_client.stack import health
+from tensorwasm_client.stack import health, with_token
 from tensorwasm_common.blob_client import BlobClient
+from tensorwasm_common.channels import open_channel
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.status import error_from_rpc
 
@@ -49,6 +51,8 @@ class SnapshotProcess:
         self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
+        # The service token it requires (the check is on, as in a fleet).
+        self.token = secrets.token_urlsafe(32)
 
     @property
     def pid(self) -> int:
@@ -66,6 +70,7 @@ class SnapshotProcess:
             "TENSORWASM_SNAPSHOT_METRICS_ADDRESS": "",
             "TENSORWASM_SNAPSHOT_READY_FILE": str(ready),
             "TENSORWASM_SNAPSHOT_DATA_DIR": str(self.data_dir / "store"),
+            "TENSORWASM_SNAPSHOT_SERVICE_TOKEN_FILE": str(self._token_file()),
             **{f"TENSORWASM_SNAPSHOT_{k.upper()}": v for k, v in self.settings.items()},
             **self.env,
         }
@@ -117,10 +122,22 @@ class SnapshotProcess:
     def blob_path(self, digest: str) -> Path:
         return self.data_dir / "store" / "blobs" / digest[:2] / digest
 
+    def _token_file(self) -> Path:
+        path = self.data_dir / "service-token"
+        path.write_text(self.token)
+        path.chmod(0o600)
+        return path
+
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(
+        """A blocking channel that sends the service token."""
+        raw = grpc.insecure_channel(
             self.address, options=[("grpc.max_receive_message_length", 64 * MIB)]
         )
+        return with_token(raw, self.token)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """An asyncio channel that sends the service token."""
+        return open_channel(self.address, service_token=self.token)
 
 
 Launch = Callable[..., SnapshotProcess]
@@ -313,7 +330,7 @@ def test_64_mib_streams_through_in_bounded_chunks_and_memory(launch: Launch) -> 
 
 def test_blob_client_streams_and_references(plain: SnapshotProcess) -> None:
     async def scenario() -> None:
-        channel = grpc.aio.insecure_channel(plain.address)
+        channel = plain.aio_channel()
         try:
             client = BlobClient(channel, tenant="client-test")
             data = os.urandom(3 * MIB + 5)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -14,7 +15,12 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
 from tensorwasm_client.client import TensorWasmError, _error
-from tensorwasm_client.stack import DEFAULT_PORTS, LocalStack
+from tensorwasm_client.stack import (
+    DEFAULT_PORTS,
+    SERVICE_TOKEN_METADATA_KEY,
+    LocalStack,
+    stack_service_token,
+)
 
 KIND_NAMES = {
     pb.SNAPSHOT_KIND_COMPILED_MODULE: "compiled_module",
@@ -54,6 +60,21 @@ def store_address(args: argparse.Namespace) -> str:
     return recorded.grpc_address if recorded else f"127.0.0.1:{DEFAULT_PORTS['snapshot']}"
 
 
+def service_token(args: argparse.Namespace) -> str | None:
+    """The store's service token: TENSORWASM_SERVICE_TOKEN_FILE's, else the local stack's."""
+    path = os.environ.get("TENSORWASM_SERVICE_TOKEN_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise TensorWasmError(
+                "INVALID_ARGUMENT",
+                "SERVICE_TOKEN_FILE_UNREADABLE",
+                f"cannot read TENSORWASM_SERVICE_TOKEN_FILE ({path}): {exc}",
+            ) from exc
+    return stack_service_token(args.data_dir)
+
+
 def to_json(snapshot: pb.Snapshot) -> dict[str, object]:
     """A record's metadata as the CLI prints it."""
     return {
@@ -75,7 +96,10 @@ def to_json(snapshot: pb.Snapshot) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Runs one `snapshot` verb; TensorWasmError on a refused call."""
-    metadata = (("x-tensorwasm-tenant", args.tenant),) if args.tenant else ()
+    metadata: Metadata = (("x-tensorwasm-tenant", args.tenant),) if args.tenant else ()
+    token = service_token(args)
+    if token:  # the store is internal: it answers the fleet (and its operator) only
+        metadata = (*metadata, (SERVICE_TOKEN_METADATA_KEY, token))
     with grpc.insecure_channel(
         store_address(args), options=[("grpc.max_receive_message_length", 64 << 20)]
     ) as channel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +28,9 @@ DEFAULT_PORTS = {
     "jit": 50055,
 }
 STATE_FILE = "stack.json"
+# The fleet's service token (see tensorwasm_common.service_auth), made at the first start.
+SERVICE_TOKEN_FILE = "service-token"  # noqa: S105 (a file name)
+SERVICE_TOKEN_METADATA_KEY = "x-tensorwasm-service-token"  # noqa: S105 (a header name)
 
 
 class StackError(RuntimeError):
@@ -79,12 +84,42 @@ class LocalStack:
         """Where the running stack's pids and addresses are recorded."""
         return self.data_dir / STATE_FILE
 
+    @property
+    def service_token_path(self) -> Path:
+        """The file of the token the stack's services require of each other (mode 0600)."""
+        return self.data_dir / SERVICE_TOKEN_FILE
+
+    def service_token(self) -> str:
+        """The stack's service token (for calls straight to an internal service)."""
+        return stack_service_token(self.data_dir) or ""
+
+    def internal_channel(self, name: str, **options: object) -> grpc.Channel:
+        """A blocking channel to one of the stack's internal services that sends the
+        service token on every call (the caller closes it)."""
+        channel = grpc.insecure_channel(
+            self.services()[name].grpc_address, options=list(options.items()) or None
+        )
+        return with_token(channel, self.service_token())
+
+    def _ensure_service_token(self) -> None:
+        """Creates the token file once (random, 0600); later starts reuse it."""
+        path = self.service_token_path
+        if path.exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
     def start(self, timeout_seconds: float = 60.0) -> dict[str, ServiceProcess]:
         """Starts every service, waiting until each one's health check says SERVING."""
         if self.running():
             raise StackError(f"a stack is already running from {self.data_dir}; stop it first")
         for sub in ("run", "logs"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._ensure_service_token()
         started: dict[str, ServiceProcess] = {}
         try:
             for name in self._names:
@@ -106,6 +141,7 @@ class LocalStack:
             prefix + "LISTEN_ADDRESS": f"{self._host}:{port}",
             prefix + "METRICS_ADDRESS": f"{self._host}:0",
             prefix + "READY_FILE": str(self.data_dir / "run" / f"{replica}.ready.json"),
+            prefix + "SERVICE_TOKEN_FILE": str(self.service_token_path),
             "OTEL_SERVICE_NAME": f"tensorwasm-{replica}",
             "PYTHONUNBUFFERED": "1",
         }
@@ -231,6 +267,7 @@ class LocalStack:
             raise StackError(f"{name} is not part of the stack in {self.data_dir}")
         if _alive(services[name]):
             raise StackError(f"{name} is still running")
+        self._ensure_service_token()
         service = self._start_one(name, services, timeout_seconds)
         services[name] = service
         self._write_state(services)
@@ -248,6 +285,51 @@ class LocalStack:
         if child is not None:
             return child.poll() is None
         return _alive(service)
+
+
+def stack_service_token(data_dir: Path) -> str | None:
+    """The service token of the stack kept in `data_dir`, or None when it has none."""
+    try:
+        return (data_dir / SERVICE_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+class _TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the service token to every call of a blocking channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ((SERVICE_TOKEN_METADATA_KEY, token),)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """`channel` sending the service token on every call (itself without a token).
+
+    Closing the returned channel closes `channel`.
+    """
+    if not token:
+        return channel
+    return grpc.intercept_channel(channel, _TokenInterceptor(token))
 
 
 def _kind(name: str) -> str:

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_common.digests import blake3_hex
+from tensorwasm_common.service_auth import with_service_token
 
 from tensorwasm_dispatcher.devices import CudaCallError
 
@@ -218,8 +219,11 @@ class JitArtifactStore:
     """`ArtifactStore` over the jit cache's gRPC API; failures are logged and answer
     None / False (sharing is an optimisation, never a reason to fail a load)."""
 
-    def __init__(self, address: str, *, timeout_seconds: float = 2.0) -> None:
-        """Args: address: the jit cache's `host:port`. timeout_seconds: per call."""
+    def __init__(
+        self, address: str, *, timeout_seconds: float = 2.0, service_token: str | None = None
+    ) -> None:
+        """Args: address: the jit cache's `host:port`. timeout_seconds: per call.
+        service_token: the fleet's service token, sent on every call."""
         self._channel = grpc.insecure_channel(
             address,
             options=[
@@ -227,7 +231,7 @@ class JitArtifactStore:
                 ("grpc.max_send_message_length", 80 << 20),
             ],
         )
-        self._stub = jit_grpc.JitCacheServiceStub(self._channel)
+        self._stub = jit_grpc.JitCacheServiceStub(with_service_token(self._channel, service_token))
         self._timeout = timeout_seconds
 
     def get(self, ptx_digest: str, capability: str) -> bytes | None:

@@ -35,7 +35,9 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
         artifacts = None
         if settings.jit_address:  # cubins shared through the jit cache
             artifacts = JitArtifactStore(
-                settings.jit_address, timeout_seconds=settings.jit_timeout_seconds
+                settings.jit_address,
+                timeout_seconds=settings.jit_timeout_seconds,
+                service_token=settings.service_token(),
             )
         try:
             backend = CudaBackend(

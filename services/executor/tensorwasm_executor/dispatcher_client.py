@@ -31,6 +31,7 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
+from tensorwasm_common.service_auth import with_service_token
 from tensorwasm_common.status import error_from_rpc
 
 from tensorwasm_executor.cuda_abi import DeviceBufferRecord
@@ -67,12 +68,15 @@ _UNREACHABLE = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELL
 class DispatcherClient:
     """A blocking channel to the dispatcher, shared by every guest thread."""
 
-    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, address: str, *, max_message_bytes: int, service_token: str | None = None
+    ) -> None:
         """Opens the channel (connecting lazily).
 
         Args:
             address: The dispatcher's `host:port`.
             max_message_bytes: The largest request or reply (a full batch and its bytes).
+            service_token: The fleet's service token, sent on every call.
         """
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -81,7 +85,9 @@ class DispatcherClient:
         self._channel = grpc.insecure_channel(address, options=options)
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
         # OpenTelemetry's own intercept_channel: its interceptor is not a grpc one.
-        traced = grpcext.intercept_channel(self._channel, tracing)  # type: ignore[no-untyped-call]
+        traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]
+            with_service_token(self._channel, service_token), tracing
+        )
         self._stub = pb_grpc.DispatcherServiceStub(traced)
         self._ends = _BackgroundEnds(MAX_BACKGROUND_ENDS)
 

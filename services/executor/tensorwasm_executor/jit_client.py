@@ -20,6 +20,7 @@ from tensorwasm.jit.v1 import jit_service_pb2 as pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
+from tensorwasm_common.service_auth import with_service_token
 from tensorwasm_common.status import error_from_rpc
 
 _DTYPES = {"f32": pb.DATA_TYPE_F32, "f16": pb.DATA_TYPE_F16}
@@ -40,18 +41,28 @@ KernelKey = tuple[str, tuple[tuple[str, int], ...], str, str]
 class JitClient:
     """A blocking channel to the jit cache with a small LRU of the kernels it returned."""
 
-    def __init__(self, address: str, *, target: str, cache_entries: int = 256) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        target: str,
+        cache_entries: int = 256,
+        service_token: str | None = None,
+    ) -> None:
         """Opens the channel (connecting lazily).
 
         Args:
             address: The jit cache's `host:port`.
             target: The GPU target kernels are emitted for (e.g. "sm_80").
             cache_entries: How many kernels this executor keeps.
+            service_token: The fleet's service token, sent on every call.
         """
         self.target = target
         self._channel = grpc.insecure_channel(address)
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
-        traced = grpcext.intercept_channel(self._channel, tracing)  # type: ignore[no-untyped-call]
+        traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]
+            with_service_token(self._channel, service_token), tracing
+        )
         self._stub = pb_grpc.JitCacheServiceStub(traced)
         self._cache_entries = cache_entries
         self._cache: OrderedDict[KernelKey, JitKernel] = OrderedDict()

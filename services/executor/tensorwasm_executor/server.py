@@ -45,7 +45,9 @@ def gpu_host(settings: ExecutorSettings) -> tuple[CudaHost, DispatcherClient | N
     client = None
     if settings.dispatcher_address:
         client = DispatcherClient(
-            settings.dispatcher_address, max_message_bytes=settings.dispatcher_max_message_bytes
+            settings.dispatcher_address,
+            max_message_bytes=settings.dispatcher_max_message_bytes,
+            service_token=settings.service_token(),
         )
     host = CudaHost(
         client.transport if client is not None else None,
@@ -63,7 +65,11 @@ async def serve(settings: ExecutorSettings) -> None:
     """
     gpu, dispatcher = gpu_host(settings)
     jit = (
-        JitClient(settings.jit_address, target=settings.jit_target)
+        JitClient(
+            settings.jit_address,
+            target=settings.jit_target,
+            service_token=settings.service_token(),
+        )
         if settings.jit_address
         else None
     )
@@ -85,7 +91,9 @@ async def serve(settings: ExecutorSettings) -> None:
     workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="guest")
     compile_pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
     store_channel = open_channel(
-        settings.snapshot_address, max_message_bytes=settings.max_message_bytes
+        settings.snapshot_address,
+        max_message_bytes=settings.max_message_bytes,
+        service_token=settings.service_token(),
     )
     blobs = BlobClient(store_channel)
     modules = ModuleProvider(

@@ -65,9 +65,13 @@ def not_started(exc: grpc.aio.AioRpcError) -> bool:
 class Replica:
     """One executor replica: its channel, health and calls in flight."""
 
-    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, address: str, *, max_message_bytes: int, service_token: str | None = None
+    ) -> None:
         self.address = address
-        self.channel = open_channel(address, max_message_bytes=max_message_bytes)
+        self.channel = open_channel(
+            address, max_message_bytes=max_message_bytes, service_token=service_token
+        )
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
@@ -117,8 +121,10 @@ class ExecutorPool:
         load_factor: float = 1.25,
         health_interval_seconds: float = 2.0,
         source: ReplicaSource | None = None,
+        service_token: str | None = None,
     ) -> None:
         self._max_message_bytes = max_message_bytes
+        self._service_token = service_token
         self._timeout = timeout
         self._load_factor = load_factor
         self._health_interval = health_interval_seconds
@@ -142,7 +148,9 @@ class ExecutorPool:
         for address in wanted:
             if address not in self._replicas:
                 self._replicas[address] = Replica(
-                    address, max_message_bytes=self._max_message_bytes
+                    address,
+                    max_message_bytes=self._max_message_bytes,
+                    service_token=self._service_token,
                 )
         if wanted:
             _log.info("executor replicas: %s", ",".join(wanted))
@@ -349,6 +357,7 @@ async def open_executor_pool(settings: GatewaySettings) -> ExecutorPool:
         load_factor=settings.executor_load_factor,
         health_interval_seconds=settings.executor_health_interval_seconds,
         source=source,
+        service_token=settings.service_token(),
     )
     pool.start()
     return pool

@@ -73,7 +73,9 @@ async def serve(settings: GatewaySettings) -> None:
     ceilings = TenantCeilings.load(settings.tenant_limits_file)  # malformed: fail at start
     registry = Registry(settings.database_path)
     store_channel = open_channel(
-        settings.snapshot_address, max_message_bytes=settings.max_message_bytes
+        settings.snapshot_address,
+        max_message_bytes=settings.max_message_bytes,
+        service_token=settings.service_token(),
     )
     executors = await open_executor_pool(settings)
     functions = FunctionService(

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import math
 from pathlib import Path
+from typing import ClassVar
 
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
@@ -14,6 +15,9 @@ from tensorwasm_common.settings import ServerSettings, SettingsError, split_addr
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewaySettings(ServerSettings):
     """Where the registry lives and which backends the gateway talks to."""
+
+    # The public API: bearer tokens guard it, not the service token (which it only sends).
+    fleet_only: ClassVar[bool] = False
 
     listen_address: str = "127.0.0.1:50051"
     executor_addresses: tuple[str, ...] = ("127.0.0.1:50052",)

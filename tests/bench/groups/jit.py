@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import wasmtime
 from tensorwasm.common.v1 import values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gw_pb
@@ -43,13 +42,14 @@ GUEST = Path(__file__).resolve().parents[3] / "clients" / "guest" / "examples" /
 TIMEOUT_SECONDS = 60.0
 
 
-def _stack(cleanup: contextlib.ExitStack) -> dict[str, str]:
+def _stack(cleanup: contextlib.ExitStack) -> LocalStack:
     temp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tensorwasm-bench-jit-"))
     stack = LocalStack(
         Path(temp) / "stack", ephemeral_ports=True, extra_env={"OTEL_TRACES_EXPORTER": "none"}
     )
     cleanup.callback(stack.stop)
-    return {name: service.grpc_address for name, service in stack.start().items()}
+    stack.start()
+    return stack
 
 
 @group("jit_compile")
@@ -62,8 +62,8 @@ def jit_compile(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         "conv2d[3x3]": KernelSpec("conv2d", {"height": 64, "width": 64}, "f32", "sm_80"),
     }
     with contextlib.ExitStack() as cleanup:
-        jit = _stack(cleanup)["jit"]
-        stub = jit_grpc.JitCacheServiceStub(cleanup.enter_context(grpc.insecure_channel(jit)))
+        jit = cleanup.enter_context(_stack(cleanup).internal_channel("jit"))
+        stub = jit_grpc.JitCacheServiceStub(jit)
         request = jit_pb.EmitKernelRequest(
             op="matmul", params={"m": 64, "n": 64, "k": 64}, target="sm_80"
         )
@@ -108,7 +108,7 @@ def jit_compile(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
 def jit_matmul(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
     """256x256x256 matmul: the `tensorwasm:gpu` tensor op against a guest-side wasm loop."""
     with contextlib.ExitStack() as cleanup:
-        gateway = _stack(cleanup)["gateway"]
+        gateway = _stack(cleanup).services()["gateway"].grpc_address
         client = cleanup.enter_context(GatewayClient(gateway))
         client.create_function("jit-matmul", bytes(wasmtime.wat2wasm(GUEST.read_text())))
 

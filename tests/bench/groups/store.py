@@ -80,7 +80,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             return loop.run_until_complete(coro)
 
         async def channels() -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
-            return open_channel(store.address), open_channel(echo)
+            return store.aio_channel(), open_channel(echo)
 
         store_channel, echo_channel = run(channels())
         cleanup.callback(lambda: run(echo_channel.close()))
@@ -90,7 +90,7 @@ def snapshot_store(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         records = _record_tier(config, run, blobs, snapshots) + _at_rest_tier(config, temp)
         cold = _cold_tier(config, run, blobs, snapshots, temp)
 
-        sync_store = cleanup.enter_context(grpc.insecure_channel(store.address))
+        sync_store = cleanup.enter_context(store.channel())
         sync_echo = cleanup.enter_context(grpc.insecure_channel(echo))
         stat = sync_store.unary_unary(
             "/tensorwasm.snapshot.v1.SnapshotStoreService/StatBlob",

@@ -52,6 +52,7 @@ def test_environment_overrides_defaults() -> None:
         "TENSORWASM_DEMO_COUNT": "7",
         "TENSORWASM_DEMO_LISTEN_ADDRESS": "0.0.0.0:9000",
         "TENSORWASM_DEMO_LABEL": "from-env",
+        "TENSORWASM_DEMO_ALLOW_NO_SERVICE_TOKEN": "true",  # beyond loopback without a token
     }
     settings = load_settings(DemoSettings, "demo", environ=environ)
     assert settings.count == 7
@@ -313,3 +314,57 @@ def test_gateway_settings_validation(environ: dict[str, str], fragment: str) -> 
         load_settings(GatewaySettings, "gateway", environ=environ)
     assert str(caught.value).startswith("gateway settings: ")
     assert fragment in str(caught.value)
+
+
+def _token_file(tmp_path: Path, token: str = "t" * 40) -> Path:
+    path = tmp_path / "service-token"
+    path.write_text(token + "\n")
+    return path
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "10.1.2.3:50054", "[::]:0", "host.svc:1"])
+def test_an_internal_service_beyond_loopback_needs_a_service_token(address: str) -> None:
+    with pytest.raises(SettingsError, match="no service token is configured"):
+        load_settings(ServerSettings, "jit", environ={"TENSORWASM_JIT_LISTEN_ADDRESS": address})
+    allowed = load_settings(
+        ServerSettings,
+        "jit",
+        environ={
+            "TENSORWASM_JIT_LISTEN_ADDRESS": address,
+            "TENSORWASM_JIT_ALLOW_NO_SERVICE_TOKEN": "true",
+        },
+    )
+    assert allowed.service_token() is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "localhost:1", "[::1]:0"])
+def test_loopback_needs_no_service_token(address: str) -> None:
+    settings = load_settings(
+        ServerSettings, "jit", environ={"TENSORWASM_JIT_LISTEN_ADDRESS": address}
+    )
+    assert settings.service_token() is None
+
+
+def test_the_service_token_comes_from_the_common_variable_or_the_services_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = _token_file(tmp_path, "c" * 40)
+    own = tmp_path / "own"
+    own.write_text("o" * 40)
+    monkeypatch.setenv("TENSORWASM_SERVICE_TOKEN_FILE", str(common))
+    beyond = {"TENSORWASM_JIT_LISTEN_ADDRESS": "0.0.0.0:0"}
+    assert load_settings(ServerSettings, "jit", environ=beyond).service_token() == "c" * 40
+    mine = {**beyond, "TENSORWASM_JIT_SERVICE_TOKEN_FILE": str(own)}
+    assert load_settings(ServerSettings, "jit", environ=mine).service_token() == "o" * 40
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("short", "32..1024 characters"), ("x" * 30 + " y" * 5, "printable ASCII")],
+)
+def test_a_malformed_service_token_fails_fast(tmp_path: Path, content: str, message: str) -> None:
+    path = _token_file(tmp_path, content)
+    with pytest.raises(SettingsError, match=message):
+        ServerSettings(service_token_file=path)
+    with pytest.raises(SettingsError, match="cannot read"):
+        ServerSettings(service_token_file=tmp_path / "missing")

@@ -165,6 +165,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_INVALID_METADATA: _ErrorReason.ValueType  # 85
     """A security header is repeated or malformed (two authorization or tenant headers)."""
+    ERROR_REASON_SERVICE_TOKEN_REQUIRED: _ErrorReason.ValueType  # 86
+    """A call to an internal service (executor, dispatcher, snapshot store, jit cache) carries
+    no x-tensorwasm-service-token metadata; only the fleet's services may call them.
+    """
+    ERROR_REASON_SERVICE_TOKEN_INVALID: _ErrorReason.ValueType  # 87
+    """A call to an internal service carries a service token that is not the fleet's (or
+    more than one).
+    """
     ERROR_REASON_INVOCATION_NOT_FOUND: _ErrorReason.ValueType  # 90
     """(90-99: gateway routing, async invocations and the HTTP face.)
     No invocation has that id for this tenant (never started, or past its retention).
@@ -335,6 +343,14 @@ RetryInfo's delay (metadata: call_class, limit).
 """
 ERROR_REASON_INVALID_METADATA: ErrorReason.ValueType  # 85
 """A security header is repeated or malformed (two authorization or tenant headers)."""
+ERROR_REASON_SERVICE_TOKEN_REQUIRED: ErrorReason.ValueType  # 86
+"""A call to an internal service (executor, dispatcher, snapshot store, jit cache) carries
+no x-tensorwasm-service-token metadata; only the fleet's services may call them.
+"""
+ERROR_REASON_SERVICE_TOKEN_INVALID: ErrorReason.ValueType  # 87
+"""A call to an internal service carries a service token that is not the fleet's (or
+more than one).
+"""
 ERROR_REASON_INVOCATION_NOT_FOUND: ErrorReason.ValueType  # 90
 """(90-99: gateway routing, async invocations and the HTTP face.)
 No invocation has that id for this tenant (never started, or past its retention).

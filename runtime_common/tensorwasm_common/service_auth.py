@@ -1,0 +1,182 @@
+"""The fleet credential: a shared service token sent on internal calls and checked by the
+internal services (defence in depth under the mesh's mTLS).
+
+Every internal client (gateway -> executor/store, executor -> store/dispatcher/jit,
+dispatcher -> jit) sends the token as `x-tensorwasm-service-token` metadata; the executor,
+dispatcher, snapshot store and jit cache refuse any other call with UNAUTHENTICATED
+(SERVICE_TOKEN_REQUIRED when none is sent, SERVICE_TOKEN_INVALID when it differs), except
+the health and reflection services, which probes and tools reach without it. Tokens are
+compared with `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tensorwasm_common.errors import Code, ServiceError
+
+SERVICE_TOKEN_METADATA_KEY = "x-tensorwasm-service-token"  # noqa: S105 (a header name)
+# The fleet-wide variable; a service's own TENSORWASM_<SVC>_SERVICE_TOKEN_FILE overrides it.
+COMMON_TOKEN_FILE_ENV = "TENSORWASM_SERVICE_TOKEN_FILE"  # noqa: S105 (a variable name)
+MIN_SERVICE_TOKEN_CHARS = 32
+MAX_SERVICE_TOKEN_CHARS = 1024
+# Printable ASCII without spaces: what a gRPC metadata value can carry unchanged.
+_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
+# Probes and tools reach these without the token.
+_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Behavior = Callable[..., Any]
+
+
+class ServiceTokenError(ValueError):
+    """The token file is missing, unreadable or not a usable token."""
+
+
+class ServiceTokenRequiredError(ServiceError):
+    """The call to an internal service carries no service token."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "SERVICE_TOKEN_REQUIRED"
+
+
+class ServiceTokenInvalidError(ServiceError):
+    """The call carries a service token that is not the fleet's (or more than one)."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "SERVICE_TOKEN_INVALID"
+
+
+def read_service_token(path: Path) -> str:
+    """The token in `path` (surrounding whitespace dropped).
+
+    Raises:
+        ServiceTokenError: unreadable, too short or long, or not printable ASCII.
+    """
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServiceTokenError(f"cannot read the service token file {path}: {exc}") from exc
+    if not MIN_SERVICE_TOKEN_CHARS <= len(token) <= MAX_SERVICE_TOKEN_CHARS:
+        raise ServiceTokenError(
+            f"the service token in {path} must be {MIN_SERVICE_TOKEN_CHARS}.."
+            f"{MAX_SERVICE_TOKEN_CHARS} characters"
+        )
+    if not _TOKEN_PATTERN.fullmatch(token):
+        raise ServiceTokenError(f"the service token in {path} must be printable ASCII, no spaces")
+    return token
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata a client adds to every internal call (none without a token)."""
+    return () if token is None else ((SERVICE_TOKEN_METADATA_KEY, token),)
+
+
+class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without the fleet's service token (health and reflection exempt).
+
+    Install it inside the error interceptor: a refused call gets a handler that raises the
+    typed error, which the error interceptor turns into a rich status.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._expected = token.encode("ascii")
+        # The refusing handler of each (method, reason), built once.
+        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_EXEMPT_PREFIXES):
+            return handler
+        error = self._check(handler_call_details.invocation_metadata)
+        if error is None:
+            return handler
+        key = (method, error.reason)
+        refusal = self._refusals.get(key)
+        if refusal is None:
+            refusal = _refusing_handler(handler, error)
+            self._refusals[key] = refusal
+        return refusal
+
+    def _check(self, metadata: Any) -> ServiceError | None:
+        sent = [value for key, value in metadata or () if key == SERVICE_TOKEN_METADATA_KEY]
+        if not sent:
+            return ServiceTokenRequiredError(
+                f"internal service: send the fleet's service token as {SERVICE_TOKEN_METADATA_KEY}"
+            )
+        value = sent[0]
+        given = value if isinstance(value, bytes) else value.encode("utf-8", "replace")
+        # compare_digest runs in time independent of where the bytes differ.
+        if len(sent) == 1 and hmac.compare_digest(given, self._expected):
+            return None
+        return ServiceTokenInvalidError("internal service: the service token is not the fleet's")
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> Any:
+    """A handler of the same kind as `handler` that raises `error` (a fresh copy per call)."""
+
+    def fresh() -> ServiceError:
+        return type(error)(error.message)
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise fresh()
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        raise fresh()
+        yield  # an async generator, as the streaming handlers are
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, **serializers)
+    return grpc.stream_stream_rpc_method_handler(stream, **serializers)
+
+
+class _TokenClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the service token to every call of a blocking channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = token_metadata(token)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def with_service_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """A blocking channel whose calls carry `token` (the channel itself without one)."""
+    if token is None:
+        return channel
+    return grpc.intercept_channel(channel, _TokenClientInterceptor(token))
