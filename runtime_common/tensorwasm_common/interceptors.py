@@ -14,12 +14,11 @@ from grpc.aio import AbortError
 
 from tensorwasm_common.deadlines import request_deadline
 from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
 from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, grpc_code, to_status_proto
 
 _log = logging.getLogger(__name__)
-
-Behavior = Callable[..., Any]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -29,9 +28,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service: str) -> None:
         self._service = service
         self._domain = domain_of(service)
-        # The wrapped handler of each method, built once (the server returns the same
-        # handler object for a method on every call).
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = PerMethod()
         self._metrics: dict[tuple[str, Code], tuple[Any, Any]] = {}
 
     async def intercept_service(
@@ -43,37 +40,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = self._wrapped.get(method, handler)
+        if wrapped is None:
+            wrapped = self._wrapped.put(
+                method,
+                handler,
+                rewrap(
+                    handler,
+                    lambda behavior: self._wrap_unary(behavior, method),
+                    lambda behavior: self._wrap_stream(behavior, method),
+                ),
+            )
         return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

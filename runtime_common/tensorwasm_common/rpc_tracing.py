@@ -33,7 +33,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
-Behavior = Callable[..., Any]
+from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
+
 # The metadata keys the W3C (and baggage) propagators read.
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 _INSTRUMENTATION = "tensorwasm.rpc"
@@ -70,7 +71,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = PerMethod()
 
     async def intercept_service(
         self,
@@ -81,33 +82,18 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = self._wrapped.get(method, handler)
+        if wrapped is None:
+            wrapped = self._wrapped.put(
+                method,
+                handler,
+                rewrap(
+                    handler,
+                    lambda behavior: self._wrap_unary(behavior, method),
+                    lambda behavior: self._wrap_stream(behavior, method),
+                ),
+            )
         return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method), **serializers
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method), **serializers
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method), **serializers
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method), **serializers
-        )
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.handlers import rewrap
 
 SERVICE_TOKEN_METADATA_KEY = "x-tensorwasm-service-token"  # noqa: S105 (a header name)
 # The fleet-wide variable; a service's own TENSORWASM_<SVC>_SERVICE_TOKEN_FILE overrides it.
@@ -30,8 +31,6 @@ MAX_SERVICE_TOKEN_CHARS = 1024
 _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 # Probes and tools reach these without the token.
 _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-Behavior = Callable[..., Any]
 
 
 class ServiceTokenError(ValueError):
@@ -135,17 +134,7 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> An
         raise fresh()
         yield  # an async generator, as the streaming handlers are
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream, **serializers)
-    return grpc.stream_stream_rpc_method_handler(stream, **serializers)
+    return rewrap(handler, lambda _behavior: unary, lambda _behavior: stream)
 
 
 class _TokenClientInterceptor(

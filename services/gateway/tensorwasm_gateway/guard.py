@@ -29,6 +29,7 @@ from grpc.aio import AbortError
 from opentelemetry import trace
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 
 from tensorwasm_gateway.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.auth import (
@@ -68,8 +69,6 @@ _GUARD_REASONS = frozenset(
 CURRENT_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tensorwasm_gateway_tenant", default=None
 )
-
-Behavior = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = PerMethod()
 
     async def intercept_service(
         self,
@@ -201,33 +200,19 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, policy_of(method))
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = self._wrapped.get(method, handler)
+        if wrapped is None:
+            policy = policy_of(method)
+            wrapped = self._wrapped.put(
+                method,
+                handler,
+                rewrap(
+                    handler,
+                    lambda behavior: self._unary(behavior, policy),
+                    lambda behavior: self._stream(behavior, policy),
+                ),
+            )
         return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, policy: MethodPolicy) -> Any:
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, policy), **codec
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, policy), **codec
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, policy), **codec
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, policy), **codec
-        )
 
     def _unary(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
