@@ -37,7 +37,7 @@ lint: setup proto-check ## buf lint, ruff, mypy --strict
 	cd protos && ../$(BUF) lint
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy runtime_common services clients/python tools kernels protos/tensorwasm/common/v1/values_json.py
+	.venv/bin/mypy runtime_common services clients/python tools kernels protos/tensorwasm/common/v1/values_json.py protos/tensorwasm/common/v1/service_token.py
 
 fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+from tensorwasm.common.v1.service_token import token_metadata
 
 from tensorwasm_common.rpc_tracing import TracedChannel
-from tensorwasm_common.service_auth import token_metadata
 
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 DEFAULT_TENANT = "default"

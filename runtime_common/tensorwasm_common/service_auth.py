@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from tensorwasm.common.v1.service_token import (
+    SERVICE_TOKEN_METADATA_KEY,
+)
 
 from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.handlers import rewrap
 
-SERVICE_TOKEN_METADATA_KEY = "x-tensorwasm-service-token"  # noqa: S105 (a header name)
 # The fleet-wide variable; a service's own TENSORWASM_<SVC>_SERVICE_TOKEN_FILE overrides it.
 COMMON_TOKEN_FILE_ENV = "TENSORWASM_SERVICE_TOKEN_FILE"  # noqa: S105 (a variable name)
 MIN_SERVICE_TOKEN_CHARS = 32
@@ -69,11 +71,6 @@ def read_service_token(path: Path) -> str:
     if not _TOKEN_PATTERN.fullmatch(token):
         raise ServiceTokenError(f"the service token in {path} must be printable ASCII, no spaces")
     return token
-
-
-def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The metadata a client adds to every internal call (none without a token)."""
-    return () if token is None else ((SERVICE_TOKEN_METADATA_KEY, token),)
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -135,37 +132,3 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> An
         yield  # an async generator, as the streaming handlers are
 
     return rewrap(handler, lambda _behavior: unary, lambda _behavior: stream)
-
-
-class _TokenClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds the service token to every call of a blocking channel."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = token_metadata(token)
-
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
-def with_service_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
-    """A blocking channel whose calls carry `token` (the channel itself without one)."""
-    if token is None:
-        return channel
-    return grpc.intercept_channel(channel, _TokenClientInterceptor(token))

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorwasm.common.v1 import values_pb2
+from tensorwasm.common.v1.service_token import SERVICE_TOKEN_METADATA_KEY
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as dispatcher_pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as dispatcher_grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
@@ -24,7 +25,6 @@ from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as snapshot_grpc
-from tensorwasm_client.stack import SERVICE_TOKEN_METADATA_KEY
 from tensorwasm_common.status import error_from_rpc
 
 from tests.integration.conftest import RunningStack

@@ -11,16 +11,12 @@ from typing import Any
 
 import blake3
 import grpc
+from tensorwasm.common.v1.service_token import SERVICE_TOKEN_METADATA_KEY
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
 from tensorwasm_client.client import TensorWasmError, _error
-from tensorwasm_client.stack import (
-    DEFAULT_PORTS,
-    SERVICE_TOKEN_METADATA_KEY,
-    LocalStack,
-    stack_service_token,
-)
+from tensorwasm_client.stack import DEFAULT_PORTS, LocalStack, stack_service_token
 
 KIND_NAMES = {
     pb.SNAPSHOT_KIND_COMPILED_MODULE: "compiled_module",

@@ -13,10 +13,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorwasm.common.v1.service_token import with_service_token
 
 # Start order: every service starts after the ones it calls.
 SERVICES = ("snapshot", "jit", "dispatcher", "executor", "gateway")
@@ -30,7 +30,6 @@ DEFAULT_PORTS = {
 STATE_FILE = "stack.json"
 # The fleet's service token (see tensorwasm_common.service_auth), made at the first start.
 SERVICE_TOKEN_FILE = "service-token"  # noqa: S105 (a file name)
-SERVICE_TOKEN_METADATA_KEY = "x-tensorwasm-service-token"  # noqa: S105 (a header name)
 
 
 class StackError(RuntimeError):
@@ -295,41 +294,7 @@ def stack_service_token(data_dir: Path) -> str | None:
         return None
 
 
-class _TokenInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds the service token to every call of a blocking channel."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = ((SERVICE_TOKEN_METADATA_KEY, token),)
-
-    def _details(self, details: Any) -> Any:
-        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
-def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
-    """`channel` sending the service token on every call (itself without a token).
-
-    Closing the returned channel closes `channel`.
-    """
-    if not token:
-        return channel
-    return grpc.intercept_channel(channel, _TokenInterceptor(token))
+with_token = with_service_token  # the name the tests and the stack use
 
 
 def _kind(name: str) -> str:

@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 import grpc
 from prometheus_client import Counter
+from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_common.digests import blake3_hex
-from tensorwasm_common.service_auth import with_service_token
 
 from tensorwasm_dispatcher.devices import CudaCallError
 

@@ -26,12 +26,12 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
-from tensorwasm_common.service_auth import with_service_token
 from tensorwasm_common.status import error_from_rpc
 
 from tensorwasm_executor.cuda_abi import DeviceBufferRecord

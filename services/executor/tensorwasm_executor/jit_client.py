@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import grpc
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
-from tensorwasm_common.service_auth import with_service_token
 from tensorwasm_common.status import error_from_rpc
 
 _DTYPES = {"f32": pb.DATA_TYPE_F32, "f16": pb.DATA_TYPE_F16}
