@@ -17,6 +17,7 @@ from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
 from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, grpc_code, to_status_proto
+from tensorwasm_common.streams import drain
 
 _log = logging.getLogger(__name__)
 
@@ -42,27 +43,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         wrapped = self._wrapped.get(method, handler)
         if wrapped is None:
+            streams = bool(handler.request_streaming)
             wrapped = self._wrapped.put(
                 method,
                 handler,
                 rewrap(
                     handler,
-                    lambda behavior: self._wrap_unary(behavior, method),
-                    lambda behavior: self._wrap_stream(behavior, method),
+                    lambda behavior: self._wrap_unary(behavior, method, streams),
+                    lambda behavior: self._wrap_stream(behavior, method, streams),
                 ),
             )
         return wrapped
 
-    def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
+    def _wrap_unary(self, behavior: Behavior, method: str, streams: bool) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._handling(context, method):
+            async with self._handling(context, method, request if streams else None):
                 return await behavior(request, context)
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
+    def _wrap_stream(self, behavior: Behavior, method: str, streams: bool) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with self._handling(context, method):
+            async with self._handling(context, method, request if streams else None):
                 async for response in behavior(request, context):
                     yield response
 
@@ -70,9 +72,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @contextlib.asynccontextmanager
     async def _handling(
-        self, context: grpc.aio.ServicerContext, method: str
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        requests: AsyncIterator[Any] | None,
     ) -> AsyncIterator[None]:
-        """Maps what the handler raises to a status and records the call's code and time."""
+        """Maps what the handler raises to a status and records the call's code and time.
+
+        `requests` is the request stream of a client-streaming call: a refusal is sent
+        only once the client has finished sending it (see `streams.drain`).
+        """
         started = time.perf_counter()
         code = Code.OK
         try:
@@ -87,6 +96,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except Exception as exc:
             error = self._as_service_error(exc, method)
             code = error.code
+            if requests is not None:
+                await drain(requests)
             await self._abort(context, error)
         finally:
             self._record(method, code, started)

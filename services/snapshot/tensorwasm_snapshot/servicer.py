@@ -9,8 +9,7 @@ import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import InvalidArgumentError, ServiceError
-from tensorwasm_common.streams import drain
+from tensorwasm_common.errors import InvalidArgumentError
 
 from tensorwasm_snapshot.blobstore import BlobInfo
 from tensorwasm_snapshot.records import SnapshotCreator, SnapshotRecords
@@ -79,9 +78,6 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
             if writer is None:
                 writer = await asyncio.to_thread(self._store.writer)
             info, deduplicated = await asyncio.to_thread(writer.commit)
-        except ServiceError:
-            await drain(request_iterator)  # refused: send the refusal once the client is done
-            raise
         finally:
             if writer is not None:
                 await asyncio.to_thread(writer.abort)
@@ -193,9 +189,6 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
             if creator is None:
                 raise InvalidArgumentError("missing header", metadata={"field": "header"})
             row = await asyncio.to_thread(creator.commit)
-        except ServiceError:
-            await drain(request_iterator)  # refused: send the refusal once the client is done
-            raise
         finally:
             if creator is not None:
                 await asyncio.to_thread(creator.abort)
