@@ -103,6 +103,16 @@ class ScalarArg:
 Dim3 = tuple[int, int, int]
 
 
+@dataclass(frozen=True)
+class BufferRef:
+    """A pointer argument on the wire: a byte range of one of the batch's staged regions.
+    The executor sends it in place of a guest pointer; the dispatcher resolves it."""
+
+    buffer_id: int
+    offset_bytes: int
+    length_bytes: int
+
+
 def ptx_declares_entry(ptx: bytes, entry: str) -> bool:
     """Whether the PTX text declares `.entry <entry>(` (a kernel the driver can find).
 

@@ -23,6 +23,7 @@ from tensorwasm_common.gpu_abi import (
     MAX_PTX_BYTES,
     AbiError,
     AbiFailure,
+    BufferRef,
     Dim3,
     ScalarArg,
     ptx_declares_entry,
@@ -60,15 +61,6 @@ class StagedRegion:
     data: bytes = field(repr=False)
     guest_offset: int
     copy_back: bool
-
-
-@dataclass(frozen=True)
-class BufferRef:
-    """A pointer argument: a byte range of a staged region."""
-
-    buffer_id: int
-    offset_bytes: int
-    length_bytes: int
 
 
 @dataclass(frozen=True)

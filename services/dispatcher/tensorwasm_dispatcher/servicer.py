@@ -10,7 +10,7 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedError
-from tensorwasm_common.gpu_abi import ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
 
 from tensorwasm_dispatcher.accounting import Admission
 from tensorwasm_dispatcher.device_buffers import (
@@ -24,7 +24,6 @@ from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
 from tensorwasm_dispatcher.execution import (
     Batch,
     BatchOutcome,
-    BufferRef,
     Command,
     Dispatcher,
     InvalidBatchError,

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from tensorwasm_common.gpu_abi import AbiError, Dim3
+from tensorwasm_common.gpu_abi import AbiError, BufferRef, Dim3
 
 from tensorwasm_executor.cuda_abi import ArgRecord, PointerRecord
 
@@ -42,15 +42,6 @@ class Region:
     guest_offset: int
     data: bytes = field(repr=False)
     copy_back: bool
-
-
-@dataclass(frozen=True)
-class BufferRef:
-    """A pointer argument on the wire: a byte range of a region."""
-
-    buffer_id: int
-    offset_bytes: int
-    length_bytes: int
 
 
 @dataclass(frozen=True)

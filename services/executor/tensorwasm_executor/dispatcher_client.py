@@ -31,7 +31,7 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
-from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.status import error_from_rpc
 
 from tensorwasm_executor.cuda_abi import DeviceBufferRecord
@@ -39,7 +39,6 @@ from tensorwasm_executor.cuda_batch import (
     AllocBuffer,
     BatchReply,
     BatchRequest,
-    BufferRef,
     Command,
     CommandResult,
     FreeBuffer,
