@@ -33,7 +33,7 @@ from tensorwasm_common.gpu_abi import (
 
 from tensorwasm_executor.cuda_abi import as_u32, check_region
 from tensorwasm_executor.cuda_batch import AllocBuffer, FreeBuffer, ReadBuffer, WriteBuffer
-from tensorwasm_executor.cuda_host import CudaHostState, HostBody, guarded
+from tensorwasm_executor.cuda_host import CudaHostState, HostBody, WasmMemory, guarded
 
 _NS_PER_SECOND = 1_000_000_000
 
@@ -106,15 +106,36 @@ def _free(state: CudaHostState, caller: wasmtime.Caller, handle: int) -> int:
     return 0
 
 
+def _copy_range(
+    state: CudaHostState,
+    caller: wasmtime.Caller,
+    args: tuple[int, ...],
+    *,
+    what: str,
+) -> tuple[WasmMemory, int, int]:
+    """Checks a copy between a device buffer's range and linear memory: `args` are the
+    guest's (handle, offset in the buffer, pointer in memory, length).
+
+    Returns:
+        The guest memory, and the checked start and size in it.
+
+    Raises:
+        AbiFailure: the buffer range or the memory range is invalid, or there is no memory.
+    """
+    handle, offset, pointer, length = args
+    memory = state.memory(caller)
+    _check_buffer_range(state, handle, offset, as_u32(length))
+    if memory is None:
+        raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no `memory`")
+    start, size = check_region(pointer, length, memory.size(), f"the {what}")
+    return memory, start, size
+
+
 def _write(state: CudaHostState, caller: wasmtime.Caller, *args: int) -> int:
-    handle, offset, src, length = args
+    handle, offset = args[0], args[1]
     session = state.session
     try:
-        memory = state.memory(caller)
-        _check_buffer_range(state, handle, offset, as_u32(length))
-        if memory is None:
-            raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no `memory`")
-        start, size = check_region(src, length, memory.size(), "the source")
+        memory, start, size = _copy_range(state, caller, args, what="source")
         session.enqueue(memory, WriteBuffer(handle, offset, memory.read(start, size)))
     except AbiFailure as failure:
         return session.fail(failure)
@@ -122,14 +143,10 @@ def _write(state: CudaHostState, caller: wasmtime.Caller, *args: int) -> int:
 
 
 def _read(state: CudaHostState, caller: wasmtime.Caller, *args: int) -> int:
-    handle, offset, dst, length = args
+    handle, offset = args[0], args[1]
     session = state.session
     try:
-        memory = state.memory(caller)
-        _check_buffer_range(state, handle, offset, as_u32(length))
-        if memory is None:
-            raise AbiFailure(AbiError.INVALID_POINTER, "the module exports no `memory`")
-        start, size = check_region(dst, length, memory.size(), "the destination")
+        memory, start, size = _copy_range(state, caller, args, what="destination")
         result = session.request(memory, ReadBuffer(handle, offset, size))
         if result.code != 0:
             raise AbiFailure(_code(result.code), result.message)
