@@ -125,29 +125,11 @@ class Registry:
 
     def get(self, tenant: str, function_id: str) -> FunctionRecord:
         """The function; FunctionNotFoundError when the tenant has none of that id."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM functions WHERE tenant = ? AND function_id = ?",
-                (tenant, function_id),
-            ).fetchone()
-        if row is None:
-            raise FunctionNotFoundError(
-                f"function {function_id!r} not found", metadata={"function_id": function_id}
-            )
-        return _record(row)
+        return _function(self._db, self._lock, tenant, function_id)
 
     def lookup(self, tenant: str, function_id: str) -> FunctionRecord:
         """`get` on the read connection: cheap enough to call on the event loop."""
-        with self._reader_lock:
-            row = self._reader.execute(
-                "SELECT * FROM functions WHERE tenant = ? AND function_id = ?",
-                (tenant, function_id),
-            ).fetchone()
-        if row is None:
-            raise FunctionNotFoundError(
-                f"function {function_id!r} not found", metadata={"function_id": function_id}
-            )
-        return _record(row)
+        return _function(self._reader, self._reader_lock, tenant, function_id)
 
     def exists(self, tenant: str, function_id: str) -> bool:
         """True when the tenant has a function of that id."""
@@ -252,6 +234,22 @@ def add_missing_columns(
 def now_ns() -> int:
     """The creation timestamp for new rows."""
     return time.time_ns()
+
+
+def _function(
+    db: sqlite3.Connection, lock: threading.Lock, tenant: str, function_id: str
+) -> FunctionRecord:
+    """The tenant's function of that id, read on `db` under `lock`."""
+    with lock:
+        row = db.execute(
+            "SELECT * FROM functions WHERE tenant = ? AND function_id = ?",
+            (tenant, function_id),
+        ).fetchone()
+    if row is None:
+        raise FunctionNotFoundError(
+            f"function {function_id!r} not found", metadata={"function_id": function_id}
+        )
+    return _record(row)
 
 
 def _record(row: tuple[str, str, str, int, str, int, bytes]) -> FunctionRecord:
