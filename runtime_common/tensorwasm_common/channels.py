@@ -8,6 +8,8 @@ from tensorwasm.common.v1.service_token import token_metadata
 from tensorwasm_common.rpc_tracing import TracedChannel
 
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
+# The gateway's id of a call, sent on to the executor (and back to the caller).
+REQUEST_ID_KEY = "x-request-id"
 DEFAULT_TENANT = "default"
 
 

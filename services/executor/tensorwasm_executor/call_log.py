@@ -15,8 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from tensorwasm_common.channels import REQUEST_ID_KEY
 
-REQUEST_ID_KEY = "x-request-id"
 LOGGED_METHODS = frozenset(
     {
         "/tensorwasm.executor.v1.ExecutorService/Invoke",

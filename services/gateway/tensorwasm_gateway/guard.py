@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError
 from opentelemetry import trace
-from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.channels import DEFAULT_TENANT, REQUEST_ID_KEY, TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 
@@ -42,7 +42,7 @@ from tensorwasm_gateway.auth import (
 from tensorwasm_gateway.functions import validate_tenant
 from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS, tenant_label
 from tensorwasm_gateway.ratelimit import ConcurrencyCaps, RateLimiter
-from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, REQUEST_ID_KEY, request_id_from
+from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, request_id_from
 
 AUTHORIZATION_KEY = "authorization"
 FORWARDED_FOR_KEY = "x-forwarded-for"

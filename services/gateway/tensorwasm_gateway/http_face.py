@@ -31,12 +31,12 @@ from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import open_channel
+from tensorwasm_common.channels import REQUEST_ID_KEY, open_channel
 from tensorwasm_common.settings import split_address
 from tensorwasm_common.status import STATUS_DETAILS_KEY
 
 from tensorwasm_gateway.http_server import Request, Response, start_http_server
-from tensorwasm_gateway.request_ids import REQUEST_ID_KEY, request_id_from
+from tensorwasm_gateway.request_ids import request_id_from
 
 FORWARDED = ("authorization", "x-tensorwasm-tenant", "traceparent", REQUEST_ID_KEY)
 _JSON = [("content-type", "application/json")]

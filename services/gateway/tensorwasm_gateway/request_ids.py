@@ -18,7 +18,8 @@ import re
 import uuid
 from collections.abc import Iterable
 
-REQUEST_ID_KEY = "x-request-id"
+from tensorwasm_common.channels import REQUEST_ID_KEY
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # The request id of the call being handled (set by the guard; "" outside a guarded call).
