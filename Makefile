@@ -43,7 +43,7 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-test: setup ## Run the whole test suite (unit, integration, e2e) on the cpu backend
+test: setup guest-toolchain ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
 test-unit: .venv/.synced ## Unit tests only
