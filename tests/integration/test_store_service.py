@@ -23,9 +23,10 @@ from pathlib import Path
 import blake3
 import grpc
 import pytest
+from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
-from tensorwasm_client.stack import health, with_token
+from tensorwasm_client.stack import health
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.errors import ServiceError
@@ -133,7 +134,7 @@ class SnapshotProcess:
         raw = grpc.insecure_channel(
             self.address, options=[("grpc.max_receive_message_length", 64 * MIB)]
         )
-        return with_token(raw, self.token)
+        return with_service_token(raw, self.token)
 
     def aio_channel(self) -> grpc.aio.Channel:
         """An asyncio channel that sends the service token."""

@@ -98,7 +98,7 @@ class LocalStack:
         channel = grpc.insecure_channel(
             self.services()[name].grpc_address, options=list(options.items()) or None
         )
-        return with_token(channel, self.service_token())
+        return with_service_token(channel, self.service_token())
 
     def _ensure_service_token(self) -> None:
         """Creates the token file once (random, 0600); later starts reuse it."""
@@ -292,9 +292,6 @@ def stack_service_token(data_dir: Path) -> str | None:
         return (data_dir / SERVICE_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
-
-
-with_token = with_service_token  # the name the tests and the stack use
 
 
 def _kind(name: str) -> str:
