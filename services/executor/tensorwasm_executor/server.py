@@ -15,16 +15,16 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.call_log import CallLogInterceptor
-from tensorwasm_executor.cuda_host import CudaHost
-from tensorwasm_executor.dispatcher_client import DispatcherClient
-from tensorwasm_executor.images import ImageProvider
-from tensorwasm_executor.instances import InstanceTable
-from tensorwasm_executor.jit_client import JitClient
-from tensorwasm_executor.jit_host import JitHost
-from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.sandbox import Sandbox
+from tensorwasm_executor.gpu.dispatcher_client import DispatcherClient
+from tensorwasm_executor.gpu.host import CudaHost
+from tensorwasm_executor.gpu.jit_client import JitClient
+from tensorwasm_executor.gpu.jit_ops import JitHost
+from tensorwasm_executor.images.image_provider import ImageProvider
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.servicer import ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.wasm.sandbox import Sandbox
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 _log = logging.getLogger(__name__)

@@ -21,14 +21,14 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
-from tensorwasm_executor.cuda_host import CudaHost
-from tensorwasm_executor.images import ImageProvider
-from tensorwasm_executor.instances import InstanceTable
-from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.preinit import InstanceImage
-from tensorwasm_executor.sandbox import CompiledModule, HostState, Outcome, OutputSink, Sandbox
+from tensorwasm_executor.gpu.host import CudaHost
+from tensorwasm_executor.images.image_provider import ImageProvider
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasi import wasi_from_wire
+from tensorwasm_executor.wasm.instance_image import InstanceImage
+from tensorwasm_executor.wasm.sandbox import CompiledModule, HostState, Outcome, OutputSink, Sandbox
 
 _log = logging.getLogger(__name__)
 
