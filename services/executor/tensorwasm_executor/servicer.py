@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.invocation_pb2 import OffloadedExport
+from tensorwasm_common.offload import Declaration
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT
@@ -278,7 +279,10 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         """The new store's host-module state: a `wasi:cuda` session when the module
         imports it or has auto-offloaded exports (made here, on the loop, so that it
         carries the request's trace)."""
-        return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
+        if self._gpu is None:
+            return None
+        declared = [Declaration(o.export_name, o.op, tuple(o.args)) for o in offloads]
+        return self._gpu.state_for(module, tenant, declared)
 
     def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
         """The request's limits, defaulted and clamped to this executor's ceilings."""

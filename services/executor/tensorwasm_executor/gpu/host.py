@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm_common.errors import ServiceError
+from tensorwasm_common.offload import Declaration
 from tensorwasm_common.gpu_abi import EXT_MODULE, MODULE
 
 from tensorwasm_executor.gpu import extension, offload, wasi_cuda
@@ -66,7 +66,7 @@ class CudaHost:
         self,
         module: CompiledModule,
         tenant: str,
-        offloads: Sequence[invocation_pb2.OffloadedExport] = (),
+        offloads: Sequence[Declaration] = (),
     ) -> CudaHostState | None:
         """A new store's state: a session when the module imports `wasi:cuda` or has
         `offloads` (run on the GPU when `offload_jit` is set) and a dispatcher is

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm_common import offload
 from tensorwasm_common.gpu_abi import AbiFailure
 
@@ -51,9 +50,9 @@ class Offload:
 
 
 def plan(
-    module: CompiledModule, declared: Sequence[invocation_pb2.OffloadedExport]
+    module: CompiledModule, declared: Sequence[offload.Declaration]
 ) -> dict[str, Offload]:
-    """The offloads of a call, checked again against the compiled module.
+    """The offloads of a call, checked again (as received) against the compiled module.
 
     Raises:
         OffloadDeclarationMalformedError, OffloadOpUnknownError,
