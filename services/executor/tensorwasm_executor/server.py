@@ -19,6 +19,7 @@ from tensorwasm_executor.gpu.dispatcher_client import DispatcherClient
 from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.gpu.jit_client import JitClient
 from tensorwasm_executor.gpu.jit_ops import JitHost
+from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.instances.table import InstanceTable
@@ -118,14 +119,17 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     pb_grpc.add_ExecutorServiceServicer_to_server(
         ExecutorServicer(
-            settings,
-            sandbox,
-            modules,
-            workers,
-            admission=admission,
-            instances=instances,
-            gpu=gpu,
-            images=images,
+            GuestCalls(
+                settings,
+                sandbox,
+                modules,
+                workers,
+                admission=admission,
+                instances=instances,
+                gpu=gpu,
+                images=images,
+            ),
+            guest_dirs_root=settings.guest_dirs_root,
         ),
         host.server,
     )

@@ -49,9 +49,7 @@ class Offload:
     returns_i32: bool
 
 
-def plan(
-    module: CompiledModule, declared: Sequence[offload.Declaration]
-) -> dict[str, Offload]:
+def plan(module: CompiledModule, declared: Sequence[offload.Declaration]) -> dict[str, Offload]:
     """The offloads of a call, checked again (as received) against the compiled module.
 
     Raises:

@@ -19,6 +19,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.errors import ExportNotFoundError
+from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.servicer import OUTPUT_CHUNK_BYTES, ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
@@ -277,9 +278,10 @@ class BlockingSandbox:
 def _servicer(sandbox: Any, module: Any, admission: Admission, workers: ThreadPoolExecutor) -> Any:
     settings = ExecutorSettings()
     instances = InstanceTable(max_instances=4, max_per_tenant=2)
-    return ExecutorServicer(
+    calls = GuestCalls(
         settings, sandbox, FakeModules(module), workers, admission=admission, instances=instances
     )
+    return ExecutorServicer(calls, guest_dirs_root=None)
 
 
 def _request(export: str, *, timeout_seconds: int = 0, tenant: str = "acme") -> Any:
