@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
@@ -95,14 +95,15 @@ class Prepared:
 
 
 class GuestCalls:
-    """Runs guest calls and live instances under admission, on the worker pool."""
+    """Runs guest calls and live instances under admission, on the fair worker pool
+    (`scheduling.FairPool`: per-tenant queues, a running share per tenant)."""
 
     def __init__(
         self,
         settings: ExecutorSettings,
         sandbox: Sandbox,
         modules: ModuleProvider,
-        workers: ThreadPoolExecutor,
+        workers: FairPool,
         *,
         admission: Admission,
         instances: InstanceTable,
@@ -124,7 +125,7 @@ class GuestCalls:
 
     async def prepare(self, module_digest: str, init_export: str, tenant: str) -> Prepared:
         """Compiles (or finds) a module and, with `init_export`, its pre-initialised image."""
-        module, cache_hit = await self._modules.get(module_digest)
+        module, cache_hit = await self._modules.get(module_digest, tenant)
         image = await self._image(module, init_export, tenant)
         return Prepared(module.exports, cache_hit, image)
 
@@ -148,10 +149,11 @@ class GuestCalls:
         tenant = invocation.tenant
         slot = self._admission.acquire(tenant)
         try:
-            module, _ = await self._modules.get(invocation.module_digest)
+            module, _ = await self._modules.get(invocation.module_digest, tenant)
             image = await self._image(module, invocation.init_export, tenant)
             limits = self.limits(invocation.limits)
             future = self._workers.submit(
+                tenant,
                 self._sandbox.invoke,
                 module,
                 invocation.export_name,
@@ -179,7 +181,7 @@ class GuestCalls:
         tenant = spec.tenant
         ttl = self.idle_ttl(spec.idle_ttl_seconds)
         limits = self.limits(spec.limits)
-        module, _ = await self._modules.get(spec.module_digest)
+        module, _ = await self._modules.get(spec.module_digest, tenant)
         image = await self._image(module, spec.init_export, tenant)
         reservation = self._instances.reserve(tenant)
         host_state = self._host_state(module, tenant, spec.offloads)
@@ -206,7 +208,7 @@ class GuestCalls:
         except BaseException:
             reservation.release()
             raise
-        future = self._workers.submit(create)
+        future = self._workers.submit(tenant, create)
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
         instance_id, outcome = await asyncio.wrap_future(future)
@@ -223,7 +225,7 @@ class GuestCalls:
             raise
         try:
             future = self._workers.submit(
-                live.resident.call, call.export_name, call.args, cancel=cancel,
+                call.tenant, live.resident.call, call.export_name, call.args, cancel=cancel,
                 timeout_seconds=limits.timeout_seconds,
                 max_output_bytes=limits.max_output_bytes, fuel=limits.fuel,
             )  # fmt: skip

@@ -23,6 +23,7 @@ from tensorwasm_common.files import write_atomically
 
 from tensorwasm_executor.errors import ImageFormatError
 from tensorwasm_executor.images.capture import capture_image
+from tensorwasm_executor.scheduling import FairPool, pool_for
 from tensorwasm_executor.wasm.instance_image import (
     InstanceImage,
     decode_image,
@@ -78,7 +79,7 @@ class ImageProvider:
         self,
         sandbox: Sandbox,
         fetch: FetchBlob,
-        pool: Executor,
+        pool: Executor | FairPool,
         *,
         image_dir: Path | None = None,
         records: ImageRecords | None = None,
@@ -140,29 +141,30 @@ class ImageProvider:
         self, module: CompiledModule, init_export: str, tenant: str
     ) -> InstanceImage:
         loop = asyncio.get_running_loop()
+        pool = pool_for(self._pool, tenant)  # init runs as the tenant's work
         path = self.image_path(module.digest, init_export)
-        image = await loop.run_in_executor(self._pool, self._read_file, path)
+        image = await loop.run_in_executor(pool, self._read_file, path)
         if image is not None:
             self.loaded_from_file += 1
             return image
         payload = await self._from_store(module.digest, init_export, tenant)
         if payload is not None:
-            image = await loop.run_in_executor(self._pool, self._keep, path, payload)
+            image = await loop.run_in_executor(pool, self._keep, path, payload)
             if image is not None:
                 self.loaded_from_store += 1
                 return image
         wasm = await self._fetch(module.digest)
         image = await loop.run_in_executor(
-            self._pool, capture_image, self._sandbox, module, wasm, init_export
+            pool, capture_image, self._sandbox, module, wasm, init_export
         )
         self.captured += 1
         _log.info(
             "init %r of %s ran in %.1f ms; image of %d bytes",
             init_export, module.digest[:12], image.init_seconds * 1e3, image.memory_bytes,
         )  # fmt: skip
-        payload = await loop.run_in_executor(self._pool, encode_image, image)
+        payload = await loop.run_in_executor(pool, encode_image, image)
         await self._to_store(module.digest, init_export, tenant, payload)
-        kept = await loop.run_in_executor(self._pool, self._keep, path, payload)
+        kept = await loop.run_in_executor(pool, self._keep, path, payload)
         return kept or image
 
     def _read_file(self, path: Path | None) -> InstanceImage | None:

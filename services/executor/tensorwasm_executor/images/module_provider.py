@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.digests import is_digest
 from tensorwasm_common.errors import InvalidArgumentError, ServiceError
 from tensorwasm_common.files import write_atomically
@@ -20,6 +21,7 @@ from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
 from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 
 from tensorwasm_executor.errors import InvalidWasmError
+from tensorwasm_executor.scheduling import FairPool, pool_for
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
 
 FetchBlob = Callable[[str], Awaitable[bytes]]
@@ -36,7 +38,7 @@ class ModuleProvider:
         self,
         sandbox: Sandbox,
         fetch: FetchBlob,
-        compile_pool: Executor,
+        compile_pool: Executor | FairPool,
         *,
         artifact_dir: Path | None = None,
         snapshots: SnapshotClient | None = None,
@@ -58,8 +60,12 @@ class ModuleProvider:
         """Where the compiled artifact of `digest` is kept (None: no artifact directory)."""
         return None if self._artifacts is None else self._artifacts / f"{digest}.cwasm"
 
-    async def get(self, digest: str) -> tuple[CompiledModule, bool]:
-        """The compiled module for `digest` and whether it came from the cache."""
+    async def get(self, digest: str, tenant: str = DEFAULT_TENANT) -> tuple[CompiledModule, bool]:
+        """The compiled module for `digest` and whether it came from the cache.
+
+        Loading and compiling run on the compile pool as `tenant`'s work: with a
+        `FairPool`, one tenant's large compile does not hold back another's.
+        """
         if not is_digest(digest):
             raise InvalidArgumentError(
                 "module_digest must be 64 lowercase hex digits",
@@ -76,14 +82,13 @@ class ModuleProvider:
         self._inflight[digest] = future
         try:
             loop = asyncio.get_running_loop()
-            loaded = await loop.run_in_executor(self._pool, self._load_artifact, digest)
+            pool = pool_for(self._pool, tenant)
+            loaded = await loop.run_in_executor(pool, self._load_artifact, digest)
             if loaded is None:
-                loaded = await self._restore(digest)
+                loaded = await self._restore(digest, pool)
             if loaded is None:
                 wasm = await self._fetch(digest)
-                module, artifact = await loop.run_in_executor(
-                    self._pool, self._compile, digest, wasm
-                )
+                module, artifact = await loop.run_in_executor(pool, self._compile, digest, wasm)
                 await self._share(digest, artifact)
             else:
                 module = loaded
@@ -109,7 +114,7 @@ class ModuleProvider:
             path.unlink(missing_ok=True)
             return None
 
-    async def _restore(self, digest: str) -> CompiledModule | None:
+    async def _restore(self, digest: str, pool: Executor) -> CompiledModule | None:
         """The module from the store's artifact of this engine fingerprint, via the local
         file; None (and the caller compiles) when there is none, it is of another
         fingerprint, the store fails, or wasmtime refuses it."""
@@ -133,8 +138,8 @@ class ModuleProvider:
             _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
             return None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, write_atomically, path, payload)
-        module = await loop.run_in_executor(self._pool, self._load_artifact, digest)
+        await loop.run_in_executor(pool, write_atomically, path, payload)
+        module = await loop.run_in_executor(pool, self._load_artifact, digest)
         if module is not None:
             self.restored += 1
         return module

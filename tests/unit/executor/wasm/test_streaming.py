@@ -9,7 +9,6 @@ import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.servicer import OUTPUT_CHUNK_BYTES, ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Outcome, Sandbox
@@ -252,7 +252,7 @@ class FakeModules:
     def __init__(self, module: CompiledModule) -> None:
         self.module = module
 
-    async def get(self, digest: str) -> tuple[CompiledModule, bool]:
+    async def get(self, digest: str, tenant: str = "") -> tuple[CompiledModule, bool]:
         return self.module, True
 
 
@@ -275,7 +275,7 @@ class BlockingSandbox:
         return Outcome((), None, b"", b"", False, False, 0.0)
 
 
-def _servicer(sandbox: Any, module: Any, admission: Admission, workers: ThreadPoolExecutor) -> Any:
+def _servicer(sandbox: Any, module: Any, admission: Admission, workers: FairPool) -> Any:
     settings = ExecutorSettings()
     instances = InstanceTable(max_instances=4, max_per_tenant=2)
     calls = GuestCalls(
@@ -301,14 +301,14 @@ async def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> Non
 
 
 @pytest.fixture
-def workers() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(2, thread_name_prefix="test-guest")
+def workers() -> Iterator[FairPool]:
+    pool = FairPool(2, 2, thread_name_prefix="test-guest")
     yield pool
-    pool.shutdown(wait=True)
+    pool.shutdown()
 
 
 def test_invoke_stream_yields_chunks_then_the_outcome(
-    sandbox: Sandbox, stream: CompiledModule, workers: ThreadPoolExecutor
+    sandbox: Sandbox, stream: CompiledModule, workers: FairPool
 ) -> None:
     admission = Admission(max_in_flight=4, max_per_tenant=2)
     servicer = _servicer(sandbox, stream, admission, workers)
@@ -332,7 +332,7 @@ def test_invoke_stream_yields_chunks_then_the_outcome(
     assert admission.in_flight == 0
 
 
-def test_a_large_write_is_split_into_bounded_chunks(workers: ThreadPoolExecutor) -> None:
+def test_a_large_write_is_split_into_bounded_chunks(workers: FairPool) -> None:
     class BigWriter:
         def invoke(self, module: object, export: str, args: object, **options: Any) -> Outcome:
             options["on_output"]("stderr", b"x" * (2 * OUTPUT_CHUNK_BYTES + 5))
@@ -351,7 +351,7 @@ def test_a_large_write_is_split_into_bounded_chunks(workers: ThreadPoolExecutor)
 
 
 def test_a_request_error_comes_before_any_event_and_frees_the_slot(
-    sandbox: Sandbox, stream: CompiledModule, workers: ThreadPoolExecutor
+    sandbox: Sandbox, stream: CompiledModule, workers: FairPool
 ) -> None:
     admission = Admission(max_in_flight=4, max_per_tenant=2)
     servicer = _servicer(sandbox, stream, admission, workers)
@@ -367,7 +367,7 @@ def test_a_request_error_comes_before_any_event_and_frees_the_slot(
 
 @pytest.mark.parametrize("how", ["aclose", "task-cancel", "rpc-done"])
 def test_leaving_the_stream_cancels_the_guest(
-    sandbox: Sandbox, stream: CompiledModule, workers: ThreadPoolExecutor, how: str
+    sandbox: Sandbox, stream: CompiledModule, workers: FairPool, how: str
 ) -> None:
     admission = Admission(max_in_flight=4, max_per_tenant=2)
     servicer = _servicer(sandbox, stream, admission, workers)
@@ -400,7 +400,7 @@ def test_leaving_the_stream_cancels_the_guest(
     asyncio.run(scenario())
 
 
-def test_the_slot_is_held_until_the_guest_thread_returns(workers: ThreadPoolExecutor) -> None:
+def test_the_slot_is_held_until_the_guest_thread_returns(workers: FairPool) -> None:
     admission = Admission(max_in_flight=4, max_per_tenant=1)
     blocking = BlockingSandbox()
     servicer = _servicer(blocking, object(), admission, workers)
