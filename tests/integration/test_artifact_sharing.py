@@ -14,9 +14,9 @@ import pytest
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
-from tensorwasm_executor.modules import ARTIFACT_TENANT, ModuleProvider
-from tensorwasm_executor.sandbox import Sandbox
-from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_executor.images.module_provider import ARTIFACT_TENANT, ModuleProvider
+from tensorwasm_executor.wasm.sandbox import Sandbox
+from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 from tests.integration.test_store_service import SnapshotProcess
 

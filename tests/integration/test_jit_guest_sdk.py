@@ -58,7 +58,7 @@ def test_jit_example_runs_through_the_stack(
 def test_the_header_declares_the_hosts_signatures(built: dict[str, Path]) -> None:
     """The imports clang made from the header's prototypes have exactly the wasm types the
     executor defines for `tensorwasm:gpu/host@0.1.0` (a mismatch fails instantiation)."""
-    from tensorwasm_executor.jit_host import MODULE, JitHost
+    from tensorwasm_executor.gpu.jit_ops import MODULE, JitHost
 
     engine = wasmtime.Engine()
     linker = wasmtime.Linker(engine)

@@ -109,3 +109,141 @@ def test_no_server_but_the_dispatchers_imports_cuda() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# The edge of each service: the modules that may use grpc and the generated protobuf code,
+# because they translate the wire to and from the domain (server, servicer, converters)
+# or are clients/adapters of another service. Everything else is domain and imports
+# neither. Paths are relative to the service package.
+EDGE: dict[str, frozenset[str]] = {
+    "executor": frozenset(
+        {
+            "__main__.py",
+            "server.py",
+            "servicer.py",
+            "convert.py",  # wire values <-> wasm values
+            "wasi.py",  # the wire's WASI configuration -> WasiOptions
+            "call_log.py",  # a server interceptor
+            "gpu/dispatcher_client.py",  # the dispatcher's client
+            "gpu/jit_client.py",  # the jit cache's client
+            "images/image_provider.py",  # images are snapshot records of the store
+        }
+    ),
+    "gateway": frozenset(),
+    "dispatcher": frozenset(
+        {"__main__.py", "server.py", "servicer.py", "cubin_sharing.py"}  # the jit cache's client
+    ),
+    "snapshot": frozenset({"__main__.py", "server.py", "servicer.py"}),
+    "jit": frozenset({"__main__.py", "server.py", "servicer.py"}),
+}
+WIRE_ROOTS = {"grpc", "grpc_status", "grpc_health", "grpc_reflection", "google"}
+
+
+def _wire_imports(path: Path) -> list[str]:
+    """The grpc and generated-protobuf modules a source file imports."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for name in names:
+            if name.split(".")[0] in WIRE_ROOTS or name.startswith("tensorwasm."):
+                found.append(f"{node.lineno}: {name}")
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_domain_modules_import_neither_grpc_nor_protobuf(service: str) -> None:
+    root = package_dir(service)
+    edge = EDGE[service]
+    assert {p for p in edge if not (root / p).is_file()} == set(), "stale EDGE entries"
+    violations = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root).as_posix() not in edge
+        for line in _wire_imports(path)
+    ]
+    assert violations == []
+
+
+def _module_name(path: Path, src_root: Path) -> str:
+    parts = list(path.relative_to(src_root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (lazy and TYPE_CHECKING included).
+
+    `from pkg.sub import name` depends on `pkg.sub.name` when that is a module, else on
+    `pkg.sub` itself; importing a submodule does not count as depending on its package's
+    `__init__` (a package that re-exports its own modules is not a circle).
+    """
+    src_root = package.parent
+    modules = {_module_name(p, src_root): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    if target in modules:
+                        edges.add(target)
+                    elif node.module in modules:
+                        edges.add(node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph[node]):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+PACKAGES = [package_dir(s) for s in SERVICES] + [
+    ROOT / "runtime_common" / "tensorwasm_common",
+    ROOT / "clients" / "python" / "tensorwasm_client",
+]
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_no_import_circles(package: Path) -> None:
+    assert _cycles(_import_graph(package)) == []
+
+
+def test_the_circle_check_sees_a_circle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -46,7 +46,7 @@ def run_local(
     """
     try:
         from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
-        from tensorwasm_executor.sandbox import Sandbox, WasiOptions
+        from tensorwasm_executor.wasm.sandbox import Sandbox, WasiOptions
     except ImportError:
         raise ArgumentError(
             "tensorwasm run needs the executor package: pip install 'tensorwasm-client[local]'"

@@ -6,8 +6,8 @@ from google.protobuf import duration_pb2
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 
 from tensorwasm_executor.errors import ArgumentMismatchError
-from tensorwasm_executor.sandbox import ExportInfo, Outcome
-from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_executor.wasm.sandbox import ExportInfo, Outcome
+from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 _TO_WIRE_TYPE = {
     ValueType.I32: values_pb2.VALUE_TYPE_I32,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
@@ -15,16 +14,18 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.call_log import CallLogInterceptor
-from tensorwasm_executor.cuda_host import CudaHost
-from tensorwasm_executor.dispatcher_client import DispatcherClient
-from tensorwasm_executor.images import ImageProvider
-from tensorwasm_executor.instances import InstanceTable
-from tensorwasm_executor.jit_client import JitClient
-from tensorwasm_executor.jit_host import JitHost
-from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.sandbox import Sandbox
+from tensorwasm_executor.gpu.dispatcher_client import DispatcherClient
+from tensorwasm_executor.gpu.host import CudaHost
+from tensorwasm_executor.gpu.jit_client import JitClient
+from tensorwasm_executor.gpu.jit_ops import JitHost
+from tensorwasm_executor.guest_calls import GuestCalls
+from tensorwasm_executor.images.image_provider import ImageProvider
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.servicer import ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.wasm.sandbox import Sandbox
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 _log = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ async def serve(settings: ExecutorSettings) -> None:
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit
     )
-    workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="guest")
-    compile_pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
+    workers = FairPool(settings.workers, settings.tenant_running_limit, thread_name_prefix="guest")
+    compile_pool = FairPool(
+        settings.compile_limit, settings.tenant_compile_limit, thread_name_prefix="compile"
+    )
     store_channel = open_channel(
         settings.snapshot_address,
         max_message_bytes=settings.max_message_bytes,
@@ -118,14 +121,17 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     pb_grpc.add_ExecutorServiceServicer_to_server(
         ExecutorServicer(
-            settings,
-            sandbox,
-            modules,
-            workers,
-            admission=admission,
-            instances=instances,
-            gpu=gpu,
-            images=images,
+            GuestCalls(
+                settings,
+                sandbox,
+                modules,
+                workers,
+                admission=admission,
+                instances=instances,
+                gpu=gpu,
+                images=images,
+            ),
+            guest_dirs_root=settings.guest_dirs_root,
         ),
         host.server,
     )
@@ -139,8 +145,8 @@ async def serve(settings: ExecutorSettings) -> None:
         for live in instances.drain():
             live.resident.terminate()
         await store_channel.close()
-        workers.shutdown(wait=False, cancel_futures=True)
-        compile_pool.shutdown(wait=False, cancel_futures=True)
+        workers.shutdown(cancel_futures=True)
+        compile_pool.shutdown(cancel_futures=True)
         sandbox.close()
         if dispatcher is not None:
             dispatcher.close()

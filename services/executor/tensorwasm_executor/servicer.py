@@ -1,34 +1,33 @@
-"""ExecutorService: proto <-> sandbox translation; guests run on the worker pool."""
+"""ExecutorService: proto <-> domain translation; the calls themselves are `guest_calls`'."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
-from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm.common.v1.invocation_pb2 import OffloadedExport
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT
-from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+from tensorwasm_common.errors import UnavailableError
+from tensorwasm_common.offload import Declaration
 
-from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
-from tensorwasm_executor.cuda_host import CudaHost
-from tensorwasm_executor.images import ImageProvider
-from tensorwasm_executor.instances import InstanceTable
-from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.preinit import InstanceImage
-from tensorwasm_executor.sandbox import CompiledModule, HostState, Outcome, OutputSink, Sandbox
-from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.guest_calls import (
+    GuestCalls,
+    InstanceCall,
+    InstanceSpec,
+    Invocation,
+    RequestedLimits,
+)
 from tensorwasm_executor.wasi import wasi_from_wire
+from tensorwasm_executor.wasm.values import WasmValue
 
 _log = logging.getLogger(__name__)
 
@@ -41,50 +40,25 @@ _WIRE_STREAMS = {
 
 
 class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
-    """Prepares modules and runs guest calls."""
+    """Prepares modules and runs guest calls: each RPC is translated to a `GuestCalls` call."""
 
-    def __init__(
-        self,
-        settings: ExecutorSettings,
-        sandbox: Sandbox,
-        modules: ModuleProvider,
-        workers: ThreadPoolExecutor,
-        *,
-        admission: Admission,
-        instances: InstanceTable,
-        gpu: CudaHost | None = None,
-        images: ImageProvider | None = None,
-    ) -> None:
-        self._settings = settings
-        self._sandbox = sandbox
-        self._modules = modules
-        self._workers = workers
-        self._admission = admission
-        self._instances = instances
-        self._gpu = gpu
-        self._images = images
+    def __init__(self, calls: GuestCalls, *, guest_dirs_root: Path | None) -> None:
+        self._calls = calls
+        self._guest_dirs_root = guest_dirs_root
 
     async def PrepareModule(
         self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareModuleResponse:
-        module, cache_hit = await self._modules.get(request.module_digest)
-        image = await self._image(module, request.init_export, request.tenant)
+        prepared = await self._calls.prepare(
+            request.module_digest, request.init_export, request.tenant or DEFAULT_TENANT
+        )
+        image = prepared.image
         return pb.PrepareModuleResponse(
-            exports=[export_to_wire(e) for e in module.exports],
-            engine_fingerprint=self._sandbox.engine_fingerprint,
-            cache_hit=cache_hit,
+            exports=[export_to_wire(e) for e in prepared.exports],
+            engine_fingerprint=self._calls.engine_fingerprint,
+            cache_hit=prepared.cache_hit,
             image_memory_bytes=image.memory_bytes if image is not None else 0,
         )
-
-    async def _image(
-        self, module: CompiledModule, init_export: str, tenant: str
-    ) -> InstanceImage | None:
-        """The module's pre-initialised image after `init_export` (None: no init export)."""
-        if not init_export:
-            return None
-        if self._images is None:
-            raise UnavailableError("this executor does not pre-initialise instances")
-        return await self._images.get(module, init_export, tenant or DEFAULT_TENANT)
 
     async def Invoke(
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
@@ -92,52 +66,28 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         """Runs one call; a client that cancels (or whose deadline passes) stops the guest."""
         cancel = threading.Event()
         context.add_done_callback(lambda _: cancel.set())
-        future = await self._start(request, cancel=cancel)
-        outcome = await _outcome(future, cancel)
+        outcome = await self._calls.invoke(self._invocation(request), cancel)
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
 
     async def CreateInstance(
         self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateInstanceResponse:
-        """Instantiates on a worker; the instance is registered there, so one whose
-        client went away mid-creation is still owned by the table (and expires)."""
         tenant = request.tenant or DEFAULT_TENANT
-        wasi = wasi_from_wire(
-            request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
+        spec = InstanceSpec(
+            tenant=tenant,
+            module_digest=request.module_digest,
+            stdin=request.stdin,
+            wasi=wasi_from_wire(request.wasi, tenant=tenant, guest_dirs_root=self._guest_dirs_root),
+            limits=limits_from_wire(request.limits),
+            init_export=request.init_export,
+            offloads=offloads_from_wire(request.offloads),
+            idle_ttl_seconds=(
+                request.idle_ttl.ToTimedelta().total_seconds()
+                if request.HasField("idle_ttl")
+                else None
+            ),
         )
-        ttl = self._idle_ttl(request)
-        limits = self._limits(request.limits)
-        module, _ = await self._modules.get(request.module_digest)
-        image = await self._image(module, request.init_export, tenant)
-        reservation = self._instances.reserve(tenant)
-        host_state = self._host_state(module, tenant, request.offloads)
-
-        def create() -> tuple[str, Outcome]:
-            try:
-                resident, outcome = self._sandbox.spawn(
-                    module, stdin=request.stdin, wasi=wasi,
-                    timeout_seconds=limits["timeout_seconds"],
-                    max_output_bytes=limits["max_output_bytes"],
-                    max_memory_bytes=limits["max_memory_bytes"],
-                    host_state=host_state, image=image,
-                )  # fmt: skip
-            except BaseException:
-                reservation.release()
-                raise
-            if resident is None:
-                reservation.release()
-                return "", outcome
-            return reservation.commit(resident, module.digest, ttl).id, outcome
-
-        try:
-            slot = self._admission.acquire(tenant)
-        except BaseException:
-            reservation.release()
-            raise
-        future = self._workers.submit(create)
-        future.add_done_callback(lambda _: slot.release())
-        future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
-        instance_id, outcome = await asyncio.wrap_future(future)
+        instance_id, outcome, ttl = await self._calls.create_instance(spec)
         response = pb.CreateInstanceResponse(
             instance_id=instance_id, outcome=outcome_to_wire(outcome)
         )
@@ -147,51 +97,23 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def CallInstance(
         self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CallInstanceResponse:
-        tenant = request.tenant or DEFAULT_TENANT
-        live = self._instances.checkout(request.instance_id, tenant)
         cancel = threading.Event()
         context.add_done_callback(lambda _: cancel.set())
-        try:
-            args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
-            limits = self._limits(request.limits)
-            del limits["max_memory_bytes"]  # the instance's, fixed at creation
-            slot = self._admission.acquire(tenant)
-        except BaseException:
-            self._instances.checkin(live)
-            raise
-        try:
-            future = self._workers.submit(
-                live.resident.call, request.export_name, args, cancel=cancel, **limits
-            )
-        except BaseException:
-            slot.release()
-            self._instances.checkin(live)
-            raise
-        future.add_done_callback(lambda _: slot.release())
-        future.add_done_callback(lambda _: self._instances.checkin(live))
-        outcome = await _outcome(future, cancel)
+        call = InstanceCall(
+            tenant=request.tenant or DEFAULT_TENANT,
+            instance_id=request.instance_id,
+            export_name=request.export_name,
+            args=args_from_wire(request.args),
+            limits=limits_from_wire(request.limits),
+        )
+        outcome = await self._calls.call_instance(call, cancel)
         return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
 
     async def DeleteInstance(
         self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteInstanceResponse:
-        """Unregisters at once; a running call is stopped and waited for off the loop."""
-        live = self._instances.remove(request.instance_id, request.tenant or DEFAULT_TENANT)
-        await asyncio.get_running_loop().run_in_executor(None, live.resident.terminate)
+        await self._calls.delete_instance(request.instance_id, request.tenant or DEFAULT_TENANT)
         return pb.DeleteInstanceResponse()
-
-    def _idle_ttl(self, request: pb.CreateInstanceRequest) -> float:
-        settings = self._settings
-        ttl = settings.instance_idle_ttl_seconds
-        if request.HasField("idle_ttl"):
-            requested = request.idle_ttl.ToTimedelta().total_seconds()
-            if requested < 0:
-                raise InvalidArgumentError(
-                    "idle_ttl must not be negative", metadata={"field": "idle_ttl"}
-                )
-            if requested > 0:
-                ttl = min(requested, settings.max_instance_idle_ttl_seconds)
-        return ttl
 
     async def InvokeStream(
         self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
@@ -212,7 +134,8 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             _post(loop, events.put_nowait, (stream, data))
 
         context.add_done_callback(lambda _: cancel.set())
-        future = await self._start(request.invocation, on_output=on_output, cancel=cancel)
+        invocation = self._invocation(request.invocation)
+        future = await self._calls.start(invocation, on_output=on_output, cancel=cancel)
         future.add_done_callback(lambda _: _post(loop, events.put_nowait, None))
         try:
             while (event := await events.get()) is not None:
@@ -231,91 +154,39 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             cancel.set()  # a no-op once the guest has returned
             future.cancel()  # a guest still queued for a worker never starts
 
-    async def _start(
-        self,
-        request: pb.InvokeRequest,
-        *,
-        on_output: OutputSink | None = None,
-        cancel: threading.Event | None = None,
-    ) -> concurrent.futures.Future[Outcome]:
-        """Admits the call and submits the guest to the worker pool.
-
-        The admission slot is released when the guest thread finishes (or the queued
-        call is cancelled), not when the handler returns, so a call whose client went
-        away keeps counting until its guest has really stopped.
-        """
+    def _invocation(self, request: pb.InvokeRequest) -> Invocation:
         tenant = request.tenant or DEFAULT_TENANT
-        slot = self._admission.acquire(tenant)
-        try:
-            module, _ = await self._modules.get(request.module_digest)
-            image = await self._image(module, request.init_export, tenant)
-            args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
-            wasi = wasi_from_wire(
-                request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
-            )
-            future = self._workers.submit(
-                self._sandbox.invoke,
-                module,
-                request.export_name,
-                args,
-                stdin=request.stdin,
-                wasi=wasi,
-                on_output=on_output,
-                cancel=cancel,
-                host_state=self._host_state(module, tenant, request.offloads),
-                image=image,
-                **self._limits(request.limits),
-            )
-        except BaseException:
-            slot.release()
-            raise
-        future.add_done_callback(lambda _: slot.release())
-        return future
-
-    def _host_state(
-        self, module: CompiledModule, tenant: str, offloads: Sequence[OffloadedExport] = ()
-    ) -> HostState | None:
-        """The new store's host-module state: a `wasi:cuda` session when the module
-        imports it or has auto-offloaded exports (made here, on the loop, so that it
-        carries the request's trace)."""
-        return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
-
-    def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
-        """The request's limits, defaulted and clamped to this executor's ceilings."""
-        settings = self._settings
-        timeout = settings.default_timeout_seconds
-        if limits.HasField("timeout"):
-            requested = limits.timeout.ToTimedelta().total_seconds()
-            if requested > 0:
-                timeout = min(requested, settings.max_timeout_seconds)
-        for field in ("max_output_bytes", "max_memory_bytes"):
-            if getattr(limits, field) < 0:
-                raise InvalidArgumentError(
-                    f"limits.{field} must not be negative", metadata={"field": f"limits.{field}"}
-                )
-        max_output = limits.max_output_bytes or settings.max_output_bytes
-        return {
-            "timeout_seconds": timeout,
-            "max_output_bytes": min(max_output, settings.max_output_bytes),
-            "fuel": limits.fuel or None,
-            "max_memory_bytes": limits.max_memory_bytes or None,
-        }
+        return Invocation(
+            tenant=tenant,
+            module_digest=request.module_digest,
+            export_name=request.export_name,
+            args=args_from_wire(request.args),
+            stdin=request.stdin,
+            wasi=wasi_from_wire(request.wasi, tenant=tenant, guest_dirs_root=self._guest_dirs_root),
+            limits=limits_from_wire(request.limits),
+            init_export=request.init_export,
+            offloads=offloads_from_wire(request.offloads),
+        )
 
 
-async def _outcome(future: concurrent.futures.Future[Outcome], cancel: threading.Event) -> Outcome:
-    """Awaits a guest call; if the handler is cancelled, the guest is stopped too."""
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        cancel.set()
-        future.cancel()  # a call still queued for a worker never starts
-        raise
+def args_from_wire(args: Sequence[values_pb2.Value]) -> list[WasmValue]:
+    return [value_from_wire(v, i) for i, v in enumerate(args)]
 
 
-def _if_cancelled(future: concurrent.futures.Future[Any], action: Callable[[], None]) -> None:
-    """Runs `action` when `future` was cancelled before it ran."""
-    if future.cancelled():
-        action()
+def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> RequestedLimits:
+    """The request's limits; a zero (unset) field is None."""
+    return RequestedLimits(
+        timeout_seconds=(
+            limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else None
+        ),
+        max_output_bytes=limits.max_output_bytes or None,
+        fuel=limits.fuel or None,
+        max_memory_bytes=limits.max_memory_bytes or None,
+    )
+
+
+def offloads_from_wire(offloads: Sequence[invocation_pb2.OffloadedExport]) -> list[Declaration]:
+    return [Declaration(o.export_name, o.op, tuple(o.args)) for o in offloads]
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:

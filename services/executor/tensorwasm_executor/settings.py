@@ -16,7 +16,16 @@ class ExecutorSettings(ServerSettings):
 
     listen_address: str = "127.0.0.1:50052"
     snapshot_address: str = "127.0.0.1:50054"
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
+    # Guest threads: independent of the CPU count, so that tenants below their running
+    # share always find a free worker (guests run in wasmtime, outside the GIL).
+    workers: int = dataclasses.field(default_factory=lambda: max(8, 4 * (os.cpu_count() or 2)))
+    # Guests one tenant may run at once (0: half the CPUs, at least 1, below `workers`);
+    # its further admitted calls wait in its own queue (scheduling.FairPool).
+    max_running_per_tenant: int = 0
+    # Threads that load and compile modules and capture images (0: the CPU count, at
+    # least 2), and how many of them one tenant may hold (0: half, at least 1).
+    compile_workers: int = 0
+    max_compiles_per_tenant: int = 0
     default_timeout_seconds: float = 10.0
     max_timeout_seconds: float = 300.0
     max_output_bytes: int = 1 << 20
@@ -66,6 +75,23 @@ class ExecutorSettings(ServerSettings):
         return self.max_in_flight or 2 * self.workers
 
     @property
+    def tenant_running_limit(self) -> int:
+        """Guests one tenant may run at once; the rest of its calls wait their turn."""
+        if self.max_running_per_tenant:
+            return self.max_running_per_tenant
+        return max(1, min(self.workers - 1, (os.cpu_count() or 2) // 2))
+
+    @property
+    def compile_limit(self) -> int:
+        """Threads of the compile pool."""
+        return self.compile_workers or max(2, os.cpu_count() or 2)
+
+    @property
+    def tenant_compile_limit(self) -> int:
+        """Compile threads one tenant may hold at once."""
+        return self.max_compiles_per_tenant or max(1, self.compile_limit // 2)
+
+    @property
     def tenant_in_flight_limit(self) -> int:
         """Calls one tenant may have admitted at once."""
         return self.max_in_flight_per_tenant or max(1, self.in_flight_limit // 2)
@@ -77,16 +103,13 @@ class ExecutorSettings(ServerSettings):
         except SettingsError as exc:
             raise SettingsError(f"snapshot_address: {exc}") from None
         self._check_gpu()
-        if self.workers <= 0:
-            raise SettingsError("workers: must be positive")
+        self._check_scheduling()
         if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
         if self.image_cache_entries <= 0:
             raise SettingsError("image_cache_entries: must be positive")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
             raise SettingsError("max_output_bytes and module_cache_entries must be positive")
-        if self.max_in_flight < 0 or self.max_in_flight_per_tenant < 0:
-            raise SettingsError("max_in_flight and max_in_flight_per_tenant must be >= 0")
         if self.max_memory_bytes < 1 << 16 or self.max_table_elements < 0:
             raise SettingsError("max_memory_bytes: at least one wasm page (65536)")
         if self.max_instances <= 0 or self.max_instances_per_tenant <= 0:
@@ -99,6 +122,16 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("instance_sweep_seconds: must be positive")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")
+
+    def _check_scheduling(self) -> None:
+        if self.workers <= 0:
+            raise SettingsError("workers: must be positive")
+        if self.max_in_flight < 0 or self.max_in_flight_per_tenant < 0:
+            raise SettingsError("max_in_flight and max_in_flight_per_tenant must be >= 0")
+        if self.compile_workers < 0 or self.max_compiles_per_tenant < 0:
+            raise SettingsError("compile_workers and max_compiles_per_tenant must be >= 0")
+        if not 0 <= self.max_running_per_tenant <= self.workers:
+            raise SettingsError("max_running_per_tenant: must be in [0, workers]")
 
     def _check_gpu(self) -> None:
         if self.dispatcher_address:

@@ -3,7 +3,7 @@
 For each payload size N (1 MiB and 16 MiB harness-timed; 128 MiB self-timed, see
 `tests.bench.selftimed`), in the same run:
 
-- `cold_start/capture/<N>`: `Sandbox.capture_image` of a module whose init fills its N-byte
+- `cold_start/capture/<N>`: `images.capture_image` of a module whose init fills its N-byte
   memory, then `encode_image` (the payload a snapshot record stores); anchor
   `wasmtime/serialize/<N>`: `Module.serialize()` of a module with an N-byte data segment.
 - `cold_start/restore/<N>`: restore from the executor's local cache, as `ImageProvider`
@@ -36,9 +36,11 @@ from typing import Any
 
 import wasmtime
 from tensorwasm_common.files import write_atomically
-from tensorwasm_executor import preinit, rawcall
-from tensorwasm_executor.sandbox import CompiledModule, Sandbox
-from tensorwasm_executor.values import WasmValue
+from tensorwasm_executor.images.capture import capture_image
+from tensorwasm_executor.wasm import instance_image as preinit
+from tensorwasm_executor.wasm import rawcall
+from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
+from tensorwasm_executor.wasm.values import WasmValue
 
 from tests.bench.harness import Benchmark, RunConfig, group
 from tests.bench.selftimed import Tier, as_params, run_self_timed
@@ -112,7 +114,7 @@ class _Sized:
         self.wasm = sized_module(size, data=None)
         self.module = sandbox.compile(f"{size:064x}", self.wasm)
         self.sandbox = sandbox
-        self.image = sandbox.capture_image(self.module, self.wasm, "init")
+        self.image = capture_image(sandbox, self.module, self.wasm, "init")
         self.payload = preinit.encode_image(self.image)
         self.image_path = workdir / f"image-{size}.twimg"
         self.image_path.write_bytes(self.payload)
@@ -128,7 +130,7 @@ class _Sized:
         self.linker = wasmtime.Linker(engine)
 
     def capture(self) -> bytes:
-        return preinit.encode_image(self.sandbox.capture_image(self.module, self.wasm, "init"))
+        return preinit.encode_image(capture_image(self.sandbox, self.module, self.wasm, "init"))
 
     def _instantiate_with(self, image: preinit.InstanceImage) -> None:
         store = wasmtime.Store(self.engine)
@@ -234,7 +236,7 @@ class _Sized:
 
 
 def _first_call_benchmarks(sandbox: Sandbox, module: CompiledModule, wasm: bytes) -> list[Any]:
-    image = sandbox.capture_image(module, wasm, "wizer.initialize")
+    image = capture_image(sandbox, module, wasm, "wizer.initialize")
     args = (WasmValue.i32(1000),)
 
     def first_call(from_image: bool) -> object:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from tensorwasm_executor import rawcall
-from tensorwasm_executor.sandbox import ENGINE_FLAGS, CompiledModule, Outcome, Sandbox
-from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_executor.wasm import rawcall
+from tensorwasm_executor.wasm.sandbox import ENGINE_FLAGS, CompiledModule, Outcome, Sandbox
+from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 from tests.bench.harness import Benchmark, RunConfig, group, summarize
 from tests.bench.selftimed import Reported, Tier, as_params, run_self_timed

@@ -27,9 +27,9 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm_common.blob_client import CHUNK_BYTES, BlobClient
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.snapshot_client import SnapshotClient
-from tensorwasm_executor.modules import ModuleProvider
-from tensorwasm_executor.sandbox import CompiledModule, Sandbox
-from tensorwasm_executor.values import ValueType, WasmValue
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
+from tensorwasm_executor.wasm.values import ValueType, WasmValue
 from tensorwasm_snapshot.blobstore import BlobStore, Codec
 from tensorwasm_snapshot.record_format import PayloadEncoder, RecordMeta
 

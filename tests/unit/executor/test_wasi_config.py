@@ -9,8 +9,8 @@ import pytest
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm_common.errors import Code
 from tensorwasm_common.wasi_config import InvalidWasiConfigError
-from tensorwasm_executor.sandbox import NO_WASI_OPTIONS
 from tensorwasm_executor.wasi import DirectoryNotGrantedError, wasi_from_wire
+from tensorwasm_executor.wasm.sandbox import NO_WASI_OPTIONS
 
 
 @pytest.fixture

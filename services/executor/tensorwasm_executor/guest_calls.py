@@ -1,0 +1,329 @@
+"""The executor's domain service: admits guest calls, runs them on the worker pool, and owns
+live instances' reservations and the cancellation of calls whose caller went away.
+
+The servicer translates the wire into the typed requests here (`Invocation`,
+`InstanceSpec`, `InstanceCall`) and the outcomes back; everything a call decides between
+the two (its limits, its admission slot, its worker, its instance reservation, what a
+cancelled caller stops) happens in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+from tensorwasm_common.offload import Declaration
+
+from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.gpu.host import CudaHost
+from tensorwasm_executor.images.image_provider import ImageProvider
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.scheduling import FairPool
+from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
+from tensorwasm_executor.wasm.host_modules import HostState
+from tensorwasm_executor.wasm.instance_image import InstanceImage
+from tensorwasm_executor.wasm.outcomes import Outcome
+from tensorwasm_executor.wasm.sandbox import Sandbox
+from tensorwasm_executor.wasm.values import WasmValue
+
+
+@dataclass(frozen=True)
+class RequestedLimits:
+    """A call's limits as asked for; None (or 0 on the wire): this executor's default."""
+
+    timeout_seconds: float | None = None
+    max_output_bytes: int | None = None
+    fuel: int | None = None
+    max_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call of an export in a fresh instance."""
+
+    tenant: str
+    module_digest: str
+    export_name: str
+    args: Sequence[WasmValue] = ()
+    stdin: bytes = b""
+    wasi: WasiOptions = NO_WASI_OPTIONS
+    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    init_export: str = ""
+    offloads: Sequence[Declaration] = ()
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """A live instance to create: its module, WASI, limits and idle TTL (None: default)."""
+
+    tenant: str
+    module_digest: str
+    stdin: bytes = b""
+    wasi: WasiOptions = NO_WASI_OPTIONS
+    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    init_export: str = ""
+    offloads: Sequence[Declaration] = ()
+    idle_ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class InstanceCall:
+    """One call of an export on a live instance (its memory limit was fixed at creation)."""
+
+    tenant: str
+    instance_id: str
+    export_name: str
+    args: Sequence[WasmValue] = ()
+    limits: RequestedLimits = field(default_factory=RequestedLimits)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A module compiled (or found) for this executor, and its image when it has one."""
+
+    exports: Sequence[ExportInfo]
+    cache_hit: bool
+    image: InstanceImage | None
+
+
+class GuestCalls:
+    """Runs guest calls and live instances under admission, on the fair worker pool
+    (`scheduling.FairPool`: per-tenant queues, a running share per tenant)."""
+
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        sandbox: Sandbox,
+        modules: ModuleProvider,
+        workers: FairPool,
+        *,
+        admission: Admission,
+        instances: InstanceTable,
+        gpu: CudaHost | None = None,
+        images: ImageProvider | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sandbox = sandbox
+        self._modules = modules
+        self._workers = workers
+        self._admission = admission
+        self._instances = instances
+        self._gpu = gpu
+        self._images = images
+
+    @property
+    def engine_fingerprint(self) -> str:
+        return self._sandbox.engine_fingerprint
+
+    async def prepare(self, module_digest: str, init_export: str, tenant: str) -> Prepared:
+        """Compiles (or finds) a module and, with `init_export`, its pre-initialised image."""
+        module, cache_hit = await self._modules.get(module_digest, tenant)
+        image = await self._image(module, init_export, tenant)
+        return Prepared(module.exports, cache_hit, image)
+
+    async def invoke(self, invocation: Invocation, cancel: threading.Event) -> Outcome:
+        """Runs one call; setting `cancel` (the caller went away) stops the guest."""
+        return await outcome_of(await self.start(invocation, cancel=cancel), cancel)
+
+    async def start(
+        self,
+        invocation: Invocation,
+        *,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> concurrent.futures.Future[Outcome]:
+        """Admits the call and submits the guest to the worker pool.
+
+        The admission slot is released when the guest thread finishes (or the queued
+        call is cancelled), not when the caller returns, so a call whose client went
+        away keeps counting until its guest has really stopped.
+        """
+        tenant = invocation.tenant
+        slot = self._admission.acquire(tenant)
+        try:
+            module, _ = await self._modules.get(invocation.module_digest, tenant)
+            image = await self._image(module, invocation.init_export, tenant)
+            limits = self.limits(invocation.limits)
+            future = self._workers.submit(
+                tenant,
+                self._sandbox.invoke,
+                module,
+                invocation.export_name,
+                invocation.args,
+                stdin=invocation.stdin,
+                wasi=invocation.wasi,
+                on_output=on_output,
+                cancel=cancel,
+                host_state=self._host_state(module, tenant, invocation.offloads),
+                image=image,
+                **_as_options(limits),
+            )
+        except BaseException:
+            slot.release()
+            raise
+        future.add_done_callback(lambda _: slot.release())
+        return future
+
+    async def create_instance(self, spec: InstanceSpec) -> tuple[str, Outcome, float]:
+        """Instantiates on a worker: (instance id, or "" when start failed; outcome; TTL).
+
+        The instance is registered on the worker, so one whose client went away
+        mid-creation is still owned by the table (and expires).
+        """
+        tenant = spec.tenant
+        ttl = self.idle_ttl(spec.idle_ttl_seconds)
+        limits = self.limits(spec.limits)
+        module, _ = await self._modules.get(spec.module_digest, tenant)
+        image = await self._image(module, spec.init_export, tenant)
+        reservation = self._instances.reserve(tenant)
+        host_state = self._host_state(module, tenant, spec.offloads)
+
+        def create() -> tuple[str, Outcome]:
+            try:
+                resident, outcome = self._sandbox.spawn(
+                    module, stdin=spec.stdin, wasi=spec.wasi,
+                    timeout_seconds=limits.timeout_seconds,
+                    max_output_bytes=limits.max_output_bytes,
+                    max_memory_bytes=limits.max_memory_bytes,
+                    host_state=host_state, image=image,
+                )  # fmt: skip
+            except BaseException:
+                reservation.release()
+                raise
+            if resident is None:
+                reservation.release()
+                return "", outcome
+            return reservation.commit(resident, module.digest, ttl).id, outcome
+
+        try:
+            slot = self._admission.acquire(tenant)
+        except BaseException:
+            reservation.release()
+            raise
+        future = self._workers.submit(tenant, create)
+        future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
+        instance_id, outcome = await asyncio.wrap_future(future)
+        return instance_id, outcome, ttl
+
+    async def call_instance(self, call: InstanceCall, cancel: threading.Event) -> Outcome:
+        """Calls an export of a live instance; setting `cancel` stops the guest."""
+        live = self._instances.checkout(call.instance_id, call.tenant)
+        try:
+            limits = self.limits(call.limits)
+            slot = self._admission.acquire(call.tenant)
+        except BaseException:
+            self._instances.checkin(live)
+            raise
+        try:
+            future = self._workers.submit(
+                call.tenant, live.resident.call, call.export_name, call.args, cancel=cancel,
+                timeout_seconds=limits.timeout_seconds,
+                max_output_bytes=limits.max_output_bytes, fuel=limits.fuel,
+            )  # fmt: skip
+        except BaseException:
+            slot.release()
+            self._instances.checkin(live)
+            raise
+        future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(lambda _: self._instances.checkin(live))
+        return await outcome_of(future, cancel)
+
+    async def delete_instance(self, instance_id: str, tenant: str) -> None:
+        """Unregisters at once; a running call is stopped and waited for off the loop."""
+        live = self._instances.remove(instance_id, tenant)
+        await asyncio.get_running_loop().run_in_executor(None, live.resident.terminate)
+
+    def idle_ttl(self, requested: float | None) -> float:
+        """An instance's idle TTL: the default, or the request's up to the cap.
+
+        Raises:
+            InvalidArgumentError: a negative TTL.
+        """
+        settings = self._settings
+        if requested is None or requested == 0:
+            return settings.instance_idle_ttl_seconds
+        if requested < 0:
+            raise InvalidArgumentError(
+                "idle_ttl must not be negative", metadata={"field": "idle_ttl"}
+            )
+        return min(requested, settings.max_instance_idle_ttl_seconds)
+
+    def limits(self, requested: RequestedLimits) -> RequestedLimits:
+        """The request's limits, defaulted and clamped to this executor's ceilings.
+
+        Raises:
+            InvalidArgumentError: a negative output or memory cap.
+        """
+        settings = self._settings
+        for name, value in (
+            ("max_output_bytes", requested.max_output_bytes),
+            ("max_memory_bytes", requested.max_memory_bytes),
+        ):
+            if value is not None and value < 0:
+                raise InvalidArgumentError(
+                    f"limits.{name} must not be negative", metadata={"field": f"limits.{name}"}
+                )
+        timeout = settings.default_timeout_seconds
+        if requested.timeout_seconds is not None and requested.timeout_seconds > 0:
+            timeout = min(requested.timeout_seconds, settings.max_timeout_seconds)
+        max_output = requested.max_output_bytes or settings.max_output_bytes
+        return RequestedLimits(
+            timeout_seconds=timeout,
+            max_output_bytes=min(max_output, settings.max_output_bytes),
+            fuel=requested.fuel or None,
+            max_memory_bytes=requested.max_memory_bytes or None,
+        )
+
+    async def _image(
+        self, module: CompiledModule, init_export: str, tenant: str
+    ) -> InstanceImage | None:
+        """The module's pre-initialised image after `init_export` (None: no init export)."""
+        if not init_export:
+            return None
+        if self._images is None:
+            raise UnavailableError("this executor does not pre-initialise instances")
+        return await self._images.get(module, init_export, tenant)
+
+    def _host_state(
+        self, module: CompiledModule, tenant: str, offloads: Sequence[Declaration]
+    ) -> HostState | None:
+        """The new store's host-module state: a `wasi:cuda` session when the module
+        imports it or has auto-offloaded exports (made here, on the loop, so that it
+        carries the request's trace)."""
+        return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
+
+
+def _as_options(limits: RequestedLimits) -> dict[str, Any]:
+    return {
+        "timeout_seconds": limits.timeout_seconds,
+        "max_output_bytes": limits.max_output_bytes,
+        "fuel": limits.fuel,
+        "max_memory_bytes": limits.max_memory_bytes,
+    }
+
+
+async def outcome_of(
+    future: concurrent.futures.Future[Outcome], cancel: threading.Event
+) -> Outcome:
+    """Awaits a guest call; if the caller is cancelled, the guest is stopped too."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        future.cancel()  # a call still queued for a worker never starts
+        raise
+
+
+def _if_cancelled(future: concurrent.futures.Future[Any], action: Callable[[], None]) -> None:
+    """Runs `action` when `future` was cancelled before it ran."""
+    if future.cancelled():
+        action()

@@ -1,0 +1,175 @@
+"""Compiled-module lookup: the memory LRU, else this executor's artifact file (memory-mapped
+by `Module.deserialize_file`), else the fleet's artifact in the snapshot store (a
+COMPILED_MODULE record of this engine fingerprint, written to the local file first), else
+fetch the wasm and compile, once, then write the artifact (temp file, fsync, rename) and
+share it through the store (best effort) so no replica compiles it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from tensorwasm_common.channels import DEFAULT_TENANT
+from tensorwasm_common.digests import is_digest
+from tensorwasm_common.errors import InvalidArgumentError, ServiceError
+from tensorwasm_common.files import write_atomically
+from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
+from tensorwasm_common.snapshot_errors import FingerprintMismatchError
+
+from tensorwasm_executor.errors import InvalidWasmError
+from tensorwasm_executor.scheduling import FairPool, pool_for
+from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
+
+FetchBlob = Callable[[str], Awaitable[bytes]]
+# Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
+# the module, so the fleet keeps them under one store tenant of its own.
+ARTIFACT_TENANT = "fleet-artifacts"
+_log = logging.getLogger(__name__)
+
+
+class ModuleProvider:
+    """Returns compiled modules by digest; concurrent first requests compile only once."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        fetch: FetchBlob,
+        compile_pool: Executor | FairPool,
+        *,
+        artifact_dir: Path | None = None,
+        snapshots: SnapshotClient | None = None,
+    ) -> None:
+        self._sandbox = sandbox
+        self._snapshots = snapshots if artifact_dir is not None else None
+        self._fetch = fetch
+        self._pool = compile_pool
+        self._inflight: dict[str, asyncio.Future[CompiledModule]] = {}
+        # Artifacts of one engine fingerprint live in their own directory.
+        self._artifacts = (
+            artifact_dir / sandbox.engine_fingerprint[:16] if artifact_dir is not None else None
+        )
+        self.compiled = 0  # modules this provider compiled (not loaded from an artifact)
+        self.restored = 0  # artifacts it took from the snapshot store
+        self.shared = 0  # artifacts it put into the snapshot store
+
+    def artifact_path(self, digest: str) -> Path | None:
+        """Where the compiled artifact of `digest` is kept (None: no artifact directory)."""
+        return None if self._artifacts is None else self._artifacts / f"{digest}.cwasm"
+
+    async def get(self, digest: str, tenant: str = DEFAULT_TENANT) -> tuple[CompiledModule, bool]:
+        """The compiled module for `digest` and whether it came from the cache.
+
+        Loading and compiling run on the compile pool as `tenant`'s work: with a
+        `FairPool`, one tenant's large compile does not hold back another's.
+        """
+        if not is_digest(digest):
+            raise InvalidArgumentError(
+                "module_digest must be 64 lowercase hex digits",
+                reason="INVALID_DIGEST",
+                metadata={"field": "module_digest"},
+            )
+        cached = self._sandbox.lookup(digest)
+        if cached is not None:
+            return cached, True
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[CompiledModule] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            loop = asyncio.get_running_loop()
+            pool = pool_for(self._pool, tenant)
+            loaded = await loop.run_in_executor(pool, self._load_artifact, digest)
+            if loaded is None:
+                loaded = await self._restore(digest, pool)
+            if loaded is None:
+                wasm = await self._fetch(digest)
+                module, artifact = await loop.run_in_executor(pool, self._compile, digest, wasm)
+                await self._share(digest, artifact)
+            else:
+                module = loaded
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._inflight[digest]
+        future.set_result(module)
+        return module, False
+
+    def _load_artifact(self, digest: str) -> CompiledModule | None:
+        """The module from its artifact file, or None (no file, or one wasmtime refuses,
+        which is then removed so the module is compiled again)."""
+        path = self.artifact_path(digest)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return self._sandbox.load_artifact(digest, path)
+        except InvalidWasmError as exc:
+            _log.warning("artifact %s refused (%s); compiling again", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    async def _restore(self, digest: str, pool: Executor) -> CompiledModule | None:
+        """The module from the store's artifact of this engine fingerprint, via the local
+        file; None (and the caller compiles) when there is none, it is of another
+        fingerprint, the store fails, or wasmtime refuses it."""
+        path = self.artifact_path(digest)
+        if self._snapshots is None or path is None:
+            return None
+        fingerprint = self._sandbox.engine_fingerprint
+        try:
+            found = await self._snapshots.find_snapshot(
+                COMPILED_MODULE, digest, fingerprint, tenant=ARTIFACT_TENANT
+            )
+            if found is None:
+                return None
+            payload = await self._snapshots.read_snapshot(
+                found.id, fingerprint, tenant=ARTIFACT_TENANT
+            )
+        except FingerprintMismatchError:
+            _log.info("store artifact of %s is of another engine; compiling", digest)
+            return None
+        except ServiceError as exc:
+            _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
+            return None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(pool, write_atomically, path, payload)
+        module = await loop.run_in_executor(pool, self._load_artifact, digest)
+        if module is not None:
+            self.restored += 1
+        return module
+
+    async def _share(self, digest: str, artifact: bytes | None) -> None:
+        """Puts a freshly compiled artifact into the store; a failure is logged, not raised."""
+        if self._snapshots is None or artifact is None:
+            return
+        try:
+            await self._snapshots.create_snapshot(
+                COMPILED_MODULE,
+                self._sandbox.engine_fingerprint,
+                digest,
+                artifact,
+                tenant=ARTIFACT_TENANT,
+            )
+        except ServiceError as exc:
+            _log.warning("could not share the artifact of %s: %s", digest, exc)
+            return
+        self.shared += 1
+
+    def _compile(self, digest: str, wasm: bytes) -> tuple[CompiledModule, bytes | None]:
+        module = self._sandbox.compile(digest, wasm)
+        self.compiled += 1
+        path = self.artifact_path(digest)
+        if path is None:
+            return module, None
+        artifact = bytes(module.module.serialize())
+        try:
+            write_atomically(path, artifact)
+        except OSError as exc:  # a full or read-only disk costs a recompile later, no more
+            _log.warning("could not write artifact %s: %s", path, exc)
+        return module, artifact

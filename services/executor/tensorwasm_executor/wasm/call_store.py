@@ -1,0 +1,220 @@
+"""One wasmtime store with WASI wired to per-call output captures: arm, run, outcome, close."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import wasmtime
+
+from tensorwasm_executor.wasm import instance_image as preinit
+from tensorwasm_executor.wasm import rawcall
+from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_io import OutputCapture, OutputSink, WasiOptions
+from tensorwasm_executor.wasm.host_modules import CURRENT, HostState
+from tensorwasm_executor.wasm.instance_image import InstanceImage
+from tensorwasm_executor.wasm.outcomes import Failure, Outcome, failure_of, stopped_failure
+from tensorwasm_executor.wasm.values import WasmValue
+
+_UNMETERED_FUEL = (1 << 63) - 1
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """The limits of one invocation, already defaulted and clamped."""
+
+    timeout_seconds: float
+    output_bytes: int
+    fuel: int | None
+    memory_bytes: int
+
+
+class EpochWatch:
+    """The epoch callback of a cancellable store: stops the running call once one of its
+    events is set or the wall-clock deadline (time.monotonic) has passed, and records which.
+
+    A resident instance keeps one watch for its whole life and re-arms it per call.
+    """
+
+    def __init__(self) -> None:
+        self._events: tuple[threading.Event, ...] = ()
+        self._deadline = math.inf
+        self.stopped: str | None = None
+        self._callback: rawcall.EpochCallback | None = None
+
+    def install(self, store: wasmtime.Store) -> None:
+        """Hooks the callback into `store` and has it run at every epoch tick."""
+        self._callback = rawcall.set_epoch_callback(store, self._on_tick)
+
+    def arm(
+        self, store: wasmtime.Store, events: Sequence[threading.Event], deadline: float
+    ) -> None:
+        """Starts watching one call: stop it when an event is set or at `deadline`."""
+        self._events = tuple(events)
+        self._deadline = deadline
+        self.stopped = None
+        store.set_epoch_deadline(1)
+
+    def _on_tick(self) -> str | None:
+        if any(event.is_set() for event in self._events):
+            self.stopped = "CANCELLED"
+            return "cancelled"
+        if time.monotonic() >= self._deadline:
+            self.stopped = "DEADLINE_EXCEEDED"
+            return "deadline exceeded"
+        return None
+
+
+class CallStore:
+    """A store with WASI wired to per-call output captures, and (once made) its instance.
+
+    A fresh invocation uses one call store for one call; a resident instance keeps its
+    call store across calls. With `watched`, an epoch callback decides at every tick
+    whether the running call goes on (cancellation, terminate, wall-clock deadline);
+    otherwise wasmtime traps at a fixed tick count (the unary hot path).
+    """
+
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        *,
+        stdin: bytes,
+        wasi: WasiOptions,
+        memory_bytes: int,
+        table_elements: int,
+        watched: bool,
+        host_state: HostState | None = None,
+        final_calls: bool = False,
+    ) -> None:
+        self.stdout = OutputCapture(0)
+        self.stderr = OutputCapture(0)
+        # The store's host state; `final_calls`: each call is the store's last.
+        self.host_state = host_state
+        self._final_calls = final_calls
+        config = wasmtime.WasiConfig()
+        if stdin:
+            rawcall.set_stdin_bytes(config, stdin)
+        config.stdout_custom = self._write_stdout
+        config.stderr_custom = self._write_stderr
+        if wasi.argv:
+            config.argv = list(wasi.argv)
+        if wasi.env:
+            config.env = [list(pair) for pair in wasi.env]
+        if wasi.read_only_dir is not None:
+            config.preopen_dir(wasi.read_only_dir, wasi.guest_dir, fs_mutable=False)
+        self.store = wasmtime.Store(engine)
+        self.instance: object | None = None
+        self.watch: EpochWatch | None = None
+        try:
+            self.store.set_wasi(config)
+            self.store.set_limits(memory_size=memory_bytes, table_elements=table_elements)
+            if watched:
+                self.watch = EpochWatch()
+                self.watch.install(self.store)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _write_stdout(self, chunk: bytes) -> int:
+        return self.stdout.write(chunk)
+
+    def _write_stderr(self, chunk: bytes) -> int:
+        return self.stderr.write(chunk)
+
+    def begin(
+        self,
+        limits: CallLimits,
+        tick_seconds: float,
+        *,
+        fuel_metering: bool,
+        on_output: OutputSink | None,
+        events: Sequence[threading.Event],
+    ) -> None:
+        """Arms the store for one call: fresh output captures, the deadline, the fuel."""
+        self.stdout = OutputCapture(limits.output_bytes, "stdout", on_output)
+        self.stderr = OutputCapture(limits.output_bytes, "stderr", on_output)
+        deadline = time.monotonic() + limits.timeout_seconds
+        if self.host_state is not None:
+            self.host_state.begin_call(deadline)
+        if self.watch is not None:
+            self.watch.arm(self.store, events, deadline)
+        else:
+            ticks = math.ceil(limits.timeout_seconds / tick_seconds)
+            self.store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+        if fuel_metering:
+            self.store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
+
+    def run(
+        self,
+        module: CompiledModule,
+        info: ExportInfo | None,
+        args: Sequence[WasmValue],
+        image: InstanceImage | None = None,
+    ) -> tuple[tuple[WasmValue, ...] | None, Failure | None, float]:
+        """Instantiates (when not yet done, then writes `image` into the new instance) and
+        calls `info` (None: instantiate only).
+
+        Returns (results, failure, guest seconds); guest failures are not raised.
+        """
+        started = time.perf_counter()
+        results: tuple[WasmValue, ...] | None = ()
+        failure = None
+        if self.host_state is not None:
+            CURRENT.state = self.host_state
+        try:
+            if self.instance is None:
+                self.instance = rawcall.instantiate(module.instance_pre, self.store)
+                if image is not None:
+                    preinit.apply_image(self.store, self.instance, image)
+            if info is not None:
+                # A host state may run the export itself (auto-offload, offload.py).
+                call = getattr(self.host_state, "call_export", None) or rawcall.call
+                results = call(self.store, self.instance, info.name, info.results, args)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            stopped = self.watch.stopped if self.watch is not None else None
+            returns = info is not None and bool(info.results)
+            failure = stopped_failure(stopped) if stopped else failure_of(exc, returns)
+        finally:
+            if self.host_state is not None:
+                CURRENT.state = None
+        if self.host_state is not None:
+            self._end_host_call(completed=failure is None)
+        return (None if failure else results), failure, time.perf_counter() - started
+
+    def _end_host_call(self, *, completed: bool) -> None:
+        """Lets the host state finish the call (e.g. run the GPU work it left queued)."""
+        assert self.host_state is not None
+        try:
+            self.host_state.end_call(self.store, completed=completed, final=self._final_calls)
+        except Exception:  # the guest's outcome stands; the host state's failure is logged
+            _log.exception("a host module failed to end the call")
+
+    def outcome(
+        self, results: tuple[WasmValue, ...] | None, failure: Failure | None, elapsed: float
+    ) -> Outcome:
+        """The Outcome of the call just run, with its captured output."""
+        return Outcome(
+            results=results,
+            failure=failure,
+            stdout=bytes(self.stdout.data),
+            stderr=bytes(self.stderr.data),
+            stdout_truncated=self.stdout.truncated,
+            stderr_truncated=self.stderr.truncated,
+            guest_seconds=elapsed,
+        )
+
+    def close(self) -> None:
+        """Closes the host state (if any) and the store."""
+        if self.host_state is not None:
+            try:
+                self.host_state.close()
+            except Exception:
+                _log.exception("a host module failed to close")
+            self.host_state = None
+        self.store.close()
+        self.watch = None  # only now may the ctypes callback be collected

@@ -1,0 +1,120 @@
+"""A resident instance: one long-lived store and instance that keep their state across calls."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from tensorwasm_common.errors import Code, NotFoundError, ServiceError
+
+from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
+from tensorwasm_executor.wasm.engine import CompiledModule
+from tensorwasm_executor.wasm.guest_io import OutputSink
+from tensorwasm_executor.wasm.outcomes import Outcome
+from tensorwasm_executor.wasm.values import WasmValue
+
+
+class Sandbox(Protocol):
+    """What a resident instance uses of the sandbox that made it (`sandbox.Sandbox`)."""
+
+    @property
+    def epoch_tick_seconds(self) -> float: ...
+
+    @property
+    def fuel_metering(self) -> bool: ...
+
+    def call_limits(
+        self,
+        timeout_seconds: float | None,
+        max_output_bytes: int | None,
+        fuel: int | None,
+        max_memory_bytes: int | None,
+    ) -> CallLimits: ...
+
+    def activity(self) -> AbstractContextManager[None]: ...
+
+
+class ResidentGoneError(NotFoundError):
+    """The resident instance was terminated."""
+
+    reason = "INSTANCE_NOT_FOUND"
+
+
+class Resident:
+    """A long-lived instance: one store and instance that keep their state across calls.
+
+    Calls run one at a time (a second caller waits, within its own deadline). Every
+    call re-arms the deadline, the fuel and fresh output captures. `terminate()` stops a
+    running call within about one epoch tick and closes the store once it has returned.
+    """
+
+    def __init__(self, sandbox: Sandbox, module: CompiledModule, call_store: CallStore) -> None:
+        self.module = module
+        self._sandbox = sandbox
+        self._tick = sandbox.epoch_tick_seconds  # read once: calls are the hot path
+        self._call_store: CallStore | None = call_store
+        self._lock = threading.Lock()
+        self._terminated = threading.Event()
+
+    @property
+    def terminated(self) -> bool:
+        """Whether `terminate()` was called."""
+        return self._terminated.is_set()
+
+    def call(
+        self,
+        export: str,
+        args: Sequence[WasmValue],
+        *,
+        timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
+        fuel: int | None = None,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Outcome:
+        """Calls `export` on this instance; the arguments and limits are as `Sandbox.invoke`'s.
+
+        Raises:
+            ResidentGoneError: the instance was terminated.
+            ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
+            InvalidArgumentError: a bad limit, or no free turn on the instance before the
+                call's deadline (reason INSTANCE_BUSY).
+        """
+        sandbox = self._sandbox
+        info = self.module.checked_export(export, args)
+        limits = sandbox.call_limits(timeout_seconds, max_output_bytes, fuel, None)
+        if not self._lock.acquire(timeout=limits.timeout_seconds):
+            raise InstanceBusyError(
+                "another call held the instance for the whole deadline",
+                metadata={"export": export},
+            )
+        try:
+            call_store = self._call_store
+            if call_store is None or self._terminated.is_set():
+                raise ResidentGoneError("the instance was terminated")
+            events = (self._terminated,) if cancel is None else (self._terminated, cancel)
+            with sandbox.activity():
+                call_store.begin(
+                    limits, self._tick, fuel_metering=sandbox.fuel_metering,
+                    on_output=on_output, events=events,
+                )  # fmt: skip
+                return call_store.outcome(*call_store.run(self.module, info, args))
+        finally:
+            self._lock.release()
+
+    def terminate(self) -> None:
+        """Stops a running call and frees the store (once no call runs). Idempotent."""
+        self._terminated.set()
+        with self._lock:
+            call_store, self._call_store = self._call_store, None
+        if call_store is not None:
+            call_store.close()
+
+
+class InstanceBusyError(ServiceError):
+    """A resident instance stayed busy with other calls for this call's whole deadline."""
+
+    code = Code.ABORTED
+    reason = "INSTANCE_BUSY"

@@ -1,0 +1,380 @@
+"""The wasmtime sandbox: one engine, a compiled-module LRU, and isolated per-call invocations.
+
+The public entry point of the sandbox: the parts live in `engine` (engine, linker, compiled
+modules), `host_modules`, `guest_io` (WASI options, output capture), `outcomes`, `call_store`
+(one store and its call) and `resident` (long-lived instances), and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import wasmtime
+from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+
+from tensorwasm_executor.errors import InvalidWasmError
+from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
+from tensorwasm_executor.wasm.engine import (
+    ENGINE_FLAGS,
+    CompiledModule,
+    ExportInfo,
+    link,
+    new_engine,
+)
+from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
+from tensorwasm_executor.wasm.host_modules import HostModule, HostState, current_host_state
+from tensorwasm_executor.wasm.instance_image import InstanceImage
+from tensorwasm_executor.wasm.outcomes import CANCELLED, TRAP_CODES, Failure, Outcome
+from tensorwasm_executor.wasm.resident import InstanceBusyError, Resident, ResidentGoneError
+from tensorwasm_executor.wasm.values import WasmValue
+
+__all__ = [
+    "ENGINE_FLAGS", "NO_WASI_OPTIONS", "TRAP_CODES", "CompiledModule", "ExportInfo", "Failure",
+    "HostModule", "HostState", "InstanceBusyError", "Outcome", "OutputSink", "Resident",
+    "ResidentGoneError", "Sandbox", "WasiOptions", "current_host_state",
+]  # fmt: skip
+
+
+class Sandbox:
+    """Compiles modules once and runs each invocation in a fresh store and instance."""
+
+    def __init__(
+        self,
+        *,
+        default_timeout_seconds: float = 10.0,
+        max_output_bytes: int = 1 << 20,
+        epoch_tick_seconds: float = 0.01,
+        module_cache_entries: int = 256,
+        max_memory_bytes: int = 256 << 20,
+        max_table_elements: int = 100_000,
+        fuel_metering: bool = False,
+        host_modules: Sequence[HostModule] = (),
+    ) -> None:
+        if default_timeout_seconds <= 0 or epoch_tick_seconds <= 0:
+            raise ValueError("timeouts and the epoch tick must be positive")
+        if max_output_bytes < 0 or module_cache_entries < 1:
+            raise ValueError("max_output_bytes must be >= 0 and module_cache_entries >= 1")
+        self._timeout = default_timeout_seconds
+        self._max_output = max_output_bytes
+        self._tick = epoch_tick_seconds
+        self._capacity = module_cache_entries
+        # Per-store caps: a memory.grow or table.grow bomb gets -1, not the host's memory.
+        self._max_memory = max_memory_bytes
+        self._max_table_elements = max_table_elements
+        # Fuel metering costs every guest some speed, so it is an engine-wide opt-in.
+        flags = {**ENGINE_FLAGS, "consume_fuel": fuel_metering}
+        self.fuel_metering = fuel_metering
+        self._engine, self._linker, self._fingerprint = new_engine(flags, host_modules)
+        self._cache: OrderedDict[str, CompiledModule] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._active = 0  # invocations in flight; the ticker outlives close() until 0
+        self._ticker = threading.Thread(
+            target=self._run_ticker, name="wasm-epoch-ticker", daemon=True
+        )
+        self._ticker.start()
+
+    def _run_ticker(self) -> None:
+        while not (self._stop.is_set() and self._active == 0):
+            time.sleep(self._tick)
+            self._engine.increment_epoch()
+
+    @property
+    def engine_fingerprint(self) -> str:
+        """A hex digest of the wasmtime version, the engine flags and the machine."""
+        return self._fingerprint
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        """The engine every module of this sandbox is compiled for."""
+        return self._engine
+
+    @property
+    def epoch_tick_seconds(self) -> float:
+        """The period of the epoch ticker, the granularity of deadlines."""
+        return self._tick
+
+    def compile(self, digest: str, wasm: bytes) -> CompiledModule:
+        """Validates, compiles and caches a module under `digest` (which is not re-checked).
+
+        Args:
+            digest: the content digest the caller computed over `wasm`.
+            wasm: the module's binary bytes (text format is rejected).
+
+        Returns:
+            The cached module when `digest` is known, else the newly compiled one.
+
+        Raises:
+            InvalidWasmError: the bytes do not validate (wasmtime's message).
+            UnsatisfiedImportError: an import is neither WASI preview 1 nor a host module.
+        """
+        cached = self.lookup(digest)
+        if cached is not None:
+            return cached
+        try:
+            wasmtime.Module.validate(self._engine, wasm)
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        return self._install(digest, module, len(wasm))
+
+    def load_artifact(self, digest: str, path: Path) -> CompiledModule:
+        """Loads a module this engine compiled and serialized earlier (`serialize`), from a
+        trusted local file, memory-mapped by `Module.deserialize_file`, and caches it.
+
+        Only for files this executor wrote: wasmtime trusts serialized code. A file of
+        another engine fingerprint (wasmtime version, flags) is refused by wasmtime.
+
+        Raises:
+            InvalidWasmError: the file is not an artifact of this engine.
+            UnsatisfiedImportError: as for `compile`.
+        """
+        cached = self.lookup(digest)
+        if cached is not None:
+            return cached
+        try:
+            module = wasmtime.Module.deserialize_file(self._engine, str(path))
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        return self._install(digest, module, path.stat().st_size)
+
+    def _install(self, digest: str, module: wasmtime.Module, size: int) -> CompiledModule:
+        """Resolves imports once (InstancePre), reads the export signatures, caches."""
+        compiled = link(self._engine, self._linker, digest, module, size)
+        with self._lock:
+            compiled = self._cache.setdefault(digest, compiled)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def lookup(self, digest: str) -> CompiledModule | None:
+        """Returns the cached module for `digest` (marking it recently used), or None."""
+        with self._lock:
+            compiled = self._cache.get(digest)
+            if compiled is not None:
+                self._cache.move_to_end(digest)
+            return compiled
+
+    def invoke(
+        self,
+        module: CompiledModule,
+        export: str,
+        args: Sequence[WasmValue],
+        *,
+        stdin: bytes = b"",
+        timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
+        fuel: int | None = None,
+        max_memory_bytes: int | None = None,
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+        wasi: WasiOptions = NO_WASI_OPTIONS,
+        host_state: HostState | None = None,
+        image: InstanceImage | None = None,
+    ) -> Outcome:
+        """Runs `export` in a fresh store and instance of `module`.
+
+        A `proc_exit(0)` from an export without results (e.g. `_start`) is a success
+        with no results, as under `wasmtime run`; any other proc_exit is a PROC_EXIT
+        failure. Guest traps and the deadline are failures in the Outcome, not raised.
+
+        Streaming: with `on_output`, guest output is passed to it as the guest writes it
+        (up to the cap; later bytes are dropped and the truncation flag is set) and the
+        Outcome's stdout/stderr are empty. With `cancel`, setting the event stops the
+        guest within about one epoch tick, even in a tight loop, with a CANCELLED
+        failure; the deadline is then checked at every tick against the wall clock.
+
+        Args:
+            module: a module compiled by this sandbox.
+            export: the function export to call.
+            args: arguments, checked against the export's signature.
+            stdin: the guest's WASI stdin.
+            timeout_seconds: wall-clock budget (instantiation included), rounded up to ticks.
+            max_output_bytes: cap on each of stdout and stderr.
+            fuel: instruction budget (needs `fuel_metering`); None means unmetered.
+            max_memory_bytes: linear-memory cap for this call, at most the sandbox's cap.
+            on_output: receives ("stdout" | "stderr", bytes) on the guest's thread, in
+                the order written; an exception it raises is logged and ignored.
+            cancel: an event another thread may set to stop the call.
+            wasi: argv, environment and the read-only directory.
+            host_state: the store's host-module state (closed with the store); the
+                store's only call is final for it.
+            image: a pre-initialised image of `module`, written into the instance
+                before the call (init is not run again).
+
+        Returns:
+            The Outcome: results or a Failure, captured output and guest time.
+
+        Raises:
+            ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
+            InvalidArgumentError: the timeout is not a positive finite number, or fuel
+                was asked for without fuel metering.
+            UnavailableError: the sandbox is closed.
+        """
+        self._own(module)
+        info = module.checked_export(export, args)
+        limits = self.call_limits(timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
+        with self.activity():
+            call_store = CallStore(
+                self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=cancel is not None,
+                host_state=host_state, final_calls=True,
+            )  # fmt: skip
+            try:
+                events = () if cancel is None else (cancel,)
+                call_store.begin(
+                    limits, self._tick, fuel_metering=self.fuel_metering,
+                    on_output=on_output, events=events,
+                )  # fmt: skip
+                if cancel is not None and cancel.is_set():
+                    return call_store.outcome(None, CANCELLED, 0.0)
+                return call_store.outcome(*call_store.run(module, info, args, image))
+            finally:
+                call_store.close()
+
+    def spawn(
+        self,
+        module: CompiledModule,
+        *,
+        stdin: bytes = b"",
+        wasi: WasiOptions = NO_WASI_OPTIONS,
+        timeout_seconds: float | None = None,
+        max_output_bytes: int | None = None,
+        max_memory_bytes: int | None = None,
+        host_state: HostState | None = None,
+        image: InstanceImage | None = None,
+    ) -> tuple[Resident | None, Outcome]:
+        """Instantiates `module` into a long-lived store (running its start function).
+
+        Args:
+            module: a module compiled by this sandbox.
+            stdin: the instance's WASI stdin, for its whole life.
+            wasi: argv, environment and the read-only directory.
+            timeout_seconds: the deadline of instantiation (start function included).
+            max_output_bytes: cap on each of stdout and stderr of the start function.
+            max_memory_bytes: the linear-memory cap for the instance's whole life.
+            host_state: the instance's host-module state, for its whole life (closed
+                when the instance is terminated).
+            image: a pre-initialised image of `module`, written into the instance once
+                it is instantiated.
+
+        Returns:
+            (the Resident, the instantiation's Outcome), or (None, the Outcome with the
+            failure) when instantiation trapped, exited or ran out of time.
+
+        Raises:
+            InvalidArgumentError: a bad limit.
+            UnavailableError: the sandbox is closed.
+        """
+        self._own(module)
+        limits = self.call_limits(timeout_seconds, max_output_bytes, None, max_memory_bytes)
+        with self.activity():
+            call_store = CallStore(
+                self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=True, host_state=host_state,
+            )  # fmt: skip
+            call_store.begin(
+                limits, self._tick, fuel_metering=self.fuel_metering, on_output=None, events=()
+            )
+            outcome = call_store.outcome(*call_store.run(module, None, (), image))
+            if outcome.failure is not None:
+                call_store.close()
+                return None, outcome
+        return Resident(self, module, call_store), outcome
+
+    @contextmanager
+    def init_store(
+        self, wasm: bytes, *, digest: str, timeout_seconds: float | None = None
+    ) -> Iterator[tuple[wasmtime.Store, wasmtime.InstancePre, wasmtime.Module]]:
+        """A store, begun under the sandbox's limits, and `wasm` compiled to instantiate in it.
+
+        For running a module's init once (see `images.capture`): the store has no WASI
+        argv, environment, directory or stdin, no host-module state, and its output is
+        discarded; `timeout_seconds` bounds everything run in it.
+
+        Raises:
+            InvalidWasmError: `wasm` does not compile (metadata: `digest`).
+        """
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+            pre = self._linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
+        limits = self.call_limits(timeout_seconds, 0, None, None)
+        with self.activity():
+            store = CallStore(
+                self._engine, stdin=b"", wasi=NO_WASI_OPTIONS, memory_bytes=limits.memory_bytes,
+                table_elements=self._max_table_elements, watched=False,
+            )  # fmt: skip
+            try:
+                store.begin(
+                    limits, self._tick, fuel_metering=self.fuel_metering, on_output=None,
+                    events=(),
+                )  # fmt: skip
+                yield store.store, pre, module
+            finally:
+                store.close()
+
+    def _own(self, module: CompiledModule) -> None:
+        if module.engine is not self._engine:
+            raise ValueError("module was compiled by another Sandbox")
+
+    def call_limits(
+        self,
+        timeout_seconds: float | None,
+        max_output_bytes: int | None,
+        fuel: int | None,
+        max_memory_bytes: int | None,
+    ) -> CallLimits:
+        """The limits of one call, defaulted and clamped to the sandbox's caps.
+
+        Raises:
+            InvalidArgumentError: the timeout is not a positive finite number, or fuel
+                was asked for without fuel metering.
+        """
+        timeout = self._timeout if timeout_seconds is None else timeout_seconds
+        if not 0 < timeout < math.inf:
+            raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
+        limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
+        if fuel is not None and not self.fuel_metering:
+            raise InvalidArgumentError(
+                "this executor does not meter fuel", reason="FUEL_UNSUPPORTED"
+            )
+        memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
+        return CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
+
+    @contextmanager
+    def activity(self) -> Iterator[None]:
+        """Counts a call in flight (the ticker runs until none is); refused once closed."""
+        with self._lock:
+            if self._stop.is_set():
+                raise UnavailableError("the sandbox is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def close(self) -> None:
+        """Stops the epoch ticker once in-flight invocations end (their deadlines bound it).
+
+        Idempotent; later invocations raise UnavailableError.
+        """
+        with self._lock:
+            self._stop.set()
+        if self._ticker.is_alive() and self._ticker is not threading.current_thread():
+            self._ticker.join()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""The executor's artifact cache: compile once, then `Module.deserialize_file` from the
+local artifact file in a fresh sandbox (as after a restart); refused files are replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import blake3
+import pytest
+from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.wasm.sandbox import Sandbox
+from tensorwasm_executor.wasm.values import ValueType, WasmValue
+
+
+class Store:
+    """The snapshot store's part: counts fetches."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.fetches = 0
+
+    async def get(self, digest: str) -> bytes:
+        self.fetches += 1
+        return self.blobs[digest]
+
+
+def _provide(sandbox: Sandbox, store: Store, artifacts: Path, digest: str) -> tuple[object, bool]:
+    with ThreadPoolExecutor(1) as pool:
+        provider = ModuleProvider(sandbox, store.get, pool, artifact_dir=artifacts)
+        module, hit = asyncio.run(provider.get(digest))
+    return (module, provider.compiled), hit
+
+
+@pytest.fixture
+def add(wasm: Callable[[str], bytes]) -> tuple[str, Store]:
+    data = wasm("add")
+    digest = blake3.blake3(data).hexdigest()
+    return digest, Store({digest: data})
+
+
+def _call_add(sandbox: Sandbox, module: object) -> tuple[WasmValue, ...] | None:
+    args = [WasmValue(ValueType.I32, 2), WasmValue(ValueType.I32, 40)]
+    return sandbox.invoke(module, "add", args).results  # type: ignore[arg-type]
+
+
+def test_compile_once_then_load_the_artifact(add: tuple[str, Store], tmp_path: Path) -> None:
+    digest, store = add
+    with Sandbox() as first:
+        (module, compiled), _ = _provide(first, store, tmp_path, digest)
+        assert compiled == 1 and store.fetches == 1
+        path = tmp_path / first.engine_fingerprint[:16] / f"{digest}.cwasm"
+        assert path.is_file()
+        assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+        assert _call_add(first, module) == (WasmValue(ValueType.I32, 42),)
+    with Sandbox() as restarted:  # a new engine: nothing in memory
+        (module, compiled), hit = _provide(restarted, store, tmp_path, digest)
+        assert (compiled, store.fetches, hit) == (0, 1, False)  # no fetch, no compile
+        assert [e.name for e in module.exports] == ["add"]  # type: ignore[attr-defined]
+        assert _call_add(restarted, module) == (WasmValue(ValueType.I32, 42),)
+
+
+def test_a_refused_artifact_is_replaced(add: tuple[str, Store], tmp_path: Path) -> None:
+    digest, store = add
+    with Sandbox() as box:
+        path = tmp_path / box.engine_fingerprint[:16] / f"{digest}.cwasm"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not an artifact at all")
+        (module, compiled), _ = _provide(box, store, tmp_path, digest)
+        assert compiled == 1 and store.fetches == 1
+        assert _call_add(box, module) == (WasmValue(ValueType.I32, 42),)
+        assert path.read_bytes() != b"not an artifact at all"
+
+
+def test_engines_with_other_flags_keep_their_own_artifacts(
+    add: tuple[str, Store], tmp_path: Path
+) -> None:
+    digest, store = add
+    with Sandbox() as plain, Sandbox(fuel_metering=True) as metered:
+        assert plain.engine_fingerprint != metered.engine_fingerprint
+        _provide(plain, store, tmp_path, digest)
+        (module, compiled), _ = _provide(metered, store, tmp_path, digest)
+        assert compiled == 1  # the plain engine's artifact is not used
+        assert len(list(tmp_path.iterdir())) == 2
+        assert _call_add(metered, module) == (WasmValue(ValueType.I32, 42),)
