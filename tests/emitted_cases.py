@@ -24,7 +24,7 @@ from tensorwasm_dispatcher.execution import (
     LoadCommand,
     StagedRegion,
 )
-from tensorwasm_jit.ptx_emit import KernelSpec, emit
+from tensorwasm_jit.ptx import KernelSpec, emit
 
 Array = npt.NDArray[np.generic]
 

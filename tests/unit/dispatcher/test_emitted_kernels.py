@@ -11,7 +11,7 @@ from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
 from tensorwasm_dispatcher.execution import Dispatcher
 from tensorwasm_dispatcher.sessions import SessionTable
-from tensorwasm_jit.ptx_emit import EMITTERS, KernelSpec, emit
+from tensorwasm_jit.ptx import EMITTERS, KernelSpec, emit
 from tensorwasm_kernels.emitted import lookup_emitted
 
 from tests.emitted_cases import Case, all_cases, check_case, run_case
