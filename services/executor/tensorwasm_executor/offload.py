@@ -1,7 +1,7 @@
 """Auto-offload: a call to an export declared as a known op runs on the GPU, not in wasm.
 
 A function deployed with `auto_offload` carries its checked `tensorwasm.offload`
-declarations (`tensorwasm_common.offload`) in every Invoke and CreateInstance request.
+declarations (`tensorwasm_common.offload_section`) in every Invoke and CreateInstance request.
 With a dispatcher and a jit cache, the store gets an `OffloadingState`: the sandbox calls
 its `call_export` for every export, and a declared one runs the op exactly as the guest
 API `tensorwasm:gpu/host@0.1.0` `matmul` does (kernel from the jit cache, loaded once
@@ -27,7 +27,7 @@ from typing import Any
 
 import wasmtime
 from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm_common import offload
+from tensorwasm_common import offload_section
 from tensorwasm_common.gpu_abi import AbiFailure
 
 from tensorwasm_executor import rawcall
@@ -65,8 +65,10 @@ def plan(
     }
     offloads = {}
     for wire in declared:
-        item = offload.declaration(wire.export_name, {"op": wire.op, "args": list(wire.args)})
-        offload.check_signature(item, signatures)
+        item = offload_section.declaration(
+            wire.export_name, {"op": wire.op, "args": list(wire.args)}
+        )
+        offload_section.check_signature(item, signatures)
         offloads[item.export_name] = Offload(
             item.op, item.order(), bool(signatures[item.export_name][1])
         )
