@@ -11,26 +11,24 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedError
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import (
+    AllocBuffer,
+    Batch,
+    BatchResult,
+    Command,
+    DeviceBufferRef,
+    FreeBuffer,
+    KernelArg,
+    LaunchKernel,
+    LoadKernel,
+    ReadBuffer,
+    StagedRegion,
+    WriteBuffer,
+)
 
 from tensorwasm_dispatcher.accounting import Admission
-from tensorwasm_dispatcher.device_buffers import (
-    AllocBufferCommand,
-    DeviceRef,
-    FreeBufferCommand,
-    ReadBufferCommand,
-    WriteBufferCommand,
-)
-from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
-from tensorwasm_dispatcher.execution import (
-    Batch,
-    BatchOutcome,
-    Command,
-    Dispatcher,
-    InvalidBatchError,
-    LaunchCommand,
-    LoadCommand,
-    StagedRegion,
-)
+from tensorwasm_dispatcher.backends import BackendKind, DeviceReport
+from tensorwasm_dispatcher.batch_runner import Dispatcher, InvalidBatchError
 from tensorwasm_dispatcher.scheduling import FairScheduler
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
@@ -183,10 +181,10 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
     kind = command.WhichOneof("command")
     if kind == "load":
         load = command.load
-        return LoadCommand(load.kernel_id, load.ptx, load.entry)
+        return LoadKernel(load.kernel_id, load.ptx, load.entry)
     if kind == "launch":
         launch = command.launch
-        return LaunchCommand(
+        return LaunchKernel(
             kernel_id=launch.kernel_id,
             grid=(launch.grid.x, launch.grid.y, launch.grid.z),
             block=(launch.block.x, launch.block.y, launch.block.z),
@@ -194,27 +192,27 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
             args=tuple(_arg_from_wire(arg, index) for arg in launch.args),
         )
     if kind == "alloc_buffer":
-        return AllocBufferCommand(command.alloc_buffer.handle, command.alloc_buffer.size_bytes)
+        return AllocBuffer(command.alloc_buffer.handle, command.alloc_buffer.size_bytes)
     if kind == "free_buffer":
-        return FreeBufferCommand(command.free_buffer.handle)
+        return FreeBuffer(command.free_buffer.handle)
     if kind == "write_buffer":
         write = command.write_buffer
-        return WriteBufferCommand(write.handle, write.offset_bytes, write.data)
+        return WriteBuffer(write.handle, write.offset_bytes, write.data)
     if kind == "read_buffer":
         read = command.read_buffer
-        return ReadBufferCommand(read.handle, read.offset_bytes, read.length_bytes)
+        return ReadBuffer(read.handle, read.offset_bytes, read.length_bytes)
     raise InvalidBatchError(
         f"command {index} has no command set", metadata={"field": f"commands[{index}]"}
     )
 
 
-def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef | DeviceRef:
+def _arg_from_wire(arg: pb.KernelArg, index: int) -> KernelArg:
     kind = arg.WhichOneof("value")
     if kind == "buffer":
         ref = arg.buffer
         return BufferRef(ref.buffer_id, ref.offset_bytes, ref.length_bytes)
     if kind == "device_buffer":
-        return DeviceRef(arg.device_buffer.handle, arg.device_buffer.offset_bytes)
+        return DeviceBufferRef(arg.device_buffer.handle, arg.device_buffer.offset_bytes)
     if kind is None:
         raise InvalidBatchError(
             f"command {index} has an argument without a value",
@@ -223,7 +221,7 @@ def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef | Dev
     return ScalarArg(_SCALAR_FIELDS[kind], int(getattr(arg, kind)))
 
 
-def outcome_to_wire(outcome: BatchOutcome) -> pb.ExecuteResponse:
+def outcome_to_wire(outcome: BatchResult) -> pb.ExecuteResponse:
     """The ExecuteResponse of a batch's outcome."""
     response = pb.ExecuteResponse(
         results=[

@@ -30,9 +30,9 @@ from tensorwasm_common.gpu_abi import (
     AbiError,
     AbiFailure,
 )
+from tensorwasm_common.gpu_batch import AllocBuffer, FreeBuffer, ReadBuffer, WriteBuffer
 
 from tensorwasm_executor.cuda_abi import as_u32, check_region
-from tensorwasm_executor.cuda_batch import AllocBuffer, FreeBuffer, ReadBuffer, WriteBuffer
 from tensorwasm_executor.cuda_host import CudaHostState, HostBody, WasmMemory, guarded
 
 _NS_PER_SECOND = 1_000_000_000
