@@ -21,6 +21,7 @@ from tensorwasm_dispatcher.backends import (
 )
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_dispatcher.intake import BatchIntake
 from tensorwasm_dispatcher.scheduling import FairScheduler
 from tensorwasm_dispatcher.servicer import DispatcherServicer
 from tensorwasm_dispatcher.settings import DispatcherSettings
@@ -84,7 +85,7 @@ def build_server(
     scheduler = FairScheduler(settings.workers, quantum=settings.fair_quantum_commands)
     host = create_host("dispatcher", settings, [SERVICE_NAME])
     pb_grpc.add_DispatcherServiceServicer_to_server(
-        DispatcherServicer(report, dispatcher, admission, scheduler), host.server
+        DispatcherServicer(report, BatchIntake(dispatcher, admission, scheduler)), host.server
     )
     return host, dispatcher, scheduler
 
