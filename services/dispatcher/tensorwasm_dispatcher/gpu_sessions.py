@@ -1,4 +1,4 @@
-"""Guest sessions: the kernels and the stream one guest store uses, across its requests.
+"""GPU sessions: the kernels, device buffers and stream one guest store uses, across requests.
 
 The executor names a session per guest store (an invocation, or a live instance) and
 ends it with its last request; a session nobody ends (an executor that died) is closed
