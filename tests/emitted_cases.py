@@ -14,17 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from tensorwasm_common.gpu_abi import ArgTag, ScalarArg
-from tensorwasm_dispatcher.execution import (
-    Batch,
-    BatchOutcome,
-    BufferRef,
-    Dispatcher,
-    LaunchCommand,
-    LoadCommand,
-    StagedRegion,
-)
-from tensorwasm_jit.ptx_emit import KernelSpec, emit
+from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, BatchResult, LaunchKernel, LoadKernel, StagedRegion
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_jit.ptx import KernelSpec, emit
 
 Array = npt.NDArray[np.generic]
 
@@ -171,7 +164,7 @@ def all_cases(target: str = "sm_80") -> list[Case]:
     return _elementwise_cases(target) + _blocked_cases(target)
 
 
-def run_case(dispatcher: Dispatcher, case: Case, session: str) -> BatchOutcome:
+def run_case(dispatcher: Dispatcher, case: Case, session: str) -> BatchResult:
     """Loads the emitted kernel, stages the arrays, launches once, ends the session."""
     kernel = emit(case.spec)
     regions = tuple(
@@ -185,15 +178,15 @@ def run_case(dispatcher: Dispatcher, case: Case, session: str) -> BatchOutcome:
             session,
             regions,
             (
-                LoadCommand(0, kernel.ptx.encode(), kernel.entry),
-                LaunchCommand(0, case.grid, case.block, 0, (*args, *case.scalars)),
+                LoadKernel(0, kernel.ptx.encode(), kernel.entry),
+                LaunchKernel(0, case.grid, case.block, 0, (*args, *case.scalars)),
             ),
             end_session=True,
         ),
     )
 
 
-def check_case(case: Case, outcome: BatchOutcome) -> None:
+def check_case(case: Case, outcome: BatchResult) -> None:
     """Asserts both commands succeeded and every expected buffer came back as expected."""
     assert [r.code for r in outcome.results] == [0, 0], outcome.results
     for index, expected in case.expected.items():

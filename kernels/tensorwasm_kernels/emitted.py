@@ -1,7 +1,7 @@
 """Kernels emitted by the jit cache: identified by their marker line, run with NumPy.
 
 The jit cache starts every module it emits with `// tensorwasm-jit-kernel {json}` naming
-the op, dtype, parameters, entry and emitter version (see `tensorwasm_jit.ptx_core`).
+the op, dtype, parameters, entry and emitter version (see `tensorwasm_jit.ptx.core`).
 `lookup_emitted` reads that line, checks it names an op this module knows with valid
 parameters and that the entry asked for is the one the emitter names for that op and
 those parameters, and returns a `KernelSpec` whose reference computes what the emitted

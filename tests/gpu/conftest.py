@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tensorwasm_dispatcher.backend import Backend
+from tensorwasm_dispatcher.backends.base import Backend
 
 SKIP_REASON = "GPU test: run with `pytest -m gpu` on a machine with an NVIDIA device"
 
@@ -26,7 +26,7 @@ def gpu_run(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(scope="module")
 def cuda_backend(gpu_run: None) -> Iterator[Backend]:
     """The dispatcher's cuda backend on device 0 (imported here: collecting needs no driver)."""
-    from tensorwasm_dispatcher.cuda_backend import CudaBackend
+    from tensorwasm_dispatcher.backends.cuda import CudaBackend
 
     try:
         backend = CudaBackend(0)

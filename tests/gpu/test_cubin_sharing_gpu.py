@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.cubin_sharing import ptx_digest
-from tensorwasm_dispatcher.execution import (
-    Batch,
-    BufferRef,
-    Dispatcher,
-    LaunchCommand,
-    LoadCommand,
-    StagedRegion,
-)
-from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_dispatcher.backends.base import Backend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cubin_sharing import ptx_digest
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_kernels import CATALOG
 
 pytestmark = pytest.mark.gpu
@@ -52,7 +46,7 @@ class DictStore:
 
 @pytest.fixture
 def open_backend(gpu_run: None):  # type: ignore[no-untyped-def]
-    from tensorwasm_dispatcher.cuda_backend import CudaBackend
+    from tensorwasm_dispatcher.backends.cuda import CudaBackend
 
     opened: list[CudaBackend] = []
 
@@ -79,12 +73,12 @@ def _run(backend: Backend, ptx: bytes, session: str) -> list[int] | bytes:
         session,
         regions,
         (
-            LoadCommand(0, ptx, "vector_add"),
-            LaunchCommand(0, ((N + 255) // 256, 1, 1), (256, 1, 1), 0, args),
+            LoadKernel(0, ptx, "vector_add"),
+            LaunchKernel(0, ((N + 255) // 256, 1, 1), (256, 1, 1), 0, args),
         ),
         end_session=True,
     )
-    dispatcher = Dispatcher(backend, Ledger(1 << 30), SessionTable(backend, idle_ttl_seconds=60))
+    dispatcher = Dispatcher(backend, Ledger(1 << 30), GpuSessionTable(backend, idle_ttl_seconds=60))
     outcome = dispatcher.execute("t", batch)
     codes = [result.code for result in outcome.results]
     if codes != [0, 0]:

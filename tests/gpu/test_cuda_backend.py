@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.execution import (
-    Batch,
-    BufferRef,
-    Dispatcher,
-    LaunchCommand,
-    LoadCommand,
-    StagedRegion,
-)
-from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_dispatcher.backends.base import Backend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_kernels import CATALOG
 
 pytestmark = pytest.mark.gpu
 
 
 def _dispatcher(backend: Backend, quota: int = 1 << 30) -> Dispatcher:
-    return Dispatcher(backend, Ledger(quota), SessionTable(backend, idle_ttl_seconds=60))
+    return Dispatcher(backend, Ledger(quota), GpuSessionTable(backend, idle_ttl_seconds=60))
 
 
 def _vector_add_batch(n: int, session: str) -> Batch:
@@ -46,9 +40,9 @@ def _vector_add_batch(n: int, session: str) -> Batch:
         session,
         regions,
         (
-            LoadCommand(0, spec.ptx_text().encode(), "vector_add"),
-            LaunchCommand(0, (blocks, 1, 1), (256, 1, 1), 0, args),
-            LaunchCommand(0, (blocks, 1, 1), (256, 1, 1), 0, args),
+            LoadKernel(0, spec.ptx_text().encode(), "vector_add"),
+            LaunchKernel(0, (blocks, 1, 1), (256, 1, 1), 0, args),
+            LaunchKernel(0, (blocks, 1, 1), (256, 1, 1), 0, args),
         ),
         end_session=True,
     )
@@ -66,7 +60,7 @@ def test_vector_add_matches_the_cpu_backend(cuda_backend: Backend) -> None:
 
 
 def test_the_driver_refuses_garbage_ptx(cuda_backend: Backend) -> None:
-    load = LoadCommand(0, b".version 7.8\n.target sm_80\n.visible .entry k(\n)\n{ bogus; }\n", "k")
+    load = LoadKernel(0, b".version 7.8\n.target sm_80\n.visible .entry k(\n)\n{ bogus; }\n", "k")
     outcome = _dispatcher(cuda_backend).execute("t", Batch("bad", (), (load,), end_session=True))
     assert outcome.results[0].code == AbiError.MALFORMED_PTX
 
@@ -82,11 +76,11 @@ def test_the_quota_holds_on_the_device(cuda_backend: Backend) -> None:
 def test_launch_errors_are_mapped_to_codes_before_the_driver(cuda_backend: Backend) -> None:
     batch = _vector_add_batch(256, "errors")
     load, good = batch.commands[0], batch.commands[1]
-    assert isinstance(good, LaunchCommand)
-    short_argv = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 0, good.args[:3])
-    wide_n = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 0, (*good.args[:3], ScalarArg(ArgTag.U64, 1)))
-    tall_grid = LaunchCommand(0, (1, 70_000, 1), (256, 1, 1), 0, good.args)
-    big_shared = LaunchCommand(0, (1, 1, 1), (256, 1, 1), 64 << 10, good.args)
+    assert isinstance(good, LaunchKernel)
+    short_argv = LaunchKernel(0, (1, 1, 1), (256, 1, 1), 0, good.args[:3])
+    wide_n = LaunchKernel(0, (1, 1, 1), (256, 1, 1), 0, (*good.args[:3], ScalarArg(ArgTag.U64, 1)))
+    tall_grid = LaunchKernel(0, (1, 70_000, 1), (256, 1, 1), 0, good.args)
+    big_shared = LaunchKernel(0, (1, 1, 1), (256, 1, 1), 64 << 10, good.args)
     commands = (load, short_argv, wide_n, tall_grid, big_shared, good)
     outcome = _dispatcher(cuda_backend).execute(
         "t", Batch("errors", batch.regions, commands, end_session=True)
@@ -95,27 +89,20 @@ def test_launch_errors_are_mapped_to_codes_before_the_driver(cuda_backend: Backe
 
 
 def test_device_buffers_round_trip_on_the_device(cuda_backend: Backend) -> None:
-    from tensorwasm_dispatcher.device_buffers import (
-        AllocBufferCommand,
-        DeviceRef,
-        ReadBufferCommand,
-        WriteBufferCommand,
-    )
+    from tensorwasm_common.gpu_batch import AllocBuffer, DeviceBufferRef, ReadBuffer, WriteBuffer
 
     n = 1 << 12
     a = np.arange(n, dtype=np.float32)
     spec = CATALOG["vector_add"]
-    launch = LaunchCommand(
-        0, (n // 256, 1, 1), (256, 1, 1), 0,
-        (DeviceRef(1, 0), DeviceRef(2, 0), DeviceRef(3, 0), ScalarArg(ArgTag.U32, n)),
-    )  # fmt: skip
+    args = (*(DeviceBufferRef(handle, 0) for handle in (1, 2, 3)), ScalarArg(ArgTag.U32, n))
+    launch = LaunchKernel(0, (n // 256, 1, 1), (256, 1, 1), 0, args)
     commands = (
-        LoadCommand(0, spec.ptx_text().encode(), "vector_add"),
-        *(AllocBufferCommand(h, 4 * n) for h in (1, 2, 3)),
-        WriteBufferCommand(1, 0, a.tobytes()),
-        WriteBufferCommand(2, 0, a.tobytes()),
+        LoadKernel(0, spec.ptx_text().encode(), "vector_add"),
+        *(AllocBuffer(h, 4 * n) for h in (1, 2, 3)),
+        WriteBuffer(1, 0, a.tobytes()),
+        WriteBuffer(2, 0, a.tobytes()),
         launch,
-        ReadBufferCommand(3, 0, 4 * n),
+        ReadBuffer(3, 0, 4 * n),
     )
     dispatcher = _dispatcher(cuda_backend, quota=1 << 20)
     outcome = dispatcher.execute("t", Batch("resident", (), commands, end_session=True))
@@ -125,9 +112,9 @@ def test_device_buffers_round_trip_on_the_device(cuda_backend: Backend) -> None:
 
 
 def test_a_128_mib_buffer_is_refused_under_a_64_mib_cap(cuda_backend: Backend) -> None:
-    from tensorwasm_dispatcher.device_buffers import AllocBufferCommand
+    from tensorwasm_common.gpu_batch import AllocBuffer
 
     dispatcher = _dispatcher(cuda_backend, quota=64 << 20)
-    commands = (AllocBufferCommand(1, 128 << 20), AllocBufferCommand(2, 32 << 20))
+    commands = (AllocBuffer(1, 128 << 20), AllocBuffer(2, 32 << 20))
     outcome = dispatcher.execute("t", Batch("cap", (), commands, end_session=True))
     assert [r.code for r in outcome.results] == [AbiError.QUOTA_EXCEEDED, 0]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend
-from tensorwasm_dispatcher.execution import Dispatcher
-from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_dispatcher.backends.base import Backend
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 
 from tests.emitted_cases import Case, all_cases, check_case, run_case
 
@@ -24,6 +24,6 @@ CASES = [case for target in ("sm_70", "sm_80", "sm_90") for case in all_cases(ta
 @pytest.mark.parametrize("case", CASES, ids=[f"{case.spec.target}-{case.name}" for case in CASES])
 def test_emitted_kernel_matches_numpy_on_the_device(cuda_backend: Backend, case: Case) -> None:
     dispatcher = Dispatcher(
-        cuda_backend, Ledger(1 << 30), SessionTable(cuda_backend, idle_ttl_seconds=60)
+        cuda_backend, Ledger(1 << 30), GpuSessionTable(cuda_backend, idle_ttl_seconds=60)
     )
     check_case(case, run_case(dispatcher, case, f"{case.spec.target}-{case.name}"))

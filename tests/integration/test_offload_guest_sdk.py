@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 import wasmtime
-from tensorwasm_common.offload import SECTION_NAME, Declaration, custom_sections, parse_section
+from tensorwasm_common.offload_section import (
+    SECTION_NAME,
+    Declaration,
+    custom_sections,
+    parse_section,
+)
 
 from tests.guests import NO_CLANG, build_guests, cli, find_clang
 from tests.integration.test_gpu_path import settled_usage

@@ -26,8 +26,8 @@ import pytest
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.snapshot_errors import SnapshotNotFoundError
+from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
-from tensorwasm_snapshot.store import SnapshotStore
 
 from tests.integration.test_store_service import (
     MIB,
@@ -172,8 +172,8 @@ _DIE_BEFORE_ROW = """
 import json, os, sys
 from pathlib import Path
 from tensorwasm_snapshot.records import SnapshotRecords
-from tensorwasm_snapshot.snapshot_index import SnapshotIndex
-from tensorwasm_snapshot.store import SnapshotStore
+from tensorwasm_snapshot.record_index import RecordIndex
+from tensorwasm_snapshot.object_store import SnapshotStore
 
 root, tenant, fingerprint, source, payload_path = sys.argv[1:]
 store = SnapshotStore.open(Path(root))
@@ -183,7 +183,7 @@ def die(self, row):
     print(json.dumps({"id": row.id, "record_digest": row.record_digest}), flush=True)
     os._exit(137)
 
-SnapshotIndex.put = die
+RecordIndex.put = die
 payload = Path(payload_path).read_bytes()
 creator = records.creator(tenant, kind=2, engine_fingerprint=fingerprint, source_digest=source,
                           variant="wizer.initialize", payload_size_bytes=len(payload))

@@ -131,7 +131,7 @@ EDGE: dict[str, frozenset[str]] = {
     ),
     "gateway": frozenset(),
     "dispatcher": frozenset(
-        {"__main__.py", "server.py", "servicer.py", "cubin_sharing.py"}  # the jit cache's client
+        {"__main__.py", "server.py", "servicer.py", "backends/cubin_sharing.py"}  # the jit client
     ),
     "snapshot": frozenset({"__main__.py", "server.py", "servicer.py"}),
     "jit": frozenset({"__main__.py", "server.py", "servicer.py"}),

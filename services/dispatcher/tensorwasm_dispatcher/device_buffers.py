@@ -9,59 +9,21 @@ the session, so one guest instance can never name another's buffer.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from tensorwasm_common.gpu_abi import MAX_DEVICE_BUFFERS_PER_INSTANCE, AbiError, AbiFailure
+from tensorwasm_common.gpu_batch import (
+    AllocBuffer,
+    BufferCommand,
+    DeviceBufferRef,
+    FreeBuffer,
+    WriteBuffer,
+)
 
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend, BufferArg, DeviceBuffer
-from tensorwasm_dispatcher.sessions import Session
+from tensorwasm_dispatcher.backends import Backend, BufferArg, DeviceBuffer
+from tensorwasm_dispatcher.gpu_sessions import GpuSession
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AllocBufferCommand:
-    """Allocate a zeroed device buffer as the session's `handle`."""
-
-    handle: int
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class FreeBufferCommand:
-    """Free the session's buffer `handle`."""
-
-    handle: int
-
-
-@dataclass(frozen=True)
-class WriteBufferCommand:
-    """Copy host bytes into the buffer at `offset_bytes`."""
-
-    handle: int
-    offset_bytes: int
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class ReadBufferCommand:
-    """Copy `length_bytes` of the buffer from `offset_bytes` back to the host."""
-
-    handle: int
-    offset_bytes: int
-    length_bytes: int
-
-
-@dataclass(frozen=True)
-class DeviceRef:
-    """A launch argument pointing into a device buffer of the session."""
-
-    handle: int
-    offset_bytes: int
-
-
-BufferCommand = AllocBufferCommand | FreeBufferCommand | WriteBufferCommand | ReadBufferCommand
 
 
 class DeviceBuffers:
@@ -71,22 +33,22 @@ class DeviceBuffers:
         self._backend = backend
         self._ledger = ledger
 
-    def run(self, session: Session, command: BufferCommand) -> bytes:
+    def run(self, session: GpuSession, command: BufferCommand) -> bytes:
         """Runs one buffer command; returns the bytes a read read (else b"").
 
         Raises:
             AbiFailure: INVALID_ARGS (unknown handle, bad size), INVALID_POINTER (a range
                 outside the buffer), QUOTA_EXCEEDED (the quota or the device is full).
         """
-        if isinstance(command, AllocBufferCommand):
+        if isinstance(command, AllocBuffer):
             self._allocate(session, command.handle, command.size_bytes)
             return b""
         buffer = self._find(session, command.handle)
-        if isinstance(command, FreeBufferCommand):
+        if isinstance(command, FreeBuffer):
             del session.buffers[command.handle]
             self._release(session.tenant, buffer)
             return b""
-        if isinstance(command, WriteBufferCommand):
+        if isinstance(command, WriteBuffer):
             _check_range(command.handle, buffer, command.offset_bytes, len(command.data))
             self._backend.write(buffer, command.offset_bytes, command.data, session.stream)
             return b""
@@ -95,7 +57,7 @@ class DeviceBuffers:
             buffer, command.offset_bytes, command.length_bytes, session.stream
         )
 
-    def resolve(self, session: Session, ref: DeviceRef) -> BufferArg:
+    def resolve(self, session: GpuSession, ref: DeviceBufferRef) -> BufferArg:
         """The launch argument for `ref`: the buffer from its offset to its end."""
         buffer = self._find(session, ref.handle)
         if ref.offset_bytes >= buffer.size_bytes:
@@ -108,13 +70,13 @@ class DeviceBuffers:
         length = buffer.size_bytes - ref.offset_bytes
         return BufferArg(buffer, ref.offset_bytes, length, guest_offset=ref.offset_bytes)
 
-    def release_all(self, session: Session) -> None:
+    def release_all(self, session: GpuSession) -> None:
         """Frees every buffer of a session that is closing."""
         buffers, session.buffers = list(session.buffers.values()), {}
         for buffer in buffers:
             self._release(session.tenant, buffer)
 
-    def _allocate(self, session: Session, handle: int, size_bytes: int) -> None:
+    def _allocate(self, session: GpuSession, handle: int, size_bytes: int) -> None:
         if size_bytes < 1:
             raise AbiFailure(AbiError.INVALID_ARGS, "a device buffer needs at least 1 byte")
         if handle in session.buffers:
@@ -150,7 +112,7 @@ class DeviceBuffers:
         self._ledger.record(tenant, device_buffers=-1, device_buffer_bytes=-buffer.size_bytes)
 
     @staticmethod
-    def _find(session: Session, handle: int) -> DeviceBuffer:
+    def _find(session: GpuSession, handle: int) -> DeviceBuffer:
         buffer = session.buffers.get(handle)
         if buffer is None:
             raise AbiFailure(AbiError.INVALID_ARGS, f"this session holds no device buffer {handle}")

@@ -10,14 +10,20 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
 from tensorwasm_dispatcher.accounting import Admission, Ledger
-from tensorwasm_dispatcher.backend import Backend
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.cubin_sharing import JitArtifactStore
-from tensorwasm_dispatcher.devices import BackendKind, DeviceReport, cpu_report, discover
-from tensorwasm_dispatcher.execution import Dispatcher
+from tensorwasm_dispatcher.backends import (
+    Backend,
+    BackendKind,
+    CpuBackend,
+    DeviceReport,
+    JitArtifactStore,
+    cpu_report,
+    discover,
+)
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_dispatcher.intake import BatchIntake
 from tensorwasm_dispatcher.scheduling import FairScheduler
 from tensorwasm_dispatcher.servicer import DispatcherServicer
-from tensorwasm_dispatcher.sessions import SessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
@@ -30,7 +36,7 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
     under `auto` and fails the start under `cuda`."""
     report = discover(settings.backend)
     if report.backend is BackendKind.CUDA:
-        from tensorwasm_dispatcher.cuda_backend import CudaBackend
+        from tensorwasm_dispatcher.backends.cuda import CudaBackend
 
         artifacts = None
         if settings.jit_address:  # cubins shared through the jit cache
@@ -65,7 +71,7 @@ def build_server(
         extra={"backend": report.backend.value, "fallback_reason": report.fallback_reason},
     )
     ledger = Ledger(settings.tenant_memory_quota_bytes)
-    sessions = SessionTable(
+    sessions = GpuSessionTable(
         backend,
         idle_ttl_seconds=settings.session_idle_ttl_seconds,
         on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
@@ -79,7 +85,7 @@ def build_server(
     scheduler = FairScheduler(settings.workers, quantum=settings.fair_quantum_commands)
     host = create_host("dispatcher", settings, [SERVICE_NAME])
     pb_grpc.add_DispatcherServiceServicer_to_server(
-        DispatcherServicer(report, dispatcher, admission, scheduler), host.server
+        DispatcherServicer(report, BatchIntake(dispatcher, admission, scheduler)), host.server
     )
     return host, dispatcher, scheduler
 

@@ -1,37 +1,33 @@
-"""DispatcherService: proto <-> domain translation; batches run on the fair scheduler."""
+"""DispatcherService: proto <-> domain translation; batches go through the `BatchIntake`."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedError
+from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
-
-from tensorwasm_dispatcher.accounting import Admission
-from tensorwasm_dispatcher.device_buffers import (
-    AllocBufferCommand,
-    DeviceRef,
-    FreeBufferCommand,
-    ReadBufferCommand,
-    WriteBufferCommand,
-)
-from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
-from tensorwasm_dispatcher.execution import (
+from tensorwasm_common.gpu_batch import (
+    AllocBuffer,
     Batch,
-    BatchOutcome,
+    BatchResult,
     Command,
-    Dispatcher,
-    InvalidBatchError,
-    LaunchCommand,
-    LoadCommand,
+    DeviceBufferRef,
+    FreeBuffer,
+    KernelArg,
+    LaunchKernel,
+    LoadKernel,
+    ReadBuffer,
     StagedRegion,
+    WriteBuffer,
 )
-from tensorwasm_dispatcher.scheduling import FairScheduler
+
+from tensorwasm_dispatcher.backends import BackendKind, DeviceReport
+from tensorwasm_dispatcher.batch_runner import InvalidBatchError
+from tensorwasm_dispatcher.intake import BatchIntake
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
 _SCALAR_FIELDS = {
@@ -53,17 +49,9 @@ class TenantMismatchError(InvalidArgumentError):
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     """Reports the device, runs batches (admitted first) and reports tenants' usage."""
 
-    def __init__(
-        self,
-        report: DeviceReport,
-        dispatcher: Dispatcher,
-        admission: Admission,
-        scheduler: FairScheduler,
-    ) -> None:
+    def __init__(self, report: DeviceReport, intake: BatchIntake) -> None:
         self._report = report
-        self._dispatcher = dispatcher
-        self._admission = admission
-        self._scheduler = scheduler
+        self._intake = intake
 
     async def GetDevice(
         self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
@@ -88,34 +76,15 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        """Admits the batch (or refuses it at once) and queues it for a worker thread.
-
-        Admitted batches wait in their tenant's queue; the workers serve the tenants in
-        turn (`FairScheduler`), so a flooding tenant waits behind itself. The slot is
-        released when the worker is done, not when the handler returns, so a
-        batch whose caller went away keeps counting until it has really stopped.
-        """
+        """Runs the batch through the intake (admitted, or refused at once)."""
         tenant = _tenant(request.tenant, context)
-        batch = batch_from_wire(request)
-        try:
-            slot = self._admission.acquire(tenant)
-        except ResourceExhaustedError:
-            self._dispatcher.ledger.record(tenant, rejected_requests=1)
-            raise
-        try:
-            future = self._scheduler.submit(
-                tenant, len(batch.commands), lambda: self._dispatcher.execute(tenant, batch)
-            )
-        except BaseException:
-            slot.release()
-            raise
-        future.add_done_callback(lambda _: slot.release())
-        return outcome_to_wire(await asyncio.wrap_future(future))
+        result = await self._intake.execute(tenant, batch_from_wire(request))
+        return result_to_wire(result)
 
     async def GetTenantUsage(
         self, request: pb.GetTenantUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTenantUsageResponse:
-        usage = self._dispatcher.ledger.usage(_tenant(request.tenant, context))
+        usage = self._intake.usage(_tenant(request.tenant, context))
         response = pb.GetTenantUsageResponse(
             tenant=usage.tenant,
             staged_bytes_total=usage.staged_bytes_total,
@@ -128,7 +97,7 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             execute_requests=usage.execute_requests,
             rejected_requests=usage.rejected_requests,
             open_sessions=usage.open_sessions,
-            queued_requests=self._scheduler.queued(usage.tenant),
+            queued_requests=self._intake.queued(usage.tenant),
             device_buffers=usage.device_buffers,
             device_buffer_bytes=usage.device_buffer_bytes,
         )
@@ -183,10 +152,10 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
     kind = command.WhichOneof("command")
     if kind == "load":
         load = command.load
-        return LoadCommand(load.kernel_id, load.ptx, load.entry)
+        return LoadKernel(load.kernel_id, load.ptx, load.entry)
     if kind == "launch":
         launch = command.launch
-        return LaunchCommand(
+        return LaunchKernel(
             kernel_id=launch.kernel_id,
             grid=(launch.grid.x, launch.grid.y, launch.grid.z),
             block=(launch.block.x, launch.block.y, launch.block.z),
@@ -194,27 +163,27 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
             args=tuple(_arg_from_wire(arg, index) for arg in launch.args),
         )
     if kind == "alloc_buffer":
-        return AllocBufferCommand(command.alloc_buffer.handle, command.alloc_buffer.size_bytes)
+        return AllocBuffer(command.alloc_buffer.handle, command.alloc_buffer.size_bytes)
     if kind == "free_buffer":
-        return FreeBufferCommand(command.free_buffer.handle)
+        return FreeBuffer(command.free_buffer.handle)
     if kind == "write_buffer":
         write = command.write_buffer
-        return WriteBufferCommand(write.handle, write.offset_bytes, write.data)
+        return WriteBuffer(write.handle, write.offset_bytes, write.data)
     if kind == "read_buffer":
         read = command.read_buffer
-        return ReadBufferCommand(read.handle, read.offset_bytes, read.length_bytes)
+        return ReadBuffer(read.handle, read.offset_bytes, read.length_bytes)
     raise InvalidBatchError(
         f"command {index} has no command set", metadata={"field": f"commands[{index}]"}
     )
 
 
-def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef | DeviceRef:
+def _arg_from_wire(arg: pb.KernelArg, index: int) -> KernelArg:
     kind = arg.WhichOneof("value")
     if kind == "buffer":
         ref = arg.buffer
         return BufferRef(ref.buffer_id, ref.offset_bytes, ref.length_bytes)
     if kind == "device_buffer":
-        return DeviceRef(arg.device_buffer.handle, arg.device_buffer.offset_bytes)
+        return DeviceBufferRef(arg.device_buffer.handle, arg.device_buffer.offset_bytes)
     if kind is None:
         raise InvalidBatchError(
             f"command {index} has an argument without a value",
@@ -223,20 +192,20 @@ def _arg_from_wire(arg: pb.KernelArg, index: int) -> ScalarArg | BufferRef | Dev
     return ScalarArg(_SCALAR_FIELDS[kind], int(getattr(arg, kind)))
 
 
-def outcome_to_wire(outcome: BatchOutcome) -> pb.ExecuteResponse:
-    """The ExecuteResponse of a batch's outcome."""
+def result_to_wire(result: BatchResult) -> pb.ExecuteResponse:
+    """The ExecuteResponse of a batch's result."""
     response = pb.ExecuteResponse(
         results=[
             pb.CommandResult(abi_code=r.code, message=r.message, data=r.data)
-            for r in outcome.results
+            for r in result.results
         ],
         buffers=[
             pb.BufferData(buffer_id=buffer_id, data=data)
-            for buffer_id, data in outcome.buffers.items()
+            for buffer_id, data in result.buffers.items()
         ],
     )
-    response.kernel_time.FromTimedelta(datetime.timedelta(seconds=outcome.kernel_seconds))
+    response.kernel_time.FromTimedelta(datetime.timedelta(seconds=result.kernel_seconds))
     response.tenant_kernel_time.FromTimedelta(
-        datetime.timedelta(seconds=outcome.tenant_kernel_seconds)
+        datetime.timedelta(seconds=result.tenant_kernel_seconds)
     )
     return response

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
-from tensorwasm_common.offload import Declaration
+from tensorwasm_common.offload_section import Declaration
 
 from tensorwasm_executor.admission import Admission
 from tensorwasm_executor.gpu.host import CudaHost

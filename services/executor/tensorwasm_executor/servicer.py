@@ -16,7 +16,7 @@ from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.errors import UnavailableError
-from tensorwasm_common.offload import Declaration
+from tensorwasm_common.offload_section import Declaration
 
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.guest_calls import (

@@ -12,7 +12,7 @@ import blake3
 from tensorwasm.common.v1 import invocation_pb2, values_json, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
-from tensorwasm_common import offload
+from tensorwasm_common import offload_section
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.wasi_config import check_wasi_config
 
@@ -134,7 +134,7 @@ def offload_declarations(
 
     Raises:
         OffloadDeclarationMalformedError, OffloadOpUnknownError,
-        OffloadSignatureMismatchError: see `tensorwasm_common.offload`.
+        OffloadSignatureMismatchError: see `tensorwasm_common.offload_section`.
     """
     if not config.auto_offload:
         return []
@@ -146,8 +146,8 @@ def offload_declarations(
         for e in exports
     }
     declared = []
-    for item in offload.parse_section(wasm):
-        offload.check_signature(item, signatures)
+    for item in offload_section.parse_section(wasm):
+        offload_section.check_signature(item, signatures)
         declared.append(
             invocation_pb2.OffloadedExport(export_name=item.export_name, op=item.op, args=item.args)
         )

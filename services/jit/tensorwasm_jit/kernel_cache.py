@@ -2,7 +2,7 @@
 
 A lookup canonicalises the spec (defaults filled in, validated), then tries memory, then
 disk (verified), then emits and stores in both. Memory is bounded by entries and PTX bytes,
-disk by bytes (`store.ByteStore`); evictions are counted per tier (`evictions` here, and the
+disk by bytes (`byte_store.ByteStore`); evictions are counted per tier (`evictions` here, and the
 `tensorwasm_jit_cache_evictions_total{tier}` counter).
 """
 
@@ -13,8 +13,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tensorwasm_jit.ptx_emit import EmittedKernel, KernelSpec, cache_key, canonical_spec, emit
-from tensorwasm_jit.store import EVICTIONS, LOOKUPS, ArtifactIntegrityError, ByteStore
+from tensorwasm_jit.byte_store import EVICTIONS, LOOKUPS, ArtifactIntegrityError, ByteStore
+from tensorwasm_jit.ptx import EmittedKernel, KernelSpec, cache_key, canonical_spec, emit
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
 from tensorwasm_jit.artifacts import ArtifactCache
+from tensorwasm_jit.byte_store import ByteStore
 from tensorwasm_jit.kernel_cache import KernelCache
 from tensorwasm_jit.servicer import JitCacheServicer
 from tensorwasm_jit.settings import JitSettings
-from tensorwasm_jit.store import ByteStore
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JitCacheService"].full_name
 

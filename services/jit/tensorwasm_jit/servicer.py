@@ -11,7 +11,7 @@ from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
 from tensorwasm_jit.artifacts import ArtifactCache
 from tensorwasm_jit.errors import InvalidPageTokenError
 from tensorwasm_jit.kernel_cache import KernelCache
-from tensorwasm_jit.ptx_emit import KernelSpec
+from tensorwasm_jit.ptx import KernelSpec
 
 _DTYPES = {pb.DATA_TYPE_F32: "f32", pb.DATA_TYPE_F16: "f16", pb.DATA_TYPE_UNSPECIFIED: "f32"}
 _DTYPE_ENUMS = {"f32": pb.DATA_TYPE_F32, "f16": pb.DATA_TYPE_F16}

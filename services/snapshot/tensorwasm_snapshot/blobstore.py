@@ -5,7 +5,8 @@ in-flight writes (same filesystem, so the rename is atomic) and is emptied when 
 so one root belongs to one process. A digest is BLAKE3-256 of the plaintext in lowercase hex.
 A writer puts a placeholder header first and the real one last, fsyncs, renames into place and
 fsyncs the directory (and ``blobs/`` for a new ``<xx>/``): a blob is whole or absent after a crash.
-Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `index`, `store`).
+Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `blob_index`,
+`object_store`).
 
 Blob file, format 2 (written today): a 64-byte little-endian header, then the body:
 

@@ -26,9 +26,9 @@ from tensorwasm_common.snapshot_errors import (
 
 from tensorwasm_snapshot import errors, record_format
 from tensorwasm_snapshot.blobstore import Codec, validate_digest
+from tensorwasm_snapshot.object_store import Clock, SnapshotStore, validate_tenant
 from tensorwasm_snapshot.record_format import PayloadEncoder, RecordMeta
-from tensorwasm_snapshot.snapshot_index import REF_PREFIX, SnapshotIndex, SnapshotRow
-from tensorwasm_snapshot.store import Clock, SnapshotStore, validate_tenant
+from tensorwasm_snapshot.record_index import REF_PREFIX, RecordIndex, SnapshotRow
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SnapshotRecords:
     ) -> None:
         """Serves records of `store`; with `signing_key`, records are signed and only
         correctly signed ones are read."""
-        self.store, self.index = store, SnapshotIndex(store.index)
+        self.store, self.index = store, RecordIndex(store.index)
         self.signing_key, self._clock = signing_key or None, clock
 
     def creator(

@@ -10,9 +10,9 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
+from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
-from tensorwasm_snapshot.store import SnapshotStore
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SnapshotStoreService"].full_name
 

@@ -12,9 +12,9 @@ from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError
 
 from tensorwasm_snapshot.blobstore import BlobInfo
+from tensorwasm_snapshot.object_store import ObjectWriter, SnapshotStore, validate_tenant
+from tensorwasm_snapshot.record_index import SnapshotRow
 from tensorwasm_snapshot.records import SnapshotCreator, SnapshotRecords
-from tensorwasm_snapshot.snapshot_index import SnapshotRow
-from tensorwasm_snapshot.store import ObjectWriter, SnapshotStore, validate_tenant
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:

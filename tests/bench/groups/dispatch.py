@@ -36,9 +36,9 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack
 from tensorwasm_common.gpu_abi import ArgTag, ScalarArg
-from tensorwasm_dispatcher.backend import BufferArg
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.devices import BackendKind, discover
+from tensorwasm_dispatcher.backends.base import BufferArg
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.discovery import BackendKind, discover
 from tensorwasm_kernels import CATALOG
 
 from tests.bench.harness import Benchmark, RunConfig, group

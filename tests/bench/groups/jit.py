@@ -33,7 +33,7 @@ from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack
 from tensorwasm_jit.kernel_cache import KernelCache
-from tensorwasm_jit.ptx_emit import KernelSpec, emit
+from tensorwasm_jit.ptx import KernelSpec, emit
 
 from tests.bench.harness import Benchmark, RunConfig, group
 from tests.guests import load_builder

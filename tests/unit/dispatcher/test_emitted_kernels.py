@@ -8,10 +8,10 @@ import json
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.execution import Dispatcher
-from tensorwasm_dispatcher.sessions import SessionTable
-from tensorwasm_jit.ptx_emit import EMITTERS, KernelSpec, emit
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_jit.ptx import EMITTERS, KernelSpec, emit
 from tensorwasm_kernels.emitted import lookup_emitted
 
 from tests.emitted_cases import Case, all_cases, check_case, run_case
@@ -21,7 +21,7 @@ CASES = all_cases()
 
 def _dispatcher() -> Dispatcher:
     backend = CpuBackend()
-    return Dispatcher(backend, Ledger(1 << 30), SessionTable(backend, idle_ttl_seconds=60))
+    return Dispatcher(backend, Ledger(1 << 30), GpuSessionTable(backend, idle_ttl_seconds=60))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -7,7 +7,7 @@ import threading
 import pytest
 from tensorwasm_jit.errors import UnknownOpError
 from tensorwasm_jit.kernel_cache import KernelCache
-from tensorwasm_jit.ptx_emit import SUPPORTED_TARGETS, KernelSpec, cache_key
+from tensorwasm_jit.ptx import SUPPORTED_TARGETS, KernelSpec, cache_key
 
 
 def _spec(target: str = "sm_80", dtype: str = "f32") -> KernelSpec:

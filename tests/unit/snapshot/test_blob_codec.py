@@ -16,8 +16,8 @@ import blake3
 import pytest
 from tensorwasm_snapshot.blobstore import BlobStore, Codec
 from tensorwasm_snapshot.errors import BlobIntegrityError, TooLargeError
+from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
-from tensorwasm_snapshot.store import SnapshotStore
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 BLOBS = FIXTURES / "blobs"

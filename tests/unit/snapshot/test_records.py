@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.snapshot_errors import SnapshotCorruptError
+from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
-from tensorwasm_snapshot.store import SnapshotStore
 
 SOURCE = "cd" * 32
 

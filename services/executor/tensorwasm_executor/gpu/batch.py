@@ -1,4 +1,4 @@
-"""A batch of queued GPU commands as the dispatcher receives it, and its transport.
+"""Queued GPU commands made into the batch the dispatcher receives, and its transport.
 
 Pointer arguments become staged regions when the batch is sent: the ranges of all its
 pointer arguments are merged where they overlap, each merged range is read from linear
@@ -9,13 +9,24 @@ batch thus share their buffers, and see each other's writes, as under unified me
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from tensorwasm_common.gpu_abi import AbiError, BufferRef, Dim3
+from tensorwasm_common.gpu_abi import AbiError, BufferRef
+from tensorwasm_common.gpu_batch import (
+    Batch,
+    BatchResult,
+    BufferCommand,
+    Command,
+    DeviceBufferRef,
+    KernelArg,
+    LaunchKernel,
+    LoadKernel,
+    StagedRegion,
+    WriteBuffer,
+)
 
-from tensorwasm_executor.gpu.abi import ArgRecord, PointerRecord
+from tensorwasm_executor.gpu.abi import ArgRecord, DeviceBufferRecord, PointerRecord
 
 
 class GuestMemory(Protocol):
@@ -34,110 +45,18 @@ class GuestMemory(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Region:
-    """A staged region: bytes of linear memory from `guest_offset`."""
-
-    buffer_id: int
-    guest_offset: int
-    data: bytes = field(repr=False)
-    copy_back: bool
+# A command as queued: a launch's pointers are still guest ranges (`PointerRecord`s).
+QueuedCommand = LoadKernel | LaunchKernel[ArgRecord] | BufferCommand
 
 
-@dataclass(frozen=True)
-class LoadKernel:
-    """Load PTX as the session's kernel `kernel_id`."""
-
-    kernel_id: int
-    ptx: bytes = field(repr=False)
-    entry: str
-
-
-@dataclass(frozen=True)
-class LaunchKernel:
-    """A launch, as queued (pointers are guest ranges) or as sent (pointers are refs)."""
-
-    kernel_id: int
-    grid: Dim3
-    block: Dim3
-    shared_mem_bytes: int
-    args: tuple[ArgRecord | BufferRef, ...]
-
-    @property
-    def staged_bytes(self) -> int:
-        """The bytes its pointer arguments cover (before any merging)."""
-        return sum(arg.length for arg in self.args if isinstance(arg, PointerRecord))
-
-
-@dataclass(frozen=True)
-class AllocBuffer:
-    """Allocate a device-resident buffer as the session's `handle` (extension)."""
-
-    handle: int
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class FreeBuffer:
-    """Free the session's device buffer `handle` (extension)."""
-
-    handle: int
-
-
-@dataclass(frozen=True)
-class WriteBuffer:
-    """Copy bytes (read from linear memory when queued) into a device buffer (extension)."""
-
-    handle: int
-    offset_bytes: int
-    data: bytes = field(repr=False)
-
-    @property
-    def staged_bytes(self) -> int:
-        """The bytes it carries."""
-        return len(self.data)
-
-
-@dataclass(frozen=True)
-class ReadBuffer:
-    """Copy bytes of a device buffer back; they come in the result's `data` (extension)."""
-
-    handle: int
-    offset_bytes: int
-    length_bytes: int
-
-
-Command = LoadKernel | LaunchKernel | AllocBuffer | FreeBuffer | WriteBuffer | ReadBuffer
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """One Execute request of a session."""
-
-    session_id: str
-    regions: tuple[Region, ...]
-    commands: tuple[Command, ...]
-    end_session: bool = False
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """A command's ABI code (0: success), message, and the bytes a buffer read read."""
-
-    code: int
-    message: str = ""
-    data: bytes = field(default=b"", repr=False)
-
-
-@dataclass(frozen=True)
-class BatchReply:
-    """The dispatcher's answer: one result per command, the copied-back buffers, the
-    batch's kernel time and the tenant's kernel time in all."""
-
-    results: tuple[CommandResult, ...]
-    buffers: Mapping[int, bytes]
-    kernel_seconds: float = 0.0
-    tenant_kernel_seconds: float = 0.0
+def staged_bytes(command: QueuedCommand) -> int:
+    """The bytes a queued command stages: a launch's pointer ranges (before any merging),
+    a buffer write's data."""
+    if isinstance(command, LaunchKernel):
+        return sum(arg.length for arg in command.args if isinstance(arg, PointerRecord))
+    if isinstance(command, WriteBuffer):
+        return len(command.data)
+    return 0
 
 
 class TransportError(Exception):
@@ -160,7 +79,7 @@ class TransportError(Exception):
 class Transport(Protocol):
     """Sends a batch to the dispatcher and waits for its reply (on the guest's thread)."""
 
-    def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
+    def execute(self, request: Batch, timeout_seconds: float) -> BatchResult:
         """Runs the batch.
 
         Raises:
@@ -173,7 +92,7 @@ class Transport(Protocol):
 class BackgroundTransport(Transport, Protocol):
     """A transport that can also end a session without the guest's thread waiting."""
 
-    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+    def end_session_later(self, request: Batch, timeout_seconds: float) -> bool:
         """Sends `request` (an empty end-of-session request) in the background.
 
         Returns:
@@ -201,17 +120,17 @@ def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def build_request(
     session_id: str,
-    commands: Sequence[Command],
+    commands: Sequence[QueuedCommand],
     memory: GuestMemory | None,
     *,
     copy_back: bool,
     end_session: bool = False,
-) -> BatchRequest:
-    """The request for queued commands: regions read from `memory`, pointers as refs.
+) -> Batch:
+    """The batch for queued commands: regions read from `memory`, pointers as refs.
 
     Args:
         session_id: The session.
-        commands: Loads and queued launches, in order.
+        commands: Loads, queued launches and buffer commands, in order.
         memory: The guest's memory (only needed when a launch has a pointer argument).
         copy_back: Whether the written regions should come back.
         end_session: Whether this is the session's last request.
@@ -227,24 +146,33 @@ def build_request(
     if spans and memory is None:
         raise ValueError("pointer arguments need the guest's memory")
     regions = tuple(
-        Region(index, start, memory.read(start, end - start) if memory else b"", copy_back)
+        StagedRegion(
+            buffer_id=index,
+            data=memory.read(start, end - start) if memory else b"",
+            guest_offset=start,
+            copy_back=copy_back,
+        )
         for index, (start, end) in enumerate(spans)
     )
     starts = [start for start, _ in spans]
 
-    def ref(arg: PointerRecord) -> BufferRef:
-        index = _span_of(starts, spans, arg.offset, arg.length)
-        return BufferRef(index, arg.offset - spans[index][0], arg.length)
+    def sent_arg(arg: ArgRecord) -> KernelArg:
+        if isinstance(arg, PointerRecord):
+            index = _span_of(starts, spans, arg.offset, arg.length)
+            return BufferRef(index, arg.offset - spans[index][0], arg.length)
+        if isinstance(arg, DeviceBufferRecord):
+            return DeviceBufferRef(arg.handle, arg.offset)
+        return arg
 
     sent: list[Command] = []
     for command in commands:
         if isinstance(command, LaunchKernel):
-            args = tuple(ref(a) if isinstance(a, PointerRecord) else a for a in command.args)
+            args = tuple(sent_arg(arg) for arg in command.args)
             grid, block, shared = command.grid, command.block, command.shared_mem_bytes
             sent.append(LaunchKernel(command.kernel_id, grid, block, shared, args))
         else:
             sent.append(command)
-    return BatchRequest(session_id, regions, tuple(sent), end_session)
+    return Batch(session_id, regions, tuple(sent), end_session)
 
 
 def _span_of(starts: list[int], spans: list[tuple[int, int]], offset: int, length: int) -> int:

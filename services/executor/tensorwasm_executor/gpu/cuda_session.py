@@ -29,6 +29,14 @@ from tensorwasm_common.gpu_abi import (
     AbiFailure,
     ptx_declares_entry,
 )
+from tensorwasm_common.gpu_batch import (
+    Batch,
+    BatchResult,
+    BufferCommand,
+    CommandResult,
+    LaunchKernel,
+    LoadKernel,
+)
 
 from tensorwasm_executor.gpu.abi import (
     ArgRecord,
@@ -39,16 +47,11 @@ from tensorwasm_executor.gpu.abi import (
 )
 from tensorwasm_executor.gpu.argv import ArgvCache, require_memory
 from tensorwasm_executor.gpu.batch import (
-    BatchReply,
-    BatchRequest,
-    Command,
-    CommandResult,
     GuestMemory,
-    LaunchKernel,
-    LoadKernel,
+    QueuedCommand,
     Transport,
-    WriteBuffer,
     build_request,
+    staged_bytes,
 )
 from tensorwasm_executor.gpu.sender import BatchSender
 
@@ -79,7 +82,7 @@ class CudaSession:
         self._kernels: dict[int, str] = {}  # id -> entry
         self._next_kernel_id = 0
         self._ptx_bytes = 0
-        self._pending: list[Command] = []
+        self._pending: list[QueuedCommand] = []
         self._pending_bytes = 0
         self._deferred: AbiFailure | None = None
         self._deferred_more = 0
@@ -236,8 +239,8 @@ class CudaSession:
             )
         check_dimensions(grid, block)
 
-    def _enqueue(self, memory: GuestMemory | None, launch: LaunchKernel) -> None:
-        launch_bytes = launch.staged_bytes
+    def _enqueue(self, memory: GuestMemory | None, launch: LaunchKernel[ArgRecord]) -> None:
+        launch_bytes = staged_bytes(launch)
         if launch_bytes > self._max_bytes:
             raise AbiFailure(
                 AbiError.QUOTA_EXCEEDED,
@@ -289,20 +292,22 @@ class CudaSession:
 
     # --- for extension modules (gpu_ext.py and others) -----------------------------------
 
-    def request(self, memory: GuestMemory | None, command: Command) -> CommandResult:
+    def request(
+        self, memory: GuestMemory | None, command: LoadKernel | BufferCommand
+    ) -> CommandResult:
         """Sends what is queued and then `command`, and returns `command`'s result (a
         round trip: for functions whose result the guest needs at once)."""
         result = self._flush(memory, extra=command)
         assert result is not None
         return result
 
-    def enqueue(self, memory: GuestMemory | None, command: WriteBuffer | Command) -> None:
+    def enqueue(self, memory: GuestMemory | None, command: QueuedCommand) -> None:
         """Queues a command whose failure the next sync reports (sends a full batch).
 
         Raises:
             AbiFailure: QUOTA_EXCEEDED when the command alone is larger than a batch.
         """
-        size = command.staged_bytes if isinstance(command, WriteBuffer) else 0
+        size = staged_bytes(command)
         if size > self._max_bytes:
             raise AbiFailure(
                 AbiError.QUOTA_EXCEEDED,
@@ -347,14 +352,14 @@ class CudaSession:
         self,
         memory: GuestMemory | None,
         *,
-        extra: Command | None = None,
+        extra: LoadKernel | BufferCommand | None = None,
         copy_back: bool = True,
         end_session: bool = False,
     ) -> CommandResult | None:
         """Sends the queued launches (and `extra`) as one request; copies back what comes
         back; defers the queued launches' failures. Returns `extra`'s result."""
         queued, self._pending, self._pending_bytes = self._pending, [], 0
-        commands: list[Command] = [*queued]
+        commands: list[QueuedCommand] = [*queued]
         if extra is not None:
             commands.append(extra)
         request = build_request(
@@ -364,7 +369,7 @@ class CudaSession:
             reply = self._sender.send(request)
         except AbiFailure as failure:
             results = tuple(CommandResult(int(failure.code), failure.message) for _ in commands)
-            reply = BatchReply(results, {})
+            reply = BatchResult(results, {})
         self.kernel_seconds += reply.kernel_seconds
         self.tenant_kernel_seconds = max(self.tenant_kernel_seconds, reply.tenant_kernel_seconds)
         if copy_back and memory is not None:
@@ -374,7 +379,7 @@ class CudaSession:
                 self._defer(AbiFailure(_abi_code(result.code), result.message))
         return reply.results[-1] if extra is not None else None
 
-    def _copy_back(self, request: BatchRequest, reply: BatchReply, memory: GuestMemory) -> None:
+    def _copy_back(self, request: Batch, reply: BatchResult, memory: GuestMemory) -> None:
         for region in request.regions:
             data = reply.buffers.get(region.buffer_id)
             if data is None:

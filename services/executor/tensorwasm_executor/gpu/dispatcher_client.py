@@ -32,21 +32,21 @@ from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
-from tensorwasm_common.status import error_from_rpc
-
-from tensorwasm_executor.gpu.abi import DeviceBufferRecord
-from tensorwasm_executor.gpu.batch import (
+from tensorwasm_common.gpu_batch import (
     AllocBuffer,
-    BatchReply,
-    BatchRequest,
+    Batch,
+    BatchResult,
     Command,
     CommandResult,
     FreeBuffer,
+    KernelArg,
     LaunchKernel,
     LoadKernel,
-    TransportError,
     WriteBuffer,
 )
+from tensorwasm_common.status import error_from_rpc
+
+from tensorwasm_executor.gpu.batch import TransportError
 
 _SCALAR_FIELDS = {
     ArgTag.I32: "i32",
@@ -142,7 +142,7 @@ class DispatcherTransport:
         self._trace_context = trace_context
         self._ends = ends if ends is not None else _BackgroundEnds(MAX_BACKGROUND_ENDS)
 
-    def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
+    def execute(self, request: Batch, timeout_seconds: float) -> BatchResult:
         wire = request_to_wire(request, self._tenant)
         token = otel_context.attach(self._trace_context)
         try:
@@ -153,14 +153,14 @@ class DispatcherTransport:
             raise transport_error(exc) from None
         finally:
             otel_context.detach(token)
-        return BatchReply(
+        return BatchResult(
             results=tuple(CommandResult(r.abi_code, r.message, r.data) for r in response.results),
             buffers={buffer.buffer_id: buffer.data for buffer in response.buffers},
             kernel_seconds=response.kernel_time.ToTimedelta().total_seconds(),
             tenant_kernel_seconds=response.tenant_kernel_time.ToTimedelta().total_seconds(),
         )
 
-    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+    def end_session_later(self, request: Batch, timeout_seconds: float) -> bool:
         """Sends an end-of-session request without waiting for it (a `BackgroundTransport`).
 
         Returns:
@@ -233,7 +233,7 @@ def transport_error(exc: grpc.RpcError) -> TransportError:
     )
 
 
-def request_to_wire(request: BatchRequest, tenant: str) -> pb.ExecuteRequest:
+def request_to_wire(request: Batch, tenant: str) -> pb.ExecuteRequest:
     """The ExecuteRequest of a batch.
 
     Launches of a batch mostly repeat the same geometry and arguments: each distinct
@@ -299,7 +299,7 @@ def _dim3(dims: tuple[int, int, int], memo: dict[tuple[int, int, int], pb.Dim3])
 
 
 def _launch_to_wire(
-    command: LaunchKernel,
+    command: LaunchKernel[KernelArg],
     args_memo: dict[tuple[object, ...], list[pb.KernelArg]],
     dims_memo: dict[tuple[int, int, int], pb.Dim3],
 ) -> pb.LaunchKernel:
@@ -315,7 +315,7 @@ def _launch_to_wire(
     )
 
 
-def _arg_to_wire(arg: object) -> pb.KernelArg:
+def _arg_to_wire(arg: KernelArg) -> pb.KernelArg:
     if isinstance(arg, BufferRef):
         return pb.KernelArg(
             buffer=pb.BufferRef(
@@ -328,8 +328,6 @@ def _arg_to_wire(arg: object) -> pb.KernelArg:
         wire = pb.KernelArg()
         setattr(wire, _SCALAR_FIELDS[arg.tag], arg.value)
         return wire
-    if isinstance(arg, DeviceBufferRecord):
-        return pb.KernelArg(
-            device_buffer=pb.DeviceBufferRef(handle=arg.handle, offset_bytes=arg.offset)
-        )
-    raise TypeError(f"a queued pointer reached the wire: {arg!r}")
+    return pb.KernelArg(
+        device_buffer=pb.DeviceBufferRef(handle=arg.handle, offset_bytes=arg.offset_bytes)
+    )

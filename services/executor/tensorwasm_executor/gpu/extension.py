@@ -30,9 +30,9 @@ from tensorwasm_common.gpu_abi import (
     AbiError,
     AbiFailure,
 )
+from tensorwasm_common.gpu_batch import AllocBuffer, FreeBuffer, ReadBuffer, WriteBuffer
 
 from tensorwasm_executor.gpu.abi import as_u32, check_region
-from tensorwasm_executor.gpu.batch import AllocBuffer, FreeBuffer, ReadBuffer, WriteBuffer
 from tensorwasm_executor.gpu.host_state import CudaHostState, HostBody, WasmMemory, guarded
 
 _NS_PER_SECOND = 1_000_000_000

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.gpu_abi import EXT_MODULE, MODULE
-from tensorwasm_common.offload import Declaration
+from tensorwasm_common.offload_section import Declaration
 
 from tensorwasm_executor.gpu import extension, offload, wasi_cuda
 from tensorwasm_executor.gpu.batch import Transport

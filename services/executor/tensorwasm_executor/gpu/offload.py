@@ -1,7 +1,7 @@
 """Auto-offload: a call to an export declared as a known op runs on the GPU, not in wasm.
 
 A function deployed with `auto_offload` carries its checked `tensorwasm.offload`
-declarations (`tensorwasm_common.offload`) in every Invoke and CreateInstance request.
+declarations (`tensorwasm_common.offload_section`) in every Invoke and CreateInstance request.
 With a dispatcher and a jit cache, the store gets an `OffloadingState`: the sandbox calls
 its `call_export` for every export, and a declared one runs the op exactly as the guest
 API `tensorwasm:gpu/host@0.1.0` `matmul` does (kernel from the jit cache, loaded once
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from tensorwasm_common import offload
+from tensorwasm_common import offload_section
 from tensorwasm_common.gpu_abi import AbiFailure
 
 from tensorwasm_executor.gpu.cuda_session import CudaSession
@@ -49,7 +49,9 @@ class Offload:
     returns_i32: bool
 
 
-def plan(module: CompiledModule, declared: Sequence[offload.Declaration]) -> dict[str, Offload]:
+def plan(
+    module: CompiledModule, declared: Sequence[offload_section.Declaration]
+) -> dict[str, Offload]:
     """The offloads of a call, checked again (as received) against the compiled module.
 
     Raises:
@@ -62,8 +64,10 @@ def plan(module: CompiledModule, declared: Sequence[offload.Declaration]) -> dic
     }
     offloads = {}
     for wire in declared:
-        item = offload.declaration(wire.export_name, {"op": wire.op, "args": list(wire.args)})
-        offload.check_signature(item, signatures)
+        item = offload_section.declaration(
+            wire.export_name, {"op": wire.op, "args": list(wire.args)}
+        )
+        offload_section.check_signature(item, signatures)
         offloads[item.export_name] = Offload(
             item.op, item.order(), bool(signatures[item.export_name][1])
         )

@@ -13,14 +13,9 @@ import time
 from collections.abc import Callable
 
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
+from tensorwasm_common.gpu_batch import Batch, BatchResult
 
-from tensorwasm_executor.gpu.batch import (
-    BackgroundTransport,
-    BatchReply,
-    BatchRequest,
-    Transport,
-    TransportError,
-)
+from tensorwasm_executor.gpu.batch import BackgroundTransport, Transport, TransportError
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +46,7 @@ class BatchSender:
         """Time left before the current call's deadline (0 when it has passed)."""
         return max(0.0, self.deadline - self._clock())
 
-    def send(self, request: BatchRequest) -> BatchReply:
+    def send(self, request: Batch) -> BatchResult:
         """Sends one request, coming back after the dispatcher's delay while it is busy.
 
         Raises:
@@ -87,7 +82,7 @@ class BatchSender:
         `CLOSE_TIMEOUT_SECONDS` from now)."""
         if not self._opened:
             return
-        request = BatchRequest(self.session_id, (), (), end_session=True)
+        request = Batch(self.session_id, (), (), end_session=True)
         if isinstance(self._transport, BackgroundTransport) and (
             self._transport.end_session_later(request, CLOSE_TIMEOUT_SECONDS)
         ):

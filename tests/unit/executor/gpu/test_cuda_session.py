@@ -10,19 +10,10 @@ import struct
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import MAX_PTX_BYTES, AbiError, ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import MAX_PTX_BYTES, AbiError, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, BatchResult, CommandResult, LaunchKernel, LoadKernel
 from tensorwasm_executor.gpu.abi import PointerRecord
-from tensorwasm_executor.gpu.batch import (
-    BatchReply,
-    BatchRequest,
-    BufferRef,
-    CommandResult,
-    LaunchKernel,
-    LoadKernel,
-    TransportError,
-    build_request,
-    merge_ranges,
-)
+from tensorwasm_executor.gpu.batch import TransportError, build_request, merge_ranges
 from tensorwasm_executor.gpu.cuda_session import CudaSession
 
 PTX = b".version 7.8\n.target sm_80\n.visible .entry vector_add(\n)\n{\n}\n"
@@ -58,13 +49,13 @@ class Dispatcher:
     """Answers batches as the cpu backend would for vector_add; records every request."""
 
     def __init__(self) -> None:
-        self.requests: list[BatchRequest] = []
+        self.requests: list[Batch] = []
         self.timeouts: list[float] = []
         self.fail_launches: dict[int, CommandResult] = {}  # launch index -> result
         self.errors: list[TransportError] = []  # raised (in order) before answering
         self.launches = 0
 
-    def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
+    def execute(self, request: Batch, timeout_seconds: float) -> BatchResult:
         self.requests.append(request)
         self.timeouts.append(timeout_seconds)
         if self.errors:
@@ -94,7 +85,7 @@ class Dispatcher:
             written.add(c.buffer_id)
             results.append(CommandResult(0))
         back = {i: bytes(buffers[i]) for i in written if request.regions[i].copy_back}
-        return BatchReply(tuple(results), back)
+        return BatchResult(tuple(results), back)
 
 
 @pytest.fixture
@@ -279,7 +270,7 @@ def test_close_ends_an_open_session(dispatcher: Dispatcher, memory: Memory) -> N
     session = make_session(dispatcher)
     load(session, memory)
     session.close()
-    assert dispatcher.requests[-1] == BatchRequest(session.session_id, (), (), end_session=True)
+    assert dispatcher.requests[-1] == Batch(session.session_id, (), (), end_session=True)
 
 
 class BackgroundDispatcher(Dispatcher):
@@ -288,9 +279,9 @@ class BackgroundDispatcher(Dispatcher):
     def __init__(self, slots: int) -> None:
         super().__init__()
         self.slots = slots
-        self.later: list[tuple[BatchRequest, float]] = []
+        self.later: list[tuple[Batch, float]] = []
 
-    def end_session_later(self, request: BatchRequest, timeout_seconds: float) -> bool:
+    def end_session_later(self, request: Batch, timeout_seconds: float) -> bool:
         if len(self.later) >= self.slots:
             return False
         self.later.append((request, timeout_seconds))
@@ -306,7 +297,7 @@ def test_an_empty_final_end_goes_to_the_background() -> None:
     sent = len(dispatcher.requests)
     session.end_call(memory, completed=True, final=True)
     assert len(dispatcher.requests) == sent  # nothing waited for on the guest's thread
-    ended = BatchRequest(session.session_id, (), (), end_session=True)
+    ended = Batch(session.session_id, (), (), end_session=True)
     assert [request for request, _ in dispatcher.later] == [ended]
     assert dispatcher.later[0][1] > 0
     session.close()  # already ended
@@ -331,7 +322,7 @@ def test_session_ends_are_sent_in_place_when_the_background_is_full() -> None:
     first.close()
     second.end_call(memory, completed=False, final=True)
     assert [request.session_id for request, _ in dispatcher.later] == [first.session_id]
-    assert dispatcher.requests[-1] == BatchRequest(second.session_id, (), (), end_session=True)
+    assert dispatcher.requests[-1] == Batch(second.session_id, (), (), end_session=True)
 
 
 # --- deferred errors -----------------------------------------------------------------
@@ -367,10 +358,10 @@ def test_failures_of_an_automatic_flush_wait_for_sync(
 
 def test_a_failed_load_returns_its_code(dispatcher: Dispatcher, memory: Memory) -> None:
     class Refusing(Dispatcher):
-        def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
+        def execute(self, request: Batch, timeout_seconds: float) -> BatchResult:
             self.requests.append(request)
             message = "only the kernel library runs on cpu"
-            return BatchReply(
+            return BatchResult(
                 tuple(
                     CommandResult(int(AbiError.NOT_AVAILABLE), message) for _ in request.commands
                 ),
@@ -465,8 +456,8 @@ def test_last_error_is_per_session(dispatcher: Dispatcher, memory: Memory) -> No
 
 def test_long_errors_are_truncated(dispatcher: Dispatcher, memory: Memory) -> None:
     class Verbose(Dispatcher):
-        def execute(self, request: BatchRequest, timeout_seconds: float) -> BatchReply:
-            return BatchReply(
+        def execute(self, request: Batch, timeout_seconds: float) -> BatchResult:
+            return BatchResult(
                 tuple(
                     CommandResult(int(AbiError.MALFORMED_PTX), "é" * 1000) for _ in request.commands
                 ),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from tensorwasm_jit.errors import InvalidArgumentError
-from tensorwasm_jit.ptx_core import (
+from tensorwasm_jit.ptx.core import (
     Emitter,
     KernelSpec,
     check_range,
@@ -349,7 +349,7 @@ class Conv2dEmitter(Emitter):
 
 
 def register_all() -> None:
-    """Registers this module's emitters (called once by `ptx_emit`)."""
+    """Registers this module's emitters (called once by `emit`)."""
     register(ReduceSumEmitter())
     register(MatmulEmitter())
     register(Conv2dEmitter())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tensorwasm_snapshot.index import BlobIndex
+from tensorwasm_snapshot.blob_index import BlobIndex
 
 REF_PREFIX = "snapshots/"
 _SELECT = (  # every column, in SnapshotRow's order
@@ -54,7 +54,7 @@ def _row(values: tuple[Any, ...]) -> SnapshotRow:
     return SnapshotRow(**fields)
 
 
-class SnapshotIndex:
+class RecordIndex:
     """Queries of the `snapshots` table; every write is one durable transaction."""
 
     def __init__(self, index: BlobIndex) -> None:

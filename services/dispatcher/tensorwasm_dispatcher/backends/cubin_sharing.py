@@ -39,7 +39,7 @@ from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_common.digests import blake3_hex
 
-from tensorwasm_dispatcher.devices import CudaCallError
+from tensorwasm_dispatcher.backends.discovery import CudaCallError
 
 _log = logging.getLogger(__name__)
 

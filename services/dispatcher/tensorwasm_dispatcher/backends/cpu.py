@@ -26,7 +26,7 @@ from tensorwasm_kernels import (
 from tensorwasm_kernels.emitted import lookup_emitted
 from tensorwasm_kernels.params import element_view
 
-from tensorwasm_dispatcher.backend import (
+from tensorwasm_dispatcher.backends.base import (
     Backend,
     BufferArg,
     DeviceBuffer,
@@ -35,7 +35,7 @@ from tensorwasm_dispatcher.backend import (
     LaunchResult,
     Stream,
 )
-from tensorwasm_dispatcher.devices import BackendKind
+from tensorwasm_dispatcher.backends.discovery import BackendKind
 
 # Dynamic shared memory a launch may ask for without opting in (cuLaunchKernel refuses
 # more); the references need none, but the cpu backend refuses what a GPU would.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorwasm_common.errors import Code
 from tensorwasm_jit.errors import InvalidArgumentError, UnknownOpError, UnsupportedTargetError
-from tensorwasm_jit.ptx_emit import (
+from tensorwasm_jit.ptx import (
     EMITTER_VERSION,
     EMITTERS,
     MARKER_PREFIX,
@@ -214,7 +214,7 @@ def test_cache_key_differs_by_every_field(other: KernelSpec) -> None:
 def test_cache_key_includes_emitter_version(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = KernelSpec("vector_add", {}, "f32", "sm_80")
     before = cache_key(spec)
-    monkeypatch.setattr("tensorwasm_jit.ptx_core.EMITTER_VERSION", EMITTER_VERSION + 1)
+    monkeypatch.setattr("tensorwasm_jit.ptx.core.EMITTER_VERSION", EMITTER_VERSION + 1)
     assert cache_key(spec) != before
 
 

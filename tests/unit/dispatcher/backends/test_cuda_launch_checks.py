@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, ScalarArg
-from tensorwasm_dispatcher.backend import BufferArg, DeviceBuffer
-from tensorwasm_dispatcher.cuda_backend import _check_launch, _CudaKernel, entry_param_sizes
+from tensorwasm_dispatcher.backends.base import BufferArg, DeviceBuffer
+from tensorwasm_dispatcher.backends.cuda import _check_launch, _CudaKernel, entry_param_sizes
 from tensorwasm_kernels import CATALOG
 
 

@@ -2,16 +2,16 @@
 
 The public face of the emitters: `emit(spec)` validates a spec, fills in the op's default
 parameters and renders its PTX module. The core (specs, keys, the registry) is in
-`ptx_core`; the ops are in `ptx_elementwise` and `ptx_blocked`.
+`core`; the ops are in `elementwise` and `blocked`.
 """
 
 from __future__ import annotations
 
 import blake3
 
-from tensorwasm_jit import ptx_blocked, ptx_elementwise
 from tensorwasm_jit.errors import InvalidArgumentError, UnknownOpError, UnsupportedTargetError
-from tensorwasm_jit.ptx_core import (
+from tensorwasm_jit.ptx import blocked, elementwise
+from tensorwasm_jit.ptx.core import (
     EMITTER_VERSION,
     EMITTERS,
     MARKER_PREFIX,
@@ -43,8 +43,8 @@ __all__ = [
 def _registered() -> dict[str, Emitter]:
     """The registry, filled on first use (importing this module registers nothing)."""
     if not EMITTERS:
-        ptx_elementwise.register_all()
-        ptx_blocked.register_all()
+        elementwise.register_all()
+        blocked.register_all()
     return EMITTERS
 
 

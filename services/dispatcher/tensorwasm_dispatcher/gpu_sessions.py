@@ -1,4 +1,4 @@
-"""Guest sessions: the kernels and the stream one guest store uses, across its requests.
+"""GPU sessions: the kernels, device buffers and stream one guest store uses, across requests.
 
 The executor names a session per guest store (an invocation, or a live instance) and
 ends it with its last request; a session nobody ends (an executor that died) is closed
@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensorwasm_dispatcher.backend import Backend, DeviceBuffer, Kernel, Stream
+from tensorwasm_dispatcher.backends import Backend, DeviceBuffer, Kernel, Stream
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class Session:
+class GpuSession:
     """One guest session: its stream, its loaded kernels (by the executor's kernel id) and
     its device-resident buffers (by the executor's handle)."""
 
@@ -35,7 +35,7 @@ class Session:
     ended: bool = False
 
 
-class SessionTable:
+class GpuSessionTable:
     """The open sessions; thread-safe. A session's work is serialised by its own lock."""
 
     def __init__(
@@ -51,29 +51,29 @@ class SessionTable:
         self._on_count = on_count
         self._clock = clock
         self._lock = threading.Lock()
-        self._sessions: dict[tuple[str, str], Session] = {}
+        self._sessions: dict[tuple[str, str], GpuSession] = {}
         # Releases what else a closing session holds (its device buffers); set by the
         # dispatcher that owns them.
-        self.on_close: Callable[[Session], None] = lambda session: None
+        self.on_close: Callable[[GpuSession], None] = lambda session: None
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def checkout(self, tenant: str, session_id: str) -> Session:
+    def checkout(self, tenant: str, session_id: str) -> GpuSession:
         """The session (opened on first use), marked busy until `checkin`; its lock is held."""
         key = (tenant, session_id)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
-                session = Session(tenant, session_id, self._backend.open_stream())
+                session = GpuSession(tenant, session_id, self._backend.open_stream())
                 self._sessions[key] = session
                 self._on_count(tenant, 1)
             session.busy += 1
         session.lock.acquire()
         return session
 
-    def checkin(self, session: Session, *, end: bool) -> None:
+    def checkin(self, session: GpuSession, *, end: bool) -> None:
         """Ends one request on the session; with `end`, closes the session too."""
         session.last_used = self._clock()
         session.lock.release()
@@ -108,13 +108,13 @@ class SessionTable:
             if not session.busy:
                 self._close(session)
 
-    def _forget(self, session: Session) -> None:
+    def _forget(self, session: GpuSession) -> None:
         """Unregisters a session (the table lock must be held)."""
         del self._sessions[(session.tenant, session.session_id)]
         session.ended = True
         self._on_count(session.tenant, -1)
 
-    def _close(self, session: Session) -> None:
+    def _close(self, session: GpuSession) -> None:
         """Frees a forgotten session's buffers, unloads its kernels, releases its stream."""
         kernels, session.kernels = list(session.kernels.values()), {}
         try:

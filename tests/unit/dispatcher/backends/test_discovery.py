@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from tensorwasm_common.errors import Code, InvalidArgumentError
-from tensorwasm_dispatcher import devices
-from tensorwasm_dispatcher.devices import (
+from tensorwasm_dispatcher.backends import discovery
+from tensorwasm_dispatcher.backends.discovery import (
     BackendKind,
     CudaCallError,
     CudaUnavailableError,
@@ -82,7 +82,7 @@ def _cuda_report() -> DeviceReport:
 
 
 def _patch_probe(monkeypatch: pytest.MonkeyPatch, result: DeviceReport | str) -> None:
-    monkeypatch.setattr(devices, "probe_cuda", lambda: result)
+    monkeypatch.setattr(discovery, "probe_cuda", lambda: result)
 
 
 # --- the real environment ------------------------------------------------------------
@@ -214,11 +214,11 @@ def test_probe_reports_a_failed_import(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_check_returns_values_and_raises_on_error() -> None:
-    assert devices._check((_CUresult.CUDA_SUCCESS,)) == ()
-    assert devices._check((_CUresult.CUDA_SUCCESS, 7, "x")) == (7, "x")
-    assert devices._check(_CUresult.CUDA_SUCCESS) == ()
+    assert discovery._check((_CUresult.CUDA_SUCCESS,)) == ()
+    assert discovery._check((_CUresult.CUDA_SUCCESS, 7, "x")) == (7, "x")
+    assert discovery._check(_CUresult.CUDA_SUCCESS) == ()
     with pytest.raises(CudaCallError) as info:
-        devices._check((_CUresult.CUDA_ERROR_NO_DEVICE, 0))
+        discovery._check((_CUresult.CUDA_ERROR_NO_DEVICE, 0))
     assert info.value.result_name == "CUDA_ERROR_NO_DEVICE"
     assert "100" in str(info.value)
 

@@ -31,7 +31,7 @@ from typing import Any
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, Dim3, ScalarArg
 from tensorwasm_kernels import LaunchGeometryError, check_geometry
 
-from tensorwasm_dispatcher.backend import (
+from tensorwasm_dispatcher.backends.base import (
     Backend,
     BufferArg,
     DeviceBuffer,
@@ -40,8 +40,12 @@ from tensorwasm_dispatcher.backend import (
     LaunchResult,
     Stream,
 )
-from tensorwasm_dispatcher.cubin_sharing import DEFAULT_LOCAL_BYTES, ArtifactStore, CubinSharing
-from tensorwasm_dispatcher.devices import BackendKind, CudaCallError
+from tensorwasm_dispatcher.backends.cubin_sharing import (
+    DEFAULT_LOCAL_BYTES,
+    ArtifactStore,
+    CubinSharing,
+)
+from tensorwasm_dispatcher.backends.discovery import BackendKind, CudaCallError
 
 _CTYPES = {
     ArgTag.I32: ctypes.c_int32,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensorwasm_snapshot import errors
+from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
 from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
-from tensorwasm_snapshot.index import BlobIndex, ObjectRecord, Usage
 
 _log = logging.getLogger(__name__)
 

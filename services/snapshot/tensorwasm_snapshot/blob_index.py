@@ -1,6 +1,6 @@
 """The store's index in SQLite (WAL, synchronous=FULL): objects, references, usage, GC candidates.
 
-The `snapshots` table (records, see `snapshot_index`) lives in the same database.
+The `snapshots` table (records, see `record_index`) lives in the same database.
 
 The blob files are the truth about bytes; the index is the truth about who holds them. An
 object row is written after its file is installed and deleted before its file is, so after

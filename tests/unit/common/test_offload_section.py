@@ -6,7 +6,7 @@ import json
 
 import pytest
 import wasmtime
-from tensorwasm_common import offload
+from tensorwasm_common import offload_section
 
 WAT = '(module (func (export "mm") (param i32 i32 i32 i32 i32 i32) (result i32) i32.const 0))'
 ARGS = ["a_ptr", "b_ptr", "c_ptr", "m", "n", "k"]
@@ -24,44 +24,52 @@ def _module(*sections: bytes) -> bytes:
 
 def test_the_section_is_found_among_others_and_parsed_in_order() -> None:
     payload = json.dumps({"mm": {"op": "matmul", "args": ["k", *ARGS[:5]]}}).encode()
-    wasm = _module(_section("other", b"x"), _section(offload.SECTION_NAME, payload))
-    (item,) = offload.parse_section(wasm)
+    wasm = _module(_section("other", b"x"), _section(offload_section.SECTION_NAME, payload))
+    (item,) = offload_section.parse_section(wasm)
     assert (item.export_name, item.op) == ("mm", "matmul")
     assert item.order() == (1, 2, 3, 4, 5, 0)  # a_ptr is parameter 1, ..., k parameter 0
-    offload.check_signature(item, {"mm": (["i32"] * 6, ["i32"])})
-    offload.check_signature(item, {"mm": (["i32"] * 6, [])})
+    offload_section.check_signature(item, {"mm": (["i32"] * 6, ["i32"])})
+    offload_section.check_signature(item, {"mm": (["i32"] * 6, [])})
 
 
 @pytest.mark.parametrize(
     ("wasm", "error"),
     [
-        (_module(), offload.OffloadDeclarationMalformedError),
+        (_module(), offload_section.OffloadDeclarationMalformedError),
         (
             _module(
-                _section(offload.SECTION_NAME, b"{}"),
+                _section(offload_section.SECTION_NAME, b"{}"),
             ),
-            offload.OffloadDeclarationMalformedError,
-        ),
-        (_module(_section(offload.SECTION_NAME, b"[1]")), offload.OffloadDeclarationMalformedError),
-        (
-            _module(*[_section(offload.SECTION_NAME, b'{"mm": {"op": "matmul", "args": []}}')] * 2),
-            offload.OffloadDeclarationMalformedError,
+            offload_section.OffloadDeclarationMalformedError,
         ),
         (
-            _module(_section(offload.SECTION_NAME, b'{"mm": {"op": "fft", "args": []}}')),
-            offload.OffloadOpUnknownError,
+            _module(_section(offload_section.SECTION_NAME, b"[1]")),
+            offload_section.OffloadDeclarationMalformedError,
         ),
         (
-            _module(_section(offload.SECTION_NAME, b'{"mm": {"op": "matmul", "args": ["m"]}}')),
-            offload.OffloadOpUnknownError,
+            _module(
+                *[_section(offload_section.SECTION_NAME, b'{"mm": {"op": "matmul", "args": []}}')]
+                * 2
+            ),
+            offload_section.OffloadDeclarationMalformedError,
         ),
-        (_module()[:-3], offload.OffloadDeclarationMalformedError),  # a truncated section
+        (
+            _module(_section(offload_section.SECTION_NAME, b'{"mm": {"op": "fft", "args": []}}')),
+            offload_section.OffloadOpUnknownError,
+        ),
+        (
+            _module(
+                _section(offload_section.SECTION_NAME, b'{"mm": {"op": "matmul", "args": ["m"]}}')
+            ),
+            offload_section.OffloadOpUnknownError,
+        ),
+        (_module()[:-3], offload_section.OffloadDeclarationMalformedError),  # a truncated section
     ],
     ids=["missing", "empty", "not-object", "twice", "unknown-op", "wrong-args", "truncated"],
 )
 def test_bad_sections_raise_their_typed_error(wasm: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
-        offload.parse_section(wasm)
+        offload_section.parse_section(wasm)
 
 
 @pytest.mark.parametrize(
@@ -71,8 +79,8 @@ def test_bad_sections_raise_their_typed_error(wasm: bytes, error: type[Exception
 def test_a_signature_that_does_not_fit_is_refused(
     signature: tuple[list[str], list[str]] | None,
 ) -> None:
-    item = offload.declaration("mm", {"op": "matmul", "args": ARGS})
+    item = offload_section.declaration("mm", {"op": "matmul", "args": ARGS})
     exports = {} if signature is None else {"mm": signature}
-    with pytest.raises(offload.OffloadSignatureMismatchError) as caught:
-        offload.check_signature(item, exports)
+    with pytest.raises(offload_section.OffloadSignatureMismatchError) as caught:
+        offload_section.check_signature(item, exports)
     assert caught.value.reason == "OFFLOAD_SIGNATURE_MISMATCH"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.gpu_abi import (
@@ -25,22 +24,27 @@ from tensorwasm_common.gpu_abi import (
     AbiFailure,
     BufferRef,
     Dim3,
-    ScalarArg,
     ptx_declares_entry,
+)
+from tensorwasm_common.gpu_batch import (
+    AllocBuffer,
+    Batch,
+    BatchResult,
+    CommandResult,
+    DeviceBufferRef,
+    FreeBuffer,
+    KernelArg,
+    LaunchKernel,
+    LoadKernel,
+    ReadBuffer,
+    StagedRegion,
+    WriteBuffer,
 )
 
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backend import Backend, BufferArg, DeviceBuffer, LaunchArg, Stream
-from tensorwasm_dispatcher.device_buffers import (
-    AllocBufferCommand,
-    BufferCommand,
-    DeviceBuffers,
-    DeviceRef,
-    FreeBufferCommand,
-    ReadBufferCommand,
-    WriteBufferCommand,
-)
-from tensorwasm_dispatcher.sessions import Session, SessionTable
+from tensorwasm_dispatcher.backends import Backend, BufferArg, DeviceBuffer, LaunchArg, Stream
+from tensorwasm_dispatcher.device_buffers import DeviceBuffers
+from tensorwasm_dispatcher.gpu_sessions import GpuSession, GpuSessionTable
 
 _log = logging.getLogger(__name__)
 
@@ -53,71 +57,8 @@ class InvalidBatchError(InvalidArgumentError):
     reason = "INVALID_GPU_BATCH"
 
 
-@dataclass(frozen=True)
-class StagedRegion:
-    """Host bytes sent for the batch's pointer arguments (`StagedBuffer` on the wire)."""
-
-    buffer_id: int
-    data: bytes = field(repr=False)
-    guest_offset: int
-    copy_back: bool
-
-
-@dataclass(frozen=True)
-class LoadCommand:
-    """Load PTX and make `entry` the session's kernel `kernel_id`."""
-
-    kernel_id: int
-    ptx: bytes = field(repr=False)
-    entry: str
-
-
-@dataclass(frozen=True)
-class LaunchCommand:
-    """Launch the session's kernel `kernel_id`."""
-
-    kernel_id: int
-    grid: Dim3
-    block: Dim3
-    shared_mem_bytes: int
-    args: tuple[ScalarArg | BufferRef | DeviceRef, ...]
-
-
-Command = LoadCommand | LaunchCommand | BufferCommand
-_BUFFER_COMMANDS = (AllocBufferCommand, FreeBufferCommand, WriteBufferCommand, ReadBufferCommand)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One request: the commands of a session, the regions they use, and whether it ends."""
-
-    session_id: str
-    regions: tuple[StagedRegion, ...]
-    commands: tuple[Command, ...]
-    end_session: bool = False
-
-
-@dataclass(frozen=True)
-class CommandOutcome:
-    """A command's ABI code (0: success), message, and the bytes a buffer read read."""
-
-    code: int
-    message: str = ""
-    data: bytes = field(default=b"", repr=False)
-
-
-OK = CommandOutcome(0)
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    """Per-command outcomes, the copied-back buffers, the kernels' run time and the
-    tenant's kernel time in all (this batch included)."""
-
-    results: tuple[CommandOutcome, ...]
-    buffers: dict[int, bytes]
-    kernel_seconds: float
-    tenant_kernel_seconds: float = 0.0
+_BUFFER_COMMANDS = (AllocBuffer, FreeBuffer, WriteBuffer, ReadBuffer)
+OK = CommandResult(0)
 
 
 class _Staging:
@@ -197,14 +138,14 @@ class _Staging:
 class Dispatcher:
     """Executes batches for tenants: sessions, staging, launches and their accounting."""
 
-    def __init__(self, backend: Backend, ledger: Ledger, sessions: SessionTable) -> None:
+    def __init__(self, backend: Backend, ledger: Ledger, sessions: GpuSessionTable) -> None:
         self.backend = backend
         self.ledger = ledger
         self.sessions = sessions
         self.buffers = DeviceBuffers(backend, ledger)
         sessions.on_close = self.buffers.release_all
 
-    def execute(self, tenant: str, batch: Batch) -> BatchOutcome:
+    def execute(self, tenant: str, batch: Batch) -> BatchResult:
         """Runs `batch` for `tenant` (blocking: call it off the event loop).
 
         Raises:
@@ -219,22 +160,22 @@ class Dispatcher:
             )
         staging = _Staging(self.backend, self.ledger, tenant, batch.regions)
         session = self.sessions.checkout(tenant, batch.session_id)
-        results: list[CommandOutcome] = []
+        results: list[CommandResult] = []
         kernel_seconds = 0.0
         try:
             for command in batch.commands:
                 try:
                     if isinstance(command, _BUFFER_COMMANDS):
                         data = self.buffers.run(session, command)
-                        results.append(CommandOutcome(0, data=data) if data else OK)
+                        results.append(CommandResult(0, data=data) if data else OK)
                         continue
                     kernel_seconds += self._run(session, staging, command)
                     results.append(OK)
                 except AbiFailure as failure:
-                    results.append(CommandOutcome(int(failure.code), failure.message))
+                    results.append(CommandResult(int(failure.code), failure.message))
                 except Exception:
                     _log.exception("a GPU command failed unexpectedly", extra={"tenant": tenant})
-                    results.append(CommandOutcome(int(AbiError.INTERNAL), "internal error"))
+                    results.append(CommandResult(int(AbiError.INTERNAL), "internal error"))
             buffers = staging.copy_back(session.stream)
         finally:
             staging.release()
@@ -242,12 +183,12 @@ class Dispatcher:
         launches = sum(
             1
             for command, result in zip(batch.commands, results, strict=True)
-            if isinstance(command, LaunchCommand) and result.code == 0
+            if isinstance(command, LaunchKernel) and result.code == 0
         )
         loads = sum(
             1
             for command, result in zip(batch.commands, results, strict=True)
-            if isinstance(command, LoadCommand) and result.code == 0
+            if isinstance(command, LoadKernel) and result.code == 0
         )
         usage = self.ledger.record(
             tenant,
@@ -257,13 +198,13 @@ class Dispatcher:
             kernel_seconds=kernel_seconds,
             execute_requests=1,
         )
-        return BatchOutcome(tuple(results), buffers, kernel_seconds, usage.kernel_seconds)
+        return BatchResult(tuple(results), buffers, kernel_seconds, usage.kernel_seconds)
 
     def _run(
-        self, session: Session, staging: _Staging, command: LoadCommand | LaunchCommand
+        self, session: GpuSession, staging: _Staging, command: LoadKernel | LaunchKernel[KernelArg]
     ) -> float:
         """Runs one command; returns its kernel time. Failures raise AbiFailure."""
-        if isinstance(command, LoadCommand):
+        if isinstance(command, LoadKernel):
             self._load(session, command)
             return 0.0
         kernel = session.kernels.get(command.kernel_id)
@@ -276,7 +217,7 @@ class Dispatcher:
             staging.resolve(arg)
             if isinstance(arg, BufferRef)
             else self.buffers.resolve(session, arg)
-            if isinstance(arg, DeviceRef)
+            if isinstance(arg, DeviceBufferRef)
             else arg
             for arg in command.args
         ]
@@ -294,7 +235,7 @@ class Dispatcher:
                 staging.mark_written(arg.buffer_id)
         return result.kernel_seconds
 
-    def _load(self, session: Session, command: LoadCommand) -> None:
+    def _load(self, session: GpuSession, command: LoadKernel) -> None:
         entry = command.entry
         if not entry or len(entry.encode("utf-8")) > MAX_ENTRY_BYTES:
             raise AbiFailure(

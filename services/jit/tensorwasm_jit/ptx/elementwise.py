@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from tensorwasm_jit.ptx_core import ELEMENTS, Emitter, KernelSpec, lines, register
+from tensorwasm_jit.ptx.core import ELEMENTS, Emitter, KernelSpec, lines, register
 
 # log2(e) as an f32 bit pattern, for exp(x) = 2^(x * log2(e)).
 _LOG2_E = "0f3FB8AA3B"
@@ -179,7 +179,7 @@ class BinaryEmitter(Emitter):
 
 
 def register_all() -> None:
-    """Registers this module's emitters (called once by `ptx_emit`)."""
+    """Registers this module's emitters (called once by `emit`)."""
     register(VectorAddEmitter())
     register(SaxpyEmitter())
     for op in UNARY_OPS:

@@ -19,13 +19,13 @@ from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
 from tensorwasm_common.digests import blake3_hex
 from tensorwasm_common.settings import SettingsError
-from tensorwasm_dispatcher.cubin_sharing import (
+from tensorwasm_dispatcher.backends.cubin_sharing import (
     CubinSharing,
     JitArtifactStore,
     LocalCubins,
     ptx_digest,
 )
-from tensorwasm_dispatcher.devices import CudaCallError
+from tensorwasm_dispatcher.backends.discovery import CudaCallError
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
 PTX = b".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\nret;\n}\n"

@@ -22,7 +22,7 @@ from tensorwasm_snapshot.errors import (
     TenantQuotaExceededError,
     TooLargeError,
 )
-from tensorwasm_snapshot.store import GcReport, ReconcileReport, SnapshotStore
+from tensorwasm_snapshot.object_store import GcReport, ReconcileReport, SnapshotStore
 
 SECOND = 1_000_000_000
 GRACE_SECONDS = 60

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tensorwasm_common.gpu_abi import Dim3, ScalarArg
 
-from tensorwasm_dispatcher.devices import BackendKind
+from tensorwasm_dispatcher.backends.discovery import BackendKind
 
 
 class DeviceBuffer(abc.ABC):

@@ -10,20 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, BatchResult, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.cpu_backend import CpuBackend
-from tensorwasm_dispatcher.execution import (
-    Batch,
-    BatchOutcome,
-    BufferRef,
-    Dispatcher,
-    InvalidBatchError,
-    LaunchCommand,
-    LoadCommand,
-    StagedRegion,
-)
-from tensorwasm_dispatcher.sessions import SessionTable
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.batch_runner import Dispatcher, InvalidBatchError
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_kernels import CATALOG, KernelSpec, ParamKind
 
 Dim3 = tuple[int, int, int]
@@ -40,7 +32,7 @@ class Clock:
 def make_dispatcher(quota: int = 1 << 30, clock: Clock | None = None) -> Dispatcher:
     backend = CpuBackend()
     ledger = Ledger(quota)
-    sessions = SessionTable(
+    sessions = GpuSessionTable(
         backend,
         idle_ttl_seconds=60,
         on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
@@ -82,10 +74,10 @@ def launch_batch(
         else scalar(p.kind, next(values))
         for p in spec.params
     )
-    commands: list[LoadCommand | LaunchCommand] = []
+    commands: list[LoadKernel | LaunchKernel] = []
     if load:
-        commands.append(LoadCommand(0, ptx(spec.name), spec.entry))
-    commands.append(LaunchCommand(0, grid, block, 0, args))
+        commands.append(LoadKernel(0, ptx(spec.name), spec.entry))
+    commands.append(LaunchKernel(0, grid, block, 0, args))
     return Batch(session, regions, tuple(commands))
 
 
@@ -93,7 +85,7 @@ def f32(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float32)
 
 
-def codes(outcome: BatchOutcome) -> list[int]:
+def codes(outcome: BatchResult) -> list[int]:
     return [result.code for result in outcome.results]
 
 
@@ -151,11 +143,11 @@ def test_f32_scalars_keep_their_bits() -> None:
     x, y = np.ones(4, np.float32), np.zeros(4, np.float32)
     batch = launch_batch(spec, (x, y), (0.0, 4), (1, 1, 1), (4, 1, 1))
     launch = batch.commands[1]
-    assert isinstance(launch, LaunchCommand)
+    assert isinstance(launch, LaunchKernel)
     nan_bits = ScalarArg(ArgTag.F32, 0x7FC00001)
     args = (launch.args[0], launch.args[1], nan_bits, launch.args[3])
     batch = Batch(
-        "s", batch.regions, (batch.commands[0], LaunchCommand(0, (1, 1, 1), (4, 1, 1), 0, args))
+        "s", batch.regions, (batch.commands[0], LaunchKernel(0, (1, 1, 1), (4, 1, 1), 0, args))
     )
     outcome = make_dispatcher().execute("t", batch)
     assert codes(outcome) == [0, 0]
@@ -166,10 +158,10 @@ def test_f32_scalars_keep_their_bits() -> None:
 
 
 def run_one(
-    command: LoadCommand | LaunchCommand, regions: tuple[StagedRegion, ...] = ()
+    command: LoadKernel | LaunchKernel, regions: tuple[StagedRegion, ...] = ()
 ) -> tuple[int, str]:
     dispatcher = make_dispatcher()
-    load = LoadCommand(0, ptx("vector_add"), "vector_add")
+    load = LoadKernel(0, ptx("vector_add"), "vector_add")
     outcome = dispatcher.execute("t", Batch("s", regions, (load, command)))
     assert outcome.results[0].code == 0
     return outcome.results[1].code, outcome.results[1].message
@@ -186,12 +178,12 @@ VA_ARGS = (
 
 def va(
     grid: Dim3 = (1, 1, 1), block: Dim3 = (64, 1, 1), shared: int = 0, args: tuple = VA_ARGS
-) -> LaunchCommand:
-    return LaunchCommand(0, grid, block, shared, args)
+) -> LaunchKernel:
+    return LaunchKernel(0, grid, block, shared, args)
 
 
 def test_foreign_ptx_is_not_available_on_cpu() -> None:
-    code, message = run_one(LoadCommand(1, b".visible .entry vector_add(\n)\n{\n}\n", "vector_add"))
+    code, message = run_one(LoadKernel(1, b".visible .entry vector_add(\n)\n{\n}\n", "vector_add"))
     assert code == AbiError.NOT_AVAILABLE
     assert "only the kernel library's own PTX" in message
 
@@ -199,15 +191,15 @@ def test_foreign_ptx_is_not_available_on_cpu() -> None:
 @pytest.mark.parametrize(
     ("command", "code"),
     [
-        (LoadCommand(1, b"no entry here", "vector_add"), AbiError.MALFORMED_PTX),
+        (LoadKernel(1, b"no entry here", "vector_add"), AbiError.MALFORMED_PTX),
         (
-            LoadCommand(1, b".entry vector_add(" + b" " * (8 << 20), "vector_add"),
+            LoadKernel(1, b".entry vector_add(" + b" " * (8 << 20), "vector_add"),
             AbiError.MALFORMED_PTX,
         ),
-        (LoadCommand(1, ptx("saxpy"), "vector_add"), AbiError.MALFORMED_PTX),  # no such entry in it
-        (LoadCommand(1, ptx("vector_add"), ""), AbiError.INVALID_ARGS),
-        (LoadCommand(0, ptx("vector_add"), "vector_add"), AbiError.INVALID_KERNEL),  # id in use
-        (LaunchCommand(9, (1, 1, 1), (64, 1, 1), 0, VA_ARGS), AbiError.INVALID_KERNEL),
+        (LoadKernel(1, ptx("saxpy"), "vector_add"), AbiError.MALFORMED_PTX),  # no such entry in it
+        (LoadKernel(1, ptx("vector_add"), ""), AbiError.INVALID_ARGS),
+        (LoadKernel(0, ptx("vector_add"), "vector_add"), AbiError.INVALID_KERNEL),  # id in use
+        (LaunchKernel(9, (1, 1, 1), (64, 1, 1), 0, VA_ARGS), AbiError.INVALID_KERNEL),
         (va(block=(0, 1, 1)), AbiError.INVALID_DIMENSIONS),
         (va(block=(1, 1, 128)), AbiError.INVALID_DIMENSIONS),  # the device's z limit is 64
         (va(grid=(1, 70000, 1)), AbiError.INVALID_DIMENSIONS),  # and grid y is 65535
@@ -225,13 +217,13 @@ def test_foreign_ptx_is_not_available_on_cpu() -> None:
         (va(args=(BufferRef(0, 2, 200), *VA_ARGS[1:])), AbiError.LAUNCH_FAILED),  # misaligned
     ],
 )
-def test_command_codes(command: LoadCommand | LaunchCommand, code: AbiError) -> None:
+def test_command_codes(command: LoadKernel | LaunchKernel, code: AbiError) -> None:
     assert run_one(command, VA_REGIONS)[0] == code
 
 
 def test_a_failed_command_does_not_stop_the_others() -> None:
     dispatcher = make_dispatcher()
-    load = LoadCommand(0, ptx("vector_add"), "vector_add")
+    load = LoadKernel(0, ptx("vector_add"), "vector_add")
     regions = (
         StagedRegion(0, np.ones(64, np.float32).tobytes(), 1024, True),
         StagedRegion(1, np.zeros(64, np.float32).tobytes(), 1280, True),
@@ -290,7 +282,7 @@ def test_kernels_stay_loaded_for_the_session() -> None:
 def test_end_session_unloads_and_idle_sessions_expire() -> None:
     clock = Clock()
     dispatcher = make_dispatcher(clock=clock)
-    load = LoadCommand(0, ptx("vector_add"), "vector_add")
+    load = LoadKernel(0, ptx("vector_add"), "vector_add")
     dispatcher.execute("t", Batch("a", (), (load,)))
     dispatcher.execute("t", Batch("b", (), (load,)))
     assert len(dispatcher.sessions) == 2
