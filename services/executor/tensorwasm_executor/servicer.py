@@ -16,6 +16,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.invocation_pb2 import OffloadedExport
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_limits import CallLimits, resolve_call_limits
 from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 
@@ -116,9 +117,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             try:
                 resident, outcome = self._sandbox.spawn(
                     module, stdin=request.stdin, wasi=wasi,
-                    timeout_seconds=limits["timeout_seconds"],
-                    max_output_bytes=limits["max_output_bytes"],
-                    max_memory_bytes=limits["max_memory_bytes"],
+                    timeout_seconds=limits.timeout_seconds,
+                    max_output_bytes=limits.max_output_bytes,
+                    max_memory_bytes=limits.max_memory_bytes,
                     host_state=host_state, image=image,
                 )  # fmt: skip
             except BaseException:
@@ -154,15 +155,18 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         try:
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
             limits = self._limits(request.limits)
-            del limits["max_memory_bytes"]  # the instance's, fixed at creation
             slot = self._admission.acquire(tenant)
         except BaseException:
             self._instances.checkin(live)
             raise
         try:
             future = self._workers.submit(
-                live.resident.call, request.export_name, args, cancel=cancel, **limits
-            )
+                live.resident.call, request.export_name, args, cancel=cancel,
+                # max_memory_bytes is the instance's, fixed at creation
+                timeout_seconds=limits.timeout_seconds,
+                max_output_bytes=limits.max_output_bytes,
+                fuel=limits.fuel,
+            )  # fmt: skip
         except BaseException:
             slot.release()
             self._instances.checkin(live)
@@ -253,6 +257,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             wasi = wasi_from_wire(
                 request.wasi, tenant=tenant, guest_dirs_root=self._settings.guest_dirs_root
             )
+            limits = self._limits(request.limits)
             future = self._workers.submit(
                 self._sandbox.invoke,
                 module,
@@ -264,7 +269,10 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 cancel=cancel,
                 host_state=self._host_state(module, tenant, request.offloads),
                 image=image,
-                **self._limits(request.limits),
+                timeout_seconds=limits.timeout_seconds,
+                max_output_bytes=limits.max_output_bytes,
+                fuel=limits.fuel,
+                max_memory_bytes=limits.max_memory_bytes,
             )
         except BaseException:
             slot.release()
@@ -280,26 +288,32 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         carries the request's trace)."""
         return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
 
-    def _limits(self, limits: invocation_pb2.InvocationLimits) -> dict[str, Any]:
-        """The request's limits, defaulted and clamped to this executor's ceilings."""
+    def _limits(self, limits: invocation_pb2.InvocationLimits) -> CallLimits:
+        """The request's limits, defaulted and clamped to this executor's caps."""
         settings = self._settings
-        timeout = settings.default_timeout_seconds
-        if limits.HasField("timeout"):
-            requested = limits.timeout.ToTimedelta().total_seconds()
-            if requested > 0:
-                timeout = min(requested, settings.max_timeout_seconds)
-        for field in ("max_output_bytes", "max_memory_bytes"):
-            if getattr(limits, field) < 0:
-                raise InvalidArgumentError(
-                    f"limits.{field} must not be negative", metadata={"field": f"limits.{field}"}
-                )
-        max_output = limits.max_output_bytes or settings.max_output_bytes
-        return {
-            "timeout_seconds": timeout,
-            "max_output_bytes": min(max_output, settings.max_output_bytes),
-            "fuel": limits.fuel or None,
-            "max_memory_bytes": limits.max_memory_bytes or None,
-        }
+        return resolve_call_limits(
+            limits_from_wire(limits),
+            defaults=CallLimits(
+                timeout_seconds=settings.default_timeout_seconds,
+                max_output_bytes=settings.max_output_bytes,
+            ),
+            caps=CallLimits(
+                timeout_seconds=settings.max_timeout_seconds,
+                max_output_bytes=settings.max_output_bytes,
+            ),
+        )
+
+
+def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> CallLimits:
+    """The message's limits; a zero field is unset, and so is a timeout that is not
+    positive (the executor's default applies)."""
+    timeout = limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else 0
+    return CallLimits(
+        timeout_seconds=timeout if timeout > 0 else None,
+        max_output_bytes=limits.max_output_bytes or None,
+        fuel=limits.fuel or None,
+        max_memory_bytes=limits.max_memory_bytes or None,
+    )
 
 
 async def _outcome(future: concurrent.futures.Future[Outcome], cancel: threading.Event) -> Outcome:
