@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tensorwasm_common.call_limits import CallLimits, resolve_call_limits
 from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 from tensorwasm_common.offload_section import Declaration
 
@@ -36,16 +37,6 @@ from tensorwasm_executor.wasm.values import WasmValue
 
 
 @dataclass(frozen=True)
-class RequestedLimits:
-    """A call's limits as asked for; None (or 0 on the wire): this executor's default."""
-
-    timeout_seconds: float | None = None
-    max_output_bytes: int | None = None
-    fuel: int | None = None
-    max_memory_bytes: int | None = None
-
-
-@dataclass(frozen=True)
 class Invocation:
     """One call of an export in a fresh instance."""
 
@@ -55,7 +46,7 @@ class Invocation:
     args: Sequence[WasmValue] = ()
     stdin: bytes = b""
     wasi: WasiOptions = NO_WASI_OPTIONS
-    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    limits: CallLimits = field(default_factory=CallLimits)
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
 
@@ -68,7 +59,7 @@ class InstanceSpec:
     module_digest: str
     stdin: bytes = b""
     wasi: WasiOptions = NO_WASI_OPTIONS
-    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    limits: CallLimits = field(default_factory=CallLimits)
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
     idle_ttl_seconds: float | None = None
@@ -82,7 +73,7 @@ class InstanceCall:
     instance_id: str
     export_name: str
     args: Sequence[WasmValue] = ()
-    limits: RequestedLimits = field(default_factory=RequestedLimits)
+    limits: CallLimits = field(default_factory=CallLimits)
 
 
 @dataclass(frozen=True)
@@ -257,30 +248,23 @@ class GuestCalls:
             )
         return min(requested, settings.max_instance_idle_ttl_seconds)
 
-    def limits(self, requested: RequestedLimits) -> RequestedLimits:
-        """The request's limits, defaulted and clamped to this executor's ceilings.
+    def limits(self, requested: CallLimits) -> CallLimits:
+        """The request's limits, defaulted and clamped to this executor's caps.
 
         Raises:
-            InvalidArgumentError: a negative output or memory cap.
+            InvalidArgumentError: a field out of range.
         """
         settings = self._settings
-        for name, value in (
-            ("max_output_bytes", requested.max_output_bytes),
-            ("max_memory_bytes", requested.max_memory_bytes),
-        ):
-            if value is not None and value < 0:
-                raise InvalidArgumentError(
-                    f"limits.{name} must not be negative", metadata={"field": f"limits.{name}"}
-                )
-        timeout = settings.default_timeout_seconds
-        if requested.timeout_seconds is not None and requested.timeout_seconds > 0:
-            timeout = min(requested.timeout_seconds, settings.max_timeout_seconds)
-        max_output = requested.max_output_bytes or settings.max_output_bytes
-        return RequestedLimits(
-            timeout_seconds=timeout,
-            max_output_bytes=min(max_output, settings.max_output_bytes),
-            fuel=requested.fuel or None,
-            max_memory_bytes=requested.max_memory_bytes or None,
+        return resolve_call_limits(
+            requested,
+            defaults=CallLimits(
+                timeout_seconds=settings.default_timeout_seconds,
+                max_output_bytes=settings.max_output_bytes,
+            ),
+            caps=CallLimits(
+                timeout_seconds=settings.max_timeout_seconds,
+                max_output_bytes=settings.max_output_bytes,
+            ),
         )
 
     async def _image(
@@ -302,7 +286,7 @@ class GuestCalls:
         return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
 
 
-def _as_options(limits: RequestedLimits) -> dict[str, Any]:
+def _as_options(limits: CallLimits) -> dict[str, Any]:
     return {
         "timeout_seconds": limits.timeout_seconds,
         "max_output_bytes": limits.max_output_bytes,

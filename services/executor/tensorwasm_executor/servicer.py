@@ -14,6 +14,7 @@ import grpc
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_limits import CallLimits
 from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.errors import UnavailableError
 from tensorwasm_common.offload_section import Declaration
@@ -24,7 +25,6 @@ from tensorwasm_executor.guest_calls import (
     InstanceCall,
     InstanceSpec,
     Invocation,
-    RequestedLimits,
 )
 from tensorwasm_executor.wasi import wasi_from_wire
 from tensorwasm_executor.wasm.values import WasmValue
@@ -173,12 +173,12 @@ def args_from_wire(args: Sequence[values_pb2.Value]) -> list[WasmValue]:
     return [value_from_wire(v, i) for i, v in enumerate(args)]
 
 
-def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> RequestedLimits:
-    """The request's limits; a zero (unset) field is None."""
-    return RequestedLimits(
-        timeout_seconds=(
-            limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else None
-        ),
+def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> CallLimits:
+    """The message's limits; a zero field is unset, and so is a timeout that is not
+    positive (the executor's default applies)."""
+    timeout = limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else 0
+    return CallLimits(
+        timeout_seconds=timeout if timeout > 0 else None,
         max_output_bytes=limits.max_output_bytes or None,
         fuel=limits.fuel or None,
         max_memory_bytes=limits.max_memory_bytes or None,

@@ -1,9 +1,10 @@
-"""Per-tenant limit ceilings and the limits a call actually runs with.
+"""Per-tenant limit ceilings, and the limits a call actually runs with on the wire.
 
 A call's limits are, field by field: the request's, else the function's defaults
 (set at deploy), then clamped to the tenant's ceilings (a ceiling also fills a field
-left unset, since the executor's default could exceed it). The executor clamps
-again to its own caps.
+left unset, since the executor's default could exceed it); the executor clamps again
+to its own caps (`tensorwasm_common.call_limits.resolve_call_limits`). On the wire a
+zero field is unset.
 
 The ceilings file (`TENSORWASM_GATEWAY_TENANT_LIMITS_FILE`) is JSON:
 
@@ -20,32 +21,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.call_limits import UNSET, CallLimits, resolve_call_limits
 from tensorwasm_common.settings import SettingsError
 
 
-@dataclass(frozen=True)
-class Ceiling:
-    """The most a tenant's calls may ask for; None: no ceiling beyond the executor's."""
-
-    timeout_seconds: float | None = None
-    max_output_bytes: int | None = None
-    fuel: int | None = None
-    max_memory_bytes: int | None = None
-
-
-NO_CEILING = Ceiling()
-
-
-def _ceiling(where: str, entry: object) -> Ceiling:
+def _ceiling(where: str, entry: object) -> CallLimits:
     if not isinstance(entry, Mapping):
         raise SettingsError(f"tenant limits: {where} must be an object")
-    known = {f.name for f in fields(Ceiling)}
+    known = {f.name for f in fields(CallLimits)}
     unknown = set(entry) - known
     if unknown:
         raise SettingsError(f"tenant limits: {where} has unknown keys {sorted(unknown)}")
@@ -56,14 +44,15 @@ def _ceiling(where: str, entry: object) -> Ceiling:
         if not ok or isinstance(value, bool) or not 0 < value < math.inf:
             raise SettingsError(f"tenant limits: {where}.{key} must be a positive number")
         values[key] = value
-    return Ceiling(**values)
+    return CallLimits(**values)
 
 
 class TenantCeilings:
-    """The ceilings of every tenant: its own entry, else the default entry."""
+    """The ceilings of every tenant: its own entry, else the default entry (a None
+    field: no ceiling beyond the executor's)."""
 
     def __init__(
-        self, default: Ceiling = NO_CEILING, tenants: Mapping[str, Ceiling] | None = None
+        self, default: CallLimits = UNSET, tenants: Mapping[str, CallLimits] | None = None
     ) -> None:
         self._default = default
         self._tenants = dict(tenants or {})
@@ -87,42 +76,46 @@ class TenantCeilings:
             {name: _ceiling(f"tenants.{name}", entry) for name, entry in tenants.items()},
         )
 
-    def of(self, tenant: str) -> Ceiling:
+    def of(self, tenant: str) -> CallLimits:
         """The tenant's ceiling."""
         return self._tenants.get(tenant, self._default)
 
 
+def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> CallLimits:
+    """The message's limits; a zero field (or no timeout) is unset."""
+    timeout = limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else 0
+    return CallLimits(
+        timeout_seconds=timeout or None,
+        max_output_bytes=limits.max_output_bytes or None,
+        fuel=limits.fuel or None,
+        max_memory_bytes=limits.max_memory_bytes or None,
+    )
+
+
+def limits_to_wire(limits: CallLimits) -> invocation_pb2.InvocationLimits:
+    """The limits as a message (an unset field is zero, an unset timeout absent)."""
+    wire = invocation_pb2.InvocationLimits(
+        max_output_bytes=limits.max_output_bytes or 0,
+        fuel=limits.fuel or 0,
+        max_memory_bytes=limits.max_memory_bytes or 0,
+    )
+    if limits.timeout_seconds is not None:
+        wire.timeout.FromNanoseconds(round(limits.timeout_seconds * 1e9))
+    return wire
+
+
 def check_limits(limits: invocation_pb2.InvocationLimits, field: str) -> None:
     """Raises InvalidArgumentError for negative limits (zero means "default")."""
-    bad = [name for name in ("max_output_bytes", "max_memory_bytes") if getattr(limits, name) < 0]
-    if limits.HasField("timeout") and limits.timeout.ToTimedelta().total_seconds() < 0:
-        bad.append("timeout")
-    if bad:
-        raise InvalidArgumentError(
-            f"{field}.{bad[0]} must not be negative", metadata={"field": f"{field}.{bad[0]}"}
-        )
+    limits_from_wire(limits).check(field)
 
 
 def effective_limits(
     requested: invocation_pb2.InvocationLimits,
     defaults: invocation_pb2.InvocationLimits,
-    ceiling: Ceiling,
+    ceiling: CallLimits,
 ) -> invocation_pb2.InvocationLimits:
     """The limits a call runs with (see the module docstring)."""
-    check_limits(requested, "limits")
-    merged = invocation_pb2.InvocationLimits()
-    merged.CopyFrom(defaults)
-    if requested.HasField("timeout") and requested.timeout.ToTimedelta().total_seconds() > 0:
-        merged.timeout.CopyFrom(requested.timeout)
-    for name in ("max_output_bytes", "fuel", "max_memory_bytes"):
-        if getattr(requested, name):
-            setattr(merged, name, getattr(requested, name))
-    if ceiling.timeout_seconds is not None:
-        current = merged.timeout.ToTimedelta().total_seconds() if merged.HasField("timeout") else 0
-        if not 0 < current <= ceiling.timeout_seconds:
-            merged.timeout.FromNanoseconds(round(ceiling.timeout_seconds * 1e9))
-    for name in ("max_output_bytes", "fuel", "max_memory_bytes"):
-        cap = getattr(ceiling, name)
-        if cap is not None and not 0 < getattr(merged, name) <= cap:
-            setattr(merged, name, cap)
-    return merged
+    resolved = resolve_call_limits(
+        limits_from_wire(requested), defaults=limits_from_wire(defaults), ceiling=ceiling
+    )
+    return limits_to_wire(resolved)

@@ -12,21 +12,26 @@ from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 from tensorwasm_common.settings import SettingsError
 
-from tensorwasm_gateway.audit import AuditLog, open_sink
-from tensorwasm_gateway.auth import TokenStore
-from tensorwasm_gateway.executors import open_executor_pool
-from tensorwasm_gateway.functions import FunctionService
-from tensorwasm_gateway.guard import Guard, GuardInterceptor
+from tensorwasm_gateway.access import (
+    AuditLog,
+    BucketConfig,
+    ConcurrencyCaps,
+    Guard,
+    GuardInterceptor,
+    RateLimiter,
+    TokenReloader,
+    TokenStore,
+    open_sink,
+)
+from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http_face import start_http_face
-from tensorwasm_gateway.invocation_store import InvocationStore
-from tensorwasm_gateway.invocations import InvocationService
+from tensorwasm_gateway.instances import InstanceService
+from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.metrics import tenant_label
-from tensorwasm_gateway.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
-from tensorwasm_gateway.registry import Registry
+from tensorwasm_gateway.routing import open_executor_pool
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
-from tensorwasm_gateway.token_reload import TokenReloader
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 _log = logging.getLogger(__name__)
@@ -105,7 +110,8 @@ async def serve(settings: GatewaySettings) -> None:
         reloader.start(settings.tokens_reload_seconds)
     host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(functions, invocations), host.server
+        GatewayServicer(functions, invocations, InstanceService(functions, registry, executors)),
+        host.server,
     )
 
     http = None

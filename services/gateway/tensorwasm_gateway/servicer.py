@@ -1,4 +1,4 @@
-"""GatewayService: proto <-> function-service translation and the tenant from metadata."""
+"""GatewayService: proto <-> domain translation (functions, instances, invocations)."""
 
 from __future__ import annotations
 
@@ -15,19 +15,21 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, ServiceError
 
+from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
 from tensorwasm_gateway.errors import InvalidPageTokenError
 from tensorwasm_gateway.functions import (
     TYPE_NAMES,
+    FunctionRecord,
     FunctionService,
     function_config,
     function_id_from_name,
-    instance_id_from_name,
-    validate_tenant,
 )
-from tensorwasm_gateway.guard import CURRENT_TENANT
-from tensorwasm_gateway.invocation_store import InvocationRecord
-from tensorwasm_gateway.invocations import InvocationService, invocation_id_from_name
-from tensorwasm_gateway.registry import FunctionRecord, InstanceRecord
+from tensorwasm_gateway.instances import InstanceRecord, InstanceService, instance_id_from_name
+from tensorwasm_gateway.invocations import (
+    InvocationRecord,
+    InvocationService,
+    invocation_id_from_name,
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -182,10 +184,21 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     """The public API."""
 
     def __init__(
-        self, functions: FunctionService, invocations: InvocationService | None = None
+        self,
+        functions: FunctionService,
+        invocations: InvocationService | None = None,
+        instances: InstanceService | None = None,
     ) -> None:
         self._functions = functions
         self._invocations = invocations
+        self._instances_service = instances
+
+    def _instances(self) -> InstanceService:
+        if self._instances_service is None:
+            raise ServiceError(
+                "instances are not enabled", code=Code.UNIMPLEMENTED, reason="UNIMPLEMENTED"
+            )
+        return self._instances_service
 
     async def CreateFunction(
         self, request: pb.CreateFunctionRequest, context: grpc.aio.ServicerContext
@@ -263,7 +276,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         downstream = executor_pb.CreateInstanceRequest(stdin=request.stdin, limits=request.limits)
         if request.HasField("idle_ttl"):
             downstream.idle_ttl.CopyFrom(request.idle_ttl)
-        record, response = await self._functions.create_instance(tenant, function_id, downstream)
+        record, response = await self._instances().create(tenant, function_id, downstream)
         reply = pb.CreateInstanceResponse(outcome=response.outcome)
         if record is not None:
             reply.instance.CopyFrom(instance_to_wire(record))
@@ -273,7 +286,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetInstanceResponse:
         tenant = tenant_of(context)
-        record = await self._functions.get_instance(tenant, instance_id_from_name(request.name))
+        record = await self._instances().get(tenant, instance_id_from_name(request.name))
         return pb.GetInstanceResponse(instance=instance_to_wire(record))
 
     async def CallInstance(
@@ -284,14 +297,14 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         downstream = executor_pb.CallInstanceRequest(
             export_name=request.export_name, args=request.args, limits=request.limits
         )
-        response, export = await self._functions.call_instance(tenant, instance_id, downstream)
+        response, export = await self._instances().call(tenant, instance_id, downstream)
         return pb.CallInstanceResponse(outcome=response.outcome, export_name=export)
 
     async def DeleteInstance(
         self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteInstanceResponse:
         tenant = tenant_of(context)
-        await self._functions.delete_instance(tenant, instance_id_from_name(request.name))
+        await self._instances().delete(tenant, instance_id_from_name(request.name))
         return pb.DeleteInstanceResponse()
 
 

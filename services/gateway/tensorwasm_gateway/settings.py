@@ -48,7 +48,7 @@ class GatewaySettings(ServerSettings):
     lease_seconds: float = 30.0
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
-    # Bearer tokens in the original's grammar (see tensorwasm_gateway.auth); none: dev mode.
+    # Bearer tokens in the original's grammar (tensorwasm_gateway.access.tokens); none: dev mode.
     tokens: str = ""
     tokens_file: Path | None = None
     # The tokens file is re-read when its mtime, size or inode changes (checked this often;
@@ -58,7 +58,7 @@ class GatewaySettings(ServerSettings):
     metrics_max_tenants: int = 100
     # Without tokens the gateway only listens on loopback, unless this is set.
     allow_unauthenticated: bool = False
-    # Token buckets (see tensorwasm_gateway.ratelimit); burst 0 turns a layer off.
+    # Token buckets (see tensorwasm_gateway.access.ratelimit); burst 0 turns a layer off.
     rate_limit_tenant_qps: float = 10.0
     rate_limit_tenant_burst: int = 20
     rate_limit_token_qps: float = 0.0

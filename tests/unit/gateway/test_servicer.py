@@ -16,8 +16,8 @@ from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code
 from tensorwasm_gateway.errors import FunctionNotFoundError, InvalidNameError, InvalidPageTokenError
-from tensorwasm_gateway.functions import FunctionService
-from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry
+from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
+from tensorwasm_gateway.functions.service import FunctionService
 from tensorwasm_gateway.servicer import (
     DEFAULT_PAGE_SIZE,
     GatewayServicer,

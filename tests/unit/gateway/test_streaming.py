@@ -13,8 +13,8 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_gateway.errors import ExportRequiredError, FunctionNotFoundError
-from tensorwasm_gateway.functions import FunctionService
-from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry
+from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
+from tensorwasm_gateway.functions.service import FunctionService
 from tensorwasm_gateway.servicer import GatewayServicer
 
 DIGEST = "ef" * 32

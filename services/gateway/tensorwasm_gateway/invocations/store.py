@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 
 from tensorwasm_gateway.errors import InvocationNotFoundError
-from tensorwasm_gateway.registry import Registry, add_missing_columns
+from tensorwasm_gateway.functions import Registry, add_missing_columns
 
 PENDING = pb.INVOCATION_STATE_PENDING
 RUNNING = pb.INVOCATION_STATE_RUNNING

@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_gateway.executors: failover only before a call started,
+"""Unit tests for tensorwasm_gateway.routing.executors: failover only before a call started,
 health-aware routing and replica sets, against in-process fake executor servers."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Code, ServiceError
-from tensorwasm_gateway.executors import ExecutorPool
-from tensorwasm_gateway.replicas import ReplicaSource
-from tensorwasm_gateway.routing import rendezvous_order
+from tensorwasm_gateway.routing.executors import ExecutorPool
+from tensorwasm_gateway.routing.rendezvous import rendezvous_order
+from tensorwasm_gateway.routing.replicas import ReplicaSource
 
 
 class FakeExecutor(pb_grpc.ExecutorServiceServicer):

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.errors import Code, ServiceError
-from tensorwasm_gateway.audit import AuditLog
-from tensorwasm_gateway.auth import (
+from tensorwasm_gateway.access.audit import AuditLog
+from tensorwasm_gateway.access.guard import Guard
+from tensorwasm_gateway.access.policies import policy_of
+from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.tokens import (
     DEV_PRINCIPAL,
     Scope,
     TokenStore,
     parse_tokens,
     token_id_of,
 )
-from tensorwasm_gateway.guard import Guard, policy_of
-from tensorwasm_gateway.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
 
 
 def _scopes(text: str) -> dict[str, Scope]:

@@ -18,14 +18,14 @@ from tensorwasm_gateway.errors import (
     FunctionNotFoundError,
     InvocationNotFoundError,
 )
-from tensorwasm_gateway.invocation_store import (
+from tensorwasm_gateway.functions.registry import Registry
+from tensorwasm_gateway.invocations.service import InvocationService
+from tensorwasm_gateway.invocations.store import (
     FAILED,
     RUNNING,
     InvocationRecord,
     InvocationStore,
 )
-from tensorwasm_gateway.invocations import InvocationService
-from tensorwasm_gateway.registry import Registry
 from tensorwasm_gateway.servicer import GatewayServicer
 
 SECOND = 1_000_000_000

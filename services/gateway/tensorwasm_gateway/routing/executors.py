@@ -29,9 +29,9 @@ from tensorwasm_common.deadlines import downstream_timeout
 from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
 
-from tensorwasm_gateway.replicas import ReplicaSource
 from tensorwasm_gateway.request_ids import downstream_metadata
-from tensorwasm_gateway.routing import ReplicaView, rendezvous_order, route
+from tensorwasm_gateway.routing.rendezvous import ReplicaView, rendezvous_order, route
+from tensorwasm_gateway.routing.replicas import ReplicaSource
 from tensorwasm_gateway.settings import GatewaySettings
 
 _log = logging.getLogger(__name__)

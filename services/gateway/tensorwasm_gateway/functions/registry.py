@@ -203,7 +203,7 @@ class Registry:
     @contextlib.contextmanager
     def locked(self) -> Iterator[sqlite3.Connection]:
         """The connection, held exclusively: for the tables other modules keep in the
-        registry database (tensorwasm_gateway.invocation_store)."""
+        registry database (tensorwasm_gateway.invocations.store)."""
         with self._lock:
             yield self._db
 

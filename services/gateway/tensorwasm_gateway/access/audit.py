@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tensorwasm_gateway.auth import Principal
+from tensorwasm_gateway.access.tokens import Principal
 from tensorwasm_gateway.metrics import AUDIT_WRITE_FAILURES
 
 _log = logging.getLogger(__name__)

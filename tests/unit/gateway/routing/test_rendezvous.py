@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_gateway.routing: rendezvous ordering of executor replicas."""
+"""Unit tests for tensorwasm_gateway.routing.rendezvous: the HRW order of executor replicas."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 import blake3
 import pytest
-from tensorwasm_gateway.routing import ReplicaView, load_bound, rendezvous_order, route
+from tensorwasm_gateway.routing.rendezvous import ReplicaView, load_bound, rendezvous_order, route
 
 REPLICAS = ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052", "10.0.0.4:50052"]
 KEYS = [blake3.blake3(f"module-{i}".encode()).hexdigest() for i in range(1000)]

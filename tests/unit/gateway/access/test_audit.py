@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from tensorwasm_gateway.audit import AuditEvent, AuditLog, FdSink, open_sink, render
-from tensorwasm_gateway.auth import Principal, Scope
-from tensorwasm_gateway.guard import peer_of, resource_of
+from tensorwasm_gateway.access.audit import AuditEvent, AuditLog, FdSink, open_sink, render
+from tensorwasm_gateway.access.guard import peer_of, resource_of
+from tensorwasm_gateway.access.tokens import Principal, Scope
 
 
 def _event(**overrides: object) -> AuditEvent:

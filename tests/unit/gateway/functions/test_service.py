@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_gateway.functions: names, export choice and the deploy path.
+"""Unit tests for tensorwasm_gateway.functions.service: names, export choice and the deploy path.
 
 The snapshot store and the executor pool are small in-memory fakes; the registry is the
 real SQLite one in a temporary directory.
@@ -16,6 +16,7 @@ import pytest
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm_common.errors import Code, UnavailableError
+from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.errors import (
     ExportNotFoundError,
     ExportRequiredError,
@@ -25,13 +26,12 @@ from tensorwasm_gateway.errors import (
     InvalidWasmError,
     ModuleTooLargeError,
 )
-from tensorwasm_gateway.functions import (
+from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
+from tensorwasm_gateway.functions.service import (
     FunctionService,
     choose_export,
     function_id_from_name,
-    validate_tenant,
 )
-from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry
 
 WASM = b"\x00asm\x01\x00\x00\x00"
 WASM_DIGEST = blake3.blake3(WASM).hexdigest()
@@ -199,19 +199,6 @@ def test_trailing_newline_is_rejected(check: str, registry: Registry) -> None:
             validate_tenant("acme\n")
         else:
             asyncio.run(_service(registry).create("default", "add\n", WASM))
-
-
-@pytest.mark.parametrize("tenant", ["default", "acme", "0", "a_b-c", "9" * 63])
-def test_validate_tenant_accepts(tenant: str) -> None:
-    assert validate_tenant(tenant) == tenant
-
-
-@pytest.mark.parametrize("tenant", ["", "_acme", "-acme", "Acme", "ac me", "a/b", "9" * 64])
-def test_validate_tenant_rejects(tenant: str) -> None:
-    with pytest.raises(InvalidNameError) as caught:
-        validate_tenant(tenant)
-    assert caught.value.reason == "INVALID_NAME"
-    assert caught.value.metadata == {"tenant": tenant}
 
 
 # --- choose_export -----------------------------------------------------------------------

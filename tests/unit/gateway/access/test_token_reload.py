@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_gateway.token_reload: the tokens file re-read without a restart."""
+"""Unit tests for tensorwasm_gateway.access.token_reload: tokens re-read without a restart."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.errors import ServiceError
-from tensorwasm_gateway.audit import AuditLog
-from tensorwasm_gateway.auth import TokenStore, parse_tokens
-from tensorwasm_gateway.guard import Guard
-from tensorwasm_gateway.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
-from tensorwasm_gateway.token_reload import TokenReloader
+from tensorwasm_gateway.access.audit import AuditLog
+from tensorwasm_gateway.access.guard import Guard
+from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.token_reload import TokenReloader
+from tensorwasm_gateway.access.tokens import TokenStore, parse_tokens
 
 OLD = "old-token-0123456789abcdef"
 NEW = "new-token-0123456789abcdef"
@@ -92,7 +92,7 @@ def test_a_bad_file_keeps_the_old_table_and_logs_an_error(
     before = guard.tokens
     reloader = TokenReloader(guard, tokens_file)
     replace_file(tokens_file, content)
-    with caplog.at_level(logging.ERROR, logger="tensorwasm_gateway.token_reload"):
+    with caplog.at_level(logging.ERROR, logger="tensorwasm_gateway.access.token_reload"):
         assert not reloader.check()
     assert guard.tokens is before
     assert accepts(guard, OLD)

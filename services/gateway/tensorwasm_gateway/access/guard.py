@@ -8,9 +8,8 @@ across tenants) → take from the rate-limit buckets → take a concurrency slot
 class (RESOURCE_EXHAUSTED + RetryInfo) → the handler. Mutating and invoking calls write
 one audit record, allowed or denied (a call refused for its token has no actor).
 
-The class and audit policy of a method follow from its verb, so RPCs added later are
-guarded without a table edit: Invoke*/Call*/Start* are `invoke`, Create*/Delete*/Update*/
-Cancel* are `write` (both audited), anything else is `read`; `ADMIN_METHODS` are `admin`.
+Each method's class and audit policy come from a declarative table
+(`tensorwasm_gateway.access.policies`); the guard is built with it.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import ipaddress
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,27 +29,23 @@ from tensorwasm_common.channels import DEFAULT_TENANT, REQUEST_ID_KEY, TENANT_ME
 from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 
-from tensorwasm_gateway.audit import AuditEvent, AuditLog
-from tensorwasm_gateway.auth import (
+from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
+from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies, MethodPolicy
+from tensorwasm_gateway.access.ratelimit import ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.tenants import validate_tenant
+from tensorwasm_gateway.access.tokens import (
     InvalidMetadataError,
     Principal,
     TokenStore,
     authorize_admin,
     authorize_tenant,
 )
-from tensorwasm_gateway.functions import validate_tenant
 from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS, tenant_label
-from tensorwasm_gateway.ratelimit import ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, request_id_from
 
 AUTHORIZATION_KEY = "authorization"
 FORWARDED_FOR_KEY = "x-forwarded-for"
-# Fleet operations: only tokens with role=admin may call them (full method names).
-ADMIN_METHODS: frozenset[str] = frozenset()
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-CALL_CLASSES = ("invoke", "write", "read", "admin")
-_INVOKE_VERBS = ("Invoke", "Call", "Start", "Run", "Execute")
-_WRITE_VERBS = ("Create", "Delete", "Update", "Cancel", "Put", "Remove", "Set")
 _PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 _GUARD_REASONS = frozenset(
     {
@@ -69,30 +63,6 @@ _GUARD_REASONS = frozenset(
 CURRENT_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tensorwasm_gateway_tenant", default=None
 )
-
-
-@dataclass(frozen=True)
-class MethodPolicy:
-    """How one method is guarded."""
-
-    method: str
-    action: str
-    call_class: str
-    audited: bool
-    invoking: bool
-
-
-def policy_of(method: str) -> MethodPolicy:
-    """The policy of a full method name (`/package.Service/Rpc`)."""
-    rpc = method.rpartition("/")[2]
-    action = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
-    if method in ADMIN_METHODS:
-        return MethodPolicy(method, action, "admin", audited=True, invoking=False)
-    if rpc.startswith(_INVOKE_VERBS):
-        return MethodPolicy(method, action, "invoke", audited=True, invoking=True)
-    if rpc.startswith(_WRITE_VERBS):
-        return MethodPolicy(method, action, "write", audited=True, invoking=False)
-    return MethodPolicy(method, action, "read", audited=False, invoking=False)
 
 
 def resource_of(request: Any) -> str:
@@ -152,11 +122,13 @@ class Guard:
         limiter: RateLimiter,
         caps: ConcurrencyCaps,
         audit: AuditLog,
+        policies: MethodPolicies = GATEWAY_POLICIES,
     ) -> None:
         self.tokens = tokens
         self.limiter = limiter
         self.caps = caps
         self.audit = audit
+        self.policies = policies
 
     def authenticate(self, metadata: Any) -> Principal:
         """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none)."""
@@ -202,7 +174,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         wrapped = self._wrapped.get(method, handler)
         if wrapped is None:
-            policy = policy_of(method)
+            policy = self._guard.policies.of(method)
             wrapped = self._wrapped.put(
                 method,
                 handler,

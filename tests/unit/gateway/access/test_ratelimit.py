@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tensorwasm_gateway.ratelimit import (
+from tensorwasm_gateway.access.ratelimit import (
     NEVER_REFILLS_RETRY_SECONDS,
     BucketConfig,
     ConcurrencyCaps,

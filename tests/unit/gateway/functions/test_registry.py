@@ -1,4 +1,4 @@
-"""Unit tests for tensorwasm_gateway.registry on a real SQLite file."""
+"""Unit tests for tensorwasm_gateway.functions.registry on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorwasm_common.errors import Code
 from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
-from tensorwasm_gateway.registry import ExportRecord, FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry, now_ns
 
 DIGEST = "ab" * 32
 

@@ -20,8 +20,8 @@ import logging
 import signal
 from pathlib import Path
 
-from tensorwasm_gateway.auth import TokenStore, parse_tokens
-from tensorwasm_gateway.guard import Guard
+from tensorwasm_gateway.access.guard import Guard
+from tensorwasm_gateway.access.tokens import TokenStore, parse_tokens
 
 _log = logging.getLogger(__name__)
 

@@ -20,26 +20,22 @@ from tensorwasm_gateway.errors import (
     ExportNotFoundError,
     ExportRequiredError,
     FunctionAlreadyExistsError,
-    FunctionNotFoundError,
     InitExportInvalidError,
     InvalidNameError,
     InvalidWasmError,
     ModuleTooLargeError,
 )
-from tensorwasm_gateway.executors import ExecutorPool, ExecutorStream
-from tensorwasm_gateway.limits import TenantCeilings, check_limits, effective_limits
-from tensorwasm_gateway.registry import (
+from tensorwasm_gateway.functions.registry import (
     ExportRecord,
     FunctionRecord,
-    InstanceRecord,
     Registry,
     now_ns,
 )
+from tensorwasm_gateway.limits import TenantCeilings, check_limits, effective_limits
+from tensorwasm_gateway.routing import ExecutorPool, ExecutorStream
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
-INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
 _log = logging.getLogger(__name__)
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
 TYPE_NAMES = values_json.TYPE_NAMES
@@ -73,17 +69,6 @@ def function_id_from_name(name: str) -> str:
             metadata={"name": name[:200]},
         )
     return function_id
-
-
-def instance_id_from_name(name: str) -> str:
-    """`instances/{id}` -> id, validating the pattern."""
-    prefix, _, instance_id = name.partition("/")
-    if prefix != "instances" or not INSTANCE_ID.fullmatch(instance_id):
-        raise InvalidNameError(
-            "name must be instances/{id} with id of 32 lowercase hex digits",
-            metadata={"name": name[:200]},
-        )
-    return instance_id
 
 
 def function_config(record: FunctionRecord) -> gateway_pb.FunctionConfig:
@@ -152,15 +137,6 @@ def offload_declarations(
             invocation_pb2.OffloadedExport(export_name=item.export_name, op=item.op, args=item.args)
         )
     return declared
-
-
-def validate_tenant(tenant: str) -> str:
-    """The tenant id, validated."""
-    if not TENANT_ID.fullmatch(tenant):
-        raise InvalidNameError(
-            "tenant must match [a-z0-9][a-z0-9_-]{0,62}", metadata={"tenant": tenant[:200]}
-        )
-    return tenant
 
 
 class FunctionService:
@@ -303,10 +279,10 @@ class FunctionService:
         """Looks the function up, chooses the export and addresses `request` to it."""
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
         request.export_name = choose_export(record, request.export_name)
-        self._address(tenant, record, request)
+        self.address(tenant, record, request)
         return request.export_name
 
-    def _address(
+    def address(
         self,
         tenant: str,
         record: FunctionRecord,
@@ -320,83 +296,17 @@ class FunctionService:
         request.init_export = config.init_export
         if config.offloads:  # kept only with auto_offload (see `offload_declarations`)
             request.offloads.extend(config.offloads)
-        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
+        request.limits.CopyFrom(self.limits_for(tenant, request.limits, config))
 
-    def _limits(
+    def limits_for(
         self,
         tenant: str,
         requested: invocation_pb2.InvocationLimits,
         config: gateway_pb.FunctionConfig,
     ) -> invocation_pb2.InvocationLimits:
+        """The limits a call of the tenant runs with: the request's, the function's
+        defaults and the tenant's ceiling (see `tensorwasm_gateway.limits`)."""
         return effective_limits(requested, config.default_limits, self._ceilings.of(tenant))
-
-    async def create_instance(
-        self, tenant: str, function_id: str, request: executor_pb.CreateInstanceRequest
-    ) -> tuple[InstanceRecord | None, executor_pb.CreateInstanceResponse]:
-        """Starts an instance on an executor and records where it lives.
-
-        Returns (the record, the executor's response); the record is None when the
-        start function failed (the response's outcome says how).
-        """
-        record = await self.get(tenant, function_id)
-        self._address(tenant, record, request)
-        address, response = await self._executors.create_instance(request)
-        if not response.instance_id:
-            return None, response
-        instance = InstanceRecord(
-            tenant=tenant,
-            instance_id=response.instance_id,
-            function_id=function_id,
-            module_digest=record.module_digest,
-            executor=address,
-            idle_ttl_ns=response.idle_ttl.ToNanoseconds(),
-            create_time_ns=now_ns(),
-        )
-        await asyncio.to_thread(self._registry.insert_instance, instance)
-        return instance, response
-
-    async def get_instance(self, tenant: str, instance_id: str) -> InstanceRecord:
-        """One live instance of the tenant, as recorded."""
-        return await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
-
-    async def call_instance(
-        self, tenant: str, instance_id: str, request: executor_pb.CallInstanceRequest
-    ) -> tuple[executor_pb.CallInstanceResponse, str]:
-        """Calls a live instance on its executor; returns the response and the export.
-
-        An instance the executor no longer has (expired, or its executor restarted) is
-        forgotten here too and reported as INSTANCE_NOT_FOUND.
-        """
-        instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
-        try:
-            function = await self.get(tenant, instance.function_id)
-        except FunctionNotFoundError:  # deleted since: the instance lives on
-            config, export = gateway_pb.FunctionConfig(), request.export_name
-        else:
-            config, export = function_config(function), choose_export(function, request.export_name)
-        request.instance_id = instance_id
-        request.tenant = tenant
-        request.export_name = export
-        request.limits.CopyFrom(self._limits(tenant, request.limits, config))
-        try:
-            response = await self._executors.call_instance(instance.executor, request)
-        except ServiceError as exc:
-            if exc.reason == "INSTANCE_NOT_FOUND":
-                await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
-            raise
-        return response, export
-
-    async def delete_instance(self, tenant: str, instance_id: str) -> None:
-        """Terminates the instance and forgets it (one already gone on its executor is
-        simply forgotten)."""
-        instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
-        request = executor_pb.DeleteInstanceRequest(instance_id=instance_id, tenant=tenant)
-        try:
-            await self._executors.delete_instance(instance.executor, request)
-        except ServiceError as exc:
-            if exc.reason != "INSTANCE_NOT_FOUND":
-                raise
-        await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:

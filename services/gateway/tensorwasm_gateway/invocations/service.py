@@ -32,7 +32,7 @@ from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
 
 from tensorwasm_gateway.errors import AsyncCapacityExhaustedError, InvalidNameError
 from tensorwasm_gateway.functions import FunctionService
-from tensorwasm_gateway.invocation_store import (
+from tensorwasm_gateway.invocations.store import (
     FAILED,
     PENDING,
     SUCCEEDED,

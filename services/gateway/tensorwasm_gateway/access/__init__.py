@@ -1,0 +1,56 @@
+"""Access to the public API: bearer tokens, tenant scope, method policies, rate limits,
+concurrency caps and the audit log, enforced by one server interceptor (the guard)."""
+
+from tensorwasm_gateway.access.audit import AuditEvent, AuditLog, AuditSink, FdSink, open_sink
+from tensorwasm_gateway.access.guard import CURRENT_TENANT, Guard, GuardInterceptor
+from tensorwasm_gateway.access.policies import (
+    CALL_CLASSES,
+    GATEWAY_POLICIES,
+    GATEWAY_RPCS,
+    CallClass,
+    MethodPolicies,
+    MethodPolicy,
+    policy_of,
+)
+from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.tenants import validate_tenant
+from tensorwasm_gateway.access.token_reload import TokenReloader
+from tensorwasm_gateway.access.tokens import (
+    AdminScopeRequiredError,
+    Principal,
+    Scope,
+    TenantScopeDeniedError,
+    TokenStore,
+    UnauthenticatedError,
+    parse_tokens,
+)
+
+__all__ = [
+    "CALL_CLASSES",
+    "CURRENT_TENANT",
+    "GATEWAY_POLICIES",
+    "GATEWAY_RPCS",
+    "AdminScopeRequiredError",
+    "AuditEvent",
+    "AuditLog",
+    "AuditSink",
+    "BucketConfig",
+    "CallClass",
+    "ConcurrencyCaps",
+    "FdSink",
+    "Guard",
+    "GuardInterceptor",
+    "MethodPolicies",
+    "MethodPolicy",
+    "Principal",
+    "RateLimiter",
+    "Scope",
+    "TenantScopeDeniedError",
+    "TokenReloader",
+    "TokenStore",
+    "UnauthenticatedError",
+    "open_sink",
+    "parse_tokens",
+    "policy_of",
+    "validate_tenant",
+]
