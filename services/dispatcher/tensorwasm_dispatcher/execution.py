@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.gpu_abi import (
     MAX_BLOCK_DIM,
     MAX_BLOCK_THREADS,
@@ -40,17 +39,12 @@ from tensorwasm_dispatcher.device_buffers import (
     ReadBufferCommand,
     WriteBufferCommand,
 )
+from tensorwasm_dispatcher.errors import InvalidBatchError
 from tensorwasm_dispatcher.sessions import Session, SessionTable
 
 _log = logging.getLogger(__name__)
 
 MAX_COMMANDS_PER_BATCH = 4096
-
-
-class InvalidBatchError(InvalidArgumentError):
-    """The batch itself is malformed (not one of its commands)."""
-
-    reason = "INVALID_GPU_BATCH"
 
 
 @dataclass(frozen=True)

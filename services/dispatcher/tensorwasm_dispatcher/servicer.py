@@ -9,7 +9,7 @@ import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import InvalidArgumentError, ResourceExhaustedError
+from tensorwasm_common.errors import ResourceExhaustedError
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
 
 from tensorwasm_dispatcher.accounting import Admission
@@ -21,12 +21,12 @@ from tensorwasm_dispatcher.device_buffers import (
     WriteBufferCommand,
 )
 from tensorwasm_dispatcher.devices import BackendKind, DeviceReport
+from tensorwasm_dispatcher.errors import InvalidBatchError, TenantMismatchError
 from tensorwasm_dispatcher.execution import (
     Batch,
     BatchOutcome,
     Command,
     Dispatcher,
-    InvalidBatchError,
     LaunchCommand,
     LoadCommand,
     StagedRegion,
@@ -42,12 +42,6 @@ _SCALAR_FIELDS = {
     "u32": ArgTag.U32,
     "u64": ArgTag.U64,
 }
-
-
-class TenantMismatchError(InvalidArgumentError):
-    """The request's tenant field and its tenant metadata disagree."""
-
-    reason = "TENANT_MISMATCH"
 
 
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):

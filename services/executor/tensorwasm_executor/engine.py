@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import wasmtime
+from tensorwasm_common.errors import ExportNotFoundError
 
 from tensorwasm_executor import rawcall
 from tensorwasm_executor.errors import (
     ArgumentMismatchError,
-    ExportNotFoundError,
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )

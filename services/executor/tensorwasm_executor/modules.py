@@ -14,12 +14,15 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from tensorwasm_common.digests import is_digest
-from tensorwasm_common.errors import InvalidArgumentError, ServiceError
+from tensorwasm_common.errors import (
+    FingerprintMismatchError,
+    InvalidDigestError,
+    InvalidWasmError,
+    ServiceError,
+)
 from tensorwasm_common.files import write_atomically
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
-from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 
-from tensorwasm_executor.errors import InvalidWasmError
 from tensorwasm_executor.sandbox import CompiledModule, Sandbox
 
 FetchBlob = Callable[[str], Awaitable[bytes]]
@@ -61,10 +64,8 @@ class ModuleProvider:
     async def get(self, digest: str) -> tuple[CompiledModule, bool]:
         """The compiled module for `digest` and whether it came from the cache."""
         if not is_digest(digest):
-            raise InvalidArgumentError(
-                "module_digest must be 64 lowercase hex digits",
-                reason="INVALID_DIGEST",
-                metadata={"field": "module_digest"},
+            raise InvalidDigestError(
+                "module_digest must be 64 lowercase hex digits", metadata={"field": "module_digest"}
             )
         cached = self._sandbox.lookup(digest)
         if cached is not None:

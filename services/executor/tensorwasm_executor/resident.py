@@ -6,9 +6,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from tensorwasm_common.errors import Code, NotFoundError, ServiceError
-
 from tensorwasm_executor.engine import CompiledModule
+from tensorwasm_executor.errors import InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.guest_io import OutputSink
 from tensorwasm_executor.outcomes import Outcome
 from tensorwasm_executor.session import Session
@@ -16,12 +15,6 @@ from tensorwasm_executor.values import WasmValue
 
 if TYPE_CHECKING:
     from tensorwasm_executor.sandbox import Sandbox
-
-
-class ResidentGoneError(NotFoundError):
-    """The resident instance was terminated."""
-
-    reason = "INSTANCE_NOT_FOUND"
 
 
 class Resident:
@@ -93,10 +86,3 @@ class Resident:
             session, self._session = self._session, None
         if session is not None:
             session.close()
-
-
-class InstanceBusyError(ServiceError):
-    """A resident instance stayed busy with other calls for this call's whole deadline."""
-
-    code = Code.ABORTED
-    reason = "INSTANCE_BUSY"

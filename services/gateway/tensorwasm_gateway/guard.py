@@ -32,13 +32,8 @@ from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 
 from tensorwasm_gateway.audit import AuditEvent, AuditLog
-from tensorwasm_gateway.auth import (
-    InvalidMetadataError,
-    Principal,
-    TokenStore,
-    authorize_admin,
-    authorize_tenant,
-)
+from tensorwasm_gateway.auth import Principal, TokenStore, authorize_admin, authorize_tenant
+from tensorwasm_gateway.errors import InvalidMetadataError
 from tensorwasm_gateway.functions import validate_tenant
 from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS, tenant_label
 from tensorwasm_gateway.ratelimit import ConcurrencyCaps, RateLimiter

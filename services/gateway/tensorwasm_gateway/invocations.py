@@ -28,9 +28,15 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
-from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
+from tensorwasm_common.errors import (
+    Code,
+    InvalidArgumentError,
+    InvalidNameError,
+    Reason,
+    ServiceError,
+)
 
-from tensorwasm_gateway.errors import AsyncCapacityExhaustedError, InvalidNameError
+from tensorwasm_gateway.errors import AsyncCapacityExhaustedError
 from tensorwasm_gateway.functions import FunctionService
 from tensorwasm_gateway.invocation_store import (
     FAILED,
@@ -82,7 +88,7 @@ def interrupted_error() -> pb.InvocationError:
         code=int(Code.ABORTED),
         message="the gateway stopped while the invocation was pending or running; "
         "it was not re-run (the guest may or may not have run)",
-        reason="INVOCATION_INTERRUPTED",
+        reason=Reason.INVOCATION_INTERRUPTED,
     )
 
 

@@ -13,9 +13,8 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
 
-from tensorwasm_gateway.errors import InvalidPageTokenError
 from tensorwasm_gateway.functions import (
     TYPE_NAMES,
     FunctionService,
@@ -139,9 +138,7 @@ class InvocationsMixin:
 
     def _service(self) -> InvocationService:
         if self._invocations is None:
-            raise ServiceError(
-                "async invocations are not enabled", code=Code.UNIMPLEMENTED, reason="UNIMPLEMENTED"
-            )
+            raise UnimplementedError("async invocations are not enabled")
         return self._invocations
 
     async def StartInvocation(

@@ -5,13 +5,9 @@ from __future__ import annotations
 import re
 
 import blake3
+from tensorwasm_common.errors import InvalidDigestError, TooLargeError
 
-from tensorwasm_jit.errors import (
-    ArtifactNotFoundError,
-    InvalidArgumentError,
-    InvalidDigestError,
-    TooLargeError,
-)
+from tensorwasm_jit.errors import ArtifactNotFoundError, InvalidArgumentError
 from tensorwasm_jit.store import ByteStore
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")

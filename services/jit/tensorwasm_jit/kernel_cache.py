@@ -13,8 +13,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from tensorwasm_jit.errors import ArtifactIntegrityError
 from tensorwasm_jit.ptx_emit import EmittedKernel, KernelSpec, cache_key, canonical_spec, emit
-from tensorwasm_jit.store import EVICTIONS, LOOKUPS, ArtifactIntegrityError, ByteStore
+from tensorwasm_jit.store import EVICTIONS, LOOKUPS, ByteStore
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import wasmtime
-from tensorwasm_common import offload
+from tensorwasm_common import errors, offload
 
 WAT = '(module (func (export "mm") (param i32 i32 i32 i32 i32 i32) (result i32) i32.const 0))'
 ARGS = ["a_ptr", "b_ptr", "c_ptr", "m", "n", "k"]
@@ -35,27 +35,27 @@ def test_the_section_is_found_among_others_and_parsed_in_order() -> None:
 @pytest.mark.parametrize(
     ("wasm", "error"),
     [
-        (_module(), offload.OffloadDeclarationMalformedError),
+        (_module(), errors.OffloadDeclarationMalformedError),
         (
             _module(
                 _section(offload.SECTION_NAME, b"{}"),
             ),
-            offload.OffloadDeclarationMalformedError,
+            errors.OffloadDeclarationMalformedError,
         ),
-        (_module(_section(offload.SECTION_NAME, b"[1]")), offload.OffloadDeclarationMalformedError),
+        (_module(_section(offload.SECTION_NAME, b"[1]")), errors.OffloadDeclarationMalformedError),
         (
             _module(*[_section(offload.SECTION_NAME, b'{"mm": {"op": "matmul", "args": []}}')] * 2),
-            offload.OffloadDeclarationMalformedError,
+            errors.OffloadDeclarationMalformedError,
         ),
         (
             _module(_section(offload.SECTION_NAME, b'{"mm": {"op": "fft", "args": []}}')),
-            offload.OffloadOpUnknownError,
+            errors.OffloadOpUnknownError,
         ),
         (
             _module(_section(offload.SECTION_NAME, b'{"mm": {"op": "matmul", "args": ["m"]}}')),
-            offload.OffloadOpUnknownError,
+            errors.OffloadOpUnknownError,
         ),
-        (_module()[:-3], offload.OffloadDeclarationMalformedError),  # a truncated section
+        (_module()[:-3], errors.OffloadDeclarationMalformedError),  # a truncated section
     ],
     ids=["missing", "empty", "not-object", "twice", "unknown-op", "wrong-args", "truncated"],
 )
@@ -73,6 +73,6 @@ def test_a_signature_that_does_not_fit_is_refused(
 ) -> None:
     item = offload.declaration("mm", {"op": "matmul", "args": ARGS})
     exports = {} if signature is None else {"mm": signature}
-    with pytest.raises(offload.OffloadSignatureMismatchError) as caught:
+    with pytest.raises(errors.OffloadSignatureMismatchError) as caught:
         offload.check_signature(item, exports)
     assert caught.value.reason == "OFFLOAD_SIGNATURE_MISMATCH"

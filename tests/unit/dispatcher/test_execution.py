@@ -13,12 +13,12 @@ import pytest
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, ScalarArg
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.cpu_backend import CpuBackend
+from tensorwasm_dispatcher.errors import InvalidBatchError
 from tensorwasm_dispatcher.execution import (
     Batch,
     BatchOutcome,
     BufferRef,
     Dispatcher,
-    InvalidBatchError,
     LaunchCommand,
     LoadCommand,
     StagedRegion,

@@ -17,8 +17,8 @@ import pytest
 import wasmtime
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
+from tensorwasm_common.errors import ExportNotFoundError
 from tensorwasm_executor.admission import Admission
-from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.instances import InstanceTable
 from tensorwasm_executor.sandbox import CompiledModule, Outcome, Sandbox
 from tensorwasm_executor.servicer import OUTPUT_CHUNK_BYTES, ExecutorServicer

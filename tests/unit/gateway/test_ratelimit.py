@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tensorwasm_gateway.errors import ConcurrencyExhaustedError, RateLimitedError
 from tensorwasm_gateway.ratelimit import (
     NEVER_REFILLS_RETRY_SECONDS,
     BucketConfig,
     ConcurrencyCaps,
-    ConcurrencyExhaustedError,
-    RateLimitedError,
     RateLimiter,
 )
 
