@@ -18,6 +18,7 @@ from tensorwasm_common.errors import (
     InitExportInvalidError,
     InvalidNameError,
     InvalidWasmError,
+    Reason,
     ServiceError,
 )
 from tensorwasm_common.wasi_config import check_wasi_config
@@ -383,7 +384,7 @@ class FunctionService:
         try:
             response = await self._executors.call_instance(instance.executor, request)
         except ServiceError as exc:
-            if exc.reason == "INSTANCE_NOT_FOUND":
+            if exc.reason is Reason.INSTANCE_NOT_FOUND:
                 await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
             raise
         return response, export
@@ -396,7 +397,7 @@ class FunctionService:
         try:
             await self._executors.delete_instance(instance.executor, request)
         except ServiceError as exc:
-            if exc.reason != "INSTANCE_NOT_FOUND":
+            if exc.reason is not Reason.INSTANCE_NOT_FOUND:
                 raise
         await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
 

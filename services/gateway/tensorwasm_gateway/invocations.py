@@ -30,6 +30,7 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.errors import (
     Code,
+    InternalError,
     InvalidArgumentError,
     InvalidNameError,
     Reason,
@@ -233,7 +234,7 @@ class InvocationService:
         except Exception:
             _log.exception("async invocation %s failed", record.invocation_id)
             state = FAILED
-            error = error_to_wire(ServiceError("internal error")).SerializeToString()
+            error = error_to_wire(InternalError("internal error")).SerializeToString()
         await asyncio.to_thread(self._finish, record, state, outcome, error)
 
     def _finish(self, record: InvocationRecord, state: int, outcome: bytes, error: bytes) -> None:
