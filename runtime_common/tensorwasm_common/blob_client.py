@@ -8,7 +8,7 @@ import blake3
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 
-from tensorwasm_common.errors import DataLossError
+from tensorwasm_common.errors import BlobIntegrityError
 from tensorwasm_common.status import downstream_error
 from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
@@ -94,11 +94,7 @@ class BlobClient(StoreClientBase):
         except grpc.aio.AioRpcError as exc:
             raise downstream_error(exc, "snapshot store") from exc
         if hasher.hexdigest() != digest:
-            raise DataLossError(
-                "blob bytes do not match their digest",
-                reason="BLOB_INTEGRITY",
-                metadata={"digest": digest},
-            )
+            raise BlobIntegrityError(digest, "the received bytes do not match the digest")
 
     async def add_ref(self, digest: str, ref_name: str, *, tenant: str | None = None) -> bool:
         """Adds the tenant's reference to a stored blob; False if it existed already."""

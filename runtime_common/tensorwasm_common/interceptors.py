@@ -13,10 +13,10 @@ import grpc
 from grpc.aio import AbortError
 
 from tensorwasm_common.deadlines import request_deadline
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.errors import Code, InternalError, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
-from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, grpc_code, to_status_proto
+from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, to_grpc_status
 from tensorwasm_common.streams import drain
 
 _log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 _log.error("internal error in %s: %s", method, exc, exc_info=exc)
             return exc
         _log.error("unhandled exception in %s", method, exc_info=exc)
-        return ServiceError("internal error", code=Code.INTERNAL, reason="INTERNAL")
+        return InternalError("internal error")
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
         """Ends the call with the error's status without raising through the outer layers.
@@ -120,11 +120,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         format and attach a traceback to every expected error (about 1 ms per call).
         Trailing metadata the handler set (the gateway's `x-request-id`) is kept.
         """
-        status = to_status_proto(error, self._domain)
+        status = to_grpc_status(error, self._domain)
         kept = tuple(m for m in context.trailing_metadata() or () if m[0] != STATUS_DETAILS_KEY)
-        context.set_trailing_metadata((*kept, (STATUS_DETAILS_KEY, status.SerializeToString())))
-        context.set_details(error.message)
-        context.set_code(grpc_code(error.code))
+        context.set_trailing_metadata((*kept, *status.trailing_metadata))
+        context.set_details(status.details)
+        context.set_code(status.code)
 
     def _record(self, method: str, code: Code, started: float) -> None:
         children = self._metrics.get((method, code))

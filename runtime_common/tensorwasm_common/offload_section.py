@@ -22,7 +22,11 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import (
+    OffloadDeclarationMalformedError,
+    OffloadOpUnknownError,
+    OffloadSignatureMismatchError,
+)
 
 SECTION_NAME = "tensorwasm.offload"
 MAX_SECTION_BYTES = 64 * 1024
@@ -32,27 +36,6 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "matmul": ("a_ptr", "b_ptr", "c_ptr", "m", "n", "k"),
 }
 _WASM_HEADER = b"\x00asm\x01\x00\x00\x00"
-
-
-class OffloadDeclarationMalformedError(InvalidArgumentError):
-    """The offload section is missing, repeated, not JSON, or not of the documented shape
-    (metadata: why)."""
-
-    reason = "OFFLOAD_DECLARATION_MALFORMED"
-
-
-class OffloadOpUnknownError(InvalidArgumentError):
-    """An export is declared as an op that cannot be offloaded, or with other argument
-    names than the op's (metadata: export, op)."""
-
-    reason = "OFFLOAD_OP_UNKNOWN"
-
-
-class OffloadSignatureMismatchError(InvalidArgumentError):
-    """A declared export is missing or does not have the op's signature (metadata: export,
-    expected)."""
-
-    reason = "OFFLOAD_SIGNATURE_MISMATCH"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,11 @@ from tensorwasm.common.v1.service_token import (
     SERVICE_TOKEN_METADATA_KEY,
 )
 
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.errors import (
+    ServiceError,
+    ServiceTokenInvalidError,
+    ServiceTokenRequiredError,
+)
 from tensorwasm_common.handlers import rewrap
 
 # The fleet-wide variable; a service's own TENSORWASM_<SVC>_SERVICE_TOKEN_FILE overrides it.
@@ -37,20 +41,6 @@ _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 class ServiceTokenError(ValueError):
     """The token file is missing, unreadable or not a usable token."""
-
-
-class ServiceTokenRequiredError(ServiceError):
-    """The call to an internal service carries no service token."""
-
-    code = Code.UNAUTHENTICATED
-    reason = "SERVICE_TOKEN_REQUIRED"
-
-
-class ServiceTokenInvalidError(ServiceError):
-    """The call carries a service token that is not the fleet's (or more than one)."""
-
-    code = Code.UNAUTHENTICATED
-    reason = "SERVICE_TOKEN_INVALID"
 
 
 def read_service_token(path: Path) -> str:

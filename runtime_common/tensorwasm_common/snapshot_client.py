@@ -8,13 +8,12 @@ import blake3
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 
-from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.snapshot_errors import (
-    FingerprintMismatchError,
+from tensorwasm_common.errors import (
+    ServiceError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
-    typed_snapshot_error,
 )
+from tensorwasm_common.snapshot_errors import typed_snapshot_error
 from tensorwasm_common.status import downstream_error
 from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
@@ -178,6 +177,5 @@ class SnapshotClient(StoreClientBase):
 __all__ = [
     "COMPILED_MODULE",
     "INSTANCE_IMAGE",
-    "FingerprintMismatchError",
     "SnapshotClient",
 ]

@@ -1,60 +1,20 @@
-"""Typed errors of snapshot records, shared by the store (raising) and clients (re-raising)."""
+"""Re-raising a snapshot store's record errors as their typed classes on the client side."""
 
 from __future__ import annotations
 
-from tensorwasm_common.errors import Code, DataLossError, NotFoundError, ServiceError
+from tensorwasm_common.errors import (
+    FingerprintMismatchError,
+    Reason,
+    ServiceError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+    SnapshotSignatureError,
+    UnsupportedSnapshotFormatError,
+)
 
-__all__ = [
-    "FingerprintMismatchError",
-    "SnapshotCorruptError",
-    "SnapshotNotFoundError",
-    "SnapshotSignatureError",
-    "UnsupportedSnapshotFormatError",
-    "typed_snapshot_error",
-]
+__all__ = ["typed_snapshot_error"]
 
-
-class SnapshotNotFoundError(NotFoundError):
-    """No record matches for this tenant (another tenant's record is not found either)."""
-
-    reason = "SNAPSHOT_NOT_FOUND"
-
-
-class FingerprintMismatchError(ServiceError):
-    """The snapshot was made by another engine fingerprint; the caller must compile instead."""
-
-    code = Code.FAILED_PRECONDITION
-    reason = "ENGINE_FINGERPRINT_MISMATCH"
-
-    @classmethod
-    def of(cls, expected: str, actual: str) -> FingerprintMismatchError:
-        """The error for a record made by `actual` when the caller runs `expected`."""
-        return cls(
-            f"snapshot was made by engine fingerprint {actual!r}, not {expected!r}",
-            metadata={"expected": expected, "actual": actual},
-        )
-
-
-class SnapshotCorruptError(DataLossError):
-    """A record file is damaged: truncated, bad magic or header, bad payload digest."""
-
-    reason = "SNAPSHOT_CORRUPT"
-
-
-class SnapshotSignatureError(DataLossError):
-    """A record's HMAC-SHA256 signature is missing or wrong; nothing was decompressed."""
-
-    reason = "SNAPSHOT_SIGNATURE_INVALID"
-
-
-class UnsupportedSnapshotFormatError(ServiceError):
-    """A record file has a format version (or flag) this code cannot read."""
-
-    code = Code.FAILED_PRECONDITION
-    reason = "UNSUPPORTED_SNAPSHOT_FORMAT"
-
-
-_BY_REASON: dict[str, type[ServiceError]] = {
+_BY_REASON: dict[Reason, type[ServiceError]] = {
     cls.reason: cls
     for cls in (
         SnapshotNotFoundError,

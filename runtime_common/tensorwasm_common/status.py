@@ -1,13 +1,22 @@
-"""Conversions between ServiceError and `google.rpc.Status` with one ErrorInfo."""
+"""Conversions between ServiceError and `google.rpc.Status` with one ErrorInfo.
+
+grpcio-status (`grpc_status.rpc_status`) carries the rich status in the trailing metadata;
+this module only decides what goes into it: one ErrorInfo (the reason, its domain and
+metadata) and a RetryInfo when the error says when to come back.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from tensorwasm_common.errors import Code, ServiceError, UnavailableError
+from tensorwasm_common.errors import Code, Reason, ServiceError, UnavailableError, owned_domain
 
+# The trailer that carries the serialized rich status (grpcio-status reads and writes it).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -16,10 +25,19 @@ def domain_of(service: str) -> str:
     return f"{service}.tensorwasm.dev"
 
 
+def error_domain(error: ServiceError, service_domain: str) -> str:
+    """The ErrorInfo domain of `error` raised or relayed by the service of `service_domain`.
+
+    A relayed error keeps the domain it came with; otherwise a reason one service owns
+    carries that service's domain, and a generic reason the raising service's.
+    """
+    return error.domain or owned_domain(error.reason) or service_domain
+
+
 def to_status_proto(error: ServiceError, default_domain: str) -> status_pb2.Status:
     """Builds the rich status for an error: ErrorInfo, plus RetryInfo when it has a delay."""
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=error.domain or default_domain, metadata=error.metadata
+        reason=error.reason, domain=error_domain(error, default_domain), metadata=error.metadata
     )
     status = status_pb2.Status(code=int(error.code), message=error.message)
     status.details.add().Pack(info)
@@ -34,6 +52,12 @@ def to_status_proto(error: ServiceError, default_domain: str) -> status_pb2.Stat
     return status
 
 
+def to_grpc_status(error: ServiceError, default_domain: str) -> grpc.Status:
+    """The grpc status (code, details, rich-status trailer) that ends a call with `error`."""
+    status: grpc.Status = rpc_status.to_status(to_status_proto(error, default_domain))
+    return status
+
+
 def grpc_code(code: Code) -> grpc.StatusCode:
     """The grpc enum member for a canonical code."""
     return _GRPC_CODES[int(code)]
@@ -43,21 +67,45 @@ _GRPC_CODES = {member.value[0]: member for member in grpc.StatusCode}
 assert code_pb2.DATA_LOSS == Code.DATA_LOSS  # the numbering is the canonical one
 
 
+def rich_status(exc: grpc.RpcError) -> status_pb2.Status | None:
+    """The `google.rpc.Status` a failed call carries, or None without a usable one."""
+    if not all(hasattr(exc, name) for name in ("code", "details", "trailing_metadata")):
+        return None
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(exc)
+    except ValueError:  # the trailer contradicts the call's own code or message
+        return None
+    return status
+
+
+def error_info(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo among a rich status's details, if any."""
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
 def error_from_rpc(exc: grpc.RpcError) -> ServiceError:
-    """Rebuilds the ServiceError a peer raised, keeping its code, reason, domain and metadata."""
+    """Rebuilds the ServiceError a peer raised, keeping its code, reason, domain and metadata.
+
+    A status without ErrorInfo (a transport failure) gets the reason named after its code;
+    a reason this catalogue does not know becomes the one of its code as well.
+    """
     code_member = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     code = Code(code_member.value[0])
     message = exc.details() if hasattr(exc, "details") else str(exc)
-    reason, domain, metadata, retry = _details(exc)
-    if reason is None:
-        reason = "UPSTREAM_UNAVAILABLE" if code == Code.UNAVAILABLE else code.name
+    status = rich_status(exc)
+    info = error_info(status)
+    reason = _reason(info.reason if info is not None else None, code)
     return ServiceError(
         message or code.name,
         code=code,
         reason=reason,
-        domain=domain,
-        metadata=metadata,
-        retry_after_seconds=retry,
+        domain=info.domain if info is not None else None,
+        metadata=dict(info.metadata) if info is not None else {},
+        retry_after_seconds=_retry_after(status),
     )
 
 
@@ -74,25 +122,17 @@ def downstream_error(exc: grpc.RpcError, dependency: str) -> ServiceError:
     return error
 
 
-def _details(
-    exc: grpc.RpcError,
-) -> tuple[str | None, str | None, dict[str, str], float | None]:
-    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key != STATUS_DETAILS_KEY:
-            continue
-        status = status_pb2.Status.FromString(value)
-        reason = domain = None
-        metadata: dict[str, str] = {}
-        retry = None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry_info = error_details_pb2.RetryInfo()
-                detail.Unpack(retry_info)
-                retry = retry_info.retry_delay.ToTimedelta().total_seconds()
-        return reason, domain, metadata, retry
-    return None, None, {}, None
+def _reason(sent: str | None, code: Code) -> Reason:
+    if sent is not None and sent in Reason.__members__:
+        return Reason(sent)
+    if code == Code.UNAVAILABLE:
+        return Reason.UPSTREAM_UNAVAILABLE
+    return Reason.__members__.get(code.name, Reason.UNKNOWN)
+
+
+def _retry_after(status: Any) -> float | None:
+    for detail in status.details if status is not None else ():
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToTimedelta().total_seconds())
+    return None

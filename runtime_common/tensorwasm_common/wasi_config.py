@@ -7,17 +7,11 @@ from pathlib import PurePosixPath
 
 from tensorwasm.common.v1 import invocation_pb2
 
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import InvalidWasiConfigError
 
 MAX_ENTRIES = 1024
 MAX_TOTAL_BYTES = 64 << 10
 DEFAULT_GUEST_DIR = "/data"
-
-
-class InvalidWasiConfigError(InvalidArgumentError):
-    """argv, env or a directory name is malformed."""
-
-    reason = "INVALID_WASI_CONFIG"
 
 
 def _fail(field: str, message: str) -> InvalidWasiConfigError:

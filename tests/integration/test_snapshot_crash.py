@@ -25,7 +25,7 @@ import blake3
 import pytest
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
-from tensorwasm_common.snapshot_errors import SnapshotNotFoundError
+from tensorwasm_common.errors import SnapshotNotFoundError
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 

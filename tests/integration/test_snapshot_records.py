@@ -12,13 +12,13 @@ from typing import TypeVar
 import blake3
 import pytest
 from tensorwasm_common.blob_client import BlobClient
-from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.snapshot_client import COMPILED_MODULE, INSTANCE_IMAGE, SnapshotClient
-from tensorwasm_common.snapshot_errors import (
+from tensorwasm_common.errors import (
     FingerprintMismatchError,
+    ServiceError,
     SnapshotNotFoundError,
     SnapshotSignatureError,
 )
+from tensorwasm_common.snapshot_client import COMPILED_MODULE, INSTANCE_IMAGE, SnapshotClient
 
 from tests.integration.test_store_service import SnapshotProcess
 

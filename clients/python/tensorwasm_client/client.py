@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -35,13 +36,22 @@ def _error(exc: grpc.RpcError) -> TensorWasmError:
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     message = exc.details() if hasattr(exc, "details") else str(exc)
     reason, metadata = code, {}
-    for key, value in exc.trailing_metadata() or () if hasattr(exc, "trailing_metadata") else ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    reason, metadata = info.reason, dict(info.metadata)
+    for detail in _rich_status(exc).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
     return TensorWasmError(code, reason, message or "", metadata)
+
+
+def _rich_status(exc: grpc.RpcError) -> status_pb2.Status:
+    """The call's `google.rpc.Status` (empty when it carries none or a contradictory one)."""
+    if not all(hasattr(exc, name) for name in ("code", "details", "trailing_metadata")):
+        return status_pb2.Status()
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(exc)
+    except ValueError:
+        return status_pb2.Status()
+    return status or status_pb2.Status()
 
 
 class GatewayClient:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
-from tensorwasm_common.errors import ResourceExhaustedError
+
+from tensorwasm_dispatcher.errors import DispatcherSaturatedError, TenantBusyError
 
 STAGED_BYTES = Gauge(
     "tensorwasm_dispatcher_staged_bytes", "Bytes staged on the device now, by tenant.", ["tenant"]
@@ -134,18 +135,6 @@ class Ledger:
         if kernel_seconds:
             KERNEL_SECONDS.labels(tenant).inc(kernel_seconds)
         return replace(updated, memory_quota_bytes=self.memory_quota_bytes)
-
-
-class DispatcherSaturatedError(ResourceExhaustedError):
-    """Every request slot of the dispatcher is taken."""
-
-    reason = "DISPATCHER_SATURATED"
-
-
-class TenantBusyError(ResourceExhaustedError):
-    """The tenant has its maximum number of requests in flight."""
-
-    reason = "GPU_TENANT_BUSY"
 
 
 class Slot:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.gpu_abi import (
     MAX_BLOCK_DIM,
     MAX_BLOCK_THREADS,
@@ -44,17 +43,12 @@ from tensorwasm_common.gpu_batch import (
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends import Backend, BufferArg, DeviceBuffer, LaunchArg, Stream
 from tensorwasm_dispatcher.device_buffers import DeviceBuffers
+from tensorwasm_dispatcher.errors import InvalidBatchError
 from tensorwasm_dispatcher.gpu_sessions import GpuSession, GpuSessionTable
 
 _log = logging.getLogger(__name__)
 
 MAX_COMMANDS_PER_BATCH = 4096
-
-
-class InvalidBatchError(InvalidArgumentError):
-    """The batch itself is malformed (not one of its commands)."""
-
-    reason = "INVALID_GPU_BATCH"
 
 
 _BUFFER_COMMANDS = (AllocBuffer, FreeBuffer, WriteBuffer, ReadBuffer)

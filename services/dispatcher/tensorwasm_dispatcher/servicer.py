@@ -8,7 +8,6 @@ import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import (
     AllocBuffer,
@@ -26,7 +25,7 @@ from tensorwasm_common.gpu_batch import (
 )
 
 from tensorwasm_dispatcher.backends import BackendKind, DeviceReport
-from tensorwasm_dispatcher.batch_runner import InvalidBatchError
+from tensorwasm_dispatcher.errors import InvalidBatchError, TenantMismatchError
 from tensorwasm_dispatcher.intake import BatchIntake
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
@@ -38,12 +37,6 @@ _SCALAR_FIELDS = {
     "u32": ArgTag.U32,
     "u64": ArgTag.U64,
 }
-
-
-class TenantMismatchError(InvalidArgumentError):
-    """The request's tenant field and its tenant metadata disagree."""
-
-    reason = "TENANT_MISMATCH"
 
 
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):

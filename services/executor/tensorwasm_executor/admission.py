@@ -7,19 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tensorwasm_common.errors import ResourceExhaustedError
-
-
-class ExecutorSaturatedError(ResourceExhaustedError):
-    """Every slot of this executor is taken; retry after the delay (or on another replica)."""
-
-    reason = "EXECUTOR_SATURATED"
-
-
-class TenantCapacityExhaustedError(ResourceExhaustedError):
-    """The tenant already has its maximum number of live instances on this executor."""
-
-    reason = "TENANT_CAPACITY_EXHAUSTED"
+from tensorwasm_executor.errors import ExecutorSaturatedError, TenantCapacityExhaustedError
 
 
 class Admission:

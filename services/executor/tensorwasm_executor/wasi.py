@@ -11,18 +11,12 @@ import re
 from pathlib import Path, PurePosixPath
 
 from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.wasi_config import DEFAULT_GUEST_DIR, check_wasi_config
 
+from tensorwasm_executor.errors import DirectoryNotGrantedError
 from tensorwasm_executor.wasm.sandbox import NO_WASI_OPTIONS, WasiOptions
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # as the gateway validates it
-
-
-class DirectoryNotGrantedError(InvalidArgumentError):
-    """The read-only directory is not a directory under the tenant's granted subtree."""
-
-    reason = "DIRECTORY_NOT_GRANTED"
 
 
 def wasi_from_wire(

@@ -1,82 +1,94 @@
-"""The gateway's errors, each with its status code and ErrorInfo reason."""
+"""The gateway's errors, each with its status code and catalogue reason.
+
+The gateway also raises shared ones from `tensorwasm_common.errors` (InvalidNameError,
+InvalidWasmError, ExportNotFoundError, InvalidPageTokenError, InstanceNotFoundError,
+InitExportInvalidError, UnimplementedError, ...).
+"""
 
 from __future__ import annotations
 
 from tensorwasm_common.errors import (
     AlreadyExistsError,
+    Code,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
     ResourceExhaustedError,
+    ServiceError,
 )
 
 
 class FunctionNotFoundError(NotFoundError):
     """No function of that name exists for the tenant."""
 
-    reason = "FUNCTION_NOT_FOUND"
+    reason = Reason.FUNCTION_NOT_FOUND
 
 
 class FunctionAlreadyExistsError(AlreadyExistsError):
     """The tenant already has a function of that name."""
 
-    reason = "FUNCTION_ALREADY_EXISTS"
-
-
-class InvalidNameError(InvalidArgumentError):
-    """A resource name or id does not follow its pattern."""
-
-    reason = "INVALID_NAME"
-
-
-class InvalidWasmError(InvalidArgumentError):
-    """The module bytes are not WebAssembly."""
-
-    reason = "INVALID_WASM"
+    reason = Reason.FUNCTION_ALREADY_EXISTS
 
 
 class ModuleTooLargeError(InvalidArgumentError):
     """The module is larger than the gateway accepts."""
 
-    reason = "TOO_LARGE"
-
-
-class ExportNotFoundError(InvalidArgumentError):
-    """The function has no export of that name."""
-
-    reason = "EXPORT_NOT_FOUND"
+    reason = Reason.TOO_LARGE
 
 
 class ExportRequiredError(InvalidArgumentError):
     """No export was named and none could be chosen."""
 
-    reason = "EXPORT_REQUIRED"
-
-
-class InvalidPageTokenError(InvalidArgumentError):
-    """The page token is malformed."""
-
-    reason = "INVALID_PAGE_TOKEN"
-
-
-class InstanceNotFoundError(NotFoundError):
-    """No live instance of that name exists for the tenant (never created, deleted, expired)."""
-
-    reason = "INSTANCE_NOT_FOUND"
+    reason = Reason.EXPORT_REQUIRED
 
 
 class InvocationNotFoundError(NotFoundError):
     """No invocation of that id exists for the tenant (or it is past its retention)."""
 
-    reason = "INVOCATION_NOT_FOUND"
+    reason = Reason.INVOCATION_NOT_FOUND
 
 
 class AsyncCapacityExhaustedError(ResourceExhaustedError):
     """The gateway holds its maximum number of unfinished async invocations."""
 
-    reason = "ASYNC_CAPACITY_EXHAUSTED"
+    reason = Reason.ASYNC_CAPACITY_EXHAUSTED
 
 
-class InitExportInvalidError(InvalidArgumentError):
-    """The init export is not an exported function `() -> ()` (metadata: export)."""
+class UnauthenticatedError(ServiceError):
+    """The call carries no valid bearer token."""
 
-    reason = "INIT_EXPORT_INVALID"
+    code = Code.UNAUTHENTICATED
+    reason = Reason.UNAUTHENTICATED
+
+
+class TenantScopeDeniedError(ServiceError):
+    """The token is not scoped to the tenant the call names."""
+
+    code = Code.PERMISSION_DENIED
+    reason = Reason.TENANT_SCOPE_DENIED
+
+
+class AdminScopeRequiredError(ServiceError):
+    """A fleet operation was called without the admin role."""
+
+    code = Code.PERMISSION_DENIED
+    reason = Reason.ADMIN_SCOPE_REQUIRED
+
+
+class InvalidMetadataError(ServiceError):
+    """A security header is repeated or malformed."""
+
+    code = Code.INVALID_ARGUMENT
+    reason = Reason.INVALID_METADATA
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """A request bucket is empty."""
+
+    reason = Reason.RATE_LIMITED
+
+
+class ConcurrencyExhaustedError(ResourceExhaustedError):
+    """Every slot of the call's class is taken."""
+
+    reason = Reason.CONCURRENCY_EXHAUSTED

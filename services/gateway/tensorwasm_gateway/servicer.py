@@ -13,10 +13,9 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
-from tensorwasm_gateway.errors import InvalidPageTokenError
 from tensorwasm_gateway.functions import (
     TYPE_NAMES,
     FunctionRecord,
@@ -141,9 +140,7 @@ class InvocationsMixin:
 
     def _service(self) -> InvocationService:
         if self._invocations is None:
-            raise ServiceError(
-                "async invocations are not enabled", code=Code.UNIMPLEMENTED, reason="UNIMPLEMENTED"
-            )
+            raise UnimplementedError("async invocations are not enabled")
         return self._invocations
 
     async def StartInvocation(
@@ -195,9 +192,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
 
     def _instances(self) -> InstanceService:
         if self._instances_service is None:
-            raise ServiceError(
-                "instances are not enabled", code=Code.UNIMPLEMENTED, reason="UNIMPLEMENTED"
-            )
+            raise UnimplementedError("instances are not enabled")
         return self._instances_service
 
     async def CreateFunction(

@@ -5,14 +5,10 @@ from __future__ import annotations
 import re
 
 import blake3
+from tensorwasm_common.errors import InvalidDigestError, TooLargeError
 
 from tensorwasm_jit.byte_store import ByteStore
-from tensorwasm_jit.errors import (
-    ArtifactNotFoundError,
-    InvalidArgumentError,
-    InvalidDigestError,
-    TooLargeError,
-)
+from tensorwasm_jit.errors import ArtifactNotFoundError, InvalidArgumentError
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _CAPABILITY = re.compile(r"sm_[0-9]{2,3}[a-z]?")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import blake3
 from prometheus_client import Counter
-from tensorwasm_common.errors import DataLossError
 from tensorwasm_common.files import TEMP_PREFIX, write_atomically
+
+from tensorwasm_jit.errors import ArtifactIntegrityError
 
 DIGEST_BYTES = 32
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -41,12 +42,6 @@ LOOKUPS = Counter(
     "Lookups of the jit cache by tier and result (hit, miss).",
     ["tier", "result"],
 )
-
-
-class ArtifactIntegrityError(DataLossError):
-    """A stored record does not match its digest (it was deleted)."""
-
-    reason = "ARTIFACT_INTEGRITY"
 
 
 class ByteStore:

@@ -13,7 +13,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tensorwasm_jit.byte_store import EVICTIONS, LOOKUPS, ArtifactIntegrityError, ByteStore
+from tensorwasm_jit.byte_store import EVICTIONS, LOOKUPS, ByteStore
+from tensorwasm_jit.errors import ArtifactIntegrityError
 from tensorwasm_jit.ptx import EmittedKernel, KernelSpec, cache_key, canonical_spec, emit
 
 

@@ -7,9 +7,9 @@ import base64
 import grpc
 from tensorwasm.jit.v1 import jit_service_pb2 as pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
+from tensorwasm_common.errors import InvalidPageTokenError
 
 from tensorwasm_jit.artifacts import ArtifactCache
-from tensorwasm_jit.errors import InvalidPageTokenError
 from tensorwasm_jit.kernel_cache import KernelCache
 from tensorwasm_jit.ptx import KernelSpec
 

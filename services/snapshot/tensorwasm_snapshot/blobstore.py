@@ -38,7 +38,12 @@ from typing import BinaryIO
 
 import blake3
 import zstandard
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import (
+    BlobIntegrityError,
+    InvalidArgumentError,
+    InvalidDigestError,
+    TooLargeError,
+)
 
 from tensorwasm_snapshot import errors
 
@@ -56,7 +61,7 @@ InstallHook = Callable[["BlobInfo"], None]
 def validate_digest(digest: object) -> str:
     """Returns `digest` if it is 64 lowercase hex digits, else raises InvalidDigestError."""
     if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
-        raise errors.InvalidDigestError(digest)
+        raise InvalidDigestError.of(digest)
     return digest
 
 
@@ -139,7 +144,7 @@ class BlobStore:
         if expected_size is not None and expected_size < 0:
             raise InvalidArgumentError("expected_size must be >= 0")
         if (expected_size or 0) > self.max_blob_bytes:
-            raise errors.TooLargeError(self.max_blob_bytes)
+            raise TooLargeError.of(self.max_blob_bytes)
 
     def stat(self, digest: str) -> BlobInfo:
         """Describes a blob from its header; BlobIntegrityError if the header is damaged."""
@@ -224,15 +229,15 @@ class BlobStore:
             _magic, size, _level, raw_digest, body_size = _HEADER_V1.unpack(raw[: _HEADER_V1.size])
             codec, flags, header_size = Codec.ZSTD, 0, _HEADER_V1.size
         else:
-            raise errors.BlobIntegrityError(digest, "bad magic or unknown format version")
+            raise BlobIntegrityError(digest, "bad magic or unknown format version")
         if raw_digest.hex() != digest or stored != header_size + body_size:
-            raise errors.BlobIntegrityError(digest, "bad digest or file size")
+            raise BlobIntegrityError(digest, "bad digest or file size")
         if flags or codec not in {c.value for c in Codec}:
-            raise errors.BlobIntegrityError(digest, f"unknown codec {codec} or flags {flags}")
+            raise BlobIntegrityError(digest, f"unknown codec {codec} or flags {flags}")
         if codec == Codec.RAW and body_size != size:
-            raise errors.BlobIntegrityError(digest, "raw body size is not the plaintext size")
+            raise BlobIntegrityError(digest, "raw body size is not the plaintext size")
         if size > self.max_blob_bytes:  # the bomb guard: refused before decompressing a byte
-            raise errors.BlobIntegrityError(digest, "declared size over max_blob_bytes")
+            raise BlobIntegrityError(digest, "declared size over max_blob_bytes")
         return _Header(BlobInfo(digest, size, stored), Codec(codec), header_size)
 
     def _verified(self, digest: str) -> Iterator[bytes]:
@@ -249,13 +254,13 @@ class BlobStore:
                 for piece in self._body(fh, header.codec):
                     total += len(piece)
                     if total > size:  # also the decompression-bomb guard
-                        raise errors.BlobIntegrityError(digest, "more plaintext than declared")
+                        raise BlobIntegrityError(digest, "more plaintext than declared")
                     hasher.update(piece)
                     yield piece
             except zstandard.ZstdError as exc:
-                raise errors.BlobIntegrityError(digest, f"zstd: {exc}") from exc
+                raise BlobIntegrityError(digest, f"zstd: {exc}") from exc
         if total != size or hasher.hexdigest() != digest:
-            raise errors.BlobIntegrityError(digest, "plaintext size or digest mismatch")
+            raise BlobIntegrityError(digest, "plaintext size or digest mismatch")
 
     def _body(self, fh: BinaryIO, codec: Codec) -> Iterator[bytes]:
         # The body's plaintext in pieces of at most `chunk_bytes`, unverified.
@@ -276,7 +281,7 @@ class BlobStore:
             try:
                 result = self.verify(info.digest), True  # keep no damaged copy
                 tmp_path.unlink()
-            except (errors.BlobNotFoundError, errors.BlobIntegrityError):
+            except (errors.BlobNotFoundError, BlobIntegrityError):
                 # Absent, or damaged and about to be replaced.
                 if not final.parent.is_dir():  # other committers of this prefix wait on the lock
                     final.parent.mkdir()
@@ -321,7 +326,7 @@ class BlobWriter:
             raise RuntimeError("blob writer already committed or aborted")
         if self._size + len(chunk) > self._limit:
             self.abort()
-            raise errors.TooLargeError(self._limit)
+            raise TooLargeError.of(self._limit)
         self._size += len(chunk)
         self._hasher.update(chunk)
         self._file.write(chunk if self._cobj is None else self._cobj.compress(chunk))

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
+
 from tensorwasm_snapshot import errors
 from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
 from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
@@ -32,14 +34,14 @@ Clock = Callable[[], int]  # nanoseconds since the epoch, like time.time_ns
 def validate_tenant(tenant: str) -> str:
     """Returns `tenant` if it is a valid tenant id, else raises InvalidNameError."""
     if TENANT_PATTERN.fullmatch(tenant) is None:
-        raise errors.InvalidNameError("tenant", tenant, TENANT_PATTERN.pattern)
+        raise InvalidNameError.of("tenant", tenant, TENANT_PATTERN.pattern)
     return tenant
 
 
 def validate_ref_name(ref_name: str) -> str:
     """Returns `ref_name` if it is a valid reference name, else raises InvalidNameError."""
     if REF_NAME_PATTERN.fullmatch(ref_name) is None:
-        raise errors.InvalidNameError("ref_name", ref_name, REF_NAME_PATTERN.pattern)
+        raise InvalidNameError.of("ref_name", ref_name, REF_NAME_PATTERN.pattern)
     return ref_name
 
 
@@ -245,7 +247,7 @@ class SnapshotStore:
         for digest in sorted(on_disk - indexed):
             try:
                 info = self.blobs.verify(digest)
-            except errors.BlobIntegrityError:
+            except BlobIntegrityError:
                 damaged += 1
                 _log.warning("unindexed blob failed verification", extra={"digest": digest})
                 continue

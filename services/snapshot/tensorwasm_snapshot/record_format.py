@@ -23,7 +23,7 @@ from pathlib import Path
 
 import blake3
 import zstandard
-from tensorwasm_common.snapshot_errors import (
+from tensorwasm_common.errors import (
     SnapshotCorruptError,
     SnapshotSignatureError,
     UnsupportedSnapshotFormatError,

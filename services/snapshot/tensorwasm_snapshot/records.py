@@ -17,11 +17,14 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from tensorwasm_common.errors import InvalidArgumentError
-from tensorwasm_common.snapshot_errors import (
+from tensorwasm_common.errors import (
     FingerprintMismatchError,
+    InvalidArgumentError,
+    InvalidNameError,
+    InvalidPageTokenError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
+    TooLargeError,
 )
 
 from tensorwasm_snapshot import errors, record_format
@@ -46,7 +49,7 @@ def _invalid(field: str, message: str) -> InvalidArgumentError:
 def validate_id(snapshot_id: str) -> str:
     """Returns `snapshot_id` if it is `snap_` + 32 lowercase hex digits, else InvalidNameError."""
     if ID_PATTERN.fullmatch(snapshot_id) is None:
-        raise errors.InvalidNameError("id", snapshot_id, ID_PATTERN.pattern)
+        raise InvalidNameError.of("id", snapshot_id, ID_PATTERN.pattern)
     return snapshot_id
 
 
@@ -92,7 +95,7 @@ class SnapshotRecords:
         if payload_size_bytes < 0:
             raise _invalid("payload_size_bytes", "payload_size_bytes must be >= 0")
         if payload_size_bytes > self.store.blobs.max_blob_bytes:
-            raise errors.TooLargeError(self.store.blobs.max_blob_bytes)
+            raise TooLargeError.of(self.store.blobs.max_blob_bytes)
         meta = RecordMeta(kind, engine_fingerprint, source_digest, variant, tenant, 0)
         return SnapshotCreator(self, meta, payload_size_bytes)
 
@@ -292,7 +295,9 @@ def _encode_token(scope: str, create_time_ns: int, snapshot_id: str) -> str:
 
 
 def _decode_token(token: str, scope: str) -> tuple[int, str]:
-    bad = errors.InvalidPageTokenError()
+    bad = InvalidPageTokenError(
+        "page_token is malformed or belongs to other filters", metadata={"field": "page_token"}
+    )
     if len(token) > _MAX_TOKEN_CHARS:
         raise bad
     try:

@@ -15,6 +15,7 @@ from tensorwasm_common.errors import (
     DataLossError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
     ResourceExhaustedError,
 )
 from tensorwasm_common.interceptors import ErrorInterceptor
@@ -25,7 +26,7 @@ DOMAIN = "test.tensorwasm.dev"
 
 
 class QuotaError(ResourceExhaustedError):
-    reason = "QUOTA_EXCEEDED"
+    reason = Reason.RESOURCE_EXHAUSTED
 
 
 def _identity(data: bytes) -> bytes:
@@ -45,7 +46,7 @@ async def _quota(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def _not_found(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    raise NotFoundError("no function f", reason="FUNCTION_NOT_FOUND", metadata={"id": "f"})
+    raise NotFoundError("no function f", reason=Reason.FUNCTION_NOT_FOUND, metadata={"id": "f"})
 
 
 async def _crash(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -70,7 +71,7 @@ async def _stream_ok(request: bytes, context: grpc.aio.ServicerContext) -> Async
 async def _upload(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
     received = [r async for r in requests]
     raise InvalidArgumentError(
-        "bad upload", reason="BAD_UPLOAD", metadata={"parts": str(len(received))}
+        "bad upload", reason=Reason.DIGEST_MISMATCH, metadata={"parts": str(len(received))}
     )
 
 
@@ -193,7 +194,7 @@ def test_service_error_becomes_rich_status_with_retry_info() -> None:
     assert status.message == "tenant acme is over its quota"
     infos, retries = _details(status)
     assert len(infos) == 1
-    assert infos[0].reason == "QUOTA_EXCEEDED"
+    assert infos[0].reason == "RESOURCE_EXHAUSTED"
     assert infos[0].domain == DOMAIN
     assert dict(infos[0].metadata) == {"tenant": "acme", "limit": "10"}
     assert len(retries) == 1
@@ -202,7 +203,7 @@ def test_service_error_becomes_rich_status_with_retry_info() -> None:
 
     rebuilt = error_from_rpc(error)
     assert rebuilt.code is Code.RESOURCE_EXHAUSTED
-    assert rebuilt.reason == "QUOTA_EXCEEDED"
+    assert rebuilt.reason == "RESOURCE_EXHAUSTED"
     assert rebuilt.domain == DOMAIN
     assert rebuilt.metadata == {"tenant": "acme", "limit": "10"}
     assert rebuilt.retry_after_seconds == 2.5
@@ -220,7 +221,8 @@ def test_service_error_without_retry_has_only_error_info() -> None:
     assert len(status.details) == 1
     infos, retries = _details(status)
     assert retries == []
-    assert (infos[0].reason, infos[0].domain) == ("FUNCTION_NOT_FOUND", DOMAIN)
+    # FUNCTION_NOT_FOUND is the gateway's: it carries the gateway's domain wherever raised.
+    assert (infos[0].reason, infos[0].domain) == ("FUNCTION_NOT_FOUND", "gateway.tensorwasm.dev")
     assert dict(infos[0].metadata) == {"id": "f"}
     rebuilt = error_from_rpc(error)
     assert (rebuilt.code, rebuilt.reason, rebuilt.metadata) == (
@@ -326,7 +328,7 @@ def test_client_streaming_error() -> None:
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "bad upload"
     infos, _ = _details(_rich_status(error))
-    assert (infos[0].reason, dict(infos[0].metadata)) == ("BAD_UPLOAD", {"parts": "3"})
+    assert (infos[0].reason, dict(infos[0].metadata)) == ("DIGEST_MISMATCH", {"parts": "3"})
     assert _count("Upload", "INVALID_ARGUMENT") == before + 1
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import wasmtime
-from tensorwasm_common import offload_section
+from tensorwasm_common import errors, offload_section
 
 WAT = '(module (func (export "mm") (param i32 i32 i32 i32 i32 i32) (result i32) i32.const 0))'
 ARGS = ["a_ptr", "b_ptr", "c_ptr", "m", "n", "k"]
@@ -35,35 +35,35 @@ def test_the_section_is_found_among_others_and_parsed_in_order() -> None:
 @pytest.mark.parametrize(
     ("wasm", "error"),
     [
-        (_module(), offload_section.OffloadDeclarationMalformedError),
+        (_module(), errors.OffloadDeclarationMalformedError),
         (
             _module(
                 _section(offload_section.SECTION_NAME, b"{}"),
             ),
-            offload_section.OffloadDeclarationMalformedError,
+            errors.OffloadDeclarationMalformedError,
         ),
         (
             _module(_section(offload_section.SECTION_NAME, b"[1]")),
-            offload_section.OffloadDeclarationMalformedError,
+            errors.OffloadDeclarationMalformedError,
         ),
         (
             _module(
                 *[_section(offload_section.SECTION_NAME, b'{"mm": {"op": "matmul", "args": []}}')]
                 * 2
             ),
-            offload_section.OffloadDeclarationMalformedError,
+            errors.OffloadDeclarationMalformedError,
         ),
         (
             _module(_section(offload_section.SECTION_NAME, b'{"mm": {"op": "fft", "args": []}}')),
-            offload_section.OffloadOpUnknownError,
+            errors.OffloadOpUnknownError,
         ),
         (
             _module(
                 _section(offload_section.SECTION_NAME, b'{"mm": {"op": "matmul", "args": ["m"]}}')
             ),
-            offload_section.OffloadOpUnknownError,
+            errors.OffloadOpUnknownError,
         ),
-        (_module()[:-3], offload_section.OffloadDeclarationMalformedError),  # a truncated section
+        (_module()[:-3], errors.OffloadDeclarationMalformedError),  # a truncated section
     ],
     ids=["missing", "empty", "not-object", "twice", "unknown-op", "wrong-args", "truncated"],
 )
@@ -81,6 +81,6 @@ def test_a_signature_that_does_not_fit_is_refused(
 ) -> None:
     item = offload_section.declaration("mm", {"op": "matmul", "args": ARGS})
     exports = {} if signature is None else {"mm": signature}
-    with pytest.raises(offload_section.OffloadSignatureMismatchError) as caught:
+    with pytest.raises(errors.OffloadSignatureMismatchError) as caught:
         offload_section.check_signature(item, exports)
     assert caught.value.reason == "OFFLOAD_SIGNATURE_MISMATCH"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from tensorwasm_common.errors import Code, ServiceError
-from tensorwasm_common.snapshot_errors import (
+from tensorwasm_common.errors import (
+    Code,
     FingerprintMismatchError,
+    ServiceError,
     SnapshotCorruptError,
     SnapshotNotFoundError,
     SnapshotSignatureError,
     UnsupportedSnapshotFormatError,
-    typed_snapshot_error,
 )
+from tensorwasm_common.snapshot_errors import typed_snapshot_error
 
 
 def test_codes_and_reasons() -> None:

@@ -15,6 +15,7 @@ from tensorwasm_common.errors import (
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
     ResourceExhaustedError,
     ServiceError,
     UnavailableError,
@@ -54,7 +55,7 @@ class FakeRpcError(grpc.RpcError):  # type: ignore[misc]
 
 
 class QuotaError(ResourceExhaustedError):
-    reason = "QUOTA_EXCEEDED"
+    reason = Reason.RESOURCE_EXHAUSTED
 
 
 def _unpack(status: status_pb2.Status) -> tuple[list[error_details_pb2.ErrorInfo], list[float]]:
@@ -103,15 +104,19 @@ def test_error_classes_fix_code_and_reason(
 def test_error_overrides_and_metadata_copy() -> None:
     metadata = {"k": "v"}
     error = NotFoundError(
-        "gone", metadata=metadata, code=Code.FAILED_PRECONDITION, reason="GONE", domain="x.dev"
+        "gone",
+        metadata=metadata,
+        code=Code.FAILED_PRECONDITION,
+        reason=Reason.INSTANCE_BUSY,
+        domain="x.dev",
     )
     metadata["k"] = "changed"
     assert error.code is Code.FAILED_PRECONDITION
-    assert error.reason == "GONE"
+    assert error.reason == "INSTANCE_BUSY"
     assert error.domain == "x.dev"
     assert error.metadata == {"k": "v"}
     assert NotFoundError.code is Code.NOT_FOUND  # the class keeps its own code
-    assert repr(error) == "NotFoundError(FAILED_PRECONDITION, GONE, 'gone')"
+    assert repr(error) == "NotFoundError(FAILED_PRECONDITION, INSTANCE_BUSY, 'gone')"
 
 
 def test_code_numbers_are_the_canonical_grpc_numbers() -> None:
@@ -132,7 +137,7 @@ def test_to_status_proto_without_retry() -> None:
     infos, retries = _unpack(status)
     assert retries == []
     assert len(infos) == 1
-    assert infos[0].reason == "QUOTA_EXCEEDED"
+    assert infos[0].reason == "RESOURCE_EXHAUSTED"
     assert infos[0].domain == "gateway.tensorwasm.dev"
     assert dict(infos[0].metadata) == {"tenant": "acme", "limit": "10"}
 
@@ -169,7 +174,7 @@ def test_error_from_rpc_rebuilds_the_peer_error() -> None:
     error = error_from_rpc(exc)
     assert type(error) is ServiceError
     assert error.code is Code.RESOURCE_EXHAUSTED
-    assert error.reason == "QUOTA_EXCEEDED"
+    assert error.reason == "RESOURCE_EXHAUSTED"
     assert error.domain == "peer.tensorwasm.dev"
     assert error.metadata == {"tenant": "acme"}
     assert error.retry_after_seconds == 2.25

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 from tensorwasm_common.errors import Code
 from tensorwasm_common.settings import SettingsError, load_settings
-from tensorwasm_dispatcher.accounting import (
-    Admission,
-    DispatcherSaturatedError,
-    Ledger,
-    TenantBusyError,
-)
+from tensorwasm_dispatcher.accounting import Admission, Ledger
+from tensorwasm_dispatcher.errors import DispatcherSaturatedError, TenantBusyError
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
 

@@ -14,7 +14,8 @@ from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, BatchResult, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends.cpu import CpuBackend
-from tensorwasm_dispatcher.batch_runner import Dispatcher, InvalidBatchError
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.errors import InvalidBatchError
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_kernels import CATALOG, KernelSpec, ParamKind
 

@@ -6,11 +6,8 @@ import threading
 
 import pytest
 from tensorwasm_common.errors import Code
-from tensorwasm_executor.admission import (
-    Admission,
-    ExecutorSaturatedError,
-    TenantCapacityExhaustedError,
-)
+from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.errors import ExecutorSaturatedError, TenantCapacityExhaustedError
 
 
 def test_tenant_cap_refuses_with_retry_and_frees_on_exit() -> None:

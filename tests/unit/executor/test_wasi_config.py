@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm_common.errors import Code
-from tensorwasm_common.wasi_config import InvalidWasiConfigError
-from tensorwasm_executor.wasi import DirectoryNotGrantedError, wasi_from_wire
+from tensorwasm_common.errors import Code, InvalidWasiConfigError
+from tensorwasm_executor.errors import DirectoryNotGrantedError
+from tensorwasm_executor.wasi import wasi_from_wire
 from tensorwasm_executor.wasm.sandbox import NO_WASI_OPTIONS
 
 

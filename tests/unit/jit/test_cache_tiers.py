@@ -7,10 +7,10 @@ from pathlib import Path
 import blake3
 import pytest
 from prometheus_client import REGISTRY
-from tensorwasm_common.errors import Code
+from tensorwasm_common.errors import Code, InvalidDigestError, TooLargeError
 from tensorwasm_jit.artifacts import ArtifactCache
-from tensorwasm_jit.byte_store import ArtifactIntegrityError, ByteStore
-from tensorwasm_jit.errors import ArtifactNotFoundError, InvalidDigestError, TooLargeError
+from tensorwasm_jit.byte_store import ByteStore
+from tensorwasm_jit.errors import ArtifactIntegrityError, ArtifactNotFoundError
 from tensorwasm_jit.kernel_cache import KernelCache
 from tensorwasm_jit.ptx import KernelSpec, cache_key, canonical_spec
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import blake3
 import pytest
+from tensorwasm_common.errors import BlobIntegrityError, TooLargeError
 from tensorwasm_snapshot.blobstore import BlobStore, Codec
-from tensorwasm_snapshot.errors import BlobIntegrityError, TooLargeError
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from tensorwasm_common.errors import Code, InvalidArgumentError
-from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore
-from tensorwasm_snapshot.errors import (
+from tensorwasm_common.errors import (
     BlobIntegrityError,
-    BlobNotFoundError,
-    DigestMismatchError,
+    Code,
+    InvalidArgumentError,
     InvalidDigestError,
     TooLargeError,
 )
+from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore
+from tensorwasm_snapshot.errors import BlobNotFoundError, DigestMismatchError
 
 MIB = 1 << 20
 HEADER_BYTES = 64  # format 2; format 1 (60 bytes) is read by test_blob_codec.py

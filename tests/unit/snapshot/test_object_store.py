@@ -13,15 +13,14 @@ from pathlib import Path
 
 import blake3
 import pytest
-from tensorwasm_common.errors import Code
-from tensorwasm_snapshot.errors import (
+from tensorwasm_common.errors import (
     BlobIntegrityError,
-    BlobNotFoundError,
+    Code,
     InvalidDigestError,
     InvalidNameError,
-    TenantQuotaExceededError,
     TooLargeError,
 )
+from tensorwasm_snapshot.errors import BlobNotFoundError, TenantQuotaExceededError
 from tensorwasm_snapshot.object_store import GcReport, ReconcileReport, SnapshotStore
 
 SECOND = 1_000_000_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from tensorwasm_common.snapshot_errors import (
+from tensorwasm_common.errors import (
     SnapshotCorruptError,
     SnapshotSignatureError,
     UnsupportedSnapshotFormatError,

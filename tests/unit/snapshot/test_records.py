@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tensorwasm_common.snapshot_errors import SnapshotCorruptError
+from tensorwasm_common.errors import SnapshotCorruptError
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 

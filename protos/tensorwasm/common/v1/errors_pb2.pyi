@@ -4,7 +4,9 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -193,11 +195,41 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An HTTP request body is larger than the gateway accepts (HTTP face only)."""
     ERROR_REASON_ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 96
     """No HTTP route has that method and path (HTTP face only)."""
+    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 100
+    """(100-119: generic reasons named after a canonical status code, for errors that no
+    specific reason describes, and for a peer's status that carries no ErrorInfo.)
+    The named resource does not exist.
+    """
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 101
+    """The resource to create exists already."""
+    ERROR_REASON_RESOURCE_EXHAUSTED: _ErrorReason.ValueType  # 102
+    """A limit or quota was hit; retry after RetryInfo's delay when there is one."""
+    ERROR_REASON_DATA_LOSS: _ErrorReason.ValueType  # 103
+    """Stored bytes failed verification; they are never served."""
+    ERROR_REASON_UNIMPLEMENTED: _ErrorReason.ValueType  # 104
+    """The operation is not enabled or not implemented by this service."""
+    ERROR_REASON_CANCELLED: _ErrorReason.ValueType  # 105
+    """The call was cancelled (a peer's status without ErrorInfo)."""
+    ERROR_REASON_UNKNOWN: _ErrorReason.ValueType  # 106
+    """The peer failed without saying why (a peer's status without ErrorInfo)."""
+    ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 107
+    """The deadline passed before the call finished (a peer's status without ErrorInfo)."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 108
+    """The caller may not do this (a peer's status without ErrorInfo)."""
+    ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 109
+    """The system is not in the state the call needs (a peer's status without ErrorInfo)."""
+    ERROR_REASON_ABORTED: _ErrorReason.ValueType  # 110
+    """The call was aborted, e.g. by a concurrency conflict (a peer's status without
+    ErrorInfo).
+    """
+    ERROR_REASON_OUT_OF_RANGE: _ErrorReason.ValueType  # 111
+    """A value is outside its valid range (a peer's status without ErrorInfo)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
-    """The catalogue of `google.rpc.ErrorInfo.reason` values. The reason string on the
-    wire is the enum value name without the `ERROR_REASON_` prefix, e.g.
-    `FUNCTION_NOT_FOUND`. Reasons are stable: clients may branch on them.
+    """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
+    service sends is one of them. The reason string on the wire is the enum value name
+    without the `ERROR_REASON_` prefix, e.g. `FUNCTION_NOT_FOUND`. Reasons are stable:
+    clients may branch on them.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -371,4 +403,41 @@ ERROR_REASON_BODY_TOO_LARGE: ErrorReason.ValueType  # 95
 """An HTTP request body is larger than the gateway accepts (HTTP face only)."""
 ERROR_REASON_ROUTE_NOT_FOUND: ErrorReason.ValueType  # 96
 """No HTTP route has that method and path (HTTP face only)."""
+ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 100
+"""(100-119: generic reasons named after a canonical status code, for errors that no
+specific reason describes, and for a peer's status that carries no ErrorInfo.)
+The named resource does not exist.
+"""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 101
+"""The resource to create exists already."""
+ERROR_REASON_RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 102
+"""A limit or quota was hit; retry after RetryInfo's delay when there is one."""
+ERROR_REASON_DATA_LOSS: ErrorReason.ValueType  # 103
+"""Stored bytes failed verification; they are never served."""
+ERROR_REASON_UNIMPLEMENTED: ErrorReason.ValueType  # 104
+"""The operation is not enabled or not implemented by this service."""
+ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 105
+"""The call was cancelled (a peer's status without ErrorInfo)."""
+ERROR_REASON_UNKNOWN: ErrorReason.ValueType  # 106
+"""The peer failed without saying why (a peer's status without ErrorInfo)."""
+ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 107
+"""The deadline passed before the call finished (a peer's status without ErrorInfo)."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 108
+"""The caller may not do this (a peer's status without ErrorInfo)."""
+ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 109
+"""The system is not in the state the call needs (a peer's status without ErrorInfo)."""
+ERROR_REASON_ABORTED: ErrorReason.ValueType  # 110
+"""The call was aborted, e.g. by a concurrency conflict (a peer's status without
+ErrorInfo).
+"""
+ERROR_REASON_OUT_OF_RANGE: ErrorReason.ValueType  # 111
+"""A value is outside its valid range (a peer's status without ErrorInfo)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
+REASON_OWNER_FIELD_NUMBER: _builtins.int
+reason_owner: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
+"""The service that owns an ErrorReason value (gateway, executor, snapshot, jit,
+dispatcher): the reason's ErrorInfo.domain is always `<owner>.tensorwasm.dev`,
+whichever service raises or relays it. A value without an owner is generic: its
+domain is that of the service where the error arose.
+"""

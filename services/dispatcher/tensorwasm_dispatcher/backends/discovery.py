@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
+from tensorwasm_common.errors import InvalidArgumentError
+
+from tensorwasm_dispatcher.errors import CudaUnavailableError
 
 _CUDA_SUCCESS = 0
 _NAME_LENGTH = 256
@@ -41,13 +43,6 @@ class DeviceReport:
     devices: tuple[DeviceInfo, ...]
     driver_version: int
     fallback_reason: str
-
-
-class CudaUnavailableError(ServiceError):
-    """CUDA was required but cannot be used; `metadata["detail"]` says why."""
-
-    code = Code.FAILED_PRECONDITION
-    reason = "CUDA_UNAVAILABLE"
 
 
 class CudaCallError(RuntimeError):

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import wasmtime
+from tensorwasm_common.errors import ExportNotFoundError, InitExportInvalidError
 from wasmtime import _ffi as ffi
 
 from tensorwasm_executor.errors import (
-    ExportNotFoundError,
-    InitExportInvalidError,
     InitFailedError,
     PreinitStateUnsupportedError,
     UnsupportedValueTypeError,

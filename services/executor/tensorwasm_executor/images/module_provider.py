@@ -15,12 +15,15 @@ from pathlib import Path
 
 from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.digests import is_digest
-from tensorwasm_common.errors import InvalidArgumentError, ServiceError
+from tensorwasm_common.errors import (
+    FingerprintMismatchError,
+    InvalidDigestError,
+    InvalidWasmError,
+    ServiceError,
+)
 from tensorwasm_common.files import write_atomically
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
-from tensorwasm_common.snapshot_errors import FingerprintMismatchError
 
-from tensorwasm_executor.errors import InvalidWasmError
 from tensorwasm_executor.scheduling import FairPool, pool_for
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
 
@@ -67,10 +70,8 @@ class ModuleProvider:
         `FairPool`, one tenant's large compile does not hold back another's.
         """
         if not is_digest(digest):
-            raise InvalidArgumentError(
-                "module_digest must be 64 lowercase hex digits",
-                reason="INVALID_DIGEST",
-                metadata={"field": "module_digest"},
+            raise InvalidDigestError(
+                "module_digest must be 64 lowercase hex digits", metadata={"field": "module_digest"}
             )
         cached = self._sandbox.lookup(digest)
         if cached is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tensorwasm_executor.errors import InvalidWasmError
+from tensorwasm_common.errors import InvalidWasmError
 
 __all__ = ["PROBE_PREFIX", "Probe", "Probes", "export_everything"]
 

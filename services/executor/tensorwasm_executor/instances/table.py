@@ -9,22 +9,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensorwasm_common.errors import NotFoundError, ResourceExhaustedError
+from tensorwasm_common.errors import InstanceNotFoundError
 
-from tensorwasm_executor.admission import TenantCapacityExhaustedError
+from tensorwasm_executor.errors import InstanceCapacityExhaustedError, TenantCapacityExhaustedError
 from tensorwasm_executor.wasm.sandbox import Resident
-
-
-class InstanceNotFoundError(NotFoundError):
-    """No live instance has that id for this tenant."""
-
-    reason = "INSTANCE_NOT_FOUND"
-
-
-class InstanceCapacityExhaustedError(ResourceExhaustedError):
-    """The executor holds its maximum number of live instances."""
-
-    reason = "INSTANCE_CAPACITY_EXHAUSTED"
 
 
 @dataclass(eq=False)

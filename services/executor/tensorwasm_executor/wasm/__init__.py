@@ -6,13 +6,13 @@ from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiO
 from tensorwasm_executor.wasm.host_modules import HostModule, HostState, current_host_state
 from tensorwasm_executor.wasm.instance_image import InstanceImage
 from tensorwasm_executor.wasm.outcomes import Failure, Outcome
-from tensorwasm_executor.wasm.resident import InstanceBusyError, Resident, ResidentGoneError
+from tensorwasm_executor.wasm.resident import Resident
 from tensorwasm_executor.wasm.sandbox import Sandbox
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 __all__ = [
     "NO_WASI_OPTIONS", "CompiledModule", "ExportInfo", "Failure", "HostModule", "HostState",
-    "InstanceBusyError", "InstanceImage", "Outcome", "OutputSink", "Resident",
-    "ResidentGoneError", "Sandbox", "ValueType", "WasiOptions", "WasmValue",
+    "InstanceImage", "Outcome", "OutputSink", "Resident",
+    "Sandbox", "ValueType", "WasiOptions", "WasmValue",
     "current_host_state",
 ]  # fmt: skip

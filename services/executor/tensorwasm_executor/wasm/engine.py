@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import wasmtime
+from tensorwasm_common.errors import ExportNotFoundError
 
 from tensorwasm_executor.errors import (
     ArgumentMismatchError,
-    ExportNotFoundError,
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )

@@ -18,9 +18,9 @@ from typing import Any, cast
 import wasmtime
 import wasmtime._bindings
 import wasmtime._func
+from tensorwasm_common.errors import ExportNotFoundError
 from wasmtime import _ffi as ffi
 
-from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 __all__ = [

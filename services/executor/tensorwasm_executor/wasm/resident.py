@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from tensorwasm_common.errors import Code, NotFoundError, ServiceError
-
+from tensorwasm_executor.errors import InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import CompiledModule
 from tensorwasm_executor.wasm.guest_io import OutputSink
@@ -34,12 +33,6 @@ class Sandbox(Protocol):
     ) -> CallLimits: ...
 
     def activity(self) -> AbstractContextManager[None]: ...
-
-
-class ResidentGoneError(NotFoundError):
-    """The resident instance was terminated."""
-
-    reason = "INSTANCE_NOT_FOUND"
 
 
 class Resident:
@@ -111,10 +104,3 @@ class Resident:
             call_store, self._call_store = self._call_store, None
         if call_store is not None:
             call_store.close()
-
-
-class InstanceBusyError(ServiceError):
-    """A resident instance stayed busy with other calls for this call's whole deadline."""
-
-    code = Code.ABORTED
-    reason = "INSTANCE_BUSY"

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import wasmtime
-from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+from tensorwasm_common.errors import InvalidArgumentError, InvalidWasmError, UnavailableError
 
-from tensorwasm_executor.errors import InvalidWasmError
+from tensorwasm_executor.errors import FuelUnsupportedError, InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import (
     ENGINE_FLAGS,
@@ -31,7 +31,7 @@ from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiO
 from tensorwasm_executor.wasm.host_modules import HostModule, HostState, current_host_state
 from tensorwasm_executor.wasm.instance_image import InstanceImage
 from tensorwasm_executor.wasm.outcomes import CANCELLED, TRAP_CODES, Failure, Outcome
-from tensorwasm_executor.wasm.resident import InstanceBusyError, Resident, ResidentGoneError
+from tensorwasm_executor.wasm.resident import Resident
 from tensorwasm_executor.wasm.values import WasmValue
 
 __all__ = [
@@ -344,9 +344,7 @@ class Sandbox:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
         limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
         if fuel is not None and not self.fuel_metering:
-            raise InvalidArgumentError(
-                "this executor does not meter fuel", reason="FUEL_UNSUPPORTED"
-            )
+            raise FuelUnsupportedError("this executor does not meter fuel")
         memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
         return CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
 

@@ -15,22 +15,13 @@ from tensorwasm_gateway.access.policies import (
 from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
-from tensorwasm_gateway.access.tokens import (
-    AdminScopeRequiredError,
-    Principal,
-    Scope,
-    TenantScopeDeniedError,
-    TokenStore,
-    UnauthenticatedError,
-    parse_tokens,
-)
+from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
 
 __all__ = [
     "CALL_CLASSES",
     "CURRENT_TENANT",
     "GATEWAY_POLICIES",
     "GATEWAY_RPCS",
-    "AdminScopeRequiredError",
     "AuditEvent",
     "AuditLog",
     "AuditSink",
@@ -45,10 +36,8 @@ __all__ = [
     "Principal",
     "RateLimiter",
     "Scope",
-    "TenantScopeDeniedError",
     "TokenReloader",
     "TokenStore",
-    "UnauthenticatedError",
     "open_sink",
     "parse_tokens",
     "policy_of",

@@ -26,7 +26,7 @@ import grpc
 from grpc.aio import AbortError
 from opentelemetry import trace
 from tensorwasm_common.channels import DEFAULT_TENANT, REQUEST_ID_KEY, TENANT_METADATA_KEY
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_common.errors import Code, InvalidNameError, Reason, ServiceError
 from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
@@ -34,11 +34,18 @@ from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies,
 from tensorwasm_gateway.access.ratelimit import ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.tokens import (
-    InvalidMetadataError,
     Principal,
     TokenStore,
     authorize_admin,
     authorize_tenant,
+)
+from tensorwasm_gateway.errors import (
+    AdminScopeRequiredError,
+    ConcurrencyExhaustedError,
+    InvalidMetadataError,
+    RateLimitedError,
+    TenantScopeDeniedError,
+    UnauthenticatedError,
 )
 from tensorwasm_gateway.metrics import INVOCATIONS, REJECTIONS, tenant_label
 from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, request_id_from
@@ -47,16 +54,15 @@ AUTHORIZATION_KEY = "authorization"
 FORWARDED_FOR_KEY = "x-forwarded-for"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
-_GUARD_REASONS = frozenset(
-    {
-        "UNAUTHENTICATED",
-        "TENANT_SCOPE_DENIED",
-        "ADMIN_SCOPE_REQUIRED",
-        "RATE_LIMITED",
-        "CONCURRENCY_EXHAUSTED",
-        "INVALID_METADATA",
-        "INVALID_NAME",
-    }
+# The refusals the guard itself makes (counted by REJECTIONS, by reason).
+_GUARD_ERRORS = (
+    UnauthenticatedError,
+    TenantScopeDeniedError,
+    AdminScopeRequiredError,
+    RateLimitedError,
+    ConcurrencyExhaustedError,
+    InvalidMetadataError,
+    InvalidNameError,
 )
 
 # The tenant the guard admitted the current call for; the servicer reads it.
@@ -272,13 +278,13 @@ class _Call:
     def failed(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, ServiceError):
             self.code, self.reason = exc.code, exc.reason
-            if not self._slot and exc.reason in _GUARD_REASONS:
+            if not self._slot and isinstance(exc, _GUARD_ERRORS):
                 REJECTIONS.labels(tenant_label(self.tenant), exc.reason).inc()
         elif isinstance(exc, AbortError):
             code = context.code()
             self.code = Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN
         elif isinstance(exc, Exception):
-            self.code, self.reason = Code.INTERNAL, "INTERNAL"
+            self.code, self.reason = Code.INTERNAL, Reason.INTERNAL
         else:
             self.code = Code.CANCELLED
 

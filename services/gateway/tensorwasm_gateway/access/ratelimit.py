@@ -21,24 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tensorwasm_common.errors import ResourceExhaustedError
+from tensorwasm_gateway.errors import ConcurrencyExhaustedError, RateLimitedError
 
 NEVER_REFILLS_RETRY_SECONDS = 3600.0
 DEFAULT_MAX_BUCKETS = 100_000
 
 Clock = Callable[[], float]
-
-
-class RateLimitedError(ResourceExhaustedError):
-    """A request bucket is empty."""
-
-    reason = "RATE_LIMITED"
-
-
-class ConcurrencyExhaustedError(ResourceExhaustedError):
-    """Every slot of the call's class is taken."""
-
-    reason = "CONCURRENCY_EXHAUSTED"
 
 
 @dataclass(frozen=True)

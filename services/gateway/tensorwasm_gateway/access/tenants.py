@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tensorwasm_common.errors import InvalidNameError
+
 from tensorwasm_gateway.access.tokens import TENANT_PATTERN
-from tensorwasm_gateway.errors import InvalidNameError
 
 
 def validate_tenant(tenant: str) -> str:

@@ -31,7 +31,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_gateway.errors import (
+    AdminScopeRequiredError,
+    InvalidMetadataError,
+    TenantScopeDeniedError,
+    UnauthenticatedError,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -42,34 +47,6 @@ _TOKEN_ID_DOMAIN = b"tensorwasm-gateway/token-id/v1\x00"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SCHEME = re.compile(r"(?i)bearer[ \t]+")
 _WILDCARD = "*"
-
-
-class UnauthenticatedError(ServiceError):
-    """The call carries no valid bearer token."""
-
-    code = Code.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
-
-
-class TenantScopeDeniedError(ServiceError):
-    """The token is not scoped to the tenant the call names."""
-
-    code = Code.PERMISSION_DENIED
-    reason = "TENANT_SCOPE_DENIED"
-
-
-class AdminScopeRequiredError(ServiceError):
-    """A fleet operation was called without the admin role."""
-
-    code = Code.PERMISSION_DENIED
-    reason = "ADMIN_SCOPE_REQUIRED"
-
-
-class InvalidMetadataError(ServiceError):
-    """A security header is repeated or malformed."""
-
-    code = Code.INVALID_ARGUMENT
-    reason = "INVALID_METADATA"
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorwasm_gateway.errors import (
-    FunctionAlreadyExistsError,
-    FunctionNotFoundError,
-    InstanceNotFoundError,
-)
+from tensorwasm_common.errors import InstanceNotFoundError
+
+from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (

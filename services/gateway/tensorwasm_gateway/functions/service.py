@@ -13,16 +13,18 @@ from tensorwasm.common.v1 import invocation_pb2, values_json, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 from tensorwasm_common import offload_section
-from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.wasi_config import check_wasi_config
-
-from tensorwasm_gateway.errors import (
+from tensorwasm_common.errors import (
     ExportNotFoundError,
-    ExportRequiredError,
-    FunctionAlreadyExistsError,
     InitExportInvalidError,
     InvalidNameError,
     InvalidWasmError,
+    ServiceError,
+)
+from tensorwasm_common.wasi_config import check_wasi_config
+
+from tensorwasm_gateway.errors import (
+    ExportRequiredError,
+    FunctionAlreadyExistsError,
     ModuleTooLargeError,
 )
 from tensorwasm_gateway.functions.registry import (

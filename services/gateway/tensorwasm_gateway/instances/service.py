@@ -7,9 +7,9 @@ import re
 
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
-from tensorwasm_common.errors import ServiceError
+from tensorwasm_common.errors import InvalidNameError, Reason, ServiceError
 
-from tensorwasm_gateway.errors import FunctionNotFoundError, InvalidNameError
+from tensorwasm_gateway.errors import FunctionNotFoundError
 from tensorwasm_gateway.functions import (
     FunctionService,
     InstanceRecord,
@@ -96,7 +96,7 @@ class InstanceService:
         try:
             response = await self._executors.call_instance(instance.executor, request)
         except ServiceError as exc:
-            if exc.reason == "INSTANCE_NOT_FOUND":
+            if exc.reason is Reason.INSTANCE_NOT_FOUND:
                 await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
             raise
         return response, export
@@ -109,6 +109,6 @@ class InstanceService:
         try:
             await self._executors.delete_instance(instance.executor, request)
         except ServiceError as exc:
-            if exc.reason != "INSTANCE_NOT_FOUND":
+            if exc.reason is not Reason.INSTANCE_NOT_FOUND:
                 raise
         await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)

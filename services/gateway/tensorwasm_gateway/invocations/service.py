@@ -28,9 +28,16 @@ from collections.abc import Callable
 from prometheus_client import Counter
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
-from tensorwasm_common.errors import Code, InvalidArgumentError, ServiceError
+from tensorwasm_common.errors import (
+    Code,
+    InternalError,
+    InvalidArgumentError,
+    InvalidNameError,
+    Reason,
+    ServiceError,
+)
 
-from tensorwasm_gateway.errors import AsyncCapacityExhaustedError, InvalidNameError
+from tensorwasm_gateway.errors import AsyncCapacityExhaustedError
 from tensorwasm_gateway.functions import FunctionService
 from tensorwasm_gateway.invocations.store import (
     FAILED,
@@ -82,7 +89,7 @@ def interrupted_error() -> pb.InvocationError:
         code=int(Code.ABORTED),
         message="the gateway stopped while the invocation was pending or running; "
         "it was not re-run (the guest may or may not have run)",
-        reason="INVOCATION_INTERRUPTED",
+        reason=Reason.INVOCATION_INTERRUPTED,
     )
 
 
@@ -227,7 +234,7 @@ class InvocationService:
         except Exception:
             _log.exception("async invocation %s failed", record.invocation_id)
             state = FAILED
-            error = error_to_wire(ServiceError("internal error")).SerializeToString()
+            error = error_to_wire(InternalError("internal error")).SerializeToString()
         await asyncio.to_thread(self._finish, record, state, outcome, error)
 
     def _finish(self, record: InvocationRecord, state: int, outcome: bytes, error: bytes) -> None:

@@ -13,13 +13,13 @@ from tensorwasm_dispatcher.backends import discovery
 from tensorwasm_dispatcher.backends.discovery import (
     BackendKind,
     CudaCallError,
-    CudaUnavailableError,
     DeviceInfo,
     DeviceReport,
     cpu_report,
     discover,
     probe_cuda,
 )
+from tensorwasm_dispatcher.errors import CudaUnavailableError
 
 
 def _cuda_present() -> bool:

@@ -9,10 +9,9 @@ from pathlib import Path
 import blake3
 import pytest
 import wasmtime
-from tensorwasm_common.errors import Code
+from tensorwasm_common.errors import Code, InitExportInvalidError
 from tensorwasm_executor.errors import (
     ImageFormatError,
-    InitExportInvalidError,
     InitFailedError,
     PreinitStateUnsupportedError,
 )

@@ -12,8 +12,7 @@ import blake3
 import pytest
 import wasmtime
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
-from tensorwasm_common.errors import UnavailableError
-from tensorwasm_common.snapshot_errors import FingerprintMismatchError
+from tensorwasm_common.errors import FingerprintMismatchError, UnavailableError
 from tensorwasm_executor.errors import InitFailedError
 from tensorwasm_executor.images.image_provider import INSTANCE_IMAGE, ImageProvider
 from tensorwasm_executor.wasm.instance_image import InstanceImage

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tensorwasm_common.errors import Code
-from tensorwasm_executor.admission import TenantCapacityExhaustedError
-from tensorwasm_executor.instances.table import (
-    InstanceCapacityExhaustedError,
-    InstanceNotFoundError,
-    InstanceTable,
-)
+from tensorwasm_common.errors import Code, InstanceNotFoundError
+from tensorwasm_executor.errors import InstanceCapacityExhaustedError, TenantCapacityExhaustedError
+from tensorwasm_executor.instances.table import InstanceTable
 
 
 class Clock:

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 from tensorwasm_common.errors import Code
-from tensorwasm_executor.wasm.sandbox import (
-    CompiledModule,
-    InstanceBusyError,
-    Resident,
-    ResidentGoneError,
-    Sandbox,
-    WasiOptions,
-)
+from tensorwasm_executor.errors import InstanceBusyError, ResidentGoneError
+from tensorwasm_executor.wasm.sandbox import CompiledModule, Resident, Sandbox, WasiOptions
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
 

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from tensorwasm_common.errors import Code, InvalidArgumentError, UnavailableError
+from tensorwasm_common.errors import (
+    Code,
+    ExportNotFoundError,
+    InvalidArgumentError,
+    InvalidWasmError,
+    UnavailableError,
+)
 from tensorwasm_executor.errors import (
     ArgumentMismatchError,
-    ExportNotFoundError,
-    InvalidWasmError,
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )

@@ -16,8 +16,8 @@ import pytest
 import wasmtime
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
+from tensorwasm_common.errors import ExportNotFoundError
 from tensorwasm_executor.admission import Admission
-from tensorwasm_executor.errors import ExportNotFoundError
 from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.scheduling import FairPool

@@ -7,10 +7,9 @@ from tensorwasm_gateway.access.ratelimit import (
     NEVER_REFILLS_RETRY_SECONDS,
     BucketConfig,
     ConcurrencyCaps,
-    ConcurrencyExhaustedError,
-    RateLimitedError,
     RateLimiter,
 )
+from tensorwasm_gateway.errors import ConcurrencyExhaustedError, RateLimitedError
 
 
 class FakeClock:

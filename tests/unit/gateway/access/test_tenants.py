@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tensorwasm_common.errors import InvalidNameError
 from tensorwasm_gateway.access.tenants import validate_tenant
-from tensorwasm_gateway.errors import InvalidNameError
 
 
 @pytest.mark.parametrize("tenant", ["default", "acme", "0", "a_b-c", "9" * 63])

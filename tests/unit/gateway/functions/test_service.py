@@ -15,15 +15,18 @@ import blake3
 import pytest
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
-from tensorwasm_common.errors import Code, UnavailableError
+from tensorwasm_common.errors import (
+    Code,
+    ExportNotFoundError,
+    InvalidNameError,
+    InvalidWasmError,
+    UnavailableError,
+)
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.errors import (
-    ExportNotFoundError,
     ExportRequiredError,
     FunctionAlreadyExistsError,
     FunctionNotFoundError,
-    InvalidNameError,
-    InvalidWasmError,
     ModuleTooLargeError,
 )
 from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tensorwasm_gateway.errors import InvalidNameError
+from tensorwasm_common.errors import InvalidNameError
 from tensorwasm_gateway.instances import instance_id_from_name
 
 INSTANCE_ID = "0123456789abcdef0123456789abcdef"
