@@ -10,7 +10,11 @@ from pathlib import Path
 
 from tensorwasm.common.v1.values_json import ArgumentError
 
-from tensorwasm_client import cli_functions, cli_instances, cli_invocations, cli_run, snapshots
+from tensorwasm_client.cli import functions as cli_functions
+from tensorwasm_client.cli import instances as cli_instances
+from tensorwasm_client.cli import invocations as cli_invocations
+from tensorwasm_client.cli import run as cli_run
+from tensorwasm_client.cli import snapshots
 from tensorwasm_client.client import DEFAULT_GATEWAY, TensorWasmError
 from tensorwasm_client.stack import LocalStack, StackError, default_data_dir, health
 

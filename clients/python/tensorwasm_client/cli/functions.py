@@ -11,7 +11,7 @@ from typing import Any
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
-from tensorwasm_client.cli_common import add_wasi_flags, client_for, env_pairs, signature_text
+from tensorwasm_client.cli.common import add_wasi_flags, client_for, env_pairs, signature_text
 from tensorwasm_client.client import invocation_limits
 from tensorwasm_client.local_run import load_module_bytes
 

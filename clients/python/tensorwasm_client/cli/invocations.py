@@ -12,7 +12,7 @@ from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
-from tensorwasm_client.cli_common import client_for, default_export, json_args, report
+from tensorwasm_client.cli.common import client_for, default_export, json_args, report
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 
 

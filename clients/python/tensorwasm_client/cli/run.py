@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tensorwasm_client.cli_common import add_wasi_flags, env_pairs, json_args, print_outcome
+from tensorwasm_client.cli.common import add_wasi_flags, env_pairs, json_args, print_outcome
 from tensorwasm_client.local_run import run_local
 
 

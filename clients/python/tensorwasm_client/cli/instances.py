@@ -11,7 +11,7 @@ from typing import Any
 from tensorwasm.common.v1 import values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_wire
 
-from tensorwasm_client.cli_common import (
+from tensorwasm_client.cli.common import (
     client_for,
     default_export,
     json_args,
