@@ -2,70 +2,87 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
+import typer
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
-from tensorwasm_client.cli.common import add_wasi_flags, client_for, env_pairs, signature_text
+from tensorwasm_client.cli.common import (
+    EnvEntries,
+    GuestDir,
+    client_for,
+    env_pairs,
+    signature_text,
+)
 from tensorwasm_client.client import invocation_limits
 from tensorwasm_client.local_run import load_module_bytes
 
 
-def add_parsers(commands: Any) -> None:
-    """Adds `deploy`, `list`, `get` and `delete` to the CLI's subcommands."""
-    deploy = commands.add_parser("deploy", help="deploy a .wasm or .wat file")
-    deploy.add_argument("file", type=Path)
-    deploy.add_argument("--name", help="function id (default: from the file name)")
-    add_wasi_flags(deploy, directory_help="read-only directory, relative to the tenant's grant")
-    deploy.add_argument("--timeout", type=float, default=0.0, help="default guest deadline (s)")
-    deploy.add_argument("--fuel", type=int, default=0, help="default instruction budget")
-    deploy.add_argument("--memory", type=int, default=0, help="default linear-memory cap (bytes)")
-    deploy.add_argument("--argv", action="append", default=[], help="guest argv entry (repeat)")
-    init = deploy.add_mutually_exclusive_group()
-    init.add_argument(
-        "--init-export",
-        default="",
-        help="export () -> () run once at deploy; calls start from the state it leaves "
-        "(default: wizer.initialize when exported)",
-    )
-    init.add_argument(
-        "--no-init", action="store_true", help="do not pre-initialise with wizer.initialize"
-    )
-    deploy.add_argument(
-        "--offload",
-        action="store_true",
-        help="run the exports declared in the module's tensorwasm.offload custom section "
-        "as tensor ops on the GPU (checked at deploy)",
-    )
-    commands.add_parser("list", help="list functions")
-    get = commands.add_parser("get", help="show one function")
-    get.add_argument("name")
-    delete = commands.add_parser("delete", help="delete a function")
-    delete.add_argument("name")
+def deploy(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="the module, .wasm or .wat", metavar="FILE")],
+    *,
+    name: Annotated[
+        str, typer.Option(help="function id (default: from the file name)", show_default=False)
+    ] = "",
+    env: EnvEntries = None,
+    directory: Annotated[
+        str,
+        typer.Option("--dir", help="read-only directory, relative to the tenant's grant"),
+    ] = "",
+    guest_dir: GuestDir = "/data",
+    timeout: Annotated[float, typer.Option(help="default guest deadline (s)")] = 0.0,
+    fuel: Annotated[int, typer.Option(help="default instruction budget")] = 0,
+    memory: Annotated[int, typer.Option(help="default linear-memory cap (bytes)")] = 0,
+    argv: Annotated[
+        list[str] | None,
+        typer.Option(help="guest argv entry (repeat)", metavar="ARG", show_default=False),
+    ] = None,
+    init_export: Annotated[
+        str,
+        typer.Option(
+            help="export () -> () run once at deploy; calls start from the state it leaves "
+            "(default: wizer.initialize when exported)",
+            show_default=False,
+        ),
+    ] = "",
+    no_init: Annotated[
+        bool, typer.Option("--no-init", help="do not pre-initialise with wizer.initialize")
+    ] = False,
+    offload: Annotated[
+        bool,
+        typer.Option(
+            "--offload",
+            help="run the exports declared in the module's tensorwasm.offload custom section "
+            "as tensor ops on the GPU (checked at deploy)",
+        ),
+    ] = False,
+) -> int:
+    """Deploy a .wasm or .wat file.
 
-
-def deploy(args: argparse.Namespace) -> int:
-    """Creates the function; prints its name, digest, exports and offloads as JSON."""
-    source = load_module_bytes(args.file)
-    name = args.name or re.sub(r"[^a-z0-9-]+", "-", args.file.stem.lower()).strip("-")
+    Prints its name, digest, exports and offloads as JSON.
+    """
+    if init_export and no_init:
+        raise typer.BadParameter("not allowed with --init-export", param_hint="'--no-init'")
+    source = load_module_bytes(file)
+    name = name or re.sub(r"[^a-z0-9-]+", "-", file.stem.lower()).strip("-")
     config = gateway_pb.FunctionConfig(
         wasi=invocation_pb2.WasiConfig(
-            argv=args.argv,
-            env=dict(env_pairs(args.env)),
-            read_only_dir=args.dir,
-            guest_dir=args.guest_dir if args.dir else "",
+            argv=argv or [],
+            env=dict(env_pairs(env)),
+            read_only_dir=directory,
+            guest_dir=guest_dir if directory else "",
         ),
-        default_limits=invocation_limits(args.timeout, args.fuel, args.memory),
-        init_export=args.init_export,
-        no_init=args.no_init,
-        auto_offload=args.offload,
+        default_limits=invocation_limits(timeout, fuel, memory),
+        init_export=init_export,
+        no_init=no_init,
+        auto_offload=offload,
     )
-    with client_for(args) as client:
+    with client_for(ctx) as client:
         function = client.create_function(name, source, config)
     exports = {e.name: signature_text(e.signature) for e in function.exports}
     print(
@@ -82,9 +99,12 @@ def deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_functions(args: argparse.Namespace) -> int:
-    """Prints one line per function: name, digest prefix, size, exports."""
-    with client_for(args) as client:
+def list_functions(ctx: typer.Context) -> int:
+    """List the tenant's functions.
+
+    One line each: name, digest prefix, size and exports.
+    """
+    with client_for(ctx) as client:
         for function in client.list_functions():
             exports = ", ".join(e.name for e in function.exports)
             size = f"{function.module_size_bytes} B"
@@ -92,10 +112,12 @@ def list_functions(args: argparse.Namespace) -> int:
     return 0
 
 
-def get(args: argparse.Namespace) -> int:
-    """Prints one function as indented JSON."""
-    with client_for(args) as client:
-        function = client.get_function(args.name)
+def get(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="function id", metavar="NAME")]
+) -> int:
+    """Show one function as indented JSON."""
+    with client_for(ctx) as client:
+        function = client.get_function(name)
     exports = {e.name: signature_text(e.signature) for e in function.exports}
     print(
         json.dumps(
@@ -112,9 +134,11 @@ def get(args: argparse.Namespace) -> int:
     return 0
 
 
-def delete(args: argparse.Namespace) -> int:
-    """Deletes one function."""
-    with client_for(args) as client:
-        client.delete_function(args.name)
-    print(f"deleted {args.name}")
+def delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="function id", metavar="NAME")]
+) -> int:
+    """Delete a function."""
+    with client_for(ctx) as client:
+        client.delete_function(name)
+    print(f"deleted {name}")
     return 0

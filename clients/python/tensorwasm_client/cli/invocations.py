@@ -2,73 +2,77 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 
-from tensorwasm_client.cli.common import client_for, default_export, json_args, report
+from tensorwasm_client.cli.common import (
+    Deadline,
+    Export,
+    Fuel,
+    JsonArgs,
+    StdinFile,
+    client_for,
+    default_export,
+    json_args,
+    read_stdin,
+    report,
+)
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 
 
-def add_parsers(commands: Any) -> None:
-    """Adds `invoke` and `invocation` (with its verbs) to the CLI's subcommands."""
-    invoke = commands.add_parser("invoke", help="call an export; prints the results as JSON")
-    invoke.add_argument("name")
-    invoke.add_argument("--export", default="", help="export to call (default: the only one)")
-    invoke.add_argument("--args", default="[]", help="JSON array of arguments")
-    invoke.add_argument("--stdin", type=Path, help="file whose bytes the guest reads on stdin")
-    invoke.add_argument("--timeout", type=float, default=0.0, help="guest deadline in seconds")
-    invoke.add_argument("--fuel", type=int, default=0, help="instruction budget (0: unmetered)")
-    invoke.add_argument(
-        "--stream",
-        action="store_true",
-        help="write the guest's stdout/stderr as it runs (streaming invoke)",
-    )
-    invoke.add_argument(
-        "--async",
-        dest="run_async",
-        action="store_true",
-        help="start an async invocation and print its name (see `tensorwasm invocation`)",
-    )
-    invoke.add_argument("--request-id", default="", help="idempotency key for --async")
-    invocation = commands.add_parser("invocation", help="async invocations")
-    invocation_verbs = invocation.add_subparsers(dest="verb", required=True)
-    get_invocation = invocation_verbs.add_parser("get", help="show one invocation")
-    get_invocation.add_argument("invocation")
-    get_invocation.add_argument(
-        "--wait", action="store_true", help="wait until it has finished; exit as `invoke` does"
-    )
-    get_invocation.add_argument("--wait-timeout", type=float, default=300.0)
-    invocation_verbs.add_parser("list", help="list the tenant's retained invocations")
+def invoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="function id", metavar="NAME")],
+    *,
+    export: Export = "",
+    args: JsonArgs = "[]",
+    stdin: StdinFile = None,
+    timeout: Deadline = 0.0,
+    fuel: Fuel = 0,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream", help="write the guest's stdout/stderr as it runs (streaming invoke)"
+        ),
+    ] = False,
+    run_async: Annotated[
+        bool,
+        typer.Option(
+            "--async",
+            help="start an async invocation and print its name (see `tensorwasm invocation`)",
+        ),
+    ] = False,
+    request_id: Annotated[str, typer.Option(help="idempotency key for --async")] = "",
+) -> int:
+    """Call an export; print the results as JSON.
 
-
-def invoke(args: argparse.Namespace) -> int:
-    """Calls an export (or starts an async invocation); exits as the guest did."""
-    raw_args = json_args(args.args)
-    stdin = args.stdin.read_bytes() if args.stdin else b""
-    with client_for(args) as client:
-        function = client.get_function(args.name)
+    Exits as the guest did: 1 for a trap or a refusal, n for proc_exit(n).
+    """
+    raw_args = json_args(args)
+    stdin_bytes = read_stdin(stdin)
+    with client_for(ctx) as client:
+        function = client.get_function(name)
         exports = {e.name: e.signature for e in function.exports}
-        export = args.export or default_export(list(exports))
+        export = export or default_export(list(exports))
         if export not in exports:
             raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
         values = to_wire(raw_args, list(exports[export].params))
-        options = {"stdin": stdin, "timeout_seconds": args.timeout, "fuel": args.fuel}
-        if args.stream:
-            return _invoke_streaming(client, args.name, export, values, options)
-        if args.run_async:
+        options: dict[str, Any] = {"stdin": stdin_bytes, "timeout_seconds": timeout, "fuel": fuel}
+        if stream:
+            return _invoke_streaming(client, name, export, values, options)
+        if run_async:
             started = client.start_invocation(
-                args.name, export, values, request_id=args.request_id, **options
+                name, export, values, request_id=request_id, **options
             )
             print(json.dumps({"name": started.name}))
             return 0
-        response = client.invoke(args.name, export, values, **options)
+        response = client.invoke(name, export, values, **options)
     outcome = response.outcome
     sys.stdout.buffer.write(outcome.stdout)
     sys.stderr.buffer.write(outcome.stderr)
@@ -99,21 +103,26 @@ def _invoke_streaming(
     raise TensorWasmError("UNKNOWN", "STREAM_ENDED", "the stream ended without an outcome")
 
 
-def invocation(args: argparse.Namespace) -> int:
-    """`invocation get` prints the invocation as JSON (--wait: then exits as `invoke`);
-    `invocation list` prints one line per invocation."""
-    with client_for(args) as client:
-        if args.verb == "list":
-            for item in client.list_invocations():
-                state = _invocation_json(item)["state"]
-                print(f"{item.name:<46} {state:<10} {item.function} {item.export_name}")
-            return 0
-        if args.wait:
-            found = client.wait_invocation(args.invocation, args.wait_timeout)
+def get_invocation(
+    ctx: typer.Context,
+    invocation: Annotated[str, typer.Argument(help="invocations/<id>", metavar="INVOCATION")],
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="wait until it has finished; exit as `invoke` does"),
+    ] = False,
+    wait_timeout: Annotated[float, typer.Option(help="give up waiting after (s)")] = 300.0,
+) -> int:
+    """Show one invocation as JSON.
+
+    With --wait: once it has finished, then exits as `invoke` does.
+    """
+    with client_for(ctx) as client:
+        if wait:
+            found = client.wait_invocation(invocation, wait_timeout)
         else:
-            found = client.get_invocation(args.invocation)
+            found = client.get_invocation(invocation)
     print(json.dumps(_invocation_json(found)))
-    if not args.wait:
+    if not wait:
         return 0
     if found.HasField("error"):
         print(f"error: {found.error.reason}: {found.error.message}", file=sys.stderr)
@@ -121,6 +130,15 @@ def invocation(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(found.outcome.stdout)
     sys.stderr.buffer.write(found.outcome.stderr)
     return report(found.outcome)
+
+
+def list_invocations(ctx: typer.Context) -> int:
+    """List the tenant's retained invocations, one line each."""
+    with client_for(ctx) as client:
+        for item in client.list_invocations():
+            state = _invocation_json(item)["state"]
+            print(f"{item.name:<46} {state:<10} {item.function} {item.export_name}")
+    return 0
 
 
 def _invocation_json(invocation: gateway_pb.Invocation) -> dict[str, object]:
