@@ -3,11 +3,12 @@ its commands, global options and environment, exit codes, and `run ... -- guest 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 import typer
-from tensorwasm_client.cli import app
+from tensorwasm_client.cli import app, local_stack
 from tensorwasm_client.cli.common import exit_code
 from tensorwasm_client.client import TensorWasmError
 from typer.testing import CliRunner, Result
@@ -142,3 +143,38 @@ def test_a_command_exits_with_the_code_it_returns(capsys: pytest.CaptureFixture[
         exit_code(interrupted)()
     assert exited.value.exit_code == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_the_makefile_targets_call_the_cli_as_it_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dirs: list[Path] = []
+
+    class RecordingStack:
+        """Stands in for LocalStack: records the data dir, starts and stops nothing."""
+
+        def __init__(self, data_dir: Path) -> None:
+            data_dirs.append(data_dir)
+
+        def start(self) -> dict[str, object]:
+            return {}
+
+        def stop(self) -> list[str]:
+            return []
+
+        def services(self) -> dict[str, object]:
+            return {}
+
+    monkeypatch.setattr(local_stack, "LocalStack", RecordingStack)
+    makefile = Path(__file__).resolve().parents[3] / "Makefile"
+    prefix = ".venv/bin/tensorwasm "
+    recipes = [
+        line.strip().removeprefix(prefix).replace("$(DATA_DIR)", str(tmp_path))
+        for line in makefile.read_text().splitlines()
+        if line.strip().startswith(prefix)
+    ]
+    assert len(recipes) == 3, recipes
+    for recipe in recipes:
+        result = tensorwasm(*shlex.split(recipe))
+        assert result.exit_code in (0, 1), (recipe, result.output)
+    assert data_dirs == [tmp_path] * 3
