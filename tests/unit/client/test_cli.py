@@ -61,6 +61,8 @@ def test_help_lists_the_commands_the_environment_and_shell_completion() -> None:
         assert variable in result.stdout
     assert "--install-completion" in result.stdout
     assert "--show-completion" in result.stdout
+    assert tensorwasm("-h").stdout == result.stdout
+    assert tensorwasm("run", "-h").stdout.startswith("Usage: tensorwasm run [OPTIONS]")
 
 
 @pytest.mark.parametrize(

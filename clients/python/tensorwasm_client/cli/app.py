@@ -19,6 +19,7 @@ def _group(help_text: str) -> typer.Typer:
     return typer.Typer(
         help=help_text,
         no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
         rich_markup_mode=None,
         pretty_exceptions_enable=False,
     )
