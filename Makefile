@@ -72,13 +72,13 @@ bench-smoke: setup ## Every benchmark group at smoke sizing (CI: the groups stil
 	$(PY) -m tests.bench --quick --out $${TMPDIR:-/tmp}/tensorwasm-bench-smoke
 
 up: setup ## Start the five services on loopback (state in DATA_DIR)
-	.venv/bin/tensorwasm up --data-dir $(DATA_DIR)
+	.venv/bin/tensorwasm --data-dir $(DATA_DIR) up
 
 down: ## Stop the local stack
-	.venv/bin/tensorwasm down --data-dir $(DATA_DIR)
+	.venv/bin/tensorwasm --data-dir $(DATA_DIR) down
 
 status: ## Show the local stack's health
-	.venv/bin/tensorwasm status --data-dir $(DATA_DIR)
+	.venv/bin/tensorwasm --data-dir $(DATA_DIR) status
 
 demo: setup ## Fresh clone to result: stack up, deploy the example, invoke it, stack down
 	bash deploy/demo.sh $(DATA_DIR)

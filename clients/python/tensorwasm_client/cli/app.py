@@ -1,0 +1,98 @@
+"""The `tensorwasm` command tree: global options, and each command bound once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
+from tensorwasm_client.cli.common import GlobalOptions, exit_code
+from tensorwasm_client.client import DEFAULT_GATEWAY
+from tensorwasm_client.stack import default_data_dir
+
+
+def _group(help_text: str) -> typer.Typer:
+    # Plain (click) help and errors: the output stays greppable and unboxed.
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+    )
+
+
+def _bind(group: typer.Typer, name: str, command: Callable[..., int]) -> None:
+    """Registers `command` (which returns its exit code) under `name`."""
+    group.command(name)(exit_code(command))
+
+
+def _global_options(
+    ctx: typer.Context,
+    gateway: Annotated[
+        str, typer.Option(envvar="TENSORWASM_GATEWAY", help="gateway address")
+    ] = DEFAULT_GATEWAY,
+    tenant: Annotated[
+        str | None,
+        typer.Option(envvar="TENSORWASM_TENANT", help="tenant", show_default=False),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TENSORWASM_TOKEN",
+            help="bearer token for the gateway (prefer the env var)",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TENSORWASM_DATA_DIR",
+            help="local stack state",
+            show_default="$XDG_DATA_HOME/tensorwasm or ~/.local/share/tensorwasm",
+        ),
+    ] = None,
+) -> None:
+    """The `tensorwasm` command: run the local stack, deploy and invoke functions."""
+    ctx.obj = GlobalOptions(gateway, tenant, token, data_dir or default_data_dir())
+
+
+app = _group(_global_options.__doc__ or "")
+app.callback()(_global_options)
+
+_bind(app, "up", local_stack.up)
+_bind(app, "down", local_stack.down)
+_bind(app, "status", local_stack.status)
+_bind(app, "deploy", functions.deploy)
+_bind(app, "list", functions.list_functions)
+_bind(app, "get", functions.get)
+_bind(app, "delete", functions.delete)
+_bind(app, "invoke", invocations.invoke)
+_bind(app, "run", run.run)
+
+_invocation = _group("Async invocations.")
+_bind(_invocation, "get", invocations.get_invocation)
+_bind(_invocation, "list", invocations.list_invocations)
+app.add_typer(_invocation, name="invocation")
+
+_instance = _group("Live (stateful) instances.")
+_bind(_instance, "create", instances.create)
+_bind(_instance, "call", instances.call)
+_bind(_instance, "delete", instances.delete)
+app.add_typer(_instance, name="instance")
+
+_snapshot = _group(snapshots.store_options.__doc__ or "")
+_snapshot.callback()(snapshots.store_options)
+_bind(_snapshot, "ls", snapshots.ls)
+_bind(_snapshot, "get", snapshots.get)
+_bind(_snapshot, "rm", snapshots.rm)
+_bind(_snapshot, "verify", snapshots.verify)
+app.add_typer(_snapshot, name="snapshot")
+
+
+def main() -> None:
+    """The console script: runs one command and exits with its code."""
+    app(prog_name="tensorwasm")

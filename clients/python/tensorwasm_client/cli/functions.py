@@ -1,0 +1,144 @@
+"""`tensorwasm deploy | list | get | delete`: the tenant's functions on the gateway."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
+
+from tensorwasm_client.cli.common import (
+    EnvEntries,
+    GuestDir,
+    client_for,
+    env_pairs,
+    signature_text,
+)
+from tensorwasm_client.client import invocation_limits
+from tensorwasm_client.local_run import load_module_bytes
+
+
+def deploy(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="the module, .wasm or .wat", metavar="FILE")],
+    *,
+    name: Annotated[
+        str, typer.Option(help="function id (default: from the file name)", show_default=False)
+    ] = "",
+    env: EnvEntries = None,
+    directory: Annotated[
+        str,
+        typer.Option("--dir", help="read-only directory, relative to the tenant's grant"),
+    ] = "",
+    guest_dir: GuestDir = "/data",
+    timeout: Annotated[float, typer.Option(help="default guest deadline (s)")] = 0.0,
+    fuel: Annotated[int, typer.Option(help="default instruction budget")] = 0,
+    memory: Annotated[int, typer.Option(help="default linear-memory cap (bytes)")] = 0,
+    argv: Annotated[
+        list[str] | None,
+        typer.Option(help="guest argv entry (repeat)", metavar="ARG", show_default=False),
+    ] = None,
+    init_export: Annotated[
+        str,
+        typer.Option(
+            help="export () -> () run once at deploy; calls start from the state it leaves "
+            "(default: wizer.initialize when exported)",
+            show_default=False,
+        ),
+    ] = "",
+    no_init: Annotated[
+        bool, typer.Option("--no-init", help="do not pre-initialise with wizer.initialize")
+    ] = False,
+    offload: Annotated[
+        bool,
+        typer.Option(
+            "--offload",
+            help="run the exports declared in the module's tensorwasm.offload custom section "
+            "as tensor ops on the GPU (checked at deploy)",
+        ),
+    ] = False,
+) -> int:
+    """Deploy a .wasm or .wat file.
+
+    Prints its name, digest, exports and offloads as JSON.
+    """
+    if init_export and no_init:
+        raise typer.BadParameter("not allowed with --init-export", param_hint="'--no-init'")
+    source = load_module_bytes(file)
+    name = name or re.sub(r"[^a-z0-9-]+", "-", file.stem.lower()).strip("-")
+    config = gateway_pb.FunctionConfig(
+        wasi=invocation_pb2.WasiConfig(
+            argv=argv or [],
+            env=dict(env_pairs(env)),
+            read_only_dir=directory,
+            guest_dir=guest_dir if directory else "",
+        ),
+        default_limits=invocation_limits(timeout, fuel, memory),
+        init_export=init_export,
+        no_init=no_init,
+        auto_offload=offload,
+    )
+    with client_for(ctx) as client:
+        function = client.create_function(name, source, config)
+    exports = {e.name: signature_text(e.signature) for e in function.exports}
+    print(
+        json.dumps(
+            {
+                "name": function.name,
+                "module_digest": function.module_digest,
+                "exports": exports,
+                "init_export": function.config.init_export,
+                "offloads": {o.export_name: o.op for o in function.config.offloads},
+            }
+        )
+    )
+    return 0
+
+
+def list_functions(ctx: typer.Context) -> int:
+    """List the tenant's functions.
+
+    One line each: name, digest prefix, size and exports.
+    """
+    with client_for(ctx) as client:
+        for function in client.list_functions():
+            exports = ", ".join(e.name for e in function.exports)
+            size = f"{function.module_size_bytes} B"
+            print(f"{function.name:<40} {function.module_digest[:16]}  {size:>12}  [{exports}]")
+    return 0
+
+
+def get(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="function id", metavar="NAME")]
+) -> int:
+    """Show one function as indented JSON."""
+    with client_for(ctx) as client:
+        function = client.get_function(name)
+    exports = {e.name: signature_text(e.signature) for e in function.exports}
+    print(
+        json.dumps(
+            {
+                "name": function.name,
+                "tenant": function.tenant,
+                "module_digest": function.module_digest,
+                "module_size_bytes": function.module_size_bytes,
+                "exports": exports,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="function id", metavar="NAME")]
+) -> int:
+    """Delete a function."""
+    with client_for(ctx) as client:
+        client.delete_function(name)
+    print(f"deleted {name}")
+    return 0

@@ -1,0 +1,182 @@
+"""The `tensorwasm` command tree (tensorwasm_client.cli), in-process, without services:
+its commands, global options and environment, exit codes, and `run ... -- guest argv`."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+from tensorwasm_client.cli import app, local_stack
+from tensorwasm_client.cli.common import exit_code
+from tensorwasm_client.client import TensorWasmError
+from typer.testing import CliRunner, Result
+
+COMMANDS = {
+    "up",
+    "down",
+    "status",
+    "deploy",
+    "list",
+    "get",
+    "delete",
+    "invoke",
+    "run",
+    "invocation",
+    "instance",
+    "snapshot",
+}
+VERBS = {
+    "invocation": {"get", "list"},
+    "instance": {"create", "call", "delete"},
+    "snapshot": {"ls", "get", "rm", "verify"},
+}
+ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _no_cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*ENV_VARS, "TENSORWASM_STORE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def tensorwasm(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, list(args), env=env, prog_name="tensorwasm")
+
+
+def test_each_command_is_registered_once() -> None:
+    group = typer.main.get_group(app)
+    assert set(group.commands) == COMMANDS
+    for name, verbs in VERBS.items():
+        assert set(group.commands[name].commands) == verbs  # type: ignore[attr-defined]
+
+
+def test_help_lists_the_commands_the_environment_and_shell_completion() -> None:
+    result = tensorwasm("--help")
+    assert result.exit_code == 0, result.output
+    for command in COMMANDS:
+        assert f"\n  {command} " in result.stdout
+    for variable in ENV_VARS:
+        assert variable in result.stdout
+    assert "--install-completion" in result.stdout
+    assert "--show-completion" in result.stdout
+    assert tensorwasm("-h").stdout == result.stdout
+    assert tensorwasm("run", "-h").stdout.startswith("Usage: tensorwasm run [OPTIONS]")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("no-such-command",),
+        ("--no-such-option", "list"),
+        ("get",),
+        ("instance",),
+        ("list", "--", "guest-argument"),
+        ("invoke", "add", "--fuel", "lots"),
+        ("snapshot", "ls", "--kind", "no-such-kind"),
+        ("deploy", "add.wat", "--init-export", "setup", "--no-init"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    result = tensorwasm(*args)
+    assert result.exit_code == 2, result.output
+    assert "Usage: tensorwasm" in result.output
+
+
+def test_data_dir_from_the_option_the_environment_else_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag = tensorwasm("--data-dir", str(tmp_path / "flag"), "status")
+    assert (flag.exit_code, flag.stdout) == (1, f"no stack recorded in {tmp_path / 'flag'}\n")
+
+    env = tensorwasm("status", env={"TENSORWASM_DATA_DIR": str(tmp_path / "env")})
+    assert env.stdout == f"no stack recorded in {tmp_path / 'env'}\n"
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    default = tensorwasm("status", env={"TENSORWASM_DATA_DIR": ""})
+    assert default.stdout == f"no stack recorded in {tmp_path / 'xdg' / 'tensorwasm'}\n"
+    assert not (tmp_path / "xdg").exists()
+
+
+def test_run_passes_the_arguments_after_the_double_dash_to_the_guest(wat_dir: Path) -> None:
+    added = tensorwasm("run", str(wat_dir / "add.wat"), "--args", "[40, 2]")
+    assert (added.exit_code, added.stdout) == (0, "[42]\n")
+
+    probe = str(wat_dir / "wasi_probe.wat")
+    probed = tensorwasm("run", probe, "--export", "args", "--", "x", "--y", "--export")
+    assert probed.exit_code == 0, probed.output
+    assert probed.stdout.startswith("wasi_probe.wat\0x\0--y\0--export\0")
+
+
+def test_refusals_exit_1_with_an_error_line(wat_dir: Path, tmp_path: Path) -> None:
+    missing = tensorwasm("run", str(tmp_path / "missing.wasm"))
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("error: ")
+
+    bad_env = tensorwasm("run", str(wat_dir / "add.wat"), "--env", "NO_EQUALS_SIGN")
+    assert bad_env.exit_code == 1
+    assert bad_env.stderr == "error: --env takes NAME=value, got 'NO_EQUALS_SIGN'\n"
+
+    not_an_array = tensorwasm("run", str(wat_dir / "add.wat"), "--args", '{"a": 1}')
+    assert not_an_array.exit_code == 1
+    assert not_an_array.stderr == "error: --args must be a JSON array\n"
+
+
+def test_a_command_exits_with_the_code_it_returns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(lambda: 0)() is None
+    with pytest.raises(typer.Exit) as exited:
+        exit_code(lambda: 3)()
+    assert exited.value.exit_code == 3
+
+    def refused() -> int:
+        raise TensorWasmError("NOT_FOUND", "FUNCTION_NOT_FOUND", "no function add")
+
+    with pytest.raises(typer.Exit) as exited:
+        exit_code(refused)()
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err.startswith("error: NOT_FOUND FUNCTION_NOT_FOUND")
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exited:
+        exit_code(interrupted)()
+    assert exited.value.exit_code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_the_makefile_targets_call_the_cli_as_it_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dirs: list[Path] = []
+
+    class RecordingStack:
+        """Stands in for LocalStack: records the data dir, starts and stops nothing."""
+
+        def __init__(self, data_dir: Path) -> None:
+            data_dirs.append(data_dir)
+
+        def start(self) -> dict[str, object]:
+            return {}
+
+        def stop(self) -> list[str]:
+            return []
+
+        def services(self) -> dict[str, object]:
+            return {}
+
+    monkeypatch.setattr(local_stack, "LocalStack", RecordingStack)
+    makefile = Path(__file__).resolve().parents[3] / "Makefile"
+    prefix = ".venv/bin/tensorwasm "
+    recipes = [
+        line.strip().removeprefix(prefix).replace("$(DATA_DIR)", str(tmp_path))
+        for line in makefile.read_text().splitlines()
+        if line.strip().startswith(prefix)
+    ]
+    assert len(recipes) == 3, recipes
+    for recipe in recipes:
+        result = tensorwasm(*shlex.split(recipe))
+        assert result.exit_code in (0, 1), (recipe, result.output)
+    assert data_dirs == [tmp_path] * 3
