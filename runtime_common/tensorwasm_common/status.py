@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -77,7 +80,11 @@ def downstream_error(exc: grpc.RpcError, dependency: str) -> ServiceError:
 def _details(
     exc: grpc.RpcError,
 ) -> tuple[str | None, str | None, dict[str, str], float | None]:
-    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    # (key, value) pairs: named tuples from a blocking call, a Metadata from an aio call
+    # (the grpc stubs type only the former, and only by attribute).
+    trailing: Iterable[Any] | None = (
+        exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    )
     for key, value in trailing or ():
         if key != STATUS_DETAILS_KEY:
             continue

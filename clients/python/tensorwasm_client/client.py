@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,10 @@ def _error(exc: grpc.RpcError) -> TensorWasmError:
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     message = exc.details() if hasattr(exc, "details") else str(exc)
     reason, metadata = code, {}
-    for key, value in exc.trailing_metadata() or () if hasattr(exc, "trailing_metadata") else ():
+    # (key, value) pairs: named tuples from a blocking call, a Metadata from an aio call
+    # (the grpc stubs type only the former, and only by attribute).
+    trailing: Iterable[Any] = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()
+    for key, value in trailing or ():
         if key == "grpc-status-details-bin":
             for detail in status_pb2.Status.FromString(value).details:
                 info = error_details_pb2.ErrorInfo()

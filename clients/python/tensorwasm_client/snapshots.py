@@ -146,8 +146,8 @@ def _get(stub: pb_grpc.SnapshotStoreServiceStub, args: argparse.Namespace, md: M
         with open(args.output, "wb") as out:
             out.write(payload)
     else:
-        snapshot = stub.GetSnapshot(pb.GetSnapshotRequest(id=args.id), timeout=30, metadata=md)
-        snapshot = snapshot.snapshot
+        request = pb.GetSnapshotRequest(id=args.id)
+        snapshot = stub.GetSnapshot(request, timeout=30, metadata=md).snapshot
     print(json.dumps(to_json(snapshot), indent=2))
     return 0
 

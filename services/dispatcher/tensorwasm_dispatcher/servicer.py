@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from typing import Any
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
@@ -66,7 +67,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         self._scheduler = scheduler
 
     async def GetDevice(
-        self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.GetDeviceRequest, pb.GetDeviceResponse],
     ) -> pb.GetDeviceResponse:
         report = self._report
         return pb.GetDeviceResponse(
@@ -86,7 +89,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         )
 
     async def Execute(
-        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ExecuteRequest,
+        context: grpc.aio.ServicerContext[pb.ExecuteRequest, pb.ExecuteResponse],
     ) -> pb.ExecuteResponse:
         """Admits the batch (or refuses it at once) and queues it for a worker thread.
 
@@ -113,7 +118,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         return outcome_to_wire(await asyncio.wrap_future(future))
 
     async def GetTenantUsage(
-        self, request: pb.GetTenantUsageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetTenantUsageRequest,
+        context: grpc.aio.ServicerContext[pb.GetTenantUsageRequest, pb.GetTenantUsageResponse],
     ) -> pb.GetTenantUsageResponse:
         usage = self._dispatcher.ledger.usage(_tenant(request.tenant, context))
         response = pb.GetTenantUsageResponse(
@@ -136,7 +143,7 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         return response
 
 
-def _tenant(field: str, context: grpc.aio.ServicerContext) -> str:
+def _tenant(field: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The request's tenant: the field, else the metadata, else the default tenant."""
     metadata = dict(context.invocation_metadata() or ())
     header = metadata.get(TENANT_METADATA_KEY, "")

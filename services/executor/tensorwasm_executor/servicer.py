@@ -65,7 +65,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self._images = images
 
     async def PrepareModule(
-        self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.PrepareModuleRequest,
+        context: grpc.aio.ServicerContext[pb.PrepareModuleRequest, pb.PrepareModuleResponse],
     ) -> pb.PrepareModuleResponse:
         module, cache_hit = await self._modules.get(request.module_digest)
         image = await self._image(module, request.init_export, request.tenant)
@@ -87,17 +89,21 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return await self._images.get(module, init_export, tenant or DEFAULT_TENANT)
 
     async def Invoke(
-        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeRequest, pb.InvokeResponse],
     ) -> pb.InvokeResponse:
         """Runs one call; a client that cancels (or whose deadline passes) stops the guest."""
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         future = await self._start(request, cancel=cancel)
         outcome = await _outcome(future, cancel)
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
 
     async def CreateInstance(
-        self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CreateInstanceRequest, pb.CreateInstanceResponse],
     ) -> pb.CreateInstanceResponse:
         """Instantiates on a worker; the instance is registered there, so one whose
         client went away mid-creation is still owned by the table (and expires)."""
@@ -145,12 +151,14 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return response
 
     async def CallInstance(
-        self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CallInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CallInstanceRequest, pb.CallInstanceResponse],
     ) -> pb.CallInstanceResponse:
         tenant = request.tenant or DEFAULT_TENANT
         live = self._instances.checkout(request.instance_id, tenant)
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         try:
             args = [value_from_wire(v, i) for i, v in enumerate(request.args)]
             limits = self._limits(request.limits)
@@ -173,7 +181,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
 
     async def DeleteInstance(
-        self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteInstanceRequest, pb.DeleteInstanceResponse],
     ) -> pb.DeleteInstanceResponse:
         """Unregisters at once; a running call is stopped and waited for off the loop."""
         live = self._instances.remove(request.instance_id, request.tenant or DEFAULT_TENANT)
@@ -194,7 +204,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return ttl
 
     async def InvokeStream(
-        self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeStreamRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeStreamRequest, pb.InvokeStreamResponse],
     ) -> AsyncIterator[pb.InvokeStreamResponse]:
         """Streams guest output as it is written, then the outcome.
 
@@ -211,7 +223,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         def on_output(stream: str, data: bytes) -> None:  # on the guest's thread
             _post(loop, events.put_nowait, (stream, data))
 
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         future = await self._start(request.invocation, on_output=on_output, cancel=cancel)
         future.add_done_callback(lambda _: _post(loop, events.put_nowait, None))
         try:
