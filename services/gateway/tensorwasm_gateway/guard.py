@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import ipaddress
 import re
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from tensorwasm_common.handlers import (
     ResponseT,
     rewrap,
 )
+from tensorwasm_common.net import is_loopback_host
 
 from tensorwasm_gateway.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.auth import (
@@ -121,12 +121,8 @@ def _values(metadata: Any, key: str) -> list[str]:
     return [str(v) for k, v in metadata or () if k == key]
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
+# Asked once per call, of a handful of peer hosts.
+_is_loopback = functools.lru_cache(maxsize=1024)(is_loopback_host)
 
 
 def peer_of(context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str:
