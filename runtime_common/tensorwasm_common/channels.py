@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 from tensorwasm.common.v1.service_token import token_metadata
 
@@ -11,6 +13,8 @@ TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 # The gateway's id of a call, sent on to the executor (and back to the caller).
 REQUEST_ID_KEY = "x-request-id"
 DEFAULT_TENANT = "default"
+# A tenant id: what the gateway admits, and what names a tenant's records and directories.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def open_channel(

@@ -13,6 +13,7 @@ from tensorwasm.common.v1 import invocation_pb2, values_json, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 from tensorwasm_common import offload
+from tensorwasm_common.channels import TENANT_PATTERN
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.wasi_config import check_wasi_config
 
@@ -39,7 +40,6 @@ from tensorwasm_gateway.registry import (
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
 _log = logging.getLogger(__name__)
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
 TYPE_NAMES = values_json.TYPE_NAMES
@@ -156,9 +156,9 @@ def offload_declarations(
 
 def validate_tenant(tenant: str) -> str:
     """The tenant id, validated."""
-    if not TENANT_ID.fullmatch(tenant):
+    if not TENANT_PATTERN.fullmatch(tenant):
         raise InvalidNameError(
-            "tenant must match [a-z0-9][a-z0-9_-]{0,62}", metadata={"tenant": tenant[:200]}
+            f"tenant must match {TENANT_PATTERN.pattern}", metadata={"tenant": tenant[:200]}
         )
     return tenant
 
