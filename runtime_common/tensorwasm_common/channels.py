@@ -10,7 +10,6 @@ from tensorwasm_common.rpc_tracing import TracedChannel
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 # The gateway's id of a call, sent on to the executor (and back to the caller).
 REQUEST_ID_KEY = "x-request-id"
-DEFAULT_TENANT = "default"
 
 
 def open_channel(

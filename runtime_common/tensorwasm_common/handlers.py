@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-# A method handler's behaviour: `(request or request iterator, context) -> response`.
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+# A method handler's behaviour: `(request or request iterator, context) -> response`. The
+# servers are grpc.aio ones, so behaviours are coroutines or async generators, which the
+# grpc stubs (typed for the synchronous server) do not describe: hence `...` and Any.
 Behavior = Callable[..., Any]
 Wrap = Callable[[Behavior], Behavior]
+# What a server interceptor calls for the next handler: the method's handler, or None.
+Continuation: TypeAlias = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[RequestT, ResponseT] | None"]
+]
 
 
-def rewrap(handler: grpc.RpcMethodHandler, unary: Wrap, stream: Wrap) -> grpc.RpcMethodHandler:
+def rewrap(
+    handler: grpc.RpcMethodHandler[RequestT, ResponseT], unary: Wrap, stream: Wrap
+) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
     """A handler of `handler`'s kind and codec whose behaviour is wrapped: by `unary` for a
     single response (unary-unary, stream-unary), by `stream` for a response stream."""
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    decode, encode = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codec)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), decode, encode)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codec)
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), decode, encode)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **codec)
-    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **codec)
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), decode, encode)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), decode, encode)
+    raise ValueError("a method handler without a behaviour")
 
 
 class PerMethod:
@@ -33,16 +43,23 @@ class PerMethod:
     handler object for a method on every call, so a wrapper is rebuilt only if it changes."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
-    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         """The wrapper built for this method's `handler`, or None."""
         cached = self._wrapped.get(method)
         return cached[1] if cached is not None and cached[0] is handler else None
 
     def put(
-        self, method: str, handler: grpc.RpcMethodHandler, wrapped: grpc.RpcMethodHandler
-    ) -> grpc.RpcMethodHandler:
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler[RequestT, ResponseT],
+        wrapped: grpc.RpcMethodHandler[RequestT, ResponseT],
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
         """Remembers `wrapped` as the wrapper of this method's `handler`; returns it."""
         self._wrapped[method] = (handler, wrapped)
         return wrapped

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -14,7 +14,14 @@ from grpc.aio import AbortError
 
 from tensorwasm_common.deadlines import request_deadline
 from tensorwasm_common.errors import Code, InternalError, ServiceError
-from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
+from tensorwasm_common.handlers import (
+    Behavior,
+    Continuation,
+    PerMethod,
+    RequestT,
+    ResponseT,
+    rewrap,
+)
 from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
 from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, to_grpc_status
 from tensorwasm_common.streams import drain
@@ -22,7 +29,7 @@ from tensorwasm_common.streams import drain
 _log = logging.getLogger(__name__)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ServiceError into `google.rpc.Status` + ErrorInfo, and anything else into an
     INTERNAL error that does not leak internals. Counts every request by method and code."""
 
@@ -34,9 +41,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[RequestT, ResponseT],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -56,14 +63,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
     def _wrap_unary(self, behavior: Behavior, method: str, streams: bool) -> Behavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with self._handling(context, method, request if streams else None):
                 return await behavior(request, context)
 
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str, streams: bool) -> Behavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             async with self._handling(context, method, request if streams else None):
                 async for response in behavior(request, context):
                     yield response
@@ -73,7 +82,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     @contextlib.asynccontextmanager
     async def _handling(
         self,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         method: str,
         requests: AsyncIterator[Any] | None,
     ) -> AsyncIterator[None]:
@@ -111,7 +120,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         _log.error("unhandled exception in %s", method, exc_info=exc)
         return InternalError("internal error")
 
-    async def _abort(self, context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    async def _abort(
+        self, context: grpc.aio.ServicerContext[Any, Any], error: ServiceError
+    ) -> None:
         """Ends the call with the error's status without raising through the outer layers.
 
         Setting the code, details and trailing metadata (instead of `context.abort`, which
@@ -138,12 +149,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         children[1].observe(time.perf_counter() - started)
 
 
-def _cancelled_code(context: grpc.aio.ServicerContext) -> Code:
+def _cancelled_code(context: grpc.aio.ServicerContext[Any, Any]) -> Code:
     remaining = context.time_remaining()
     expired = remaining is not None and remaining <= 0
     return Code.DEADLINE_EXCEEDED if expired else Code.CANCELLED
 
 
-def _context_code(context: grpc.aio.ServicerContext) -> Code:
+def _context_code(context: grpc.aio.ServicerContext[Any, Any]) -> Code:
     code = context.code()
     return Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN

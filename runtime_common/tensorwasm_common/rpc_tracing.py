@@ -24,20 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
-from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
+from tensorwasm_common.handlers import (
+    Behavior,
+    Continuation,
+    PerMethod,
+    RequestT,
+    ResponseT,
+    rewrap,
+)
 
 # The metadata keys the W3C (and baggage) propagators read.
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 _INSTRUMENTATION = "tensorwasm.rpc"
+# The metadata a client call sends.
+OutgoingMetadata: TypeAlias = grpc.aio.Metadata | Sequence[tuple[str, str | bytes]]
+# What aio iterator-request calls take.
+RequestIterator: TypeAlias = "AsyncIterator[RequestT] | Iterator[RequestT] | None"
 
 # None: not configured by `configure_tracing`; record through whatever provider is set.
 _recording: list[bool | None] = [None]
@@ -65,7 +76,7 @@ def _code_value(code: Any) -> int:
     return int(code.value[0]) if isinstance(code, grpc.StatusCode) else 0
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TracingInterceptor(grpc.aio.ServerInterceptor):
     """Continues the caller's trace for the handler; records a SERVER span when spans
     are exported. Put it first, so the span covers the other interceptors."""
 
@@ -75,9 +86,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[RequestT, ResponseT],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -96,14 +107,16 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             with _server_span(self._tracer, context, method):
                 return await behavior(request, context)
 
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             with _server_span(self._tracer, context, method):
                 async for response in behavior(request, context):
                     yield response
@@ -111,7 +124,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
-def _remote_context(context: grpc.aio.ServicerContext) -> otel_context.Context | None:
+def _remote_context(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
     """The caller's trace context from the call's metadata (None when it sent none)."""
     carrier = {
         key: value
@@ -123,7 +136,7 @@ def _remote_context(context: grpc.aio.ServicerContext) -> otel_context.Context |
 
 @contextmanager
 def _server_span(
-    tracer: trace.Tracer, context: grpc.aio.ServicerContext, method: str
+    tracer: trace.Tracer, context: grpc.aio.ServicerContext[Any, Any], method: str
 ) -> Iterator[None]:
     parent = _remote_context(context)
     if span_recording():
@@ -171,7 +184,9 @@ def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:
     return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags, state))
 
 
-def _outgoing(tracer: trace.Tracer, metadata: Any, method: str) -> tuple[Any, trace.Span | None]:
+def _outgoing(
+    tracer: trace.Tracer, metadata: OutgoingMetadata | None, method: str
+) -> tuple[OutgoingMetadata | None, trace.Span | None]:
     """The call's metadata with the trace context added, and its CLIENT span if recorded."""
     span: trace.Span | None = None
     ctx = None
@@ -185,10 +200,10 @@ def _outgoing(tracer: trace.Tracer, metadata: Any, method: str) -> tuple[Any, tr
     return (*(tuple(metadata) if metadata else ()), *carrier.items()), span
 
 
-def _end_when_done(call: Any, span: trace.Span) -> None:
+def _end_when_done(call: grpc.aio.Call, span: trace.Span) -> None:
     """Ends the CLIENT span with the call's status once the call completes."""
 
-    def done(finished: Any) -> None:
+    def done(finished: grpc.aio.Call) -> None:
         task = asyncio.ensure_future(_finish(finished, span))
         _finishing.add(task)
         task.add_done_callback(_finishing.discard)
@@ -196,7 +211,7 @@ def _end_when_done(call: Any, span: trace.Span) -> None:
     call.add_done_callback(done)
 
 
-async def _finish(call: Any, span: trace.Span) -> None:
+async def _finish(call: grpc.aio.Call, span: trace.Span) -> None:
     try:
         code = await call.code()
         value = _code_value(code)
@@ -207,32 +222,154 @@ async def _finish(call: Any, span: trace.Span) -> None:
         span.end()
 
 
-class _TracedMultiCallable:
-    """A grpc.aio multicallable that sends the current trace context with each call."""
+class _Outgoing:
+    """What a traced multicallable adds to each call: the channel's extra metadata, the
+    current trace context, and a CLIENT span (when recorded) ended with the call."""
 
     def __init__(
-        self,
-        inner: Any,
-        method: str,
-        tracer: trace.Tracer,
-        extra_metadata: tuple[tuple[str, str], ...] = (),
+        self, method: str, tracer: trace.Tracer, extra_metadata: tuple[tuple[str, str], ...]
     ) -> None:
-        self._inner = inner
         self._method = method
         self._tracer = tracer
         self._extra = extra_metadata
 
-    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+    def metadata(
+        self, metadata: OutgoingMetadata | None
+    ) -> tuple[OutgoingMetadata | None, trace.Span | None]:
+        """The call's metadata, and its CLIENT span if recorded."""
         if self._extra:
             metadata = (*(tuple(metadata) if metadata else ()), *self._extra)
-        metadata, span = _outgoing(self._tracer, metadata, self._method)
-        call = self._inner(request, metadata=metadata, **kwargs)
+        return _outgoing(self._tracer, metadata, self._method)
+
+    @staticmethod
+    def track(call: grpc.aio.Call, span: trace.Span | None) -> None:
+        """Ends `span` (if any) when `call` completes."""
         if span is not None:
             _end_when_done(call, span)
+
+
+# One traced multicallable per call shape, as grpc.aio.Channel types them.
+
+
+class _TracedUnaryUnary(grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]):
+    def __init__(
+        self, inner: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT], outgoing: _Outgoing
+    ) -> None:
+        self._inner = inner
+        self._outgoing = outgoing
+
+    def __call__(
+        self,
+        request: RequestT,
+        *,
+        timeout: float | None = None,
+        metadata: OutgoingMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
+        metadata, span = self._outgoing.metadata(metadata)
+        call = self._inner(
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._outgoing.track(call, span)
         return call
 
 
-class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
+class _TracedUnaryStream(grpc.aio.UnaryStreamMultiCallable[RequestT, ResponseT]):
+    def __init__(
+        self, inner: grpc.aio.UnaryStreamMultiCallable[RequestT, ResponseT], outgoing: _Outgoing
+    ) -> None:
+        self._inner = inner
+        self._outgoing = outgoing
+
+    def __call__(
+        self,
+        request: RequestT,
+        *,
+        timeout: float | None = None,
+        metadata: OutgoingMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
+        metadata, span = self._outgoing.metadata(metadata)
+        call = self._inner(
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._outgoing.track(call, span)
+        return call
+
+
+class _TracedStreamUnary(grpc.aio.StreamUnaryMultiCallable[RequestT, ResponseT]):
+    def __init__(
+        self, inner: grpc.aio.StreamUnaryMultiCallable[RequestT, ResponseT], outgoing: _Outgoing
+    ) -> None:
+        self._inner = inner
+        self._outgoing = outgoing
+
+    def __call__(  # noqa: PLR0917 (grpc.aio's signature)
+        self,
+        request_iterator: RequestIterator[RequestT] = None,
+        timeout: float | None = None,
+        metadata: OutgoingMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
+        metadata, span = self._outgoing.metadata(metadata)
+        call = self._inner(
+            request_iterator,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._outgoing.track(call, span)
+        return call
+
+
+class _TracedStreamStream(grpc.aio.StreamStreamMultiCallable[RequestT, ResponseT]):
+    def __init__(
+        self, inner: grpc.aio.StreamStreamMultiCallable[RequestT, ResponseT], outgoing: _Outgoing
+    ) -> None:
+        self._inner = inner
+        self._outgoing = outgoing
+
+    def __call__(  # noqa: PLR0917 (grpc.aio's signature)
+        self,
+        request_iterator: RequestIterator[RequestT] = None,
+        timeout: float | None = None,
+        metadata: OutgoingMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> grpc.aio.StreamStreamCall[RequestT, ResponseT]:
+        metadata, span = self._outgoing.metadata(metadata)
+        call = self._inner(
+            request_iterator,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._outgoing.track(call, span)
+        return call
+
+
+class TracedChannel(grpc.aio.Channel):
     """A grpc.aio channel whose calls carry W3C trace context (see the module doc) and
     `extra_metadata` (the service token)."""
 
@@ -269,22 +406,53 @@ class TracedChannel(grpc.aio.Channel):  # type: ignore[misc]
         """Waits until the channel is READY."""
         await self._inner.channel_ready()
 
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
-        """A traced unary-unary multicallable for `method`."""
-        inner = self._inner.unary_unary(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[RequestT], bytes] | None = None,
+        response_deserializer: Callable[[bytes], ResponseT] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]:
+        """A traced unary-unary multicallable for `method` (`kwargs`: grpc's own, such as
+        the generated stubs' `_registered_method`)."""
+        inner = self._inner.unary_unary(method, request_serializer, response_deserializer, **kwargs)
+        return _TracedUnaryUnary(inner, _Outgoing(method, self._tracer, self._extra))
 
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[RequestT], bytes] | None = None,
+        response_deserializer: Callable[[bytes], ResponseT] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.UnaryStreamMultiCallable[RequestT, ResponseT]:
         """A traced unary-stream multicallable for `method`."""
-        inner = self._inner.unary_stream(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
+        inner = self._inner.unary_stream(
+            method, request_serializer, response_deserializer, **kwargs
+        )
+        return _TracedUnaryStream(inner, _Outgoing(method, self._tracer, self._extra))
 
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[RequestT], bytes] | None = None,
+        response_deserializer: Callable[[bytes], ResponseT] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamUnaryMultiCallable[RequestT, ResponseT]:
         """A traced stream-unary multicallable for `method`."""
-        inner = self._inner.stream_unary(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
+        inner = self._inner.stream_unary(
+            method, request_serializer, response_deserializer, **kwargs
+        )
+        return _TracedStreamUnary(inner, _Outgoing(method, self._tracer, self._extra))
 
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _TracedMultiCallable:
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[RequestT], bytes] | None = None,
+        response_deserializer: Callable[[bytes], ResponseT] | None = None,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamStreamMultiCallable[RequestT, ResponseT]:
         """A traced stream-stream multicallable for `method`."""
-        inner = self._inner.stream_stream(method, *args, **kwargs)
-        return _TracedMultiCallable(inner, method, self._tracer, self._extra)
+        inner = self._inner.stream_stream(
+            method, request_serializer, response_deserializer, **kwargs
+        )
+        return _TracedStreamStream(inner, _Outgoing(method, self._tracer, self._extra))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tensorwasm_common.errors import (
     ServiceTokenInvalidError,
     ServiceTokenRequiredError,
 )
-from tensorwasm_common.handlers import rewrap
+from tensorwasm_common.handlers import Continuation, RequestT, ResponseT, rewrap
 
 # The fleet-wide variable; a service's own TENSORWASM_<SVC>_SERVICE_TOKEN_FILE overrides it.
 COMMON_TOKEN_FILE_ENV = "TENSORWASM_SERVICE_TOKEN_FILE"  # noqa: S105 (a variable name)
@@ -63,7 +63,7 @@ def read_service_token(path: Path) -> str:
     return token
 
 
-class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the fleet's service token (health and reflection exempt).
 
     Install it inside the error interceptor: a refused call gets a handler that raises the
@@ -73,13 +73,13 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self._expected = token.encode("ascii")
         # The refusing handler of each (method, reason), built once.
-        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
+        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[RequestT, ResponseT],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_EXEMPT_PREFIXES):
@@ -94,7 +94,7 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self._refusals[key] = refusal
         return refusal
 
-    def _check(self, metadata: Any) -> ServiceError | None:
+    def _check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> ServiceError | None:
         sent = [value for key, value in metadata or () if key == SERVICE_TOKEN_METADATA_KEY]
         if not sent:
             return ServiceTokenRequiredError(
@@ -108,16 +108,20 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return ServiceTokenInvalidError("internal service: the service token is not the fleet's")
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> Any:
+def _refusing_handler(
+    handler: grpc.RpcMethodHandler[RequestT, ResponseT], error: ServiceError
+) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
     """A handler of the same kind as `handler` that raises `error` (a fresh copy per call)."""
 
     def fresh() -> ServiceError:
         return type(error)(error.message)
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         raise fresh()
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         raise fresh()
         yield  # an async generator, as the streaming handlers are
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+from tensorwasm_common.net import is_loopback_host
 
 T = TypeVar("T")
 
@@ -90,12 +91,7 @@ class ServerSettings:
 def listens_on_loopback(address: str) -> bool:
     """True when `address` (HOST:PORT) binds a loopback interface only."""
     host, _ = split_address(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import grpc
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import (
     AllocBuffer,
@@ -23,6 +24,7 @@ from tensorwasm_common.gpu_batch import (
     StagedRegion,
     WriteBuffer,
 )
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_dispatcher.backends import BackendKind, DeviceReport
 from tensorwasm_dispatcher.errors import InvalidBatchError, TenantMismatchError
@@ -47,7 +49,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         self._intake = intake
 
     async def GetDevice(
-        self, request: pb.GetDeviceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetDeviceRequest,
+        context: grpc.aio.ServicerContext[pb.GetDeviceRequest, pb.GetDeviceResponse],
     ) -> pb.GetDeviceResponse:
         report = self._report
         return pb.GetDeviceResponse(
@@ -67,7 +71,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         )
 
     async def Execute(
-        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ExecuteRequest,
+        context: grpc.aio.ServicerContext[pb.ExecuteRequest, pb.ExecuteResponse],
     ) -> pb.ExecuteResponse:
         """Runs the batch through the intake (admitted, or refused at once)."""
         tenant = _tenant(request.tenant, context)
@@ -75,7 +81,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         return result_to_wire(result)
 
     async def GetTenantUsage(
-        self, request: pb.GetTenantUsageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetTenantUsageRequest,
+        context: grpc.aio.ServicerContext[pb.GetTenantUsageRequest, pb.GetTenantUsageResponse],
     ) -> pb.GetTenantUsageResponse:
         usage = self._intake.usage(_tenant(request.tenant, context))
         response = pb.GetTenantUsageResponse(
@@ -98,7 +106,7 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         return response
 
 
-def _tenant(field: str, context: grpc.aio.ServicerContext) -> str:
+def _tenant(field: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The request's tenant: the field, else the metadata, else the default tenant."""
     metadata = dict(context.invocation_metadata() or ())
     header = metadata.get(TENANT_METADATA_KEY, "")

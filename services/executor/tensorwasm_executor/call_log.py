@@ -12,10 +12,11 @@ RPC's name), `request_id` ("" when the caller sent none).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 
 import grpc
 from tensorwasm_common.channels import REQUEST_ID_KEY
+from tensorwasm_common.handlers import Continuation, RequestT, ResponseT
 
 LOGGED_METHODS = frozenset(
     {
@@ -28,22 +29,22 @@ LOGGED_METHODS = frozenset(
 _log = logging.getLogger("tensorwasm_executor.calls")
 
 
-def request_id_of(metadata: object) -> str:
+def request_id_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The first `x-request-id` of the metadata (truncated to 128 characters), or ""."""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY:
             return str(value)[:128]
     return ""
 
 
-class CallLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallLogInterceptor(grpc.aio.ServerInterceptor):
     """Logs one line per invoking call received (see the module docstring)."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[RequestT, ResponseT],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         method: str = handler_call_details.method
         if method in LOGGED_METHODS:
             _log.info(

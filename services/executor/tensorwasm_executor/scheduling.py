@@ -152,7 +152,7 @@ class _TenantExecutor(concurrent.futures.Executor):
         self._pool = pool
         self._tenant = tenant
 
-    def submit(  # type: ignore[override]  # positional-only `fn`, as the base's
+    def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
         return self._pool.submit(self._tenant, fn, *args, **kwargs)

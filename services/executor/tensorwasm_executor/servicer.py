@@ -15,9 +15,9 @@ from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.call_limits import CallLimits
-from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.errors import UnavailableError
 from tensorwasm_common.offload_section import Declaration
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.guest_calls import (
@@ -47,7 +47,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self._guest_dirs_root = guest_dirs_root
 
     async def PrepareModule(
-        self, request: pb.PrepareModuleRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.PrepareModuleRequest,
+        context: grpc.aio.ServicerContext[pb.PrepareModuleRequest, pb.PrepareModuleResponse],
     ) -> pb.PrepareModuleResponse:
         prepared = await self._calls.prepare(
             request.module_digest, request.init_export, request.tenant or DEFAULT_TENANT
@@ -61,16 +63,20 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         )
 
     async def Invoke(
-        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeRequest, pb.InvokeResponse],
     ) -> pb.InvokeResponse:
         """Runs one call; a client that cancels (or whose deadline passes) stops the guest."""
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         outcome = await self._calls.invoke(self._invocation(request), cancel)
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
 
     async def CreateInstance(
-        self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CreateInstanceRequest, pb.CreateInstanceResponse],
     ) -> pb.CreateInstanceResponse:
         tenant = request.tenant or DEFAULT_TENANT
         spec = InstanceSpec(
@@ -95,10 +101,12 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return response
 
     async def CallInstance(
-        self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CallInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CallInstanceRequest, pb.CallInstanceResponse],
     ) -> pb.CallInstanceResponse:
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         call = InstanceCall(
             tenant=request.tenant or DEFAULT_TENANT,
             instance_id=request.instance_id,
@@ -110,13 +118,17 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
 
     async def DeleteInstance(
-        self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteInstanceRequest, pb.DeleteInstanceResponse],
     ) -> pb.DeleteInstanceResponse:
         await self._calls.delete_instance(request.instance_id, request.tenant or DEFAULT_TENANT)
         return pb.DeleteInstanceResponse()
 
     async def InvokeStream(
-        self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeStreamRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeStreamRequest, pb.InvokeStreamResponse],
     ) -> AsyncIterator[pb.InvokeStreamResponse]:
         """Streams guest output as it is written, then the outcome.
 
@@ -133,7 +145,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         def on_output(stream: str, data: bytes) -> None:  # on the guest's thread
             _post(loop, events.put_nowait, (stream, data))
 
-        context.add_done_callback(lambda _: cancel.set())
+        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         invocation = self._invocation(request.invocation)
         future = await self._calls.start(invocation, on_output=on_output, cancel=cancel)
         future.add_done_callback(lambda _: _post(loop, events.put_nowait, None))

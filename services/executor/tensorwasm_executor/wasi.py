@@ -7,16 +7,14 @@ the check, so a link cannot lead out of the subtree.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 
 from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm_common.tenants import TENANT_PATTERN
 from tensorwasm_common.wasi_config import DEFAULT_GUEST_DIR, check_wasi_config
 
 from tensorwasm_executor.errors import DirectoryNotGrantedError
 from tensorwasm_executor.wasm.sandbox import NO_WASI_OPTIONS, WasiOptions
-
-_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # as the gateway validates it
 
 
 def wasi_from_wire(
@@ -53,7 +51,7 @@ def _granted(relative: str, tenant: str, root: Path | None) -> Path:
     meta = {"read_only_dir": relative}
     if root is None:
         raise DirectoryNotGrantedError("this executor grants no directories", metadata=meta)
-    if not _TENANT.fullmatch(tenant):
+    if not TENANT_PATTERN.fullmatch(tenant):
         raise DirectoryNotGrantedError("the tenant id cannot name a directory", metadata=meta)
     path = PurePosixPath(relative)  # check_wasi_config made it relative, without '..'
     base = (root / tenant).resolve()

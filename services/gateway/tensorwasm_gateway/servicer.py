@@ -6,14 +6,16 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from tensorwasm.common.v1 import values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
 from tensorwasm_gateway.functions import (
@@ -36,7 +38,7 @@ MAX_PAGE_TOKEN_CHARS = 512
 _WIRE_TYPES = {name: wire for wire, name in TYPE_NAMES.items()}
 
 
-def tenant_of(context: grpc.aio.ServicerContext) -> str:
+def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The tenant the guard admitted the call for; else the metadata's, or the default."""
     admitted = CURRENT_TENANT.get()
     if admitted is not None:
@@ -144,7 +146,9 @@ class InvocationsMixin:
         return self._invocations
 
     async def StartInvocation(
-        self, request: pb.StartInvocationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.StartInvocationRequest,
+        context: grpc.aio.ServicerContext[pb.StartInvocationRequest, pb.StartInvocationResponse],
     ) -> pb.StartInvocationResponse:
         tenant = tenant_of(context)
         invocation = request.invocation
@@ -157,14 +161,18 @@ class InvocationsMixin:
         return pb.StartInvocationResponse(invocation=invocation_to_wire(record))
 
     async def GetInvocation(
-        self, request: pb.GetInvocationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetInvocationRequest,
+        context: grpc.aio.ServicerContext[pb.GetInvocationRequest, pb.GetInvocationResponse],
     ) -> pb.GetInvocationResponse:
         tenant = tenant_of(context)
         record = await self._service().get(tenant, invocation_id_from_name(request.name))
         return pb.GetInvocationResponse(invocation=invocation_to_wire(record))
 
     async def ListInvocations(
-        self, request: pb.ListInvocationsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListInvocationsRequest,
+        context: grpc.aio.ServicerContext[pb.ListInvocationsRequest, pb.ListInvocationsResponse],
     ) -> pb.ListInvocationsResponse:
         tenant = tenant_of(context)
         page_size = page_size_of(request.page_size)
@@ -196,7 +204,9 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return self._instances_service
 
     async def CreateFunction(
-        self, request: pb.CreateFunctionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateFunctionRequest,
+        context: grpc.aio.ServicerContext[pb.CreateFunctionRequest, pb.CreateFunctionResponse],
     ) -> pb.CreateFunctionResponse:
         record = await self._functions.create(
             tenant_of(context), request.function_id, request.wasm, request.config
@@ -204,14 +214,18 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return pb.CreateFunctionResponse(function=function_to_wire(record))
 
     async def GetFunction(
-        self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetFunctionRequest,
+        context: grpc.aio.ServicerContext[pb.GetFunctionRequest, pb.GetFunctionResponse],
     ) -> pb.GetFunctionResponse:
         tenant = tenant_of(context)
         record = await self._functions.get(tenant, function_id_from_name(request.name))
         return pb.GetFunctionResponse(function=function_to_wire(record))
 
     async def ListFunctions(
-        self, request: pb.ListFunctionsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListFunctionsRequest,
+        context: grpc.aio.ServicerContext[pb.ListFunctionsRequest, pb.ListFunctionsResponse],
     ) -> pb.ListFunctionsResponse:
         tenant = tenant_of(context)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -226,14 +240,18 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         )
 
     async def DeleteFunction(
-        self, request: pb.DeleteFunctionRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteFunctionRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteFunctionRequest, pb.DeleteFunctionResponse],
     ) -> pb.DeleteFunctionResponse:
         tenant = tenant_of(context)
         await self._functions.delete(tenant, function_id_from_name(request.name))
         return pb.DeleteFunctionResponse()
 
     async def Invoke(
-        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeRequest, pb.InvokeResponse],
     ) -> pb.InvokeResponse:
         tenant = tenant_of(context)
         function_id = function_id_from_name(request.name)
@@ -242,7 +260,9 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return pb.InvokeResponse(outcome=response.outcome, export_name=export)
 
     async def InvokeStream(
-        self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.InvokeStreamRequest,
+        context: grpc.aio.ServicerContext[pb.InvokeStreamRequest, pb.InvokeStreamResponse],
     ) -> AsyncIterator[pb.InvokeStreamResponse]:
         """Relays the executor's events; a cancelled call cancels the executor's call.
 
@@ -256,7 +276,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         events, export = await self._functions.invoke_stream(
             tenant, function_id, _downstream(invocation)
         )
-        context.add_done_callback(lambda _: events.cancel())
+        context.add_done_callback(lambda _: events.cancel())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         async for event in events:
             if event.HasField("outcome"):
                 yield pb.InvokeStreamResponse(outcome=event.outcome, export_name=export)
@@ -264,7 +284,9 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
                 yield pb.InvokeStreamResponse(output=event.output)
 
     async def CreateInstance(
-        self, request: pb.CreateInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CreateInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CreateInstanceRequest, pb.CreateInstanceResponse],
     ) -> pb.CreateInstanceResponse:
         tenant = tenant_of(context)
         function_id = function_id_from_name(request.function)
@@ -278,14 +300,18 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return reply
 
     async def GetInstance(
-        self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.GetInstanceRequest, pb.GetInstanceResponse],
     ) -> pb.GetInstanceResponse:
         tenant = tenant_of(context)
         record = await self._instances().get(tenant, instance_id_from_name(request.name))
         return pb.GetInstanceResponse(instance=instance_to_wire(record))
 
     async def CallInstance(
-        self, request: pb.CallInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CallInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.CallInstanceRequest, pb.CallInstanceResponse],
     ) -> pb.CallInstanceResponse:
         tenant = tenant_of(context)
         instance_id = instance_id_from_name(request.name)
@@ -296,7 +322,9 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return pb.CallInstanceResponse(outcome=response.outcome, export_name=export)
 
     async def DeleteInstance(
-        self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteInstanceRequest, pb.DeleteInstanceResponse],
     ) -> pb.DeleteInstanceResponse:
         tenant = tenant_of(context)
         await self._instances().delete(tenant, instance_id_from_name(request.name))

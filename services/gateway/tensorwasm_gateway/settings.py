@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 from pathlib import Path
 from typing import ClassVar
 
 from tensorwasm_common.paths import default_data_dir
-from tensorwasm_common.settings import ServerSettings, SettingsError, split_address
+from tensorwasm_common.settings import (
+    ServerSettings,
+    SettingsError,
+    listens_on_loopback,
+    split_address,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,10 +156,4 @@ class GatewaySettings(ServerSettings):
     @property
     def loopback_only(self) -> bool:
         """True when the gateway listens on a loopback address only."""
-        host, _ = split_address(self.listen_address)
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return listens_on_loopback(self.listen_address)

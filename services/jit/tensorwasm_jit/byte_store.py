@@ -6,6 +6,9 @@ read: a record that fails is deleted and reported as `ArtifactIntegrityError`. T
 keeps at most `max_bytes`; past that the least recently used records go first (counted in
 `evictions` and the `tensorwasm_jit_cache_evictions_total{tier}` counter). Without a root,
 records live in memory under the same bound.
+
+The LRU order and the byte bound are a cachetools `LRUCache` of name -> payload bytes; the
+records themselves (files, verification, restart order by mtime) are this module's.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+from cachetools import LRUCache
 from prometheus_client import Counter
 from tensorwasm_common.files import TEMP_PREFIX, write_atomically
 
@@ -44,6 +48,20 @@ LOOKUPS = Counter(
 )
 
 
+class _RecordIndex(LRUCache[str, int]):
+    """Record name -> payload bytes, bounded in bytes; `on_evict` removes an evicted record."""
+
+    def __init__(self, max_bytes: int, on_evict: Callable[[str], None]) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=lambda size: size)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, int]:
+        """Drops the least recently used name (cachetools calls this to make room)."""
+        name, size = super().popitem()
+        self._on_evict(name)
+        return name, size
+
+
 class ByteStore:
     """Named byte records, bounded in bytes, LRU-evicted; thread-safe."""
 
@@ -62,9 +80,8 @@ class ByteStore:
         self.tier = tier
         self.evictions = 0
         self._lock = threading.Lock()
-        self._sizes: OrderedDict[str, int] = OrderedDict()  # name -> payload bytes, LRU first
+        self._index = _RecordIndex(max_bytes, self._evicted)
         self._memory: dict[str, bytes] = {}
-        self._total = 0
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
             files = [p for p in root.iterdir() if p.is_file()]
@@ -74,30 +91,34 @@ class ByteStore:
                 (p for p in files if _NAME.fullmatch(p.name) and not _is_temp(p.name)),
                 key=lambda p: p.stat().st_mtime_ns,
             )
-            for path in live:
+            for path in live:  # least recently used first: the index evicts as it fills
                 size = max(0, path.stat().st_size - DIGEST_BYTES)
-                self._sizes[path.name] = size
-                self._total += size
-            self._evict()
+                if size > max_bytes:  # it and every older record are past the bound
+                    while self._index:
+                        self._index.popitem()
+                    path.unlink(missing_ok=True)
+                    self._count_eviction()
+                else:
+                    self._index[path.name] = size
 
     def names(self) -> list[str]:
         """The stored names (any order)."""
         with self._lock:
-            return list(self._sizes)
+            return list(self._index)
 
     def __contains__(self, name: object) -> bool:
         with self._lock:
-            return name in self._sizes
+            return name in self._index
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._sizes)
+            return len(self._index)
 
     @property
     def total_bytes(self) -> int:
         """Payload bytes stored."""
         with self._lock:
-            return self._total
+            return int(self._index.currsize)
 
     def get(self, name: str) -> bytes | None:
         """The payload of `name`, verified, or None; marks it recently used.
@@ -106,10 +127,9 @@ class ByteStore:
             ArtifactIntegrityError: The record does not match its digest (now deleted).
         """
         with self._lock:
-            if name not in self._sizes:
+            if self._index.get(name) is None:  # a hit marks the name recently used
                 LOOKUPS.labels(self.tier, "miss").inc()
                 return None
-            self._sizes.move_to_end(name)
             record = self._memory.get(name) if self.root is None else self._read(name)
         if record is None:
             self._forget(name)
@@ -137,19 +157,16 @@ class ByteStore:
             return False
         record = blake3.blake3(payload).digest() + payload
         with self._lock:
-            if name in self._sizes:
+            if self._index.get(name) is not None:  # marks it recently used
                 if not replace:
-                    self._sizes.move_to_end(name)
                     return False
-                self._total -= self._sizes.pop(name)
+                del self._index[name]
                 self._memory.pop(name, None)
             if self.root is None:
                 self._memory[name] = record
             else:
                 write_atomically(self.root / name, record)
-            self._sizes[name] = len(payload)
-            self._total += len(payload)
-            self._evict()
+            self._index[name] = len(payload)  # evicts least recently used records to fit
         return True
 
     def _read(self, name: str) -> bytes | None:
@@ -164,20 +181,18 @@ class ByteStore:
 
     def _forget(self, name: str) -> None:
         with self._lock:
-            size = self._sizes.pop(name, None)
-            if size is not None:
-                self._total -= size
+            self._index.pop(name, None)
             self._memory.pop(name, None)
             if self.root is not None:
                 (self.root / name).unlink(missing_ok=True)
 
-    def _evict(self) -> None:
-        """Drops least recently used records until within the bound (lock held)."""
-        while self._total > self.max_bytes and self._sizes:
-            name, size = self._sizes.popitem(last=False)
-            self._total -= size
-            self._memory.pop(name, None)
-            if self.root is not None:
-                (self.root / name).unlink(missing_ok=True)
-            self.evictions += 1
-            EVICTIONS.labels(self.tier).inc()
+    def _evicted(self, name: str) -> None:
+        """Removes the record the index evicted (lock held, or in __init__)."""
+        self._memory.pop(name, None)
+        if self.root is not None:
+            (self.root / name).unlink(missing_ok=True)
+        self._count_eviction()
+
+    def _count_eviction(self) -> None:
+        self.evictions += 1
+        EVICTIONS.labels(self.tier).inc()

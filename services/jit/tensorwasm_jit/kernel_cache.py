@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
+
+from cachetools import Cache, LRUCache
 
 from tensorwasm_jit.byte_store import EVICTIONS, LOOKUPS, ByteStore
 from tensorwasm_jit.errors import ArtifactIntegrityError
@@ -24,6 +25,25 @@ class CachedKernel:
 
     spec: KernelSpec
     kernel: EmittedKernel
+
+
+class _KernelLRU(LRUCache[str, CachedKernel]):
+    """The memory tier: an LRU bounded in PTX bytes that counts what it evicts."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=lambda cached: len(cached.kernel.ptx))
+        self.evictions = 0
+
+    def popitem(self) -> tuple[str, CachedKernel]:
+        """Drops the least recently used kernel (cachetools calls this to make room)."""
+        item = super().popitem()
+        self.evictions += 1
+        EVICTIONS.labels("memory").inc()
+        return item
+
+    def snapshot(self) -> dict[str, CachedKernel]:
+        """The kernels held, without marking any of them used."""
+        return {key: Cache.__getitem__(self, key) for key in self}
 
 
 class KernelCache:
@@ -48,9 +68,7 @@ class KernelCache:
         self.disk = disk
         self.hits = 0
         self.misses = 0
-        self.evictions = 0
-        self._entries: OrderedDict[str, CachedKernel] = OrderedDict()
-        self._bytes = 0
+        self._entries = _KernelLRU(max_bytes)
         self._lock = threading.Lock()
 
     def get_or_emit(self, spec: KernelSpec) -> tuple[EmittedKernel, bool]:
@@ -67,7 +85,6 @@ class KernelCache:
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
-                self._entries.move_to_end(key)
                 self.hits += 1
                 LOOKUPS.labels("memory", "hit").inc()
                 return found.kernel, True
@@ -91,26 +108,29 @@ class KernelCache:
             return None  # removed; emitted again below
         return None if payload is None else _decode(payload)
 
+    @property
+    def evictions(self) -> int:
+        """Kernels dropped from memory to stay within `max_entries` and `max_bytes`."""
+        with self._lock:
+            return self._entries.evictions
+
     def _remember(self, key: str, cached: CachedKernel) -> EmittedKernel:
         with self._lock:
             raced = self._entries.get(key)
             if raced is not None:  # another thread got it meanwhile; keep its (equal) kernel
-                self._entries.move_to_end(key)
                 return raced.kernel
+            if len(cached.kernel.ptx) > self.max_bytes:
+                return cached.kernel  # larger than the whole tier: served, never kept
             self._entries[key] = cached
-            self._bytes += len(cached.kernel.ptx)
-            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped.kernel.ptx)
-                self.evictions += 1
-                EVICTIONS.labels("memory").inc()
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem()
             return cached.kernel
 
     def list_page(self, after: str, page_size: int) -> tuple[list[CachedKernel], str]:
         """Up to `page_size` cached kernels with keys above `after`, by key; the last key
         of the page when more may follow, else ""."""
         with self._lock:
-            in_memory = dict(self._entries)
+            in_memory = self._entries.snapshot()
         keys = set(in_memory) | set(self.disk.names() if self.disk is not None else ())
         ordered = sorted(key for key in keys if key > after)
         page: list[CachedKernel] = []

@@ -28,7 +28,9 @@ class JitCacheServicer(pb_grpc.JitCacheServiceServicer):
         self._artifacts = artifacts
 
     async def EmitKernel(
-        self, request: pb.EmitKernelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.EmitKernelRequest,
+        context: grpc.aio.ServicerContext[pb.EmitKernelRequest, pb.EmitKernelResponse],
     ) -> pb.EmitKernelResponse:
         spec = KernelSpec(
             op=request.op,
@@ -49,7 +51,9 @@ class JitCacheServicer(pb_grpc.JitCacheServiceServicer):
         )
 
     async def ListKernels(
-        self, request: pb.ListKernelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListKernelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListKernelsRequest, pb.ListKernelsResponse],
     ) -> pb.ListKernelsResponse:
         if request.page_size < 0:
             raise InvalidPageTokenError("page_size must not be negative")
@@ -73,7 +77,9 @@ class JitCacheServicer(pb_grpc.JitCacheServiceServicer):
         )
 
     async def PutArtifact(
-        self, request: pb.PutArtifactRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.PutArtifactRequest,
+        context: grpc.aio.ServicerContext[pb.PutArtifactRequest, pb.PutArtifactResponse],
     ) -> pb.PutArtifactResponse:
         digest, created = self._artifacts.put(
             request.ptx_digest, request.compute_capability, request.data, replace=request.replace
@@ -81,7 +87,9 @@ class JitCacheServicer(pb_grpc.JitCacheServiceServicer):
         return pb.PutArtifactResponse(data_digest=digest, created=created)
 
     async def GetArtifact(
-        self, request: pb.GetArtifactRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetArtifactRequest,
+        context: grpc.aio.ServicerContext[pb.GetArtifactRequest, pb.GetArtifactResponse],
     ) -> pb.GetArtifactResponse:
         data, digest = self._artifacts.get(request.ptx_digest, request.compute_capability)
         return pb.GetArtifactResponse(data=data, data_digest=digest)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
+from tensorwasm_common.tenants import TENANT_PATTERN
 
 from tensorwasm_snapshot import errors
 from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
@@ -25,7 +26,6 @@ from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec
 _log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite3"
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # the gateway's tenant ids
 REF_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~:/@+=-]{0,255}")
 
 Clock = Callable[[], int]  # nanoseconds since the epoch, like time.time_ns

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_snapshot.blobstore import BlobInfo
 from tensorwasm_snapshot.object_store import ObjectWriter, SnapshotStore, validate_tenant
@@ -43,7 +45,7 @@ def snapshot_proto(row: SnapshotRow) -> pb.Snapshot:
     return snapshot
 
 
-def tenant_of(context: grpc.aio.ServicerContext) -> str:
+def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The tenant named in the call's metadata (validated), or the default tenant."""
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_METADATA_KEY:
@@ -59,7 +61,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         self._records = records if records is not None else SnapshotRecords(store)
 
     async def PutBlob(
-        self, request_iterator: AsyncIterator[pb.PutBlobRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.PutBlobRequest],
+        context: grpc.aio.ServicerContext[pb.PutBlobRequest, pb.PutBlobResponse],
     ) -> pb.PutBlobResponse:
         writer: ObjectWriter | None = None
         try:
@@ -84,7 +88,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         return pb.PutBlobResponse(blob=_info(info), deduplicated=deduplicated)
 
     async def _open_writer(
-        self, header: pb.PutBlobHeader, context: grpc.aio.ServicerContext
+        self,
+        header: pb.PutBlobHeader,
+        context: grpc.aio.ServicerContext[pb.PutBlobRequest, pb.PutBlobResponse],
     ) -> ObjectWriter:
         # Size cap and quota are checked here, before the first chunk is read.
         ref_name = header.ref_name or None
@@ -97,7 +103,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         )
 
     async def GetBlob(
-        self, request: pb.GetBlobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetBlobRequest,
+        context: grpc.aio.ServicerContext[pb.GetBlobRequest, pb.GetBlobResponse],
     ) -> AsyncIterator[pb.GetBlobResponse]:
         info = await asyncio.to_thread(self._store.stat, request.digest)
         chunks: Iterator[bytes] = self._store.open_verified(request.digest)
@@ -114,13 +122,17 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
                 await asyncio.to_thread(close)
 
     async def StatBlob(
-        self, request: pb.StatBlobRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.StatBlobRequest,
+        context: grpc.aio.ServicerContext[pb.StatBlobRequest, pb.StatBlobResponse],
     ) -> pb.StatBlobResponse:
         info = await asyncio.to_thread(self._store.stat, request.digest)
         return pb.StatBlobResponse(blob=_info(info))
 
     async def AddRef(
-        self, request: pb.AddRefRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.AddRefRequest,
+        context: grpc.aio.ServicerContext[pb.AddRefRequest, pb.AddRefResponse],
     ) -> pb.AddRefResponse:
         info, created = await asyncio.to_thread(
             self._store.add_ref, tenant_of(context), request.digest, request.ref_name
@@ -128,7 +140,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         return pb.AddRefResponse(blob=_info(info), created=created)
 
     async def RemoveRef(
-        self, request: pb.RemoveRefRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RemoveRefRequest,
+        context: grpc.aio.ServicerContext[pb.RemoveRefRequest, pb.RemoveRefResponse],
     ) -> pb.RemoveRefResponse:
         removed = await asyncio.to_thread(
             self._store.remove_ref, tenant_of(context), request.digest, request.ref_name
@@ -136,7 +150,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         return pb.RemoveRefResponse(removed=removed)
 
     async def GetUsage(
-        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetUsageRequest,
+        context: grpc.aio.ServicerContext[pb.GetUsageRequest, pb.GetUsageResponse],
     ) -> pb.GetUsageResponse:
         usage = await asyncio.to_thread(self._store.usage, tenant_of(context))
         return pb.GetUsageResponse(
@@ -148,7 +164,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         )
 
     async def CollectGarbage(
-        self, request: pb.CollectGarbageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.CollectGarbageRequest,
+        context: grpc.aio.ServicerContext[pb.CollectGarbageRequest, pb.CollectGarbageResponse],
     ) -> pb.CollectGarbageResponse:
         report = await asyncio.to_thread(self._store.collect_garbage)
         return pb.CollectGarbageResponse(
@@ -162,7 +180,7 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
     async def CreateSnapshot(
         self,
         request_iterator: AsyncIterator[pb.CreateSnapshotRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[pb.CreateSnapshotRequest, pb.CreateSnapshotResponse],
     ) -> pb.CreateSnapshotResponse:
         creator: SnapshotCreator | None = None
         try:
@@ -195,13 +213,17 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         return pb.CreateSnapshotResponse(snapshot=snapshot_proto(row))
 
     async def GetSnapshot(
-        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.GetSnapshotRequest, pb.GetSnapshotResponse],
     ) -> pb.GetSnapshotResponse:
         row = await asyncio.to_thread(self._records.get, tenant_of(context), request.id)
         return pb.GetSnapshotResponse(snapshot=snapshot_proto(row))
 
     async def FindSnapshot(
-        self, request: pb.FindSnapshotRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.FindSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.FindSnapshotRequest, pb.FindSnapshotResponse],
     ) -> pb.FindSnapshotResponse:
         row = await asyncio.to_thread(
             self._records.find,
@@ -214,7 +236,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         return pb.FindSnapshotResponse(snapshot=snapshot_proto(row))
 
     async def ReadSnapshot(
-        self, request: pb.ReadSnapshotRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ReadSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.ReadSnapshotRequest, pb.ReadSnapshotResponse],
     ) -> AsyncIterator[pb.ReadSnapshotResponse]:
         # Verified whole (signature before decompressing, then the payload) before any byte.
         row, chunks = await asyncio.to_thread(
@@ -229,7 +253,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
             yield pb.ReadSnapshotResponse(chunk=chunk)
 
     async def ListSnapshots(
-        self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListSnapshotsRequest,
+        context: grpc.aio.ServicerContext[pb.ListSnapshotsRequest, pb.ListSnapshotsResponse],
     ) -> pb.ListSnapshotsResponse:
         rows, token = await asyncio.to_thread(
             self._records.list,
@@ -244,7 +270,9 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         )
 
     async def DeleteSnapshot(
-        self, request: pb.DeleteSnapshotRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteSnapshotRequest, pb.DeleteSnapshotResponse],
     ) -> pb.DeleteSnapshotResponse:
         await asyncio.to_thread(self._records.delete, tenant_of(context), request.id)
         return pb.DeleteSnapshotResponse()

@@ -13,8 +13,9 @@ import pytest
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
-from tensorwasm_common.channels import DEFAULT_TENANT, TENANT_METADATA_KEY
+from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, InvalidNameError, InvalidPageTokenError
+from tensorwasm_common.tenants import DEFAULT_TENANT
 from tensorwasm_gateway.errors import FunctionNotFoundError
 from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
 from tensorwasm_gateway.functions.service import FunctionService

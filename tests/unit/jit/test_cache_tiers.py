@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import blake3
@@ -86,6 +87,35 @@ def test_byte_store_in_memory_verifies_too() -> None:
     with pytest.raises(ArtifactIntegrityError) as info:
         store.get("k")
     assert info.value.code is Code.DATA_LOSS and "k" not in store
+
+
+def test_a_reopened_store_keeps_the_newest_records_that_fit(tmp_path: Path) -> None:
+    for age, (name, size) in enumerate([("old", 30), ("huge", 150), ("mid", 40), ("new", 50)]):
+        (tmp_path / name).write_bytes(b"\0" * 32 + b"x" * size)
+        os.utime(tmp_path / name, ns=(age * 10**9, age * 10**9))  # oldest first
+    before = _evictions("reopen")
+    store = ByteStore(tmp_path, max_bytes=100, tier="reopen")
+    # huge never fits, so it and everything older goes; mid and new fit together.
+    assert sorted(store.names()) == ["mid", "new"] and store.total_bytes == 90
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid", "new"]
+    assert store.evictions == 2 and _evictions("reopen") == before + 2
+
+
+def test_a_kernel_larger_than_the_memory_tier_is_served_not_kept() -> None:
+    cache = KernelCache(max_bytes=10)
+    kernel, hit = cache.get_or_emit(_matmul(16))
+    assert hit is False and kernel.ptx
+    assert (len(cache), cache.evictions) == (0, 0)
+
+
+def test_listing_does_not_change_the_eviction_order(tmp_path: Path) -> None:
+    cache = KernelCache(max_entries=2)
+    first, _ = cache.get_or_emit(_matmul(16))
+    second, _ = cache.get_or_emit(_matmul(32))
+    cache.get_or_emit(_matmul(16))  # second is now the least recently used
+    cache.list_page("", 10)
+    cache.get_or_emit(_matmul(48))
+    assert first.cache_key in cache and second.cache_key not in cache
 
 
 def test_memory_tier_is_bounded_by_bytes() -> None:

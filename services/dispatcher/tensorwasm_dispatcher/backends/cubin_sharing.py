@@ -29,10 +29,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
 from typing import Any, Protocol
 
 import grpc
+from cachetools import LRUCache
 from prometheus_client import Counter
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
@@ -110,43 +110,35 @@ class LocalCubins:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.total_bytes = 0
-        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._entries: LRUCache[tuple[str, str], bytes] = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
+    @property
+    def total_bytes(self) -> int:
+        """The bytes of the cubins kept."""
+        with self._lock:
+            return int(self._entries.currsize)
+
     def get(self, key: tuple[str, str]) -> bytes | None:
         """The cubin, marked recently used, or None."""
         with self._lock:
-            data = self._entries.get(key)
-            if data is not None:
-                self._entries.move_to_end(key)
-            return data
+            return self._entries.get(key)
 
     def put(self, key: tuple[str, str], data: bytes) -> None:
         """Keeps a cubin (replacing the key's), dropping the least recently used."""
         with self._lock:
-            self._drop(key)
-            if len(data) > self.max_bytes:
-                return
-            self._entries[key] = data
-            self.total_bytes += len(data)
-            while self.total_bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self.total_bytes -= len(dropped)
+            self._entries.pop(key, None)
+            if len(data) <= self.max_bytes:
+                self._entries[key] = data
 
     def discard(self, key: tuple[str, str]) -> None:
         """Forgets a cubin (the driver refused it)."""
         with self._lock:
-            self._drop(key)
-
-    def _drop(self, key: tuple[str, str]) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.total_bytes -= len(old)
+            self._entries.pop(key, None)
 
 
 class CubinSharing:

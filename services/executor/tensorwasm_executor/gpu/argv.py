@@ -6,6 +6,7 @@ would be most of a launch's cost in the executor, so a session remembers them.
 
 from __future__ import annotations
 
+from cachetools import FIFOCache
 from tensorwasm_common.gpu_abi import MAX_ARGV_BYTES, AbiError, AbiFailure
 
 from tensorwasm_executor.gpu.abi import (
@@ -36,8 +37,9 @@ class ArgvCache:
     """
 
     def __init__(self, max_entries: int = ARGV_CACHE_ENTRIES) -> None:
-        self._max_entries = max_entries
-        self._records: dict[tuple[bytes, int], tuple[ArgRecord, ...]] = {}
+        self._records: FIFOCache[tuple[bytes, int], tuple[ArgRecord, ...]] = FIFOCache(
+            maxsize=max_entries
+        )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -70,7 +72,5 @@ class ArgvCache:
         if records is None:
             records = parse_argv(raw, size, device_buffers)
             if not any(isinstance(record, DeviceBufferRecord) for record in records):
-                if len(self._records) >= self._max_entries:
-                    self._records.pop(next(iter(self._records)))
                 self._records[key] = records
         return records

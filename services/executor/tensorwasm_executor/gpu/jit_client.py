@@ -10,11 +10,11 @@ RPC failures are mapped to ABI codes here, once.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
+from cachetools import LRUCache
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as pb
@@ -56,7 +56,12 @@ class JitClient:
             target: The GPU target kernels are emitted for (e.g. "sm_80").
             cache_entries: How many kernels this executor keeps.
             service_token: The fleet's service token, sent on every call.
+
+        Raises:
+            ValueError: `cache_entries` is less than 1.
         """
+        if cache_entries < 1:
+            raise ValueError(f"cache_entries must be >= 1, got {cache_entries}")
         self.target = target
         self._channel = grpc.insecure_channel(address)
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
@@ -64,8 +69,7 @@ class JitClient:
             with_service_token(self._channel, service_token), tracing
         )
         self._stub = pb_grpc.JitCacheServiceStub(traced)
-        self._cache_entries = cache_entries
-        self._cache: OrderedDict[KernelKey, JitKernel] = OrderedDict()
+        self._cache: LRUCache[KernelKey, JitKernel] = LRUCache(maxsize=cache_entries)
         self._lock = threading.Lock()
 
     def kernel(
@@ -82,7 +86,6 @@ class JitClient:
         with self._lock:
             found = self._cache.get(key)
             if found is not None:
-                self._cache.move_to_end(key)
                 return found
         if dtype not in _DTYPES:
             raise AbiFailure(AbiError.INVALID_ARGS, f"unknown dtype {dtype!r} (f32 or f16)")
@@ -96,8 +99,6 @@ class JitClient:
         kernel = JitKernel(response.kernel.ptx.encode("utf-8"), response.kernel.entry)
         with self._lock:
             self._cache[key] = kernel
-            while len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
         return kernel
 
     def close(self) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Protocol
 
+from cachetools import LRUCache
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.files import write_atomically
@@ -89,8 +89,7 @@ class ImageProvider:
         self._fetch = fetch
         self._pool = pool
         self._records = records
-        self._capacity = cache_entries
-        self._cache: OrderedDict[tuple[str, str], InstanceImage] = OrderedDict()
+        self._cache: LRUCache[tuple[str, str], InstanceImage] = LRUCache(maxsize=cache_entries)
         self._inflight: dict[tuple[str, str], asyncio.Future[InstanceImage]] = {}
         fingerprint = sandbox.engine_fingerprint
         self._dir = image_dir / fingerprint[:16] if image_dir is not None else None
@@ -116,7 +115,6 @@ class ImageProvider:
         key = (module.digest, init_export)
         cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         pending = self._inflight.get(key)
         if pending is not None:
@@ -133,8 +131,6 @@ class ImageProvider:
             del self._inflight[key]
         future.set_result(image)
         self._cache[key] = image
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
         return image
 
     async def _load_or_capture(

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from tensorwasm_common.channels import DEFAULT_TENANT
 from tensorwasm_common.digests import is_digest
 from tensorwasm_common.errors import (
     FingerprintMismatchError,
@@ -23,6 +22,7 @@ from tensorwasm_common.errors import (
 )
 from tensorwasm_common.files import write_atomically
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_executor.scheduling import FairPool, pool_for
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import wasmtime
+from cachetools import LRUCache
 from tensorwasm_common.errors import InvalidArgumentError, InvalidWasmError, UnavailableError
 
 from tensorwasm_executor.errors import FuelUnsupportedError, InstanceBusyError, ResidentGoneError
@@ -63,7 +63,6 @@ class Sandbox:
         self._timeout = default_timeout_seconds
         self._max_output = max_output_bytes
         self._tick = epoch_tick_seconds
-        self._capacity = module_cache_entries
         # Per-store caps: a memory.grow or table.grow bomb gets -1, not the host's memory.
         self._max_memory = max_memory_bytes
         self._max_table_elements = max_table_elements
@@ -71,7 +70,7 @@ class Sandbox:
         flags = {**ENGINE_FLAGS, "consume_fuel": fuel_metering}
         self.fuel_metering = fuel_metering
         self._engine, self._linker, self._fingerprint = new_engine(flags, host_modules)
-        self._cache: OrderedDict[str, CompiledModule] = OrderedDict()
+        self._cache: LRUCache[str, CompiledModule] = LRUCache(maxsize=module_cache_entries)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._active = 0  # invocations in flight; the ticker outlives close() until 0
@@ -148,19 +147,14 @@ class Sandbox:
         """Resolves imports once (InstancePre), reads the export signatures, caches."""
         compiled = link(self._engine, self._linker, digest, module, size)
         with self._lock:
+            # One compiled meanwhile by another thread wins; either is now most recently used.
             compiled = self._cache.setdefault(digest, compiled)
-            self._cache.move_to_end(digest)
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
         return compiled
 
     def lookup(self, digest: str) -> CompiledModule | None:
         """Returns the cached module for `digest` (marking it recently used), or None."""
         with self._lock:
-            compiled = self._cache.get(digest)
-            if compiled is not None:
-                self._cache.move_to_end(digest)
-            return compiled
+            return self._cache.get(digest)
 
     def invoke(
         self,

@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import ipaddress
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc.aio import AbortError
 from opentelemetry import trace
-from tensorwasm_common.channels import DEFAULT_TENANT, REQUEST_ID_KEY, TENANT_METADATA_KEY
+from tensorwasm_common.channels import REQUEST_ID_KEY, TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, InvalidNameError, Reason, ServiceError
-from tensorwasm_common.handlers import Behavior, PerMethod, rewrap
+from tensorwasm_common.handlers import (
+    Behavior,
+    Continuation,
+    PerMethod,
+    RequestT,
+    ResponseT,
+    rewrap,
+)
+from tensorwasm_common.net import is_loopback_host
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies, MethodPolicy
@@ -90,15 +98,11 @@ def _values(metadata: Any, key: str) -> list[str]:
     return [str(v) for k, v in metadata or () if k == key]
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
+# Asked once per call, of a handful of peer hosts.
+_is_loopback = functools.lru_cache(maxsize=1024)(is_loopback_host)
 
 
-def peer_of(context: grpc.aio.ServicerContext, metadata: Any) -> str:
+def peer_of(context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str:
     """The caller's address; a loopback peer (the HTTP face) may name it in x-forwarded-for."""
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
@@ -162,7 +166,7 @@ class Guard:
             self.limiter.take(principal.token_id, tenant)
 
 
-class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Runs the Guard around every guarded method; wrapped handlers are cached per method."""
 
     def __init__(self, guard: Guard) -> None:
@@ -171,9 +175,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation[RequestT, ResponseT],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
@@ -193,7 +197,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
     def _unary(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = _Call(self._guard, policy, request, context)
             try:
                 call.enter()
@@ -207,7 +211,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return guarded
 
     def _stream(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def guarded(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             call = _Call(self._guard, policy, request, context)
             try:
                 call.enter()
@@ -247,7 +253,7 @@ class _Call:
         guard: Guard,
         policy: MethodPolicy,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         self._started = time.perf_counter()
         self._guard = guard
@@ -275,7 +281,7 @@ class _Call:
         self._slot = True
         self._tenant_token = CURRENT_TENANT.set(self.tenant)
 
-    def failed(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+    def failed(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if isinstance(exc, ServiceError):
             self.code, self.reason = exc.code, exc.reason
             if not self._slot and isinstance(exc, _GUARD_ERRORS):

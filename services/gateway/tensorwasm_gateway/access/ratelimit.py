@@ -11,6 +11,10 @@ backstop, off unless configured. A layer with burst 0 is off; qps 0 with burst >
 `burst` requests and never refills. Full buckets are forgotten when the map grows past
 `max_buckets` (forgetting a full bucket changes nothing), so wildcard tokens cannot grow it
 without bound.
+
+Hand-written rather than a cachetools cache: a bucket may only be forgotten once it is full
+again (forgetting a partly drained one would hand out a fresh burst), which no LRU or TTL
+eviction policy guarantees.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from tensorwasm_common.errors import InvalidNameError
-
-from tensorwasm_gateway.access.tokens import TENANT_PATTERN
+from tensorwasm_common.tenants import TENANT_PATTERN
 
 
 def validate_tenant(tenant: str) -> str:

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorwasm_common.tenants import TENANT_PATTERN
+
 from tensorwasm_gateway.errors import (
     AdminScopeRequiredError,
     InvalidMetadataError,
@@ -40,7 +42,6 @@ from tensorwasm_gateway.errors import (
 
 _log = logging.getLogger(__name__)
 
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_AUTHORIZATION_BYTES = 1024
 MIN_RECOMMENDED_TOKEN_CHARS = 16
 _TOKEN_ID_DOMAIN = b"tensorwasm-gateway/token-id/v1\x00"
