@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Iterator
 
@@ -18,7 +17,6 @@ from tensorwasm_gateway.http.connection import ConnectionLimits, GuardedH11Proto
 from tensorwasm_gateway.http.routes import HttpFace
 from tensorwasm_gateway.http.signatures import SignatureCache
 
-_log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 << 10
 # Connections accepted per wake-up (and the listen backlog): with the connection cap,
 # the face holds at most max_connections + ACCEPT_BATCH sockets at any moment.
@@ -81,7 +79,8 @@ async def start_http_face(
         http=GuardedH11Protocol.with_limits(limits),
         lifespan="off",
         log_config=None,
-        access_log=False,
+        access_log=False,  # the gRPC side audits every call
+        proxy_headers=False,  # the client is the peer; x-forwarded-for is forwarded as sent
         server_header=False,
         date_header=False,
         backlog=ACCEPT_BATCH,

@@ -62,8 +62,11 @@ def test_deploy_and_invoke_forward_the_callers_headers(face: Face) -> None:
     assert (sent["authorization"], sent["x-tensorwasm-tenant"]) == ("Bearer t", "acme")
     assert (sent["x-request-id"], sent["x-forwarded-for"]) == ("r1", "127.0.0.1")
     body = json.dumps({"export": "add", "args": [2, 40]}).encode()
-    status, _, reply = face.request("POST", "/functions/add/invoke", body)
+    status, _, reply = face.request(
+        "POST", "/functions/add/invoke", body, **{"x-forwarded-for": "10.0.0.1"}
+    )
     assert (status, json.loads(reply)) == (200, {"function_id": "add", "result": [42]})
+    assert face.gateway.metadata[-1]["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
 
 
 def test_bad_bodies_have_the_originals_kinds(face: Face) -> None:
