@@ -5,7 +5,8 @@ caller's credentials forwarded as metadata (see `metadata`), so the gRPC interce
 apply to HTTP callers unchanged. gRPC errors map to the original's
 `{"error": {"kind", "message"}}` envelope and statuses, with the gRPC `code` and
 ErrorInfo `reason` added (see `errors`). Served by uvicorn in the gateway's event loop
-(see `server`), each connection bounded in time and number (see `connection`).
+(see `server`), each connection bounded in time and number (see `connection`);
+`stream` relays InvokeStream as SSE.
 """
 
 from tensorwasm_gateway.http.connection import ConnectionLimits

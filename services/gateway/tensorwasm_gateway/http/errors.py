@@ -162,12 +162,8 @@ async def on_rpc_error(request: Request, exc: Exception) -> Response:
 async def on_refused(request: Request, exc: Exception) -> Response:
     """Exception handler: a refused request, closing the connection when asked."""
     assert isinstance(exc, RequestRefusedError)
-    headers = {"connection": "close"} if exc.close else None
-    return Response(
-        refusal_body(exc.kind, exc.message),
-        exc.status,
-        {"content-type": JSON_TYPE, **(headers or {})},
-    )
+    close = {"connection": "close"} if exc.close else None
+    return json_response(exc.status, {"error": {"kind": exc.kind, "message": exc.message}}, close)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -175,13 +171,8 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
-        return Response(
-            refusal_body("method_not_allowed", "method not allowed"),
-            405,
-            {"content-type": JSON_TYPE, "allow": allow},
-        )
+        envelope = {"error": {"kind": "method_not_allowed", "message": "method not allowed"}}
+        return json_response(405, envelope, {"allow": allow})
     if exc.status_code == 404:
         return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
-    return Response(
-        refusal_body("bad_request", str(exc.detail)), exc.status_code, {"content-type": JSON_TYPE}
-    )
+    return json_response(exc.status_code, {"error": {"kind": "bad_request", "message": exc.detail}})

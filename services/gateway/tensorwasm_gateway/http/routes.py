@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -12,7 +11,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 
@@ -20,15 +18,14 @@ from tensorwasm_gateway.http import documents
 from tensorwasm_gateway.http.errors import (
     FaceError,
     RequestRefusedError,
-    dump,
     error_reason,
-    failure_envelope,
     failure_response,
     json_response,
     rpc_error_response,
 )
 from tensorwasm_gateway.http.metadata import call_metadata, signature_key_of
 from tensorwasm_gateway.http.signatures import SignatureCache
+from tensorwasm_gateway.http.stream import relay
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -155,7 +152,7 @@ class HttpFace:
             "cache-control": "no-cache",
             "connection": "close",
         }
-        return StreamingResponse(_relay(call, first, function_id, sse), headers=headers)
+        return StreamingResponse(relay(call, first, function_id, sse), headers=headers)
 
     async def _body(self, request: Request) -> bytes:
         """The request body (Content-Length or chunked), at most max_body_bytes."""
@@ -220,36 +217,3 @@ class HttpFace:
             return None
         retry, _ = await self._invoke_request(request, function_id, body, fresh=True)
         return None if retry == sent else retry
-
-
-async def _relay(call: Any, first: Any, function_id: str, sse: bool) -> AsyncIterator[bytes]:
-    """SSE frames (`event: chunk` per output chunk, then `event: end` with the result or
-    `event: error`), or the raw output bytes."""
-    try:
-        message = first
-        while message is not grpc.aio.EOF:
-            if message.HasField("output"):
-                chunk = message.output
-                if not sse:
-                    yield chunk.data
-                else:
-                    stderr = chunk.stream == invocation_pb2.OUTPUT_STREAM_STDERR
-                    data = {
-                        "stream": "stderr" if stderr else "stdout",
-                        "data": chunk.data.decode("utf-8", "replace"),
-                    }
-                    yield b"event: chunk\ndata: " + dump(data) + b"\n\n"
-            elif sse:
-                outcome = message.outcome
-                if outcome.HasField("failure"):
-                    failure = dump(failure_envelope(function_id, outcome))
-                    yield b"event: error\ndata: " + failure + b"\n\n"
-                else:
-                    result = dump(documents.outcome_json(function_id, outcome))
-                    yield b"event: end\ndata: " + result + b"\n\n"
-            message = await call.read()
-    except grpc.aio.AioRpcError as exc:
-        if sse:
-            yield b"event: error\ndata: " + bytes(rpc_error_response(exc).body) + b"\n\n"
-    finally:
-        call.cancel()
