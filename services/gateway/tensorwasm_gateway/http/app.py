@@ -19,6 +19,7 @@ from tensorwasm_gateway.http.errors import (
     on_http_exception,
     on_refused,
     on_rpc_error,
+    on_unexpected,
 )
 from tensorwasm_gateway.http.metadata import ForwardedHeaders
 from tensorwasm_gateway.http.routes import HttpFace
@@ -46,6 +47,7 @@ def build_app(face: HttpFace) -> Starlette:
             RequestRefusedError: on_refused,
             grpc.aio.AioRpcError: on_rpc_error,
             HTTPException: on_http_exception,
+            Exception: on_unexpected,
         },
     )
     app.router.redirect_slashes = False  # `/functions/` is no route, not a redirect

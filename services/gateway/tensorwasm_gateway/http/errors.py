@@ -176,3 +176,8 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
     return json_response(exc.status_code, {"error": {"kind": "bad_request", "message": exc.detail}})
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """Exception handler: a fault of the face itself (logged by the server) as 500."""
+    return json_response(500, {"error": {"kind": "internal", "message": "internal error"}})

@@ -6,6 +6,9 @@ import base64
 import json
 from collections.abc import Iterator
 
+import pytest
+from tensorwasm_gateway.http import documents
+
 from tests.unit.gateway.http.conftest import MAX_BODY_BYTES, Face
 
 WASM_B64 = base64.b64encode(b"\0asm\1\0\0\0").decode()
@@ -106,3 +109,13 @@ def test_bodies_past_the_cap_are_413_with_the_json_envelope(face: Face) -> None:
     reply = connection.getresponse()
     assert (reply.status, error_of(reply.read())["kind"]) == (413, "body_too_large")
     connection.close()
+
+
+def test_a_fault_of_the_face_is_500_json(face: Face, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> dict[str, object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(documents, "outcome_json", broken)
+    body = json.dumps({"export": "add", "args": [1, 2]}).encode()
+    status, _, reply = face.request("POST", "/functions/add/invoke", body)
+    assert (status, error_of(reply)["kind"]) == (500, "internal")
