@@ -24,7 +24,7 @@ from tensorwasm_gateway.access import (
     open_sink,
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
-from tensorwasm_gateway.http_face import start_http_face
+from tensorwasm_gateway.http import ConnectionLimits, start_http_face
 from tensorwasm_gateway.instances import InstanceService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.limits import TenantCeilings
@@ -122,8 +122,14 @@ async def serve(settings: GatewaySettings) -> None:
             max_body_bytes=settings.max_message_bytes,
             timeout_seconds=settings.downstream_timeout_seconds,
             signature_ttl_seconds=settings.http_signature_cache_seconds,
+            limits=ConnectionLimits(
+                idle_timeout_seconds=settings.http_idle_timeout_seconds,
+                read_timeout_seconds=settings.http_read_timeout_seconds,
+                max_connections=settings.http_max_connections,
+            ),
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
-        _log.info("http face listening", extra={"http_address": http[2]})
+        _log.info("http face listening", extra={"http_address": http.address})
 
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
@@ -133,8 +139,7 @@ async def serve(settings: GatewaySettings) -> None:
         if reloader is not None:
             await reloader.close()
         if http is not None:
-            http[0].close()
-            await http[1].close()
+            await http.close()
         await invocations.close(settings.shutdown_grace_seconds)
         await executors.close()
         await store_channel.close()

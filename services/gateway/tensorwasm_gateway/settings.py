@@ -42,6 +42,12 @@ class GatewaySettings(ServerSettings):
     http_address: str = "127.0.0.1:8080"
     # The HTTP face caches export signatures (to type JSON args) this long; 0: no cache.
     http_signature_cache_seconds: float = 5.0
+    # HTTP connections: closed after this long without a request in progress; a request
+    # head must arrive within the read timeout of its first byte, a body may pause at most
+    # that long; connections past the cap are answered 503 and closed as accepted.
+    http_idle_timeout_seconds: float = 5.0
+    http_read_timeout_seconds: float = 10.0
+    http_max_connections: int = 256
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -101,6 +107,11 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"http_address: {exc}") from None
         if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
             raise SettingsError("http_signature_cache_seconds: must be >= 0")
+        for name in ("http_idle_timeout_seconds", "http_read_timeout_seconds"):
+            if not 0.1 <= getattr(self, name) < float("inf"):
+                raise SettingsError(f"{name}: must be >= 0.1")
+        if self.http_max_connections < 1:
+            raise SettingsError("http_max_connections: must be >= 1")
         if not 1.0 <= self.invocation_retention_seconds < float("inf"):
             raise SettingsError("invocation_retention_seconds: must be >= 1")
         if self.max_unfinished_invocations < 1:

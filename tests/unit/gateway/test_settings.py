@@ -52,6 +52,9 @@ def test_tokens_file_must_exist(tmp_path: Path) -> None:
         ("max_concurrent_invoke", "-1"),
         ("audit_log", "syslog"),
         ("audit_log", "file:"),
+        ("http_idle_timeout_seconds", "0"),
+        ("http_read_timeout_seconds", "inf"),
+        ("http_max_connections", "0"),
     ],
 )
 def test_invalid_values(name: str, value: str) -> None:

@@ -1,0 +1,15 @@
+"""The HTTP/JSON face: the original's REST routes, translated onto the gateway's gRPC API.
+
+Every route is one (or two) calls to this gateway's gRPC server over loopback, with the
+caller's credentials forwarded as metadata (see `metadata`), so the gRPC interceptors
+apply to HTTP callers unchanged. gRPC errors map to the original's
+`{"error": {"kind", "message"}}` envelope and statuses, with the gRPC `code` and
+ErrorInfo `reason` added (see `errors`). Served by uvicorn in the gateway's event loop
+(see `server`), each connection bounded in time and number (see `connection`);
+`stream` relays InvokeStream as SSE.
+"""
+
+from tensorwasm_gateway.http.connection import ConnectionLimits
+from tensorwasm_gateway.http.server import HttpFaceServer, start_http_face
+
+__all__ = ["ConnectionLimits", "HttpFaceServer", "start_http_face"]

@@ -1,0 +1,62 @@
+"""The face's ASGI application: its routes, bound explicitly, and their error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tensorwasm_gateway.http.errors import (
+    FaceError,
+    RequestRefusedError,
+    on_face_error,
+    on_http_exception,
+    on_refused,
+    on_rpc_error,
+    on_unexpected,
+)
+from tensorwasm_gateway.http.metadata import ForwardedHeaders
+from tensorwasm_gateway.http.routes import HttpFace
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def build_app(face: HttpFace) -> Starlette:
+    """The original's REST routes on `face`; anything else is 404 (or 405 with `allow`)."""
+    routes = [
+        _route("GET", "/healthz", face.healthz),
+        _route("GET", "/metrics", face.metrics),
+        _route("POST", "/functions", face.create),
+        _route("DELETE", "/functions/{id}", face.delete),
+        _route("POST", "/functions/{id}/invoke", face.invoke),
+        _route("POST", "/functions/{id}/invoke-async", face.invoke_async),
+        _route("POST", "/functions/{id}/invoke-stream", face.invoke_stream),
+        _route("GET", "/jobs/{id}", face.job),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ForwardedHeaders)],
+        exception_handlers={
+            FaceError: on_face_error,
+            RequestRefusedError: on_refused,
+            grpc.aio.AioRpcError: on_rpc_error,
+            HTTPException: on_http_exception,
+            Exception: on_unexpected,
+        },
+    )
+    app.router.redirect_slashes = False  # `/functions/` is no route, not a redirect
+    return app
+
+
+def _route(method: str, path: str, endpoint: Endpoint) -> Route:
+    route = Route(path, endpoint, methods=[method])
+    # Starlette answers HEAD for every GET route; the face serves exactly its methods.
+    if route.methods is not None:
+        route.methods.discard("HEAD")
+    return route
