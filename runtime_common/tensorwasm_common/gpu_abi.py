@@ -1,6 +1,6 @@
 """The `wasi:cuda/host@0.2.0` guest ABI shared by the executor and the dispatcher.
 
-The error codes, the argv record tags and the caps are the original's (DESIGN §4); they
+The error codes, the argv record tags and the caps are the ABI's (DESIGN §4); they
 are part of the guest contract and never change. The executor validates every guest
 input against them; the dispatcher reports each command's outcome with the same codes.
 """
@@ -47,7 +47,7 @@ class AbiError(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        """The original's snake_case name, e.g. `invalid_pointer`."""
+        """The ABI's snake_case name, e.g. `invalid_pointer`."""
         return self.name.lower()
 
 
@@ -80,8 +80,8 @@ class ArgTag(enum.IntEnum):
     U64 = 0x06
     PTR = 0x07  # u32 guest offset + u32 byte length
     # Extension: u32 device buffer handle (from `tensorwasm:gpu`) + u32 byte offset into
-    # it. A guest that never allocated a buffer gets invalid_args for it, as the original
-    # answers an unknown tag, so guests built for the original see no difference.
+    # it. A guest that never allocated a buffer gets invalid_args for it, as the ABI
+    # answers an unknown tag, so guests built for the plain ABI see no difference.
     DEVICE_BUFFER = 0x08
 
     @property

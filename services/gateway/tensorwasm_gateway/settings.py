@@ -38,7 +38,7 @@ class GatewaySettings(ServerSettings):
     )
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
-    # The HTTP/JSON face (the original's REST routes); empty: off.
+    # The HTTP/JSON face (REST routes onto the gRPC API); empty: off.
     http_address: str = "127.0.0.1:8080"
     # The HTTP face caches export signatures (to type JSON args) this long; 0: no cache.
     http_signature_cache_seconds: float = 5.0
@@ -58,7 +58,7 @@ class GatewaySettings(ServerSettings):
     lease_seconds: float = 30.0
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
-    # Bearer tokens in the original's grammar (tensorwasm_gateway.access.tokens); none: dev mode.
+    # Bearer tokens (tensorwasm_gateway.access.tokens); none: dev mode.
     tokens: str = ""
     tokens_file: Path | None = None
     # The tokens file is re-read when its mtime, size or inode changes (checked this often;

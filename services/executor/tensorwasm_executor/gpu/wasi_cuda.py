@@ -46,7 +46,7 @@ def _last_error_copy(state: CudaHostState, caller: wasmtime.Caller, *args: int) 
 
 
 def define(linker: wasmtime.Linker) -> None:
-    """Defines the five `wasi:cuda/host@0.2.0` functions, with the original's signatures."""
+    """Defines the five `wasi:cuda/host@0.2.0` functions, with their specified signatures."""
     i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
     functions: list[tuple[str, list[wasmtime.ValType], wasmtime.ValType, Callable[..., int]]] = [
         ("wasi_cuda_load_ptx", [i32] * 4, i64, _load_ptx),

@@ -1,7 +1,7 @@
 """Capture of a pre-initialised image: run init once in a probe instance, read what it left.
 
 The probe instance is of the module rewritten by `probes.export_everything`, so every
-memory and global is reachable. Restoring writes through the ORIGINAL module's exports, so
+memory and global is reachable. Restoring writes through the SOURCE module's exports, so
 state init leaves in a memory or global the module does not export cannot be restored; the
 rule (docs/ARCHITECTURE.md, "Pre-initialised instances") is that init may change only
 exported state: a non-exported memory or mutable global must be the same after init as

@@ -25,7 +25,7 @@ _KIND_MEMORY, _KIND_GLOBAL = 2, 3
 
 @dataclass(frozen=True)
 class Probe:
-    """One defined memory or global: its index space index, the name the original module
+    """One defined memory or global: its index space index, the name the source module
     exports it under (None: not exported), and the name it has in the probe module."""
 
     index: int

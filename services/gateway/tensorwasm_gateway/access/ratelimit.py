@@ -3,7 +3,7 @@
 Buckets refill lazily when taken from: `level = min(burst, level + elapsed * qps)`; a call
 is admitted when every applicable bucket holds at least one request, and only then is one
 taken from each (a rejected call consumes nothing). The retry hint is the time until the
-emptiest rejecting bucket holds one request again (at least one second, as the original's
+emptiest rejecting bucket holds one request again (at least one second, as the HTTP API's
 Retry-After; one hour for a bucket that never refills).
 
 The (token, tenant) layer is primary (defaults: burst 20, 10 qps); the per-token layer is a

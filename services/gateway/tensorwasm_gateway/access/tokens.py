@@ -1,6 +1,6 @@
 """Bearer tokens: the token grammar, hashed storage, constant-time lookup and tenant scopes.
 
-Token configuration keeps the original's grammar (`TENSORWASM_GATEWAY_TOKENS` or the file
+Token configuration has one grammar (`TENSORWASM_GATEWAY_TOKENS` or the file
 named by `TENSORWASM_GATEWAY_TOKENS_FILE`):
 
     tok                       bare token: every tenant (deprecated, warned once)
@@ -10,7 +10,7 @@ named by `TENSORWASM_GATEWAY_TOKENS_FILE`):
 
 Entries are separated by commas, semicolons or newlines. After a `:tenant=` entry, a
 comma-separated fragment without ':' that is `*` or a tenant id continues that entry's
-list (as in the original); separate entries with ';' or newlines when a bare token could
+list; separate entries with ';' or newlines when a bare token could
 look like a tenant id. `#` starts a comment in the file. A malformed entry is dropped with
 a warning and the others are kept: empty token, empty tenant list, invalid tenant, `*` mixed
 with ids, unknown key.

@@ -1,8 +1,8 @@
-"""The HTTP/JSON face: the original's REST routes, translated onto the gateway's gRPC API.
+"""The HTTP/JSON face: the REST routes of docs/ARCHITECTURE.md ("HTTP face"), translated onto the gateway's gRPC API.
 
 Every route is one (or two) calls to this gateway's gRPC server over loopback, with the
 caller's credentials forwarded as metadata (see `metadata`), so the gRPC interceptors
-apply to HTTP callers unchanged. gRPC errors map to the original's
+apply to HTTP callers unchanged. gRPC errors map to the
 `{"error": {"kind", "message"}}` envelope and statuses, with the gRPC `code` and
 ErrorInfo `reason` added (see `errors`). Served by uvicorn in the gateway's event loop
 (see `server`), each connection bounded in time and number (see `connection`);

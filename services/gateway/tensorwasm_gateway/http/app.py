@@ -28,7 +28,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def build_app(face: HttpFace) -> Starlette:
-    """The original's REST routes on `face`; anything else is 404 (or 405 with `allow`)."""
+    """The REST routes on `face`; anything else is 404 (or 405 with `allow`)."""
     routes = [
         _route("GET", "/healthz", face.healthz),
         _route("GET", "/metrics", face.metrics),

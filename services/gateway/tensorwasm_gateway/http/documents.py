@@ -60,7 +60,7 @@ def _default_export(names: list[str]) -> str:
 
 
 def function_json(function: pb.Function) -> dict[str, Any]:
-    """The original's deploy answer for a created function."""
+    """The deploy answer for a created function."""
     return {
         "id": function.name.removeprefix("functions/"),
         "name": function.name,
@@ -71,7 +71,7 @@ def function_json(function: pb.Function) -> dict[str, Any]:
 
 
 def outcome_json(function_id: str, outcome: invocation_pb2.InvocationOutcome) -> dict[str, Any]:
-    """The original's invoke result (`"ok"` for no results), plus the guest's output."""
+    """The invoke result (`"ok"` for no results), plus the guest's output."""
     results = to_json(outcome.success.results)
     document: dict[str, Any] = {"function_id": function_id, "result": results or "ok"}
     if outcome.stdout or outcome.stderr:
@@ -81,7 +81,7 @@ def outcome_json(function_id: str, outcome: invocation_pb2.InvocationOutcome) ->
 
 
 def job_json(invocation: pb.Invocation) -> dict[str, Any]:
-    """The original's JobRecord for an invocation (`state` adds our precise state)."""
+    """The JobRecord of an invocation (`state` adds our precise state)."""
     function_id = invocation.function.removeprefix("functions/")
     state = pb.InvocationState.Name(invocation.state).removeprefix("INVOCATION_STATE_").lower()
     status = {"succeeded": "completed", "failed": "failed"}.get(state, "pending")

@@ -1,4 +1,4 @@
-"""HTTP error bodies: gRPC statuses and guest failures as the original's error envelope."""
+"""HTTP error bodies: gRPC statuses and guest failures as the HTTP API's error envelope."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm_common.status import STATUS_DETAILS_KEY
 
 JSON_TYPE = "application/json"
-# (reason or code name) -> (HTTP status, the original's error kind)
+# (reason or code name) -> (HTTP status, the envelope's error kind)
 _BY_REASON = {
     "INVALID_NAME": (400, "invalid_name"),
     "INVALID_WASM": (400, "invalid_wasm"),
@@ -81,14 +81,14 @@ def refusal_body(kind: str, message: str) -> bytes:
 
 
 def status_and_kind(code: grpc.StatusCode, reason: str) -> tuple[int, str]:
-    """The HTTP status and the original's error kind of a gRPC status and reason."""
+    """The HTTP status and the envelope's error kind of a gRPC status and reason."""
     return _BY_REASON.get(reason) or _BY_CODE.get(code, (500, "internal"))
 
 
 def error_response(
     code: grpc.StatusCode, reason: str, message: str, retry_after_seconds: float | None = None
 ) -> Response:
-    """The original's error envelope for a gRPC status, plus its code and reason."""
+    """The error envelope for a gRPC status, plus its code and reason."""
     status, kind = status_and_kind(code, reason)
     envelope = {"error": {"kind": kind, "message": message, "code": code.name, "reason": reason}}
     headers = {}
@@ -141,7 +141,7 @@ def failure_envelope(function_id: str, outcome: invocation_pb2.InvocationOutcome
 
 
 def failure_response(function_id: str, outcome: invocation_pb2.InvocationOutcome) -> Response:
-    """A guest failure as the original reports it: 504 invoke_timeout for a deadline,
+    """A guest failure as the HTTP API reports it: 504 invoke_timeout for a deadline,
     else 500 `wasmtime`."""
     status = 504 if outcome.failure.reason == "DEADLINE_EXCEEDED" else 500
     return json_response(status, failure_envelope(function_id, outcome))
@@ -167,7 +167,7 @@ async def on_refused(request: Request, exc: Exception) -> Response:
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
-    """Exception handler: routing's 404 and 405 in the original's envelope."""
+    """Exception handler: routing's 404 and 405 in the error envelope."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")

@@ -108,7 +108,7 @@ def _elementwise(
 
 
 class VectorAddEmitter(Emitter):
-    """`c[i] = a[i] + b[i]`; the original kernel's signature `(a, b, c, unsigned n)`."""
+    """`c[i] = a[i] + b[i]`; the kernel library's signature `(a, b, c, unsigned n)`."""
 
     op: ClassVar[str] = "vector_add"
     dtypes: ClassVar[frozenset[str]] = frozenset({"f32", "f16"})
