@@ -1,4 +1,4 @@
-"""The HTTP/JSON face: the REST routes of docs/ARCHITECTURE.md ("HTTP face"), translated onto the gateway's gRPC API.
+"""The HTTP/JSON face: REST routes (docs/ARCHITECTURE.md, "HTTP face") onto the gRPC API.
 
 Every route is one (or two) calls to this gateway's gRPC server over loopback, with the
 caller's credentials forwarded as metadata (see `metadata`), so the gRPC interceptors
