@@ -1,9 +1,8 @@
 """The `tensorwasm:gpu/host@0.1.0` extension module: device-resident buffers and GPU time.
 
 Our own import module, so that `wasi:cuda/host@0.2.0` stays exactly as specified
-(docs/ARCHITECTURE.md). Its
-functions share the store's `wasi:cuda` session (kernels, queue, `last_error`) and its
-codes (-1 … -10); they add none. `define_function` is how every extension function is
+(docs/ARCHITECTURE.md). Its functions share the store's `wasi:cuda` session (kernels,
+queue, `last_error`) and its codes (-1 … -10); they add none. `define_function` is how every extension function is
 put on the linker (other files define more functions in the same module with it):
 
 - `tw_gpu_buffer_alloc(size_bytes: i64) -> i32`: a handle >= 1, or -9 (size < 1),
