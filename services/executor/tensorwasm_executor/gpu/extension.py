@@ -3,7 +3,8 @@
 Our own import module, so that `wasi:cuda/host@0.2.0` stays exactly as specified
 (docs/ARCHITECTURE.md). Its functions share the store's `wasi:cuda` session (kernels,
 queue, `last_error`) and its codes (-1 … -10); they add none. `define_function` is how
-every extension function is put on the linker (other files define more functions in the same module with it):
+every extension function is put on the linker (other files define more functions in the
+same module with it):
 
 - `tw_gpu_buffer_alloc(size_bytes: i64) -> i32`: a handle >= 1, or -9 (size < 1),
   -6 (the tenant's quota, the device, or 1024 buffers per instance). A round trip.
