@@ -9,8 +9,9 @@ import grpc
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_json, to_wire
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm_common.errors import Reason
 
-from tensorwasm_gateway.http.errors import FaceError, failure_envelope, status_and_kind
+from tensorwasm_gateway.http.errors import FaceError, failure_envelope, reason_of, status_and_kind
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 # An export's parameter types, by export name.
@@ -22,12 +23,12 @@ def json_object(body: bytes, allowed: set[str] | None) -> dict[str, Any]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        raise FaceError(_INVALID, "INVALID_JSON", "body is not JSON") from None
+        raise FaceError(_INVALID, Reason.INVALID_JSON, "body is not JSON") from None
     if not isinstance(document, dict):
-        raise FaceError(_INVALID, "INVALID_JSON", "body must be an object")
+        raise FaceError(_INVALID, Reason.INVALID_JSON, "body must be an object")
     if allowed is not None and set(document) - allowed:
         unknown = sorted(set(document) - allowed)
-        raise FaceError(_INVALID, "INVALID_JSON", f"unknown fields {unknown}")
+        raise FaceError(_INVALID, Reason.INVALID_JSON, f"unknown fields {unknown}")
     return document
 
 
@@ -36,7 +37,7 @@ def invoke_body(body: bytes) -> tuple[str, list[Any]]:
     document = json_object(body, None) if body.strip() else {}
     export, args = document.get("export") or "", document.get("args") or []
     if not isinstance(export, str) or not isinstance(args, list):
-        raise FaceError(_INVALID, "INVALID_JSON", "export must be a string and args an array")
+        raise FaceError(_INVALID, Reason.INVALID_JSON, "export must be a string and args an array")
     return export, args
 
 
@@ -49,7 +50,7 @@ def typed_args(params: ParamTypes, export: str, args: list[Any]) -> list[values_
     try:
         values: list[values_pb2.Value] = to_wire(args, params[chosen])
     except ArgumentError as exc:
-        raise FaceError(_INVALID, "ARGUMENT_MISMATCH", str(exc)) from None
+        raise FaceError(_INVALID, Reason.ARGUMENT_MISMATCH, str(exc)) from None
     return values
 
 
@@ -98,7 +99,7 @@ def job_json(invocation: pb.Invocation) -> dict[str, Any]:
     elif status == "failed":
         if invocation.HasField("error"):
             error = invocation.error
-            _, kind = status_and_kind(_status_code(error.code), error.reason)
+            _, kind = status_and_kind(_status_code(error.code), reason_of(error.reason))
             document["result"] = {"kind": kind, "message": error.message}
             document["reason"] = error.reason
         else:

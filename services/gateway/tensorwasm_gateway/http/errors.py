@@ -7,31 +7,31 @@ import math
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from tensorwasm.common.v1 import invocation_pb2
-from tensorwasm_common.status import STATUS_DETAILS_KEY
+from tensorwasm_common.errors import Reason
+from tensorwasm_common.status import error_from_rpc
 
 JSON_TYPE = "application/json"
 # (reason or code name) -> (HTTP status, the envelope's error kind)
-_BY_REASON = {
-    "INVALID_NAME": (400, "invalid_name"),
-    "INVALID_WASM": (400, "invalid_wasm"),
-    "EXPORT_NOT_FOUND": (400, "missing_export"),
-    "EXPORT_REQUIRED": (400, "missing_export"),
-    "ARGUMENT_MISMATCH": (400, "invalid_args"),
-    "INVALID_VALUE": (400, "invalid_args"),
-    "UNSUPPORTED_VALUE_TYPE": (400, "invalid_args"),
-    "INVALID_JSON": (400, "invalid_json"),
-    "INVALID_BASE64": (400, "invalid_base64"),
-    "TOO_LARGE": (413, "body_too_large"),
-    "BODY_TOO_LARGE": (413, "body_too_large"),
-    "INSTANCE_NOT_FOUND": (404, "instance_not_found"),
-    "TENANT_CAPACITY_EXHAUSTED": (429, "tenant_capacity_exhausted"),
-    "EXECUTOR_SATURATED": (503, "executor_saturated"),
-    "ROUTE_NOT_FOUND": (404, "not_found"),
+_BY_REASON: dict[Reason, tuple[int, str]] = {
+    Reason.INVALID_NAME: (400, "invalid_name"),
+    Reason.INVALID_WASM: (400, "invalid_wasm"),
+    Reason.EXPORT_NOT_FOUND: (400, "missing_export"),
+    Reason.EXPORT_REQUIRED: (400, "missing_export"),
+    Reason.ARGUMENT_MISMATCH: (400, "invalid_args"),
+    Reason.INVALID_VALUE: (400, "invalid_args"),
+    Reason.UNSUPPORTED_VALUE_TYPE: (400, "invalid_args"),
+    Reason.INVALID_JSON: (400, "invalid_json"),
+    Reason.INVALID_BASE64: (400, "invalid_base64"),
+    Reason.TOO_LARGE: (413, "body_too_large"),
+    Reason.BODY_TOO_LARGE: (413, "body_too_large"),
+    Reason.INSTANCE_NOT_FOUND: (404, "instance_not_found"),
+    Reason.TENANT_CAPACITY_EXHAUSTED: (429, "tenant_capacity_exhausted"),
+    Reason.EXECUTOR_SATURATED: (503, "executor_saturated"),
+    Reason.ROUTE_NOT_FOUND: (404, "not_found"),
 }
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "bad_request"),
@@ -51,7 +51,7 @@ _BY_CODE = {
 class FaceError(Exception):
     """An error of the HTTP face itself (before any gRPC call), with its gRPC equivalent."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
 
@@ -80,13 +80,13 @@ def refusal_body(kind: str, message: str) -> bytes:
     return dump({"error": {"kind": kind, "message": message}})
 
 
-def status_and_kind(code: grpc.StatusCode, reason: str) -> tuple[int, str]:
+def status_and_kind(code: grpc.StatusCode, reason: Reason) -> tuple[int, str]:
     """The HTTP status and the envelope's error kind of a gRPC status and reason."""
     return _BY_REASON.get(reason) or _BY_CODE.get(code, (500, "internal"))
 
 
 def error_response(
-    code: grpc.StatusCode, reason: str, message: str, retry_after_seconds: float | None = None
+    code: grpc.StatusCode, reason: Reason, message: str, retry_after_seconds: float | None = None
 ) -> Response:
     """The error envelope for a gRPC status, plus its code and reason."""
     status, kind = status_and_kind(code, reason)
@@ -97,35 +97,22 @@ def error_response(
     return json_response(status, envelope, headers)
 
 
-def error_reason(exc: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed gRPC call ("" without one)."""
-    for key, value in exc.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY:
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                return str(info.reason)
-    return ""
+def reason_of(name: str) -> Reason:
+    """The catalogued reason a stored error names (INTERNAL for one outside the catalogue)."""
+    return Reason.__members__.get(name, Reason.INTERNAL)
+
+
+def error_reason(exc: grpc.aio.AioRpcError) -> Reason:
+    """The catalogued reason of a failed gRPC call (its code's, without an ErrorInfo)."""
+    return error_from_rpc(exc).reason
 
 
 def rpc_error_response(exc: grpc.aio.AioRpcError) -> Response:
     """The envelope for a failed gRPC call, reading its ErrorInfo and RetryInfo."""
-    reason, retry = exc.code().name, None
-    for key, value in exc.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY:
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry_info = error_details_pb2.RetryInfo()
-                detail.Unpack(retry_info)
-                retry = retry_info.retry_delay.ToTimedelta().total_seconds()
-    return error_response(exc.code(), reason, exc.details() or exc.code().name, retry)
+    error = error_from_rpc(exc)
+    return error_response(
+        exc.code(), error.reason, exc.details() or exc.code().name, error.retry_after_seconds
+    )
 
 
 def failure_envelope(function_id: str, outcome: invocation_pb2.InvocationOutcome) -> dict[str, Any]:
@@ -174,7 +161,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
         envelope = {"error": {"kind": "method_not_allowed", "message": "method not allowed"}}
         return json_response(405, envelope, {"allow": allow})
     if exc.status_code == 404:
-        return error_response(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
+        return error_response(grpc.StatusCode.NOT_FOUND, Reason.ROUTE_NOT_FOUND, "no such route")
     return json_response(exc.status_code, {"error": {"kind": "bad_request", "message": exc.detail}})
 
 

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.errors import Reason
 
 from tensorwasm_gateway.http import documents
 from tensorwasm_gateway.http.errors import (
@@ -73,13 +74,13 @@ class HttpFace:
         body = documents.json_object(await self._body(request), {"name", "wasm_b64"})
         name, encoded = body.get("name"), body.get("wasm_b64")
         if not isinstance(name, str) or not name.strip():
-            raise FaceError(_INVALID, "INVALID_NAME", "name is required")
+            raise FaceError(_INVALID, Reason.INVALID_NAME, "name is required")
         if not isinstance(encoded, str):
-            raise FaceError(_INVALID, "INVALID_JSON", "wasm_b64 is required")
+            raise FaceError(_INVALID, Reason.INVALID_JSON, "wasm_b64 is required")
         try:
             wasm = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise FaceError(_INVALID, "INVALID_BASE64", "wasm_b64 is not base64") from None
+            raise FaceError(_INVALID, Reason.INVALID_BASE64, "wasm_b64 is not base64") from None
         reply = await self._stub.CreateFunction(
             pb.CreateFunctionRequest(function_id=name, wasm=wasm), **self._options(request)
         )
@@ -213,7 +214,7 @@ class HttpFace:
         request typed by the function's current signature, or None when that typing is
         the same (the error stands) or the error is not a typing one."""
         self._signatures.forget(signature_key_of(request, function_id))
-        if error_reason(exc) != "ARGUMENT_MISMATCH":
+        if error_reason(exc) is not Reason.ARGUMENT_MISMATCH:
             return None
         retry, _ = await self._invoke_request(request, function_id, body, fresh=True)
         return None if retry == sent else retry

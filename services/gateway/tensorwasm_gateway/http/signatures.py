@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections.abc import Callable
 
+from cachetools import TTLCache
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 
 from tensorwasm_gateway.http.documents import ParamTypes
@@ -14,11 +15,10 @@ from tensorwasm_gateway.http.documents import ParamTypes
 
 @dataclasses.dataclass(frozen=True)
 class Signatures:
-    """A function's export signatures as read by GetFunction, until `expires`."""
+    """A function's export signatures as read by GetFunction."""
 
     module_digest: str
     params: ParamTypes
-    expires: float  # on the cache's monotonic clock
 
 
 # (hash of the caller's credentials, tenant header, function id)
@@ -31,7 +31,8 @@ def signature_key(authorization: str, tenant: str, function_id: str) -> Signatur
 
 
 class SignatureCache:
-    """Signatures for `ttl_seconds` (0: nothing is kept), at most MAX_ENTRIES of them.
+    """Signatures for `ttl_seconds` (0: nothing is kept), at most MAX_ENTRIES of them
+    (least recently used first out).
 
     An entry is only a guess used to type arguments: the call itself is authorised by
     the gateway as always, and the executor checks every argument's type.
@@ -41,29 +42,24 @@ class SignatureCache:
 
     def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
-        self._clock = clock
-        self._entries: dict[SignatureKey, Signatures] = {}
+        self._entries: TTLCache[SignatureKey, Signatures] | None = (
+            TTLCache(self.MAX_ENTRIES, ttl_seconds, timer=clock) if ttl_seconds > 0 else None
+        )
 
     def get(self, key: SignatureKey) -> Signatures | None:
         """The live entry for `key`, if any."""
-        cached = self._entries.get(key)
-        if cached is None or cached.expires <= self._clock():
-            return None
-        return cached
+        return self._entries.get(key) if self._entries is not None else None
 
     def put(self, key: SignatureKey, function: pb.Function) -> Signatures:
         """The signatures of `function`, kept for the TTL."""
         signatures = Signatures(
-            function.module_digest,
-            {e.name: tuple(e.signature.params) for e in function.exports},
-            self._clock() + self._ttl,
+            function.module_digest, {e.name: tuple(e.signature.params) for e in function.exports}
         )
-        if self._ttl > 0:
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()  # simple and bounded; the cache refills lazily
+        if self._entries is not None:
             self._entries[key] = signatures
         return signatures
 
     def forget(self, key: SignatureKey) -> None:
         """Drops the entry for `key`."""
-        self._entries.pop(key, None)
+        if self._entries is not None:
+            self._entries.pop(key, None)
