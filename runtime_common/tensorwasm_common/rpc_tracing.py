@@ -26,7 +26,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -49,6 +49,7 @@ _INSTRUMENTATION = "tensorwasm.rpc"
 OutgoingMetadata: TypeAlias = grpc.aio.Metadata | Sequence[tuple[str, str | bytes]]
 # What aio iterator-request calls take.
 RequestIterator: TypeAlias = "AsyncIterator[RequestT] | Iterator[RequestT] | None"
+CallT = TypeVar("CallT", bound=grpc.aio.Call)
 
 # None: not configured by `configure_tracing`; record through whatever provider is set.
 _recording: list[bool | None] = [None]
@@ -241,11 +242,19 @@ class _Outgoing:
             metadata = (*(tuple(metadata) if metadata else ()), *self._extra)
         return _outgoing(self._tracer, metadata, self._method)
 
-    @staticmethod
-    def track(call: grpc.aio.Call, span: trace.Span | None) -> None:
-        """Ends `span` (if any) when `call` completes."""
+    def call(
+        self,
+        inner: Callable[..., CallT],
+        first: object,
+        metadata: OutgoingMetadata | None,
+        options: dict[str, Any],
+    ) -> CallT:
+        """Starts `inner(first, ...)` with the call's metadata; its span ends with it."""
+        metadata, span = self.metadata(metadata)
+        call = inner(first, metadata=metadata, **options)
         if span is not None:
             _end_when_done(call, span)
+        return call
 
 
 # One traced multicallable per call shape, as grpc.aio.Channel types them.
@@ -268,17 +277,13 @@ class _TracedUnaryUnary(grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
-        metadata, span = self._outgoing.metadata(metadata)
-        call = self._inner(
-            request,
-            timeout=timeout,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        self._outgoing.track(call, span)
-        return call
+        options = {
+            "timeout": timeout,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._outgoing.call(self._inner, request, metadata, options)
 
 
 class _TracedUnaryStream(grpc.aio.UnaryStreamMultiCallable[RequestT, ResponseT]):
@@ -298,17 +303,13 @@ class _TracedUnaryStream(grpc.aio.UnaryStreamMultiCallable[RequestT, ResponseT])
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
-        metadata, span = self._outgoing.metadata(metadata)
-        call = self._inner(
-            request,
-            timeout=timeout,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        self._outgoing.track(call, span)
-        return call
+        options = {
+            "timeout": timeout,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._outgoing.call(self._inner, request, metadata, options)
 
 
 class _TracedStreamUnary(grpc.aio.StreamUnaryMultiCallable[RequestT, ResponseT]):
@@ -327,17 +328,13 @@ class _TracedStreamUnary(grpc.aio.StreamUnaryMultiCallable[RequestT, ResponseT])
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
-        metadata, span = self._outgoing.metadata(metadata)
-        call = self._inner(
-            request_iterator,
-            timeout=timeout,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        self._outgoing.track(call, span)
-        return call
+        options = {
+            "timeout": timeout,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._outgoing.call(self._inner, request_iterator, metadata, options)
 
 
 class _TracedStreamStream(grpc.aio.StreamStreamMultiCallable[RequestT, ResponseT]):
@@ -356,17 +353,13 @@ class _TracedStreamStream(grpc.aio.StreamStreamMultiCallable[RequestT, ResponseT
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamStreamCall[RequestT, ResponseT]:
-        metadata, span = self._outgoing.metadata(metadata)
-        call = self._inner(
-            request_iterator,
-            timeout=timeout,
-            metadata=metadata,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        self._outgoing.track(call, span)
-        return call
+        options = {
+            "timeout": timeout,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._outgoing.call(self._inner, request_iterator, metadata, options)
 
 
 class TracedChannel(grpc.aio.Channel):
