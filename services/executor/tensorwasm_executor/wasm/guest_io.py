@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,19 +35,39 @@ class OutputCapture:
 
     With a `sink`, the kept bytes are handed to it as they are written instead of
     being buffered (so `data` stays empty); the cap and the flag work the same.
+
+    Every guest write is a call into Python on the guest's thread, holding the GIL the
+    executor's event loop needs too: a guest that keeps writing past its cap (output
+    nobody will see) would slow every other tenant's calls. So each write past the cap
+    first sleeps `PAST_CAP_PAUSE_SECONDS` (releasing the GIL); the guest still sees full
+    writes and its deadline still ends it.
     """
 
-    def __init__(self, limit: int, stream: str = "", sink: OutputSink | None = None) -> None:
+    PAST_CAP_PAUSE_SECONDS = 0.001
+
+    def __init__(
+        self,
+        limit: int,
+        stream: str = "",
+        sink: OutputSink | None = None,
+        *,
+        pause: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.data = bytearray()
         self.limit = limit
         self.truncated = False
         self._stream = stream
         self._sink = sink
         self._written = 0
+        self._pause = pause
 
     def write(self, chunk: bytes) -> int:
         """Keeps (or passes on) what fits under the cap; returns the full length."""
         room = self.limit - self._written
+        if room <= 0 and chunk:
+            self.truncated = True
+            self._pause(self.PAST_CAP_PAUSE_SECONDS)
+            return len(chunk)
         if len(chunk) > room:
             self.truncated = True
         if room > 0 and chunk:
