@@ -1,0 +1,93 @@
+"""Hostile inputs get INVALID_ARGUMENT with a catalogued reason, never INTERNAL or a
+transport error: out-of-range durations, oversized names and argument lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.errors import ServiceError
+from tensorwasm_common.status import error_from_rpc
+
+pytestmark = pytest.mark.integration
+
+# Durations a caller can send that are no valid google.protobuf.Duration.
+BAD_DURATIONS = {
+    "seconds-2-62": duration_pb2.Duration(seconds=2**62),
+    "nanos-over-a-second": duration_pb2.Duration(seconds=1, nanos=2_000_000_000),
+    "mixed-signs": duration_pb2.Duration(seconds=1, nanos=-1),
+}
+
+
+class Gateway:
+    """A raw stub of the gateway, as one tenant: each call returns the error it raised."""
+
+    def __init__(self, channel: grpc.Channel, tenant: str) -> None:
+        self.stub = pb_grpc.GatewayServiceStub(channel)
+        self.metadata = (("x-tensorwasm-tenant", tenant),)
+
+    def error(self, method: str, request: object) -> ServiceError:
+        call = getattr(self.stub, method)
+        with pytest.raises(grpc.RpcError) as caught:
+            reply = call(request, metadata=self.metadata, timeout=60)
+            if method == "InvokeStream":
+                list(reply)
+        return error_from_rpc(caught.value)
+
+
+@pytest.fixture
+def gateway(stack: Any, tenant: str) -> Iterator[Gateway]:
+    with grpc.insecure_channel(stack.gateway) as channel:
+        yield Gateway(channel, tenant)
+
+
+@pytest.fixture
+def add(gateway: Gateway, wasm: Callable[[str], bytes]) -> str:
+    gateway.stub.CreateFunction(
+        pb.CreateFunctionRequest(function_id="add", wasm=wasm("add")),
+        metadata=gateway.metadata,
+        timeout=60,
+    )
+    return "functions/add"
+
+
+def limits_with(timeout: duration_pb2.Duration) -> invocation_pb2.InvocationLimits:
+    return invocation_pb2.InvocationLimits(timeout=timeout)
+
+
+@pytest.mark.parametrize("duration", BAD_DURATIONS.values(), ids=BAD_DURATIONS.keys())
+def test_an_invalid_timeout_is_refused_by_every_call_that_takes_one(
+    gateway: Gateway, wasm: Callable[[str], bytes], add: str, duration: duration_pb2.Duration
+) -> None:
+    invoke = pb.InvokeRequest(name=add, export_name="add", limits=limits_with(duration))
+    config = pb.FunctionConfig(default_limits=limits_with(duration))
+    calls = {
+        "CreateFunction": pb.CreateFunctionRequest(
+            function_id="other", wasm=wasm("add"), config=config
+        ),
+        "Invoke": invoke,
+        "InvokeStream": pb.InvokeStreamRequest(invocation=invoke),
+        "StartInvocation": pb.StartInvocationRequest(invocation=invoke),
+        "CreateInstance": pb.CreateInstanceRequest(function=add, limits=limits_with(duration)),
+    }
+    for method, request in calls.items():
+        error = gateway.error(method, request)
+        assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), method
+        assert error.metadata["field"].endswith("limits.timeout"), method
+
+
+@pytest.mark.parametrize("duration", BAD_DURATIONS.values(), ids=BAD_DURATIONS.keys())
+def test_an_invalid_idle_ttl_is_refused(
+    gateway: Gateway, add: str, duration: duration_pb2.Duration
+) -> None:
+    error = gateway.error(
+        "CreateInstance", pb.CreateInstanceRequest(function=add, idle_ttl=duration)
+    )
+    assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert error.metadata["field"] == "idle_ttl"
