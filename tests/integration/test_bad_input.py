@@ -10,10 +10,13 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1.values_pb2 import Value
+from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.executor.v1 import executor_service_pb2_grpc as executor_pb_grpc
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.status import error_from_rpc
+from tensorwasm_common.status import MAX_MESSAGE_BYTES, error_from_rpc
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +94,80 @@ def test_an_invalid_idle_ttl_is_refused(
     )
     assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT")
     assert error.metadata["field"] == "idle_ttl"
+
+
+def many_args(count: int) -> list[Value]:
+    return [Value(i32=1)] * count
+
+
+@pytest.mark.parametrize(
+    ("export_name", "args", "field"),
+    [
+        ("x" * 10_000, many_args(2), "export_name"),
+        ("add", many_args(10_000), "args"),
+        ("add", many_args(1_000_000), "args"),
+        ("add", [Value(v128=b"\x00" * (1 << 20))], "args"),
+    ],
+    ids=["10kb-export-name", "10k-args", "1m-args", "1mb-arg"],
+)
+def test_an_oversized_call_is_refused_with_a_typed_reason(
+    gateway: Gateway, add: str, export_name: str, args: list[Value], field: str
+) -> None:
+    invoke = pb.InvokeRequest(name=add, export_name=export_name, args=args)
+    calls = {
+        "Invoke": invoke,
+        "InvokeStream": pb.InvokeStreamRequest(invocation=invoke),
+        "StartInvocation": pb.StartInvocationRequest(invocation=invoke),
+    }
+    for method, request in calls.items():
+        error = gateway.error(method, request)
+        assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "FIELD_TOO_LARGE"), method
+        assert error.metadata["field"] == field
+
+
+def test_an_oversized_instance_call_is_refused_with_a_typed_reason(
+    gateway: Gateway, add: str
+) -> None:
+    created = gateway.stub.CreateInstance(
+        pb.CreateInstanceRequest(function=add), metadata=gateway.metadata, timeout=60
+    )
+    request = pb.CallInstanceRequest(
+        name=created.instance.name, export_name="add", args=many_args(10_000)
+    )
+    error = gateway.error("CallInstance", request)
+    assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "FIELD_TOO_LARGE")
+
+
+def test_the_executor_refuses_a_million_arguments_before_converting_them(stack: Any) -> None:
+    invoke = executor_pb.InvokeRequest(
+        module_digest="0" * 64, export_name="add", args=many_args(1_000_000), tenant="t"
+    )
+    calls = {
+        "Invoke": invoke,
+        "InvokeStream": executor_pb.InvokeStreamRequest(invocation=invoke),
+        "CallInstance": executor_pb.CallInstanceRequest(
+            instance_id="i", export_name="add", args=invoke.args, tenant="t"
+        ),
+    }
+    with stack.internal_channel("executor") as channel:
+        stub = executor_pb_grpc.ExecutorServiceStub(channel)
+        for method, request in calls.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                reply = getattr(stub, method)(request, timeout=60)
+                if method == "InvokeStream":
+                    list(reply)
+            error = error_from_rpc(caught.value)
+            assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "FIELD_TOO_LARGE")
+            assert error.metadata == {"field": "args", "limit": "1000", "unit": "arguments"}
+
+
+def test_an_error_that_echoes_a_long_input_stays_within_the_metadata_limit(
+    gateway: Gateway, wasm: Callable[[str], bytes]
+) -> None:
+    # The refusal names the init export; echoed whole, it overflowed the trailers and
+    # the caller got RESOURCE_EXHAUSTED from its own transport instead.
+    config = pb.FunctionConfig(init_export="\u2603" * 10_000)
+    request = pb.CreateFunctionRequest(function_id="echo", wasm=wasm("add"), config=config)
+    error = gateway.error("CreateFunction", request)
+    assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INIT_EXPORT_INVALID")
+    assert len(error.message.encode()) <= MAX_MESSAGE_BYTES

@@ -14,6 +14,7 @@ import grpc
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_args import check_call
 from tensorwasm_common.call_limits import CallLimits
 from tensorwasm_common.durations import duration_seconds
 from tensorwasm_common.errors import UnavailableError
@@ -108,6 +109,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     ) -> pb.CallInstanceResponse:
         cancel = threading.Event()
         context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
+        check_call(request.export_name, request.args)
         call = InstanceCall(
             tenant=request.tenant or DEFAULT_TENANT,
             instance_id=request.instance_id,
@@ -168,6 +170,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             future.cancel()  # a guest still queued for a worker never starts
 
     def _invocation(self, request: pb.InvokeRequest) -> Invocation:
+        check_call(request.export_name, request.args)
         tenant = request.tenant or DEFAULT_TENANT
         return Invocation(
             tenant=tenant,

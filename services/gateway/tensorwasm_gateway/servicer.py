@@ -13,6 +13,7 @@ from tensorwasm.common.v1 import values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_args import check_call
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.durations import duration_seconds
 from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
@@ -317,6 +318,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     ) -> pb.CallInstanceResponse:
         tenant = tenant_of(context)
         instance_id = instance_id_from_name(request.name)
+        check_call(request.export_name, request.args)
         downstream = executor_pb.CallInstanceRequest(
             export_name=request.export_name, args=request.args, limits=request.limits
         )
@@ -335,6 +337,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
 
 def _downstream(request: pb.InvokeRequest) -> executor_pb.InvokeRequest:
     """The executor's request for a gateway call (addressed later by FunctionService)."""
+    check_call(request.export_name, request.args)
     return executor_pb.InvokeRequest(
         export_name=request.export_name,
         args=request.args,
