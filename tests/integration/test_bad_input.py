@@ -4,6 +4,7 @@ transport error: out-of-range durations, oversized names and argument lists."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as executor_pb_grpc
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_client.client import TensorWasmError
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.status import MAX_MESSAGE_BYTES, error_from_rpc
 
@@ -171,3 +173,21 @@ def test_an_error_that_echoes_a_long_input_stays_within_the_metadata_limit(
     error = gateway.error("CreateFunction", request)
     assert (error.code.name, error.reason) == ("INVALID_ARGUMENT", "INIT_EXPORT_INVALID")
     assert len(error.message.encode()) <= MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("size", [(1 << 20) + 1, (3 << 20) + (512 << 10)], ids=["cap+1", "3.5MiB"])
+def test_a_module_between_the_module_cap_and_the_transport_cap_is_too_large(
+    launch_stack: Callable[..., Any], tmp_path: Path, size: int
+) -> None:
+    running = launch_stack(
+        tmp_path,
+        {
+            "TENSORWASM_GATEWAY_MAX_MODULE_BYTES": str(1 << 20),
+            "TENSORWASM_GATEWAY_MAX_MESSAGE_BYTES": str(4 << 20),
+        },
+    )
+    module = b"\x00asm\x01\x00\x00\x00" + b"\x00" * (size - 8)
+    with running.client("t-big") as client, pytest.raises(TensorWasmError) as caught:
+        client.create_function("big", module)
+    assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", "TOO_LARGE")
+    assert caught.value.metadata == {"limit_bytes": str(1 << 20)}

@@ -15,6 +15,10 @@ from tensorwasm_common.settings import (
     split_address,
 )
 
+# What a CreateFunction request may carry beside its module (id, config): the transport
+# cap (max_message_bytes) exceeds the module cap by at least this much.
+MODULE_REQUEST_HEADROOM_BYTES = 1 << 20
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewaySettings(ServerSettings):
@@ -36,6 +40,7 @@ class GatewaySettings(ServerSettings):
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
     )
+    # The largest module; any larger one up to max_message_bytes is refused TOO_LARGE.
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (the original's REST routes); empty: off.
@@ -114,8 +119,13 @@ class GatewaySettings(ServerSettings):
                 split_address(address)
             except SettingsError as exc:
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
-        if not 8 <= self.max_module_bytes <= self.max_message_bytes:
-            raise SettingsError("max_module_bytes: must be in [8, max_message_bytes]")
+        if not 8 <= self.max_module_bytes <= self.max_message_bytes - MODULE_REQUEST_HEADROOM_BYTES:
+            # Else a module just over the cap is cut off by the transport: a bare
+            # RESOURCE_EXHAUSTED instead of the typed TOO_LARGE.
+            raise SettingsError(
+                "max_module_bytes: must be in [8, max_message_bytes - 1 MiB] (the rest of "
+                "a CreateFunction request must fit beside the largest module)"
+            )
         self._check_security()
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
