@@ -79,6 +79,9 @@ class GatewaySettings(ServerSettings):
     max_concurrent_admin: int = 8
     # Audit sink: stdout, none, or file:/path (appended, one write per record).
     audit_log: str = "stdout"
+    # Proxies (addresses or CIDR blocks) whose x-forwarded-for names the caller in the
+    # audit log; from any other peer the header is ignored. Empty: none.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
@@ -153,6 +156,12 @@ class GatewaySettings(ServerSettings):
             or (self.audit_log.startswith("file:") and len(self.audit_log) > len("file:"))
         ):
             raise SettingsError("audit_log: expected stdout, none or file:/path")
+        from tensorwasm_gateway.access.proxies import TrustedProxies  # (grpc-free, lazy)
+
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"trusted_proxies: {exc}") from None
         if self.tokens_file is not None and not self.tokens_file.is_file():
             raise SettingsError(f"tokens_file: {self.tokens_file} is not a readable file")
         configured = bool(self.tokens.strip()) or self.tokens_file is not None

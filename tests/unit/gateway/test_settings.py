@@ -81,3 +81,14 @@ def test_the_transport_cap_must_exceed_the_module_cap(module_mib: float) -> None
 def test_the_default_caps_leave_room_beside_the_largest_module() -> None:
     settings = _load()
     assert settings.max_message_bytes - settings.max_module_bytes >= 1 << 20
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert _load(trusted_proxies="127.0.0.1, 10.0.0.0/8,::1").trusted_proxies == (
+        "127.0.0.1",
+        "10.0.0.0/8",
+        "::1",
+    )
+    assert _load().trusted_proxies == ()
+    with pytest.raises(SettingsError, match="trusted_proxies"):
+        _load(trusted_proxies="10.0.0.0/8,proxy.example")
