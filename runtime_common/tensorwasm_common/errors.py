@@ -19,6 +19,7 @@ __all__ = [
     "Code",
     "DataLossError",
     "ExportNotFoundError",
+    "FieldTooLargeError",
     "FingerprintMismatchError",
     "InitExportInvalidError",
     "InstanceNotFoundError",
@@ -247,6 +248,20 @@ class TooLargeError(InvalidArgumentError):
         return cls(
             f"blob exceeds the limit of {limit_bytes} bytes",
             metadata={"limit_bytes": str(limit_bytes)},
+        )
+
+
+class FieldTooLargeError(InvalidArgumentError):
+    """A request field is larger than its cap (metadata: field, limit, unit)."""
+
+    reason = Reason.FIELD_TOO_LARGE
+
+    @classmethod
+    def of(cls, field: str, limit: int, unit: str) -> FieldTooLargeError:
+        """The error for `field` over its cap of `limit` `unit` (e.g. 1000 arguments)."""
+        return cls(
+            f"{field} exceeds the limit of {limit} {unit}",
+            metadata={"field": field, "limit": str(limit), "unit": unit},
         )
 
 

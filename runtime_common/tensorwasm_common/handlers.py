@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -25,17 +26,30 @@ def rewrap(
     handler: grpc.RpcMethodHandler[RequestT, ResponseT], unary: Wrap, stream: Wrap
 ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
     """A handler of `handler`'s kind and codec whose behaviour is wrapped: by `unary` for a
-    single response (unary-unary, stream-unary), by `stream` for a response stream."""
+    single response (unary-unary, stream-unary), by `stream` for a response stream.
+
+    A response stream written with `context.write` by a coroutine (grpc.aio's
+    reader/writer API, e.g. the health service's `Watch`) is wrapped by `unary` too: grpc
+    tells the two APIs apart by the behaviour's kind, and an async generator wrapper could
+    not iterate a coroutine.
+    """
     decode, encode = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), decode, encode)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), decode, encode)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), decode, encode)
+        wrap = unary if _writes_responses(handler.unary_stream) else stream
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), decode, encode)
     if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), decode, encode)
+        wrap = unary if _writes_responses(handler.stream_stream) else stream
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), decode, encode)
     raise ValueError("a method handler without a behaviour")
+
+
+def _writes_responses(behavior: Behavior) -> bool:
+    """True for a streaming behaviour that is a coroutine writing with `context.write`."""
+    return inspect.iscoroutinefunction(behavior)
 
 
 class PerMethod:

@@ -7,6 +7,7 @@ metadata) and a RetryInfo when the error says when to come back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +19,15 @@ from tensorwasm_common.errors import Code, Reason, ServiceError, UnavailableErro
 
 # The trailer that carries the serialized rich status (grpcio-status reads and writes it).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# A status travels in the trailers twice: its message as grpc-message (percent-encoded, up
+# to 3 characters a byte) and the whole status as grpc-status-details-bin (base64). Peers
+# refuse trailers beyond 8 KiB by default ("received metadata size exceeds hard limit"),
+# so whatever an error echoes back is cut to stay well under that.
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_VALUE_BYTES = 256
+MAX_METADATA_BYTES = 1024
+TRUNCATED = "…"
 
 
 def domain_of(service: str) -> str:
@@ -35,11 +45,18 @@ def error_domain(error: ServiceError, service_domain: str) -> str:
 
 
 def to_status_proto(error: ServiceError, default_domain: str) -> status_pb2.Status:
-    """Builds the rich status for an error: ErrorInfo, plus RetryInfo when it has a delay."""
+    """Builds the rich status for an error: ErrorInfo, plus RetryInfo when it has a delay.
+
+    The message and the metadata are bounded (see `bounded`, `bounded_metadata`).
+    """
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=error_domain(error, default_domain), metadata=error.metadata
+        reason=error.reason,
+        domain=error_domain(error, default_domain),
+        metadata=bounded_metadata(error.metadata),
     )
-    status = status_pb2.Status(code=int(error.code), message=error.message)
+    status = status_pb2.Status(
+        code=int(error.code), message=bounded(error.message, MAX_MESSAGE_BYTES)
+    )
     status.details.add().Pack(info)
     if error.retry_after_seconds is not None:
         total_nanos = round(max(error.retry_after_seconds, 0.0) * 1e9)
@@ -50,6 +67,34 @@ def to_status_proto(error: ServiceError, default_domain: str) -> status_pb2.Stat
         )
         status.details.add().Pack(retry)
     return status
+
+
+def bounded(text: str, limit_bytes: int) -> str:
+    """`text` when its UTF-8 form fits `limit_bytes`, else its longest prefix that fits
+    with the TRUNCATED marker after it (never a split character)."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit_bytes:
+        return text
+    room = limit_bytes - len(TRUNCATED.encode())
+    return encoded[: max(room, 0)].decode("utf-8", "ignore") + TRUNCATED
+
+
+def bounded_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """ErrorInfo metadata within MAX_METADATA_BYTES: each value cut to
+    MAX_METADATA_VALUE_BYTES; the entries past the budget are left out, and an entry
+    `truncated: true` then says so."""
+    kept: dict[str, str] = {}
+    used = 0
+    for key, value in metadata.items():
+        entry_key = bounded(key, MAX_METADATA_VALUE_BYTES)
+        entry_value = bounded(value, MAX_METADATA_VALUE_BYTES)
+        size = len(entry_key.encode()) + len(entry_value.encode())
+        if used + size > MAX_METADATA_BYTES:
+            kept["truncated"] = "true"
+            break
+        kept[entry_key] = entry_value
+        used += size
+    return kept
 
 
 def to_grpc_status(error: ServiceError, default_domain: str) -> grpc.Status:

@@ -14,7 +14,9 @@ import grpc
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_args import check_call
 from tensorwasm_common.call_limits import CallLimits
+from tensorwasm_common.durations import duration_seconds
 from tensorwasm_common.errors import UnavailableError
 from tensorwasm_common.offload_section import Declaration
 from tensorwasm_common.tenants import DEFAULT_TENANT
@@ -88,7 +90,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             init_export=request.init_export,
             offloads=offloads_from_wire(request.offloads),
             idle_ttl_seconds=(
-                request.idle_ttl.ToTimedelta().total_seconds()
+                duration_seconds(request.idle_ttl, "idle_ttl")
                 if request.HasField("idle_ttl")
                 else None
             ),
@@ -107,6 +109,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     ) -> pb.CallInstanceResponse:
         cancel = threading.Event()
         context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
+        check_call(request.export_name, request.args)
         call = InstanceCall(
             tenant=request.tenant or DEFAULT_TENANT,
             instance_id=request.instance_id,
@@ -167,6 +170,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             future.cancel()  # a guest still queued for a worker never starts
 
     def _invocation(self, request: pb.InvokeRequest) -> Invocation:
+        check_call(request.export_name, request.args)
         tenant = request.tenant or DEFAULT_TENANT
         return Invocation(
             tenant=tenant,
@@ -187,8 +191,14 @@ def args_from_wire(args: Sequence[values_pb2.Value]) -> list[WasmValue]:
 
 def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> CallLimits:
     """The message's limits; a zero field is unset, and so is a timeout that is not
-    positive (the executor's default applies)."""
-    timeout = limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else 0
+    positive (the executor's default applies).
+
+    Raises:
+        InvalidArgumentError: the timeout is not a valid duration.
+    """
+    timeout = (
+        duration_seconds(limits.timeout, "limits.timeout") if limits.HasField("timeout") else 0
+    )
     return CallLimits(
         timeout_seconds=timeout if timeout > 0 else None,
         max_output_bytes=limits.max_output_bytes or None,

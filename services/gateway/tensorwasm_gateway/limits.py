@@ -27,6 +27,7 @@ from typing import Any
 
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm_common.call_limits import UNSET, CallLimits, resolve_call_limits
+from tensorwasm_common.durations import duration_seconds
 from tensorwasm_common.settings import SettingsError
 
 
@@ -81,9 +82,15 @@ class TenantCeilings:
         return self._tenants.get(tenant, self._default)
 
 
-def limits_from_wire(limits: invocation_pb2.InvocationLimits) -> CallLimits:
-    """The message's limits; a zero field (or no timeout) is unset."""
-    timeout = limits.timeout.ToTimedelta().total_seconds() if limits.HasField("timeout") else 0
+def limits_from_wire(limits: invocation_pb2.InvocationLimits, field: str = "limits") -> CallLimits:
+    """The message's limits; a zero field (or no timeout) is unset.
+
+    Raises:
+        InvalidArgumentError: the timeout is not a valid duration (named `{field}.timeout`).
+    """
+    timeout = (
+        duration_seconds(limits.timeout, f"{field}.timeout") if limits.HasField("timeout") else 0
+    )
     return CallLimits(
         timeout_seconds=timeout or None,
         max_output_bytes=limits.max_output_bytes or None,
@@ -106,7 +113,7 @@ def limits_to_wire(limits: CallLimits) -> invocation_pb2.InvocationLimits:
 
 def check_limits(limits: invocation_pb2.InvocationLimits, field: str) -> None:
     """Raises InvalidArgumentError for negative limits (zero means "default")."""
-    limits_from_wire(limits).check(field)
+    limits_from_wire(limits, field).check(field)
 
 
 def effective_limits(
@@ -116,6 +123,8 @@ def effective_limits(
 ) -> invocation_pb2.InvocationLimits:
     """The limits a call runs with (see the module docstring)."""
     resolved = resolve_call_limits(
-        limits_from_wire(requested), defaults=limits_from_wire(defaults), ceiling=ceiling
+        limits_from_wire(requested),
+        defaults=limits_from_wire(defaults, "config.default_limits"),
+        ceiling=ceiling,
     )
     return limits_to_wire(resolved)

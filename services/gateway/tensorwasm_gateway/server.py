@@ -21,6 +21,7 @@ from tensorwasm_gateway.access import (
     RateLimiter,
     TokenReloader,
     TokenStore,
+    TrustedProxies,
     open_sink,
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
@@ -70,7 +71,13 @@ def build_guard(settings: GatewaySettings) -> Guard:
             "admin": settings.max_concurrent_admin,
         }
     )
-    return Guard(tokens, limiter, caps, AuditLog(open_sink(settings.audit_log)))
+    return Guard(
+        tokens,
+        limiter,
+        caps,
+        AuditLog(open_sink(settings.audit_log)),
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -13,7 +13,9 @@ from tensorwasm.common.v1 import values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tensorwasm_common.call_args import check_call
 from tensorwasm_common.channels import TENANT_METADATA_KEY
+from tensorwasm_common.durations import duration_seconds
 from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
@@ -292,6 +294,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         function_id = function_id_from_name(request.function)
         downstream = executor_pb.CreateInstanceRequest(stdin=request.stdin, limits=request.limits)
         if request.HasField("idle_ttl"):
+            duration_seconds(request.idle_ttl, "idle_ttl")  # refused here, named, if invalid
             downstream.idle_ttl.CopyFrom(request.idle_ttl)
         record, response = await self._instances().create(tenant, function_id, downstream)
         reply = pb.CreateInstanceResponse(outcome=response.outcome)
@@ -315,6 +318,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     ) -> pb.CallInstanceResponse:
         tenant = tenant_of(context)
         instance_id = instance_id_from_name(request.name)
+        check_call(request.export_name, request.args)
         downstream = executor_pb.CallInstanceRequest(
             export_name=request.export_name, args=request.args, limits=request.limits
         )
@@ -333,6 +337,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
 
 def _downstream(request: pb.InvokeRequest) -> executor_pb.InvokeRequest:
     """The executor's request for a gateway call (addressed later by FunctionService)."""
+    check_call(request.export_name, request.args)
     return executor_pb.InvokeRequest(
         export_name=request.export_name,
         args=request.args,

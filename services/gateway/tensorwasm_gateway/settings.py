@@ -15,6 +15,10 @@ from tensorwasm_common.settings import (
     split_address,
 )
 
+# What a CreateFunction request may carry beside its module (id, config): the transport
+# cap (max_message_bytes) exceeds the module cap by at least this much.
+MODULE_REQUEST_HEADROOM_BYTES = 1 << 20
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewaySettings(ServerSettings):
@@ -36,6 +40,7 @@ class GatewaySettings(ServerSettings):
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
     )
+    # The largest module; any larger one up to max_message_bytes is refused TOO_LARGE.
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (REST routes onto the gRPC API); empty: off.
@@ -80,6 +85,9 @@ class GatewaySettings(ServerSettings):
     max_concurrent_admin: int = 8
     # Audit sink: stdout, none, or file:/path (appended, one write per record).
     audit_log: str = "stdout"
+    # Proxies (addresses or CIDR blocks) whose x-forwarded-for names the caller in the
+    # audit log; from any other peer the header is ignored. Empty: none.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
@@ -125,8 +133,13 @@ class GatewaySettings(ServerSettings):
                 split_address(address)
             except SettingsError as exc:
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
-        if not 8 <= self.max_module_bytes <= self.max_message_bytes:
-            raise SettingsError("max_module_bytes: must be in [8, max_message_bytes]")
+        if not 8 <= self.max_module_bytes <= self.max_message_bytes - MODULE_REQUEST_HEADROOM_BYTES:
+            # Else a module just over the cap is cut off by the transport: a bare
+            # RESOURCE_EXHAUSTED instead of the typed TOO_LARGE.
+            raise SettingsError(
+                "max_module_bytes: must be in [8, max_message_bytes - 1 MiB] (the rest of "
+                "a CreateFunction request must fit beside the largest module)"
+            )
         self._check_security()
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
@@ -154,6 +167,12 @@ class GatewaySettings(ServerSettings):
             or (self.audit_log.startswith("file:") and len(self.audit_log) > len("file:"))
         ):
             raise SettingsError("audit_log: expected stdout, none or file:/path")
+        from tensorwasm_gateway.access.proxies import TrustedProxies  # (grpc-free, lazy)
+
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"trusted_proxies: {exc}") from None
         if self.tokens_file is not None and not self.tokens_file.is_file():
             raise SettingsError(f"tokens_file: {self.tokens_file} is not a readable file")
         configured = bool(self.tokens.strip()) or self.tokens_file is not None

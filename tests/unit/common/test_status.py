@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 
 import grpc
@@ -21,11 +22,16 @@ from tensorwasm_common.errors import (
     UnavailableError,
 )
 from tensorwasm_common.status import (
+    MAX_MESSAGE_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_VALUE_BYTES,
     STATUS_DETAILS_KEY,
+    TRUNCATED,
     domain_of,
     downstream_error,
     error_from_rpc,
     grpc_code,
+    to_grpc_status,
     to_status_proto,
 )
 
@@ -234,3 +240,39 @@ def test_downstream_transport_failures_become_unavailable(code: grpc.StatusCode)
     assert error.message == "executor 10.0.0.1:1 is unavailable: connection refused"
     assert error.metadata == {"dependency": "executor 10.0.0.1:1"}
     assert error.retry_after_seconds == 1.0
+
+
+def test_a_long_message_is_cut_with_a_marker() -> None:
+    status = to_status_proto(InvalidArgumentError("é" * 10_000), "gateway.tensorwasm.dev")
+    assert len(status.message.encode()) <= MAX_MESSAGE_BYTES
+    assert status.message.endswith(TRUNCATED)
+    assert status.message.startswith("é" * 100)
+
+
+def test_metadata_values_and_their_total_are_bounded() -> None:
+    metadata = {f"key{i}": "v" * 10_000 for i in range(50)}
+    status = to_status_proto(InvalidArgumentError("bad", metadata=metadata), "x.tensorwasm.dev")
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert all(len(value.encode()) <= MAX_METADATA_VALUE_BYTES for value in info.metadata.values())
+    assert sum(len(k) + len(v) for k, v in info.metadata.items()) <= MAX_METADATA_BYTES + 16
+    assert info.metadata["truncated"] == "true"
+    assert info.metadata["key0"].endswith(TRUNCATED)
+
+
+def test_short_messages_and_metadata_are_kept_as_they_are() -> None:
+    error = InvalidArgumentError("bad field", metadata={"field": "limits.timeout"})
+    status = to_status_proto(error, "x.tensorwasm.dev")
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (status.message, dict(info.metadata)) == ("bad field", {"field": "limits.timeout"})
+
+
+def test_a_status_with_the_longest_echo_fits_the_default_metadata_limit() -> None:
+    error = InvalidArgumentError(
+        "\u2603" * 10_000, metadata={f"k{i}": "\u2603" * 999 for i in range(9)}
+    )
+    status = to_grpc_status(error, "gateway.tensorwasm.dev")
+    size = sum(len(key) + len(value) for key, value in status.trailing_metadata)
+    size += len(urllib.parse.quote(status.details, safe=""))  # grpc-message is percent-encoded
+    assert size < (8 << 10) // 2

@@ -71,3 +71,27 @@ def test_lease_settings() -> None:
         _load(lease_heartbeat_seconds="0")
     with pytest.raises(SettingsError, match="lease_seconds"):
         _load(lease_heartbeat_seconds="5", lease_seconds="9")
+
+
+@pytest.mark.parametrize("module_mib", [64, 63.5])
+def test_the_transport_cap_must_exceed_the_module_cap(module_mib: float) -> None:
+    # A module just over the module cap must reach the gateway to get TOO_LARGE.
+    with pytest.raises(SettingsError, match="max_module_bytes"):
+        _load(max_message_bytes=str(64 << 20), max_module_bytes=str(int(module_mib * (1 << 20))))
+    assert _load(max_message_bytes=str(64 << 20), max_module_bytes=str(63 << 20))
+
+
+def test_the_default_caps_leave_room_beside_the_largest_module() -> None:
+    settings = _load()
+    assert settings.max_message_bytes - settings.max_module_bytes >= 1 << 20
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert _load(trusted_proxies="127.0.0.1, 10.0.0.0/8,::1").trusted_proxies == (
+        "127.0.0.1",
+        "10.0.0.0/8",
+        "::1",
+    )
+    assert _load().trusted_proxies == ()
+    with pytest.raises(SettingsError, match="trusted_proxies"):
+        _load(trusted_proxies="10.0.0.0/8,proxy.example")

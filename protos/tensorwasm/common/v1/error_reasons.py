@@ -91,6 +91,7 @@ class Reason(enum.StrEnum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     ABORTED = "ABORTED"
     OUT_OF_RANGE = "OUT_OF_RANGE"
+    FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
 
 
 OWNED_DOMAINS: dict[Reason, str] = {

@@ -224,6 +224,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_OUT_OF_RANGE: _ErrorReason.ValueType  # 111
     """A value is outside its valid range (a peer's status without ErrorInfo)."""
+    ERROR_REASON_FIELD_TOO_LARGE: _ErrorReason.ValueType  # 120
+    """(120-129: bad input.)
+    A request field is larger than its cap, checked before it is converted: too many
+    call arguments, too many argument bytes, an export name too long (metadata: field,
+    limit, unit).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
@@ -432,6 +438,12 @@ ErrorInfo).
 """
 ERROR_REASON_OUT_OF_RANGE: ErrorReason.ValueType  # 111
 """A value is outside its valid range (a peer's status without ErrorInfo)."""
+ERROR_REASON_FIELD_TOO_LARGE: ErrorReason.ValueType  # 120
+"""(120-129: bad input.)
+A request field is larger than its cap, checked before it is converted: too many
+call arguments, too many argument bytes, an export name too long (metadata: field,
+limit, unit).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 REASON_OWNER_FIELD_NUMBER: _builtins.int

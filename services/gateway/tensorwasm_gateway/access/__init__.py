@@ -12,6 +12,7 @@ from tensorwasm_gateway.access.policies import (
     MethodPolicy,
     policy_of,
 )
+from tensorwasm_gateway.access.proxies import NO_PROXIES, TrustedProxies
 from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
@@ -22,6 +23,7 @@ __all__ = [
     "CURRENT_TENANT",
     "GATEWAY_POLICIES",
     "GATEWAY_RPCS",
+    "NO_PROXIES",
     "AuditEvent",
     "AuditLog",
     "AuditSink",
@@ -38,6 +40,7 @@ __all__ = [
     "Scope",
     "TokenReloader",
     "TokenStore",
+    "TrustedProxies",
     "open_sink",
     "parse_tokens",
     "policy_of",

@@ -15,7 +15,6 @@ Each method's class and audit policy come from a declarative table
 from __future__ import annotations
 
 import contextvars
-import functools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -34,11 +33,11 @@ from tensorwasm_common.handlers import (
     ResponseT,
     rewrap,
 )
-from tensorwasm_common.net import is_loopback_host
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies, MethodPolicy
+from tensorwasm_gateway.access.proxies import NO_PROXIES, TrustedProxies
 from tensorwasm_gateway.access.ratelimit import ConcurrencyCaps, RateLimiter
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.tokens import (
@@ -98,20 +97,22 @@ def _values(metadata: Any, key: str) -> list[str]:
     return [str(v) for k, v in metadata or () if k == key]
 
 
-# Asked once per call, of a handful of peer hosts.
-_is_loopback = functools.lru_cache(maxsize=1024)(is_loopback_host)
-
-
-def peer_of(context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str:
-    """The caller's address; a loopback peer (the HTTP face) may name it in x-forwarded-for."""
+def peer_of(
+    context: grpc.aio.ServicerContext[Any, Any],
+    metadata: Any,
+    trusted: TrustedProxies = NO_PROXIES,
+) -> str:
+    """The caller's address; a trusted proxy (e.g. the HTTP face, when its address is
+    configured) may name its own client in x-forwarded-for. Anyone else could claim any
+    address there, so their header is ignored."""
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
     host = rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
-    if host and _is_loopback(host):
+    if host and trusted and trusted.trusts(host):
         forwarded = _values(metadata, FORWARDED_FOR_KEY)
         if forwarded:
-            # The last hop is the one our own (loopback) proxy appended; earlier ones are
-            # whatever the client claimed.
+            # The last hop is the one the trusted proxy appended; earlier ones are
+            # whatever its client claimed.
             nearest = forwarded[-1].split(",")[-1].strip()
             if nearest:
                 return _PEER_CHARS.sub("?", nearest[:64])
@@ -133,8 +134,11 @@ class Guard:
         caps: ConcurrencyCaps,
         audit: AuditLog,
         policies: MethodPolicies = GATEWAY_POLICIES,
+        *,
+        trusted_proxies: TrustedProxies = NO_PROXIES,
     ) -> None:
         self.tokens = tokens
+        self.trusted_proxies = trusted_proxies
         self.limiter = limiter
         self.caps = caps
         self.audit = audit
@@ -317,7 +321,7 @@ class _Call:
                 code=self.code.name,
                 reason=self.reason,
                 latency_seconds=time.perf_counter() - self._started,
-                peer=peer_of(self._context, self._metadata),
+                peer=peer_of(self._context, self._metadata, self._guard.trusted_proxies),
                 trace_id=_trace_id(),
             )
         )

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog, FdSink, open_sink, render
 from tensorwasm_gateway.access.guard import peer_of, resource_of
+from tensorwasm_gateway.access.proxies import NO_PROXIES, TrustedProxies
 from tensorwasm_gateway.access.tokens import Principal, Scope
 
 
@@ -105,20 +106,34 @@ class _Context:
         return self._peer
 
 
+LOOPBACK = TrustedProxies(["127.0.0.0/8", "::1"])
+
+
 @pytest.mark.parametrize(
-    ("peer", "forwarded", "expected"),
+    ("peer", "forwarded", "trusted", "expected"),
     [
-        ("ipv4:10.0.0.5:4000", None, "10.0.0.5:4000"),
-        ("ipv4:10.0.0.5:4000", "1.2.3.4", "10.0.0.5:4000"),  # not loopback: XFF ignored
-        ("ipv4:127.0.0.1:4000", "6.6.6.6, 1.2.3.4", "1.2.3.4"),  # the proxy's own hop
-        ("ipv6:[::1]:4000", "2001:db8::1", "2001:db8::1"),
-        ("ipv4:127.0.0.1:4000", None, "127.0.0.1:4000"),
-        ("unix:/tmp/sock", None, "unix:/tmp/sock"),
+        ("ipv4:10.0.0.5:4000", None, LOOPBACK, "10.0.0.5:4000"),
+        ("ipv4:10.0.0.5:4000", "1.2.3.4", LOOPBACK, "10.0.0.5:4000"),  # untrusted: XFF ignored
+        ("ipv4:127.0.0.1:4000", "6.6.6.6, 1.2.3.4", LOOPBACK, "1.2.3.4"),  # the proxy's own hop
+        ("ipv6:[::1]:4000", "2001:db8::1", LOOPBACK, "2001:db8::1"),
+        ("ipv4:127.0.0.1:4000", None, LOOPBACK, "127.0.0.1:4000"),
+        ("unix:/tmp/sock", None, LOOPBACK, "unix:/tmp/sock"),
+        # No proxy configured (the default): nobody names another client, loopback neither.
+        ("ipv4:127.0.0.1:4000", "6.6.6.6", NO_PROXIES, "127.0.0.1:4000"),
+        ("ipv6:[::1]:4000", "2001:db8::1", NO_PROXIES, "[::1]:4000"),
+        ("ipv4:10.0.0.5:4000", "6.6.6.6", TrustedProxies(["10.0.0.0/24"]), "6.6.6.6"),
+        ("ipv4:10.0.1.5:4000", "6.6.6.6", TrustedProxies(["10.0.0.0/24"]), "10.0.1.5:4000"),
     ],
 )
-def test_peer(peer: str, forwarded: str | None, expected: str) -> None:
+def test_peer(peer: str, forwarded: str | None, trusted: TrustedProxies, expected: str) -> None:
     metadata = [("x-forwarded-for", forwarded)] if forwarded else []
-    assert peer_of(_Context(peer), metadata) == expected  # type: ignore[arg-type]
+    assert peer_of(_Context(peer), metadata, trusted) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", ["nope", "10.0.0.0/33", "1.2.3.4.5"])
+def test_a_malformed_proxy_address_is_refused(spec: str) -> None:
+    with pytest.raises(ValueError):
+        TrustedProxies([spec])
 
 
 def test_resource_of_requests() -> None:
