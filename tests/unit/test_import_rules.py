@@ -129,7 +129,19 @@ EDGE: dict[str, frozenset[str]] = {
             "images/image_provider.py",  # images are snapshot records of the store
         }
     ),
-    "gateway": frozenset(),
+    "gateway": frozenset(
+        {
+            "__main__.py",
+            "server.py",
+            "servicer.py",
+            "wire.py",  # wire messages <-> calls, function configs, invocation errors
+            "limits.py",  # the wire's InvocationLimits <-> CallLimits
+            "routing/executors.py",  # the executors' client
+            "access/guard.py",  # a server interceptor
+            "http_face.py",  # the HTTP face: a client of the gateway's own gRPC API
+            "http_server.py",  # the HTTP face's server
+        }
+    ),
     "dispatcher": frozenset(
         {"__main__.py", "server.py", "servicer.py", "backends/cubin_sharing.py"}  # the jit client
     ),
