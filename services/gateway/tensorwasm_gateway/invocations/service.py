@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
+from tensorwasm_common.deadlines import detached_context
 from tensorwasm_common.errors import (
     InternalError,
     InvalidArgumentError,
@@ -214,7 +215,10 @@ class InvocationService:
         stored = await asyncio.to_thread(self._store.insert, record)
         if stored.invocation_id != record.invocation_id:  # a concurrent twin won the id
             return stored
-        self._tasks[record.invocation_id] = asyncio.create_task(self._run(record, addressed))
+        # The job outlives this call: it runs under its own limits, not this call's deadline.
+        self._tasks[record.invocation_id] = asyncio.create_task(
+            self._run(record, addressed), context=detached_context()
+        )
         JOBS_ACTIVE.set(len(self._tasks))
         return record
 
