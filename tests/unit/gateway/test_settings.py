@@ -68,3 +68,11 @@ def test_lease_settings() -> None:
         _load(lease_heartbeat_seconds="0")
     with pytest.raises(SettingsError, match="lease_seconds"):
         _load(lease_heartbeat_seconds="5", lease_seconds="9")
+
+
+def test_release_retry_setting() -> None:
+    assert _load().release_retry_seconds == 5.0
+    assert _load(release_retry_seconds="0.5").release_retry_seconds == 0.5
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(SettingsError, match="release_retry_seconds"):
+            _load(release_retry_seconds=bad)
