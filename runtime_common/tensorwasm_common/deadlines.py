@@ -33,6 +33,15 @@ def request_deadline(remaining_seconds: float | None) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
+def detached_context() -> contextvars.Context:
+    """A copy of the current context without the request's deadline, for work that
+    outlives the request (an async invocation runs under its own limits, not under the
+    deadline of the call that started it)."""
+    context = contextvars.copy_context()
+    context.run(_DEADLINE.set, None)
+    return context
+
+
 def downstream_timeout(default_seconds: float) -> float:
     """The timeout of a downstream call: `default_seconds`, cut to the time the request
     being served has left (at least 1 ms, so the call fails as DEADLINE_EXCEEDED)."""

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
-
-from tensorwasm.common.v1 import invocation_pb2
+from typing import Protocol
 
 from tensorwasm_common.errors import InvalidWasiConfigError
 
@@ -14,11 +14,35 @@ MAX_TOTAL_BYTES = 64 << 10
 DEFAULT_GUEST_DIR = "/data"
 
 
+class WasiConfigFields(Protocol):
+    """The fields of a WASI configuration: the wire's `WasiConfig` or a service's own."""
+
+    @property
+    def argv(self) -> Sequence[str]:
+        """The guest's argv."""
+        ...
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The guest's environment."""
+        ...
+
+    @property
+    def read_only_dir(self) -> str:
+        """The directory granted read-only ("" for none)."""
+        ...
+
+    @property
+    def guest_dir(self) -> str:
+        """Where the guest sees that directory ("" for the default)."""
+        ...
+
+
 def _fail(field: str, message: str) -> InvalidWasiConfigError:
     return InvalidWasiConfigError(f"wasi.{field}: {message}", metadata={"field": f"wasi.{field}"})
 
 
-def check_wasi_config(config: invocation_pb2.WasiConfig) -> None:
+def check_wasi_config(config: WasiConfigFields) -> None:
     """Raises InvalidWasiConfigError unless argv, env and the directory names are well formed.
 
     Rules: at most 1024 argv entries and 1024 variables, 64 KiB of argv and env in all,

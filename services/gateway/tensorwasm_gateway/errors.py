@@ -54,6 +54,14 @@ class AsyncCapacityExhaustedError(ResourceExhaustedError):
     reason = Reason.ASYNC_CAPACITY_EXHAUSTED
 
 
+class InvocationInterruptedError(ServiceError):
+    """The gateway stopped under an async invocation (recorded as its error, never raised
+    to a caller): it was failed, not re-run."""
+
+    code = Code.ABORTED
+    reason = Reason.INVOCATION_INTERRUPTED
+
+
 class UnauthenticatedError(ServiceError):
     """The call carries no valid bearer token."""
 

@@ -33,6 +33,7 @@ from tensorwasm_gateway.metrics import tenant_label
 from tensorwasm_gateway.routing import open_executor_pool
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
+from tensorwasm_gateway.wire import FUNCTION_CONFIGS, encode_invocation_error
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 _log = logging.getLogger(__name__)
@@ -95,11 +96,14 @@ async def serve(settings: GatewaySettings) -> None:
         BlobClient(store_channel),
         executors,
         max_module_bytes=settings.max_module_bytes,
+        configs=FUNCTION_CONFIGS,
         ceilings=ceilings,
     )
+    functions.references.start(settings.release_retry_seconds)
     invocations = InvocationService(
         functions,
         InvocationStore(registry),
+        encode_error=encode_invocation_error,
         retention_seconds=settings.invocation_retention_seconds,
         max_unfinished=settings.max_unfinished_invocations,
         lease_seconds=settings.lease_seconds,
@@ -148,6 +152,7 @@ async def serve(settings: GatewaySettings) -> None:
         if http is not None:
             await http.close()
         await invocations.close(settings.shutdown_grace_seconds)
+        await functions.references.close()
         await executors.close()
         await store_channel.close()
         registry.close()

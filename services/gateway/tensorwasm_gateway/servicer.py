@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from tensorwasm.common.v1 import values_pb2
-from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.call_args import check_call
@@ -20,24 +19,25 @@ from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
-from tensorwasm_gateway.functions import (
-    TYPE_NAMES,
-    FunctionRecord,
-    FunctionService,
-    function_config,
-    function_id_from_name,
+from tensorwasm_gateway.calls import Call, CallResult
+from tensorwasm_gateway.functions import FunctionRecord, FunctionService, function_id_from_name
+from tensorwasm_gateway.instances import (
+    InstanceRecord,
+    InstanceService,
+    InstanceSpec,
+    instance_id_from_name,
 )
-from tensorwasm_gateway.instances import InstanceRecord, InstanceService, instance_id_from_name
 from tensorwasm_gateway.invocations import (
     InvocationRecord,
     InvocationService,
     invocation_id_from_name,
 )
+from tensorwasm_gateway.limits import limits_from_wire
+from tensorwasm_gateway.wire import call_from_wire, exports_to_wire, function_config_from_wire
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 512
-_WIRE_TYPES = {name: wire for wire, name in TYPE_NAMES.items()}
 
 
 def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -58,23 +58,10 @@ def function_to_wire(record: FunctionRecord) -> pb.Function:
         tenant=record.tenant,
         module_digest=record.module_digest,
         module_size_bytes=record.module_size_bytes,
-        exports=[
-            values_pb2.ExportedFunction(
-                name=e.name,
-                signature=values_pb2.FunctionSignature(
-                    params=[
-                        _WIRE_TYPES.get(t, values_pb2.VALUE_TYPE_UNSPECIFIED) for t in e.params
-                    ],
-                    results=[
-                        _WIRE_TYPES.get(t, values_pb2.VALUE_TYPE_UNSPECIFIED) for t in e.results
-                    ],
-                ),
-            )
-            for e in record.exports
-        ],
+        exports=exports_to_wire(record.exports),
     )
     function.create_time.FromNanoseconds(record.create_time_ns)
-    function.config.CopyFrom(function_config(record))
+    function.config.CopyFrom(pb.FunctionConfig.FromString(record.config))  # kept as on the wire
     return function
 
 
@@ -97,7 +84,7 @@ def invocation_to_wire(record: InvocationRecord) -> pb.Invocation:
         function=f"functions/{record.function_id}",
         tenant=record.tenant,
         export_name=record.export_name,
-        state=record.state,  # type: ignore[arg-type]
+        state=pb.InvocationState.ValueType(record.state),
         request_id=record.request_id or "",
     )
     invocation.create_time.FromNanoseconds(record.create_time_ns)
@@ -157,7 +144,7 @@ class InvocationsMixin:
         record = await self._service().start(
             tenant,
             function_id_from_name(invocation.name),
-            _downstream(invocation),
+            call_from_wire(invocation),
             request.request_id,
         )
         return pb.StartInvocationResponse(invocation=invocation_to_wire(record))
@@ -210,8 +197,9 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         request: pb.CreateFunctionRequest,
         context: grpc.aio.ServicerContext[pb.CreateFunctionRequest, pb.CreateFunctionResponse],
     ) -> pb.CreateFunctionResponse:
+        config = function_config_from_wire(request.config)
         record = await self._functions.create(
-            tenant_of(context), request.function_id, request.wasm, request.config
+            tenant_of(context), request.function_id, request.wasm, config
         )
         return pb.CreateFunctionResponse(function=function_to_wire(record))
 
@@ -257,9 +245,8 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     ) -> pb.InvokeResponse:
         tenant = tenant_of(context)
         function_id = function_id_from_name(request.name)
-        downstream = _downstream(request)
-        response, export = await self._functions.invoke(tenant, function_id, downstream)
-        return pb.InvokeResponse(outcome=response.outcome, export_name=export)
+        result, export = await self._functions.invoke(tenant, function_id, call_from_wire(request))
+        return pb.InvokeResponse(outcome=_outcome(result), export_name=export)
 
     async def InvokeStream(
         self,
@@ -276,7 +263,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         invocation = request.invocation
         function_id = function_id_from_name(invocation.name)
         events, export = await self._functions.invoke_stream(
-            tenant, function_id, _downstream(invocation)
+            tenant, function_id, call_from_wire(invocation)
         )
         context.add_done_callback(lambda _: events.cancel())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         async for event in events:
@@ -292,12 +279,15 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
     ) -> pb.CreateInstanceResponse:
         tenant = tenant_of(context)
         function_id = function_id_from_name(request.function)
-        downstream = executor_pb.CreateInstanceRequest(stdin=request.stdin, limits=request.limits)
         if request.HasField("idle_ttl"):
             duration_seconds(request.idle_ttl, "idle_ttl")  # refused here, named, if invalid
-            downstream.idle_ttl.CopyFrom(request.idle_ttl)
-        record, response = await self._instances().create(tenant, function_id, downstream)
-        reply = pb.CreateInstanceResponse(outcome=response.outcome)
+        spec = InstanceSpec(
+            stdin=request.stdin,
+            limits=limits_from_wire(request.limits),
+            idle_ttl_ns=request.idle_ttl.ToNanoseconds() if request.HasField("idle_ttl") else None,
+        )
+        record, result = await self._instances().create(tenant, function_id, spec)
+        reply = pb.CreateInstanceResponse(outcome=_outcome(result))
         if record is not None:
             reply.instance.CopyFrom(instance_to_wire(record))
         return reply
@@ -319,11 +309,13 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         tenant = tenant_of(context)
         instance_id = instance_id_from_name(request.name)
         check_call(request.export_name, request.args)
-        downstream = executor_pb.CallInstanceRequest(
-            export_name=request.export_name, args=request.args, limits=request.limits
+        call = Call(
+            export_name=request.export_name,
+            args=request.args,
+            limits=limits_from_wire(request.limits),
         )
-        response, export = await self._instances().call(tenant, instance_id, downstream)
-        return pb.CallInstanceResponse(outcome=response.outcome, export_name=export)
+        result, export = await self._instances().call(tenant, instance_id, call)
+        return pb.CallInstanceResponse(outcome=_outcome(result), export_name=export)
 
     async def DeleteInstance(
         self,
@@ -335,12 +327,8 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         return pb.DeleteInstanceResponse()
 
 
-def _downstream(request: pb.InvokeRequest) -> executor_pb.InvokeRequest:
-    """The executor's request for a gateway call (addressed later by FunctionService)."""
-    check_call(request.export_name, request.args)
-    return executor_pb.InvokeRequest(
-        export_name=request.export_name,
-        args=request.args,
-        stdin=request.stdin,
-        limits=request.limits,
-    )
+def _outcome(result: CallResult) -> invocation_pb2.InvocationOutcome:
+    """The executor's outcome the domain relayed (see `tensorwasm_gateway.calls`)."""
+    outcome = result.outcome
+    assert isinstance(outcome, invocation_pb2.InvocationOutcome)
+    return outcome

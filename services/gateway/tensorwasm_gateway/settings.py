@@ -61,6 +61,9 @@ class GatewaySettings(ServerSettings):
     # long; the unfinished invocations of a gateway whose lease expired are failed.
     lease_heartbeat_seconds: float = 5.0
     lease_seconds: float = 30.0
+    # A module reference the snapshot store could not release (a failed deploy or a delete
+    # during a store outage) is recorded and retried this often until the store takes it.
+    release_retry_seconds: float = 5.0
     # JSON limit ceilings per tenant (see tensorwasm_gateway.limits); none when unset.
     tenant_limits_file: Path | None = None
     # Bearer tokens (tensorwasm_gateway.access.tokens); none: dev mode.
@@ -128,6 +131,8 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("lease_heartbeat_seconds: must be >= 0.05")
         if not 2 * self.lease_heartbeat_seconds <= self.lease_seconds < float("inf"):
             raise SettingsError("lease_seconds: must be >= 2 x lease_heartbeat_seconds")
+        if not 0.05 <= self.release_retry_seconds < float("inf"):
+            raise SettingsError("release_retry_seconds: must be >= 0.05")
         for address in (*self.executor_addresses, self.snapshot_address):
             try:
                 split_address(address)

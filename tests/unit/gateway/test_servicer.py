@@ -16,9 +16,11 @@ from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, InvalidNameError, InvalidPageTokenError
 from tensorwasm_common.tenants import DEFAULT_TENANT
+from tensorwasm_gateway.calls import AddressedCall, CallResult
 from tensorwasm_gateway.errors import FunctionNotFoundError
 from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
 from tensorwasm_gateway.functions.service import FunctionService
+from tensorwasm_gateway.routing.executors import invoke_request
 from tensorwasm_gateway.servicer import (
     DEFAULT_PAGE_SIZE,
     GatewayServicer,
@@ -27,6 +29,7 @@ from tensorwasm_gateway.servicer import (
     function_to_wire,
     tenant_of,
 )
+from tensorwasm_gateway.wire import FUNCTION_CONFIGS
 
 DIGEST = "cd" * 32
 
@@ -48,16 +51,13 @@ class FakeExecutors:
     async def prepare(self, digest: str) -> executor_pb.PrepareModuleResponse:
         raise AssertionError("not used")
 
-    async def invoke(self, request: executor_pb.InvokeRequest) -> executor_pb.InvokeResponse:
-        copy = executor_pb.InvokeRequest()
-        copy.CopyFrom(request)
-        self.invoked.append(copy)
-        return executor_pb.InvokeResponse(
-            outcome=invocation_pb2.InvocationOutcome(
-                success=invocation_pb2.InvocationSuccess(results=[values_pb2.Value(i64=-5)]),
-                stderr=b"warn",
-            )
+    async def invoke(self, call: AddressedCall) -> CallResult:
+        self.invoked.append(invoke_request(call))  # what the executor would receive
+        outcome = invocation_pb2.InvocationOutcome(
+            success=invocation_pb2.InvocationSuccess(results=[values_pb2.Value(i64=-5)]),
+            stderr=b"warn",
         )
+        return CallResult(outcome, succeeded=True)
 
 
 class UnusedStore:
@@ -203,7 +203,11 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 def _servicer(registry: Registry, executors: FakeExecutors | None = None) -> GatewayServicer:
     pool: Any = executors or FakeExecutors()
-    return GatewayServicer(FunctionService(registry, UnusedStore(), pool, max_module_bytes=1024))
+    return GatewayServicer(
+        FunctionService(
+            registry, UnusedStore(), pool, max_module_bytes=1024, configs=FUNCTION_CONFIGS
+        )
+    )
 
 
 def _insert(registry: Registry, tenant: str, *ids: str) -> None:

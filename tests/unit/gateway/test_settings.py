@@ -95,3 +95,11 @@ def test_trusted_proxies_are_addresses_or_networks() -> None:
     assert _load().trusted_proxies == ()
     with pytest.raises(SettingsError, match="trusted_proxies"):
         _load(trusted_proxies="10.0.0.0/8,proxy.example")
+
+
+def test_release_retry_setting() -> None:
+    assert _load().release_retry_seconds == 5.0
+    assert _load(release_retry_seconds="0.5").release_retry_seconds == 0.5
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(SettingsError, match="release_retry_seconds"):
+            _load(release_retry_seconds=bad)

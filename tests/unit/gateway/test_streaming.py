@@ -12,10 +12,13 @@ from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.channels import TENANT_METADATA_KEY
+from tensorwasm_gateway.calls import AddressedCall
 from tensorwasm_gateway.errors import ExportRequiredError, FunctionNotFoundError
 from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry
 from tensorwasm_gateway.functions.service import FunctionService
+from tensorwasm_gateway.routing.executors import invoke_request
 from tensorwasm_gateway.servicer import GatewayServicer
+from tensorwasm_gateway.wire import FUNCTION_CONFIGS
 
 DIGEST = "ef" * 32
 STDOUT = invocation_pb2.OUTPUT_STREAM_STDOUT
@@ -55,10 +58,8 @@ class FakeExecutors:
         self.streamed: list[executor_pb.InvokeRequest] = []
         self.streams: list[FakeStream] = []
 
-    async def invoke_stream(self, request: executor_pb.InvokeRequest) -> FakeStream:
-        copy = executor_pb.InvokeRequest()
-        copy.CopyFrom(request)
-        self.streamed.append(copy)
+    async def invoke_stream(self, call: AddressedCall) -> FakeStream:
+        self.streamed.append(invoke_request(call))  # what the executor would receive
         stream = FakeStream(
             [
                 executor_pb.InvokeStreamResponse(
@@ -103,7 +104,11 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 def _servicer(registry: Registry, executors: FakeExecutors) -> GatewayServicer:
     pool: Any = executors
-    return GatewayServicer(FunctionService(registry, UnusedStore(), pool, max_module_bytes=1024))
+    return GatewayServicer(
+        FunctionService(
+            registry, UnusedStore(), pool, max_module_bytes=1024, configs=FUNCTION_CONFIGS
+        )
+    )
 
 
 def _request(name: str, export: str = "") -> pb.InvokeStreamRequest:

@@ -1,7 +1,13 @@
 """Functions: deploying modules, the durable registry, and addressing calls to a function."""
 
-from tensorwasm_gateway.functions.registry import (
+from tensorwasm_gateway.calls import (
+    DEFAULT_CONFIG,
     ExportRecord,
+    FunctionConfig,
+    FunctionConfigCodec,
+)
+from tensorwasm_gateway.functions.references import References
+from tensorwasm_gateway.functions.registry import (
     FunctionRecord,
     InstanceRecord,
     Registry,
@@ -9,27 +15,27 @@ from tensorwasm_gateway.functions.registry import (
     now_ns,
 )
 from tensorwasm_gateway.functions.service import (
-    TYPE_NAMES,
     BlobPutter,
     FunctionService,
     choose_export,
-    function_config,
     function_id_from_name,
     offload_declarations,
     resolve_init_export,
 )
 
 __all__ = [
-    "TYPE_NAMES",
+    "DEFAULT_CONFIG",
     "BlobPutter",
     "ExportRecord",
+    "FunctionConfig",
+    "FunctionConfigCodec",
     "FunctionRecord",
     "FunctionService",
     "InstanceRecord",
+    "References",
     "Registry",
     "add_missing_columns",
     "choose_export",
-    "function_config",
     "function_id_from_name",
     "now_ns",
     "offload_declarations",

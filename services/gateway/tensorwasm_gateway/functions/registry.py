@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tensorwasm_common.errors import InstanceNotFoundError
 
+from tensorwasm_gateway.calls import ExportRecord
 from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
 
 _SCHEMA = """
@@ -42,15 +43,6 @@ _MIGRATIONS = (("functions", "config", "BLOB NOT NULL DEFAULT x''"),)
 
 
 @dataclass(frozen=True)
-class ExportRecord:
-    """An export's name and its signature as value-type names (`i32`, `f64`, ...)."""
-
-    name: str
-    params: tuple[str, ...]
-    results: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class FunctionRecord:
     """One deployed function."""
 
@@ -60,7 +52,7 @@ class FunctionRecord:
     module_size_bytes: int
     exports: tuple[ExportRecord, ...]
     create_time_ns: int
-    config: bytes = b""  # a serialized tensorwasm.gateway.v1.FunctionConfig
+    config: bytes = b""  # the configuration, as the FunctionConfigCodec keeps it
 
 
 @dataclass(frozen=True)

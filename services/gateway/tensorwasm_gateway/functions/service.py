@@ -6,41 +6,45 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import blake3
-from tensorwasm.common.v1 import invocation_pb2, values_json, values_pb2
-from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
-from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 from tensorwasm_common import offload_section
+from tensorwasm_common.call_limits import CallLimits, resolve_call_limits
 from tensorwasm_common.errors import (
     ExportNotFoundError,
     InitExportInvalidError,
     InvalidNameError,
     InvalidWasmError,
-    ServiceError,
 )
 from tensorwasm_common.wasi_config import check_wasi_config
 
+from tensorwasm_gateway.calls import (
+    DEFAULT_CONFIG,
+    AddressedCall,
+    Call,
+    CallResult,
+    ExportRecord,
+    FunctionConfig,
+    FunctionConfigCodec,
+    OffloadDeclaration,
+    Target,
+)
 from tensorwasm_gateway.errors import (
     ExportRequiredError,
     FunctionAlreadyExistsError,
     ModuleTooLargeError,
 )
-from tensorwasm_gateway.functions.registry import (
-    ExportRecord,
-    FunctionRecord,
-    Registry,
-    now_ns,
-)
-from tensorwasm_gateway.limits import TenantCeilings, check_limits, effective_limits
+from tensorwasm_gateway.functions.references import References
+from tensorwasm_gateway.functions.registry import FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.routing import ExecutorPool, ExecutorStream
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
-TYPE_NAMES = values_json.TYPE_NAMES
 
 
 class BlobPutter(Protocol):
@@ -73,14 +77,7 @@ def function_id_from_name(name: str) -> str:
     return function_id
 
 
-def function_config(record: FunctionRecord) -> gateway_pb.FunctionConfig:
-    """The function's stored configuration."""
-    return gateway_pb.FunctionConfig.FromString(record.config)
-
-
-def resolve_init_export(
-    config: gateway_pb.FunctionConfig, exports: Sequence[values_pb2.ExportedFunction]
-) -> str:
+def resolve_init_export(config: FunctionConfig, exports: Sequence[ExportRecord]) -> str:
     """The init export a deploy asks for: the named one (checked: an exported function
     `() -> ()`), none with `no_init`, else `wizer.initialize` when it is such an export.
 
@@ -98,11 +95,11 @@ def resolve_init_export(
     by_name = {e.name: e for e in exports}
     if not config.init_export:
         default = by_name.get(DEFAULT_INIT_EXPORT)
-        if default is None or default.signature.params or default.signature.results:
+        if default is None or default.params or default.results:
             return ""
         return DEFAULT_INIT_EXPORT
     export = by_name.get(config.init_export)
-    if export is None or export.signature.params or export.signature.results:
+    if export is None or export.params or export.results:
         raise InitExportInvalidError(
             f"init export {config.init_export!r} must be an exported function taking and "
             "returning nothing",
@@ -112,10 +109,8 @@ def resolve_init_export(
 
 
 def offload_declarations(
-    config: gateway_pb.FunctionConfig,
-    wasm: bytes,
-    exports: Sequence[values_pb2.ExportedFunction],
-) -> list[invocation_pb2.OffloadedExport]:
+    config: FunctionConfig, wasm: bytes, exports: Sequence[ExportRecord]
+) -> tuple[OffloadDeclaration, ...]:
     """The module's auto-offload declarations when the deploy asks for them (none else),
     each checked against the compiled exports.
 
@@ -124,21 +119,13 @@ def offload_declarations(
         OffloadSignatureMismatchError: see `tensorwasm_common.offload_section`.
     """
     if not config.auto_offload:
-        return []
-    signatures = {
-        e.name: (
-            [TYPE_NAMES.get(t, "unknown") for t in e.signature.params],
-            [TYPE_NAMES.get(t, "unknown") for t in e.signature.results],
-        )
-        for e in exports
-    }
+        return ()
+    signatures = {e.name: (e.params, e.results) for e in exports}
     declared = []
     for item in offload_section.parse_section(wasm):
         offload_section.check_signature(item, signatures)
-        declared.append(
-            invocation_pb2.OffloadedExport(export_name=item.export_name, op=item.op, args=item.args)
-        )
-    return declared
+        declared.append(OffloadDeclaration(item.export_name, item.op, item.args))
+    return tuple(declared)
 
 
 class FunctionService:
@@ -151,25 +138,33 @@ class FunctionService:
         executors: ExecutorPool,
         *,
         max_module_bytes: int,
+        configs: FunctionConfigCodec,
         ceilings: TenantCeilings | None = None,
+        references: References | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
         self._executors = executors
         self._max_module_bytes = max_module_bytes
+        self._configs = configs
         self._ceilings = ceilings or TenantCeilings()
+        self.references = references or References(registry, store)
 
     async def create(
         self,
         tenant: str,
         function_id: str,
         wasm: bytes,
-        config: gateway_pb.FunctionConfig | None = None,
+        config: FunctionConfig = DEFAULT_CONFIG,
     ) -> FunctionRecord:
-        """Deploys a module: validated, stored, compiled by an executor, then recorded."""
-        config = config or gateway_pb.FunctionConfig()
+        """Deploys a module: validated, stored, compiled by an executor, then recorded.
+
+        The tenant's reference to the module is taken as the module is stored; every
+        failure after that releases it (see `References`), so a failed deploy leaves
+        nothing charged to the tenant.
+        """
         check_wasi_config(config.wasi)
-        check_limits(config.default_limits, "config.default_limits")
+        config.default_limits.check("config.default_limits")
         if config.no_init and config.init_export:
             raise InitExportInvalidError(
                 "config.init_export and config.no_init exclude each other",
@@ -193,42 +188,49 @@ class FunctionService:
             )
         digest = blake3.blake3(wasm).hexdigest()
         reference = f"functions/{function_id}"
-        await self._store.put(wasm, expected_digest=digest, ref_name=reference, tenant=tenant)
+        async with self.references.taking(tenant, digest, reference):
+            keep = False
+            try:
+                await self._store.put(
+                    wasm, expected_digest=digest, ref_name=reference, tenant=tenant
+                )
+                record = await self._compile(tenant, function_id, wasm, digest, config)
+                try:
+                    await asyncio.to_thread(self._registry.insert, record)
+                except FunctionAlreadyExistsError:  # a concurrent deploy of the same id won
+                    winner = await self.get(tenant, function_id)
+                    keep = winner.module_digest == digest  # the same reference: the winner's
+                    raise
+                keep = True
+                return record
+            finally:
+                if not keep:
+                    await self.references.release(tenant, digest, reference)
+
+    async def _compile(
+        self, tenant: str, function_id: str, wasm: bytes, digest: str, config: FunctionConfig
+    ) -> FunctionRecord:
+        """Compiles the stored module (running its init export) and checks its offload
+        declarations; the record to keep."""
         prepared = await self._executors.prepare(digest)
-        try:
-            init_export = resolve_init_export(config, prepared.exports)
-            if init_export:  # run init now: a failing init fails the deploy, not a call
-                await self._executors.prepare(digest, init_export=init_export, tenant=tenant)
-        except ServiceError:
-            await self._release(tenant, digest, reference)
-            raise
-        config.init_export, config.no_init = init_export, not init_export
-        try:
-            declared = offload_declarations(config, wasm, prepared.exports)
-        except ServiceError:
-            await self._release(tenant, digest, reference)
-            raise
-        del config.offloads[:]
-        config.offloads.extend(declared)
-        exports = tuple(
-            ExportRecord(
-                e.name,
-                tuple(TYPE_NAMES.get(t, "unknown") for t in e.signature.params),
-                tuple(TYPE_NAMES.get(t, "unknown") for t in e.signature.results),
-            )
-            for e in prepared.exports
+        init_export = resolve_init_export(config, prepared.exports)
+        if init_export:  # run init now: a failing init fails the deploy, not a call
+            await self._executors.prepare(digest, init_export=init_export, tenant=tenant)
+        deployed = replace(
+            config,
+            init_export=init_export,
+            no_init=not init_export,
+            offloads=offload_declarations(config, wasm, prepared.exports),
         )
-        record = FunctionRecord(
-            tenant, function_id, digest, len(wasm), exports, now_ns(), config.SerializeToString()
+        return FunctionRecord(
+            tenant,
+            function_id,
+            digest,
+            len(wasm),
+            prepared.exports,
+            now_ns(),
+            self._configs.encode(deployed),
         )
-        try:
-            await asyncio.to_thread(self._registry.insert, record)
-        except FunctionAlreadyExistsError:  # a concurrent deploy of the same id won
-            winner = await self.get(tenant, function_id)
-            if winner.module_digest != digest:  # ours is not the winner's: drop our reference
-                await self._release(tenant, digest, reference)
-            raise
-        return record
 
     async def get(self, tenant: str, function_id: str) -> FunctionRecord:
         """One function of the tenant."""
@@ -243,72 +245,58 @@ class FunctionService:
         store keeps the module while other functions or tenants reference it)."""
         record = await self.get(tenant, function_id)
         await asyncio.to_thread(self._registry.delete, tenant, function_id)
-        await self._release(tenant, record.module_digest, f"functions/{function_id}")
+        await self.references.release(tenant, record.module_digest, f"functions/{function_id}")
 
-    async def _release(self, tenant: str, digest: str, reference: str) -> None:
-        try:
-            await self._store.remove_ref(digest, reference, tenant=tenant)
-        except ServiceError as exc:  # the function is gone either way; the blob leaks
-            _log.warning(
-                "could not remove reference %s to %s: %s", reference, digest, exc,
-                extra={"tenant": tenant},
-            )  # fmt: skip
+    def config_of(self, record: FunctionRecord) -> FunctionConfig:
+        """The function's configuration."""
+        return self._configs.decode(record.config) if record.config else DEFAULT_CONFIG
 
-    async def invoke(
-        self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
-    ) -> tuple[executor_pb.InvokeResponse, str]:
-        """Routes a call to an executor; returns its response and the export called."""
-        export = await self.resolve(tenant, function_id, request)
-        return await self._executors.invoke(request), export
+    async def invoke(self, tenant: str, function_id: str, call: Call) -> tuple[CallResult, str]:
+        """Routes a call to an executor; returns its result and the export called."""
+        addressed = await self.resolve(tenant, function_id, call)
+        return await self._executors.invoke(addressed), addressed.export_name
 
-    async def invoke_resolved(
-        self, request: executor_pb.InvokeRequest
-    ) -> executor_pb.InvokeResponse:
+    async def invoke_resolved(self, call: AddressedCall) -> CallResult:
         """Runs a call that `resolve` addressed (async invocations resolve first, run later)."""
-        return await self._executors.invoke(request)
+        return await self._executors.invoke(call)
 
     async def invoke_stream(
-        self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
+        self, tenant: str, function_id: str, call: Call
     ) -> tuple[ExecutorStream, str]:
         """Resolves the call as `invoke` does (errors are raised here, before any event)
         and starts it; returns the executor's event stream and the export called."""
-        export = await self.resolve(tenant, function_id, request)
-        return await self._executors.invoke_stream(request), export
+        addressed = await self.resolve(tenant, function_id, call)
+        return await self._executors.invoke_stream(addressed), addressed.export_name
 
-    async def resolve(
-        self, tenant: str, function_id: str, request: executor_pb.InvokeRequest
-    ) -> str:
-        """Looks the function up, chooses the export and addresses `request` to it."""
+    async def resolve(self, tenant: str, function_id: str, call: Call) -> AddressedCall:
+        """Looks the function up, chooses the export and addresses the call to it."""
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
-        request.export_name = choose_export(record, request.export_name)
-        self.address(tenant, record, request)
-        return request.export_name
+        export = choose_export(record, call.export_name)
+        config = self.config_of(record)
+        return AddressedCall(
+            target=self.target(tenant, record, config),
+            export_name=export,
+            args=call.args,
+            stdin=call.stdin,
+            limits=self.limits_for(tenant, call.limits, config),
+        )
 
-    def address(
-        self,
-        tenant: str,
-        record: FunctionRecord,
-        request: executor_pb.InvokeRequest | executor_pb.CreateInstanceRequest,
-    ) -> None:
-        """Sets the module, tenant, WASI view and effective limits of an executor request."""
-        config = function_config(record)
-        request.module_digest = record.module_digest
-        request.tenant = tenant
-        request.wasi.CopyFrom(config.wasi)
-        request.init_export = config.init_export
-        if config.offloads:  # kept only with auto_offload (see `offload_declarations`)
-            request.offloads.extend(config.offloads)
-        request.limits.CopyFrom(self.limits_for(tenant, request.limits, config))
+    def target(self, tenant: str, record: FunctionRecord, config: FunctionConfig) -> Target:
+        """Where the function's calls run: its module, WASI view, image and offloads."""
+        return Target(
+            tenant=tenant,
+            module_digest=record.module_digest,
+            wasi=config.wasi,
+            init_export=config.init_export,
+            offloads=config.offloads,  # kept only with auto_offload (`offload_declarations`)
+        )
 
-    def limits_for(
-        self,
-        tenant: str,
-        requested: invocation_pb2.InvocationLimits,
-        config: gateway_pb.FunctionConfig,
-    ) -> invocation_pb2.InvocationLimits:
+    def limits_for(self, tenant: str, requested: CallLimits, config: FunctionConfig) -> CallLimits:
         """The limits a call of the tenant runs with: the request's, the function's
-        defaults and the tenant's ceiling (see `tensorwasm_gateway.limits`)."""
-        return effective_limits(requested, config.default_limits, self._ceilings.of(tenant))
+        defaults and the tenant's ceiling (see `tensorwasm_common.call_limits`)."""
+        return resolve_call_limits(
+            requested, defaults=config.default_limits, ceiling=self._ceilings.of(tenant)
+        )
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:

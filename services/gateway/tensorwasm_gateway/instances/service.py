@@ -4,23 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 
-from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
-from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
+from tensorwasm_common.call_limits import UNSET, CallLimits
 from tensorwasm_common.errors import InvalidNameError, Reason, ServiceError
 
+from tensorwasm_gateway.calls import (
+    DEFAULT_CONFIG,
+    Call,
+    CallResult,
+    InstanceCall,
+    InstanceLaunch,
+)
 from tensorwasm_gateway.errors import FunctionNotFoundError
 from tensorwasm_gateway.functions import (
     FunctionService,
     InstanceRecord,
     Registry,
     choose_export,
-    function_config,
     now_ns,
 )
 from tensorwasm_gateway.routing import ExecutorPool
 
 INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """An instance as its caller asks for it: the start function's stdin and limits, and
+    how long it may stay idle (None: the executor's default)."""
+
+    stdin: bytes = b""
+    limits: CallLimits = UNSET
+    idle_ttl_ns: int | None = None
 
 
 def instance_id_from_name(name: str) -> str:
@@ -46,38 +62,42 @@ class InstanceService:
         self._executors = executors
 
     async def create(
-        self, tenant: str, function_id: str, request: executor_pb.CreateInstanceRequest
-    ) -> tuple[InstanceRecord | None, executor_pb.CreateInstanceResponse]:
+        self, tenant: str, function_id: str, spec: InstanceSpec
+    ) -> tuple[InstanceRecord | None, CallResult]:
         """Starts an instance on an executor and records where it lives.
 
-        Returns (the record, the executor's response); the record is None when the
-        start function failed (the response's outcome says how).
+        Returns (the record, the start function's result); the record is None when the
+        start function failed (the result's outcome says how).
         """
         record = await self._functions.get(tenant, function_id)
-        self._functions.address(tenant, record, request)
-        address, response = await self._executors.create_instance(request)
-        if not response.instance_id:
-            return None, response
+        config = self._functions.config_of(record)
+        launch = InstanceLaunch(
+            target=self._functions.target(tenant, record, config),
+            stdin=spec.stdin,
+            limits=self._functions.limits_for(tenant, spec.limits, config),
+            idle_ttl_ns=spec.idle_ttl_ns,
+        )
+        launched = await self._executors.create_instance(launch)
+        if not launched.instance_id:
+            return None, launched.result
         instance = InstanceRecord(
             tenant=tenant,
-            instance_id=response.instance_id,
+            instance_id=launched.instance_id,
             function_id=function_id,
             module_digest=record.module_digest,
-            executor=address,
-            idle_ttl_ns=response.idle_ttl.ToNanoseconds(),
+            executor=launched.executor,
+            idle_ttl_ns=launched.idle_ttl_ns,
             create_time_ns=now_ns(),
         )
         await asyncio.to_thread(self._registry.insert_instance, instance)
-        return instance, response
+        return instance, launched.result
 
     async def get(self, tenant: str, instance_id: str) -> InstanceRecord:
         """One live instance of the tenant, as recorded."""
         return await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
 
-    async def call(
-        self, tenant: str, instance_id: str, request: executor_pb.CallInstanceRequest
-    ) -> tuple[executor_pb.CallInstanceResponse, str]:
-        """Calls a live instance on its executor; returns the response and the export.
+    async def call(self, tenant: str, instance_id: str, call: Call) -> tuple[CallResult, str]:
+        """Calls a live instance on its executor; returns the result and the export.
 
         An instance the executor no longer has (expired, or its executor restarted) is
         forgotten here too and reported as INSTANCE_NOT_FOUND.
@@ -86,28 +106,31 @@ class InstanceService:
         try:
             function = await self._functions.get(tenant, instance.function_id)
         except FunctionNotFoundError:  # deleted since: the instance lives on
-            config, export = gateway_pb.FunctionConfig(), request.export_name
+            config, export = DEFAULT_CONFIG, call.export_name
         else:
-            config, export = function_config(function), choose_export(function, request.export_name)
-        request.instance_id = instance_id
-        request.tenant = tenant
-        request.export_name = export
-        request.limits.CopyFrom(self._functions.limits_for(tenant, request.limits, config))
+            config = self._functions.config_of(function)
+            export = choose_export(function, call.export_name)
+        addressed = InstanceCall(
+            tenant=tenant,
+            instance_id=instance_id,
+            export_name=export,
+            args=call.args,
+            limits=self._functions.limits_for(tenant, call.limits, config),
+        )
         try:
-            response = await self._executors.call_instance(instance.executor, request)
+            result = await self._executors.call_instance(instance.executor, addressed)
         except ServiceError as exc:
             if exc.reason is Reason.INSTANCE_NOT_FOUND:
                 await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)
             raise
-        return response, export
+        return result, export
 
     async def delete(self, tenant: str, instance_id: str) -> None:
         """Terminates the instance and forgets it (one already gone on its executor is
         simply forgotten)."""
         instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
-        request = executor_pb.DeleteInstanceRequest(instance_id=instance_id, tenant=tenant)
         try:
-            await self._executors.delete_instance(instance.executor, request)
+            await self._executors.delete_instance(instance.executor, tenant, instance_id)
         except ServiceError as exc:
             if exc.reason is not Reason.INSTANCE_NOT_FOUND:
                 raise

@@ -26,24 +26,23 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
-from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
-from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
+from tensorwasm_common.deadlines import detached_context
 from tensorwasm_common.errors import (
-    Code,
     InternalError,
     InvalidArgumentError,
     InvalidNameError,
-    Reason,
     ServiceError,
 )
 
-from tensorwasm_gateway.errors import AsyncCapacityExhaustedError
+from tensorwasm_gateway.calls import AddressedCall, Call
+from tensorwasm_gateway.errors import AsyncCapacityExhaustedError, InvocationInterruptedError
 from tensorwasm_gateway.functions import FunctionService
 from tensorwasm_gateway.invocations.store import (
     FAILED,
     PENDING,
     SUCCEEDED,
     InvocationRecord,
+    InvocationState,
     InvocationStore,
     finished,
 )
@@ -76,20 +75,16 @@ def new_invocation_id(now_ns: int) -> str:
     return f"{now_ns:016x}{secrets.token_hex(8)}"
 
 
-def error_to_wire(error: ServiceError) -> pb.InvocationError:
-    """The status a synchronous Invoke would have returned, as stored."""
-    return pb.InvocationError(
-        code=int(error.code), message=error.message, reason=error.reason, metadata=error.metadata
-    )
+# How an invocation's row keeps the error its call failed with (the edge's choice:
+# the wire's `InvocationError`, which GetInvocation returns as is).
+ErrorEncoder = Callable[[ServiceError], bytes]
 
 
-def interrupted_error() -> pb.InvocationError:
+def interrupted_error() -> InvocationInterruptedError:
     """The error of an invocation its gateway stopped under."""
-    return pb.InvocationError(
-        code=int(Code.ABORTED),
-        message="the gateway stopped while the invocation was pending or running; "
-        "it was not re-run (the guest may or may not have run)",
-        reason=Reason.INVOCATION_INTERRUPTED,
+    return InvocationInterruptedError(
+        "the gateway stopped while the invocation was pending or running; "
+        "it was not re-run (the guest may or may not have run)"
     )
 
 
@@ -101,6 +96,7 @@ class InvocationService:
         functions: FunctionService,
         store: InvocationStore,
         *,
+        encode_error: ErrorEncoder,
         retention_seconds: float,
         max_unfinished: int,
         lease_seconds: float = 30.0,
@@ -109,6 +105,7 @@ class InvocationService:
     ) -> None:
         self._functions = functions
         self._store = store
+        self._encode_error = encode_error
         self._retention_ns = round(retention_seconds * 1e9)
         self._max_unfinished = max_unfinished
         self._lease_ns = round(lease_seconds * 1e9)
@@ -142,7 +139,10 @@ class InvocationService:
         """Fails the unfinished invocations of gateways whose lease has expired."""
         now = self._clock_ns()
         count = self._store.fail_orphaned(
-            self.gateway_id, interrupted_error().SerializeToString(), now, now + self._retention_ns
+            self.gateway_id,
+            self._encode_error(interrupted_error()),
+            now,
+            now + self._retention_ns,
         )
         if count:
             _log.warning(
@@ -179,7 +179,7 @@ class InvocationService:
         self,
         tenant: str,
         function_id: str,
-        request: executor_pb.InvokeRequest,
+        call: Call,
         request_id: str = "",
     ) -> InvocationRecord:
         """Resolves the call (its errors are raised here), records it PENDING and runs
@@ -200,13 +200,13 @@ class InvocationService:
                 metadata={"limit": str(self._max_unfinished)},
                 retry_after_seconds=1.0,
             )
-        export = await self._functions.resolve(tenant, function_id, request)
+        addressed = await self._functions.resolve(tenant, function_id, call)
         now = self._clock_ns()
         record = InvocationRecord(
             tenant=tenant,
             invocation_id=new_invocation_id(now),
             function_id=function_id,
-            export_name=export,
+            export_name=addressed.export_name,
             state=PENDING,
             request_id=request_id or None,
             create_time_ns=now,
@@ -215,29 +215,33 @@ class InvocationService:
         stored = await asyncio.to_thread(self._store.insert, record)
         if stored.invocation_id != record.invocation_id:  # a concurrent twin won the id
             return stored
-        self._tasks[record.invocation_id] = asyncio.create_task(self._run(record, request))
+        # The job outlives this call: it runs under its own limits, not this call's deadline.
+        self._tasks[record.invocation_id] = asyncio.create_task(
+            self._run(record, addressed), context=detached_context()
+        )
         JOBS_ACTIVE.set(len(self._tasks))
         return record
 
-    async def _run(self, record: InvocationRecord, request: executor_pb.InvokeRequest) -> None:
+    async def _run(self, record: InvocationRecord, call: AddressedCall) -> None:
         outcome = error = b""
         try:
             await asyncio.to_thread(self._store.set_running, record.tenant, record.invocation_id)
-            response = await self._functions.invoke_resolved(request)
-            state = SUCCEEDED if response.outcome.HasField("success") else FAILED
-            outcome = response.outcome.SerializeToString()
+            result = await self._functions.invoke_resolved(call)
+            state = SUCCEEDED if result.succeeded else FAILED
+            outcome = result.outcome.SerializeToString()
         except ServiceError as exc:
-            state, error = FAILED, error_to_wire(exc).SerializeToString()
+            state, error = FAILED, self._encode_error(exc)
         except asyncio.CancelledError:  # the gateway is stopping: record it, then end
-            self._finish(record, FAILED, b"", interrupted_error().SerializeToString())
+            self._finish(record, FAILED, b"", self._encode_error(interrupted_error()))
             raise
         except Exception:
             _log.exception("async invocation %s failed", record.invocation_id)
-            state = FAILED
-            error = error_to_wire(InternalError("internal error")).SerializeToString()
+            state, error = FAILED, self._encode_error(InternalError("internal error"))
         await asyncio.to_thread(self._finish, record, state, outcome, error)
 
-    def _finish(self, record: InvocationRecord, state: int, outcome: bytes, error: bytes) -> None:
+    def _finish(
+        self, record: InvocationRecord, state: InvocationState, outcome: bytes, error: bytes
+    ) -> None:
         done = finished(
             record,
             state,
@@ -284,7 +288,7 @@ class InvocationService:
 
     def _release(self) -> None:
         now = self._clock_ns()
-        error = interrupted_error().SerializeToString()
+        error = self._encode_error(interrupted_error())
         self._store.fail_owned(self.gateway_id, error, now, now + self._retention_ns)
         self._store.release_lease(self.gateway_id)
         _log.info("gateway lease released", extra={"gateway_id": self.gateway_id})

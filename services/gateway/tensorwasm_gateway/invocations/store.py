@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 from dataclasses import dataclass, replace
-
-from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 
 from tensorwasm_gateway.errors import InvocationNotFoundError
 from tensorwasm_gateway.functions import Registry, add_missing_columns
 
-PENDING = pb.INVOCATION_STATE_PENDING
-RUNNING = pb.INVOCATION_STATE_RUNNING
-SUCCEEDED = pb.INVOCATION_STATE_SUCCEEDED
-FAILED = pb.INVOCATION_STATE_FAILED
+
+class InvocationState(enum.IntEnum):
+    """An invocation's state; the values are the wire's `InvocationState` (and the
+    stored ones)."""
+
+    PENDING = 1  # accepted, not yet sent to an executor
+    RUNNING = 2  # sent to an executor, no outcome yet
+    SUCCEEDED = 3  # the guest returned
+    FAILED = 4  # the guest failed (the outcome says how) or the call did (the error)
+
+
+PENDING = InvocationState.PENDING
+RUNNING = InvocationState.RUNNING
+SUCCEEDED = InvocationState.SUCCEEDED
+FAILED = InvocationState.FAILED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
@@ -59,11 +69,11 @@ class InvocationRecord:
     invocation_id: str
     function_id: str
     export_name: str
-    state: int  # a tensorwasm.gateway.v1.InvocationState value
+    state: InvocationState
     request_id: str | None
     create_time_ns: int
-    outcome: bytes = b""  # a serialized tensorwasm.common.v1.InvocationOutcome
-    error: bytes = b""  # a serialized tensorwasm.gateway.v1.InvocationError
+    outcome: bytes = b""  # the executor's outcome, serialized as the wire carries it
+    error: bytes = b""  # the call's error, serialized by the service's ErrorEncoder
     end_time_ns: int | None = None
     expire_time_ns: int | None = None
     owner: str = ""  # the id of the gateway process that runs it
@@ -246,7 +256,7 @@ class InvocationStore:
 
 def finished(
     record: InvocationRecord,
-    state: int,
+    state: InvocationState,
     *,
     outcome: bytes = b"",
     error: bytes = b"",
@@ -289,7 +299,7 @@ def _record(row: tuple[object, ...]) -> InvocationRecord:
         invocation_id=str(invocation_id),
         function_id=str(function_id),
         export_name=str(export),
-        state=int(state),  # type: ignore[call-overload]
+        state=InvocationState(int(state)),  # type: ignore[call-overload]
         request_id=None if request_id is None else str(request_id),
         create_time_ns=int(created),  # type: ignore[call-overload]
         outcome=bytes(outcome),  # type: ignore[call-overload]

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import open_channel
@@ -29,10 +30,22 @@ from tensorwasm_common.deadlines import downstream_timeout
 from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
 
+from tensorwasm_gateway.calls import (
+    AddressedCall,
+    CallResult,
+    CompiledModule,
+    InstanceCall,
+    InstanceLaunch,
+    LaunchedInstance,
+    Target,
+    WireMessage,
+)
+from tensorwasm_gateway.limits import limits_to_wire
 from tensorwasm_gateway.request_ids import downstream_metadata
 from tensorwasm_gateway.routing.rendezvous import ReplicaView, rendezvous_order, route
 from tensorwasm_gateway.routing.replicas import ReplicaSource
 from tensorwasm_gateway.settings import GatewaySettings
+from tensorwasm_gateway.wire import exports_from_wire, offloads_to_wire, wasi_to_wire
 
 _log = logging.getLogger(__name__)
 # grpc's message when the load balancer found no connected transport for the call.
@@ -55,6 +68,60 @@ EXECUTOR_HEALTHY = Gauge(
 EXECUTOR_IN_FLIGHT = Gauge(
     "tensorwasm_gateway_executor_in_flight", "Calls in flight on each replica.", ["replica"]
 )
+
+
+def _values(args: Sequence[WireMessage]) -> Sequence[values_pb2.Value]:
+    # A call's arguments are the caller's wire `Value`s, relayed unread (see `calls`).
+    return cast("Sequence[values_pb2.Value]", args)
+
+
+def invoke_request(call: AddressedCall) -> pb.InvokeRequest:
+    """The executor's InvokeRequest for an addressed call."""
+    target = call.target
+    return pb.InvokeRequest(
+        module_digest=target.module_digest,
+        export_name=call.export_name,
+        args=_values(call.args),
+        stdin=call.stdin,
+        limits=limits_to_wire(call.limits),
+        tenant=target.tenant,
+        wasi=wasi_to_wire(target.wasi),
+        init_export=target.init_export,
+        offloads=offloads_to_wire(target.offloads),
+    )
+
+
+def create_instance_request(launch: InstanceLaunch) -> pb.CreateInstanceRequest:
+    """The executor's CreateInstanceRequest for an instance launch."""
+    target: Target = launch.target
+    request = pb.CreateInstanceRequest(
+        module_digest=target.module_digest,
+        tenant=target.tenant,
+        stdin=launch.stdin,
+        limits=limits_to_wire(launch.limits),
+        wasi=wasi_to_wire(target.wasi),
+        init_export=target.init_export,
+        offloads=offloads_to_wire(target.offloads),
+    )
+    if launch.idle_ttl_ns is not None:
+        request.idle_ttl.FromNanoseconds(launch.idle_ttl_ns)
+    return request
+
+
+def call_instance_request(call: InstanceCall) -> pb.CallInstanceRequest:
+    """The executor's CallInstanceRequest for an instance call."""
+    return pb.CallInstanceRequest(
+        instance_id=call.instance_id,
+        tenant=call.tenant,
+        export_name=call.export_name,
+        args=_values(call.args),
+        limits=limits_to_wire(call.limits),
+    )
+
+
+def call_result(outcome: invocation_pb2.InvocationOutcome) -> CallResult:
+    """An executor's outcome as the domain relays it."""
+    return CallResult(outcome=outcome, succeeded=outcome.HasField("success"))
 
 
 def not_started(exc: grpc.aio.AioRpcError) -> bool:
@@ -199,7 +266,7 @@ class ExecutorPool:
 
     async def prepare(
         self, digest: str, *, init_export: str = "", tenant: str = ""
-    ) -> pb.PrepareModuleResponse:
+    ) -> CompiledModule:
         """Compiles on the preferred replica; PrepareModule is idempotent, so any
         UNAVAILABLE replica is skipped for the next one."""
         last: ServiceError | None = None
@@ -213,31 +280,38 @@ class ExecutorPool:
                     ),
                     timeout=downstream_timeout(self._timeout),
                 )
-                return response
+                return CompiledModule(exports_from_wire(response.exports))
             except grpc.aio.AioRpcError as exc:
                 last = downstream_error(exc, f"executor {address}")
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise last from exc
         raise last or UnavailableError("no executor replica is configured")
 
-    async def invoke(self, request: pb.InvokeRequest) -> pb.InvokeResponse:
+    async def invoke(self, call: AddressedCall) -> CallResult:
         """Runs the call on the routed replica, failing over only while not started."""
-        _, response = await self._routed(request.module_digest, "Invoke", request)
-        return response  # type: ignore[no-any-return]
+        digest = call.target.module_digest
+        _, response = await self._routed(digest, "Invoke", invoke_request(call))
+        return call_result(response.outcome)
 
-    async def create_instance(
-        self, request: pb.CreateInstanceRequest
-    ) -> tuple[str, pb.CreateInstanceResponse]:
+    async def create_instance(self, launch: InstanceLaunch) -> LaunchedInstance:
         """Creates the instance on the routed replica (failing over only while not
-        started); returns that replica's address, where every later call of it goes."""
-        address, response = await self._routed(request.module_digest, "CreateInstance", request)
-        return address, response
+        started); the answer names that replica, where every later call of it goes."""
+        request = create_instance_request(launch)
+        address, response = await self._routed(
+            launch.target.module_digest, "CreateInstance", request
+        )
+        return LaunchedInstance(
+            executor=address,
+            instance_id=response.instance_id,
+            idle_ttl_ns=response.idle_ttl.ToNanoseconds(),
+            result=call_result(response.outcome),
+        )
 
-    async def invoke_stream(self, request: pb.InvokeRequest) -> ExecutorStream:
+    async def invoke_stream(self, call: AddressedCall) -> ExecutorStream:
         """Starts the call on the routed replica and returns its event stream. The first
         event is read here, so a replica that cannot be connected is failed over like
         a unary call; a call that started is never resent."""
-        message = pb.InvokeStreamRequest(invocation=request)
+        message = pb.InvokeStreamRequest(invocation=invoke_request(call))
 
         async def start(replica: Replica) -> ExecutorStream:
             call = replica.stub.InvokeStream(
@@ -255,7 +329,7 @@ class ExecutorPool:
                 raise
             return ExecutorStream(call, replica.address, first, replica.release)
 
-        _, stream = await self._failover(request.module_digest, start)
+        _, stream = await self._failover(call.target.module_digest, start)
         assert isinstance(stream, ExecutorStream)
         return stream
 
@@ -298,15 +372,16 @@ class ExecutorPool:
             raise UnavailableError("no executor replica is configured")
         raise downstream_error(last, "executor replicas") from last
 
-    async def call_instance(
-        self, address: str, request: pb.CallInstanceRequest
-    ) -> pb.CallInstanceResponse:
+    async def call_instance(self, address: str, call: InstanceCall) -> CallResult:
         """Calls an instance on the replica that holds it."""
-        response: pb.CallInstanceResponse = await self._pinned(address, "CallInstance", request)
-        return response
+        response: pb.CallInstanceResponse = await self._pinned(
+            address, "CallInstance", call_instance_request(call)
+        )
+        return call_result(response.outcome)
 
-    async def delete_instance(self, address: str, request: pb.DeleteInstanceRequest) -> None:
+    async def delete_instance(self, address: str, tenant: str, instance_id: str) -> None:
         """Terminates an instance on the replica that holds it."""
+        request = pb.DeleteInstanceRequest(instance_id=instance_id, tenant=tenant)
         await self._pinned(address, "DeleteInstance", request)
 
     async def _pinned(self, address: str, method: str, request: Any) -> Any:

@@ -23,6 +23,7 @@ from tensorwasm_common.errors import (
     UnavailableError,
 )
 from tensorwasm_gateway.access.tenants import validate_tenant
+from tensorwasm_gateway.calls import AddressedCall, Call, CallResult, CompiledModule
 from tensorwasm_gateway.errors import (
     ExportRequiredError,
     FunctionAlreadyExistsError,
@@ -35,6 +36,8 @@ from tensorwasm_gateway.functions.service import (
     choose_export,
     function_id_from_name,
 )
+from tensorwasm_gateway.routing.executors import invoke_request
+from tensorwasm_gateway.wire import FUNCTION_CONFIGS, exports_from_wire
 
 WASM = b"\x00asm\x01\x00\x00\x00"
 WASM_DIGEST = blake3.blake3(WASM).hexdigest()
@@ -109,22 +112,19 @@ class FakeExecutors:
         self.prepared: list[str] = []
         self.invoked: list[executor_pb.InvokeRequest] = []
 
-    async def prepare(self, digest: str) -> executor_pb.PrepareModuleResponse:
+    async def prepare(self, digest: str) -> CompiledModule:
         self.prepared.append(digest)
         if self.prepare_error is not None:
             raise self.prepare_error
-        return executor_pb.PrepareModuleResponse(exports=self.exports)
+        return CompiledModule(exports_from_wire(self.exports))
 
-    async def invoke(self, request: executor_pb.InvokeRequest) -> executor_pb.InvokeResponse:
-        copy = executor_pb.InvokeRequest()
-        copy.CopyFrom(request)
-        self.invoked.append(copy)
-        return executor_pb.InvokeResponse(
-            outcome=invocation_pb2.InvocationOutcome(
-                success=invocation_pb2.InvocationSuccess(results=[values_pb2.Value(i32=7)]),
-                stdout=b"out",
-            )
+    async def invoke(self, call: AddressedCall) -> CallResult:
+        self.invoked.append(invoke_request(call))  # what the executor would receive
+        outcome = invocation_pb2.InvocationOutcome(
+            success=invocation_pb2.InvocationSuccess(results=[values_pb2.Value(i32=7)]),
+            stdout=b"out",
         )
+        return CallResult(outcome, succeeded=True)
 
 
 @pytest.fixture
@@ -140,7 +140,13 @@ def _service(
     executors: FakeExecutors | None = None,
 ) -> FunctionService:
     fake_executors: Any = executors or FakeExecutors()
-    return FunctionService(registry, store or FakeStore(), fake_executors, max_module_bytes=LIMIT)
+    return FunctionService(
+        registry,
+        store or FakeStore(),
+        fake_executors,
+        max_module_bytes=LIMIT,
+        configs=FUNCTION_CONFIGS,
+    )
 
 
 # --- names -------------------------------------------------------------------------------
@@ -380,11 +386,9 @@ def test_invoke_routes_with_digest_export_and_tenant(registry: Registry) -> None
     )
     service = _service(registry, executors=executors)
 
-    async def scenario() -> tuple[executor_pb.InvokeResponse, str]:
+    async def scenario() -> tuple[CallResult, str]:
         await service.create("acme", "adder", WASM)
-        request = executor_pb.InvokeRequest(
-            args=[values_pb2.Value(i32=1)], stdin=b"in", tenant="spoofed", module_digest="x"
-        )
+        request = Call(args=[values_pb2.Value(i32=1)], stdin=b"in")  # no tenant, no digest
         return await service.invoke("acme", "adder", request)
 
     response, export = asyncio.run(scenario())
@@ -405,11 +409,11 @@ def test_invoke_unknown_export_is_not_sent(registry: Registry) -> None:
     async def scenario() -> None:
         await service.create("default", "adder", WASM)
         with pytest.raises(ExportNotFoundError):
-            await service.invoke("default", "adder", executor_pb.InvokeRequest(export_name="x"))
+            await service.invoke("default", "adder", Call(export_name="x"))
         with pytest.raises(ExportRequiredError):
-            await service.invoke("default", "adder", executor_pb.InvokeRequest())
+            await service.invoke("default", "adder", Call())
         with pytest.raises(FunctionNotFoundError):
-            await service.invoke("other", "adder", executor_pb.InvokeRequest(export_name="add"))
+            await service.invoke("other", "adder", Call(export_name="add"))
 
     asyncio.run(scenario())
     assert executors.invoked == []

@@ -13,6 +13,7 @@ from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_gateway.calls import AddressedCall, Call, CallResult, Target
 from tensorwasm_gateway.errors import (
     AsyncCapacityExhaustedError,
     FunctionNotFoundError,
@@ -26,7 +27,9 @@ from tensorwasm_gateway.invocations.store import (
     InvocationRecord,
     InvocationStore,
 )
+from tensorwasm_gateway.routing.executors import call_result
 from tensorwasm_gateway.servicer import GatewayServicer
+from tensorwasm_gateway.wire import encode_invocation_error
 
 SECOND = 1_000_000_000
 
@@ -43,18 +46,17 @@ class FakeFunctions:
             )
         )
 
-    async def resolve(self, tenant: str, function_id: str, request: Any) -> str:
+    async def resolve(self, tenant: str, function_id: str, call: Call) -> AddressedCall:
         if function_id != "add":
             raise FunctionNotFoundError(f"function {function_id!r} not found")
-        request.export_name = request.export_name or "add"
-        return str(request.export_name)
+        return AddressedCall(Target(tenant, "00" * 32), call.export_name or "add")
 
-    async def invoke_resolved(self, request: Any) -> executor_pb.InvokeResponse:
+    async def invoke_resolved(self, call: AddressedCall) -> CallResult:
         self.calls += 1
         await self.release.wait()
         if isinstance(self.answer, ServiceError):
             raise self.answer
-        return self.answer
+        return call_result(self.answer.outcome)
 
 
 class Clock:
@@ -71,6 +73,7 @@ def make(tmp_path: Path, **kwargs: Any) -> tuple[InvocationService, FakeFunction
     service = InvocationService(
         functions,  # type: ignore[arg-type]
         InvocationStore(Registry(tmp_path / "registry.sqlite3")),
+        encode_error=encode_invocation_error,
         retention_seconds=kwargs.get("retention_seconds", 60.0),
         max_unfinished=kwargs.get("max_unfinished", 100),
         clock_ns=clock,
@@ -94,7 +97,7 @@ async def settle(service: InvocationService, tenant: str, invocation_id: str) ->
 def test_an_invocation_is_pending_then_succeeds_with_its_outcome(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, functions, _ = make(tmp_path)
-        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        record = await service.start("acme", "add", Call())
         assert record.state == pb.INVOCATION_STATE_PENDING
         assert record.export_name == "add"
         await asyncio.sleep(0.05)
@@ -121,7 +124,7 @@ def test_a_guest_failure_and_a_request_failure_are_failed_invocations(tmp_path: 
                 failure=invocation_pb2.InvocationFailure(reason="TRAP")
             )
         )
-        trapped = await service.start("acme", "add", executor_pb.InvokeRequest())
+        trapped = await service.start("acme", "add", Call())
         done = await settle(service, "acme", trapped.invocation_id)
         assert done.state == FAILED
         assert invocation_pb2.InvocationOutcome.FromString(done.outcome).failure.reason == "TRAP"
@@ -129,7 +132,7 @@ def test_a_guest_failure_and_a_request_failure_are_failed_invocations(tmp_path: 
         functions.answer = ServiceError(
             "busy", code=Code.RESOURCE_EXHAUSTED, reason="EXECUTOR_SATURATED"
         )
-        refused = await service.start("acme", "add", executor_pb.InvokeRequest())
+        refused = await service.start("acme", "add", Call())
         done = await settle(service, "acme", refused.invocation_id)
         error = pb.InvocationError.FromString(done.error)
         assert (done.state, error.code, error.reason) == (FAILED, 8, "EXECUTOR_SATURATED")
@@ -142,7 +145,7 @@ def test_resolution_errors_are_the_start_calls_own(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, functions, _ = make(tmp_path)
         with pytest.raises(FunctionNotFoundError):
-            await service.start("acme", "nope", executor_pb.InvokeRequest())
+            await service.start("acme", "nope", Call())
         assert await service.list_page("acme", "", 10) == []
         assert functions.calls == 0
 
@@ -152,9 +155,9 @@ def test_resolution_errors_are_the_start_calls_own(tmp_path: Path) -> None:
 def test_a_repeated_request_id_returns_the_first_invocation(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, functions, _ = make(tmp_path)
-        first = await service.start("acme", "add", executor_pb.InvokeRequest(), "req-1")
-        again = await service.start("acme", "add", executor_pb.InvokeRequest(), "req-1")
-        other_tenant = await service.start("beta", "add", executor_pb.InvokeRequest(), "req-1")
+        first = await service.start("acme", "add", Call(), "req-1")
+        again = await service.start("acme", "add", Call(), "req-1")
+        other_tenant = await service.start("beta", "add", Call(), "req-1")
         assert again.invocation_id == first.invocation_id
         assert other_tenant.invocation_id != first.invocation_id
         functions.release.set()
@@ -168,10 +171,10 @@ def test_a_repeated_request_id_returns_the_first_invocation(tmp_path: Path) -> N
 def test_unfinished_invocations_are_capped(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, functions, _ = make(tmp_path, max_unfinished=2)
-        await service.start("acme", "add", executor_pb.InvokeRequest())
-        await service.start("acme", "add", executor_pb.InvokeRequest())
+        await service.start("acme", "add", Call())
+        await service.start("acme", "add", Call())
         with pytest.raises(AsyncCapacityExhaustedError) as caught:
-            await service.start("acme", "add", executor_pb.InvokeRequest())
+            await service.start("acme", "add", Call())
         assert caught.value.retry_after_seconds == 1.0
         functions.release.set()
         await service.close(5.0)
@@ -183,7 +186,7 @@ def test_finished_invocations_expire_after_the_retention(tmp_path: Path) -> None
     async def scenario() -> None:
         service, functions, clock = make(tmp_path, retention_seconds=60.0)
         functions.release.set()
-        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        record = await service.start("acme", "add", Call())
         await settle(service, "acme", record.invocation_id)
         clock.now += 59 * SECOND
         assert (await service.get("acme", record.invocation_id)).finished
@@ -200,7 +203,7 @@ def test_a_restart_keeps_finished_invocations_and_fails_unfinished_ones(tmp_path
     async def first_life() -> tuple[str, str]:
         service, functions, _ = make(tmp_path)
         functions.release.set()
-        done = await service.start("acme", "add", executor_pb.InvokeRequest())
+        done = await service.start("acme", "add", Call())
         await settle(service, "acme", done.invocation_id)
         # a row as a gateway killed (-9) mid-call leaves it: RUNNING, never finished
         running = InvocationRecord(
@@ -233,7 +236,7 @@ def test_a_restart_keeps_finished_invocations_and_fails_unfinished_ones(tmp_path
 def test_a_stop_past_the_grace_period_fails_running_invocations(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, _, _ = make(tmp_path)
-        record = await service.start("acme", "add", executor_pb.InvokeRequest())
+        record = await service.start("acme", "add", Call())
         await asyncio.sleep(0.02)
         await service.close(0.05)
         stopped = await service.get("acme", record.invocation_id)
@@ -304,6 +307,7 @@ def replica(
     service = InvocationService(
         functions,  # type: ignore[arg-type]
         InvocationStore(Registry(tmp_path / "registry.sqlite3")),
+        encode_error=encode_invocation_error,
         retention_seconds=60.0,
         max_unfinished=100,
         lease_seconds=30.0,
@@ -323,7 +327,7 @@ def test_a_starting_gateway_leaves_a_live_gateways_invocations_alone(tmp_path: P
         clock = Clock()
         a, a_functions = replica(tmp_path, clock, "gw-a")
         assert a.recover() == 0
-        record = await a.start("acme", "add", executor_pb.InvokeRequest())
+        record = await a.start("acme", "add", Call())
         assert record.owner == "gw-a"
         await asyncio.sleep(0.05)
         b, _ = replica(tmp_path, clock, "gw-b")
@@ -351,7 +355,7 @@ def test_a_dead_gateways_invocations_fail_once_its_lease_expires(
         clock = Clock()
         a, a_functions = replica(tmp_path, clock, "gw-a")
         a.recover()
-        record = await a.start("acme", "add", executor_pb.InvokeRequest())
+        record = await a.start("acme", "add", Call())
         await asyncio.sleep(0.05)
         b, b_functions = replica(tmp_path, clock, "gw-b")
         b.recover()
@@ -385,7 +389,7 @@ def test_a_restarted_gateway_fails_its_previous_incarnations_rows_after_the_leas
         clock = Clock()
         first, _ = replica(tmp_path, clock, "gw-1")
         first.recover()
-        record = await first.start("acme", "add", executor_pb.InvokeRequest())
+        record = await first.start("acme", "add", Call())
         await asyncio.sleep(0.05)
         # killed -9: no close; the same gateway starts again under a new id
         clock.now += 5 * SECOND
@@ -407,8 +411,8 @@ def test_a_clean_stop_fails_only_its_own_rows_and_releases_its_lease(tmp_path: P
         b, b_functions = replica(tmp_path, clock, "gw-b")
         a.recover()
         b.recover()
-        mine = await a.start("acme", "add", executor_pb.InvokeRequest())
-        theirs = await b.start("acme", "add", executor_pb.InvokeRequest())
+        mine = await a.start("acme", "add", Call())
+        theirs = await b.start("acme", "add", Call())
         await asyncio.sleep(0.05)
         await a.close(0.05)
         assert interrupted(await b.get("acme", mine.invocation_id))
@@ -427,7 +431,7 @@ def test_the_heartbeat_renews_the_lease_and_fails_orphans(tmp_path: Path) -> Non
         clock = Clock()
         dead, _ = replica(tmp_path, clock, "gw-dead")
         dead.recover()
-        record = await dead.start("acme", "add", executor_pb.InvokeRequest())
+        record = await dead.start("acme", "add", Call())
         await asyncio.sleep(0.05)
         live, _ = replica(tmp_path, clock, "gw-live")
         live.recover()

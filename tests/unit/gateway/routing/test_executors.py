@@ -15,6 +15,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Code, ServiceError
+from tensorwasm_gateway.calls import AddressedCall, Target
 from tensorwasm_gateway.routing.executors import ExecutorPool
 from tensorwasm_gateway.routing.rendezvous import rendezvous_order
 from tensorwasm_gateway.routing.replicas import ReplicaSource
@@ -78,6 +79,11 @@ def pool(addresses: list[str]) -> ExecutorPool:
     return ExecutorPool(tuple(addresses), max_message_bytes=4 << 20, timeout=10.0)
 
 
+def call_of(digest: str) -> AddressedCall:
+    """A call of the module `digest` (what routing looks at)."""
+    return AddressedCall(Target(tenant="", module_digest=digest), "")
+
+
 def test_a_replica_that_cannot_be_connected_is_failed_over() -> None:
     async def scenario() -> None:
         server, live, fake = await start_fake()
@@ -85,7 +91,7 @@ def test_a_replica_that_cannot_be_connected_is_failed_over() -> None:
         executors = pool([dead, live])
         key = key_preferring(dead, [dead, live])
         try:
-            response = await executors.invoke(pb.InvokeRequest(module_digest=key))
+            response = await executors.invoke(call_of(key))
             assert response.outcome.stdout == b"ran"
             assert fake.invokes == 1
             # the dead replica is now known down: routed last without being tried first
@@ -106,7 +112,7 @@ def test_a_call_that_reached_a_replica_is_not_sent_to_another() -> None:
         key = key_preferring(first, [first, second])
         try:
             with pytest.raises(ServiceError) as caught:
-                await executors.invoke(pb.InvokeRequest(module_digest=key))
+                await executors.invoke(call_of(key))
             assert caught.value.code == Code.UNAVAILABLE
             assert (first_fake.invokes, second_fake.invokes) == (1, 0)
         finally:
@@ -122,7 +128,7 @@ def test_every_replica_unreachable_is_unavailable() -> None:
         executors = pool([closed_address(), closed_address()])
         try:
             with pytest.raises(ServiceError) as caught:
-                await executors.invoke(pb.InvokeRequest(module_digest="ab" * 32))
+                await executors.invoke(call_of("ab" * 32))
             assert caught.value.code == Code.UNAVAILABLE
             assert caught.value.reason == "UPSTREAM_UNAVAILABLE"
         finally:
@@ -138,7 +144,7 @@ def test_a_stream_fails_over_before_its_first_event_and_relays_it() -> None:
         executors = pool([dead, live])
         key = key_preferring(dead, [dead, live])
         try:
-            stream = await executors.invoke_stream(pb.InvokeRequest(module_digest=key))
+            stream = await executors.invoke_stream(call_of(key))
             events = [event async for event in stream]
             assert [e.WhichOneof("event") for e in events] == ["output", "outcome"]
             assert stream.address == live
@@ -161,7 +167,7 @@ def test_not_serving_replicas_are_routed_last_after_a_health_check() -> None:
             assert executors.order(key)[0] == sick  # unknown health: optimistic
             await executors.check_health()
             assert executors.order(key) == [well, sick]
-            await executors.invoke(pb.InvokeRequest(module_digest=key))
+            await executors.invoke(call_of(key))
             assert (sick_fake.invokes, well_fake.invokes) == (0, 1)
         finally:
             await executors.close()
@@ -176,11 +182,11 @@ def test_in_flight_calls_are_counted_while_they_run_and_released() -> None:
         server, live, _fake = await start_fake()
         executors = pool([live])
         try:
-            stream = await executors.invoke_stream(pb.InvokeRequest(module_digest="cd" * 32))
+            stream = await executors.invoke_stream(call_of("cd" * 32))
             assert executors._replicas[live].in_flight == 1
             _ = [event async for event in stream]
             assert executors._replicas[live].in_flight == 0
-            await executors.invoke(pb.InvokeRequest(module_digest="cd" * 32))
+            await executors.invoke(call_of("cd" * 32))
             assert executors._replicas[live].in_flight == 0
         finally:
             await executors.close()
