@@ -1,8 +1,9 @@
 """Compiled-module lookup: the memory LRU, else this executor's artifact file (memory-mapped
-by `Module.deserialize_file`), else the fleet's artifact in the snapshot store (a
-COMPILED_MODULE record of this engine fingerprint, written to the local file first), else
-fetch the wasm and compile, once, then write the artifact (temp file, fsync, rename) and
-share it through the store (best effort) so no replica compiles it again.
+by `Module.deserialize_file` once its BLAKE3 digest, kept beside it, matches), else the
+fleet's artifact in the snapshot store (a COMPILED_MODULE record of this engine fingerprint,
+written to the local file first), else fetch the wasm and compile, once, then write the
+artifact (temp file, fsync, rename; then its digest) and share it through the store (best
+effort) so no replica compiles it again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tensorwasm_common.errors import (
     InvalidWasmError,
     ServiceError,
 )
-from tensorwasm_common.files import write_atomically
+from tensorwasm_common.files import remove_sealed, seal_is_intact, write_sealed
 from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
@@ -103,16 +104,25 @@ class ModuleProvider:
         return module, False
 
     def _load_artifact(self, digest: str) -> CompiledModule | None:
-        """The module from its artifact file, or None (no file, or one wasmtime refuses,
-        which is then removed so the module is compiled again)."""
+        """The module from its artifact file, or None (no file; or one whose digest is
+        missing or does not match, or that wasmtime refuses: it is then removed and the
+        module is compiled again).
+
+        wasmtime maps serialized code as trusted machine code, so a damaged file would crash
+        the executor: the digest is checked before the file is handed to wasmtime.
+        """
         path = self.artifact_path(digest)
         if path is None or not path.is_file():
+            return None
+        if not seal_is_intact(path):
+            _log.warning("artifact %s does not match its digest; compiling again", path)
+            remove_sealed(path)
             return None
         try:
             return self._sandbox.load_artifact(digest, path)
         except InvalidWasmError as exc:
             _log.warning("artifact %s refused (%s); compiling again", path, exc)
-            path.unlink(missing_ok=True)
+            remove_sealed(path)
             return None
 
     async def _restore(self, digest: str, pool: Executor) -> CompiledModule | None:
@@ -139,7 +149,7 @@ class ModuleProvider:
             _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
             return None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(pool, write_atomically, path, payload)
+        await loop.run_in_executor(pool, write_sealed, path, payload)
         module = await loop.run_in_executor(pool, self._load_artifact, digest)
         if module is not None:
             self.restored += 1
@@ -170,7 +180,7 @@ class ModuleProvider:
             return module, None
         artifact = bytes(module.module.serialize())
         try:
-            write_atomically(path, artifact)
+            write_sealed(path, artifact)
         except OSError as exc:  # a full or read-only disk costs a recompile later, no more
             _log.warning("could not write artifact %s: %s", path, exc)
         return module, artifact

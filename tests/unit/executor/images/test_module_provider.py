@@ -85,3 +85,38 @@ def test_engines_with_other_flags_keep_their_own_artifacts(
         assert compiled == 1  # the plain engine's artifact is not used
         assert len(list(tmp_path.iterdir())) == 2
         assert _call_add(metered, module) == (WasmValue(ValueType.I32, 42),)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "missing digest", "garbled digest"])
+def test_an_artifact_that_fails_its_digest_is_never_mapped_and_is_replaced(
+    add: tuple[str, Store], tmp_path: Path, damage: str
+) -> None:
+    """wasmtime maps serialized code as trusted machine code: a flipped byte in the code
+    would crash the executor on the next call, so the file is checked before it is mapped."""
+    digest, store = add
+    with Sandbox() as first:
+        _provide(first, store, tmp_path, digest)
+        path = tmp_path / first.engine_fingerprint[:16] / f"{digest}.cwasm"
+        digest_file = path.with_name(path.name + ".blake3")
+        assert digest_file.read_text().strip() == blake3.blake3(path.read_bytes()).hexdigest()
+    good = path.read_bytes()
+    if damage == "flipped byte":
+        _flip_byte(path, len(good) // 2)  # inside the compiled code, past wasmtime's header
+    elif damage == "missing digest":
+        digest_file.unlink()
+    else:
+        digest_file.write_text("not a digest\n")
+    with Sandbox() as restarted:
+        (module, compiled), _ = _provide(restarted, store, tmp_path, digest)
+        assert compiled == 1 and store.fetches == 2  # compiled again, the file not trusted
+        assert _call_add(restarted, module) == (WasmValue(ValueType.I32, 42),)
+    assert digest_file.read_text().strip() == blake3.blake3(path.read_bytes()).hexdigest()
+    with Sandbox() as again:  # the replaced file is trusted again
+        (_, compiled), _ = _provide(again, store, tmp_path, digest)
+        assert compiled == 0
