@@ -27,6 +27,7 @@ from tensorwasm_gateway.errors import (
     FunctionAlreadyExistsError,
     ModuleTooLargeError,
 )
+from tensorwasm_gateway.functions.artifacts import ArtifactRecords, release_unused_artifacts
 from tensorwasm_gateway.functions.registry import (
     ExportRecord,
     FunctionRecord,
@@ -152,8 +153,10 @@ class FunctionService:
         *,
         max_module_bytes: int,
         ceilings: TenantCeilings | None = None,
+        artifacts: ArtifactRecords | None = None,
     ) -> None:
         self._registry = registry
+        self._artifacts = artifacts
         self._store = store
         self._executors = executors
         self._max_module_bytes = max_module_bytes
@@ -244,6 +247,8 @@ class FunctionService:
         record = await self.get(tenant, function_id)
         await asyncio.to_thread(self._registry.delete, tenant, function_id)
         await self._release(tenant, record.module_digest, f"functions/{function_id}")
+        if self._artifacts is not None:
+            await release_unused_artifacts(self._registry, self._artifacts, record.module_digest)
 
     async def _release(self, tenant: str, digest: str, reference: str) -> None:
         try:

@@ -4,12 +4,14 @@ local artifact file in a fresh sandbox (as after a restart); refused files are r
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
 import pytest
+import wasmtime
 from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.wasm.sandbox import Sandbox
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
@@ -120,3 +122,37 @@ def test_an_artifact_that_fails_its_digest_is_never_mapped_and_is_replaced(
     with Sandbox() as again:  # the replaced file is trusted again
         (_, compiled), _ = _provide(again, store, tmp_path, digest)
         assert compiled == 0
+
+
+def test_the_artifact_directory_keeps_the_most_recently_used_files_under_its_cap(
+    tmp_path: Path,
+) -> None:
+    modules = {}
+    for n in range(3):
+        data = wasmtime.wat2wasm(f'(module (func (export "f") (result i32) i32.const {n}))')
+        modules[blake3.blake3(data).hexdigest()] = bytes(data)
+    store = Store(modules)
+    first, second, third = modules
+
+    def provider(box: Sandbox, pool: ThreadPoolExecutor, cap: int) -> ModuleProvider:
+        return ModuleProvider(
+            box, store.get, pool, artifact_dir=tmp_path, artifact_dir_max_bytes=cap
+        )
+
+    with Sandbox() as box, ThreadPoolExecutor(1) as pool:
+        filler = provider(box, pool, 0)
+        for digest in (first, second):
+            asyncio.run(filler.get(digest))
+        directory = tmp_path / box.engine_fingerprint[:16]
+    sizes = [p.stat().st_size for p in directory.glob("*.cwasm")]
+    for age, digest in enumerate((first, second)):  # both old; `first` the older
+        os.utime(directory / f"{digest}.cwasm", ns=(age * 10**9, age * 10**9))
+    with Sandbox() as box, ThreadPoolExecutor(1) as pool:  # a restart: nothing in memory
+        bounded = provider(box, pool, sum(sizes) + max(sizes) // 2)  # room for two files
+        asyncio.run(bounded.get(first))  # loaded from its file, which makes it recent
+        assert bounded.compiled == 0
+        asyncio.run(bounded.get(third))  # a third file: the least recently used goes
+    kept = sorted(p.name for p in directory.glob("*.cwasm"))
+    assert kept == sorted(f"{digest}.cwasm" for digest in (first, third))
+    assert bounded.evicted == 1
+    assert sorted(p.name for p in directory.glob("*.blake3")) == [f"{n}.blake3" for n in kept]
