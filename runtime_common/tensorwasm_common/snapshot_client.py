@@ -19,6 +19,9 @@ from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
 COMPILED_MODULE = pb.SNAPSHOT_KIND_COMPILED_MODULE
 INSTANCE_IMAGE = pb.SNAPSHOT_KIND_INSTANCE_IMAGE
+# Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
+# the module, so the fleet keeps them under one store tenant of its own.
+ARTIFACT_TENANT = "fleet-artifacts"
 
 
 def _error(exc: grpc.aio.AioRpcError) -> ServiceError:
@@ -173,8 +176,28 @@ class SnapshotClient(StoreClientBase):
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from exc
 
+    async def delete_compiled_artifacts(self, source_digest: str) -> int:
+        """Deletes the fleet's compiled artifacts of a module (one per engine fingerprint,
+        so one page holds them), releasing their blobs; -> how many. An executor that needs
+        one again compiles it."""
+        page = await self.list_snapshots(
+            kind=COMPILED_MODULE,
+            source_digest=source_digest,
+            page_size=1000,
+            tenant=ARTIFACT_TENANT,
+        )
+        deleted = 0
+        for record in page.snapshots:
+            try:
+                await self.delete_snapshot(record.id, tenant=ARTIFACT_TENANT)
+            except SnapshotNotFoundError:
+                continue  # deleted meanwhile, by another gateway
+            deleted += 1
+        return deleted
+
 
 __all__ = [
+    "ARTIFACT_TENANT",
     "COMPILED_MODULE",
     "INSTANCE_IMAGE",
     "SnapshotClient",

@@ -104,6 +104,7 @@ async def serve(settings: ExecutorSettings) -> None:
         blobs.get,
         compile_pool,
         artifact_dir=settings.artifact_dir,
+        artifact_dir_max_bytes=settings.artifact_dir_max_bytes,
         snapshots=SnapshotClient(store_channel),
     )
     images = ImageProvider(

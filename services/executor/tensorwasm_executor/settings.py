@@ -47,6 +47,9 @@ class ExecutorSettings(ServerSettings):
     artifact_dir: Path | None = dataclasses.field(
         default_factory=lambda: default_data_dir() / "executor" / "artifacts"
     )
+    # The most bytes of artifact files kept there: the least recently used go first (a
+    # module whose file went is restored from the store or compiled again); 0: no cap.
+    artifact_dir_max_bytes: int = 1 << 30
     # Pre-initialised instance images (per engine fingerprint), memory-mapped on load, and
     # how many decoded images are kept in memory.
     image_dir: Path | None = dataclasses.field(
@@ -106,6 +109,8 @@ class ExecutorSettings(ServerSettings):
         self._check_scheduling()
         if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
+        if self.artifact_dir_max_bytes < 0:
+            raise SettingsError("artifact_dir_max_bytes: must be >= 0 (0: no cap)")
         if self.image_cache_entries <= 0:
             raise SettingsError("image_cache_entries: must be positive")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:

@@ -11,6 +11,7 @@ from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 from tensorwasm_common.settings import SettingsError
+from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_gateway.access import (
     AuditLog,
@@ -98,6 +99,7 @@ async def serve(settings: GatewaySettings) -> None:
         max_module_bytes=settings.max_module_bytes,
         configs=FUNCTION_CONFIGS,
         ceilings=ceilings,
+        artifacts=SnapshotClient(store_channel),
     )
     functions.references.start(settings.release_retry_seconds)
     invocations = InvocationService(

@@ -106,6 +106,26 @@ class BlobIndex:
         with self._lock:
             self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchall()
 
+    def problems(self, *, limit: int = 20) -> list[str]:
+        """What is wrong with the database (empty: nothing found), up to `limit` lines.
+
+        SQLite's full integrity check (pages, and every index against its table: a damaged
+        `refs_by_digest` entry hides a reference from the collector), then references and
+        records whose object has no row (a damaged digest, which frees the real object).
+        Reads every page: run it when the store opens, not per request.
+        """
+        try:
+            with self._lock:
+                found = [
+                    str(row[0]) for row in self._db.execute(f"PRAGMA integrity_check({int(limit)})")
+                ]
+                if found != ["ok"]:
+                    return found
+                dangling = self._db.execute("PRAGMA foreign_key_check").fetchmany(limit)
+        except sqlite3.DatabaseError as exc:
+            return [f"sqlite: {exc}"]
+        return [f"a {table} row names an object that is not indexed" for table, *_ in dangling]
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the index's lock, for reads of tables kept beside it."""

@@ -7,15 +7,18 @@ InvalidDigestError, InvalidNameError, InvalidPageTokenError, TooLargeError).
 from __future__ import annotations
 
 from tensorwasm_common.errors import (
+    Code,
     InvalidArgumentError,
     NotFoundError,
     Reason,
     ResourceExhaustedError,
+    ServiceError,
 )
 
 __all__ = [
     "BlobNotFoundError",
     "DigestMismatchError",
+    "IndexDamagedError",
     "TenantQuotaExceededError",
 ]
 
@@ -91,4 +94,25 @@ class TenantQuotaExceededError(ResourceExhaustedError):
                 "usage_bytes": str(usage_bytes),
                 "requested_bytes": str(requested_bytes),
             },
+        )
+
+
+class IndexDamagedError(ServiceError):
+    """The index failed its check when the store opened: garbage is not collected (a wrong
+    reference count would delete live objects) until the index is rebuilt."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = Reason.INDEX_DAMAGED
+
+    def __init__(self, problem: str) -> None:
+        """Builds the error.
+
+        Args:
+            problem: The first problem the check found.
+        """
+        super().__init__(
+            f"the store's index is damaged ({problem}); garbage collection is off until "
+            "it is rebuilt: stop the store, run `python -m tensorwasm_snapshot rebuild-index "
+            "--data-dir DIR`, start it again",
+            metadata={"problem": problem[:200]},
         )

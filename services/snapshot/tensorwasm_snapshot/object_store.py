@@ -4,6 +4,10 @@ A tenant is charged the plaintext size of each distinct object it references. An
 with no reference is garbage once untouched (put, or released) for `gc_grace_seconds`, so a
 put followed by AddRef is never raced by the collector. Collection and installs of a digest
 take the same lock (`BlobStore.remove_if`), so a put never returns an object being deleted.
+
+The index is checked when the store opens (`BlobIndex.problems`); while it is damaged the
+store serves and stores as usual but refuses to collect garbage (IndexDamagedError), since a
+lost reference would make a live object collectable. `index_repair.rebuild_index` mends it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +86,8 @@ class SnapshotStore:
         self.blobs, self.index, self._clock = blobs, index, clock
         self.gc_grace_ns = round(gc_grace_seconds * 1e9)
         self.tenant_quota_bytes = tenant_quota_bytes
+        # What the index check found when the store opened; empty while the index is sound.
+        self.index_problems: list[str] = []
 
     @classmethod
     def open(
@@ -94,14 +101,26 @@ class SnapshotStore:
         tenant_quota_bytes: int = 0,
         clock: Clock = time.time_ns,
     ) -> SnapshotStore:
-        """Opens the store at `root`: deletes temp files, then reconciles index and files."""
+        """Opens the store at `root`: deletes temp files, checks the index, then (if it is
+        sound) reconciles index and files.
+
+        Raises:
+            IndexDamagedError: the index file is not a database SQLite can open.
+        """
         blobs = BlobStore(
             root,
             compression_level=compression_level,
             max_blob_bytes=max_blob_bytes,
             chunk_bytes=chunk_bytes,
         )
-        index = BlobIndex(blobs.root / INDEX_FILE)
+        index_path = blobs.root / INDEX_FILE
+        # A truncated (empty) index opens as a new database: every reference would be lost.
+        # A missing one is a store from before the index, whose files are indexed below.
+        index_lost = index_path.is_file() and index_path.stat().st_size == 0
+        try:
+            index = BlobIndex(index_path)
+        except sqlite3.DatabaseError as exc:
+            raise errors.IndexDamagedError(f"{index_path} cannot be opened: {exc}") from exc
         try:
             store = cls(
                 blobs,
@@ -110,6 +129,12 @@ class SnapshotStore:
                 tenant_quota_bytes=tenant_quota_bytes,
                 clock=clock,
             )
+            problems = index.problems()
+            if index_lost and next(blobs.digests(), None) is not None:
+                problems.append(f"{index_path} is empty but blob files exist")
+            if problems:
+                store.mark_index_damaged(problems)
+                return store  # reconciling against a damaged index could drop references
             report = store.reconcile()
         except BaseException:
             index.close()
@@ -126,6 +151,16 @@ class SnapshotStore:
         """Health check: raises unless files can be created and the index answers."""
         self.blobs.check()
         self.index.check()
+
+    def mark_index_damaged(self, problems: list[str]) -> None:
+        """Turns garbage collection off for as long as this store is open."""
+        self.index_problems.extend(problems)
+        _log.error(
+            "the index is damaged: garbage collection is off until it is rebuilt"
+            " (stop the store; python -m tensorwasm_snapshot rebuild-index --data-dir %s)",
+            self.blobs.root,
+            extra={"problems": problems[:5]},
+        )
 
     # --- blobs ---
 
@@ -211,7 +246,13 @@ class SnapshotStore:
     # --- garbage collection and recovery ---
 
     def collect_garbage(self) -> GcReport:
-        """Deletes every object with no reference that is untouched for the grace period."""
+        """Deletes every object with no reference that is untouched for the grace period.
+
+        Raises:
+            IndexDamagedError: the index failed its check when the store opened.
+        """
+        if self.index_problems:
+            raise errors.IndexDamagedError(self.index_problems[0])
         cutoff = self._clock() - self.gc_grace_ns
         deleted: list[ObjectRecord] = []
         for digest in self.index.collectable(cutoff):

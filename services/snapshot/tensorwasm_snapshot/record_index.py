@@ -144,6 +144,18 @@ class RecordIndex:
             ).fetchall()
         return [(str(t), str(d), str(n)) for t, d, n in rows]
 
+    def unreferenced(self, *, limit: int = 20) -> list[str]:
+        """Ids of records whose tenant's reference to the record blob is missing (the
+        collector would delete a record that is still listed)."""
+        with self._index.reading() as db:
+            rows = db.execute(
+                "SELECT id FROM snapshots WHERE NOT EXISTS (SELECT 1 FROM refs"
+                " WHERE refs.tenant = snapshots.tenant AND refs.digest = snapshots.record_digest"
+                " AND refs.ref_name = ? || snapshots.id) LIMIT ?",
+                (REF_PREFIX, limit),
+            ).fetchall()
+        return [str(snapshot_id) for (snapshot_id,) in rows]
+
     def count(self) -> int:
         """Number of records of every tenant."""
         with self._index.reading() as db:

@@ -202,7 +202,19 @@ class SnapshotRecords:
         return row
 
     def reconcile(self) -> int:
-        """Releases record references whose row is gone (a crash mid-create); -> how many."""
+        """Releases record references whose row is gone (a crash mid-create); -> how many.
+
+        Nothing is released while the index is damaged; a record whose own reference is
+        missing marks it damaged (the collector would delete a listed record).
+        """
+        if not self.store.index_problems:
+            unreferenced = self.index.unreferenced()
+            if unreferenced:
+                self.store.mark_index_damaged(
+                    [f"snapshot {snapshot_id} has no reference" for snapshot_id in unreferenced]
+                )
+        if self.store.index_problems:
+            return 0
         orphans = self.index.orphan_refs()
         for tenant, digest, ref_name in orphans:
             self.store.remove_ref(tenant, digest, ref_name)

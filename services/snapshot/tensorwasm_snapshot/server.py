@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from grpc_health.v1 import health_pb2
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
@@ -15,6 +16,9 @@ from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SnapshotStoreService"].full_name
+# A health name of its own: NOT_SERVING while the index failed its check at start (the store
+# still serves and stores; it does not collect garbage until the index is rebuilt).
+INDEX_HEALTH_NAME = SERVICE_NAME + ".index"
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +60,12 @@ async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> N
 async def serve(settings: SnapshotSettings) -> None:
     """Serves until SIGTERM; NOT_SERVING while the data directory or index is unusable."""
     host, store = build_server(settings)
+    await host.health.set(
+        INDEX_HEALTH_NAME,
+        health_pb2.HealthCheckResponse.NOT_SERVING
+        if store.index_problems
+        else health_pb2.HealthCheckResponse.SERVING,
+    )
     sweeper = None
     if settings.gc_interval_seconds > 0:
         sweeper = asyncio.create_task(sweep_periodically(store, settings.gc_interval_seconds))

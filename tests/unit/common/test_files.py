@@ -1,4 +1,5 @@
-"""write_atomically: the whole new file or the old state, never a part, never a temp left."""
+"""write_atomically: the whole new file or the old state, never a part, never a temp left;
+sealed files: trusted only while their BLAKE3 digest, kept beside them, matches."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-from tensorwasm_common.files import TEMP_PREFIX, write_atomically
+from tensorwasm_common.files import (
+    TEMP_PREFIX,
+    digest_path,
+    remove_sealed,
+    seal_is_intact,
+    write_atomically,
+    write_sealed,
+)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -47,3 +55,23 @@ def test_an_unwritable_directory_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_atomically(blocker / "x.bin", b"data")  # a file where a directory must be
     assert os.listdir(tmp_path) == ["file"]
+
+
+def test_a_sealed_file_is_intact_until_a_byte_or_its_digest_changes(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "module.cwasm"
+    write_sealed(target, b"compiled code" * 1000)
+    assert seal_is_intact(target)
+    assert digest_path(target).name == "module.cwasm.blake3"
+    data = bytearray(target.read_bytes())
+    data[5000] ^= 1
+    target.write_bytes(bytes(data))
+    assert not seal_is_intact(target)
+    write_sealed(target, b"")  # an empty file has a digest too
+    assert seal_is_intact(target)
+    digest_path(target).write_text("garbled")
+    assert not seal_is_intact(target)
+    digest_path(target).unlink()
+    assert not seal_is_intact(target)  # a file without its digest is not trusted
+    remove_sealed(target)
+    assert not target.exists() and not digest_path(target).exists()
+    assert not seal_is_intact(target)

@@ -95,8 +95,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: _ErrorReason.ValueType  # 31
     """A snapshot record file has a format version this store cannot read."""
+    ERROR_REASON_INDEX_DAMAGED: _ErrorReason.ValueType  # 32
+    """The store's index failed its check at start (SQLite integrity, or references and
+    records that do not match the objects): garbage is not collected until it is
+    rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
+    """
     ERROR_REASON_INIT_EXPORT_INVALID: _ErrorReason.ValueType  # 35
-    """(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+    """(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
     The function's init export is not an exported function taking and returning
     nothing (metadata: export).
     """
@@ -309,8 +314,13 @@ of it was decompressed.
 """
 ERROR_REASON_UNSUPPORTED_SNAPSHOT_FORMAT: ErrorReason.ValueType  # 31
 """A snapshot record file has a format version this store cannot read."""
+ERROR_REASON_INDEX_DAMAGED: ErrorReason.ValueType  # 32
+"""The store's index failed its check at start (SQLite integrity, or references and
+records that do not match the objects): garbage is not collected until it is
+rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
+"""
 ERROR_REASON_INIT_EXPORT_INVALID: ErrorReason.ValueType  # 35
-"""(32-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+"""(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
 The function's init export is not an exported function taking and returning
 nothing (metadata: export).
 """

@@ -1,6 +1,7 @@
 """Pre-initialised image lookup: the memory LRU, else this executor's image file (memory-mapped),
 else the tenant's snapshot record in the store, else run init once and keep the image in all
-three (file: temp file, fsync, rename; store: an INSTANCE_IMAGE record, variant = init export).
+three (file: temp file, fsync, rename, then its BLAKE3 digest beside it, checked before the
+file is mapped; store: an INSTANCE_IMAGE record, variant = init export).
 
 Images are keyed by (module digest, engine fingerprint, init export); the fingerprint is this
 executor's, so it is part of the directory and of the store lookup, not of the memory key.
@@ -19,7 +20,7 @@ from typing import Protocol
 from cachetools import LRUCache
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.files import write_atomically
+from tensorwasm_common.files import remove_sealed, seal_is_intact, write_sealed
 
 from tensorwasm_executor.errors import ImageFormatError
 from tensorwasm_executor.images.capture import capture_image
@@ -164,14 +165,22 @@ class ImageProvider:
         return kept or image
 
     def _read_file(self, path: Path | None) -> InstanceImage | None:
-        """The image from its file, or None (no file; a bad one is removed)."""
+        """The image from its file, or None (no file; a bad one is removed).
+
+        The file's digest is checked first: a damaged block would otherwise start every
+        instance of the module from silently wrong memory.
+        """
         if path is None or not path.is_file():
+            return None
+        if not seal_is_intact(path):
+            _log.warning("image %s does not match its digest; looking further", path)
+            remove_sealed(path)
             return None
         try:
             return self._checked(read_image_file(path))
         except (ImageFormatError, OSError) as exc:
             _log.warning("image %s refused (%s); looking further", path, exc)
-            path.unlink(missing_ok=True)
+            remove_sealed(path)
             return None
 
     def _checked(self, image: InstanceImage) -> InstanceImage:
@@ -186,7 +195,7 @@ class ImageProvider:
             if path is None:
                 return self._checked(decode_image(payload))
             self._checked(decode_image(payload))
-            write_atomically(path, payload)
+            write_sealed(path, payload)
             return self._checked(read_image_file(path))
         except ImageFormatError as exc:
             _log.warning("image payload refused: %s", exc)

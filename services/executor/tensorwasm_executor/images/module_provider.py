@@ -1,14 +1,21 @@
 """Compiled-module lookup: the memory LRU, else this executor's artifact file (memory-mapped
-by `Module.deserialize_file`), else the fleet's artifact in the snapshot store (a
-COMPILED_MODULE record of this engine fingerprint, written to the local file first), else
-fetch the wasm and compile, once, then write the artifact (temp file, fsync, rename) and
-share it through the store (best effort) so no replica compiles it again.
+by `Module.deserialize_file` once its BLAKE3 digest, kept beside it, matches), else the
+fleet's artifact in the snapshot store (a COMPILED_MODULE record of this engine fingerprint,
+written to the local file first), else fetch the wasm and compile, once, then write the
+artifact (temp file, fsync, rename; then its digest) and share it through the store (best
+effort) so no replica compiles it again.
+
+The artifact directory is bounded (`artifact_dir_max_bytes`): after each write the least
+recently used files go (a load refreshes a file's mtime), so the artifacts of modules nobody
+calls any more, deleted functions' among them, do not pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -20,17 +27,15 @@ from tensorwasm_common.errors import (
     InvalidWasmError,
     ServiceError,
 )
-from tensorwasm_common.files import write_atomically
-from tensorwasm_common.snapshot_client import COMPILED_MODULE, SnapshotClient
+from tensorwasm_common.files import TEMP_PREFIX, remove_sealed, seal_is_intact, write_sealed
+from tensorwasm_common.snapshot_client import ARTIFACT_TENANT, COMPILED_MODULE, SnapshotClient
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_executor.scheduling import FairPool, pool_for
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Sandbox
 
 FetchBlob = Callable[[str], Awaitable[bytes]]
-# Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
-# the module, so the fleet keeps them under one store tenant of its own.
-ARTIFACT_TENANT = "fleet-artifacts"
+__all__ = ["ARTIFACT_TENANT", "ModuleProvider"]
 _log = logging.getLogger(__name__)
 
 
@@ -44,12 +49,14 @@ class ModuleProvider:
         compile_pool: Executor | FairPool,
         *,
         artifact_dir: Path | None = None,
+        artifact_dir_max_bytes: int = 0,
         snapshots: SnapshotClient | None = None,
     ) -> None:
         self._sandbox = sandbox
         self._snapshots = snapshots if artifact_dir is not None else None
         self._fetch = fetch
         self._pool = compile_pool
+        self._max_artifact_bytes = artifact_dir_max_bytes
         self._inflight: dict[str, asyncio.Future[CompiledModule]] = {}
         # Artifacts of one engine fingerprint live in their own directory.
         self._artifacts = (
@@ -58,6 +65,7 @@ class ModuleProvider:
         self.compiled = 0  # modules this provider compiled (not loaded from an artifact)
         self.restored = 0  # artifacts it took from the snapshot store
         self.shared = 0  # artifacts it put into the snapshot store
+        self.evicted = 0  # artifact files it removed to stay under the cap
 
     def artifact_path(self, digest: str) -> Path | None:
         """Where the compiled artifact of `digest` is kept (None: no artifact directory)."""
@@ -103,17 +111,29 @@ class ModuleProvider:
         return module, False
 
     def _load_artifact(self, digest: str) -> CompiledModule | None:
-        """The module from its artifact file, or None (no file, or one wasmtime refuses,
-        which is then removed so the module is compiled again)."""
+        """The module from its artifact file, or None (no file; or one whose digest is
+        missing or does not match, or that wasmtime refuses: it is then removed and the
+        module is compiled again).
+
+        wasmtime maps serialized code as trusted machine code, so a damaged file would crash
+        the executor: the digest is checked before the file is handed to wasmtime.
+        """
         path = self.artifact_path(digest)
         if path is None or not path.is_file():
             return None
+        if not seal_is_intact(path):
+            _log.warning("artifact %s does not match its digest; compiling again", path)
+            remove_sealed(path)
+            return None
         try:
-            return self._sandbox.load_artifact(digest, path)
+            module = self._sandbox.load_artifact(digest, path)
         except InvalidWasmError as exc:
             _log.warning("artifact %s refused (%s); compiling again", path, exc)
-            path.unlink(missing_ok=True)
+            remove_sealed(path)
             return None
+        with contextlib.suppress(OSError):  # recently used: evicted last
+            os.utime(path)
+        return module
 
     async def _restore(self, digest: str, pool: Executor) -> CompiledModule | None:
         """The module from the store's artifact of this engine fingerprint, via the local
@@ -139,7 +159,7 @@ class ModuleProvider:
             _log.warning("store artifact of %s unavailable (%s); compiling", digest, exc.reason)
             return None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(pool, write_atomically, path, payload)
+        await loop.run_in_executor(pool, self._keep, path, payload)
         module = await loop.run_in_executor(pool, self._load_artifact, digest)
         if module is not None:
             self.restored += 1
@@ -170,7 +190,33 @@ class ModuleProvider:
             return module, None
         artifact = bytes(module.module.serialize())
         try:
-            write_atomically(path, artifact)
+            self._keep(path, artifact)
         except OSError as exc:  # a full or read-only disk costs a recompile later, no more
             _log.warning("could not write artifact %s: %s", path, exc)
         return module, artifact
+
+    def _keep(self, path: Path, artifact: bytes) -> None:
+        """Writes an artifact file (and its digest), then evicts to stay under the cap."""
+        write_sealed(path, artifact)
+        if self._max_artifact_bytes > 0:
+            self._evict(keep=path)
+
+    def _evict(self, keep: Path) -> None:
+        """Removes the least recently used artifact files (never `keep`) until the directory
+        holds at most `artifact_dir_max_bytes`. A file being mapped stays valid: on Linux an
+        unlinked file lives on while it is mapped."""
+        files = []
+        for entry in os.scandir(keep.parent):
+            if entry.name.startswith(TEMP_PREFIX) or not entry.name.endswith(".cwasm"):
+                continue  # a write in flight, or a digest file
+            if entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                files.append((stat.st_mtime_ns, stat.st_size, Path(entry.path)))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self._max_artifact_bytes:
+                return
+            if path != keep:
+                remove_sealed(path)
+                total -= size
+                self.evicted += 1

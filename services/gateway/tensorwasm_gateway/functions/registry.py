@@ -140,6 +140,14 @@ class Registry:
             ).fetchall()
         return [_record(row) for row in rows]
 
+    def uses_module(self, module_digest: str) -> bool:
+        """True when a function of any tenant runs the module."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM functions WHERE module_digest = ? LIMIT 1", (module_digest,)
+            ).fetchone()
+        return row is not None
+
     def delete(self, tenant: str, function_id: str) -> None:
         """Removes a function; FunctionNotFoundError when there is none."""
         with self._lock:

@@ -36,6 +36,7 @@ from tensorwasm_gateway.errors import (
     FunctionAlreadyExistsError,
     ModuleTooLargeError,
 )
+from tensorwasm_gateway.functions.artifacts import ArtifactRecords, release_unused_artifacts
 from tensorwasm_gateway.functions.references import References
 from tensorwasm_gateway.functions.registry import FunctionRecord, Registry, now_ns
 from tensorwasm_gateway.limits import TenantCeilings
@@ -141,8 +142,10 @@ class FunctionService:
         configs: FunctionConfigCodec,
         ceilings: TenantCeilings | None = None,
         references: References | None = None,
+        artifacts: ArtifactRecords | None = None,
     ) -> None:
         self._registry = registry
+        self._artifacts = artifacts
         self._store = store
         self._executors = executors
         self._max_module_bytes = max_module_bytes
@@ -246,6 +249,8 @@ class FunctionService:
         record = await self.get(tenant, function_id)
         await asyncio.to_thread(self._registry.delete, tenant, function_id)
         await self.references.release(tenant, record.module_digest, f"functions/{function_id}")
+        if self._artifacts is not None:
+            await release_unused_artifacts(self._registry, self._artifacts, record.module_digest)
 
     def config_of(self, record: FunctionRecord) -> FunctionConfig:
         """The function's configuration."""

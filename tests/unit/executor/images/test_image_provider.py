@@ -191,6 +191,26 @@ def test_a_damaged_file_is_removed_and_init_runs_again(
     assert stamp(sandbox, setup.module, image) != 0
 
 
+def test_an_image_file_that_fails_its_digest_is_not_mapped(
+    sandbox: Sandbox, setup: Setup, pool: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    """A flipped byte in a memory block parses fine, so only the digest kept beside the file
+    catches it: without it every instance would start from silently wrong memory."""
+    first = provider(sandbox, setup, pool, tmp_path, None)
+    asyncio.run(first.get(setup.module, INIT, "acme"))
+    path = first.image_path(setup.digest, INIT)
+    assert path is not None
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last memory block
+    path.write_bytes(bytes(data))
+    second = provider(sandbox, setup, pool, tmp_path, None)
+    image = asyncio.run(second.get(setup.module, INIT, "acme"))
+    assert (second.captured, second.loaded_from_file) == (1, 0)
+    assert stamp(sandbox, setup.module, image) != 0
+    digest_file = path.with_name(path.name + ".blake3")
+    assert digest_file.read_text().strip() == blake3.blake3(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("failure", ["unavailable", "mismatch", "corrupt"])
 def test_store_trouble_costs_an_init_run_not_the_call(
     sandbox: Sandbox, setup: Setup, pool: ThreadPoolExecutor, tmp_path: Path, failure: str
