@@ -14,6 +14,7 @@ from tensorwasm_common.settings import SettingsError
 
 from tensorwasm_gateway.access import (
     AuditLog,
+    AuthFailureThrottle,
     BucketConfig,
     ConcurrencyCaps,
     Guard,
@@ -70,7 +71,16 @@ def build_guard(settings: GatewaySettings) -> Guard:
             "admin": settings.max_concurrent_admin,
         }
     )
-    return Guard(tokens, limiter, caps, AuditLog(open_sink(settings.audit_log)))
+    auth_failures = AuthFailureThrottle(
+        BucketConfig(settings.auth_failure_qps, settings.auth_failure_burst)
+    )
+    return Guard(
+        tokens,
+        limiter,
+        caps,
+        AuditLog(open_sink(settings.audit_log)),
+        auth_failures=auth_failures,
+    )
 
 
 async def serve(settings: GatewaySettings) -> None:

@@ -1,7 +1,9 @@
 """The gateway's guard: bearer auth, tenant scope, rate limits, concurrency caps and audit.
 
 One server interceptor runs, for every call of the public API (health and reflection are
-open probes), in this order: authenticate the bearer token (UNAUTHENTICATED) → read and
+open probes), in this order: refuse a peer address that failed authentication too often
+lately, without checking its token (RESOURCE_EXHAUSTED, AUTH_THROTTLED + RetryInfo) →
+authenticate the bearer token (UNAUTHENTICATED; a failure is charged to the peer) → read and
 validate `x-tensorwasm-tenant` → check the token's scope covers the tenant, and the admin
 role for fleet operations (PERMISSION_DENIED, before any lookup, so existence never leaks
 across tenants) → take from the rate-limit buckets → take a concurrency slot of the call's
@@ -39,7 +41,12 @@ from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies, MethodPolicy
-from tensorwasm_gateway.access.ratelimit import ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.ratelimit import (
+    AuthFailureThrottle,
+    BucketConfig,
+    ConcurrencyCaps,
+    RateLimiter,
+)
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.tokens import (
     Principal,
@@ -49,6 +56,7 @@ from tensorwasm_gateway.access.tokens import (
 )
 from tensorwasm_gateway.errors import (
     AdminScopeRequiredError,
+    AuthThrottledError,
     ConcurrencyExhaustedError,
     InvalidMetadataError,
     RateLimitedError,
@@ -64,6 +72,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 # The refusals the guard itself makes (counted by REJECTIONS, by reason).
 _GUARD_ERRORS = (
+    AuthThrottledError,
     UnauthenticatedError,
     TenantScopeDeniedError,
     AdminScopeRequiredError,
@@ -118,6 +127,15 @@ def peer_of(context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str:
     return rest if kind in ("ipv4", "ipv6") else peer
 
 
+def peer_host(context: grpc.aio.ServicerContext[Any, Any], metadata: Any) -> str:
+    """The caller's address without its port: what failed authentication is charged to."""
+    peer = peer_of(context, metadata)
+    kind, _, rest = (context.peer() or "").partition(":")
+    if kind in ("ipv4", "ipv6") and peer == rest:
+        return rest.rpartition(":")[0]  # the direct peer's host:port
+    return peer  # a forwarded address (no port) or a unix socket
+
+
 def _trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return f"{context.trace_id:032x}" if context.is_valid else ""
@@ -133,16 +151,28 @@ class Guard:
         caps: ConcurrencyCaps,
         audit: AuditLog,
         policies: MethodPolicies = GATEWAY_POLICIES,
+        *,
+        auth_failures: AuthFailureThrottle | None = None,
     ) -> None:
         self.tokens = tokens
         self.limiter = limiter
         self.caps = caps
         self.audit = audit
         self.policies = policies
+        self.auth_failures = auth_failures or AuthFailureThrottle(BucketConfig(0, 0))
 
-    def authenticate(self, metadata: Any) -> Principal:
-        """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none)."""
-        return self.tokens.authenticate(_values(metadata, AUTHORIZATION_KEY))
+    def authenticate(self, metadata: Any, peer: str = "") -> Principal:
+        """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none).
+
+        A `peer` whose authentications failed too often lately is refused first
+        (AUTH_THROTTLED) without looking at its token; each failure is charged to it.
+        """
+        self.auth_failures.check(peer)
+        try:
+            return self.tokens.authenticate(_values(metadata, AUTHORIZATION_KEY))
+        except (UnauthenticatedError, InvalidMetadataError):
+            self.auth_failures.failed(peer)
+            raise
 
     @staticmethod
     def tenant_of(principal: Principal, metadata: Any) -> str:
@@ -274,7 +304,8 @@ class _Call:
 
     def enter(self) -> None:
         guard = self._guard
-        self.principal = principal = guard.authenticate(self._metadata)
+        peer = peer_host(self._context, self._metadata)
+        self.principal = principal = guard.authenticate(self._metadata, peer)
         self.tenant = guard.tenant_of(principal, self._metadata)
         guard.authorize(self._policy, principal, self.tenant)
         self._guard.caps.acquire(self._policy.call_class)
