@@ -84,7 +84,12 @@ def build_guard(settings: GatewaySettings) -> Guard:
 
 
 async def serve(settings: GatewaySettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the registry or the store is unreachable."""
+    """Serves until SIGTERM.
+
+    Health: SERVING while it can invoke (its registry answers and an executor replica is
+    healthy); `dependency:snapshot` and `dependency:executor` report those dependencies
+    (a store outage leaves deployed functions invocable, so it does not pull the gateway).
+    """
     ceilings = TenantCeilings.load(settings.tenant_limits_file)  # malformed: fail at start
     registry = Registry(settings.database_path)
     store_channel = open_channel(
@@ -137,7 +142,13 @@ async def serve(settings: GatewaySettings) -> None:
 
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
+        return executors.any_healthy()
+
+    async def store_serving() -> bool:
         return await peer_serving(store_channel)
+
+    async def executor_serving() -> bool:
+        return executors.any_healthy()
 
     async def cleanup() -> None:
         if reloader is not None:
@@ -151,4 +162,9 @@ async def serve(settings: GatewaySettings) -> None:
         registry.close()
         guard.audit.close()
 
-    await serve_forever(host, health_check=healthy, cleanup=cleanup)
+    await serve_forever(
+        host,
+        health_check=healthy,
+        dependencies={"snapshot": store_serving, "executor": executor_serving},
+        cleanup=cleanup,
+    )
