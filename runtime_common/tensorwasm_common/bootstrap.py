@@ -1,4 +1,12 @@
-"""Server bootstrap: interceptors, health, reflection, metrics, ready file, graceful SIGTERM."""
+"""Server bootstrap: interceptors, health, reflection, metrics, ready file, graceful SIGTERM.
+
+Health says what a service can still do. The whole server ("") and each of its gRPC
+services are SERVING while the service can do its core job (its `health_check`); each
+dependency it calls has a health name of its own, `dependency:<name>` (e.g.
+`dependency:snapshot`, `dependency:dispatcher`), NOT_SERVING while that dependency is
+unreachable. A load balancer watches ""; an operator or an alert watches the dependency
+names, so an outage of a dependency never pulls a replica that still serves.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +43,14 @@ from tensorwasm_common.tracing import configure_tracing
 _log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[bool]]
+DEPENDENCY_PREFIX = "dependency:"
+
+
+def dependency_health_name(dependency: str) -> str:
+    """The grpc.health.v1 service name that reports one dependency (`dependency:<name>`)."""
+    return DEPENDENCY_PREFIX + dependency
+
+
 Cleanup = Callable[[], Awaitable[None]]
 SettingsT = TypeVar("SettingsT", bound=ServerSettings)
 
@@ -52,13 +68,20 @@ class ServiceHost:
 
     def set_serving(self, serving: bool) -> None:
         """Sets the health of the whole server and of each of its services."""
+        for name in ["", *self.service_names]:
+            self._set(name, serving)
+
+    def set_dependency(self, dependency: str, serving: bool) -> None:
+        """Sets the health of one dependency (`dependency:<name>`)."""
+        self._set(dependency_health_name(dependency), serving)
+
+    def _set(self, name: str, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ["", *self.service_names]:
-            asyncio.get_running_loop().create_task(self.health.set(name, status))
+        asyncio.get_running_loop().create_task(self.health.set(name, status))
 
 
 def create_host(
@@ -134,11 +157,21 @@ async def serve_forever(
     host: ServiceHost,
     *,
     health_check: HealthCheck | None = None,
+    dependencies: Mapping[str, HealthCheck] | None = None,
     health_interval_seconds: float = 2.0,
     cleanup: Cleanup | None = None,
 ) -> None:
     """Starts the server, reports readiness, and on SIGTERM/SIGINT shuts down gracefully:
-    health NOT_SERVING, drain for the grace period, stop, release resources."""
+    health NOT_SERVING, drain for the grace period, stop, release resources.
+
+    Args:
+        host: The server and its health servicer.
+        health_check: Whether the service can do its core job (the overall health).
+        dependencies: One check per dependency, reported as `dependency:<name>`.
+        health_interval_seconds: How often the checks run.
+        cleanup: Releases the service's resources after the server stopped.
+    """
+    dependencies = dict(dependencies or {})
     settings = host.settings
     metrics_address = (
         start_metrics_endpoint(settings.metrics_address) if settings.metrics_address else ""
@@ -148,6 +181,9 @@ async def serve_forever(
     grpc_address = f"{bind_host}:{host.port}"
     serving = await _check(health_check)
     host.set_serving(serving)
+    reachable = await asyncio.gather(*map(_check, dependencies.values()))
+    for dependency, up in zip(dependencies, reachable, strict=True):
+        host.set_dependency(dependency, up)
     if settings.ready_file is not None:
         _write_ready_file(settings.ready_file, host.service, grpc_address, metrics_address)
     _log.info(
@@ -162,11 +198,17 @@ async def serve_forever(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    monitor = asyncio.create_task(_monitor_health(host, health_check, health_interval_seconds))
+    monitor = asyncio.create_task(
+        _monitor_health(
+            host, health_check, dependencies, [*reachable, serving], health_interval_seconds
+        )
+    )
     await stop.wait()
     _log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     monitor.cancel()
     host.set_serving(False)
+    for dependency in dependencies:
+        host.set_dependency(dependency, False)
     await host.server.stop(settings.shutdown_grace_seconds)
     if cleanup is not None:
         await cleanup()
@@ -190,17 +232,36 @@ async def _check(health_check: HealthCheck | None) -> bool:
         return False
 
 
-async def _monitor_health(host: ServiceHost, check: HealthCheck | None, interval: float) -> None:
-    if check is None:
+async def _monitor_health(
+    host: ServiceHost,
+    check: HealthCheck | None,
+    dependencies: Mapping[str, HealthCheck],
+    published: list[bool],
+    interval: float,
+) -> None:
+    """Re-runs the checks every `interval` and publishes what changed since `published`
+    (the dependencies' statuses, then the overall one)."""
+    if check is None and not dependencies:
         return
-    last = True
+    names = list(dependencies)
+    checks = [*dependencies.values(), *([check] if check is not None else [])]
+    last = published
     while True:
         await asyncio.sleep(interval)
-        serving = await _check(check)
-        if serving != last:
-            _log.warning("health changed", extra={"serving": serving})
-            host.set_serving(serving)
-            last = serving
+        now = await asyncio.gather(*map(_check, checks))
+        for index, serving in enumerate(now):
+            if serving == last[index]:
+                continue
+            if index < len(names):
+                _log.warning(
+                    "dependency health changed",
+                    extra={"dependency": names[index], "serving": serving},
+                )
+                host.set_dependency(names[index], serving)
+            else:
+                _log.warning("health changed", extra={"serving": serving})
+                host.set_serving(serving)
+        last = now
 
 
 def _write_ready_file(path: Path, service: str, grpc_address: str, metrics_address: str) -> None:

@@ -1,4 +1,14 @@
-"""Client channels between services: traced, size-capped, with deadlines and tenant metadata."""
+"""Client channels between services: traced, size-capped, with deadlines and tenant metadata.
+
+Every internal channel (these and the executor's and dispatcher's blocking ones) reconnects
+with a bounded backoff (`RECONNECT_OPTIONS`): grpc's default grows to 120 s, so after a
+long outage a dependency that is back could stay unused for minutes, every call in the
+meantime failing fast. Calls do not set `wait_for_ready`: a call during an outage fails at
+once (UNAVAILABLE) instead of holding its caller until its deadline; the gateway fails
+over to another executor only on such a fast failure, and a guest's GPU call answers -1.
+With the backoff bounded, the window after a restart in which calls still fail is at most
+about `MAX_RECONNECT_BACKOFF_MS`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,25 @@ from tensorwasm_common.rpc_tracing import TracedChannel
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 # The gateway's id of a call, sent on to the executor (and back to the caller).
 REQUEST_ID_KEY = "x-request-id"
+# The longest wait between two connection attempts to a peer that is down.
+MAX_RECONNECT_BACKOFF_MS = 1000
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    # the shortest time one connection attempt is given (grpc's name for it)
+    ("grpc.min_reconnect_backoff_ms", 5000),
+)
+
+
+def channel_options(max_message_bytes: int | None = None) -> list[tuple[str, int]]:
+    """Options of an internal channel: bounded reconnect backoff, and the message caps."""
+    options = list(RECONNECT_OPTIONS)
+    if max_message_bytes is not None:
+        options += [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    return options
 
 
 def open_channel(
@@ -17,11 +46,7 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An insecure (loopback or mesh-mTLS) channel that propagates W3C traceparent and,
     given one, sends the fleet's service token on every call."""
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.enable_retries", 1),
-    ]
+    options = [*channel_options(max_message_bytes), ("grpc.enable_retries", 1)]
     return TracedChannel(
         grpc.aio.insecure_channel(address, options=options),
         extra_metadata=token_metadata(service_token),

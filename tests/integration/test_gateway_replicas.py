@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -99,6 +101,15 @@ def pair(launch_stack: object, tmp_path: Path) -> Iterator[tuple[RunningStack, S
             second.stop(signal.SIGKILL)
 
 
+def every_lease_renewed(stack: RunningStack, times: int) -> bool:
+    """True when each gateway holding a lease has renewed it at least `times` times (a
+    killed gateway's lease is gone: swept once it expired)."""
+    path = stack.data_dir / "gateway" / "registry.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        renewals = [int(row[0]) for row in db.execute("SELECT renewals FROM gateways")]
+    return bool(renewals) and min(renewals) >= times
+
+
 def state_name(client: GatewayClient, name: str) -> str:
     return str(pb.InvocationState.Name(client.get_invocation(name).state))
 
@@ -119,7 +130,12 @@ def test_a_running_invocation_survives_another_gateways_restart(
     second.start()
     second.stop()
     second.start()
-    time.sleep(4.0)  # beyond the lease (3 s): B's heartbeats have swept several times
+    # B's heartbeats (each renews, then sweeps) have run for longer than a lease (3 s)
+    beats_per_lease = math.ceil(
+        float(LEASE["TENSORWASM_GATEWAY_LEASE_SECONDS"])
+        / float(LEASE["TENSORWASM_GATEWAY_LEASE_HEARTBEAT_SECONDS"])
+    )
+    wait_until(lambda: every_lease_renewed(stack, beats_per_lease + 2), 60)
     with GatewayClient(second.address, tenant=TENANT) as via_b:
         assert state_name(via_b, invocation.name) == "INVOCATION_STATE_RUNNING"
         done = via_b.wait_invocation(invocation.name, 30)

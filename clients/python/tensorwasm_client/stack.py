@@ -1,4 +1,10 @@
-"""The local stack: the five services as separate processes on loopback, one data directory."""
+"""The local stack: the five services as separate processes on loopback, one data directory.
+
+Each service keeps its port for the stack's life: a service started again (after a crash,
+`kill` or `stop_service`) listens on the port it had, so the others, which were given that
+address once at their start, reconnect to it. With ephemeral ports each service's port is
+picked by the system at its first start, recorded, and reused.
+"""
 
 from __future__ import annotations
 
@@ -130,10 +136,18 @@ class LocalStack:
             raise
         return started
 
-    def _service_env(self, name: str, started: dict[str, ServiceProcess]) -> dict[str, str]:
+    def _service_env(
+        self,
+        name: str,
+        started: dict[str, ServiceProcess],
+        previous: ServiceProcess | None = None,
+    ) -> dict[str, str]:
         replica, name = name, _kind(name)
         prefix = f"TENSORWASM_{name.upper()}_"
-        port = 0 if self._ephemeral or replica != name else DEFAULT_PORTS[name]
+        if previous is not None:  # started again: the address the others know
+            port = _port_of(previous.grpc_address)
+        else:
+            port = 0 if self._ephemeral or replica != name else DEFAULT_PORTS[name]
         env = {
             **os.environ,
             **self._extra_env,
@@ -169,15 +183,23 @@ class LocalStack:
             env[prefix + "EXECUTOR_ADDRESSES"] = ",".join(
                 s.grpc_address for n, s in started.items() if _kind(n) == "executor"
             )
-            env[prefix + "HTTP_ADDRESS"] = f"{self._host}:{self._http_port()}"
+            env[prefix + "HTTP_ADDRESS"] = (
+                previous.http_address
+                if previous is not None and previous.http_address
+                else f"{self._host}:{self._http_port()}"
+            )
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
         return env
 
     def _start_one(
-        self, name: str, started: dict[str, ServiceProcess], timeout_seconds: float
+        self,
+        name: str,
+        started: dict[str, ServiceProcess],
+        timeout_seconds: float,
+        previous: ServiceProcess | None = None,
     ) -> ServiceProcess:
         ready_file = self.data_dir / "run" / f"{name}.ready.json"
-        env = self._service_env(name, started)
+        env = self._service_env(name, started, previous)
         ready_file.unlink(missing_ok=True)
         log_path = self.data_dir / "logs" / f"{name}.log"
         with log_path.open("ab") as log:
@@ -259,18 +281,41 @@ class LocalStack:
         return stopped
 
     def start_service(self, name: str, timeout_seconds: float = 60.0) -> ServiceProcess:
-        """Starts one recorded service again (after `kill` or a crash), with the addresses
-        of the others; returns it with its new addresses (ephemeral ports change)."""
+        """Starts one recorded service again (after `kill`, `stop_service` or a crash) on
+        the port it had, with the addresses of the others; returns it (its metrics
+        address and pid are new).
+
+        Raises:
+            StackError: the service is unknown, still running, or could not start (its old
+                port taken by another process meanwhile, for one).
+        """
         services = self.services()
         if name not in services:
             raise StackError(f"{name} is not part of the stack in {self.data_dir}")
         if _alive(services[name]):
             raise StackError(f"{name} is still running")
         self._ensure_service_token()
-        service = self._start_one(name, services, timeout_seconds)
+        service = self._start_one(name, services, timeout_seconds, previous=services[name])
         services[name] = service
         self._write_state(services)
         return service
+
+    def stop_service(self, name: str, grace_seconds: float = 15.0) -> None:
+        """Stops one service (SIGTERM, SIGKILL past the grace period); the stack keeps its
+        record, so `start_service` brings it back on the same port."""
+        service = self.services()[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(service.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while self._still_running(service) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._still_running(service):
+            self.kill(name)
+
+    def restart_service(self, name: str, timeout_seconds: float = 60.0) -> ServiceProcess:
+        """Stops one service and starts it again on the same port."""
+        self.stop_service(name)
+        return self.start_service(name, timeout_seconds)
 
     def kill(self, name: str) -> None:
         """SIGKILLs one service (for crash tests) and reaps it."""
@@ -292,6 +337,11 @@ def stack_service_token(data_dir: Path) -> str | None:
         return (data_dir / SERVICE_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+def _port_of(address: str) -> int:
+    """The port of a recorded `host:port` (or `[v6]:port`)."""
+    return int(address.rpartition(":")[2])
 
 
 def _kind(name: str) -> str:

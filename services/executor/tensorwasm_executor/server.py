@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
-from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
+from tensorwasm_common.bootstrap import HealthCheck, ServiceHost, create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
 from tensorwasm_common.snapshot_client import SnapshotClient
 
@@ -59,10 +60,13 @@ def gpu_host(settings: ExecutorSettings) -> tuple[CudaHost, DispatcherClient | N
 
 
 async def serve(settings: ExecutorSettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the snapshot store is unreachable.
+    """Serves until SIGTERM.
 
-    The dispatcher is not part of the health check: guests without GPU work do not
-    need it, and those with it get not_available while it is down.
+    Health: SERVING while it can run wasm (always, while it runs): modules it holds run
+    without the store, and guests without GPU work need no dispatcher. Each dependency
+    has its own health name: `dependency:snapshot` (cold modules and images),
+    `dependency:dispatcher` (`wasi:cuda`; -1 to guests while it is down) and
+    `dependency:jit` (`tensorwasm:gpu`), the last two when configured.
     """
     gpu, dispatcher = gpu_host(settings)
     jit = (
@@ -138,14 +142,28 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     sweeper = asyncio.create_task(_expire_idle(instances, settings.instance_sweep_seconds))
 
-    async def healthy() -> bool:
-        return await peer_serving(store_channel)
+    health_channels = {"snapshot": store_channel}
+    for dependency, address in (
+        ("dispatcher", settings.dispatcher_address),
+        ("jit", settings.jit_address),
+    ):
+        if address:  # the GPU clients' channels are blocking ones: probe on one of our own
+            health_channels[dependency] = open_channel(
+                address, service_token=settings.service_token()
+            )
+
+    def serving(channel: grpc.aio.Channel) -> HealthCheck:
+        async def check() -> bool:
+            return await peer_serving(channel)
+
+        return check
 
     async def cleanup() -> None:
         sweeper.cancel()
         for live in instances.drain():
             live.resident.terminate()
-        await store_channel.close()
+        for channel in health_channels.values():
+            await channel.close()
         workers.shutdown(cancel_futures=True)
         compile_pool.shutdown(cancel_futures=True)
         sandbox.close()
@@ -154,4 +172,8 @@ async def serve(settings: ExecutorSettings) -> None:
         if jit is not None:
             jit.close()
 
-    await serve_forever(host, health_check=healthy, cleanup=cleanup)
+    await serve_forever(
+        host,
+        dependencies={name: serving(channel) for name, channel in health_channels.items()},
+        cleanup=cleanup,
+    )

@@ -96,6 +96,12 @@ class RateLimitedError(ResourceExhaustedError):
     reason = Reason.RATE_LIMITED
 
 
+class AuthThrottledError(ResourceExhaustedError):
+    """Too many failed authentications from the caller's address; the token is not checked."""
+
+    reason = Reason.AUTH_THROTTLED
+
+
 class ConcurrencyExhaustedError(ResourceExhaustedError):
     """Every slot of the call's class is taken."""
 

@@ -15,6 +15,7 @@ from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_gateway.access import (
     AuditLog,
+    AuthFailureThrottle,
     BucketConfig,
     ConcurrencyCaps,
     Guard,
@@ -73,17 +74,26 @@ def build_guard(settings: GatewaySettings) -> Guard:
             "admin": settings.max_concurrent_admin,
         }
     )
+    auth_failures = AuthFailureThrottle(
+        BucketConfig(settings.auth_failure_qps, settings.auth_failure_burst)
+    )
     return Guard(
         tokens,
         limiter,
         caps,
         AuditLog(open_sink(settings.audit_log)),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        auth_failures=auth_failures,
     )
 
 
 async def serve(settings: GatewaySettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the registry or the store is unreachable."""
+    """Serves until SIGTERM.
+
+    Health: SERVING while it can invoke (its registry answers and an executor replica is
+    healthy); `dependency:snapshot` and `dependency:executor` report those dependencies
+    (a store outage leaves deployed functions invocable, so it does not pull the gateway).
+    """
     ceilings = TenantCeilings.load(settings.tenant_limits_file)  # malformed: fail at start
     registry = Registry(settings.database_path)
     store_channel = open_channel(
@@ -146,7 +156,13 @@ async def serve(settings: GatewaySettings) -> None:
 
     async def healthy() -> bool:
         await asyncio.to_thread(registry.check)
+        return executors.any_healthy()
+
+    async def store_serving() -> bool:
         return await peer_serving(store_channel)
+
+    async def executor_serving() -> bool:
+        return executors.any_healthy()
 
     async def cleanup() -> None:
         if reloader is not None:
@@ -160,4 +176,9 @@ async def serve(settings: GatewaySettings) -> None:
         registry.close()
         guard.audit.close()
 
-    await serve_forever(host, health_check=healthy, cleanup=cleanup)
+    await serve_forever(
+        host,
+        health_check=healthy,
+        dependencies={"snapshot": store_serving, "executor": executor_serving},
+        cleanup=cleanup,
+    )

@@ -81,6 +81,10 @@ class GatewaySettings(ServerSettings):
     rate_limit_tenant_burst: int = 20
     rate_limit_token_qps: float = 0.0
     rate_limit_token_burst: int = 0
+    # Failed authentications per peer address (a token bucket): past it, that address's
+    # calls are refused AUTH_THROTTLED without checking the token; burst 0 turns it off.
+    auth_failure_qps: float = 10.0
+    auth_failure_burst: int = 20
     # Calls of each class in flight at once (0: no cap); a full class answers RESOURCE_EXHAUSTED.
     max_concurrent_invoke: int = 512
     max_concurrent_write: int = 32
@@ -159,6 +163,9 @@ class GatewaySettings(ServerSettings):
         )
         if not all(0 <= value < math.inf for value in rates):
             raise SettingsError("rate_limit_*: must be finite and >= 0")
+        auth_failures = (self.auth_failure_qps, self.auth_failure_burst)
+        if not all(0 <= value < math.inf for value in auth_failures):
+            raise SettingsError("auth_failure_qps/_burst: must be finite and >= 0")
         caps = (
             self.max_concurrent_invoke,
             self.max_concurrent_write,

@@ -73,6 +73,7 @@ class Reason(enum.StrEnum):
     INVALID_METADATA = "INVALID_METADATA"
     SERVICE_TOKEN_REQUIRED = "SERVICE_TOKEN_REQUIRED"
     SERVICE_TOKEN_INVALID = "SERVICE_TOKEN_INVALID"
+    AUTH_THROTTLED = "AUTH_THROTTLED"
     INVOCATION_NOT_FOUND = "INVOCATION_NOT_FOUND"
     ASYNC_CAPACITY_EXHAUSTED = "ASYNC_CAPACITY_EXHAUSTED"
     INVOCATION_INTERRUPTED = "INVOCATION_INTERRUPTED"
@@ -145,6 +146,7 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.RATE_LIMITED: "gateway.tensorwasm.dev",
     Reason.CONCURRENCY_EXHAUSTED: "gateway.tensorwasm.dev",
     Reason.INVALID_METADATA: "gateway.tensorwasm.dev",
+    Reason.AUTH_THROTTLED: "gateway.tensorwasm.dev",
     Reason.INVOCATION_NOT_FOUND: "gateway.tensorwasm.dev",
     Reason.ASYNC_CAPACITY_EXHAUSTED: "gateway.tensorwasm.dev",
     Reason.INVOCATION_INTERRUPTED: "gateway.tensorwasm.dev",

@@ -180,6 +180,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A call to an internal service carries a service token that is not the fleet's (or
     more than one).
     """
+    ERROR_REASON_AUTH_THROTTLED: _ErrorReason.ValueType  # 88
+    """Too many calls from this peer address failed authentication lately; the call was
+    refused without checking its token. Retry after RetryInfo's delay (metadata: peer).
+    """
     ERROR_REASON_INVOCATION_NOT_FOUND: _ErrorReason.ValueType  # 90
     """(90-99: gateway routing, async invocations and the HTTP face.)
     No invocation has that id for this tenant (never started, or past its retention).
@@ -398,6 +402,10 @@ no x-tensorwasm-service-token metadata; only the fleet's services may call them.
 ERROR_REASON_SERVICE_TOKEN_INVALID: ErrorReason.ValueType  # 87
 """A call to an internal service carries a service token that is not the fleet's (or
 more than one).
+"""
+ERROR_REASON_AUTH_THROTTLED: ErrorReason.ValueType  # 88
+"""Too many calls from this peer address failed authentication lately; the call was
+refused without checking its token. Retry after RetryInfo's delay (metadata: peer).
 """
 ERROR_REASON_INVOCATION_NOT_FOUND: ErrorReason.ValueType  # 90
 """(90-99: gateway routing, async invocations and the HTTP face.)

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
+from tensorwasm_common.channels import channel_options
 from tensorwasm_common.digests import blake3_hex
 
 from tensorwasm_dispatcher.backends.discovery import CudaCallError
@@ -218,10 +219,7 @@ class JitArtifactStore:
         service_token: the fleet's service token, sent on every call."""
         self._channel = grpc.insecure_channel(
             address,
-            options=[
-                ("grpc.max_receive_message_length", 80 << 20),
-                ("grpc.max_send_message_length", 80 << 20),
-            ],
+            options=channel_options(80 << 20),
         )
         self._stub = jit_grpc.JitCacheServiceStub(with_service_token(self._channel, service_token))
         self._timeout = timeout_seconds

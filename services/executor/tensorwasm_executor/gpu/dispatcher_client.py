@@ -29,7 +29,7 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import TENANT_METADATA_KEY
+from tensorwasm_common.channels import TENANT_METADATA_KEY, channel_options
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import (
@@ -77,11 +77,7 @@ class DispatcherClient:
             max_message_bytes: The largest request or reply (a full batch and its bytes).
             service_token: The fleet's service token, sent on every call.
         """
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
         # OpenTelemetry's own intercept_channel: its interceptor is not a grpc one.
         traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]

@@ -19,6 +19,7 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
+from tensorwasm_common.channels import channel_options
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
 from tensorwasm_common.status import error_from_rpc
@@ -63,7 +64,7 @@ class JitClient:
         if cache_entries < 1:
             raise ValueError(f"cache_entries must be >= 1, got {cache_entries}")
         self.target = target
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=channel_options())
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
         traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]
             with_service_token(self._channel, service_token), tracing

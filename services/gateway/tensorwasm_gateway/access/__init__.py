@@ -13,7 +13,12 @@ from tensorwasm_gateway.access.policies import (
     policy_of,
 )
 from tensorwasm_gateway.access.proxies import NO_PROXIES, TrustedProxies
-from tensorwasm_gateway.access.ratelimit import BucketConfig, ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.ratelimit import (
+    AuthFailureThrottle,
+    BucketConfig,
+    ConcurrencyCaps,
+    RateLimiter,
+)
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
 from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
@@ -27,6 +32,7 @@ __all__ = [
     "AuditEvent",
     "AuditLog",
     "AuditSink",
+    "AuthFailureThrottle",
     "BucketConfig",
     "CallClass",
     "ConcurrencyCaps",

@@ -1,7 +1,9 @@
 """The gateway's guard: bearer auth, tenant scope, rate limits, concurrency caps and audit.
 
 One server interceptor runs, for every call of the public API (health and reflection are
-open probes), in this order: authenticate the bearer token (UNAUTHENTICATED) → read and
+open probes), in this order: refuse a peer address that failed authentication too often
+lately, without checking its token (RESOURCE_EXHAUSTED, AUTH_THROTTLED + RetryInfo) →
+authenticate the bearer token (UNAUTHENTICATED; a failure is charged to the peer) → read and
 validate `x-tensorwasm-tenant` → check the token's scope covers the tenant, and the admin
 role for fleet operations (PERMISSION_DENIED, before any lookup, so existence never leaks
 across tenants) → take from the rate-limit buckets → take a concurrency slot of the call's
@@ -38,7 +40,12 @@ from tensorwasm_common.tenants import DEFAULT_TENANT
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog
 from tensorwasm_gateway.access.policies import GATEWAY_POLICIES, MethodPolicies, MethodPolicy
 from tensorwasm_gateway.access.proxies import NO_PROXIES, TrustedProxies
-from tensorwasm_gateway.access.ratelimit import ConcurrencyCaps, RateLimiter
+from tensorwasm_gateway.access.ratelimit import (
+    AuthFailureThrottle,
+    BucketConfig,
+    ConcurrencyCaps,
+    RateLimiter,
+)
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.tokens import (
     Principal,
@@ -48,6 +55,7 @@ from tensorwasm_gateway.access.tokens import (
 )
 from tensorwasm_gateway.errors import (
     AdminScopeRequiredError,
+    AuthThrottledError,
     ConcurrencyExhaustedError,
     InvalidMetadataError,
     RateLimitedError,
@@ -63,6 +71,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _PEER_CHARS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 # The refusals the guard itself makes (counted by REJECTIONS, by reason).
 _GUARD_ERRORS = (
+    AuthThrottledError,
     UnauthenticatedError,
     TenantScopeDeniedError,
     AdminScopeRequiredError,
@@ -119,6 +128,19 @@ def peer_of(
     return rest if kind in ("ipv4", "ipv6") else peer
 
 
+def peer_host(
+    context: grpc.aio.ServicerContext[Any, Any],
+    metadata: Any,
+    trusted: TrustedProxies = NO_PROXIES,
+) -> str:
+    """The caller's address without its port: what failed authentication is charged to."""
+    peer = peer_of(context, metadata, trusted)
+    kind, _, rest = (context.peer() or "").partition(":")
+    if kind in ("ipv4", "ipv6") and peer == rest:
+        return rest.rpartition(":")[0]  # the direct peer's host:port
+    return peer  # a forwarded address (no port) or a unix socket
+
+
 def _trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return f"{context.trace_id:032x}" if context.is_valid else ""
@@ -136,6 +158,7 @@ class Guard:
         policies: MethodPolicies = GATEWAY_POLICIES,
         *,
         trusted_proxies: TrustedProxies = NO_PROXIES,
+        auth_failures: AuthFailureThrottle | None = None,
     ) -> None:
         self.tokens = tokens
         self.trusted_proxies = trusted_proxies
@@ -143,10 +166,20 @@ class Guard:
         self.caps = caps
         self.audit = audit
         self.policies = policies
+        self.auth_failures = auth_failures or AuthFailureThrottle(BucketConfig(0, 0))
 
-    def authenticate(self, metadata: Any) -> Principal:
-        """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none)."""
-        return self.tokens.authenticate(_values(metadata, AUTHORIZATION_KEY))
+    def authenticate(self, metadata: Any, peer: str = "") -> Principal:
+        """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none).
+
+        A `peer` whose authentications failed too often lately is refused first
+        (AUTH_THROTTLED) without looking at its token; each failure is charged to it.
+        """
+        self.auth_failures.check(peer)
+        try:
+            return self.tokens.authenticate(_values(metadata, AUTHORIZATION_KEY))
+        except (UnauthenticatedError, InvalidMetadataError):
+            self.auth_failures.failed(peer)
+            raise
 
     @staticmethod
     def tenant_of(principal: Principal, metadata: Any) -> str:
@@ -278,7 +311,8 @@ class _Call:
 
     def enter(self) -> None:
         guard = self._guard
-        self.principal = principal = guard.authenticate(self._metadata)
+        peer = peer_host(self._context, self._metadata, self._guard.trusted_proxies)
+        self.principal = principal = guard.authenticate(self._metadata, peer)
         self.tenant = guard.tenant_of(principal, self._metadata)
         guard.authorize(self._policy, principal, self.tenant)
         self._guard.caps.acquire(self._policy.call_class)

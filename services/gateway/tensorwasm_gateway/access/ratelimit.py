@@ -1,4 +1,5 @@
-"""Token-bucket rate limits per (token, tenant) and per token, and concurrency caps per class.
+"""Token-bucket rate limits per (token, tenant) and per token, a throttle of failed
+authentication per peer address, and concurrency caps per class.
 
 Buckets refill lazily when taken from: `level = min(burst, level + elapsed * qps)`; a call
 is admitted when every applicable bucket holds at least one request, and only then is one
@@ -25,7 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tensorwasm_gateway.errors import ConcurrencyExhaustedError, RateLimitedError
+from tensorwasm_gateway.errors import (
+    AuthThrottledError,
+    ConcurrencyExhaustedError,
+    RateLimitedError,
+)
 
 NEVER_REFILLS_RETRY_SECONDS = 3600.0
 DEFAULT_MAX_BUCKETS = 100_000
@@ -142,6 +147,47 @@ class RateLimiter:
             metadata={"scope": scope, "tenant": tenant, "token_id": token_id},
             retry_after_seconds=retry,
         )
+
+
+class AuthFailureThrottle:
+    """Slows token guessing: each peer address may fail authentication `burst` times,
+    refilled at `qps`; while its bucket is empty its calls are refused before the token is
+    even checked. Successful authentications take nothing, and one peer's failures never
+    touch another's bucket. Thread-safe; burst 0 turns it off."""
+
+    def __init__(
+        self,
+        config: BucketConfig,
+        *,
+        clock: Clock = time.monotonic,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> None:
+        self._layer = _Layer(config, max_buckets) if config.enabled else None
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def check(self, peer: str) -> None:
+        """Raises AuthThrottledError while `peer` has no failure left to spend."""
+        if self._layer is None:
+            return
+        with self._lock:
+            bucket = self._layer.refilled(peer, self._clock())
+            if bucket.level >= 1.0:
+                return
+            retry = self._layer.retry_after(bucket)
+        raise AuthThrottledError(
+            f"too many failed authentications from this address; retry after {retry:g}s",
+            metadata={"peer": peer},
+            retry_after_seconds=retry,
+        )
+
+    def failed(self, peer: str) -> None:
+        """Spends one of `peer`'s failures (its authentication just failed)."""
+        if self._layer is None:
+            return
+        with self._lock:
+            bucket = self._layer.refilled(peer, self._clock())
+            bucket.level = max(0.0, bucket.level - 1.0)
 
 
 class ConcurrencyCaps:

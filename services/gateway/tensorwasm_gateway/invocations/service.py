@@ -13,6 +13,11 @@ fails (INVOCATION_INTERRUPTED) only the unfinished invocations whose owner's lea
 expired -- at start and at every heartbeat -- so a (re)starting replica never touches
 the invocations a live one is running, and those of a killed one (its own previous
 incarnation included) end once its lease runs out.
+
+Live work is never failed because its owner was slow: the heartbeat runs on a thread of
+its own (a busy or stalled event loop does not delay it), and a taker fails an owner's
+invocations only if the lease it read as expired has not been renewed since, checked in
+the same transaction that fails them (compare-and-set on the lease's renewal count).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 
@@ -113,7 +119,8 @@ class InvocationService:
         self.gateway_id = gateway_id or secrets.token_hex(8)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._stop_heartbeat = threading.Event()
         self._leased = False
 
     def recover(self) -> int:
@@ -138,8 +145,10 @@ class InvocationService:
     def fail_orphaned(self) -> int:
         """Fails the unfinished invocations of gateways whose lease has expired."""
         now = self._clock_ns()
+        expired = self._store.expired_leases(now)
         count = self._store.fail_orphaned(
             self.gateway_id,
+            expired,
             self._encode_error(interrupted_error()),
             now,
             now + self._retention_ns,
@@ -152,18 +161,19 @@ class InvocationService:
         return count
 
     def start_heartbeat(self, interval_seconds: float) -> None:
-        """Every `interval_seconds`: renews the lease, then fails orphaned invocations."""
+        """Every `interval_seconds`, on a thread of its own: renews the lease, then fails
+        orphaned invocations."""
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(interval_seconds)
+        def beat() -> None:
+            while not self._stop_heartbeat.wait(interval_seconds):
                 try:
-                    await asyncio.to_thread(self.renew_lease)
-                    await asyncio.to_thread(self.fail_orphaned)
+                    self.renew_lease()
+                    self.fail_orphaned()
                 except Exception:  # a busy or failing database: try again next beat
                     _log.exception("gateway heartbeat failed")
 
-        self._heartbeat = asyncio.create_task(beat())
+        self._heartbeat = threading.Thread(target=beat, name="gateway-lease", daemon=True)
+        self._heartbeat.start()
 
     def start_sweeping(self, interval_seconds: float) -> None:
         """Purges expired invocations every `interval_seconds` in the background."""
@@ -281,9 +291,8 @@ class InvocationService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            self._stop_heartbeat.set()
+            await asyncio.to_thread(self._heartbeat.join)
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:

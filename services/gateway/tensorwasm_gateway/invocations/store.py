@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from tensorwasm_gateway.errors import InvocationNotFoundError
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS gateways (
     gateway_id TEXT PRIMARY KEY,
     start_time_ns INTEGER NOT NULL,
     last_seen_ns INTEGER NOT NULL,
-    lease_expire_ns INTEGER NOT NULL
+    lease_expire_ns INTEGER NOT NULL,
+    renewals INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 _UNFINISHED_INDEX = f"""
@@ -58,7 +60,10 @@ CREATE INDEX IF NOT EXISTS invocations_unfinished_by_owner
 """
 # Columns added after the table's first release: rows from before have no owner (''),
 # which holds no lease, so the first gateway to start fails them as interrupted.
-_MIGRATIONS = (("invocations", "owner", "TEXT NOT NULL DEFAULT ''"),)
+_MIGRATIONS = (
+    ("invocations", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("gateways", "renewals", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -188,22 +193,44 @@ class InvocationStore:
             )
         return cursor.rowcount
 
-    def fail_orphaned(self, alive: str, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
-        """Marks FAILED with `error` the PENDING or RUNNING invocations whose owner holds
-        no unexpired lease at `end_time_ns` (that gateway is gone: killed, crashed or
-        stalled past its lease), except those of gateway `alive` (the caller); then
-        forgets the expired leases. Returns how many invocations it failed."""
+    def expired_leases(self, now_ns: int) -> dict[str, int]:
+        """The leases expired at `now_ns`: gateway id -> its renewal count as read."""
+        with self._registry.locked() as db:
+            rows = db.execute(
+                "SELECT gateway_id, renewals FROM gateways WHERE lease_expire_ns <= ?", (now_ns,)
+            ).fetchall()
+        return {str(gateway_id): int(renewals) for gateway_id, renewals in rows}
+
+    def fail_orphaned(
+        self,
+        alive: str,
+        expired: Mapping[str, int],
+        error: bytes,
+        end_time_ns: int,
+        expire_time_ns: int,
+    ) -> int:
+        """Marks FAILED with `error` the PENDING or RUNNING invocations of the gateways
+        whose lease the caller read as `expired` (id -> renewal count), and of owners
+        that hold no lease at all, except those of gateway `alive` (the caller); then
+        forgets those leases. Returns how many invocations it failed.
+
+        Compare-and-set, in one transaction: a gateway that renewed its lease since the
+        caller read it (its renewal count moved) keeps its invocations and its lease,
+        however late that renewal was.
+        """
         with self._registry.locked() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                db.executemany(  # the CAS: only leases nobody renewed since the read
+                    "DELETE FROM gateways WHERE gateway_id = ? AND renewals = ?",
+                    list(expired.items()),
+                )
                 cursor = db.execute(
                     "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
                     "expire_time_ns = ? WHERE state IN (?, ?) AND owner != ? AND owner NOT IN "
-                    "(SELECT gateway_id FROM gateways WHERE lease_expire_ns > ?)",
-                    (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, alive,
-                     end_time_ns),
-                )  # fmt: skip
-                db.execute("DELETE FROM gateways WHERE lease_expire_ns <= ?", (end_time_ns,))
+                    "(SELECT gateway_id FROM gateways)",
+                    (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, alive),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -212,8 +239,9 @@ class InvocationStore:
 
     def renew_lease(self, gateway_id: str, now_ns: int, lease_ns: int) -> bool:
         """Records that gateway `gateway_id` is alive at `now_ns` and holds its lease
-        until `now_ns + lease_ns`; False when it had no unexpired lease before (its
-        first heartbeat, or it lost the lease: others may have failed its invocations)."""
+        until `now_ns + lease_ns`, counting the renewal; False when it had no unexpired
+        lease before (its first heartbeat, or it lost the lease: others may have failed
+        its invocations)."""
         with self._registry.locked() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -222,9 +250,11 @@ class InvocationStore:
                 ).fetchone()
                 held = row is not None and int(row[0]) > now_ns
                 db.execute(
-                    "INSERT INTO gateways VALUES (?, ?, ?, ?) ON CONFLICT (gateway_id) DO "
-                    "UPDATE SET last_seen_ns = excluded.last_seen_ns, "
-                    "lease_expire_ns = excluded.lease_expire_ns",
+                    "INSERT INTO gateways (gateway_id, start_time_ns, last_seen_ns, "
+                    "lease_expire_ns, renewals) VALUES (?, ?, ?, ?, 1) "
+                    "ON CONFLICT (gateway_id) DO UPDATE SET "
+                    "last_seen_ns = excluded.last_seen_ns, "
+                    "lease_expire_ns = excluded.lease_expire_ns, renewals = renewals + 1",
                     (gateway_id, now_ns, now_ns, now_ns + lease_ns),
                 )
                 db.execute("COMMIT")

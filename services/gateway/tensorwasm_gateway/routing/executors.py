@@ -206,6 +206,10 @@ class ExecutorPool:
         """The replicas currently configured."""
         return list(self._replicas)
 
+    def any_healthy(self) -> bool:
+        """True when some replica answered its last health check SERVING."""
+        return any(replica.healthy for replica in self._replicas.values())
+
     def set_addresses(self, addresses: tuple[str, ...] | list[str]) -> None:
         """Adopts a new set of replicas (a DNS answer); kept ones keep their channel."""
         wanted = list(dict.fromkeys(addresses))
