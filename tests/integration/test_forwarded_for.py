@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,48 @@ def test_a_forwarded_address_is_believed_only_from_a_trusted_proxy(
     )
     peer = audited_peer(running, audit, "xff-check")
     assert peer.startswith(expected)
+
+
+def test_the_gateways_own_http_face_names_its_client_and_a_forged_proof_does_not(
+    launch_stack: Callable[..., Any], tmp_path: Path
+) -> None:
+    # No TRUSTED_PROXIES: the face still proves its calls with this process's secret, so
+    # the peer is the HTTP client as the face saw it (a host, no port), not the face's own
+    # loopback connection (host:port). A caller who forges the proof header is not trusted.
+    audit = tmp_path / "audit.jsonl"
+    running = launch_stack(tmp_path / "stack", {"TENSORWASM_GATEWAY_AUDIT_LOG": f"file:{audit}"})
+    http = running.services["gateway"].http_address
+    request = urllib.request.Request(
+        f"http://{http}/functions/none",
+        method="DELETE",
+        headers={
+            "x-tensorwasm-tenant": "t-audit",
+            "x-request-id": "via-face",
+            "x-forwarded-for": "6.6.6.6",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(request, timeout=60)
+    assert _record_peer(audit, "via-face") == "127.0.0.1"  # the face's view of its client
+    forged = (
+        ("x-tensorwasm-tenant", "t-audit"),
+        ("x-request-id", "forged"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-tensorwasm-face-proof", "guessed"),
+    )
+    with grpc.insecure_channel(running.gateway) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.GatewayServiceStub(channel).DeleteFunction(
+            pb.DeleteFunctionRequest(name="functions/none"), metadata=forged, timeout=60
+        )
+    assert _record_peer(audit, "forged").startswith("127.0.0.1:")
+
+
+def _record_peer(audit: Path, request_id: str) -> str:
+    deadline = time.monotonic() + 60  # bounds a missing record; the write is immediate
+    while time.monotonic() < deadline:
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        for record in map(json.loads, lines):
+            if record["request_id"] == request_id:
+                return str(record["peer"])
+        time.sleep(0.05)
+    raise AssertionError(f"no audit record of {request_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -41,7 +42,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 _log = logging.getLogger(__name__)
 
 
-def build_guard(settings: GatewaySettings) -> Guard:
+def build_guard(settings: GatewaySettings, *, face_secret: str = "") -> Guard:
     """Tokens, rate limits, concurrency caps and the audit sink from the settings.
 
     Raises:
@@ -82,7 +83,7 @@ def build_guard(settings: GatewaySettings) -> Guard:
         limiter,
         caps,
         AuditLog(open_sink(settings.audit_log)),
-        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        trusted_proxies=TrustedProxies(settings.trusted_proxies, face_secret=face_secret),
         auth_failures=auth_failures,
     )
 
@@ -125,7 +126,9 @@ async def serve(settings: GatewaySettings) -> None:
     await asyncio.to_thread(invocations.recover)
     invocations.start_heartbeat(settings.lease_heartbeat_seconds)
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
-    guard = build_guard(settings)
+    # Proves the in-process HTTP face's calls to the guard; never leaves this process.
+    face_secret = secrets.token_urlsafe(32) if settings.http_address else ""
+    guard = build_guard(settings, face_secret=face_secret)
     tenant_label.configure(settings.metrics_max_tenants)
     reloader = None
     if settings.tokens_file is not None:
@@ -151,6 +154,7 @@ async def serve(settings: GatewaySettings) -> None:
                 max_connections=settings.http_max_connections,
             ),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            face_secret=face_secret,
         )
         _log.info("http face listening", extra={"http_address": http.address})
 

@@ -111,13 +111,13 @@ def peer_of(
     metadata: Any,
     trusted: TrustedProxies = NO_PROXIES,
 ) -> str:
-    """The caller's address; a trusted proxy (e.g. the HTTP face, when its address is
-    configured) may name its own client in x-forwarded-for. Anyone else could claim any
+    """The caller's address; a trusted proxy (a configured address, or this gateway's own
+    HTTP face) may name its own client in x-forwarded-for. Anyone else could claim any
     address there, so their header is ignored."""
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
     host = rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
-    if host and trusted and trusted.trusts(host):
+    if host and trusted and trusted.forwards(host, metadata):
         forwarded = _values(metadata, FORWARDED_FOR_KEY)
         if forwarded:
             # The last hop is the one the trusted proxy appended; earlier ones are

@@ -15,6 +15,7 @@ from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Reason
 
+from tensorwasm_gateway.access.proxies import FACE_PROOF_KEY
 from tensorwasm_gateway.http import documents
 from tensorwasm_gateway.http.errors import (
     FaceError,
@@ -51,8 +52,12 @@ class HttpFace:
         *,
         timeout_seconds: float,
         max_body_bytes: int,
+        face_secret: str = "",
     ) -> None:
         self._stub = pb_grpc.GatewayServiceStub(channel)
+        # Proves to the guard that the calls come from this process's face, so that the
+        # x-forwarded-for it appends names the HTTP client (audit, auth throttling).
+        self._proof = ((FACE_PROOF_KEY, face_secret),) if face_secret else ()
         self._health = health_pb2_grpc.HealthStub(channel)
         self._signatures = signatures
         self._timeout = timeout_seconds
@@ -172,7 +177,7 @@ class HttpFace:
         return bytes(body)
 
     def _options(self, request: Request) -> dict[str, Any]:
-        return {"metadata": call_metadata(request), "timeout": self._timeout}
+        return {"metadata": [*call_metadata(request), *self._proof], "timeout": self._timeout}
 
     async def _read_signatures(self, request: Request, function_id: str) -> documents.ParamTypes:
         """GetFunction (the gateway authorises it as any call), cached for the TTL."""

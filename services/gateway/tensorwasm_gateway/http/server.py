@@ -58,6 +58,7 @@ async def start_http_face(
     signature_ttl_seconds: float,
     limits: ConnectionLimits,
     shutdown_grace_seconds: float = 5.0,
+    face_secret: str = "",
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
     this gateway's gRPC port (`grpc_port`).
@@ -71,6 +72,7 @@ async def start_http_face(
         SignatureCache(signature_ttl_seconds),
         timeout_seconds=timeout_seconds,
         max_body_bytes=max_body_bytes,
+        face_secret=face_secret,
     )
     host, port = split_address(address)
     listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
