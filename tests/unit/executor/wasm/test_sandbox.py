@@ -278,9 +278,13 @@ def test_traps_map_to_codes(sandbox: Sandbox, export: str, code: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_infinite_loop_hits_the_deadline(sandbox: Sandbox) -> None:
+    started = time.monotonic()
     outcome = sandbox.invoke(_compile(sandbox, TRAPS), "spin", [], timeout_seconds=0.2)
     failure = _failed(outcome)
     assert (failure.reason, failure.trap_code) == ("DEADLINE_EXCEEDED", "INTERRUPT")
+    # Never early: the deadline's ticks come at least one tick period apart, however
+    # fast or loaded the machine (exact tick counts: test_deadline_ticks.py).
+    assert time.monotonic() - started >= 0.2 - sandbox.epoch_tick_seconds
 
 
 @pytest.mark.timeout(60)
