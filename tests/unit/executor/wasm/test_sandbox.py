@@ -278,9 +278,13 @@ def test_traps_map_to_codes(sandbox: Sandbox, export: str, code: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_infinite_loop_hits_the_deadline(sandbox: Sandbox) -> None:
+    started = time.monotonic()
     outcome = sandbox.invoke(_compile(sandbox, TRAPS), "spin", [], timeout_seconds=0.2)
     failure = _failed(outcome)
     assert (failure.reason, failure.trap_code) == ("DEADLINE_EXCEEDED", "INTERRUPT")
+    # Never early: the deadline's ticks come at least one tick period apart, however
+    # fast or loaded the machine (exact tick counts: test_deadline_ticks.py).
+    assert time.monotonic() - started >= 0.2 - sandbox.epoch_tick_seconds
 
 
 @pytest.mark.timeout(60)
@@ -485,3 +489,31 @@ def test_per_call_memory_cap_is_clamped_to_the_sandbox_cap() -> None:
         assert tight.failure.reason == "MEMORY_LIMIT_EXCEEDED"
         # Asking for more than the sandbox allows gets the sandbox's cap, not more.
         assert sandbox.invoke(module, "f", [], max_memory_bytes=1 << 40).failure is None
+
+
+def test_a_call_asking_more_than_the_sandbox_cap_cannot_grow_past_it() -> None:
+    grow = """
+    (module (memory 1)
+      (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+    """
+    big = '(module (memory 64) (func (export "f")))'  # 4 MiB at instantiation
+    call_cap, sandbox_cap = 8 << 20, 2 << 20
+    with Sandbox(max_memory_bytes=sandbox_cap) as sandbox:
+        module = sandbox.compile("e" * 64, bytes(wasmtime.wat2wasm(grow)))
+        # 1 page + 16 pages = 1.0625 MiB fits the sandbox's 2 MiB; 1 + 63 pages = 4 MiB is
+        # within the call's 8 MiB but past the sandbox's cap, so the grow fails.
+        fits = sandbox.invoke(module, "grow", [WasmValue.i32(16)], max_memory_bytes=call_cap)
+        past = sandbox.invoke(module, "grow", [WasmValue.i32(63)], max_memory_bytes=call_cap)
+        assert fits.results == (WasmValue.i32(1),)
+        assert past.results == (WasmValue.i32(-1),)
+        huge = sandbox.compile("f" * 64, bytes(wasmtime.wat2wasm(big)))
+        outcome = sandbox.invoke(huge, "f", [], max_memory_bytes=call_cap)
+        assert outcome.failure is not None
+        assert outcome.failure.reason == "MEMORY_LIMIT_EXCEEDED"
+        resident, spawned = sandbox.spawn(module, max_memory_bytes=call_cap)
+        assert resident is not None and spawned.failure is None
+        try:
+            grown = resident.call("grow", [WasmValue.i32(63)])
+            assert grown.results == (WasmValue.i32(-1),)
+        finally:
+            resident.terminate()
