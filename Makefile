@@ -19,7 +19,7 @@ export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 .PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 $(UV):
 	python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
@@ -52,6 +52,23 @@ fmt: .venv/.synced ## Format the Python code
 
 test: setup guest-toolchain ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
+
+# Busy processes beside pytest (at least two per core), so races that only show on a loaded
+# machine fail here first. Bounded in time; the busy loops end with the target, pass or fail.
+BUSY_PROCESSES ?= $(shell echo $$(( $$(nproc) * 2 )))
+OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
+
+test-oversubscribed: setup guest-toolchain ## Integration tests once, CPUs oversubscribed by busy loops
+	@busy=(); trap 'kill "$${busy[@]}" 2>/dev/null; wait 2>/dev/null' EXIT; \
+	for _ in $$(seq $(BUSY_PROCESSES)); do yes >/dev/null & busy+=($$!); done; \
+	echo "test-oversubscribed: $(BUSY_PROCESSES) busy processes on $$(nproc) cores"; \
+	started=$$SECONDS; status=0; \
+	timeout --kill-after=30 $(OVERSUBSCRIBED_LIMIT_SECONDS) \
+	  .venv/bin/pytest tests/integration -m "not gpu and not bench" -q -p no:cacheprovider || status=$$?; \
+	echo "test-oversubscribed: $$((SECONDS - started)) s, exit $$status"; \
+	if [ $$status = 124 ] || [ $$status = 137 ]; then \
+	  echo "test-oversubscribed: FAILED: not done within $(OVERSUBSCRIBED_LIMIT_SECONDS) s" >&2; fi; \
+	exit $$status
 
 test-unit: .venv/.synced ## Unit tests only
 	.venv/bin/pytest tests/unit -q
