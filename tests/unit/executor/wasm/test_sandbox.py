@@ -381,8 +381,8 @@ def test_close_lets_in_flight_invocations_reach_their_deadline(
     wasm: Callable[[str], bytes],
 ) -> None:
     box = Sandbox()
-    counter = wasm("counter")
-    module = box.compile(hashlib.sha256(counter).hexdigest(), counter)
+    loud_spin = wasm("loud_spin")
+    module = box.compile(hashlib.sha256(loud_spin).hexdigest(), loud_spin)
     spinning = threading.Event()
 
     def says_spinning(stream: str, data: bytes) -> None:
