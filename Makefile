@@ -53,9 +53,10 @@ fmt: .venv/.synced ## Format the Python code
 test: setup guest-toolchain ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
-# Busy processes beside pytest (at least two per core), so races that only show on a loaded
-# machine fail here first. Bounded in time; the busy loops end with the target, pass or fail.
-BUSY_PROCESSES ?= $(shell echo $$(( $$(nproc) * 2 )))
+# Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
+# with as many spinning loops), so races that only show on a loaded machine fail here first.
+# Bounded in time; the busy loops end with the target, pass or fail.
+BUSY_PROCESSES ?= $(shell nproc)
 OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
 
 test-oversubscribed: setup guest-toolchain ## Integration tests once, CPUs oversubscribed by busy loops
