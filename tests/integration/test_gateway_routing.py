@@ -132,12 +132,21 @@ def test_calls_spread_over_replicas_then_survive_a_kill(
             with lock:
                 logical[0] += 1
 
+    def calls_reach(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while logical[0] < count:
+            assert time.monotonic() < deadline, f"only {logical[0]} of {count} calls ended"
+            time.sleep(0.02)
+
     def kill_under_load() -> None:
-        time.sleep(1.0)
-        launcher.kill(victim)
-        killed.set()
-        time.sleep(2.0)
-        stop.set()
+        # counted in calls, not seconds: a loaded machine makes fewer calls per second
+        try:
+            calls_reach(25)
+            launcher.kill(victim)
+            killed.set()
+            calls_reach(logical[0] + 30)
+        finally:
+            stop.set()
 
     killer = threading.Thread(target=kill_under_load)
     killer.start()

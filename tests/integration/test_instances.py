@@ -3,9 +3,12 @@ tenant ownership, the per-tenant cap, the idle TTL, terminate during a running c
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from tensorwasm.common.v1 import values_pb2
@@ -119,12 +122,32 @@ def test_a_failing_start_function_creates_no_instance(
     assert created.outcome.failure.trap_code != 0
 
 
-def test_idle_instances_expire(client: GatewayClient, wasm: Callable[[str], bytes]) -> None:
+def _executor_logged(stack: RunningStack, message: str) -> bool:
+    """Whether the executor's log has a line whose message is `message`."""
+    for raw in Path(stack.services["executor"].log_path).read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(raw).get("message") == message:
+                return True
+    return False
+
+
+def _wait_until(condition: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        time.sleep(0.02)
+
+
+def test_idle_instances_expire(
+    stack: RunningStack, client: GatewayClient, wasm: Callable[[str], bytes]
+) -> None:
     _deploy(client, wasm)
     name = client.create_instance("counter", idle_ttl_seconds=0.3).instance.name
     assert client.call_instance(name, "inc").outcome.success.results[0].i32 == 1
-    time.sleep(2.0)  # far past the TTL (0.3 s) plus the sweep interval (0.1 s); a call
-    # in between would restart the idle clock
+    # the executor's sweep drops it; a call in between would restart the idle clock
+    instance_id = name.removeprefix("instances/")
+    expired = f"instance {instance_id} expired (idle ttl)"
+    _wait_until(lambda: _executor_logged(stack, expired), "the executor expires the instance")
     with pytest.raises(TensorWasmError) as caught:
         client.call_instance(name, "inc")
     assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "INSTANCE_NOT_FOUND")
@@ -141,7 +164,18 @@ def test_delete_stops_a_running_call(client: GatewayClient, wasm: Callable[[str]
         target=lambda: outcome.append(client.call_instance(name, "spin", timeout_seconds=60))
     )
     caller.start()
-    time.sleep(0.3)
+
+    def spinning() -> bool:
+        """The spin holds the instance: a probe (alone it takes milliseconds) gets no turn
+        within its 10 s deadline."""
+        try:
+            client.call_instance(name, "inc", timeout_seconds=10.0)
+        except TensorWasmError as error:
+            assert error.reason in {"INSTANCE_BUSY", "DEADLINE_EXCEEDED"}, error
+            return True
+        return False
+
+    _wait_until(spinning, "the spinning call starts")
     started = time.monotonic()
     client.delete_instance(name)
     caller.join(timeout=10)

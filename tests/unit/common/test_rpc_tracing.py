@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -183,7 +184,11 @@ def test_recorded_server_span_of_an_aborted_call_has_its_code() -> None:
                 )
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await call(b"fail", timeout=10)
-                await asyncio.sleep(0.05)  # the CLIENT span ends from the call's done callback
+                # the CLIENT span ends from the call's done callback: wait until it has
+                deadline = time.monotonic() + 60
+                while not any(s.kind.name == "CLIENT" for s in exporter.get_finished_spans()):
+                    assert time.monotonic() < deadline, "the CLIENT span never ended"
+                    await asyncio.sleep(0.01)
                 return caught.value.code()
         finally:
             await server.stop(5)

@@ -44,6 +44,27 @@ def counter(
     resident.terminate()
 
 
+@pytest.fixture
+def loud_counter(
+    sandbox: Sandbox, compile_fixture: Callable[[str], CompiledModule]
+) -> Iterator[Resident]:
+    """A counter whose `spin_loudly` writes "spinning" before it spins."""
+    resident, outcome = sandbox.spawn(compile_fixture("loud_spin"))
+    assert resident is not None, outcome
+    yield resident
+    resident.terminate()
+
+
+def says_spinning(started: threading.Event) -> Callable[[str, bytes], None]:
+    """An output sink for `spin_loudly`: sets `started` once the guest is spinning."""
+
+    def sink(stream: str, data: bytes) -> None:
+        if b"spinning" in data:
+            started.set()
+
+    return sink
+
+
 def i32(value: int) -> WasmValue:
     return WasmValue(ValueType.I32, value)
 
@@ -89,45 +110,65 @@ def test_a_trap_is_an_outcome(counter: Resident) -> None:
     assert (outcome.failure.reason, outcome.failure.trap_code) == ("TRAP", "UNREACHABLE")
 
 
-def test_terminate_stops_a_running_call(counter: Resident) -> None:
+def test_terminate_stops_a_running_call(loud_counter: Resident) -> None:
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(counter.call, "spin", [], timeout_seconds=30.0)
-        time.sleep(0.05)
+        spinning = threading.Event()
+        running = pool.submit(
+            loud_counter.call,
+            "spin_loudly",
+            [],
+            timeout_seconds=30.0,
+            on_output=says_spinning(spinning),
+        )
+        assert spinning.wait(60)
         started = time.monotonic()
-        counter.terminate()
+        loud_counter.terminate()
         outcome = running.result(timeout=5)
     assert time.monotonic() - started < 2.0
     assert outcome.failure is not None and outcome.failure.reason == "CANCELLED"
-    assert counter.terminated
+    assert loud_counter.terminated
     with pytest.raises(ResidentGoneError) as caught:
-        counter.call("inc", [])
+        loud_counter.call("inc", [])
     assert (caught.value.code, caught.value.reason) == (Code.NOT_FOUND, "INSTANCE_NOT_FOUND")
-    counter.terminate()  # idempotent
+    loud_counter.terminate()  # idempotent
 
 
-def test_cancel_event_stops_one_call(counter: Resident) -> None:
-    cancel = threading.Event()
-    threading.Timer(0.05, cancel.set).start()
-    outcome = counter.call("spin", [], timeout_seconds=30.0, cancel=cancel)
+def test_cancel_event_stops_one_call(loud_counter: Resident) -> None:
+    cancel = threading.Event()  # set from inside the call, once the guest spins
+    outcome = loud_counter.call(
+        "spin_loudly", [], timeout_seconds=30.0, cancel=cancel, on_output=says_spinning(cancel)
+    )
     assert outcome.failure is not None and outcome.failure.reason == "CANCELLED"
-    assert counter.call("inc", []).results == (i32(1),)
+    assert loud_counter.call("inc", []).results == (i32(1),)
 
 
-def test_calls_on_one_instance_take_turns(counter: Resident) -> None:
+def test_calls_on_one_instance_take_turns(loud_counter: Resident) -> None:
     with ThreadPoolExecutor(1) as pool:
-        spinning = pool.submit(counter.call, "spin", [], timeout_seconds=0.3)
-        time.sleep(0.05)
-        assert counter.call("inc", [], timeout_seconds=5.0).results == (i32(1),)  # waited
+        started = threading.Event()
+        spinning = pool.submit(
+            loud_counter.call,
+            "spin_loudly",
+            [],
+            timeout_seconds=0.3,
+            on_output=says_spinning(started),
+        )
+        assert started.wait(60)
+        assert loud_counter.call("inc", [], timeout_seconds=60.0).results == (i32(1),)  # waited
         assert spinning.result().failure is not None
 
 
-def test_a_call_that_never_gets_a_turn_is_busy(counter: Resident) -> None:
+def test_a_call_that_never_gets_a_turn_is_busy(loud_counter: Resident) -> None:
     with ThreadPoolExecutor(1) as pool:
-        spinning = pool.submit(counter.call, "spin", [], timeout_seconds=1.0)
-        time.sleep(0.05)
+        started, stop = threading.Event(), threading.Event()
+        spinning = pool.submit(
+            loud_counter.call, "spin_loudly", [], timeout_seconds=60.0, cancel=stop,
+            on_output=says_spinning(started),
+        )  # fmt: skip
+        assert started.wait(60)
         with pytest.raises(InstanceBusyError) as caught:
-            counter.call("inc", [], timeout_seconds=0.05)
-        spinning.result()
+            loud_counter.call("inc", [], timeout_seconds=0.05)
+        stop.set()
+        assert spinning.result().failure is not None
     assert (caught.value.code, caught.value.reason) == (Code.ABORTED, "INSTANCE_BUSY")
 
 

@@ -6,8 +6,8 @@ import hashlib
 import math
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -381,12 +381,23 @@ def test_concurrent_invocations(sandbox: Sandbox, numeric: CompiledModule) -> No
 
 
 @pytest.mark.timeout(60)
-def test_close_lets_in_flight_invocations_reach_their_deadline() -> None:
+def test_close_lets_in_flight_invocations_reach_their_deadline(
+    wasm: Callable[[str], bytes],
+) -> None:
     box = Sandbox()
-    module = _compile(box, TRAPS)
+    loud_spin = wasm("loud_spin")
+    module = box.compile(hashlib.sha256(loud_spin).hexdigest(), loud_spin)
+    spinning = threading.Event()
+
+    def says_spinning(stream: str, data: bytes) -> None:
+        if b"spinning" in data:
+            spinning.set()
+
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(box.invoke, module, "spin", [], timeout_seconds=0.3)
-        time.sleep(0.05)
+        pending = pool.submit(
+            box.invoke, module, "spin_loudly", [], timeout_seconds=0.3, on_output=says_spinning
+        )
+        assert spinning.wait(60)  # in flight: close() must wait for it, not refuse it
         box.close()
         assert _failed(pending.result()).reason == "DEADLINE_EXCEEDED"
 

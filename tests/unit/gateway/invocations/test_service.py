@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,34 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())  # type: ignore[arg-type]
 
 
+# Bounds a wait for a condition: long enough for a loaded machine, short of a hang.
+WAIT_SECONDS = 60.0
+
+
 async def settle(service: InvocationService, tenant: str, invocation_id: str) -> InvocationRecord:
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
         record = await service.get(tenant, invocation_id)
         if record.finished:
             return record
         await asyncio.sleep(0.01)
     raise AssertionError("the invocation did not finish")
+
+
+async def until_running(service: InvocationService, tenant: str, invocation_id: str) -> None:
+    """Waits until the invocation is recorded RUNNING (its job has called the function)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while (await service.get(tenant, invocation_id)).state != RUNNING:
+        assert time.monotonic() < deadline, "the invocation never ran"
+        await asyncio.sleep(0.01)
+
+
+async def until_jobs_done(service: InvocationService) -> None:
+    """Waits until the service's invocation jobs have all ended (their results recorded)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while service._tasks:
+        assert time.monotonic() < deadline, "the invocation jobs never ended"
+        await asyncio.sleep(0.01)
 
 
 def test_an_invocation_is_pending_then_succeeds_with_its_outcome(tmp_path: Path) -> None:
@@ -100,7 +122,7 @@ def test_an_invocation_is_pending_then_succeeds_with_its_outcome(tmp_path: Path)
         record = await service.start("acme", "add", Call())
         assert record.state == pb.INVOCATION_STATE_PENDING
         assert record.export_name == "add"
-        await asyncio.sleep(0.05)
+        await until_running(service, "acme", record.invocation_id)
         assert (await service.get("acme", record.invocation_id)).state == RUNNING
         functions.release.set()
         done = await settle(service, "acme", record.invocation_id)
@@ -237,7 +259,7 @@ def test_a_stop_past_the_grace_period_fails_running_invocations(tmp_path: Path) 
     async def scenario() -> None:
         service, _, _ = make(tmp_path)
         record = await service.start("acme", "add", Call())
-        await asyncio.sleep(0.02)
+        await until_running(service, "acme", record.invocation_id)
         await service.close(0.05)
         stopped = await service.get("acme", record.invocation_id)
         assert stopped.state == FAILED
@@ -329,7 +351,7 @@ def test_a_starting_gateway_leaves_a_live_gateways_invocations_alone(tmp_path: P
         assert a.recover() == 0
         record = await a.start("acme", "add", Call())
         assert record.owner == "gw-a"
-        await asyncio.sleep(0.05)
+        await until_running(a, "acme", record.invocation_id)
         b, _ = replica(tmp_path, clock, "gw-b")
         assert b.recover() == 0  # A's lease is live: its running invocation is not B's to fail
         b_again, _ = replica(tmp_path, clock, "gw-b2")  # B restarts under a new id
@@ -356,7 +378,7 @@ def test_a_dead_gateways_invocations_fail_once_its_lease_expires(
         a, a_functions = replica(tmp_path, clock, "gw-a")
         a.recover()
         record = await a.start("acme", "add", Call())
-        await asyncio.sleep(0.05)
+        await until_running(a, "acme", record.invocation_id)
         b, b_functions = replica(tmp_path, clock, "gw-b")
         b.recover()
         clock.now += 29 * SECOND  # A stops beating (killed, or stalled)
@@ -372,7 +394,7 @@ def test_a_dead_gateways_invocations_fail_once_its_lease_expires(
         assert b_functions.calls == 0  # failed, never re-run
         # A was only stalled: its late result does not change the recorded failure
         a_functions.release.set()
-        await asyncio.sleep(0.05)
+        await until_jobs_done(a)
         assert interrupted(await a.get("acme", record.invocation_id))
         with caplog.at_level("WARNING"):
             a.renew_lease()
@@ -390,7 +412,7 @@ def test_a_restarted_gateway_fails_its_previous_incarnations_rows_after_the_leas
         first, _ = replica(tmp_path, clock, "gw-1")
         first.recover()
         record = await first.start("acme", "add", Call())
-        await asyncio.sleep(0.05)
+        await until_running(first, "acme", record.invocation_id)
         # killed -9: no close; the same gateway starts again under a new id
         clock.now += 5 * SECOND
         second, second_functions = replica(tmp_path, clock, "gw-2")
@@ -413,7 +435,8 @@ def test_a_clean_stop_fails_only_its_own_rows_and_releases_its_lease(tmp_path: P
         b.recover()
         mine = await a.start("acme", "add", Call())
         theirs = await b.start("acme", "add", Call())
-        await asyncio.sleep(0.05)
+        await until_running(a, "acme", mine.invocation_id)
+        await until_running(b, "acme", theirs.invocation_id)
         await a.close(0.05)
         assert interrupted(await b.get("acme", mine.invocation_id))
         assert (await b.get("acme", theirs.invocation_id)).state == RUNNING
@@ -432,12 +455,13 @@ def test_the_heartbeat_renews_the_lease_and_fails_orphans(tmp_path: Path) -> Non
         dead, _ = replica(tmp_path, clock, "gw-dead")
         dead.recover()
         record = await dead.start("acme", "add", Call())
-        await asyncio.sleep(0.05)
+        await until_running(dead, "acme", record.invocation_id)
         live, _ = replica(tmp_path, clock, "gw-live")
         live.recover()
         live.start_heartbeat(0.01)
         clock.now += 31 * SECOND
-        for _ in range(300):
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
             if interrupted(await live.get("acme", record.invocation_id)):
                 break
             await asyncio.sleep(0.01)
