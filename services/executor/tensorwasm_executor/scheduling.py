@@ -127,8 +127,9 @@ class FairPool:
                     self._running[tenant] -= 1
                     if not self._running[tenant]:
                         del self._running[tenant]
-                    # A tenant that was at its share may have queued calls to run now.
-                    self._ready.notify_all()
+                # No wake-up needed: this worker looks for the next call itself, and the
+                # one slot it freed admits at most one waiting call (waking every idle
+                # worker for it would cost a thundering herd on every call).
 
     def shutdown(self, *, cancel_futures: bool = True) -> None:
         """Stops the workers once idle; queued calls are cancelled (or run, if not)."""
