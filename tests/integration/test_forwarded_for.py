@@ -31,14 +31,7 @@ def audited_peer(running: Any, audit: Path, request_id: str) -> str:
             stub.DeleteFunction(
                 pb.DeleteFunctionRequest(name="functions/none"), metadata=metadata, timeout=60
             )
-    deadline = time.monotonic() + 60  # bounds a missing record; the write is immediate
-    while time.monotonic() < deadline:
-        lines = audit.read_text().splitlines() if audit.exists() else []
-        for record in map(json.loads, lines):
-            if record["request_id"] == request_id:
-                return str(record["peer"])
-        time.sleep(0.05)
-    raise AssertionError(f"no audit record of {request_id}")
+    return _record_peer(audit, request_id)
 
 
 @pytest.mark.parametrize(

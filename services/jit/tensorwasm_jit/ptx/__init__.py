@@ -4,7 +4,7 @@
 ops; `emit` the public face re-exported here.
 """
 
-from tensorwasm_jit.ptx.emit import (
+from tensorwasm_jit.ptx.core import (
     EMITTER_VERSION,
     EMITTERS,
     MARKER_PREFIX,
@@ -14,9 +14,8 @@ from tensorwasm_jit.ptx.emit import (
     EmittedKernel,
     KernelSpec,
     cache_key,
-    canonical_spec,
-    emit,
 )
+from tensorwasm_jit.ptx.emit import canonical_spec, emit
 
 __all__ = [
     "EMITTERS",

@@ -12,10 +12,7 @@ import blake3
 from tensorwasm_jit.errors import InvalidArgumentError, UnknownOpError, UnsupportedTargetError
 from tensorwasm_jit.ptx import blocked, elementwise
 from tensorwasm_jit.ptx.core import (
-    EMITTER_VERSION,
     EMITTERS,
-    MARKER_PREFIX,
-    PTX_ISA_VERSION,
     SUPPORTED_DTYPES,
     SUPPORTED_TARGETS,
     EmittedKernel,
@@ -25,19 +22,7 @@ from tensorwasm_jit.ptx.core import (
     module_header,
 )
 
-__all__ = [
-    "EMITTERS",
-    "EMITTER_VERSION",
-    "MARKER_PREFIX",
-    "PTX_ISA_VERSION",
-    "SUPPORTED_DTYPES",
-    "SUPPORTED_TARGETS",
-    "EmittedKernel",
-    "KernelSpec",
-    "cache_key",
-    "canonical_spec",
-    "emit",
-]
+__all__ = ["canonical_spec", "emit"]
 
 
 def _registered() -> dict[str, Emitter]:
