@@ -128,13 +128,9 @@ def peer_of(
     return rest if kind in ("ipv4", "ipv6") else peer
 
 
-def peer_host(
-    context: grpc.aio.ServicerContext[Any, Any],
-    metadata: Any,
-    trusted: TrustedProxies = NO_PROXIES,
-) -> str:
-    """The caller's address without its port: what failed authentication is charged to."""
-    peer = peer_of(context, metadata, trusted)
+def peer_host(context: grpc.aio.ServicerContext[Any, Any], peer: str) -> str:
+    """`peer` (as `peer_of` gave it) without its port: what failed authentication is
+    charged to."""
     kind, _, rest = (context.peer() or "").partition(":")
     if kind in ("ipv4", "ipv6") and peer == rest:
         return rest.rpartition(":")[0]  # the direct peer's host:port
@@ -279,6 +275,7 @@ class _Call:
         "_started",
         "_tenant_token",
         "code",
+        "peer",
         "principal",
         "reason",
         "request_id",
@@ -305,14 +302,17 @@ class _Call:
         self._request_id_token = CURRENT_REQUEST_ID.set(self.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         self.principal: Principal | None = None
+        self.peer = ""
         self.tenant = ""
         self.code = Code.OK
         self.reason = ""
 
     def enter(self) -> None:
         guard = self._guard
-        peer = peer_host(self._context, self._metadata, self._guard.trusted_proxies)
-        self.principal = principal = guard.authenticate(self._metadata, peer)
+        # Read once: audited at exit, and failed authentication is charged to its host.
+        self.peer = peer_of(self._context, self._metadata, guard.trusted_proxies)
+        host = peer_host(self._context, self.peer)
+        self.principal = principal = guard.authenticate(self._metadata, host)
         self.tenant = guard.tenant_of(principal, self._metadata)
         guard.authorize(self._policy, principal, self.tenant)
         self._guard.caps.acquire(self._policy.call_class)
@@ -355,7 +355,7 @@ class _Call:
                 code=self.code.name,
                 reason=self.reason,
                 latency_seconds=time.perf_counter() - self._started,
-                peer=peer_of(self._context, self._metadata, self._guard.trusted_proxies),
+                peer=self.peer,
                 trace_id=_trace_id(),
             )
         )
