@@ -109,6 +109,15 @@ class GuestCalls:
         self._instances = instances
         self._gpu = gpu
         self._images = images
+        # This executor's defaults and caps: fixed for its lifetime, resolved against per call.
+        self._default_limits = CallLimits(
+            timeout_seconds=settings.default_timeout_seconds,
+            max_output_bytes=settings.max_output_bytes,
+        )
+        self._limit_caps = CallLimits(
+            timeout_seconds=settings.max_timeout_seconds,
+            max_output_bytes=settings.max_output_bytes,
+        )
 
     @property
     def engine_fingerprint(self) -> str:
@@ -155,7 +164,10 @@ class GuestCalls:
                 cancel=cancel,
                 host_state=self._host_state(module, tenant, invocation.offloads),
                 image=image,
-                **_as_options(limits),
+                timeout_seconds=limits.timeout_seconds,
+                max_output_bytes=limits.max_output_bytes,
+                fuel=limits.fuel,
+                max_memory_bytes=limits.max_memory_bytes,
             )
         except BaseException:
             slot.release()
@@ -254,18 +266,7 @@ class GuestCalls:
         Raises:
             InvalidArgumentError: a field out of range.
         """
-        settings = self._settings
-        return resolve_call_limits(
-            requested,
-            defaults=CallLimits(
-                timeout_seconds=settings.default_timeout_seconds,
-                max_output_bytes=settings.max_output_bytes,
-            ),
-            caps=CallLimits(
-                timeout_seconds=settings.max_timeout_seconds,
-                max_output_bytes=settings.max_output_bytes,
-            ),
-        )
+        return resolve_call_limits(requested, defaults=self._default_limits, caps=self._limit_caps)
 
     async def _image(
         self, module: CompiledModule, init_export: str, tenant: str
@@ -284,15 +285,6 @@ class GuestCalls:
         imports it or has auto-offloaded exports (made here, on the loop, so that it
         carries the request's trace)."""
         return self._gpu.state_for(module, tenant, offloads) if self._gpu is not None else None
-
-
-def _as_options(limits: CallLimits) -> dict[str, Any]:
-    return {
-        "timeout_seconds": limits.timeout_seconds,
-        "max_output_bytes": limits.max_output_bytes,
-        "fuel": limits.fuel,
-        "max_memory_bytes": limits.max_memory_bytes,
-    }
 
 
 async def outcome_of(
