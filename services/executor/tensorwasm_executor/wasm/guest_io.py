@@ -38,9 +38,11 @@ class OutputCapture:
 
     Every guest write is a call into Python on the guest's thread, holding the GIL the
     executor's event loop needs too: a guest that keeps writing past its cap (output
-    nobody will see) would slow every other tenant's calls. So each write past the cap
-    first sleeps `PAST_CAP_PAUSE_SECONDS` (releasing the GIL); the guest still sees full
-    writes and its deadline still ends it.
+    nobody will see) would slow every other tenant's calls. So each write past a cap it
+    ran into first sleeps `PAST_CAP_PAUSE_SECONDS` (releasing the GIL); the guest still
+    sees full writes and its deadline still ends it. A limit of 0 (init capture, whose
+    output is discarded by design) drops writes without a pause, so a chatty init is not
+    slowed towards its deadline.
     """
 
     PAST_CAP_PAUSE_SECONDS = 0.001
@@ -66,7 +68,8 @@ class OutputCapture:
         room = self.limit - self._written
         if room <= 0 and chunk:
             self.truncated = True
-            self._pause(self.PAST_CAP_PAUSE_SECONDS)
+            if self.limit > 0:  # a cap the guest ran into; 0 is output discarded by design
+                self._pause(self.PAST_CAP_PAUSE_SECONDS)
             return len(chunk)
         if len(chunk) > room:
             self.truncated = True

@@ -44,3 +44,12 @@ def test_an_empty_write_past_the_cap_does_not_pause() -> None:
     assert capture.write(b"") == 0
     assert pauses == []
     assert not capture.truncated
+
+
+def test_output_discarded_by_design_is_dropped_without_a_pause() -> None:
+    pauses: list[float] = []
+    capture = OutputCapture(0, pause=pauses.append)  # init capture: no output kept
+    for _ in range(3):
+        assert capture.write(b"init says hello\n") == 16
+    assert bytes(capture.data) == b""
+    assert pauses == []
