@@ -1,7 +1,8 @@
 """One tenant's runaway guests never hold back another tenant's calls (real processes).
 
-Tenant A keeps every one of its calls busy with guests that spin until a 60 s deadline;
-tenant B's trivial call must come back while all of A's guests are still spinning. On a
+Tenant A keeps every one of its calls busy with guests that spin until a 300 s deadline
+(the executor's longest; they are cancelled at teardown); tenant B's trivial call must
+come back while all of A's guests are still spinning. On a
 FIFO worker pool of `WORKERS` threads with a per-tenant cap of `WORKERS`, B's call would
 wait behind A's deadlines; with per-tenant queues and a running share below the worker
 count, it runs at once.
@@ -23,6 +24,8 @@ from .conftest import RunningStack
 WORKERS = 4
 RUNNING_SHARE = 2
 WAIT = 120.0  # bounds a hang; never a measured time
+# Far beyond anything B's calls take, even on a loaded machine: B must finish first.
+SPIN_DEADLINE_SECONDS = 300
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ class Spinner:
         self.started = threading.Event()
         self.finished = threading.Event()
         self.call: InvocationStream = client.invoke_stream(
-            "stream", "spin_after_line", timeout_seconds=60
+            "stream", "spin_after_line", timeout_seconds=SPIN_DEADLINE_SECONDS
         )
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
