@@ -39,6 +39,19 @@ class DispatcherSettings(ServerSettings):
     # The in-process LRU of cubins loaded through sharing, in bytes (0: none kept, every
     # load asks the jit cache).
     cubin_cache_bytes: int = 64 << 20
+    # Where batches run: `tenant`, a worker process per tenant (its own CUDA context, so a
+    # fault, sticky error, crash or hung kernel ends that tenant's worker only, and no
+    # tenant can address another's device memory); `shared`, one worker process for all
+    # tenants (the dispatcher survives a crash, tenants do not have their own contexts);
+    # `off`, in the dispatcher's process. `auto`: `tenant` on the cuda backend, `off` on the
+    # cpu backend (which has no device context to share).
+    worker_isolation: str = "auto"
+    # Worker processes at most; at the cap the least recently used idle one is stopped.
+    max_workers: int = 16
+    # A worker idle this long is stopped (one holding sessions: once their TTL passed too).
+    worker_idle_seconds: float = 300.0
+    # Threads of each worker process that run its batches.
+    worker_threads: int = 4
 
     @property
     def tenant_in_flight_limit(self) -> int:
@@ -68,5 +81,17 @@ class DispatcherSettings(ServerSettings):
                 raise SettingsError(f"jit_address: {exc}") from None
         if not 0 < self.jit_timeout_seconds <= 60:
             raise SettingsError("jit_timeout_seconds: must be in (0, 60]")
+        self._check_workers()
         if self.cubin_cache_bytes < 0:
             raise SettingsError("cubin_cache_bytes: must be >= 0")
+
+    def _check_workers(self) -> None:
+        if self.worker_isolation not in {"auto", "tenant", "shared", "off"}:
+            raise SettingsError(
+                f"worker_isolation: expected auto, tenant, shared or off, got "
+                f"{self.worker_isolation!r}"
+            )
+        if self.max_workers <= 0 or self.worker_threads <= 0:
+            raise SettingsError("max_workers and worker_threads: must be positive")
+        if self.worker_idle_seconds <= 0:
+            raise SettingsError("worker_idle_seconds: must be positive")
