@@ -34,7 +34,13 @@ from tensorwasm_common.gpu_batch import Batch, BatchResult, CommandResult
 from tensorwasm_dispatcher.accounting import Ledger, TenantUsage
 from tensorwasm_dispatcher.errors import DispatcherSaturatedError, InvalidBatchError
 from tensorwasm_dispatcher.settings import DispatcherSettings
-from tensorwasm_dispatcher.workers.process import Failed, Reply, Request, worker_main
+from tensorwasm_dispatcher.workers.process import (
+    STICKY_ERROR_EXIT,
+    Failed,
+    Reply,
+    Request,
+    worker_main,
+)
 
 __all__ = ["SHARED_WORKER", "WorkerPool"]
 
@@ -321,6 +327,11 @@ def _without_current(usage: TenantUsage) -> TenantUsage:
 
 
 def _exit_reason(exitcode: int | None) -> str:
+    if exitcode == STICKY_ERROR_EXIT:
+        return (
+            "the tenant's device context hit a sticky error (e.g. an illegal address); its "
+            "GPU worker was restarted"
+        )
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name

@@ -9,7 +9,9 @@ after it. It ends when the dispatcher closes the connection, or is killed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +25,10 @@ from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
-__all__ = ["Failed", "Reply", "Request", "worker_main"]
+__all__ = ["STICKY_ERROR_EXIT", "Failed", "Reply", "Request", "worker_main"]
+
+# The worker's exit status when its device context broke (a CUDA sticky error).
+STICKY_ERROR_EXIT = 70
 
 _log = logging.getLogger(__name__)
 
@@ -89,6 +94,11 @@ def worker_main(connection: Connection, settings: DispatcherSettings) -> None:
             with send_lock:  # usages leave in the order they were read
                 usage = ledger.usage(request.tenant)
                 _send(connection, Reply(request.request_id, result, usage, next(sequence)))
+            # A failed command may have broken the context for good: then this worker ends
+            # (its reply sent) and the tenant's next batch gets a fresh context.
+            if any(command.code for command in result.results) and not backend.healthy():
+                _log.error("the device context hit a sticky error; the worker exits")
+                os._exit(STICKY_ERROR_EXIT)
             return
         with send_lock:
             _send(connection, message)
@@ -113,7 +123,5 @@ def worker_main(connection: Connection, settings: DispatcherSettings) -> None:
 
 
 def _send(connection: Connection, message: Reply | Failed) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the dispatcher went away: nobody waits for it
         connection.send(message)
-    except OSError:  # the dispatcher went away: nobody waits for this reply
-        pass
