@@ -167,6 +167,12 @@ def test_at_the_cap_the_least_recently_used_idle_worker_is_stopped(
     dispatcher: tuple[pb_grpc.DispatcherServiceStub, int],
 ) -> None:
     stub, pid = dispatcher
+    device = stub.GetDevice(pb.GetDeviceRequest(), timeout=30)
+    assert (device.worker_isolation, device.mps_active, list(device.mig_instances)) == (
+        "tenant",
+        False,
+        [],
+    )
     assert_ok(run(stub, "alice", "a"))
     alice = new_worker(pid, set())
     assert_ok(run(stub, "bob", "b"))

@@ -26,6 +26,7 @@ from tensorwasm_dispatcher.intake import BatchIntake, BatchRunner
 from tensorwasm_dispatcher.scheduling import FairScheduler
 from tensorwasm_dispatcher.servicer import DispatcherServicer
 from tensorwasm_dispatcher.settings import DispatcherSettings
+from tensorwasm_dispatcher.workers.placement import Topology, detect
 from tensorwasm_dispatcher.workers.pool import WorkerPool
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
@@ -70,7 +71,10 @@ def build_server(
     servicer."""
     ledger = Ledger(settings.tenant_memory_quota_bytes)
     runner: BatchRunner
-    if _isolation(settings) == "off":
+    discovered = discover(settings.backend)
+    isolation = _isolation(settings, discovered)
+    topology = Topology()
+    if isolation == "off":
         report, backend = open_backend(settings)
         sessions = GpuSessionTable(
             backend,
@@ -80,15 +84,19 @@ def build_server(
         runner = Dispatcher(backend, ledger, sessions)
     else:
         # Each worker opens the backend discovery found (no fallback of its own to cpu).
-        report = discover(settings.backend)
+        report = discovered
         worker_settings = dataclasses.replace(settings, backend=report.backend.value)
-        runner = WorkerPool(worker_settings, ledger)
+        if report.backend is BackendKind.CUDA:
+            topology = detect()
+        runner = WorkerPool(worker_settings, ledger, topology=topology)
     _log.info(
         "backend selected",
         extra={
             "backend": report.backend.value,
             "fallback_reason": report.fallback_reason,
-            "isolation": "off" if isinstance(runner, Dispatcher) else settings.worker_isolation,
+            "isolation": isolation,
+            "mig_instances": len(topology.mig),
+            "mps": topology.mps,
         },
     )
     admission = Admission(
@@ -99,16 +107,22 @@ def build_server(
     scheduler = FairScheduler(settings.workers, quantum=settings.fair_quantum_commands)
     host = create_host("dispatcher", settings, [SERVICE_NAME])
     pb_grpc.add_DispatcherServiceServicer_to_server(
-        DispatcherServicer(report, BatchIntake(runner, admission, scheduler)), host.server
+        DispatcherServicer(
+            report,
+            BatchIntake(runner, admission, scheduler),
+            isolation=isolation,
+            topology=topology,
+        ),
+        host.server,
     )
     return host, runner, scheduler
 
 
-def _isolation(settings: DispatcherSettings) -> str:
+def _isolation(settings: DispatcherSettings, report: DeviceReport) -> str:
     """The worker isolation in effect: `auto` is `tenant` on a cuda device, else `off`."""
     if settings.worker_isolation != "auto":
         return settings.worker_isolation
-    return "tenant" if discover(settings.backend).backend is BackendKind.CUDA else "off"
+    return "tenant" if report.backend is BackendKind.CUDA else "off"
 
 
 async def _sweep(runner: BatchRunner, interval_seconds: float) -> None:

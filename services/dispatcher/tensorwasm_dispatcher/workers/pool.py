@@ -34,6 +34,7 @@ from tensorwasm_common.gpu_batch import Batch, BatchResult, CommandResult
 from tensorwasm_dispatcher.accounting import Ledger, TenantUsage
 from tensorwasm_dispatcher.errors import DispatcherSaturatedError, InvalidBatchError
 from tensorwasm_dispatcher.settings import DispatcherSettings
+from tensorwasm_dispatcher.workers.placement import MigInstance, Placement, Topology
 from tensorwasm_dispatcher.workers.process import (
     STICKY_ERROR_EXIT,
     Failed,
@@ -72,6 +73,7 @@ class _Worker:
     # Why it was stopped (None: it was not; then its exit is a crash).
     stopping: tuple[str, str] | None = None
     open_sessions: int = 0
+    instance: MigInstance | None = None
 
 
 class WorkerPool:
@@ -83,9 +85,18 @@ class WorkerPool:
         settings: DispatcherSettings,
         ledger: Ledger,
         *,
+        topology: Topology | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self.placement = Placement(
+            topology or Topology(),
+            policy=settings.mig_placement,
+            assignments=settings.mig_assignment_map,
+            default_percentage=settings.mps_thread_percentage,
+            percentages=settings.mps_percentage_map,
+            memory_quota_bytes=settings.tenant_memory_quota_bytes,
+        )
         self._shared = settings.worker_isolation == "shared"
         self.ledger = ledger
         self._clock = clock
@@ -221,14 +232,19 @@ class WorkerPool:
         return min(idle, key=lambda worker: (worker.open_sessions > 0, worker.last_used))
 
     def _start(self, key: str) -> _Worker:
+        instance = self.placement.instance_for(key)
+        environment = self.placement.environment(key, instance)
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=worker_main, args=(child, self._settings), name=f"gpu-worker-{key}", daemon=True
+            target=worker_main,
+            args=(child, self._settings, environment),
+            name=f"gpu-worker-{key}",
+            daemon=True,
         )
         process.start()
         child.close()
         now = self._clock()
-        worker = _Worker(key, process, parent, started=now, last_used=now)
+        worker = _Worker(key, process, parent, started=now, last_used=now, instance=instance)
         threading.Thread(
             target=self._read, args=(worker,), name=f"gpu-worker-reader-{key}", daemon=True
         ).start()
@@ -265,6 +281,7 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(_WorkerDiedError(reason))
         self._forget_state(worker)
+        self.placement.released(worker.key, worker.instance)
         WORKERS.dec()
         WORKER_EXITS.labels(cause).inc()
         log = _log.warning if cause in ("crashed", "deadline") else _log.info

@@ -62,9 +62,15 @@ class Failed:
     metadata: dict[str, str]
 
 
-def worker_main(connection: Connection, settings: DispatcherSettings) -> None:
-    """Serves batches from `connection` until it closes (runs in the worker process)."""
+def worker_main(
+    connection: Connection, settings: DispatcherSettings, environment: dict[str, str]
+) -> None:
+    """Serves batches from `connection` until it closes (runs in the worker process).
+
+    `environment` (its MIG instance, its MPS share) is set before CUDA starts.
+    """
     logging.basicConfig(level=logging.WARNING)
+    os.environ.update(environment)
     # Imported here: the dispatcher's server module opens backends; the worker opens its own.
     from tensorwasm_dispatcher.server import open_backend
 
