@@ -12,7 +12,7 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
-from tensorwasm_common.database import Database, DatabaseStartError, Engine
+from tensorwasm_common.database import Database, DatabaseStartError
 from tensorwasm_common.settings import SettingsError
 from tensorwasm_common.snapshot_client import SnapshotClient
 
@@ -23,12 +23,10 @@ from tensorwasm_gateway.access import (
     ConcurrencyCaps,
     Guard,
     GuardInterceptor,
-    Limiter,
-    RateLimiter,
-    SharedRateLimiter,
     TokenReloader,
     TokenStore,
     TrustedProxies,
+    limiter_for,
     open_sink,
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
@@ -73,10 +71,7 @@ def build_guard(
         _log.info("bearer auth on", extra={"token_ids": list(tokens.token_ids)})
     tenant_layer = BucketConfig(settings.rate_limit_tenant_qps, settings.rate_limit_tenant_burst)
     token_layer = BucketConfig(settings.rate_limit_token_qps, settings.rate_limit_token_burst)
-    limiter: Limiter = RateLimiter(tenant_layer, token_layer)
-    if database is not None and database.engine is Engine.POSTGRESQL:
-        # gateways sharing the database share the buckets: together they admit the rate
-        limiter = SharedRateLimiter(database, tenant_layer, token_layer)
+    limiter = limiter_for(database, tenant_layer, token_layer)
     caps = ConcurrencyCaps(
         {
             "invoke": settings.max_concurrent_invoke,

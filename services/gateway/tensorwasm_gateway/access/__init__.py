@@ -20,7 +20,7 @@ from tensorwasm_gateway.access.ratelimit import (
     Limiter,
     RateLimiter,
 )
-from tensorwasm_gateway.access.shared_limits import SharedRateLimiter
+from tensorwasm_gateway.access.shared_limits import SharedRateLimiter, limiter_for
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
 from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
@@ -51,6 +51,7 @@ __all__ = [
     "TokenReloader",
     "TokenStore",
     "TrustedProxies",
+    "limiter_for",
     "open_sink",
     "parse_tokens",
     "policy_of",

@@ -24,9 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tensorwasm_common.database import Database
+from tensorwasm_common.database import Database, Engine
 
-from tensorwasm_gateway.access.ratelimit import NEVER_REFILLS_RETRY_SECONDS, BucketConfig
+from tensorwasm_gateway.access.ratelimit import (
+    NEVER_REFILLS_RETRY_SECONDS,
+    BucketConfig,
+    Limiter,
+    RateLimiter,
+)
 from tensorwasm_gateway.errors import RateLimitedError
 
 GRANT_SECONDS = 0.1
@@ -50,6 +55,16 @@ _DEBIT = "UPDATE rate_buckets SET level = level - ? WHERE scope = ? AND bucket_k
 class _Grant:
     requests: float
     expires: float
+
+
+def limiter_for(
+    database: Database | None, tenant_layer: BucketConfig, token_layer: BucketConfig
+) -> Limiter:
+    """The gateway's rate limiter: shared on a PostgreSQL database (every gateway on it
+    draws from the same buckets), in memory otherwise (SQLite: one host)."""
+    if database is not None and database.engine is Engine.POSTGRESQL:
+        return SharedRateLimiter(database, tenant_layer, token_layer)
+    return RateLimiter(tenant_layer, token_layer)
 
 
 class SharedRateLimiter:

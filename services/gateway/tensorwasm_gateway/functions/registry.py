@@ -3,7 +3,7 @@
 Every write commits before it returns. Invoke's lookup does no database round trip when it
 can avoid one: on SQLite it reads the local file inline (a primary-key read in WAL mode,
 ~10 µs, cheaper than a hop to a worker thread); on PostgreSQL it reads the FunctionCache,
-which every gateway invalidates from the registry's NOTIFY on each create and delete.
+which every gateway invalidates from the registry's NOTIFY on each delete.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFou
 from tensorwasm_gateway.functions.cache import FunctionCache
 from tensorwasm_gateway.state import open_database
 
-# NOTIFY channel of function changes; the payload is ["tenant", "function_id"] as JSON.
+# NOTIFY channel of function deletes (a redeploy deletes first; only found functions are
+# cached, so a create changes nothing cached); the payload is ["tenant", "function_id"].
 CHANGES_CHANNEL = "tensorwasm_gateway_functions"
 
 _SELECT_FUNCTION = "SELECT * FROM functions WHERE tenant = ? AND function_id = ?"
@@ -96,7 +97,6 @@ class Registry:
                         record.config,
                     ),
                 )
-                session.notify(CHANGES_CHANNEL, _payload(record.tenant, record.function_id))
         except ConstraintViolation:
             raise FunctionAlreadyExistsError(
                 f"function {record.function_id!r} already exists",
