@@ -10,7 +10,7 @@ request) and is dropped, unspent, after GRANT_TTL_SECONDS, so no gateway hoards 
 
 The trade-off: at low rates (the default 10 qps) a grant is one request, so each admitted
 call of a rate-limited tenant costs one short transaction (a row update on the database
-server, ~0.3 ms on a LAN), taken inline; at high rates it is one per ~100 ms of traffic.
+server), taken inline; at high rates it is one per ~100 ms of traffic.
 Requests granted to a gateway that then sees no calls are lost to the others until the
 grant expires (at most a grant per gateway and bucket): the limit errs on the safe side.
 Calls that the dev mode's missing tokens do not rate-limit never touch the table.
