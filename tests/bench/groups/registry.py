@@ -36,10 +36,11 @@ START_TIMEOUT_SECONDS = 60.0
 
 @contextlib.contextmanager
 def _gateway_on(
-    stack: LocalStack, services: dict[str, ServiceProcess], database_url: str
+    stack: LocalStack, services: dict[str, ServiceProcess], name: str, database_url: str
 ) -> Iterator[str]:
-    """A gateway process on `database_url`, before the stack's executor and store."""
-    ready = stack.data_dir / "run" / "gateway-postgres.ready.json"
+    """A gateway process on `database_url`, before the stack's executor and store (both
+    subjects are started this same way, so only their database differs)."""
+    ready = stack.data_dir / "run" / f"{name}.ready.json"
     env = {
         **os.environ,
         "OTEL_TRACES_EXPORTER": "none",
@@ -52,7 +53,7 @@ def _gateway_on(
         "TENSORWASM_GATEWAY_EXECUTOR_ADDRESSES": services["executor"].grpc_address,
         "TENSORWASM_GATEWAY_SNAPSHOT_ADDRESS": services["snapshot"].grpc_address,
     }
-    with (stack.data_dir / "logs" / "gateway-postgres.log").open("ab") as log:
+    with (stack.data_dir / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "tensorwasm_gateway"],
             env=env,
@@ -65,7 +66,7 @@ def _gateway_on(
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not ready.exists():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the PostgreSQL gateway did not start (see its log)")
+                raise RuntimeError(f"gateway {name} did not start (see its log)")
             time.sleep(0.05)
         yield str(json.loads(ready.read_text())["grpc_address"])
     finally:
@@ -75,8 +76,8 @@ def _gateway_on(
 
 @group("gateway_registry")
 def gateway_registry(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
-    """Starts PostgreSQL, the stack (its gateway on SQLite) and a second gateway on
-    PostgreSQL; deploys `add` once (both registries' function) and times Invoke on each."""
+    """Starts PostgreSQL, the stack, and two more gateways before its executor and store,
+    one on an SQLite file and one on PostgreSQL; deploys `add` on each and times Invoke."""
     del config
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
@@ -91,8 +92,12 @@ def gateway_registry(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         )
         cleanup.callback(stack.stop)
         services = stack.start()
-        postgres = cleanup.enter_context(_gateway_on(stack, services, server.create_database()))
-        sqlite = services["gateway"].grpc_address
+        sqlite = cleanup.enter_context(
+            _gateway_on(stack, services, "gateway-sqlite", f"sqlite://{temp}/registry.sqlite3")
+        )
+        postgres = cleanup.enter_context(
+            _gateway_on(stack, services, "gateway-postgres", server.create_database())
+        )
 
         module = bytes(wasmtime.wat2wasm(ADD_WAT))
         request = pb.InvokeRequest(
