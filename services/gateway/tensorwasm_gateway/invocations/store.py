@@ -4,7 +4,9 @@ and the leases of the gateways that own them.
 Lease times are read on one clock: on PostgreSQL the database's (`now()` in the
 transaction that reads or writes the lease, in place of the caller's `now_ns`), so that
 gateways whose clocks disagree never fail each other's live work; on SQLite, whose gateways
-share one host, the host's.
+share one host, the host's. On PostgreSQL a gateway's work is failed only when its lease
+has expired and its liveness lock is free (tensorwasm_gateway.invocations.liveness), so
+slow heartbeats alone never fail a live gateway's work either.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tensorwasm_common.database import ConstraintViolation, Engine, Session
 
 from tensorwasm_gateway.errors import InvocationNotFoundError
 from tensorwasm_gateway.functions import Registry
+from tensorwasm_gateway.invocations.liveness import LivenessLock, is_free
 
 _DATABASE_NOW_NS = "SELECT CAST(EXTRACT(EPOCH FROM now()) * 1000000000 AS BIGINT)"
 
@@ -65,6 +68,9 @@ class InvocationStore:
 
     def __init__(self, registry: Registry) -> None:
         self._database = registry.database
+        self._liveness = (
+            LivenessLock(self._database.url) if self._database.engine is Engine.POSTGRESQL else None
+        )
 
     def insert(self, record: InvocationRecord) -> InvocationRecord:
         """Adds a PENDING invocation; with a request_id already used by the tenant,
@@ -186,6 +192,8 @@ class InvocationStore:
         however late that renewal was.
         """
         with self._database.transaction() as db:
+            if db.engine is Engine.POSTGRESQL:  # a held liveness lock: alive, however late
+                expired = {g: n for g, n in expired.items() if is_free(db, g)}
             db.executemany(  # the CAS: only leases nobody renewed since the read
                 "DELETE FROM gateways WHERE gateway_id = ? AND renewals = ?",
                 list(expired.items()),
@@ -203,6 +211,8 @@ class InvocationStore:
         and holds its lease until `now_ns + lease_ns`, counting the renewal; False when
         it had no unexpired lease before (its first heartbeat, or it lost the lease:
         others may have failed its invocations)."""
+        if self._liveness is not None:
+            self._liveness.hold(gateway_id)
         with self._database.transaction() as db:
             now_ns = self._now_ns(db, now_ns)
             row = db.execute(
@@ -223,6 +233,14 @@ class InvocationStore:
         """Forgets the lease of gateway `gateway_id` (its clean stop)."""
         with self._database.transaction() as db:
             db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,))
+        if self._liveness is not None:
+            self._liveness.release()
+
+    def close(self) -> None:
+        """Ends this store's own sessions (on PostgreSQL the liveness lock's); the lease
+        row stays, as after a crash."""
+        if self._liveness is not None:
+            self._liveness.release()
 
     def leases(self) -> dict[str, int]:
         """Every recorded lease: gateway id -> lease expiry (ns)."""

@@ -3,6 +3,8 @@ on PostgreSQL, lease times on the database's clock whatever the gateways' clocks
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -26,8 +28,10 @@ def _pending(
 
 
 @pytest.fixture
-def store(registry: Registry) -> InvocationStore:
-    return InvocationStore(registry)
+def store(registry: Registry) -> Iterator[InvocationStore]:
+    store = InvocationStore(registry)
+    yield store
+    store.close()
 
 
 def test_lifecycle_and_request_id_dedup(store: InvocationStore) -> None:
@@ -52,32 +56,59 @@ def test_lifecycle_and_request_id_dedup(store: InvocationStore) -> None:
 
 
 def test_orphans_of_an_expired_lease_fail_but_a_renewed_lease_keeps_its_work(
-    store: InvocationStore, registry: Registry
+    store: InvocationStore, registry: Registry, open_registry: Callable[[], Registry]
 ) -> None:
-    now = _lease_now(store, registry)
-    assert not store.renew_lease("gw-a", now, 10 * SECOND)  # first heartbeat
-    assert store.renew_lease("gw-a", now, 10 * SECOND)
-    store.insert(_pending("000a", owner="gw-a"))
-    store.insert(_pending("000b", owner="gw-gone"))  # an owner without a lease
+    gateway_a = InvocationStore(open_registry())  # gateway A's view; `store` is B's
+    now = _lease_now(registry)
+    assert not gateway_a.renew_lease("gw-a", now, 10 * SECOND)  # first heartbeat
+    assert gateway_a.renew_lease("gw-a", now, 10 * SECOND)
+    gateway_a.insert(_pending("000a", owner="gw-a"))
+    gateway_a.insert(_pending("000b", owner="gw-gone"))  # an owner without a lease
     assert store.fail_orphaned("gw-b", {}, b"interrupted", NOW, NOW + HOUR) == 1
     assert store.get("t", "000a", NOW).state == PENDING
     assert store.get("t", "000b", NOW).state == FAILED
 
     expired = {"gw-a": 2}  # as if read when the lease had expired, renewed twice by then
-    assert store.renew_lease("gw-a", now, 10 * SECOND)  # a late renewal wins the CAS
+    assert gateway_a.renew_lease("gw-a", now, 10 * SECOND)  # a late renewal wins the CAS
     assert store.fail_orphaned("gw-b", expired, b"interrupted", NOW, NOW + HOUR) == 0
     assert store.get("t", "000a", NOW).state == PENDING
+    gateway_a.close()  # A dies: its sessions end (its liveness lock on PostgreSQL)
     assert store.fail_orphaned("gw-b", {"gw-a": 3}, b"interrupted", NOW, NOW + HOUR) == 1
     assert store.get("t", "000a", NOW).error == b"interrupted"
     assert "gw-a" not in store.leases()
 
 
 def test_fail_owned_and_release(store: InvocationStore, registry: Registry) -> None:
-    store.renew_lease("gw-a", _lease_now(store, registry), 10 * SECOND)
+    store.renew_lease("gw-a", _lease_now(registry), 10 * SECOND)
     store.insert(_pending("000c"))
     assert store.fail_owned("gw-a", b"stopped", NOW, NOW + HOUR) == 1
     store.release_lease("gw-a")
     assert store.leases() == {}
+
+
+def test_postgres_slow_heartbeats_do_not_fail_a_live_gateways_work(postgres_url: str) -> None:
+    url = parse_database_url(postgres_url, SETTING)
+    registries = [Registry(open_database(url)) for _ in range(2)]
+    gateway_a, gateway_b = (InvocationStore(r) for r in registries)
+    try:
+        gateway_a.renew_lease("gw-a", 0, 1)  # a lease of 1 ns: expired at once
+        gateway_a.insert(_pending("000e", owner="gw-a"))
+        expired = gateway_b.expired_leases(0)
+        assert set(expired) == {"gw-a"}
+        assert gateway_b.fail_orphaned("gw-b", expired, b"x", NOW, NOW + HOUR) == 0
+        assert gateway_b.get("t", "000e", NOW).state == PENDING  # A's session is alive
+        gateway_a.close()  # A dies; the server frees its lock as the session ends
+        deadline = time.monotonic() + 30.0
+        while (
+            gateway_b.fail_orphaned("gw-b", gateway_b.expired_leases(0), b"x", NOW, NOW + HOUR) == 0
+        ):
+            assert time.monotonic() < deadline, "a dead gateway's work was never failed"
+            time.sleep(0.02)  # the next heartbeat's sweep
+        assert gateway_b.get("t", "000e", NOW).state == FAILED
+    finally:
+        gateway_b.close()
+        for registry in registries:
+            registry.close()
 
 
 def test_postgres_leases_use_the_database_clock(postgres_url: str) -> None:
@@ -86,6 +117,7 @@ def test_postgres_leases_use_the_database_clock(postgres_url: str) -> None:
     try:
         _skewed_clocks_fail_nothing(store)
     finally:
+        store.close()
         registry.close()
 
 
@@ -100,9 +132,8 @@ def _skewed_clocks_fail_nothing(store: InvocationStore) -> None:
     assert store.renew_lease("gw-a", NOW - 2 * HOUR, 30 * SECOND)  # still held, by the db's clock
 
 
-def _lease_now(store: InvocationStore, registry: Registry) -> int:
+def _lease_now(registry: Registry) -> int:
     """A `now_ns` the engine's lease clock agrees with (PostgreSQL ignores it)."""
-    del store
     if registry.database.engine is Engine.POSTGRESQL:
         return 0
     return NOW
