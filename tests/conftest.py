@@ -10,6 +10,9 @@ import wasmtime
 
 WAT_DIR = Path(__file__).parent / "fixtures" / "wat"
 
+# The real engines (PostgreSQL) as fixtures: postgres_server, postgres_url, database_url.
+pytest_plugins = ("tests.engines.postgres", "tests.engines.databases")
+
 
 @pytest.fixture(scope="session")
 def wat_dir() -> Path:
