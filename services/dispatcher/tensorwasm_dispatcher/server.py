@@ -74,6 +74,7 @@ def build_server(
     sessions = GpuSessionTable(
         backend,
         idle_ttl_seconds=settings.session_idle_ttl_seconds,
+        max_sessions_per_tenant=settings.max_sessions_per_tenant,
         on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
     )
     dispatcher = Dispatcher(backend, ledger, sessions)
@@ -85,7 +86,11 @@ def build_server(
     scheduler = FairScheduler(settings.workers, quantum=settings.fair_quantum_commands)
     host = create_host("dispatcher", settings, [SERVICE_NAME])
     pb_grpc.add_DispatcherServiceServicer_to_server(
-        DispatcherServicer(report, BatchIntake(dispatcher, admission, scheduler)), host.server
+        DispatcherServicer(
+            report,
+            BatchIntake(dispatcher, admission, scheduler, max_run_seconds=settings.max_run_seconds),
+        ),
+        host.server,
     )
     return host, dispatcher, scheduler
 

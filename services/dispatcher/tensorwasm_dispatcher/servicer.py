@@ -77,7 +77,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     ) -> pb.ExecuteResponse:
         """Runs the batch through the intake (admitted, or refused at once)."""
         tenant = _tenant(request.tenant, context)
-        result = await self._intake.execute(tenant, batch_from_wire(request))
+        result = await self._intake.execute(
+            tenant, batch_from_wire(request), context.time_remaining()
+        )
         return result_to_wire(result)
 
     async def GetTenantUsage(

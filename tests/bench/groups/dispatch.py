@@ -76,7 +76,8 @@ class CpuDirect:
         self._stream = self._backend.open_stream()
         ptx = CATALOG["vector_add"].ptx_text().encode("utf-8")
         self._kernel = self._backend.load(ptx, "vector_add")
-        buffers = [self._backend.stage(np.ones(ELEMENTS, np.float32).tobytes()) for _ in range(3)]
+        ones = np.ones(ELEMENTS, np.float32).tobytes()
+        buffers = [self._backend.stage(ones, self._stream) for _ in range(3)]
         self._args = [BufferArg(b, 0, 4 * ELEMENTS, 4096 * i) for i, b in enumerate(buffers)]
         self._args.append(ScalarArg(ArgTag.U32, ELEMENTS))  # type: ignore[arg-type]
 
