@@ -362,9 +362,7 @@ class CudaBackend(Backend):
             if length_bytes:
                 source = device.address + offset_bytes
                 copy = self._driver.cuMemcpyDtoHAsync
-                self._call(
-                    copy(ctypes.addressof(target), source, length_bytes, cuda_stream.stream)
-                )
+                self._call(copy(ctypes.addressof(target), source, length_bytes, cuda_stream.stream))
             # The stream's kernels are done (the batch waited for them): only the copy is left.
             self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
         except CudaCallError as exc:

@@ -88,7 +88,7 @@ class ModuleLoading:
         Raises:
             CudaCallError: the driver refused it (with ptxas's diagnostics, if any).
         """
-        buffer = ctypes.create_string_buffer(image, len(image))
+        buffer = ctypes.create_string_buffer(image)  # NUL-terminated, whatever the image
         log = bytearray(JIT_LOG_BYTES)
         options, values = self._log_options(log)
         result = self._driver.cuModuleLoadDataEx(
