@@ -262,6 +262,13 @@ class CudaBackend(Backend):
         for module in modules:
             self._call(self._driver.cuModuleUnload(module))
 
+    def hung_streams(self) -> int:
+        """Streams kept past a deadline until the device is done with them (checked now)."""
+        self._current()
+        self._reap()
+        with self._lock:
+            return len(self._hung)
+
     def load(self, ptx: bytes, entry: str) -> Kernel:
         driver = self._driver
         self._current()

@@ -280,11 +280,13 @@ def test_a_kernel_past_the_deadline_ends_its_session_without_waiting_for_it() ->
     (stream,) = fake.streams
     assert fake.hung(stream)
     assert not fake.named("cuStreamDestroy") and not fake.named("cuModuleUnload")
+    assert backend.hung_streams() == 1
     # The stream and the module go once the device is done with the kernel.
     fake.end_hung_kernels()
     assert codes(dispatcher.execute("t", vector_add_batch("next"))) == [0, 0]
     assert [call.args[0] for call in fake.named("cuStreamDestroy")] == [stream]
     assert len(fake.named("cuModuleUnload")) == 1
+    assert backend.hung_streams() == 0
     backend.close()
     assert fake.retained == 0
 
