@@ -10,11 +10,8 @@ and launches. Nothing uses the legacy NULL stream, which a non-blocking stream d
 wait for. Host bytes a queued copy reads are kept until the stream is waited for.
 
 A launch is queued between a pair of events (the tenant's GPU time) and not waited for:
-`finish` waits once per batch, polling `cuStreamQuery` until the work is done or the
-call's deadline passes. Past it the stream is marked hung and `DeadlineExceeded` ends the
-session; the kernel cannot be stopped inside a shared context, so its stream is kept (and
-module unloads deferred) until the device reports it done. A per-tenant worker process with
-its own context (the isolation issue) would end such a kernel by ending the process.
+`finish` waits once per batch, bounded by the call's deadline (`cuda_streams`: past it,
+`DeadlineExceeded` ends the session and the stream is kept until the device is done).
 
 Every CUresult is checked in one place, `_call`, and mapped to an ABI code at this edge:
 out of memory is quota_exceeded, a PTX the driver refuses is malformed_ptx (with ptxas's
@@ -32,8 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +38,6 @@ from tensorwasm_kernels import LaunchGeometryError, check_geometry
 from tensorwasm_dispatcher.backends.base import (
     Backend,
     BufferArg,
-    DeadlineExceeded,
     DeviceBuffer,
     Kernel,
     LaunchArg,
@@ -57,6 +51,7 @@ from tensorwasm_dispatcher.backends.cubin_sharing import (
     CubinSharing,
 )
 from tensorwasm_dispatcher.backends.cuda_modules import MAX_LOCAL_BYTES_PER_THREAD, ModuleLoading
+from tensorwasm_dispatcher.backends.cuda_streams import CudaStream, Streams
 from tensorwasm_dispatcher.backends.discovery import BackendKind, CudaCallError
 
 _log = logging.getLogger(__name__)
@@ -70,14 +65,10 @@ _CTYPES = {
     ArgTag.U64: ctypes.c_uint64,
 }
 _OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
-_NOT_READY = 600  # CUDA_ERROR_NOT_READY: cuStreamQuery's "still running"
 # Dynamic shared memory a launch may use without opting in (the cpu backend's limit too).
 MAX_DYNAMIC_SHARED_BYTES = 48 << 10
 # The per-thread stack the context reserves for every resident thread.
 STACK_BYTES_PER_THREAD = 1 << 10
-# How often `finish` asks whether the stream is done: from this, doubling, to the cap.
-_POLL_FIRST_SECONDS = 50e-6
-_POLL_MAX_SECONDS = 2e-3
 
 
 def _arg_size(arg: LaunchArg) -> int:
@@ -111,15 +102,6 @@ class _CudaBuffer(DeviceBuffer):
     @property
     def address(self) -> int:
         return int(self.pointer) + self.lead
-
-
-class _CudaStream(Stream):
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.events: list[tuple[Any, Any]] = []  # (start, end) pairs, reused batch to batch
-        self.launched = 0  # pairs recorded since the last finish
-        self.keep: list[Any] = []  # host bytes queued copies read, until the stream is done
-        self.hung = False
 
 
 class CudaBackend(Backend):
@@ -165,9 +147,7 @@ class CudaBackend(Backend):
             attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
         ) * self._attribute(attribute.CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)
         self.modules = ModuleLoading(driver, self._call, resident)
-        self._lock = threading.Lock()
-        self._hung: list[_CudaStream] = []  # streams past a deadline, until they finish
-        self._deferred_unloads: list[Any] = []
+        self.streams = Streams(driver, self._call)
         self.cubins: CubinSharing | None = None
         if artifacts is not None:
             self.cubins = CubinSharing(
@@ -220,54 +200,18 @@ class CudaBackend(Backend):
         return AbiFailure(code, f"{what}: {exc.result_name}{detail}")
 
     def open_stream(self) -> Stream:
-        driver = self._driver
         self._current()
-        self._reap()
-        flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
-        (stream,) = self._call(driver.cuStreamCreate(int(flags)))
-        return _CudaStream(stream)
+        return self.streams.open()
 
     def close_stream(self, stream: Stream) -> None:
-        """Releases a stream without waiting for it (its queued frees run in order; the
-        driver releases a stream still running once its work is done)."""
-        cuda_stream = _stream(stream)
+        """Releases a stream without waiting for it (its queued frees run in order)."""
         self._current()
-        if cuda_stream.hung:
-            return  # kept in `_hung` until the device is done with it (`_reap`)
-        self._destroy(cuda_stream)
-
-    def _destroy(self, cuda_stream: _CudaStream) -> None:
-        for start, end in cuda_stream.events:
-            self._call(self._driver.cuEventDestroy(start))
-            self._call(self._driver.cuEventDestroy(end))
-        cuda_stream.events.clear()
-        self._call(self._driver.cuStreamDestroy(cuda_stream.stream))
-
-    def _reap(self) -> None:
-        """Releases the hung streams the device is done with, then deferred modules."""
-        with self._lock:
-            hung = list(self._hung)
-        for cuda_stream in hung:
-            (status, *_) = _as_tuple(self._driver.cuStreamQuery(cuda_stream.stream))
-            if int(status) == _NOT_READY:
-                continue
-            with self._lock:
-                self._hung.remove(cuda_stream)
-            cuda_stream.hung = False
-            self._destroy(cuda_stream)
-        with self._lock:
-            if self._hung:
-                return
-            modules, self._deferred_unloads = self._deferred_unloads, []
-        for module in modules:
-            self._call(self._driver.cuModuleUnload(module))
+        self.streams.close(_stream(stream))
 
     def hung_streams(self) -> int:
         """Streams kept past a deadline until the device is done with them (checked now)."""
         self._current()
-        self._reap()
-        with self._lock:
-            return len(self._hung)
+        return self.streams.hung_count()
 
     def load(self, ptx: bytes, entry: str) -> Kernel:
         driver = self._driver
@@ -298,13 +242,11 @@ class CudaBackend(Backend):
 
     def unload(self, kernel: Kernel) -> None:
         self._current()
-        with self._lock:
-            if self._hung:  # a hung kernel may be this module's: unload once it is done
-                self._deferred_unloads.append(_kernel(kernel).module)
-                return
-        self._call(self._driver.cuModuleUnload(_kernel(kernel).module))
+        module = _kernel(kernel).module
+        if not self.streams.defer_unload(module):  # a hung kernel may be this module's
+            self._call(self._driver.cuModuleUnload(module))
 
-    def _alloc(self, size_bytes: int, cuda_stream: _CudaStream) -> Any:
+    def _alloc(self, size_bytes: int, cuda_stream: CudaStream) -> Any:
         try:
             (pointer,) = self._call(self._driver.cuMemAllocAsync(size_bytes, cuda_stream.stream))
         except CudaCallError as exc:
@@ -380,14 +322,6 @@ class CudaBackend(Backend):
         self._current()
         self._call(self._driver.cuMemFreeAsync(_buffer(buffer).pointer, _stream(stream).stream))
 
-    def _event_pair(self, cuda_stream: _CudaStream) -> tuple[Any, Any]:
-        if cuda_stream.launched == len(cuda_stream.events):
-            default = self._driver.CUevent_flags.CU_EVENT_DEFAULT
-            (start,) = self._call(self._driver.cuEventCreate(int(default)))
-            (end,) = self._call(self._driver.cuEventCreate(int(default)))
-            cuda_stream.events.append((start, end))
-        return cuda_stream.events[cuda_stream.launched]
-
     def launch(
         self,
         stream: Stream,
@@ -414,7 +348,7 @@ class CudaBackend(Backend):
         params = (ctypes.c_void_p * len(slots))(*[ctypes.addressof(s) for s in slots])
         self._current()
         try:
-            start, end = self._event_pair(cuda_stream)
+            start, end = self.streams.event_pair(cuda_stream)
             self._call(driver.cuEventRecord(start, cuda_stream.stream))
             launched = driver.cuLaunchKernel(
                 function, *grid, *block, shared_mem_bytes, cuda_stream.stream,
@@ -429,65 +363,23 @@ class CudaBackend(Backend):
         return LaunchResult(kernel_seconds=0.0, written=written)
 
     def finish(self, stream: Stream, deadline: float | None) -> float:
-        cuda_stream = _stream(stream)
         self._current()
-        launched, cuda_stream.launched = cuda_stream.launched, 0
         try:
-            self._wait(cuda_stream, deadline)
-            seconds = 0.0
-            for start, end in cuda_stream.events[:launched]:
-                (milliseconds,) = self._call(self._driver.cuEventElapsedTime(start, end))
-                seconds += float(milliseconds) / 1000.0
+            return self.streams.finish(_stream(stream), deadline)
         except CudaCallError as exc:
             raise self._abi(AbiError.LAUNCH_FAILED, "the queued work failed", exc) from None
-        finally:
-            if not cuda_stream.hung:
-                cuda_stream.keep.clear()
-        return seconds
-
-    def _wait(self, cuda_stream: _CudaStream, deadline: float | None) -> None:
-        """Polls the stream until its work is done; past `deadline`, marks it hung.
-
-        Raises:
-            DeadlineExceeded: still running at the deadline.
-            CudaCallError: the work failed.
-        """
-        pause = _POLL_FIRST_SECONDS
-        while True:
-            (status, *_) = _as_tuple(self._driver.cuStreamQuery(cuda_stream.stream))
-            if int(status) != _NOT_READY:
-                self._call(status)
-                return
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                cuda_stream.hung = True
-                with self._lock:
-                    self._hung.append(cuda_stream)
-                raise DeadlineExceeded(
-                    "the session's kernels were still running at the call's deadline; the "
-                    "session is ended (its kernels, buffers and stream are released when the "
-                    "device is done with them)"
-                )
-            time.sleep(pause if deadline is None else min(pause, deadline - now))
-            pause = min(pause * 2, _POLL_MAX_SECONDS)
 
     def close(self) -> None:
         if self.cubins is not None:
             self.cubins.store.close()
         self._current()
-        self._reap()
-        with self._lock:
-            hung = len(self._hung)
+        hung = self.streams.hung_count()
         if hung:
             # Releasing the context would wait for kernels that may never end: the
             # process exit ends them.
             _log.warning("closing with kernels still running", extra={"streams": hung})
             return
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
-
-
-def _as_tuple(result: Any) -> tuple[Any, ...]:
-    return result if isinstance(result, tuple) else (result,)
 
 
 def _check_launch(
@@ -520,8 +412,8 @@ def _check_launch(
         )
 
 
-def _stream(stream: Stream) -> _CudaStream:
-    if not isinstance(stream, _CudaStream):
+def _stream(stream: Stream) -> CudaStream:
+    if not isinstance(stream, CudaStream):
         raise TypeError("not a stream of the cuda backend")
     return stream
 
