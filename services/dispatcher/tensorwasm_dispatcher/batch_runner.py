@@ -176,11 +176,11 @@ class _Run:
     def all(self) -> None:
         """Runs every command, waits for the stream, then copies the written buffers back."""
         for command in self._batch.commands:
-            if self.timed_out:
+            if isinstance(command, ReadBuffer) and self._queued and not self.timed_out:
+                self._wait()  # a failure belongs to the work queued before the read
+            if self.timed_out:  # the stream may never finish: nothing more goes to it
                 self.results.append(CommandResult(int(AbiError.LAUNCH_FAILED), _NOT_RUN))
                 continue
-            if isinstance(command, ReadBuffer) and self._queued:
-                self._wait()  # a failure belongs to the work queued before the read
             self.results.append(self._one(command))
             if self.results[-1].code == 0 and isinstance(command, _QUEUED_COMMANDS):
                 self._queued.append(len(self.results) - 1)
@@ -190,7 +190,12 @@ class _Run:
             self.buffers = self.staging.copy_back()
         except AbiFailure as failure:
             message = f"copying the results back failed: {failure.message}"
-            self._fail(range(len(self.results)), CommandResult(int(failure.code), message))
+            launches = [
+                position
+                for position, command in enumerate(self._batch.commands)
+                if isinstance(command, LaunchKernel)
+            ]
+            self._fail(launches, CommandResult(int(failure.code), message))
 
     def _one(self, command: Command) -> CommandResult:
         session, dispatcher = self._session, self._dispatcher

@@ -291,6 +291,18 @@ def test_a_kernel_past_the_deadline_ends_its_session_without_waiting_for_it() ->
     assert fake.retained == 0
 
 
+def test_a_read_after_a_kernel_past_the_deadline_is_not_run() -> None:
+    fake = FakeDriver()
+    dispatcher, _ = make(fake)
+    spin = b".visible .entry spin(\n.param .u32 x\n)\n{\nret;\n}\n"
+    launch = LaunchKernel(0, (1, 1, 1), (1, 1, 1), 0, (ScalarArg(ArgTag.U32, 1),))
+    commands = (AllocBuffer(1, 16), LoadKernel(0, spin, "spin"), launch, ReadBuffer(1, 0, 16))
+    outcome = dispatcher.execute("t", Batch("s", (), commands), deadline=time.monotonic())
+    assert codes(outcome) == [-5, 0, -5, -5]  # the alloc's zero-fill is queued behind it
+    assert outcome.results[3].message.startswith("not run: an earlier launch outlived")
+    assert not fake.named("cuStreamSynchronize") and not fake.named("cuMemcpyDtoHAsync")
+
+
 def test_closing_with_a_kernel_still_running_does_not_wait_for_it() -> None:
     fake = FakeDriver()
     dispatcher, backend = make(fake)
