@@ -65,6 +65,7 @@ _CTYPES = {
     ArgTag.U64: ctypes.c_uint64,
 }
 _OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
+_PRIMARY_CONTEXT_ACTIVE = 708  # CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE (drivers before 11.x)
 # Dynamic shared memory a launch may use without opting in (the cpu backend's limit too).
 MAX_DYNAMIC_SHARED_BYTES = 48 << 10
 # The per-thread stack the context reserves for every resident thread.
@@ -137,7 +138,11 @@ class CudaBackend(Backend):
         (self._device,) = self._call(driver.cuDeviceGet(ordinal))
         # Before the context exists: a thread waiting for the device sleeps, never spins.
         blocking = driver.CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC
-        self._call(driver.cuDevicePrimaryCtxSetFlags(self._device, int(blocking)))
+        (status, *_) = _as_tuple(driver.cuDevicePrimaryCtxSetFlags(self._device, int(blocking)))
+        if int(status) == _PRIMARY_CONTEXT_ACTIVE:  # another backend in this process set it
+            _log.warning("the primary context is active already: its flags stay as they are")
+        else:
+            self._call(status)
         (self._context,) = self._call(driver.cuDevicePrimaryCtxRetain(self._device))
         self._current()
         stack = driver.CUlimit.CU_LIMIT_STACK_SIZE
@@ -380,6 +385,10 @@ class CudaBackend(Backend):
             _log.warning("closing with kernels still running", extra={"streams": hung})
             return
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
+
+
+def _as_tuple(result: Any) -> tuple[Any, ...]:
+    return result if isinstance(result, tuple) else (result,)
 
 
 def _check_launch(

@@ -199,7 +199,8 @@ class FakeDriver:
 
     def cuDevicePrimaryCtxSetFlags(self, device: int, flags: int) -> tuple[Result]:
         self._record("cuDevicePrimaryCtxSetFlags", device, flags)
-        assert not self.retained, "flags set after the primary context was retained"
+        if self.retained:  # as drivers before CUDA 11 answer
+            return (Result.CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE,)
         self.context_flags = int(flags)
         return (SUCCESS,)
 

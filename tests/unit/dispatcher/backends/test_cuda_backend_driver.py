@@ -80,6 +80,10 @@ def test_the_context_blocks_waiting_threads_and_caps_the_stack() -> None:
     assert names.index("cuDevicePrimaryCtxSetFlags") < names.index("cuDevicePrimaryCtxRetain")
     assert fake.context_flags == int(fake.CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC)
     assert fake.limits == {fake.CUlimit.CU_LIMIT_STACK_SIZE: STACK_BYTES_PER_THREAD}
+    # A second backend of the process finds the context active: it keeps the flags set.
+    make(fake)
+    assert fake.retained == 2
+    assert fake.context_flags == int(fake.CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC)
 
 
 def test_a_batch_stays_on_its_stream_and_waits_once() -> None:
