@@ -155,7 +155,9 @@ class ModuleLoading:
             for index in range(int(count)):
                 _, size = self._call(driver.cuFuncGetParamInfo(function, index))
                 sizes.append(int(size))
-        except CudaCallError as exc:  # a driver that cannot say: launches are refused
+        except (CudaCallError, RuntimeError) as exc:
+            # A driver that cannot say (the bindings raise RuntimeError for a function the
+            # driver lacks: before CUDA 12.4): the kernel's launches are refused.
             _log.warning("the driver does not report kernel parameters: %s", exc)
             return None
         return tuple(sizes)
