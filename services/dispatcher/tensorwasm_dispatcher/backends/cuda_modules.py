@@ -30,7 +30,7 @@ JIT_LOG_BYTES = 8 << 10
 # reserves it for every resident thread (64 KiB would be ~17 GB on an H100).
 MAX_LOCAL_BYTES_PER_THREAD = 16 << 10
 # The module-scope `.global` variables of a PTX (their names, for `cuModuleGetGlobal`).
-_GLOBAL = re.compile(r"(?m)^\s*(?:\.(?:visible|weak|extern)\s+)*\.global\b([^;{]*);")
+_GLOBAL = re.compile(r"(?m)^\s*(?:\.(?:visible|weak|extern)\s+)*\.global\b([^;]*);")
 _GLOBAL_NAME = re.compile(r"(?<![.\w$%])([A-Za-z_$%][\w$]*)\s*(?:\[|=|$)")
 
 Call = Callable[[Any], tuple[Any, ...]]
