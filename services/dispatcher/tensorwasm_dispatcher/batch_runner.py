@@ -249,7 +249,8 @@ class Dispatcher:
             tenant: Whose batch it is.
             batch: The commands.
             deadline: `time.monotonic()` by which the call must be done (None: unbounded):
-                launches still running then fail and the session is ended.
+                launches still running then fail and the session is ended (in a worker
+                process of `workers`, the pool stops the whole worker at the deadline).
 
         Raises:
             InvalidBatchError: no session id, too many commands, duplicate buffer ids.

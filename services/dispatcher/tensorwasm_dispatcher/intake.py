@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 from tensorwasm_common.errors import ResourceExhaustedError
 from tensorwasm_common.gpu_batch import Batch, BatchResult
 
-from tensorwasm_dispatcher.accounting import Admission, TenantUsage
-from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.accounting import Admission, Ledger, TenantUsage
 from tensorwasm_dispatcher.scheduling import FairScheduler
+
+
+class BatchRunner(Protocol):
+    """What runs an admitted batch: the in-process `batch_runner.Dispatcher`, or the
+    `workers.WorkerPool` of per-tenant worker processes."""
+
+    ledger: Ledger
+
+    def execute(self, tenant: str, batch: Batch, deadline: float | None = None) -> BatchResult:
+        """Runs the batch (blocking); `deadline` is a `time.monotonic()` instant."""
 
 
 class BatchIntake:
@@ -26,7 +36,7 @@ class BatchIntake:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: BatchRunner,
         admission: Admission,
         scheduler: FairScheduler,
         *,
@@ -42,8 +52,9 @@ class BatchIntake:
     ) -> BatchResult:
         """Admits `batch`, waits for a worker to run it, and returns its result.
 
-        `timeout_seconds` is what is left of the caller's deadline (None: none); the batch
-        must be done by then, and within `max_run_seconds` in any case.
+        `timeout_seconds` is what is left of the caller's deadline, queueing included (None:
+        none); the run is bounded by it, and by `max_run_seconds` in any case (a worker
+        process is stopped at the bound; in process, the backend's wait gives up at it).
 
         Raises:
             TenantBusyError, DispatcherSaturatedError: refused at once (counted as a

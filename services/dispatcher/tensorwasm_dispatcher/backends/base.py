@@ -199,5 +199,10 @@ class Backend(abc.ABC):
         del stream, deadline
         return 0.0
 
+    def healthy(self) -> bool:
+        """False once the device context cannot run more work (a CUDA sticky error: an
+        illegal address, a trap, a hung-kernel timeout); its worker process then ends."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - most backends hold nothing process-wide
         """Releases the device (at shutdown)."""

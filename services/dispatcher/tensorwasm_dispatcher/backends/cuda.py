@@ -386,6 +386,21 @@ class CudaBackend(Backend):
             return
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
 
+    def healthy(self) -> bool:
+        """Whether the context still runs work: after a sticky error (an illegal address,
+        a trap, a launch timeout) every later call of the context fails the same way, and
+        only a new context (a new worker process) recovers. A kernel still running past its
+        deadline counts too: nothing but the end of the context stops it (and
+        `cuCtxSynchronize` would wait for it forever)."""
+        try:
+            self._current()
+            if self.streams.hung_count():
+                return False
+            self._call(self._driver.cuCtxSynchronize())
+        except CudaCallError:
+            return False
+        return True
+
 
 def _as_tuple(result: Any) -> tuple[Any, ...]:
     return result if isinstance(result, tuple) else (result,)

@@ -217,6 +217,15 @@ class FakeDriver:
     def cuCtxSetCurrent(self, context: int) -> tuple[Result]:
         return (SUCCESS,)  # not recorded: called before every operation
 
+    def cuCtxSynchronize(self) -> tuple[Result]:
+        self._record("cuCtxSynchronize")
+        for stream in self.streams.values():
+            result = self._run(stream)
+            assert result != Result.CUDA_ERROR_NOT_READY, "cuCtxSynchronize would never return"
+            if result != SUCCESS:
+                return (result,)
+        return (self.sticky or SUCCESS,)
+
     def cuCtxSetLimit(self, limit: Any, value: int) -> tuple[Result]:
         self._record("cuCtxSetLimit", limit, value)
         self.limits[limit] = value

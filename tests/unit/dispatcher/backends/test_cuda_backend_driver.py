@@ -238,7 +238,7 @@ def test_a_failed_copy_back_is_reported_on_the_launches_not_raised() -> None:
 
 def test_a_kernel_fault_fails_the_queued_launches_and_copies_nothing_back() -> None:
     fake = FakeDriver()
-    dispatcher, _ = make(fake)
+    dispatcher, backend = make(fake)
     # vector_add on a misaligned pointer: the fake faults with a sticky 716, as a GPU would.
     args = (BufferRef(0, 2, 16), BufferRef(0, 0, 16), BufferRef(0, 0, 16), ScalarArg(ArgTag.U32, 1))
     batch = Batch(
@@ -254,6 +254,7 @@ def test_a_kernel_fault_fails_the_queued_launches_and_copies_nothing_back() -> N
     assert codes(outcome) == [0, -5, -5]
     assert "CUDA_ERROR_MISALIGNED_ADDRESS" in outcome.results[1].message
     assert outcome.buffers == {}
+    assert not backend.healthy()  # the sticky error: its worker process would end
 
 
 def test_a_kernel_past_the_deadline_ends_its_session_without_waiting_for_it() -> None:
@@ -285,12 +286,15 @@ def test_a_kernel_past_the_deadline_ends_its_session_without_waiting_for_it() ->
     assert fake.hung(stream)
     assert not fake.named("cuStreamDestroy") and not fake.named("cuModuleUnload")
     assert backend.hung_streams() == 1
+    assert not backend.healthy()  # only a new context ends the kernel (a worker restart)
+    assert not fake.named("cuCtxSynchronize")
     # The stream and the module go once the device is done with the kernel.
     fake.end_hung_kernels()
     assert codes(dispatcher.execute("t", vector_add_batch("next"))) == [0, 0]
     assert [call.args[0] for call in fake.named("cuStreamDestroy")] == [stream]
     assert len(fake.named("cuModuleUnload")) == 1
     assert backend.hung_streams() == 0
+    assert backend.healthy()
     backend.close()
     assert fake.retained == 0
 
