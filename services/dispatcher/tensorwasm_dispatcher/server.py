@@ -79,6 +79,7 @@ def build_server(
         sessions = GpuSessionTable(
             backend,
             idle_ttl_seconds=settings.session_idle_ttl_seconds,
+            max_sessions_per_tenant=settings.max_sessions_per_tenant,
             on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
         )
         runner = Dispatcher(backend, ledger, sessions)
@@ -109,7 +110,7 @@ def build_server(
     pb_grpc.add_DispatcherServiceServicer_to_server(
         DispatcherServicer(
             report,
-            BatchIntake(runner, admission, scheduler),
+            BatchIntake(runner, admission, scheduler, max_run_seconds=settings.max_run_seconds),
             isolation=isolation,
             topology=topology,
         ),

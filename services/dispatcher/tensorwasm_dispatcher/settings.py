@@ -33,6 +33,11 @@ class DispatcherSettings(ServerSettings):
     # A session nobody ended (its executor died) is closed after this much idle time.
     session_idle_ttl_seconds: float = 600.0
     session_sweep_seconds: float = 5.0
+    # GPU sessions one tenant may hold open at once (each holds a stream and events).
+    max_sessions_per_tenant: int = 64
+    # The longest a batch may run when its call has a later deadline (or none): a launch
+    # still running then fails and its session is ended.
+    max_run_seconds: float = 300.0
     # The jit cache cubins are shared through, per (PTX digest, compute capability), on the
     # cuda backend (empty: off, every PTX is JIT-compiled by this dispatcher's driver).
     jit_address: str = ""
@@ -93,6 +98,8 @@ class DispatcherSettings(ServerSettings):
             raise SettingsError("fair_quantum_commands: must be positive")
         if self.session_idle_ttl_seconds <= 0 or self.session_sweep_seconds <= 0:
             raise SettingsError("session_idle_ttl_seconds and session_sweep_seconds: positive")
+        if self.max_sessions_per_tenant <= 0 or self.max_run_seconds <= 0:
+            raise SettingsError("max_sessions_per_tenant and max_run_seconds: positive")
         if self.jit_address:
             try:
                 split_address(self.jit_address)

@@ -79,6 +79,7 @@ def worker_main(
     sessions = GpuSessionTable(
         backend,
         idle_ttl_seconds=settings.session_idle_ttl_seconds,
+        max_sessions_per_tenant=settings.max_sessions_per_tenant,
         on_count=lambda tenant, delta: ledger.record(tenant, open_sessions=delta),
     )
     dispatcher = Dispatcher(backend, ledger, sessions)
