@@ -12,14 +12,11 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
 from tensorwasm_dispatcher.accounting import Admission, Ledger
 from tensorwasm_dispatcher.backends import (
-    Backend,
     BackendKind,
-    CpuBackend,
     DeviceReport,
-    JitArtifactStore,
-    cpu_report,
     discover,
 )
+from tensorwasm_dispatcher.backends.opening import open_backend
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_dispatcher.intake import BatchIntake, BatchRunner
@@ -31,37 +28,6 @@ from tensorwasm_dispatcher.workers.pool import WorkerPool
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
 _log = logging.getLogger(__name__)
-
-
-def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
-    """The backend the settings ask for: cuda when a device answers (or is required),
-    else cpu. A cuda device that answers discovery but cannot be opened falls back to cpu
-    under `auto` and fails the start under `cuda`."""
-    report = discover(settings.backend)
-    if report.backend is BackendKind.CUDA:
-        from tensorwasm_dispatcher.backends.cuda import CudaBackend
-
-        artifacts = None
-        if settings.jit_address:  # cubins shared through the jit cache
-            artifacts = JitArtifactStore(
-                settings.jit_address,
-                timeout_seconds=settings.jit_timeout_seconds,
-                service_token=settings.service_token(),
-            )
-        try:
-            backend = CudaBackend(
-                report.devices[0].ordinal,
-                artifacts=artifacts,
-                cubin_cache_bytes=settings.cubin_cache_bytes,
-            )
-            return report, backend
-        except Exception as exc:
-            if artifacts is not None:
-                artifacts.close()
-            if settings.backend == "cuda":
-                raise
-            report = cpu_report(f"the CUDA device could not be opened: {exc}")
-    return report, CpuBackend()
 
 
 def build_server(

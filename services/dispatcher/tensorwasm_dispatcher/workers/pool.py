@@ -53,6 +53,8 @@ WORKER_EXITS = Counter(
     "GPU worker processes that ended, by cause (idle, evicted, deadline, crashed, shutdown).",
     ["cause"],
 )
+# How long past a batch's deadline its worker may take to answer before it is stopped.
+KILL_GRACE_SECONDS = 2.0
 # The key of the one worker every tenant shares under `worker_isolation=shared`.
 SHARED_WORKER = "*"
 
@@ -111,8 +113,9 @@ class WorkerPool:
     def execute(self, tenant: str, batch: Batch, deadline: float | None = None) -> BatchResult:
         """Runs `batch` in the tenant's worker (blocking) and returns its result.
 
-        `deadline` (this pool's clock): past it, the worker is stopped and every command
-        of the batch fails with launch_failed.
+        `deadline` (`time.monotonic()`): the worker ends what still runs then; past it by
+        `KILL_GRACE_SECONDS` without an answer, the worker is stopped and every command of
+        the batch fails with launch_failed.
 
         Raises:
             InvalidBatchError: the batch itself is malformed.
@@ -125,10 +128,15 @@ class WorkerPool:
             worker.pending[request_id] = future
         try:
             with worker.send_lock:
-                worker.connection.send(Request(request_id, tenant, batch))
+                worker.connection.send(Request(request_id, tenant, batch, deadline))
         except (OSError, ValueError):
             self._stop(worker, "crashed", "the tenant's GPU worker could not be reached")
-        timeout = None if deadline is None else max(0.0, deadline - self._clock())
+        # The worker ends launches still running at the deadline itself (ending the session);
+        # one that has not answered a grace period later is stopped (a kernel the backend
+        # cannot stop, a hung worker).
+        timeout = (
+            None if deadline is None else max(0.0, deadline - self._clock()) + KILL_GRACE_SECONDS
+        )
         try:
             try:
                 answer = future.result(timeout)

@@ -21,6 +21,7 @@ from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.gpu_batch import Batch, BatchResult
 
 from tensorwasm_dispatcher.accounting import Ledger, TenantUsage
+from tensorwasm_dispatcher.backends.opening import open_backend
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
@@ -35,11 +36,13 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Request:
-    """A batch to run for `tenant`; `request_id` matches the reply to it."""
+    """A batch to run for `tenant` by `deadline` (`time.monotonic()`, system-wide on
+    Linux; None: unbounded); `request_id` matches the reply to it."""
 
     request_id: int
     tenant: str
     batch: Batch
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,6 @@ def worker_main(
     """
     logging.basicConfig(level=logging.WARNING)
     os.environ.update(environment)
-    # Imported here: the dispatcher's server module opens backends; the worker opens its own.
-    from tensorwasm_dispatcher.server import open_backend
-
     _, backend = open_backend(settings)
     ledger = Ledger(settings.tenant_memory_quota_bytes)
     sessions = GpuSessionTable(
@@ -89,7 +89,7 @@ def worker_main(
 
     def run(request: Request) -> None:
         try:
-            result = dispatcher.execute(request.tenant, request.batch)
+            result = dispatcher.execute(request.tenant, request.batch, request.deadline)
         except ServiceError as exc:
             message: Reply | Failed = Failed(
                 request.request_id, type(exc).__name__, exc.message, dict(exc.metadata)
