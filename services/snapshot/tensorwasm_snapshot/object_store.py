@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -25,6 +24,7 @@ from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
 from tensorwasm_common.tenants import TENANT_PATTERN
 
 from tensorwasm_snapshot import errors
+from tensorwasm_snapshot.backends import BlobBackend
 from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
 from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
 
@@ -94,6 +94,7 @@ class SnapshotStore:
         cls,
         root: Path,
         *,
+        backend: BlobBackend | None = None,
         compression_level: int = 3,
         max_blob_bytes: int = 256 << 20,
         chunk_bytes: int = 1 << 20,
@@ -101,14 +102,16 @@ class SnapshotStore:
         tenant_quota_bytes: int = 0,
         clock: Clock = time.time_ns,
     ) -> SnapshotStore:
-        """Opens the store at `root`: deletes temp files, checks the index, then (if it is
-        sound) reconciles index and files.
+        """Opens the store whose working directory (index, spool) is `root` and whose blob
+        files are in `backend` (default: a local directory under `root`): deletes temp files,
+        checks the index, then (if it is sound) reconciles index and files.
 
         Raises:
             IndexDamagedError: the index file is not a database SQLite can open.
         """
         blobs = BlobStore(
             root,
+            backend=backend,
             compression_level=compression_level,
             max_blob_bytes=max_blob_bytes,
             chunk_bytes=chunk_bytes,
@@ -279,7 +282,10 @@ class SnapshotStore:
         (a crash between install and index write) are verified, then indexed unreferenced
         and touched now, so they are collected after the grace period unless referenced.
         """
-        on_disk, indexed = set(self.blobs.digests()), self.index.digests()
+        # The index is read before the blobs are listed: a row is written after its blob is
+        # installed, so a put racing this (another replica's) is never taken for a lost blob.
+        indexed = self.index.digests()
+        on_disk = set(self.blobs.digests())
         dropped = sorted(indexed - on_disk)
         for digest in dropped:
             lost = self.index.forget(digest)
@@ -288,12 +294,14 @@ class SnapshotStore:
         for digest in sorted(on_disk - indexed):
             try:
                 info = self.blobs.verify(digest)
+                modified_ns = self.blobs.backend.modified_ns(digest)
+            except errors.BlobNotFoundError:
+                continue  # collected since it was listed
             except BlobIntegrityError:
                 damaged += 1
                 _log.warning("unindexed blob failed verification", extra={"digest": digest})
                 continue
-            mtime_ns = os.stat(self.blobs.path_of(digest)).st_mtime_ns
-            self.index.record(info, self._clock(), create_time_ns=mtime_ns)
+            self.index.record(info, self._clock(), create_time_ns=modified_ns)
             added += 1
         return ReconcileReport(added, len(dropped), damaged)
 

@@ -272,7 +272,7 @@ class SnapshotCreator:
         self.encoder = PayloadEncoder(
             level=records.store.blobs.compression_level,
             max_payload_bytes=payload_size_bytes,
-            spool_dir=records.store.blobs.root / "tmp",
+            spool_dir=records.store.blobs.spool_dir,
         )
 
     def write(self, chunk: bytes) -> None:
