@@ -272,7 +272,7 @@ class BlobStore:
                 result = info, False
                 if not self.backend.install(tmp_path, info.digest):
                     try:
-                        result = self._existing(info.digest), True
+                        result = self.verify(info.digest), True
                     except (BlobIntegrityError, errors.BlobNotFoundError):  # damaged, or gone
                         self.backend.install(tmp_path, info.digest, replace=True)
             finally:
@@ -280,11 +280,6 @@ class BlobStore:
             if on_install is not None:
                 on_install(result[0])
         return result
-
-    def _existing(self, digest: str) -> BlobInfo:
-        """The stored copy a put deduplicates against: verified whole on a local backend,
-        its header checked on a remote one (every read verifies it whole anyway)."""
-        return self.verify(digest) if self.backend.local else self.stat(digest)
 
 
 class BlobWriter:

@@ -77,9 +77,6 @@ class BlobBackend(Protocol):
     """
 
     spool_dir: Path
-    # True when a whole read costs a local file read (the store then verifies an existing
-    # blob completely before deduplicating against it, else only its header).
-    local: bool
 
     def describe(self) -> str:
         """Where the blobs are, for logs and messages."""

@@ -33,8 +33,6 @@ def fsync_dir(path: Path) -> None:
 class LocalBackend:
     """Blob files under `root`; one root belongs to one process (its `tmp/` is emptied)."""
 
-    local = True
-
     def __init__(self, root: Path) -> None:
         """Creates `root/blobs` and `root/tmp` if needed."""
         self.root = Path(root)

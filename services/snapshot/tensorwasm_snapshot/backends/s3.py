@@ -53,8 +53,6 @@ def _status(exc: botocore.exceptions.ClientError) -> int:
 class S3Backend:
     """Objects under `<prefix>/blobs/` of one bucket; many processes may share it."""
 
-    local = False
-
     def __init__(
         self,
         location: BlobLocation,
