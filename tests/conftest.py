@@ -13,6 +13,9 @@ from tests.engines.seaweedfs import SeaweedFS, SeaweedFSMissingError, running_se
 
 WAT_DIR = Path(__file__).parent / "fixtures" / "wat"
 
+# The real engines (PostgreSQL) as fixtures: postgres_server, postgres_url, database_url.
+pytest_plugins = ("tests.engines.postgres", "tests.engines.databases")
+
 
 @pytest.fixture(scope="session")
 def wat_dir() -> Path:

@@ -1,1 +1,1 @@
-"""Real storage engines for tests and benchmarks, started on loopback in temp directories."""
+"""The real database and storage engines, started for tests."""
