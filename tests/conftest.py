@@ -1,20 +1,18 @@
-"""Fixtures shared by every test directory: the WAT modules under tests/fixtures/wat, and
-the real storage engines (SeaweedFS as the S3 server), one per session."""
+"""Fixtures shared by every test directory: the WAT modules under tests/fixtures/wat."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import wasmtime
 
-from tests.engines.seaweedfs import SeaweedFS, SeaweedFSMissingError, running_seaweedfs, weed_binary
-
 WAT_DIR = Path(__file__).parent / "fixtures" / "wat"
 
-# The real engines (PostgreSQL) as fixtures: postgres_server, postgres_url, database_url.
-pytest_plugins = ("tests.engines.postgres", "tests.engines.databases")
+# The real engines as fixtures: postgres_server, postgres_url, database_url (PostgreSQL);
+# seaweedfs (the S3 server).
+pytest_plugins = ("tests.engines.postgres", "tests.engines.databases", "tests.engines.seaweedfs")
 
 
 @pytest.fixture(scope="session")
@@ -80,15 +78,3 @@ def cuda_guest() -> Callable[[str], bytes]:
         return cache[name]
 
     return load
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One SeaweedFS S3 server for the session; tests create their own buckets. Fails (never
-    skips) when `weed` is missing: `make setup` installs it."""
-    try:
-        weed_binary()
-    except SeaweedFSMissingError as exc:
-        pytest.fail(str(exc))
-    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server

