@@ -1,5 +1,6 @@
-"""The contract of the snapshot store's object layer, run on both blob backends: a local
-directory and an S3 bucket on a real SeaweedFS (session-scoped, a prefix per test).
+"""The contract of the snapshot store's object layer, run on both blob backends (a local
+directory, and an S3 bucket on a real SeaweedFS: session-scoped, a prefix per test) and
+both index engines (SQLite, and a real PostgreSQL: a fresh database per test).
 
 Round trips (multipart on S3), write-once installs, verification before the first byte,
 missing and damaged objects, references, quotas, garbage collection and reconciliation
@@ -107,16 +108,25 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def open_store(root: Path, backend: Backend, clock: FakeClock, **kwargs: int) -> SnapshotStore:
+def open_store(
+    root: Path, backend: Backend, clock: FakeClock, index_url: str | None, **kwargs: int
+) -> SnapshotStore:
     kwargs.setdefault("max_blob_bytes", 32 * MIB)
     return SnapshotStore.open(
-        root, backend=backend.make(), gc_grace_seconds=GRACE_SECONDS, clock=clock, **kwargs
+        root,
+        backend=backend.make(),
+        index_url=index_url,
+        gc_grace_seconds=GRACE_SECONDS,
+        clock=clock,
+        **kwargs,
     )
 
 
 @pytest.fixture
-def store(tmp_path: Path, backend: Backend, clock: FakeClock) -> Iterator[SnapshotStore]:
-    opened = open_store(tmp_path / "work", backend, clock)
+def store(
+    tmp_path: Path, backend: Backend, clock: FakeClock, database_url: str
+) -> Iterator[SnapshotStore]:
+    opened = open_store(tmp_path / "work", backend, clock, database_url)
     yield opened
     opened.close()
 
@@ -182,9 +192,9 @@ def test_a_missing_object(store: SnapshotStore) -> None:
 
 
 def test_references_quotas_and_collection(
-    tmp_path: Path, backend: Backend, clock: FakeClock
+    tmp_path: Path, backend: Backend, clock: FakeClock, database_url: str
 ) -> None:
-    store = open_store(tmp_path / "quota", backend, clock, tenant_quota_bytes=1000)
+    store = open_store(tmp_path / "quota", backend, clock, database_url, tenant_quota_bytes=1000)
     try:
         held, _ = store.put_bytes(b"h" * 600, tenant="acme", ref_name="functions/a")
         loose, _ = store.put_bytes(b"garbage")
@@ -205,18 +215,20 @@ def test_references_quotas_and_collection(
         store.close()
 
 
-def test_reconcile_on_open(tmp_path: Path, backend: Backend, clock: FakeClock) -> None:
-    first = open_store(tmp_path / "work", backend, clock)
+def test_reconcile_on_open(
+    tmp_path: Path, backend: Backend, clock: FakeClock, database_url: str
+) -> None:
+    first = open_store(tmp_path / "work", backend, clock, database_url)
     kept, _ = first.put_bytes(b"kept", tenant="acme", ref_name="r")
     gone, _ = first.put_bytes(b"gone", tenant="acme", ref_name="r2")
     first.close()
-    # Another writer of the same backend: an object the index lacks.
-    other = open_store(tmp_path / "other-work", backend, clock)
+    # Another writer of the same backend, with an index of its own: an object ours lacks.
+    other = open_store(tmp_path / "other-work", backend, clock, None)
     unindexed, _ = other.put_bytes(b"unindexed")
     other.blobs.backend.delete(gone.digest)
     other.close()
 
-    second = open_store(tmp_path / "work", backend, clock)
+    second = open_store(tmp_path / "work", backend, clock, database_url)
     try:
         assert second.reconcile() == ReconcileReport()  # open() did it already
         assert second.index.get(unindexed.digest) is not None

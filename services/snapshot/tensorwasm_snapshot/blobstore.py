@@ -31,6 +31,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +57,13 @@ _INSTALL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex 
 # Called with the digest's lock held once a blob is installed or found already stored, so
 # that a collector taking the same lock (`remove_if`) never deletes what a put just returned.
 InstallHook = Callable[["BlobInfo"], None]
+# The lock of a digest: held by an install and by the collection of that digest's blob.
+DigestLock = Callable[[str], AbstractContextManager[object]]
+
+
+def process_digest_lock(digest: str) -> AbstractContextManager[object]:
+    """The default `DigestLock`: one lock per two-hex digest prefix, in this process."""
+    return _INSTALL_LOCKS[int(digest[:2], 16)]
 
 
 def validate_digest(digest: object) -> str:
@@ -108,6 +116,8 @@ class BlobStore:
         self.max_blob_bytes, self.chunk_bytes = max_blob_bytes, chunk_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend: BlobBackend = LocalBackend(self.root) if backend is None else backend
+        # Replaced by the index's lock when several processes share the backend.
+        self.digest_lock: DigestLock = process_digest_lock
         self._tmp = self.spool_dir = self.backend.spool_dir
         for entry in os.scandir(self._tmp):  # exhausting the iterator closes it
             if not entry.is_dir(follow_symlinks=False):
@@ -188,7 +198,7 @@ class BlobStore:
         (and `condition` sees what it recorded) or runs after, and stores the blob again.
         """
         validate_digest(digest)
-        with _INSTALL_LOCKS[int(digest[:2], 16)]:
+        with self.digest_lock(digest):
             if not condition():
                 return False
             self.backend.delete(digest)
@@ -267,7 +277,7 @@ class BlobStore:
     def _install(
         self, tmp_path: Path, info: BlobInfo, on_install: InstallHook | None
     ) -> tuple[BlobInfo, bool]:
-        with _INSTALL_LOCKS[int(info.digest[:2], 16)]:
+        with self.digest_lock(info.digest):
             try:
                 result = info, False
                 if not self.backend.install(tmp_path, info.digest):

@@ -3,7 +3,8 @@
 A tenant is charged the plaintext size of each distinct object it references. An object
 with no reference is garbage once untouched (put, or released) for `gc_grace_seconds`, so a
 put followed by AddRef is never raced by the collector. Collection and installs of a digest
-take the same lock (`BlobStore.remove_if`), so a put never returns an object being deleted.
+take the same lock (`BlobStore.remove_if`, `BlobIndex.digest_lock`: across replicas on
+PostgreSQL), so a put never returns an object being deleted.
 
 The index is checked when the store opens (`BlobIndex.problems`); while it is damaged the
 store serves and stores as usual but refuses to collect garbage (IndexDamagedError), since a
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tensorwasm_common.database import DatabaseStartError, sqlite_url
 from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
 from tensorwasm_common.tenants import TENANT_PATTERN
 
@@ -84,6 +86,7 @@ class SnapshotStore:
         if gc_grace_seconds < 0 or tenant_quota_bytes < 0:
             raise ValueError("need gc_grace_seconds >= 0 and tenant_quota_bytes >= 0")
         self.blobs, self.index, self._clock = blobs, index, clock
+        blobs.digest_lock = index.digest_lock  # shared with other replicas of the index
         self.gc_grace_ns = round(gc_grace_seconds * 1e9)
         self.tenant_quota_bytes = tenant_quota_bytes
         # What the index check found when the store opened; empty while the index is sound.
@@ -95,6 +98,7 @@ class SnapshotStore:
         root: Path,
         *,
         backend: BlobBackend | None = None,
+        index_url: str | None = None,
         compression_level: int = 3,
         max_blob_bytes: int = 256 << 20,
         chunk_bytes: int = 1 << 20,
@@ -102,12 +106,14 @@ class SnapshotStore:
         tenant_quota_bytes: int = 0,
         clock: Clock = time.time_ns,
     ) -> SnapshotStore:
-        """Opens the store whose working directory (index, spool) is `root` and whose blob
-        files are in `backend` (default: a local directory under `root`): deletes temp files,
-        checks the index, then (if it is sound) reconciles index and files.
+        """Opens the store whose working directory is `root` and whose blob files are in
+        `backend` (default: a local directory under `root`), indexed at `index_url` (default:
+        an SQLite file in `root`): deletes temp files, checks the index, then (if it is sound)
+        reconciles index and blobs.
 
         Raises:
-            IndexDamagedError: the index file is not a database SQLite can open.
+            IndexDamagedError: the SQLite index file is not a database SQLite can open.
+            DatabaseStartError: a PostgreSQL index cannot be reached (names the setting).
         """
         blobs = BlobStore(
             root,
@@ -117,13 +123,21 @@ class SnapshotStore:
             chunk_bytes=chunk_bytes,
         )
         index_path = blobs.root / INDEX_FILE
+        if index_url is None:
+            index_url = sqlite_url(index_path)
         # A truncated (empty) index opens as a new database: every reference would be lost.
         # A missing one is a store from before the index, whose files are indexed below.
-        index_lost = index_path.is_file() and index_path.stat().st_size == 0
+        index_lost = (
+            index_url == sqlite_url(index_path)
+            and index_path.is_file()
+            and index_path.stat().st_size == 0
+        )
         try:
-            index = BlobIndex(index_path)
-        except sqlite3.DatabaseError as exc:
-            raise errors.IndexDamagedError(f"{index_path} cannot be opened: {exc}") from exc
+            index = BlobIndex.open(index_url)
+        except (sqlite3.DatabaseError, DatabaseStartError) as exc:
+            if not index_url.startswith("sqlite:"):
+                raise
+            raise errors.IndexDamagedError(f"{index_url} cannot be opened: {exc}") from exc
         try:
             store = cls(
                 blobs,
