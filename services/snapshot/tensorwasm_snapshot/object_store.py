@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tensorwasm_common.database import DatabaseStartError, sqlite_url
+from tensorwasm_common.database import DatabaseStartError, SchemaTooNewError, sqlite_url
 from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
 from tensorwasm_common.tenants import TENANT_PATTERN
 
@@ -113,7 +113,8 @@ class SnapshotStore:
 
         Raises:
             IndexDamagedError: the SQLite index file is not a database SQLite can open.
-            DatabaseStartError: a PostgreSQL index cannot be reached (names the setting).
+            DatabaseStartError: a PostgreSQL index cannot be reached, or the index was
+                migrated by a newer release (SchemaTooNewError); the message names the setting.
         """
         blobs = BlobStore(
             root,
@@ -134,6 +135,8 @@ class SnapshotStore:
         )
         try:
             index = BlobIndex.open(index_url)
+        except SchemaTooNewError:
+            raise
         except (sqlite3.DatabaseError, DatabaseStartError) as exc:
             if not index_url.startswith("sqlite:"):
                 raise

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
+from tensorwasm_common.database import DatabaseStartError
 
 from tensorwasm_snapshot.backends import BlobLocationError, open_backend
 from tensorwasm_snapshot.object_store import SnapshotStore
@@ -30,6 +31,7 @@ def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore
 
     Raises:
         BlobLocationError: the blob URL's backend cannot be reached or used.
+        DatabaseStartError: the index's database cannot be opened.
     """
     from tensorwasm_snapshot.servicer import SnapshotStoreServicer
 
@@ -37,6 +39,7 @@ def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore
     store = SnapshotStore.open(
         settings.data_dir,
         backend=backend,
+        index_url=settings.resolved_database_url,
         compression_level=settings.compression_level,
         max_blob_bytes=settings.max_blob_bytes,
         chunk_bytes=settings.chunk_bytes,
@@ -68,12 +71,12 @@ async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> N
 async def serve(settings: SnapshotSettings) -> None:
     """Serves until SIGTERM; NOT_SERVING while the blob backend or index is unusable.
 
-    A blob URL whose backend cannot be reached at start stops the process (exit status 2)
-    with a message naming the setting.
+    A blob URL or database URL that cannot be reached at start stops the process (exit
+    status 2) with a message naming the setting.
     """
     try:
         host, store = build_server(settings)
-    except BlobLocationError as exc:
+    except (BlobLocationError, DatabaseStartError) as exc:
         _log.error("cannot open the blob store: %s", exc)
         print(f"tensorwasm-snapshot: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tensorwasm_common.database import DatabaseUrlError, parse_database_url, sqlite_url
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import ServerSettings, SettingsError
 
@@ -20,7 +21,10 @@ class SnapshotSettings(ServerSettings):
     `blob_url` is where blob files live: `file:///ABS/PATH` or
     `s3://BUCKET/PREFIX?endpoint=http://HOST:PORT` (credentials and region from the standard
     AWS_* variables); empty is `file://<data_dir>`. The index stays in `data_dir` whatever
-    the backend; an s3 backend spools uploads and downloads in `data_dir/tmp`. `max_blob_bytes` caps
+    the backend, unless `database_url` names another one: `sqlite:///ABS/PATH` or
+    `postgresql://USER[:PASSWORD]@HOST:PORT/DB` (so that several store replicas share it);
+    empty is `data_dir/index.sqlite3`. An s3 backend spools uploads and downloads in
+    `data_dir/tmp`. `max_blob_bytes` caps
     each object's plaintext (declared and actual, on put and on read);
     `gc_interval_seconds` 0 turns the periodic sweep off (CollectGarbage still works);
     `tenant_quota_bytes` 0 is unlimited; `signing_key_file` (its bytes, at least 32, a trailing
@@ -31,6 +35,7 @@ class SnapshotSettings(ServerSettings):
     listen_address: str = "127.0.0.1:50054"
     data_dir: Path = dataclasses.field(default_factory=lambda: default_data_dir() / "snapshot")
     blob_url: str = ""
+    database_url: str = ""
     compression_level: int = 3
     max_blob_bytes: int = 256 << 20
     chunk_bytes: int = 1 << 20
@@ -44,6 +49,10 @@ class SnapshotSettings(ServerSettings):
         try:
             parse_blob_url(self.resolved_blob_url)
         except BlobLocationError as exc:
+            raise SettingsError(str(exc)) from None
+        try:
+            parse_database_url(self.resolved_database_url, "TENSORWASM_SNAPSHOT_DATABASE_URL")
+        except DatabaseUrlError as exc:
             raise SettingsError(str(exc)) from None
         if not 1 <= self.compression_level <= 22:
             raise SettingsError("compression_level: must be in [1, 22]")
@@ -64,6 +73,11 @@ class SnapshotSettings(ServerSettings):
     def resolved_blob_url(self) -> str:
         """`blob_url`, or the data directory as a file URL when it is empty."""
         return self.blob_url or f"file://{self.data_dir.absolute()}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the SQLite file in the data directory when it is empty."""
+        return self.database_url or sqlite_url(self.data_dir / "index.sqlite3")
 
     def signing_key(self) -> bytes | None:
         """The HMAC key of snapshot records, or None when signing is off."""
