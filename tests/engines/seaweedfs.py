@@ -123,7 +123,8 @@ class SeaweedFS:
         return name
 
     def start(self, timeout_seconds: float = 120.0) -> SeaweedFS:
-        """Starts the server and waits until S3 answers with the identity's credentials."""
+        """Starts the server (on fresh ports the first time, the same ones after: a restart
+        keeps its data) and waits until S3 answers with the identity's credentials."""
         binary = weed_binary()
         data = self.work_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,8 @@ class SeaweedFS:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         config.write_text(json.dumps({"identities": [identity]}))
-        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
+        if not self.ports:
+            self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         args = [
             str(binary), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{name}={port}" for name, port in self.ports.items()),
