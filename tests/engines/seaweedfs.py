@@ -172,7 +172,7 @@ class SeaweedFS:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def stop(self, grace_seconds: float = 5.0) -> None:
+    def stop(self, grace_seconds: float = 3.0) -> None:
         """SIGTERM, then SIGKILL past the grace."""
         if self.process is None or self.process.poll() is not None:
             return

@@ -24,7 +24,6 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_client.stack import health
 from tensorwasm_common.status import error_from_rpc
 
-from tests.engines.postgres import PostgresServer
 from tests.engines.seaweedfs import SeaweedFS, free_ports
 from tests.integration.test_store_service import (
     MIB,
@@ -125,7 +124,7 @@ def test_two_replicas_behind_one_address_serve_the_same_objects(
 
 
 def test_a_wrong_bucket_endpoint_or_database_stops_the_store_at_start(
-    tmp_path: Path, seaweedfs: SeaweedFS, postgres_server: PostgresServer
+    tmp_path: Path, seaweedfs: SeaweedFS
 ) -> None:
     (dead_port,) = free_ports(1)
     database = f"sqlite://{tmp_path}/index.sqlite3"
@@ -139,8 +138,6 @@ def test_a_wrong_bucket_endpoint_or_database_stops_the_store_at_start(
           "database_url": database}, {**seaweedfs.env(), "AWS_SECRET_ACCESS_KEY": "wrong"},
          "TENSORWASM_SNAPSHOT_BLOB_URL", "denied"),
         ({"database_url": f"postgresql://tensorwasm:x@127.0.0.1:{dead_port}/store"}, {},
-         "TENSORWASM_SNAPSHOT_DATABASE_URL", "cannot connect"),
-        ({"database_url": postgres_server.url("no_such_database")}, {},
          "TENSORWASM_SNAPSHOT_DATABASE_URL", "cannot connect"),
     ]  # fmt: skip
     for settings, env, setting, why in cases:
@@ -204,6 +201,8 @@ def test_an_object_store_that_dies_mid_run_answers_unavailable_and_half_writes_n
             error = error_from_rpc(outcome[0])
             assert code_reason(error) == ("UNAVAILABLE", "OBJECT_STORE_UNAVAILABLE")
             assert error.retry_after_seconds is not None and error.retry_after_seconds > 0
+            assert error.metadata == {"operation": "put"}
+            assert str(own_seaweedfs.ports["s3.port"]) not in error.message  # no endpoint leaks
 
             # Reads and new puts answer the same while it is down; the index is untouched.
             error = failure(lambda: read(stub, kept_digest))
@@ -223,7 +222,17 @@ def test_an_object_store_that_dies_mid_run_answers_unavailable_and_half_writes_n
             while health(store.address) != "SERVING":
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            assert b"".join(read(stub, kept_digest)) == kept
+            # Its volume server reports its volumes to its master a moment after S3 answers:
+            # until then a read is still UNAVAILABLE, as a client retrying after RetryInfo sees.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert b"".join(read(stub, kept_digest)) == kept
+                    break
+                except grpc.RpcError as exc:
+                    assert code_reason(error_from_rpc(exc))[1] == "OBJECT_STORE_UNAVAILABLE"
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
             error = failure(
                 lambda: stub.StatBlob(pb.StatBlobRequest(digest=doomed_digest), timeout=10)
             )

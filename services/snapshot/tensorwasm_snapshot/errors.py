@@ -134,10 +134,12 @@ class ObjectStoreUnavailableError(UnavailableError):
 
         Args:
             operation: What the store was doing (put, get, head, delete, list).
-            detail: The client's error (for the message; the metadata names no endpoint).
+            detail: The client's error: kept in `detail` for the store's log, not sent (it
+                names the endpoint and keys).
         """
         super().__init__(
-            f"the object store is unavailable ({operation}: {detail})",
+            f"the object store is unavailable ({operation}); retry later",
             metadata={"operation": operation},
             retry_after_seconds=OBJECT_STORE_RETRY_SECONDS,
         )
+        self.detail = detail

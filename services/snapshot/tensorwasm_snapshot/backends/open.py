@@ -32,7 +32,7 @@ def open_backend(blob_url: str, work_dir: Path) -> BlobBackend:
     try:
         remote.check()
     except ObjectStoreUnavailableError as exc:
-        raise BlobLocationError(f"{location}: cannot reach the endpoint: {exc.message}") from exc
+        raise BlobLocationError(f"{location}: cannot reach the endpoint: {exc.detail}") from exc
     except BlobLocationError as exc:
         raise BlobLocationError(f"{location}: {exc.problem}") from exc
     return remote

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MIB = 1 << 20
+_log = logging.getLogger(__name__)
 _CONTENT_RANGE_RE = re.compile(r"bytes \d+-\d+/(\d+)")
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
@@ -262,6 +264,8 @@ class S3Backend:
         except botocore.exceptions.ClientError as exc:
             if digest is not None and (_status(exc) == 404 or _code(exc) in _MISSING):
                 raise errors.BlobNotFoundError(digest) from None
+            _log.warning("object store %s failed: %s", operation, exc)
             raise ObjectStoreUnavailableError(operation, str(exc)) from exc
         except botocore.exceptions.BotoCoreError as exc:
+            _log.warning("object store %s failed: %s", operation, exc)
             raise ObjectStoreUnavailableError(operation, str(exc)) from exc
