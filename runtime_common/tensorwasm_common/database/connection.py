@@ -100,13 +100,26 @@ class Database:
         """A transaction: committed when the block ends, rolled back when it raises.
 
         Raises ConstraintViolation for a duplicate key and DatabaseUnavailableError when
-        the database does not answer (then nothing of the transaction was written).
+        the database does not answer (then nothing of the transaction was written). On
+        SQLite it takes the writer lock at once (BEGIN IMMEDIATE), so a read-then-write
+        transaction never fails to upgrade.
         """
+        with self._transaction("BEGIN IMMEDIATE") as session:
+            yield session
+
+    def execute(self, sql: str, params: Params = ()) -> Result:
+        """One statement in its own transaction (on SQLite a deferred one: a read does
+        not take the writer lock that other processes on the file may be waiting for)."""
+        with self._transaction("BEGIN") as session:
+            return session.execute(sql, params)
+
+    @contextlib.contextmanager
+    def _transaction(self, sqlite_begin: str) -> Iterator[Session]:
         with mapped_errors(self.engine.value):
             if self._sqlite is not None:
                 with self._lock:
                     db = self._sqlite
-                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(sqlite_begin)
                     try:
                         yield Session(self.engine, db.cursor())
                     except BaseException:
@@ -117,11 +130,6 @@ class Database:
             assert self._pool is not None
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 yield Session(self.engine, cursor)
-
-    def execute(self, sql: str, params: Params = ()) -> Result:
-        """One statement in its own transaction."""
-        with self.transaction() as session:
-            return session.execute(sql, params)
 
     def check(self) -> None:
         """Health: the database answers a query (DatabaseUnavailableError if not)."""

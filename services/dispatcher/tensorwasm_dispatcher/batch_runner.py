@@ -139,8 +139,11 @@ class Dispatcher:
         self.buffers = DeviceBuffers(backend, ledger)
         sessions.on_close = self.buffers.release_all
 
-    def execute(self, tenant: str, batch: Batch) -> BatchResult:
+    def execute(self, tenant: str, batch: Batch, deadline: float | None = None) -> BatchResult:
         """Runs `batch` for `tenant` (blocking: call it off the event loop).
+
+        `deadline` is not enforced in process: a kernel cannot be stopped from outside its
+        context (the worker processes of `workers` are, by stopping the worker).
 
         Raises:
             InvalidBatchError: no session id, too many commands, duplicate buffer ids.

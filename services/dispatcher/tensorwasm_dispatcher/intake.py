@@ -9,27 +9,43 @@ caller went away keeps counting until it has really stopped.
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Protocol
 
 from tensorwasm_common.errors import ResourceExhaustedError
 from tensorwasm_common.gpu_batch import Batch, BatchResult
 
-from tensorwasm_dispatcher.accounting import Admission, TenantUsage
-from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.accounting import Admission, Ledger, TenantUsage
 from tensorwasm_dispatcher.scheduling import FairScheduler
+
+
+class BatchRunner(Protocol):
+    """What runs an admitted batch: the in-process `batch_runner.Dispatcher`, or the
+    `workers.WorkerPool` of per-tenant worker processes."""
+
+    ledger: Ledger
+
+    def execute(self, tenant: str, batch: Batch, deadline: float | None = None) -> BatchResult:
+        """Runs the batch (blocking); `deadline` is a `time.monotonic()` instant."""
 
 
 class BatchIntake:
     """Runs tenants' batches under admission and fair scheduling; reports their usage."""
 
     def __init__(
-        self, dispatcher: Dispatcher, admission: Admission, scheduler: FairScheduler
+        self, dispatcher: BatchRunner, admission: Admission, scheduler: FairScheduler
     ) -> None:
         self._dispatcher = dispatcher
         self._admission = admission
         self._scheduler = scheduler
 
-    async def execute(self, tenant: str, batch: Batch) -> BatchResult:
+    async def execute(
+        self, tenant: str, batch: Batch, timeout_seconds: float | None = None
+    ) -> BatchResult:
         """Admits `batch`, waits for a worker to run it, and returns its result.
+
+        `timeout_seconds` (the caller's deadline, queueing included) bounds the run where
+        the runner can stop it (a worker process is stopped at it).
 
         Raises:
             TenantBusyError, DispatcherSaturatedError: refused at once (counted as a
@@ -41,9 +57,12 @@ class BatchIntake:
         except ResourceExhaustedError:
             self._dispatcher.ledger.record(tenant, rejected_requests=1)
             raise
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         try:
             future = self._scheduler.submit(
-                tenant, len(batch.commands), lambda: self._dispatcher.execute(tenant, batch)
+                tenant,
+                len(batch.commands),
+                lambda: self._dispatcher.execute(tenant, batch, deadline),
             )
         except BaseException:
             slot.release()

@@ -140,5 +140,10 @@ class Backend(abc.ABC):
                 LAUNCH_FAILED (the launch or the kernel failed), INVALID_DIMENSIONS.
         """
 
+    def healthy(self) -> bool:
+        """False once the device context cannot run more work (a CUDA sticky error: an
+        illegal address, a trap, a hung-kernel timeout); its worker process then ends."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - most backends hold nothing process-wide
         """Releases the device (at shutdown)."""

@@ -376,6 +376,17 @@ class CudaBackend(Backend):
             self.cubins.store.close()
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
 
+    def healthy(self) -> bool:
+        """Whether the context still runs work: after a sticky error (an illegal address,
+        a trap, a launch timeout) every later call of the context fails the same way, and
+        only a new context (a new worker process) recovers."""
+        try:
+            self._current()
+            self._call(self._driver.cuCtxSynchronize())
+        except CudaCallError:
+            return False
+        return True
+
 
 def _check_launch(
     kernel: _CudaKernel, grid: Dim3, block: Dim3, shared_mem_bytes: int, args: Sequence[LaunchArg]
