@@ -134,13 +134,20 @@ class RecordIndex:
                 db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
         return None if found is None else _row(found)
 
-    def orphan_refs(self) -> list[tuple[str, str, str]]:
-        """(tenant, digest, ref_name) of record references whose record row is gone."""
+    def orphan_refs(self, *, created_before_ns: int | None = None) -> list[tuple[str, str, str]]:
+        """(tenant, digest, ref_name) of record references whose record row is gone (made
+        at or before `created_before_ns`, when given)."""
         with self._index.reading() as db:
             rows = db.execute(
                 "SELECT tenant, digest, ref_name FROM refs WHERE substr(ref_name, 1, ?) = ?"
-                " AND substr(ref_name, ?) NOT IN (SELECT id FROM snapshots)",
-                (len(REF_PREFIX), REF_PREFIX, len(REF_PREFIX) + 1),
+                " AND substr(ref_name, ?) NOT IN (SELECT id FROM snapshots)"
+                " AND create_time_ns <= ?",
+                (
+                    len(REF_PREFIX),
+                    REF_PREFIX,
+                    len(REF_PREFIX) + 1,
+                    (1 << 63) - 1 if created_before_ns is None else created_before_ns,
+                ),
             ).rows
         return [(str(t), str(d), str(n)) for t, d, n in rows]
 

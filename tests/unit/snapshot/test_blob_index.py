@@ -1,5 +1,6 @@
 """The index's schema versions: an index made before migrations is adopted as it is (its
-objects and references kept), and one made by a newer release is refused at open."""
+objects and references kept), and one made by a newer release is refused at open. Orphan
+record references: released at once on a local index, only once old on a shared one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from pathlib import Path
 import pytest
 from tensorwasm_common.database import SchemaTooNewError
 from tensorwasm_snapshot.object_store import SnapshotStore
+from tensorwasm_snapshot.records import SHARED_ORPHAN_MIN_AGE_SECONDS, SnapshotRecords
+
+SECOND = 1_000_000_000
+ORPHAN = "snapshots/snap_" + "0" * 32  # a record reference whose row was never written
 
 # The schema as the store created it before versioned migrations (SQLite user_version 2).
 _PRE_MIGRATIONS_SCHEMA = """
@@ -66,3 +71,33 @@ def test_an_index_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(SchemaTooNewError, match="TENSORWASM_SNAPSHOT_DATABASE_URL"):
         SnapshotStore.open(tmp_path)
+
+
+def test_a_shared_index_keeps_a_young_orphan_record_reference(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # On PostgreSQL another replica may be between a record's reference and its row: a
+    # replica opening then releases only orphan references older than the minimum age.
+    now = [1_700_000_000 * SECOND]
+    store = SnapshotStore.open(tmp_path, index_url=postgres_url, clock=lambda: now[0])
+    try:
+        records = SnapshotRecords(store, clock=lambda: now[0])
+        info, _ = store.put_bytes(b"a record blob", tenant="acme", ref_name=ORPHAN)
+        assert records.reconcile() == 0
+        assert store.usage("acme").ref_count == 1
+        now[0] += round(SHARED_ORPHAN_MIN_AGE_SECONDS * SECOND)
+        assert records.reconcile() == 1
+        assert store.usage("acme").ref_count == 0
+        assert store.index.get(info.digest) is not None  # released, collectable after grace
+    finally:
+        store.close()
+
+
+def test_a_local_index_releases_orphan_record_references_at_once(tmp_path: Path) -> None:
+    store = SnapshotStore.open(tmp_path)
+    try:
+        store.put_bytes(b"a record blob", tenant="acme", ref_name=ORPHAN)
+        assert SnapshotRecords(store).reconcile() == 1
+        assert store.usage("acme").ref_count == 0
+    finally:
+        store.close()
