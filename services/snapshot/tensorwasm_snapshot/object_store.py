@@ -309,16 +309,19 @@ class SnapshotStore:
             _log.error("indexed blob file missing", extra={"digest": digest, "refs_lost": lost})
         added = damaged = 0
         for digest in sorted(on_disk - indexed):
-            try:
-                info = self.blobs.verify(digest)
-                modified_ns = self.blobs.backend.modified_ns(digest)
-            except errors.BlobNotFoundError:
-                continue  # collected since it was listed
-            except BlobIntegrityError:
-                damaged += 1
-                _log.warning("unindexed blob failed verification", extra={"digest": digest})
-                continue
-            self.index.record(info, self._clock(), create_time_ns=modified_ns)
+            # Under the digest's lock: another replica's collector deletes the row, then the
+            # blob, under it; so the blob is either gone here or still kept after this row.
+            with self.index.digest_lock(digest):
+                try:
+                    info = self.blobs.verify(digest)
+                    modified_ns = self.blobs.backend.modified_ns(digest)
+                except errors.BlobNotFoundError:
+                    continue  # collected since it was listed
+                except BlobIntegrityError:
+                    damaged += 1
+                    _log.warning("unindexed blob failed verification", extra={"digest": digest})
+                    continue
+                self.index.record(info, self._clock(), create_time_ns=modified_ns)
             added += 1
         return ReconcileReport(added, len(dropped), damaged)
 
