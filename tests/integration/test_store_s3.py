@@ -7,6 +7,7 @@ half-written object or reference.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -140,8 +141,14 @@ def test_a_wrong_bucket_endpoint_or_database_stops_the_store_at_start(
         ({"database_url": f"postgresql://tensorwasm:x@127.0.0.1:{dead_port}/store"}, {},
          "TENSORWASM_SNAPSHOT_DATABASE_URL", "cannot connect"),
     ]  # fmt: skip
-    for settings, env, setting, why in cases:
-        finished = refused_at_start(tmp_path, env, settings)
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:  # the starts overlap
+        runs = list(
+            pool.map(
+                lambda n: refused_at_start(tmp_path / f"case-{n}", cases[n][1], cases[n][0]),
+                range(len(cases)),
+            )
+        )
+    for (_settings, _env, setting, why), finished in zip(cases, runs, strict=True):
         assert finished.returncode == 2, finished.stderr
         assert setting in finished.stderr and why in finished.stderr, finished.stderr
         assert "Traceback" not in finished.stderr
