@@ -295,6 +295,7 @@ class InvocationOutcome(_message.Message):
     STDOUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
     GUEST_DURATION_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     stdout: _builtins.bytes
     """The guest's stdout (up to the output cap). Empty in the final message of a
     streaming invoke: there the bytes were already sent as OutputChunk events.
@@ -307,6 +308,11 @@ class InvocationOutcome(_message.Message):
     """True when stdout was cut at the output cap."""
     stderr_truncated: _builtins.bool
     """True when stderr was cut at the output cap."""
+    chunks: _builtins.bytes
+    """The chunks the guest emitted with `wasi:tensor` `emit_chunk`, concatenated in
+    order. Empty in the final message of a streaming invoke, where each chunk was
+    already sent as its own event.
+    """
     @_builtins.property
     def success(self) -> Global___InvocationSuccess:
         """The guest returned."""
@@ -329,10 +335,11 @@ class InvocationOutcome(_message.Message):
         stdout_truncated: _builtins.bool = ...,
         stderr_truncated: _builtins.bool = ...,
         guest_duration: _duration_pb2.Duration | None = ...,
+        chunks: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "guest_duration", b"guest_duration", "result", b"result", "success", b"success"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "guest_duration", b"guest_duration", "result", b"result", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "failure", b"failure", "guest_duration", b"guest_duration", "result", b"result", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["success", "failure"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

@@ -28,7 +28,7 @@ from tensorwasm.common.v1 import invocation_pb2 as tensorwasm_dot_common_dot_v1_
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tensorwasm/gateway/v1/gateway_service.proto\x12\x15tensorwasm.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\xf5\x01\n\x0e\x46unctionConfig\x12.\n\x04wasi\x18\x01 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12>\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x13\n\x0binit_export\x18\x03 \x01(\t\x12\x0f\n\x07no_init\x18\x04 \x01(\x08\x12\x14\n\x0c\x61uto_offload\x18\x05 \x01(\x08\x12\x37\n\x08offloads\x18\x06 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\"\xfb\x01\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rmodule_digest\x18\x03 \x01(\t\x12\x19\n\x11module_size_bytes\x18\x04 \x01(\x03\x12\x37\n\x07\x65xports\x18\x05 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"q\n\x15\x43reateFunctionRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0c\n\x04wasm\x18\x02 \x01(\x0c\x12\x35\n\x06\x63onfig\x18\x03 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"K\n\x16\x43reateFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListFunctionsResponse\x12\x32\n\tfunctions\x18\x01 \x03(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteFunctionResponse\"\xa4\x01\n\rInvokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"_\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"O\n\x13InvokeStreamRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\"\xa5\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\tB\x07\n\x05\x65vent\"\x98\x01\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08idle_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9d\x01\n\x15\x43reateInstanceRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05stdin\x18\x02 \x01(\x0c\x12\x36\n\x06limits\x18\x03 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12+\n\x08idle_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x01\n\x16\x43reateInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"\"\n\x12GetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\"\x9b\x01\n\x13\x43\x61llInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\"e\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"%\n\x15\x44\x65leteInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse\"\xb9\x01\n\x0fInvocationError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x46\n\x08metadata\x18\x04 \x03(\x0b\x32\x34.tensorwasm.gateway.v1.InvocationError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x03\n\nInvocation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x04 \x01(\t\x12\x35\n\x05state\x18\x05 \x01(\x0e\x32&.tensorwasm.gateway.v1.InvocationState\x12\x38\n\x07outcome\x18\x06 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x35\n\x05\x65rror\x18\x07 \x01(\x0b\x32&.tensorwasm.gateway.v1.InvocationError\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"f\n\x16StartInvocationRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"P\n\x17StartInvocationResponse\x12\x35\n\ninvocation\x18\x01 \x01(\x0b\x32!.tensorwasm.gateway.v1.Invocation\"$\n\x14GetInvocationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15GetInvocationResponse\x12\x35\n\ninvocation\x18\x01 \x01(\x0b\x32!.tensorwasm.gateway.v1.Invocation\"?\n\x16ListInvocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListInvocationsResponse\x12\x36\n\x0binvocations\x18\x01 \x03(\x0b\x32!.tensorwasm.gateway.v1.Invocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xac\x01\n\x0fInvocationState\x12 \n\x1cINVOCATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVOCATION_STATE_PENDING\x10\x01\x12\x1c\n\x18INVOCATION_STATE_RUNNING\x10\x02\x12\x1e\n\x1aINVOCATION_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17INVOCATION_STATE_FAILED\x10\x04\x32\xff\n\n\x0eGatewayService\x12m\n\x0e\x43reateFunction\x12,.tensorwasm.gateway.v1.CreateFunctionRequest\x1a-.tensorwasm.gateway.v1.CreateFunctionResponse\x12\x64\n\x0bGetFunction\x12).tensorwasm.gateway.v1.GetFunctionRequest\x1a*.tensorwasm.gateway.v1.GetFunctionResponse\x12j\n\rListFunctions\x12+.tensorwasm.gateway.v1.ListFunctionsRequest\x1a,.tensorwasm.gateway.v1.ListFunctionsResponse\x12m\n\x0e\x44\x65leteFunction\x12,.tensorwasm.gateway.v1.DeleteFunctionRequest\x1a-.tensorwasm.gateway.v1.DeleteFunctionResponse\x12U\n\x06Invoke\x12$.tensorwasm.gateway.v1.InvokeRequest\x1a%.tensorwasm.gateway.v1.InvokeResponse\x12i\n\x0cInvokeStream\x12*.tensorwasm.gateway.v1.InvokeStreamRequest\x1a+.tensorwasm.gateway.v1.InvokeStreamResponse0\x01\x12m\n\x0e\x43reateInstance\x12,.tensorwasm.gateway.v1.CreateInstanceRequest\x1a-.tensorwasm.gateway.v1.CreateInstanceResponse\x12\x64\n\x0bGetInstance\x12).tensorwasm.gateway.v1.GetInstanceRequest\x1a*.tensorwasm.gateway.v1.GetInstanceResponse\x12g\n\x0c\x43\x61llInstance\x12*.tensorwasm.gateway.v1.CallInstanceRequest\x1a+.tensorwasm.gateway.v1.CallInstanceResponse\x12m\n\x0e\x44\x65leteInstance\x12,.tensorwasm.gateway.v1.DeleteInstanceRequest\x1a-.tensorwasm.gateway.v1.DeleteInstanceResponse\x12p\n\x0fStartInvocation\x12-.tensorwasm.gateway.v1.StartInvocationRequest\x1a..tensorwasm.gateway.v1.StartInvocationResponse\x12j\n\rGetInvocation\x12+.tensorwasm.gateway.v1.GetInvocationRequest\x1a,.tensorwasm.gateway.v1.GetInvocationResponse\x12p\n\x0fListInvocations\x12-.tensorwasm.gateway.v1.ListInvocationsRequest\x1a..tensorwasm.gateway.v1.ListInvocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tensorwasm/gateway/v1/gateway_service.proto\x12\x15tensorwasm.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\xf5\x01\n\x0e\x46unctionConfig\x12.\n\x04wasi\x18\x01 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12>\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x13\n\x0binit_export\x18\x03 \x01(\t\x12\x0f\n\x07no_init\x18\x04 \x01(\x08\x12\x14\n\x0c\x61uto_offload\x18\x05 \x01(\x08\x12\x37\n\x08offloads\x18\x06 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\"\xfb\x01\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rmodule_digest\x18\x03 \x01(\t\x12\x19\n\x11module_size_bytes\x18\x04 \x01(\x03\x12\x37\n\x07\x65xports\x18\x05 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"q\n\x15\x43reateFunctionRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0c\n\x04wasm\x18\x02 \x01(\x0c\x12\x35\n\x06\x63onfig\x18\x03 \x01(\x0b\x32%.tensorwasm.gateway.v1.FunctionConfig\"K\n\x16\x43reateFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"\"\n\x12GetFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetFunctionResponse\x12\x31\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListFunctionsResponse\x12\x32\n\tfunctions\x18\x01 \x03(\x0b\x32\x1f.tensorwasm.gateway.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteFunctionResponse\"\xb3\x01\n\rInvokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x06 \x01(\x0c\"_\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"O\n\x13InvokeStreamRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\"\xb6\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x0f\n\x05\x63hunk\x18\x04 \x01(\x0cH\x00\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\tB\x07\n\x05\x65vent\"\x98\x01\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08idle_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xac\x01\n\x15\x43reateInstanceRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05stdin\x18\x02 \x01(\x0c\x12\x36\n\x06limits\x18\x03 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12+\n\x08idle_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05input\x18\x05 \x01(\x0c\"\x85\x01\n\x16\x43reateInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"\"\n\x12GetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x13GetInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.tensorwasm.gateway.v1.Instance\"\xaa\x01\n\x13\x43\x61llInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x05 \x01(\x0c\"e\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\"%\n\x15\x44\x65leteInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse\"\xb9\x01\n\x0fInvocationError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x46\n\x08metadata\x18\x04 \x03(\x0b\x32\x34.tensorwasm.gateway.v1.InvocationError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x03\n\nInvocation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x04 \x01(\t\x12\x35\n\x05state\x18\x05 \x01(\x0e\x32&.tensorwasm.gateway.v1.InvocationState\x12\x38\n\x07outcome\x18\x06 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12\x35\n\x05\x65rror\x18\x07 \x01(\x0b\x32&.tensorwasm.gateway.v1.InvocationError\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"f\n\x16StartInvocationRequest\x12\x38\n\ninvocation\x18\x01 \x01(\x0b\x32$.tensorwasm.gateway.v1.InvokeRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"P\n\x17StartInvocationResponse\x12\x35\n\ninvocation\x18\x01 \x01(\x0b\x32!.tensorwasm.gateway.v1.Invocation\"$\n\x14GetInvocationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15GetInvocationResponse\x12\x35\n\ninvocation\x18\x01 \x01(\x0b\x32!.tensorwasm.gateway.v1.Invocation\"?\n\x16ListInvocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListInvocationsResponse\x12\x36\n\x0binvocations\x18\x01 \x03(\x0b\x32!.tensorwasm.gateway.v1.Invocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xac\x01\n\x0fInvocationState\x12 \n\x1cINVOCATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVOCATION_STATE_PENDING\x10\x01\x12\x1c\n\x18INVOCATION_STATE_RUNNING\x10\x02\x12\x1e\n\x1aINVOCATION_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17INVOCATION_STATE_FAILED\x10\x04\x32\xff\n\n\x0eGatewayService\x12m\n\x0e\x43reateFunction\x12,.tensorwasm.gateway.v1.CreateFunctionRequest\x1a-.tensorwasm.gateway.v1.CreateFunctionResponse\x12\x64\n\x0bGetFunction\x12).tensorwasm.gateway.v1.GetFunctionRequest\x1a*.tensorwasm.gateway.v1.GetFunctionResponse\x12j\n\rListFunctions\x12+.tensorwasm.gateway.v1.ListFunctionsRequest\x1a,.tensorwasm.gateway.v1.ListFunctionsResponse\x12m\n\x0e\x44\x65leteFunction\x12,.tensorwasm.gateway.v1.DeleteFunctionRequest\x1a-.tensorwasm.gateway.v1.DeleteFunctionResponse\x12U\n\x06Invoke\x12$.tensorwasm.gateway.v1.InvokeRequest\x1a%.tensorwasm.gateway.v1.InvokeResponse\x12i\n\x0cInvokeStream\x12*.tensorwasm.gateway.v1.InvokeStreamRequest\x1a+.tensorwasm.gateway.v1.InvokeStreamResponse0\x01\x12m\n\x0e\x43reateInstance\x12,.tensorwasm.gateway.v1.CreateInstanceRequest\x1a-.tensorwasm.gateway.v1.CreateInstanceResponse\x12\x64\n\x0bGetInstance\x12).tensorwasm.gateway.v1.GetInstanceRequest\x1a*.tensorwasm.gateway.v1.GetInstanceResponse\x12g\n\x0c\x43\x61llInstance\x12*.tensorwasm.gateway.v1.CallInstanceRequest\x1a+.tensorwasm.gateway.v1.CallInstanceResponse\x12m\n\x0e\x44\x65leteInstance\x12,.tensorwasm.gateway.v1.DeleteInstanceRequest\x1a-.tensorwasm.gateway.v1.DeleteInstanceResponse\x12p\n\x0fStartInvocation\x12-.tensorwasm.gateway.v1.StartInvocationRequest\x1a..tensorwasm.gateway.v1.StartInvocationResponse\x12j\n\rGetInvocation\x12+.tensorwasm.gateway.v1.GetInvocationRequest\x1a,.tensorwasm.gateway.v1.GetInvocationResponse\x12p\n\x0fListInvocations\x12-.tensorwasm.gateway.v1.ListInvocationsRequest\x1a..tensorwasm.gateway.v1.ListInvocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVOCATIONERROR_METADATAENTRY']._loaded_options = None
   _globals['_INVOCATIONERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_INVOCATIONSTATE']._serialized_start=3725
-  _globals['_INVOCATIONSTATE']._serialized_end=3897
+  _globals['_INVOCATIONSTATE']._serialized_start=3787
+  _globals['_INVOCATIONSTATE']._serialized_end=3959
   _globals['_FUNCTIONCONFIG']._serialized_start=210
   _globals['_FUNCTIONCONFIG']._serialized_end=455
   _globals['_FUNCTION']._serialized_start=458
@@ -60,49 +60,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1217
   _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=1241
   _globals['_INVOKEREQUEST']._serialized_start=1244
-  _globals['_INVOKEREQUEST']._serialized_end=1408
-  _globals['_INVOKERESPONSE']._serialized_start=1410
-  _globals['_INVOKERESPONSE']._serialized_end=1505
-  _globals['_INVOKESTREAMREQUEST']._serialized_start=1507
-  _globals['_INVOKESTREAMREQUEST']._serialized_end=1586
-  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1589
-  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1754
-  _globals['_INSTANCE']._serialized_start=1757
-  _globals['_INSTANCE']._serialized_end=1909
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1912
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=2069
-  _globals['_CREATEINSTANCERESPONSE']._serialized_start=2072
-  _globals['_CREATEINSTANCERESPONSE']._serialized_end=2205
-  _globals['_GETINSTANCEREQUEST']._serialized_start=2207
-  _globals['_GETINSTANCEREQUEST']._serialized_end=2241
-  _globals['_GETINSTANCERESPONSE']._serialized_start=2243
-  _globals['_GETINSTANCERESPONSE']._serialized_end=2315
-  _globals['_CALLINSTANCEREQUEST']._serialized_start=2318
-  _globals['_CALLINSTANCEREQUEST']._serialized_end=2473
-  _globals['_CALLINSTANCERESPONSE']._serialized_start=2475
-  _globals['_CALLINSTANCERESPONSE']._serialized_end=2576
-  _globals['_DELETEINSTANCEREQUEST']._serialized_start=2578
-  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2615
-  _globals['_DELETEINSTANCERESPONSE']._serialized_start=2617
-  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2641
-  _globals['_INVOCATIONERROR']._serialized_start=2644
-  _globals['_INVOCATIONERROR']._serialized_end=2829
-  _globals['_INVOCATIONERROR_METADATAENTRY']._serialized_start=2782
-  _globals['_INVOCATIONERROR_METADATAENTRY']._serialized_end=2829
-  _globals['_INVOCATION']._serialized_start=2832
-  _globals['_INVOCATION']._serialized_end=3245
-  _globals['_STARTINVOCATIONREQUEST']._serialized_start=3247
-  _globals['_STARTINVOCATIONREQUEST']._serialized_end=3349
-  _globals['_STARTINVOCATIONRESPONSE']._serialized_start=3351
-  _globals['_STARTINVOCATIONRESPONSE']._serialized_end=3431
-  _globals['_GETINVOCATIONREQUEST']._serialized_start=3433
-  _globals['_GETINVOCATIONREQUEST']._serialized_end=3469
-  _globals['_GETINVOCATIONRESPONSE']._serialized_start=3471
-  _globals['_GETINVOCATIONRESPONSE']._serialized_end=3549
-  _globals['_LISTINVOCATIONSREQUEST']._serialized_start=3551
-  _globals['_LISTINVOCATIONSREQUEST']._serialized_end=3614
-  _globals['_LISTINVOCATIONSRESPONSE']._serialized_start=3616
-  _globals['_LISTINVOCATIONSRESPONSE']._serialized_end=3722
-  _globals['_GATEWAYSERVICE']._serialized_start=3900
-  _globals['_GATEWAYSERVICE']._serialized_end=5307
+  _globals['_INVOKEREQUEST']._serialized_end=1423
+  _globals['_INVOKERESPONSE']._serialized_start=1425
+  _globals['_INVOKERESPONSE']._serialized_end=1520
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=1522
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=1601
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1604
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1786
+  _globals['_INSTANCE']._serialized_start=1789
+  _globals['_INSTANCE']._serialized_end=1941
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1944
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=2116
+  _globals['_CREATEINSTANCERESPONSE']._serialized_start=2119
+  _globals['_CREATEINSTANCERESPONSE']._serialized_end=2252
+  _globals['_GETINSTANCEREQUEST']._serialized_start=2254
+  _globals['_GETINSTANCEREQUEST']._serialized_end=2288
+  _globals['_GETINSTANCERESPONSE']._serialized_start=2290
+  _globals['_GETINSTANCERESPONSE']._serialized_end=2362
+  _globals['_CALLINSTANCEREQUEST']._serialized_start=2365
+  _globals['_CALLINSTANCEREQUEST']._serialized_end=2535
+  _globals['_CALLINSTANCERESPONSE']._serialized_start=2537
+  _globals['_CALLINSTANCERESPONSE']._serialized_end=2638
+  _globals['_DELETEINSTANCEREQUEST']._serialized_start=2640
+  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2677
+  _globals['_DELETEINSTANCERESPONSE']._serialized_start=2679
+  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2703
+  _globals['_INVOCATIONERROR']._serialized_start=2706
+  _globals['_INVOCATIONERROR']._serialized_end=2891
+  _globals['_INVOCATIONERROR_METADATAENTRY']._serialized_start=2844
+  _globals['_INVOCATIONERROR_METADATAENTRY']._serialized_end=2891
+  _globals['_INVOCATION']._serialized_start=2894
+  _globals['_INVOCATION']._serialized_end=3307
+  _globals['_STARTINVOCATIONREQUEST']._serialized_start=3309
+  _globals['_STARTINVOCATIONREQUEST']._serialized_end=3411
+  _globals['_STARTINVOCATIONRESPONSE']._serialized_start=3413
+  _globals['_STARTINVOCATIONRESPONSE']._serialized_end=3493
+  _globals['_GETINVOCATIONREQUEST']._serialized_start=3495
+  _globals['_GETINVOCATIONREQUEST']._serialized_end=3531
+  _globals['_GETINVOCATIONRESPONSE']._serialized_start=3533
+  _globals['_GETINVOCATIONRESPONSE']._serialized_end=3611
+  _globals['_LISTINVOCATIONSREQUEST']._serialized_start=3613
+  _globals['_LISTINVOCATIONSREQUEST']._serialized_end=3676
+  _globals['_LISTINVOCATIONSRESPONSE']._serialized_start=3678
+  _globals['_LISTINVOCATIONSRESPONSE']._serialized_end=3784
+  _globals['_GATEWAYSERVICE']._serialized_start=3962
+  _globals['_GATEWAYSERVICE']._serialized_end=5369
 # @@protoc_insertion_point(module_scope)
