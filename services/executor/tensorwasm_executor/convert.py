@@ -66,6 +66,7 @@ def outcome_to_wire(outcome: Outcome) -> invocation_pb2.InvocationOutcome:
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         guest_duration=duration,
+        chunks=outcome.chunks,
     )
     if outcome.failure is not None:
         failure = outcome.failure

@@ -44,6 +44,7 @@ class Outcome:
     stdout_truncated: bool
     stderr_truncated: bool
     guest_seconds: float
+    chunks: bytes = b""  # emitted with wasi:tensor (empty when they were streamed)
 
 
 CANCELLED = Failure("CANCELLED", None, "the call was cancelled", None)
