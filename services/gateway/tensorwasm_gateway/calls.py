@@ -89,6 +89,7 @@ class Call:
     args: Sequence[WireMessage] = ()  # the wire's `Value`s, relayed to the executor
     stdin: bytes = b""
     limits: CallLimits = UNSET  # as requested; resolved when the call is addressed
+    input: bytes = b""  # staged for the guest's wasi:tensor input channel
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class AddressedCall:
     args: Sequence[WireMessage] = ()
     stdin: bytes = b""
     limits: CallLimits = UNSET
+    input: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class InstanceLaunch:
     stdin: bytes = b""
     limits: CallLimits = UNSET
     idle_ttl_ns: int | None = None
+    input: bytes = b""  # the instance's wasi:tensor input
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class InstanceCall:
     export_name: str
     args: Sequence[WireMessage] = ()
     limits: CallLimits = UNSET
+    input: bytes = b""  # empty: the instance's own
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def call_from_wire(request: pb.InvokeRequest) -> Call:
         args=request.args,
         stdin=request.stdin,
         limits=limits_from_wire(request.limits),
+        input=request.input,
     )
 
 

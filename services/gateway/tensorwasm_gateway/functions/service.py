@@ -284,6 +284,7 @@ class FunctionService:
             args=call.args,
             stdin=call.stdin,
             limits=self.limits_for(tenant, call.limits, config),
+            input=call.input,
         )
 
     def target(self, tenant: str, record: FunctionRecord, config: FunctionConfig) -> Target:

@@ -192,7 +192,7 @@ class HttpFace:
         """The gRPC request for an InvokeRequest body: the args are typed by the export's
         signature, read first unless cached (`fresh`: read it in any case). Returns the
         request and whether a cached signature typed it."""
-        export, args = documents.invoke_body(body)
+        export, args, guest_input = documents.invoke_body(body)
         key = signature_key_of(request, function_id)
         cached = None if fresh else self._signatures.get(key)
         params = cached.params if cached else await self._read_signatures(request, function_id)
@@ -205,7 +205,8 @@ class HttpFace:
             params, cached = await self._read_signatures(request, function_id), None
             values = documents.typed_args(params, export, args)
         name = f"functions/{function_id}"
-        return pb.InvokeRequest(name=name, export_name=export, args=values), cached is not None
+        invoke = pb.InvokeRequest(name=name, export_name=export, args=values, input=guest_input)
+        return invoke, cached is not None
 
     async def _retyped(
         self,
