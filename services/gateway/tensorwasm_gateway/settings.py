@@ -95,6 +95,8 @@ class GatewaySettings(ServerSettings):
     # Proxies (addresses or CIDR blocks) whose x-forwarded-for names the caller in the
     # audit log; from any other peer the header is ignored. Empty: none.
     trusted_proxies: tuple[str, ...] = ()
+    # The OpenAI-compatible front's models: `model:function,...` (function ids).
+    openai_model_map: str = ""
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
@@ -150,6 +152,7 @@ class GatewaySettings(ServerSettings):
                 "a CreateFunction request must fit beside the largest module)"
             )
         self._check_security()
+        self.openai_models  # noqa: B018 (a malformed map fails at start)
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
@@ -194,6 +197,23 @@ class GatewaySettings(ServerSettings):
                 "are configured: set TENSORWASM_GATEWAY_TOKENS (or _TOKENS_FILE), or "
                 "TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without auth"
             )
+
+    @property
+    def openai_models(self) -> dict[str, str]:
+        """The OpenAI model map, model -> function id.
+
+        Raises:
+            SettingsError: an entry is not `model:function`, or a model appears twice.
+        """
+        models: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in self.openai_model_map.split(","))):
+            model, colon, function = (part.strip() for part in entry.rpartition(":"))
+            if not colon or not model or not function or model in models:
+                raise SettingsError(
+                    f"openai_model_map: {entry!r} is not a new `model:function` entry"
+                )
+            models[model] = function
+        return models
 
     @property
     def loopback_only(self) -> bool:

@@ -22,13 +22,16 @@ from tensorwasm_gateway.http.errors import (
     on_unexpected,
 )
 from tensorwasm_gateway.http.metadata import ForwardedHeaders
+from tensorwasm_gateway.http.openai import OpenAiFront, on_openai_error
+from tensorwasm_gateway.http.openai_documents import OpenAiError
 from tensorwasm_gateway.http.routes import HttpFace
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def build_app(face: HttpFace) -> Starlette:
-    """The REST routes on `face`; anything else is 404 (or 405 with `allow`)."""
+def build_app(face: HttpFace, openai: OpenAiFront) -> Starlette:
+    """The REST routes on `face` and the OpenAI-compatible ones on `openai`; anything
+    else is 404 (or 405 with `allow`)."""
     routes = [
         _route("GET", "/healthz", face.healthz),
         _route("GET", "/metrics", face.metrics),
@@ -38,12 +41,15 @@ def build_app(face: HttpFace) -> Starlette:
         _route("POST", "/functions/{id}/invoke-async", face.invoke_async),
         _route("POST", "/functions/{id}/invoke-stream", face.invoke_stream),
         _route("GET", "/jobs/{id}", face.job),
+        _route("POST", "/v1/completions", openai.completions),
+        _route("POST", "/v1/chat/completions", openai.chat_completions),
     ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(ForwardedHeaders)],
         exception_handlers={
             FaceError: on_face_error,
+            OpenAiError: on_openai_error,
             RequestRefusedError: on_refused,
             grpc.aio.AioRpcError: on_rpc_error,
             HTTPException: on_http_exception,

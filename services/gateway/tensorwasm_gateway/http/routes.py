@@ -54,7 +54,7 @@ class HttpFace:
         max_body_bytes: int,
         face_secret: str = "",
     ) -> None:
-        self._stub = pb_grpc.GatewayServiceStub(channel)
+        self.stub = pb_grpc.GatewayServiceStub(channel)
         # Proves to the guard that the calls come from this process's face, so that the
         # x-forwarded-for it appends names the HTTP client (audit, auth throttling).
         self._proof = ((FACE_PROOF_KEY, face_secret),) if face_secret else ()
@@ -76,7 +76,7 @@ class HttpFace:
         return Response(generate_latest(), 200, {"content-type": CONTENT_TYPE_LATEST})
 
     async def create(self, request: Request) -> Response:
-        body = documents.json_object(await self._body(request), {"name", "wasm_b64"})
+        body = documents.json_object(await self.read_body(request), {"name", "wasm_b64"})
         name, encoded = body.get("name"), body.get("wasm_b64")
         if not isinstance(name, str) or not name.strip():
             raise FaceError(_INVALID, Reason.INVALID_NAME, "name is required")
@@ -86,58 +86,58 @@ class HttpFace:
             wasm = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise FaceError(_INVALID, Reason.INVALID_BASE64, "wasm_b64 is not base64") from None
-        reply = await self._stub.CreateFunction(
-            pb.CreateFunctionRequest(function_id=name, wasm=wasm), **self._options(request)
+        reply = await self.stub.CreateFunction(
+            pb.CreateFunctionRequest(function_id=name, wasm=wasm), **self.call_options(request)
         )
         return json_response(200, documents.function_json(reply.function))
 
     async def delete(self, request: Request) -> Response:
         name = f"functions/{request.path_params['id']}"
-        await self._stub.DeleteFunction(
-            pb.DeleteFunctionRequest(name=name), **self._options(request)
+        await self.stub.DeleteFunction(
+            pb.DeleteFunctionRequest(name=name), **self.call_options(request)
         )
         return Response(status_code=204)
 
     async def invoke(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
         try:
-            reply = await self._stub.Invoke(invoke, **self._options(request))
+            reply = await self.stub.Invoke(invoke, **self.call_options(request))
         except grpc.aio.AioRpcError as exc:
             retry = await self._retyped(request, function_id, body, invoke, exc) if cached else None
             if retry is None:
                 raise
-            reply = await self._stub.Invoke(retry, **self._options(request))
+            reply = await self.stub.Invoke(retry, **self.call_options(request))
         if reply.outcome.HasField("failure"):
             return failure_response(function_id, reply.outcome)
         return json_response(200, documents.outcome_json(function_id, reply.outcome))
 
     async def invoke_async(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, _ = await self._invoke_request(request, function_id, body, fresh=True)
-        reply = await self._stub.StartInvocation(
+        reply = await self.stub.StartInvocation(
             pb.StartInvocationRequest(
                 invocation=invoke, request_id=request.headers.get("idempotency-key", "")
             ),
-            **self._options(request),
+            **self.call_options(request),
         )
         return json_response(202, {"job_id": reply.invocation.name.removeprefix("invocations/")})
 
     async def job(self, request: Request) -> Response:
         name = f"invocations/{request.path_params['id']}"
-        reply = await self._stub.GetInvocation(
-            pb.GetInvocationRequest(name=name), **self._options(request)
+        reply = await self.stub.GetInvocation(
+            pb.GetInvocationRequest(name=name), **self.call_options(request)
         )
         return json_response(200, documents.job_json(reply.invocation))
 
     async def invoke_stream(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
-        call = self._stub.InvokeStream(
-            pb.InvokeStreamRequest(invocation=invoke), **self._options(request)
+        call = self.stub.InvokeStream(
+            pb.InvokeStreamRequest(invocation=invoke), **self.call_options(request)
         )
         sse = "text/event-stream" in request.headers.get("accept", "")
         try:  # request errors end the call before any event: answer them as errors
@@ -146,8 +146,8 @@ class HttpFace:
             retry = await self._retyped(request, function_id, body, invoke, exc) if cached else None
             if retry is None:
                 return rpc_error_response(exc)
-            call = self._stub.InvokeStream(
-                pb.InvokeStreamRequest(invocation=retry), **self._options(request)
+            call = self.stub.InvokeStream(
+                pb.InvokeStreamRequest(invocation=retry), **self.call_options(request)
             )
             try:
                 first = await call.read()
@@ -160,7 +160,7 @@ class HttpFace:
         }
         return StreamingResponse(relay(call, first, function_id, sse), headers=headers)
 
-    async def _body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         """The request body (Content-Length or chunked), at most max_body_bytes."""
         too_large = RequestRefusedError(413, "body_too_large", "body too large", close=True)
         length = request.headers.get("content-length", "")
@@ -176,13 +176,19 @@ class HttpFace:
             raise RequestRefusedError(400, "bad_request", "incomplete body", close=True) from None
         return bytes(body)
 
-    def _options(self, request: Request) -> dict[str, Any]:
-        return {"metadata": [*call_metadata(request), *self._proof], "timeout": self._timeout}
+    def call_options(self, request: Request, *, tenant: str | None = None) -> dict[str, Any]:
+        """The options of a gRPC call made for `request`; `tenant` replaces the caller's
+        x-tensorwasm-tenant (None: as sent)."""
+        metadata = call_metadata(request)
+        if tenant is not None:
+            metadata = [(k, v) for k, v in metadata if k != "x-tensorwasm-tenant"]
+            metadata.append(("x-tensorwasm-tenant", tenant))
+        return {"metadata": [*metadata, *self._proof], "timeout": self._timeout}
 
     async def _read_signatures(self, request: Request, function_id: str) -> documents.ParamTypes:
         """GetFunction (the gateway authorises it as any call), cached for the TTL."""
-        reply = await self._stub.GetFunction(
-            pb.GetFunctionRequest(name=f"functions/{function_id}"), **self._options(request)
+        reply = await self.stub.GetFunction(
+            pb.GetFunctionRequest(name=f"functions/{function_id}"), **self.call_options(request)
         )
         return self._signatures.put(signature_key_of(request, function_id), reply.function).params
 

@@ -14,6 +14,7 @@ from tensorwasm_common.settings import split_address
 
 from tensorwasm_gateway.http.app import build_app
 from tensorwasm_gateway.http.connection import ConnectionLimits, GuardedH11Protocol
+from tensorwasm_gateway.http.openai import OpenAiFront, TenantOf
 from tensorwasm_gateway.http.routes import HttpFace
 from tensorwasm_gateway.http.signatures import SignatureCache
 
@@ -59,9 +60,12 @@ async def start_http_face(
     limits: ConnectionLimits,
     shutdown_grace_seconds: float = 5.0,
     face_secret: str = "",
+    openai_models: dict[str, str] | None = None,
+    openai_tenant_of: TenantOf = lambda _: None,
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
-    this gateway's gRPC port (`grpc_port`).
+    this gateway's gRPC port (`grpc_port`); the OpenAI front maps `openai_models` (model
+    -> function id) and acts for `openai_tenant_of(authorization values)`.
 
     Raises:
         OSError: the address cannot be bound.
@@ -77,7 +81,7 @@ async def start_http_face(
     host, port = split_address(address)
     listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
     config = uvicorn.Config(
-        build_app(face),
+        build_app(face, OpenAiFront(face, openai_models or {}, openai_tenant_of)),
         http=GuardedH11Protocol.with_limits(limits),
         lifespan="off",
         log_config=None,
