@@ -63,6 +63,7 @@ class FunctionConfig:
     no_init: bool = False
     auto_offload: bool = False
     offloads: tuple[OffloadDeclaration, ...] = ()  # deployed: the checked declarations
+    display_name: str = ""  # free-form, not unique (the HTTP face's `name`)
 
 
 DEFAULT_CONFIG = FunctionConfig()

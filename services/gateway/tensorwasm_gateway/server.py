@@ -29,6 +29,7 @@ from tensorwasm_gateway.access import (
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http import ConnectionLimits, start_http_face
+from tensorwasm_gateway.http.app import FaceOptions
 from tensorwasm_gateway.http.openai import token_tenant
 from tensorwasm_gateway.instances import InstanceService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
@@ -156,7 +157,12 @@ async def serve(settings: GatewaySettings) -> None:
             ),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             face_secret=face_secret,
-            openai_models=settings.openai_models,
+            options=FaceOptions(
+                invoke_timeout_seconds=settings.http_invoke_timeout_seconds,
+                cors_allowed_origins=settings.cors_allowed_origins,
+                trusted_hosts=settings.trusted_hosts,
+                openai_models=settings.openai_models,
+            ),
             # guard.tokens is replaced when the tokens file is reloaded: look it up per call
             openai_tenant_of=token_tenant(lambda values: guard.tokens.authenticate(values)),  # noqa: PLW0108
         )

@@ -53,6 +53,13 @@ class GatewaySettings(ServerSettings):
     http_idle_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 10.0
     http_max_connections: int = 256
+    # The deadline of an HTTP invoke (/invoke, /invoke-stream, the OpenAI routes), as the
+    # original's 30 s; a call past it is 504 invoke_timeout.
+    http_invoke_timeout_seconds: float = 30.0
+    # Browser origins allowed cross-origin (CORS); empty: none.
+    cors_allowed_origins: tuple[str, ...] = ()
+    # Host headers the HTTP face accepts (host or host:port, case-insensitive); empty: any.
+    trusted_hosts: tuple[str, ...] = ()
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -124,7 +131,11 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"http_address: {exc}") from None
         if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
             raise SettingsError("http_signature_cache_seconds: must be >= 0")
-        for name in ("http_idle_timeout_seconds", "http_read_timeout_seconds"):
+        for name in (
+            "http_idle_timeout_seconds",
+            "http_read_timeout_seconds",
+            "http_invoke_timeout_seconds",
+        ):
             if not 0.1 <= getattr(self, name) < float("inf"):
                 raise SettingsError(f"{name}: must be >= 0.1")
         if self.http_max_connections < 1:

@@ -109,6 +109,7 @@ def function_config_from_wire(config: pb.FunctionConfig) -> FunctionConfig:
         offloads=tuple(
             OffloadDeclaration(o.export_name, o.op, tuple(o.args)) for o in config.offloads
         ),
+        display_name=config.display_name,
     )
 
 
@@ -121,6 +122,7 @@ def function_config_to_wire(config: FunctionConfig) -> pb.FunctionConfig:
         no_init=config.no_init,
         auto_offload=config.auto_offload,
         offloads=offloads_to_wire(config.offloads),
+        display_name=config.display_name,
     )
 
 

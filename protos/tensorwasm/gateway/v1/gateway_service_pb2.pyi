@@ -74,6 +74,7 @@ class FunctionConfig(_message.Message):
     NO_INIT_FIELD_NUMBER: _builtins.int
     AUTO_OFFLOAD_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     init_export: _builtins.str
     """The init export: a function `() -> ()` run once at deploy; every instance then
     starts from the memory and globals it left (a pre-initialised image). Empty at
@@ -86,6 +87,10 @@ class FunctionConfig(_message.Message):
     """At deploy: check the module's `tensorwasm.offload` custom section and run the
     exports it declares as tensor ops on the GPU (when the executor has a dispatcher
     and a jit cache; otherwise their wasm body runs).
+    """
+    display_name: _builtins.str
+    """A free-form name kept for display (the HTTP face's `name`: any non-blank text, not
+    unique); the function is addressed by its id. At most 256 characters.
     """
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
@@ -108,10 +113,11 @@ class FunctionConfig(_message.Message):
         no_init: _builtins.bool = ...,
         auto_offload: _builtins.bool = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "display_name", b"display_name", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import wasmtime
 
+from tensorwasm_executor.metrics import ACTIVE_INSTANCES, INSTANCE_SPAWNS, INSTANCE_TERMINATIONS
 from tensorwasm_executor.wasm import instance_image as preinit
 from tensorwasm_executor.wasm import rawcall
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
@@ -178,6 +179,8 @@ class CallStore:
         try:
             if self.instance is None:
                 self.instance = rawcall.instantiate(module.instance_pre, self.store)
+                INSTANCE_SPAWNS.inc()
+                ACTIVE_INSTANCES.inc()
                 if image is not None:
                     preinit.apply_image(self.store, self.instance, image)
             if info is not None:
@@ -228,4 +231,8 @@ class CallStore:
                 _log.exception("a host module failed to close")
             self.host_state = None
         self.store.close()
+        if self.instance is not None:
+            INSTANCE_TERMINATIONS.inc()
+            ACTIVE_INSTANCES.dec()
+            self.instance = None
         self.watch = None  # only now may the ctypes callback be collected

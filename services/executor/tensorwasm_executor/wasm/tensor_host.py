@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 import wasmtime
-from prometheus_client import Counter
 
+from tensorwasm_executor.metrics import CHUNKS_EMITTED
 from tensorwasm_executor.wasm.guest_channel import (
     UNBOUNDED_MS,
     EmitCode,
@@ -28,11 +28,6 @@ from tensorwasm_executor.wasm.guest_channel import (
 TENSOR_MODULE = "wasi:tensor/host@0.1.0"
 SCHEDULER_MODULE = "wasi:scheduler/host@0.1.0"
 _U32 = 0xFFFF_FFFF
-
-CHUNKS_EMITTED = Counter(
-    "tensorwasm_executor_guest_chunks_emitted",
-    "Chunks guests emitted with wasi:tensor emit_chunk and the executor accepted.",
-)
 
 
 class GuestMemoryError(Exception):

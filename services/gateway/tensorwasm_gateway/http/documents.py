@@ -59,9 +59,11 @@ def typed_args(params: ParamTypes, export: str, args: list[Any]) -> list[values_
 
 
 def _default_export(names: list[str]) -> str:
-    if len(names) == 1:
-        return names[0]
-    return "_start" if "_start" in names else ""
+    """As the gateway chooses (`functions.service.choose_export`)."""
+    for default in ("_start", "main"):
+        if default in names:
+            return default
+    return names[0] if len(names) == 1 else ""
 
 
 def function_json(function: pb.Function) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def function_json(function: pb.Function) -> dict[str, Any]:
         "tenant": function.tenant,
         "module_digest": function.module_digest,
         "exports": [e.name for e in function.exports],
+        "display_name": function.config.display_name,
     }
 
 

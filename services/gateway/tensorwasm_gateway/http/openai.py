@@ -93,7 +93,7 @@ class OpenAiFront:
                 404, "model_not_found", f"the model {completion.model!r} does not exist", "model"
             )
         tenant = self._tenant_of(request.headers.getlist("authorization"))
-        options = self._face.call_options(request, tenant=tenant)
+        options = self._face.call_options(request, tenant=tenant, invoke=True)
         invoke = pb.InvokeRequest(name=f"functions/{function}", input=completion.prompt)
         if completion.stream:
             return await self._stream(invoke, options, completion)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Any
 
 import grpc
@@ -32,6 +33,15 @@ from tensorwasm_gateway.http.stream import relay
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
+def opaque_function_id() -> str:
+    """A new function id for a deploy by display name: a random UUIDv4, as the original
+    answered, drawn until it starts with a letter (function ids do)."""
+    while True:
+        candidate = str(uuid.uuid4())
+        if candidate[0].isalpha():
+            return candidate
+
+
 class HttpFace:
     """The endpoints, calling the gateway's gRPC API on `channel`.
 
@@ -53,6 +63,7 @@ class HttpFace:
         timeout_seconds: float,
         max_body_bytes: int,
         face_secret: str = "",
+        invoke_timeout_seconds: float = 30.0,
     ) -> None:
         self.stub = pb_grpc.GatewayServiceStub(channel)
         # Proves to the guard that the calls come from this process's face, so that the
@@ -61,6 +72,7 @@ class HttpFace:
         self._health = health_pb2_grpc.HealthStub(channel)
         self._signatures = signatures
         self._timeout = timeout_seconds
+        self._invoke_timeout = invoke_timeout_seconds
         self._max_body_bytes = max_body_bytes
 
     async def healthz(self, request: Request) -> Response:
@@ -86,9 +98,12 @@ class HttpFace:
             wasm = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise FaceError(_INVALID, Reason.INVALID_BASE64, "wasm_b64 is not base64") from None
-        reply = await self.stub.CreateFunction(
-            pb.CreateFunctionRequest(function_id=name, wasm=wasm), **self.call_options(request)
+        create = pb.CreateFunctionRequest(
+            function_id=opaque_function_id(),
+            wasm=wasm,
+            config=pb.FunctionConfig(display_name=name),
         )
+        reply = await self.stub.CreateFunction(create, **self.call_options(request))
         return json_response(200, documents.function_json(reply.function))
 
     async def delete(self, request: Request) -> Response:
@@ -103,12 +118,12 @@ class HttpFace:
         body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
         try:
-            reply = await self.stub.Invoke(invoke, **self.call_options(request))
+            reply = await self.stub.Invoke(invoke, **self.call_options(request, invoke=True))
         except grpc.aio.AioRpcError as exc:
             retry = await self._retyped(request, function_id, body, invoke, exc) if cached else None
             if retry is None:
                 raise
-            reply = await self.stub.Invoke(retry, **self.call_options(request))
+            reply = await self.stub.Invoke(retry, **self.call_options(request, invoke=True))
         if reply.outcome.HasField("failure"):
             return failure_response(function_id, reply.outcome)
         return json_response(200, documents.outcome_json(function_id, reply.outcome))
@@ -137,7 +152,7 @@ class HttpFace:
         body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
         call = self.stub.InvokeStream(
-            pb.InvokeStreamRequest(invocation=invoke), **self.call_options(request)
+            pb.InvokeStreamRequest(invocation=invoke), **self.call_options(request, invoke=True)
         )
         sse = "text/event-stream" in request.headers.get("accept", "")
         try:  # request errors end the call before any event: answer them as errors
@@ -147,7 +162,7 @@ class HttpFace:
             if retry is None:
                 return rpc_error_response(exc)
             call = self.stub.InvokeStream(
-                pb.InvokeStreamRequest(invocation=retry), **self.call_options(request)
+                pb.InvokeStreamRequest(invocation=retry), **self.call_options(request, invoke=True)
             )
             try:
                 first = await call.read()
@@ -176,14 +191,18 @@ class HttpFace:
             raise RequestRefusedError(400, "bad_request", "incomplete body", close=True) from None
         return bytes(body)
 
-    def call_options(self, request: Request, *, tenant: str | None = None) -> dict[str, Any]:
+    def call_options(
+        self, request: Request, *, tenant: str | None = None, invoke: bool = False
+    ) -> dict[str, Any]:
         """The options of a gRPC call made for `request`; `tenant` replaces the caller's
-        x-tensorwasm-tenant (None: as sent)."""
+        x-tensorwasm-tenant (None: as sent); `invoke`: the call runs a guest now, under
+        the face's invoke deadline."""
         metadata = call_metadata(request)
         if tenant is not None:
             metadata = [(k, v) for k, v in metadata if k != "x-tensorwasm-tenant"]
             metadata.append(("x-tensorwasm-tenant", tenant))
-        return {"metadata": [*metadata, *self._proof], "timeout": self._timeout}
+        timeout = self._invoke_timeout if invoke else self._timeout
+        return {"metadata": [*metadata, *self._proof], "timeout": timeout}
 
     async def _read_signatures(self, request: Request, function_id: str) -> documents.ParamTypes:
         """GetFunction (the gateway authorises it as any call), cached for the TTL."""

@@ -12,7 +12,7 @@ import uvicorn
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.settings import split_address
 
-from tensorwasm_gateway.http.app import build_app
+from tensorwasm_gateway.http.app import FaceOptions, build_app
 from tensorwasm_gateway.http.connection import ConnectionLimits, GuardedH11Protocol
 from tensorwasm_gateway.http.openai import OpenAiFront, TenantOf
 from tensorwasm_gateway.http.routes import HttpFace
@@ -22,6 +22,7 @@ MAX_HEAD_BYTES = 64 << 10
 # Connections accepted per wake-up (and the listen backlog): with the connection cap,
 # the face holds at most max_connections + ACCEPT_BATCH sockets at any moment.
 ACCEPT_BATCH = 64
+DEFAULT_OPTIONS = FaceOptions()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -60,12 +61,12 @@ async def start_http_face(
     limits: ConnectionLimits,
     shutdown_grace_seconds: float = 5.0,
     face_secret: str = "",
-    openai_models: dict[str, str] | None = None,
+    options: FaceOptions = DEFAULT_OPTIONS,
     openai_tenant_of: TenantOf = lambda _: None,
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
-    this gateway's gRPC port (`grpc_port`); the OpenAI front maps `openai_models` (model
-    -> function id) and acts for `openai_tenant_of(authorization values)`.
+    this gateway's gRPC port (`grpc_port`); the OpenAI front maps `options.openai_models`
+    (model -> function id) and acts for `openai_tenant_of(authorization values)`.
 
     Raises:
         OSError: the address cannot be bound.
@@ -75,13 +76,14 @@ async def start_http_face(
         channel,
         SignatureCache(signature_ttl_seconds),
         timeout_seconds=timeout_seconds,
+        invoke_timeout_seconds=options.invoke_timeout_seconds,
         max_body_bytes=max_body_bytes,
         face_secret=face_secret,
     )
     host, port = split_address(address)
     listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
     config = uvicorn.Config(
-        build_app(face, OpenAiFront(face, openai_models or {}, openai_tenant_of)),
+        build_app(face, OpenAiFront(face, options.openai_models, openai_tenant_of), options),
         http=GuardedH11Protocol.with_limits(limits),
         lifespan="off",
         log_config=None,

@@ -8,16 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from prometheus_client import Counter
 from tensorwasm.common.v1 import invocation_pb2
 
+from tensorwasm_gateway.http.compat_metrics import STREAMING_CHUNKS
 from tensorwasm_gateway.http.documents import outcome_json
 from tensorwasm_gateway.http.errors import dump, failure_envelope, rpc_error_response
 
-STREAMING_CHUNKS = Counter(
-    "tensor_wasm_streaming_chunks_emitted",
-    "Guest chunks (wasi:tensor emit_chunk) forwarded on /invoke-stream.",
-)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from tensorwasm_executor.images.capture import capture_image
+from tensorwasm_executor.metrics import CHUNKS_EMITTED
 from tensorwasm_executor.wasm.guest_channel import (
     MAX_CHUNK_BYTES,
     EmitCode,
@@ -19,7 +20,6 @@ from tensorwasm_executor.wasm.guest_channel import (
     YieldVerdict,
 )
 from tensorwasm_executor.wasm.sandbox import CompiledModule, Outcome, Sandbox
-from tensorwasm_executor.wasm.tensor_host import CHUNKS_EMITTED
 from tensorwasm_executor.wasm.values import WasmValue
 
 WAT = Path(__file__).parents[3] / "fixtures" / "wat"
