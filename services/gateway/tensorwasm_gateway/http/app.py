@@ -28,6 +28,7 @@ from tensorwasm_gateway.http.hosts import TrustedHosts
 from tensorwasm_gateway.http.metadata import FORWARDED, ForwardedHeaders
 from tensorwasm_gateway.http.openai import OpenAiFront, on_openai_error
 from tensorwasm_gateway.http.openai_documents import OpenAiError
+from tensorwasm_gateway.http.openapi import serve_openapi
 from tensorwasm_gateway.http.routes import HttpFace
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -50,6 +51,7 @@ def build_app(face: HttpFace, openai: OpenAiFront, options: FaceOptions) -> Star
     routes = [
         _route("GET", "/healthz", face.healthz),
         _route("GET", "/metrics", face.metrics),
+        _route("GET", "/openapi.json", serve_openapi),
         _route("POST", "/functions", face.create),
         _route("DELETE", "/functions/{id}", face.delete),
         _route("POST", "/functions/{id}/invoke", face.invoke),

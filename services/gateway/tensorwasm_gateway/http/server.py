@@ -44,6 +44,11 @@ class HttpFaceServer:
         host, port = sockets[0].getsockname()[:2]
         self.address = f"{host}:{port}"
 
+    @property
+    def app(self) -> object:
+        """The ASGI application served (the face's Starlette app)."""
+        return self._server.config.app
+
     async def close(self) -> None:
         """Stops accepting, ends open connections and the loopback channel."""
         self._server.should_exit = True

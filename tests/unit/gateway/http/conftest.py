@@ -79,6 +79,7 @@ class Face:
     loop: asyncio.AbstractEventLoop
     grpc_port: int
     servers: list[Any] = field(default_factory=list)
+    app: Any = None  # the Starlette app served
 
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -138,7 +139,7 @@ def face(request: pytest.FixtureRequest) -> Iterator[Face]:
     server, http_face, grpc_port = run(loop, start())
     host, port = http_face.address.rsplit(":", 1)
     try:
-        yield Face(host, int(port), gateway, loop, grpc_port)
+        yield Face(host, int(port), gateway, loop, grpc_port, app=http_face.app)
     finally:
 
         async def stop() -> None:
