@@ -103,3 +103,21 @@ def test_release_retry_setting() -> None:
     for bad in ("0", "-1", "inf"):
         with pytest.raises(SettingsError, match="release_retry_seconds"):
             _load(release_retry_seconds=bad)
+
+
+def test_http_face_compatibility_settings_come_from_the_environment() -> None:
+    settings = _load(
+        cors_allowed_origins="https://a.example, https://b.example",
+        trusted_hosts="api.example.com,api.example.com:8443",
+        http_invoke_timeout_seconds="12.5",
+        openai_model_map="gpt-x:echo",
+    )
+    assert settings.cors_allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.trusted_hosts == ("api.example.com", "api.example.com:8443")
+    assert settings.http_invoke_timeout_seconds == 12.5
+    assert settings.openai_models == {"gpt-x": "echo"}
+    assert _load().http_invoke_timeout_seconds == 30.0  # the original's deadline
+    with pytest.raises(SettingsError, match="http_invoke_timeout_seconds"):
+        _load(http_invoke_timeout_seconds="0")
+    with pytest.raises(SettingsError, match="openai_model_map"):
+        _load(openai_model_map="no-function")
