@@ -219,3 +219,33 @@ def test_unbounded_remaining_is_minus_one_as_an_i32(sandbox: Sandbox, source: by
         input_length = instance.exports(store)["input_length"]
         assert isinstance(input_length, wasmtime.Func)
         assert input_length(store) == 0
+
+
+def test_every_function_links_under_both_spellings(sandbox: Sandbox) -> None:
+    imports = [
+        ("wasi:tensor/host@0.1.0", name, params)
+        for names, params in (
+            (("emit_chunk", "emit-chunk"), 2),
+            (("flush",), 0),
+            (("input_len", "input-len"), 0),
+            (("read_input", "read-input"), 2),
+        )
+        for name in names
+    ] + [
+        ("wasi:scheduler/host@0.1.0", name, 0)
+        for name in ("yield", "deadline_remaining_ms", "deadline-remaining-ms")
+    ]
+    text = (
+        "(module "
+        + " ".join(
+            f'(import "{module}" "{name}" (func (param {"i32 " * arity}) (result i32)))'
+            for module, name, arity in imports
+        )
+        + ")"
+    )
+    wasm = bytes(wasmtime.wat2wasm(text))
+    linked = sandbox.compile(hashlib.sha256(wasm).hexdigest(), wasm)
+    assert {m for m in linked.imported_modules} == {
+        "wasi:tensor/host@0.1.0",
+        "wasi:scheduler/host@0.1.0",
+    }
