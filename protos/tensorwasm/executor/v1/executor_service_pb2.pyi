@@ -211,8 +211,8 @@ Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
 
 @_typing.final
 class InvokeStreamResponse(_message.Message):
-    """One event of InvokeStream: any number of output chunks, in the order the guest
-    wrote them, then exactly one outcome, which is always the last message.
+    """One event of InvokeStream: any number of output chunks and emitted chunks, in the
+    order the guest produced them, then exactly one outcome, always the last message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
