@@ -16,7 +16,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm_client.client import GatewayClient
 
-from tests.guests import NO_CLANG, find_clang, load_builder
+from tests.guests import NO_CLANG, cli, find_clang, load_builder
 from tests.integration.conftest import RunningStack
 
 pytestmark = pytest.mark.integration
@@ -156,3 +156,13 @@ def test_a_c_guest_streams_its_input_back_word_by_word(
     probe = client.invoke("words", "probe").outcome.success.results[0].i32
     # over-cap emit -2 (low byte), yield 0 (continue), deadline bounded (1)
     assert (probe & 0xFF, (probe >> 8) & 0xFF, probe >> 16) == (0xFE, 0, 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_cli_prints_emitted_chunks(
+    stack: RunningStack, client: GatewayClient, echo: str, tenant: str, stream: bool
+) -> None:
+    flags = ["--stream"] if stream else []
+    done = cli(stack.gateway, tenant, "invoke", echo, "--export", "_start", *flags)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "echo:[]\n"  # the chunk, then the (empty) results as JSON
