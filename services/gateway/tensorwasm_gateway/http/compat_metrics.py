@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import time
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tensorwasm_gateway.metrics import JOBS_ACTIVE
 
 _LABELS = ["route", "method", "status"]
+_PARAM = re.compile(r"\{(\w+)\}")
 HTTP_REQUESTS = Counter(
     "tensor_wasm_http_requests", "HTTP responses, by route template, method and status.", _LABELS
 )
@@ -56,7 +58,8 @@ _METHODS = frozenset(
 
 class HttpMetrics:
     """ASGI middleware (outermost, so refusals are counted too): the HTTP series by the
-    route template that matched (`unknown` for none) and the response status."""
+    route template that matched (`/functions/:id/invoke`; `unknown` for none) and the
+    response status."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -66,7 +69,8 @@ class HttpMetrics:
         for route in self._routes:
             match, _ = route.matches(scope)
             if match is not Match.NONE:
-                return str(getattr(route, "path", "unknown"))
+                # The original's (axum's) template syntax, as its dashboards match it.
+                return _PARAM.sub(r":\1", str(getattr(route, "path", "unknown")))
         return "unknown"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -75,7 +75,7 @@ def test_http_series_are_labelled_by_route_template(face: Face) -> None:
     _, _, body = face.request("GET", "/metrics")
     text = body.decode()
     assert re.search(
-        r'tensor_wasm_http_requests_total\{method="POST",route="/functions/\{id\}/invoke",'
+        r'tensor_wasm_http_requests_total\{method="POST",route="/functions/:id/invoke",'
         r'status="200"\} [1-9]',
         text,
     )
