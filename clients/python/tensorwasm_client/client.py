@@ -138,16 +138,22 @@ class GatewayClient:
         args: Sequence[values_pb2.Value] = (),
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
     ) -> pb.InvokeResponse:
-        """Calls an export with typed arguments; a trap is in `response.outcome.failure`."""
+        """Calls an export with typed arguments; a trap is in `response.outcome.failure`.
+
+        `guest_input` is staged for the guest's `wasi:tensor` input channel; the chunks
+        it emits come back concatenated in `response.outcome.chunks`.
+        """
         request = _invoke_request(
             function_id,
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
@@ -164,6 +170,7 @@ class GatewayClient:
         *,
         request_id: str = "",
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
@@ -174,6 +181,7 @@ class GatewayClient:
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
@@ -228,6 +236,7 @@ class GatewayClient:
         args: Sequence[values_pb2.Value] = (),
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
@@ -235,7 +244,8 @@ class GatewayClient:
         """Calls an export and streams its events as the guest runs.
 
         Iterate the result for `InvokeStreamResponse` events: `output` chunks (stdout or
-        stderr, in the order the guest wrote them), then one `outcome`, the last event.
+        stderr) and `chunk` events (what the guest emitted with `wasi:tensor`), in the
+        order the guest produced them, then one `outcome`, the last event.
         Request errors raise TensorWasmError from the iteration, before any event.
         `cancel()` (or leaving a `with` block early) stops the guest.
         """
@@ -244,6 +254,7 @@ class GatewayClient:
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
@@ -260,14 +271,17 @@ class GatewayClient:
         function_id: str,
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         max_memory_bytes: int = 0,
         idle_ttl_seconds: float = 0.0,
     ) -> pb.CreateInstanceResponse:
-        """Starts a live instance; `response.instance` is unset when its start failed."""
+        """Starts a live instance; `response.instance` is unset when its start failed.
+        `guest_input` is the instance's `wasi:tensor` input (for calls staging none)."""
         request = pb.CreateInstanceRequest(
             function=_name(function_id),
             stdin=stdin,
+            input=guest_input,
             limits=invocation_limits(timeout_seconds, 0, max_memory_bytes),
         )
         if idle_ttl_seconds > 0:
@@ -282,6 +296,7 @@ class GatewayClient:
         export: str = "",
         args: Sequence[values_pb2.Value] = (),
         *,
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
     ) -> pb.CallInstanceResponse:
@@ -290,6 +305,7 @@ class GatewayClient:
             name=_instance_name(instance),
             export_name=export,
             args=args,
+            input=guest_input,
             limits=invocation_limits(timeout_seconds, fuel, 0),
         )
         response = self._call("CallInstance", request, timeout=_rpc_timeout(timeout_seconds))
@@ -342,13 +358,19 @@ def _invoke_request(
     args: Sequence[values_pb2.Value],
     *,
     stdin: bytes,
+    guest_input: bytes,
     timeout_seconds: float,
     fuel: int,
     max_memory_bytes: int,
 ) -> pb.InvokeRequest:
     limits = invocation_limits(timeout_seconds, fuel, max_memory_bytes)
     return pb.InvokeRequest(
-        name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
+        name=_name(function_id),
+        export_name=export,
+        args=args,
+        stdin=stdin,
+        limits=limits,
+        input=guest_input,
     )
 
 

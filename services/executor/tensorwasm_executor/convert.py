@@ -68,6 +68,7 @@ def outcome_to_wire(outcome: Outcome) -> invocation_pb2.InvocationOutcome:
         guest_duration=duration,
         memory_cap_hit=outcome.memory_cap_hit,
         table_cap_hit=outcome.table_cap_hit,
+        chunks=outcome.chunks,
     )
     if outcome.failure is not None:
         failure = outcome.failure

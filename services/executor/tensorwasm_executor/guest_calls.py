@@ -29,6 +29,7 @@ from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
 from tensorwasm_executor.wasm.host_modules import HostState
 from tensorwasm_executor.wasm.instance_image import InstanceImage
@@ -50,6 +51,7 @@ class Invocation:
     limits: CallLimits = field(default_factory=CallLimits)
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
+    guest_input: bytes = b""  # read through wasi:tensor
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class InstanceSpec:
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
     idle_ttl_seconds: float | None = None
+    guest_input: bytes = b""  # the instance's wasi:tensor input
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class InstanceCall:
     export_name: str
     args: Sequence[WasmValue] = ()
     limits: CallLimits = field(default_factory=CallLimits)
+    guest_input: bytes = b""  # empty: the instance's own
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ class GuestCalls:
         invocation: Invocation,
         *,
         on_output: OutputSink | None = None,
+        on_chunk: ChunkSink | None = None,
         cancel: threading.Event | None = None,
     ) -> concurrent.futures.Future[Outcome]:
         """Admits the call and submits the guest to the worker pool.
@@ -162,6 +167,8 @@ class GuestCalls:
                 stdin=invocation.stdin,
                 wasi=invocation.wasi,
                 on_output=on_output,
+                on_chunk=on_chunk,
+                guest_input=invocation.guest_input,
                 cancel=cancel,
                 host_state=self._host_state(module, tenant, invocation.offloads),
                 image=image,
@@ -198,7 +205,7 @@ class GuestCalls:
                     timeout_seconds=limits.timeout_seconds,
                     max_output_bytes=limits.max_output_bytes,
                     max_memory_bytes=limits.max_memory_bytes,
-                    host_state=host_state, image=image,
+                    host_state=host_state, image=image, guest_input=spec.guest_input,
                 )  # fmt: skip
             except BaseException:
                 reservation.release()
@@ -232,6 +239,7 @@ class GuestCalls:
         try:
             future = self._workers.submit(
                 call.tenant, live.resident.call, call.export_name, call.args, cancel=cancel,
+                guest_input=call.guest_input,
                 timeout_seconds=limits.timeout_seconds,
                 max_output_bytes=limits.max_output_bytes, fuel=limits.fuel,
             )  # fmt: skip

@@ -31,6 +31,8 @@ from tensorwasm_gateway.access import (
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http import ConnectionLimits, start_http_face
+from tensorwasm_gateway.http.app import FaceOptions
+from tensorwasm_gateway.http.openai import token_tenant
 from tensorwasm_gateway.instances import InstanceService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.limits import TenantCeilings
@@ -170,6 +172,14 @@ async def serve(settings: GatewaySettings) -> None:
             ),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             face_secret=face_secret,
+            options=FaceOptions(
+                invoke_timeout_seconds=settings.http_invoke_timeout_seconds,
+                cors_allowed_origins=settings.cors_allowed_origins,
+                trusted_hosts=settings.trusted_hosts,
+                openai_models=settings.openai_models,
+            ),
+            # guard.tokens is replaced when the tokens file is reloaded: look it up per call
+            openai_tenant_of=token_tenant(lambda values: guard.tokens.authenticate(values)),  # noqa: PLW0108
         )
         _log.info("http face listening", extra={"http_address": http.address})
 

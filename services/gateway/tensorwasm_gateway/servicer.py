@@ -267,8 +267,11 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         )
         context.add_done_callback(lambda _: events.cancel())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         async for event in events:
-            if event.HasField("outcome"):
+            kind = event.WhichOneof("event")
+            if kind == "outcome":
                 yield pb.InvokeStreamResponse(outcome=event.outcome, export_name=export)
+            elif kind == "chunk":
+                yield pb.InvokeStreamResponse(chunk=event.chunk)
             else:
                 yield pb.InvokeStreamResponse(output=event.output)
 
@@ -285,6 +288,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
             stdin=request.stdin,
             limits=limits_from_wire(request.limits),
             idle_ttl_ns=request.idle_ttl.ToNanoseconds() if request.HasField("idle_ttl") else None,
+            input=request.input,
         )
         record, result = await self._instances().create(tenant, function_id, spec)
         reply = pb.CreateInstanceResponse(outcome=_outcome(result))
@@ -313,6 +317,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
             export_name=request.export_name,
             args=request.args,
             limits=limits_from_wire(request.limits),
+            input=request.input,
         )
         result, export = await self._instances().call(tenant, instance_id, call)
         return pb.CallInstanceResponse(outcome=_outcome(result), export_name=export)

@@ -59,6 +59,13 @@ class GatewaySettings(ServerSettings):
     http_idle_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 10.0
     http_max_connections: int = 256
+    # The deadline of an HTTP invoke (/invoke, /invoke-stream, the OpenAI routes), as the
+    # original's 30 s; a call past it is 504 invoke_timeout.
+    http_invoke_timeout_seconds: float = 30.0
+    # Browser origins allowed cross-origin (CORS); empty: none.
+    cors_allowed_origins: tuple[str, ...] = ()
+    # Host headers the HTTP face accepts (host or host:port, case-insensitive); empty: any.
+    trusted_hosts: tuple[str, ...] = ()
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -101,6 +108,8 @@ class GatewaySettings(ServerSettings):
     # Proxies (addresses or CIDR blocks) whose x-forwarded-for names the caller in the
     # audit log; from any other peer the header is ignored. Empty: none.
     trusted_proxies: tuple[str, ...] = ()
+    # The OpenAI-compatible front's models: `model:function,...` (function ids).
+    openai_model_map: str = ""
 
     def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
@@ -128,7 +137,11 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"http_address: {exc}") from None
         if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
             raise SettingsError("http_signature_cache_seconds: must be >= 0")
-        for name in ("http_idle_timeout_seconds", "http_read_timeout_seconds"):
+        for name in (
+            "http_idle_timeout_seconds",
+            "http_read_timeout_seconds",
+            "http_invoke_timeout_seconds",
+        ):
             if not 0.1 <= getattr(self, name) < float("inf"):
                 raise SettingsError(f"{name}: must be >= 0.1")
         if self.http_max_connections < 1:
@@ -157,6 +170,7 @@ class GatewaySettings(ServerSettings):
             )
         self._check_security()
         self.database  # noqa: B018 -- a malformed URL fails at start
+        self.openai_models  # noqa: B018 (a malformed map fails at start)
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
@@ -210,6 +224,23 @@ class GatewaySettings(ServerSettings):
             return parse_database_url(value, DATABASE_URL_SETTING)
         except DatabaseUrlError as exc:
             raise SettingsError(str(exc)) from None
+
+    @property
+    def openai_models(self) -> dict[str, str]:
+        """The OpenAI model map, model -> function id.
+
+        Raises:
+            SettingsError: an entry is not `model:function`, or a model appears twice.
+        """
+        models: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in self.openai_model_map.split(","))):
+            model, colon, function = (part.strip() for part in entry.rpartition(":"))
+            if not colon or not model or not function or model in models:
+                raise SettingsError(
+                    f"openai_model_map: {entry!r} is not a new `model:function` entry"
+                )
+            models[model] = function
+        return models
 
     @property
     def loopback_only(self) -> bool:

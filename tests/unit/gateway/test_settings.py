@@ -119,3 +119,21 @@ def test_database_url_defaults_to_the_sqlite_file_and_accepts_postgres(tmp_path:
 def test_a_malformed_database_url_is_refused_naming_the_setting(url: str) -> None:
     with pytest.raises(SettingsError, match="TENSORWASM_GATEWAY_DATABASE_URL"):
         _load(database_url=url)
+
+
+def test_http_face_compatibility_settings_come_from_the_environment() -> None:
+    settings = _load(
+        cors_allowed_origins="https://a.example, https://b.example",
+        trusted_hosts="api.example.com,api.example.com:8443",
+        http_invoke_timeout_seconds="12.5",
+        openai_model_map="gpt-x:echo",
+    )
+    assert settings.cors_allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.trusted_hosts == ("api.example.com", "api.example.com:8443")
+    assert settings.http_invoke_timeout_seconds == 12.5
+    assert settings.openai_models == {"gpt-x": "echo"}
+    assert _load().http_invoke_timeout_seconds == 30.0  # the original's deadline
+    with pytest.raises(SettingsError, match="http_invoke_timeout_seconds"):
+        _load(http_invoke_timeout_seconds="0")
+    with pytest.raises(SettingsError, match="openai_model_map"):
+        _load(openai_model_map="no-function")

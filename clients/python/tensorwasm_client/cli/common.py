@@ -139,8 +139,10 @@ def report(outcome: invocation_pb2.InvocationOutcome) -> int:
 
 
 def print_outcome(outcome: invocation_pb2.InvocationOutcome) -> int:
-    """Writes the guest's captured stdout/stderr, then reports the outcome."""
+    """Writes the guest's captured stdout/stderr and the chunks it emitted (wasi:tensor,
+    to stdout), then reports the outcome."""
     sys.stdout.buffer.write(outcome.stdout)
+    sys.stdout.buffer.write(outcome.chunks)
     sys.stderr.buffer.write(outcome.stderr)
     sys.stdout.flush()
     return report(outcome)

@@ -20,6 +20,7 @@ from tensorwasm_client.cli.common import (
     client_for,
     default_export,
     json_args,
+    print_outcome,
     read_stdin,
     report,
 )
@@ -73,11 +74,7 @@ def invoke(
             print(json.dumps({"name": started.name}))
             return 0
         response = client.invoke(name, export, values, **options)
-    outcome = response.outcome
-    sys.stdout.buffer.write(outcome.stdout)
-    sys.stderr.buffer.write(outcome.stderr)
-    sys.stdout.flush()
-    return report(outcome)
+    return print_outcome(response.outcome)
 
 
 def _invoke_streaming(
@@ -87,7 +84,8 @@ def _invoke_streaming(
     values: list[values_pb2.Value],
     options: dict[str, Any],
 ) -> int:
-    """Writes each output chunk as it arrives (flushed), then reports the outcome."""
+    """Writes each output chunk as it arrives (flushed; chunks the guest emitted with
+    wasi:tensor go to stdout), then reports the outcome."""
     sinks = {
         invocation_pb2.OUTPUT_STREAM_STDOUT: sys.stdout.buffer,
         invocation_pb2.OUTPUT_STREAM_STDERR: sys.stderr.buffer,
@@ -96,6 +94,10 @@ def _invoke_streaming(
         for event in events:
             if event.HasField("outcome"):
                 return report(event.outcome)
+            if event.WhichOneof("event") == "chunk":
+                sys.stdout.buffer.write(event.chunk)
+                sys.stdout.buffer.flush()
+                continue
             sink = sinks.get(event.output.stream)
             if sink is not None:
                 sink.write(event.output.data)

@@ -74,6 +74,7 @@ class FunctionConfig(_message.Message):
     NO_INIT_FIELD_NUMBER: _builtins.int
     AUTO_OFFLOAD_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     init_export: _builtins.str
     """The init export: a function `() -> ()` run once at deploy; every instance then
     starts from the memory and globals it left (a pre-initialised image). Empty at
@@ -86,6 +87,10 @@ class FunctionConfig(_message.Message):
     """At deploy: check the module's `tensorwasm.offload` custom section and run the
     exports it declares as tensor ops on the GPU (when the executor has a dispatcher
     and a jit cache; otherwise their wasm body runs).
+    """
+    display_name: _builtins.str
+    """A free-form name kept for display (the HTTP face's `name`: any non-blank text, not
+    unique); the function is addressed by its id. At most 256 characters.
     """
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
@@ -108,10 +113,11 @@ class FunctionConfig(_message.Message):
         no_init: _builtins.bool = ...,
         auto_offload: _builtins.bool = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "display_name", b"display_name", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,12 +381,17 @@ class InvokeRequest(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `functions/{function_id}`."""
     export_name: _builtins.str
     """The export to call; when empty, the module's only exported function, or `_start`."""
     stdin: _builtins.bytes
     """Bytes the guest reads from WASI stdin."""
+    input: _builtins.bytes
+    """Bytes staged for the guest's `wasi:tensor/host@0.1.0` input channel
+    (`input_len`, `read_input`); empty: the guest reads zero bytes.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -397,10 +408,11 @@ class InvokeRequest(_message.Message):
         args: _abc.Iterable[_values_pb2.Value] | None = ...,
         stdin: _builtins.bytes = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "name", b"name", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "input", b"input", "limits", b"limits", "name", b"name", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,15 +472,20 @@ Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
 
 @_typing.final
 class InvokeStreamResponse(_message.Message):
-    """One event of InvokeStream: any number of output chunks, in the order the guest
-    wrote them, then exactly one outcome, which is always the last message.
+    """One event of InvokeStream: any number of output chunks and emitted chunks, in the
+    order the guest produced them, then exactly one outcome, always the last message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
     EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Bytes the guest emitted with `wasi:tensor` `emit_chunk`, one event per
+    accepted chunk (at most 64 KiB), in order with the output events.
+    """
     export_name: _builtins.str
     """The export that was called; set on the final (outcome) message only."""
     @_builtins.property
@@ -487,13 +504,14 @@ class InvokeStreamResponse(_message.Message):
         *,
         output: _invocation_pb2.OutputChunk | None = ...,
         outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        chunk: _builtins.bytes = ...,
         export_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "export_name", b"export_name", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "export_name", b"export_name", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome", "chunk"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -551,10 +569,15 @@ class CreateInstanceRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     IDLE_TTL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     """The function to instantiate, `functions/{function_id}`."""
     stdin: _builtins.bytes
     """Bytes the instance reads from WASI stdin, for its whole life."""
+    input: _builtins.bytes
+    """Bytes staged for the `wasi:tensor` input channel of the start function and of
+    every call that stages none of its own.
+    """
     @_builtins.property
     def limits(self) -> _invocation_pb2.InvocationLimits:
         """`timeout` bounds instantiation (start function included); `max_memory_bytes`
@@ -572,10 +595,11 @@ class CreateInstanceRequest(_message.Message):
         stdin: _builtins.bytes = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
         idle_ttl: _duration_pb2.Duration | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "input", b"input", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,10 +691,13 @@ class CallInstanceRequest(_message.Message):
     EXPORT_NAME_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The instance, `instances/{instance_id}`."""
     export_name: _builtins.str
     """The export to call (chosen as for Invoke when empty)."""
+    input: _builtins.bytes
+    """Bytes staged for this call's `wasi:tensor` input channel; empty: the instance's."""
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -686,10 +713,11 @@ class CallInstanceRequest(_message.Message):
         export_name: _builtins.str = ...,
         args: _abc.Iterable[_values_pb2.Value] | None = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "input", b"input", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from tensorwasm_executor.metrics import ACTIVE_INSTANCES, INSTANCE_SPAWNS, INSTANCE_TERMINATIONS
 from tensorwasm_executor.wasm import instance_image as preinit
 from tensorwasm_executor.wasm import rawcall
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_channel import CURRENT as CHANNEL
+from tensorwasm_executor.wasm.guest_channel import ChunkSink, GuestChannel
 from tensorwasm_executor.wasm.guest_io import OutputCapture, OutputSink, WasiOptions
 from tensorwasm_executor.wasm.host_modules import CURRENT, HostState
 from tensorwasm_executor.wasm.instance_image import InstanceImage
@@ -104,6 +107,7 @@ class CallStore:
         # The store's host state; `final_calls`: each call is the store's last.
         self.host_state = host_state
         self._final_calls = final_calls
+        self.channel = GuestChannel()
         config = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(config, stdin)
@@ -145,11 +149,16 @@ class CallStore:
         fuel_metering: bool,
         on_output: OutputSink | None,
         events: Sequence[threading.Event],
+        guest_input: bytes = b"",
+        on_chunk: ChunkSink | None = None,
     ) -> None:
-        """Arms the store for one call: fresh output captures, the deadline, the fuel."""
+        """Arms the store for one call: fresh output captures, a fresh guest channel
+        (`guest_input` staged, chunks to `on_chunk` or collected), the deadline, the fuel."""
         self.stdout = OutputCapture(limits.output_bytes, "stdout", on_output)
         self.stderr = OutputCapture(limits.output_bytes, "stderr", on_output)
         deadline = time.monotonic() + limits.timeout_seconds
+        self.channel = GuestChannel(guest_input, on_chunk)
+        self.channel.arm(deadline, events)
         if self.host_state is not None:
             self.host_state.begin_call(deadline)
         if self.watch is not None:
@@ -177,9 +186,12 @@ class CallStore:
         failure = None
         if self.host_state is not None:
             CURRENT.state = self.host_state
+        CHANNEL.channel = self.channel
         try:
             if self.instance is None:
                 self.instance = rawcall.instantiate(module.instance_pre, self.store)
+                INSTANCE_SPAWNS.inc()
+                ACTIVE_INSTANCES.inc()
                 if image is not None:
                     preinit.apply_image(self.store, self.instance, image)
             if info is not None:
@@ -191,6 +203,7 @@ class CallStore:
             returns = info is not None and bool(info.results)
             failure = stopped_failure(stopped) if stopped else failure_of(exc, returns)
         finally:
+            CHANNEL.channel = None
             if self.host_state is not None:
                 CURRENT.state = None
         elapsed = time.perf_counter() - started
@@ -235,6 +248,7 @@ class CallStore:
             guest_seconds=elapsed,
             memory_cap_hit=self._caps_hit[0],
             table_cap_hit=self._caps_hit[1],
+            chunks=bytes(self.channel.chunks),
         )
 
     def close(self) -> None:
@@ -246,4 +260,8 @@ class CallStore:
                 _log.exception("a host module failed to close")
             self.host_state = None
         self.store.close()
+        if self.instance is not None:
+            INSTANCE_TERMINATIONS.inc()
+            ACTIVE_INSTANCES.dec()
+            self.instance = None
         self.watch = None  # only now may the ctypes callback be collected

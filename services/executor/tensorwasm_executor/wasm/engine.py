@@ -18,7 +18,7 @@ from tensorwasm_executor.errors import (
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )
-from tensorwasm_executor.wasm import cap_watch, rawcall
+from tensorwasm_executor.wasm import cap_watch, rawcall, tensor_host
 from tensorwasm_executor.wasm.host_modules import HostModule
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
@@ -111,13 +111,15 @@ def _signature(types: Sequence[ValueType]) -> str:
 def new_engine(
     flags: Mapping[str, bool | str | int], host_modules: Sequence[HostModule]
 ) -> tuple[wasmtime.Engine, wasmtime.Linker, str]:
-    """An engine with `flags`, its linker (WASI and `host_modules` defined), its fingerprint."""
+    """An engine with `flags`, its linker (WASI, `wasi:tensor`, `wasi:scheduler` and
+    `host_modules` defined), its fingerprint."""
     config = wasmtime.Config()
     for flag, value in flags.items():
         setattr(config, flag, value)
     engine = wasmtime.Engine(config)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
+    tensor_host.define(linker)
     for host in host_modules:
         host.define(linker)
     return engine, linker, _fingerprint(flags)

@@ -48,6 +48,7 @@ class Outcome:
     # (the guest saw -1); see `cap_watch`.
     memory_cap_hit: bool = False
     table_cap_hit: bool = False
+    chunks: bytes = b""  # emitted with wasi:tensor (empty when they were streamed)
 
 
 CANCELLED = Failure("CANCELLED", None, "the call was cancelled", None)

@@ -46,6 +46,7 @@ FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
+MAX_DISPLAY_NAME_CHARS = 256
 
 
 class BlobPutter(Protocol):
@@ -173,6 +174,11 @@ class FunctionService:
                 "config.init_export and config.no_init exclude each other",
                 metadata={"export": config.init_export[:200]},
             )
+        if len(config.display_name) > MAX_DISPLAY_NAME_CHARS:
+            raise InvalidNameError(
+                f"display_name is over {MAX_DISPLAY_NAME_CHARS} characters",
+                metadata={"field": "config.display_name"},
+            )
         if not FUNCTION_ID.fullmatch(function_id):
             raise InvalidNameError(
                 "function_id must match [a-z][a-z0-9-]{0,62}",
@@ -286,6 +292,7 @@ class FunctionService:
             args=call.args,
             stdin=call.stdin,
             limits=self.limits_for(tenant, call.limits, config),
+            input=call.input,
         )
 
     def target(self, tenant: str, record: FunctionRecord, config: FunctionConfig) -> Target:
@@ -307,7 +314,8 @@ class FunctionService:
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:
-    """The named export, else the only exported function, else `_start`."""
+    """The named export, else `_start`, else `main` (the original's discovery), else the
+    only exported function."""
     names = [e.name for e in record.exports]
     if requested:
         if requested not in names:
@@ -316,10 +324,11 @@ def choose_export(record: FunctionRecord, requested: str) -> str:
                 metadata={"export": requested[:200], "available": ",".join(names)[:1000]},
             )
         return requested
+    for default in ("_start", "main"):
+        if default in names:
+            return default
     if len(names) == 1:
         return names[0]
-    if "_start" in names:
-        return "_start"
     raise ExportRequiredError(
         "the function has several exports; name one", metadata={"available": ",".join(names)[:1000]}
     )
