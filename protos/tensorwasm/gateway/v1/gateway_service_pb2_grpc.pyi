@@ -27,8 +27,38 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GatewayServiceStub:
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A call refused before it started (any
+    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
+    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
     """
 
     @_typing.overload
@@ -77,8 +107,38 @@ class GatewayServiceStub:
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A call refused before it started (any
+    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
+    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -123,8 +183,38 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Lists the tenant's invocations, oldest first, a page at a time."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A call refused before it started (any
+    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
+    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
     """
 
     @_abc_1.abstractmethod
