@@ -19,7 +19,7 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
 from tensorwasm_client.cli.common import global_options
-from tensorwasm_client.client import TensorWasmError, _error
+from tensorwasm_client.errors import TensorWasmError, from_rpc_error
 from tensorwasm_client.stack import DEFAULT_PORTS, LocalStack, stack_service_token
 
 
@@ -120,7 +120,7 @@ def _store(ctx: typer.Context) -> Iterator[tuple[pb_grpc.SnapshotStoreServiceStu
         try:
             yield pb_grpc.SnapshotStoreServiceStub(channel), metadata
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise from_rpc_error(exc) from exc
 
 
 def ls(
