@@ -38,6 +38,7 @@ from tensorwasm_client.messages import (
     rpc_timeout,
 )
 from tensorwasm_client.retries import RetryPolicy
+from tensorwasm_client.uploads import DEFAULT_CHUNK_BYTES, Progress, upload_messages
 
 ResponseT = TypeVar("ResponseT")
 
@@ -105,6 +106,30 @@ class AsyncGatewayClient:
         """Deploys a module under `functions/{function_id}`."""
         request = pb.CreateFunctionRequest(function_id=function_id, wasm=wasm, config=config)
         response = await self._call("CreateFunction", request, pb.CreateFunctionResponse, 300.0)
+        return response.function
+
+    async def upload_function(
+        self,
+        function_id: str,
+        module: bytes | Path,
+        config: pb.FunctionConfig | None = None,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress | None = None,
+    ) -> pb.Function:
+        """Deploys a module streamed in chunks (see `GatewayClient.upload_function`)."""
+        async for attempt in self.retry.asynchronous():
+            with attempt:
+                messages = upload_messages(
+                    function_id, module, config, chunk_bytes=chunk_bytes, progress=progress
+                )
+                try:
+                    response = await self._stub.UploadFunction(
+                        messages, metadata=self._metadata, timeout=300.0
+                    )
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+        assert isinstance(response, pb.UploadFunctionResponse)
         return response.function
 
     async def get_function(self, function_id: str) -> pb.Function:

@@ -33,6 +33,7 @@ from tensorwasm_client.messages import (
     rpc_timeout,
 )
 from tensorwasm_client.retries import RetryPolicy
+from tensorwasm_client.uploads import DEFAULT_CHUNK_BYTES, Progress, upload_messages
 
 __all__ = [
     "DEFAULT_GATEWAY",
@@ -121,6 +122,32 @@ class GatewayClient:
         default limits in `config`."""
         request = pb.CreateFunctionRequest(function_id=function_id, wasm=wasm, config=config)
         return self._call("CreateFunction", request, pb.CreateFunctionResponse, 300.0).function
+
+    def upload_function(
+        self,
+        function_id: str,
+        module: bytes | Path,
+        config: pb.FunctionConfig | None = None,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress | None = None,
+    ) -> pb.Function:
+        """Deploys a module streamed in chunks (UploadFunction): for modules of any size
+        up to the gateway's module cap. `module` is bytes or a file, read once;
+        `progress(sent_bytes, total_bytes)` is called after each chunk."""
+        for attempt in self.retry.blocking():
+            with attempt:
+                messages = upload_messages(
+                    function_id, module, config, chunk_bytes=chunk_bytes, progress=progress
+                )
+                try:
+                    response = self._stub.UploadFunction(
+                        messages, metadata=self._metadata, timeout=300.0
+                    )
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+        assert isinstance(response, pb.UploadFunctionResponse)
+        return response.function
 
     def get_function(self, function_id: str) -> pb.Function:
         """One function (`functions/{id}` or the bare id)."""

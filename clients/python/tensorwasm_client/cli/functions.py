@@ -18,8 +18,10 @@ from tensorwasm_client.cli.common import (
     env_pairs,
     signature_text,
 )
+from tensorwasm_client.cli.progress import transfer_bar
 from tensorwasm_client.client import invocation_limits
 from tensorwasm_client.local_run import load_module_bytes
+from tensorwasm_client.uploads import module_size
 
 
 def deploy(
@@ -68,7 +70,8 @@ def deploy(
     """
     if init_export and no_init:
         raise typer.BadParameter("not allowed with --init-export", param_hint="'--no-init'")
-    source = load_module_bytes(file)
+    # A binary module streams from its file; a text one is assembled first.
+    source = load_module_bytes(file) if file.suffix == ".wat" else file
     name = name or re.sub(r"[^a-z0-9-]+", "-", file.stem.lower()).strip("-")
     config = gateway_pb.FunctionConfig(
         wasi=invocation_pb2.WasiConfig(
@@ -82,8 +85,8 @@ def deploy(
         no_init=no_init,
         auto_offload=offload,
     )
-    with client_for(ctx) as client:
-        function = client.create_function(name, source, config)
+    with client_for(ctx) as client, transfer_bar("uploading", module_size(source)) as progress:
+        function = client.upload_function(name, source, config, progress=progress)
     exports = {e.name: signature_text(e.signature) for e in function.exports}
     print(
         json.dumps(

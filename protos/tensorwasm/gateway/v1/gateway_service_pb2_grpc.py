@@ -131,6 +131,11 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
                 _registered_method=True)
+        self.UploadFunction = channel.stream_unary(
+                '/tensorwasm.gateway.v1.GatewayService/UploadFunction',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -268,6 +273,21 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFunction(self, request_iterator, context):
+        """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+        of any size up to the gateway's module cap, whatever the message cap): first one
+        `header` (function id, config, the module's size and, optionally, its BLAKE3
+        digest), then the module's bytes in `chunk`s, in order, then, when the header
+        declared no digest, one `trailer` with it. The size and digest are verified before
+        anything is stored; a malformed stream leaves nothing behind and is refused with
+        INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+        UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+        (a declared size over the cap, or more bytes than declared).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +355,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListInvocations,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.SerializeToString,
+            ),
+            'UploadFunction': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFunction,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -720,6 +745,33 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/ListInvocations',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFunction(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/UploadFunction',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,

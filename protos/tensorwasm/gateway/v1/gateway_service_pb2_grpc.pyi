@@ -104,6 +104,17 @@ class GatewayServiceStub:
     """Returns one invocation of the tenant, with its outcome once it has finished."""
     ListInvocations: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]
     """Lists the tenant's invocations, oldest first, a page at a time."""
+    UploadFunction: _grpc.StreamUnaryMultiCallable[_gateway_service_pb2.UploadFunctionRequest, _gateway_service_pb2.UploadFunctionResponse]
+    """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+    of any size up to the gateway's module cap, whatever the message cap): first one
+    `header` (function id, config, the module's size and, optionally, its BLAKE3
+    digest), then the module's bytes in `chunk`s, in order, then, when the header
+    declared no digest, one `trailer` with it. The size and digest are verified before
+    anything is stored; a malformed stream leaves nothing behind and is refused with
+    INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+    UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+    (a declared size over the cap, or more bytes than declared).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -181,6 +192,17 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Returns one invocation of the tenant, with its outcome once it has finished."""
     ListInvocations: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]  # type: ignore[assignment]
     """Lists the tenant's invocations, oldest first, a page at a time."""
+    UploadFunction: _aio.StreamUnaryMultiCallable[_gateway_service_pb2.UploadFunctionRequest, _gateway_service_pb2.UploadFunctionResponse]  # type: ignore[assignment]
+    """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+    of any size up to the gateway's module cap, whatever the message cap): first one
+    `header` (function id, config, the module's size and, optionally, its BLAKE3
+    digest), then the module's bytes in `chunk`s, in order, then, when the header
+    declared no digest, one `trailer` with it. The size and digest are verified before
+    anything is stored; a malformed stream leaves nothing behind and is refused with
+    INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+    UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+    (a declared size over the cap, or more bytes than declared).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of TensorWasm.
@@ -333,5 +355,22 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListInvocationsResponse, _abc.Awaitable[_gateway_service_pb2.ListInvocationsResponse]]:
         """Lists the tenant's invocations, oldest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def UploadFunction(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_service_pb2.UploadFunctionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.UploadFunctionResponse, _abc.Awaitable[_gateway_service_pb2.UploadFunctionResponse]]:
+        """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+        of any size up to the gateway's module cap, whatever the message cap): first one
+        `header` (function id, config, the module's size and, optionally, its BLAKE3
+        digest), then the module's bytes in `chunk`s, in order, then, when the header
+        declared no digest, one `trailer` with it. The size and digest are verified before
+        anything is stored; a malformed stream leaves nothing behind and is refused with
+        INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+        UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+        (a declared size over the cap, or more bytes than declared).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

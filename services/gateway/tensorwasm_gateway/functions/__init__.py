@@ -22,6 +22,13 @@ from tensorwasm_gateway.functions.service import (
     offload_declarations,
     resolve_init_export,
 )
+from tensorwasm_gateway.functions.upload import (
+    ModuleUpload,
+    UploadHeader,
+    empty_part,
+    no_header,
+    second_header,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -32,12 +39,17 @@ __all__ = [
     "FunctionRecord",
     "FunctionService",
     "InstanceRecord",
+    "ModuleUpload",
     "References",
     "Registry",
+    "UploadHeader",
     "add_missing_columns",
     "choose_export",
+    "empty_part",
     "function_id_from_name",
+    "no_header",
     "now_ns",
     "offload_declarations",
     "resolve_init_export",
+    "second_header",
 ]
