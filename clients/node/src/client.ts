@@ -7,6 +7,8 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type DurationSchema, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { blake3 } from "@noble/hashes/blake3.js";
+import { bytesToHex } from "@noble/hashes/utils.js";
 import type { InvocationLimitsSchema } from "./gen/tensorwasm/common/v1/invocation_pb.js";
 import type { Value } from "./gen/tensorwasm/common/v1/values_pb.js";
 import {
@@ -22,6 +24,7 @@ import {
   type InvokeStreamResponse,
   type ListFunctionsResponse,
   type ListInvocationsResponse,
+  type UploadFunctionRequestSchema,
 } from "./gen/tensorwasm/gateway/v1/gateway_service_pb.js";
 import { fromConnectError, TensorWasmError } from "./errors.js";
 import { type RetryPolicy, withRetries } from "./retries.js";
@@ -105,6 +108,36 @@ export class GatewayClient {
   ): Promise<DeployedFunction> {
     const response = await this.call(() =>
       this.raw.createFunction({ functionId, wasm, config }, this.callOptions(300_000)),
+    );
+    return required(response.function, "function");
+  }
+
+  /**
+   * Deploys a module streamed in chunks (UploadFunction): for modules of any size up to
+   * the gateway's module cap. The BLAKE3 digest is computed as the chunks go out and sent
+   * in the trailer; `onProgress(sentBytes, totalBytes)` is called after each chunk.
+   */
+  async uploadFunction(
+    functionId: string,
+    wasm: Uint8Array,
+    config?: MessageInitShape<typeof FunctionConfigSchema>,
+    options: { chunkBytes?: number; onProgress?: (sent: number, total: number) => void } = {},
+  ): Promise<DeployedFunction> {
+    const chunkBytes = options.chunkBytes ?? 1 << 20;
+    async function* messages(): AsyncGenerator<MessageInitShape<typeof UploadFunctionRequestSchema>> {
+      const header = { functionId, config, moduleSizeBytes: BigInt(wasm.length) };
+      yield { part: { case: "header", value: header } };
+      const hasher = blake3.create();
+      for (let start = 0; start < wasm.length; start += chunkBytes) {
+        const chunk = wasm.subarray(start, start + chunkBytes);
+        hasher.update(chunk);
+        yield { part: { case: "chunk", value: chunk } };
+        options.onProgress?.(start + chunk.length, wasm.length);
+      }
+      yield { part: { case: "trailer", value: { moduleDigest: bytesToHex(hasher.digest()) } } };
+    }
+    const response = await this.call(() =>
+      this.raw.uploadFunction(messages(), this.callOptions(300_000)),
     );
     return required(response.function, "function");
   }

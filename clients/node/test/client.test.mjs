@@ -59,6 +59,25 @@ test("deploy, invoke with exact values, list, delete", async () => {
   await assert.rejects(gateway.getFunction("numeric"), NotFoundError);
 });
 
+test("a module uploaded in chunks is deployed; a wrong size is a typed refusal", async () => {
+  const gateway = client("node-upload");
+  const wasm = module("add");
+  const seen = [];
+  const deployed = await gateway.uploadFunction("add", wasm, undefined, {
+    chunkBytes: 16,
+    onProgress: (sent, total) => seen.push([sent, total]),
+  });
+  assert.equal(deployed.moduleSizeBytes, BigInt(wasm.length));
+  assert.deepEqual(seen.at(-1), [wasm.length, wasm.length]);
+  assert.ok(seen.length > 1);
+  const response = await gateway.invoke("add", "add", [i32(40), i32(2)]);
+  assert.equal(fromValue(response.outcome.result.value.results[0]).value, 42);
+  await assert.rejects(gateway.uploadFunction("bad", new Uint8Array(0)), (error) => {
+    assert.ok(error instanceof InvalidArgumentError, String(error));
+    return true;
+  });
+});
+
 test("streaming invoke is an async iterator of output, then the outcome", async () => {
   const gateway = client("node-stream");
   await gateway.createFunction("stream", module("stream"));
