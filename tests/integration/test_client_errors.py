@@ -153,4 +153,5 @@ def test_an_unreachable_gateway_is_unavailable_after_the_policy_s_attempts() -> 
     ):
         client.get_function("any")
     assert caught.value.request_id == ""  # never reached a gateway
+    assert caught.value.not_sent
     assert policy.retryable(caught.value)

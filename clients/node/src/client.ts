@@ -91,8 +91,13 @@ export class GatewayClient {
     this.timeoutMs = options.timeoutMs ?? 60_000;
   }
 
-  private call<T>(run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    return withRetries(run, fromConnectError, this.retry, signal);
+  private call<T>(run: () => Promise<T>, signal?: AbortSignal, idempotent = false): Promise<T> {
+    return withRetries(run, fromConnectError, this.retry, signal, idempotent);
+  }
+
+  /** A call that changes nothing (retried after an UNAVAILABLE with RetryInfo too). */
+  private read<T>(run: () => Promise<T>): Promise<T> {
+    return this.call(run, undefined, true);
   }
 
   private callOptions(timeoutMs?: number, requestId?: string, signal?: AbortSignal) {
@@ -145,13 +150,13 @@ export class GatewayClient {
   /** One function (`functions/{id}` or the bare id). */
   async getFunction(functionId: string): Promise<DeployedFunction> {
     const name = functionName(functionId);
-    const response = await this.call(() => this.raw.getFunction({ name }, this.callOptions()));
+    const response = await this.read(() => this.raw.getFunction({ name }, this.callOptions()));
     return required(response.function, "function");
   }
 
   /** One page of the tenant's functions, ordered by name. */
   listFunctionsPage(pageSize = 100, pageToken = ""): Promise<ListFunctionsResponse> {
-    return this.call(() => this.raw.listFunctions({ pageSize, pageToken }, this.callOptions()));
+    return this.read(() => this.raw.listFunctions({ pageSize, pageToken }, this.callOptions()));
   }
 
   /** Every function of the tenant, page after page. */
@@ -231,8 +236,10 @@ export class GatewayClient {
   ): Promise<Invocation> {
     const invocation = invokeRequest(functionId, exportName, args, options);
     const requestId = options.idempotencyKey ?? "";
-    const response = await this.call(() =>
-      this.raw.startInvocation({ invocation, requestId }, this.callOptions()),
+    const response = await this.call(
+      () => this.raw.startInvocation({ invocation, requestId }, this.callOptions()),
+      undefined,
+      requestId !== "",
     );
     return required(response.invocation, "invocation");
   }
@@ -240,13 +247,13 @@ export class GatewayClient {
   /** One invocation, with its outcome once it has finished. */
   async getInvocation(invocation: string): Promise<Invocation> {
     const name = prefixed("invocations/", invocation);
-    const response = await this.call(() => this.raw.getInvocation({ name }, this.callOptions()));
+    const response = await this.read(() => this.raw.getInvocation({ name }, this.callOptions()));
     return required(response.invocation, "invocation");
   }
 
   /** One page of the tenant's invocations, oldest first. */
   listInvocationsPage(pageSize = 100, pageToken = ""): Promise<ListInvocationsResponse> {
-    return this.call(() => this.raw.listInvocations({ pageSize, pageToken }, this.callOptions()));
+    return this.read(() => this.raw.listInvocations({ pageSize, pageToken }, this.callOptions()));
   }
 
   /** Every retained invocation of the tenant. */
@@ -300,7 +307,7 @@ export class GatewayClient {
   /** One live instance. */
   async getInstance(instance: string): Promise<Instance> {
     const name = prefixed("instances/", instance);
-    const response = await this.call(() => this.raw.getInstance({ name }, this.callOptions()));
+    const response = await this.read(() => this.raw.getInstance({ name }, this.callOptions()));
     return required(response.instance, "instance");
   }
 

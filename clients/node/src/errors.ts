@@ -22,6 +22,8 @@ export class TensorWasmError extends Error {
   readonly retryAfterMs: number | undefined;
   /** The call's `x-request-id` ("" when the gateway never saw the call). */
   readonly requestId: string;
+  /** No connection could be made: no byte of the call was sent, the gateway cannot have acted. */
+  readonly notSent: boolean;
 
   constructor(
     code: string,
@@ -32,6 +34,7 @@ export class TensorWasmError extends Error {
       domain?: string;
       retryAfterMs?: number;
       requestId?: string;
+      notSent?: boolean;
       cause?: unknown;
     } = {},
   ) {
@@ -43,6 +46,7 @@ export class TensorWasmError extends Error {
     this.domain = init.domain ?? "";
     this.retryAfterMs = init.retryAfterMs;
     this.requestId = init.requestId ?? "";
+    this.notSent = init.notSent ?? false;
   }
 }
 
@@ -128,6 +132,18 @@ export function fromConnectError(cause: unknown): TensorWasmError {
     domain,
     retryAfterMs,
     requestId: error.metadata.get(REQUEST_ID_HEADER) ?? "",
+    notSent: error.code === Code.Unavailable && connectionFailed(error),
     cause: error,
   });
+}
+
+/** System errors that mean the connection was never made (so nothing was sent). */
+const NOT_CONNECTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"]);
+
+function connectionFailed(error: unknown): boolean {
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === "string" && NOT_CONNECTED.has(code)) return true;
+  }
+  return false;
 }

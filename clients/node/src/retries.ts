@@ -1,10 +1,11 @@
 /**
  * When a refused call is retried, and after how long: the gateway's RetryInfo first.
  *
- * Retried: RESOURCE_EXHAUSTED with a RetryInfo (the guard refused before the handler ran),
- * UNAVAILABLE with a RetryInfo, and UNAVAILABLE that the gateway never answered (no
- * `x-request-id` came back; the gateway returns one on every call it sees). Anything
- * else is thrown at once: an Invoke is not idempotent.
+ * Retried: RESOURCE_EXHAUSTED with a RetryInfo (refused before anything ran), after its
+ * delay; UNAVAILABLE before the call started (no connection: `notSent`), after a doubling
+ * back-off; UNAVAILABLE with a RetryInfo for idempotent calls only (reads, and a
+ * StartInvocation with an idempotency key): the gateway relays an executor's failure that
+ * may have come after the guest started, and an Invoke is never run twice by the client.
  */
 import { RateLimitedError, TensorWasmError, UnavailableError } from "./errors.js";
 
@@ -28,16 +29,19 @@ const DEFAULTS: Required<RetryPolicy> = {
   backoffMs: 100,
 };
 
-/** True when `error` is a refusal the gateway said (or showed) is safe to retry. */
-export function retryable(error: TensorWasmError, policy: RetryPolicy = {}): boolean {
+/** True when `error` is a refusal the gateway said (or the transport showed) is safe to retry. */
+export function retryable(error: TensorWasmError, policy: RetryPolicy = {}, idempotent = false): boolean {
   const { maxDelayMs } = { ...DEFAULTS, ...policy };
-  if (error.retryAfterMs !== undefined) {
-    return (
-      error.retryAfterMs <= maxDelayMs &&
-      (error instanceof RateLimitedError || error instanceof UnavailableError)
-    );
+  if (error.retryAfterMs !== undefined && error.retryAfterMs > maxDelayMs) {
+    return false;
   }
-  return error instanceof UnavailableError && error.requestId === "";
+  if (error instanceof RateLimitedError) {
+    return true;
+  }
+  if (error instanceof UnavailableError) {
+    return error.notSent || (idempotent && error.retryAfterMs !== undefined);
+  }
+  return false;
 }
 
 /** Milliseconds to wait after failed attempt number `attempt` (1-based). */
@@ -55,6 +59,7 @@ export async function withRetries<T>(
   toError: (cause: unknown) => TensorWasmError,
   policy: RetryPolicy = {},
   signal?: AbortSignal,
+  idempotent = false,
 ): Promise<T> {
   const { maxAttempts, totalMs } = { ...DEFAULTS, ...policy };
   const started = Date.now();
@@ -65,7 +70,7 @@ export async function withRetries<T>(
       const error = toError(cause);
       const delay = retryDelayMs(error, attempt, policy);
       const tooLate = Date.now() + delay - started > totalMs;
-      if (attempt >= maxAttempts || tooLate || !retryable(error, policy) || signal?.aborted) {
+      if (attempt >= maxAttempts || tooLate || !retryable(error, policy, idempotent) || signal?.aborted) {
         throw error;
       }
       await sleep(delay, signal);

@@ -152,4 +152,5 @@ test("an unreachable gateway is UNAVAILABLE with no request id, after the retrie
   const error = await gateway.getFunction("x").catch((e) => e);
   assert.ok(error instanceof UnavailableError, String(error));
   assert.equal(error.requestId, "");
+  assert.ok(error.notSent, "a refused connection sent nothing");
 });

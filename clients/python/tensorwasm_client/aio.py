@@ -31,6 +31,7 @@ from tensorwasm_client.messages import (
     Connection,
     create_instance_request,
     function_name,
+    idempotent,
     instance_name,
     invocation_limits,
     invocation_name,
@@ -91,7 +92,7 @@ class AsyncGatewayClient:
     ) -> ResponseT:
         """One unary call, retried as the policy says; errors typed."""
         rpc: Callable[..., Any] = getattr(self._stub, method)
-        async for attempt in self.retry.asynchronous():
+        async for attempt in self.retry.asynchronous(idempotent=idempotent(method, request)):
             with attempt:
                 try:
                     response = await rpc(request, metadata=self._metadata, timeout=deadline_seconds)

@@ -26,6 +26,7 @@ from tensorwasm_client.messages import (
     Connection,
     create_instance_request,
     function_name,
+    idempotent,
     instance_name,
     invocation_limits,
     invocation_name,
@@ -106,7 +107,7 @@ class GatewayClient:
     ) -> ResponseT:
         """One unary call, retried as the policy says; errors typed."""
         rpc: Callable[..., Any] = getattr(self._stub, method)
-        for attempt in self.retry.blocking():
+        for attempt in self.retry.blocking(idempotent=idempotent(method, request)):
             with attempt:
                 try:
                     response = rpc(request, metadata=self._metadata, timeout=timeout)

@@ -23,6 +23,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# What gRPC says when no transport was ever picked for a call: no byte of it was sent.
+NOT_SENT_DETAILS = "failed to connect to all addresses"
 REQUEST_ID_KEY = "x-request-id"
 
 
@@ -38,6 +40,8 @@ class TensorWasmError(Exception):
         retry_after: seconds to wait before a retry is worth making (RetryInfo), or None.
         request_id: the call's `x-request-id` as the gateway returned it ("" when the
             gateway never saw the call, e.g. it could not be reached).
+        not_sent: gRPC reports that no byte of the call left this process (it could not
+            connect): the gateway cannot have acted on it.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class TensorWasmError(Exception):
         domain: str = "",
         retry_after: float | None = None,
         request_id: str = "",
+        not_sent: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -59,6 +64,7 @@ class TensorWasmError(Exception):
         self.domain = domain
         self.retry_after = retry_after
         self.request_id = request_id
+        self.not_sent = not_sent
 
     @property
     def retry_after_seconds(self) -> float | None:
@@ -179,6 +185,7 @@ def from_rpc_error(exc: grpc.RpcError) -> TensorWasmError:
         domain=domain,
         retry_after=retry_after,
         request_id=_first(trailers, REQUEST_ID_KEY),
+        not_sent=code == grpc.StatusCode.UNAVAILABLE and message.startswith(NOT_SENT_DETAILS),
     )
 
 

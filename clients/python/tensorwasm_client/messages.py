@@ -133,3 +133,16 @@ def instance_name(instance: str) -> str:
 
 
 FINISHED_STATES = (pb.INVOCATION_STATE_SUCCEEDED, pb.INVOCATION_STATE_FAILED)
+
+# Calls that change nothing: retried after an UNAVAILABLE that carries a RetryInfo.
+_READS = frozenset(
+    {"GetFunction", "ListFunctions", "GetInvocation", "ListInvocations", "GetInstance"}
+)
+
+
+def idempotent(method: str, request: object) -> bool:
+    """True when making the call twice does what making it once does: the reads, and a
+    StartInvocation with a request id (the gateway returns the same invocation)."""
+    if method == "StartInvocation":
+        return bool(getattr(request, "request_id", ""))
+    return method in _READS

@@ -1,16 +1,17 @@
 """When a failed call is retried, and after how long: the gateway's RetryInfo first.
 
-A call is retried only when the gateway did nothing with it:
+A call is retried only when the gateway did nothing with it, or when doing it twice is
+harmless:
 
 - RESOURCE_EXHAUSTED with a RetryInfo (rate limits, concurrency caps, the auth-failure
-  throttle: the guard refuses before the handler runs), after the delay it names;
-- UNAVAILABLE with a RetryInfo (the gateway says come back), after that delay;
-- UNAVAILABLE that the gateway never answered (no `x-request-id` came back: the guard
-  returns one on every call it sees), after an exponential back-off: the request never
-  reached it.
+  throttle, an executor's admission: refused before anything ran), after the delay;
+- UNAVAILABLE before the call started: gRPC could not connect, so no byte was sent
+  (`TensorWasmError.not_sent`), after an exponential back-off;
+- UNAVAILABLE with a RetryInfo, for an idempotent call only (Get*, List*, a
+  StartInvocation with a request id): the gateway relays an executor's failure that
+  may have come after the guest started, and an Invoke is never run twice by the client.
 
-Anything else, an UNAVAILABLE in the middle of a call included, is raised at once: an
-Invoke is not idempotent. tenacity runs the loop (blocking and asyncio alike).
+Anything else is raised at once. tenacity runs the loop (blocking and asyncio alike).
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ class RetryPolicy:
     total_seconds: float = 120.0
     backoff_seconds: float = 0.1
 
-    def retryable(self, error: BaseException) -> bool:
-        """True when `error` is a refusal the gateway said (or showed) is safe to retry."""
+    def retryable(self, error: BaseException, *, idempotent: bool = False) -> bool:
+        """True when `error` is a refusal the gateway said (or gRPC showed) is safe to
+        retry; `idempotent` calls may also be retried after an UNAVAILABLE with RetryInfo."""
         if not isinstance(error, TensorWasmError):
             return False
-        if error.retry_after is not None:
-            if error.retry_after > self.max_delay_seconds:
-                return False
-            return isinstance(error, RateLimitedError | UnavailableError)
-        return isinstance(error, UnavailableError) and not error.request_id
+        if error.retry_after is not None and error.retry_after > self.max_delay_seconds:
+            return False
+        if isinstance(error, RateLimitedError):
+            return True
+        if isinstance(error, UnavailableError):
+            return error.not_sent or (idempotent and error.retry_after is not None)
+        return False
 
     def delay(self, error: BaseException | None, attempt: int) -> float:
         """Seconds to wait before attempt `attempt + 1`."""
@@ -60,22 +64,24 @@ class RetryPolicy:
         error = outcome.exception() if outcome is not None else None
         return self.delay(error, int(state.attempt_number))
 
-    def _options(self) -> dict[str, object]:
+    def _options(self, idempotent: bool) -> dict[str, object]:
         return {
-            "retry": tenacity.retry_if_exception(self.retryable),
+            "retry": tenacity.retry_if_exception(
+                lambda error: self.retryable(error, idempotent=idempotent)
+            ),
             "wait": self._wait,
             "stop": tenacity.stop_after_attempt(self.max_attempts)
             | tenacity.stop_after_delay(self.total_seconds),
             "reraise": True,
         }
 
-    def blocking(self) -> tenacity.Retrying:
+    def blocking(self, *, idempotent: bool = False) -> tenacity.Retrying:
         """A tenacity loop for blocking calls."""
-        return tenacity.Retrying(**self._options())  # type: ignore[arg-type]
+        return tenacity.Retrying(**self._options(idempotent))  # type: ignore[arg-type]
 
-    def asynchronous(self) -> tenacity.AsyncRetrying:
+    def asynchronous(self, *, idempotent: bool = False) -> tenacity.AsyncRetrying:
         """A tenacity loop for asyncio calls."""
-        return tenacity.AsyncRetrying(**self._options())  # type: ignore[arg-type]
+        return tenacity.AsyncRetrying(**self._options(idempotent))  # type: ignore[arg-type]
 
 
 NO_RETRIES = RetryPolicy(max_attempts=1)

@@ -15,26 +15,37 @@ from tensorwasm_client.retries import RetryPolicy
 POLICY = RetryPolicy(max_delay_seconds=5.0, backoff_seconds=0.1)
 
 
+NOT_SENT = "failed to connect to all addresses; last error: ..."
+RELAYED_UNAVAILABLE = UnavailableError(
+    "UNAVAILABLE", "UPSTREAM_UNAVAILABLE", "", retry_after=1.0, request_id="r1"
+)
+
+
 @pytest.mark.parametrize(
-    ("error", "retried"),
+    ("error", "idempotent", "retried"),
     [
-        (RateLimitedError("RESOURCE_EXHAUSTED", "RATE_LIMITED", "", retry_after=1.0), True),
+        (RateLimitedError("RESOURCE_EXHAUSTED", "RATE_LIMITED", "", retry_after=1.0), False, True),
         # Longer than the policy waits: raised, with its retry_after for the caller.
-        (RateLimitedError("RESOURCE_EXHAUSTED", "RATE_LIMITED", "", retry_after=9.0), False),
+        (RateLimitedError("RESOURCE_EXHAUSTED", "RATE_LIMITED", "", retry_after=9.0), True, False),
         # A limit with no time to come back (e.g. a size) is not a rate limit.
-        (ResourceExhaustedError("RESOURCE_EXHAUSTED", "TOO_LARGE", ""), False),
-        # The gateway never answered: the request never reached it.
-        (UnavailableError("UNAVAILABLE", "UNAVAILABLE", ""), True),
-        # The gateway said come back.
-        (UnavailableError("UNAVAILABLE", "UPSTREAM_UNAVAILABLE", "", retry_after=1.0), True),
-        # The gateway saw the call and gave no RetryInfo: it may have run; not retried.
-        (UnavailableError("UNAVAILABLE", "UPSTREAM_UNAVAILABLE", "", request_id="r1"), False),
-        (InvalidArgumentError("INVALID_ARGUMENT", "INVALID_NAME", "", request_id="r2"), False),
-        (ValueError("not a gateway error"), False),
+        (ResourceExhaustedError("RESOURCE_EXHAUSTED", "TOO_LARGE", ""), True, False),
+        # gRPC could not connect: no byte was sent, whatever the call.
+        (UnavailableError("UNAVAILABLE", "UNAVAILABLE", NOT_SENT, not_sent=True), False, True),
+        # The gateway relayed an executor failure: it may have come after the guest ran.
+        (RELAYED_UNAVAILABLE, False, False),
+        (RELAYED_UNAVAILABLE, True, True),
+        # Cut off mid-call without a status: never retried, even a read without RetryInfo.
+        (UnavailableError("UNAVAILABLE", "UNAVAILABLE", "Socket closed"), True, False),
+        (
+            InvalidArgumentError("INVALID_ARGUMENT", "INVALID_NAME", "", request_id="r2"),
+            True,
+            False,
+        ),
+        (ValueError("not a gateway error"), True, False),
     ],
 )
-def test_which_refusals_are_retried(error: BaseException, retried: bool) -> None:
-    assert POLICY.retryable(error) is retried
+def test_which_refusals_are_retried(error: BaseException, idempotent: bool, retried: bool) -> None:
+    assert POLICY.retryable(error, idempotent=idempotent) is retried
 
 
 def test_the_wait_is_the_retry_info_else_a_doubling_backoff() -> None:

@@ -55,9 +55,11 @@ class GatewayServiceStub:
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def __init__(self, channel):
@@ -168,9 +170,11 @@ class GatewayServiceServicer:
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def CreateFunction(self, request, context):
@@ -399,9 +403,11 @@ class GatewayService:
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @staticmethod

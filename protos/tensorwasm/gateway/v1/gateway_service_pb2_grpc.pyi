@@ -56,9 +56,11 @@ class GatewayServiceStub:
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @_typing.overload
@@ -147,9 +149,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -234,9 +238,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
     limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
     executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
-    the wait before a retry is worth making. A call refused before it started (any
-    RESOURCE_EXHAUSTED of the guard, an UNAVAILABLE with RetryInfo) did nothing and may
-    be retried as is. A guest trap is never an RPC error: it is the call's outcome.
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @_abc_1.abstractmethod
