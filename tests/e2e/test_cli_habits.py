@@ -15,7 +15,7 @@ import pytest
 import wasmtime
 from tensorwasm_client.stack import LocalStack
 
-from tests.integration.test_uploads import padded
+from tests.modules import padded
 
 pytestmark = pytest.mark.integration
 

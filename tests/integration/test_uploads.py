@@ -17,24 +17,11 @@ from tensorwasm_client.client import GatewayClient
 from tensorwasm_common.status import error_from_rpc
 
 from tests.integration.conftest import RunningStack
+from tests.modules import padded
 
 pytestmark = pytest.mark.integration
 
 CHUNK = 64 << 10
-
-
-def padded(module: bytes, padding_bytes: int) -> bytes:
-    """`module` with a custom section of `padding_bytes` (a larger module, same code)."""
-    name = b"padding"
-    body = bytes([len(name)]) + name + b"\x00" * padding_bytes
-    size = len(body)
-    leb = bytearray()
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        leb.append(byte | (0x80 if size else 0))
-        if not size:
-            break
-    return module + b"\x00" + bytes(leb) + body
 
 
 def test_a_module_uploaded_in_chunks_is_deployed_and_runs(
