@@ -73,6 +73,7 @@ def ok(config_home: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.timeout(330)  # three CLI runs, each bounded at 110 s, on a loaded machine
 def test_a_48_mib_module_is_deployed_and_invoked_through_the_cli(
     config_home: Path, tmp_path: Path, wat_dir: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_a_48_mib_module_is_deployed_and_invoked_through_the_cli(
     assert ok(config_home, "invoke", "big", "--args", "[40, 2]") == "[42]\n"
 
 
+@pytest.mark.timeout(300)  # eight CLI runs of a second or two each, on a loaded machine
 def test_profiles_choose_gateway_tenant_and_token_and_flags_win(
     config_home: Path, wat_dir: Path
 ) -> None:
