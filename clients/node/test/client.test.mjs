@@ -109,14 +109,15 @@ test("async invocations and live instances", async () => {
 });
 
 test("each refusal is its typed error with the reason, metadata and request id", async () => {
+  // Each call is made (and its rejection handled) one after the other.
   const cases = [
-    [client("node-err").getFunction("absent"), NotFoundError, "FUNCTION_NOT_FOUND"],
-    [client("node-err", { token: "not-a-token-0123456789" }).getFunction("x"), UnauthenticatedError, "UNAUTHENTICATED"],
-    [client("beta", { token: stack.tokens.acme }).getFunction("x"), PermissionDeniedError, "TENANT_SCOPE_DENIED"],
-    [client("Not A Tenant").getFunction("x"), InvalidArgumentError, "INVALID_NAME"],
+    [() => client("node-err").getFunction("absent"), NotFoundError, "FUNCTION_NOT_FOUND"],
+    [() => client("node-err", { token: "not-a-token-0123456789" }).getFunction("x"), UnauthenticatedError, "UNAUTHENTICATED"],
+    [() => client("beta", { token: stack.tokens.acme }).getFunction("x"), PermissionDeniedError, "TENANT_SCOPE_DENIED"],
+    [() => client("Not A Tenant").getFunction("x"), InvalidArgumentError, "INVALID_NAME"],
   ];
   for (const [call, family, reason] of cases) {
-    const error = await call.then(() => assert.fail("no error"), (e) => e);
+    const error = await call().then(() => assert.fail("no error"), (e) => e);
     assert.ok(error instanceof family, `${error} is not a ${family.name}`);
     assert.equal(error.reason, reason);
     assert.match(error.domain, /\.tensorwasm\.dev$/);
