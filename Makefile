@@ -131,3 +131,15 @@ demo: setup ## Fresh clone to result: stack up, deploy the example, invoke it, s
 
 clean: ## Remove the venv, tools and local data
 	rm -rf .venv .tools .demo-data bench-results .pytest_cache .mypy_cache .ruff_cache
+
+# The TypeScript client (clients/node): dependencies under clients/node/node_modules
+# (npm ci, from the committed lock), code generated from protos/ at build time, its tests
+# against a real stack, and the packed tarball installed and imported in an empty project.
+NODE_CLIENT := clients/node
+
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --silent --no-audit --no-fund
+
+.PHONY: test-node
+test-node: .venv/.synced $(NODE_CLIENT)/node_modules/.package-lock.json ## Build and test the TypeScript client (real stack), check its npm package
+	cd $(NODE_CLIENT) && npm run build && npm test && npm run check-pack

@@ -20,7 +20,16 @@ from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
 from tensorwasm_gateway.calls import Call, CallResult
-from tensorwasm_gateway.functions import FunctionRecord, FunctionService, function_id_from_name
+from tensorwasm_gateway.functions import (
+    FunctionRecord,
+    FunctionService,
+    ModuleUpload,
+    UploadHeader,
+    empty_part,
+    function_id_from_name,
+    no_header,
+    second_header,
+)
 from tensorwasm_gateway.instances import (
     InstanceRecord,
     InstanceService,
@@ -63,6 +72,16 @@ def function_to_wire(record: FunctionRecord) -> pb.Function:
     function.create_time.FromNanoseconds(record.create_time_ns)
     function.config.CopyFrom(pb.FunctionConfig.FromString(record.config))  # kept as on the wire
     return function
+
+
+def upload_header(header: pb.UploadFunctionHeader) -> UploadHeader:
+    """The typed header of an UploadFunction stream."""
+    return UploadHeader(
+        function_id=header.function_id,
+        config=function_config_from_wire(header.config),
+        size_bytes=header.module_size_bytes,
+        digest=header.module_digest,
+    )
 
 
 def instance_to_wire(record: InstanceRecord) -> pb.Instance:
@@ -202,6 +221,32 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
             tenant_of(context), request.function_id, request.wasm, config
         )
         return pb.CreateFunctionResponse(function=function_to_wire(record))
+
+    async def UploadFunction(
+        self,
+        request_iterator: AsyncIterator[pb.UploadFunctionRequest],
+        context: grpc.aio.ServicerContext[pb.UploadFunctionRequest, pb.UploadFunctionResponse],
+    ) -> pb.UploadFunctionResponse:
+        tenant = tenant_of(context)
+        upload: ModuleUpload | None = None
+        async for message in request_iterator:
+            part = message.WhichOneof("part")
+            if upload is None:
+                if part != "header":
+                    raise no_header()
+                upload = await self._functions.begin_upload(tenant, upload_header(message.header))
+            elif part == "chunk":
+                upload.add_chunk(message.chunk)
+            elif part == "trailer":
+                upload.add_trailer(message.trailer.module_digest)
+            else:
+                raise second_header() if part == "header" else empty_part()
+        if upload is None:
+            raise no_header()
+        wasm = upload.finish()
+        header = upload.header
+        record = await self._functions.create(tenant, header.function_id, wasm, header.config)
+        return pb.UploadFunctionResponse(function=function_to_wire(record))
 
     async def GetFunction(
         self,

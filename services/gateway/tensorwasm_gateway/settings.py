@@ -20,6 +20,9 @@ from tensorwasm_common.settings import (
 # cap (max_message_bytes) exceeds the module cap by at least this much.
 MODULE_REQUEST_HEADROOM_BYTES = 1 << 20
 DATABASE_URL_SETTING = "TENSORWASM_GATEWAY_DATABASE_URL"
+# The module cap: 64 MiB unless set, at most 256 MiB (as the original system).
+DEFAULT_MAX_MODULE_BYTES = 64 << 20
+MAX_MODULE_BYTES_CEILING = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,8 +49,12 @@ class GatewaySettings(ServerSettings):
     # rate-limit buckets live: sqlite:///ABS/PATH or postgresql://USER[:PASSWORD]@HOST:PORT/DB.
     # Empty: the SQLite file at database_path.
     database_url: str = ""
-    # The largest module; any larger one up to max_message_bytes is refused TOO_LARGE.
-    max_module_bytes: int = 32 << 20
+    # The largest module (at most 256 MiB); a larger one is refused TOO_LARGE, whether
+    # sent whole (CreateFunction) or streamed (UploadFunction, whatever the message cap).
+    max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES
+    # The transport cap: a CreateFunction request carries the whole module, so it is the
+    # module cap plus headroom by default (raise both together).
+    max_message_bytes: int = DEFAULT_MAX_MODULE_BYTES + MODULE_REQUEST_HEADROOM_BYTES
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (REST routes onto the gRPC API); empty: off.
     http_address: str = "127.0.0.1:8080"
@@ -111,7 +118,7 @@ class GatewaySettings(ServerSettings):
     # The OpenAI-compatible front's models: `model:function,...` (function ids).
     openai_model_map: str = ""
 
-    def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
+    def __post_init__(self) -> None:  # noqa: PLR0912, PLR0915 (one check per setting)
         super().__post_init__()
         if not 0.0 <= self.tokens_reload_seconds < float("inf"):
             raise SettingsError("tokens_reload_seconds: must be >= 0")
@@ -161,6 +168,8 @@ class GatewaySettings(ServerSettings):
                 split_address(address)
             except SettingsError as exc:
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
+        if self.max_module_bytes > MAX_MODULE_BYTES_CEILING:
+            raise SettingsError("max_module_bytes: at most 256 MiB")
         if not 8 <= self.max_module_bytes <= self.max_message_bytes - MODULE_REQUEST_HEADROOM_BYTES:
             # Else a module just over the cap is cut off by the transport: a bare
             # RESOURCE_EXHAUSTED instead of the typed TOO_LARGE.

@@ -83,7 +83,15 @@ def test_the_transport_cap_must_exceed_the_module_cap(module_mib: float) -> None
 
 def test_the_default_caps_leave_room_beside_the_largest_module() -> None:
     settings = _load()
+    assert settings.max_module_bytes == 64 << 20  # the original system's default
     assert settings.max_message_bytes - settings.max_module_bytes >= 1 << 20
+
+
+def test_the_module_cap_goes_up_to_256_mib() -> None:
+    largest = _load(max_module_bytes=str(256 << 20), max_message_bytes=str(257 << 20))
+    assert largest.max_module_bytes == 256 << 20
+    with pytest.raises(SettingsError, match="max_module_bytes"):
+        _load(max_module_bytes=str((256 << 20) + 1), max_message_bytes=str(300 << 20))
 
 
 def test_trusted_proxies_are_addresses_or_networks() -> None:

@@ -24,6 +24,7 @@ from tensorwasm_client.cli.common import (
     read_stdin,
     report,
 )
+from tensorwasm_client.cli.output import show_record, show_rows
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 
 
@@ -123,7 +124,8 @@ def get_invocation(
             found = client.wait_invocation(invocation, wait_timeout)
         else:
             found = client.get_invocation(invocation)
-    print(json.dumps(_invocation_json(found)))
+    document = _invocation_json(found)
+    show_record(ctx, document, lambda: print(json.dumps(document)))
     if not wait:
         return 0
     if found.HasField("error"):
@@ -137,9 +139,13 @@ def get_invocation(
 def list_invocations(ctx: typer.Context) -> int:
     """List the tenant's retained invocations, one line each."""
     with client_for(ctx) as client:
-        for item in client.list_invocations():
-            state = _invocation_json(item)["state"]
-            print(f"{item.name:<46} {state:<10} {item.function} {item.export_name}")
+        rows = [_invocation_json(item) for item in client.list_invocations()]
+
+    def usual() -> None:
+        for row in rows:
+            print(f"{row['name']:<46} {row['state']:<10} {row['function']} {row['export']}")
+
+    show_rows(ctx, rows, ["name", "state", "function", "export"], usual)
     return 0
 
 

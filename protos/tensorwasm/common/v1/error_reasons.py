@@ -95,6 +95,9 @@ class Reason(enum.StrEnum):
     ABORTED = "ABORTED"
     OUT_OF_RANGE = "OUT_OF_RANGE"
     FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
+    UPLOAD_MALFORMED = "UPLOAD_MALFORMED"
+    UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
+    UPLOAD_DIGEST_MISMATCH = "UPLOAD_DIGEST_MISMATCH"
 
 
 OWNED_DOMAINS: dict[Reason, str] = {
@@ -156,4 +159,7 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.INVALID_BASE64: "gateway.tensorwasm.dev",
     Reason.BODY_TOO_LARGE: "gateway.tensorwasm.dev",
     Reason.ROUTE_NOT_FOUND: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_MALFORMED: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_INCOMPLETE: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_DIGEST_MISMATCH: "gateway.tensorwasm.dev",
 }

@@ -244,6 +244,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     call arguments, too many argument bytes, an export name too long (metadata: field,
     limit, unit).
     """
+    ERROR_REASON_UPLOAD_MALFORMED: _ErrorReason.ValueType  # 150
+    """(150-159: streamed uploads, UploadFunction.)
+    The upload's messages are out of order: no header first, a second header, bytes
+    after the trailer, or no digest in either the header or a trailer (metadata: problem).
+    """
+    ERROR_REASON_UPLOAD_INCOMPLETE: _ErrorReason.ValueType  # 151
+    """The upload ended before the declared number of bytes arrived (metadata:
+    declared_bytes, received_bytes).
+    """
+    ERROR_REASON_UPLOAD_DIGEST_MISMATCH: _ErrorReason.ValueType  # 152
+    """The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
+    actual).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
@@ -471,6 +484,19 @@ ERROR_REASON_FIELD_TOO_LARGE: ErrorReason.ValueType  # 120
 A request field is larger than its cap, checked before it is converted: too many
 call arguments, too many argument bytes, an export name too long (metadata: field,
 limit, unit).
+"""
+ERROR_REASON_UPLOAD_MALFORMED: ErrorReason.ValueType  # 150
+"""(150-159: streamed uploads, UploadFunction.)
+The upload's messages are out of order: no header first, a second header, bytes
+after the trailer, or no digest in either the header or a trailer (metadata: problem).
+"""
+ERROR_REASON_UPLOAD_INCOMPLETE: ErrorReason.ValueType  # 151
+"""The upload ended before the declared number of bytes arrived (metadata:
+declared_bytes, received_bytes).
+"""
+ERROR_REASON_UPLOAD_DIGEST_MISMATCH: ErrorReason.ValueType  # 152
+"""The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
+actual).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -60,6 +60,126 @@ before it could run or while it ran (`error`).
 Global___InvocationState: _TypeAlias = InvocationState  # noqa: Y015
 
 @_typing.final
+class UploadFunctionRequest(_message.Message):
+    """One message of an UploadFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    TRAILER_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the module (any size up to the message cap; 1 MiB is usual)."""
+    @_builtins.property
+    def header(self) -> Global___UploadFunctionHeader:
+        """The first message: what is deployed and how large it is."""
+
+    @_builtins.property
+    def trailer(self) -> Global___UploadFunctionTrailer:
+        """The last message, when the header declared no digest."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadFunctionHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+        trailer: Global___UploadFunctionTrailer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk", "trailer"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadFunctionRequest: _TypeAlias = UploadFunctionRequest  # noqa: Y015
+
+@_typing.final
+class UploadFunctionHeader(_message.Message):
+    """The first message of an UploadFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    MODULE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    function_id: _builtins.str
+    """The function id: 1-63 characters of [a-z0-9-], starting with a letter."""
+    module_size_bytes: _builtins.int
+    """The module's size in bytes: exactly this many chunk bytes must follow."""
+    module_digest: _builtins.str
+    """The BLAKE3 digest (64 lowercase hex digits) of the module; empty to send it in
+    the trailer instead (computed while streaming).
+    """
+    @_builtins.property
+    def config(self) -> Global___FunctionConfig:
+        """The function's WASI view and default limits (all optional)."""
+
+    def __init__(
+        self,
+        *,
+        function_id: _builtins.str = ...,
+        config: Global___FunctionConfig | None = ...,
+        module_size_bytes: _builtins.int = ...,
+        module_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "function_id", b"function_id", "module_digest", b"module_digest", "module_size_bytes", b"module_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionHeader: _TypeAlias = UploadFunctionHeader  # noqa: Y015
+
+@_typing.final
+class UploadFunctionTrailer(_message.Message):
+    """The last message of an UploadFunction stream whose header declared no digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    module_digest: _builtins.str
+    """The BLAKE3 digest (64 lowercase hex digits) of the module's bytes."""
+    def __init__(
+        self,
+        *,
+        module_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_digest", b"module_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionTrailer: _TypeAlias = UploadFunctionTrailer  # noqa: Y015
+
+@_typing.final
+class UploadFunctionResponse(_message.Message):
+    """The result of UploadFunction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def function(self) -> Global___Function:
+        """The created function."""
+
+    def __init__(
+        self,
+        *,
+        function: Global___Function | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionResponse: _TypeAlias = UploadFunctionResponse  # noqa: Y015
+
+@_typing.final
 class FunctionConfig(_message.Message):
     """How a function runs: its WASI view and its default limits. The limits of a call
     are the request's, else these defaults, each clamped to the tenant's ceilings

@@ -21,6 +21,13 @@ from tensorwasm_gateway.functions.service import (
     offload_declarations,
     resolve_init_export,
 )
+from tensorwasm_gateway.functions.upload import (
+    ModuleUpload,
+    UploadHeader,
+    empty_part,
+    no_header,
+    second_header,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -31,11 +38,16 @@ __all__ = [
     "FunctionRecord",
     "FunctionService",
     "InstanceRecord",
+    "ModuleUpload",
     "References",
     "Registry",
+    "UploadHeader",
     "choose_export",
+    "empty_part",
     "function_id_from_name",
+    "no_header",
     "now_ns",
     "offload_declarations",
     "resolve_init_export",
+    "second_header",
 ]

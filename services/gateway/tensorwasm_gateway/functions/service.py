@@ -39,10 +39,21 @@ from tensorwasm_gateway.errors import (
 from tensorwasm_gateway.functions.artifacts import ArtifactRecords, release_unused_artifacts
 from tensorwasm_gateway.functions.references import References
 from tensorwasm_gateway.functions.registry import FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.functions.upload import ModuleUpload, UploadHeader
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.routing import ExecutorPool, ExecutorStream
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+
+
+def _check_function_id(function_id: str) -> None:
+    if not FUNCTION_ID.fullmatch(function_id):
+        raise InvalidNameError(
+            "function_id must match [a-z][a-z0-9-]{0,62}",
+            metadata={"function_id": function_id[:200]},
+        )
+
+
 _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
@@ -154,6 +165,17 @@ class FunctionService:
         self._ceilings = ceilings or TenantCeilings()
         self.references = references or References(registry, store)
 
+    async def begin_upload(self, tenant: str, header: UploadHeader) -> ModuleUpload:
+        """An upload of a module in chunks, after the checks its header allows (the id,
+        a taken id, the declared size), so a doomed upload is refused before its bytes."""
+        _check_function_id(header.function_id)
+        if await asyncio.to_thread(self._registry.exists, tenant, header.function_id):
+            raise FunctionAlreadyExistsError(
+                f"function {header.function_id!r} already exists",
+                metadata={"function_id": header.function_id},
+            )
+        return ModuleUpload(header, self._max_module_bytes)
+
     async def create(
         self,
         tenant: str,
@@ -179,11 +201,7 @@ class FunctionService:
                 f"display_name is over {MAX_DISPLAY_NAME_CHARS} characters",
                 metadata={"field": "config.display_name"},
             )
-        if not FUNCTION_ID.fullmatch(function_id):
-            raise InvalidNameError(
-                "function_id must match [a-z][a-z0-9-]{0,62}",
-                metadata={"function_id": function_id[:200]},
-            )
+        _check_function_id(function_id)
         if len(wasm) > self._max_module_bytes:
             raise ModuleTooLargeError(
                 f"module is {len(wasm)} bytes; the limit is {self._max_module_bytes}",
