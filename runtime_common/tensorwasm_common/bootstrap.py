@@ -38,6 +38,7 @@ from tensorwasm_common.settings import (
     load_settings,
     split_address,
 )
+from tensorwasm_common.tls import ReloadingServerCredentials
 from tensorwasm_common.tracing import configure_tracing
 
 _log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def create_host(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServiceHost:
-    """Creates the server with tracing and error interceptors, health and reflection.
+    """Creates the server with tracing and error interceptors, health and reflection, on a
+    TLS port when the settings name a certificate (mTLS with a client CA), else plaintext.
 
     `interceptors` run inside the error interceptor (what they raise becomes a rich status).
     An internal service (`settings.fleet_only`) with a service token first checks it on
@@ -120,7 +122,16 @@ def create_host(
         ],
         server,
     )
-    port = server.add_insecure_port(settings.listen_address)
+    tls = settings.server_tls()
+    if tls is None:
+        port = server.add_insecure_port(settings.listen_address)
+    else:
+        credentials = ReloadingServerCredentials(tls).credentials()
+        port = server.add_secure_port(settings.listen_address, credentials)
+        _log.info(
+            "serving TLS",
+            extra={"mtls": tls.client_ca_file is not None, "cert_file": str(tls.cert_file)},
+        )
     if port == 0:
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
     return ServiceHost(service, settings, server, health_servicer, names, port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -54,6 +55,32 @@ def _rich_status(exc: grpc.RpcError) -> status_pb2.Status:
     return status or status_pb2.Status()
 
 
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS to the gateway: the CA to check its certificate against (None: the system's
+    roots) and, for mTLS, the client certificate and key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("--cert and --key: give both or neither")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials (files read now).
+
+        Raises:
+            OSError: a file cannot be read.
+        """
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+        )
+
+
 class GatewayClient:
     """Calls the public API as one tenant."""
 
@@ -63,11 +90,15 @@ class GatewayClient:
         *,
         tenant: str | None = None,
         token: str | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
-        """`token` is sent as `authorization: Bearer <token>` (the gateway's auth)."""
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20)]
-        )
+        """`token` is sent as `authorization: Bearer <token>` (the gateway's auth); with
+        `tls` the channel is TLS (mTLS with a client certificate)."""
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self._stub = pb_grpc.GatewayServiceStub(self._channel)
         metadata: list[tuple[str, str]] = []
         if tenant:

@@ -10,7 +10,7 @@ import typer
 
 from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
-from tensorwasm_client.client import DEFAULT_GATEWAY
+from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
 from tensorwasm_client.stack import default_data_dir
 
 
@@ -30,7 +30,7 @@ def _bind(group: typer.Typer, name: str, command: Callable[..., int]) -> None:
     group.command(name)(exit_code(command))
 
 
-def _global_options(
+def _global_options(  # noqa: PLR0917 (typer passes each option by position)
     ctx: typer.Context,
     gateway: Annotated[
         str, typer.Option(envvar="TENSORWASM_GATEWAY", help="gateway address")
@@ -55,9 +55,33 @@ def _global_options(
             show_default="$XDG_DATA_HOME/tensorwasm or ~/.local/share/tensorwasm",
         ),
     ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", envvar="TENSORWASM_TLS", help="connect to the gateway over TLS")
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TENSORWASM_CA_FILE",
+            help="CA that signed the gateway's certificate (implies --tls)",
+            show_default="the system's roots",
+        ),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="client certificate for mTLS (with --key; implies --tls)"),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="the client certificate's private key", show_default=False)
+    ] = None,
 ) -> None:
     """The `tensorwasm` command: run the local stack, deploy and invoke functions."""
-    ctx.obj = GlobalOptions(gateway, tenant, token, data_dir or default_data_dir())
+    tls_options = None
+    if tls or ca_file is not None or cert is not None or key is not None:
+        try:
+            tls_options = TlsOptions(ca_file, cert, key)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    ctx.obj = GlobalOptions(gateway, tenant, token, data_dir or default_data_dir(), tls=tls_options)
 
 
 app = _group(_global_options.__doc__ or "")

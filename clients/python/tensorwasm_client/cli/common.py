@@ -14,7 +14,7 @@ import typer
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json
 
-from tensorwasm_client.client import GatewayClient, TensorWasmError
+from tensorwasm_client.client import GatewayClient, TensorWasmError, TlsOptions
 from tensorwasm_client.stack import StackError
 
 P = ParamSpec("P")
@@ -31,6 +31,7 @@ class GlobalOptions:
     tenant: str | None
     token: str | None
     data_dir: Path
+    tls: TlsOptions | None = None
 
 
 def global_options(ctx: typer.Context) -> GlobalOptions:
@@ -42,9 +43,11 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
 
 
 def client_for(ctx: typer.Context) -> GatewayClient:
-    """A gateway client for the global `--gateway`, `--tenant` and `--token` options."""
+    """A gateway client for the global `--gateway`, `--tenant`, `--token` and TLS options."""
     options = global_options(ctx)
-    return GatewayClient(options.gateway, tenant=options.tenant, token=options.token)
+    return GatewayClient(
+        options.gateway, tenant=options.tenant, token=options.token, tls=options.tls
+    )
 
 
 def exit_code(command: Callable[P, int]) -> Callable[P, None]:
