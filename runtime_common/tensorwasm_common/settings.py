@@ -63,11 +63,16 @@ class ServerSettings:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     tls_ca_file: Path | None = dataclasses.field(default_factory=_common_ca_file)
+    # A plaintext port serving grpc.health.v1 only (Kubernetes' gRPC probes speak no TLS);
+    # empty: none.
+    health_address: str = ""
 
     def __post_init__(self) -> None:
         _require_address("listen_address", self.listen_address)
         if self.metrics_address:
             _require_address("metrics_address", self.metrics_address)
+        if self.health_address:
+            _require_address("health_address", self.health_address)
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(
                 f"log_level: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -133,7 +134,9 @@ def test_the_http_face_serves_https_with_client_certificates(tls_stack: RunningS
     refused.close()
 
 
-def _start_jit(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def _start_jit(
+    tmp_path: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     ready = tmp_path / "jit.ready.json"
     log = tmp_path / "jit.log"
     with log.open("wb") as sink:
@@ -156,20 +159,33 @@ def _start_jit(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[by
             raise AssertionError(log.read_text())
         assert time.monotonic() < deadline, "the jit cache did not start"
         time.sleep(0.05)
-    return process, json.loads(ready.read_text())["grpc_address"]
+    return process, json.loads(ready.read_text())
 
 
-def test_a_rotated_certificate_is_used_without_a_restart(tmp_path: Path) -> None:
+def test_a_rotated_certificate_is_used_without_a_restart_and_probes_stay_plaintext(
+    tmp_path: Path,
+) -> None:
     old_ca = make_authority(tmp_path / "old")
     new_ca = make_authority(tmp_path / "new")
     served = tmp_path / "served"
     first = issue(old_ca, "jit", ["127.0.0.1"], served)
-    process, address = _start_jit(
+    process, ready = _start_jit(
         tmp_path,
         {"TENSORWASM_JIT_TLS_CERT_FILE": str(first.cert_file),
-         "TENSORWASM_JIT_TLS_KEY_FILE": str(first.key_file)},
+         "TENSORWASM_JIT_TLS_KEY_FILE": str(first.key_file),
+         "TENSORWASM_JIT_HEALTH_ADDRESS": "127.0.0.1:0"},
     )  # fmt: skip
+    address = ready["grpc_address"]
     try:
+        # the probes' port: plaintext, grpc.health.v1 only, the main server's status
+        assert _health(ready["health_address"], None) == "SERVING"
+        with (
+            grpc.insecure_channel(ready["health_address"]) as probe,
+            pytest.raises(grpc.RpcError) as unknown,
+        ):
+            emit: Any = probe.unary_unary("/tensorwasm.jit.v1.JitCacheService/EmitKernel")
+            emit(b"", timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
         trusts_old = grpc.ssl_channel_credentials(old_ca.cert_file.read_bytes())
         trusts_new = grpc.ssl_channel_credentials(new_ca.cert_file.read_bytes())
         assert _health(address, trusts_old) == "SERVING"
