@@ -1,6 +1,6 @@
-"""The kustomize manifests, rendered (`make k8s-lint` validates them): every setting a real one, every pod
-locked down and probed on its health port, the gpu overlay's dispatcher on GPU nodes, and
-a manifest that fails validation fails the check."""
+"""The kustomize manifests, rendered (`make k8s-lint` validates them): every setting a real
+one, every pod locked down and probed on its health port, the gpu overlay's dispatcher on
+GPU nodes, and a manifest that fails validation fails the check."""
 
 from __future__ import annotations
 
