@@ -11,6 +11,7 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 
+from tensorwasm_snapshot.metrics import collect_garbage
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
@@ -52,7 +53,7 @@ async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> N
     while True:
         await asyncio.sleep(interval_seconds)
         try:
-            await asyncio.to_thread(store.collect_garbage)
+            await asyncio.to_thread(collect_garbage, store)
         except Exception:
             _log.exception("garbage collection failed")
 
