@@ -60,8 +60,9 @@ def envoy_config(
     route = {
         "cluster": "gateway",
         "timeout": "0s",  # streaming calls run as long as the guest does
+        # Only where the call never reached a guest: not after a reset (it may have run).
         "retry_policy": {
-            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "retry_on": "unavailable,connect-failure,refused-stream",
             "num_retries": 2,
             "retry_host_predicate": [{
                 "name": "envoy.retry_host_predicates.previous_hosts",
