@@ -25,6 +25,7 @@ from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
@@ -173,6 +174,7 @@ class GuestCalls:
             slot.release()
             raise
         future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(count_cap_hits)
         return future
 
     async def create_instance(self, spec: InstanceSpec) -> tuple[str, Outcome, float]:
@@ -214,6 +216,7 @@ class GuestCalls:
         future = self._workers.submit(tenant, create)
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
+        future.add_done_callback(count_cap_hits)
         instance_id, outcome = await asyncio.wrap_future(future)
         return instance_id, outcome, ttl
 
@@ -238,6 +241,7 @@ class GuestCalls:
             raise
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda _: self._instances.checkin(live))
+        future.add_done_callback(count_cap_hits)
         return await outcome_of(future, cancel)
 
     async def delete_instance(self, instance_id: str, tenant: str) -> None:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+from tensorwasm_common.database import DatabaseUrl, DatabaseUrlError, parse_database_url, sqlite_url
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import (
     ServerSettings,
@@ -18,6 +19,7 @@ from tensorwasm_common.settings import (
 # What a CreateFunction request may carry beside its module (id, config): the transport
 # cap (max_message_bytes) exceeds the module cap by at least this much.
 MODULE_REQUEST_HEADROOM_BYTES = 1 << 20
+DATABASE_URL_SETTING = "TENSORWASM_GATEWAY_DATABASE_URL"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +42,10 @@ class GatewaySettings(ServerSettings):
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
     )
+    # Where functions, instances, async invocations, gateway leases and (on PostgreSQL)
+    # rate-limit buckets live: sqlite:///ABS/PATH or postgresql://USER[:PASSWORD]@HOST:PORT/DB.
+    # Empty: the SQLite file at database_path.
+    database_url: str = ""
     # The largest module; any larger one up to max_message_bytes is refused TOO_LARGE.
     max_module_bytes: int = 32 << 20
     downstream_timeout_seconds: float = 330.0
@@ -153,6 +159,7 @@ class GatewaySettings(ServerSettings):
                 "a CreateFunction request must fit beside the largest module)"
             )
         self._check_security()
+        self.database  # noqa: B018 -- a malformed URL fails at start
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
@@ -214,6 +221,15 @@ class GatewaySettings(ServerSettings):
                     "TENSORWASM_GATEWAY_ALLOW_PLAINTEXT_TOKENS=true when a proxy or mesh "
                     "terminates TLS in front of the gateway"
                 )
+
+    @property
+    def database(self) -> DatabaseUrl:
+        """The parsed database URL (database_url, else the SQLite file at database_path)."""
+        value = self.database_url or sqlite_url(self.database_path)
+        try:
+            return parse_database_url(value, DATABASE_URL_SETTING)
+        except DatabaseUrlError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def loopback_only(self) -> bool:

@@ -29,13 +29,6 @@ SETTINGS: dict[str, type[ServerSettings]] = {
     "snapshot": SnapshotSettings,
     "jit": JitSettings,
 }
-# Settings of the scale-out work (PostgreSQL registry, object-store blobs) that land with
-# their own branches; drop a name here once its field exists.
-PENDING_SETTINGS = {
-    "TENSORWASM_GATEWAY_DATABASE_URL",
-    "TENSORWASM_SNAPSHOT_BLOB_URL",
-    "TENSORWASM_SNAPSHOT_DATABASE_URL",
-}
 FLEET_SETTINGS = {
     "TENSORWASM_SERVICE_TOKEN_FILE",
     "TENSORWASM_TLS_CA_FILE",
@@ -94,7 +87,7 @@ def test_every_setting_in_the_config_maps_is_a_real_one(
                 assert key.startswith(prefix), (overlay, key)
                 fields = {f.name for f in dataclasses.fields(SETTINGS[service])}
                 field = key.removeprefix(prefix).lower()
-                assert field in fields or key in PENDING_SETTINGS, (overlay, key)
+                assert field in fields, (overlay, key)
 
 
 def test_pods_are_locked_down_and_probed_on_their_fixed_ports(

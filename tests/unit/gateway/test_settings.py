@@ -121,3 +121,19 @@ def test_release_retry_setting() -> None:
     for bad in ("0", "-1", "inf"):
         with pytest.raises(SettingsError, match="release_retry_seconds"):
             _load(release_retry_seconds=bad)
+
+
+def test_database_url_defaults_to_the_sqlite_file_and_accepts_postgres(tmp_path: Path) -> None:
+    from tensorwasm_common.database import Engine
+
+    default = _load(database_path=str(tmp_path / "registry.sqlite3"))
+    assert default.database.engine is Engine.SQLITE
+    assert default.database.sqlite_path == tmp_path / "registry.sqlite3"
+    postgres = _load(database_url="postgresql://tw:pw@db:5432/gateway")
+    assert postgres.database.engine is Engine.POSTGRESQL
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h:1/db", "sqlite://relative.db", "postgresql://h/db"])
+def test_a_malformed_database_url_is_refused_naming_the_setting(url: str) -> None:
+    with pytest.raises(SettingsError, match="TENSORWASM_GATEWAY_DATABASE_URL"):
+        _load(database_url=url)

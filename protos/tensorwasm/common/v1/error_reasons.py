@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     SNAPSHOT_SIGNATURE_INVALID = "SNAPSHOT_SIGNATURE_INVALID"
     UNSUPPORTED_SNAPSHOT_FORMAT = "UNSUPPORTED_SNAPSHOT_FORMAT"
     INDEX_DAMAGED = "INDEX_DAMAGED"
+    OBJECT_STORE_UNAVAILABLE = "OBJECT_STORE_UNAVAILABLE"
     INIT_EXPORT_INVALID = "INIT_EXPORT_INVALID"
     INIT_FAILED = "INIT_FAILED"
     PREINIT_STATE_UNSUPPORTED = "PREINIT_STATE_UNSUPPORTED"
@@ -122,6 +123,7 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.SNAPSHOT_SIGNATURE_INVALID: "snapshot.tensorwasm.dev",
     Reason.UNSUPPORTED_SNAPSHOT_FORMAT: "snapshot.tensorwasm.dev",
     Reason.INDEX_DAMAGED: "snapshot.tensorwasm.dev",
+    Reason.OBJECT_STORE_UNAVAILABLE: "snapshot.tensorwasm.dev",
     Reason.INIT_EXPORT_INVALID: "executor.tensorwasm.dev",
     Reason.INIT_FAILED: "executor.tensorwasm.dev",
     Reason.PREINIT_STATE_UNSUPPORTED: "executor.tensorwasm.dev",

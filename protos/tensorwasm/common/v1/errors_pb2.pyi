@@ -100,8 +100,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     records that do not match the objects): garbage is not collected until it is
     rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
     """
+    ERROR_REASON_OBJECT_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 33
+    """The store's object storage (an S3-compatible bucket) did not answer or answered a
+    server error; nothing was stored or referenced. Retry after RetryInfo's delay
+    (metadata: operation).
+    """
     ERROR_REASON_INIT_EXPORT_INVALID: _ErrorReason.ValueType  # 35
-    """(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+    """(34 is reserved for the snapshot store, 35-39 for pre-initialised instances.)
     The function's init export is not an exported function taking and returning
     nothing (metadata: export).
     """
@@ -323,8 +328,13 @@ ERROR_REASON_INDEX_DAMAGED: ErrorReason.ValueType  # 32
 records that do not match the objects): garbage is not collected until it is
 rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
 """
+ERROR_REASON_OBJECT_STORE_UNAVAILABLE: ErrorReason.ValueType  # 33
+"""The store's object storage (an S3-compatible bucket) did not answer or answered a
+server error; nothing was stored or referenced. Retry after RetryInfo's delay
+(metadata: operation).
+"""
 ERROR_REASON_INIT_EXPORT_INVALID: ErrorReason.ValueType  # 35
-"""(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+"""(34 is reserved for the snapshot store, 35-39 for pre-initialised instances.)
 The function's init export is not an exported function taking and returning
 nothing (metadata: export).
 """

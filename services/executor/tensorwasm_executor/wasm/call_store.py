@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from tensorwasm_executor.wasm import instance_image as preinit
 from tensorwasm_executor.wasm import rawcall
@@ -70,6 +71,13 @@ class EpochWatch:
         return None
 
 
+def _counter(store: wasmtime.Store, instance: object, name: str) -> int:
+    """The value of the instance's exported i32 counter global `name`."""
+    item = preinit.export_of(store, instance, name, ffi.WASMTIME_EXTERN_GLOBAL)
+    _, bits = preinit.read_global(store, item)
+    return int.from_bytes(bits[:4], "little")
+
+
 class CallStore:
     """A store with WASI wired to per-call output captures, and (once made) its instance.
 
@@ -110,6 +118,9 @@ class CallStore:
         self.store = wasmtime.Store(engine)
         self.instance: object | None = None
         self.watch: EpochWatch | None = None
+        # The cap-hit counters' values seen so far, and whether the last call raised them.
+        self._cap_hits_seen = (0, 0)
+        self._caps_hit = (False, False)
         try:
             self.store.set_wasi(config)
             self.store.set_limits(memory_size=memory_bytes, table_elements=table_elements)
@@ -182,9 +193,25 @@ class CallStore:
         finally:
             if self.host_state is not None:
                 CURRENT.state = None
+        elapsed = time.perf_counter() - started
+        self._read_cap_hits(module)
         if self.host_state is not None:
             self._end_host_call(completed=failure is None)
-        return (None if failure else results), failure, time.perf_counter() - started
+        return (None if failure else results), failure, elapsed
+
+    def _read_cap_hits(self, module: CompiledModule) -> None:
+        """Sets which caps the call just run ran into, from the module's counters."""
+        if self.instance is None or module.cap_counters == (None, None):
+            self._caps_hit = (False, False)
+            return
+        counts = tuple(
+            0 if name is None else _counter(self.store, self.instance, name)
+            for name in module.cap_counters
+        )
+        memory, table = counts
+        seen_memory, seen_table = self._cap_hits_seen
+        self._caps_hit = (memory != seen_memory, table != seen_table)
+        self._cap_hits_seen = (memory, table)
 
     def _end_host_call(self, *, completed: bool) -> None:
         """Lets the host state finish the call (e.g. run the GPU work it left queued)."""
@@ -206,6 +233,8 @@ class CallStore:
             stdout_truncated=self.stdout.truncated,
             stderr_truncated=self.stderr.truncated,
             guest_seconds=elapsed,
+            memory_cap_hit=self._caps_hit[0],
+            table_cap_hit=self._caps_hit[1],
         )
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from cachetools import LRUCache
 from tensorwasm_common.errors import InvalidArgumentError, InvalidWasmError, UnavailableError
 
 from tensorwasm_executor.errors import FuelUnsupportedError, InstanceBusyError, ResidentGoneError
+from tensorwasm_executor.wasm import cap_watch
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import (
     ENGINE_FLAGS,
@@ -118,7 +119,8 @@ class Sandbox:
             return cached
         try:
             wasmtime.Module.validate(self._engine, wasm)
-            module = wasmtime.Module(self._engine, wasm)
+            # Grows counted for the outcome's cap flags; a module it cannot rewrite as is.
+            module = wasmtime.Module(self._engine, cap_watch.instrument(wasm) or wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
         return self._install(digest, module, len(wasm))

@@ -11,7 +11,6 @@ from tensorwasm_gateway.functions.registry import (
     FunctionRecord,
     InstanceRecord,
     Registry,
-    add_missing_columns,
     now_ns,
 )
 from tensorwasm_gateway.functions.service import (
@@ -34,7 +33,6 @@ __all__ = [
     "InstanceRecord",
     "References",
     "Registry",
-    "add_missing_columns",
     "choose_export",
     "function_id_from_name",
     "now_ns",

@@ -276,6 +276,8 @@ class FunctionService:
     async def resolve(self, tenant: str, function_id: str, call: Call) -> AddressedCall:
         """Looks the function up, chooses the export and addresses the call to it."""
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
+        if record is None:  # not cached (PostgreSQL): one read, off the event loop
+            record = await asyncio.to_thread(self._registry.load, tenant, function_id)
         export = choose_export(record, call.export_name)
         config = self.config_of(record)
         return AddressedCall(
