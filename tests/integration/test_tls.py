@@ -106,6 +106,8 @@ def test_a_wrong_ca_and_a_missing_client_certificate_are_refused(
 
 def test_the_http_face_serves_https_with_client_certificates(tls_stack: RunningStack) -> None:
     tls = _client_tls(tls_stack)
+    with GatewayClient(tls_stack.gateway, tenant=TENANT, tls=tls) as client:
+        client.create_function("add-https", ADD)
     host, port = tls_stack.services["gateway"].http_address.rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(tls.ca_file))
     context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
@@ -113,7 +115,7 @@ def test_the_http_face_serves_https_with_client_certificates(tls_stack: RunningS
     try:
         connection.request(
             "POST",
-            "/functions/add/invoke",
+            "/functions/add-https/invoke",
             body=json.dumps({"export": "add", "args": [20, 22]}),
             headers={"x-tensorwasm-tenant": TENANT},
         )
@@ -121,8 +123,7 @@ def test_the_http_face_serves_https_with_client_certificates(tls_stack: RunningS
         body = reply.read()
     finally:
         connection.close()
-    # deployed over gRPC by the first test, invoked through the face's own TLS channel to
-    # the gateway's gRPC port
+    # through the face's own TLS channel to the gateway's gRPC port
     assert reply.status == 200, body
     assert json.loads(body)["result"] == [42], body
     # without a client certificate the handshake fails
@@ -232,3 +233,36 @@ def test_bad_certificate_files_stop_the_service_naming_the_setting(tmp_path: Pat
         )
         assert result.returncode == 2, result.stderr
         assert f"invalid settings: jit settings: {expected}" in result.stderr
+
+
+def test_the_cli_reaches_a_tls_stack_with_its_options(tls_stack: RunningStack) -> None:
+    from tensorwasm_client.cli.app import app
+    from typer.testing import CliRunner
+
+    tls = _client_tls(tls_stack)
+    base = [
+        "--gateway",
+        tls_stack.gateway,
+        "--tenant",
+        TENANT,
+        "--data-dir",
+        str(tls_stack.data_dir),
+    ]
+    runner = CliRunner()
+    with_tls = [*base, "--ca-file", str(tls.ca_file), "--cert", str(tls.cert_file),
+                "--key", str(tls.key_file)]  # fmt: skip
+    example = str(Path(__file__).resolve().parents[2] / "clients/guest/examples/add.wat")
+    deployed = runner.invoke(app, [*with_tls, "deploy", example, "--name", "add-cli"])
+    assert deployed.exit_code == 0, deployed.output
+    invoked = runner.invoke(
+        app, [*with_tls, "invoke", "add-cli", "--export", "add", "--args", "[1, 2]"]
+    )
+    assert (invoked.exit_code, invoked.output.strip()) == (0, "[3]"), invoked.output
+    # without the client certificate the gateway refuses the handshake
+    refused = runner.invoke(
+        app, [*base, "--ca-file", str(tls.ca_file), "invoke", "add-cli", "--export", "add"]
+    )
+    assert refused.exit_code == 1 and "UNAVAILABLE" in refused.output, refused.output
+    # `status` reads the stack's certificates from its data dir
+    status = runner.invoke(app, [*base, "status"])
+    assert status.exit_code == 0 and status.output.count("SERVING") == 5, status.output
