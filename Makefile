@@ -59,7 +59,7 @@ test: setup guest-toolchain engines-postgres k8s-tools observability-tools envoy
 BUSY_PROCESSES ?= $(shell nproc)
 OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
 
-test-oversubscribed: setup guest-toolchain engines-postgres ## Integration tests once, CPUs oversubscribed by busy loops
+test-oversubscribed: setup guest-toolchain engines-postgres observability-tools envoy-tools ## Integration tests once, CPUs oversubscribed by busy loops
 	@busy=(); trap 'kill "$${busy[@]}" 2>/dev/null; wait 2>/dev/null' EXIT; \
 	for _ in $$(seq $(BUSY_PROCESSES)); do yes >/dev/null & busy+=($$!); done; \
 	echo "test-oversubscribed: $(BUSY_PROCESSES) busy processes on $$(nproc) cores"; \
