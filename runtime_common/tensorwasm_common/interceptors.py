@@ -22,7 +22,7 @@ from tensorwasm_common.handlers import (
     ResponseT,
     rewrap,
 )
-from tensorwasm_common.metrics import GRPC_DURATION, GRPC_REQUESTS
+from tensorwasm_common.metrics import GRPC_DURATION, GRPC_ERRORS, GRPC_REQUESTS
 from tensorwasm_common.status import STATUS_DETAILS_KEY, domain_of, to_grpc_status
 from tensorwasm_common.streams import drain
 
@@ -105,6 +105,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         except Exception as exc:
             error = self._as_service_error(exc, method)
             code = error.code
+            GRPC_ERRORS.labels(self._service, method, str(error.reason)).inc()
             if requests is not None:
                 await drain(requests)
             await self._abort(context, error)

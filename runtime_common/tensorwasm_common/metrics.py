@@ -18,6 +18,12 @@ GRPC_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+GRPC_ERRORS = Counter(
+    "tensorwasm_grpc_server_errors",
+    "Calls that ended in a typed error, by method and ErrorInfo reason.",
+    ["service", "method", "reason"],
+)
+
 
 def start_metrics_endpoint(address: str) -> str:
     """Serves `/metrics` in a background thread; returns the bound `host:port`."""

@@ -9,9 +9,12 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from tensorwasm_common.net import is_loopback_host
+
+if TYPE_CHECKING:
+    from tensorwasm_common.tls import ClientTls, ServerTls
 
 T = TypeVar("T")
 
@@ -26,6 +29,12 @@ class SettingsError(ValueError):
 def _common_token_file() -> Path | None:
     """TENSORWASM_SERVICE_TOKEN_FILE, the fleet-wide default of `service_token_file`."""
     raw = os.environ.get("TENSORWASM_SERVICE_TOKEN_FILE", "")
+    return Path(raw) if raw else None
+
+
+def _common_ca_file() -> Path | None:
+    """TENSORWASM_TLS_CA_FILE, the fleet-wide default of `tls_ca_file`."""
+    raw = os.environ.get("TENSORWASM_TLS_CA_FILE", "")
     return Path(raw) if raw else None
 
 
@@ -50,11 +59,20 @@ class ServerSettings:
     max_message_bytes: int = 64 << 20
     service_token_file: Path | None = dataclasses.field(default_factory=_common_token_file)
     allow_no_service_token: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_ca_file: Path | None = dataclasses.field(default_factory=_common_ca_file)
+    # A plaintext port serving grpc.health.v1 only (Kubernetes' gRPC probes speak no TLS);
+    # empty: none.
+    health_address: str = ""
 
     def __post_init__(self) -> None:
         _require_address("listen_address", self.listen_address)
         if self.metrics_address:
             _require_address("metrics_address", self.metrics_address)
+        if self.health_address:
+            _require_address("health_address", self.health_address)
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(
                 f"log_level: expected DEBUG/INFO/WARNING/ERROR, got {self.log_level!r}"
@@ -75,6 +93,39 @@ class ServerSettings:
                 "is configured: set TENSORWASM_SERVICE_TOKEN_FILE (or the service's "
                 "_SERVICE_TOKEN_FILE), or _ALLOW_NO_SERVICE_TOKEN=true to accept any caller"
             )
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        from tensorwasm_common.tls import TlsFileError, check_server_tls, load_certificates
+
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError("tls_cert_file and tls_key_file: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise SettingsError("tls_client_ca_file: requires tls_cert_file and tls_key_file")
+        try:
+            server = self.server_tls()
+            if server is not None:
+                check_server_tls(server)
+            if self.tls_ca_file is not None:
+                load_certificates(self.tls_ca_file, "tls_ca_file")
+        except TlsFileError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def server_tls(self) -> ServerTls | None:
+        """The server's TLS files, or None when it serves plaintext."""
+        from tensorwasm_common.tls import ServerTls
+
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    def client_tls(self) -> ClientTls | None:
+        """How this service's internal calls use TLS, or None for plaintext."""
+        from tensorwasm_common.tls import ClientTls
+
+        if self.tls_ca_file is None:
+            return None
+        return ClientTls(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     def service_token(self) -> str | None:
         """The fleet's service token, or None when none is configured."""

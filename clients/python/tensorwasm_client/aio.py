@@ -29,6 +29,7 @@ from tensorwasm_client.messages import (
     DEFAULT_GATEWAY,
     FINISHED_STATES,
     Connection,
+    TlsOptions,
     create_instance_request,
     function_name,
     idempotent,
@@ -56,12 +57,11 @@ class AsyncGatewayClient:
         *,
         tenant: str | None = None,
         token: str | None = None,
-        tls: bool = False,
-        ca_file: Path | None = None,
+        tls: TlsOptions | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         """Opens a channel to `address`; the arguments are `GatewayClient`'s."""
-        self.connection = Connection(address, tenant, token, tls, ca_file)
+        self.connection = Connection(address, tenant, token, tls)
         credentials = self.connection.credentials()
         options = self.connection.channel_options()
         self._channel = (

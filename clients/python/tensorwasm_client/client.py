@@ -24,6 +24,7 @@ from tensorwasm_client.messages import (
     FINISHED_STATES,
     TENANT_METADATA_KEY,
     Connection,
+    TlsOptions,
     create_instance_request,
     function_name,
     idempotent,
@@ -42,6 +43,7 @@ __all__ = [
     "GatewayClient",
     "InvocationStream",
     "TensorWasmError",
+    "TlsOptions",
     "invocation_limits",
 ]
 
@@ -61,8 +63,7 @@ class GatewayClient:
         *,
         tenant: str | None = None,
         token: str | None = None,
-        tls: bool = False,
-        ca_file: Path | None = None,
+        tls: TlsOptions | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         """Opens a channel to `address`.
@@ -72,11 +73,10 @@ class GatewayClient:
             tenant: the tenant to act for (`x-tensorwasm-tenant`); None: the gateway's
                 choice (the token's only tenant, else `default`).
             token: the bearer token (`authorization: Bearer <token>`).
-            tls: use TLS (implied by `ca_file`).
-            ca_file: PEM roots that sign the gateway's certificate.
+            tls: TLS to the gateway (mTLS with a client certificate); None: plaintext.
             retry: when refused calls are retried (default: `RetryPolicy()`).
         """
-        self.connection = Connection(address, tenant, token, tls, ca_file)
+        self.connection = Connection(address, tenant, token, tls)
         credentials = self.connection.credentials()
         options = self.connection.channel_options()
         self._channel = (

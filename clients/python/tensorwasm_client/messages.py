@@ -19,6 +19,32 @@ MAX_MESSAGE_BYTES = 257 << 20
 
 
 @dataclass(frozen=True)
+class TlsOptions:
+    """TLS to the gateway: the CA to check its certificate against (None: the system's
+    roots) and, for mTLS, the client certificate and key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("--cert and --key: give both or neither")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials (files read now).
+
+        Raises:
+            OSError: a file cannot be read.
+        """
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+        )
+
+
+@dataclass(frozen=True)
 class Connection:
     """Where the gateway is and as whom to call it.
 
@@ -27,15 +53,13 @@ class Connection:
         tenant: sent as `x-tensorwasm-tenant`; None lets the gateway choose (the token's
             only tenant, else `default`).
         token: sent as `authorization: Bearer <token>`.
-        tls: connect with TLS (implied by `ca_file`).
-        ca_file: PEM roots to verify the gateway with (the system's when None).
+        tls: connect with TLS (mTLS with a client certificate); None: plaintext.
     """
 
     address: str = DEFAULT_GATEWAY
     tenant: str | None = None
     token: str | None = None
-    tls: bool = False
-    ca_file: Path | None = None
+    tls: TlsOptions | None = None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata every call carries."""
@@ -48,10 +72,7 @@ class Connection:
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials, or None for a plaintext channel."""
-        if not (self.tls or self.ca_file):
-            return None
-        roots = self.ca_file.read_bytes() if self.ca_file else None
-        return grpc.ssl_channel_credentials(root_certificates=roots)
+        return self.tls.credentials() if self.tls is not None else None
 
     def channel_options(self) -> list[tuple[str, int]]:
         """Channel options: messages as large as the largest module."""

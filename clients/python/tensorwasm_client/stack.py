@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorwasm.common.v1.service_token import with_service_token
 
+from tensorwasm_client.client import TlsOptions
+from tensorwasm_client.local_certs import stack_tls_env
+
 # Start order: every service starts after the ones it calls.
 SERVICES = ("snapshot", "jit", "dispatcher", "executor", "gateway")
 DEFAULT_PORTS = {
@@ -34,6 +38,8 @@ DEFAULT_PORTS = {
     "jit": 50055,
 }
 STATE_FILE = "stack.json"
+# The local CA and certificates of a stack started with TLS (`tensorwasm up --tls`).
+TLS_DIR = "tls"
 # The fleet's service token (see tensorwasm_common.service_auth), made at the first start.
 SERVICE_TOKEN_FILE = "service-token"  # noqa: S105 (a file name)
 
@@ -71,8 +77,10 @@ class LocalStack:
         ephemeral_ports: bool = False,
         extra_env: dict[str, str] | None = None,
         executor_replicas: int = 1,
+        tls: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self._tls = tls
         self._host = host
         self._ephemeral = ephemeral_ports
         self._extra_env = dict(extra_env or {})
@@ -101,8 +109,14 @@ class LocalStack:
     def internal_channel(self, name: str, **options: object) -> grpc.Channel:
         """A blocking channel to one of the stack's internal services that sends the
         service token on every call (the caller closes it)."""
-        channel = grpc.insecure_channel(
-            self.services()[name].grpc_address, options=list(options.items()) or None
+        address = self.services()[name].grpc_address
+        credentials = stack_tls(self.data_dir)
+        channel = (
+            grpc.insecure_channel(address, options=list(options.items()) or None)
+            if credentials is None
+            else grpc.secure_channel(
+                address, credentials.credentials(), options=list(options.items()) or None
+            )
         )
         return with_service_token(channel, self.service_token())
 
@@ -125,6 +139,7 @@ class LocalStack:
         for sub in ("run", "logs"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self._ensure_service_token()
+        self._prepare_tls()
         started: dict[str, ServiceProcess] = {}
         try:
             for name in self._names:
@@ -135,6 +150,16 @@ class LocalStack:
             self.stop()
             raise
         return started
+
+    def _prepare_tls(self) -> None:
+        """With `tls`: a fresh local CA and certificates under `<data dir>/tls` and the
+        settings that turn on mTLS on every hop; without: no TLS directory (its presence
+        tells `status` and the probes that the stack speaks TLS)."""
+        directory = self.data_dir / TLS_DIR
+        shutil.rmtree(directory, ignore_errors=True)
+        if self._tls:
+            kinds = dict.fromkeys(_kind(name) for name in self._names)
+            self._extra_env.update(stack_tls_env(directory, kinds, self._host))
 
     def _service_env(
         self,
@@ -228,7 +253,7 @@ class LocalStack:
             str(log_path),
             env.get("TENSORWASM_GATEWAY_HTTP_ADDRESS", "") if name == "gateway" else "",
         )
-        while health(service.grpc_address) != "SERVING":
+        while health(service.grpc_address, tls=stack_tls(self.data_dir)) != "SERVING":
             if process.poll() is not None or time.monotonic() > deadline:
                 raise StackError(f"{name} never reported SERVING:\n{_tail(log_path)}")
             time.sleep(0.1)
@@ -349,9 +374,23 @@ def _kind(name: str) -> str:
     return name.split("-", 1)[0]
 
 
-def health(address: str, timeout_seconds: float = 1.0) -> str:
+def stack_tls(data_dir: Path) -> TlsOptions | None:
+    """The client TLS of a stack started with TLS (its CA and the CLI's certificate), or
+    None for a plaintext one."""
+    directory = data_dir / TLS_DIR
+    if not (directory / "ca.pem").exists():
+        return None
+    return TlsOptions(directory / "ca.pem", directory / "client.pem", directory / "client.key")
+
+
+def health(address: str, timeout_seconds: float = 1.0, *, tls: TlsOptions | None = None) -> str:
     """The server's overall health: SERVING, NOT_SERVING, ... or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    channel = (
+        grpc.insecure_channel(address)
+        if tls is None
+        else grpc.secure_channel(address, tls.credentials())
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_seconds

@@ -7,7 +7,20 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
+
 from tensorwasm_executor.errors import ExecutorSaturatedError, TenantCapacityExhaustedError
+
+IN_FLIGHT = Gauge("tensorwasm_executor_calls_in_flight", "Guest calls admitted and not finished.")
+IN_FLIGHT_LIMIT = Gauge(
+    "tensorwasm_executor_calls_in_flight_limit", "The most guest calls admitted at once."
+)
+REFUSED = MetricCounter(
+    "tensorwasm_executor_admission_refusals",
+    "Guest calls refused at admission, by cause (tenant_cap, saturated).",
+    ["cause"],
+)
 
 
 class Admission:
@@ -29,6 +42,7 @@ class Admission:
         self._lock = threading.Lock()
         self._total = 0
         self._tenants: Counter[str] = Counter()
+        IN_FLIGHT_LIMIT.set(max_in_flight)
 
     @property
     def in_flight(self) -> int:
@@ -52,12 +66,14 @@ class Admission:
         """
         with self._lock:
             if self._tenants[tenant] >= self.max_per_tenant:
+                REFUSED.labels("tenant_cap").inc()
                 raise TenantCapacityExhaustedError(
                     f"tenant {tenant!r} has {self.max_per_tenant} calls in flight already",
                     metadata={"tenant": tenant, "limit": str(self.max_per_tenant)},
                     retry_after_seconds=self._retry,
                 )
             if self._total >= self.max_in_flight:
+                REFUSED.labels("saturated").inc()
                 raise ExecutorSaturatedError(
                     "the executor is saturated",
                     metadata={"limit": str(self.max_in_flight)},
@@ -65,12 +81,14 @@ class Admission:
                 )
             self._total += 1
             self._tenants[tenant] += 1
+            IN_FLIGHT.set(self._total)
         return Slot(self, tenant)
 
     def _release(self, tenant: str) -> None:
         with self._lock:
             self._total -= 1
             self._tenants[tenant] -= 1
+            IN_FLIGHT.set(self._total)
             if not self._tenants[tenant]:
                 del self._tenants[tenant]
 

@@ -15,11 +15,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from prometheus_client import Gauge
+
 T = TypeVar("T")
+QUEUED = Gauge(
+    "tensorwasm_executor_queued_calls",
+    "Calls waiting for a worker, by pool (guest: guest calls; compile: compiles).",
+    ["pool"],
+)
 
 
 @dataclass
@@ -56,6 +64,15 @@ class FairPool:
         ]
         for thread in self._threads:
             thread.start()
+        pool = weakref.ref(self)
+        QUEUED.labels(thread_name_prefix).set_function(
+            lambda: float(p.queued_total()) if (p := pool()) is not None else 0.0
+        )
+
+    def queued_total(self) -> int:
+        """Every tenant's calls waiting for a worker."""
+        with self._ready:
+            return sum(len(queue) for queue in self._queues.values())
 
     def submit(
         self, tenant: str, function: Callable[..., T], /, *args: Any, **kwargs: Any

@@ -50,6 +50,7 @@ def gpu_host(settings: ExecutorSettings) -> tuple[CudaHost, DispatcherClient | N
             settings.dispatcher_address,
             max_message_bytes=settings.dispatcher_max_message_bytes,
             service_token=settings.service_token(),
+            tls=settings.client_tls(),
         )
     host = CudaHost(
         client.transport if client is not None else None,
@@ -74,6 +75,7 @@ async def serve(settings: ExecutorSettings) -> None:
             settings.jit_address,
             target=settings.jit_target,
             service_token=settings.service_token(),
+            tls=settings.client_tls(),
         )
         if settings.jit_address
         else None
@@ -101,6 +103,7 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.snapshot_address,
         max_message_bytes=settings.max_message_bytes,
         service_token=settings.service_token(),
+        tls=settings.client_tls(),
     )
     blobs = BlobClient(store_channel)
     modules = ModuleProvider(
@@ -149,7 +152,7 @@ async def serve(settings: ExecutorSettings) -> None:
     ):
         if address:  # the GPU clients' channels are blocking ones: probe on one of our own
             health_channels[dependency] = open_channel(
-                address, service_token=settings.service_token()
+                address, service_token=settings.service_token(), tls=settings.client_tls()
             )
 
     def serving(channel: grpc.aio.Channel) -> HealthCheck:

@@ -15,6 +15,7 @@ from tensorwasm_common.channels import open_channel, peer_serving
 from tensorwasm_common.database import Database, DatabaseStartError
 from tensorwasm_common.settings import SettingsError
 from tensorwasm_common.snapshot_client import SnapshotClient
+from tensorwasm_common.tls import ClientTls
 
 from tensorwasm_gateway.access import (
     AuditLog,
@@ -95,6 +96,16 @@ def build_guard(
     )
 
 
+def _face_loopback_tls(settings: GatewaySettings) -> ClientTls | None:
+    """The HTTP face's TLS to this gateway's own gRPC port: the fleet CA (else the
+    certificate file, which then must hold its own root) and the gateway's key pair as the
+    client certificate."""
+    if settings.tls_cert_file is None:
+        return None
+    ca_file = settings.tls_ca_file or settings.tls_cert_file
+    return ClientTls(ca_file, settings.tls_cert_file, settings.tls_key_file)
+
+
 async def serve(settings: GatewaySettings) -> None:
     """Serves until SIGTERM.
 
@@ -118,6 +129,7 @@ async def serve(settings: GatewaySettings) -> None:
         settings.snapshot_address,
         max_message_bytes=settings.max_message_bytes,
         service_token=settings.service_token(),
+        tls=settings.client_tls(),
     )
     executors = await open_executor_pool(settings)
     functions = FunctionService(
@@ -180,6 +192,8 @@ async def serve(settings: GatewaySettings) -> None:
             ),
             # guard.tokens is replaced when the tokens file is reloaded: look it up per call
             openai_tenant_of=token_tenant(lambda values: guard.tokens.authenticate(values)),  # noqa: PLW0108
+            tls=settings.server_tls(),
+            loopback_tls=_face_loopback_tls(settings),
         )
         _log.info("http face listening", extra={"http_address": http.address})
 

@@ -96,6 +96,9 @@ class GatewaySettings(ServerSettings):
     metrics_max_tenants: int = 100
     # Without tokens the gateway only listens on loopback, unless this is set.
     allow_unauthenticated: bool = False
+    # Bearer tokens beyond loopback travel only over TLS (tls_cert_file), unless this is set
+    # (a mesh's sidecar terminates TLS in front of a plaintext gateway).
+    allow_plaintext_tokens: bool = False
     # Token buckets (see tensorwasm_gateway.access.ratelimit); burst 0 turns a layer off.
     rate_limit_tenant_qps: float = 10.0
     rate_limit_tenant_burst: int = 20
@@ -224,6 +227,23 @@ class GatewaySettings(ServerSettings):
                 "are configured: set TENSORWASM_GATEWAY_TOKENS (or _TOKENS_FILE), or "
                 "TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without auth"
             )
+        self._check_plaintext_tokens(configured)
+
+    def _check_plaintext_tokens(self, tokens_configured: bool) -> None:
+        """Bearer tokens beyond loopback only over TLS (or with the explicit allowance)."""
+        if not tokens_configured or self.tls_cert_file is not None or self.allow_plaintext_tokens:
+            return
+        for name, address in (
+            ("listen_address", self.listen_address),
+            ("http_address", self.http_address),
+        ):
+            if address and not listens_on_loopback(address):
+                raise SettingsError(
+                    f"{name} {address} is beyond loopback and bearer tokens would travel in "
+                    "plaintext: set TENSORWASM_GATEWAY_TLS_CERT_FILE and _TLS_KEY_FILE, or "
+                    "TENSORWASM_GATEWAY_ALLOW_PLAINTEXT_TOKENS=true when a proxy or mesh "
+                    "terminates TLS in front of the gateway"
+                )
 
     @property
     def database(self) -> DatabaseUrl:

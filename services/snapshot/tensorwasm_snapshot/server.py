@@ -14,6 +14,7 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.database import DatabaseStartError
 
 from tensorwasm_snapshot.backends import BlobLocationError, open_backend
+from tensorwasm_snapshot.metrics import collect_garbage
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
@@ -63,7 +64,7 @@ async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> N
     while True:
         await asyncio.sleep(interval_seconds)
         try:
-            await asyncio.to_thread(store.collect_garbage)
+            await asyncio.to_thread(collect_garbage, store)
         except Exception:
             _log.exception("garbage collection failed")
 

@@ -14,6 +14,7 @@ from tensorwasm_common.errors import InvalidArgumentError
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_snapshot.blobstore import BlobInfo
+from tensorwasm_snapshot.metrics import collect_garbage, record_put
 from tensorwasm_snapshot.object_store import ObjectWriter, SnapshotStore, validate_tenant
 from tensorwasm_snapshot.record_index import SnapshotRow
 from tensorwasm_snapshot.records import SnapshotCreator, SnapshotRecords
@@ -82,6 +83,7 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
             if writer is None:
                 writer = await asyncio.to_thread(self._store.writer)
             info, deduplicated = await asyncio.to_thread(writer.commit)
+            record_put(info, deduplicated)
         finally:
             if writer is not None:
                 await asyncio.to_thread(writer.abort)
@@ -168,7 +170,7 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
         request: pb.CollectGarbageRequest,
         context: grpc.aio.ServicerContext[pb.CollectGarbageRequest, pb.CollectGarbageResponse],
     ) -> pb.CollectGarbageResponse:
-        report = await asyncio.to_thread(self._store.collect_garbage)
+        report = await asyncio.to_thread(collect_garbage, self._store)
         return pb.CollectGarbageResponse(
             deleted_count=report.deleted_count,
             deleted_size_bytes=report.deleted_size_bytes,

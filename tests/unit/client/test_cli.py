@@ -155,7 +155,7 @@ def test_the_makefile_targets_call_the_cli_as_it_parses(
     class RecordingStack:
         """Stands in for LocalStack: records the data dir, starts and stops nothing."""
 
-        def __init__(self, data_dir: Path) -> None:
+        def __init__(self, data_dir: Path, *, tls: bool = False) -> None:
             data_dirs.append(data_dir)
 
         def start(self) -> dict[str, object]:

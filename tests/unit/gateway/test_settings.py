@@ -30,11 +30,29 @@ def test_beyond_loopback_without_tokens_is_refused(address: str) -> None:
     with pytest.raises(SettingsError, match="beyond loopback"):
         _load(listen_address=address)
     assert _load(listen_address=address, allow_unauthenticated="true").allow_unauthenticated
-    _load(listen_address=address, tokens="tok-0123456789abcdef:tenant=*")
+    _load(
+        listen_address=address,
+        tokens="tok-0123456789abcdef:tenant=*",
+        allow_plaintext_tokens="true",
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "address"), [("listen_address", "0.0.0.0:50051"), ("http_address", "10.1.2.3:8080")]
+)
+def test_bearer_tokens_beyond_loopback_need_tls(field: str, address: str) -> None:
+    tokens = "tok-0123456789abcdef:tenant=*"
+    with pytest.raises(SettingsError, match=f"{field} {address} is beyond loopback and bearer"):
+        _load(**{field: address}, tokens=tokens)
+    allowed = _load(**{field: address}, tokens=tokens, allow_plaintext_tokens="true")
+    assert allowed.allow_plaintext_tokens
+    assert _load(tokens=tokens).tls_cert_file is None  # loopback: plaintext is fine
 
 
 def test_all_tokens_malformed_beyond_loopback_is_refused() -> None:
-    settings = _load(listen_address="0.0.0.0:0", tokens="tok:tenant=")
+    settings = _load(
+        listen_address="0.0.0.0:0", tokens="tok:tenant=", allow_plaintext_tokens="true"
+    )
     with pytest.raises(SettingsError, match="refusing to start"):
         build_guard(settings)
 

@@ -11,7 +11,7 @@ import typer
 from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
 from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_profile
-from tensorwasm_client.client import DEFAULT_GATEWAY
+from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
 from tensorwasm_client.stack import default_data_dir
 
 
@@ -31,7 +31,7 @@ def _bind(group: typer.Typer, name: str, command: Callable[..., int]) -> None:
     group.command(name)(exit_code(command))
 
 
-def _global_options(
+def _global_options(  # noqa: PLR0917 (typer passes each option by position)
     ctx: typer.Context,
     gateway: Annotated[
         str, typer.Option(envvar="TENSORWASM_GATEWAY", help="gateway address")
@@ -56,14 +56,45 @@ def _global_options(
             show_default="$XDG_DATA_HOME/tensorwasm or ~/.local/share/tensorwasm",
         ),
     ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", envvar="TENSORWASM_TLS", help="connect to the gateway over TLS")
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TENSORWASM_CA_FILE",
+            help="CA that signed the gateway's certificate (implies --tls)",
+            show_default="the system's roots",
+        ),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="client certificate for mTLS (with --key; implies --tls)"),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="the client certificate's private key", show_default=False)
+    ] = None,
     *,
     profile: ProfileOption = None,
     output: OutputOption = None,
 ) -> None:
     """The `tensorwasm` command: run the local stack, deploy and invoke functions."""
     connection = with_profile(ctx, profile, gateway=gateway, tenant=tenant, token=token)
+    # TLS from the flags, else from the profile (its CA, or `tls = true`).
+    profile_ca, profile_tls = connection.pop("ca_file"), connection.pop("tls")
+    ca = ca_file if ca_file is not None else profile_ca
+    wants_tls = tls or bool(profile_tls) or ca is not None
+    tls_options = None
+    if wants_tls or cert is not None or key is not None:
+        try:
+            tls_options = TlsOptions(ca, cert, key)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     ctx.obj = GlobalOptions(
-        data_dir=data_dir or default_data_dir(), output=output.value if output else "", **connection
+        data_dir=data_dir or default_data_dir(),
+        output=output.value if output else "",
+        tls=tls_options,
+        **connection,
     )
 
 

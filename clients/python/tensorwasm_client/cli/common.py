@@ -16,7 +16,7 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json
 
 from tensorwasm_client.cli.hints import hint_for
-from tensorwasm_client.client import GatewayClient, TensorWasmError
+from tensorwasm_client.client import GatewayClient, TensorWasmError, TlsOptions
 from tensorwasm_client.stack import StackError
 
 P = ParamSpec("P")
@@ -33,9 +33,9 @@ class GlobalOptions:
     tenant: str | None
     token: str | None
     data_dir: Path
-    # From the config file's profile (see cli/config.py).
-    ca_file: Path | None = None
-    tls: bool = False
+    # TLS to the gateway (flags, else the config file's profile); None: plaintext.
+    tls: TlsOptions | None = None
+    # The config file's profile in use (see cli/config.py).
     profile: str = ""
     # `--output`: "json", "table", or "" for each command's usual form.
     output: str = ""
@@ -50,14 +50,10 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
 
 
 def client_for(ctx: typer.Context) -> GatewayClient:
-    """A gateway client for the global `--gateway`, `--tenant` and `--token` options."""
+    """A gateway client for the global `--gateway`, `--tenant`, `--token` and TLS options."""
     options = global_options(ctx)
     return GatewayClient(
-        options.gateway,
-        tenant=options.tenant,
-        token=options.token,
-        tls=options.tls,
-        ca_file=options.ca_file,
+        options.gateway, tenant=options.tenant, token=options.token, tls=options.tls
     )
 
 

@@ -37,8 +37,9 @@ from prometheus_client import Counter
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as jit_pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as jit_grpc
-from tensorwasm_common.channels import channel_options
+from tensorwasm_common.channels import channel_options, open_blocking_channel
 from tensorwasm_common.digests import blake3_hex
+from tensorwasm_common.tls import ClientTls
 
 from tensorwasm_dispatcher.backends.discovery import CudaCallError
 
@@ -213,14 +214,17 @@ class JitArtifactStore:
     None / False (sharing is an optimisation, never a reason to fail a load)."""
 
     def __init__(
-        self, address: str, *, timeout_seconds: float = 2.0, service_token: str | None = None
+        self,
+        address: str,
+        *,
+        timeout_seconds: float = 2.0,
+        service_token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         """Args: address: the jit cache's `host:port`. timeout_seconds: per call.
-        service_token: the fleet's service token, sent on every call."""
-        self._channel = grpc.insecure_channel(
-            address,
-            options=channel_options(80 << 20),
-        )
+        service_token: the fleet's service token, sent on every call. tls: TLS (and the
+        client certificate) of the channel; None: plaintext."""
+        self._channel = open_blocking_channel(address, tls, channel_options(80 << 20))
         self._stub = jit_grpc.JitCacheServiceStub(with_service_token(self._channel, service_token))
         self._timeout = timeout_seconds
 

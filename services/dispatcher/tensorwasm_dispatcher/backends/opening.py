@@ -30,6 +30,7 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
                 settings.jit_address,
                 timeout_seconds=settings.jit_timeout_seconds,
                 service_token=settings.service_token(),
+                tls=settings.client_tls(),
             )
         try:
             backend = CudaBackend(

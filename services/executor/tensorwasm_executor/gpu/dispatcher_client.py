@@ -29,7 +29,11 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2 as pb
 from tensorwasm.dispatcher.v1 import dispatcher_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import TENANT_METADATA_KEY, channel_options
+from tensorwasm_common.channels import (
+    TENANT_METADATA_KEY,
+    channel_options,
+    open_blocking_channel,
+)
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import (
@@ -45,6 +49,7 @@ from tensorwasm_common.gpu_batch import (
     WriteBuffer,
 )
 from tensorwasm_common.status import error_from_rpc
+from tensorwasm_common.tls import ClientTls
 
 from tensorwasm_executor.gpu.batch import TransportError
 
@@ -68,7 +73,12 @@ class DispatcherClient:
     """A blocking channel to the dispatcher, shared by every guest thread."""
 
     def __init__(
-        self, address: str, *, max_message_bytes: int, service_token: str | None = None
+        self,
+        address: str,
+        *,
+        max_message_bytes: int,
+        service_token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         """Opens the channel (connecting lazily).
 
@@ -76,8 +86,9 @@ class DispatcherClient:
             address: The dispatcher's `host:port`.
             max_message_bytes: The largest request or reply (a full batch and its bytes).
             service_token: The fleet's service token, sent on every call.
+            tls: TLS (and the client certificate) of the channel; None: plaintext.
         """
-        self._channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._channel = open_blocking_channel(address, tls, channel_options(max_message_bytes))
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
         # OpenTelemetry's own intercept_channel: its interceptor is not a grpc one.
         traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]

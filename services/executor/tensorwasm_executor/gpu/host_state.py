@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wasmtime
+from opentelemetry import context as otel_context
 from tensorwasm_common.gpu_abi import AbiError
 
 from tensorwasm_executor.gpu.cuda_session import CudaSession
@@ -53,10 +54,13 @@ class WasmMemory:
 
 
 class CudaHostState:
-    """The sandbox's per-store host state for `wasi:cuda`: a session and the store's memory."""
+    """The sandbox's per-store host state for `wasi:cuda`: a session, the store's memory,
+    and the trace context of the request it serves (made on the serving thread, so calls
+    the guest's thread makes to other services join the request's trace)."""
 
     def __init__(self, session: CudaSession) -> None:
         self.session = session
+        self.trace_context = otel_context.get_current()
         self._memory: wasmtime.Memory | None = None
 
     def memory(self, caller: wasmtime.Caller) -> WasmMemory | None:

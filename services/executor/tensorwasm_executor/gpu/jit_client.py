@@ -19,10 +19,11 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from tensorwasm.common.v1.service_token import with_service_token
 from tensorwasm.jit.v1 import jit_service_pb2 as pb
 from tensorwasm.jit.v1 import jit_service_pb2_grpc as pb_grpc
-from tensorwasm_common.channels import channel_options
+from tensorwasm_common.channels import channel_options, open_blocking_channel
 from tensorwasm_common.errors import Code
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure
 from tensorwasm_common.status import error_from_rpc
+from tensorwasm_common.tls import ClientTls
 
 _DTYPES = {"f32": pb.DATA_TYPE_F32, "f16": pb.DATA_TYPE_F16}
 _UNREACHABLE = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.UNKNOWN})
@@ -49,6 +50,7 @@ class JitClient:
         target: str,
         cache_entries: int = 256,
         service_token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         """Opens the channel (connecting lazily).
 
@@ -57,6 +59,7 @@ class JitClient:
             target: The GPU target kernels are emitted for (e.g. "sm_80").
             cache_entries: How many kernels this executor keeps.
             service_token: The fleet's service token, sent on every call.
+            tls: TLS (and the client certificate) of the channel; None: plaintext.
 
         Raises:
             ValueError: `cache_entries` is less than 1.
@@ -64,7 +67,7 @@ class JitClient:
         if cache_entries < 1:
             raise ValueError(f"cache_entries must be >= 1, got {cache_entries}")
         self.target = target
-        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._channel = open_blocking_channel(address, tls, channel_options())
         tracing = client_interceptor()  # type: ignore[no-untyped-call]
         traced = grpcext.intercept_channel(  # type: ignore[no-untyped-call]
             with_service_token(self._channel, service_token), tracing

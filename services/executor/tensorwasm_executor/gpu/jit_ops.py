@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wasmtime
+from opentelemetry import context as otel_context
 from tensorwasm_common.gpu_abi import EXT_MODULE, AbiError, AbiFailure
 
 from tensorwasm_executor.gpu.abi import PointerRecord, as_u32, check_region
@@ -78,6 +79,8 @@ class JitHost:
             state = current_host_state()
             if not isinstance(state, CudaHostState) or self._client is None:
                 return int(AbiError.NOT_AVAILABLE)
+            # the jit cache's spans join the invocation's trace (this is the guest's thread)
+            token = otel_context.attach(state.trace_context)
             try:
                 return body(state, self._client, caller, *args)
             except AbiFailure as failure:
@@ -85,6 +88,8 @@ class JitHost:
             except Exception:
                 _log.exception("tensorwasm:gpu %s failed", name)
                 return state.session.fail_internal(name)
+            finally:
+                otel_context.detach(token)
 
         host_function.__name__ = name
         return host_function

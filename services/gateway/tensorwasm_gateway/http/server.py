@@ -11,6 +11,7 @@ import grpc
 import uvicorn
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.settings import split_address
+from tensorwasm_common.tls import ClientTls, ReloadingSslContext, ServerTls, certificate_names
 
 from tensorwasm_gateway.http.app import FaceOptions, build_app
 from tensorwasm_gateway.http.connection import ConnectionLimits, GuardedH11Protocol
@@ -68,15 +69,30 @@ async def start_http_face(
     face_secret: str = "",
     options: FaceOptions = DEFAULT_OPTIONS,
     openai_tenant_of: TenantOf = lambda _: None,
+    tls: ServerTls | None = None,
+    loopback_tls: ClientTls | None = None,
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
     this gateway's gRPC port (`grpc_port`); the OpenAI front maps `options.openai_models`
     (model -> function id) and acts for `openai_tenant_of(authorization values)`.
 
+    With `tls` the face serves HTTPS only, from the gRPC server's files (client
+    certificates required with a client CA; the files reload as the gRPC side's do), and
+    the loopback channel is TLS with `loopback_tls`, checking the gateway's certificate
+    under the first name it carries.
+
     Raises:
         OSError: the address cannot be bound.
     """
-    channel = open_channel(f"127.0.0.1:{grpc_port}", max_message_bytes=max_body_bytes + (1 << 20))
+    target_name = ""
+    if tls is not None and loopback_tls is not None:
+        target_name = next(iter(certificate_names(tls.cert_file)), "")
+    channel = open_channel(
+        f"127.0.0.1:{grpc_port}",
+        max_message_bytes=max_body_bytes + (1 << 20),
+        tls=loopback_tls,
+        target_name=target_name,
+    )
     face = HttpFace(
         channel,
         SignatureCache(signature_ttl_seconds),
@@ -100,6 +116,9 @@ async def start_http_face(
         timeout_graceful_shutdown=max(1, round(shutdown_grace_seconds)),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
+    if tls is not None:
+        config.load()
+        config.ssl = ReloadingSslContext(tls).context
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:

@@ -29,6 +29,7 @@ from tensorwasm_common.channels import open_channel
 from tensorwasm_common.deadlines import downstream_timeout
 from tensorwasm_common.errors import ServiceError, UnavailableError
 from tensorwasm_common.status import downstream_error
+from tensorwasm_common.tls import ClientTls
 
 from tensorwasm_gateway.calls import (
     AddressedCall,
@@ -136,11 +137,16 @@ class Replica:
     """One executor replica: its channel, health and calls in flight."""
 
     def __init__(
-        self, address: str, *, max_message_bytes: int, service_token: str | None = None
+        self,
+        address: str,
+        *,
+        max_message_bytes: int,
+        service_token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.address = address
         self.channel = open_channel(
-            address, max_message_bytes=max_message_bytes, service_token=service_token
+            address, max_message_bytes=max_message_bytes, service_token=service_token, tls=tls
         )
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
         self.in_flight = 0
@@ -192,9 +198,11 @@ class ExecutorPool:
         health_interval_seconds: float = 2.0,
         source: ReplicaSource | None = None,
         service_token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self._max_message_bytes = max_message_bytes
         self._service_token = service_token
+        self._tls = tls
         self._timeout = timeout
         self._load_factor = load_factor
         self._health_interval = health_interval_seconds
@@ -225,6 +233,7 @@ class ExecutorPool:
                     address,
                     max_message_bytes=self._max_message_bytes,
                     service_token=self._service_token,
+                    tls=self._tls,
                 )
         if wanted:
             _log.info("executor replicas: %s", ",".join(wanted))
@@ -440,6 +449,7 @@ async def open_executor_pool(settings: GatewaySettings) -> ExecutorPool:
         health_interval_seconds=settings.executor_health_interval_seconds,
         source=source,
         service_token=settings.service_token(),
+        tls=settings.client_tls(),
     )
     pool.start()
     return pool
