@@ -14,6 +14,7 @@ from tensorwasm_dispatcher.backends import (
     Backend,
     BackendKind,
     CpuBackend,
+    CpuKernels,
     DeviceReport,
     JitArtifactStore,
     cpu_report,
@@ -58,7 +59,10 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
             if settings.backend == "cuda":
                 raise
             report = cpu_report(f"the CUDA device could not be opened: {exc}")
-    return report, CpuBackend()
+    return report, CpuBackend(
+        kernels=CpuKernels(settings.cpu_kernels),
+        launch_timeout_seconds=settings.cpu_launch_timeout_seconds,
+    )
 
 
 def build_server(

@@ -1,9 +1,10 @@
 """The devices a batch runs on: the backend interface, the cpu backend, device discovery.
 
-`base` is the interface the dispatcher needs from a device; `cpu` runs kernels in
-NumPy, `cuda` on a CUDA device through the driver API (imported only when a cuda backend
-is opened, so the dispatcher starts without `cuda`), sharing cubins through the jit cache
-(`cubin_sharing`); `discovery` finds the devices and says which backend to open.
+`base` is the interface the dispatcher needs from a device; `cpu` runs kernels on the
+host (PTX through the executor in `ptx`, or NumPy references), `cuda` on a CUDA device
+through the driver API (imported only when a cuda backend is opened, so the dispatcher
+starts without `cuda`), sharing cubins through the jit cache (`cubin_sharing`);
+`discovery` finds the devices and says which backend to open.
 """
 
 from tensorwasm_dispatcher.backends.base import (
@@ -15,7 +16,7 @@ from tensorwasm_dispatcher.backends.base import (
     LaunchResult,
     Stream,
 )
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.backends.cubin_sharing import JitArtifactStore
 from tensorwasm_dispatcher.backends.discovery import (
     BackendKind,
@@ -30,6 +31,7 @@ __all__ = [
     "BackendKind",
     "BufferArg",
     "CpuBackend",
+    "CpuKernels",
     "DeviceBuffer",
     "DeviceInfo",
     "DeviceReport",
