@@ -205,6 +205,48 @@ def _fma(dtype: np.dtype[Any]) -> Callable[[Value, Value, Value], Value]:
     return lambda a, b, c: (a.astype(np.float64) * b + c).astype(dtype)
 
 
+def _two_sum(x: Value, y: Value) -> tuple[Value, Value]:
+    total = x + y
+    shift = total - x
+    return total, (x - (total - shift)) + (y - shift)
+
+
+def _directed_f32(name: str, mode: str) -> Callable[..., Value]:
+    """f32 add/sub/mul/fma rounded toward zero (rz), -inf (rm) or +inf (rp), exactly.
+
+    The f64 sum of the exact product and the addend, with its TwoSum error, is the exact
+    result; the nearest f32 moves one step when it lies on the wrong side of it.
+    """
+
+    def run(*values: Value) -> Value:
+        a, b = (np.asarray(v, np.float32).astype(np.float64) for v in values[:2])
+        if name == "mul":
+            total, error = a * b, np.zeros(np.shape(a * b))
+            nearest = total.astype(np.float32)
+        elif name in ("add", "sub"):
+            total, error = _two_sum(a, b if name == "add" else -b)
+            nearest = total.astype(np.float32)
+        else:
+            c = np.asarray(values[2], np.float32).astype(np.float64)
+            total, error = _two_sum(a * b, c)
+            nearest = fma_f32(values[0], values[1], values[2])
+        above = (nearest.astype(np.float64) - total) - error  # > 0: nearest is above
+        if mode == "rm":
+            step = above > 0
+            toward = np.float32(-np.inf)
+        elif mode == "rp":
+            step = above < 0
+            toward = np.float32(np.inf)
+        else:
+            step = np.where(total >= 0, above > 0, above < 0)
+            toward = np.float32(0)
+        step &= np.isfinite(total)
+        result = np.where(step, np.nextafter(nearest, toward), nearest).astype(np.float32)
+        return result[()] if result.ndim == 0 else result
+
+    return run
+
+
 def _fma_f32_value(a: Value, b: Value, c: Value) -> Value:
     result = fma_f32(a, b, c)
     return result[()] if result.ndim == 0 else result
@@ -296,9 +338,14 @@ def translate_arithmetic(instruction: Instruction, ops: Operands) -> Op | None:
 def _float_op(
     instruction: Instruction, ops: Operands, name: str, modifiers: set[str], dtype: np.dtype[Any]
 ) -> Op:
-    known = {"rn", "ftz", "sat", "approx", "full", "NaN"}
+    known = {"rn", "rz", "rm", "rp", "ftz", "sat", "approx", "full", "NaN"}
     if modifiers - known:
         raise _unsupported(instruction, f"the modifiers .{', .'.join(sorted(modifiers - known))}")
+    directed = next((m for m in ("rz", "rm", "rp") if m in modifiers), None)
+    if directed is not None and (
+        dtype != np.float32 or name not in ("add", "sub", "mul", "fma", "mad")
+    ):
+        raise _unsupported(instruction, f"directed rounding (.{directed}) of {name}")
     if "NaN" in modifiers:
         raise _unsupported(instruction, ".NaN")
     steps: list[Callable[[Value], Value]] = []
@@ -318,6 +365,9 @@ def _float_op(
             value = step(value)
         return value
 
+    if directed is not None:
+        count = 3 if name in ("fma", "mad") else 2
+        return _compute(ops, instruction, dtype, _directed_f32(name, directed), count, finish)
     if name in _FLOAT_BINARY:
         return _compute(ops, instruction, dtype, _FLOAT_BINARY[name], 2, finish)
     if name in ("fma", "mad"):

@@ -1,0 +1,359 @@
+"""The cpu backend's PTX executor: user-style kernels as nvcc compiles them, checked against
+their NumPy references; divergence, barriers and the translation cache; and every way a
+kernel or a launch can go wrong, each a typed ABI code that leaves the dispatcher whole."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
+from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.batch_runner import Dispatcher
+from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_kernels.ptxgen import find_tool, nvcc_release
+
+from tests.ptx_kernels import PTX_DIR, USER_KERNELS, generate, ptx_text
+from tests.ptx_kernels.cases import PtxCase, check, run_case, user_cases
+
+CASES = user_cases()
+HEADER = ".version 7.8\n.target sm_80\n.address_size 64\n"
+# out[i] = in[i] * 2 for i < n, one thread per element.
+DOUBLE = (
+    HEADER
+    + """
+.visible .entry double_it(.param .u64 in, .param .u64 out, .param .u32 n)
+{
+    .reg .pred %p<2>; .reg .b32 %r<6>; .reg .b64 %rd<8>;
+    ld.param.u64 %rd1, [in];
+    ld.param.u64 %rd2, [out];
+    ld.param.u32 %r1, [n];
+    mov.u32 %r2, %ctaid.x;
+    mov.u32 %r3, %ntid.x;
+    mov.u32 %r4, %tid.x;
+    mad.lo.s32 %r5, %r2, %r3, %r4;
+    setp.ge.u32 %p1, %r5, %r1;
+    @%p1 bra END;
+    mul.wide.u32 %rd3, %r5, 4;
+    add.s64 %rd4, %rd1, %rd3;
+    ld.global.u32 %r2, [%rd4];
+    shl.b32 %r2, %r2, 1;
+    add.s64 %rd5, %rd2, %rd3;
+    st.global.u32 [%rd5], %r2;
+END:
+    ret;
+}
+"""
+)
+
+
+def _backend(timeout: float = 60.0) -> CpuBackend:
+    return CpuBackend(launch_timeout_seconds=timeout)
+
+
+def _dispatcher(backend: CpuBackend) -> tuple[Dispatcher, Ledger]:
+    ledger = Ledger(1 << 30)
+    return Dispatcher(backend, ledger, GpuSessionTable(backend, idle_ttl_seconds=60)), ledger
+
+
+def _launch(
+    backend: CpuBackend,
+    ptx: str,
+    entry: str,
+    arrays: list[np.ndarray],
+    scalars: tuple[ScalarArg, ...],
+    grid: tuple[int, int, int] = (1, 1, 1),
+    block: tuple[int, int, int] = (32, 1, 1),
+    shared: int = 0,
+) -> list[np.ndarray]:
+    case = PtxCase(
+        entry,
+        ptx.encode(),
+        entry,
+        tuple(arrays),
+        (*range(len(arrays)), *scalars),
+        grid,
+        block,
+        {},
+        {},
+        shared,
+    )
+    return run_case(backend, case)
+
+
+def _u32(value: int) -> ScalarArg:
+    return ScalarArg(ArgTag.U32, value)
+
+
+# --- user-style kernels, as nvcc writes them ------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_user_kernel_matches_its_reference(case: PtxCase) -> None:
+    check(case, run_case(_backend(), case))
+
+
+def test_every_user_kernel_entry_has_a_case() -> None:
+    entries = {case.entry for case in CASES}
+    for name in USER_KERNELS:
+        assert f".entry {name}(" in ptx_text(name) or name == "histogram"
+    assert entries >= set(USER_KERNELS) - {"histogram"} | {"histogram", "compact_positive"}
+
+
+def _nvcc() -> str:
+    nvcc = find_tool("nvcc")
+    if nvcc is None:
+        if os.environ.get("TENSORWASM_REQUIRE_NVCC") == "1":
+            pytest.fail("nvcc is missing but TENSORWASM_REQUIRE_NVCC=1")
+        pytest.skip("nvcc is not on PATH (set TENSORWASM_REQUIRE_NVCC=1 to fail instead)")
+    return nvcc
+
+
+@pytest.mark.parametrize("name", USER_KERNELS)
+def test_user_ptx_is_what_nvcc_generates_and_ptxas_assembles(name: str, tmp_path: Path) -> None:
+    nvcc = _nvcc()
+    checked_in = ptx_text(name)
+    if f"// Compiler: {nvcc_release(nvcc)}\n" not in checked_in:
+        pytest.skip("the checked-in PTX comes from another nvcc than this one")
+    assert generate(name, nvcc) == checked_in, "stale: run `python -m tests.ptx_kernels`"
+    ptxas = find_tool("ptxas")
+    assert ptxas is not None
+    result = subprocess.run(
+        [
+            ptxas,
+            "-arch=sm_80",
+            "--warning-as-error",
+            "-o",
+            os.devnull,
+            str(PTX_DIR / f"{name}.ptx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- execution semantics ------------------------------------------------------------------
+
+
+def test_divergent_paths_reconverge_and_barriers_see_every_write() -> None:
+    # Odd threads take a loop of tid iterations, even ones skip it; after the join every
+    # thread writes to shared memory, syncs, and reads its neighbour's value.
+    ptx = (
+        HEADER
+        + """
+.visible .entry diverge(.param .u64 out)
+{
+    .reg .pred %p<3>; .reg .b32 %r<10>; .reg .b64 %rd<4>;
+    .shared .align 4 .b8 slots[256];
+    mov.u32 %r1, %tid.x;
+    mov.u32 %r2, 0;
+    and.b32 %r3, %r1, 1;
+    setp.eq.u32 %p1, %r3, 0;
+    @%p1 bra JOIN;
+    mov.u32 %r4, 0;
+LOOP:
+    add.u32 %r2, %r2, 3;
+    add.u32 %r4, %r4, 1;
+    setp.lt.u32 %p2, %r4, %r1;
+    @%p2 bra LOOP;
+JOIN:
+    add.u32 %r2, %r2, 100;
+    mov.u32 %r5, slots;
+    shl.b32 %r6, %r1, 2;
+    add.u32 %r7, %r5, %r6;
+    st.shared.u32 [%r7], %r2;
+    bar.sync 0;
+    add.u32 %r8, %r1, 1;
+    and.b32 %r8, %r8, 63;
+    shl.b32 %r8, %r8, 2;
+    add.u32 %r8, %r5, %r8;
+    ld.shared.u32 %r9, [%r8];
+    ld.param.u64 %rd1, [out];
+    mul.wide.u32 %rd2, %r1, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r9;
+    ret;
+}
+"""
+    )
+    (out,) = _launch(_backend(), ptx, "diverge", [np.zeros(64, np.uint32)], (), block=(64, 1, 1))
+    tid = np.arange(64)
+    own = np.where(tid % 2 == 1, 3 * np.maximum(tid, 1), 0) + 100
+    assert out.tolist() == np.roll(own, -1).tolist()
+
+
+def test_a_module_is_translated_once() -> None:
+    backend = _backend()
+    stats = backend.executor.stats
+    before = (stats.translations, stats.cache_hits)
+    for _ in range(3):
+        backend.load(DOUBLE.encode(), "double_it")
+    assert (stats.translations, stats.cache_hits) == (before[0] + 1, before[1] + 2)
+
+
+def test_dynamic_shared_memory_and_the_launch_geometry() -> None:
+    (out,) = _launch(
+        _backend(),
+        DOUBLE,
+        "double_it",
+        [np.arange(70, dtype=np.uint32), np.zeros(70, np.uint32)],
+        (_u32(70),),
+        grid=(3, 1, 1),
+        block=(32, 1, 1),
+    )[1:]
+    assert out.tolist() == [2 * i for i in range(70)]
+
+
+# --- faults and bad input -------------------------------------------------------------------
+
+
+def _failure(backend: CpuBackend, ptx: str, entry: str, **launch: object) -> AbiFailure:
+    with pytest.raises(AbiFailure) as info:
+        _launch(backend, ptx, entry, **launch)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_an_address_outside_every_allocation_is_a_launch_failure_naming_it() -> None:
+    failure = _failure(
+        _backend(),
+        DOUBLE,
+        "double_it",
+        arrays=[np.zeros(40, np.uint32), np.zeros(64, np.uint32)],
+        scalars=(_u32(64),),
+        block=(64, 1, 1),
+    )
+    assert failure.code is AbiError.LAUNCH_FAILED
+    message = failure.message
+    assert "double_it: an illegal address (outside every allocation)" in message
+    assert "`ld.global.u32 %r2, [%rd4]`" in message
+    assert "thread (40, 0, 0) of block (0, 0, 0)" in message
+
+
+def test_a_fault_writes_nothing_back_and_leaks_nothing() -> None:
+    dispatcher, ledger = _dispatcher(_backend())
+    source = np.arange(1, 41, dtype=np.uint32).tobytes()  # 40 elements
+    regions = (StagedRegion(0, source, 4096, True), StagedRegion(1, bytes(64 * 4), 8192, True))
+    args = (BufferRef(0, 0, 160), BufferRef(1, 0, 256), _u32(64))
+    commands = (
+        LoadKernel(0, DOUBLE.encode(), "double_it"),
+        LaunchKernel(0, (1, 1, 1), (32, 1, 1), 0, args),  # 32 threads: all in bounds
+        LaunchKernel(0, (1, 1, 1), (64, 1, 1), 0, args),  # 64: faults
+    )
+    outcome = dispatcher.execute("t", Batch("s", regions, commands, end_session=True))
+    assert [r.code for r in outcome.results] == [0, 0, AbiError.LAUNCH_FAILED]
+    # The first launch's writes came back; the faulting one wrote nothing.
+    expected = [2 * i for i in range(1, 33)] + [0] * 32
+    assert np.frombuffer(outcome.buffers[1], np.uint32).tolist() == expected
+    assert ledger.usage("t").staged_bytes_current == 0
+    again = dispatcher.execute("t", Batch("s2", regions, commands[:2], end_session=True))
+    assert [r.code for r in again.results] == [0, 0]
+
+
+def test_a_misaligned_access_is_a_launch_failure() -> None:
+    ptx = DOUBLE.replace("mul.wide.u32 %rd3, %r5, 4;", "mul.wide.u32 %rd3, %r5, 2;")
+    failure = _failure(
+        _backend(),
+        ptx,
+        "double_it",
+        arrays=[np.zeros(64, np.uint32), np.zeros(64, np.uint32)],
+        scalars=(_u32(8),),
+    )
+    assert failure.code is AbiError.LAUNCH_FAILED
+    assert "misaligned address" in failure.message and "thread (1, 0, 0)" in failure.message
+
+
+def test_an_infinite_loop_is_stopped_at_the_deadline() -> None:
+    ptx = HEADER + ".visible .entry spin()\n{\nSPIN:\n    bra SPIN;\n}\n"
+    failure = _failure(_backend(timeout=0.2), ptx, "spin", arrays=[], scalars=())
+    assert failure.code is AbiError.LAUNCH_FAILED
+    assert "ran past its deadline" in failure.message
+
+
+def test_a_grid_of_two_to_the_31_blocks_is_invalid_and_the_largest_grid_is_stopped() -> None:
+    ptx = HEADER + ".visible .entry nothing()\n{\n    ret;\n}\n"
+    too_big = _failure(_backend(), ptx, "nothing", arrays=[], scalars=(), grid=(2**31, 1, 1))
+    assert too_big.code is AbiError.INVALID_DIMENSIONS
+    largest = _failure(
+        _backend(timeout=0.2),
+        ptx,
+        "nothing",
+        arrays=[],
+        scalars=(),
+        grid=(2**31 - 1, 1, 1),
+        block=(1024, 1, 1),
+    )
+    assert largest.code is AbiError.LAUNCH_FAILED and "deadline" in largest.message
+
+
+@pytest.mark.parametrize(
+    ("ptx", "entry", "code", "words"),
+    [
+        ("this is not ptx", "k", AbiError.MALFORMED_PTX, "malformed PTX"),
+        (HEADER + ".visible .entry k()\n{\n    ret;\n", "k", AbiError.MALFORMED_PTX, "closing"),
+        (
+            HEADER + ".visible .entry k()\n{\n    bra NOWHERE;\n}\n",
+            "k",
+            AbiError.MALFORMED_PTX,
+            "unknown label",
+        ),
+        (
+            HEADER + ".visible .entry k()\n{\n    add.u32 %r1, %r2, 1;\n}\n",
+            "k",
+            AbiError.MALFORMED_PTX,
+            "undeclared register %r1",
+        ),
+        (DOUBLE, "triple_it", AbiError.MALFORMED_PTX, "no kernel 'triple_it' in the PTX"),
+        (
+            HEADER
+            + ".visible .entry k()\n{\n    .reg .b64 %rd<2>;\n    call.uni foo, (%rd1);\n}\n",
+            "k",
+            AbiError.NOT_AVAILABLE,
+            "does not support line 7: the instruction `call.uni",
+        ),
+        (
+            HEADER + ".visible .entry k()\n{\n    .shared .align 4 .b8 big[65536];\n    ret;\n}\n",
+            "k",
+            AbiError.MALFORMED_PTX,
+            "65536 bytes of shared memory",
+        ),
+    ],
+    ids=["not-ptx", "unclosed", "label", "register", "entry", "unsupported", "static-shared"],
+)
+def test_bad_modules_are_refused_at_load(ptx: str, entry: str, code: AbiError, words: str) -> None:
+    with pytest.raises(AbiFailure) as info:
+        _backend().load(ptx.encode(), entry)
+    assert info.value.code is code
+    assert words in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("scalars", "shared", "code", "words"),
+    [
+        ((), 0, AbiError.INVALID_ARGS, "declares 3 parameters"),
+        ((ScalarArg(ArgTag.F32, 0),), 0, AbiError.INVALID_ARGS, "takes 4 bytes, got f32"),
+        ((ScalarArg(ArgTag.U64, 1),), 0, AbiError.INVALID_ARGS, "got u64 (8 bytes)"),
+        ((_u32(1),), (48 << 10) + 4, AbiError.LAUNCH_FAILED, "dynamic shared memory"),
+    ],
+    ids=["count", "type", "width", "dynamic-shared"],
+)
+def test_bad_launches_have_typed_codes(
+    scalars: tuple[ScalarArg, ...], shared: int, code: AbiError, words: str
+) -> None:
+    failure = _failure(
+        _backend(),
+        DOUBLE,
+        "double_it",
+        arrays=[np.zeros(4, np.uint32), np.zeros(4, np.uint32)],
+        scalars=scalars,
+        shared=shared,
+    )
+    assert failure.code is code
+    assert words in failure.message
