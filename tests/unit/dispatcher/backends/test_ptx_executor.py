@@ -237,7 +237,7 @@ def test_an_address_outside_every_allocation_is_a_launch_failure_naming_it() -> 
     assert "thread (40, 0, 0) of block (0, 0, 0)" in message
 
 
-def test_a_fault_writes_nothing_back_and_leaks_nothing() -> None:
+def test_a_fault_leaks_nothing_and_the_dispatcher_runs_on() -> None:
     dispatcher, ledger = _dispatcher(_backend())
     source = np.arange(1, 41, dtype=np.uint32).tobytes()  # 40 elements
     regions = (StagedRegion(0, source, 4096, True), StagedRegion(1, bytes(64 * 4), 8192, True))
@@ -249,7 +249,7 @@ def test_a_fault_writes_nothing_back_and_leaks_nothing() -> None:
     )
     outcome = dispatcher.execute("t", Batch("s", regions, commands, end_session=True))
     assert [r.code for r in outcome.results] == [0, 0, AbiError.LAUNCH_FAILED]
-    # The first launch's writes came back; the faulting one wrote nothing.
+    # The first launch's writes came back; the faulting one failed at its first load.
     expected = [2 * i for i in range(1, 33)] + [0] * 32
     assert np.frombuffer(outcome.buffers[1], np.uint32).tolist() == expected
     assert ledger.usage("t").staged_bytes_current == 0

@@ -4,8 +4,8 @@ launches it over the host's memory, groups of thread blocks at a time.
 Every failure is an `AbiFailure` with the code a GPU would give: malformed PTX, an entry
 the module lacks or an unsupported instruction at load; arguments that do not match the
 parameters, geometry and shared memory beyond the limits, an illegal address, a trap or a
-launch past its deadline at launch. Nothing is written back to the buffers unless the
-launch succeeds.
+launch past its deadline at launch. Kernels read and write the buffers in place: a launch
+that fails may have written part of what it would have (as on a GPU).
 """
 
 from __future__ import annotations
@@ -182,26 +182,10 @@ class PtxExecutor:
         params_bytes = bytearray(params)
         for position, base in placed.items():
             struct.pack_into("<Q", params_bytes, entry.params[position].offset_bytes, base)
-        _run_grid(
-            kernel.entry,
-            program,
-            grid,
-            block,
-            shared_bytes,
-            bytes(params_bytes),
-            memory,
-            deadline,
-            self._group_threads,
-        )
-        changed: set[int] = set()
-        if program.writes_global:
-            for pointer, start, size in _segments(pointers, placed):
-                view = np.frombuffer(pointer.data, np.uint8)
-                after = memory.data[start : start + size]
-                if not np.array_equal(view, after):
-                    view[:] = after
-                    changed.add(id(pointer.data))
-        return frozenset(p for p, arg in pointers.items() if id(arg.data) in changed)
+        _run_grid(kernel.entry, program, grid, block, shared_bytes, bytes(params_bytes), memory,
+                  deadline, self._group_threads)  # fmt: skip
+        written = {id(memory.buffers[segment]) for segment in memory.written}
+        return frozenset(p for p, arg in pointers.items() if id(arg.data) in written)
 
 
 def _bind(
@@ -244,89 +228,118 @@ def _bind(
     return bytes(block), pointers
 
 
-def _segments(
-    pointers: dict[int, PointerArg], placed: dict[int, int]
-) -> list[tuple[PointerArg, int, int]]:
-    """(pointer, flat start of its whole buffer, buffer size), once per distinct buffer."""
-    seen: dict[int, tuple[PointerArg, int, int]] = {}
-    for position, pointer in pointers.items():
-        key = id(pointer.data)
-        if key not in seen:
-            seen[key] = (pointer, placed[position] - pointer.offset_bytes, len(pointer.data))
-    return list(seen.values())
-
-
 def _global_memory(pointers: dict[int, PointerArg]) -> tuple[GlobalMemory, dict[int, int]]:
-    """The flat memory holding every buffer the pointers reach, and each pointer's address."""
+    """The buffers the pointers reach, each at its own base, and each pointer's address."""
     bases: dict[int, int] = {}
     placed: dict[int, int] = {}
     cursor = _FIRST_ADDRESS
-    layout: list[tuple[bytearray, int]] = []
+    buffers: list[tuple[int, bytearray]] = []
     for position, pointer in pointers.items():
         key = id(pointer.data)
         if key not in bases:
             misalignment = (pointer.guest_offset - pointer.offset_bytes) % 256
             base = -(-cursor // 4096) * 4096 + misalignment
             bases[key] = base
-            layout.append((pointer.data, base))
+            buffers.append((base, pointer.data))
             cursor = base + len(pointer.data) + _GUARD_BYTES
         placed[position] = bases[key] + pointer.offset_bytes
-    data = np.zeros(-(-cursor // 16) * 16, np.uint8)
-    starts, ends = [], []
-    for buffer, base in sorted(layout, key=lambda item: item[1]):
-        data[base : base + len(buffer)] = np.frombuffer(buffer, np.uint8)
-        starts.append(base)
-        ends.append(base + len(buffer))
-    if not starts:  # no buffers: every address faults
-        starts, ends = [0], [0]
-    return (
-        GlobalMemory(data, np.array(starts, np.uint64), np.array(ends, np.uint64)),
-        placed,
-    )
+    return GlobalMemory(buffers), placed
 
 
-def _specials(
-    program: Program, grid: Dim3, block: Dim3, first_block: int, blocks: int
-) -> dict[str, Any]:
-    threads_per_block = block[0] * block[1] * block[2]
-    lanes = np.arange(blocks * threads_per_block, dtype=np.int64)
-    local = lanes % threads_per_block
-    block_ids = first_block + lanes // threads_per_block
-    u32 = np.uint32
-    specials: dict[str, Any] = {
-        "%tid.x": (local % block[0]).astype(u32),
-        "%tid.y": ((local // block[0]) % block[1]).astype(u32),
-        "%tid.z": (local // (block[0] * block[1])).astype(u32),
-        "%ctaid.x": (block_ids % grid[0]).astype(u32),
-        "%ctaid.y": ((block_ids // grid[0]) % grid[1]).astype(u32),
-        "%ctaid.z": (block_ids // (grid[0] * grid[1])).astype(u32),
-        "%laneid": (local % 32).astype(u32),
-        "%warpid": (local // 32).astype(u32),
-        "%nwarpid": u32(-(-threads_per_block // 32)),
-        "%smid": u32(0), "%nsmid": u32(1), "%gridid": u32(0),
-        "%clock": u32(time.perf_counter_ns() & 0xFFFFFFFF),
-        "%clock64": np.uint64(time.perf_counter_ns()),
-        "%globaltimer": np.uint64(time.time_ns()),
-    }  # fmt: skip
-    for axis, count in zip("xyz", block, strict=True):
-        specials[f"%ntid.{axis}"] = u32(count)
-    for axis, count in zip("xyz", grid, strict=True):
-        specials[f"%nctaid.{axis}"] = u32(count)
-    lane = specials["%laneid"].astype(np.uint64)
-    one = np.uint64(1)
-    specials["%lanemask_eq"] = (one << lane).astype(u32)
-    specials["%lanemask_lt"] = ((one << lane) - one).astype(u32)
-    specials["%lanemask_le"] = ((one << (lane + one)) - one).astype(u32)
-    specials["%lanemask_gt"] = (~((one << (lane + one)) - one)).astype(u32)
-    specials["%lanemask_ge"] = (~((one << lane) - one)).astype(u32)
-    if (first_block // grid[0]) == ((first_block + blocks - 1) // grid[0]):
-        # One row of the grid: the y and z block indices are the same for every thread.
-        specials["%ctaid.y"] = u32((first_block // grid[0]) % grid[1])
-        specials["%ctaid.z"] = u32(first_block // (grid[0] * grid[1]))
-    if block[1] == 1 and block[2] == 1:
-        specials["%tid.y"] = u32(0)
-        specials["%tid.z"] = u32(0)
-    return specials
+class _Geometry:
+    """Per-thread index arrays of a full group of blocks, shared by every group."""
+
+    def __init__(self, grid: Dim3, block: Dim3, blocks_per_group: int) -> None:
+        self.grid, self.block = grid, block
+        self.threads_per_block = block[0] * block[1] * block[2]
+        lanes = np.arange(blocks_per_group * self.threads_per_block, dtype=np.uint32)
+        per_block = np.uint32(self.threads_per_block)
+        self.local = lanes % per_block if blocks_per_group > 1 else lanes
+        self.block_in_group = lanes // per_block
+        self._cache: dict[str, Any] = {}
+
+    def tid(self, key: str) -> Any:
+        """A thread-index register (%tid.*, %laneid, %warpid) over a full group."""
+        if key not in self._cache:
+            local = self.local
+            bx, by = np.uint32(self.block[0]), np.uint32(self.block[1])
+            if key == "%tid.x":
+                value = local % bx if self.block[0] != self.threads_per_block else local
+            elif key == "%tid.y":
+                value = (local // bx) % by
+            elif key == "%tid.z":
+                value = local // (bx * by)
+            elif key == "%laneid":
+                value = local & np.uint32(31)
+            else:
+                value = local >> np.uint32(5)
+            self._cache[key] = value
+        return self._cache[key]
+
+
+class _Specials(dict[str, Any]):
+    """The special registers of one group, each computed the first time it is read."""
+
+    def __init__(self, geometry: _Geometry, first_block: int, blocks: int) -> None:
+        super().__init__()
+        self.geometry = geometry
+        self.first_block = first_block
+        self.threads = blocks * geometry.threads_per_block
+        grid = geometry.grid
+        if grid[0] * grid[1] * grid[2] > 2**32 - 1:  # pragma: no cover - refused earlier
+            raise AssertionError(grid)
+
+    def __missing__(self, key: str) -> Any:
+        value = self._compute(key)
+        self[key] = value
+        return value
+
+    def _compute(self, key: str) -> Any:  # noqa: PLR0911 - one branch per register
+        geometry, u32 = self.geometry, np.uint32
+        grid, block = geometry.grid, geometry.block
+        threads = self.threads
+        if key in ("%tid.x", "%tid.y", "%tid.z", "%laneid", "%warpid"):
+            if (key == "%tid.y" and block[1] == 1) or (key == "%tid.z" and block[2] == 1):
+                return u32(0)
+            return geometry.tid(key)[:threads]
+        if key.startswith("%ctaid."):
+            axis = "xyz".index(key[-1])
+            if grid[axis] == 1:
+                return u32(0)
+            blocks = np.uint64(self.first_block) + geometry.block_in_group[:threads]
+            if axis == 0:
+                return (
+                    (blocks % np.uint64(grid[0])).astype(u32)
+                    if grid[1] * grid[2] > 1
+                    or (self.first_block + threads // geometry.threads_per_block > grid[0])
+                    else blocks.astype(u32)
+                )
+            if axis == 1:
+                return ((blocks // np.uint64(grid[0])) % np.uint64(grid[1])).astype(u32)
+            return (blocks // np.uint64(grid[0] * grid[1])).astype(u32)
+        if key.startswith("%ntid."):
+            return u32(block["xyz".index(key[-1])])
+        if key.startswith("%nctaid."):
+            return u32(grid["xyz".index(key[-1])])
+        if key.startswith("%lanemask_"):
+            lane = self["%laneid"].astype(np.uint64)
+            one = np.uint64(1)
+            masks = {
+                "eq": lambda: one << lane,
+                "lt": lambda: (one << lane) - one,
+                "le": lambda: (one << (lane + one)) - one,
+                "gt": lambda: ~((one << (lane + one)) - one),
+                "ge": lambda: ~((one << lane) - one),
+            }
+            return masks[key.removeprefix("%lanemask_")]().astype(u32)
+        constants = {
+            "%nwarpid": u32(-(-geometry.threads_per_block // 32)),
+            "%smid": u32(0), "%nsmid": u32(1), "%gridid": u32(0),
+            "%clock": u32(time.perf_counter_ns() & 0xFFFFFFFF),
+            "%clock64": np.uint64(time.perf_counter_ns()),
+            "%globaltimer": np.uint64(time.time_ns()),
+        }  # fmt: skip
+        return constants[key]
 
 
 def _run_grid(  # noqa: PLR0917 - one branch per instruction form
@@ -349,13 +362,14 @@ def _run_grid(  # noqa: PLR0917 - one branch per instruction form
             1, min(per_group, _LOCAL_BYTES_PER_GROUP // (local_bytes * threads_per_block))
         )
     registers = [np.zeros((), register.dtype)[()] for register in program.entry.registers]
+    geometry = _Geometry(grid, block, min(per_group, total_blocks))
     first = 0
     while first < total_blocks:
         blocks = min(per_group, total_blocks - first)
         state = GroupState(
             threads=blocks * threads_per_block,
             registers=list(registers),
-            specials=_specials(program, grid, block, first, blocks),
+            specials=_Specials(geometry, first, blocks),
             params=params,
             memory=memory,
             shared_bytes=shared_bytes,

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from tensorwasm_dispatcher.backends.ptx.arithmetic import Op, _unsupported
 from tensorwasm_dispatcher.backends.ptx.operands import Operands, parse_type
 from tensorwasm_dispatcher.backends.ptx.parser import Instruction, PtxSyntaxError
-from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Value
+from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Piece, Value
 
 _SPACES = {"global", "shared", "local", "param", "const"}
 _QUALIFIERS = {
@@ -53,11 +53,25 @@ def _lanes(state: GroupState, mask: Mask) -> npt.NDArray[np.int64] | None:
 
 def _addresses(
     state: GroupState, address: Value, lanes: npt.NDArray[np.int64] | None
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+) -> npt.NDArray[np.uint64]:
     full = state.full(address).astype(np.uint64, copy=False)
-    if lanes is None:
-        return full, state.lane_index
-    return full[lanes], lanes
+    return full if lanes is None else full[lanes]
+
+
+def _gather(pieces: list[Piece], offset: int, count: int, dtype: np.dtype[Any]) -> Value:
+    if len(pieces) == 1 and pieces[0][2] is None:
+        view, index, _ = pieces[0]
+        return view[index + offset] if offset else view[index]
+    values = np.empty(count, dtype)
+    for view, index, selection in pieces:
+        values[selection] = view[index + offset]
+    return values
+
+
+def _scatter(pieces: list[Piece], offset: int, values: Value) -> None:
+    for view, index, selection in pieces:
+        where = index + offset if offset else index
+        view[where] = values if selection is None else values[selection]
 
 
 def _vector_registers(text: str) -> list[str]:
@@ -76,16 +90,13 @@ def translate_load(instruction: Instruction, ops: Operands, parts: list[str]) ->
     address, symbol_space = ops.address(instruction, instruction.operands[1])
     if space == "param" or symbol_space == "param":
         return _load_param(instruction, ops, dtype, vector, writers, address)
-    width = dtype.itemsize
 
     def load(state: GroupState, mask: Mask) -> None:
         lanes = _lanes(state, mask)
-        addresses, active = _addresses(state, address(state), lanes)
-        memory, offsets = state.locate(space, addresses, active, width * vector, width * vector)
-        view = memory.view(dtype)
-        index = offsets // width
+        addresses = _addresses(state, address(state), lanes)
+        pieces = state.locate(space, addresses, lanes, dtype, vector)
         for position, write in enumerate(writers):
-            values = view[index + position] if position else view[index]
+            values = _gather(pieces, position, addresses.size, dtype)
             if lanes is None:
                 write(state, values, None)
             else:
@@ -131,17 +142,14 @@ def translate_store(instruction: Instruction, ops: Operands, parts: list[str]) -
     if len(sources) != vector:
         raise PtxSyntaxError(f"line {instruction.line}: {vector} registers expected")
     readers = [ops.reader(instruction, source, dtype) for source in sources]
-    width = dtype.itemsize
 
     def store(state: GroupState, mask: Mask) -> None:
         lanes = _lanes(state, mask)
-        addresses, active = _addresses(state, address(state), lanes)
-        memory, offsets = state.locate(space, addresses, active, width * vector, width * vector)
-        view = memory.view(dtype)
-        index = offsets // width
+        addresses = _addresses(state, address(state), lanes)
+        pieces = state.locate(space, addresses, lanes, dtype, vector, writing=True)
         for position, read in enumerate(readers):
             values = state.full(read(state))
-            view[index + position] = values if lanes is None else values[lanes]
+            _scatter(pieces, position, values if lanes is None else values[lanes])
 
     return store
 
@@ -190,33 +198,24 @@ def translate_atomic(
     function = _atomic_function(instruction, op, dtype)
     if len(values) != (2 if op == "cas" else 1):
         raise PtxSyntaxError(f"line {instruction.line}: wrong operands for `{instruction.text}`")
-    width = dtype.itemsize
     needs_old = write is not None and reads_result
     ufunc = function if op in _UFUNC_AT and not needs_old else None
 
     def atomic(state: GroupState, mask: Mask) -> None:
         lanes = _lanes(state, mask)
-        addresses, active = _addresses(state, address(state), lanes)
-        memory, offsets = state.locate(space, addresses, active, width, width)
-        view = memory.view(dtype)
-        index = offsets // width
+        addresses = _addresses(state, address(state), lanes)
+        pieces = state.locate(space, addresses, lanes, dtype, writing=True)
         operands_now = [state.full(read(state)) for read in values]
         if lanes is not None:
             operands_now = [operand[lanes] for operand in operands_now]
-        if ufunc is not None:
-            ufunc.at(view, index, operands_now[0])  # type: ignore[attr-defined]
-            return
-        old = np.empty(index.shape, dtype)
-        remaining = np.arange(index.size)
-        while remaining.size:
-            # The first thread (in thread order) at each address goes in this round.
-            _, first = np.unique(index[remaining], return_index=True)
-            chosen = remaining[first]
-            where = index[chosen]
-            previous = view[where]
-            old[chosen] = previous
-            view[where] = function(previous, *(operand[chosen] for operand in operands_now))
-            remaining = np.delete(remaining, first)
+        old = np.empty(addresses.size, dtype)
+        for view, index, selection in pieces:
+            mine = operands_now if selection is None else [o[selection] for o in operands_now]
+            previous = _apply_atomic(view, index, mine, function, ufunc, op, dtype)
+            if selection is None:
+                old = previous
+            else:
+                old[selection] = previous
         if write is not None:
             if lanes is None:
                 write(state, old, None)
@@ -226,6 +225,48 @@ def translate_atomic(
                 write(state, full, mask)
 
     return atomic
+
+
+def _apply_atomic(  # noqa: PLR0917 - one atomic's parts
+    view: npt.NDArray[Any],
+    index: npt.NDArray[np.int64],
+    operands: list[Value],
+    function: Callable[..., Value],
+    ufunc: Any,
+    op: str,
+    dtype: np.dtype[Any],
+) -> Value:
+    """Applies one atomic per thread, in thread order; returns the values each one saw."""
+    if ufunc is not None:  # nobody reads the old values
+        ufunc.at(view, index, operands[0])
+        return np.zeros(index.size, dtype)
+    if op == "add" and dtype.kind in "iu":
+        # Integer adds commute exactly: each thread sees the sum of those before it.
+        order = np.argsort(index, kind="stable")
+        sorted_index = index[order]
+        addends = operands[0][order].astype(dtype)
+        running = np.cumsum(addends, dtype=dtype)
+        starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+        before = running - addends
+        before = before - np.repeat(before[starts], np.diff(np.r_[starts, sorted_index.size]))
+        old_sorted = view[sorted_index] + before
+        old = np.empty(index.size, dtype)
+        old[order] = old_sorted
+        ends = np.r_[starts[1:], sorted_index.size] - 1
+        view[sorted_index[ends]] = old_sorted[ends] + addends[ends]
+        return old
+    old = np.empty(index.size, dtype)
+    remaining = np.arange(index.size)
+    while remaining.size:
+        # The first thread (in thread order) at each address goes in this round.
+        _, first = np.unique(index[remaining], return_index=True)
+        chosen = remaining[first]
+        where = index[chosen]
+        previous = view[where]
+        old[chosen] = previous
+        view[where] = function(previous, *(operand[chosen] for operand in operands))
+        remaining = np.delete(remaining, first)
+    return old
 
 
 def translate_shuffle(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:

@@ -9,7 +9,7 @@ is one row per block, local memory one row per thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 import numpy as np
@@ -39,25 +39,72 @@ class TrapError(Exception):
     """The kernel executed `trap` (or `brkpt`)."""
 
 
-@dataclass
+# One typed piece of an access: the typed memory, the element indices, and which of the
+# access's threads they serve (None: all of them, in order).
+Piece = tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.int64] | None]
+
+
 class GlobalMemory:
-    """The launch's buffers in one flat byte array (an address is an index into it)."""
+    """The launch's buffers, each at its own base address, read and written in place.
 
-    data: npt.NDArray[np.uint8]
-    starts: npt.NDArray[np.uint64]
-    ends: npt.NDArray[np.uint64]
+    An address is `base + offset` of one buffer; buffers are apart by guard gaps, so an
+    access past one's end faults instead of reaching the next.
+    """
 
-    def check(self, addresses: npt.NDArray[np.uint64], width: int) -> npt.NDArray[np.bool_]:
-        """Which of `addresses` (each `width` bytes) lie outside every allocation."""
-        if len(self.starts) == 1:
-            single: npt.NDArray[np.bool_] = (addresses < self.starts[0]) | (
-                addresses + np.uint64(width) > self.ends[0]
+    def __init__(self, buffers: list[tuple[int, bytearray]]) -> None:
+        ordered = sorted(buffers, key=lambda item: item[0])
+        self.buffers = [data for _, data in ordered]
+        self.starts = np.array([base for base, _ in ordered] or [0], np.uint64)
+        self.ends = np.array([base + len(data) for base, data in ordered] or [0], np.uint64)
+        self.written: set[int] = set()
+        self._views: dict[tuple[int, str], tuple[npt.NDArray[Any], int]] = {}
+
+    def _view(self, segment: int, dtype: np.dtype[Any]) -> tuple[npt.NDArray[Any], int]:
+        """A typed view of a buffer, and the base address of its first element."""
+        key = (segment, dtype.str)
+        found = self._views.get(key)
+        if found is None:
+            data = self.buffers[segment]
+            base = int(self.starts[segment])
+            skip = (-base) % dtype.itemsize  # the view starts on an aligned address
+            count = max(0, (len(data) - skip) // dtype.itemsize)
+            view = (
+                np.frombuffer(data, dtype, count=count, offset=skip)
+                if count
+                else np.empty(0, dtype)
             )
-            return single
+            found = (view, base + skip)
+            self._views[key] = found
+        return found
+
+    def pieces(
+        self, addresses: npt.NDArray[np.uint64], width: int, dtype: np.dtype[Any], writing: bool
+    ) -> list[Piece] | int:
+        """The typed pieces of an access, or the position of its first illegal address."""
+        lowest, highest = addresses.min(), addresses.max()
+        segment = int(np.searchsorted(self.starts, lowest, side="right")) - 1
+        shift = np.uint64(dtype.itemsize.bit_length() - 1)
+        if segment >= 0 and highest + np.uint64(width) <= self.ends[segment]:
+            view, base = self._view(segment, dtype)
+            if writing:
+                self.written.add(segment)
+            index = ((addresses - np.uint64(base)) >> shift).view(np.int64)
+            return [(view, index, None)]
         which = np.searchsorted(self.starts, addresses, side="right").astype(np.int64) - 1
         outside = which < 0
         which[outside] = 0
-        return outside | (addresses + np.uint64(width) > self.ends[which])
+        outside |= addresses + np.uint64(width) > self.ends[which]
+        if outside.any():
+            return int(np.argmax(outside))
+        result: list[Piece] = []
+        for segment in np.unique(which).tolist():
+            selection = np.flatnonzero(which == segment)
+            view, base = self._view(segment, dtype)
+            if writing:
+                self.written.add(segment)
+            index = ((addresses[selection] - np.uint64(base)) >> shift).view(np.int64)
+            result.append((view, index, selection))
+        return result
 
 
 class GroupState:
@@ -86,11 +133,18 @@ class GroupState:
         self.local_bytes = local_bytes
         self.local = np.zeros(max(threads * local_bytes, 16), np.uint8) if local_bytes else None
         self.block_threads = block_threads
-        lanes = np.arange(threads, dtype=np.int64)
-        self.lane_index = lanes
-        self.block_of_lane = lanes // block_threads
         self.carry: Value = np.False_
         self.steps = 0
+
+    @functools.cached_property
+    def lane_index(self) -> npt.NDArray[np.int64]:
+        """Each thread's index in the group."""
+        return np.arange(self.threads, dtype=np.int64)
+
+    @functools.cached_property
+    def block_of_lane(self) -> npt.NDArray[np.int64]:
+        """Each thread's block, counted within the group."""
+        return self.lane_index // self.block_threads
 
     def full(self, value: Value) -> npt.NDArray[Any]:
         """`value` as an array over every thread."""
@@ -98,89 +152,69 @@ class GroupState:
             return value
         return np.broadcast_to(np.asarray(value), (self.threads,))
 
-    def locate(
+    def locate(  # noqa: PLR0917 - the parts of one access
         self,
         space: str,
         addresses: npt.NDArray[np.uint64],
-        lanes: npt.NDArray[np.int64],
-        width: int,
-        alignment: int,
-    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-        """The memory and byte offsets of `addresses` (of the threads `lanes`) in `space`.
+        lanes: npt.NDArray[np.int64] | None,
+        dtype: np.dtype[Any],
+        vector: int = 1,
+        writing: bool = False,
+    ) -> list[Piece]:
+        """The typed pieces of an access of `vector` elements of `dtype` at `addresses` (by
+        the threads `lanes`; None: every thread) in `space`.
 
         Raises:
-            Fault: an address outside its space or not aligned to `alignment`.
+            Fault: an address outside its space or not aligned to the access's size.
         """
-        misaligned = (addresses & np.uint64(alignment - 1)) != 0
+        width = dtype.itemsize * vector
+        misaligned = (addresses & np.uint64(width - 1)) != 0
         if misaligned.any():
             first = int(np.argmax(misaligned))
-            raise Fault(
-                int(lanes[first]),
-                int(addresses[first]),
-                f"a misaligned address (needs {alignment}-byte alignment)",
-            )
+            raise Fault(self._lane(lanes, first), int(addresses[first]),
+                        f"a misaligned address (needs {width}-byte alignment)")  # fmt: skip
         if space == "generic":
-            return self._generic(addresses, lanes, width, alignment)
+            space, addresses = self._generic(addresses, lanes)
         if space == "global":
-            outside = self.memory.check(addresses, width)
-            self._raise_outside(outside, addresses, lanes, "outside every allocation")
-            return self.memory.data, addresses.astype(np.int64)
+            found = self.memory.pieces(addresses, width, dtype, writing)
+            if isinstance(found, int):
+                raise Fault(self._lane(lanes, found), int(addresses[found]),
+                            "an illegal address (outside every allocation)")  # fmt: skip
+            return found
+        shift = np.uint64(dtype.itemsize.bit_length() - 1)
         if space == "shared":
-            outside = addresses + np.uint64(width) > np.uint64(self.shared_bytes)
-            self._raise_outside(
-                outside,
-                addresses,
-                lanes,
-                f"outside the block's {self.shared_bytes} bytes of shared memory",
-            )
-            base = self.block_of_lane[lanes] * self.shared_bytes
-            return self.shared, base + addresses.astype(np.int64)
-        if space == "local":
-            if self.local is None:
-                outside = np.ones(addresses.shape, np.bool_)
-                self._raise_outside(outside, addresses, lanes, "no local memory is declared")
-            outside = addresses + np.uint64(width) > np.uint64(self.local_bytes)
-            self._raise_outside(outside, addresses, lanes, "outside the thread's local memory")
-            assert self.local is not None
-            return self.local, lanes * self.local_bytes + addresses.astype(np.int64)
-        raise AssertionError(space)
-
-    def _generic(
-        self,
-        addresses: npt.NDArray[np.uint64],
-        lanes: npt.NDArray[np.int64],
-        width: int,
-        alignment: int,
-    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-        in_shared = (addresses >= np.uint64(SHARED_WINDOW)) & (
-            addresses < np.uint64(SHARED_WINDOW + WINDOW_BYTES)
-        )
-        in_local = (addresses >= np.uint64(LOCAL_WINDOW)) & (
-            addresses < np.uint64(LOCAL_WINDOW + WINDOW_BYTES)
-        )
-        if not in_shared.any() and not in_local.any():
-            return self.locate("global", addresses, lanes, width, alignment)
-        if in_shared.all():
-            return self.locate(
-                "shared", addresses - np.uint64(SHARED_WINDOW), lanes, width, alignment
-            )
-        if in_local.all():
-            return self.locate(
-                "local", addresses - np.uint64(LOCAL_WINDOW), lanes, width, alignment
-            )
-        raise Fault(
-            int(lanes[0]),
-            int(addresses[0]),
-            "one generic access mixing global, shared and local memory",
-        )
-
-    @staticmethod
-    def _raise_outside(
-        outside: npt.NDArray[np.bool_],
-        addresses: npt.NDArray[np.uint64],
-        lanes: npt.NDArray[np.int64],
-        what: str,
-    ) -> None:
+            limit = self.shared_bytes
+            what = f"the block's {self.shared_bytes} bytes of shared memory"
+            memory = self.shared
+            rows = self.block_of_lane if lanes is None else self.block_of_lane[lanes]
+        else:
+            limit, what = self.local_bytes, "the thread's local memory"
+            memory = self.local if self.local is not None else np.zeros(16, np.uint8)
+            rows = self.lane_index if lanes is None else lanes
+        outside = addresses + np.uint64(width) > np.uint64(limit)
         if outside.any():
             first = int(np.argmax(outside))
-            raise Fault(int(lanes[first]), int(addresses[first]), f"an illegal address ({what})")
+            raise Fault(self._lane(lanes, first), int(addresses[first]),
+                        f"an illegal address (outside {what})")  # fmt: skip
+        offsets = rows.astype(np.uint64) * np.uint64(limit) + addresses
+        return [(memory.view(dtype), (offsets >> shift).view(np.int64), None)]
+
+    @staticmethod
+    def _lane(lanes: npt.NDArray[np.int64] | None, position: int) -> int:
+        return position if lanes is None else int(lanes[position])
+
+    def _generic(
+        self, addresses: npt.NDArray[np.uint64], lanes: npt.NDArray[np.int64] | None
+    ) -> tuple[str, npt.NDArray[np.uint64]]:
+        """The state space of generic addresses, and the addresses within it."""
+        for space, window in (("shared", SHARED_WINDOW), ("local", LOCAL_WINDOW)):
+            inside = (addresses >= np.uint64(window)) & (
+                addresses < np.uint64(window + WINDOW_BYTES)
+            )
+            if inside.any():
+                if not inside.all():
+                    first = int(np.argmin(inside))
+                    raise Fault(self._lane(lanes, first), int(addresses[first]),
+                                f"one generic access mixing {space} and other memory")  # fmt: skip
+                return space, addresses - np.uint64(window)
+        return "global", addresses
