@@ -37,6 +37,7 @@ TYPES: dict[str, np.dtype[np.generic]] = {
 }  # fmt: skip
 
 _LINE_DIRECTIVES = (".version", ".target", ".address_size", ".file", ".loc")
+_REGISTER_NAMES = re.compile(r"%[A-Za-z_$][\w$]*")
 _IDENT = r"[A-Za-z_$%][\w$]*"
 _LABEL = re.compile(rf"^({_IDENT})$")
 _RANGE = re.compile(rf"^({_IDENT})<(\d+)>$")
@@ -121,69 +122,66 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-def _tokens(text: str) -> list[_Token]:  # noqa: PLR0912, PLR0915 - one branch per instruction form
+_PIECES = re.compile(r"[^{};:\n]+|.", re.S)
+
+
+def _tokens(text: str) -> list[_Token]:  # noqa: PLR0912, PLR0915 - one branch per token kind
     """Statements, labels, scope braces and function headers, with their line numbers."""
     tokens: list[_Token] = []
     current: list[str] = []
     line = 1
     start_line = 1
-    depth_in_statement = 0  # braces inside a statement: vector operands, initialisers
-    length = len(text)
-    position = 0
-    while position < length:
-        char = text[position]
-        pending = "".join(current).strip()
-        if char == "\n":
-            if depth_in_statement == 0 and pending.startswith(_LINE_DIRECTIVES):
+    depth = 0  # braces inside a statement: vector operands, initialisers
+    pieces = _PIECES.findall(text)
+    for number, piece in enumerate(pieces):
+        if len(piece) > 1 or piece not in "{};:\n":
+            if not current and piece.strip():
+                start_line = line
+            if current or piece.strip():
+                current.append(piece)
+            continue
+        pending = "".join(current).strip() if current else ""
+        if piece == "\n":
+            if depth == 0 and pending.startswith(_LINE_DIRECTIVES):
                 tokens.append(_Token("stmt", pending, start_line))  # these end at the line
                 current = []
-                pending = ""
+            elif current:
+                current.append(" ")
             line += 1
-        if char == "{" and depth_in_statement == 0:
-            if not pending:
+        elif piece == "{":
+            if depth == 0 and not pending:
                 tokens.append(_Token("open", "", line))
                 current = []
-                position += 1
-                continue
-            if re.search(r"\.(entry|func)\b", pending):
+            elif depth == 0 and re.search(r"\.(entry|func)\b", pending):
                 tokens.append(_Token("header", pending, start_line))
                 tokens.append(_Token("open", "", line))
                 current = []
-                position += 1
-                continue
-            depth_in_statement += 1
-        elif char == "{":
-            depth_in_statement += 1
-        elif char == "}" and depth_in_statement > 0:
-            depth_in_statement -= 1
-        elif char == "}":
-            if pending:
+            else:
+                depth += 1
+                current.append(piece)
+        elif piece == "}":
+            if depth > 0:
+                depth -= 1
+                current.append(piece)
+            elif pending:
                 raise PtxSyntaxError(f"line {line}: `{pending}` is missing its `;`")
-            tokens.append(_Token("close", "", line))
-            current = []
-            position += 1
-            continue
-        elif char == ";" and depth_in_statement == 0:
+            else:
+                tokens.append(_Token("close", "", line))
+                current = []
+        elif piece == ";" and depth == 0:
             if pending:
                 tokens.append(_Token("stmt", pending, start_line))
             current = []
-            position += 1
-            continue
-        elif (
-            char == ":"
-            and depth_in_statement == 0
-            and _LABEL.match(pending)
-            and text[position + 1 : position + 2] != ":"
-            and (position == 0 or text[position - 1] != ":")
-        ):
-            tokens.append(_Token("label", pending, start_line))
-            current = []
-            position += 1
-            continue
-        if not current or not "".join(current).strip():
-            start_line = line
-        current.append(char)
-        position += 1
+        elif piece == ":" and depth == 0 and _LABEL.match(pending):
+            following = pieces[number + 1] if number + 1 < len(pieces) else ""
+            previous = pieces[number - 1] if number else ""
+            if following == ":" or previous == ":":
+                current.append(piece)
+            else:
+                tokens.append(_Token("label", pending, start_line))
+                current = []
+        else:
+            current.append(piece)
     if "".join(current).strip():
         raise PtxSyntaxError(f"line {start_line}: the text ends inside a statement")
     return tokens
@@ -229,6 +227,7 @@ class _EntryBuilder:
     ) -> None:
         self.entry = Entry(name, params, [], {}, 0, 0, dynamic_shared, [])
         self.scopes: list[dict[str, Register]] = [{}]
+        self.instructions = 0
         for var_name, align, size in module_shared:
             self._place(var_name, "shared", align, size)
 
@@ -315,10 +314,12 @@ class _EntryBuilder:
             if guard_register is None or guard_register.dtype != np.bool_:
                 raise PtxSyntaxError(f"line {line}: the guard {guard} is not a predicate")
         scope: dict[str, Register] = {}
-        for level in self.scopes:
-            scope.update(level)
+        for name in _REGISTER_NAMES.findall(rest):
+            register = self.lookup(name)
+            if register is not None:
+                scope[name] = register
         statement = Instruction(
-            index=sum(1 for s in self.entry.statements if isinstance(s, Instruction)),
+            index=self.instructions,
             line=line,
             text=text,
             guard=guard,
@@ -329,6 +330,7 @@ class _EntryBuilder:
             registers=scope,
         )
         self.entry.statements.append(statement)
+        self.instructions += 1
 
     def lookup(self, name: str) -> Register | None:
         for level in reversed(self.scopes):
