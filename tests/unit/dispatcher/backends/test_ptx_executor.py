@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,14 @@ import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_kernels import CATALOG
 from tensorwasm_kernels.ptxgen import find_tool, nvcc_release
 
-from tests.ptx_kernels import PTX_DIR, USER_KERNELS, generate, ptx_text
-from tests.ptx_kernels.cases import PtxCase, check, run_case, user_cases
+from tests.ptx_kernels import PTX_DIR, USER_KERNELS, differential, generate, ptx_text
+from tests.ptx_kernels.cases import PtxCase, check, library_cases, run_case, user_cases
 
 CASES = user_cases()
 HEADER = ".version 7.8\n.target sm_80\n.address_size 64\n"
@@ -357,3 +359,24 @@ def test_bad_launches_have_typed_codes(
     )
     assert failure.code is code
     assert words in failure.message
+
+
+# --- the differential check's machinery, with the NumPy references as the other side ------
+
+
+def test_the_differential_report_finds_agreement_and_disagreement() -> None:
+    reference = CpuBackend(kernels=CpuKernels.REFERENCE)
+    library = library_cases()
+    rows = differential.run(library, reference)
+    assert [row.case for row in rows] == [f"library-{name}" for name in CATALOG]
+    assert all(row.ok for row in rows), differential.format_rows(rows)
+    by_case = {row.case: row for row in rows}
+    assert by_case["library-vector_add"].largest_difference == 0  # elementwise: bit-exact
+    # The references sum in f64, the PTX in f32: a difference, reported in ulps, in budget.
+    assert by_case["library-matmul"].largest_difference > 0
+    assert by_case["library-matmul"].unit == "ulps"
+    # A kernel that computes something else misses its expectation: a failed row.
+    wrong = replace(library[0], ptx=library[0].ptx.replace(b"add.f32", b"sub.f32"))
+    (row,) = differential.run([wrong], reference)
+    assert not row.device_ok and not row.ok
+    assert "FAIL" in differential.format_rows([row])
