@@ -103,6 +103,13 @@ def _shift(kind: str, dtype: np.dtype[Any]) -> Callable[[Value, Value], Value]:
     limit = dtype.type(bits - 1)
 
     def run(a: Value, amount: Value) -> Value:
+        if np.ndim(amount) == 0:  # the usual case: one amount for every thread
+            count = int(amount)
+            if count < bits:
+                return a << dtype.type(count) if kind == "shl" else a >> dtype.type(count)
+            if kind == "shr" and dtype.kind == "i":
+                return a >> limit
+            return np.zeros_like(a)
         amount = np.asarray(amount).astype(np.uint64)
         clipped = np.minimum(amount, np.uint64(bits - 1)).astype(dtype)
         if kind == "shl":
@@ -247,8 +254,29 @@ def _directed_f32(name: str, mode: str) -> Callable[..., Value]:
     return run
 
 
+_LOW_29 = np.uint64((1 << 29) - 1)
+_HALF_29 = np.uint64(1 << 28)
+_SMALLEST_NORMAL_F32 = 2.0**-125
+
+
 def _fma_f32_value(a: Value, b: Value, c: Value) -> Value:
-    result = fma_f32(a, b, c)
+    """fma.rn.f32, correctly rounded.
+
+    The product of two f32 values is exact in f64 and rounding to nearest is monotonic, so
+    the f64 sum rounds to the same f32 as the exact sum unless it lands exactly on a
+    midpoint between two f32 values (or in f32's subnormal range, where the midpoints lie
+    elsewhere); only those elements take the exact, slower path.
+    """
+    total = np.multiply(a, b, dtype=np.float64) + np.asarray(c, np.float64)
+    result = np.asarray(total.astype(np.float32))
+    suspicious = ((total.view(np.uint64) & _LOW_29) == _HALF_29) | (
+        np.abs(total) < _SMALLEST_NORMAL_F32
+    )
+    if suspicious.any():
+        if result.ndim == 0:
+            return fma_f32(a, b, c)[()]
+        exact = fma_f32(*(np.broadcast_to(v, result.shape)[suspicious] for v in (a, b, c)))
+        result[suspicious] = exact
     return result[()] if result.ndim == 0 else result
 
 
@@ -431,7 +459,7 @@ def _integer_op(  # noqa: PLR0911, PLR0912, PLR0915 - one branch per instruction
         c = ops.reader(instruction, instruction.operands[3], target)
 
         def mad(state: GroupState, mask: Mask) -> None:
-            write(state, (multiply(a(state), b(state)) + c(state)).astype(target), mask)
+            write(state, (multiply(a(state), b(state)) + c(state)).astype(target, copy=False), mask)
 
         return mad
     if name in ("div", "rem"):

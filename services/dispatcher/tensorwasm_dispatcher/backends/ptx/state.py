@@ -146,6 +146,11 @@ class GroupState:
         """Each thread's block, counted within the group."""
         return self.lane_index // self.block_threads
 
+    @functools.cached_property
+    def shared_row_base(self) -> npt.NDArray[np.uint64]:
+        """Where each thread's block's shared memory starts in the group's shared array."""
+        return self.block_of_lane.astype(np.uint64) * np.uint64(self.shared_bytes)
+
     def full(self, value: Value) -> npt.NDArray[Any]:
         """`value` as an array over every thread."""
         if isinstance(value, np.ndarray) and value.shape == (self.threads,):
@@ -186,17 +191,18 @@ class GroupState:
             limit = self.shared_bytes
             what = f"the block's {self.shared_bytes} bytes of shared memory"
             memory = self.shared
-            rows = self.block_of_lane if lanes is None else self.block_of_lane[lanes]
+            rows = self.shared_row_base if lanes is None else self.shared_row_base[lanes]
         else:
             limit, what = self.local_bytes, "the thread's local memory"
             memory = self.local if self.local is not None else np.zeros(16, np.uint8)
-            rows = self.lane_index if lanes is None else lanes
-        outside = addresses + np.uint64(width) > np.uint64(limit)
-        if outside.any():
+            lane_numbers = self.lane_index if lanes is None else lanes
+            rows = lane_numbers.astype(np.uint64) * np.uint64(limit)
+        if addresses.size and addresses.max() + np.uint64(width) > np.uint64(limit):
+            outside = addresses + np.uint64(width) > np.uint64(limit)
             first = int(np.argmax(outside))
             raise Fault(self._lane(lanes, first), int(addresses[first]),
                         f"an illegal address (outside {what})")  # fmt: skip
-        offsets = rows.astype(np.uint64) * np.uint64(limit) + addresses
+        offsets = rows + addresses
         return [(memory.view(dtype), (offsets >> shift).view(np.int64), None)]
 
     @staticmethod
