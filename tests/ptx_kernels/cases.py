@@ -391,6 +391,22 @@ def _local_array() -> PtxCase:
     )
 
 
+def _vector_types() -> PtxCase:
+    rng = np.random.default_rng(19)
+    n = 300
+    values = rng.standard_normal((n, 4)).astype(np.float32)
+    pairs = rng.integers(-1000, 1000, (n, 2)).astype(np.int32)
+    out = np.stack(
+        [values[:, 3] * np.float32(2), values[:, 2] + np.float32(1), values[:, 1], -values[:, 0]],
+        axis=1,
+    )
+    new_pairs = np.stack([pairs[:, 1] - pairs[:, 0], pairs[:, 0] * 3], axis=1).astype(np.int32)
+    return PtxCase("user-vector_types", _user("vector_types"), "vector_types",
+                   (values.ravel(), np.zeros(4 * n, np.float32), pairs.ravel()),
+                   (0, 1, 2, i32(n)), (3, 1, 1), (128, 1, 1),
+                   {1: out.ravel(), 2: new_pairs.ravel()})  # fmt: skip
+
+
 def user_cases() -> list[PtxCase]:
     """A case per user-style kernel entry."""
     return [
@@ -402,6 +418,7 @@ def user_cases() -> list[PtxCase]:
         _int_math(),
         _float_math(),
         _local_array(),
+        _vector_types(),
     ]
 
 

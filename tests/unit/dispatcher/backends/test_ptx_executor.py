@@ -5,6 +5,7 @@ kernel or a launch can go wrong, each a typed ABI code that leaves the dispatche
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -13,10 +14,13 @@ import numpy as np
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
+from tensorwasm_common.settings import SettingsError
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+from tensorwasm_dispatcher.server import open_backend
+from tensorwasm_dispatcher.settings import DispatcherSettings
 from tensorwasm_kernels import CATALOG
 from tensorwasm_kernels.ptxgen import find_tool, nvcc_release
 
@@ -101,10 +105,21 @@ def test_user_kernel_matches_its_reference(case: PtxCase) -> None:
 
 
 def test_every_user_kernel_entry_has_a_case() -> None:
-    entries = {case.entry for case in CASES}
-    for name in USER_KERNELS:
-        assert f".entry {name}(" in ptx_text(name) or name == "histogram"
-    assert entries >= set(USER_KERNELS) - {"histogram"} | {"histogram", "compact_positive"}
+    declared = {
+        entry for name in USER_KERNELS for entry in re.findall(r"\.entry (\w+)\(", ptx_text(name))
+    }
+    assert declared == {case.entry for case in CASES}
+
+
+def test_settings_choose_how_the_cpu_backend_runs_kernels() -> None:
+    _, backend = open_backend(DispatcherSettings(backend="cpu", cpu_kernels="reference"))
+    assert isinstance(backend, CpuBackend) and backend.kernels is CpuKernels.REFERENCE
+    _, default = open_backend(DispatcherSettings(backend="cpu"))
+    assert isinstance(default, CpuBackend) and default.kernels is CpuKernels.PTX
+    with pytest.raises(SettingsError, match="cpu_kernels"):
+        DispatcherSettings(cpu_kernels="numpy")
+    with pytest.raises(SettingsError, match="cpu_launch_timeout_seconds"):
+        DispatcherSettings(cpu_launch_timeout_seconds=0)
 
 
 def _nvcc() -> str:
