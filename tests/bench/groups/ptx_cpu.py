@@ -8,7 +8,7 @@
   64K). The ratio is what running PTX as written costs over NumPy's own kernel.
 - Harness-timed: `ptx_cpu/translate/<module>` parses and translates one module in a fresh
   executor (what a first load costs), anchored on `ptx_cpu/translate/cache_hit`, a load of
-  a module already translated (its BLAKE3 and a cache lookup).
+  a module already translated (its BLAKE3 and a cache lookup). Smoke: three modules.
 """
 
 from __future__ import annotations
@@ -66,12 +66,14 @@ class _Launch:
                             shared_mem_bytes=0, args=self.args)  # fmt: skip
 
 
-def _translation_benchmarks() -> list[Benchmark]:
+def _translation_benchmarks(quick: bool) -> list[Benchmark]:
     modules = {
         **{name: (CATALOG[name].ptx_text().encode(), CATALOG[name].entry) for name in CATALOG},
         "user-float_math": (ptx_text("float_math").encode(), "float_math"),
         "user-warp_reduce": (ptx_text("warp_reduce").encode(), "warp_reduce"),
     }
+    if quick:  # smoke: one small, one large library module, one user module
+        modules = {name: modules[name] for name in ("vector_add", "matmul", "user-warp_reduce")}
     warm = PtxExecutor()
     hot_ptx, hot_entry = modules["matmul"]
     warm.load(hot_ptx, hot_entry)
@@ -110,7 +112,7 @@ def ptx_cpu(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         ]  # fmt: skip
         results = run_self_timed(f"ptx_cpu [self-timed: {name}]", launches, tier)
         self_timed[name] = [as_params(result, tier) for result in results.values()]
-    benchmarks = _translation_benchmarks()
+    benchmarks = _translation_benchmarks(config.quick)
     first = benchmarks[0]
     yield [
         Benchmark(first.name, first.fn, description=first.description,

@@ -173,8 +173,10 @@ class GroupState:
             Fault: an address outside its space or not aligned to the access's size.
         """
         width = dtype.itemsize * vector
-        misaligned = (addresses & np.uint64(width - 1)) != 0
-        if misaligned.any():
+        low_bits = np.uint64(width - 1)
+        # One pass: a low bit set in any address is set in their OR.
+        if addresses.size and np.bitwise_or.reduce(addresses) & low_bits:
+            misaligned = (addresses & low_bits) != 0
             first = int(np.argmax(misaligned))
             raise Fault(self._lane(lanes, first), int(addresses[first]),
                         f"a misaligned address (needs {width}-byte alignment)")  # fmt: skip
