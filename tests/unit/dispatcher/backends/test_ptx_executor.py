@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,39 +121,35 @@ def test_settings_choose_how_the_cpu_backend_runs_kernels() -> None:
         DispatcherSettings(cpu_launch_timeout_seconds=0)
 
 
-def _nvcc() -> str:
-    nvcc = find_tool("nvcc")
-    if nvcc is None:
-        if os.environ.get("TENSORWASM_REQUIRE_NVCC") == "1":
-            pytest.fail("nvcc is missing but TENSORWASM_REQUIRE_NVCC=1")
-        pytest.skip("nvcc is not on PATH (set TENSORWASM_REQUIRE_NVCC=1 to fail instead)")
-    return nvcc
+def _tool(name: str, require_env: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        if os.environ.get(require_env) == "1":
+            pytest.fail(f"{name} is missing but {require_env}=1")
+        pytest.skip(f"{name} is not on PATH (set {require_env}=1 to fail instead)")
+    return path
 
 
 @pytest.mark.parametrize("name", USER_KERNELS)
-def test_user_ptx_is_what_nvcc_generates_and_ptxas_assembles(name: str, tmp_path: Path) -> None:
-    nvcc = _nvcc()
-    checked_in = ptx_text(name)
-    if f"// Compiler: {nvcc_release(nvcc)}\n" not in checked_in:
-        pytest.skip("the checked-in PTX comes from another nvcc than this one")
-    assert generate(name, nvcc) == checked_in, "stale: run `python -m tests.ptx_kernels`"
-    ptxas = find_tool("ptxas")
-    assert ptxas is not None
+def test_ptxas_assembles_the_user_ptx(name: str) -> None:
+    ptxas = _tool("ptxas", "TENSORWASM_REQUIRE_PTXAS")
+    source = str(PTX_DIR / f"{name}.ptx")
     result = subprocess.run(
-        [
-            ptxas,
-            "-arch=sm_80",
-            "--warning-as-error",
-            "-o",
-            os.devnull,
-            str(PTX_DIR / f"{name}.ptx"),
-        ],
+        [ptxas, "-arch=sm_80", "--warning-as-error", "-o", os.devnull, source],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", USER_KERNELS)
+def test_user_ptx_is_what_nvcc_generates(name: str) -> None:
+    nvcc = _tool("nvcc", "TENSORWASM_REQUIRE_NVCC")
+    if f"// Compiler: {nvcc_release(nvcc)}\n" not in ptx_text(name):
+        pytest.skip("the checked-in PTX comes from another nvcc than this one")
+    assert generate(name, nvcc) == ptx_text(name), "stale: run `python -m tests.ptx_kernels`"
 
 
 # --- execution semantics ------------------------------------------------------------------
