@@ -407,6 +407,30 @@ def _vector_types() -> PtxCase:
                    {1: out.ravel(), 2: new_pairs.ravel()})  # fmt: skip
 
 
+def _warp_scan() -> PtxCase:
+    rng = np.random.default_rng(20)
+    n, threads, blocks = 1000, 128, 8
+    values = rng.integers(-(2**20), 2**20, n).astype(np.int32)
+    values[:3] = [0, -1, 2**20]
+    padded = np.zeros(threads * blocks, np.int64)
+    padded[:n] = values
+    scan = np.cumsum(padded.reshape(-1, 32), axis=1).ravel()[:n]
+    scan = (((scan + 2**31) % 2**32) - 2**31).astype(np.int32)
+    maximum = np.array([max(-1e30, float((values.astype(np.float32) * np.float32(0.25)).max()))],
+                       np.float32)  # fmt: skip
+    stats = np.array([values.min(), values.max(), n % 1001, 7], np.int32)
+    x = values.view(np.uint32).astype(np.uint64)
+    permuted = (x & 0xFF) | (0x04 << 8) | (((x >> 8) & 0xFF) << 16) | (0x03 << 24)
+    clz64 = np.where(x == 0, 64, 64 - np.floor(np.log2(np.maximum(x, 1))).astype(np.int64) - 1)
+    mixed = (permuted ^ ((x >> 8) & 0xFF) ^ (clz64.astype(np.uint64) << 24)) & 0xFFFFFFFF
+    start_stats = np.array([2**31 - 1, -(2**31), 0, 0], np.int32)
+    return PtxCase("user-warp_scan", _user("warp_scan"), "warp_scan",
+                   (values, np.zeros(n, np.int32), np.array([-1e30], np.float32), start_stats,
+                    np.zeros(n, np.uint32)),
+                   (0, 1, 2, 3, 4, i32(n)), (blocks, 1, 1), (threads, 1, 1),
+                   {1: scan, 2: maximum, 3: stats, 4: mixed.astype(np.uint32)})  # fmt: skip
+
+
 def user_cases() -> list[PtxCase]:
     """A case per user-style kernel entry."""
     return [
@@ -419,6 +443,7 @@ def user_cases() -> list[PtxCase]:
         _float_math(),
         _local_array(),
         _vector_types(),
+        _warp_scan(),
     ]
 
 

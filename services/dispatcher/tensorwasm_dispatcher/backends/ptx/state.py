@@ -181,7 +181,7 @@ class GroupState:
             raise Fault(self._lane(lanes, first), int(addresses[first]),
                         f"a misaligned address (needs {width}-byte alignment)")  # fmt: skip
         if space == "generic":
-            space, addresses = self._generic(addresses, lanes)
+            return self._generic(addresses, lanes, dtype, vector, writing)
         if space == "global":
             found = self.memory.pieces(addresses, width, dtype, writing)
             if isinstance(found, int):
@@ -212,17 +212,37 @@ class GroupState:
         return position if lanes is None else int(lanes[position])
 
     def _generic(
-        self, addresses: npt.NDArray[np.uint64], lanes: npt.NDArray[np.int64] | None
-    ) -> tuple[str, npt.NDArray[np.uint64]]:
-        """The state space of generic addresses, and the addresses within it."""
+        self,
+        addresses: npt.NDArray[np.uint64],
+        lanes: npt.NDArray[np.int64] | None,
+        dtype: np.dtype[Any],
+        vector: int,
+        writing: bool,
+    ) -> list[Piece]:
+        """A generic access: each thread's address is in the shared window, the local
+        window or global memory; threads in different spaces get a piece each."""
+        spaces: list[tuple[str, npt.NDArray[np.bool_], int]] = []
+        claimed = np.zeros(addresses.shape, np.bool_)
         for space, window in (("shared", SHARED_WINDOW), ("local", LOCAL_WINDOW)):
             inside = (addresses >= np.uint64(window)) & (
                 addresses < np.uint64(window + WINDOW_BYTES)
             )
             if inside.any():
-                if not inside.all():
-                    first = int(np.argmin(inside))
-                    raise Fault(self._lane(lanes, first), int(addresses[first]),
-                                f"one generic access mixing {space} and other memory")  # fmt: skip
-                return space, addresses - np.uint64(window)
-        return "global", addresses
+                spaces.append((space, inside, window))
+                claimed |= inside
+        if not spaces:
+            return self.locate("global", addresses, lanes, dtype, vector, writing)
+        if not claimed.all():
+            spaces.append(("global", ~claimed, 0))
+        if len(spaces) == 1:
+            space, _, window = spaces[0]
+            return self.locate(space, addresses - np.uint64(window), lanes, dtype, vector, writing)
+        pieces: list[Piece] = []
+        for space, inside, window in spaces:
+            chosen = np.flatnonzero(inside)
+            sub_lanes = chosen if lanes is None else lanes[chosen]
+            within = addresses[chosen] - np.uint64(window)
+            for view, index, selection in self.locate(space, within, sub_lanes, dtype, vector,
+                                                      writing):  # fmt: skip
+                pieces.append((view, index, chosen if selection is None else chosen[selection]))
+        return pieces
