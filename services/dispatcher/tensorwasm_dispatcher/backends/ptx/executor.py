@@ -306,14 +306,13 @@ class _Specials(dict[str, Any]):
             axis = "xyz".index(key[-1])
             if grid[axis] == 1:
                 return u32(0)
-            blocks = np.uint64(self.first_block) + geometry.block_in_group[:threads]
+            in_group = geometry.block_in_group[:threads]
+            last = self.first_block + threads // geometry.threads_per_block
+            if axis == 0 and last <= grid[0]:  # the group lies in one row of the grid
+                return u32(self.first_block) + in_group
+            blocks = np.uint64(self.first_block) + in_group
             if axis == 0:
-                return (
-                    (blocks % np.uint64(grid[0])).astype(u32)
-                    if grid[1] * grid[2] > 1
-                    or (self.first_block + threads // geometry.threads_per_block > grid[0])
-                    else blocks.astype(u32)
-                )
+                return (blocks % np.uint64(grid[0])).astype(u32)
             if axis == 1:
                 return ((blocks // np.uint64(grid[0])) % np.uint64(grid[1])).astype(u32)
             return (blocks // np.uint64(grid[0] * grid[1])).astype(u32)
