@@ -21,7 +21,13 @@ from tensorwasm_dispatcher.backends.ptx.parser import (
     PtxSyntaxError,
     PtxUnsupportedError,
 )
-from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Value
+from tensorwasm_dispatcher.backends.ptx.state import (
+    LOCAL_WINDOW,
+    SHARED_WINDOW,
+    GroupState,
+    Mask,
+    Value,
+)
 
 Op = Callable[[GroupState, Mask], None]
 _F32_TINY = np.float32(1.17549435e-38)
@@ -381,7 +387,6 @@ def _float_op(
         steps.append(_ftz)
     if "sat" in modifiers:
         steps.append(_saturate)
-    cast = dtype.type
 
     def finish(value: Value) -> Value:
         value = (
@@ -410,7 +415,6 @@ def _float_op(
         return _compute(ops, instruction, dtype, lambda a, b: np.copysign(b, a), 2, finish)
     if name == "testp":
         raise _unsupported(instruction)
-    del cast
     raise _unsupported(instruction)
 
 
@@ -662,8 +666,6 @@ def _mov(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
 
 
 def _cvta(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
-    from tensorwasm_dispatcher.backends.ptx.state import LOCAL_WINDOW, SHARED_WINDOW
-
     dtype = parse_type(instruction, parts[-1])
     to_space = parts[1] == "to"
     space = parts[2] if to_space else parts[1]

@@ -11,7 +11,7 @@ that will reach it has: the barrier is the scheduling itself.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +50,6 @@ class Block:
     branch_target: int | None = None  # a taken `bra`
     branch_guard: Instruction | None = None  # the guarded terminator, if any
     exits: bool = False  # ends in ret/exit (possibly guarded)
-    falls_through: bool = True
 
 
 @dataclass
@@ -63,7 +62,6 @@ class Program:
     specials_used: set[str]
     writes_global: bool
     dynamic_shared_offset: int
-    block_of_instruction: dict[int, int] = field(default_factory=dict)
 
 
 def _guarded(op: Op, instruction: Instruction) -> Op:
@@ -140,19 +138,16 @@ def translate(entry: Entry) -> Program:  # noqa: PLR0912 - one branch per instru
                     raise PtxSyntaxError(f"line {instruction.line}: unknown label {target!r}")
                 block.branch_target = block_at[labels[target]]
                 block.branch_guard = instruction if instruction.guard_register else None
-                block.falls_through = instruction.guard_register is not None
                 continue
             if name in ("ret", "exit"):
                 block.exits = True
                 block.branch_guard = instruction if instruction.guard_register else None
-                block.falls_through = instruction.guard_register is not None
                 continue
             block.ops.append(
                 (_guarded(_translate_one(instruction, operands, reads), instruction), instruction)
             )
         if not block.exits and block.branch_target is None and end == len(instructions):
             block.exits = True  # running off the end of the body returns
-            block.falls_through = False
         blocks.append(block)
     return Program(
         entry,
