@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tensorwasm_dispatcher.backends.ptx.arithmetic import Op, _unsupported
+from tensorwasm_dispatcher.backends.ptx.common import Op, unsupported
 from tensorwasm_dispatcher.backends.ptx.operands import Operands, parse_type
 from tensorwasm_dispatcher.backends.ptx.parser import Instruction, PtxSyntaxError
 from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Piece, Value
@@ -40,9 +40,9 @@ def _space_and_vector(instruction: Instruction, parts: list[str]) -> tuple[str, 
         elif base in _QUALIFIERS or part.startswith(("L1::", "L2::")) or base in ("L1", "L2"):
             continue
         else:
-            raise _unsupported(instruction, f"the qualifier .{part}")
+            raise unsupported(instruction, f"the qualifier .{part}")
     if space == "const":
-        raise _unsupported(instruction, "the .const state space")
+        raise unsupported(instruction, "the .const state space")
     return space, vector
 
 
@@ -134,7 +134,7 @@ def translate_store(instruction: Instruction, ops: Operands, parts: list[str]) -
     dtype = parse_type(instruction, parts[-1])
     space, vector = _space_and_vector(instruction, parts)
     if space == "param":
-        raise _unsupported(instruction, "stores to parameters")
+        raise unsupported(instruction, "stores to parameters")
     if len(instruction.operands) != 2:
         raise PtxSyntaxError(f"line {instruction.line}: `{instruction.text}` takes 2 operands")
     address, _ = ops.address(instruction, instruction.operands[0])
@@ -173,7 +173,7 @@ def _atomic_function(  # noqa: PLR0911 - one branch per instruction form
         return lambda old, b: np.where((old == 0) | (old > b), b, old - dtype.type(1))
     if op == "cas":
         return lambda old, b, c: np.where(old == b, c, old)
-    raise _unsupported(instruction, f"atomic .{op}")
+    raise unsupported(instruction, f"atomic .{op}")
 
 
 _UFUNC_AT = {"add", "min", "max", "and", "or", "xor"}
@@ -187,9 +187,9 @@ def translate_atomic(
     op = parts[-2]
     space, vector = _space_and_vector(instruction, [parts[0], *parts[1:-2], parts[-1]])
     if vector != 1 or space in ("param", "local"):
-        raise _unsupported(instruction)
+        raise unsupported(instruction)
     if parts[-1] in ("f16", "f16x2", "bf16") or dtype.kind == "b":
-        raise _unsupported(instruction, "this atomic type")
+        raise unsupported(instruction, "this atomic type")
     operands = instruction.operands
     write = None if is_red else ops.writer(instruction, operands[0])
     rest = operands if is_red else operands[1:]
@@ -272,7 +272,7 @@ def _apply_atomic(  # noqa: PLR0917 - one atomic's parts
 def translate_shuffle(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
     mode = next((p for p in parts if p in ("up", "down", "bfly", "idx")), None)
     if mode is None or parts[-1] != "b32":
-        raise _unsupported(instruction)
+        raise unsupported(instruction)
     operands = instruction.operands
     if len(operands) not in (4, 5):
         raise PtxSyntaxError(f"line {instruction.line}: `{instruction.text}`: wrong operands")
@@ -325,7 +325,7 @@ def _warp_keys(state: GroupState) -> npt.NDArray[np.int64]:
 def translate_vote(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
     mode = next((p for p in parts if p in ("all", "any", "uni", "ballot")), None)
     if mode is None:
-        raise _unsupported(instruction)
+        raise unsupported(instruction)
     write = ops.writer(instruction, instruction.operands[0])
     predicate = ops.reader(instruction, instruction.operands[1], np.dtype(np.bool_))
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tensorwasm_dispatcher.backends.ptx.arithmetic import Op, translate_arithmetic
+from tensorwasm_dispatcher.backends.ptx.arithmetic import translate_arithmetic
+from tensorwasm_dispatcher.backends.ptx.common import Op
 from tensorwasm_dispatcher.backends.ptx.memory_ops import (
     register_reads,
     translate_activemask,
@@ -26,6 +27,7 @@ from tensorwasm_dispatcher.backends.ptx.memory_ops import (
     translate_store,
     translate_vote,
 )
+from tensorwasm_dispatcher.backends.ptx.moves import translate_move
 from tensorwasm_dispatcher.backends.ptx.operands import Operands
 from tensorwasm_dispatcher.backends.ptx.parser import (
     Entry,
@@ -189,7 +191,7 @@ def _translate_one(instruction: Instruction, operands: Operands, reads: set[str]
         return translate_vote(instruction, operands, parts)
     if name == "activemask":
         return translate_activemask(instruction, operands)
-    op = translate_arithmetic(instruction, operands)
+    op = translate_move(instruction, operands) or translate_arithmetic(instruction, operands)
     if op is None:
         raise PtxUnsupportedError(f"line {instruction.line}: the instruction `{instruction.text}`")
     return op
