@@ -336,8 +336,30 @@ def test_a_grid_of_two_to_the_31_blocks_is_invalid_and_the_largest_grid_is_stopp
             AbiError.MALFORMED_PTX,
             "65536 bytes of shared memory",
         ),
+        (
+            HEADER + ".visible .entry k()\n{\n    .local .align 4 .b8 big[1048576];\n    ret;\n}\n",
+            "k",
+            AbiError.MALFORMED_PTX,
+            "1048576 bytes of local memory per thread",
+        ),
+        (
+            HEADER + ".visible .entry k()\n{\n    .reg .b32 %r<100000000>;\n    ret;\n}\n",
+            "k",
+            AbiError.MALFORMED_PTX,
+            "more than 65536 registers",
+        ),
     ],
-    ids=["not-ptx", "unclosed", "label", "register", "entry", "unsupported", "static-shared"],
+    ids=[
+        "not-ptx",
+        "unclosed",
+        "label",
+        "register",
+        "entry",
+        "unsupported",
+        "static-shared",
+        "local",
+        "registers",
+    ],
 )
 def test_bad_modules_are_refused_at_load(ptx: str, entry: str, code: AbiError, words: str) -> None:
     with pytest.raises(AbiFailure) as info:

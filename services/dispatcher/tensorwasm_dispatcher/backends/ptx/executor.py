@@ -38,6 +38,8 @@ from tensorwasm_dispatcher.backends.ptx.state import Fault, GlobalMemory, GroupS
 
 # Shared memory one block may use (static + dynamic), as on every GPU without opt-in.
 MAX_SHARED_BYTES_PER_BLOCK = 48 << 10
+# Local memory one thread may use (CUDA's limit).
+MAX_LOCAL_BYTES_PER_THREAD = 512 << 10
 # Threads run together in one group (registers are arrays this long); whole blocks only.
 DEFAULT_GROUP_THREADS = 1 << 16
 _LOCAL_BYTES_PER_GROUP = 64 << 20
@@ -125,6 +127,12 @@ class PtxExecutor:
             raise AbiFailure(
                 AbiError.NOT_AVAILABLE, f"the cpu PTX executor does not support {exc}"
             ) from None
+        if parsed.local_bytes > MAX_LOCAL_BYTES_PER_THREAD:
+            raise AbiFailure(
+                AbiError.MALFORMED_PTX,
+                f"{entry} declares {parsed.local_bytes} bytes of local memory per thread, more "
+                f"than the {MAX_LOCAL_BYTES_PER_THREAD} a thread may use",
+            )
         if parsed.shared_static_bytes > MAX_SHARED_BYTES_PER_BLOCK:
             raise AbiFailure(
                 AbiError.MALFORMED_PTX,
@@ -182,8 +190,14 @@ class PtxExecutor:
         params_bytes = bytearray(params)
         for position, base in placed.items():
             struct.pack_into("<Q", params_bytes, entry.params[position].offset_bytes, base)
-        _run_grid(kernel.entry, program, grid, block, shared_bytes, bytes(params_bytes), memory,
-                  deadline, self._group_threads)  # fmt: skip
+        try:
+            _run_grid(kernel.entry, program, grid, block, shared_bytes, bytes(params_bytes),
+                      memory, deadline, self._group_threads)  # fmt: skip
+        except MemoryError:
+            raise AbiFailure(
+                AbiError.LAUNCH_FAILED,
+                f"{kernel.entry}: the launch needs more host memory than the cpu backend has",
+            ) from None
         written = {id(memory.buffers[segment]) for segment in memory.written}
         return frozenset(p for p, arg in pointers.items() if id(arg.data) in written)
 

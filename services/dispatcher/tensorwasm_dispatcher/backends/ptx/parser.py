@@ -36,6 +36,8 @@ TYPES: dict[str, np.dtype[np.generic]] = {
     }.items()
 }  # fmt: skip
 
+# Declared registers an entry may have (nvcc's largest kernels declare a few thousand).
+MAX_REGISTERS = 1 << 16
 _LINE_DIRECTIVES = (".version", ".target", ".address_size", ".file", ".loc")
 _REGISTER_NAMES = re.compile(r"%[A-Za-z_$][\w$]*")
 _IDENT = r"[A-Za-z_$%][\w$]*"
@@ -253,6 +255,8 @@ class _EntryBuilder:
             raise PtxUnsupportedError(f"line {line}: registers of type .{type_name}")
         for item in _split_operands(words[2]):
             ranged = _RANGE.match(item)
+            if ranged and len(self.entry.registers) + int(ranged.group(2)) > MAX_REGISTERS:
+                raise PtxSyntaxError(f"line {line}: more than {MAX_REGISTERS} registers")
             names = (
                 [f"{ranged.group(1)}{i}" for i in range(int(ranged.group(2)))] if ranged else [item]
             )
