@@ -412,3 +412,39 @@ def test_the_differential_report_finds_agreement_and_disagreement() -> None:
     (row,) = differential.run([wrong], reference)
     assert not row.device_ok and not row.ok
     assert "FAIL" in differential.format_rows([row])
+
+
+def test_index_arithmetic_wraps_and_reversed_indices_store_as_on_a_gpu() -> None:
+    # Thread indices stay symbolic while they are affine; a product that wraps in 32 bits
+    # and a descending index must still give the GPU's answers.
+    ptx = (
+        HEADER
+        + """
+.visible .entry wrap(.param .u64 out, .param .u64 reversed)
+{
+    .reg .b32 %r<6>; .reg .b64 %rd<8>;
+    ld.param.u64 %rd1, [out];
+    ld.param.u64 %rd2, [reversed];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mad.lo.s32 %r4, %r1, %r2, %r3;
+    mul.lo.u32 %r5, %r4, 1073741825;
+    mul.wide.u32 %rd3, %r4, 4;
+    add.s64 %rd4, %rd1, %rd3;
+    st.global.u32 [%rd4], %r5;
+    sub.s32 %r5, 255, %r4;
+    mul.wide.s32 %rd5, %r5, 4;
+    add.s64 %rd6, %rd2, %rd5;
+    st.global.u32 [%rd6], %r4;
+    ret;
+}
+"""
+    )
+    out, reversed_ = _launch(
+        _backend(), ptx, "wrap", [np.zeros(256, np.uint32), np.zeros(256, np.uint32)], (),
+        grid=(4, 1, 1), block=(64, 1, 1),
+    )  # fmt: skip
+    index = np.arange(256, dtype=np.uint64)
+    assert out.tolist() == ((index * 1073741825) % 2**32).tolist()
+    assert reversed_.tolist() == list(range(255, -1, -1))

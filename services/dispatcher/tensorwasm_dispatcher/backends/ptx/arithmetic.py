@@ -18,6 +18,8 @@ from tensorwasm_kernels.fp32 import fma_f32
 from tensorwasm_dispatcher.backends.ptx.common import (
     BOOL_BINARY,
     Op,
+    affine_combine,
+    affine_scale,
     arity,
     compute,
     ftz,
@@ -36,7 +38,7 @@ from tensorwasm_dispatcher.backends.ptx.integer_ops import (
 )
 from tensorwasm_dispatcher.backends.ptx.operands import Operands, fit, parse_type
 from tensorwasm_dispatcher.backends.ptx.parser import Instruction
-from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Value
+from tensorwasm_dispatcher.backends.ptx.state import Affine, GroupState, Mask, Value, dense
 
 
 def _fma(dtype: np.dtype[Any]) -> Callable[[Value, Value, Value], Value]:
@@ -227,14 +229,15 @@ def _integer_op(  # noqa: PLR0911, PLR0912, PLR0915 - one branch per instruction
     if name in _INT_BINARY:
         return compute(ops, instruction, dtype, _INT_BINARY[name], 2)
     if name == "mul":
+        product = np.dtype(f"{dtype.kind}{dtype.itemsize * 2}") if mode == "wide" else dtype
         return compute(
             ops,
             instruction,
             dtype,
             integer_mul(mode or "lo", dtype),
             2,
-            finish=None,
             source_dtype=dtype,
+            affine=affine_scale(product) if mode != "hi" else None,
         )
     if name == "mad":
         multiply = integer_mul(mode or "lo", dtype)
@@ -243,11 +246,24 @@ def _integer_op(  # noqa: PLR0911, PLR0912, PLR0915 - one branch per instruction
         target = np.dtype(f"{dtype.kind}{dtype.itemsize * 2}") if mode == "wide" else dtype
         write = ops.writer(instruction, instruction.operands[0])
         arity(instruction, 4)
-        a, b = (ops.reader(instruction, t, dtype) for t in instruction.operands[1:3])
-        c = ops.reader(instruction, instruction.operands[3], target)
+        exact = mode != "hi"
+        a, b = (ops.reader(instruction, t, dtype, affine=exact) for t in instruction.operands[1:3])
+        c = ops.reader(instruction, instruction.operands[3], target, affine=exact)
+        scale, combine = affine_scale(target), affine_combine(target, 1, 1)
 
         def mad(state: GroupState, mask: Mask) -> None:
-            write(state, (multiply(a(state), b(state)) + c(state)).astype(target, copy=False), mask)
+            left, right, addend = a(state), b(state), c(state)
+            if exact and any(isinstance(v, Affine) for v in (left, right, addend)):
+                if not isinstance(left, Affine) and not isinstance(right, Affine):
+                    product: Value | None = multiply(left, right)
+                else:
+                    product = scale(left, right)
+                result = None if product is None else combine(product, addend)
+                if result is not None:
+                    write(state, result, mask)
+                    return
+                left, right, addend = dense(left), dense(right), dense(addend)
+            write(state, (multiply(left, right) + addend).astype(target, copy=False), mask)
 
         return mad
     if name in ("div", "rem"):
@@ -256,10 +272,22 @@ def _integer_op(  # noqa: PLR0911, PLR0912, PLR0915 - one branch per instruction
     if name in ("shl", "shr"):
         write = ops.writer(instruction, instruction.operands[0])
         arity(instruction, 3)
-        source = ops.reader(instruction, instruction.operands[1], dtype)
+        source = ops.reader(instruction, instruction.operands[1], dtype, affine=name == "shl")
         amount = ops.reader(instruction, instruction.operands[2], np.dtype(np.uint32))
         shifted = shift(name, dtype)
-        return lambda state, mask: write(state, shifted(source(state), amount(state)), mask)
+        scale = affine_scale(dtype)
+
+        def run_shift(state: GroupState, mask: Mask) -> None:
+            value, count = source(state), amount(state)
+            if isinstance(value, Affine):
+                result = scale(value, 1 << int(count)) if np.ndim(count) == 0 else None
+                if result is not None and int(count) < dtype.itemsize * 8:
+                    write(state, result, mask)
+                    return
+                value = value.dense()
+            write(state, shifted(value, count), mask)
+
+        return run_shift
     if name == "neg":
         return compute(ops, instruction, dtype, lambda a: (dtype.type(0) - a).astype(dtype), 1)
     if name == "abs":
@@ -307,7 +335,8 @@ def _carry_op(
     adding = name in ("add", "addc")
     if not uses_carry and not sets_carry:
         function = np.add if adding else np.subtract
-        return compute(ops, instruction, dtype, function, 2)
+        combine = affine_combine(dtype, 1, 1 if adding else -1)
+        return compute(ops, instruction, dtype, function, 2, affine=combine)
 
     def run(state: GroupState, mask: Mask) -> None:
         left, right = a(state), b(state)

@@ -34,7 +34,13 @@ from tensorwasm_dispatcher.backends.ptx.program import (
     run_group,
     translate,
 )
-from tensorwasm_dispatcher.backends.ptx.state import Fault, GlobalMemory, GroupState, TrapError
+from tensorwasm_dispatcher.backends.ptx.state import (
+    Affine,
+    Fault,
+    GlobalMemory,
+    GroupState,
+    TrapError,
+)
 
 # Shared memory one block may use (static + dynamic), as on every GPU without opt-in.
 MAX_SHARED_BYTES_PER_BLOCK = 48 << 10
@@ -312,6 +318,10 @@ class _Specials(dict[str, Any]):
         geometry, u32 = self.geometry, np.uint32
         grid, block = geometry.grid, geometry.block
         threads = self.threads
+        blocks = threads // geometry.threads_per_block
+        if key == "%tid.x" and block[1] == block[2] == 1:
+            index = Affine.make(0, 0, 1, np.dtype(u32), blocks, geometry.threads_per_block)
+            return index if index is not None else geometry.tid(key)[:threads]
         if key in ("%tid.x", "%tid.y", "%tid.z", "%laneid", "%warpid"):
             if (key == "%tid.y" and block[1] == 1) or (key == "%tid.z" and block[2] == 1):
                 return u32(0)
@@ -323,13 +333,16 @@ class _Specials(dict[str, Any]):
             in_group = geometry.block_in_group[:threads]
             last = self.first_block + threads // geometry.threads_per_block
             if axis == 0 and last <= grid[0]:  # the group lies in one row of the grid
-                return u32(self.first_block) + in_group
-            blocks = np.uint64(self.first_block) + in_group
+                row = Affine.make(self.first_block, 1, 0, np.dtype(u32), blocks,
+                                  geometry.threads_per_block)  # fmt: skip
+                if row is not None:
+                    return row
+            block_ids = np.uint64(self.first_block) + in_group
             if axis == 0:
-                return (blocks % np.uint64(grid[0])).astype(u32)
+                return (block_ids % np.uint64(grid[0])).astype(u32)
             if axis == 1:
-                return ((blocks // np.uint64(grid[0])) % np.uint64(grid[1])).astype(u32)
-            return (blocks // np.uint64(grid[0] * grid[1])).astype(u32)
+                return ((block_ids // np.uint64(grid[0])) % np.uint64(grid[1])).astype(u32)
+            return (block_ids // np.uint64(grid[0] * grid[1])).astype(u32)
         if key.startswith("%ntid."):
             return u32(block["xyz".index(key[-1])])
         if key.startswith("%nctaid."):

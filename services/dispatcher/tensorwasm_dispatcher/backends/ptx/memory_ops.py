@@ -19,7 +19,15 @@ import numpy.typing as npt
 from tensorwasm_dispatcher.backends.ptx.common import Op, unsupported
 from tensorwasm_dispatcher.backends.ptx.operands import Operands, parse_type
 from tensorwasm_dispatcher.backends.ptx.parser import Instruction, PtxSyntaxError
-from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Piece, Value
+from tensorwasm_dispatcher.backends.ptx.state import (
+    SHARED_WINDOW,
+    Affine,
+    GroupState,
+    Mask,
+    Piece,
+    Value,
+    dense,
+)
 
 _SPACES = {"global", "shared", "local", "param", "const"}
 _QUALIFIERS = {
@@ -58,6 +66,21 @@ def _addresses(
     return full if lanes is None else full[lanes]
 
 
+def _contiguous(  # noqa: PLR0917 - the parts of one access
+    state: GroupState,
+    space: str,
+    address: Affine,
+    dtype: np.dtype[Any],
+    vector: int,
+    writing: bool,
+) -> tuple[npt.NDArray[Any], int, int] | None:
+    """A global access whose threads' addresses step evenly: a slice of one buffer."""
+    step = address.contiguous_step
+    if step is None or space not in ("global", "generic") or address.high >= SHARED_WINDOW:
+        return None
+    return state.memory.contiguous(address.start, step, state.threads, dtype, vector, writing)
+
+
 def _gather(pieces: list[Piece], offset: int, count: int, dtype: np.dtype[Any]) -> Value:
     if len(pieces) == 1 and pieces[0][2] is None:
         view, index, _ = pieces[0]
@@ -92,8 +115,17 @@ def translate_load(instruction: Instruction, ops: Operands, parts: list[str]) ->
         return _load_param(instruction, ops, dtype, vector, writers, address)
 
     def load(state: GroupState, mask: Mask) -> None:
+        where = address(state)
+        if mask is None and isinstance(where, Affine):
+            found = _contiguous(state, space, where, dtype, vector, writing=False)
+            if found is not None:
+                view, first, step = found
+                stop = first + step * state.threads
+                for position, write in enumerate(writers):
+                    write(state, view[first + position : stop + position : step].copy(), None)
+                return
         lanes = _lanes(state, mask)
-        addresses = _addresses(state, address(state), lanes)
+        addresses = _addresses(state, where, lanes)
         pieces = state.locate(space, addresses, lanes, dtype, vector)
         for position, write in enumerate(writers):
             values = _gather(pieces, position, addresses.size, dtype)
@@ -144,8 +176,17 @@ def translate_store(instruction: Instruction, ops: Operands, parts: list[str]) -
     readers = [ops.reader(instruction, source, dtype) for source in sources]
 
     def store(state: GroupState, mask: Mask) -> None:
+        where = address(state)
+        if mask is None and isinstance(where, Affine):
+            found = _contiguous(state, space, where, dtype, vector, writing=True)
+            if found is not None:
+                view, first, step = found
+                stop = first + step * state.threads
+                for position, read in enumerate(readers):
+                    view[first + position : stop + position : step] = dense(read(state))
+                return
         lanes = _lanes(state, mask)
-        addresses = _addresses(state, address(state), lanes)
+        addresses = _addresses(state, where, lanes)
         pieces = state.locate(space, addresses, lanes, dtype, vector, writing=True)
         for position, read in enumerate(readers):
             values = state.full(read(state))

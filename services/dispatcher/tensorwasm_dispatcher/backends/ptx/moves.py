@@ -11,6 +11,7 @@ from tensorwasm_dispatcher.backends.ptx.common import (
     BOOL_BINARY,
     INT_ROUNDING,
     Op,
+    affine_combine,
     arity,
     compute,
     ftz,
@@ -121,7 +122,7 @@ def _mov(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
                 )
 
         return unpack
-    return compute(ops, instruction, dtype, lambda x: x, 1)
+    return compute(ops, instruction, dtype, lambda x: x, 1, affine=lambda x: x)
 
 
 def _cvta(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
@@ -132,16 +133,13 @@ def _cvta(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
     if window is None:
         raise unsupported(instruction)
     delta = np.uint64(window)
+    u64 = np.dtype(np.uint64)
+    move = affine_combine(u64, 1, -1 if to_space else 1)
     if to_space:
-        return compute(
-            ops,
-            instruction,
-            np.dtype(np.uint64),
-            lambda x: (x - delta) if window else x,
-            1,
-            lambda v: fit(v, dtype),
-        )
-    return compute(ops, instruction, np.dtype(np.uint64), lambda x: x + delta, 1)
+        return compute(ops, instruction, u64, lambda x: (x - delta) if window else x, 1,
+                       lambda v: fit(v, dtype), affine=lambda x: move(x, delta))  # fmt: skip
+    return compute(ops, instruction, u64, lambda x: x + delta, 1,
+                   affine=lambda x: move(x, delta))  # fmt: skip
 
 
 def _cvt(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
@@ -204,7 +202,9 @@ def _cvt(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
             value = step(value)
         return value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
-    return compute(ops, instruction, target, convert, 1, source_dtype=source)
+    integral = target.kind in "iu" and source.kind in "iu"
+    return compute(ops, instruction, target, convert, 1, source_dtype=source,
+                   affine=(lambda x: x.cast(target)) if integral else None)  # fmt: skip
 
 
 TRANSLATORS: dict[str, Callable[[Instruction, Operands, list[str]], Op]] = {

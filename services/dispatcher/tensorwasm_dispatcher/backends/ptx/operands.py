@@ -23,7 +23,7 @@ from tensorwasm_dispatcher.backends.ptx.parser import (
     PtxUnsupportedError,
     Register,
 )
-from tensorwasm_dispatcher.backends.ptx.state import GroupState, Mask, Value
+from tensorwasm_dispatcher.backends.ptx.state import Affine, GroupState, Mask, Value, dense
 
 Reader = Callable[[GroupState], Value]
 Writer = Callable[[GroupState, Value, Mask], None]
@@ -121,19 +121,25 @@ class Operands:
                 return "param", param.offset_bytes
         return None
 
-    def reader(self, instruction: Instruction, text: str, dtype: np.dtype[Any]) -> Reader:
-        """A reader of `text` (register, `!pred`, special, immediate, symbol) as `dtype`."""
+    def reader(
+        self, instruction: Instruction, text: str, dtype: np.dtype[Any], affine: bool = False
+    ) -> Reader:
+        """A reader of `text` (register, `!pred`, special, immediate, symbol) as `dtype`.
+
+        With `affine`, an affine value comes back as one (cast to `dtype`) where it fits;
+        otherwise every value is a NumPy array or scalar.
+        """
         if text.startswith("!"):
             inner = self.reader(instruction, text[1:], np.dtype(np.bool_))
             return lambda state: np.logical_not(inner(state))
         if text in SPECIALS:
             self.specials_used.add(text)
-            return lambda state: fit(state.specials[text], dtype)
+            return lambda state: _held(state.specials[text], dtype, affine)
         if text.startswith("%"):
             if text.startswith(("%envreg", "%pm", "%total")):
                 raise PtxUnsupportedError(f"line {instruction.line}: the register {text}")
             slot = self.register(instruction, text).slot
-            return lambda state: fit(state.r[slot], dtype)
+            return lambda state: _held(state.r[slot], dtype, affine)
         constant = immediate(text, dtype)
         if constant is not None:
             return lambda state: constant
@@ -160,11 +166,17 @@ class Operands:
         slot, dtype = register.slot, register.dtype
 
         def write(state: GroupState, value: Value, mask: Mask) -> None:
+            if isinstance(value, Affine):
+                held = value.cast(dtype) if mask is None else None
+                if held is not None:
+                    state.r[slot] = held
+                    return
+                value = value.dense()
             value = fit(value, dtype)
             if mask is None:
                 state.r[slot] = value
             else:
-                state.r[slot] = np.where(mask, value, state.r[slot])
+                state.r[slot] = np.where(mask, value, dense(state.r[slot]))
 
         return write
 
@@ -202,6 +214,12 @@ class Operands:
 
         def read(state: GroupState) -> Value:
             raw = state.r[slot]
+            if isinstance(raw, Affine):
+                held = raw.cast(np.dtype(np.uint64)) if wide else raw.cast(np.dtype(np.uint32))
+                if held is not None:
+                    return _offset_affine(held, offset) if offset else held.cast(
+                        np.dtype(np.uint64))  # fmt: skip
+                raw = raw.dense()
             base = (
                 fit(raw, np.dtype(np.uint64))
                 if wide
@@ -210,6 +228,23 @@ class Operands:
             return base + delta if offset else base
 
         return read, None
+
+
+def _held(value: Value, dtype: np.dtype[Any], affine: bool) -> Value:
+    if isinstance(value, Affine):
+        if affine:
+            held = value.cast(dtype)
+            if held is not None:
+                return held
+        return fit(value.dense(), dtype)
+    return fit(value, dtype)
+
+
+def _offset_affine(value: Affine, offset: int) -> Value:
+    moved = Affine.make(value.start + offset, value.block_step, value.thread_step,
+                        np.dtype(np.uint64), value.blocks, value.block_threads)  # fmt: skip
+    return moved if moved is not None else value.dense().astype(np.uint64) + np.uint64(
+        offset & (2**64 - 1))  # fmt: skip
 
 
 def parse_type(instruction: Instruction, name: str) -> np.dtype[Any]:

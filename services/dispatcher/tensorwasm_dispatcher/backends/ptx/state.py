@@ -24,6 +24,82 @@ LOCAL_WINDOW = 2 << 48
 WINDOW_BYTES = 1 << 32
 
 
+class Affine:
+    """Integers that are affine in the thread: `start + block_step * (lane // block_threads)
+    + thread_step * (lane % block_threads)` for each thread `lane` of the group, all within
+    `dtype`'s range (so no wrap-around happened). Thread and block indices and the
+    addresses computed from them stay in this form, so their arithmetic costs nothing per
+    thread and a load or store at consecutive addresses is a slice."""
+
+    __slots__ = ("_dense", "block_step", "block_threads", "blocks", "dtype", "high", "low",
+                 "start", "thread_step")  # fmt: skip
+
+    def __init__(  # noqa: PLR0917 - the coefficients and the group's shape
+        self, start: int, block_step: int, thread_step: int, dtype: np.dtype[Any],
+        blocks: int, block_threads: int,
+    ) -> None:  # fmt: skip
+        self.start, self.block_step, self.thread_step = start, block_step, thread_step
+        self.dtype, self.blocks, self.block_threads = dtype, blocks, block_threads
+        self.low = (
+            start + min(0, block_step) * (blocks - 1) + min(0, thread_step) * (block_threads - 1)
+        )
+        self.high = (
+            start + max(0, block_step) * (blocks - 1) + max(0, thread_step) * (block_threads - 1)
+        )
+        self._dense: npt.NDArray[Any] | None = None
+
+    @staticmethod
+    def make(  # noqa: PLR0917 - the coefficients and the group's shape
+        start: int, block_step: int, thread_step: int, dtype: np.dtype[Any],
+        blocks: int, block_threads: int,
+    ) -> Affine | None:  # fmt: skip
+        """The affine value, or None if some thread's value falls outside `dtype`."""
+        if dtype.kind not in "iu":
+            return None
+        value = Affine(start, block_step, thread_step, dtype, blocks, block_threads)
+        info = np.iinfo(dtype)
+        bound = 2**62  # the dense form is computed in int64
+        if value.low < max(info.min, -bound) or value.high > min(info.max, bound):
+            return None
+        return value
+
+    def cast(self, dtype: np.dtype[Any]) -> Affine | None:
+        """The same values held as `dtype`, if they all fit."""
+        if dtype == self.dtype:
+            return self
+        return Affine.make(self.start, self.block_step, self.thread_step, dtype, self.blocks,
+                           self.block_threads)  # fmt: skip
+
+    @property
+    def contiguous_step(self) -> int | None:
+        """The step between consecutive threads' values, if it is the same across blocks."""
+        if self.block_step == self.thread_step * self.block_threads:
+            return self.thread_step
+        return None
+
+    def dense(self) -> npt.NDArray[Any]:
+        """One value per thread (computed once)."""
+        if self._dense is None:
+            lanes = np.arange(self.blocks * self.block_threads, dtype=np.int64)
+            step = self.contiguous_step
+            if step is not None:
+                values = self.start + step * lanes
+            else:
+                per_block = self.block_threads
+                values = (
+                    self.start
+                    + self.block_step * (lanes // per_block)
+                    + self.thread_step * (lanes % per_block)
+                )
+            self._dense = values.astype(self.dtype)
+        return self._dense
+
+
+def dense(value: Value) -> Value:
+    """`value` as a NumPy array or scalar (an affine value expanded)."""
+    return value.dense() if isinstance(value, Affine) else value
+
+
 class Fault(Exception):  # noqa: N818 - a kernel's outcome, reported as a launch failure
     """A thread touched memory it may not (an illegal or misaligned address)."""
 
@@ -76,6 +152,30 @@ class GlobalMemory:
             found = (view, base + skip)
             self._views[key] = found
         return found
+
+    def contiguous(  # noqa: PLR0917 - the parts of one access
+        self, start: int, step: int, count: int, dtype: np.dtype[Any], vector: int, writing: bool
+    ) -> tuple[npt.NDArray[Any], int, int] | None:
+        """(typed view, first element, element step) of `count` accesses of `vector`
+        elements at `start`, `start + step`, ...: when all are aligned and in one buffer
+        (else None: the caller takes the general path, which reports any fault)."""
+        width = dtype.itemsize * vector
+        last = start + step * (count - 1)
+        if step <= 0 or step % dtype.itemsize or start % width or (step % width and vector > 1):
+            return None
+        segment = int(np.searchsorted(self.starts, np.uint64(start), side="right")) - 1
+        if (
+            segment < 0
+            or start < int(self.starts[segment])
+            or last + width > int(self.ends[segment])
+        ):
+            return None
+        view, base = self._view(segment, dtype)
+        if (start - base) % dtype.itemsize:
+            return None
+        if writing:
+            self.written.add(segment)
+        return view, (start - base) // dtype.itemsize, step // dtype.itemsize
 
     def pieces(
         self, addresses: npt.NDArray[np.uint64], width: int, dtype: np.dtype[Any], writing: bool
@@ -153,6 +253,8 @@ class GroupState:
 
     def full(self, value: Value) -> npt.NDArray[Any]:
         """`value` as an array over every thread."""
+        if isinstance(value, Affine):
+            return value.dense()
         if isinstance(value, np.ndarray) and value.shape == (self.threads,):
             return value
         return np.broadcast_to(np.asarray(value), (self.threads,))
