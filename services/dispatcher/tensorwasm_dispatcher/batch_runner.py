@@ -139,8 +139,9 @@ class Dispatcher:
         self.buffers = DeviceBuffers(backend, ledger)
         sessions.on_close = self.buffers.release_all
 
-    def execute(self, tenant: str, batch: Batch) -> BatchResult:
-        """Runs `batch` for `tenant` (blocking: call it off the event loop).
+    def execute(self, tenant: str, batch: Batch, *, deadline: float | None = None) -> BatchResult:
+        """Runs `batch` for `tenant` (blocking: call it off the event loop); a launch still
+        running at `deadline` (on `time.monotonic()`) is stopped where the backend can.
 
         Raises:
             InvalidBatchError: no session id, too many commands, duplicate buffer ids.
@@ -163,7 +164,7 @@ class Dispatcher:
                         data = self.buffers.run(session, command)
                         results.append(CommandResult(0, data=data) if data else OK)
                         continue
-                    kernel_seconds += self._run(session, staging, command)
+                    kernel_seconds += self._run(session, staging, command, deadline)
                     results.append(OK)
                 except AbiFailure as failure:
                     results.append(CommandResult(int(failure.code), failure.message))
@@ -195,7 +196,11 @@ class Dispatcher:
         return BatchResult(tuple(results), buffers, kernel_seconds, usage.kernel_seconds)
 
     def _run(
-        self, session: GpuSession, staging: _Staging, command: LoadKernel | LaunchKernel[KernelArg]
+        self,
+        session: GpuSession,
+        staging: _Staging,
+        command: LoadKernel | LaunchKernel[KernelArg],
+        deadline: float | None,
     ) -> float:
         """Runs one command; returns its kernel time. Failures raise AbiFailure."""
         if isinstance(command, LoadKernel):
@@ -222,6 +227,7 @@ class Dispatcher:
             block=command.block,
             shared_mem_bytes=command.shared_mem_bytes,
             args=args,
+            deadline=deadline,
         )
         for position in result.written:
             arg = command.args[position]

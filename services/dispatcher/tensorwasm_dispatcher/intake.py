@@ -28,8 +28,11 @@ class BatchIntake:
         self._admission = admission
         self._scheduler = scheduler
 
-    async def execute(self, tenant: str, batch: Batch) -> BatchResult:
-        """Admits `batch`, waits for a worker to run it, and returns its result.
+    async def execute(
+        self, tenant: str, batch: Batch, *, deadline: float | None = None
+    ) -> BatchResult:
+        """Admits `batch`, waits for a worker to run it, and returns its result; `deadline`
+        (on `time.monotonic()`) is the caller's, which bounds the batch's launches.
 
         Raises:
             TenantBusyError, DispatcherSaturatedError: refused at once (counted as a
@@ -43,7 +46,9 @@ class BatchIntake:
             raise
         try:
             future = self._scheduler.submit(
-                tenant, len(batch.commands), lambda: self._dispatcher.execute(tenant, batch)
+                tenant,
+                len(batch.commands),
+                lambda: self._dispatcher.execute(tenant, batch, deadline=deadline),
             )
         except BaseException:
             slot.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 import grpc
@@ -77,7 +78,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     ) -> pb.ExecuteResponse:
         """Runs the batch through the intake (admitted, or refused at once)."""
         tenant = _tenant(request.tenant, context)
-        result = await self._intake.execute(tenant, batch_from_wire(request))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        result = await self._intake.execute(tenant, batch_from_wire(request), deadline=deadline)
         return result_to_wire(result)
 
     async def GetTenantUsage(

@@ -132,8 +132,10 @@ class Backend(abc.ABC):
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
+        deadline: float | None = None,
     ) -> LaunchResult:
-        """Runs one kernel to completion on `stream`.
+        """Runs one kernel to completion on `stream`; a backend that can stop a kernel stops
+        it at `deadline` (on `time.monotonic()`; None: its own limit only).
 
         Raises:
             AbiFailure: INVALID_ARGS (the arguments do not fit the kernel),

@@ -153,9 +153,16 @@ class CpuBackend(Backend):
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
+        deadline: float | None = None,
     ) -> LaunchResult:
         if isinstance(kernel, _PtxKernel):
-            return self._launch_ptx(kernel, grid, block, shared_mem_bytes, args)
+            limit = time.monotonic() + self.launch_timeout_seconds
+            if deadline is not None:
+                limit = min(limit, deadline)
+            return self._launch_ptx(
+                kernel, grid=grid, block=block, shared_mem_bytes=shared_mem_bytes, args=args,
+                deadline=limit,
+            )  # fmt: skip
         if not isinstance(kernel, _CpuKernel):
             raise TypeError("not a kernel of the cpu backend")
         spec = kernel.spec
@@ -183,10 +190,12 @@ class CpuBackend(Backend):
     def _launch_ptx(
         self,
         kernel: _PtxKernel,
+        *,
         grid: Dim3,
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
+        deadline: float,
     ) -> LaunchResult:
         try:
             check_geometry(grid, block)
@@ -211,7 +220,7 @@ class CpuBackend(Backend):
             block=block,
             shared_mem_bytes=shared_mem_bytes,
             args=bound,
-            deadline=time.monotonic() + self.launch_timeout_seconds,
+            deadline=deadline,
         )
         elapsed = time.perf_counter() - started
         return LaunchResult(kernel_seconds=elapsed, written=written)
