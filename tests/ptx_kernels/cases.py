@@ -11,6 +11,7 @@ differs from the reference's get `Close`, relative to the magnitude of the terms
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -431,6 +432,22 @@ def _warp_scan() -> PtxCase:
                    {1: scan, 2: maximum, 3: stats, 4: mixed.astype(np.uint32)})  # fmt: skip
 
 
+def _libm() -> PtxCase:
+    rng = np.random.default_rng(22)
+    n = 1000
+    x = rng.uniform(-50, 50, n).astype(np.float32)
+    x[:4] = [1e4, -3e5, 0.5, 100.0]  # sinf/cosf's large-argument path
+    v = x.astype(np.float64)
+    erf = np.array([math.erf(value) for value in v])
+    weights = np.array([0.5, -1.25, 2.0, 0.125])[np.arange(n) & 3]
+    expected = (np.sin(v) + np.cos(v) + np.log(np.abs(v) + 1) + np.abs(v) ** 1.5 + np.tanh(v)
+                + erf + np.arctan2(v, 2) + np.cbrt(v) + weights)  # fmt: skip
+    # Each libm function is within a few f32 ulps of the exact value; so is their sum.
+    return PtxCase("user-libm", _user("libm"), "libm", (x, np.zeros(n, np.float32)),
+                   (0, 1, i32(n)), (4, 1, 1), (256, 1, 1), {1: expected.astype(np.float32)},
+                   compare={1: Close(2e-6, 1e-5)})  # fmt: skip
+
+
 def user_cases() -> list[PtxCase]:
     """A case per user-style kernel entry."""
     return [
@@ -444,6 +461,7 @@ def user_cases() -> list[PtxCase]:
         _local_array(),
         _vector_types(),
         _warp_scan(),
+        _libm(),
     ]
 
 

@@ -16,6 +16,7 @@ from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, BufferRef, S
 from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_common.settings import SettingsError
 from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.backends.base import BufferArg
 from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
@@ -461,3 +462,38 @@ def test_the_callers_deadline_stops_a_launch_and_the_session_goes_on() -> None:
     double = (LoadKernel(1, DOUBLE.encode(), "double_it"),)
     assert [r.code for r in dispatcher.execute("t", Batch("s", (), double)).results] == [0]
     assert ledger.usage("t").staged_bytes_current == 0
+
+
+def test_module_variables_start_from_their_initialisers_and_persist_across_launches() -> None:
+    ptx = (
+        HEADER
+        + """
+.global .align 4 .u32 launches = 40;
+.const .align 4 .b8 table[8] = {1, 0, 0, 0, 2, 0, 0, 0};
+.visible .entry count(.param .u64 out)
+{
+    .reg .b32 %r<4>; .reg .b64 %rd<4>;
+    atom.global.add.u32 %r1, [launches], 1;
+    ld.const.u32 %r2, [table+4];
+    add.u32 %r3, %r1, %r2;
+    ld.param.u64 %rd1, [out];
+    st.global.u32 [%rd1], %r3;
+    ret;
+}
+"""
+    )
+    backend = _backend()
+    kernel = backend.load(ptx.encode(), "count")
+    stream = backend.open_stream()
+    out = backend.stage(bytes(4))
+    seen = []
+    for _ in range(3):
+        backend.launch(stream, kernel, grid=(1, 1, 1), block=(1, 1, 1), shared_mem_bytes=0,
+                       args=[BufferArg(out, 0, 4, guest_offset=4096)])  # fmt: skip
+        seen.append(int(np.frombuffer(backend.read(out, stream), np.uint32)[0]))
+    assert seen == [42, 43, 44]
+    # Another load of the same module starts from the initialisers again.
+    fresh = backend.load(ptx.encode(), "count")
+    backend.launch(stream, fresh, grid=(1, 1, 1), block=(1, 1, 1), shared_mem_bytes=0,
+                   args=[BufferArg(out, 0, 4, guest_offset=4096)])  # fmt: skip
+    assert int(np.frombuffer(backend.read(out, stream), np.uint32)[0]) == 42

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from tensorwasm_dispatcher.backends.ptx.program import (
     translate,
 )
 from tensorwasm_dispatcher.backends.ptx.state import (
+    MODULE_BASE,
     Affine,
     Fault,
     GlobalMemory,
@@ -84,11 +85,13 @@ class ExecutorStats:
 
 @dataclass(frozen=True)
 class PtxKernel:
-    """A loaded entry, ready to launch."""
+    """A loaded entry, ready to launch, with its module's `.global`/`.const` variables
+    (their own copy per load: they keep their values from launch to launch)."""
 
     digest: str
     entry: str
     program: Program
+    module_globals: bytearray = field(repr=False, default_factory=bytearray)
 
 
 class PtxExecutor:
@@ -98,7 +101,9 @@ class PtxExecutor:
         self, *, cache_entries: int = 128, group_threads: int = DEFAULT_GROUP_THREADS
     ) -> None:
         self._modules: LRUCache[str, Module] = LRUCache(maxsize=cache_entries)
-        self._programs: LRUCache[tuple[str, str], Program] = LRUCache(maxsize=cache_entries)
+        self._programs: LRUCache[tuple[str, str], tuple[Program, bytes]] = LRUCache(
+            maxsize=cache_entries
+        )
         self._lock = threading.Lock()
         self._group_threads = group_threads
         self.stats = ExecutorStats()
@@ -112,10 +117,10 @@ class PtxExecutor:
         """
         digest = blake3_hex(ptx)
         with self._lock:
-            program = self._programs.get((digest, entry))
-            if program is not None:
+            cached = self._programs.get((digest, entry))
+            if cached is not None:
                 self.stats.cache_hits += 1
-                return PtxKernel(digest, entry, program)
+                return PtxKernel(digest, entry, cached[0], bytearray(cached[1]))
         started = time.perf_counter()
         try:
             module = self._module(digest, ptx)
@@ -148,8 +153,8 @@ class PtxExecutor:
         with self._lock:
             self.stats.translations += 1
             self.stats.translate_seconds += time.perf_counter() - started
-            self._programs[(digest, entry)] = program
-        return PtxKernel(digest, entry, program)
+            self._programs[(digest, entry)] = (program, bytes(module.globals_image))
+        return PtxKernel(digest, entry, program, bytearray(module.globals_image))
 
     def _module(self, digest: str, ptx: bytes) -> Module:
         with self._lock:
@@ -192,7 +197,7 @@ class PtxExecutor:
                 f"{MAX_SHARED_BYTES_PER_BLOCK} a block may use",
             )
         params, pointers = _bind(kernel.entry, program, args)
-        memory, placed = _global_memory(pointers)
+        memory, placed = _global_memory(pointers, kernel.module_globals)
         params_bytes = bytearray(params)
         for position, base in placed.items():
             struct.pack_into("<Q", params_bytes, entry.params[position].offset_bytes, base)
@@ -248,12 +253,17 @@ def _bind(
     return bytes(block), pointers
 
 
-def _global_memory(pointers: dict[int, PointerArg]) -> tuple[GlobalMemory, dict[int, int]]:
-    """The buffers the pointers reach, each at its own base, and each pointer's address."""
+def _global_memory(
+    pointers: dict[int, PointerArg], module_globals: bytearray
+) -> tuple[GlobalMemory, dict[int, int]]:
+    """The buffers the pointers reach, each at its own base, the module's variables at
+    `MODULE_BASE`, and each pointer's address."""
     bases: dict[int, int] = {}
     placed: dict[int, int] = {}
     cursor = _FIRST_ADDRESS
     buffers: list[tuple[int, bytearray]] = []
+    if module_globals:
+        buffers.append((MODULE_BASE, module_globals))
     for position, pointer in pointers.items():
         key = id(pointer.data)
         if key not in bases:

@@ -49,8 +49,8 @@ def _space_and_vector(instruction: Instruction, parts: list[str]) -> tuple[str, 
             continue
         else:
             raise unsupported(instruction, f"the qualifier .{part}")
-    if space == "const":
-        raise unsupported(instruction, "the .const state space")
+    if space == "const":  # module constants live in global memory here
+        space = "global"
     return space, vector
 
 

@@ -23,7 +23,14 @@ from tensorwasm_dispatcher.backends.ptx.parser import (
     PtxUnsupportedError,
     Register,
 )
-from tensorwasm_dispatcher.backends.ptx.state import Affine, GroupState, Mask, Value, dense
+from tensorwasm_dispatcher.backends.ptx.state import (
+    MODULE_BASE,
+    Affine,
+    GroupState,
+    Mask,
+    Value,
+    dense,
+)
 
 Reader = Callable[[GroupState], Value]
 Writer = Callable[[GroupState, Value, Mask], None]
@@ -114,6 +121,8 @@ class Operands:
         variable = self.entry.variables.get(name)
         if variable is not None:
             return variable.space, variable.offset_bytes
+        if name in self.entry.module_variables:
+            return "global", MODULE_BASE + self.entry.module_variables[name]
         if name == self.entry.dynamic_shared:
             return "shared", self.dynamic_shared_offset
         for param in self.entry.params:

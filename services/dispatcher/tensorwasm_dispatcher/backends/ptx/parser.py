@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -103,13 +104,18 @@ class Entry:
     local_bytes: int
     dynamic_shared: str | None  # the `.extern .shared` symbol, placed after the statics
     statements: list[Instruction | str]  # instructions and label names, in order
+    # The module's `.global`/`.const` variables: name -> offset in `globals_image`.
+    module_variables: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class Module:
-    """A parsed PTX module: its entries by name."""
+    """A parsed PTX module: its entries by name, and the initial bytes of its `.global`
+    and `.const` variables (each entry sees them at `MODULE_BASE` + their offset)."""
 
     entries: dict[str, Entry]
+    variables: dict[str, int] = field(default_factory=dict)
+    globals_image: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(frozen=True)
@@ -420,7 +426,7 @@ def parse_module(text: str) -> Module:  # noqa: PLR0912 - one branch per instruc
                     align = int(m.group(1)) if (m := re.search(r"\.align\s+(\d+)", rest)) else 4
                     module_shared.append((variable.name, align, variable.size_bytes))
             elif ".global" in words or ".const" in words:
-                continue  # module variables: an instruction that names one is unsupported
+                _module_variable(module, token.text, token.line)
             else:
                 raise PtxSyntaxError(f"line {token.line}: unexpected `{token.text}`")
             continue
@@ -434,12 +440,79 @@ def parse_module(text: str) -> Module:  # noqa: PLR0912 - one branch per instruc
                 module.entries[name] = _build_entry(
                     name, params, tokens[position:body_end], module_shared, dynamic_shared
                 )
+                module.entries[name].module_variables = module.variables
             position = body_end + 1
             continue
         raise PtxSyntaxError(f"line {token.line}: unexpected {token.kind} at module scope")
     if not seen_version:
         raise PtxSyntaxError("the module has no .version directive")
     return module
+
+
+def _module_variable(module: Module, text: str, line: int) -> None:
+    """Places a module-scope `.global`/`.const` variable (with its initialiser, if any)."""
+    declaration, _, initialiser = text.partition("=")
+    words = declaration.split()
+    if words[0] == ".extern":
+        raise PtxUnsupportedError(f"line {line}: an external module variable ({text})")
+    align = 0
+    type_name = ""
+    declarator = ""
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == ".align":
+            align = int(words[index + 1])
+            index += 2
+            continue
+        if word.startswith(".") and word[1:] in TYPES:
+            type_name = word[1:]
+        elif not word.startswith("."):
+            declarator = "".join(words[index:])
+            break
+        index += 1
+    match = _ARRAY.match(declarator) or re.fullmatch(rf"({_IDENT})()", declarator)
+    if not type_name or not match:
+        raise PtxSyntaxError(f"line {line}: `{text}` is not a variable declaration")
+    dtype = TYPES[type_name]
+    count = 1
+    for dimension in re.findall(r"\[(\d*)\]", match.group(2)):
+        if not dimension:
+            raise PtxUnsupportedError(f"line {line}: an array without a size: `{text}`")
+        count *= int(dimension)
+    values = [v.strip() for v in initialiser.strip().strip("{}").split(",") if v.strip()]
+    if len(values) > count:
+        raise PtxSyntaxError(f"line {line}: more initialisers than elements in `{text}`")
+    data = bytearray(dtype.itemsize * count)
+    for position, value in enumerate(values):
+        data[position * dtype.itemsize : (position + 1) * dtype.itemsize] = _constant_bytes(
+            value, dtype, line
+        )
+    image = module.globals_image
+    offset = _align_up(len(image), max(align or dtype.itemsize, 1))
+    image.extend(bytes(offset - len(image)))
+    module.variables[match.group(1)] = offset
+    image.extend(data)
+
+
+def _constant_bytes(text: str, dtype: np.dtype[Any], line: int) -> bytes:
+    """The bytes of one initialiser value of type `dtype`."""
+    try:
+        if text[:2] in ("0f", "0F") and len(text) == 10:
+            bits = int(text[2:], 16)
+            number = float(np.array(bits, np.uint32).view(np.float32))
+        elif text[:2] in ("0d", "0D") and len(text) == 18:
+            number = float(np.array(int(text[2:], 16), np.uint64).view(np.float64))
+        elif dtype.kind == "f":
+            number = float(text)
+        else:
+            integer = int(text.rstrip("U"), 0)
+            return (integer & ((1 << (8 * dtype.itemsize)) - 1)).to_bytes(dtype.itemsize, "little")
+    except ValueError:
+        raise PtxUnsupportedError(f"line {line}: the initialiser `{text}`") from None
+    if dtype.kind != "f":
+        raise PtxUnsupportedError(f"line {line}: a float initialiser of an integer variable")
+    return np.array(number, dtype).tobytes()
 
 
 def _scope_end(tokens: list[_Token], position: int, line: int) -> int:

@@ -22,6 +22,8 @@ Mask = npt.NDArray[np.bool_] | None  # the threads an instruction runs for (None
 SHARED_WINDOW = 1 << 48
 LOCAL_WINDOW = 2 << 48
 WINDOW_BYTES = 1 << 32
+# Where a module's `.global`/`.const` variables live (far above any launch's buffers).
+MODULE_BASE = 1 << 40
 
 
 class Affine:
