@@ -448,6 +448,34 @@ def _libm() -> PtxCase:
                    compare={1: Close(2e-6, 1e-5)})  # fmt: skip
 
 
+def _block_votes() -> PtxCase:
+    rng = np.random.default_rng(23)
+    n, threads, blocks = 1000, 128, 8
+    x = rng.integers(-1000, 1000, n).astype(np.int32)
+    x[:2] = [950, -950]
+    v = np.zeros(threads * blocks, np.int64)
+    v[:n] = x
+    per_block = v.reshape(blocks, threads)
+    count = (per_block > 0).sum(axis=1)
+    every = (per_block > -900).all(axis=1)
+    some = (per_block > 900).any(axis=1)
+    block_word = np.repeat(count + 1000 * every + 100000 * some, threads)
+    warps = v.reshape(-1, 32)
+    total = np.repeat(warps.sum(axis=1) % 2**32, 32)
+    extremes = np.repeat(warps.min(axis=1) * 3 + warps.max(axis=1), 32)
+    xor = np.repeat(np.bitwise_xor.reduce(warps % 2**32, axis=1), 32)
+    words = np.stack([block_word, total, extremes, xor], axis=1)[:n]
+    out = (((words + 2**31) % 2**32) - 2**31).astype(np.int32).ravel()
+    halves = rng.uniform(-4, 4, 2 * n).astype(np.float16)
+    half = (halves * np.float16(0.5)).astype(np.float16)
+    added = (halves + half).astype(np.float16)
+    fused = (halves.astype(np.float64) * halves + added).astype(np.float16)  # rounded once
+    return PtxCase("user-block_votes", _user("block_votes"), "block_votes",
+                   (x, np.zeros(4 * n, np.int32), halves, np.zeros(2 * n, np.float16)),
+                   (0, 1, 2, 3, i32(n)), (blocks, 1, 1), (threads, 1, 1),
+                   {1: out, 3: fused})  # fmt: skip
+
+
 def user_cases() -> list[PtxCase]:
     """A case per user-style kernel entry."""
     return [
@@ -462,6 +490,7 @@ def user_cases() -> list[PtxCase]:
         _vector_types(),
         _warp_scan(),
         _libm(),
+        _block_votes(),
     ]
 
 

@@ -149,10 +149,32 @@ def translate_arithmetic(instruction: Instruction, ops: Operands) -> Op | None:
             return compute(ops, instruction, dtype, np.logical_not, 1)
         raise unsupported(instruction)
     if parts[-1] == "f16x2":
-        raise unsupported(instruction, "packed f16x2 arithmetic")
+        return _packed_half_op(instruction, ops, name, modifiers)
     if dtype.kind == "f":
         return _float_op(instruction, ops, name, modifiers, dtype)
     return _integer_op(instruction, ops, name, modifiers, dtype)
+
+
+_PACKED = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "min": np.fmin, "max": np.fmax,
+    "neg": np.negative, "abs": np.abs,
+}  # fmt: skip
+
+
+def _packed_half_op(instruction: Instruction, ops: Operands, name: str, modifiers: set[str]) -> Op:
+    """f16x2: two f16 values in each 32-bit register, computed lane by lane."""
+    if modifiers - {"rn"} or (name not in _PACKED and name not in ("fma", "mad")):
+        raise unsupported(instruction, "this packed f16x2 form")
+    function = _PACKED.get(name) or _fma(np.dtype(np.float16))
+    count = 3 if name in ("fma", "mad") else (1 if name in ("neg", "abs") else 2)
+
+    def packed(*values: Value) -> Value:
+        halves = [np.atleast_1d(np.asarray(v, np.uint32)).view(np.float16) for v in values]
+        result = np.asarray(function(*halves), np.float16).view(np.uint32)
+        scalar = all(np.ndim(v) == 0 for v in values)
+        return result[0] if scalar else result
+
+    return compute(ops, instruction, np.dtype(np.uint32), packed, count)
 
 
 def _float_op(

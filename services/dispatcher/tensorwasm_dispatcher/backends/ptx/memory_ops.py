@@ -413,10 +413,76 @@ def register_reads(instruction: Instruction) -> set[str]:
     sources = operands if first in ("st", "red") else operands[1:]
     names: set[str] = set()
     for text in sources:
-        names.update(re.findall(r"%[\w$]+", text))
+        names.update(re.findall(r"%?[A-Za-z_$][\w$]*", text))
     if operands and first not in ("st", "red"):
         # A destination's address (`[%rd]` of an atom) is read too.
-        names.update(re.findall(r"%[\w$]+", operands[0]) if operands[0].startswith("[") else [])
+        names.update(
+            re.findall(r"%?[A-Za-z_$][\w$]*", operands[0]) if operands[0].startswith("[") else []
+        )
     if instruction.guard_register is not None:
         names.add(instruction.guard_register.name)
     return names
+
+
+def translate_block_reduction(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
+    """`bar.red.{popc,and,or}`: a barrier (the scheduler's) that also counts or combines a
+    predicate over the block's threads."""
+    mode = parts[2] if len(parts) > 2 else ""
+    if mode not in ("popc", "and", "or") or len(instruction.operands) not in (3, 4):
+        raise unsupported(instruction)
+    write = ops.writer(instruction, instruction.operands[0])
+    predicate = ops.reader(instruction, instruction.operands[-1], np.dtype(np.bool_))
+
+    def reduce(state: GroupState, mask: Mask) -> None:
+        keys = state.block_of_lane
+        active = np.ones(state.threads, np.bool_) if mask is None else mask
+        truth = state.full(predicate(state)) & active
+        blocks = state.threads // state.block_threads
+        trues = np.bincount(keys, weights=truth, minlength=blocks)[keys]
+        if mode == "popc":
+            write(state, trues.astype(np.uint32), mask)
+        elif mode == "and":
+            actives = np.bincount(keys, weights=active, minlength=blocks)[keys]
+            write(state, trues == actives, mask)
+        else:
+            write(state, trues > 0, mask)
+
+    return reduce
+
+
+_REDUX_IDENTITY = {"min": "max", "max": "min"}
+
+
+def translate_warp_reduction(instruction: Instruction, ops: Operands, parts: list[str]) -> Op:
+    """`redux.sync.{add,min,max,and,or,xor}`: one value per warp from its active threads."""
+    if len(parts) < 4 or parts[2] not in ("add", "min", "max", "and", "or", "xor"):
+        raise unsupported(instruction)
+    op = parts[2]
+    dtype = parse_type(instruction, parts[-1])
+    if dtype.itemsize != 4 or dtype.kind not in "iu":
+        raise unsupported(instruction)
+    write = ops.writer(instruction, instruction.operands[0])
+    source = ops.reader(instruction, instruction.operands[1], dtype)
+    ufunc = {"min": np.minimum, "max": np.maximum, "and": np.bitwise_and,
+             "or": np.bitwise_or, "xor": np.bitwise_xor}.get(op)  # fmt: skip
+
+    def reduce(state: GroupState, mask: Mask) -> None:
+        keys = _warp_keys(state)
+        values = state.full(source(state))
+        count = int(keys.max()) + 1
+        lanes = slice(None) if mask is None else mask
+        if op == "add":
+            wide = values.astype(np.int64)[lanes] % (1 << 32)
+            sums = np.bincount(keys[lanes], weights=wide.astype(np.float64), minlength=count)
+            result = (sums.astype(np.int64) % (1 << 32)).astype(np.uint32).view(dtype)
+        else:
+            assert ufunc is not None
+            if op in _REDUX_IDENTITY:
+                start = getattr(np.iinfo(dtype), _REDUX_IDENTITY[op])
+            else:
+                start = ~dtype.type(0) if op == "and" else dtype.type(0)
+            result = np.full(count, start, dtype)
+            ufunc.at(result, keys[lanes], values[lanes])
+        write(state, result[keys], mask)
+
+    return reduce

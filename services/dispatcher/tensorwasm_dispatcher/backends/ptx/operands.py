@@ -144,7 +144,7 @@ class Operands:
         if text in SPECIALS:
             self.specials_used.add(text)
             return lambda state: _held(state.specials[text], dtype, affine)
-        if text.startswith("%"):
+        if text.startswith("%") or text in instruction.registers:
             if text.startswith(("%envreg", "%pm", "%total")):
                 raise PtxUnsupportedError(f"line {instruction.line}: the register {text}")
             slot = self.register(instruction, text).slot
@@ -169,7 +169,7 @@ class Operands:
         """A writer into register `text` (`_` discards): the active threads only."""
         if text == "_":
             return lambda state, value, mask: None
-        if not text.startswith("%") or text in SPECIALS:
+        if not (text.startswith("%") or text in instruction.registers) or text in SPECIALS:
             raise PtxSyntaxError(f"line {instruction.line}: cannot write to `{text}`")
         register = self.register(instruction, text)
         slot, dtype = register.slot, register.dtype

@@ -40,7 +40,7 @@ TYPES: dict[str, np.dtype[np.generic]] = {
 # Declared registers an entry may have (nvcc's largest kernels declare a few thousand).
 MAX_REGISTERS = 1 << 16
 _LINE_DIRECTIVES = (".version", ".target", ".address_size", ".file", ".loc")
-_REGISTER_NAMES = re.compile(r"%[A-Za-z_$][\w$]*")
+_OPERAND_NAMES = re.compile(r"%?[A-Za-z_$][\w$]*")
 _IDENT = r"[A-Za-z_$%][\w$]*"
 _LABEL = re.compile(rf"^({_IDENT})$")
 _RANGE = re.compile(rf"^({_IDENT})<(\d+)>$")
@@ -324,7 +324,7 @@ class _EntryBuilder:
             if guard_register is None or guard_register.dtype != np.bool_:
                 raise PtxSyntaxError(f"line {line}: the guard {guard} is not a predicate")
         scope: dict[str, Register] = {}
-        for name in _REGISTER_NAMES.findall(rest):
+        for name in _OPERAND_NAMES.findall(rest):
             register = self.lookup(name)
             if register is not None:
                 scope[name] = register

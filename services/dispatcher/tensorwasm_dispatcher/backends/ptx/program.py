@@ -22,10 +22,12 @@ from tensorwasm_dispatcher.backends.ptx.memory_ops import (
     register_reads,
     translate_activemask,
     translate_atomic,
+    translate_block_reduction,
     translate_load,
     translate_shuffle,
     translate_store,
     translate_vote,
+    translate_warp_reduction,
 )
 from tensorwasm_dispatcher.backends.ptx.moves import translate_move
 from tensorwasm_dispatcher.backends.ptx.operands import Operands
@@ -161,9 +163,15 @@ def translate(entry: Entry) -> Program:  # noqa: PLR0912 - one branch per instru
     )
 
 
-def _translate_one(instruction: Instruction, operands: Operands, reads: set[str]) -> Op:  # noqa: PLR0911 - one branch per instruction form
+def _translate_one(  # noqa: PLR0911, PLR0912 - one branch per instruction family
+    instruction: Instruction, operands: Operands, reads: set[str]
+) -> Op:
     parts = instruction.opcode.split(".")
     name = parts[0]
+    if name in ("bar", "barrier") and "red" in parts:
+        return translate_block_reduction(instruction, operands, parts)
+    if name == "redux":
+        return translate_warp_reduction(instruction, operands, parts)
     if name in ("bar", "barrier"):
         if "warp" in parts or parts[1:2] in (["sync"], ["cta"], []) or "sync" in parts:
             if "red" in parts or "arrive" in parts:
