@@ -16,7 +16,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
+.PHONY: help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed engines-postgres
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-test: setup guest-toolchain ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
+test: setup guest-toolchain engines-postgres ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
 	.venv/bin/pytest -m "not gpu and not bench" -q
 
 # Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
@@ -59,7 +59,7 @@ test: setup guest-toolchain ## Run the whole test suite (unit, integration, e2e)
 BUSY_PROCESSES ?= $(shell nproc)
 OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
 
-test-oversubscribed: setup guest-toolchain ## Integration tests once, CPUs oversubscribed by busy loops
+test-oversubscribed: setup guest-toolchain engines-postgres ## Integration tests once, CPUs oversubscribed by busy loops
 	@busy=(); trap 'kill "$${busy[@]}" 2>/dev/null; wait 2>/dev/null' EXIT; \
 	for _ in $$(seq $(BUSY_PROCESSES)); do yes >/dev/null & busy+=($$!); done; \
 	echo "test-oversubscribed: $(BUSY_PROCESSES) busy processes on $$(nproc) cores"; \
@@ -99,13 +99,22 @@ guest-toolchain: ## Install clang-19, lld-19, wasi-libc, libclang-rt-19-dev-wasm
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GUEST_TOOLCHAIN); fi
 
+# PostgreSQL's server binaries for the tests and benchmarks that run the gateway (and the
+# store index) on PostgreSQL: the fixture (tests/engines/postgres.py) runs initdb + pg_ctl.
+engines-postgres: ## Install PostgreSQL (apt `postgresql`) if initdb is missing
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  echo "engines-postgres: installed"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; fi
+
 guests: .venv/.synced guest-toolchain ## Build the example GPU guests (C with clang, WAT) into build/guests
 	$(PY) tools/build_guests.py --require-c --out $(GUEST_OUT)
 
-bench: setup ## Run the benchmark groups; JSON under bench-results/
+bench: setup engines-postgres ## Run the benchmark groups; JSON under bench-results/
 	$(PY) -m tests.bench --out bench-results
 
-bench-smoke: setup ## Every benchmark group at smoke sizing (CI: the groups still run; timings not judged)
+bench-smoke: setup engines-postgres ## Every benchmark group at smoke sizing (CI: the groups still run; timings not judged)
 	$(PY) -m tests.bench --quick --out $${TMPDIR:-/tmp}/tensorwasm-bench-smoke
 
 up: setup ## Start the five services on loopback (state in DATA_DIR)
@@ -122,3 +131,15 @@ demo: setup ## Fresh clone to result: stack up, deploy the example, invoke it, s
 
 clean: ## Remove the venv, tools and local data
 	rm -rf .venv .tools .demo-data bench-results .pytest_cache .mypy_cache .ruff_cache
+
+# The TypeScript client (clients/node): dependencies under clients/node/node_modules
+# (npm ci, from the committed lock), code generated from protos/ at build time, its tests
+# against a real stack, and the packed tarball installed and imported in an empty project.
+NODE_CLIENT := clients/node
+
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --silent --no-audit --no-fund
+
+.PHONY: test-node
+test-node: .venv/.synced $(NODE_CLIENT)/node_modules/.package-lock.json ## Build and test the TypeScript client (real stack), check its npm package
+	cd $(NODE_CLIENT) && npm run build && npm test && npm run check-pack

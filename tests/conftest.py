@@ -10,6 +10,10 @@ import wasmtime
 
 WAT_DIR = Path(__file__).parent / "fixtures" / "wat"
 
+# The real engines as fixtures: postgres_server, postgres_url, database_url (PostgreSQL);
+# seaweedfs (the S3 server).
+pytest_plugins = ("tests.engines.postgres", "tests.engines.databases", "tests.engines.seaweedfs")
+
 
 @pytest.fixture(scope="session")
 def wat_dir() -> Path:

@@ -99,12 +99,26 @@ def _elementwise_cases(target: str) -> list[Case]:
                      grid, (128, 1, 1),
                      {1: _tail(out, n - 10, np_type)}, rtol=tolerance)
             )  # fmt: skip
+    # exp over (nearly) its whole finite range: x * log2(e) is rounded before ex2, so a
+    # kernel that skips the argument reduction is off by up to 2^-17 relative near 88.
+    wide = np.concatenate([_rng(4).uniform(-87.0, 88.5, n - 6), [-87.3, 88.7, 80.0, -80.0, 0, 1]])
+    wide = wide.astype(np.float32)
+    cases.append(
+        Case("exp-wide-f32", KernelSpec("exp", {}, "f32", target),
+             (wide, np.full(n, 7, np.float32)), (u32_arg(n),), (_blocks(n, 128), 1, 1), (128, 1, 1),
+             {1: np.exp(wide.astype(np.float64)).astype(np.float32)}, rtol=1e-6)
+    )  # fmt: skip
     rng = _rng(2)
     x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     expected = (np.float64(1.5) * x + y).astype(np.float32)  # fma: rounded once
     cases.append(
         Case("saxpy-f32", KernelSpec("saxpy", {}, "f32", target), (x, y.copy()),
              (f32_arg(1.5), u32_arg(n)), (_blocks(n, 256), 1, 1), (256, 1, 1), {1: expected})
+    )  # fmt: skip
+    # y and z slices past the first do nothing: saxpy updates y in place, once.
+    cases.append(
+        Case("saxpy-f32-yz", KernelSpec("saxpy", {}, "f32", target), (x, y.copy()),
+             (f32_arg(1.5), u32_arg(n)), (_blocks(n, 128), 2, 2), (128, 2, 2), {1: expected})
     )  # fmt: skip
     return cases
 

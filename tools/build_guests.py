@@ -1,4 +1,4 @@
-"""Build the example GPU guests of clients/guest/examples/cuda: C with clang, WAT templates.
+"""Build the example guests of clients/guest/examples/{cuda,tensor}: C with clang, WAT templates.
 
 C sources are compiled with `clang --target=wasm32-wasi` (clang-19, lld-19, wasi-libc and
 libclang-rt-19-dev-wasm32: `make guest-toolchain` installs them) against the SDK header
@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "clients" / "guest" / "examples" / "cuda"
+# C guests of wasi:tensor and wasi:scheduler (header clients/guest/include/tensorwasm/tensor.h).
+TENSOR_EXAMPLES = ROOT / "clients" / "guest" / "examples" / "tensor"
 INCLUDE = ROOT / "clients" / "guest" / "include"
 PTX_DIR = ROOT / "kernels" / "tensorwasm_kernels" / "ptx"
 WASI_SYSROOT = Path("/usr")  # Debian's wasi-libc: /usr/lib/wasm32-wasi, /usr/include/...
@@ -94,7 +96,8 @@ def build_all(out: Path, *, require_c: bool) -> list[Path]:
             raise SystemExit("no clang for wasm32-wasi: run `make guest-toolchain`")
         print("build_guests: no clang for wasm32-wasi; C examples skipped", file=sys.stderr)
         return built
-    built += [build_c(source, out, clang) for source in sorted(EXAMPLES.glob("*.c"))]
+    sources = sorted(EXAMPLES.glob("*.c")) + sorted(TENSOR_EXAMPLES.glob("*.c"))
+    built += [build_c(source, out, clang) for source in sources]
     return built
 
 

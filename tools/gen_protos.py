@@ -19,13 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+OWN_PACKAGE = "tensorwasm"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", "error_reasons.py")
 REASONS_MODULE = Path("tensorwasm/common/v1/error_reasons.py")
 REASON_PREFIX = "ERROR_REASON_"
 
 
 def _generate(out_dir: Path) -> None:
-    sources = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
+    # Only our own protos: the vendored `google/rpc` ones (for foreign clients) are
+    # generated for Python by googleapis-common-protos, which the services import.
+    sources = sorted(
+        p.relative_to(PROTO_ROOT).as_posix() for p in (PROTO_ROOT / OWN_PACKAGE).rglob("*.proto")
+    )
     bin_dir = Path(sys.executable).parent
     command = [
         sys.executable,
@@ -90,7 +95,11 @@ def _reasons_module(out_dir: Path) -> str:
 
 
 def _generated_files(root: Path) -> set[Path]:
-    return {p.relative_to(root) for p in root.rglob("*.py*") if p.name.endswith(GENERATED_SUFFIXES)}
+    return {
+        p.relative_to(root)
+        for p in (root / OWN_PACKAGE).rglob("*.py*")
+        if p.name.endswith(GENERATED_SUFFIXES)
+    }
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ from tensorwasm_kernels.geometry import Dim3
 from tensorwasm_kernels.params import Param, ParamKind
 
 MARKER_PREFIX = b"// tensorwasm-jit-kernel "
-EMITTER_VERSIONS = frozenset({2})
+EMITTER_VERSIONS = frozenset({3})
 
 Buffers = Mapping[str, npt.NDArray[Any]]
 Scalars = Mapping[str, Any]

@@ -17,6 +17,15 @@ def running_dispatcher(work_dir: Path, **settings: str) -> Iterator[str]:
     """Starts `python -m tensorwasm_dispatcher` on ephemeral ports with the cpu backend and
     `settings` (`MAX_IN_FLIGHT="4"` sets TENSORWASM_DISPATCHER_MAX_IN_FLIGHT); yields its
     gRPC address once its ready file is written, and stops it on exit."""
+    with dispatcher_process(work_dir, **settings) as (address, _):
+        yield address
+
+
+@contextmanager
+def dispatcher_process(
+    work_dir: Path, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `running_dispatcher`, yielding the process too."""
     ready = work_dir / "ready.json"
     env = {
         **os.environ,
@@ -39,7 +48,7 @@ def running_dispatcher(work_dir: Path, **settings: str) -> Iterator[str]:
             assert process.poll() is None, "the dispatcher exited"
             assert time.monotonic() < deadline, "the dispatcher did not start"
             time.sleep(0.05)
-        yield str(json.loads(ready.read_text())["grpc_address"])
+        yield str(json.loads(ready.read_text())["grpc_address"]), process
     finally:
         process.terminate()
         process.wait(timeout=30)

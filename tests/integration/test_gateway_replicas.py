@@ -44,8 +44,11 @@ GUEST_DEADLINE_SECONDS = 30
 class SecondGateway:
     """Gateway B: its own process, the stack's database, executor and store."""
 
-    def __init__(self, stack: RunningStack, name: str) -> None:
+    def __init__(
+        self, stack: RunningStack, name: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         self._stack = stack
+        self._extra_env = extra_env or {}
         self._ready = stack.data_dir / "run" / f"{name}.ready.json"
         self._log = stack.data_dir / "logs" / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,6 +69,7 @@ class SecondGateway:
             "TENSORWASM_GATEWAY_EXECUTOR_ADDRESSES": services["executor"].grpc_address,
             "TENSORWASM_GATEWAY_SNAPSHOT_ADDRESS": services["snapshot"].grpc_address,
             "PYTHONUNBUFFERED": "1",
+            **self._extra_env,
         }
         self._ready.unlink(missing_ok=True)
         with self._log.open("ab") as log:

@@ -30,8 +30,9 @@ def test_vector_add_on_device_buffers_and_gpu_time(
     used = settled_usage(stack, tenant)
     # Three launches, no staged pointer argument: only the buffers' bytes were held.
     assert (used.launches, used.failed_commands) == (3, 0)
-    assert used.staged_bytes_total == 3 * 256
-    assert used.staged_bytes_peak == 3 * 256
+    # 256 bytes each, charged one 512-byte allocation granule each
+    assert used.staged_bytes_total == 3 * 512
+    assert used.staged_bytes_peak == 3 * 512
     # Freed at the end of the invocation (the session ended with its store).
     assert (used.device_buffers, used.device_buffer_bytes, used.staged_bytes_current) == (0, 0, 0)
     assert used.open_sessions == 0
@@ -47,7 +48,7 @@ def test_buffers_live_with_their_instance_and_report_gpu_time(
     assert handle == 4  # handles count up per instance: a, b, c, then this one
     held = usage(stack, tenant)
     assert (held.device_buffers, held.device_buffer_bytes) == (3, 2 * 256 + 1000)
-    assert held.staged_bytes_current == 2 * 256 + 1000
+    assert held.staged_bytes_current == 2 * 512 + 1024  # whole allocation granules
     client.delete_instance(name)
     freed = settled_usage(stack, tenant)
     assert (freed.device_buffers, freed.staged_bytes_current, freed.open_sessions) == (0, 0, 0)

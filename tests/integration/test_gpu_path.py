@@ -69,7 +69,7 @@ def test_vector_add_runs_on_the_cpu_backend(
     assert response.outcome.stderr == b""
     used = settled_usage(stack, tenant)
     assert (used.loads, used.launches, used.failed_commands) == (1, 1, 0)
-    assert used.staged_bytes_total == 3 * 256
+    assert used.staged_bytes_total == 3 * 512  # 256 bytes each, in one 512-byte granule
     assert used.staged_bytes_current == 0 and used.open_sessions == 0
     assert used.kernel_time.ToTimedelta().total_seconds() > 0
 
@@ -151,7 +151,7 @@ def flood_and_light(
     light_calls: int = 5,
 ) -> tuple[list[str], list[int]]:
     """Floods the GPU as one tenant (256 launches a call) while another runs one launch at
-    a time (512 bytes staged); returns what each call got."""
+    a time (two 512-byte granules staged); returns what each call got."""
     with gateway_client(flood) as flooder, gateway_client(light) as lighter:
         flooder.create_function("vector-add", wasm)
         lighter.create_function("vector-add", wasm)
@@ -195,7 +195,7 @@ def tight_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     running = start_stack(
         tmp_path_factory.mktemp("tight-gpu"),
         {
-            "TENSORWASM_DISPATCHER_TENANT_MEMORY_QUOTA_BYTES": "512",
+            "TENSORWASM_DISPATCHER_TENANT_MEMORY_QUOTA_BYTES": "1024",
             "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT_PER_TENANT": "1",
             "TENSORWASM_DISPATCHER_RETRY_AFTER_SECONDS": "0.01",
             "TENSORWASM_EXECUTOR_WORKERS": "8",
@@ -212,16 +212,19 @@ def test_staging_over_the_quota_is_quota_exceeded_at_sync(
 ) -> None:
     with tight_stack.client("quota") as client:
         client.create_function("vector-add", cuda_guest("cuda_vector_add"))
-        response = client.invoke("vector-add", "run")  # a, b, c: 768 bytes > 512
+        # a, b, c: 256 bytes each, charged a 512-byte allocation granule each: 1536 > 1024
+        response = client.invoke("vector-add", "run")
         assert result_of(response) == -6
         stderr = response.outcome.stderr.decode("utf-8")
-        assert stderr.startswith("quota_exceeded: staging 256 bytes would exceed the tenant's")
-        # b and c (512 bytes) fit
+        assert stderr.startswith(
+            "quota_exceeded: staging 256 bytes (512 allocated) would exceed the tenant's"
+        )
+        # b and c (two granules) fit
         assert result_of(client.invoke("vector-add", "accumulate", [Value(i32=2)])) == 0
     used = usage(tight_stack, "quota")
     assert (used.memory_quota_bytes, used.staged_bytes_peak, used.staged_bytes_current) == (
-        512,
-        512,
+        1024,
+        1024,
         0,
     )
 

@@ -63,34 +63,35 @@ def test_healthz_and_metrics(stack: RunningStack, tenant: str) -> None:
 def test_deploy_invoke_delete_match_grpc(stack: RunningStack, tenant: str) -> None:
     wasm_b64 = base64.b64encode(ADD).decode()
     status, _, body = request(
-        stack, "POST", "/functions", tenant, {"name": "add", "wasm_b64": wasm_b64}
+        stack, "POST", "/functions", tenant, {"name": "my adder", "wasm_b64": wasm_b64}
     )
     assert status == 200, body
     created = json.loads(body)
+    fid = created["id"]  # opaque: a UUIDv4 every route and the gRPC API accept
     with stack.client(tenant) as client:
-        function = client.get_function("add")
+        function = client.get_function(fid)
         assert created["module_digest"] == function.module_digest
-        assert created["id"] == "add" and created["tenant"] == tenant
+        assert created["tenant"] == tenant and function.config.display_name == "my adder"
         # same request through both faces: same result
         status, _, body = request(
-            stack, "POST", "/functions/add/invoke", tenant, {"export": "add", "args": [2, 40]}
+            stack, "POST", f"/functions/{fid}/invoke", tenant, {"export": "add", "args": [2, 40]}
         )
-        grpc_reply = client.invoke(
-            "add", "add", [values_pb2.Value(i32=2), values_pb2.Value(i32=40)]
-        )
+        grpc_reply = client.invoke(fid, "add", [values_pb2.Value(i32=2), values_pb2.Value(i32=40)])
         assert status == 200
         assert json.loads(body)["result"] == [grpc_reply.outcome.success.results[0].i32] == [42]
-        # duplicate deploy: ALREADY_EXISTS on both
+        # the same name again: a second function, as the original did
         status, _, body = request(
-            stack, "POST", "/functions", tenant, {"name": "add", "wasm_b64": wasm_b64}
+            stack, "POST", "/functions", tenant, {"name": "my adder", "wasm_b64": wasm_b64}
         )
-        grpc = grpc_error(lambda: client.create_function("add", ADD))
-        assert (status, error_of(body)["reason"]) == (409, grpc.reason)
+        assert status == 200 and json.loads(body)["id"] != fid
+        # an existing id over gRPC: ALREADY_EXISTS (409 on the face's own routes too)
+        grpc = grpc_error(lambda: client.create_function(fid, ADD))
+        assert grpc.reason == "FUNCTION_ALREADY_EXISTS"
         # delete, then a second delete is not_found (404) as in gRPC
-        status, _, body = request(stack, "DELETE", "/functions/add", tenant)
+        status, _, body = request(stack, "DELETE", f"/functions/{fid}", tenant)
         assert (status, body) == (204, b"")
-        status, _, body = request(stack, "DELETE", "/functions/add", tenant)
-        grpc = grpc_error(lambda: client.delete_function("add"))
+        status, _, body = request(stack, "DELETE", f"/functions/{fid}", tenant)
+        grpc = grpc_error(lambda: client.delete_function(fid))
         assert status == 404
         assert error_of(body)["kind"] == "not_found"
         assert (error_of(body)["code"], error_of(body)["reason"]) == (grpc.code, grpc.reason)
@@ -231,9 +232,9 @@ def get_function_calls(stack: RunningStack) -> float:
 
 
 def deploy(stack: RunningStack, tenant: str, wasm: bytes) -> None:
-    body = {"name": "sig", "wasm_b64": base64.b64encode(wasm).decode()}
-    status, _, answer = request(stack, "POST", "/functions", tenant, body)
-    assert status == 200, answer
+    """Deploys `wasm` as `sig` over gRPC (the face's POST would choose a new id)."""
+    with stack.client(tenant) as client:
+        client.create_function("sig", wasm)
 
 
 def invoke(stack: RunningStack, tenant: str, args: list[Any]) -> tuple[int, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,25 @@ def test_a_call_cannot_raise_the_executors_memory_cap(
     with stack.client("memory-cap") as client:
         client.create_function("grow", wasm("grow"))
 
-        def grow(pages: int) -> int:
+        def grow(pages: int) -> tuple[int, bool]:
             outcome = client.invoke(
                 "grow", "grow", [Value(i32=pages)], max_memory_bytes=CALL_ASKS
             ).outcome
             assert outcome.WhichOneof("result") == "success", outcome
             result: int = outcome.success.results[0].i32
-            return result
+            return result, outcome.memory_cap_hit
 
         # 1 + 16 pages (1.06 MiB) fit the executor's 2 MiB; 1 + 63 pages (4 MiB) fit the
-        # call's 8 MiB but not the executor's cap, so memory.grow fails with -1.
-        assert grow(16) == 1
-        assert grow(63) == -1
+        # call's 8 MiB but not the executor's cap, so memory.grow fails with -1, and the
+        # outcome says the cap was hit.
+        assert grow(16) == (1, False)
+        assert grow(63) == (-1, True)
+    # The executor counts it (the guest's -1 is counted before the reply leaves).
+    metrics = scrape(stack.services["executor"].metrics_address)
+    assert 'tensorwasm_executor_cap_hits_total{kind="memory"} 1.0' in metrics
+
+
+def scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        body: str = response.read().decode()
+    return body

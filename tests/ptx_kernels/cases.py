@@ -137,7 +137,10 @@ def run_case(backend: Backend, case: PtxCase) -> list[Array]:
     """Loads, stages, launches once and reads back every array, on any backend."""
     kernel = backend.load(case.ptx, case.entry)
     stream = backend.open_stream()
-    buffers = [backend.stage(array.tobytes()) for array in case.arrays]
+    buffers = [
+        backend.stage(array.tobytes(), stream, guest_offset=(index + 1) << 20)
+        for index, array in enumerate(case.arrays)
+    ]
     try:
         args = [
             BufferArg(buffers[arg], 0, case.arrays[arg].nbytes, guest_offset=(arg + 1) << 20)
@@ -153,13 +156,14 @@ def run_case(backend: Backend, case: PtxCase) -> list[Array]:
             shared_mem_bytes=case.shared_bytes,
             args=args,
         )
+        backend.finish(stream, None)  # a backend that queues launches: wait for it
         return [
             np.frombuffer(backend.read(buffer, stream), array.dtype).copy()
             for buffer, array in zip(buffers, case.arrays, strict=True)
         ]
     finally:
         for buffer in buffers:
-            backend.free(buffer)
+            backend.free(buffer, stream)
         backend.close_stream(stream)
         backend.unload(kernel)
 

@@ -1,61 +1,59 @@
-"""A synchronous Python client of the gateway, with typed errors."""
+"""The blocking Python client of the gateway: every RPC, typed errors, RetryInfo retries.
+
+Errors are `tensorwasm_client.errors` classes (`NotFoundError`, `RateLimitedError`, ...);
+a call the gateway refused before it started is retried as `RetryPolicy` says (see
+`tensorwasm_client.retries`). `tensorwasm_client.aio.AsyncGatewayClient` is the asyncio
+twin of this client.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
-from tensorwasm.common.v1 import invocation_pb2, values_pb2
+from tensorwasm.common.v1 import values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 
-DEFAULT_GATEWAY = "localhost:50051"
-TENANT_METADATA_KEY = "x-tensorwasm-tenant"
+from tensorwasm_client.errors import TensorWasmError, from_rpc_error
+from tensorwasm_client.messages import (
+    DEFAULT_GATEWAY,
+    FINISHED_STATES,
+    TENANT_METADATA_KEY,
+    Connection,
+    create_instance_request,
+    function_name,
+    idempotent,
+    instance_name,
+    invocation_limits,
+    invocation_name,
+    invoke_request,
+    rpc_timeout,
+)
+from tensorwasm_client.retries import RetryPolicy
+from tensorwasm_client.uploads import DEFAULT_CHUNK_BYTES, Progress, upload_messages
 
+__all__ = [
+    "DEFAULT_GATEWAY",
+    "TENANT_METADATA_KEY",
+    "GatewayClient",
+    "InvocationStream",
+    "TensorWasmError",
+    "invocation_limits",
+]
 
-@dataclass
-class TensorWasmError(Exception):
-    """A failed call: the status code name, the ErrorInfo reason and its metadata."""
-
-    code: str
-    reason: str
-    message: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.reason}: {self.message}"
-
-
-def _error(exc: grpc.RpcError) -> TensorWasmError:
-    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-    message = exc.details() if hasattr(exc, "details") else str(exc)
-    reason, metadata = code, {}
-    for detail in _rich_status(exc).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            reason, metadata = info.reason, dict(info.metadata)
-    return TensorWasmError(code, reason, message or "", metadata)
-
-
-def _rich_status(exc: grpc.RpcError) -> status_pb2.Status:
-    """The call's `google.rpc.Status` (empty when it carries none or a contradictory one)."""
-    if not all(hasattr(exc, name) for name in ("code", "details", "trailing_metadata")):
-        return status_pb2.Status()
-    try:
-        status: status_pb2.Status | None = rpc_status.from_call(exc)
-    except ValueError:
-        return status_pb2.Status()
-    return status or status_pb2.Status()
+ResponseT = TypeVar("ResponseT")
 
 
 class GatewayClient:
-    """Calls the public API as one tenant."""
+    """Calls the gateway's public API as one tenant, over one channel.
+
+    Use it as a context manager (or call `close()`). Every method raises a
+    `TensorWasmError` subclass when the call fails.
+    """
 
     def __init__(
         self,
@@ -63,18 +61,32 @@ class GatewayClient:
         *,
         tenant: str | None = None,
         token: str | None = None,
+        tls: bool = False,
+        ca_file: Path | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        """`token` is sent as `authorization: Bearer <token>` (the gateway's auth)."""
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20)]
+        """Opens a channel to `address`.
+
+        Args:
+            address: the gateway's gRPC `host:port`.
+            tenant: the tenant to act for (`x-tensorwasm-tenant`); None: the gateway's
+                choice (the token's only tenant, else `default`).
+            token: the bearer token (`authorization: Bearer <token>`).
+            tls: use TLS (implied by `ca_file`).
+            ca_file: PEM roots that sign the gateway's certificate.
+            retry: when refused calls are retried (default: `RetryPolicy()`).
+        """
+        self.connection = Connection(address, tenant, token, tls, ca_file)
+        credentials = self.connection.credentials()
+        options = self.connection.channel_options()
+        self._channel = (
+            grpc.secure_channel(address, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(address, options=options)
         )
         self._stub = pb_grpc.GatewayServiceStub(self._channel)
-        metadata: list[tuple[str, str]] = []
-        if tenant:
-            metadata.append((TENANT_METADATA_KEY, tenant))
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
-        self._metadata = tuple(metadata)
+        self._metadata = self.connection.metadata()
+        self.retry = retry or RetryPolicy()
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -86,11 +98,23 @@ class GatewayClient:
         """Closes the channel."""
         self._channel.close()
 
-    def _call(self, method: str, request: object, timeout: float = 60.0) -> object:
-        try:
-            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
+    def _call(
+        self,
+        method: str,
+        request: object,
+        response_type: type[ResponseT],
+        timeout: float = 60.0,
+    ) -> ResponseT:
+        """One unary call, retried as the policy says; errors typed."""
+        rpc: Callable[..., Any] = getattr(self._stub, method)
+        for attempt in self.retry.blocking(idempotent=idempotent(method, request)):
+            with attempt:
+                try:
+                    response = rpc(request, metadata=self._metadata, timeout=timeout)
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+        assert isinstance(response, response_type)
+        return response
 
     def create_function(
         self, function_id: str, wasm: bytes, config: pb.FunctionConfig | None = None
@@ -98,23 +122,44 @@ class GatewayClient:
         """Deploys a module under `functions/{function_id}`, with its WASI view and
         default limits in `config`."""
         request = pb.CreateFunctionRequest(function_id=function_id, wasm=wasm, config=config)
-        response = self._call("CreateFunction", request, timeout=300.0)
-        assert isinstance(response, pb.CreateFunctionResponse)
+        return self._call("CreateFunction", request, pb.CreateFunctionResponse, 300.0).function
+
+    def upload_function(
+        self,
+        function_id: str,
+        module: bytes | Path,
+        config: pb.FunctionConfig | None = None,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress | None = None,
+    ) -> pb.Function:
+        """Deploys a module streamed in chunks (UploadFunction): for modules of any size
+        up to the gateway's module cap. `module` is bytes or a file, read once;
+        `progress(sent_bytes, total_bytes)` is called after each chunk."""
+        for attempt in self.retry.blocking():
+            with attempt:
+                messages = upload_messages(
+                    function_id, module, config, chunk_bytes=chunk_bytes, progress=progress
+                )
+                try:
+                    response = self._stub.UploadFunction(
+                        messages, metadata=self._metadata, timeout=300.0
+                    )
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+        assert isinstance(response, pb.UploadFunctionResponse)
         return response.function
 
     def get_function(self, function_id: str) -> pb.Function:
-        """One function."""
-        response = self._call("GetFunction", pb.GetFunctionRequest(name=_name(function_id)))
-        assert isinstance(response, pb.GetFunctionResponse)
-        return response.function
+        """One function (`functions/{id}` or the bare id)."""
+        request = pb.GetFunctionRequest(name=function_name(function_id))
+        return self._call("GetFunction", request, pb.GetFunctionResponse).function
 
     def list_functions(self, page_size: int = 100) -> Iterator[pb.Function]:
         """Every function of the tenant, fetching page after page."""
         token = ""
         while True:
-            request = pb.ListFunctionsRequest(page_size=page_size, page_token=token)
-            response = self._call("ListFunctions", request)
-            assert isinstance(response, pb.ListFunctionsResponse)
+            response = self.list_page(page_size, token)
             yield from response.functions
             token = response.next_page_token
             if not token:
@@ -123,13 +168,12 @@ class GatewayClient:
     def list_page(self, page_size: int, page_token: str = "") -> pb.ListFunctionsResponse:
         """One page of functions."""
         request = pb.ListFunctionsRequest(page_size=page_size, page_token=page_token)
-        response = self._call("ListFunctions", request)
-        assert isinstance(response, pb.ListFunctionsResponse)
-        return response
+        return self._call("ListFunctions", request, pb.ListFunctionsResponse)
 
     def delete_function(self, function_id: str) -> None:
         """Deletes a function."""
-        self._call("DeleteFunction", pb.DeleteFunctionRequest(name=_name(function_id)))
+        request = pb.DeleteFunctionRequest(name=function_name(function_id))
+        self._call("DeleteFunction", request, pb.DeleteFunctionResponse)
 
     def invoke(
         self,
@@ -138,23 +182,23 @@ class GatewayClient:
         args: Sequence[values_pb2.Value] = (),
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
     ) -> pb.InvokeResponse:
         """Calls an export with typed arguments; a trap is in `response.outcome.failure`."""
-        request = _invoke_request(
+        request = invoke_request(
             function_id,
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
         )
-        response = self._call("Invoke", request, timeout=_rpc_timeout(timeout_seconds))
-        assert isinstance(response, pb.InvokeResponse)
-        return response
+        return self._call("Invoke", request, pb.InvokeResponse, rpc_timeout(timeout_seconds))
 
     def start_invocation(
         self,
@@ -164,44 +208,37 @@ class GatewayClient:
         *,
         request_id: str = "",
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
     ) -> pb.Invocation:
-        """Starts an async invocation; returns it (PENDING) at once."""
-        request = _invoke_request(
+        """Starts an async invocation; returns it (PENDING) at once. A `request_id` makes
+        the start idempotent: the same id returns the same invocation."""
+        request = invoke_request(
             function_id,
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
         )
-        response = self._call(
-            "StartInvocation",
-            pb.StartInvocationRequest(invocation=request, request_id=request_id),
-        )
-        assert isinstance(response, pb.StartInvocationResponse)
-        return response.invocation
+        start = pb.StartInvocationRequest(invocation=request, request_id=request_id)
+        return self._call("StartInvocation", start, pb.StartInvocationResponse).invocation
 
     def get_invocation(self, invocation: str) -> pb.Invocation:
         """One async invocation, with its outcome once finished."""
-        response = self._call(
-            "GetInvocation", pb.GetInvocationRequest(name=_invocation_name(invocation))
-        )
-        assert isinstance(response, pb.GetInvocationResponse)
-        return response.invocation
+        request = pb.GetInvocationRequest(name=invocation_name(invocation))
+        return self._call("GetInvocation", request, pb.GetInvocationResponse).invocation
 
     def list_invocations(self, page_size: int = 100) -> Iterator[pb.Invocation]:
         """Every retained invocation of the tenant, oldest first, fetched a page at a time."""
         token = ""
         while True:
-            response = self._call(
-                "ListInvocations",
-                pb.ListInvocationsRequest(page_size=page_size, page_token=token),
-            )
-            assert isinstance(response, pb.ListInvocationsResponse)
+            request = pb.ListInvocationsRequest(page_size=page_size, page_token=token)
+            response = self._call("ListInvocations", request, pb.ListInvocationsResponse)
             yield from response.invocations
             token = response.next_page_token
             if not token:
@@ -213,7 +250,7 @@ class GatewayClient:
         delay = 0.02
         while True:
             current = self.get_invocation(invocation)
-            if current.state in (pb.INVOCATION_STATE_SUCCEEDED, pb.INVOCATION_STATE_FAILED):
+            if current.state in FINISHED_STATES:
                 return current
             if time.monotonic() > deadline:
                 state = pb.InvocationState.Name(current.state)
@@ -228,6 +265,7 @@ class GatewayClient:
         args: Sequence[values_pb2.Value] = (),
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         fuel: int = 0,
         max_memory_bytes: int = 0,
@@ -235,46 +273,53 @@ class GatewayClient:
         """Calls an export and streams its events as the guest runs.
 
         Iterate the result for `InvokeStreamResponse` events: `output` chunks (stdout or
-        stderr, in the order the guest wrote them), then one `outcome`, the last event.
-        Request errors raise TensorWasmError from the iteration, before any event.
-        `cancel()` (or leaving a `with` block early) stops the guest.
+        stderr) and `chunk` events (what the guest emitted with `wasi:tensor`), in the
+        order the guest produced them, then one `outcome`, the last event.
+        Request errors raise TensorWasmError from the iteration, before any event (a
+        streaming call is not retried). `cancel()` (or leaving a `with` block early)
+        stops the guest.
         """
-        request = _invoke_request(
+        request = invoke_request(
             function_id,
             export,
             args,
             stdin=stdin,
+            guest_input=guest_input,
             timeout_seconds=timeout_seconds,
             fuel=fuel,
             max_memory_bytes=max_memory_bytes,
         )
-        call = self._stub.InvokeStream(
-            pb.InvokeStreamRequest(invocation=request),
-            metadata=self._metadata,
-            timeout=_rpc_timeout(timeout_seconds),
-        )
-        return InvocationStream(call)
+        stream = pb.InvokeStreamRequest(invocation=request)
+
+        def start() -> Any:
+            return self._stub.InvokeStream(
+                stream, metadata=self._metadata, timeout=rpc_timeout(timeout_seconds)
+            )
+
+        return InvocationStream(start, self.retry)
 
     def create_instance(
         self,
         function_id: str,
         *,
         stdin: bytes = b"",
+        guest_input: bytes = b"",
         timeout_seconds: float = 0.0,
         max_memory_bytes: int = 0,
         idle_ttl_seconds: float = 0.0,
     ) -> pb.CreateInstanceResponse:
         """Starts a live instance; `response.instance` is unset when its start failed."""
-        request = pb.CreateInstanceRequest(
-            function=_name(function_id),
+        request = create_instance_request(
+            function_id,
             stdin=stdin,
-            limits=invocation_limits(timeout_seconds, 0, max_memory_bytes),
+            guest_input=guest_input,
+            timeout_seconds=timeout_seconds,
+            max_memory_bytes=max_memory_bytes,
+            idle_ttl_seconds=idle_ttl_seconds,
         )
-        if idle_ttl_seconds > 0:
-            request.idle_ttl.FromNanoseconds(round(idle_ttl_seconds * 1e9))
-        response = self._call("CreateInstance", request, timeout=_rpc_timeout(timeout_seconds))
-        assert isinstance(response, pb.CreateInstanceResponse)
-        return response
+        return self._call(
+            "CreateInstance", request, pb.CreateInstanceResponse, rpc_timeout(timeout_seconds)
+        )
 
     def call_instance(
         self,
@@ -284,97 +329,71 @@ class GatewayClient:
         *,
         timeout_seconds: float = 0.0,
         fuel: int = 0,
+        guest_input: bytes = b"",
     ) -> pb.CallInstanceResponse:
         """Calls an export of a live instance (`instances/{id}` or the bare id)."""
         request = pb.CallInstanceRequest(
-            name=_instance_name(instance),
+            name=instance_name(instance),
             export_name=export,
             args=args,
             limits=invocation_limits(timeout_seconds, fuel, 0),
+            input=guest_input,
         )
-        response = self._call("CallInstance", request, timeout=_rpc_timeout(timeout_seconds))
-        assert isinstance(response, pb.CallInstanceResponse)
-        return response
+        return self._call(
+            "CallInstance", request, pb.CallInstanceResponse, rpc_timeout(timeout_seconds)
+        )
 
     def get_instance(self, instance: str) -> pb.Instance:
         """One live instance."""
-        request = pb.GetInstanceRequest(name=_instance_name(instance))
-        response = self._call("GetInstance", request)
-        assert isinstance(response, pb.GetInstanceResponse)
-        return response.instance
+        request = pb.GetInstanceRequest(name=instance_name(instance))
+        return self._call("GetInstance", request, pb.GetInstanceResponse).instance
 
     def delete_instance(self, instance: str) -> None:
         """Terminates a live instance."""
-        self._call("DeleteInstance", pb.DeleteInstanceRequest(name=_instance_name(instance)))
+        request = pb.DeleteInstanceRequest(name=instance_name(instance))
+        self._call("DeleteInstance", request, pb.DeleteInstanceResponse)
 
 
 class InvocationStream:
-    """The events of a streaming invoke; iterate it once."""
+    """The events of a streaming invoke; iterate it once.
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
+    The call starts on the first `next()`. A refusal comes before the first event (the
+    call did not start) and is retried as the client's policy says; once an event has
+    arrived, errors are raised as they come.
+    """
+
+    def __init__(self, start: Callable[[], Any], retry: RetryPolicy) -> None:
+        self._start = start
+        self._retry = retry
+        self._call: Any = None
 
     def __iter__(self) -> Iterator[pb.InvokeStreamResponse]:
         return self
 
     def __next__(self) -> pb.InvokeStreamResponse:
+        if self._call is None:
+            for attempt in self._retry.blocking():
+                with attempt:
+                    self._call = self._start()
+                    event = self._next()
+            return event
+        return self._next()
+
+    def _next(self) -> pb.InvokeStreamResponse:
         try:
             event = next(self._call)
         except grpc.RpcError as exc:
-            raise _error(exc) from None
+            raise from_rpc_error(exc) from None
         assert isinstance(event, pb.InvokeStreamResponse)
         return event
 
     def cancel(self) -> None:
         """Cancels the call: the guest stops; a no-op once the call has ended."""
-        self._call.cancel()
+        if self._call is not None:
+            self._call.cancel()
 
     def __enter__(self) -> InvocationStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
-
-
-def _invoke_request(
-    function_id: str,
-    export: str,
-    args: Sequence[values_pb2.Value],
-    *,
-    stdin: bytes,
-    timeout_seconds: float,
-    fuel: int,
-    max_memory_bytes: int,
-) -> pb.InvokeRequest:
-    limits = invocation_limits(timeout_seconds, fuel, max_memory_bytes)
-    return pb.InvokeRequest(
-        name=_name(function_id), export_name=export, args=args, stdin=stdin, limits=limits
-    )
-
-
-def invocation_limits(
-    timeout_seconds: float, fuel: int, max_memory_bytes: int
-) -> invocation_pb2.InvocationLimits:
-    """Wire limits; zero fields mean "the default"."""
-    limits = invocation_pb2.InvocationLimits(fuel=fuel, max_memory_bytes=max_memory_bytes)
-    if timeout_seconds > 0:
-        seconds, nanos = int(timeout_seconds), int(timeout_seconds % 1 * 1e9)
-        limits.timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
-    return limits
-
-
-def _rpc_timeout(timeout_seconds: float) -> float:
-    """The RPC deadline for a guest deadline: room for the guest and the hops."""
-    return max(timeout_seconds, 10.0) + 30.0
-
-
-def _name(function_id: str) -> str:
-    return function_id if function_id.startswith("functions/") else f"functions/{function_id}"
-
-
-def _invocation_name(invocation: str) -> str:
-    return invocation if invocation.startswith("invocations/") else f"invocations/{invocation}"
-
-
-def _instance_name(instance: str) -> str:
-    return instance if instance.startswith("instances/") else f"instances/{instance}"

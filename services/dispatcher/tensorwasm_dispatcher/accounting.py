@@ -136,6 +136,34 @@ class Ledger:
             KERNEL_SECONDS.labels(tenant).inc(kernel_seconds)
         return replace(updated, memory_quota_bytes=self.memory_quota_bytes)
 
+    def absorb(self, tenant: str, before: TenantUsage, after: TenantUsage) -> None:
+        """Adds what changed between two usage reports of a worker process that keeps its
+        own ledger (`workers`), so this ledger (and the metrics) sum all its workers."""
+        deltas = {
+            name: getattr(after, name) - getattr(before, name)
+            for name in _ABSORBED
+            if getattr(after, name) != getattr(before, name)
+        }
+        with self._lock:
+            updated = self._update(tenant, **deltas)
+            if after.staged_bytes_peak > updated.staged_bytes_peak:
+                self._usage[tenant] = replace(updated, staged_bytes_peak=after.staged_bytes_peak)
+        if deltas.get("staged_bytes_current"):
+            STAGED_BYTES.labels(tenant).inc(deltas["staged_bytes_current"])
+        if deltas.get("launches"):
+            LAUNCHES.labels(tenant).inc(deltas["launches"])
+        if deltas.get("kernel_seconds"):
+            KERNEL_SECONDS.labels(tenant).inc(deltas["kernel_seconds"])
+
+
+# The counters `Ledger.absorb` adds up (the peak is a maximum; rejections are the
+# dispatcher's own, never a worker's).
+_ABSORBED = (
+    "staged_bytes_total", "staged_bytes_current", "launches", "loads", "failed_commands",
+    "execute_requests", "open_sessions", "kernel_seconds", "device_buffers",
+    "device_buffer_bytes",
+)  # fmt: skip
+
 
 class Slot:
     """One admitted request; `release` it once (further calls do nothing)."""

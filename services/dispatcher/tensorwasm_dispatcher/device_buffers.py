@@ -1,9 +1,12 @@
 """Device-resident buffers of a session (the `tensorwasm:gpu` extension).
 
 A buffer lives in its session from `AllocBuffer` until `FreeBuffer` or the session's end,
-whichever comes first; its bytes count against the tenant's GPU memory quota for all that
-time (with the staged bytes of requests in flight). Handles are the executor's, scoped to
-the session, so one guest instance can never name another's buffer.
+whichever comes first; its bytes, rounded up to the device's allocation granularity, count
+against the tenant's GPU memory quota for all that time (with the staged bytes of
+requests in flight). Handles are the executor's, scoped to the session, so one guest
+instance can never name another's buffer. A launch argument's offset into a buffer is a
+multiple of `OFFSET_ALIGNMENT_BYTES`: the dispatcher cannot see a kernel's element types,
+and a misaligned access faults the device (a sticky error, on a GPU).
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from tensorwasm_common.gpu_batch import (
 
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends import Backend, BufferArg, DeviceBuffer
+from tensorwasm_dispatcher.backends.base import charged_bytes
 from tensorwasm_dispatcher.gpu_sessions import GpuSession
 
 _log = logging.getLogger(__name__)
+
+# The alignment of a buffer argument's offset: 4-byte elements (f32, i32, u32, f16 pairs).
+OFFSET_ALIGNMENT_BYTES = 4
 
 
 class DeviceBuffers:
@@ -46,7 +53,7 @@ class DeviceBuffers:
         buffer = self._find(session, command.handle)
         if isinstance(command, FreeBuffer):
             del session.buffers[command.handle]
-            self._release(session.tenant, buffer)
+            self._release(session, buffer)
             return b""
         if isinstance(command, WriteBuffer):
             _check_range(command.handle, buffer, command.offset_bytes, len(command.data))
@@ -66,6 +73,12 @@ class DeviceBuffers:
                 f"offset {ref.offset_bytes} is outside device buffer {ref.handle} "
                 f"({buffer.size_bytes} bytes)",
             )
+        if ref.offset_bytes % OFFSET_ALIGNMENT_BYTES:
+            raise AbiFailure(
+                AbiError.INVALID_POINTER,
+                f"offset {ref.offset_bytes} into device buffer {ref.handle} is not a multiple "
+                f"of {OFFSET_ALIGNMENT_BYTES}",
+            )
         # The buffer's base is aligned for any type: the offset is what the kernel sees.
         length = buffer.size_bytes - ref.offset_bytes
         return BufferArg(buffer, ref.offset_bytes, length, guest_offset=ref.offset_bytes)
@@ -74,7 +87,7 @@ class DeviceBuffers:
         """Frees every buffer of a session that is closing."""
         buffers, session.buffers = list(session.buffers.values()), {}
         for buffer in buffers:
-            self._release(session.tenant, buffer)
+            self._release(session, buffer)
 
     def _allocate(self, session: GpuSession, handle: int, size_bytes: int) -> None:
         if size_bytes < 1:
@@ -87,28 +100,30 @@ class DeviceBuffers:
                 f"the session holds {MAX_DEVICE_BUFFERS_PER_INSTANCE} device buffers already",
             )
         tenant = session.tenant
-        if not self._ledger.reserve(tenant, size_bytes):
+        if not self._ledger.reserve(tenant, charged_bytes(size_bytes)):
             usage = self._ledger.usage(tenant)
             raise AbiFailure(
                 AbiError.QUOTA_EXCEEDED,
-                f"a device buffer of {size_bytes} bytes would exceed the tenant's GPU memory "
+                f"a device buffer of {size_bytes} bytes ({charged_bytes(size_bytes)} allocated) "
+                f"would exceed the tenant's GPU memory "
                 f"quota of {self._ledger.memory_quota_bytes} bytes "
                 f"({usage.staged_bytes_current} held)",
             )
         try:
-            buffer = self._backend.allocate(size_bytes)
+            buffer = self._backend.allocate(size_bytes, session.stream)
         except BaseException:
-            self._ledger.release(tenant, size_bytes)
+            self._ledger.release(tenant, charged_bytes(size_bytes))
             raise
         session.buffers[handle] = buffer
         self._ledger.record(tenant, device_buffers=1, device_buffer_bytes=size_bytes)
 
-    def _release(self, tenant: str, buffer: DeviceBuffer) -> None:
+    def _release(self, session: GpuSession, buffer: DeviceBuffer) -> None:
+        tenant = session.tenant
         try:
-            self._backend.free(buffer)
+            self._backend.free(buffer, session.stream)
         except Exception:
             _log.exception("freeing a device buffer failed", extra={"tenant": tenant})
-        self._ledger.release(tenant, buffer.size_bytes)
+        self._ledger.release(tenant, charged_bytes(buffer.size_bytes))
         self._ledger.record(tenant, device_buffers=-1, device_buffer_bytes=-buffer.size_bytes)
 
     @staticmethod

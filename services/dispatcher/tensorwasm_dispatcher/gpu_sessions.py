@@ -3,7 +3,8 @@
 The executor names a session per guest store (an invocation, or a live instance) and
 ends it with its last request; a session nobody ends (an executor that died) is closed
 once idle for the TTL. Sessions are keyed by (tenant, session id), so one tenant can
-never reach another's kernels.
+never reach another's kernels. A tenant holds at most `max_sessions_per_tenant` at once:
+each holds a stream, events and device memory the tenant's quota does not see all of.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure
 
 from tensorwasm_dispatcher.backends import Backend, DeviceBuffer, Kernel, Stream
 
@@ -43,11 +46,14 @@ class GpuSessionTable:
         backend: Backend,
         *,
         idle_ttl_seconds: float,
+        max_sessions_per_tenant: int = 64,
         on_count: Callable[[str, int], object] = lambda tenant, delta: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
         self._ttl = idle_ttl_seconds
+        self._max_per_tenant = max_sessions_per_tenant
+        self._per_tenant: dict[str, int] = {}
         self._on_count = on_count
         self._clock = clock
         self._lock = threading.Lock()
@@ -61,13 +67,23 @@ class GpuSessionTable:
             return len(self._sessions)
 
     def checkout(self, tenant: str, session_id: str) -> GpuSession:
-        """The session (opened on first use), marked busy until `checkin`; its lock is held."""
+        """The session (opened on first use), marked busy until `checkin`; its lock is held.
+
+        Raises:
+            AbiFailure: QUOTA_EXCEEDED: opening it would pass the tenant's session cap.
+        """
         key = (tenant, session_id)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
+                if self._per_tenant.get(tenant, 0) >= self._max_per_tenant:
+                    raise AbiFailure(
+                        AbiError.QUOTA_EXCEEDED,
+                        f"the tenant has {self._max_per_tenant} GPU sessions open already",
+                    )
                 session = GpuSession(tenant, session_id, self._backend.open_stream())
                 self._sessions[key] = session
+                self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
                 self._on_count(tenant, 1)
             session.busy += 1
         session.lock.acquire()
@@ -112,13 +128,18 @@ class GpuSessionTable:
         """Unregisters a session (the table lock must be held)."""
         del self._sessions[(session.tenant, session.session_id)]
         session.ended = True
+        remaining = self._per_tenant[session.tenant] - 1
+        if remaining:
+            self._per_tenant[session.tenant] = remaining
+        else:
+            del self._per_tenant[session.tenant]
         self._on_count(session.tenant, -1)
 
     def _close(self, session: GpuSession) -> None:
         """Frees a forgotten session's buffers, unloads its kernels, releases its stream."""
-        kernels, session.kernels = list(session.kernels.values()), {}
         try:
-            self.on_close(session)
+            self.on_close(session)  # sees the kernels still loaded (their charges)
+            kernels, session.kernels = list(session.kernels.values()), {}
             for kernel in kernels:
                 self._backend.unload(kernel)
             self._backend.close_stream(session.stream)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 from typing import Any
 
 import grpc
@@ -30,6 +29,7 @@ from tensorwasm_common.tenants import DEFAULT_TENANT
 from tensorwasm_dispatcher.backends import BackendKind, DeviceReport
 from tensorwasm_dispatcher.errors import InvalidBatchError, TenantMismatchError
 from tensorwasm_dispatcher.intake import BatchIntake
+from tensorwasm_dispatcher.workers.placement import Topology
 
 _BACKENDS = {BackendKind.CPU: pb.BACKEND_CPU, BackendKind.CUDA: pb.BACKEND_CUDA}
 _SCALAR_FIELDS = {
@@ -45,9 +45,18 @@ _SCALAR_FIELDS = {
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     """Reports the device, runs batches (admitted first) and reports tenants' usage."""
 
-    def __init__(self, report: DeviceReport, intake: BatchIntake) -> None:
+    def __init__(
+        self,
+        report: DeviceReport,
+        intake: BatchIntake,
+        *,
+        isolation: str = "off",
+        topology: Topology | None = None,
+    ) -> None:
         self._report = report
         self._intake = intake
+        self._isolation = isolation
+        self._topology = topology or Topology()
 
     async def GetDevice(
         self,
@@ -69,6 +78,12 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             ],
             driver_version=report.driver_version,
             fallback_reason=report.fallback_reason,
+            worker_isolation=self._isolation,
+            mps_active=self._topology.mps,
+            mig_instances=[
+                pb.MigInstance(gpu=m.gpu, index=m.index, profile=m.profile, uuid=m.uuid)
+                for m in self._topology.mig
+            ],
         )
 
     async def Execute(
@@ -78,9 +93,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     ) -> pb.ExecuteResponse:
         """Runs the batch through the intake (admitted, or refused at once)."""
         tenant = _tenant(request.tenant, context)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._intake.execute(tenant, batch_from_wire(request), deadline=deadline)
+        result = await self._intake.execute(
+            tenant, batch_from_wire(request), context.time_remaining()
+        )
         return result_to_wire(result)
 
     async def GetTenantUsage(

@@ -66,6 +66,9 @@ def outcome_to_wire(outcome: Outcome) -> invocation_pb2.InvocationOutcome:
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         guest_duration=duration,
+        memory_cap_hit=outcome.memory_cap_hit,
+        table_cap_hit=outcome.table_cap_hit,
+        chunks=outcome.chunks,
     )
     if outcome.failure is not None:
         failure = outcome.failure

@@ -25,9 +25,11 @@ from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.instances.table import InstanceTable
+from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
 from tensorwasm_executor.wasm.host_modules import HostState
 from tensorwasm_executor.wasm.instance_image import InstanceImage
@@ -49,6 +51,7 @@ class Invocation:
     limits: CallLimits = field(default_factory=CallLimits)
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
+    guest_input: bytes = b""  # read through wasi:tensor
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class InstanceSpec:
     init_export: str = ""
     offloads: Sequence[Declaration] = ()
     idle_ttl_seconds: float | None = None
+    guest_input: bytes = b""  # the instance's wasi:tensor input
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class InstanceCall:
     export_name: str
     args: Sequence[WasmValue] = ()
     limits: CallLimits = field(default_factory=CallLimits)
+    guest_input: bytes = b""  # empty: the instance's own
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class GuestCalls:
         invocation: Invocation,
         *,
         on_output: OutputSink | None = None,
+        on_chunk: ChunkSink | None = None,
         cancel: threading.Event | None = None,
     ) -> concurrent.futures.Future[Outcome]:
         """Admits the call and submits the guest to the worker pool.
@@ -161,6 +167,8 @@ class GuestCalls:
                 stdin=invocation.stdin,
                 wasi=invocation.wasi,
                 on_output=on_output,
+                on_chunk=on_chunk,
+                guest_input=invocation.guest_input,
                 cancel=cancel,
                 host_state=self._host_state(module, tenant, invocation.offloads),
                 image=image,
@@ -173,6 +181,7 @@ class GuestCalls:
             slot.release()
             raise
         future.add_done_callback(lambda _: slot.release())
+        future.add_done_callback(count_cap_hits)
         return future
 
     async def create_instance(self, spec: InstanceSpec) -> tuple[str, Outcome, float]:
@@ -196,7 +205,7 @@ class GuestCalls:
                     timeout_seconds=limits.timeout_seconds,
                     max_output_bytes=limits.max_output_bytes,
                     max_memory_bytes=limits.max_memory_bytes,
-                    host_state=host_state, image=image,
+                    host_state=host_state, image=image, guest_input=spec.guest_input,
                 )  # fmt: skip
             except BaseException:
                 reservation.release()
@@ -214,6 +223,7 @@ class GuestCalls:
         future = self._workers.submit(tenant, create)
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda f: _if_cancelled(f, reservation.release))
+        future.add_done_callback(count_cap_hits)
         instance_id, outcome = await asyncio.wrap_future(future)
         return instance_id, outcome, ttl
 
@@ -229,6 +239,7 @@ class GuestCalls:
         try:
             future = self._workers.submit(
                 call.tenant, live.resident.call, call.export_name, call.args, cancel=cancel,
+                guest_input=call.guest_input,
                 timeout_seconds=limits.timeout_seconds,
                 max_output_bytes=limits.max_output_bytes, fuel=limits.fuel,
             )  # fmt: skip
@@ -238,6 +249,7 @@ class GuestCalls:
             raise
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(lambda _: self._instances.checkin(live))
+        future.add_done_callback(count_cap_hits)
         return await outcome_of(future, cancel)
 
     async def delete_instance(self, instance_id: str, tenant: str) -> None:

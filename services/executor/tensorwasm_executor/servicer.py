@@ -35,6 +35,7 @@ _log = logging.getLogger(__name__)
 
 # Largest data of one streamed OutputChunk; a bigger guest write is split.
 OUTPUT_CHUNK_BYTES = 64 << 10
+_CHUNK = "chunk"  # an emitted chunk among the output events
 _WIRE_STREAMS = {
     "stdout": invocation_pb2.OUTPUT_STREAM_STDOUT,
     "stderr": invocation_pb2.OUTPUT_STREAM_STDERR,
@@ -89,6 +90,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             limits=limits_from_wire(request.limits),
             init_export=request.init_export,
             offloads=offloads_from_wire(request.offloads),
+            guest_input=request.input,
             idle_ttl_seconds=(
                 duration_seconds(request.idle_ttl, "idle_ttl")
                 if request.HasField("idle_ttl")
@@ -116,6 +118,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             export_name=request.export_name,
             args=args_from_wire(request.args),
             limits=limits_from_wire(request.limits),
+            guest_input=request.input,
         )
         outcome = await self._calls.call_instance(call, cancel)
         return pb.CallInstanceResponse(outcome=outcome_to_wire(outcome))
@@ -133,11 +136,12 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         request: pb.InvokeStreamRequest,
         context: grpc.aio.ServicerContext[pb.InvokeStreamRequest, pb.InvokeStreamResponse],
     ) -> AsyncIterator[pb.InvokeStreamResponse]:
-        """Streams guest output as it is written, then the outcome.
+        """Streams guest output and emitted chunks as they come, then the outcome.
 
-        The guest thread hands each chunk to the event loop (`call_soon_threadsafe`) and
-        a sentinel when it ends; chunks are bounded by the output cap, so the queue is
-        too. When the client cancels (the handler is cancelled, or the RPC ends), the
+        The guest thread hands each piece to the event loop (`call_soon_threadsafe`) and
+        a sentinel when it ends; output is bounded by the output cap and chunks by their
+        per-call cap, so the queue is too. Once the client has gone, an emit answers
+        client-gone (-3). When the client cancels (the handler is cancelled, or the RPC ends), the
         guest's cancel event is set and it stops within about one epoch tick; the
         admission slot is held until the guest thread has actually returned.
         """
@@ -148,13 +152,24 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         def on_output(stream: str, data: bytes) -> None:  # on the guest's thread
             _post(loop, events.put_nowait, (stream, data))
 
+        def on_chunk(data: bytes) -> bool:  # on the guest's thread
+            if cancel.is_set():
+                return False
+            _post(loop, events.put_nowait, (_CHUNK, data))
+            return True
+
         context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         invocation = self._invocation(request.invocation)
-        future = await self._calls.start(invocation, on_output=on_output, cancel=cancel)
+        future = await self._calls.start(
+            invocation, on_output=on_output, on_chunk=on_chunk, cancel=cancel
+        )
         future.add_done_callback(lambda _: _post(loop, events.put_nowait, None))
         try:
             while (event := await events.get()) is not None:
                 stream, data = event
+                if stream == _CHUNK:
+                    yield pb.InvokeStreamResponse(chunk=data)
+                    continue
                 for start in range(0, len(data), OUTPUT_CHUNK_BYTES):
                     chunk = invocation_pb2.OutputChunk(
                         stream=_WIRE_STREAMS[stream], data=data[start : start + OUTPUT_CHUNK_BYTES]
@@ -182,6 +197,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             limits=limits_from_wire(request.limits),
             init_export=request.init_export,
             offloads=offloads_from_wire(request.offloads),
+            guest_input=request.input,
         )
 
 

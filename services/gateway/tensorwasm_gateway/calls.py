@@ -63,6 +63,7 @@ class FunctionConfig:
     no_init: bool = False
     auto_offload: bool = False
     offloads: tuple[OffloadDeclaration, ...] = ()  # deployed: the checked declarations
+    display_name: str = ""  # free-form, not unique (the HTTP face's `name`)
 
 
 DEFAULT_CONFIG = FunctionConfig()
@@ -89,6 +90,7 @@ class Call:
     args: Sequence[WireMessage] = ()  # the wire's `Value`s, relayed to the executor
     stdin: bytes = b""
     limits: CallLimits = UNSET  # as requested; resolved when the call is addressed
+    input: bytes = b""  # staged for the guest's wasi:tensor input channel
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class AddressedCall:
     args: Sequence[WireMessage] = ()
     stdin: bytes = b""
     limits: CallLimits = UNSET
+    input: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class InstanceLaunch:
     stdin: bytes = b""
     limits: CallLimits = UNSET
     idle_ttl_ns: int | None = None
+    input: bytes = b""  # the instance's wasi:tensor input
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class InstanceCall:
     export_name: str
     args: Sequence[WireMessage] = ()
     limits: CallLimits = UNSET
+    input: bytes = b""  # empty: the instance's own
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,24 @@ class ModuleTooLargeError(InvalidArgumentError):
     reason = Reason.TOO_LARGE
 
 
+class UploadMalformedError(InvalidArgumentError):
+    """An UploadFunction stream's messages are out of order, or it declares no digest."""
+
+    reason = Reason.UPLOAD_MALFORMED
+
+
+class UploadIncompleteError(InvalidArgumentError):
+    """An UploadFunction stream ended before its declared size arrived."""
+
+    reason = Reason.UPLOAD_INCOMPLETE
+
+
+class UploadDigestMismatchError(InvalidArgumentError):
+    """The uploaded bytes' BLAKE3 digest is not the one the upload declared."""
+
+    reason = Reason.UPLOAD_DIGEST_MISMATCH
+
+
 class ExportRequiredError(InvalidArgumentError):
     """No export was named and none could be chosen."""
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import create_host, serve_forever
 from tensorwasm_common.channels import open_channel, peer_serving
+from tensorwasm_common.database import Database, DatabaseStartError
 from tensorwasm_common.settings import SettingsError
 from tensorwasm_common.snapshot_client import SnapshotClient
 
@@ -21,14 +23,16 @@ from tensorwasm_gateway.access import (
     ConcurrencyCaps,
     Guard,
     GuardInterceptor,
-    RateLimiter,
     TokenReloader,
     TokenStore,
     TrustedProxies,
+    limiter_for,
     open_sink,
 )
 from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http import ConnectionLimits, start_http_face
+from tensorwasm_gateway.http.app import FaceOptions
+from tensorwasm_gateway.http.openai import token_tenant
 from tensorwasm_gateway.instances import InstanceService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.limits import TenantCeilings
@@ -36,14 +40,18 @@ from tensorwasm_gateway.metrics import tenant_label
 from tensorwasm_gateway.routing import open_executor_pool
 from tensorwasm_gateway.servicer import GatewayServicer
 from tensorwasm_gateway.settings import GatewaySettings
+from tensorwasm_gateway.state import open_database
 from tensorwasm_gateway.wire import FUNCTION_CONFIGS, encode_invocation_error
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 _log = logging.getLogger(__name__)
 
 
-def build_guard(settings: GatewaySettings, *, face_secret: str = "") -> Guard:
-    """Tokens, rate limits, concurrency caps and the audit sink from the settings.
+def build_guard(
+    settings: GatewaySettings, *, face_secret: str = "", database: Database | None = None
+) -> Guard:
+    """Tokens, rate limits, concurrency caps and the audit sink from the settings (on a
+    PostgreSQL `database`, rate limits shared with the other gateways on it).
 
     Raises:
         SettingsError: no token survived parsing and the gateway would listen beyond
@@ -63,10 +71,9 @@ def build_guard(settings: GatewaySettings, *, face_secret: str = "") -> Guard:
         )
     else:
         _log.info("bearer auth on", extra={"token_ids": list(tokens.token_ids)})
-    limiter = RateLimiter(
-        BucketConfig(settings.rate_limit_tenant_qps, settings.rate_limit_tenant_burst),
-        BucketConfig(settings.rate_limit_token_qps, settings.rate_limit_token_burst),
-    )
+    tenant_layer = BucketConfig(settings.rate_limit_tenant_qps, settings.rate_limit_tenant_burst)
+    token_layer = BucketConfig(settings.rate_limit_token_qps, settings.rate_limit_token_burst)
+    limiter = limiter_for(database, tenant_layer, token_layer)
     caps = ConcurrencyCaps(
         {
             "invoke": settings.max_concurrent_invoke,
@@ -96,7 +103,17 @@ async def serve(settings: GatewaySettings) -> None:
     (a store outage leaves deployed functions invocable, so it does not pull the gateway).
     """
     ceilings = TenantCeilings.load(settings.tenant_limits_file)  # malformed: fail at start
-    registry = Registry(settings.database_path)
+    try:
+        database = await asyncio.to_thread(open_database, settings.database)
+    except DatabaseStartError as exc:
+        _log.error("cannot open the gateway's database: %s", exc)
+        print(f"tensorwasm-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _log.info(
+        "gateway database open",
+        extra={"engine": database.engine.value, "database_url": database.url.redacted},
+    )
+    registry = Registry(database)
     store_channel = open_channel(
         settings.snapshot_address,
         max_message_bytes=settings.max_message_bytes,
@@ -128,7 +145,7 @@ async def serve(settings: GatewaySettings) -> None:
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
     # Proves the in-process HTTP face's calls to the guard; never leaves this process.
     face_secret = secrets.token_urlsafe(32) if settings.http_address else ""
-    guard = build_guard(settings, face_secret=face_secret)
+    guard = build_guard(settings, face_secret=face_secret, database=database)
     tenant_label.configure(settings.metrics_max_tenants)
     reloader = None
     if settings.tokens_file is not None:
@@ -155,6 +172,14 @@ async def serve(settings: GatewaySettings) -> None:
             ),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             face_secret=face_secret,
+            options=FaceOptions(
+                invoke_timeout_seconds=settings.http_invoke_timeout_seconds,
+                cors_allowed_origins=settings.cors_allowed_origins,
+                trusted_hosts=settings.trusted_hosts,
+                openai_models=settings.openai_models,
+            ),
+            # guard.tokens is replaced when the tokens file is reloaded: look it up per call
+            openai_tenant_of=token_tenant(lambda values: guard.tokens.authenticate(values)),  # noqa: PLW0108
         )
         _log.info("http face listening", extra={"http_address": http.address})
 

@@ -20,7 +20,16 @@ from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
 from tensorwasm_gateway.calls import Call, CallResult
-from tensorwasm_gateway.functions import FunctionRecord, FunctionService, function_id_from_name
+from tensorwasm_gateway.functions import (
+    FunctionRecord,
+    FunctionService,
+    ModuleUpload,
+    UploadHeader,
+    empty_part,
+    function_id_from_name,
+    no_header,
+    second_header,
+)
 from tensorwasm_gateway.instances import (
     InstanceRecord,
     InstanceService,
@@ -63,6 +72,16 @@ def function_to_wire(record: FunctionRecord) -> pb.Function:
     function.create_time.FromNanoseconds(record.create_time_ns)
     function.config.CopyFrom(pb.FunctionConfig.FromString(record.config))  # kept as on the wire
     return function
+
+
+def upload_header(header: pb.UploadFunctionHeader) -> UploadHeader:
+    """The typed header of an UploadFunction stream."""
+    return UploadHeader(
+        function_id=header.function_id,
+        config=function_config_from_wire(header.config),
+        size_bytes=header.module_size_bytes,
+        digest=header.module_digest,
+    )
 
 
 def instance_to_wire(record: InstanceRecord) -> pb.Instance:
@@ -203,6 +222,32 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         )
         return pb.CreateFunctionResponse(function=function_to_wire(record))
 
+    async def UploadFunction(
+        self,
+        request_iterator: AsyncIterator[pb.UploadFunctionRequest],
+        context: grpc.aio.ServicerContext[pb.UploadFunctionRequest, pb.UploadFunctionResponse],
+    ) -> pb.UploadFunctionResponse:
+        tenant = tenant_of(context)
+        upload: ModuleUpload | None = None
+        async for message in request_iterator:
+            part = message.WhichOneof("part")
+            if upload is None:
+                if part != "header":
+                    raise no_header()
+                upload = await self._functions.begin_upload(tenant, upload_header(message.header))
+            elif part == "chunk":
+                upload.add_chunk(message.chunk)
+            elif part == "trailer":
+                upload.add_trailer(message.trailer.module_digest)
+            else:
+                raise second_header() if part == "header" else empty_part()
+        if upload is None:
+            raise no_header()
+        wasm = upload.finish()
+        header = upload.header
+        record = await self._functions.create(tenant, header.function_id, wasm, header.config)
+        return pb.UploadFunctionResponse(function=function_to_wire(record))
+
     async def GetFunction(
         self,
         request: pb.GetFunctionRequest,
@@ -267,8 +312,11 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         )
         context.add_done_callback(lambda _: events.cancel())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         async for event in events:
-            if event.HasField("outcome"):
+            kind = event.WhichOneof("event")
+            if kind == "outcome":
                 yield pb.InvokeStreamResponse(outcome=event.outcome, export_name=export)
+            elif kind == "chunk":
+                yield pb.InvokeStreamResponse(chunk=event.chunk)
             else:
                 yield pb.InvokeStreamResponse(output=event.output)
 
@@ -285,6 +333,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
             stdin=request.stdin,
             limits=limits_from_wire(request.limits),
             idle_ttl_ns=request.idle_ttl.ToNanoseconds() if request.HasField("idle_ttl") else None,
+            input=request.input,
         )
         record, result = await self._instances().create(tenant, function_id, spec)
         reply = pb.CreateInstanceResponse(outcome=_outcome(result))
@@ -313,6 +362,7 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
             export_name=request.export_name,
             args=request.args,
             limits=limits_from_wire(request.limits),
+            input=request.input,
         )
         result, export = await self._instances().call(tenant, instance_id, call)
         return pb.CallInstanceResponse(outcome=_outcome(result), export_name=export)

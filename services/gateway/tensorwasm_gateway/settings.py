@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+from tensorwasm_common.database import DatabaseUrl, DatabaseUrlError, parse_database_url, sqlite_url
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import (
     ServerSettings,
@@ -18,6 +19,10 @@ from tensorwasm_common.settings import (
 # What a CreateFunction request may carry beside its module (id, config): the transport
 # cap (max_message_bytes) exceeds the module cap by at least this much.
 MODULE_REQUEST_HEADROOM_BYTES = 1 << 20
+DATABASE_URL_SETTING = "TENSORWASM_GATEWAY_DATABASE_URL"
+# The module cap: 64 MiB unless set, at most 256 MiB (as the original system).
+DEFAULT_MAX_MODULE_BYTES = 64 << 20
+MAX_MODULE_BYTES_CEILING = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,8 +45,16 @@ class GatewaySettings(ServerSettings):
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
     )
-    # The largest module; any larger one up to max_message_bytes is refused TOO_LARGE.
-    max_module_bytes: int = 32 << 20
+    # Where functions, instances, async invocations, gateway leases and (on PostgreSQL)
+    # rate-limit buckets live: sqlite:///ABS/PATH or postgresql://USER[:PASSWORD]@HOST:PORT/DB.
+    # Empty: the SQLite file at database_path.
+    database_url: str = ""
+    # The largest module (at most 256 MiB); a larger one is refused TOO_LARGE, whether
+    # sent whole (CreateFunction) or streamed (UploadFunction, whatever the message cap).
+    max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES
+    # The transport cap: a CreateFunction request carries the whole module, so it is the
+    # module cap plus headroom by default (raise both together).
+    max_message_bytes: int = DEFAULT_MAX_MODULE_BYTES + MODULE_REQUEST_HEADROOM_BYTES
     downstream_timeout_seconds: float = 330.0
     # The HTTP/JSON face (REST routes onto the gRPC API); empty: off.
     http_address: str = "127.0.0.1:8080"
@@ -53,6 +66,13 @@ class GatewaySettings(ServerSettings):
     http_idle_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 10.0
     http_max_connections: int = 256
+    # The deadline of an HTTP invoke (/invoke, /invoke-stream, the OpenAI routes), as the
+    # original's 30 s; a call past it is 504 invoke_timeout.
+    http_invoke_timeout_seconds: float = 30.0
+    # Browser origins allowed cross-origin (CORS); empty: none.
+    cors_allowed_origins: tuple[str, ...] = ()
+    # Host headers the HTTP face accepts (host or host:port, case-insensitive); empty: any.
+    trusted_hosts: tuple[str, ...] = ()
     # Finished async invocations are kept this long, then purged.
     invocation_retention_seconds: float = 86400.0
     # At most this many async invocations pending or running at once (per gateway).
@@ -95,8 +115,10 @@ class GatewaySettings(ServerSettings):
     # Proxies (addresses or CIDR blocks) whose x-forwarded-for names the caller in the
     # audit log; from any other peer the header is ignored. Empty: none.
     trusted_proxies: tuple[str, ...] = ()
+    # The OpenAI-compatible front's models: `model:function,...` (function ids).
+    openai_model_map: str = ""
 
-    def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
+    def __post_init__(self) -> None:  # noqa: PLR0912, PLR0915 (one check per setting)
         super().__post_init__()
         if not 0.0 <= self.tokens_reload_seconds < float("inf"):
             raise SettingsError("tokens_reload_seconds: must be >= 0")
@@ -122,7 +144,11 @@ class GatewaySettings(ServerSettings):
                 raise SettingsError(f"http_address: {exc}") from None
         if not 0.0 <= self.http_signature_cache_seconds < float("inf"):
             raise SettingsError("http_signature_cache_seconds: must be >= 0")
-        for name in ("http_idle_timeout_seconds", "http_read_timeout_seconds"):
+        for name in (
+            "http_idle_timeout_seconds",
+            "http_read_timeout_seconds",
+            "http_invoke_timeout_seconds",
+        ):
             if not 0.1 <= getattr(self, name) < float("inf"):
                 raise SettingsError(f"{name}: must be >= 0.1")
         if self.http_max_connections < 1:
@@ -142,6 +168,8 @@ class GatewaySettings(ServerSettings):
                 split_address(address)
             except SettingsError as exc:
                 raise SettingsError(f"executor_addresses/snapshot_address: {exc}") from None
+        if self.max_module_bytes > MAX_MODULE_BYTES_CEILING:
+            raise SettingsError("max_module_bytes: at most 256 MiB")
         if not 8 <= self.max_module_bytes <= self.max_message_bytes - MODULE_REQUEST_HEADROOM_BYTES:
             # Else a module just over the cap is cut off by the transport: a bare
             # RESOURCE_EXHAUSTED instead of the typed TOO_LARGE.
@@ -150,6 +178,8 @@ class GatewaySettings(ServerSettings):
                 "a CreateFunction request must fit beside the largest module)"
             )
         self._check_security()
+        self.database  # noqa: B018 -- a malformed URL fails at start
+        self.openai_models  # noqa: B018 (a malformed map fails at start)
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
@@ -194,6 +224,32 @@ class GatewaySettings(ServerSettings):
                 "are configured: set TENSORWASM_GATEWAY_TOKENS (or _TOKENS_FILE), or "
                 "TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without auth"
             )
+
+    @property
+    def database(self) -> DatabaseUrl:
+        """The parsed database URL (database_url, else the SQLite file at database_path)."""
+        value = self.database_url or sqlite_url(self.database_path)
+        try:
+            return parse_database_url(value, DATABASE_URL_SETTING)
+        except DatabaseUrlError as exc:
+            raise SettingsError(str(exc)) from None
+
+    @property
+    def openai_models(self) -> dict[str, str]:
+        """The OpenAI model map, model -> function id.
+
+        Raises:
+            SettingsError: an entry is not `model:function`, or a model appears twice.
+        """
+        models: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in self.openai_model_map.split(","))):
+            model, colon, function = (part.strip() for part in entry.rpartition(":"))
+            if not colon or not model or not function or model in models:
+                raise SettingsError(
+                    f"openai_model_map: {entry!r} is not a new `model:function` entry"
+                )
+            models[model] = function
+        return models
 
     @property
     def loopback_only(self) -> bool:

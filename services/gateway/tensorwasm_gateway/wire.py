@@ -38,6 +38,7 @@ def call_from_wire(request: pb.InvokeRequest) -> Call:
         args=request.args,
         stdin=request.stdin,
         limits=limits_from_wire(request.limits),
+        input=request.input,
     )
 
 
@@ -108,6 +109,7 @@ def function_config_from_wire(config: pb.FunctionConfig) -> FunctionConfig:
         offloads=tuple(
             OffloadDeclaration(o.export_name, o.op, tuple(o.args)) for o in config.offloads
         ),
+        display_name=config.display_name,
     )
 
 
@@ -120,6 +122,7 @@ def function_config_to_wire(config: FunctionConfig) -> pb.FunctionConfig:
         no_init=config.no_init,
         auto_offload=config.auto_offload,
         offloads=offloads_to_wire(config.offloads),
+        display_name=config.display_name,
     )
 
 

@@ -38,6 +38,15 @@ def maintain(command: str, argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"tensorwasm-snapshot {command}: invalid settings: {exc}", file=sys.stderr)
         return 2
+    if not settings.resolved_database_url.startswith("sqlite:") or settings.blob_url.startswith(
+        "s3:"
+    ):
+        print(
+            f"tensorwasm-snapshot {command}: works on a local store with its SQLite index only"
+            " (TENSORWASM_SNAPSHOT_BLOB_URL or TENSORWASM_SNAPSHOT_DATABASE_URL names another)",
+            file=sys.stderr,
+        )
+        return 2
     if command == "rebuild-index":
         report = rebuild_index(
             settings.data_dir,

@@ -1,60 +1,51 @@
-"""The store's index in SQLite (WAL, synchronous=FULL): objects, references, usage, GC candidates.
+"""The store's index: objects, references, usage, GC candidates; SQLite or PostgreSQL.
 
-The `snapshots` table (records, see `record_index`) lives in the same database.
+The `snapshots` table (records, see `record_index`) lives in the same database; the schema
+is in `index_schema` (versioned migrations, applied when the index opens). SQLite (a file in
+the data directory) is the default; on PostgreSQL several store replicas share one index.
 
 The blob files are the truth about bytes; the index is the truth about who holds them. An
-object row is written after its file is installed and deleted before its file is, so after
-a crash the index can only lag the files, which `SnapshotStore.reconcile` repairs.
+object row is written after its blob is installed and deleted before its blob is, so after
+a crash the index can only lag the blobs, which `SnapshotStore.reconcile` repairs.
+
+Children are deleted explicitly (references, records) before their object, so the same
+statements hold whether or not the engine enforces the foreign keys. On PostgreSQL, a
+reference and the collection of its object lock the object's row (`FOR UPDATE`), and
+`digest_lock` is an advisory lock, so replicas never collect what another just put.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorwasm_common.database import (
+    Database,
+    Engine,
+    Session,
+    migrate,
+    parse_database_url,
+    sqlite_url,
+)
+
 from tensorwasm_snapshot import errors
 from tensorwasm_snapshot.blobstore import BlobInfo
+from tensorwasm_snapshot.index_schema import COMPONENT, MIGRATIONS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    digest TEXT PRIMARY KEY,
-    size_bytes INTEGER NOT NULL,
-    stored_size_bytes INTEGER NOT NULL,
-    create_time_ns INTEGER NOT NULL,
-    touch_time_ns INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS refs (
-    tenant TEXT NOT NULL,
-    digest TEXT NOT NULL REFERENCES objects (digest) ON DELETE CASCADE,
-    ref_name TEXT NOT NULL,
-    create_time_ns INTEGER NOT NULL,
-    PRIMARY KEY (tenant, digest, ref_name)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS refs_by_digest ON refs (digest);
-CREATE TABLE IF NOT EXISTS snapshots (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    engine_fingerprint TEXT NOT NULL,
-    source_digest TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    payload_digest TEXT NOT NULL,
-    payload_size_bytes INTEGER NOT NULL,
-    record_digest TEXT NOT NULL REFERENCES objects (digest) ON DELETE CASCADE,
-    record_size_bytes INTEGER NOT NULL,
-    create_time_ns INTEGER NOT NULL,
-    format_version INTEGER NOT NULL,
-    signed INTEGER NOT NULL,
-    UNIQUE (tenant, kind, source_digest, variant, engine_fingerprint)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots (tenant, create_time_ns, id);
-CREATE INDEX IF NOT EXISTS snapshots_by_record ON snapshots (record_digest);
-PRAGMA user_version = 2;
-"""
+DATABASE_URL_SETTING = "TENSORWASM_SNAPSHOT_DATABASE_URL"
+POOL_SIZE = 16  # PostgreSQL connections per store process
+# pg_advisory_xact_lock(class, key) class of the per-digest locks: "TW" in ASCII.
+_DIGEST_LOCK_CLASS = 0x5457
+_LOCAL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex digest prefix
+# Each object's read for an update (the second locks its row on PostgreSQL).
+_GET = (
+    "SELECT digest, size_bytes, stored_size_bytes, create_time_ns, touch_time_ns"
+    " FROM objects WHERE digest = ?"
+)
+_GET_FOR_UPDATE = _GET + " FOR UPDATE"
 
 
 @dataclass(frozen=True)
@@ -86,63 +77,105 @@ class Usage:
 class BlobIndex:
     """Object and reference rows; every write is committed durably before it returns."""
 
-    def __init__(self, path: Path) -> None:
-        """Opens (creating if needed) the index database at `path`."""
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+    def __init__(self, database: Database) -> None:
+        """Uses an open database, applying the index's pending migrations.
+
+        Raises:
+            SchemaTooNewError: the database was migrated by a newer release.
+            DatabaseUnavailableError: it stopped answering.
+        """
+        self.database = database
+        self.engine = database.engine
+        migrate(database, COMPONENT, MIGRATIONS)
+
+    @classmethod
+    def open(cls, url: str) -> BlobIndex:
+        """Opens the index at a `sqlite:///PATH` or `postgresql://...` URL.
+
+        Raises:
+            DatabaseUrlError, DatabaseStartError: the URL is malformed or its database cannot
+                be opened (the message names TENSORWASM_SNAPSHOT_DATABASE_URL).
+        """
+        parsed = parse_database_url(url, DATABASE_URL_SETTING)
+        # An install holds a connection for its digest lock while it records the object.
+        database = Database(parsed, setting=DATABASE_URL_SETTING, pool_size=POOL_SIZE)
+        try:
+            return cls(database)
+        except BaseException:
+            database.close()
+            raise
+
+    @classmethod
+    def open_file(cls, path: Path) -> BlobIndex:
+        """Opens (creating if needed) an SQLite index file."""
+        return cls.open(sqlite_url(path))
 
     def close(self) -> None:
         """Closes the database."""
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def check(self) -> None:
-        """Health check: raises sqlite3.Error unless the database answers."""
-        with self._lock:
-            self._db.execute("SELECT 1 FROM objects LIMIT 1").fetchall()
+        """Health check: raises unless the database answers."""
+        with self.reading() as db:
+            db.execute("SELECT 1 FROM objects LIMIT 1")
 
     def problems(self, *, limit: int = 20) -> list[str]:
         """What is wrong with the database (empty: nothing found), up to `limit` lines.
 
-        SQLite's full integrity check (pages, and every index against its table: a damaged
-        `refs_by_digest` entry hides a reference from the collector), then references and
-        records whose object has no row (a damaged digest, which frees the real object).
-        Reads every page: run it when the store opens, not per request.
+        On SQLite, its full integrity check first (pages, and every index against its table:
+        a damaged `refs_by_digest` entry hides a reference from the collector); then, on both
+        engines, references and records whose object has no row (a damaged digest, which
+        frees the real object). Reads every page: run it when the store opens, not per request.
         """
         try:
-            with self._lock:
-                found = [
-                    str(row[0]) for row in self._db.execute(f"PRAGMA integrity_check({int(limit)})")
+            with self.reading() as db:
+                if self.engine is Engine.SQLITE:
+                    found = [
+                        str(row[0])
+                        for row in db.execute(f"PRAGMA integrity_check({int(limit)})").rows
+                    ]
+                    if found != ["ok"]:
+                        return found
+                dangling = [
+                    str(table)
+                    for query in (
+                        "SELECT 'refs' FROM refs WHERE NOT EXISTS"
+                        " (SELECT 1 FROM objects WHERE objects.digest = refs.digest) LIMIT ?",
+                        "SELECT 'snapshots' FROM snapshots WHERE NOT EXISTS (SELECT 1 FROM"
+                        " objects WHERE objects.digest = snapshots.record_digest) LIMIT ?",
+                    )
+                    for (table,) in db.execute(query, (limit,)).rows
                 ]
-                if found != ["ok"]:
-                    return found
-                dangling = self._db.execute("PRAGMA foreign_key_check").fetchmany(limit)
-        except sqlite3.DatabaseError as exc:
-            return [f"sqlite: {exc}"]
-        return [f"a {table} row names an object that is not indexed" for table, *_ in dangling]
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the index's lock, for reads of tables kept beside it."""
-        with self._lock:
-            yield self._db
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate transaction, committed durably on exit, rolled back on an error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+        except Exception as exc:  # a damaged SQLite file fails any statement
+            if self.engine is Engine.POSTGRESQL:
                 raise
-            self._db.execute("COMMIT")
+            return [f"sqlite: {exc}"]
+        return [f"a {table} row names an object that is not indexed" for table in dangling[:limit]]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction for reads (of this index's tables and those kept beside it)."""
+        with self.database.transaction() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A transaction, committed durably on exit, rolled back on an error."""
+        with self.database.transaction() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def digest_lock(self, digest: str) -> Iterator[None]:
+        """Held by an install and by the collection of `digest`'s blob: in this process (a
+        lock per digest prefix) and, on PostgreSQL, across replicas (an advisory lock)."""
+        with _LOCAL_LOCKS[int(digest[:2], 16)]:
+            if self.engine is not Engine.POSTGRESQL:
+                yield
+                return
+            key = int(digest[:8], 16) - (1 << 31)  # a signed 32-bit key
+            with self.database.transaction() as session:
+                session.execute("SELECT pg_advisory_xact_lock(?, ?)", (_DIGEST_LOCK_CLASS, key))
+                yield
 
     def record(self, info: BlobInfo, now_ns: int, *, create_time_ns: int | None = None) -> None:
         """Adds an object, or touches it (a deduplicated put restarts its grace period)."""
@@ -151,20 +184,24 @@ class BlobIndex:
                 "INSERT INTO objects VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET"
                 " size_bytes = excluded.size_bytes,"
                 " stored_size_bytes = excluded.stored_size_bytes,"
-                " touch_time_ns = max(touch_time_ns, excluded.touch_time_ns)",
+                # the newer of the two touch times, in SQL both engines speak
+                " touch_time_ns = CASE WHEN ? > objects.touch_time_ns THEN ?"
+                " ELSE objects.touch_time_ns END",
                 (
                     info.digest,
                     info.size_bytes,
                     info.stored_size_bytes,
                     now_ns if create_time_ns is None else create_time_ns,
                     now_ns,
+                    now_ns,
+                    now_ns,
                 ),
             )
 
     def get(self, digest: str) -> ObjectRecord | None:
         """The object's row, or None."""
-        with self._lock:
-            return _get(self._db, digest)
+        with self.reading() as db:
+            return _get(db, digest)
 
     def add_ref(
         self, tenant: str, digest: str, ref_name: str, now_ns: int, *, quota_bytes: int = 0
@@ -177,13 +214,13 @@ class BlobIndex:
             TenantQuotaExceededError: the charge would pass the quota; nothing was added.
         """
         with self.transaction() as db:
-            record = _get(db, digest)
+            record = _get(db, digest, for_update=True)
             if record is None:
                 raise errors.BlobNotFoundError(digest)
             exists = db.execute(
                 "SELECT 1 FROM refs WHERE tenant = ? AND digest = ? AND ref_name = ?",
                 (tenant, digest, ref_name),
-            ).fetchone()
+            ).one()
             if exists is not None:
                 return record, False
             if quota_bytes > 0 and not _holds(db, tenant, digest):
@@ -198,87 +235,88 @@ class BlobIndex:
     def remove_ref(self, tenant: str, digest: str, ref_name: str, now_ns: int) -> bool:
         """Removes a reference; the last one's removal touches the object. False if absent."""
         with self.transaction() as db:
-            cursor = db.execute(
+            removed = db.execute(
                 "DELETE FROM refs WHERE tenant = ? AND digest = ? AND ref_name = ?",
                 (tenant, digest, ref_name),
             )
-            if cursor.rowcount == 0:
+            if removed.rowcount == 0:
                 return False
             db.execute(
-                "UPDATE objects SET touch_time_ns = max(touch_time_ns, ?) WHERE digest = ?"
+                "UPDATE objects SET touch_time_ns = CASE WHEN ? > objects.touch_time_ns THEN ?"
+                " ELSE objects.touch_time_ns END WHERE digest = ?"
                 " AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.digest = objects.digest)",
-                (now_ns, digest),
+                (now_ns, now_ns, digest),
             )
         return True
 
     def holds(self, tenant: str, digest: str) -> bool:
         """True when the tenant has any reference to the object."""
-        with self._lock:
-            return _holds(self._db, tenant, digest)
+        with self.reading() as db:
+            return _holds(db, tenant, digest)
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's charged bytes and counts."""
-        with self._lock:
-            return _usage(self._db, tenant)
+        with self.reading() as db:
+            return _usage(db, tenant)
 
     def collectable(self, cutoff_ns: int) -> list[str]:
         """Digests with no reference, untouched since `cutoff_ns` or earlier."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT digest FROM objects WHERE touch_time_ns <= ?"
                 " AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.digest = objects.digest)"
                 " ORDER BY digest",
                 (cutoff_ns,),
-            ).fetchall()
-        return [digest for (digest,) in rows]
+            ).rows
+        return [str(digest) for (digest,) in rows]
 
     def forget_if_collectable(self, digest: str, cutoff_ns: int) -> ObjectRecord | None:
         """Deletes the object's row if it is still collectable; the deleted row, or None."""
         with self.transaction() as db:
-            record = _get(db, digest)
+            record = _get(db, digest, for_update=True)
             if record is None or record.touch_time_ns > cutoff_ns:
                 return None
-            cursor = db.execute(
+            deleted = db.execute(
                 "DELETE FROM objects WHERE digest = ?"
                 " AND NOT EXISTS (SELECT 1 FROM refs WHERE refs.digest = objects.digest)",
                 (digest,),
             )
-            return record if cursor.rowcount else None
+            return record if deleted.rowcount else None
 
     def digests(self) -> set[str]:
         """Every indexed digest."""
-        with self._lock:
-            return {digest for (digest,) in self._db.execute("SELECT digest FROM objects")}
+        with self.reading() as db:
+            return {str(digest) for (digest,) in db.execute("SELECT digest FROM objects").rows}
 
     def forget(self, digest: str) -> int:
-        """Deletes an object's row and its references (its file is gone); -> references lost."""
+        """Deletes an object's row, its references and records (its blob is gone);
+        -> references lost."""
         with self.transaction() as db:
-            (refs,) = db.execute("SELECT count(*) FROM refs WHERE digest = ?", (digest,)).fetchone()
+            refs = db.execute("DELETE FROM refs WHERE digest = ?", (digest,)).rowcount
+            db.execute("DELETE FROM snapshots WHERE record_digest = ?", (digest,))
             db.execute("DELETE FROM objects WHERE digest = ?", (digest,))
         return int(refs)
 
 
-def _get(db: sqlite3.Connection, digest: str) -> ObjectRecord | None:
-    row = db.execute(
-        "SELECT digest, size_bytes, stored_size_bytes, create_time_ns, touch_time_ns"
-        " FROM objects WHERE digest = ?",
-        (digest,),
-    ).fetchone()
-    return None if row is None else ObjectRecord(*row)
+def _get(db: Session, digest: str, *, for_update: bool = False) -> ObjectRecord | None:
+    locking = for_update and db.engine is Engine.POSTGRESQL
+    row = db.execute(_GET_FOR_UPDATE if locking else _GET, (digest,)).one()
+    return None if row is None else ObjectRecord(str(row[0]), *(int(v) for v in row[1:]))
 
 
-def _holds(db: sqlite3.Connection, tenant: str, digest: str) -> bool:
+def _holds(db: Session, tenant: str, digest: str) -> bool:
     row = db.execute(
         "SELECT 1 FROM refs WHERE tenant = ? AND digest = ? LIMIT 1", (tenant, digest)
-    ).fetchone()
+    ).one()
     return row is not None
 
 
-def _usage(db: sqlite3.Connection, tenant: str) -> Usage:
-    objects, size = db.execute(
+def _usage(db: Session, tenant: str) -> Usage:
+    found = db.execute(
         "SELECT count(*), coalesce(sum(size_bytes), 0) FROM objects"
         " WHERE digest IN (SELECT digest FROM refs WHERE tenant = ?)",
         (tenant,),
-    ).fetchone()
-    (refs,) = db.execute("SELECT count(*) FROM refs WHERE tenant = ?", (tenant,)).fetchone()
-    return Usage(tenant, int(size), int(objects), int(refs))
+    ).one()
+    counted = db.execute("SELECT count(*) FROM refs WHERE tenant = ?", (tenant,)).one()
+    assert found is not None and counted is not None
+    return Usage(tenant, int(found[1]), int(found[0]), int(counted[0]))

@@ -1,12 +1,12 @@
-"""Durable content-addressed blobs on local disk: BLAKE3-named, zstd or raw, verified on read.
+"""Durable content-addressed blobs: BLAKE3-named, zstd or raw, verified on read.
 
-Layout: ``<root>/blobs/<digest[:2]>/<digest>`` holds committed blobs; ``<root>/tmp/`` holds
-in-flight writes (same filesystem, so the rename is atomic) and is emptied when a store opens,
-so one root belongs to one process. A digest is BLAKE3-256 of the plaintext in lowercase hex.
-A writer puts a placeholder header first and the real one last, fsyncs, renames into place and
-fsyncs the directory (and ``blobs/`` for a new ``<xx>/``): a blob is whole or absent after a crash.
-Who holds a blob is not recorded here but in ``<root>/index.sqlite3`` (see `blob_index`,
-`object_store`).
+Where the blob files live is a `BlobBackend` (`backends/`): a local directory (the default,
+``<root>/blobs/<digest[:2]>/<digest>``) or an S3-compatible bucket. A digest is BLAKE3-256
+of the plaintext in lowercase hex. A writer spools the blob file in the backend's spool
+directory (placeholder header first, the real one last, fsynced), then the backend installs
+it whole and write-once: a blob is whole or absent after a crash. The spool directory is
+emptied when a store opens, so one root belongs to one process. Who holds a blob is not
+recorded here but in the index (see `blob_index`, `object_store`).
 
 Blob file, format 2 (written today): a 64-byte little-endian header, then the body:
 
@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import struct
 import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -46,31 +46,31 @@ from tensorwasm_common.errors import (
 )
 
 from tensorwasm_snapshot import errors
+from tensorwasm_snapshot.backends import BlobBackend, LocalBackend
+from tensorwasm_snapshot.backends.local import DIGEST_RE
 
 _MAGIC_PREFIX = b"TWBLOB\x00"
 _MAGIC_V1, _HEADER_V1 = _MAGIC_PREFIX + b"\x01", struct.Struct("<8sQi32sQ")
 _MAGIC, _HEADER = _MAGIC_PREFIX + b"\x02", struct.Struct("<8sQHHi32sQ")
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _INSTALL_LOCKS = tuple(threading.Lock() for _ in range(256))  # one per two-hex digest prefix
 
 # Called with the digest's lock held once a blob is installed or found already stored, so
 # that a collector taking the same lock (`remove_if`) never deletes what a put just returned.
 InstallHook = Callable[["BlobInfo"], None]
+# The lock of a digest: held by an install and by the collection of that digest's blob.
+DigestLock = Callable[[str], AbstractContextManager[object]]
+
+
+def process_digest_lock(digest: str) -> AbstractContextManager[object]:
+    """The default `DigestLock`: one lock per two-hex digest prefix, in this process."""
+    return _INSTALL_LOCKS[int(digest[:2], 16)]
 
 
 def validate_digest(digest: object) -> str:
     """Returns `digest` if it is 64 lowercase hex digits, else raises InvalidDigestError."""
-    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
+    if not isinstance(digest, str) or DIGEST_RE.fullmatch(digest) is None:
         raise InvalidDigestError.of(digest)
     return digest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Codec(enum.IntEnum):
@@ -103,19 +103,22 @@ class BlobStore:
         self,
         root: Path,
         *,
+        backend: BlobBackend | None = None,
         compression_level: int = 3,
         max_blob_bytes: int = 256 << 20,
         chunk_bytes: int = 1 << 20,
     ) -> None:
-        """Opens (creating if needed) the store at `root` and deletes stale temp files."""
+        """Opens the store whose local working directory is `root` (the blob files are in
+        `backend`, by default a `LocalBackend` on `root`) and deletes stale spool files."""
         if not (1 <= compression_level <= 22 and max_blob_bytes >= 0 and chunk_bytes >= 1):
             raise ValueError("need 1 <= compression_level <= 22, max_blob_bytes >= 0, chunk >= 1")
         self.root, self.compression_level = Path(root), compression_level
         self.max_blob_bytes, self.chunk_bytes = max_blob_bytes, chunk_bytes
-        self._blobs, self._tmp = self.root / "blobs", self.root / "tmp"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(exist_ok=True)
-        _fsync_dir(self.root)  # make a new blobs/ durable
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.backend: BlobBackend = LocalBackend(self.root) if backend is None else backend
+        # Replaced by the index's lock when several processes share the backend.
+        self.digest_lock: DigestLock = process_digest_lock
+        self._tmp = self.spool_dir = self.backend.spool_dir
         for entry in os.scandir(self._tmp):  # exhausting the iterator closes it
             if not entry.is_dir(follow_symlinks=False):
                 os.unlink(entry.path)
@@ -148,13 +151,11 @@ class BlobStore:
 
     def stat(self, digest: str) -> BlobInfo:
         """Describes a blob from its header; BlobIntegrityError if the header is damaged."""
-        with self._open(validate_digest(digest)) as fh:
-            return self._header(digest, fh).info
+        return self._head(validate_digest(digest)).info
 
     def codec(self, digest: str) -> Codec:
         """How the blob is kept at rest (zstd for every format-1 file), from its header."""
-        with self._open(validate_digest(digest)) as fh:
-            return self._header(digest, fh).codec
+        return self._head(validate_digest(digest)).codec
 
     def open_verified(self, digest: str) -> Iterator[bytes]:
         """Returns an iterator of `chunk_bytes` plaintext pieces that never yields a damaged byte.
@@ -166,13 +167,15 @@ class BlobStore:
 
     def verify(self, digest: str) -> BlobInfo:
         """Decodes a whole blob in constant memory; its info if it is intact, else raises."""
-        info = self.stat(digest)
-        deque(self._decode(digest), maxlen=0)
-        return info
+        with self.backend.open(validate_digest(digest)) as fh:
+            header = self._header(digest, fh)
+            deque(self._decode(digest, fh, header), maxlen=0)
+        return header.info
 
     def read_bytes(self, digest: str) -> bytes:
         """Returns a whole verified blob, decoded once (memory grows with its size)."""
-        return b"".join(self._decode(validate_digest(digest)))
+        with self.backend.open(validate_digest(digest)) as fh:
+            return b"".join(self._decode(digest, fh, self._header(digest, fh)))
 
     def put_bytes(self, data: bytes, *, codec: Codec = Codec.ZSTD) -> tuple[BlobInfo, bool]:
         """Stores `data`; returns its info and True if it was already stored (deduplicated)."""
@@ -181,19 +184,12 @@ class BlobStore:
             return blob_writer.commit()
 
     def check(self) -> None:
-        """Health check: raises OSError unless the store exists and files can be created."""
-        for directory in (self._blobs, self._tmp):
-            tempfile.TemporaryFile(dir=directory).close()
+        """Health check: raises unless the backend can store and read blobs."""
+        self.backend.check()
 
     def digests(self) -> Iterator[str]:
-        """The digests of the files under ``blobs/``, intact or not (others are skipped)."""
-        for prefix in sorted(os.listdir(self._blobs)):
-            directory = self._blobs / prefix
-            if len(prefix) != 2 or not directory.is_dir():
-                continue
-            for name in sorted(os.listdir(directory)):
-                if _DIGEST_RE.fullmatch(name) and name[:2] == prefix:
-                    yield name
+        """The digests of the stored blob files, intact or not (others are skipped)."""
+        return self.backend.digests()
 
     def remove_if(self, digest: str, condition: Callable[[], bool]) -> bool:
         """Deletes a blob durably if `condition()`, asked with the digest's lock held, is true.
@@ -201,27 +197,30 @@ class BlobStore:
         The lock is the one installs take, so a put that returned this blob either ran before
         (and `condition` sees what it recorded) or runs after, and stores the blob again.
         """
-        path = self.path_of(digest)
-        with _INSTALL_LOCKS[int(digest[:2], 16)]:
+        validate_digest(digest)
+        with self.digest_lock(digest):
             if not condition():
                 return False
-            path.unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            self.backend.delete(digest)
         return True
 
     def path_of(self, digest: str) -> Path:
-        """Where the blob of `digest` lives (whether or not it exists)."""
-        return self._blobs / validate_digest(digest)[:2] / digest
+        """Where the blob of `digest` lives on a local backend (whether or not it exists)."""
+        if not isinstance(self.backend, LocalBackend):
+            raise TypeError("blobs are not local files on this backend")
+        return self.backend.path_of(digest)
 
-    def _open(self, digest: str) -> BinaryIO:
-        try:
-            return self.path_of(digest).open("rb")
-        except FileNotFoundError:
-            raise errors.BlobNotFoundError(digest) from None
+    def _head(self, digest: str) -> _Header:
+        raw, stored = self.backend.read_head(digest, _HEADER.size)
+        return self._parse_header(digest, raw, stored)
 
     def _header(self, digest: str, fh: BinaryIO) -> _Header:
-        raw = fh.read(_HEADER.size).ljust(_HEADER.size, b"\0")  # then the file size check fails
-        stored = os.fstat(fh.fileno()).st_size
+        fh.seek(0)
+        raw = fh.read(_HEADER.size)
+        return self._parse_header(digest, raw, os.fstat(fh.fileno()).st_size)
+
+    def _parse_header(self, digest: str, raw: bytes, stored: int) -> _Header:
+        raw = raw.ljust(_HEADER.size, b"\0")  # then the file size check fails
         if raw[:8] == _MAGIC:
             _magic, size, codec, flags, _level, raw_digest, body_size = _HEADER.unpack(raw)
             header_size = _HEADER.size
@@ -241,24 +240,26 @@ class BlobStore:
         return _Header(BlobInfo(digest, size, stored), Codec(codec), header_size)
 
     def _verified(self, digest: str) -> Iterator[bytes]:
-        tail = deque(self._decode(digest), maxlen=2)  # check pass; a lone piece is kept
-        yield from tail if len(tail) < 2 else self._decode(digest)
-
-    def _decode(self, digest: str) -> Iterator[bytes]:
-        # Yields the plaintext; raises BlobIntegrityError, at the end at the latest, if bad.
-        with self._open(digest) as fh:
+        # One handle for both passes: a remote blob is downloaded once, and a local one
+        # being collected meanwhile is still read whole through its open file.
+        with self.backend.open(digest) as fh:
             header = self._header(digest, fh)
-            size, hasher, total = header.info.size_bytes, blake3.blake3(), 0
-            fh.seek(header.body_offset)
-            try:
-                for piece in self._body(fh, header.codec):
-                    total += len(piece)
-                    if total > size:  # also the decompression-bomb guard
-                        raise BlobIntegrityError(digest, "more plaintext than declared")
-                    hasher.update(piece)
-                    yield piece
-            except zstandard.ZstdError as exc:
-                raise BlobIntegrityError(digest, f"zstd: {exc}") from exc
+            tail = deque(self._decode(digest, fh, header), maxlen=2)  # a lone piece is kept
+            yield from tail if len(tail) < 2 else self._decode(digest, fh, header)
+
+    def _decode(self, digest: str, fh: BinaryIO, header: _Header) -> Iterator[bytes]:
+        # Yields the plaintext; raises BlobIntegrityError, at the end at the latest, if bad.
+        size, hasher, total = header.info.size_bytes, blake3.blake3(), 0
+        fh.seek(header.body_offset)
+        try:
+            for piece in self._body(fh, header.codec):
+                total += len(piece)
+                if total > size:  # also the decompression-bomb guard
+                    raise BlobIntegrityError(digest, "more plaintext than declared")
+                hasher.update(piece)
+                yield piece
+        except zstandard.ZstdError as exc:
+            raise BlobIntegrityError(digest, f"zstd: {exc}") from exc
         if total != size or hasher.hexdigest() != digest:
             raise BlobIntegrityError(digest, "plaintext size or digest mismatch")
 
@@ -276,19 +277,16 @@ class BlobStore:
     def _install(
         self, tmp_path: Path, info: BlobInfo, on_install: InstallHook | None
     ) -> tuple[BlobInfo, bool]:
-        final = self.path_of(info.digest)
-        with _INSTALL_LOCKS[int(info.digest[:2], 16)]:
+        with self.digest_lock(info.digest):
             try:
-                result = self.verify(info.digest), True  # keep no damaged copy
-                tmp_path.unlink()
-            except (errors.BlobNotFoundError, BlobIntegrityError):
-                # Absent, or damaged and about to be replaced.
-                if not final.parent.is_dir():  # other committers of this prefix wait on the lock
-                    final.parent.mkdir()
-                    _fsync_dir(self._blobs)
-                os.replace(tmp_path, final)
-                _fsync_dir(final.parent)
                 result = info, False
+                if not self.backend.install(tmp_path, info.digest):
+                    try:
+                        result = self.verify(info.digest), True
+                    except (BlobIntegrityError, errors.BlobNotFoundError):  # damaged, or gone
+                        self.backend.install(tmp_path, info.digest, replace=True)
+            finally:
+                tmp_path.unlink(missing_ok=True)
             if on_install is not None:
                 on_install(result[0])
         return result

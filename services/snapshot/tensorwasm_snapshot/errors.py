@@ -13,12 +13,17 @@ from tensorwasm_common.errors import (
     Reason,
     ResourceExhaustedError,
     ServiceError,
+    UnavailableError,
 )
+
+# Seconds a caller is told to wait before retrying while the object store does not answer.
+OBJECT_STORE_RETRY_SECONDS = 1.0
 
 __all__ = [
     "BlobNotFoundError",
     "DigestMismatchError",
     "IndexDamagedError",
+    "ObjectStoreUnavailableError",
     "TenantQuotaExceededError",
 ]
 
@@ -116,3 +121,25 @@ class IndexDamagedError(ServiceError):
             "--data-dir DIR`, start it again",
             metadata={"problem": problem[:200]},
         )
+
+
+class ObjectStoreUnavailableError(UnavailableError):
+    """The object store (an S3-compatible bucket) did not answer, or answered a server
+    error, mid-run; nothing was installed or referenced, and the call may be retried."""
+
+    reason = Reason.OBJECT_STORE_UNAVAILABLE
+
+    def __init__(self, operation: str, detail: str) -> None:
+        """Builds the error.
+
+        Args:
+            operation: What the store was doing (put, get, head, delete, list).
+            detail: The client's error: kept in `detail` for the store's log, not sent (it
+                names the endpoint and keys).
+        """
+        super().__init__(
+            f"the object store is unavailable ({operation}); retry later",
+            metadata={"operation": operation},
+            retry_after_seconds=OBJECT_STORE_RETRY_SECONDS,
+        )
+        self.detail = detail

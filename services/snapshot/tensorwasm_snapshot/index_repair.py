@@ -75,7 +75,7 @@ def rebuild_index(
     blobs = BlobStore(root, max_blob_bytes=max_blob_bytes, chunk_bytes=chunk_bytes)
     kept_as = _move_aside(blobs.root / INDEX_FILE, clock())
     old_refs, old_records = _salvage(kept_as) if kept_as is not None else ([], {})
-    index = BlobIndex(blobs.root / INDEX_FILE)
+    index = BlobIndex.open_file(blobs.root / INDEX_FILE)
     try:
         now = clock()
         present, damaged, records = set(), 0, []
@@ -108,7 +108,7 @@ def rebuild_index(
 def release_holds(root: Path, *, clock: Clock = time.time_ns) -> int:
     """Removes the holds a rebuild put on every object (their grace period starts now);
     -> how many. Run once the real references are in place, with the store stopped."""
-    index = BlobIndex(Path(root) / INDEX_FILE)
+    index = BlobIndex.open_file(Path(root) / INDEX_FILE)
     try:
         with index.reading() as db:
             digests = [
@@ -116,7 +116,7 @@ def release_holds(root: Path, *, clock: Clock = time.time_ns) -> int:
                 for (digest,) in db.execute(
                     "SELECT digest FROM refs WHERE tenant = ? AND ref_name = ?",
                     (HOLD_TENANT, HOLD_REF_NAME),
-                )
+                ).rows
             ]
         now = clock()
         return sum(index.remove_ref(HOLD_TENANT, d, HOLD_REF_NAME, now) for d in digests)

@@ -3,7 +3,8 @@
 A tenant is charged the plaintext size of each distinct object it references. An object
 with no reference is garbage once untouched (put, or released) for `gc_grace_seconds`, so a
 put followed by AddRef is never raced by the collector. Collection and installs of a digest
-take the same lock (`BlobStore.remove_if`), so a put never returns an object being deleted.
+take the same lock (`BlobStore.remove_if`, `BlobIndex.digest_lock`: across replicas on
+PostgreSQL), so a put never returns an object being deleted.
 
 The index is checked when the store opens (`BlobIndex.problems`); while it is damaged the
 store serves and stores as usual but refuses to collect garbage (IndexDamagedError), since a
@@ -14,17 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tensorwasm_common.database import DatabaseStartError, SchemaTooNewError, sqlite_url
 from tensorwasm_common.errors import BlobIntegrityError, InvalidNameError
 from tensorwasm_common.tenants import TENANT_PATTERN
 
 from tensorwasm_snapshot import errors
+from tensorwasm_snapshot.backends import BlobBackend
 from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
 from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
 
@@ -84,6 +86,7 @@ class SnapshotStore:
         if gc_grace_seconds < 0 or tenant_quota_bytes < 0:
             raise ValueError("need gc_grace_seconds >= 0 and tenant_quota_bytes >= 0")
         self.blobs, self.index, self._clock = blobs, index, clock
+        blobs.digest_lock = index.digest_lock  # shared with other replicas of the index
         self.gc_grace_ns = round(gc_grace_seconds * 1e9)
         self.tenant_quota_bytes = tenant_quota_bytes
         # What the index check found when the store opened; empty while the index is sound.
@@ -94,6 +97,8 @@ class SnapshotStore:
         cls,
         root: Path,
         *,
+        backend: BlobBackend | None = None,
+        index_url: str | None = None,
         compression_level: int = 3,
         max_blob_bytes: int = 256 << 20,
         chunk_bytes: int = 1 << 20,
@@ -101,26 +106,41 @@ class SnapshotStore:
         tenant_quota_bytes: int = 0,
         clock: Clock = time.time_ns,
     ) -> SnapshotStore:
-        """Opens the store at `root`: deletes temp files, checks the index, then (if it is
-        sound) reconciles index and files.
+        """Opens the store whose working directory is `root` and whose blob files are in
+        `backend` (default: a local directory under `root`), indexed at `index_url` (default:
+        an SQLite file in `root`): deletes temp files, checks the index, then (if it is sound)
+        reconciles index and blobs.
 
         Raises:
-            IndexDamagedError: the index file is not a database SQLite can open.
+            IndexDamagedError: the SQLite index file is not a database SQLite can open.
+            DatabaseStartError: a PostgreSQL index cannot be reached, or the index was
+                migrated by a newer release (SchemaTooNewError); the message names the setting.
         """
         blobs = BlobStore(
             root,
+            backend=backend,
             compression_level=compression_level,
             max_blob_bytes=max_blob_bytes,
             chunk_bytes=chunk_bytes,
         )
         index_path = blobs.root / INDEX_FILE
+        if index_url is None:
+            index_url = sqlite_url(index_path)
         # A truncated (empty) index opens as a new database: every reference would be lost.
         # A missing one is a store from before the index, whose files are indexed below.
-        index_lost = index_path.is_file() and index_path.stat().st_size == 0
+        index_lost = (
+            index_url == sqlite_url(index_path)
+            and index_path.is_file()
+            and index_path.stat().st_size == 0
+        )
         try:
-            index = BlobIndex(index_path)
-        except sqlite3.DatabaseError as exc:
-            raise errors.IndexDamagedError(f"{index_path} cannot be opened: {exc}") from exc
+            index = BlobIndex.open(index_url)
+        except SchemaTooNewError:
+            raise
+        except (sqlite3.DatabaseError, DatabaseStartError) as exc:
+            if not index_url.startswith("sqlite:"):
+                raise
+            raise errors.IndexDamagedError(f"{index_url} cannot be opened: {exc}") from exc
         try:
             store = cls(
                 blobs,
@@ -279,21 +299,29 @@ class SnapshotStore:
         (a crash between install and index write) are verified, then indexed unreferenced
         and touched now, so they are collected after the grace period unless referenced.
         """
-        on_disk, indexed = set(self.blobs.digests()), self.index.digests()
+        # The index is read before the blobs are listed: a row is written after its blob is
+        # installed, so a put racing this (another replica's) is never taken for a lost blob.
+        indexed = self.index.digests()
+        on_disk = set(self.blobs.digests())
         dropped = sorted(indexed - on_disk)
         for digest in dropped:
             lost = self.index.forget(digest)
             _log.error("indexed blob file missing", extra={"digest": digest, "refs_lost": lost})
         added = damaged = 0
         for digest in sorted(on_disk - indexed):
-            try:
-                info = self.blobs.verify(digest)
-            except BlobIntegrityError:
-                damaged += 1
-                _log.warning("unindexed blob failed verification", extra={"digest": digest})
-                continue
-            mtime_ns = os.stat(self.blobs.path_of(digest)).st_mtime_ns
-            self.index.record(info, self._clock(), create_time_ns=mtime_ns)
+            # Under the digest's lock: another replica's collector deletes the row, then the
+            # blob, under it; so the blob is either gone here or still kept after this row.
+            with self.index.digest_lock(digest):
+                try:
+                    info = self.blobs.verify(digest)
+                    modified_ns = self.blobs.backend.modified_ns(digest)
+                except errors.BlobNotFoundError:
+                    continue  # collected since it was listed
+                except BlobIntegrityError:
+                    damaged += 1
+                    _log.warning("unindexed blob failed verification", extra={"digest": digest})
+                    continue
+                self.index.record(info, self._clock(), create_time_ns=modified_ns)
             added += 1
         return ReconcileReport(added, len(dropped), damaged)
 

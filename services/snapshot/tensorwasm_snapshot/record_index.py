@@ -68,7 +68,7 @@ class RecordIndex:
                 _SELECT + "tenant = ? AND kind = ?"
                 " AND source_digest = ? AND variant = ? AND engine_fingerprint = ?",
                 (row.tenant, row.kind, row.source_digest, row.variant, row.engine_fingerprint),
-            ).fetchone()
+            ).one()
             if old is not None:
                 db.execute("DELETE FROM snapshots WHERE id = ?", (old[0],))
             db.execute(_INSERT, (*dataclasses.astuple(row)[:-1], int(row.signed)))
@@ -80,7 +80,7 @@ class RecordIndex:
             found = db.execute(
                 _SELECT + "id = ? AND tenant = ?",
                 (snapshot_id, tenant),
-            ).fetchone()
+            ).one()
         return None if found is None else _row(found)
 
     def matching(
@@ -92,7 +92,7 @@ class RecordIndex:
                 _SELECT + "tenant = ? AND kind = ?"
                 " AND source_digest = ? AND variant = ? ORDER BY create_time_ns DESC, id DESC",
                 (tenant, kind, source_digest, variant),
-            ).fetchall()
+            ).rows
         return [_row(values) for values in rows]
 
     def page(
@@ -120,7 +120,7 @@ class RecordIndex:
             rows = db.execute(
                 _SELECT + " AND ".join(clauses) + " ORDER BY create_time_ns DESC, id DESC LIMIT ?",
                 (*args, limit),
-            ).fetchall()
+            ).rows
         return [_row(values) for values in rows]
 
     def delete(self, tenant: str, snapshot_id: str) -> SnapshotRow | None:
@@ -129,19 +129,26 @@ class RecordIndex:
             found = db.execute(
                 _SELECT + "id = ? AND tenant = ?",
                 (snapshot_id, tenant),
-            ).fetchone()
+            ).one()
             if found is not None:
                 db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
         return None if found is None else _row(found)
 
-    def orphan_refs(self) -> list[tuple[str, str, str]]:
-        """(tenant, digest, ref_name) of record references whose record row is gone."""
+    def orphan_refs(self, *, created_before_ns: int | None = None) -> list[tuple[str, str, str]]:
+        """(tenant, digest, ref_name) of record references whose record row is gone (made
+        at or before `created_before_ns`, when given)."""
         with self._index.reading() as db:
             rows = db.execute(
                 "SELECT tenant, digest, ref_name FROM refs WHERE substr(ref_name, 1, ?) = ?"
-                " AND substr(ref_name, ?) NOT IN (SELECT id FROM snapshots)",
-                (len(REF_PREFIX), REF_PREFIX, len(REF_PREFIX) + 1),
-            ).fetchall()
+                " AND substr(ref_name, ?) NOT IN (SELECT id FROM snapshots)"
+                " AND create_time_ns <= ?",
+                (
+                    len(REF_PREFIX),
+                    REF_PREFIX,
+                    len(REF_PREFIX) + 1,
+                    (1 << 63) - 1 if created_before_ns is None else created_before_ns,
+                ),
+            ).rows
         return [(str(t), str(d), str(n)) for t, d, n in rows]
 
     def unreferenced(self, *, limit: int = 20) -> list[str]:
@@ -153,11 +160,11 @@ class RecordIndex:
                 " WHERE refs.tenant = snapshots.tenant AND refs.digest = snapshots.record_digest"
                 " AND refs.ref_name = ? || snapshots.id) LIMIT ?",
                 (REF_PREFIX, limit),
-            ).fetchall()
+            ).rows
         return [str(snapshot_id) for (snapshot_id,) in rows]
 
     def count(self) -> int:
         """Number of records of every tenant."""
         with self._index.reading() as db:
-            (total,) = db.execute("SELECT count(*) FROM snapshots").fetchone()
+            total = db.execute("SELECT count(*) FROM snapshots").rows[0][0]
         return int(total)

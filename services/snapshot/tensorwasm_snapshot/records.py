@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Iterator
 
+from tensorwasm_common.database import Engine
 from tensorwasm_common.errors import (
     FingerprintMismatchError,
     InvalidArgumentError,
@@ -40,6 +41,7 @@ FINGERPRINT_PATTERN = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no s
 MAX_VARIANT_CHARS = 256
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 _MAX_TOKEN_CHARS = 512
+SHARED_ORPHAN_MIN_AGE_SECONDS = 600.0
 
 
 def _invalid(field: str, message: str) -> InvalidArgumentError:
@@ -205,7 +207,10 @@ class SnapshotRecords:
         """Releases record references whose row is gone (a crash mid-create); -> how many.
 
         Nothing is released while the index is damaged; a record whose own reference is
-        missing marks it damaged (the collector would delete a listed record).
+        missing marks it damaged (the collector would delete a listed record). On a shared
+        (PostgreSQL) index, only references older than `SHARED_ORPHAN_MIN_AGE_SECONDS` are
+        released: a younger one may be another replica's create between its reference and
+        its row.
         """
         if not self.store.index_problems:
             unreferenced = self.index.unreferenced()
@@ -215,7 +220,10 @@ class SnapshotRecords:
                 )
         if self.store.index_problems:
             return 0
-        orphans = self.index.orphan_refs()
+        created_before = None
+        if self.store.index.engine is Engine.POSTGRESQL:
+            created_before = self._clock() - round(SHARED_ORPHAN_MIN_AGE_SECONDS * 1e9)
+        orphans = self.index.orphan_refs(created_before_ns=created_before)
         for tenant, digest, ref_name in orphans:
             self.store.remove_ref(tenant, digest, ref_name)
         if orphans:
@@ -272,7 +280,7 @@ class SnapshotCreator:
         self.encoder = PayloadEncoder(
             level=records.store.blobs.compression_level,
             max_payload_bytes=payload_size_bytes,
-            spool_dir=records.store.blobs.root / "tmp",
+            spool_dir=records.store.blobs.spool_dir,
         )
 
     def write(self, chunk: bytes) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 
 from grpc_health.v1 import health_pb2
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
+from tensorwasm_common.database import DatabaseStartError
 
+from tensorwasm_snapshot.backends import BlobLocationError, open_backend
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
@@ -24,11 +27,19 @@ _log = logging.getLogger(__name__)
 
 
 def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore]:
-    """Opens (and reconciles) the store and its records; registers the servicer."""
+    """Opens (and reconciles) the store and its records; registers the servicer.
+
+    Raises:
+        BlobLocationError: the blob URL's backend cannot be reached or used.
+        DatabaseStartError: the index's database cannot be opened.
+    """
     from tensorwasm_snapshot.servicer import SnapshotStoreServicer
 
+    backend = open_backend(settings.resolved_blob_url, settings.data_dir)
     store = SnapshotStore.open(
         settings.data_dir,
+        backend=backend,
+        index_url=settings.resolved_database_url,
         compression_level=settings.compression_level,
         max_blob_bytes=settings.max_blob_bytes,
         chunk_bytes=settings.chunk_bytes,
@@ -58,8 +69,17 @@ async def sweep_periodically(store: SnapshotStore, interval_seconds: float) -> N
 
 
 async def serve(settings: SnapshotSettings) -> None:
-    """Serves until SIGTERM; NOT_SERVING while the data directory or index is unusable."""
-    host, store = build_server(settings)
+    """Serves until SIGTERM; NOT_SERVING while the blob backend or index is unusable.
+
+    A blob URL or database URL that cannot be reached at start stops the process (exit
+    status 2) with a message naming the setting.
+    """
+    try:
+        host, store = build_server(settings)
+    except (BlobLocationError, DatabaseStartError) as exc:
+        _log.error("cannot open the blob store: %s", exc)
+        print(f"tensorwasm-snapshot: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     await host.health.set(
         INDEX_HEALTH_NAME,
         health_pb2.HealthCheckResponse.NOT_SERVING

@@ -14,6 +14,12 @@ CUDA device answers, `dispatch/anchor/cuda/<N>` (a raw cuda-python `cuLaunchKern
 the same kernel, grid and args, then one stream sync). The concurrent sizes are anchored on
 64 x N direct launches. So every ratio is a per-launch ratio. N = 1 and 10 serial are timed
 by the harness; the larger sizes are self-timed (few samples) and stored in the params.
+
+Where a CUDA device answers, the two ways the cuda backend loads a module are compared
+too: `dispatch/module_load/cubin` (`cuModuleLoadData` of the cubin `cuLink` made of the PTX
+once, what cubin sharing loads) against its anchor `dispatch/module_load/ptx`
+(`cuModuleLoadData` of the PTX, JIT-compiled by the driver at each load; its on-disk
+compute cache may serve repeats unless `CUDA_CACHE_DISABLE=1`), each load then unloaded.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ class CpuDirect:
         self._stream = self._backend.open_stream()
         ptx = CATALOG["vector_add"].ptx_text().encode("utf-8")
         self._kernel = self._backend.load(ptx, "vector_add")
-        buffers = [self._backend.stage(np.ones(ELEMENTS, np.float32).tobytes()) for _ in range(3)]
+        ones = np.ones(ELEMENTS, np.float32).tobytes()
+        buffers = [self._backend.stage(ones, self._stream) for _ in range(3)]
         self._args = [BufferArg(b, 0, 4 * ELEMENTS, 4096 * i) for i, b in enumerate(buffers)]
         self._args.append(ScalarArg(ArgTag.U32, ELEMENTS))  # type: ignore[arg-type]
 
@@ -110,6 +117,35 @@ class RawCuda:
         self._slots: list[Any] = [ctypes.c_uint64(int(p)) for p in self._pointers]
         self._slots.append(ctypes.c_uint32(ELEMENTS))
         self._params = (ctypes.c_void_p * 4)(*[ctypes.addressof(s) for s in self._slots])
+        self._cubin = self._link(ptx)
+
+    def _link(self, ptx: bytes) -> Any:
+        """The cubin the driver's linker makes of `ptx` (what cubin sharing stores)."""
+        driver, check = self._driver, self._check
+        (state,) = check(driver.cuLinkCreate(0, [], []))
+        try:
+            check(driver.cuLinkAddData(
+                state, driver.CUjitInputType.CU_JIT_INPUT_PTX, ctypes.addressof(self._image),
+                len(ptx), b"vector_add.ptx", 0, [], [],
+            ))  # fmt: skip
+            cubin, size = check(driver.cuLinkComplete(state))
+            return ctypes.create_string_buffer(ctypes.string_at(int(cubin), int(size)))
+        finally:
+            check(driver.cuLinkDestroy(state))
+
+    def _load_unload(self, image: Any) -> None:
+        driver, check = self._driver, self._check
+        check(driver.cuCtxSetCurrent(self._context))
+        (module,) = check(driver.cuModuleLoadData(ctypes.addressof(image)))
+        check(driver.cuModuleUnload(module))
+
+    def load_ptx(self) -> None:
+        """Loads (JIT-compiles) the PTX and unloads it."""
+        self._load_unload(self._image)
+
+    def load_cubin(self) -> None:
+        """Loads the linked cubin and unloads it."""
+        self._load_unload(self._cubin)
 
     @staticmethod
     def _check(result: Any) -> tuple[Any, ...]:
@@ -253,4 +289,18 @@ def dispatch(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 )
             )
             harness_timed += _anchor_benchmarks(n, 1, cpu, cuda)
+        if cuda is not None:
+            harness_timed += [
+                Benchmark(
+                    "dispatch/module_load/ptx",
+                    cuda.load_ptx,
+                    description="cuModuleLoadData of vector_add's PTX (driver JIT), unload",
+                ),
+                Benchmark(
+                    "dispatch/module_load/cubin",
+                    cuda.load_cubin,
+                    anchors=("dispatch/module_load/ptx",),
+                    description="cuModuleLoadData of the cuLink cubin of the same PTX, unload",
+                ),
+            ]
         yield harness_timed

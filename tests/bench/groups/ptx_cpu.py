@@ -54,7 +54,10 @@ class _Launch:
             arrays = [rng.standard_normal(size), np.zeros(1)]
             scalars = [ScalarArg(ArgTag.U32, size)]
             self.grid, self.block = (64, 1, 1), (256, 1, 1)
-        staged = [backend.stage(np.asarray(a, np.float32).tobytes()) for a in arrays]
+        staged = [
+            backend.stage(np.asarray(a, np.float32).tobytes(), self.stream, guest_offset=0)
+            for a in arrays
+        ]
         pointers = [
             BufferArg(buffer, 0, buffer.size_bytes, guest_offset=(i + 1) << 24)
             for i, buffer in enumerate(staged)

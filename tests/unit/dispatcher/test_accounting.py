@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tensorwasm_common.errors import Code
 from tensorwasm_common.settings import SettingsError, load_settings
-from tensorwasm_dispatcher.accounting import Admission, Ledger
+from tensorwasm_dispatcher.accounting import Admission, Ledger, TenantUsage
 from tensorwasm_dispatcher.errors import DispatcherSaturatedError, TenantBusyError
 from tensorwasm_dispatcher.settings import DispatcherSettings
 
@@ -94,3 +94,22 @@ def test_settings_from_the_environment() -> None:
 def test_bad_settings_fail_fast(field: dict[str, object]) -> None:
     with pytest.raises(SettingsError):
         DispatcherSettings(**field)  # type: ignore[arg-type]
+
+
+def test_absorb_adds_a_workers_changes_and_keeps_the_peak_a_maximum() -> None:
+    ledger = Ledger(1 << 20)
+    ledger.record("t", rejected_requests=2)
+    first = TenantUsage("t", staged_bytes_total=100, staged_bytes_current=40,
+                        staged_bytes_peak=60, launches=3, open_sessions=1)  # fmt: skip
+    ledger.absorb("t", TenantUsage("t"), first)
+    # The worker died: its current state goes, its cumulative counters stay.
+    gone = TenantUsage("t", staged_bytes_total=100, staged_bytes_peak=60, launches=3)
+    ledger.absorb("t", first, gone)
+    # A new worker reports from zero again.
+    fresh = TenantUsage("t", staged_bytes_total=10, staged_bytes_current=10,
+                        staged_bytes_peak=10, launches=1)  # fmt: skip
+    ledger.absorb("t", TenantUsage("t"), fresh)
+    usage = ledger.usage("t")
+    assert (usage.staged_bytes_total, usage.staged_bytes_current) == (110, 10)
+    assert (usage.staged_bytes_peak, usage.launches, usage.open_sessions) == (60, 4, 0)
+    assert usage.rejected_requests == 2

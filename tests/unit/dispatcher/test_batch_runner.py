@@ -366,22 +366,24 @@ def test_end_session_unloads_and_idle_sessions_expire() -> None:
 
 
 def test_staging_over_the_quota_fails_that_command() -> None:
-    dispatcher = make_dispatcher(quota=600)
+    # Each buffer is charged whole allocation granules: 200 bytes cost 512.
+    dispatcher = make_dispatcher(quota=3 * 512)
     spec = CATALOG["vector_add"]
     small = launch_batch(
         spec, (np.ones(50), np.ones(50), np.zeros(50)), (50,), (1, 1, 1), (64, 1, 1)
     )
-    assert codes(dispatcher.execute("t", small)) == [0, 0]  # 600 bytes: exactly the quota
+    assert codes(dispatcher.execute("t", small)) == [0, 0]  # 3 x 512: exactly the quota
     big = launch_batch(
-        spec, (np.ones(64), np.ones(64), np.zeros(64)), (64,), (1, 1, 1), (64, 1, 1), session="b"
-    )
+        spec, (np.ones(256), np.ones(256), np.zeros(256)), (256,), (1, 1, 1), (64, 1, 1),
+        session="b",
+    )  # fmt: skip
     outcome = dispatcher.execute("t", big)
     assert codes(outcome) == [0, AbiError.QUOTA_EXCEEDED]
-    assert "quota of 600 bytes" in outcome.results[1].message
+    assert "quota of 1536 bytes" in outcome.results[1].message
     assert outcome.buffers == {}
     usage = dispatcher.ledger.usage("t")
-    assert (usage.staged_bytes_current, usage.staged_bytes_peak) == (0, 600)
-    assert usage.staged_bytes_total == 600 + 512  # a and b of the second batch were staged
+    assert (usage.staged_bytes_current, usage.staged_bytes_peak) == (0, 1536)
+    assert usage.staged_bytes_total == 1536 + 1024  # a of the second batch was staged
     assert (usage.launches, usage.loads, usage.failed_commands) == (1, 2, 1)
     assert usage.execute_requests == 2
     assert dispatcher.ledger.usage("other").staged_bytes_total == 0
@@ -428,5 +430,5 @@ def test_requests_of_many_threads_account_exactly() -> None:
     assert (usage.launches, usage.staged_bytes_current, usage.staged_bytes_total) == (
         16,
         0,
-        16 * 768,
+        16 * 3 * 512,  # three 256-byte buffers, each one 512-byte allocation granule
     )

@@ -16,6 +16,7 @@ from tensorwasm_common.gpu_batch import (
     WriteBuffer,
 )
 from tensorwasm_dispatcher.accounting import Ledger
+from tensorwasm_dispatcher.backends.base import charged_bytes
 from tensorwasm_dispatcher.backends.cpu import CpuBackend
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
@@ -68,7 +69,7 @@ def test_resident_buffers_live_across_batches_and_feed_launches() -> None:
     assert codes(dispatcher, Batch("s", (), (FreeBuffer(2),))) == [0]
     usage = dispatcher.ledger.usage("t")
     assert (usage.device_buffers, usage.device_buffer_bytes) == (2, 2 * 4 * N)
-    assert usage.staged_bytes_current == 2 * 4 * N
+    assert usage.staged_bytes_current == 2 * charged_bytes(4 * N)
 
 
 def test_the_session_end_frees_its_buffers_and_the_quota() -> None:
@@ -77,7 +78,7 @@ def test_the_session_end_frees_its_buffers_and_the_quota() -> None:
     assert codes(dispatcher, batch) == [0, 0]
     usage = dispatcher.ledger.usage("t")
     assert (usage.device_buffers, usage.staged_bytes_current) == (0, 0)
-    assert usage.staged_bytes_peak == 1024
+    assert usage.staged_bytes_peak == charged_bytes(1000) + charged_bytes(24) == 1024 + 512
 
 
 def test_buffers_over_the_quota_are_quota_exceeded() -> None:
@@ -85,7 +86,7 @@ def test_buffers_over_the_quota_are_quota_exceeded() -> None:
     batch = Batch(
         "s",
         (),
-        (AllocBuffer(1, 3000), AllocBuffer(2, 2000), AllocBuffer(3, 1096)),
+        (AllocBuffer(1, 3000), AllocBuffer(2, 2000), AllocBuffer(3, 1024)),  # 3072 + 1024
     )
     outcome = dispatcher.execute("t", batch)
     assert [r.code for r in outcome.results] == [0, int(AbiError.QUOTA_EXCEEDED), 0]

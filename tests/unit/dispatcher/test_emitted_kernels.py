@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels, _CpuKernel, _PtxKernel
 from tensorwasm_dispatcher.batch_runner import Dispatcher
@@ -69,3 +71,35 @@ def test_a_launch_with_the_wrong_argument_count_fails_with_invalid_args() -> Non
     short = Case(case.name, case.spec, case.arrays, (), case.grid, case.block, {})
     outcome = run_case(_dispatcher(), short, "short")
     assert outcome.results[1].code == AbiError.INVALID_ARGS
+
+
+@pytest.mark.parametrize(
+    ("grid", "block", "kernels"),
+    [
+        # 2^32 threads are far past what the PTX executor runs in a test: the reference.
+        (((1 << 25) + 1, 1, 1), (128, 1, 1), CpuKernels.REFERENCE),
+        ((3, 2, 2), (128, 2, 1), CpuKernels.REFERENCE),
+        ((3, 2, 2), (128, 2, 1), CpuKernels.PTX),
+    ],
+    ids=["past-2^32-threads", "y-and-z-slices", "y-and-z-slices-ptx"],
+)
+def test_an_in_place_op_applies_once_on_the_cpu_backend_as_in_the_ptx(
+    grid: tuple[int, int, int], block: tuple[int, int, int], kernels: CpuKernels
+) -> None:
+    # The PTX's 64-bit index and y/z guard (tests/unit/jit/ptx/test_elementwise_semantics.py
+    # runs the same launches instruction by instruction): the cpu reference agrees.
+    x = np.arange(1, 257, dtype=np.float32)
+    kernel = emit(KernelSpec("neg", {}, "f32", "sm_80"))
+    same = BufferRef(0, 0, x.nbytes)
+    batch = Batch(
+        "s",
+        (StagedRegion(0, x.tobytes(), 0, True),),
+        (
+            LoadKernel(0, kernel.ptx.encode(), kernel.entry),
+            LaunchKernel(0, grid, block, 0, (same, same, ScalarArg(ArgTag.U32, 256))),
+        ),
+        end_session=True,
+    )
+    outcome = _dispatcher(kernels).execute("t", batch)
+    assert [r.code for r in outcome.results] == [0, 0]
+    np.testing.assert_array_equal(np.frombuffer(outcome.buffers[0], np.float32), -x)

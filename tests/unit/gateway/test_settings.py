@@ -83,7 +83,15 @@ def test_the_transport_cap_must_exceed_the_module_cap(module_mib: float) -> None
 
 def test_the_default_caps_leave_room_beside_the_largest_module() -> None:
     settings = _load()
+    assert settings.max_module_bytes == 64 << 20  # the original system's default
     assert settings.max_message_bytes - settings.max_module_bytes >= 1 << 20
+
+
+def test_the_module_cap_goes_up_to_256_mib() -> None:
+    largest = _load(max_module_bytes=str(256 << 20), max_message_bytes=str(257 << 20))
+    assert largest.max_module_bytes == 256 << 20
+    with pytest.raises(SettingsError, match="max_module_bytes"):
+        _load(max_module_bytes=str((256 << 20) + 1), max_message_bytes=str(300 << 20))
 
 
 def test_trusted_proxies_are_addresses_or_networks() -> None:
@@ -103,3 +111,37 @@ def test_release_retry_setting() -> None:
     for bad in ("0", "-1", "inf"):
         with pytest.raises(SettingsError, match="release_retry_seconds"):
             _load(release_retry_seconds=bad)
+
+
+def test_database_url_defaults_to_the_sqlite_file_and_accepts_postgres(tmp_path: Path) -> None:
+    from tensorwasm_common.database import Engine
+
+    default = _load(database_path=str(tmp_path / "registry.sqlite3"))
+    assert default.database.engine is Engine.SQLITE
+    assert default.database.sqlite_path == tmp_path / "registry.sqlite3"
+    postgres = _load(database_url="postgresql://tw:pw@db:5432/gateway")
+    assert postgres.database.engine is Engine.POSTGRESQL
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h:1/db", "sqlite://relative.db", "postgresql://h/db"])
+def test_a_malformed_database_url_is_refused_naming_the_setting(url: str) -> None:
+    with pytest.raises(SettingsError, match="TENSORWASM_GATEWAY_DATABASE_URL"):
+        _load(database_url=url)
+
+
+def test_http_face_compatibility_settings_come_from_the_environment() -> None:
+    settings = _load(
+        cors_allowed_origins="https://a.example, https://b.example",
+        trusted_hosts="api.example.com,api.example.com:8443",
+        http_invoke_timeout_seconds="12.5",
+        openai_model_map="gpt-x:echo",
+    )
+    assert settings.cors_allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.trusted_hosts == ("api.example.com", "api.example.com:8443")
+    assert settings.http_invoke_timeout_seconds == 12.5
+    assert settings.openai_models == {"gpt-x": "echo"}
+    assert _load().http_invoke_timeout_seconds == 30.0  # the original's deadline
+    with pytest.raises(SettingsError, match="http_invoke_timeout_seconds"):
+        _load(http_invoke_timeout_seconds="0")
+    with pytest.raises(SettingsError, match="openai_model_map"):
+        _load(openai_model_map="no-function")

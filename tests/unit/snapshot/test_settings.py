@@ -58,3 +58,41 @@ def test_from_environment(tmp_path: Path) -> None:
 def test_invalid(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name.lower()):
         load_settings(SnapshotSettings, "snapshot", environ={f"TENSORWASM_SNAPSHOT_{name}": value})
+
+
+def test_blob_and_database_urls_default_to_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(
+        SnapshotSettings, "snapshot", environ={"TENSORWASM_SNAPSHOT_DATA_DIR": str(tmp_path)}
+    )
+    assert settings.resolved_blob_url == f"file://{tmp_path}"
+    assert settings.resolved_database_url == f"sqlite://{tmp_path}/index.sqlite3"
+
+
+def test_s3_and_postgresql_urls() -> None:
+    settings = load_settings(
+        SnapshotSettings,
+        "snapshot",
+        environ={
+            "TENSORWASM_SNAPSHOT_BLOB_URL": "s3://tw-store/prod?endpoint=http://127.0.0.1:8333",
+            "TENSORWASM_SNAPSHOT_DATABASE_URL": "postgresql://tw:secret@db.local:5432/store",
+        },
+    )
+    assert settings.resolved_blob_url.startswith("s3://tw-store/prod")
+    assert settings.resolved_database_url.startswith("postgresql://")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BLOB_URL", "relative/dir"),
+        ("BLOB_URL", "file://relative"),
+        ("BLOB_URL", "s3://x/prefix"),  # bucket names are 3-63 characters
+        ("BLOB_URL", "s3://bucket/p?endpoint=ftp://host"),
+        ("BLOB_URL", "s3://bucket/p?region=eu"),
+        ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "sqlite://relative.db"),
+    ],
+)
+def test_bad_urls_name_their_setting(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"TENSORWASM_SNAPSHOT_{name}"):
+        load_settings(SnapshotSettings, "snapshot", environ={f"TENSORWASM_SNAPSHOT_{name}": value})

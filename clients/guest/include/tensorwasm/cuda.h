@@ -205,7 +205,8 @@ static inline void wasi_cuda_argv_ptr(wasi_cuda_argv *argv, const void *ptr, uin
     uint32_t value[2] = {(uint32_t)(uintptr_t)ptr, len};
     wasi_cuda_argv_record(argv, WASI_CUDA_ARG_PTR, value, 8);
 }
-/* A device buffer argument (extension): the buffer from `offset` to its end. */
+/* A device buffer argument (extension): the buffer from `offset` to its end (`offset` a
+ * multiple of 4, else the launch fails with -2). */
 static inline void tw_gpu_argv_device_buffer(wasi_cuda_argv *argv, int32_t handle,
                                              uint32_t offset) {
     uint32_t value[2] = {(uint32_t)handle, offset};

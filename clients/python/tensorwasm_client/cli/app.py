@@ -10,6 +10,7 @@ import typer
 
 from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
+from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_profile
 from tensorwasm_client.client import DEFAULT_GATEWAY
 from tensorwasm_client.stack import default_data_dir
 
@@ -55,9 +56,15 @@ def _global_options(
             show_default="$XDG_DATA_HOME/tensorwasm or ~/.local/share/tensorwasm",
         ),
     ] = None,
+    *,
+    profile: ProfileOption = None,
+    output: OutputOption = None,
 ) -> None:
     """The `tensorwasm` command: run the local stack, deploy and invoke functions."""
-    ctx.obj = GlobalOptions(gateway, tenant, token, data_dir or default_data_dir())
+    connection = with_profile(ctx, profile, gateway=gateway, tenant=tenant, token=token)
+    ctx.obj = GlobalOptions(
+        data_dir=data_dir or default_data_dir(), output=output.value if output else "", **connection
+    )
 
 
 app = _group(_global_options.__doc__ or "")

@@ -1,4 +1,5 @@
-"""What the `tensorwasm` commands share: global options, exit codes, arguments, outcome printing."""
+"""What the `tensorwasm` commands share: global options, exit codes (and the error line
+with its hint), arguments, outcome printing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json
 
+from tensorwasm_client.cli.hints import hint_for
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 from tensorwasm_client.stack import StackError
 
@@ -31,6 +33,12 @@ class GlobalOptions:
     tenant: str | None
     token: str | None
     data_dir: Path
+    # From the config file's profile (see cli/config.py).
+    ca_file: Path | None = None
+    tls: bool = False
+    profile: str = ""
+    # `--output`: "json", "table", or "" for each command's usual form.
+    output: str = ""
 
 
 def global_options(ctx: typer.Context) -> GlobalOptions:
@@ -44,7 +52,13 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
 def client_for(ctx: typer.Context) -> GatewayClient:
     """A gateway client for the global `--gateway`, `--tenant` and `--token` options."""
     options = global_options(ctx)
-    return GatewayClient(options.gateway, tenant=options.tenant, token=options.token)
+    return GatewayClient(
+        options.gateway,
+        tenant=options.tenant,
+        token=options.token,
+        tls=options.tls,
+        ca_file=options.ca_file,
+    )
 
 
 def exit_code(command: Callable[P, int]) -> Callable[P, None]:
@@ -58,6 +72,9 @@ def exit_code(command: Callable[P, int]) -> Callable[P, None]:
             code = command(*args, **kwargs)
         except _COMMAND_ERRORS as exc:
             typer.echo(f"error: {exc}", err=True)
+            hint = hint_for(exc) if isinstance(exc, TensorWasmError) else ""
+            if hint:
+                typer.echo(f"hint: {hint}", err=True)
             code = 1
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
@@ -139,8 +156,10 @@ def report(outcome: invocation_pb2.InvocationOutcome) -> int:
 
 
 def print_outcome(outcome: invocation_pb2.InvocationOutcome) -> int:
-    """Writes the guest's captured stdout/stderr, then reports the outcome."""
+    """Writes the guest's captured stdout/stderr and the chunks it emitted (wasi:tensor,
+    to stdout), then reports the outcome."""
     sys.stdout.buffer.write(outcome.stdout)
+    sys.stdout.buffer.write(outcome.chunks)
     sys.stderr.buffer.write(outcome.stderr)
     sys.stdout.flush()
     return report(outcome)

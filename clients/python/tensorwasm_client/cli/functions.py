@@ -18,8 +18,11 @@ from tensorwasm_client.cli.common import (
     env_pairs,
     signature_text,
 )
+from tensorwasm_client.cli.output import show_record, show_rows
+from tensorwasm_client.cli.progress import transfer_bar
 from tensorwasm_client.client import invocation_limits
 from tensorwasm_client.local_run import load_module_bytes
+from tensorwasm_client.uploads import module_size
 
 
 def deploy(
@@ -68,7 +71,8 @@ def deploy(
     """
     if init_export and no_init:
         raise typer.BadParameter("not allowed with --init-export", param_hint="'--no-init'")
-    source = load_module_bytes(file)
+    # A binary module streams from its file; a text one is assembled first.
+    source = load_module_bytes(file) if file.suffix == ".wat" else file
     name = name or re.sub(r"[^a-z0-9-]+", "-", file.stem.lower()).strip("-")
     config = gateway_pb.FunctionConfig(
         wasi=invocation_pb2.WasiConfig(
@@ -82,20 +86,17 @@ def deploy(
         no_init=no_init,
         auto_offload=offload,
     )
-    with client_for(ctx) as client:
-        function = client.create_function(name, source, config)
+    with client_for(ctx) as client, transfer_bar("uploading", module_size(source)) as progress:
+        function = client.upload_function(name, source, config, progress=progress)
     exports = {e.name: signature_text(e.signature) for e in function.exports}
-    print(
-        json.dumps(
-            {
-                "name": function.name,
-                "module_digest": function.module_digest,
-                "exports": exports,
-                "init_export": function.config.init_export,
-                "offloads": {o.export_name: o.op for o in function.config.offloads},
-            }
-        )
-    )
+    document = {
+        "name": function.name,
+        "module_digest": function.module_digest,
+        "exports": exports,
+        "init_export": function.config.init_export,
+        "offloads": {o.export_name: o.op for o in function.config.offloads},
+    }
+    show_record(ctx, document, lambda: print(json.dumps(document)))
     return 0
 
 
@@ -105,10 +106,24 @@ def list_functions(ctx: typer.Context) -> int:
     One line each: name, digest prefix, size and exports.
     """
     with client_for(ctx) as client:
-        for function in client.list_functions():
+        functions = list(client.list_functions())
+
+    def usual() -> None:
+        for function in functions:
             exports = ", ".join(e.name for e in function.exports)
             size = f"{function.module_size_bytes} B"
             print(f"{function.name:<40} {function.module_digest[:16]}  {size:>12}  [{exports}]")
+
+    rows = [
+        {
+            "name": f.name,
+            "module_digest": f.module_digest,
+            "module_size_bytes": f.module_size_bytes,
+            "exports": [e.name for e in f.exports],
+        }
+        for f in functions
+    ]
+    show_rows(ctx, rows, ["name", "module_digest", "module_size_bytes", "exports"], usual)
     return 0
 
 
@@ -119,18 +134,14 @@ def get(
     with client_for(ctx) as client:
         function = client.get_function(name)
     exports = {e.name: signature_text(e.signature) for e in function.exports}
-    print(
-        json.dumps(
-            {
-                "name": function.name,
-                "tenant": function.tenant,
-                "module_digest": function.module_digest,
-                "module_size_bytes": function.module_size_bytes,
-                "exports": exports,
-            },
-            indent=2,
-        )
-    )
+    document = {
+        "name": function.name,
+        "tenant": function.tenant,
+        "module_digest": function.module_digest,
+        "module_size_bytes": function.module_size_bytes,
+        "exports": exports,
+    }
+    show_record(ctx, document, lambda: print(json.dumps(document, indent=2)))
     return 0
 
 

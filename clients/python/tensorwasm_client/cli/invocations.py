@@ -20,9 +20,11 @@ from tensorwasm_client.cli.common import (
     client_for,
     default_export,
     json_args,
+    print_outcome,
     read_stdin,
     report,
 )
+from tensorwasm_client.cli.output import show_record, show_rows
 from tensorwasm_client.client import GatewayClient, TensorWasmError
 
 
@@ -73,11 +75,7 @@ def invoke(
             print(json.dumps({"name": started.name}))
             return 0
         response = client.invoke(name, export, values, **options)
-    outcome = response.outcome
-    sys.stdout.buffer.write(outcome.stdout)
-    sys.stderr.buffer.write(outcome.stderr)
-    sys.stdout.flush()
-    return report(outcome)
+    return print_outcome(response.outcome)
 
 
 def _invoke_streaming(
@@ -87,7 +85,8 @@ def _invoke_streaming(
     values: list[values_pb2.Value],
     options: dict[str, Any],
 ) -> int:
-    """Writes each output chunk as it arrives (flushed), then reports the outcome."""
+    """Writes each output chunk as it arrives (flushed; chunks the guest emitted with
+    wasi:tensor go to stdout), then reports the outcome."""
     sinks = {
         invocation_pb2.OUTPUT_STREAM_STDOUT: sys.stdout.buffer,
         invocation_pb2.OUTPUT_STREAM_STDERR: sys.stderr.buffer,
@@ -96,6 +95,10 @@ def _invoke_streaming(
         for event in events:
             if event.HasField("outcome"):
                 return report(event.outcome)
+            if event.WhichOneof("event") == "chunk":
+                sys.stdout.buffer.write(event.chunk)
+                sys.stdout.buffer.flush()
+                continue
             sink = sinks.get(event.output.stream)
             if sink is not None:
                 sink.write(event.output.data)
@@ -121,7 +124,8 @@ def get_invocation(
             found = client.wait_invocation(invocation, wait_timeout)
         else:
             found = client.get_invocation(invocation)
-    print(json.dumps(_invocation_json(found)))
+    document = _invocation_json(found)
+    show_record(ctx, document, lambda: print(json.dumps(document)))
     if not wait:
         return 0
     if found.HasField("error"):
@@ -135,9 +139,13 @@ def get_invocation(
 def list_invocations(ctx: typer.Context) -> int:
     """List the tenant's retained invocations, one line each."""
     with client_for(ctx) as client:
-        for item in client.list_invocations():
-            state = _invocation_json(item)["state"]
-            print(f"{item.name:<46} {state:<10} {item.function} {item.export_name}")
+        rows = [_invocation_json(item) for item in client.list_invocations()]
+
+    def usual() -> None:
+        for row in rows:
+            print(f"{row['name']:<46} {row['state']:<10} {row['function']} {row['export']}")
+
+    show_rows(ctx, rows, ["name", "state", "function", "export"], usual)
     return 0
 
 

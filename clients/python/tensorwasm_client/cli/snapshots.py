@@ -19,8 +19,10 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as pb
 from tensorwasm.snapshot.v1 import snapshot_service_pb2_grpc as pb_grpc
 
 from tensorwasm_client.cli.common import global_options
-from tensorwasm_client.client import TensorWasmError, _error
+from tensorwasm_client.cli.progress import transfer_bar
+from tensorwasm_client.errors import TensorWasmError, from_rpc_error
 from tensorwasm_client.stack import DEFAULT_PORTS, LocalStack, stack_service_token
+from tensorwasm_client.uploads import Progress
 
 
 class KindName(StrEnum):
@@ -120,7 +122,7 @@ def _store(ctx: typer.Context) -> Iterator[tuple[pb_grpc.SnapshotStoreServiceStu
         try:
             yield pb_grpc.SnapshotStoreServiceStub(channel), metadata
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise from_rpc_error(exc) from exc
 
 
 def ls(
@@ -174,7 +176,10 @@ def get(
     """Show one record's metadata as JSON."""
     with _store(ctx) as (stub, md):
         if output:
-            snapshot, payload = _read(stub, snapshot_id, "", md)
+            request = pb.GetSnapshotRequest(id=snapshot_id)
+            size = stub.GetSnapshot(request, timeout=30, metadata=md).snapshot.payload_size_bytes
+            with transfer_bar("downloading", size) as progress:
+                snapshot, payload = _read(stub, snapshot_id, "", md, progress)
             output.write_bytes(payload)
         else:
             request = pb.GetSnapshotRequest(id=snapshot_id)
@@ -207,15 +212,23 @@ def verify(
 
 
 def _read(
-    stub: pb_grpc.SnapshotStoreServiceStub, snapshot_id: str, engine: str, md: Metadata
+    stub: pb_grpc.SnapshotStoreServiceStub,
+    snapshot_id: str,
+    engine: str,
+    md: Metadata,
+    progress: Progress | None = None,
 ) -> tuple[pb.Snapshot, bytes]:
-    """The payload, verified by the store and re-hashed here (BLAKE3, as the store does)."""
+    """The payload, verified by the store and re-hashed here (BLAKE3, as the store does);
+    `progress(received_bytes, total_bytes)` after each chunk."""
     request = pb.ReadSnapshotRequest(id=snapshot_id, expected_engine_fingerprint=engine)
-    snapshot, chunks = None, []
+    snapshot, chunks, received = None, [], 0
     for message in stub.ReadSnapshot(request, timeout=120, metadata=md):
         if message.HasField("snapshot"):
             snapshot = message.snapshot
         chunks.append(message.chunk)
+        received += len(message.chunk)
+        if progress is not None and snapshot is not None:
+            progress(received, snapshot.payload_size_bytes)
     payload = b"".join(chunks)
     if snapshot is None or blake3.blake3(payload).hexdigest() != snapshot.payload_digest:
         raise TensorWasmError("DATA_LOSS", "SNAPSHOT_CORRUPT", "payload does not match its digest")

@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     SNAPSHOT_SIGNATURE_INVALID = "SNAPSHOT_SIGNATURE_INVALID"
     UNSUPPORTED_SNAPSHOT_FORMAT = "UNSUPPORTED_SNAPSHOT_FORMAT"
     INDEX_DAMAGED = "INDEX_DAMAGED"
+    OBJECT_STORE_UNAVAILABLE = "OBJECT_STORE_UNAVAILABLE"
     INIT_EXPORT_INVALID = "INIT_EXPORT_INVALID"
     INIT_FAILED = "INIT_FAILED"
     PREINIT_STATE_UNSUPPORTED = "PREINIT_STATE_UNSUPPORTED"
@@ -94,6 +95,9 @@ class Reason(enum.StrEnum):
     ABORTED = "ABORTED"
     OUT_OF_RANGE = "OUT_OF_RANGE"
     FIELD_TOO_LARGE = "FIELD_TOO_LARGE"
+    UPLOAD_MALFORMED = "UPLOAD_MALFORMED"
+    UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
+    UPLOAD_DIGEST_MISMATCH = "UPLOAD_DIGEST_MISMATCH"
 
 
 OWNED_DOMAINS: dict[Reason, str] = {
@@ -122,6 +126,7 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.SNAPSHOT_SIGNATURE_INVALID: "snapshot.tensorwasm.dev",
     Reason.UNSUPPORTED_SNAPSHOT_FORMAT: "snapshot.tensorwasm.dev",
     Reason.INDEX_DAMAGED: "snapshot.tensorwasm.dev",
+    Reason.OBJECT_STORE_UNAVAILABLE: "snapshot.tensorwasm.dev",
     Reason.INIT_EXPORT_INVALID: "executor.tensorwasm.dev",
     Reason.INIT_FAILED: "executor.tensorwasm.dev",
     Reason.PREINIT_STATE_UNSUPPORTED: "executor.tensorwasm.dev",
@@ -154,4 +159,7 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.INVALID_BASE64: "gateway.tensorwasm.dev",
     Reason.BODY_TOO_LARGE: "gateway.tensorwasm.dev",
     Reason.ROUTE_NOT_FOUND: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_MALFORMED: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_INCOMPLETE: "gateway.tensorwasm.dev",
+    Reason.UPLOAD_DIGEST_MISMATCH: "gateway.tensorwasm.dev",
 }

@@ -100,8 +100,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     records that do not match the objects): garbage is not collected until it is
     rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
     """
+    ERROR_REASON_OBJECT_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 33
+    """The store's object storage (an S3-compatible bucket) did not answer or answered a
+    server error; nothing was stored or referenced. Retry after RetryInfo's delay
+    (metadata: operation).
+    """
     ERROR_REASON_INIT_EXPORT_INVALID: _ErrorReason.ValueType  # 35
-    """(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+    """(34 is reserved for the snapshot store, 35-39 for pre-initialised instances.)
     The function's init export is not an exported function taking and returning
     nothing (metadata: export).
     """
@@ -239,6 +244,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     call arguments, too many argument bytes, an export name too long (metadata: field,
     limit, unit).
     """
+    ERROR_REASON_UPLOAD_MALFORMED: _ErrorReason.ValueType  # 150
+    """(150-159: streamed uploads, UploadFunction.)
+    The upload's messages are out of order: no header first, a second header, bytes
+    after the trailer, or no digest in either the header or a trailer (metadata: problem).
+    """
+    ERROR_REASON_UPLOAD_INCOMPLETE: _ErrorReason.ValueType  # 151
+    """The upload ended before the declared number of bytes arrived (metadata:
+    declared_bytes, received_bytes).
+    """
+    ERROR_REASON_UPLOAD_DIGEST_MISMATCH: _ErrorReason.ValueType  # 152
+    """The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
+    actual).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
@@ -323,8 +341,13 @@ ERROR_REASON_INDEX_DAMAGED: ErrorReason.ValueType  # 32
 records that do not match the objects): garbage is not collected until it is
 rebuilt with `python -m tensorwasm_snapshot rebuild-index` (metadata: problem).
 """
+ERROR_REASON_OBJECT_STORE_UNAVAILABLE: ErrorReason.ValueType  # 33
+"""The store's object storage (an S3-compatible bucket) did not answer or answered a
+server error; nothing was stored or referenced. Retry after RetryInfo's delay
+(metadata: operation).
+"""
 ERROR_REASON_INIT_EXPORT_INVALID: ErrorReason.ValueType  # 35
-"""(33-34 are reserved for the snapshot store, 35-39 for pre-initialised instances.)
+"""(34 is reserved for the snapshot store, 35-39 for pre-initialised instances.)
 The function's init export is not an exported function taking and returning
 nothing (metadata: export).
 """
@@ -461,6 +484,19 @@ ERROR_REASON_FIELD_TOO_LARGE: ErrorReason.ValueType  # 120
 A request field is larger than its cap, checked before it is converted: too many
 call arguments, too many argument bytes, an export name too long (metadata: field,
 limit, unit).
+"""
+ERROR_REASON_UPLOAD_MALFORMED: ErrorReason.ValueType  # 150
+"""(150-159: streamed uploads, UploadFunction.)
+The upload's messages are out of order: no header first, a second header, bytes
+after the trailer, or no digest in either the header or a trailer (metadata: problem).
+"""
+ERROR_REASON_UPLOAD_INCOMPLETE: ErrorReason.ValueType  # 151
+"""The upload ended before the declared number of bytes arrived (metadata:
+declared_bytes, received_bytes).
+"""
+ERROR_REASON_UPLOAD_DIGEST_MISMATCH: ErrorReason.ValueType  # 152
+"""The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
+actual).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tensorwasm/common/v1/invocation.proto\x12\x14tensorwasm.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a!tensorwasm/common/v1/values.proto\"\x80\x01\n\x10InvocationLimits\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x66uel\x18\x03 \x01(\x04\x12\x18\n\x10max_memory_bytes\x18\x04 \x01(\x03\"\xa8\x01\n\nWasiConfig\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x36\n\x03\x65nv\x18\x02 \x03(\x0b\x32).tensorwasm.common.v1.WasiConfig.EnvEntry\x12\x15\n\rread_only_dir\x18\x03 \x01(\t\x12\x11\n\tguest_dir\x18\x04 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x11InvocationSuccess\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\"z\n\x11InvocationFailure\x12\x31\n\ttrap_code\x18\x01 \x01(\x0e\x32\x1e.tensorwasm.common.v1.TrapCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"\x9c\x02\n\x11InvocationOutcome\x12:\n\x07success\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationSuccessH\x00\x12:\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationFailureH\x00\x12\x0e\n\x06stdout\x18\x03 \x01(\x0c\x12\x0e\n\x06stderr\x18\x04 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x05 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x06 \x01(\x08\x12\x31\n\x0eguest_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06result\"O\n\x0bOutputChunk\x12\x32\n\x06stream\x18\x01 \x01(\x0e\x32\".tensorwasm.common.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"@\n\x0fOffloadedExport\x12\x13\n\x0b\x65xport_name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t*\xde\x03\n\x08TrapCode\x12\x19\n\x15TRAP_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRAP_CODE_STACK_OVERFLOW\x10\x01\x12\"\n\x1eTRAP_CODE_MEMORY_OUT_OF_BOUNDS\x10\x02\x12\x1d\n\x19TRAP_CODE_HEAP_MISALIGNED\x10\x03\x12!\n\x1dTRAP_CODE_TABLE_OUT_OF_BOUNDS\x10\x04\x12#\n\x1fTRAP_CODE_INDIRECT_CALL_TO_NULL\x10\x05\x12\x1b\n\x17TRAP_CODE_BAD_SIGNATURE\x10\x06\x12\x1e\n\x1aTRAP_CODE_INTEGER_OVERFLOW\x10\x07\x12&\n\"TRAP_CODE_INTEGER_DIVISION_BY_ZERO\x10\x08\x12\'\n#TRAP_CODE_BAD_CONVERSION_TO_INTEGER\x10\t\x12\x19\n\x15TRAP_CODE_UNREACHABLE\x10\n\x12\x17\n\x13TRAP_CODE_INTERRUPT\x10\x0b\x12\x19\n\x15TRAP_CODE_OUT_OF_FUEL\x10\x0c\x12\x1c\n\x18TRAP_CODE_NULL_REFERENCE\x10\r\x12\x13\n\x0fTRAP_CODE_OTHER\x10\x0e*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tensorwasm/common/v1/invocation.proto\x12\x14tensorwasm.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a!tensorwasm/common/v1/values.proto\"\x80\x01\n\x10InvocationLimits\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_output_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x66uel\x18\x03 \x01(\x04\x12\x18\n\x10max_memory_bytes\x18\x04 \x01(\x03\"\xa8\x01\n\nWasiConfig\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x36\n\x03\x65nv\x18\x02 \x03(\x0b\x32).tensorwasm.common.v1.WasiConfig.EnvEntry\x12\x15\n\rread_only_dir\x18\x03 \x01(\t\x12\x11\n\tguest_dir\x18\x04 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x11InvocationSuccess\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\"z\n\x11InvocationFailure\x12\x31\n\ttrap_code\x18\x01 \x01(\x0e\x32\x1e.tensorwasm.common.v1.TrapCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\"\xdb\x02\n\x11InvocationOutcome\x12:\n\x07success\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationSuccessH\x00\x12:\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationFailureH\x00\x12\x0e\n\x06stdout\x18\x03 \x01(\x0c\x12\x0e\n\x06stderr\x18\x04 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x05 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x06 \x01(\x08\x12\x31\n\x0eguest_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0ememory_cap_hit\x18\x14 \x01(\x08\x12\x15\n\rtable_cap_hit\x18\x15 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x08 \x01(\x0c\x42\x08\n\x06result\"O\n\x0bOutputChunk\x12\x32\n\x06stream\x18\x01 \x01(\x0e\x32\".tensorwasm.common.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"@\n\x0fOffloadedExport\x12\x13\n\x0b\x65xport_name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t*\xde\x03\n\x08TrapCode\x12\x19\n\x15TRAP_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRAP_CODE_STACK_OVERFLOW\x10\x01\x12\"\n\x1eTRAP_CODE_MEMORY_OUT_OF_BOUNDS\x10\x02\x12\x1d\n\x19TRAP_CODE_HEAP_MISALIGNED\x10\x03\x12!\n\x1dTRAP_CODE_TABLE_OUT_OF_BOUNDS\x10\x04\x12#\n\x1fTRAP_CODE_INDIRECT_CALL_TO_NULL\x10\x05\x12\x1b\n\x17TRAP_CODE_BAD_SIGNATURE\x10\x06\x12\x1e\n\x1aTRAP_CODE_INTEGER_OVERFLOW\x10\x07\x12&\n\"TRAP_CODE_INTEGER_DIVISION_BY_ZERO\x10\x08\x12\'\n#TRAP_CODE_BAD_CONVERSION_TO_INTEGER\x10\t\x12\x19\n\x15TRAP_CODE_UNREACHABLE\x10\n\x12\x17\n\x13TRAP_CODE_INTERRUPT\x10\x0b\x12\x19\n\x15TRAP_CODE_OUT_OF_FUEL\x10\x0c\x12\x1c\n\x18TRAP_CODE_NULL_REFERENCE\x10\r\x12\x13\n\x0fTRAP_CODE_OTHER\x10\x0e*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WASICONFIG_ENVENTRY']._loaded_options = None
   _globals['_WASICONFIG_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_TRAPCODE']._serialized_start=1058
-  _globals['_TRAPCODE']._serialized_end=1536
-  _globals['_OUTPUTSTREAM']._serialized_start=1538
-  _globals['_OUTPUTSTREAM']._serialized_end=1635
+  _globals['_TRAPCODE']._serialized_start=1121
+  _globals['_TRAPCODE']._serialized_end=1599
+  _globals['_OUTPUTSTREAM']._serialized_start=1601
+  _globals['_OUTPUTSTREAM']._serialized_end=1698
   _globals['_INVOCATIONLIMITS']._serialized_start=131
   _globals['_INVOCATIONLIMITS']._serialized_end=259
   _globals['_WASICONFIG']._serialized_start=262
@@ -50,9 +50,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOCATIONFAILURE']._serialized_start=499
   _globals['_INVOCATIONFAILURE']._serialized_end=621
   _globals['_INVOCATIONOUTCOME']._serialized_start=624
-  _globals['_INVOCATIONOUTCOME']._serialized_end=908
-  _globals['_OUTPUTCHUNK']._serialized_start=910
-  _globals['_OUTPUTCHUNK']._serialized_end=989
-  _globals['_OFFLOADEDEXPORT']._serialized_start=991
-  _globals['_OFFLOADEDEXPORT']._serialized_end=1055
+  _globals['_INVOCATIONOUTCOME']._serialized_end=971
+  _globals['_OUTPUTCHUNK']._serialized_start=973
+  _globals['_OUTPUTCHUNK']._serialized_end=1052
+  _globals['_OFFLOADEDEXPORT']._serialized_start=1054
+  _globals['_OFFLOADEDEXPORT']._serialized_end=1118
 # @@protoc_insertion_point(module_scope)

@@ -295,6 +295,9 @@ class InvocationOutcome(_message.Message):
     STDOUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
     GUEST_DURATION_FIELD_NUMBER: _builtins.int
+    MEMORY_CAP_HIT_FIELD_NUMBER: _builtins.int
+    TABLE_CAP_HIT_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     stdout: _builtins.bytes
     """The guest's stdout (up to the output cap). Empty in the final message of a
     streaming invoke: there the bytes were already sent as OutputChunk events.
@@ -307,6 +310,19 @@ class InvocationOutcome(_message.Message):
     """True when stdout was cut at the output cap."""
     stderr_truncated: _builtins.bool
     """True when stderr was cut at the output cap."""
+    memory_cap_hit: _builtins.bool
+    """True when the guest asked for more linear memory during this call than the call's
+    memory cap allows: the `memory.grow` returned -1 to the guest, as in any wasm
+    runtime, and the guest went on (often to fail on its own). Not set for a grow past
+    the memory's own declared maximum, which is the module's choice.
+    """
+    table_cap_hit: _builtins.bool
+    """The same for tables: a `table.grow` refused by the executor's table-element cap."""
+    chunks: _builtins.bytes
+    """The chunks the guest emitted with `wasi:tensor` `emit_chunk`, concatenated in
+    order. Empty in the final message of a streaming invoke, where each chunk was
+    already sent as its own event.
+    """
     @_builtins.property
     def success(self) -> Global___InvocationSuccess:
         """The guest returned."""
@@ -329,10 +345,13 @@ class InvocationOutcome(_message.Message):
         stdout_truncated: _builtins.bool = ...,
         stderr_truncated: _builtins.bool = ...,
         guest_duration: _duration_pb2.Duration | None = ...,
+        memory_cap_hit: _builtins.bool = ...,
+        table_cap_hit: _builtins.bool = ...,
+        chunks: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "guest_duration", b"guest_duration", "result", b"result", "success", b"success"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "guest_duration", b"guest_duration", "result", b"result", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "failure", b"failure", "guest_duration", b"guest_duration", "memory_cap_hit", b"memory_cap_hit", "result", b"result", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "success", b"success", "table_cap_hit", b"table_cap_hit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["success", "failure"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

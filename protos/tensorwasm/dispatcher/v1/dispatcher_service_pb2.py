@@ -25,57 +25,59 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tensorwasm/dispatcher/v1/dispatcher_service.proto\x12\x18tensorwasm.dispatcher.v1\x1a\x1egoogle/protobuf/duration.proto\"\x87\x01\n\x06\x44\x65vice\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x18\x63ompute_capability_major\x18\x03 \x01(\x05\x12 \n\x18\x63ompute_capability_minor\x18\x04 \x01(\x05\x12\x1a\n\x12total_memory_bytes\x18\x05 \x01(\x03\"\x12\n\x10GetDeviceRequest\"\xab\x01\n\x11GetDeviceResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.tensorwasm.dispatcher.v1.Backend\x12\x31\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32 .tensorwasm.dispatcher.v1.Device\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\"\'\n\x04\x44im3\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\t\n\x01z\x18\x03 \x01(\r\"X\n\x0cStagedBuffer\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0cguest_offset\x18\x03 \x01(\x04\x12\x11\n\tcopy_back\x18\x04 \x01(\x08\"J\n\tBufferRef\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"7\n\x0f\x44\x65viceBufferRef\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\"1\n\x0b\x41llocBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\x1c\n\nFreeBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\"A\n\x0bWriteBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"H\n\nReadBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"\xf3\x01\n\tKernelArg\x12\r\n\x03i32\x18\x01 \x01(\x05H\x00\x12\r\n\x03i64\x18\x02 \x01(\x03H\x00\x12\x12\n\x08\x66\x33\x32_bits\x18\x03 \x01(\x07H\x00\x12\x12\n\x08\x66\x36\x34_bits\x18\x04 \x01(\x06H\x00\x12\r\n\x03u32\x18\x05 \x01(\rH\x00\x12\r\n\x03u64\x18\x06 \x01(\x04H\x00\x12\x35\n\x06\x62uffer\x18\x07 \x01(\x0b\x32#.tensorwasm.dispatcher.v1.BufferRefH\x00\x12\x42\n\rdevice_buffer\x18\x08 \x01(\x0b\x32).tensorwasm.dispatcher.v1.DeviceBufferRefH\x00\x42\x07\n\x05value\";\n\nLoadKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12\x0b\n\x03ptx\x18\x02 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\"\xcb\x01\n\x0cLaunchKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12,\n\x04grid\x18\x02 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12-\n\x05\x62lock\x18\x03 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12\x18\n\x10shared_mem_bytes\x18\x04 \x01(\r\x12\x31\n\x04\x61rgs\x18\x05 \x03(\x0b\x32#.tensorwasm.dispatcher.v1.KernelArg\"\xfc\x02\n\x07\x43ommand\x12\x34\n\x04load\x18\x01 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.LoadKernelH\x00\x12\x38\n\x06launch\x18\x02 \x01(\x0b\x32&.tensorwasm.dispatcher.v1.LaunchKernelH\x00\x12=\n\x0c\x61lloc_buffer\x18\x03 \x01(\x0b\x32%.tensorwasm.dispatcher.v1.AllocBufferH\x00\x12;\n\x0b\x66ree_buffer\x18\x04 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.FreeBufferH\x00\x12=\n\x0cwrite_buffer\x18\x05 \x01(\x0b\x32%.tensorwasm.dispatcher.v1.WriteBufferH\x00\x12;\n\x0bread_buffer\x18\x06 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.ReadBufferH\x00\x42\t\n\x07\x63ommand\"\xb7\x01\n\x0e\x45xecuteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x37\n\x07\x62uffers\x18\x03 \x03(\x0b\x32&.tensorwasm.dispatcher.v1.StagedBuffer\x12\x33\n\x08\x63ommands\x18\x04 \x03(\x0b\x32!.tensorwasm.dispatcher.v1.Command\x12\x13\n\x0b\x65nd_session\x18\x05 \x01(\x08\"@\n\rCommandResult\x12\x10\n\x08\x61\x62i_code\x18\x01 \x01(\x11\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\nBufferData\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xe9\x01\n\x0f\x45xecuteResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.tensorwasm.dispatcher.v1.CommandResult\x12\x35\n\x07\x62uffers\x18\x02 \x03(\x0b\x32$.tensorwasm.dispatcher.v1.BufferData\x12.\n\x0bkernel_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12tenant_kernel_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x15GetTenantUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x9d\x03\n\x16GetTenantUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12staged_bytes_total\x18\x02 \x01(\x03\x12\x1c\n\x14staged_bytes_current\x18\x03 \x01(\x03\x12\x19\n\x11staged_bytes_peak\x18\x04 \x01(\x03\x12\x1a\n\x12memory_quota_bytes\x18\x05 \x01(\x03\x12\x10\n\x08launches\x18\x06 \x01(\x03\x12\r\n\x05loads\x18\x07 \x01(\x03\x12\x17\n\x0f\x66\x61iled_commands\x18\x08 \x01(\x03\x12\x18\n\x10\x65xecute_requests\x18\t \x01(\x03\x12\x19\n\x11rejected_requests\x18\n \x01(\x03\x12\x15\n\ropen_sessions\x18\x0b \x01(\x03\x12.\n\x0bkernel_time\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fqueued_requests\x18\r \x01(\x03\x12\x16\n\x0e\x64\x65vice_buffers\x18\x0e \x01(\x03\x12\x1b\n\x13\x64\x65vice_buffer_bytes\x18\x0f \x01(\x03*E\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x02\x32\xce\x02\n\x11\x44ispatcherService\x12\x64\n\tGetDevice\x12*.tensorwasm.dispatcher.v1.GetDeviceRequest\x1a+.tensorwasm.dispatcher.v1.GetDeviceResponse\x12^\n\x07\x45xecute\x12(.tensorwasm.dispatcher.v1.ExecuteRequest\x1a).tensorwasm.dispatcher.v1.ExecuteResponse\x12s\n\x0eGetTenantUsage\x12/.tensorwasm.dispatcher.v1.GetTenantUsageRequest\x1a\x30.tensorwasm.dispatcher.v1.GetTenantUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1tensorwasm/dispatcher/v1/dispatcher_service.proto\x12\x18tensorwasm.dispatcher.v1\x1a\x1egoogle/protobuf/duration.proto\"\x87\x01\n\x06\x44\x65vice\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x18\x63ompute_capability_major\x18\x03 \x01(\x05\x12 \n\x18\x63ompute_capability_minor\x18\x04 \x01(\x05\x12\x1a\n\x12total_memory_bytes\x18\x05 \x01(\x03\"\x12\n\x10GetDeviceRequest\"\x97\x02\n\x11GetDeviceResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.tensorwasm.dispatcher.v1.Backend\x12\x31\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32 .tensorwasm.dispatcher.v1.Device\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x18\n\x10worker_isolation\x18\x05 \x01(\t\x12\x12\n\nmps_active\x18\x06 \x01(\x08\x12<\n\rmig_instances\x18\x07 \x03(\x0b\x32%.tensorwasm.dispatcher.v1.MigInstance\"H\n\x0bMigInstance\x12\x0b\n\x03gpu\x18\x01 \x01(\x05\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"\'\n\x04\x44im3\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\t\n\x01z\x18\x03 \x01(\r\"X\n\x0cStagedBuffer\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0cguest_offset\x18\x03 \x01(\x04\x12\x11\n\tcopy_back\x18\x04 \x01(\x08\"J\n\tBufferRef\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"7\n\x0f\x44\x65viceBufferRef\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\"1\n\x0b\x41llocBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"\x1c\n\nFreeBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\"A\n\x0bWriteBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"H\n\nReadBuffer\x12\x0e\n\x06handle\x18\x01 \x01(\r\x12\x14\n\x0coffset_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clength_bytes\x18\x03 \x01(\x04\"\xf3\x01\n\tKernelArg\x12\r\n\x03i32\x18\x01 \x01(\x05H\x00\x12\r\n\x03i64\x18\x02 \x01(\x03H\x00\x12\x12\n\x08\x66\x33\x32_bits\x18\x03 \x01(\x07H\x00\x12\x12\n\x08\x66\x36\x34_bits\x18\x04 \x01(\x06H\x00\x12\r\n\x03u32\x18\x05 \x01(\rH\x00\x12\r\n\x03u64\x18\x06 \x01(\x04H\x00\x12\x35\n\x06\x62uffer\x18\x07 \x01(\x0b\x32#.tensorwasm.dispatcher.v1.BufferRefH\x00\x12\x42\n\rdevice_buffer\x18\x08 \x01(\x0b\x32).tensorwasm.dispatcher.v1.DeviceBufferRefH\x00\x42\x07\n\x05value\";\n\nLoadKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12\x0b\n\x03ptx\x18\x02 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\"\xcb\x01\n\x0cLaunchKernel\x12\x11\n\tkernel_id\x18\x01 \x01(\x04\x12,\n\x04grid\x18\x02 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12-\n\x05\x62lock\x18\x03 \x01(\x0b\x32\x1e.tensorwasm.dispatcher.v1.Dim3\x12\x18\n\x10shared_mem_bytes\x18\x04 \x01(\r\x12\x31\n\x04\x61rgs\x18\x05 \x03(\x0b\x32#.tensorwasm.dispatcher.v1.KernelArg\"\xfc\x02\n\x07\x43ommand\x12\x34\n\x04load\x18\x01 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.LoadKernelH\x00\x12\x38\n\x06launch\x18\x02 \x01(\x0b\x32&.tensorwasm.dispatcher.v1.LaunchKernelH\x00\x12=\n\x0c\x61lloc_buffer\x18\x03 \x01(\x0b\x32%.tensorwasm.dispatcher.v1.AllocBufferH\x00\x12;\n\x0b\x66ree_buffer\x18\x04 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.FreeBufferH\x00\x12=\n\x0cwrite_buffer\x18\x05 \x01(\x0b\x32%.tensorwasm.dispatcher.v1.WriteBufferH\x00\x12;\n\x0bread_buffer\x18\x06 \x01(\x0b\x32$.tensorwasm.dispatcher.v1.ReadBufferH\x00\x42\t\n\x07\x63ommand\"\xb7\x01\n\x0e\x45xecuteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x37\n\x07\x62uffers\x18\x03 \x03(\x0b\x32&.tensorwasm.dispatcher.v1.StagedBuffer\x12\x33\n\x08\x63ommands\x18\x04 \x03(\x0b\x32!.tensorwasm.dispatcher.v1.Command\x12\x13\n\x0b\x65nd_session\x18\x05 \x01(\x08\"@\n\rCommandResult\x12\x10\n\x08\x61\x62i_code\x18\x01 \x01(\x11\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\nBufferData\x12\x11\n\tbuffer_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xe9\x01\n\x0f\x45xecuteResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.tensorwasm.dispatcher.v1.CommandResult\x12\x35\n\x07\x62uffers\x18\x02 \x03(\x0b\x32$.tensorwasm.dispatcher.v1.BufferData\x12.\n\x0bkernel_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12tenant_kernel_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x15GetTenantUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x9d\x03\n\x16GetTenantUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12staged_bytes_total\x18\x02 \x01(\x03\x12\x1c\n\x14staged_bytes_current\x18\x03 \x01(\x03\x12\x19\n\x11staged_bytes_peak\x18\x04 \x01(\x03\x12\x1a\n\x12memory_quota_bytes\x18\x05 \x01(\x03\x12\x10\n\x08launches\x18\x06 \x01(\x03\x12\r\n\x05loads\x18\x07 \x01(\x03\x12\x17\n\x0f\x66\x61iled_commands\x18\x08 \x01(\x03\x12\x18\n\x10\x65xecute_requests\x18\t \x01(\x03\x12\x19\n\x11rejected_requests\x18\n \x01(\x03\x12\x15\n\ropen_sessions\x18\x0b \x01(\x03\x12.\n\x0bkernel_time\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fqueued_requests\x18\r \x01(\x03\x12\x16\n\x0e\x64\x65vice_buffers\x18\x0e \x01(\x03\x12\x1b\n\x13\x64\x65vice_buffer_bytes\x18\x0f \x01(\x03*E\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x02\x32\xce\x02\n\x11\x44ispatcherService\x12\x64\n\tGetDevice\x12*.tensorwasm.dispatcher.v1.GetDeviceRequest\x1a+.tensorwasm.dispatcher.v1.GetDeviceResponse\x12^\n\x07\x45xecute\x12(.tensorwasm.dispatcher.v1.ExecuteRequest\x1a).tensorwasm.dispatcher.v1.ExecuteResponse\x12s\n\x0eGetTenantUsage\x12/.tensorwasm.dispatcher.v1.GetTenantUsageRequest\x1a\x30.tensorwasm.dispatcher.v1.GetTenantUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.dispatcher.v1.dispatcher_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKEND']._serialized_start=2817
-  _globals['_BACKEND']._serialized_end=2886
+  _globals['_BACKEND']._serialized_start=2999
+  _globals['_BACKEND']._serialized_end=3068
   _globals['_DEVICE']._serialized_start=112
   _globals['_DEVICE']._serialized_end=247
   _globals['_GETDEVICEREQUEST']._serialized_start=249
   _globals['_GETDEVICEREQUEST']._serialized_end=267
   _globals['_GETDEVICERESPONSE']._serialized_start=270
-  _globals['_GETDEVICERESPONSE']._serialized_end=441
-  _globals['_DIM3']._serialized_start=443
-  _globals['_DIM3']._serialized_end=482
-  _globals['_STAGEDBUFFER']._serialized_start=484
-  _globals['_STAGEDBUFFER']._serialized_end=572
-  _globals['_BUFFERREF']._serialized_start=574
-  _globals['_BUFFERREF']._serialized_end=648
-  _globals['_DEVICEBUFFERREF']._serialized_start=650
-  _globals['_DEVICEBUFFERREF']._serialized_end=705
-  _globals['_ALLOCBUFFER']._serialized_start=707
-  _globals['_ALLOCBUFFER']._serialized_end=756
-  _globals['_FREEBUFFER']._serialized_start=758
-  _globals['_FREEBUFFER']._serialized_end=786
-  _globals['_WRITEBUFFER']._serialized_start=788
-  _globals['_WRITEBUFFER']._serialized_end=853
-  _globals['_READBUFFER']._serialized_start=855
-  _globals['_READBUFFER']._serialized_end=927
-  _globals['_KERNELARG']._serialized_start=930
-  _globals['_KERNELARG']._serialized_end=1173
-  _globals['_LOADKERNEL']._serialized_start=1175
-  _globals['_LOADKERNEL']._serialized_end=1234
-  _globals['_LAUNCHKERNEL']._serialized_start=1237
-  _globals['_LAUNCHKERNEL']._serialized_end=1440
-  _globals['_COMMAND']._serialized_start=1443
-  _globals['_COMMAND']._serialized_end=1823
-  _globals['_EXECUTEREQUEST']._serialized_start=1826
-  _globals['_EXECUTEREQUEST']._serialized_end=2009
-  _globals['_COMMANDRESULT']._serialized_start=2011
-  _globals['_COMMANDRESULT']._serialized_end=2075
-  _globals['_BUFFERDATA']._serialized_start=2077
-  _globals['_BUFFERDATA']._serialized_end=2122
-  _globals['_EXECUTERESPONSE']._serialized_start=2125
-  _globals['_EXECUTERESPONSE']._serialized_end=2358
-  _globals['_GETTENANTUSAGEREQUEST']._serialized_start=2360
-  _globals['_GETTENANTUSAGEREQUEST']._serialized_end=2399
-  _globals['_GETTENANTUSAGERESPONSE']._serialized_start=2402
-  _globals['_GETTENANTUSAGERESPONSE']._serialized_end=2815
-  _globals['_DISPATCHERSERVICE']._serialized_start=2889
-  _globals['_DISPATCHERSERVICE']._serialized_end=3223
+  _globals['_GETDEVICERESPONSE']._serialized_end=549
+  _globals['_MIGINSTANCE']._serialized_start=551
+  _globals['_MIGINSTANCE']._serialized_end=623
+  _globals['_DIM3']._serialized_start=625
+  _globals['_DIM3']._serialized_end=664
+  _globals['_STAGEDBUFFER']._serialized_start=666
+  _globals['_STAGEDBUFFER']._serialized_end=754
+  _globals['_BUFFERREF']._serialized_start=756
+  _globals['_BUFFERREF']._serialized_end=830
+  _globals['_DEVICEBUFFERREF']._serialized_start=832
+  _globals['_DEVICEBUFFERREF']._serialized_end=887
+  _globals['_ALLOCBUFFER']._serialized_start=889
+  _globals['_ALLOCBUFFER']._serialized_end=938
+  _globals['_FREEBUFFER']._serialized_start=940
+  _globals['_FREEBUFFER']._serialized_end=968
+  _globals['_WRITEBUFFER']._serialized_start=970
+  _globals['_WRITEBUFFER']._serialized_end=1035
+  _globals['_READBUFFER']._serialized_start=1037
+  _globals['_READBUFFER']._serialized_end=1109
+  _globals['_KERNELARG']._serialized_start=1112
+  _globals['_KERNELARG']._serialized_end=1355
+  _globals['_LOADKERNEL']._serialized_start=1357
+  _globals['_LOADKERNEL']._serialized_end=1416
+  _globals['_LAUNCHKERNEL']._serialized_start=1419
+  _globals['_LAUNCHKERNEL']._serialized_end=1622
+  _globals['_COMMAND']._serialized_start=1625
+  _globals['_COMMAND']._serialized_end=2005
+  _globals['_EXECUTEREQUEST']._serialized_start=2008
+  _globals['_EXECUTEREQUEST']._serialized_end=2191
+  _globals['_COMMANDRESULT']._serialized_start=2193
+  _globals['_COMMANDRESULT']._serialized_end=2257
+  _globals['_BUFFERDATA']._serialized_start=2259
+  _globals['_BUFFERDATA']._serialized_end=2304
+  _globals['_EXECUTERESPONSE']._serialized_start=2307
+  _globals['_EXECUTERESPONSE']._serialized_end=2540
+  _globals['_GETTENANTUSAGEREQUEST']._serialized_start=2542
+  _globals['_GETTENANTUSAGEREQUEST']._serialized_end=2581
+  _globals['_GETTENANTUSAGERESPONSE']._serialized_start=2584
+  _globals['_GETTENANTUSAGERESPONSE']._serialized_end=2997
+  _globals['_DISPATCHERSERVICE']._serialized_start=3071
+  _globals['_DISPATCHERSERVICE']._serialized_end=3405
 # @@protoc_insertion_point(module_scope)

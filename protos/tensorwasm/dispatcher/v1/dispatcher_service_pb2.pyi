@@ -109,15 +109,29 @@ class GetDeviceResponse(_message.Message):
     DEVICES_FIELD_NUMBER: _builtins.int
     DRIVER_VERSION_FIELD_NUMBER: _builtins.int
     FALLBACK_REASON_FIELD_NUMBER: _builtins.int
+    WORKER_ISOLATION_FIELD_NUMBER: _builtins.int
+    MPS_ACTIVE_FIELD_NUMBER: _builtins.int
+    MIG_INSTANCES_FIELD_NUMBER: _builtins.int
     backend: Global___Backend.ValueType
     """The active backend."""
     driver_version: _builtins.int
     """The CUDA driver version (e.g. 13000), 0 on the cpu backend."""
     fallback_reason: _builtins.str
     """Why the cpu backend is active, when it is (e.g. "no CUDA driver found")."""
+    worker_isolation: _builtins.str
+    """Where batches run: "tenant" (a worker process, so a CUDA context, per tenant),
+    "shared" (one worker process for all tenants) or "off" (the dispatcher's own
+    process).
+    """
+    mps_active: _builtins.bool
+    """Whether an MPS control daemon is active (workers then run as its clients)."""
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]:
         """The devices the backend drives (one pseudo-device on the cpu backend)."""
+
+    @_builtins.property
+    def mig_instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigInstance]:
+        """The MIG instances tenants' workers are placed on (none without MIG)."""
 
     def __init__(
         self,
@@ -126,14 +140,51 @@ class GetDeviceResponse(_message.Message):
         devices: _abc.Iterable[Global___Device] | None = ...,
         driver_version: _builtins.int = ...,
         fallback_reason: _builtins.str = ...,
+        worker_isolation: _builtins.str = ...,
+        mps_active: _builtins.bool = ...,
+        mig_instances: _abc.Iterable[Global___MigInstance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "devices", b"devices", "driver_version", b"driver_version", "fallback_reason", b"fallback_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "devices", b"devices", "driver_version", b"driver_version", "fallback_reason", b"fallback_reason", "mig_instances", b"mig_instances", "mps_active", b"mps_active", "worker_isolation", b"worker_isolation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeviceResponse: _TypeAlias = GetDeviceResponse  # noqa: Y015
+
+@_typing.final
+class MigInstance(_message.Message):
+    """A MIG instance of a GPU."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    gpu: _builtins.int
+    """The ordinal of the GPU it is carved from."""
+    index: _builtins.int
+    """Its index on that GPU."""
+    profile: _builtins.str
+    """Its profile, e.g. "1g.10gb"."""
+    uuid: _builtins.str
+    """Its UUID (what CUDA_VISIBLE_DEVICES names)."""
+    def __init__(
+        self,
+        *,
+        gpu: _builtins.int = ...,
+        index: _builtins.int = ...,
+        profile: _builtins.str = ...,
+        uuid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "index", b"index", "profile", b"profile", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigInstance: _TypeAlias = MigInstance  # noqa: Y015
 
 @_typing.final
 class Dim3(_message.Message):

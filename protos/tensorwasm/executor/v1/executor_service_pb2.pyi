@@ -104,6 +104,7 @@ class InvokeRequest(_message.Message):
     WASI_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     export_name: _builtins.str
@@ -115,6 +116,10 @@ class InvokeRequest(_message.Message):
     init_export: _builtins.str
     """The function's init export: the instance starts from the module's pre-initialised
     image after it (init runs once per image, not per call). Empty: no pre-initialisation.
+    """
+    input: _builtins.bytes
+    """Bytes staged for the guest's `wasi:tensor/host@0.1.0` input channel
+    (`input_len`, `read_input`); empty: the guest reads zero bytes.
     """
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
@@ -146,10 +151,11 @@ class InvokeRequest(_message.Message):
         wasi: _invocation_pb2.WasiConfig | None = ...,
         init_export: _builtins.str = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "init_export", b"init_export", "input", b"input", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,14 +211,19 @@ Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
 
 @_typing.final
 class InvokeStreamResponse(_message.Message):
-    """One event of InvokeStream: any number of output chunks, in the order the guest
-    wrote them, then exactly one outcome, which is always the last message.
+    """One event of InvokeStream: any number of output chunks and emitted chunks, in the
+    order the guest produced them, then exactly one outcome, always the last message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Bytes the guest emitted with `wasi:tensor` `emit_chunk`, one event per
+    accepted chunk (at most 64 KiB), in order with the output events.
+    """
     @_builtins.property
     def output(self) -> _invocation_pb2.OutputChunk:
         """Bytes the guest wrote to stdout or stderr."""
@@ -229,12 +240,13 @@ class InvokeStreamResponse(_message.Message):
         *,
         output: _invocation_pb2.OutputChunk | None = ...,
         outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        chunk: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome", "chunk"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -254,6 +266,7 @@ class CreateInstanceRequest(_message.Message):
     IDLE_TTL_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     tenant: _builtins.str
@@ -263,6 +276,10 @@ class CreateInstanceRequest(_message.Message):
     init_export: _builtins.str
     """The function's init export: the instance starts from the pre-initialised image
     after it, as for Invoke. Empty: no pre-initialisation.
+    """
+    input: _builtins.bytes
+    """Bytes staged for the `wasi:tensor` input channel of the start function and of
+    every call that stages none of its own.
     """
     @_builtins.property
     def limits(self) -> _invocation_pb2.InvocationLimits:
@@ -295,10 +312,11 @@ class CreateInstanceRequest(_message.Message):
         idle_ttl: _duration_pb2.Duration | None = ...,
         init_export: _builtins.str = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "input", b"input", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,12 +367,15 @@ class CallInstanceRequest(_message.Message):
     EXPORT_NAME_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """The instance, as CreateInstance returned it."""
     tenant: _builtins.str
     """The calling tenant; an instance of another tenant is NOT_FOUND."""
     export_name: _builtins.str
     """The export to call."""
+    input: _builtins.bytes
+    """Bytes staged for this call's `wasi:tensor` input channel; empty: the instance's."""
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -371,10 +392,11 @@ class CallInstanceRequest(_message.Message):
         export_name: _builtins.str = ...,
         args: _abc.Iterable[_values_pb2.Value] | None = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "instance_id", b"instance_id", "limits", b"limits", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "input", b"input", "instance_id", b"instance_id", "limits", b"limits", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,126 @@ before it could run or while it ran (`error`).
 Global___InvocationState: _TypeAlias = InvocationState  # noqa: Y015
 
 @_typing.final
+class UploadFunctionRequest(_message.Message):
+    """One message of an UploadFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    TRAILER_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the module (any size up to the message cap; 1 MiB is usual)."""
+    @_builtins.property
+    def header(self) -> Global___UploadFunctionHeader:
+        """The first message: what is deployed and how large it is."""
+
+    @_builtins.property
+    def trailer(self) -> Global___UploadFunctionTrailer:
+        """The last message, when the header declared no digest."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadFunctionHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+        trailer: Global___UploadFunctionTrailer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "trailer", b"trailer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk", "trailer"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadFunctionRequest: _TypeAlias = UploadFunctionRequest  # noqa: Y015
+
+@_typing.final
+class UploadFunctionHeader(_message.Message):
+    """The first message of an UploadFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    MODULE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    function_id: _builtins.str
+    """The function id: 1-63 characters of [a-z0-9-], starting with a letter."""
+    module_size_bytes: _builtins.int
+    """The module's size in bytes: exactly this many chunk bytes must follow."""
+    module_digest: _builtins.str
+    """The BLAKE3 digest (64 lowercase hex digits) of the module; empty to send it in
+    the trailer instead (computed while streaming).
+    """
+    @_builtins.property
+    def config(self) -> Global___FunctionConfig:
+        """The function's WASI view and default limits (all optional)."""
+
+    def __init__(
+        self,
+        *,
+        function_id: _builtins.str = ...,
+        config: Global___FunctionConfig | None = ...,
+        module_size_bytes: _builtins.int = ...,
+        module_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "function_id", b"function_id", "module_digest", b"module_digest", "module_size_bytes", b"module_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionHeader: _TypeAlias = UploadFunctionHeader  # noqa: Y015
+
+@_typing.final
+class UploadFunctionTrailer(_message.Message):
+    """The last message of an UploadFunction stream whose header declared no digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    module_digest: _builtins.str
+    """The BLAKE3 digest (64 lowercase hex digits) of the module's bytes."""
+    def __init__(
+        self,
+        *,
+        module_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_digest", b"module_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionTrailer: _TypeAlias = UploadFunctionTrailer  # noqa: Y015
+
+@_typing.final
+class UploadFunctionResponse(_message.Message):
+    """The result of UploadFunction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def function(self) -> Global___Function:
+        """The created function."""
+
+    def __init__(
+        self,
+        *,
+        function: Global___Function | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFunctionResponse: _TypeAlias = UploadFunctionResponse  # noqa: Y015
+
+@_typing.final
 class FunctionConfig(_message.Message):
     """How a function runs: its WASI view and its default limits. The limits of a call
     are the request's, else these defaults, each clamped to the tenant's ceilings
@@ -74,6 +194,7 @@ class FunctionConfig(_message.Message):
     NO_INIT_FIELD_NUMBER: _builtins.int
     AUTO_OFFLOAD_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     init_export: _builtins.str
     """The init export: a function `() -> ()` run once at deploy; every instance then
     starts from the memory and globals it left (a pre-initialised image). Empty at
@@ -86,6 +207,10 @@ class FunctionConfig(_message.Message):
     """At deploy: check the module's `tensorwasm.offload` custom section and run the
     exports it declares as tensor ops on the GPU (when the executor has a dispatcher
     and a jit cache; otherwise their wasm body runs).
+    """
+    display_name: _builtins.str
+    """A free-form name kept for display (the HTTP face's `name`: any non-blank text, not
+    unique); the function is addressed by its id. At most 256 characters.
     """
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
@@ -108,10 +233,11 @@ class FunctionConfig(_message.Message):
         no_init: _builtins.bool = ...,
         auto_offload: _builtins.bool = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "display_name", b"display_name", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,12 +501,17 @@ class InvokeRequest(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `functions/{function_id}`."""
     export_name: _builtins.str
     """The export to call; when empty, the module's only exported function, or `_start`."""
     stdin: _builtins.bytes
     """Bytes the guest reads from WASI stdin."""
+    input: _builtins.bytes
+    """Bytes staged for the guest's `wasi:tensor/host@0.1.0` input channel
+    (`input_len`, `read_input`); empty: the guest reads zero bytes.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -397,10 +528,11 @@ class InvokeRequest(_message.Message):
         args: _abc.Iterable[_values_pb2.Value] | None = ...,
         stdin: _builtins.bytes = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "name", b"name", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "input", b"input", "limits", b"limits", "name", b"name", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,15 +592,20 @@ Global___InvokeStreamRequest: _TypeAlias = InvokeStreamRequest  # noqa: Y015
 
 @_typing.final
 class InvokeStreamResponse(_message.Message):
-    """One event of InvokeStream: any number of output chunks, in the order the guest
-    wrote them, then exactly one outcome, which is always the last message.
+    """One event of InvokeStream: any number of output chunks and emitted chunks, in the
+    order the guest produced them, then exactly one outcome, always the last message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
     EXPORT_NAME_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Bytes the guest emitted with `wasi:tensor` `emit_chunk`, one event per
+    accepted chunk (at most 64 KiB), in order with the output events.
+    """
     export_name: _builtins.str
     """The export that was called; set on the final (outcome) message only."""
     @_builtins.property
@@ -487,13 +624,14 @@ class InvokeStreamResponse(_message.Message):
         *,
         output: _invocation_pb2.OutputChunk | None = ...,
         outcome: _invocation_pb2.InvocationOutcome | None = ...,
+        chunk: _builtins.bytes = ...,
         export_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "export_name", b"export_name", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "event", b"event", "export_name", b"export_name", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["output", "outcome", "chunk"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -551,10 +689,15 @@ class CreateInstanceRequest(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     IDLE_TTL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     function: _builtins.str
     """The function to instantiate, `functions/{function_id}`."""
     stdin: _builtins.bytes
     """Bytes the instance reads from WASI stdin, for its whole life."""
+    input: _builtins.bytes
+    """Bytes staged for the `wasi:tensor` input channel of the start function and of
+    every call that stages none of its own.
+    """
     @_builtins.property
     def limits(self) -> _invocation_pb2.InvocationLimits:
         """`timeout` bounds instantiation (start function included); `max_memory_bytes`
@@ -572,10 +715,11 @@ class CreateInstanceRequest(_message.Message):
         stdin: _builtins.bytes = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
         idle_ttl: _duration_pb2.Duration | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "input", b"input", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,10 +811,13 @@ class CallInstanceRequest(_message.Message):
     EXPORT_NAME_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The instance, `instances/{instance_id}`."""
     export_name: _builtins.str
     """The export to call (chosen as for Invoke when empty)."""
+    input: _builtins.bytes
+    """Bytes staged for this call's `wasi:tensor` input channel; empty: the instance's."""
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Value]:
         """The arguments, typed to match the export's signature."""
@@ -686,10 +833,11 @@ class CallInstanceRequest(_message.Message):
         export_name: _builtins.str = ...,
         args: _abc.Iterable[_values_pb2.Value] | None = ...,
         limits: _invocation_pb2.InvocationLimits | None = ...,
+        input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "limits", b"limits", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "export_name", b"export_name", "input", b"input", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

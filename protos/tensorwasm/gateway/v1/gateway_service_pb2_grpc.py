@@ -26,8 +26,40 @@ if _version_not_supported:
 
 
 class GatewayServiceStub:
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+    (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+    to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+    unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+    needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+    `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+    such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+    tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+    `default`. A token whose scope does not cover the tenant is refused with
+    PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+    is replaced by a fresh id. The id in use is returned in the trailing metadata
+    `x-request-id` of every call, errors included, and is written in the audit log and
+    the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def __init__(self, channel):
@@ -101,11 +133,48 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
                 _registered_method=True)
+        self.UploadFunction = channel.stream_unary(
+                '/tensorwasm.gateway.v1.GatewayService/UploadFunction',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+    (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+    to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+    unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+    needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+    `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+    such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+    tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+    `default`. A token whose scope does not cover the tenant is refused with
+    PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+    is replaced by a fresh id. The id in use is returned in the trailing metadata
+    `x-request-id` of every call, errors included, and is written in the audit log and
+    the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def CreateFunction(self, request, context):
@@ -208,6 +277,21 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFunction(self, request_iterator, context):
+        """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+        of any size up to the gateway's module cap, whatever the message cap): first one
+        `header` (function id, config, the module's size and, optionally, its BLAKE3
+        digest), then the module's bytes in `chunk`s, in order, then, when the header
+        declared no digest, one `trailer` with it. The size and digest are verified before
+        anything is stored; a malformed stream leaves nothing behind and is refused with
+        INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+        UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+        (a declared size over the cap, or more bytes than declared).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +360,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.SerializeToString,
             ),
+            'UploadFunction': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFunction,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tensorwasm.gateway.v1.GatewayService', rpc_method_handlers)
@@ -285,8 +374,40 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+    (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+    to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+    unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+    needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+    `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+    such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+    tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+    `default`. A token whose scope does not cover the tenant is refused with
+    PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+    is replaced by a fresh id. The id in use is returned in the trailing metadata
+    `x-request-id` of every call, errors included, and is written in the audit log and
+    the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @staticmethod
@@ -630,6 +751,33 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/ListInvocations',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInvocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFunction(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/UploadFunction',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,40 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GatewayServiceStub:
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @_typing.overload
@@ -74,11 +106,54 @@ class GatewayServiceStub:
     """Returns one invocation of the tenant, with its outcome once it has finished."""
     ListInvocations: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]
     """Lists the tenant's invocations, oldest first, a page at a time."""
+    UploadFunction: _grpc.StreamUnaryMultiCallable[_gateway_service_pb2.UploadFunctionRequest, _gateway_service_pb2.UploadFunctionResponse]
+    """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+    of any size up to the gateway's module cap, whatever the message cap): first one
+    `header` (function id, config, the module's size and, optionally, its BLAKE3
+    digest), then the module's bytes in `chunk`s, in order, then, when the header
+    declared no digest, one `trailer` with it. The size and digest are verified before
+    anything is stored; a malformed stream leaves nothing behind and is refused with
+    INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+    UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+    (a declared size over the cap, or more bytes than declared).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -121,10 +196,53 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Returns one invocation of the tenant, with its outcome once it has finished."""
     ListInvocations: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInvocationsRequest, _gateway_service_pb2.ListInvocationsResponse]  # type: ignore[assignment]
     """Lists the tenant's invocations, oldest first, a page at a time."""
+    UploadFunction: _aio.StreamUnaryMultiCallable[_gateway_service_pb2.UploadFunctionRequest, _gateway_service_pb2.UploadFunctionResponse]  # type: ignore[assignment]
+    """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+    of any size up to the gateway's module cap, whatever the message cap): first one
+    `header` (function id, config, the module's size and, optionally, its BLAKE3
+    digest), then the module's bytes in `chunk`s, in order, then, when the header
+    declared no digest, one `trailer` with it. The size and digest are verified before
+    anything is stored; a malformed stream leaves nothing behind and is refused with
+    INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+    UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+    (a declared size over the cap, or more bytes than declared).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The public API of TensorWasm. Every call is scoped to the tenant named in the
-    `x-tensorwasm-tenant` metadata ("default" when absent).
+    """The public API of TensorWasm.
+
+    Request metadata (gRPC headers; the HTTP/JSON face takes the same headers):
+
+    - `authorization: Bearer <token>`: required when the gateway has tokens configured
+      (`TENSORWASM_GATEWAY_TOKENS` / `_TOKENS_FILE`); a token is scoped to every tenant,
+      to a set of tenants, or is an admin token. A gateway with no tokens (loopback only,
+      unless TENSORWASM_GATEWAY_ALLOW_UNAUTHENTICATED) runs in dev mode: no token is
+      needed and calls are not rate-limited.
+    - `x-tensorwasm-tenant: <tenant>`: the tenant the call acts for, matching
+      `[a-z0-9][a-z0-9_-]{0,62}` (INVALID_ARGUMENT, INVALID_NAME otherwise; more than one
+      such header is INVALID_ARGUMENT, INVALID_METADATA). When the header is absent the
+      tenant is the token's own tenant if the token is scoped to exactly one tenant, else
+      `default`. A token whose scope does not cover the tenant is refused with
+      PERMISSION_DENIED (TENANT_SCOPE_DENIED) before any lookup.
+    - `x-request-id: <id>` (optional): `[A-Za-z0-9._:-]{1,128}`; any other value (or none)
+      is replaced by a fresh id. The id in use is returned in the trailing metadata
+      `x-request-id` of every call, errors included, and is written in the audit log and
+      the executor's call log.
+
+    Errors: every failed call carries a `google.rpc.Status` (see `google/rpc/status.proto`,
+    vendored beside these protos) in the `grpc-status-details-bin` trailer, serialized and
+    base64-encoded as gRPC does. Its details hold exactly one `google.rpc.ErrorInfo`:
+    `reason` is a name of the `tensorwasm.common.v1.ErrorReason` catalogue without its
+    `ERROR_REASON_` prefix (e.g. `FUNCTION_NOT_FOUND`, `RATE_LIMITED`), `domain` is
+    `<service>.tensorwasm.dev`, `metadata` holds the values the error is about (names,
+    sizes, digests). A refusal that says when to come back (RESOURCE_EXHAUSTED: rate
+    limits, concurrency caps, the authentication-failure throttle; UNAVAILABLE when no
+    executor can take the call) adds one `google.rpc.RetryInfo` whose `retry_delay` is
+    the wait before a retry is worth making. A RESOURCE_EXHAUSTED with RetryInfo was
+    refused before anything ran and may be retried as is. An UNAVAILABLE relayed from an
+    executor may come after the guest started: retry it as is only for calls that are safe
+    to repeat (reads, a StartInvocation with a request_id). A guest trap is never an RPC
+    error: it is the call's outcome.
     """
 
     @_abc_1.abstractmethod
@@ -243,5 +361,22 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListInvocationsResponse, _abc.Awaitable[_gateway_service_pb2.ListInvocationsResponse]]:
         """Lists the tenant's invocations, oldest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def UploadFunction(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_service_pb2.UploadFunctionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.UploadFunctionResponse, _abc.Awaitable[_gateway_service_pb2.UploadFunctionResponse]]:
+        """Deploys a function like CreateFunction, its module streamed in chunks (for modules
+        of any size up to the gateway's module cap, whatever the message cap): first one
+        `header` (function id, config, the module's size and, optionally, its BLAKE3
+        digest), then the module's bytes in `chunk`s, in order, then, when the header
+        declared no digest, one `trailer` with it. The size and digest are verified before
+        anything is stored; a malformed stream leaves nothing behind and is refused with
+        INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
+        UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
+        (a declared size over the cap, or more bytes than declared).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

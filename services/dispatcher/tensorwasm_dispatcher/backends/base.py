@@ -1,8 +1,11 @@
 """The backend interface: what the dispatcher needs from a device to run a batch.
 
 A backend loads kernels, stages host bytes into device buffers, launches kernels on a
-session's stream and copies buffers back. Failures are `AbiFailure`s carrying the guest
-ABI code (the dispatcher reports them per command); anything else is a bug (-7).
+session's stream and copies buffers back. Work on a stream may run asynchronously: a
+launch is queued, and `finish` waits (bounded by the call's deadline) for what the stream
+holds, reporting a failure of the queued launches and their kernel time. Failures are
+`AbiFailure`s carrying the guest ABI code (the dispatcher reports them per command);
+anything else is a bug (-7).
 """
 
 from __future__ import annotations
@@ -11,9 +14,35 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tensorwasm_common.gpu_abi import Dim3, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure, Dim3, ScalarArg
 
 from tensorwasm_dispatcher.backends.discovery import BackendKind
+
+# A device allocation's base is aligned to this many bytes (cuMemAlloc's guarantee). A
+# staged region starts that far into its allocation modulo this, so the device pointer of
+# a guest address has the guest address's alignment (what unified memory would give).
+DEVICE_ALIGNMENT_BYTES = 256
+# The device allocates in units of this many bytes: what a buffer costs against the quota.
+ALLOCATION_GRANULARITY_BYTES = 512
+
+
+def lead_bytes(guest_offset: int) -> int:
+    """The bytes before a staged region's data in its allocation (see above)."""
+    return guest_offset % DEVICE_ALIGNMENT_BYTES
+
+
+def charged_bytes(size_bytes: int) -> int:
+    """What an allocation of `size_bytes` costs against a tenant's quota."""
+    granules = -(-max(size_bytes, 1) // ALLOCATION_GRANULARITY_BYTES)
+    return granules * ALLOCATION_GRANULARITY_BYTES
+
+
+class DeadlineExceeded(AbiFailure):
+    """The stream's work did not finish before the call's deadline: the session is ended
+    (its stream may still be running a kernel that never ends)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(AbiError.LAUNCH_FAILED, message)
 
 
 class DeviceBuffer(abc.ABC):
@@ -52,9 +81,14 @@ class LaunchResult:
 
 
 class Kernel(abc.ABC):
-    """A loaded kernel (a module's entry point), owned by one session."""
+    """A loaded kernel (a module's entry point), owned by one session.
+
+    `device_bytes` is the device memory its module holds (code, globals, constants), which
+    counts against the tenant's quota while it is loaded.
+    """
 
     entry: str
+    device_bytes: int = 0
 
 
 class Stream:
@@ -87,8 +121,11 @@ class Backend(abc.ABC):
         """Releases a kernel's module."""
 
     @abc.abstractmethod
-    def stage(self, data: bytes) -> DeviceBuffer:
-        """Copies host bytes into a new device buffer.
+    def stage(self, data: bytes, stream: Stream, *, guest_offset: int = 0) -> DeviceBuffer:
+        """Copies host bytes into a new device buffer, in the stream's order.
+
+        `guest_offset` is where the bytes sit in the guest's memory: the buffer keeps its
+        alignment modulo `DEVICE_ALIGNMENT_BYTES` (`lead_bytes`).
 
         Raises:
             AbiFailure: QUOTA_EXCEEDED when the device is out of memory.
@@ -96,11 +133,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
-        """Copies a buffer back to the host, after the stream's work on it."""
+        """Copies a buffer back to the host, after the stream's work on it.
+
+        Raises:
+            AbiFailure: the copy (or the stream's earlier work) failed.
+        """
 
     @abc.abstractmethod
-    def allocate(self, size_bytes: int) -> DeviceBuffer:
-        """A new device buffer of `size_bytes` zeros (a device-resident buffer).
+    def allocate(self, size_bytes: int, stream: Stream) -> DeviceBuffer:
+        """A new device buffer of `size_bytes` zeros (a device-resident buffer), zeroed in
+        the stream's order.
 
         Raises:
             AbiFailure: QUOTA_EXCEEDED when the device is out of memory.
@@ -119,8 +161,8 @@ class Backend(abc.ABC):
         caller has checked the range)."""
 
     @abc.abstractmethod
-    def free(self, buffer: DeviceBuffer) -> None:
-        """Releases a staged buffer."""
+    def free(self, buffer: DeviceBuffer, stream: Stream) -> None:
+        """Releases a buffer, in the stream's order (after the work queued on it)."""
 
     @abc.abstractmethod
     def launch(
@@ -134,13 +176,35 @@ class Backend(abc.ABC):
         args: Sequence[LaunchArg],
         deadline: float | None = None,
     ) -> LaunchResult:
-        """Runs one kernel to completion on `stream`; a backend that can stop a kernel stops
-        it at `deadline` (on `time.monotonic()`; None: its own limit only).
+        """Runs one kernel on `stream`, or queues it there (then `finish` reports how it
+        ended and its kernel time). A backend that runs the kernel at once and can stop it
+        stops it at `deadline` (on `time.monotonic()`; None: its own limit only).
 
         Raises:
             AbiFailure: INVALID_ARGS (the arguments do not fit the kernel),
                 LAUNCH_FAILED (the launch or the kernel failed), INVALID_DIMENSIONS.
         """
+
+    def finish(self, stream: Stream, deadline: float | None) -> float:
+        """Waits for the work queued on `stream`; returns the kernel seconds of the
+        launches queued since the last `finish` (a backend that runs launches at once
+        has none left: 0).
+
+        Args:
+            stream: The session's stream.
+            deadline: `time.monotonic()` by which the work must be done (None: no bound).
+
+        Raises:
+            DeadlineExceeded: the work did not finish in time.
+            AbiFailure: LAUNCH_FAILED: a queued launch (or copy) failed.
+        """
+        del stream, deadline
+        return 0.0
+
+    def healthy(self) -> bool:
+        """False once the device context cannot run more work (a CUDA sticky error: an
+        illegal address, a trap, a hung-kernel timeout); its worker process then ends."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing process-wide
         """Releases the device (at shutdown)."""

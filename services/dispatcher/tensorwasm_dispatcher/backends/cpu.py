@@ -124,13 +124,13 @@ class CpuBackend(Backend):
     def unload(self, kernel: Kernel) -> None:
         pass
 
-    def stage(self, data: bytes) -> DeviceBuffer:
+    def stage(self, data: bytes, stream: Stream, *, guest_offset: int = 0) -> DeviceBuffer:
         return _CpuBuffer(data)
 
     def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
         return bytes(_cpu_buffer(buffer).data)
 
-    def allocate(self, size_bytes: int) -> DeviceBuffer:
+    def allocate(self, size_bytes: int, stream: Stream) -> DeviceBuffer:
         return _CpuBuffer(bytes(size_bytes))
 
     def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
@@ -141,7 +141,7 @@ class CpuBackend(Backend):
     ) -> bytes:
         return bytes(_cpu_buffer(buffer).data[offset_bytes : offset_bytes + length_bytes])
 
-    def free(self, buffer: DeviceBuffer) -> None:
+    def free(self, buffer: DeviceBuffer, stream: Stream) -> None:
         _cpu_buffer(buffer).data = bytearray()
 
     def launch(

@@ -1,30 +1,34 @@
 """The cuda backend: PTX modules, device buffers and launches through `cuda.bindings.driver`.
 
 `cuda` is imported when a backend is created, never at module import, so the dispatcher
-(and its tests) load without a driver. The primary context of one device is made current
-on whichever worker thread calls in; each session gets its own stream; every launch is
-timed with a pair of events (the tenant's GPU time). Every CUresult is checked in one
-place, `_call`, and mapped to an ABI code at this edge: out of memory is quota_exceeded,
-a PTX the driver refuses is malformed_ptx, anything else a launch does is launch_failed.
+(and its tests) load without a driver. The primary context of one device, set to block
+(not spin) a thread that waits for the device, is made current on whichever worker thread
+calls in; each session gets its own non-blocking stream, and everything a session does
+goes to that stream, in order: allocations and frees (`cuMemAllocAsync`/`cuMemFreeAsync`,
+which never synchronise the device as `cuMemAlloc`/`cuMemFree` do), zero-fills, copies
+and launches. Nothing uses the legacy NULL stream, which a non-blocking stream does not
+wait for. Host bytes a queued copy reads are kept until the stream is waited for.
 
-Before a launch reaches the driver, what the driver cannot check is checked here, with
-the cpu backend's codes: the grid and block against the device limits (-8), and the
-argv records against the entry's declared `.param` list, count and sizes (-9): the
-driver reads as many parameter bytes as the kernel declares, so a short argv would make
-it read past the host's parameter array.
+A launch is queued between a pair of events (the tenant's GPU time) and not waited for:
+`finish` waits once per batch, bounded by the call's deadline (`cuda_streams`: past it,
+`DeadlineExceeded` ends the session and the stream is kept until the device is done).
+
+Every CUresult is checked in one place, `_call`, and mapped to an ABI code at this edge:
+out of memory is quota_exceeded, a PTX the driver refuses is malformed_ptx (with ptxas's
+diagnostics), anything else a launch or copy does is launch_failed. Before a launch
+reaches the driver, what the driver cannot check is checked here, with the cpu backend's
+codes: the grid and block against the device limits (-8), dynamic shared memory (-5), and
+the argv against the parameters the driver reports (-9; see `cuda_modules`).
 
 With cubin sharing on (`cubin_sharing.py`, a jit cache address), a PTX is loaded from the
 cubin another dispatcher shared for this compute capability, or compiled here with the
-driver's linker and shared.
-
-Not exercised without a GPU: the `gpu`-marked tests run it on a device.
+driver's linker and shared. The `gpu`-marked tests run it on a device.
 """
 
 from __future__ import annotations
 
 import ctypes
-import re
-import time
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,13 +43,18 @@ from tensorwasm_dispatcher.backends.base import (
     LaunchArg,
     LaunchResult,
     Stream,
+    lead_bytes,
 )
 from tensorwasm_dispatcher.backends.cubin_sharing import (
     DEFAULT_LOCAL_BYTES,
     ArtifactStore,
     CubinSharing,
 )
+from tensorwasm_dispatcher.backends.cuda_modules import MAX_LOCAL_BYTES_PER_THREAD, ModuleLoading
+from tensorwasm_dispatcher.backends.cuda_streams import CudaStream, Streams
 from tensorwasm_dispatcher.backends.discovery import BackendKind, CudaCallError
+
+_log = logging.getLogger(__name__)
 
 _CTYPES = {
     ArgTag.I32: ctypes.c_int32,
@@ -56,28 +65,11 @@ _CTYPES = {
     ArgTag.U64: ctypes.c_uint64,
 }
 _OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
+_PRIMARY_CONTEXT_ACTIVE = 708  # CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE (drivers before 11.x)
 # Dynamic shared memory a launch may use without opting in (the cpu backend's limit too).
 MAX_DYNAMIC_SHARED_BYTES = 48 << 10
-_PARAM = re.compile(
-    r"\.param\s+(?:\.align\s+\d+\s+)?\.([a-z]+)(\d+)\s+[A-Za-z_$%][\w$]*\s*(?:\[(\d+)\])?"
-)
-
-
-def entry_param_sizes(ptx: bytes, entry: str) -> tuple[int, ...] | None:
-    """The byte sizes of the `.param`s of `.entry <entry>(...)`, in order (None when the
-    declaration cannot be read: the launch is then not checked)."""
-    text = ptx.decode("utf-8", errors="replace")
-    found = re.search(r"\.entry\s+" + re.escape(entry) + r"\s*\(([^)]*)\)", text)
-    if found is None:
-        return None
-    sizes = []
-    for declaration in filter(None, (part.strip() for part in found[1].split(","))):
-        param = _PARAM.fullmatch(declaration)
-        if param is None:
-            return None
-        width = int(param[2]) // 8
-        sizes.append(width * int(param[3]) if param[3] else width)
-    return tuple(sizes)
+# The per-thread stack the context reserves for every resident thread.
+STACK_BYTES_PER_THREAD = 1 << 10
 
 
 def _arg_size(arg: LaunchArg) -> int:
@@ -86,25 +78,31 @@ def _arg_size(arg: LaunchArg) -> int:
 
 class _CudaKernel(Kernel):
     def __init__(
-        self, module: Any, function: Any, entry: str, param_sizes: tuple[int, ...] | None
+        self,
+        module: Any,
+        function: Any,
+        entry: str,
+        param_sizes: tuple[int, ...] | None,
+        device_bytes: int = 0,
     ) -> None:
         self.module = module
         self.function = function
         self.entry = entry
         self.param_sizes = param_sizes
+        self.device_bytes = device_bytes
 
 
 class _CudaBuffer(DeviceBuffer):
-    def __init__(self, pointer: Any, size_bytes: int) -> None:
+    """An allocation whose data starts `lead` bytes in (the guest address's alignment)."""
+
+    def __init__(self, pointer: Any, size_bytes: int, lead: int = 0) -> None:
         self.pointer = pointer
         self.size_bytes = size_bytes
+        self.lead = lead
 
-
-class _CudaStream(Stream):
-    def __init__(self, stream: Any, start: Any, end: Any) -> None:
-        self.stream = stream
-        self.start = start
-        self.end = end
+    @property
+    def address(self) -> int:
+        return int(self.pointer) + self.lead
 
 
 class CudaBackend(Backend):
@@ -118,6 +116,7 @@ class CudaBackend(Backend):
         *,
         artifacts: ArtifactStore | None = None,
         cubin_cache_bytes: int = DEFAULT_LOCAL_BYTES,
+        driver: Any = None,
     ) -> None:
         """Initialises the driver and retains the device's primary context.
 
@@ -125,76 +124,67 @@ class CudaBackend(Backend):
             ordinal: The device.
             artifacts: Where cubins are shared (the jit cache); None: PTX is loaded as is.
             cubin_cache_bytes: The bound of sharing's in-process LRU of cubins.
+            driver: `cuda.bindings.driver` (imported when None; a unit test's stand-in).
 
         Raises:
             CudaCallError: the driver or the device cannot be used.
         """
-        from cuda.bindings import driver
+        if driver is None:
+            from cuda.bindings import driver as cuda_driver
 
+            driver = cuda_driver
         self._driver = driver
         self._call(driver.cuInit(0))
         (self._device,) = self._call(driver.cuDeviceGet(ordinal))
+        # Before the context exists: a thread waiting for the device sleeps, never spins.
+        blocking = driver.CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC
+        (status, *_) = _as_tuple(driver.cuDevicePrimaryCtxSetFlags(self._device, int(blocking)))
+        if int(status) == _PRIMARY_CONTEXT_ACTIVE:  # another backend in this process set it
+            _log.warning("the primary context is active already: its flags stay as they are")
+        else:
+            self._call(status)
         (self._context,) = self._call(driver.cuDevicePrimaryCtxRetain(self._device))
+        self._current()
+        stack = driver.CUlimit.CU_LIMIT_STACK_SIZE
+        self._call(driver.cuCtxSetLimit(stack, STACK_BYTES_PER_THREAD))
+        attribute = driver.CUdevice_attribute
+        resident = self._attribute(
+            attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+        ) * self._attribute(attribute.CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)
+        self.modules = ModuleLoading(driver, self._call, resident)
+        self.streams = Streams(driver, self._call)
         self.cubins: CubinSharing | None = None
         if artifacts is not None:
             self.cubins = CubinSharing(
                 artifacts, self.compute_capability(), local_bytes=cubin_cache_bytes
             )
 
+    def _attribute(self, attribute: Any) -> int:
+        (value,) = self._call(self._driver.cuDeviceGetAttribute(attribute, self._device))
+        return int(value)
+
     def compute_capability(self) -> str:
         """The device's target, e.g. `sm_90`."""
         attribute = self._driver.CUdevice_attribute
-        (major,) = self._call(
-            self._driver.cuDeviceGetAttribute(
-                attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self._device
-            )
-        )
-        (minor,) = self._call(
-            self._driver.cuDeviceGetAttribute(
-                attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self._device
-            )
-        )
-        return f"sm_{int(major)}{int(minor)}"
+        major = self._attribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        minor = self._attribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        return f"sm_{major}{minor}"
 
     def load_image(self, image: bytes) -> Any:
-        """Loads a cubin or NUL-terminated PTX image (the context must be current).
+        """Loads a cubin or NUL-terminated PTX image (cubin sharing's loader).
 
         Raises:
             CudaCallError: the driver refused it.
         """
-        buffer = ctypes.create_string_buffer(image, len(image))
-        (module,) = self._call(self._driver.cuModuleLoadDataEx(ctypes.addressof(buffer), 0, [], []))
-        return module
+        return self.modules.load_image(image)
 
     def compile_ptx(self, ptx: bytes) -> bytes:
-        """The cubin the driver's JIT linker makes of a PTX for this device (the context
-        must be current).
+        """The cubin the driver's JIT linker makes of a PTX (cubin sharing's compiler).
 
         Raises:
             CudaCallError: the driver refused the PTX.
         """
-        driver = self._driver
-        image = ptx if ptx.endswith(b"\0") else ptx + b"\0"
-        buffer = ctypes.create_string_buffer(image, len(image))
-        (state,) = self._call(driver.cuLinkCreate(0, [], []))
-        try:
-            self._call(
-                driver.cuLinkAddData(
-                    state,
-                    driver.CUjitInputType.CU_JIT_INPUT_PTX,
-                    ctypes.addressof(buffer),
-                    len(image),
-                    b"tensorwasm.ptx",
-                    0,
-                    [],
-                    [],
-                )
-            )
-            cubin, size = self._call(driver.cuLinkComplete(state))
-            # The image belongs to the link state: copy it before destroying the state.
-            return ctypes.string_at(int(cubin), int(size))
-        finally:
-            self._call(driver.cuLinkDestroy(state))
+        return self.modules.compile_ptx(ptx)
 
     @staticmethod
     def _call(result: Any) -> tuple[Any, ...]:
@@ -211,24 +201,22 @@ class CudaBackend(Backend):
     def _abi(self, code: AbiError, what: str, exc: CudaCallError) -> AbiFailure:
         if int(exc.result) == _OUT_OF_MEMORY:
             code = AbiError.QUOTA_EXCEEDED
-        return AbiFailure(code, f"{what}: {exc.result_name}")
+        detail = f"\n{exc.log}" if exc.log else ""
+        return AbiFailure(code, f"{what}: {exc.result_name}{detail}")
 
     def open_stream(self) -> Stream:
-        driver = self._driver
         self._current()
-        flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
-        (stream,) = self._call(driver.cuStreamCreate(flags))
-        (start,) = self._call(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT))
-        (end,) = self._call(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT))
-        return _CudaStream(stream, start, end)
+        return self.streams.open()
 
     def close_stream(self, stream: Stream) -> None:
-        cuda_stream = _stream(stream)
+        """Releases a stream without waiting for it (its queued frees run in order)."""
         self._current()
-        self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
-        self._call(self._driver.cuEventDestroy(cuda_stream.start))
-        self._call(self._driver.cuEventDestroy(cuda_stream.end))
-        self._call(self._driver.cuStreamDestroy(cuda_stream.stream))
+        self.streams.close(_stream(stream))
+
+    def hung_streams(self) -> int:
+        """Streams kept past a deadline until the device is done with them (checked now)."""
+        self._current()
+        return self.streams.hung_count()
 
     def load(self, ptx: bytes, entry: str) -> Kernel:
         driver = self._driver
@@ -242,54 +230,66 @@ class CudaBackend(Backend):
             raise self._abi(AbiError.MALFORMED_PTX, "the driver refused the PTX", exc) from None
         try:
             (function,) = self._call(driver.cuModuleGetFunction(module, entry.encode("utf-8")))
+            facts = self.modules.facts(module, function, ptx, len(ptx))
         except CudaCallError as exc:
             self._call(driver.cuModuleUnload(module))
             message = f"no kernel {entry!r} in the PTX"
             raise self._abi(AbiError.MALFORMED_PTX, message, exc) from None
-        return _CudaKernel(module, function, entry, entry_param_sizes(ptx, entry))
+        if facts.local_bytes_per_thread > MAX_LOCAL_BYTES_PER_THREAD:
+            self._call(driver.cuModuleUnload(module))
+            raise AbiFailure(
+                AbiError.QUOTA_EXCEEDED,
+                f"{entry} uses {facts.local_bytes_per_thread} bytes of local memory per "
+                f"thread, more than {MAX_LOCAL_BYTES_PER_THREAD} (the device reserves it for "
+                f"each of its {self.modules.resident_threads} resident threads)",
+            )
+        return _CudaKernel(module, function, entry, facts.param_sizes, facts.device_bytes)
 
     def unload(self, kernel: Kernel) -> None:
         self._current()
-        self._call(self._driver.cuModuleUnload(_kernel(kernel).module))
+        module = _kernel(kernel).module
+        if not self.streams.defer_unload(module):  # a hung kernel may be this module's
+            self._call(self._driver.cuModuleUnload(module))
 
-    def stage(self, data: bytes) -> DeviceBuffer:
-        driver = self._driver
-        self._current()
+    def _alloc(self, size_bytes: int, cuda_stream: CudaStream) -> Any:
         try:
-            (pointer,) = self._call(driver.cuMemAlloc(max(len(data), 1)))
+            (pointer,) = self._call(self._driver.cuMemAllocAsync(size_bytes, cuda_stream.stream))
         except CudaCallError as exc:
-            raise self._abi(AbiError.INTERNAL, "cuMemAlloc failed", exc) from None
+            raise self._abi(AbiError.INTERNAL, "cuMemAllocAsync failed", exc) from None
+        return pointer
+
+    def stage(self, data: bytes, stream: Stream, *, guest_offset: int = 0) -> DeviceBuffer:
+        driver, cuda_stream = self._driver, _stream(stream)
+        self._current()
+        lead = lead_bytes(guest_offset)
+        pointer = self._alloc(max(lead + len(data), 1), cuda_stream)
+        buffer = _CudaBuffer(pointer, len(data), lead)
         if data:
             source = ctypes.create_string_buffer(data, len(data))
+            copy = driver.cuMemcpyHtoDAsync
             try:
-                self._call(driver.cuMemcpyHtoD(pointer, ctypes.addressof(source), len(data)))
+                self._call(
+                    copy(buffer.address, ctypes.addressof(source), len(data), cuda_stream.stream)
+                )
             except CudaCallError as exc:
-                self._call(driver.cuMemFree(pointer))
-                raise self._abi(AbiError.INTERNAL, "cuMemcpyHtoD failed", exc) from None
-        return _CudaBuffer(pointer, len(data))
+                self._call(driver.cuMemFreeAsync(pointer, cuda_stream.stream))
+                raise self._abi(AbiError.INTERNAL, "cuMemcpyHtoDAsync failed", exc) from None
+            cuda_stream.keep.append(source)
+        return buffer
 
     def read(self, buffer: DeviceBuffer, stream: Stream) -> bytes:
-        device = _buffer(buffer)
-        self._current()
-        self._call(self._driver.cuStreamSynchronize(_stream(stream).stream))
-        target = ctypes.create_string_buffer(device.size_bytes)
-        if device.size_bytes:
-            copy = self._driver.cuMemcpyDtoH
-            self._call(copy(ctypes.addressof(target), device.pointer, device.size_bytes))
-        return target.raw
+        return self.read_range(buffer, 0, buffer.size_bytes, stream)
 
-    def allocate(self, size_bytes: int) -> DeviceBuffer:
-        driver = self._driver
+    def allocate(self, size_bytes: int, stream: Stream) -> DeviceBuffer:
+        driver, cuda_stream = self._driver, _stream(stream)
         self._current()
+        pointer = self._alloc(max(size_bytes, 1), cuda_stream)
         try:
-            (pointer,) = self._call(driver.cuMemAlloc(max(size_bytes, 1)))
+            fill = driver.cuMemsetD8Async(pointer, 0, max(size_bytes, 1), cuda_stream.stream)
+            self._call(fill)
         except CudaCallError as exc:
-            raise self._abi(AbiError.INTERNAL, "cuMemAlloc failed", exc) from None
-        try:
-            self._call(driver.cuMemsetD8(pointer, 0, max(size_bytes, 1)))
-        except CudaCallError as exc:
-            self._call(driver.cuMemFree(pointer))
-            raise self._abi(AbiError.INTERNAL, "cuMemsetD8 failed", exc) from None
+            self._call(driver.cuMemFreeAsync(pointer, cuda_stream.stream))
+            raise self._abi(AbiError.INTERNAL, "cuMemsetD8Async failed", exc) from None
         return _CudaBuffer(pointer, size_bytes)
 
     def write(self, buffer: DeviceBuffer, offset_bytes: int, data: bytes, stream: Stream) -> None:
@@ -297,35 +297,35 @@ class CudaBackend(Backend):
             return
         device, cuda_stream = _buffer(buffer), _stream(stream)
         source = ctypes.create_string_buffer(data, len(data))
-        target = int(device.pointer) + offset_bytes
+        target = device.address + offset_bytes
         self._current()
         try:
-            # In the stream's order (after its launches), and done before `source` goes.
             copy = self._driver.cuMemcpyHtoDAsync
             self._call(copy(target, ctypes.addressof(source), len(data), cuda_stream.stream))
-            self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
         except CudaCallError as exc:
             raise self._abi(AbiError.LAUNCH_FAILED, "copying to a device buffer", exc) from None
+        cuda_stream.keep.append(source)  # read by the copy when the stream gets to it
 
     def read_range(
         self, buffer: DeviceBuffer, offset_bytes: int, length_bytes: int, stream: Stream
     ) -> bytes:
-        device = _buffer(buffer)
+        device, cuda_stream = _buffer(buffer), _stream(stream)
         target = ctypes.create_string_buffer(length_bytes)
         self._current()
         try:
-            self._call(self._driver.cuStreamSynchronize(_stream(stream).stream))
             if length_bytes:
-                source = int(device.pointer) + offset_bytes
-                copy = self._driver.cuMemcpyDtoH
-                self._call(copy(ctypes.addressof(target), source, length_bytes))
+                source = device.address + offset_bytes
+                copy = self._driver.cuMemcpyDtoHAsync
+                self._call(copy(ctypes.addressof(target), source, length_bytes, cuda_stream.stream))
+            # The stream's kernels are done (the batch waited for them): only the copy is left.
+            self._call(self._driver.cuStreamSynchronize(cuda_stream.stream))
         except CudaCallError as exc:
             raise self._abi(AbiError.LAUNCH_FAILED, "copying from a device buffer", exc) from None
         return target.raw
 
-    def free(self, buffer: DeviceBuffer) -> None:
+    def free(self, buffer: DeviceBuffer, stream: Stream) -> None:
         self._current()
-        self._call(self._driver.cuMemFree(_buffer(buffer).pointer))
+        self._call(self._driver.cuMemFreeAsync(_buffer(buffer).pointer, _stream(stream).stream))
 
     def launch(
         self,
@@ -346,37 +346,66 @@ class CudaBackend(Backend):
         slots: list[Any] = []
         for arg in args:
             if isinstance(arg, BufferArg):
-                base = int(_buffer(arg.buffer).pointer)
-                slots.append(ctypes.c_uint64(base + arg.offset_bytes))
+                address = _buffer(arg.buffer).address + arg.offset_bytes
+                slots.append(ctypes.c_uint64(address))
             elif isinstance(arg, ScalarArg):
                 slots.append(_CTYPES[arg.tag](arg.value))
-        # cuLaunchKernel copies the values at the call: `slots` need only outlive it.
-        params = (ctypes.c_void_p * max(len(slots), 1))(*[ctypes.addressof(s) for s in slots])
+        # One pointer per parameter the driver reports (checked above); the driver copies
+        # the values at the call, so `slots` need only outlive it.
+        params = (ctypes.c_void_p * len(slots))(*[ctypes.addressof(s) for s in slots])
         self._current()
-        started = time.perf_counter()
         try:
-            self._call(driver.cuEventRecord(cuda_stream.start, cuda_stream.stream))
+            start, end = self.streams.event_pair(cuda_stream)
+            self._call(driver.cuEventRecord(start, cuda_stream.stream))
             launched = driver.cuLaunchKernel(
                 function, *grid, *block, shared_mem_bytes, cuda_stream.stream,
-                ctypes.addressof(params), 0,
+                params if slots else None, 0,
             )  # fmt: skip
             self._call(launched)
-            self._call(driver.cuEventRecord(cuda_stream.end, cuda_stream.stream))
-            self._call(driver.cuStreamSynchronize(cuda_stream.stream))
-            elapsed = driver.cuEventElapsedTime(cuda_stream.start, cuda_stream.end)
-            (milliseconds,) = self._call(elapsed)
-            seconds = float(milliseconds) / 1000.0
+            self._call(driver.cuEventRecord(end, cuda_stream.stream))
         except CudaCallError as exc:
             raise self._abi(AbiError.LAUNCH_FAILED, f"launching {kernel.entry}", exc) from None
-        if seconds <= 0.0:
-            seconds = time.perf_counter() - started
+        cuda_stream.launched += 1
         written = frozenset(i for i, arg in enumerate(args) if isinstance(arg, BufferArg))
-        return LaunchResult(kernel_seconds=seconds, written=written)
+        return LaunchResult(kernel_seconds=0.0, written=written)
+
+    def finish(self, stream: Stream, deadline: float | None) -> float:
+        self._current()
+        try:
+            return self.streams.finish(_stream(stream), deadline)
+        except CudaCallError as exc:
+            raise self._abi(AbiError.LAUNCH_FAILED, "the queued work failed", exc) from None
 
     def close(self) -> None:
         if self.cubins is not None:
             self.cubins.store.close()
+        self._current()
+        hung = self.streams.hung_count()
+        if hung:
+            # Releasing the context would wait for kernels that may never end: the
+            # process exit ends them.
+            _log.warning("closing with kernels still running", extra={"streams": hung})
+            return
         self._call(self._driver.cuDevicePrimaryCtxRelease(self._device))
+
+    def healthy(self) -> bool:
+        """Whether the context still runs work: after a sticky error (an illegal address,
+        a trap, a launch timeout) every later call of the context fails the same way, and
+        only a new context (a new worker process) recovers. A kernel still running past its
+        deadline counts too: nothing but the end of the context stops it (and
+        `cuCtxSynchronize` would wait for it forever)."""
+        try:
+            self._current()
+            if self.streams.hung_count():
+                return False
+            self._call(self._driver.cuCtxSynchronize())
+        except CudaCallError:
+            return False
+        return True
+
+
+def _as_tuple(result: Any) -> tuple[Any, ...]:
+    return result if isinstance(result, tuple) else (result,)
 
 
 def _check_launch(
@@ -395,7 +424,11 @@ def _check_launch(
         )
     expected = kernel.param_sizes
     if expected is None:
-        return
+        raise AbiFailure(
+            AbiError.INVALID_ARGS,
+            f"{kernel.entry}: the driver does not report the kernel's parameters, so the "
+            f"argv cannot be checked against them",
+        )
     got = tuple(_arg_size(arg) for arg in args)
     if got != expected:
         raise AbiFailure(
@@ -405,8 +438,8 @@ def _check_launch(
         )
 
 
-def _stream(stream: Stream) -> _CudaStream:
-    if not isinstance(stream, _CudaStream):
+def _stream(stream: Stream) -> CudaStream:
+    if not isinstance(stream, CudaStream):
         raise TypeError("not a stream of the cuda backend")
     return stream
 

@@ -48,15 +48,18 @@ class DeviceReport:
 class CudaCallError(RuntimeError):
     """A CUDA driver call returned something other than CUDA_SUCCESS."""
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: Any, log: str = "") -> None:
         """Records the failing CUresult.
 
         Args:
             result: The CUresult the call returned.
+            log: What the driver's JIT said about it (ptxas's diagnostics), if anything.
         """
         self.result = result
         self.result_name = str(getattr(result, "name", result))
-        super().__init__(f"{self.result_name} ({int(result)})")
+        self.log = log
+        detail = f": {log}" if log else ""
+        super().__init__(f"{self.result_name} ({int(result)}){detail}")
 
 
 def _check(result: Any) -> tuple[Any, ...]:

@@ -54,6 +54,7 @@ from tensorwasm_executor.gpu.batch import (
     staged_bytes,
 )
 from tensorwasm_executor.gpu.sender import BatchSender
+from tensorwasm_executor.metrics import KERNEL_DISPATCHES
 
 _log = logging.getLogger(__name__)
 
@@ -250,6 +251,7 @@ class CudaSession:
             self._flush(memory)  # full by bytes: send what is queued first
         self._pending.append(launch)
         self._pending_bytes += launch_bytes
+        KERNEL_DISPATCHES.inc()
         if len(self._pending) >= self._max_commands:
             self._flush(memory)  # full by commands
 

@@ -12,10 +12,18 @@ from dataclasses import dataclass
 
 from tensorwasm_common.errors import InvalidWasmError
 
+from tensorwasm_executor.wasm.binary import (
+    Reader,
+    Section,
+    encode_name,
+    join_sections,
+    split_sections,
+    uleb,
+)
+
 __all__ = ["PROBE_PREFIX", "Probe", "Probes", "export_everything"]
 
 PROBE_PREFIX = "__tensorwasm_probe_"
-_HEADER = b"\x00asm\x01\x00\x00\x00"
 _SECTION_IMPORT, _SECTION_MEMORY, _SECTION_GLOBAL, _SECTION_EXPORT = 2, 5, 6, 7
 # Non-custom sections that must come before the export section (the tag section, 13,
 # sits between memory and global).
@@ -42,66 +50,9 @@ class Probes:
     globals: tuple[Probe, ...]
 
 
-class _Reader:
-    def __init__(self, data: bytes, position: int = 0) -> None:
-        self.data = data
-        self.position = position
-
-    def byte(self) -> int:
-        if self.position >= len(self.data):
-            raise InvalidWasmError("truncated module")
-        value = self.data[self.position]
-        self.position += 1
-        return value
-
-    def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self.byte()
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
-            if shift > 63:
-                raise InvalidWasmError("malformed LEB128 integer")
-
-    def name(self) -> str:
-        length = self.uleb()
-        raw = self.data[self.position : self.position + length]
-        if len(raw) != length:
-            raise InvalidWasmError("truncated name")
-        self.position += length
-        return raw.decode("utf-8", "replace")
-
-    def limits(self) -> None:
-        flags = self.byte()
-        self.uleb()
-        if flags & 0x01:
-            self.uleb()
-        if flags & 0x08:  # custom page size (log2)
-            self.uleb()
-
-
-def _uleb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _encode_name(name: str) -> bytes:
-    raw = name.encode("utf-8")
-    return _uleb(len(raw)) + raw
-
-
 def _imported_counts(payload: bytes) -> tuple[int, int]:
     """(imported memories, imported globals) of an import section's payload."""
-    reader = _Reader(payload)
+    reader = Reader(payload)
     memories = globals_ = 0
     for _ in range(reader.uleb()):
         reader.name()
@@ -128,7 +79,7 @@ def _imported_counts(payload: bytes) -> tuple[int, int]:
 
 
 def _exports(payload: bytes) -> list[tuple[str, int, int]]:
-    reader = _Reader(payload)
+    reader = Reader(payload)
     return [(reader.name(), reader.byte(), reader.uleb()) for _ in range(reader.uleb())]
 
 
@@ -142,27 +93,16 @@ def export_everything(wasm: bytes) -> Probes:
     Raises:
         InvalidWasmError: the bytes are not a well-formed module binary.
     """
-    if not wasm.startswith(_HEADER):
-        raise InvalidWasmError("not a wasm binary module (version 1)")
-    reader = _Reader(wasm, len(_HEADER))
-    sections: list[tuple[int, bytes]] = []
-    while reader.position < len(wasm):
-        section_id = reader.byte()
-        size = reader.uleb()
-        payload = wasm[reader.position : reader.position + size]
-        if len(payload) != size:
-            raise InvalidWasmError("truncated section")
-        reader.position += size
-        sections.append((section_id, payload))
+    sections = split_sections(wasm)
     imported_memories = imported_globals = defined_memories = defined_globals = 0
     exports: list[tuple[str, int, int]] = []
     for section_id, payload in sections:
         if section_id == _SECTION_IMPORT:
             imported_memories, imported_globals = _imported_counts(payload)
         elif section_id == _SECTION_MEMORY:
-            defined_memories = _Reader(payload).uleb()
+            defined_memories = Reader(payload).uleb()
         elif section_id == _SECTION_GLOBAL:
-            defined_globals = _Reader(payload).uleb()
+            defined_globals = Reader(payload).uleb()
         elif section_id == _SECTION_EXPORT:
             exports = _exports(payload)
     named = {(kind, index): name for name, kind, index in reversed(exports)}
@@ -175,12 +115,11 @@ def export_everything(wasm: bytes) -> Probes:
         if probe.exported_as is None
     ]
     entries = b"".join(
-        _encode_name(name) + bytes([kind]) + _uleb(index) for name, kind, index in exports + added
+        encode_name(name) + bytes([kind]) + uleb(index) for name, kind, index in exports + added
     )
-    export_payload = _uleb(len(exports) + len(added)) + entries
+    export_payload = uleb(len(exports) + len(added)) + entries
     rebuilt = _with_export_section(sections, export_payload)
-    body = b"".join(bytes([sid]) + _uleb(len(payload)) + payload for sid, payload in rebuilt)
-    return Probes(_HEADER + body, memories, globals_)
+    return Probes(join_sections(rebuilt), memories, globals_)
 
 
 def _probes(
@@ -194,9 +133,7 @@ def _probes(
     return tuple(probes)
 
 
-def _with_export_section(
-    sections: list[tuple[int, bytes]], export_payload: bytes
-) -> list[tuple[int, bytes]]:
+def _with_export_section(sections: list[Section], export_payload: bytes) -> list[Section]:
     """The sections with the export section replaced, or inserted in its place in order."""
     if any(sid == _SECTION_EXPORT for sid, _ in sections):
         return [

@@ -10,10 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
+from tensorwasm_executor.metrics import ACTIVE_INSTANCES, INSTANCE_SPAWNS, INSTANCE_TERMINATIONS
 from tensorwasm_executor.wasm import instance_image as preinit
 from tensorwasm_executor.wasm import rawcall
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
+from tensorwasm_executor.wasm.guest_channel import CURRENT as CHANNEL
+from tensorwasm_executor.wasm.guest_channel import ChunkSink, GuestChannel
 from tensorwasm_executor.wasm.guest_io import OutputCapture, OutputSink, WasiOptions
 from tensorwasm_executor.wasm.host_modules import CURRENT, HostState
 from tensorwasm_executor.wasm.instance_image import InstanceImage
@@ -70,6 +74,13 @@ class EpochWatch:
         return None
 
 
+def _counter(store: wasmtime.Store, instance: object, name: str) -> int:
+    """The value of the instance's exported i32 counter global `name`."""
+    item = preinit.export_of(store, instance, name, ffi.WASMTIME_EXTERN_GLOBAL)
+    _, bits = preinit.read_global(store, item)
+    return int.from_bytes(bits[:4], "little")
+
+
 class CallStore:
     """A store with WASI wired to per-call output captures, and (once made) its instance.
 
@@ -96,6 +107,7 @@ class CallStore:
         # The store's host state; `final_calls`: each call is the store's last.
         self.host_state = host_state
         self._final_calls = final_calls
+        self.channel = GuestChannel()
         config = wasmtime.WasiConfig()
         if stdin:
             rawcall.set_stdin_bytes(config, stdin)
@@ -110,6 +122,9 @@ class CallStore:
         self.store = wasmtime.Store(engine)
         self.instance: object | None = None
         self.watch: EpochWatch | None = None
+        # The cap-hit counters' values seen so far, and whether the last call raised them.
+        self._cap_hits_seen = (0, 0)
+        self._caps_hit = (False, False)
         try:
             self.store.set_wasi(config)
             self.store.set_limits(memory_size=memory_bytes, table_elements=table_elements)
@@ -134,11 +149,16 @@ class CallStore:
         fuel_metering: bool,
         on_output: OutputSink | None,
         events: Sequence[threading.Event],
+        guest_input: bytes = b"",
+        on_chunk: ChunkSink | None = None,
     ) -> None:
-        """Arms the store for one call: fresh output captures, the deadline, the fuel."""
+        """Arms the store for one call: fresh output captures, a fresh guest channel
+        (`guest_input` staged, chunks to `on_chunk` or collected), the deadline, the fuel."""
         self.stdout = OutputCapture(limits.output_bytes, "stdout", on_output)
         self.stderr = OutputCapture(limits.output_bytes, "stderr", on_output)
         deadline = time.monotonic() + limits.timeout_seconds
+        self.channel = GuestChannel(guest_input, on_chunk)
+        self.channel.arm(deadline, events)
         if self.host_state is not None:
             self.host_state.begin_call(deadline)
         if self.watch is not None:
@@ -166,9 +186,12 @@ class CallStore:
         failure = None
         if self.host_state is not None:
             CURRENT.state = self.host_state
+        CHANNEL.channel = self.channel
         try:
             if self.instance is None:
                 self.instance = rawcall.instantiate(module.instance_pre, self.store)
+                INSTANCE_SPAWNS.inc()
+                ACTIVE_INSTANCES.inc()
                 if image is not None:
                     preinit.apply_image(self.store, self.instance, image)
             if info is not None:
@@ -180,11 +203,28 @@ class CallStore:
             returns = info is not None and bool(info.results)
             failure = stopped_failure(stopped) if stopped else failure_of(exc, returns)
         finally:
+            CHANNEL.channel = None
             if self.host_state is not None:
                 CURRENT.state = None
+        elapsed = time.perf_counter() - started
+        self._read_cap_hits(module)
         if self.host_state is not None:
             self._end_host_call(completed=failure is None)
-        return (None if failure else results), failure, time.perf_counter() - started
+        return (None if failure else results), failure, elapsed
+
+    def _read_cap_hits(self, module: CompiledModule) -> None:
+        """Sets which caps the call just run ran into, from the module's counters."""
+        if self.instance is None or module.cap_counters == (None, None):
+            self._caps_hit = (False, False)
+            return
+        counts = tuple(
+            0 if name is None else _counter(self.store, self.instance, name)
+            for name in module.cap_counters
+        )
+        memory, table = counts
+        seen_memory, seen_table = self._cap_hits_seen
+        self._caps_hit = (memory != seen_memory, table != seen_table)
+        self._cap_hits_seen = (memory, table)
 
     def _end_host_call(self, *, completed: bool) -> None:
         """Lets the host state finish the call (e.g. run the GPU work it left queued)."""
@@ -206,6 +246,9 @@ class CallStore:
             stdout_truncated=self.stdout.truncated,
             stderr_truncated=self.stderr.truncated,
             guest_seconds=elapsed,
+            memory_cap_hit=self._caps_hit[0],
+            table_cap_hit=self._caps_hit[1],
+            chunks=bytes(self.channel.chunks),
         )
 
     def close(self) -> None:
@@ -217,4 +260,8 @@ class CallStore:
                 _log.exception("a host module failed to close")
             self.host_state = None
         self.store.close()
+        if self.instance is not None:
+            INSTANCE_TERMINATIONS.inc()
+            ACTIVE_INSTANCES.dec()
+            self.instance = None
         self.watch = None  # only now may the ctypes callback be collected

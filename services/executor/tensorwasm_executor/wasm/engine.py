@@ -18,7 +18,7 @@ from tensorwasm_executor.errors import (
     UnsatisfiedImportError,
     UnsupportedValueTypeError,
 )
-from tensorwasm_executor.wasm import rawcall
+from tensorwasm_executor.wasm import cap_watch, rawcall, tensor_host
 from tensorwasm_executor.wasm.host_modules import HostModule
 from tensorwasm_executor.wasm.values import ValueType, WasmValue
 
@@ -58,6 +58,8 @@ class CompiledModule:
     engine: wasmtime.Engine = field(repr=False)
     unrepresentable: frozenset[str] = field(repr=False)
     imported_modules: frozenset[str] = field(default=frozenset(), repr=False)
+    # The cap-hit counters the module exports (`cap_watch`): (memory, table), None if absent.
+    cap_counters: tuple[str | None, str | None] = field(default=(None, None), repr=False)
     _by_name: Mapping[str, ExportInfo] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,13 +111,15 @@ def _signature(types: Sequence[ValueType]) -> str:
 def new_engine(
     flags: Mapping[str, bool | str | int], host_modules: Sequence[HostModule]
 ) -> tuple[wasmtime.Engine, wasmtime.Linker, str]:
-    """An engine with `flags`, its linker (WASI and `host_modules` defined), its fingerprint."""
+    """An engine with `flags`, its linker (WASI, `wasi:tensor`, `wasi:scheduler` and
+    `host_modules` defined), its fingerprint."""
     config = wasmtime.Config()
     for flag, value in flags.items():
         setattr(config, flag, value)
     engine = wasmtime.Engine(config)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
+    tensor_host.define(linker)
     for host in host_modules:
         host.define(linker)
     return engine, linker, _fingerprint(flags)
@@ -126,6 +130,7 @@ def _fingerprint(flags: Mapping[str, bool | str | int]) -> str:
         "wasmtime": importlib.metadata.version("wasmtime"),
         "flags": dict(flags),
         "machine": platform.machine(),
+        "instrumentation": cap_watch.VERSION,
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
@@ -150,9 +155,11 @@ def link(
         raise UnsatisfiedImportError(
             str(exc), metadata={"module": where[0], "name": where[1]}
         ) from None
-    exports, unrepresentable = [], set()
+    exports, unrepresentable, globals_ = [], set(), set()
     for export in module.exports:
-        if isinstance(export.type, wasmtime.FuncType):
+        if isinstance(export.type, wasmtime.GlobalType):
+            globals_.add(export.name)
+        elif isinstance(export.type, wasmtime.FuncType):
             signature = rawcall.signature_of(export.type)
             if signature is None:
                 unrepresentable.add(export.name)
@@ -167,4 +174,8 @@ def link(
         engine,
         frozenset(unrepresentable),
         frozenset(entry.module for entry in module.imports),
+        (
+            cap_watch.MEMORY_COUNTER if cap_watch.MEMORY_COUNTER in globals_ else None,
+            cap_watch.TABLE_COUNTER if cap_watch.TABLE_COUNTER in globals_ else None,
+        ),
     )

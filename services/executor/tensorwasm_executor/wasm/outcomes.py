@@ -44,6 +44,11 @@ class Outcome:
     stdout_truncated: bool
     stderr_truncated: bool
     guest_seconds: float
+    # A memory.grow (table.grow) was refused during the call because of the executor's cap
+    # (the guest saw -1); see `cap_watch`.
+    memory_cap_hit: bool = False
+    table_cap_hit: bool = False
+    chunks: bytes = b""  # emitted with wasi:tensor (empty when they were streamed)
 
 
 CANCELLED = Failure("CANCELLED", None, "the call was cancelled", None)

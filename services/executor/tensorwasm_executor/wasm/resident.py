@@ -10,6 +10,7 @@ from typing import Protocol
 from tensorwasm_executor.errors import InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import CompiledModule
+from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import OutputSink
 from tensorwasm_executor.wasm.outcomes import Outcome
 from tensorwasm_executor.wasm.values import WasmValue
@@ -43,8 +44,16 @@ class Resident:
     running call within about one epoch tick and closes the store once it has returned.
     """
 
-    def __init__(self, sandbox: Sandbox, module: CompiledModule, call_store: CallStore) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        module: CompiledModule,
+        call_store: CallStore,
+        *,
+        guest_input: bytes = b"",
+    ) -> None:
         self.module = module
+        self._input = guest_input  # the instance's wasi:tensor input, for calls without one
         self._sandbox = sandbox
         self._tick = sandbox.epoch_tick_seconds  # read once: calls are the hot path
         self._call_store: CallStore | None = call_store
@@ -66,8 +75,11 @@ class Resident:
         fuel: int | None = None,
         on_output: OutputSink | None = None,
         cancel: threading.Event | None = None,
+        guest_input: bytes = b"",
+        on_chunk: ChunkSink | None = None,
     ) -> Outcome:
-        """Calls `export` on this instance; the arguments and limits are as `Sandbox.invoke`'s.
+        """Calls `export` on this instance; the arguments and limits are as `Sandbox.invoke`'s
+        (an empty `guest_input` stages the instance's own).
 
         Raises:
             ResidentGoneError: the instance was terminated.
@@ -92,6 +104,7 @@ class Resident:
                 call_store.begin(
                     limits, self._tick, fuel_metering=sandbox.fuel_metering,
                     on_output=on_output, events=events,
+                    guest_input=guest_input or self._input, on_chunk=on_chunk,
                 )  # fmt: skip
                 return call_store.outcome(*call_store.run(self.module, info, args))
         finally:

@@ -19,6 +19,7 @@ from cachetools import LRUCache
 from tensorwasm_common.errors import InvalidArgumentError, InvalidWasmError, UnavailableError
 
 from tensorwasm_executor.errors import FuelUnsupportedError, InstanceBusyError, ResidentGoneError
+from tensorwasm_executor.wasm import cap_watch
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import (
     ENGINE_FLAGS,
@@ -27,6 +28,7 @@ from tensorwasm_executor.wasm.engine import (
     link,
     new_engine,
 )
+from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
 from tensorwasm_executor.wasm.host_modules import HostModule, HostState, current_host_state
 from tensorwasm_executor.wasm.instance_image import InstanceImage
@@ -118,7 +120,8 @@ class Sandbox:
             return cached
         try:
             wasmtime.Module.validate(self._engine, wasm)
-            module = wasmtime.Module(self._engine, wasm)
+            # Grows counted for the outcome's cap flags; a module it cannot rewrite as is.
+            module = wasmtime.Module(self._engine, cap_watch.instrument(wasm) or wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
         return self._install(digest, module, len(wasm))
@@ -172,6 +175,8 @@ class Sandbox:
         wasi: WasiOptions = NO_WASI_OPTIONS,
         host_state: HostState | None = None,
         image: InstanceImage | None = None,
+        guest_input: bytes = b"",
+        on_chunk: ChunkSink | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -202,9 +207,13 @@ class Sandbox:
                 store's only call is final for it.
             image: a pre-initialised image of `module`, written into the instance
                 before the call (init is not run again).
+            guest_input: the bytes the guest reads through `wasi:tensor` read_input.
+            on_chunk: receives each chunk the guest emits (`wasi:tensor` emit_chunk) on
+                the guest's thread, and returns False once its consumer is gone; without
+                it the chunks are collected into the Outcome's `chunks`.
 
         Returns:
-            The Outcome: results or a Failure, captured output and guest time.
+            The Outcome: results or a Failure, captured output, chunks and guest time.
 
         Raises:
             ExportNotFoundError, UnsupportedValueTypeError, ArgumentMismatchError: bad call.
@@ -225,7 +234,8 @@ class Sandbox:
                 events = () if cancel is None else (cancel,)
                 call_store.begin(
                     limits, self._tick, fuel_metering=self.fuel_metering,
-                    on_output=on_output, events=events,
+                    on_output=on_output, events=events, guest_input=guest_input,
+                    on_chunk=on_chunk,
                 )  # fmt: skip
                 if cancel is not None and cancel.is_set():
                     return call_store.outcome(None, CANCELLED, 0.0)
@@ -244,6 +254,7 @@ class Sandbox:
         max_memory_bytes: int | None = None,
         host_state: HostState | None = None,
         image: InstanceImage | None = None,
+        guest_input: bytes = b"",
     ) -> tuple[Resident | None, Outcome]:
         """Instantiates `module` into a long-lived store (running its start function).
 
@@ -258,6 +269,8 @@ class Sandbox:
                 when the instance is terminated).
             image: a pre-initialised image of `module`, written into the instance once
                 it is instantiated.
+            guest_input: the instance's `wasi:tensor` input: the start function's, and
+                that of every call that stages none of its own.
 
         Returns:
             (the Resident, the instantiation's Outcome), or (None, the Outcome with the
@@ -275,13 +288,14 @@ class Sandbox:
                 table_elements=self._max_table_elements, watched=True, host_state=host_state,
             )  # fmt: skip
             call_store.begin(
-                limits, self._tick, fuel_metering=self.fuel_metering, on_output=None, events=()
-            )
+                limits, self._tick, fuel_metering=self.fuel_metering, on_output=None,
+                events=(), guest_input=guest_input,
+            )  # fmt: skip
             outcome = call_store.outcome(*call_store.run(module, None, (), image))
             if outcome.failure is not None:
                 call_store.close()
                 return None, outcome
-        return Resident(self, module, call_store), outcome
+        return Resident(self, module, call_store, guest_input=guest_input), outcome
 
     @contextmanager
     def init_store(

@@ -17,8 +17,10 @@ from tensorwasm_gateway.access.ratelimit import (
     AuthFailureThrottle,
     BucketConfig,
     ConcurrencyCaps,
+    Limiter,
     RateLimiter,
 )
+from tensorwasm_gateway.access.shared_limits import SharedRateLimiter, limiter_for
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
 from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
@@ -39,14 +41,17 @@ __all__ = [
     "FdSink",
     "Guard",
     "GuardInterceptor",
+    "Limiter",
     "MethodPolicies",
     "MethodPolicy",
     "Principal",
     "RateLimiter",
     "Scope",
+    "SharedRateLimiter",
     "TokenReloader",
     "TokenStore",
     "TrustedProxies",
+    "limiter_for",
     "open_sink",
     "parse_tokens",
     "policy_of",

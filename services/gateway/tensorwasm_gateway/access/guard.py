@@ -44,7 +44,7 @@ from tensorwasm_gateway.access.ratelimit import (
     AuthFailureThrottle,
     BucketConfig,
     ConcurrencyCaps,
-    RateLimiter,
+    Limiter,
 )
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.tokens import (
@@ -148,7 +148,7 @@ class Guard:
     def __init__(
         self,
         tokens: TokenStore,
-        limiter: RateLimiter,
+        limiter: Limiter,
         caps: ConcurrencyCaps,
         audit: AuditLog,
         policies: MethodPolicies = GATEWAY_POLICIES,

@@ -25,6 +25,7 @@ GATEWAY_SERVICE = "tensorwasm.gateway.v1.GatewayService"
 # (No RPC of the public API is a fleet operation today, so none is `admin`.)
 GATEWAY_RPCS: Mapping[str, tuple[CallClass, bool]] = {
     "CreateFunction": ("write", True),
+    "UploadFunction": ("write", True),
     "GetFunction": ("read", False),
     "ListFunctions": ("read", False),
     "DeleteFunction": ("write", True),

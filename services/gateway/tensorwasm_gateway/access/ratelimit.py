@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from tensorwasm_gateway.errors import (
     AuthThrottledError,
@@ -49,6 +50,19 @@ class BucketConfig:
     def enabled(self) -> bool:
         """True when the layer limits anything."""
         return self.burst > 0
+
+
+class Limiter(Protocol):
+    """What the guard needs of a rate limiter (this module's, or the shared one)."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when any layer limits anything."""
+        ...
+
+    def take(self, token_id: str, tenant: str) -> None:
+        """Takes one request from each applicable bucket, or raises RateLimitedError."""
+        ...
 
 
 class _Bucket:

@@ -11,7 +11,6 @@ from tensorwasm_gateway.functions.registry import (
     FunctionRecord,
     InstanceRecord,
     Registry,
-    add_missing_columns,
     now_ns,
 )
 from tensorwasm_gateway.functions.service import (
@@ -21,6 +20,13 @@ from tensorwasm_gateway.functions.service import (
     function_id_from_name,
     offload_declarations,
     resolve_init_export,
+)
+from tensorwasm_gateway.functions.upload import (
+    ModuleUpload,
+    UploadHeader,
+    empty_part,
+    no_header,
+    second_header,
 )
 
 __all__ = [
@@ -32,12 +38,16 @@ __all__ = [
     "FunctionRecord",
     "FunctionService",
     "InstanceRecord",
+    "ModuleUpload",
     "References",
     "Registry",
-    "add_missing_columns",
+    "UploadHeader",
     "choose_export",
+    "empty_part",
     "function_id_from_name",
+    "no_header",
     "now_ns",
     "offload_declarations",
     "resolve_init_export",
+    "second_header",
 ]

@@ -3,7 +3,7 @@
 A deploy takes the tenant's reference `functions/{id}` as it stores the module, before
 an executor compiles it; a failed deploy and a deleted function release it. When the
 store cannot take the release (it is down, or the caller went away mid-release), the
-release is recorded durably in the registry database and retried in the background
+release is recorded durably in the gateway's database and retried in the background
 until the store takes it: a reference nobody releases would keep the module charged to
 the tenant's quota for ever (nothing else can remove it: no function names it).
 
@@ -30,15 +30,6 @@ from tensorwasm_gateway.errors import FunctionNotFoundError
 from tensorwasm_gateway.functions.registry import Registry
 
 _log = logging.getLogger(__name__)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending_releases (
-    tenant TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    ref_name TEXT NOT NULL,
-    since_ns INTEGER NOT NULL,
-    PRIMARY KEY (tenant, digest, ref_name)
-) WITHOUT ROWID;
-"""
 _BATCH = 100
 
 PENDING_RELEASES = Gauge(
@@ -66,8 +57,6 @@ class References:
         self._store = store
         self._locks: weakref.WeakValueDictionary[Key, asyncio.Lock] = weakref.WeakValueDictionary()
         self._retrier: asyncio.Task[None] | None = None
-        with registry.locked() as db:
-            db.executescript(_SCHEMA)
 
     @contextlib.asynccontextmanager
     async def taking(self, tenant: str, digest: str, reference: str) -> AsyncIterator[None]:
@@ -130,12 +119,12 @@ class References:
 
     def pending(self) -> list[Key]:
         """The recorded releases, oldest first (at most a batch)."""
-        with self._registry.locked() as db:
-            rows = db.execute(
+        with self._registry.database.transaction() as session:
+            rows = session.execute(
                 "SELECT tenant, digest, ref_name FROM pending_releases ORDER BY since_ns LIMIT ?",
                 (_BATCH,),
-            ).fetchall()
-            (count,) = db.execute("SELECT COUNT(*) FROM pending_releases").fetchone()
+            ).rows
+            (count,) = session.execute("SELECT COUNT(*) FROM pending_releases").rows[0]
         PENDING_RELEASES.set(count)
         return [(str(t), str(d), str(r)) for t, d, r in rows]
 
@@ -146,20 +135,18 @@ class References:
         return lock
 
     def _record(self, tenant: str, digest: str, reference: str) -> None:
-        with self._registry.locked() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO pending_releases VALUES (?, ?, ?, ?)",
-                (tenant, digest, reference, time.time_ns()),
-            )
+        cursor = self._registry.database.execute(
+            "INSERT INTO pending_releases VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (tenant, digest, reference, time.time_ns()),
+        )
         if cursor.rowcount:
             PENDING_RELEASES.inc()
 
     def _forget(self, tenant: str, digest: str, reference: str) -> None:
-        with self._registry.locked() as db:
-            db.execute(
-                "DELETE FROM pending_releases WHERE tenant = ? AND digest = ? AND ref_name = ?",
-                (tenant, digest, reference),
-            )
+        self._registry.database.execute(
+            "DELETE FROM pending_releases WHERE tenant = ? AND digest = ? AND ref_name = ?",
+            (tenant, digest, reference),
+        )
 
     def _live(self, tenant: str, digest: str, reference: str) -> bool:
         """True when a function of the tenant holds `reference` to `digest` again."""

@@ -1,45 +1,34 @@
-"""The durable function registry in SQLite (WAL, synchronous=FULL), scoped by tenant."""
+"""The durable function registry, scoped by tenant, on the gateway's database.
+
+Every write commits before it returns. Invoke's lookup does no database round trip when it
+can avoid one: on SQLite it reads the local file inline (a primary-key read in WAL mode,
+~10 µs, cheaper than a hop to a worker thread); on PostgreSQL it reads the FunctionCache,
+which every gateway invalidates from the registry's NOTIFY on each delete.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tensorwasm_common.database import ConstraintViolation, Database, Engine, Listener
 from tensorwasm_common.errors import InstanceNotFoundError
 
 from tensorwasm_gateway.calls import ExportRecord
 from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
+from tensorwasm_gateway.functions.cache import FunctionCache
+from tensorwasm_gateway.state import open_database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS functions (
-    tenant TEXT NOT NULL,
-    function_id TEXT NOT NULL,
-    module_digest TEXT NOT NULL,
-    module_size_bytes INTEGER NOT NULL,
-    exports_json TEXT NOT NULL,
-    create_time_ns INTEGER NOT NULL,
-    config BLOB NOT NULL DEFAULT x'',
-    PRIMARY KEY (tenant, function_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS instances (
-    tenant TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    function_id TEXT NOT NULL,
-    module_digest TEXT NOT NULL,
-    executor TEXT NOT NULL,
-    idle_ttl_ns INTEGER NOT NULL,
-    create_time_ns INTEGER NOT NULL,
-    PRIMARY KEY (tenant, instance_id)
-) WITHOUT ROWID;
-"""
-# Columns added after a table's first release: (table, column, definition).
-_MIGRATIONS = (("functions", "config", "BLOB NOT NULL DEFAULT x''"),)
+# NOTIFY channel of function deletes (a redeploy deletes first; only found functions are
+# cached, so a create changes nothing cached); the payload is ["tenant", "function_id"].
+CHANGES_CHANNEL = "tensorwasm_gateway_functions"
+
+_SELECT_FUNCTION = "SELECT * FROM functions WHERE tenant = ? AND function_id = ?"
 
 
 @dataclass(frozen=True)
@@ -69,24 +58,25 @@ class InstanceRecord:
 
 
 class Registry:
-    """Function rows; every write is committed durably before it returns."""
+    """Function and instance rows on the gateway's database."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            add_missing_columns(self._db, _MIGRATIONS)
-        # Point reads on the hot path (Invoke's lookup) use their own connection, inline on
-        # the event loop: in WAL mode a reader never waits for the writer, and a primary-key
-        # read (~10 µs) costs far less than a hop to a worker thread and back.
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._reader.execute("PRAGMA busy_timeout=100")
+    def __init__(self, target: Database | Path) -> None:
+        """On `target`, an open (migrated) database or the path of an SQLite file."""
+        self.database = target if isinstance(target, Database) else open_database(target)
+        self._cache: FunctionCache[FunctionRecord] | None = None
+        self._listener: Listener | None = None
+        self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        if self.database.engine is Engine.POSTGRESQL:
+            self._cache = FunctionCache()
+            self._listener = Listener(
+                self.database.url, CHANGES_CHANNEL, self._changed, self._cache.clear
+            )
+            self._listener.start()
+        else:  # a connection of its own: in WAL mode a reader never waits for the writer
+            path = self.database.url.sqlite_path
+            self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # type: ignore[arg-type]
+            self._reader.execute("PRAGMA busy_timeout=100")
 
     def insert(self, record: FunctionRecord) -> None:
         """Adds a function; FunctionAlreadyExistsError if the tenant has one of that id."""
@@ -94,8 +84,8 @@ class Registry:
             [{"name": e.name, "params": e.params, "results": e.results} for e in record.exports]
         )
         try:
-            with self._lock:
-                self._db.execute(
+            with self.database.transaction() as session:
+                session.execute(
                     "INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.tenant,
@@ -107,126 +97,136 @@ class Registry:
                         record.config,
                     ),
                 )
-        except sqlite3.IntegrityError:
+        except ConstraintViolation:
             raise FunctionAlreadyExistsError(
                 f"function {record.function_id!r} already exists",
                 metadata={"function_id": record.function_id},
             ) from None
 
     def get(self, tenant: str, function_id: str) -> FunctionRecord:
-        """The function; FunctionNotFoundError when the tenant has none of that id."""
-        return _function(self._db, self._lock, tenant, function_id)
+        """The function, read from the database; FunctionNotFoundError when the tenant
+        has none of that id."""
+        return _found(
+            self.database.execute(_SELECT_FUNCTION, (tenant, function_id)).one(), function_id
+        )
 
-    def lookup(self, tenant: str, function_id: str) -> FunctionRecord:
-        """`get` on the read connection: cheap enough to call on the event loop."""
-        return _function(self._reader, self._reader_lock, tenant, function_id)
+    def lookup(self, tenant: str, function_id: str) -> FunctionRecord | None:
+        """The function without a round trip to a database server: cheap enough for the
+        event loop. None when the caller must `load` it (PostgreSQL, not cached)."""
+        if self._reader is not None:
+            with self._reader_lock:
+                row = self._reader.execute(_SELECT_FUNCTION, (tenant, function_id)).fetchone()
+            return _found(row, function_id)
+        assert self._cache is not None and self._listener is not None
+        if not self._listener.live:  # notifications may be missed: trust nothing cached
+            return None
+        return self._cache.get((tenant, function_id))
+
+    def load(self, tenant: str, function_id: str) -> FunctionRecord:
+        """`get`, remembered for `lookup` (when no change raced the read)."""
+        if self._cache is None:
+            return self.get(tenant, function_id)
+        generation = self._cache.generation
+        record = self.get(tenant, function_id)
+        if self._listener is not None and self._listener.live:
+            self._cache.put((tenant, function_id), record, generation)
+        return record
 
     def exists(self, tenant: str, function_id: str) -> bool:
         """True when the tenant has a function of that id."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM functions WHERE tenant = ? AND function_id = ?",
-                (tenant, function_id),
-            ).fetchone()
+        row = self.database.execute(
+            "SELECT 1 FROM functions WHERE tenant = ? AND function_id = ?",
+            (tenant, function_id),
+        ).one()
         return row is not None
 
     def list_page(self, tenant: str, after: str, limit: int) -> list[FunctionRecord]:
         """Up to `limit` functions with ids greater than `after`, ordered by id."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM functions WHERE tenant = ? AND function_id > ? "
-                "ORDER BY function_id LIMIT ?",
-                (tenant, after, limit),
-            ).fetchall()
+        rows = self.database.execute(
+            "SELECT * FROM functions WHERE tenant = ? AND function_id > ? "
+            "ORDER BY function_id LIMIT ?",
+            (tenant, after, limit),
+        ).rows
         return [_record(row) for row in rows]
 
     def uses_module(self, module_digest: str) -> bool:
         """True when a function of any tenant runs the module."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM functions WHERE module_digest = ? LIMIT 1", (module_digest,)
-            ).fetchone()
+        row = self.database.execute(
+            "SELECT 1 FROM functions WHERE module_digest = ? LIMIT 1", (module_digest,)
+        ).one()
         return row is not None
 
     def delete(self, tenant: str, function_id: str) -> None:
         """Removes a function; FunctionNotFoundError when there is none."""
-        with self._lock:
-            cursor = self._db.execute(
+        with self.database.transaction() as session:
+            deleted = session.execute(
                 "DELETE FROM functions WHERE tenant = ? AND function_id = ?",
                 (tenant, function_id),
-            )
-        if cursor.rowcount == 0:
+            ).rowcount
+            session.notify(CHANGES_CHANNEL, _payload(tenant, function_id))
+        if self._cache is not None:  # this gateway at once; the others on the NOTIFY
+            self._cache.invalidate((tenant, function_id))
+        if deleted == 0:
             raise FunctionNotFoundError(
                 f"function {function_id!r} not found", metadata={"function_id": function_id}
             )
 
     def insert_instance(self, record: InstanceRecord) -> None:
         """Records a live instance."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.tenant,
-                    record.instance_id,
-                    record.function_id,
-                    record.module_digest,
-                    record.executor,
-                    record.idle_ttl_ns,
-                    record.create_time_ns,
-                ),
-            )
+        self.database.execute(
+            "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.tenant,
+                record.instance_id,
+                record.function_id,
+                record.module_digest,
+                record.executor,
+                record.idle_ttl_ns,
+                record.create_time_ns,
+            ),
+        )
 
     def get_instance(self, tenant: str, instance_id: str) -> InstanceRecord:
         """The tenant's instance; InstanceNotFoundError when it has none of that id."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM instances WHERE tenant = ? AND instance_id = ?",
-                (tenant, instance_id),
-            ).fetchone()
+        row = self.database.execute(
+            "SELECT * FROM instances WHERE tenant = ? AND instance_id = ?",
+            (tenant, instance_id),
+        ).one()
         if row is None:
             raise InstanceNotFoundError(
                 f"instance {instance_id!r} not found", metadata={"instance_id": instance_id}
             )
-        return InstanceRecord(*row)
+        tenant_, instance_id_, function_id, digest, executor, ttl, created = row
+        return InstanceRecord(
+            str(tenant_), str(instance_id_), str(function_id), str(digest), str(executor),
+            int(ttl), int(created),
+        )  # fmt: skip
 
     def delete_instance(self, tenant: str, instance_id: str) -> bool:
         """Forgets an instance; False when there was no such row."""
-        with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM instances WHERE tenant = ? AND instance_id = ?",
-                (tenant, instance_id),
-            )
+        cursor = self.database.execute(
+            "DELETE FROM instances WHERE tenant = ? AND instance_id = ?",
+            (tenant, instance_id),
+        )
         return cursor.rowcount > 0
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[sqlite3.Connection]:
-        """The connection, held exclusively: for the tables other modules keep in the
-        registry database (tensorwasm_gateway.invocations.store)."""
-        with self._lock:
-            yield self._db
 
     def check(self) -> None:
         """Health: the database answers a query."""
-        with self._lock:
-            self._db.execute("SELECT 1").fetchone()
+        self.database.check()
 
     def close(self) -> None:
-        """Closes the connection."""
-        with self._lock:
-            self._db.close()
-        with self._reader_lock:
-            self._reader.close()
+        """Stops listening and closes the connections."""
+        if self._listener is not None:
+            self._listener.stop()
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
+        self.database.close()
 
-
-def add_missing_columns(
-    db: sqlite3.Connection, migrations: tuple[tuple[str, str, str], ...]
-) -> None:
-    """Adds each (table, column, definition) the table lacks: a database made by an
-    older release gains the columns added since (at the end of the row)."""
-    for table, column, definition in migrations:
-        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in columns:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    def _changed(self, payload: str) -> None:
+        tenant, function_id = json.loads(payload)
+        assert self._cache is not None
+        self._cache.invalidate((str(tenant), str(function_id)))
 
 
 def now_ns() -> int:
@@ -234,15 +234,11 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def _function(
-    db: sqlite3.Connection, lock: threading.Lock, tenant: str, function_id: str
-) -> FunctionRecord:
-    """The tenant's function of that id, read on `db` under `lock`."""
-    with lock:
-        row = db.execute(
-            "SELECT * FROM functions WHERE tenant = ? AND function_id = ?",
-            (tenant, function_id),
-        ).fetchone()
+def _payload(tenant: str, function_id: str) -> str:
+    return json.dumps([tenant, function_id])
+
+
+def _found(row: tuple[Any, ...] | None, function_id: str) -> FunctionRecord:
     if row is None:
         raise FunctionNotFoundError(
             f"function {function_id!r} not found", metadata={"function_id": function_id}
@@ -250,10 +246,13 @@ def _function(
     return _record(row)
 
 
-def _record(row: tuple[str, str, str, int, str, int, bytes]) -> FunctionRecord:
+def _record(row: tuple[Any, ...]) -> FunctionRecord:
     tenant, function_id, digest, size, exports_json, created, config = row
     exports = tuple(
         ExportRecord(e["name"], tuple(e["params"]), tuple(e["results"]))
-        for e in json.loads(exports_json)
+        for e in json.loads(str(exports_json))
     )
-    return FunctionRecord(tenant, function_id, digest, size, exports, created, bytes(config))
+    return FunctionRecord(
+        str(tenant), str(function_id), str(digest), int(size), exports, int(created),
+        bytes(config),
+    )  # fmt: skip

@@ -39,13 +39,25 @@ from tensorwasm_gateway.errors import (
 from tensorwasm_gateway.functions.artifacts import ArtifactRecords, release_unused_artifacts
 from tensorwasm_gateway.functions.references import References
 from tensorwasm_gateway.functions.registry import FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.functions.upload import ModuleUpload, UploadHeader
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.routing import ExecutorPool, ExecutorStream
 
 FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+
+
+def _check_function_id(function_id: str) -> None:
+    if not FUNCTION_ID.fullmatch(function_id):
+        raise InvalidNameError(
+            "function_id must match [a-z][a-z0-9-]{0,62}",
+            metadata={"function_id": function_id[:200]},
+        )
+
+
 _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
+MAX_DISPLAY_NAME_CHARS = 256
 
 
 class BlobPutter(Protocol):
@@ -153,6 +165,17 @@ class FunctionService:
         self._ceilings = ceilings or TenantCeilings()
         self.references = references or References(registry, store)
 
+    async def begin_upload(self, tenant: str, header: UploadHeader) -> ModuleUpload:
+        """An upload of a module in chunks, after the checks its header allows (the id,
+        a taken id, the declared size), so a doomed upload is refused before its bytes."""
+        _check_function_id(header.function_id)
+        if await asyncio.to_thread(self._registry.exists, tenant, header.function_id):
+            raise FunctionAlreadyExistsError(
+                f"function {header.function_id!r} already exists",
+                metadata={"function_id": header.function_id},
+            )
+        return ModuleUpload(header, self._max_module_bytes)
+
     async def create(
         self,
         tenant: str,
@@ -173,11 +196,12 @@ class FunctionService:
                 "config.init_export and config.no_init exclude each other",
                 metadata={"export": config.init_export[:200]},
             )
-        if not FUNCTION_ID.fullmatch(function_id):
+        if len(config.display_name) > MAX_DISPLAY_NAME_CHARS:
             raise InvalidNameError(
-                "function_id must match [a-z][a-z0-9-]{0,62}",
-                metadata={"function_id": function_id[:200]},
+                f"display_name is over {MAX_DISPLAY_NAME_CHARS} characters",
+                metadata={"field": "config.display_name"},
             )
+        _check_function_id(function_id)
         if len(wasm) > self._max_module_bytes:
             raise ModuleTooLargeError(
                 f"module is {len(wasm)} bytes; the limit is {self._max_module_bytes}",
@@ -276,6 +300,8 @@ class FunctionService:
     async def resolve(self, tenant: str, function_id: str, call: Call) -> AddressedCall:
         """Looks the function up, chooses the export and addresses the call to it."""
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
+        if record is None:  # not cached (PostgreSQL): one read, off the event loop
+            record = await asyncio.to_thread(self._registry.load, tenant, function_id)
         export = choose_export(record, call.export_name)
         config = self.config_of(record)
         return AddressedCall(
@@ -284,6 +310,7 @@ class FunctionService:
             args=call.args,
             stdin=call.stdin,
             limits=self.limits_for(tenant, call.limits, config),
+            input=call.input,
         )
 
     def target(self, tenant: str, record: FunctionRecord, config: FunctionConfig) -> Target:
@@ -305,7 +332,8 @@ class FunctionService:
 
 
 def choose_export(record: FunctionRecord, requested: str) -> str:
-    """The named export, else the only exported function, else `_start`."""
+    """The named export, else `_start`, else `main` (the original's discovery), else the
+    only exported function."""
     names = [e.name for e in record.exports]
     if requested:
         if requested not in names:
@@ -314,10 +342,11 @@ def choose_export(record: FunctionRecord, requested: str) -> str:
                 metadata={"export": requested[:200], "available": ",".join(names)[:1000]},
             )
         return requested
+    for default in ("_start", "main"):
+        if default in names:
+            return default
     if len(names) == 1:
         return names[0]
-    if "_start" in names:
-        return "_start"
     raise ExportRequiredError(
         "the function has several exports; name one", metadata={"available": ",".join(names)[:1000]}
     )

@@ -32,13 +32,17 @@ def json_object(body: bytes, allowed: set[str] | None) -> dict[str, Any]:
     return document
 
 
-def invoke_body(body: bytes) -> tuple[str, list[Any]]:
-    """The export and JSON args of an InvokeRequest body `{export?, args?}` (may be empty)."""
+def invoke_body(body: bytes) -> tuple[str, list[Any], bytes]:
+    """The export, JSON args and `wasi:tensor` input of an InvokeRequest body
+    `{export?, args?, input?}` (may be empty; `input` is text, sent as UTF-8)."""
     document = json_object(body, None) if body.strip() else {}
     export, args = document.get("export") or "", document.get("args") or []
+    guest_input = document.get("input") or ""
     if not isinstance(export, str) or not isinstance(args, list):
         raise FaceError(_INVALID, Reason.INVALID_JSON, "export must be a string and args an array")
-    return export, args
+    if not isinstance(guest_input, str):
+        raise FaceError(_INVALID, Reason.INVALID_JSON, "input must be a string")
+    return export, args, guest_input.encode()
 
 
 def typed_args(params: ParamTypes, export: str, args: list[Any]) -> list[values_pb2.Value]:
@@ -55,9 +59,11 @@ def typed_args(params: ParamTypes, export: str, args: list[Any]) -> list[values_
 
 
 def _default_export(names: list[str]) -> str:
-    if len(names) == 1:
-        return names[0]
-    return "_start" if "_start" in names else ""
+    """As the gateway chooses (`functions.service.choose_export`)."""
+    for default in ("_start", "main"):
+        if default in names:
+            return default
+    return names[0] if len(names) == 1 else ""
 
 
 def function_json(function: pb.Function) -> dict[str, Any]:
@@ -68,6 +74,7 @@ def function_json(function: pb.Function) -> dict[str, Any]:
         "tenant": function.tenant,
         "module_digest": function.module_digest,
         "exports": [e.name for e in function.exports],
+        "display_name": function.config.display_name,
     }
 
 
@@ -78,6 +85,8 @@ def outcome_json(function_id: str, outcome: invocation_pb2.InvocationOutcome) ->
     if outcome.stdout or outcome.stderr:
         document["stdout"] = outcome.stdout.decode("utf-8", "replace")
         document["stderr"] = outcome.stderr.decode("utf-8", "replace")
+    if outcome.chunks:
+        document["chunks"] = outcome.chunks.decode("utf-8", "replace")
     return document
 
 

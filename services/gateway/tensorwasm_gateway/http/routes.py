@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Any
 
 import grpc
@@ -32,6 +33,15 @@ from tensorwasm_gateway.http.stream import relay
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
+def opaque_function_id() -> str:
+    """A new function id for a deploy by display name: a random UUIDv4, as the original
+    answered, drawn until it starts with a letter (function ids do)."""
+    while True:
+        candidate = str(uuid.uuid4())
+        if candidate[0].isalpha():
+            return candidate
+
+
 class HttpFace:
     """The endpoints, calling the gateway's gRPC API on `channel`.
 
@@ -53,14 +63,16 @@ class HttpFace:
         timeout_seconds: float,
         max_body_bytes: int,
         face_secret: str = "",
+        invoke_timeout_seconds: float = 30.0,
     ) -> None:
-        self._stub = pb_grpc.GatewayServiceStub(channel)
+        self.stub = pb_grpc.GatewayServiceStub(channel)
         # Proves to the guard that the calls come from this process's face, so that the
         # x-forwarded-for it appends names the HTTP client (audit, auth throttling).
         self._proof = ((FACE_PROOF_KEY, face_secret),) if face_secret else ()
         self._health = health_pb2_grpc.HealthStub(channel)
         self._signatures = signatures
         self._timeout = timeout_seconds
+        self._invoke_timeout = invoke_timeout_seconds
         self._max_body_bytes = max_body_bytes
 
     async def healthz(self, request: Request) -> Response:
@@ -76,7 +88,7 @@ class HttpFace:
         return Response(generate_latest(), 200, {"content-type": CONTENT_TYPE_LATEST})
 
     async def create(self, request: Request) -> Response:
-        body = documents.json_object(await self._body(request), {"name", "wasm_b64"})
+        body = documents.json_object(await self.read_body(request), {"name", "wasm_b64"})
         name, encoded = body.get("name"), body.get("wasm_b64")
         if not isinstance(name, str) or not name.strip():
             raise FaceError(_INVALID, Reason.INVALID_NAME, "name is required")
@@ -86,58 +98,61 @@ class HttpFace:
             wasm = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise FaceError(_INVALID, Reason.INVALID_BASE64, "wasm_b64 is not base64") from None
-        reply = await self._stub.CreateFunction(
-            pb.CreateFunctionRequest(function_id=name, wasm=wasm), **self._options(request)
+        create = pb.CreateFunctionRequest(
+            function_id=opaque_function_id(),
+            wasm=wasm,
+            config=pb.FunctionConfig(display_name=name),
         )
+        reply = await self.stub.CreateFunction(create, **self.call_options(request))
         return json_response(200, documents.function_json(reply.function))
 
     async def delete(self, request: Request) -> Response:
         name = f"functions/{request.path_params['id']}"
-        await self._stub.DeleteFunction(
-            pb.DeleteFunctionRequest(name=name), **self._options(request)
+        await self.stub.DeleteFunction(
+            pb.DeleteFunctionRequest(name=name), **self.call_options(request)
         )
         return Response(status_code=204)
 
     async def invoke(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
         try:
-            reply = await self._stub.Invoke(invoke, **self._options(request))
+            reply = await self.stub.Invoke(invoke, **self.call_options(request, invoke=True))
         except grpc.aio.AioRpcError as exc:
             retry = await self._retyped(request, function_id, body, invoke, exc) if cached else None
             if retry is None:
                 raise
-            reply = await self._stub.Invoke(retry, **self._options(request))
+            reply = await self.stub.Invoke(retry, **self.call_options(request, invoke=True))
         if reply.outcome.HasField("failure"):
             return failure_response(function_id, reply.outcome)
         return json_response(200, documents.outcome_json(function_id, reply.outcome))
 
     async def invoke_async(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, _ = await self._invoke_request(request, function_id, body, fresh=True)
-        reply = await self._stub.StartInvocation(
+        reply = await self.stub.StartInvocation(
             pb.StartInvocationRequest(
                 invocation=invoke, request_id=request.headers.get("idempotency-key", "")
             ),
-            **self._options(request),
+            **self.call_options(request),
         )
         return json_response(202, {"job_id": reply.invocation.name.removeprefix("invocations/")})
 
     async def job(self, request: Request) -> Response:
         name = f"invocations/{request.path_params['id']}"
-        reply = await self._stub.GetInvocation(
-            pb.GetInvocationRequest(name=name), **self._options(request)
+        reply = await self.stub.GetInvocation(
+            pb.GetInvocationRequest(name=name), **self.call_options(request)
         )
         return json_response(200, documents.job_json(reply.invocation))
 
     async def invoke_stream(self, request: Request) -> Response:
         function_id = request.path_params["id"]
-        body = await self._body(request)
+        body = await self.read_body(request)
         invoke, cached = await self._invoke_request(request, function_id, body)
-        call = self._stub.InvokeStream(
-            pb.InvokeStreamRequest(invocation=invoke), **self._options(request)
+        call = self.stub.InvokeStream(
+            pb.InvokeStreamRequest(invocation=invoke), **self.call_options(request, invoke=True)
         )
         sse = "text/event-stream" in request.headers.get("accept", "")
         try:  # request errors end the call before any event: answer them as errors
@@ -146,8 +161,8 @@ class HttpFace:
             retry = await self._retyped(request, function_id, body, invoke, exc) if cached else None
             if retry is None:
                 return rpc_error_response(exc)
-            call = self._stub.InvokeStream(
-                pb.InvokeStreamRequest(invocation=retry), **self._options(request)
+            call = self.stub.InvokeStream(
+                pb.InvokeStreamRequest(invocation=retry), **self.call_options(request, invoke=True)
             )
             try:
                 first = await call.read()
@@ -160,7 +175,7 @@ class HttpFace:
         }
         return StreamingResponse(relay(call, first, function_id, sse), headers=headers)
 
-    async def _body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         """The request body (Content-Length or chunked), at most max_body_bytes."""
         too_large = RequestRefusedError(413, "body_too_large", "body too large", close=True)
         length = request.headers.get("content-length", "")
@@ -176,13 +191,23 @@ class HttpFace:
             raise RequestRefusedError(400, "bad_request", "incomplete body", close=True) from None
         return bytes(body)
 
-    def _options(self, request: Request) -> dict[str, Any]:
-        return {"metadata": [*call_metadata(request), *self._proof], "timeout": self._timeout}
+    def call_options(
+        self, request: Request, *, tenant: str | None = None, invoke: bool = False
+    ) -> dict[str, Any]:
+        """The options of a gRPC call made for `request`; `tenant` replaces the caller's
+        x-tensorwasm-tenant (None: as sent); `invoke`: the call runs a guest now, under
+        the face's invoke deadline."""
+        metadata = call_metadata(request)
+        if tenant is not None:
+            metadata = [(k, v) for k, v in metadata if k != "x-tensorwasm-tenant"]
+            metadata.append(("x-tensorwasm-tenant", tenant))
+        timeout = self._invoke_timeout if invoke else self._timeout
+        return {"metadata": [*metadata, *self._proof], "timeout": timeout}
 
     async def _read_signatures(self, request: Request, function_id: str) -> documents.ParamTypes:
         """GetFunction (the gateway authorises it as any call), cached for the TTL."""
-        reply = await self._stub.GetFunction(
-            pb.GetFunctionRequest(name=f"functions/{function_id}"), **self._options(request)
+        reply = await self.stub.GetFunction(
+            pb.GetFunctionRequest(name=f"functions/{function_id}"), **self.call_options(request)
         )
         return self._signatures.put(signature_key_of(request, function_id), reply.function).params
 
@@ -192,7 +217,7 @@ class HttpFace:
         """The gRPC request for an InvokeRequest body: the args are typed by the export's
         signature, read first unless cached (`fresh`: read it in any case). Returns the
         request and whether a cached signature typed it."""
-        export, args = documents.invoke_body(body)
+        export, args, guest_input = documents.invoke_body(body)
         key = signature_key_of(request, function_id)
         cached = None if fresh else self._signatures.get(key)
         params = cached.params if cached else await self._read_signatures(request, function_id)
@@ -205,7 +230,8 @@ class HttpFace:
             params, cached = await self._read_signatures(request, function_id), None
             values = documents.typed_args(params, export, args)
         name = f"functions/{function_id}"
-        return pb.InvokeRequest(name=name, export_name=export, args=values), cached is not None
+        invoke = pb.InvokeRequest(name=name, export_name=export, args=values, input=guest_input)
+        return invoke, cached is not None
 
     async def _retyped(
         self,

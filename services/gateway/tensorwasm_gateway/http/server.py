@@ -12,8 +12,9 @@ import uvicorn
 from tensorwasm_common.channels import open_channel
 from tensorwasm_common.settings import split_address
 
-from tensorwasm_gateway.http.app import build_app
+from tensorwasm_gateway.http.app import FaceOptions, build_app
 from tensorwasm_gateway.http.connection import ConnectionLimits, GuardedH11Protocol
+from tensorwasm_gateway.http.openai import OpenAiFront, TenantOf
 from tensorwasm_gateway.http.routes import HttpFace
 from tensorwasm_gateway.http.signatures import SignatureCache
 
@@ -21,6 +22,7 @@ MAX_HEAD_BYTES = 64 << 10
 # Connections accepted per wake-up (and the listen backlog): with the connection cap,
 # the face holds at most max_connections + ACCEPT_BATCH sockets at any moment.
 ACCEPT_BATCH = 64
+DEFAULT_OPTIONS = FaceOptions()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -42,6 +44,11 @@ class HttpFaceServer:
         host, port = sockets[0].getsockname()[:2]
         self.address = f"{host}:{port}"
 
+    @property
+    def app(self) -> object:
+        """The ASGI application served (the face's Starlette app)."""
+        return self._server.config.app
+
     async def close(self) -> None:
         """Stops accepting, ends open connections and the loopback channel."""
         self._server.should_exit = True
@@ -59,9 +66,12 @@ async def start_http_face(
     limits: ConnectionLimits,
     shutdown_grace_seconds: float = 5.0,
     face_secret: str = "",
+    options: FaceOptions = DEFAULT_OPTIONS,
+    openai_tenant_of: TenantOf = lambda _: None,
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
-    this gateway's gRPC port (`grpc_port`).
+    this gateway's gRPC port (`grpc_port`); the OpenAI front maps `options.openai_models`
+    (model -> function id) and acts for `openai_tenant_of(authorization values)`.
 
     Raises:
         OSError: the address cannot be bound.
@@ -71,13 +81,14 @@ async def start_http_face(
         channel,
         SignatureCache(signature_ttl_seconds),
         timeout_seconds=timeout_seconds,
+        invoke_timeout_seconds=options.invoke_timeout_seconds,
         max_body_bytes=max_body_bytes,
         face_secret=face_secret,
     )
     host, port = split_address(address)
     listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
     config = uvicorn.Config(
-        build_app(face),
+        build_app(face, OpenAiFront(face, options.openai_models, openai_tenant_of), options),
         http=GuardedH11Protocol.with_limits(limits),
         lifespan="off",
         log_config=None,

@@ -37,6 +37,7 @@ class InstanceSpec:
     stdin: bytes = b""
     limits: CallLimits = UNSET
     idle_ttl_ns: int | None = None
+    input: bytes = b""  # the instance's wasi:tensor input
 
 
 def instance_id_from_name(name: str) -> str:
@@ -76,6 +77,7 @@ class InstanceService:
             stdin=spec.stdin,
             limits=self._functions.limits_for(tenant, spec.limits, config),
             idle_ttl_ns=spec.idle_ttl_ns,
+            input=spec.input,
         )
         launched = await self._executors.create_instance(launch)
         if not launched.instance_id:
@@ -116,6 +118,7 @@ class InstanceService:
             export_name=export,
             args=call.args,
             limits=self._functions.limits_for(tenant, call.limits, config),
+            input=call.input,
         )
         try:
             result = await self._executors.call_instance(instance.executor, addressed)

@@ -181,7 +181,10 @@ class InvocationService:
         async def sweep() -> None:
             while True:
                 await asyncio.sleep(interval_seconds)
-                await asyncio.to_thread(self._store.purge_expired, self._clock_ns())
+                try:
+                    await asyncio.to_thread(self._store.purge_expired, self._clock_ns())
+                except ServiceError:  # the database is away: sweep again next round
+                    _log.exception("purging expired invocations failed")
 
         self._sweeper = asyncio.create_task(sweep())
 

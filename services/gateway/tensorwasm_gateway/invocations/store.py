@@ -1,14 +1,27 @@
-"""Async invocations in the registry database: one row each, durable, kept until expiry."""
+"""Async invocations in the gateway's database: one row each, durable, kept until expiry;
+and the leases of the gateways that own them.
+
+Lease times are read on one clock: on PostgreSQL the database's (`now()` in the
+transaction that reads or writes the lease, in place of the caller's `now_ns`), so that
+gateways whose clocks disagree never fail each other's live work; on SQLite, whose gateways
+share one host, the host's. On PostgreSQL a gateway's work is failed only when its lease
+has expired and its liveness lock is free (tensorwasm_gateway.invocations.liveness), so
+slow heartbeats alone never fail a live gateway's work either.
+"""
 
 from __future__ import annotations
 
 import enum
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from tensorwasm_common.database import ConstraintViolation, Engine, Session
+
 from tensorwasm_gateway.errors import InvocationNotFoundError
-from tensorwasm_gateway.functions import Registry, add_missing_columns
+from tensorwasm_gateway.functions import Registry
+from tensorwasm_gateway.invocations.liveness import LivenessLock, is_free
+
+_DATABASE_NOW_NS = "SELECT CAST(EXTRACT(EPOCH FROM now()) * 1000000000 AS BIGINT)"
 
 
 class InvocationState(enum.IntEnum):
@@ -25,45 +38,6 @@ PENDING = InvocationState.PENDING
 RUNNING = InvocationState.RUNNING
 SUCCEEDED = InvocationState.SUCCEEDED
 FAILED = InvocationState.FAILED
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS invocations (
-    tenant TEXT NOT NULL,
-    invocation_id TEXT NOT NULL,
-    function_id TEXT NOT NULL,
-    export_name TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    request_id TEXT,
-    outcome BLOB NOT NULL DEFAULT x'',
-    error BLOB NOT NULL DEFAULT x'',
-    create_time_ns INTEGER NOT NULL,
-    end_time_ns INTEGER,
-    expire_time_ns INTEGER,
-    owner TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (tenant, invocation_id)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS invocations_by_request_id
-    ON invocations (tenant, request_id) WHERE request_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS invocations_by_expiry
-    ON invocations (expire_time_ns) WHERE expire_time_ns IS NOT NULL;
-CREATE TABLE IF NOT EXISTS gateways (
-    gateway_id TEXT PRIMARY KEY,
-    start_time_ns INTEGER NOT NULL,
-    last_seen_ns INTEGER NOT NULL,
-    lease_expire_ns INTEGER NOT NULL,
-    renewals INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-"""
-_UNFINISHED_INDEX = f"""
-CREATE INDEX IF NOT EXISTS invocations_unfinished_by_owner
-    ON invocations (owner) WHERE state IN ({PENDING}, {RUNNING});
-"""
-# Columns added after the table's first release: rows from before have no owner (''),
-# which holds no lease, so the first gateway to start fails them as interrupted.
-_MIGRATIONS = (
-    ("invocations", "owner", "TEXT NOT NULL DEFAULT ''"),
-    ("gateways", "renewals", "INTEGER NOT NULL DEFAULT 0"),
-)
 
 
 @dataclass(frozen=True)
@@ -93,22 +67,20 @@ class InvocationStore:
     """The `invocations` table; every write is committed durably before it returns."""
 
     def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        with registry.locked() as db:
-            db.executescript(_SCHEMA)
-            add_missing_columns(db, _MIGRATIONS)
-            db.executescript(_UNFINISHED_INDEX)
+        self._database = registry.database
+        self._liveness = (
+            LivenessLock(self._database.url) if self._database.engine is Engine.POSTGRESQL else None
+        )
 
     def insert(self, record: InvocationRecord) -> InvocationRecord:
         """Adds a PENDING invocation; with a request_id already used by the tenant,
         returns that invocation instead (even past its expiry it is gone, not reused)."""
         try:
-            with self._registry.locked() as db:
-                db.execute(
-                    "INSERT INTO invocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _row(record),
-                )
-        except sqlite3.IntegrityError:
+            self._database.execute(
+                "INSERT INTO invocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _row(record),
+            )
+        except ConstraintViolation:
             if record.request_id is None:
                 raise
             existing = self.by_request_id(record.tenant, record.request_id)
@@ -119,21 +91,21 @@ class InvocationStore:
 
     def by_request_id(self, tenant: str, request_id: str) -> InvocationRecord | None:
         """The tenant's invocation started with `request_id`, if any."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             row = db.execute(
                 "SELECT * FROM invocations WHERE tenant = ? AND request_id = ?",
                 (tenant, request_id),
-            ).fetchone()
+            ).one()
         return None if row is None else _record(row)
 
     def get(self, tenant: str, invocation_id: str, now_ns: int) -> InvocationRecord:
         """The invocation; InvocationNotFoundError when unknown or expired."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             row = db.execute(
                 "SELECT * FROM invocations WHERE tenant = ? AND invocation_id = ? "
                 "AND (expire_time_ns IS NULL OR expire_time_ns > ?)",
                 (tenant, invocation_id, now_ns),
-            ).fetchone()
+            ).one()
         if row is None:
             raise InvocationNotFoundError(
                 f"invocation {invocation_id!r} not found",
@@ -144,18 +116,18 @@ class InvocationStore:
     def list_page(self, tenant: str, after: str, limit: int, now_ns: int) -> list[InvocationRecord]:
         """Up to `limit` unexpired invocations with ids greater than `after`, by id (ids
         are time-ordered, so this is oldest first)."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             rows = db.execute(
                 "SELECT * FROM invocations WHERE tenant = ? AND invocation_id > ? "
                 "AND (expire_time_ns IS NULL OR expire_time_ns > ?) "
                 "ORDER BY invocation_id LIMIT ?",
                 (tenant, after, now_ns, limit),
-            ).fetchall()
+            ).rows
         return [_record(row) for row in rows]
 
     def set_running(self, tenant: str, invocation_id: str) -> None:
         """PENDING -> RUNNING."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             db.execute(
                 "UPDATE invocations SET state = ? WHERE tenant = ? AND invocation_id = ? "
                 "AND state = ?",
@@ -165,7 +137,7 @@ class InvocationStore:
     def finish(self, record: InvocationRecord) -> None:
         """Records the final state, outcome or error, end and expiry of an invocation
         that has not finished yet (a finished invocation never changes)."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             db.execute(
                 "UPDATE invocations SET state = ?, outcome = ?, error = ?, end_time_ns = ?, "
                 "expire_time_ns = ? WHERE tenant = ? AND invocation_id = ? AND state IN (?, ?)",
@@ -185,7 +157,7 @@ class InvocationStore:
     def fail_owned(self, owner: str, error: bytes, end_time_ns: int, expire_time_ns: int) -> int:
         """Marks the PENDING or RUNNING invocations of gateway `owner` FAILED with
         `error` (at its clean stop); returns how many."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             cursor = db.execute(
                 "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
                 "expire_time_ns = ? WHERE state IN (?, ?) AND owner = ?",
@@ -195,10 +167,11 @@ class InvocationStore:
 
     def expired_leases(self, now_ns: int) -> dict[str, int]:
         """The leases expired at `now_ns`: gateway id -> its renewal count as read."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             rows = db.execute(
-                "SELECT gateway_id, renewals FROM gateways WHERE lease_expire_ns <= ?", (now_ns,)
-            ).fetchall()
+                "SELECT gateway_id, renewals FROM gateways WHERE lease_expire_ns <= ?",
+                (self._now_ns(db, now_ns),),
+            ).rows
         return {str(gateway_id): int(renewals) for gateway_id, renewals in rows}
 
     def fail_orphaned(
@@ -218,65 +191,72 @@ class InvocationStore:
         caller read it (its renewal count moved) keeps its invocations and its lease,
         however late that renewal was.
         """
-        with self._registry.locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(  # the CAS: only leases nobody renewed since the read
-                    "DELETE FROM gateways WHERE gateway_id = ? AND renewals = ?",
-                    list(expired.items()),
-                )
-                cursor = db.execute(
-                    "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
-                    "expire_time_ns = ? WHERE state IN (?, ?) AND owner != ? AND owner NOT IN "
-                    "(SELECT gateway_id FROM gateways)",
-                    (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, alive),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._database.transaction() as db:
+            if db.engine is Engine.POSTGRESQL:  # a held liveness lock: alive, however late
+                expired = {g: n for g, n in expired.items() if is_free(db, g)}
+            db.executemany(  # the CAS: only leases nobody renewed since the read
+                "DELETE FROM gateways WHERE gateway_id = ? AND renewals = ?",
+                list(expired.items()),
+            )
+            cursor = db.execute(
+                "UPDATE invocations SET state = ?, error = ?, end_time_ns = ?, "
+                "expire_time_ns = ? WHERE state IN (?, ?) AND owner != ? AND owner NOT IN "
+                "(SELECT gateway_id FROM gateways)",
+                (FAILED, error, end_time_ns, expire_time_ns, PENDING, RUNNING, alive),
+            )
         return cursor.rowcount
 
     def renew_lease(self, gateway_id: str, now_ns: int, lease_ns: int) -> bool:
-        """Records that gateway `gateway_id` is alive at `now_ns` and holds its lease
-        until `now_ns + lease_ns`, counting the renewal; False when it had no unexpired
-        lease before (its first heartbeat, or it lost the lease: others may have failed
-        its invocations)."""
-        with self._registry.locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(
-                    "SELECT lease_expire_ns FROM gateways WHERE gateway_id = ?", (gateway_id,)
-                ).fetchone()
-                held = row is not None and int(row[0]) > now_ns
-                db.execute(
-                    "INSERT INTO gateways (gateway_id, start_time_ns, last_seen_ns, "
-                    "lease_expire_ns, renewals) VALUES (?, ?, ?, ?, 1) "
-                    "ON CONFLICT (gateway_id) DO UPDATE SET "
-                    "last_seen_ns = excluded.last_seen_ns, "
-                    "lease_expire_ns = excluded.lease_expire_ns, renewals = renewals + 1",
-                    (gateway_id, now_ns, now_ns, now_ns + lease_ns),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        """Records that gateway `gateway_id` is alive at `now_ns` (on the lease clock)
+        and holds its lease until `now_ns + lease_ns`, counting the renewal; False when
+        it had no unexpired lease before (its first heartbeat, or it lost the lease:
+        others may have failed its invocations)."""
+        if self._liveness is not None:
+            self._liveness.hold(gateway_id)
+        with self._database.transaction() as db:
+            now_ns = self._now_ns(db, now_ns)
+            row = db.execute(
+                "SELECT lease_expire_ns FROM gateways WHERE gateway_id = ?", (gateway_id,)
+            ).one()
+            held = row is not None and int(row[0]) > now_ns
+            db.execute(
+                "INSERT INTO gateways (gateway_id, start_time_ns, last_seen_ns, "
+                "lease_expire_ns, renewals) VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT (gateway_id) DO UPDATE SET "
+                "last_seen_ns = excluded.last_seen_ns, "
+                "lease_expire_ns = excluded.lease_expire_ns, renewals = gateways.renewals + 1",
+                (gateway_id, now_ns, now_ns, now_ns + lease_ns),
+            )
         return held
 
     def release_lease(self, gateway_id: str) -> None:
         """Forgets the lease of gateway `gateway_id` (its clean stop)."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,))
+        if self._liveness is not None:
+            self._liveness.release()
+
+    def close(self) -> None:
+        """Ends this store's own sessions (on PostgreSQL the liveness lock's); the lease
+        row stays, as after a crash."""
+        if self._liveness is not None:
+            self._liveness.release()
 
     def leases(self) -> dict[str, int]:
         """Every recorded lease: gateway id -> lease expiry (ns)."""
-        with self._registry.locked() as db:
-            rows = db.execute("SELECT gateway_id, lease_expire_ns FROM gateways").fetchall()
+        with self._database.transaction() as db:
+            rows = db.execute("SELECT gateway_id, lease_expire_ns FROM gateways").rows
         return {str(gateway_id): int(expiry) for gateway_id, expiry in rows}
+
+    def _now_ns(self, session: Session, given_ns: int) -> int:
+        """The lease clock: the database's on PostgreSQL, else `given_ns` (the host's)."""
+        if session.engine is Engine.POSTGRESQL:
+            return int(session.execute(_DATABASE_NOW_NS).rows[0][0])
+        return given_ns
 
     def purge_expired(self, now_ns: int) -> int:
         """Deletes the invocations past their expiry; returns how many."""
-        with self._registry.locked() as db:
+        with self._database.transaction() as db:
             cursor = db.execute(
                 "DELETE FROM invocations WHERE expire_time_ns IS NOT NULL AND expire_time_ns <= ?",
                 (now_ns,),

@@ -88,6 +88,7 @@ def invoke_request(call: AddressedCall) -> pb.InvokeRequest:
         wasi=wasi_to_wire(target.wasi),
         init_export=target.init_export,
         offloads=offloads_to_wire(target.offloads),
+        input=call.input,
     )
 
 
@@ -102,6 +103,7 @@ def create_instance_request(launch: InstanceLaunch) -> pb.CreateInstanceRequest:
         wasi=wasi_to_wire(target.wasi),
         init_export=target.init_export,
         offloads=offloads_to_wire(target.offloads),
+        input=launch.input,
     )
     if launch.idle_ttl_ns is not None:
         request.idle_ttl.FromNanoseconds(launch.idle_ttl_ns)
@@ -116,6 +118,7 @@ def call_instance_request(call: InstanceCall) -> pb.CallInstanceRequest:
         export_name=call.export_name,
         args=_values(call.args),
         limits=limits_to_wire(call.limits),
+        input=call.input,
     )
 
 

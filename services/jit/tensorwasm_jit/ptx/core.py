@@ -14,7 +14,7 @@ import blake3
 from tensorwasm_jit.errors import InvalidArgumentError
 
 # Bump whenever any emitter's output changes: it is part of every cache key.
-EMITTER_VERSION = 2
+EMITTER_VERSION = 3
 
 # PTX ISA 7.8 (CUDA 11.8) is the oldest ISA that knows every target below (sm_89, sm_90).
 PTX_ISA_VERSION = "7.8"

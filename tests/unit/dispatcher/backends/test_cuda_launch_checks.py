@@ -1,13 +1,12 @@
 """The cuda backend's checks before a launch reaches the driver (no device needed): the
-entry's declared parameters against the argv, the geometry, dynamic shared memory."""
+parameters the driver reports against the argv, the geometry, dynamic shared memory."""
 
 from __future__ import annotations
 
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, ScalarArg
 from tensorwasm_dispatcher.backends.base import BufferArg, DeviceBuffer
-from tensorwasm_dispatcher.backends.cuda import _check_launch, _CudaKernel, entry_param_sizes
-from tensorwasm_kernels import CATALOG
+from tensorwasm_dispatcher.backends.cuda import _check_launch, _CudaKernel
 
 
 class _Buffer(DeviceBuffer):
@@ -17,36 +16,9 @@ class _Buffer(DeviceBuffer):
 POINTER = BufferArg(_Buffer(), 0, 1024, 0)
 
 
-@pytest.mark.parametrize(
-    ("name", "sizes"),
-    [
-        ("vector_add", (8, 8, 8, 4)),
-        ("saxpy", (8, 8, 4, 4)),
-        ("matmul", (8, 8, 8, 4, 4, 4)),
-        ("conv2d", (8, 8, 8, 4, 4)),
-        ("reduce_sum", (8, 8, 4)),
-    ],
-)
-def test_the_library_entries_declare_their_parameter_sizes(
-    name: str, sizes: tuple[int, ...]
-) -> None:
-    spec = CATALOG[name]
-    assert entry_param_sizes(spec.ptx_text().encode(), spec.entry) == sizes
-
-
-def test_aligned_byte_arrays_and_empty_lists_are_read() -> None:
-    ptx = b".visible .entry k(\n .param .align 8 .b8 k_param_0[24],\n .param .f64 x\n)\n{}"
-    assert entry_param_sizes(ptx, "k") == (24, 8)
-    assert entry_param_sizes(b".entry none()\n{}", "none") == ()
-    assert entry_param_sizes(b".entry k(.param .weird thing)", "k") is None
-    assert entry_param_sizes(b".entry other()", "k") is None
-
-
-def kernel() -> _CudaKernel:
-    spec = CATALOG["vector_add"]
-    return _CudaKernel(
-        None, None, "vector_add", entry_param_sizes(spec.ptx_text().encode(), "vector_add")
-    )
+def kernel(sizes: tuple[int, ...] | None = (8, 8, 8, 4)) -> _CudaKernel:
+    """vector_add's parameters, as the driver reports them (or a driver that cannot say)."""
+    return _CudaKernel(None, None, "vector_add", sizes)
 
 
 def code(
@@ -75,3 +47,10 @@ def test_device_limits_and_shared_memory_have_the_cpu_backends_codes() -> None:
     assert code((1, 70_000, 1), (1, 1, 1), 0, args) is AbiError.INVALID_DIMENSIONS
     assert code((1, 1, 1), (1, 1, 128), 0, args) is AbiError.INVALID_DIMENSIONS
     assert code((1, 1, 1), (1, 1, 1), 48 * 1024 + 1, args) is AbiError.LAUNCH_FAILED
+
+
+def test_a_kernel_whose_parameters_the_driver_does_not_report_is_never_launched() -> None:
+    args = [POINTER, POINTER, POINTER, ScalarArg(ArgTag.U32, 9)]
+    with pytest.raises(AbiFailure) as caught:
+        _check_launch(kernel(None), (1, 1, 1), (1, 1, 1), 0, args)
+    assert caught.value.code is AbiError.INVALID_ARGS

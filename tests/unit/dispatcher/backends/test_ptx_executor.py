@@ -18,9 +18,9 @@ from tensorwasm_common.settings import SettingsError
 from tensorwasm_dispatcher.accounting import Ledger
 from tensorwasm_dispatcher.backends.base import BufferArg
 from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
+from tensorwasm_dispatcher.backends.opening import open_backend
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
-from tensorwasm_dispatcher.server import open_backend
 from tensorwasm_dispatcher.settings import DispatcherSettings
 from tensorwasm_kernels import CATALOG
 from tensorwasm_kernels.ptxgen import find_tool, nvcc_release
@@ -485,7 +485,7 @@ def test_module_variables_start_from_their_initialisers_and_persist_across_launc
     backend = _backend()
     kernel = backend.load(ptx.encode(), "count")
     stream = backend.open_stream()
-    out = backend.stage(bytes(4))
+    out = backend.stage(bytes(4), stream, guest_offset=4096)
     seen = []
     for _ in range(3):
         backend.launch(stream, kernel, grid=(1, 1, 1), block=(1, 1, 1), shared_mem_bytes=0,

@@ -459,6 +459,9 @@ def test_memory_grow_bomb_is_refused_and_instantiation_over_the_cap_fails() -> N
         bomb = sandbox.invoke(module, "grow", [WasmValue.i32(65535)])
         assert ok.results == (WasmValue.i32(1),)
         assert bomb.results == (WasmValue.i32(-1),)
+        # The refused grow is reported; the one that fitted is not.
+        assert (ok.memory_cap_hit, bomb.memory_cap_hit) == (False, True)
+        assert not bomb.table_cap_hit
         huge = sandbox.compile("b" * 64, bytes(wasmtime.wat2wasm(big)))
         outcome = sandbox.invoke(huge, "f", [])
         assert outcome.failure is not None
@@ -518,6 +521,7 @@ def test_a_call_asking_more_than_the_sandbox_cap_cannot_grow_past_it() -> None:
         past = sandbox.invoke(module, "grow", [WasmValue.i32(63)], max_memory_bytes=call_cap)
         assert fits.results == (WasmValue.i32(1),)
         assert past.results == (WasmValue.i32(-1),)
+        assert (fits.memory_cap_hit, past.memory_cap_hit) == (False, True)
         huge = sandbox.compile("f" * 64, bytes(wasmtime.wat2wasm(big)))
         outcome = sandbox.invoke(huge, "f", [], max_memory_bytes=call_cap)
         assert outcome.failure is not None
@@ -527,5 +531,10 @@ def test_a_call_asking_more_than_the_sandbox_cap_cannot_grow_past_it() -> None:
         try:
             grown = resident.call("grow", [WasmValue.i32(63)])
             assert grown.results == (WasmValue.i32(-1),)
+            assert grown.memory_cap_hit
+            # A live instance reports per call: the next call, which fits, hit nothing.
+            fitted = resident.call("grow", [WasmValue.i32(1)])
+            assert fitted.results == (WasmValue.i32(1),)
+            assert not fitted.memory_cap_hit
         finally:
             resident.terminate()

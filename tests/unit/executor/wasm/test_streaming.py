@@ -431,3 +431,45 @@ def test_a_slot_releases_once_from_any_thread() -> None:
     assert admission.tenant_in_flight("acme") == 0
     with admission.admit("acme"):  # the slot is really free, and only once
         assert admission.in_flight == 1
+
+
+class ChunkingSandbox:
+    """Emits a chunk, waits for its cancel event (the client going away), emits again and
+    records what the servicer's sink answered."""
+
+    engine_fingerprint = "fake"
+
+    def __init__(self) -> None:
+        self.after_cancel: list[bool] = []
+        self.done = threading.Event()
+
+    def invoke(self, module: object, export: str, args: object, **options: Any) -> Outcome:
+        sink = options["on_chunk"]
+        assert sink(b"first")
+        options["cancel"].wait(LONG)
+        self.after_cancel.append(sink(b"late"))
+        self.done.set()
+        return Outcome((), None, b"", b"", False, False, 0.0)
+
+
+def test_chunks_are_events_and_once_the_client_is_gone_the_sink_refuses(
+    workers: FairPool,
+) -> None:
+    sandbox = ChunkingSandbox()
+    admission = Admission(max_in_flight=4, max_per_tenant=2)
+    servicer = _servicer(sandbox, object(), admission, workers)
+
+    async def scenario() -> None:
+        context = FakeContext()
+        events: AsyncIterator[pb.InvokeStreamResponse] = servicer.InvokeStream(
+            _request("emit"), context
+        )
+        first = await events.__anext__()
+        assert (first.WhichOneof("event"), first.chunk) == ("chunk", b"first")
+        context.end()  # the client went away
+        await _wait_for(sandbox.done.is_set)
+        await events.aclose()  # type: ignore[attr-defined]
+        await _wait_for(lambda: admission.in_flight == 0)
+
+    asyncio.run(scenario())
+    assert sandbox.after_cancel == [False]  # the guest's emit then answers -3

@@ -231,11 +231,12 @@ def test_choose_missing_named_export() -> None:
 
 
 def test_choose_the_only_export() -> None:
-    assert choose_export(_with_exports("main"), "") == "main"
+    assert choose_export(_with_exports("run"), "") == "run"
 
 
-def test_choose_start_among_several() -> None:
-    assert choose_export(_with_exports("a", "_start", "b"), "") == "_start"
+def test_choose_start_then_main_among_several() -> None:
+    assert choose_export(_with_exports("a", "_start", "b", "main"), "") == "_start"
+    assert choose_export(_with_exports("a", "main", "b"), "") == "main"
 
 
 @pytest.mark.parametrize("names", [("a", "b"), ()])

@@ -19,6 +19,7 @@ from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_gateway.http import ConnectionLimits, HttpFaceServer, start_http_face
+from tensorwasm_gateway.http.app import FaceOptions
 
 MAX_BODY_BYTES = 4096
 LIMITS = ConnectionLimits(idle_timeout_seconds=1.0, read_timeout_seconds=1.0, max_connections=8)
@@ -49,8 +50,9 @@ class FakeGateway(pb_grpc.GatewayServiceServicer):
         self._record(context)
         if request.wasm[:4] != b"\0asm":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not wasm")
-        name = f"functions/{request.function_id}"
-        return pb.CreateFunctionResponse(function=self._function(name))
+        function = self._function(f"functions/{request.function_id}")
+        function.config.CopyFrom(request.config)
+        return pb.CreateFunctionResponse(function=function)
 
     async def GetFunction(
         self, request: pb.GetFunctionRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -77,6 +79,7 @@ class Face:
     loop: asyncio.AbstractEventLoop
     grpc_port: int
     servers: list[Any] = field(default_factory=list)
+    app: Any = None  # the Starlette app served
 
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -105,7 +108,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 @pytest.fixture
-def face() -> Iterator[Face]:
+def face(request: pytest.FixtureRequest) -> Iterator[Face]:
+    """The face in front of the fake; `FaceOptions` by indirect parametrisation."""
+    options = getattr(request, "param", FaceOptions())
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -127,13 +132,14 @@ def face() -> Iterator[Face]:
             signature_ttl_seconds=5.0,
             limits=LIMITS,
             shutdown_grace_seconds=1.0,
+            options=options,
         )
         return server, face, grpc_port
 
     server, http_face, grpc_port = run(loop, start())
     host, port = http_face.address.rsplit(":", 1)
     try:
-        yield Face(host, int(port), gateway, loop, grpc_port)
+        yield Face(host, int(port), gateway, loop, grpc_port, app=http_face.app)
     finally:
 
         async def stop() -> None:

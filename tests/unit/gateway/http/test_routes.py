@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -54,13 +55,19 @@ def test_deploy_and_invoke_forward_the_callers_headers(face: Face) -> None:
     headers = {"authorization": "Bearer t", "x-tensorwasm-tenant": "acme", "x-request-id": "r1"}
     status, _, reply = face.request("POST", "/functions", body, **headers)
     assert status == 200, reply
-    assert json.loads(reply) == {
-        "id": "add",
-        "name": "functions/add",
+    created = json.loads(reply)
+    # The name is a display name; the id is an opaque UUIDv4 (starting with a letter).
+    assert str(uuid.UUID(created["id"], version=4)) == created["id"] and created["id"][0].isalpha()
+    assert created == {
+        "id": created["id"],
+        "name": f"functions/{created['id']}",
         "tenant": "default",
         "module_digest": "ab" * 32,
         "exports": ["add"],
+        "display_name": "add",
     }
+    again = json.loads(face.request("POST", "/functions", body, **headers)[2])
+    assert again["id"] != created["id"]  # the same name twice: two functions
     sent = face.gateway.metadata[-1]
     assert (sent["authorization"], sent["x-tensorwasm-tenant"]) == ("Bearer t", "acme")
     assert (sent["x-request-id"], sent["x-forwarded-for"]) == ("r1", "127.0.0.1")
@@ -95,7 +102,7 @@ def test_chunked_request_bodies_are_accepted(face: Face) -> None:
     connection = face.connection()
     connection.request("POST", "/functions", body=chunks(body, 7), encode_chunked=True)
     reply = connection.getresponse()
-    assert (reply.status, json.loads(reply.read())["id"]) == (200, "add")
+    assert (reply.status, json.loads(reply.read())["display_name"]) == (200, "add")
     connection.close()
 
 

@@ -501,3 +501,28 @@ def test_an_old_database_gains_the_owner_column(tmp_path: Path) -> None:
         assert interrupted(await service.get("acme", "a" * 32))
 
     run(scenario)
+
+
+def test_the_sweeper_survives_a_database_outage(tmp_path: Path) -> None:
+    from tensorwasm_common.database import DatabaseUnavailableError
+
+    async def scenario() -> None:
+        service, _, _ = make(tmp_path)
+        purge = service._store.purge_expired
+        calls: list[int] = []
+
+        def flaky_purge(now_ns: int) -> int:
+            calls.append(now_ns)
+            if len(calls) == 1:
+                raise DatabaseUnavailableError("the database is away", engine="postgresql")
+            return purge(now_ns)
+
+        service._store.purge_expired = flaky_purge  # type: ignore[method-assign]
+        service.start_sweeping(0.01)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(calls) < 3:
+            assert time.monotonic() < deadline, "the sweeper stopped after the outage"
+            await asyncio.sleep(0.01)
+        await service.close(1.0)
+
+    run(scenario)

@@ -166,14 +166,14 @@ def test_vector_add_body_is_bounds_checked_add() -> None:
     assert "%ctaid.x" in f32
     assert "%ntid.x" in f32
     assert "%tid.x" in f32
-    assert "setp.ge.u32" in f32
+    assert "setp.ge.u64" in f32  # a 64-bit index against n
     assert "add.rn.f32" in f32
     assert "st.global.f32" in f32
-    assert "mul.wide.u32 %rd1, %r5, 4;" in f32
+    assert "mul.lo.u64 %rd1, %rd2, 4;" in f32
     f16 = emit(KernelSpec("vector_add", {}, "f16", "sm_90")).ptx
     assert "cvt.f32.f16" in f16  # halves are added in f32 and rounded once
     assert "cvt.rn.f16.f32" in f16
-    assert "mul.wide.u32 %rd1, %r5, 2;" in f16
+    assert "mul.lo.u64 %rd1, %rd2, 2;" in f16
 
 
 def test_ptx_digest_and_key_fields() -> None:

@@ -1,0 +1,1 @@
+"""The real database and storage engines, started for tests."""
