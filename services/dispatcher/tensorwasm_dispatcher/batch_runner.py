@@ -203,9 +203,7 @@ class _Run:
             if isinstance(command, _BUFFER_COMMANDS):
                 data = dispatcher.buffers.run(session, command)
                 return CommandResult(0, data=data) if data else OK
-            self.kernel_seconds += dispatcher.run_kernel_command(
-                session, self.staging, command, self._deadline
-            )
+            self.kernel_seconds += dispatcher.run_kernel_command(session, self.staging, command)
         except AbiFailure as failure:
             return CommandResult(int(failure.code), failure.message)
         except Exception:
@@ -315,14 +313,9 @@ class Dispatcher:
             self.ledger.release(session.tenant, module_bytes)
 
     def run_kernel_command(
-        self,
-        session: GpuSession,
-        staging: _Staging,
-        command: LoadKernel | LaunchKernel[KernelArg],
-        deadline: float | None = None,
+        self, session: GpuSession, staging: _Staging, command: LoadKernel | LaunchKernel[KernelArg]
     ) -> float:
-        """Runs one command; returns its kernel time (a launch that runs at once, as on the
-        cpu backend, is stopped at `deadline`). Failures raise AbiFailure."""
+        """Runs one command; returns its kernel time. Failures raise AbiFailure."""
         if isinstance(command, LoadKernel):
             self._load(session, command)
             return 0.0
@@ -347,7 +340,6 @@ class Dispatcher:
             block=command.block,
             shared_mem_bytes=command.shared_mem_bytes,
             args=args,
-            deadline=deadline,
         )
         for position in result.written:
             arg = command.args[position]

@@ -174,11 +174,9 @@ class Backend(abc.ABC):
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
-        deadline: float | None = None,
     ) -> LaunchResult:
         """Runs one kernel on `stream`, or queues it there (then `finish` reports how it
-        ended and its kernel time). A backend that runs the kernel at once and can stop it
-        stops it at `deadline` (on `time.monotonic()`; None: its own limit only).
+        ended and its kernel time).
 
         Raises:
             AbiFailure: INVALID_ARGS (the arguments do not fit the kernel),

@@ -153,12 +153,9 @@ class CpuBackend(Backend):
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
-        deadline: float | None = None,
     ) -> LaunchResult:
         if isinstance(kernel, _PtxKernel):
             limit = time.monotonic() + self.launch_timeout_seconds
-            if deadline is not None:
-                limit = min(limit, deadline)
             return self._launch_ptx(
                 kernel, grid=grid, block=block, shared_mem_bytes=shared_mem_bytes, args=args,
                 deadline=limit,

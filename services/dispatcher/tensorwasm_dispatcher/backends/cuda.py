@@ -336,9 +336,7 @@ class CudaBackend(Backend):
         block: Dim3,
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
-        deadline: float | None = None,
     ) -> LaunchResult:
-        del deadline  # a running kernel cannot be stopped (the driver's watchdog may)
         driver = self._driver
         cuda_kernel = _kernel(kernel)
         cuda_stream, function = _stream(stream), cuda_kernel.function

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -450,18 +449,6 @@ def test_index_arithmetic_wraps_and_reversed_indices_store_as_on_a_gpu() -> None
     index = np.arange(256, dtype=np.uint64)
     assert out.tolist() == ((index * 1073741825) % 2**32).tolist()
     assert reversed_.tolist() == list(range(255, -1, -1))
-
-
-def test_the_callers_deadline_stops_a_launch_and_the_session_goes_on() -> None:
-    spin = (HEADER + ".visible .entry spin()\n{\nSPIN:\n    bra SPIN;\n}\n").encode()
-    dispatcher, ledger = _dispatcher(_backend(timeout=600.0))  # the backend's own limit: far
-    commands = (LoadKernel(0, spin, "spin"), LaunchKernel(0, (1, 1, 1), (32, 1, 1), 0, ()))
-    outcome = dispatcher.execute("t", Batch("s", (), commands), deadline=time.monotonic() + 0.2)
-    assert [r.code for r in outcome.results] == [0, AbiError.LAUNCH_FAILED]
-    assert "ran past its deadline" in outcome.results[1].message
-    double = (LoadKernel(1, DOUBLE.encode(), "double_it"),)
-    assert [r.code for r in dispatcher.execute("t", Batch("s", (), double)).results] == [0]
-    assert ledger.usage("t").staged_bytes_current == 0
 
 
 def test_module_variables_start_from_their_initialisers_and_persist_across_launches() -> None:
