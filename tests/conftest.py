@@ -34,11 +34,13 @@ def wasm() -> Callable[[str], bytes]:
     return load
 
 
-# A well-formed PTX that declares `vector_add` but is not the kernel library's: the cpu
-# backend cannot run it (not_available).
+# A well-formed PTX that declares `vector_add` and fetches from a texture, which the cpu
+# backend's PTX executor does not run (not_available).
 FOREIGN_PTX = (
     b".version 7.8\n.target sm_80\n.address_size 64\n\n"
-    b".visible .entry vector_add(\n)\n{\n\tret;\n}\n"
+    b".visible .entry vector_add(\n)\n{\n\t.reg .f32 %f<5>;\n\t.reg .b32 %r<2>;\n"
+    b"\t.reg .b64 %rd<2>;\n\ttex.1d.v4.f32.s32 {%f1, %f2, %f3, %f4}, [%rd1, {%r1}];\n"
+    b"\tret;\n}\n"
 )
 
 

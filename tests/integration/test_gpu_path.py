@@ -110,7 +110,7 @@ ERRORS = [
     ("bad_pointer_arg", -2, "invalid_pointer: argv record 2 (ptr) [131000, 131256)"),
     ("unknown_kernel", -3, "invalid_kernel: kernel 99 was not loaded by this instance"),
     ("malformed_ptx", -4, "malformed_ptx: the PTX declares no `.entry vector_add`"),
-    ("foreign_ptx", -1, "not_available: the cpu backend runs only the kernel library's own PTX"),
+    ("foreign_ptx", -1, "not_available: the cpu PTX executor does not support line 11: the "),
     ("zero_block", -8, "invalid_dimensions: block (0, 1, 1)"),
     ("too_many_threads", -8, "invalid_dimensions: block (32, 32, 2) has 2048 threads"),
     ("negative_grid", -8, "invalid_dimensions: grid (-1, 1, 1)"),
@@ -118,7 +118,7 @@ ERRORS = [
     ("truncated_record", -9, "invalid_args: argv record 0 (i32) at byte 0 is truncated"),
     ("argv_too_long", -10, "kernel_args_unsupported: argv has 4097 bytes"),
     ("too_many_records", -10, "kernel_args_unsupported: argv has more than 128 records"),
-    ("short_buffer_at_sync", -5, "launch_failed: vector_add: buffer a has 64 f32 elements"),
+    ("short_buffer_at_sync", -5, "launch_failed: vector_add: an illegal address"),
     ("bad_error_buffer", -2, ""),
 ]
 

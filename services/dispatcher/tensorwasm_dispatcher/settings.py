@@ -45,6 +45,12 @@ class DispatcherSettings(ServerSettings):
     # The in-process LRU of cubins loaded through sharing, in bytes (0: none kept, every
     # load asks the jit cache).
     cubin_cache_bytes: int = 64 << 20
+    # How the cpu backend runs the kernels it recognises (the kernel library's and the jit
+    # cache's): `ptx` through the PTX executor, as written; `reference` by their NumPy
+    # references. Any other PTX runs through the executor either way.
+    cpu_kernels: str = "ptx"
+    # How long one launch may run on the cpu backend's PTX executor before it is stopped.
+    cpu_launch_timeout_seconds: float = 60.0
     # Where batches run: `tenant`, a worker process per tenant (its own CUDA context, so a
     # fault, sticky error, crash or hung kernel ends that tenant's worker only, and no
     # tenant can address another's device memory); `shared`, one worker process for all
@@ -82,7 +88,7 @@ class DispatcherSettings(ServerSettings):
         """Requests one tenant may have in flight."""
         return self.max_in_flight_per_tenant or max(1, self.max_in_flight // 2)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: PLR0912 (one check per setting)
         super().__post_init__()
         if self.backend not in {"auto", "cuda", "cpu"}:
             raise SettingsError(f"backend: expected auto, cuda or cpu, got {self.backend!r}")
@@ -107,6 +113,10 @@ class DispatcherSettings(ServerSettings):
                 raise SettingsError(f"jit_address: {exc}") from None
         if not 0 < self.jit_timeout_seconds <= 60:
             raise SettingsError("jit_timeout_seconds: must be in (0, 60]")
+        if self.cpu_kernels not in {"ptx", "reference"}:
+            raise SettingsError(f"cpu_kernels: expected ptx or reference, got {self.cpu_kernels!r}")
+        if not 0 < self.cpu_launch_timeout_seconds <= 3600:
+            raise SettingsError("cpu_launch_timeout_seconds: must be in (0, 3600]")
         self._check_workers()
         if self.cubin_cache_bytes < 0:
             raise SettingsError("cubin_cache_bytes: must be >= 0")

@@ -43,7 +43,7 @@ from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack
 from tensorwasm_common.gpu_abi import ArgTag, ScalarArg
 from tensorwasm_dispatcher.backends.base import BufferArg
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.backends.discovery import BackendKind, discover
 from tensorwasm_kernels import CATALOG
 
@@ -78,7 +78,7 @@ class CpuDirect:
     """N launches of vector_add straight on a `CpuBackend` (no RPC, no guest)."""
 
     def __init__(self) -> None:
-        self._backend = CpuBackend()
+        self._backend = CpuBackend(kernels=CpuKernels.REFERENCE)
         self._stream = self._backend.open_stream()
         ptx = CATALOG["vector_add"].ptx_text().encode("utf-8")
         self._kernel = self._backend.load(ptx, "vector_add")
@@ -221,6 +221,9 @@ def dispatch(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 "TENSORWASM_EXECUTOR_WORKERS": str(CONCURRENCY),
                 "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT": str(2 * CONCURRENCY),
                 "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT_PER_TENANT": str(2 * CONCURRENCY),
+                # The path's overhead, not the kernel: NumPy references, as the anchor
+                # (group ptx_cpu measures the PTX executor).
+                "TENSORWASM_DISPATCHER_CPU_KERNELS": "reference",
                 "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT": str(CONCURRENCY),
                 "TENSORWASM_DISPATCHER_MAX_IN_FLIGHT_PER_TENANT": str(CONCURRENCY),
             },

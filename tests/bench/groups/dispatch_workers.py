@@ -33,7 +33,7 @@ import numpy as np
 from tensorwasm_common.gpu_abi import ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_dispatcher.settings import DispatcherSettings
@@ -103,8 +103,12 @@ class CrashLoop:
 
 @group("dispatch_workers")
 def dispatch_workers(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
-    settings = DispatcherSettings(backend="cpu", worker_isolation="tenant", max_workers=64)
-    backend = CpuBackend()
+    # The workers' cost, not the kernel's: NumPy references, as in `dispatch` (group
+    # ptx_cpu measures the PTX executor).
+    settings = DispatcherSettings(
+        backend="cpu", worker_isolation="tenant", max_workers=64, cpu_kernels="reference"
+    )
+    backend = CpuBackend(kernels=CpuKernels.REFERENCE)
     ledger = Ledger(1 << 30)
     inprocess = Dispatcher(backend, ledger, GpuSessionTable(backend, idle_ttl_seconds=600))
     pool = WorkerPool(settings, Ledger(1 << 30))

@@ -44,9 +44,10 @@ TIMEOUT_SECONDS = 60.0
 
 def _stack(cleanup: contextlib.ExitStack) -> LocalStack:
     temp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tensorwasm-bench-jit-"))
-    stack = LocalStack(
-        Path(temp) / "stack", ephemeral_ports=True, extra_env={"OTEL_TRACES_EXPORTER": "none"}
-    )
+    # The tensor-op API's cost over a NumPy matmul, as before the PTX executor (a 256^3
+    # matmul through it takes seconds; group ptx_cpu measures the executor).
+    env = {"OTEL_TRACES_EXPORTER": "none", "TENSORWASM_DISPATCHER_CPU_KERNELS": "reference"}
+    stack = LocalStack(Path(temp) / "stack", ephemeral_ports=True, extra_env=env)
     cleanup.callback(stack.stop)
     stack.start()
     return stack

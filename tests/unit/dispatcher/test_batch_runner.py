@@ -13,7 +13,7 @@ import pytest
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, BatchResult, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.errors import InvalidBatchError
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
@@ -30,8 +30,10 @@ class Clock:
         return self.now
 
 
-def make_dispatcher(quota: int = 1 << 30, clock: Clock | None = None) -> Dispatcher:
-    backend = CpuBackend()
+def make_dispatcher(
+    quota: int = 1 << 30, clock: Clock | None = None, kernels: CpuKernels = CpuKernels.PTX
+) -> Dispatcher:
+    backend = CpuBackend(kernels=kernels)
     ledger = Ledger(quota)
     sessions = GpuSessionTable(
         backend,
@@ -121,11 +123,17 @@ CASES = {
 }
 
 
+# What the PTX may differ from the references by: they accumulate in f64 and round once,
+# the kernels accumulate in f32 in their own order (elementwise kernels are bit-exact).
+PTX_TOLERANCE = {"matmul": (1e-5, 1e-5), "conv2d": (1e-5, 1e-5), "reduce_sum": (1e-5, 1e-3)}
+
+
+@pytest.mark.parametrize("kernels", list(CpuKernels))
 @pytest.mark.parametrize("name", sorted(CATALOG))
-def test_every_kernel_matches_its_reference(name: str) -> None:
+def test_every_kernel_matches_its_reference(name: str, kernels: CpuKernels) -> None:
     spec = CATALOG[name]
     buffers, scalars, grid, block = CASES[name]
-    dispatcher = make_dispatcher()
+    dispatcher = make_dispatcher(kernels=kernels)
 
     outcome = dispatcher.execute("t", launch_batch(spec, buffers, scalars, grid, block))
 
@@ -135,7 +143,12 @@ def test_every_kernel_matches_its_reference(name: str) -> None:
     written = [i for i, p in enumerate(spec.pointer_params) if p.kind.is_written]
     assert sorted(outcome.buffers) == written  # only what the kernel writes comes back
     for index in written:
-        np.testing.assert_array_equal(f32(outcome.buffers[index]), expected[index])
+        if kernels is CpuKernels.PTX and name in PTX_TOLERANCE:
+            rtol, atol = PTX_TOLERANCE[name]
+            got = f32(outcome.buffers[index])
+            np.testing.assert_allclose(got, expected[index], rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(f32(outcome.buffers[index]), expected[index])
     assert outcome.kernel_seconds > 0
 
 
@@ -183,10 +196,58 @@ def va(
     return LaunchKernel(0, grid, block, shared, args)
 
 
-def test_foreign_ptx_is_not_available_on_cpu() -> None:
-    code, message = run_one(LoadKernel(1, b".visible .entry vector_add(\n)\n{\n}\n", "vector_add"))
+FOREIGN_HEADER = b".version 7.8\n.target sm_80\n.address_size 64\n"
+
+
+@pytest.mark.parametrize("kernels", list(CpuKernels))
+def test_foreign_ptx_runs_on_cpu(kernels: CpuKernels) -> None:
+    # A guest's own kernel (not the library's): out[i] = i * 3, through the PTX executor.
+    foreign = (
+        FOREIGN_HEADER
+        + b"""
+.visible .entry triple(.param .u64 out, .param .u32 n)
+{
+    .reg .pred %p<2>; .reg .b32 %r<4>; .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out];
+    ld.param.u32 %r1, [n];
+    mov.u32 %r2, %tid.x;
+    setp.ge.u32 %p1, %r2, %r1;
+    @%p1 bra DONE;
+    mul.lo.u32 %r3, %r2, 3;
+    mul.wide.u32 %rd2, %r2, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r3;
+DONE:
+    ret;
+}
+"""
+    )
+    regions = (StagedRegion(0, bytes(64), 4096, True),)
+    launch = LaunchKernel(
+        0, (1, 1, 1), (32, 1, 1), 0, (BufferRef(0, 0, 64), ScalarArg(ArgTag.U32, 10))
+    )
+    outcome = make_dispatcher(kernels=kernels).execute(
+        "t", Batch("s", regions, (LoadKernel(0, foreign, "triple"), launch))
+    )
+    assert codes(outcome) == [0, 0]
+    expected = [3 * i for i in range(10)] + [0] * 6
+    assert np.frombuffer(outcome.buffers[0], np.uint32).tolist() == expected
+
+
+def test_an_unsupported_instruction_is_not_available_and_named() -> None:
+    foreign = (
+        FOREIGN_HEADER
+        + b""".visible .entry tex_user(.param .u64 t)
+{
+    .reg .f32 %f<5>; .reg .b32 %r<2>; .reg .b64 %rd<2>;
+    tex.1d.v4.f32.s32 {%f1, %f2, %f3, %f4}, [%rd1, {%r1}];
+    ret;
+}
+"""
+    )
+    code, message = run_one(LoadKernel(1, foreign, "tex_user"))
     assert code == AbiError.NOT_AVAILABLE
-    assert "only the kernel library's own PTX" in message
+    assert "does not support" in message and "tex.1d.v4.f32.s32" in message
 
 
 @pytest.mark.parametrize(
@@ -208,7 +269,8 @@ def test_foreign_ptx_is_not_available_on_cpu() -> None:
         (va(args=VA_ARGS[:3]), AbiError.INVALID_ARGS),
         (va(args=(*VA_ARGS[:3], ScalarArg(ArgTag.F32, 0))), AbiError.INVALID_ARGS),
         (va(args=(*VA_ARGS[:3], ScalarArg(ArgTag.I64, 64))), AbiError.INVALID_ARGS),
-        (va(args=(ScalarArg(ArgTag.U64, 0), *VA_ARGS[1:])), AbiError.INVALID_ARGS),
+        # A u64 of 0 where the kernel dereferences a pointer: it faults, as on a GPU.
+        (va(args=(ScalarArg(ArgTag.U64, 0), *VA_ARGS[1:])), AbiError.LAUNCH_FAILED),
         (va(args=(BufferRef(7, 0, 4), *VA_ARGS[1:])), AbiError.INVALID_POINTER),
         (va(args=(BufferRef(0, 200, 100), *VA_ARGS[1:])), AbiError.INVALID_POINTER),
         (  # n = 65 over 64-element buffers: a GPU would fault

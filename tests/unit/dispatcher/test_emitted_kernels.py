@@ -1,5 +1,6 @@
-"""Every kernel the jit cache emits runs on the dispatcher's cpu backend and matches NumPy;
-the cpu backend recognises emitted modules by their marker and entry, and nothing else."""
+"""Every kernel the jit cache emits runs on the dispatcher's cpu backend and matches NumPy,
+both as PTX (through the PTX executor) and by the kernel library's references; under
+references the cpu backend recognises emitted modules by their marker and entry only."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, BufferRef, ScalarArg
+from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
 from tensorwasm_common.gpu_batch import Batch, LaunchKernel, LoadKernel, StagedRegion
 from tensorwasm_dispatcher.accounting import Ledger
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels, _CpuKernel, _PtxKernel
 from tensorwasm_dispatcher.batch_runner import Dispatcher
 from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
 from tensorwasm_jit.ptx import EMITTERS, KernelSpec, emit
@@ -21,14 +22,16 @@ from tests.emitted_cases import Case, all_cases, check_case, run_case
 CASES = all_cases()
 
 
-def _dispatcher() -> Dispatcher:
-    backend = CpuBackend()
+def _dispatcher(kernels: CpuKernels = CpuKernels.PTX) -> Dispatcher:
+    backend = CpuBackend(kernels=kernels)
     return Dispatcher(backend, Ledger(1 << 30), GpuSessionTable(backend, idle_ttl_seconds=60))
 
 
+@pytest.mark.parametrize("kernels", list(CpuKernels))
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_emitted_kernel_matches_numpy_on_the_cpu_backend(case: Case) -> None:
-    check_case(case, run_case(_dispatcher(), case, case.name))
+def test_emitted_kernel_matches_numpy_on_the_cpu_backend(case: Case, kernels: CpuKernels) -> None:
+    # PTX: the emitted PTX itself, executed; reference: the kernel library's NumPy oracle.
+    check_case(case, run_case(_dispatcher(kernels), case, case.name))
 
 
 def test_every_emitter_has_a_case() -> None:
@@ -53,13 +56,14 @@ def test_lookup_needs_the_emitters_entry_and_a_valid_marker() -> None:
     assert lookup_emitted("// tensorwasm-jit-kernel {not json\n", kernel.entry) is None
 
 
-def test_emitted_ptx_without_its_marker_is_not_available_on_cpu() -> None:
+def test_emitted_ptx_without_its_marker_runs_as_ptx_under_references() -> None:
     kernel = emit(KernelSpec("relu", {}, "f32", "sm_80"))
-    assert CpuBackend().load(kernel.ptx.encode(), kernel.entry).entry == kernel.entry
-    with pytest.raises(AbiFailure) as info:
-        CpuBackend().load(kernel.ptx.split("\n", 1)[1].encode(), kernel.entry)
-    assert info.value.code is AbiError.NOT_AVAILABLE
-    assert "jit cache" in info.value.message
+    backend = CpuBackend(kernels=CpuKernels.REFERENCE)
+    recognised = backend.load(kernel.ptx.encode(), kernel.entry)
+    assert isinstance(recognised, _CpuKernel) and recognised.entry == kernel.entry
+    unmarked = backend.load(kernel.ptx.split("\n", 1)[1].encode(), kernel.entry)
+    assert isinstance(unmarked, _PtxKernel) and unmarked.entry == kernel.entry
+    assert isinstance(CpuBackend().load(kernel.ptx.encode(), kernel.entry), _PtxKernel)
 
 
 def test_a_launch_with_the_wrong_argument_count_fails_with_invalid_args() -> None:
@@ -70,12 +74,17 @@ def test_a_launch_with_the_wrong_argument_count_fails_with_invalid_args() -> Non
 
 
 @pytest.mark.parametrize(
-    ("grid", "block"),
-    [(((1 << 25) + 1, 1, 1), (128, 1, 1)), ((3, 2, 2), (128, 2, 1))],
-    ids=["past-2^32-threads", "y-and-z-slices"],
+    ("grid", "block", "kernels"),
+    [
+        # 2^32 threads are far past what the PTX executor runs in a test: the reference.
+        (((1 << 25) + 1, 1, 1), (128, 1, 1), CpuKernels.REFERENCE),
+        ((3, 2, 2), (128, 2, 1), CpuKernels.REFERENCE),
+        ((3, 2, 2), (128, 2, 1), CpuKernels.PTX),
+    ],
+    ids=["past-2^32-threads", "y-and-z-slices", "y-and-z-slices-ptx"],
 )
 def test_an_in_place_op_applies_once_on_the_cpu_backend_as_in_the_ptx(
-    grid: tuple[int, int, int], block: tuple[int, int, int]
+    grid: tuple[int, int, int], block: tuple[int, int, int], kernels: CpuKernels
 ) -> None:
     # The PTX's 64-bit index and y/z guard (tests/unit/jit/ptx/test_elementwise_semantics.py
     # runs the same launches instruction by instruction): the cpu reference agrees.
@@ -91,6 +100,6 @@ def test_an_in_place_op_applies_once_on_the_cpu_backend_as_in_the_ptx(
         ),
         end_session=True,
     )
-    outcome = _dispatcher().execute("t", batch)
+    outcome = _dispatcher(kernels).execute("t", batch)
     assert [r.code for r in outcome.results] == [0, 0]
     np.testing.assert_array_equal(np.frombuffer(outcome.buffers[0], np.float32), -x)

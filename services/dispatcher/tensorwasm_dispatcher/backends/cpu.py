@@ -1,21 +1,23 @@
-"""The cpu backend: runs the kernel library's kernels with their NumPy references.
+"""The cpu backend: runs PTX on the host, through the PTX executor or NumPy references.
 
-A kernel is found by identity (`lookup_by_ptx`: the canonical PTX text and its entry), or
-as a jit-emitted kernel by its marker line and entry (`lookup_emitted`); any other PTX is
-not available here. Staged buffers are host bytearrays, viewed as f32 by
-the references and written in place, so a batch's launches see each other's writes.
-Kernel time is the wall time of the reference.
+By default every kernel runs as written, through the PTX executor (`backends.ptx`). With
+`kernels="reference"`, the kernel library's kernels (found by identity: `lookup_by_ptx`,
+the canonical PTX text and its entry) and the jit cache's emitted kernels (by their
+marker line and entry: `lookup_emitted`) run their NumPy references instead, and any
+other PTX still runs through the executor. Staged buffers are host bytearrays written in
+place, so a batch's launches see each other's writes. Kernel time is the wall time of the
+launch.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from tensorwasm_common.gpu_abi import AbiError, AbiFailure, ArgTag, Dim3, ScalarArg
 from tensorwasm_kernels import (
-    CATALOG,
     KernelArgumentError,
     KernelSpec,
     LaunchGeometryError,
@@ -36,6 +38,7 @@ from tensorwasm_dispatcher.backends.base import (
     Stream,
 )
 from tensorwasm_dispatcher.backends.discovery import BackendKind
+from tensorwasm_dispatcher.backends.ptx import PointerArg, PtxExecutor, PtxKernel
 
 # Dynamic shared memory a launch may ask for without opting in (cuLaunchKernel refuses
 # more); the references need none, but the cpu backend refuses what a GPU would.
@@ -46,6 +49,19 @@ _SCALAR_TAGS = {
     ParamKind.U32: frozenset({ArgTag.I32, ArgTag.U32}),
     ParamKind.F32: frozenset({ArgTag.F32}),
 }
+
+
+class CpuKernels(enum.StrEnum):
+    """How the cpu backend runs the kernels it recognises."""
+
+    PTX = "ptx"  # every kernel through the PTX executor
+    REFERENCE = "reference"  # library and emitted kernels by their NumPy references
+
+
+class _PtxKernel(Kernel):
+    def __init__(self, kernel: PtxKernel) -> None:
+        self.kernel = kernel
+        self.entry = kernel.entry
 
 
 class _CpuKernel(Kernel):
@@ -79,16 +95,31 @@ class CpuBackend(Backend):
     def close_stream(self, stream: Stream) -> None:
         pass
 
+    def __init__(
+        self,
+        *,
+        kernels: CpuKernels = CpuKernels.PTX,
+        launch_timeout_seconds: float = 60.0,
+        executor: PtxExecutor | None = None,
+    ) -> None:
+        """A cpu backend.
+
+        Args:
+            kernels: Whether recognised kernels run as PTX or as NumPy references.
+            launch_timeout_seconds: How long one PTX launch may run before it is stopped
+                (a launch failure, as a GPU watchdog would report).
+            executor: The PTX executor (its translation cache); a new one if None.
+        """
+        self.kernels = kernels
+        self.launch_timeout_seconds = launch_timeout_seconds
+        self.executor = executor or PtxExecutor()
+
     def load(self, ptx: bytes, entry: str) -> Kernel:
-        spec = lookup_by_ptx(ptx, entry) or lookup_emitted(ptx, entry)
-        if spec is None:
-            raise AbiFailure(
-                AbiError.NOT_AVAILABLE,
-                f"the cpu backend runs only the kernel library's own PTX "
-                f"({', '.join(sorted(CATALOG))}) and kernels emitted by the jit cache; this "
-                f"PTX for entry {entry!r} is neither, and arbitrary PTX needs a GPU",
-            )
-        return _CpuKernel(spec)
+        if self.kernels is CpuKernels.REFERENCE:
+            spec = lookup_by_ptx(ptx, entry) or lookup_emitted(ptx, entry)
+            if spec is not None:
+                return _CpuKernel(spec)
+        return _PtxKernel(self.executor.load(ptx, entry))
 
     def unload(self, kernel: Kernel) -> None:
         pass
@@ -123,6 +154,12 @@ class CpuBackend(Backend):
         shared_mem_bytes: int,
         args: Sequence[LaunchArg],
     ) -> LaunchResult:
+        if isinstance(kernel, _PtxKernel):
+            limit = time.monotonic() + self.launch_timeout_seconds
+            return self._launch_ptx(
+                kernel, grid=grid, block=block, shared_mem_bytes=shared_mem_bytes, args=args,
+                deadline=limit,
+            )  # fmt: skip
         if not isinstance(kernel, _CpuKernel):
             raise TypeError("not a kernel of the cpu backend")
         spec = kernel.spec
@@ -146,6 +183,44 @@ class CpuBackend(Backend):
             raise AbiFailure(AbiError.LAUNCH_FAILED, str(exc)) from None
         elapsed = time.perf_counter() - started
         return LaunchResult(kernel_seconds=elapsed, written=kernel.written)
+
+    def _launch_ptx(
+        self,
+        kernel: _PtxKernel,
+        *,
+        grid: Dim3,
+        block: Dim3,
+        shared_mem_bytes: int,
+        args: Sequence[LaunchArg],
+        deadline: float,
+    ) -> LaunchResult:
+        try:
+            check_geometry(grid, block)
+        except LaunchGeometryError as exc:
+            raise AbiFailure(AbiError.INVALID_DIMENSIONS, f"{kernel.entry}: {exc}") from None
+        if shared_mem_bytes > MAX_DYNAMIC_SHARED_BYTES:
+            raise AbiFailure(
+                AbiError.LAUNCH_FAILED,
+                f"{kernel.entry}: {shared_mem_bytes} bytes of dynamic shared memory, more than "
+                f"the {MAX_DYNAMIC_SHARED_BYTES} a launch may use",
+            )
+        bound = [
+            PointerArg(_cpu_buffer(arg.buffer).data, arg.offset_bytes, arg.guest_offset)
+            if isinstance(arg, BufferArg)
+            else arg
+            for arg in args
+        ]
+        started = time.perf_counter()
+        written = self.executor.launch(
+            kernel.kernel,
+            grid=grid,
+            block=block,
+            shared_mem_bytes=shared_mem_bytes,
+            args=bound,
+            deadline=deadline,
+        )
+        elapsed = time.perf_counter() - started
+        return LaunchResult(kernel_seconds=elapsed, written=written)
 
 
 def _cpu_buffer(buffer: DeviceBuffer) -> _CpuBuffer:

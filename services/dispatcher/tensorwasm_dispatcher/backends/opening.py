@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tensorwasm_dispatcher.backends.base import Backend
-from tensorwasm_dispatcher.backends.cpu import CpuBackend
+from tensorwasm_dispatcher.backends.cpu import CpuBackend, CpuKernels
 from tensorwasm_dispatcher.backends.cubin_sharing import JitArtifactStore
 from tensorwasm_dispatcher.backends.discovery import (
     BackendKind,
@@ -45,4 +45,7 @@ def open_backend(settings: DispatcherSettings) -> tuple[DeviceReport, Backend]:
             if settings.backend == "cuda":
                 raise
             report = cpu_report(f"the CUDA device could not be opened: {exc}")
-    return report, CpuBackend()
+    return report, CpuBackend(
+        kernels=CpuKernels(settings.cpu_kernels),
+        launch_timeout_seconds=settings.cpu_launch_timeout_seconds,
+    )
