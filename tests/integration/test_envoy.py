@@ -23,7 +23,7 @@ from tensorwasm_client.local_certs import issue, make_authority
 
 from tests.integration.conftest import RunningStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.engines]
 
 ROOT = Path(__file__).resolve().parents[2]
 ADD_WAT = bytes(wasmtime.wat2wasm((ROOT / "tests/fixtures/wat/add.wat").read_text()))

@@ -28,7 +28,7 @@ from tests.engines.postgres import PostgresServer, running_postgres
 from tests.integration.conftest import RunningStack
 from tests.integration.test_gateway_replicas import SecondGateway
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.engines]
 SETTING = "TENSORWASM_GATEWAY_DATABASE_URL"
 DEADLINE_SECONDS = 60.0
 

@@ -33,7 +33,7 @@ from tensorwasm_client.stack import LocalStack
 
 from tests.integration.conftest import RunningStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.engines]
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "deploy" / "observability"

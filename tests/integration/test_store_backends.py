@@ -26,7 +26,7 @@ from tensorwasm_snapshot.object_store import GcReport, ReconcileReport, Snapshot
 
 from tests.engines.seaweedfs import SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.engines]
 
 SECOND = 1_000_000_000
 GRACE_SECONDS = 60

@@ -37,7 +37,7 @@ from tests.integration.test_store_service import (
     usage,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.engines]
 
 
 def start_store(
