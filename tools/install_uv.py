@@ -65,18 +65,24 @@ def extract_uv(wheel: Path, dest: Path) -> Path:
         return target
 
 
+def _https(url: str) -> str:
+    if not url.startswith("https://"):
+        raise InstallError(f"refusing a non-https URL: {url}")
+    return url
+
+
 def _download(version: str, workdir: Path) -> Path:
     fragment = wheel_platform(platform.machine(), platform.libc_ver()[0] or "musl")
-    request = urllib.request.Request(
-        f"{INDEX}/uv/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    request = urllib.request.Request(  # noqa: S310 (https only, checked)
+        _https(f"{INDEX}/uv/"), headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (https only)
         project = json.load(response)
     entry = pick_wheel(list(project["files"]), version, fragment)
     url = str(entry["url"])
     expected = dict(entry["hashes"])["sha256"]  # type: ignore[call-overload]
     wheel = workdir / str(entry["filename"])
-    with urllib.request.urlopen(url, timeout=300) as response:
+    with urllib.request.urlopen(_https(url), timeout=300) as response:  # noqa: S310
         wheel.write_bytes(response.read())
     actual = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if actual != expected:

@@ -4,19 +4,23 @@ its commands, global options and environment, exit codes, and `run ... -- guest 
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import typer
 from tensorwasm_client.cli import app, local_stack
+from tensorwasm_client.cli.app import hoist_global_options, main
 from tensorwasm_client.cli.common import exit_code
 from tensorwasm_client.client import TensorWasmError
+from tensorwasm_client.stack import StackAddresses
 from typer.testing import CliRunner, Result
 
 COMMANDS = {
     "up",
     "down",
     "status",
+    "restart",
     "deploy",
     "list",
     "get",
@@ -147,6 +151,48 @@ def test_a_command_exits_with_the_code_it_returns(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err == "error: interrupted\n"
 
 
+@pytest.mark.parametrize(
+    ("argv", "hoisted"),
+    [
+        (["up", "--data-dir", "D"], ["--data-dir", "D", "up"]),
+        (["status", "--data-dir=D", "--tenant", "t"], ["--data-dir=D", "--tenant", "t", "status"]),
+        (
+            ["run", "m.wasm", "--gateway", "g", "--", "--tenant", "x"],
+            ["--gateway", "g", "run", "m.wasm", "--", "--tenant", "x"],
+        ),
+        (["--token", "k", "list"], ["--token", "k", "list"]),
+    ],
+)
+def test_global_options_are_accepted_after_the_command(argv: list[str], hoisted: list[str]) -> None:
+    assert hoist_global_options(argv) == hoisted
+
+
+def test_up_with_the_data_dir_after_the_command_reaches_the_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[Path, object]] = []
+
+    class RecordingStack:
+        start_warnings = [("gateway", "NO BEARER TOKENS CONFIGURED: dev mode")]
+
+        def __init__(self, data_dir: Path, addresses: object = None) -> None:
+            seen.append((data_dir, addresses))
+
+        def start(self) -> dict[str, object]:
+            return {}
+
+    monkeypatch.setattr(local_stack, "LocalStack", RecordingStack)
+    monkeypatch.setattr(
+        sys, "argv", ["tensorwasm", "up", "--port-base", "41000", "--data-dir", str(tmp_path)]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    assert seen[0][0] == tmp_path
+    assert seen[0][1] == StackAddresses(port_base=41000)
+    assert "warning: gateway: NO BEARER TOKENS CONFIGURED" in capsys.readouterr().err
+
+
 def test_the_makefile_targets_call_the_cli_as_it_parses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +201,9 @@ def test_the_makefile_targets_call_the_cli_as_it_parses(
     class RecordingStack:
         """Stands in for LocalStack: records the data dir, starts and stops nothing."""
 
-        def __init__(self, data_dir: Path) -> None:
+        start_warnings: list[tuple[str, str]] = []
+
+        def __init__(self, data_dir: Path, **_options: object) -> None:
             data_dirs.append(data_dir)
 
         def start(self) -> dict[str, object]:

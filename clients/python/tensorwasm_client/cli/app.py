@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -66,6 +67,7 @@ app.callback()(_global_options)
 _bind(app, "up", local_stack.up)
 _bind(app, "down", local_stack.down)
 _bind(app, "status", local_stack.status)
+_bind(app, "restart", local_stack.restart)
 _bind(app, "deploy", functions.deploy)
 _bind(app, "list", functions.list_functions)
 _bind(app, "get", functions.get)
@@ -93,6 +95,34 @@ _bind(_snapshot, "verify", snapshots.verify)
 app.add_typer(_snapshot, name="snapshot")
 
 
-def main() -> None:
+# The global options and whether each takes a value: accepted before or after the command.
+GLOBAL_OPTIONS = {"--gateway": True, "--tenant": True, "--token": True, "--data-dir": True}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """`argv` with the global options found after the command moved before it, so
+    `tensorwasm up --data-dir D` works as `tensorwasm --data-dir D up`. Nothing after a
+    `--` (the guest's argv) is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest += argv[index:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
+            front += argv[index : index + 1 + int(takes_value)]
+            index += 1 + int(takes_value)
+            continue
+        rest.append(arg)
+        index += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> None:
     """The console script: runs one command and exits with its code."""
-    app(prog_name="tensorwasm")
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    app(args=args, prog_name="tensorwasm")
