@@ -301,17 +301,24 @@ def test_status_and_down(tmp_path: Path) -> None:
         status = tensorwasm("status", data_dir=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
         rows = [line.split() for line in status.stdout.splitlines()]
-        assert rows == [[n, services[n].grpc_address, "SERVING"] for n in SERVICES]
+        assert [row[:4] for row in rows] == [
+            [n, "SERVING", "grpc", services[n].grpc_address] for n in SERVICES
+        ]
+        for row, name in zip(rows, SERVICES, strict=True):
+            assert f"http://{services[name].metrics_address}/metrics" in row
+            assert services[name].log_path in row
+        assert services["gateway"].http_address in rows[-1]
 
         launcher.kill("jit")
         status = tensorwasm("status", data_dir=tmp_path)
         assert status.returncode == 1
-        assert [row.split()[2] for row in status.stdout.splitlines()] == [
+        assert [row.split()[1] for row in status.stdout.splitlines()] == [
             "SERVING",
-            "UNREACHABLE",
+            "EXITED",
             "SERVING",
             "SERVING",
             "SERVING",
+            "one",  # restart one service with: tensorwasm restart SERVICE
         ]
 
         down = tensorwasm("down", data_dir=tmp_path)

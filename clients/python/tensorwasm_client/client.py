@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -313,6 +314,7 @@ class InvocationStream:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._outcome_seen = False
 
     def __iter__(self) -> Iterator[pb.InvokeStreamResponse]:
         return self
@@ -323,16 +325,30 @@ class InvocationStream:
         except grpc.RpcError as exc:
             raise _error(exc) from None
         assert isinstance(event, pb.InvokeStreamResponse)
+        if event.HasField("outcome"):
+            self._outcome_seen = True
         return event
 
     def cancel(self) -> None:
         """Cancels the call: the guest stops; a no-op once the call has ended."""
         self._call.cancel()
 
+    def finish(self) -> None:
+        """Reads the call to its end (its status) after the outcome, the last event: a
+        call cancelled as soon as its outcome arrived would end CANCELLED at the gateway,
+        a successful call counted as a failure."""
+        with contextlib.suppress(grpc.RpcError, StopIteration):
+            for _ in self._call:
+                pass
+
     def __enter__(self) -> InvocationStream:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Leaving the block after the outcome ends the call normally; leaving it
+        earlier (or on an error) cancels it, which stops the guest."""
+        if self._outcome_seen and exc_type is None:
+            self.finish()
         self.cancel()
 
 
