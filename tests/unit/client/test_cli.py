@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from tensorwasm.common.v1.values_json import ArgumentError
 from tensorwasm_client.cli import app, local_stack
+from tensorwasm_client.cli import run as run_command
 from tensorwasm_client.cli.app import hoist_global_options, main
 from tensorwasm_client.cli.common import exit_code
 from tensorwasm_client.client import TensorWasmError
+from tensorwasm_client.local_run import DEFAULT_RUN_TIMEOUT_SECONDS
 from tensorwasm_client.stack import StackAddresses
 from typer.testing import CliRunner, Result
 
@@ -228,3 +231,67 @@ def test_the_makefile_targets_call_the_cli_as_it_parses(
         result = tensorwasm(*shlex.split(recipe))
         assert result.exit_code in (0, 1), (recipe, result.output)
     assert data_dirs == [tmp_path] * 3
+
+
+def test_a_bad_args_is_named_not_a_parser_trace(wat_dir: Path) -> None:
+    bad = tensorwasm("run", str(wat_dir / "add.wat"), "--args", "[1,")
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("error: --args is not JSON (Expecting value at character 3)")
+    assert "--args '[1, 2.5" in bad.stderr
+
+
+def test_run_prints_results_only_for_exports_that_return_values(wat_dir: Path) -> None:
+    hello = tensorwasm("run", str(wat_dir / "hello.wat"))
+    assert (hello.exit_code, hello.stdout) == (0, "hello, world\n")  # no [] after _start
+    added = tensorwasm("run", str(wat_dir / "add.wat"), "--args", "[1, 2]")
+    assert added.stdout == "[3]\n"
+
+
+def test_run_reads_piped_stdin_and_dash(wat_dir: Path) -> None:
+    echo = str(wat_dir / "wasi_echo.wat")
+    piped = CliRunner().invoke(app, ["run", echo], input="from the pipe\n")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == "hello stdout\nfrom the pipe\n"
+    dash = CliRunner().invoke(app, ["run", echo, "--stdin", "-"], input="dash\n")
+    assert dash.stdout == "hello stdout\ndash\n"
+
+
+def test_run_says_when_output_was_cut(wat_dir: Path) -> None:
+    cut = tensorwasm("run", str(wat_dir / "hello.wat"), "--max-output", "5")
+    assert cut.exit_code == 0
+    assert cut.stdout == "hello"
+    assert "warning: the guest's stdout was cut at 5 bytes (--max-output)" in cut.stderr
+
+
+def test_run_has_a_default_deadline(wat_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    def spy(*args: object, timeout_seconds: float, **kwargs: object) -> object:
+        seen.append(timeout_seconds)
+        raise ArgumentError("stop here")
+
+    monkeypatch.setattr(run_command, "run_local", spy)
+    tensorwasm("run", str(wat_dir / "add.wat"))
+    tensorwasm("run", str(wat_dir / "add.wat"), "--timeout", "0")
+    assert seen == [DEFAULT_RUN_TIMEOUT_SECONDS, 0.0]
+    assert DEFAULT_RUN_TIMEOUT_SECONDS == 300.0
+
+
+def test_run_refuses_unknown_and_gpu_imports_in_one_line(tmp_path: Path, wat_dir: Path) -> None:
+    unknown = tensorwasm("run", str(wat_dir / "bad_import.wat"))
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("error: ")
+    assert "imports env.host_fn, which tensorwasm run does not provide" in unknown.stderr
+    assert "Traceback" not in unknown.output
+    gpu = tmp_path / "gpu.wat"
+    gpu.write_text(
+        '(module (import "wasi:cuda/host@0.2.0" "device-count" (func (result i32)))'
+        ' (func (export "_start")))'
+    )
+    refused = tensorwasm("run", str(gpu))
+    assert refused.exit_code == 1
+    assert refused.stderr.count("\n") == 1
+    assert "imports wasi:cuda/host@0.2.0.device-count: GPU guests run on the services" in (
+        refused.stderr
+    )
+    assert f"tensorwasm deploy {gpu} --name NAME" in refused.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -11,8 +10,11 @@ import typer
 
 from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
+from tensorwasm_client.cli.entry import GLOBAL_OPTIONS, hoist_global_options, main
 from tensorwasm_client.client import DEFAULT_GATEWAY
 from tensorwasm_client.stack import default_data_dir
+
+__all__ = ["GLOBAL_OPTIONS", "app", "hoist_global_options", "main", "run_app"]
 
 
 def _group(help_text: str) -> typer.Typer:
@@ -95,34 +97,6 @@ _bind(_snapshot, "verify", snapshots.verify)
 app.add_typer(_snapshot, name="snapshot")
 
 
-# The global options and whether each takes a value: accepted before or after the command.
-GLOBAL_OPTIONS = {"--gateway": True, "--tenant": True, "--token": True, "--data-dir": True}
-
-
-def hoist_global_options(argv: list[str]) -> list[str]:
-    """`argv` with the global options found after the command moved before it, so
-    `tensorwasm up --data-dir D` works as `tensorwasm --data-dir D up`. Nothing after a
-    `--` (the guest's argv) is touched."""
-    front: list[str] = []
-    rest: list[str] = []
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg == "--":
-            rest += argv[index:]
-            break
-        name = arg.split("=", 1)[0]
-        if name in GLOBAL_OPTIONS:
-            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
-            front += argv[index : index + 1 + int(takes_value)]
-            index += 1 + int(takes_value)
-            continue
-        rest.append(arg)
-        index += 1
-    return front + rest
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The console script: runs one command and exits with its code."""
-    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+def run_app(args: list[str]) -> None:
+    """Runs the whole command tree on `args` (global options already in front)."""
     app(args=args, prog_name="tensorwasm")
