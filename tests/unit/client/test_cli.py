@@ -3,6 +3,7 @@ its commands, global options and environment, exit codes, and `run ... -- guest 
 
 from __future__ import annotations
 
+import io
 import shlex
 import sys
 from pathlib import Path
@@ -295,3 +296,43 @@ def test_run_refuses_unknown_and_gpu_imports_in_one_line(tmp_path: Path, wat_dir
         refused.stderr
     )
     assert f"tensorwasm deploy {gpu} --name NAME" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["add.wat", "--args", "[1, 2]"],
+        ["add.wat", "--env", "A=1", "--env", "B=2", "--timeout", "2.5", "--fuel", "7"],
+        ["probe.wat", "--export", "args", "--", "x", "--y", "--export"],
+        ["probe.wat", "--dir", "/tmp", "--guest-dir", "/in", "--max-output", "9", "--", "a"],
+    ],
+)
+def test_runs_fast_path_parses_as_typer_does(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tensorwasm run` parsed by quick_parse (the console script's fast path) reaches
+    run_local with exactly what the typer command passes."""
+    calls: list[dict[str, object]] = []
+
+    def spy(path: Path, **kwargs: object) -> object:
+        kwargs.pop("on_output")
+        calls.append({"path": path, **kwargs})
+        raise ArgumentError("stop here")
+
+    monkeypatch.setattr(run_command, "run_local", spy)
+    tensorwasm("run", *argv)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # as CliRunner's
+    with pytest.raises(SystemExit) as exited:
+        run_command.run_main(argv)
+    assert exited.value.code == 1
+    assert len(calls) == 2
+    assert calls[0] == calls[1]
+
+
+def test_runs_fast_path_leaves_help_and_errors_to_typer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_command.run_main(["add.wat", "--bogus"])
+    assert exited.value.code == 2
+    assert "No such option: --bogus" in capsys.readouterr().err
