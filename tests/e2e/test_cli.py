@@ -401,3 +401,33 @@ def test_async_invoke_then_invocation_get_and_list(cli: Cli, wat_dir: Path) -> N
     assert json.loads(cli.ok("invocation", "get", name))["state"] == "succeeded"
     (line,) = cli.ok("invocation", "list").splitlines()
     assert line.split() == [name, "succeeded", "functions/add", "add"]
+
+
+def test_argv0_is_the_function_name_and_argv_follows(cli: Cli, wat_dir: Path) -> None:
+    probe = str(wat_dir / "wasi_probe.wat")
+    cli.ok("deploy", probe, "--name", "probe")
+    assert cli.ok("invoke", "probe", "--export", "args") == "probe\0[]\n"  # argc 1, as a shell
+    cli.ok("deploy", probe, "--name", "flags", "--argv", "x", "--argv", "--y")
+    assert cli.ok("invoke", "flags", "--export", "args") == "flags\0x\0--y\0[]\n"
+
+
+def test_a_directory_outside_the_grant_is_refused_at_deploy(cli: Cli, wat_dir: Path) -> None:
+    probe = str(wat_dir / "wasi_probe.wat")
+    refused = cli.fails("deploy", probe, "--name", "reader", "--dir", "assets")
+    assert "DIRECTORY_NOT_GRANTED" in refused
+    assert "<TENSORWASM_EXECUTOR_GUEST_DIRS_ROOT>/" in refused
+    grant = cli.data_dir / "guest-dirs" / str(cli.tenant) / "assets"
+    assert f"on this local stack: mkdir -p {grant}" in refused
+    assert cli.ok("list") == ""  # nothing was deployed
+    grant.mkdir(parents=True)
+    (grant / "hello.txt").write_text("granted\n")
+    cli.ok("deploy", probe, "--name", "reader", "--dir", "assets")
+    assert cli.ok("invoke", "reader", "--export", "cat").startswith("granted\n")
+
+
+def test_deploy_replace(cli: Cli, wat_dir: Path) -> None:
+    cli.ok("deploy", str(wat_dir / "add.wat"), "--name", "fn")
+    assert "ALREADY_EXISTS" in cli.fails("deploy", str(wat_dir / "hello.wat"), "--name", "fn")
+    cli.ok("deploy", str(wat_dir / "hello.wat"), "--name", "fn", "--replace")
+    assert cli.ok("invoke", "fn") == "hello, world\n[]\n"
+    cli.ok("deploy", str(wat_dir / "add.wat"), "--name", "new", "--replace")  # none to replace

@@ -215,7 +215,9 @@ class FunctionService:
     ) -> FunctionRecord:
         """Compiles the stored module (running its init export) and checks its offload
         declarations; the record to keep."""
-        prepared = await self._executors.prepare(digest)
+        # A read-only directory is checked against the tenant's grant now, not at each call.
+        wasi = config.wasi if config.wasi.read_only_dir else None
+        prepared = await self._executors.prepare(digest, tenant=tenant, wasi=wasi)
         init_export = resolve_init_export(config, prepared.exports)
         if init_export:  # run init now: a failing init fails the deploy, not a call
             await self._executors.prepare(digest, init_export=init_export, tenant=tenant)
