@@ -175,8 +175,10 @@ def test_typed_arguments_and_results(cli: Cli, wat_dir: Path) -> None:
     assert cli.ok("invoke", "numeric", "--export", "add_f32", "--args", "[1.5, 2.25]") == "[3.75]\n"
     assert (
         cli.ok("invoke", "numeric", "--export", "id_f32", "--args", '[{"bits": "0x7fa00000"}]')
-        == '["nan"]\n'
+        == '[{"bits": "0x7fa00000"}]\n'  # a NaN payload prints as its exact bits
     )
+    assert cli.ok("invoke", "numeric", "--export", "id_f32", "--args", '["nan"]') == '["nan"]\n'
+
     assert cli.ok("invoke", "numeric", "--export", "id_f64", "--args", '["-inf"]') == '["-inf"]\n'
     assert (
         cli.ok("invoke", "numeric", "--export", "add_i64", "--args", "[9223372036854775807, 1]")
@@ -339,8 +341,10 @@ def test_instance_create_call_delete(cli: Cli, wat_dir: Path) -> None:
     created = cli("instance", "create", "counter")
     assert created.returncode == 0, created.stderr
     first, second = created.stdout.splitlines()
-    assert first == "started"  # the start function's stdout
-    name = json.loads(second)["name"]
+    name = json.loads(first)["name"]  # the name first: `head -n 1` finds it
+    assert second == "started"  # then the start function's stdout
+    got = json.loads(cli.ok("instance", "get", name))
+    assert (got["name"], got["function"], got["tenant"]) == (name, "functions/counter", cli.tenant)
     assert cli.ok("instance", "call", name, "--export", "inc") == "[1]\n"
     assert cli.ok("instance", "call", name, "--export", "add", "--args", "[5]") == "[6]\n"
     assert cli.ok("instance", "delete", name) == f"deleted {name}\n"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import typer
+from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import ArgumentError
 from tensorwasm_client.cli import app, local_stack
 from tensorwasm_client.cli import run as run_command
 from tensorwasm_client.cli.app import hoist_global_options, main
-from tensorwasm_client.cli.common import exit_code
+from tensorwasm_client.cli.common import exit_code, print_outcome
 from tensorwasm_client.client import TensorWasmError
 from tensorwasm_client.local_run import DEFAULT_RUN_TIMEOUT_SECONDS
 from tensorwasm_client.stack import StackAddresses
@@ -37,7 +38,7 @@ COMMANDS = {
 }
 VERBS = {
     "invocation": {"get", "list"},
-    "instance": {"create", "call", "delete"},
+    "instance": {"create", "get", "call", "delete"},
     "snapshot": {"ls", "get", "rm", "verify"},
 }
 ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")
@@ -336,3 +337,21 @@ def test_runs_fast_path_leaves_help_and_errors_to_typer(
         run_command.run_main(["add.wat", "--bogus"])
     assert exited.value.code == 2
     assert "No such option: --bogus" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    shown = tensorwasm("--version")
+    assert shown.exit_code == 0
+    assert shown.stdout.startswith("tensorwasm 0.1.0 (wasmtime-py ")
+
+
+def test_invoke_says_when_output_was_cut(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    outcome = invocation_pb2.InvocationOutcome(
+        stdout=b"12345",
+        stdout_truncated=True,
+        success=invocation_pb2.InvocationSuccess(),
+    )
+    assert print_outcome(outcome) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == b"12345[]\n"
+    assert b"warning: the guest's stdout was cut at the call's output cap" in err

@@ -33,8 +33,22 @@ def _bind(group: typer.Typer, name: str, command: Callable[..., int]) -> None:
     group.command(name)(exit_code(command))
 
 
+def _version(value: bool) -> None:
+    """`--version`: the CLI's version and the wasmtime-py that `run` uses."""
+    if value:
+        import importlib.metadata
+
+        try:
+            engine = f" (wasmtime-py {importlib.metadata.version('wasmtime')})"
+        except importlib.metadata.PackageNotFoundError:
+            engine = ""
+        print(f"tensorwasm {importlib.metadata.version('tensorwasm-client')}{engine}")
+        raise typer.Exit()
+
+
 def _global_options(
     ctx: typer.Context,
+    *,
     gateway: Annotated[
         str, typer.Option(envvar="TENSORWASM_GATEWAY", help="gateway address")
     ] = DEFAULT_GATEWAY,
@@ -58,6 +72,12 @@ def _global_options(
             show_default="$XDG_DATA_HOME/tensorwasm or ~/.local/share/tensorwasm",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_version
+        ),
+    ] = False,
 ) -> None:
     """The `tensorwasm` command: run the local stack, deploy and invoke functions."""
     ctx.obj = GlobalOptions(gateway, tenant, token, data_dir or default_data_dir())
@@ -84,6 +104,7 @@ app.add_typer(_invocation, name="invocation")
 
 _instance = _group("Live (stateful) instances.")
 _bind(_instance, "create", instances.create)
+_bind(_instance, "get", instances.get)
 _bind(_instance, "call", instances.call)
 _bind(_instance, "delete", instances.delete)
 app.add_typer(_instance, name="instance")

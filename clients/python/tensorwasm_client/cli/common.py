@@ -87,6 +87,16 @@ def signature_text(signature: object) -> str:
 def report(outcome: invocation_pb2.InvocationOutcome) -> int:
     """Prints the results as JSON (or the failure); returns the exit code."""
     sys.stdout.flush()
+    for stream, truncated in (
+        ("stdout", outcome.stdout_truncated),
+        ("stderr", outcome.stderr_truncated),
+    ):
+        if truncated:
+            print(
+                f"warning: the guest's {stream} was cut at the call's output cap "
+                "(the tenant's max_output_bytes limit, TENSORWASM_EXECUTOR_MAX_OUTPUT_BYTES)",
+                file=sys.stderr,
+            )
     if outcome.HasField("failure"):
         failure = outcome.failure
         code = failure.exit_code if failure.reason == "PROC_EXIT" else 1

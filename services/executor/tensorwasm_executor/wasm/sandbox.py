@@ -338,7 +338,11 @@ class Sandbox:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
         limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
         if fuel is not None and not self.fuel_metering:
-            raise FuelUnsupportedError("this executor does not meter fuel")
+            raise FuelUnsupportedError(
+                "this executor does not meter fuel: start it with "
+                "TENSORWASM_EXECUTOR_FUEL_METERING=true (tensorwasm run meters fuel when "
+                "--fuel is given)"
+            )
         memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
         return CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
 
