@@ -6,6 +6,7 @@ command: `tensorwasm run` needs neither.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # The global options and whether each takes a value: accepted before or after the command.
@@ -42,8 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     if command is not None and args[command] == "run":  # fast path: no gateway client
         from tensorwasm_client.cli.run import run_main
 
-        run_main(args[command + 1 :])
-        return
+        code = run_main(args[command + 1 :])
+        # Straight out, as `wasmtime run` does: wasmtime's runtime threads must not meet
+        # the interpreter's finalisation (a WASI guest's tokio worker can abort it then).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     from tensorwasm_client.cli.app import run_app
 
     run_app(args)

@@ -63,11 +63,13 @@ def parse(command: Callable[..., Any], argv: list[str]) -> dict[str, Any]:
         if info is None:  # a positional argument
             parser.add_argument(name, type=convert, nargs="*" if many else None)
             continue
-        decls = [d for d in info.param_decls or () if d.startswith("-")]
+        # typer.Option("--dir", ...) in an Annotated: the first name arrives as `default`
+        named = [info.default] if isinstance(info.default, str) else []
+        decls = [d for d in [*named, *(info.param_decls or ())] if d.startswith("-")]
         decls = decls or [f"--{name.replace('_', '-')}"]
         action = "append" if many else "store"
         parser.add_argument(*decls, dest=name, type=convert, action=action, default=default)
-    return vars(parser.parse_args(argv))
+    return vars(parser.parse_intermixed_args(argv))
 
 
 def _annotated(hint: Any) -> bool:

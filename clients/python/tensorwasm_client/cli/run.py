@@ -135,9 +135,10 @@ def _write_through(stream: str, data: bytes) -> None:
 RUN_ERRORS = (ArgumentError, OSError, ValueError)
 
 
-def run_main(args: list[str]) -> None:
+def run_main(args: list[str]) -> int:
     """`tensorwasm run ARGS` on its own, without loading the gateway client, the other
-    commands or (for arguments `quick_parse` covers) typer's value adapters."""
+    commands or (for arguments `quick_parse` covers) typer's value adapters; returns the
+    exit code. Help and usage errors go to typer."""
     from tensorwasm_client.cli import quick_parse
 
     try:
@@ -150,10 +151,13 @@ def run_main(args: list[str]) -> None:
             pretty_exceptions_enable=False,
         )
         app.command()(exit_code_for(RUN_ERRORS)(run))
-        app(args=args, prog_name="tensorwasm run")
-        return
+        try:
+            app(args=args, prog_name="tensorwasm run")
+        except SystemExit as exited:
+            return exited.code if isinstance(exited.code, int) else 1
+        return 0
     try:
         exit_code_for(RUN_ERRORS)(run)(**options)
     except typer.Exit as exited:
-        sys.exit(exited.exit_code)
-    sys.exit(0)
+        return exited.exit_code
+    return 0
