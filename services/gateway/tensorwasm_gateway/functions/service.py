@@ -46,6 +46,10 @@ FUNCTION_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
+# The init exports a deploy runs unasked, the first one exported as `() -> ()`: Wizer's,
+# then a WASI reactor's `_initialize` (clang -mexec-model=reactor), which must run once
+# before any other export: every call then starts from the state it left.
+DEFAULT_INIT_EXPORTS = (DEFAULT_INIT_EXPORT, "_initialize")
 
 
 class BlobPutter(Protocol):
@@ -80,7 +84,8 @@ def function_id_from_name(name: str) -> str:
 
 def resolve_init_export(config: FunctionConfig, exports: Sequence[ExportRecord]) -> str:
     """The init export a deploy asks for: the named one (checked: an exported function
-    `() -> ()`), none with `no_init`, else `wizer.initialize` when it is such an export.
+    `() -> ()`), none with `no_init`, else `wizer.initialize` or (a WASI reactor's)
+    `_initialize`, the first that is such an export.
 
     Raises:
         InitExportInvalidError: the named export is missing or not `() -> ()`, or both
@@ -95,10 +100,11 @@ def resolve_init_export(config: FunctionConfig, exports: Sequence[ExportRecord])
         return ""
     by_name = {e.name: e for e in exports}
     if not config.init_export:
-        default = by_name.get(DEFAULT_INIT_EXPORT)
-        if default is None or default.params or default.results:
-            return ""
-        return DEFAULT_INIT_EXPORT
+        for name in DEFAULT_INIT_EXPORTS:
+            default = by_name.get(name)
+            if default is not None and not default.params and not default.results:
+                return name
+        return ""
     export = by_name.get(config.init_export)
     if export is None or export.params or export.results:
         raise InitExportInvalidError(
