@@ -21,7 +21,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: help uv runtime setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
+.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ setup: .venv/.synced $(BUF) ## Create .venv (uv workspace, all services + dev to
 
 proto: .venv/.synced ## Regenerate Python code from protos/ (checked in)
 	$(PY) tools/gen_protos.py
+
+settings-reference: .venv/.synced ## Regenerate docs/SETTINGS.md from the settings code
+	$(PY) tools/settings_reference.py
 
 proto-check: .venv/.synced ## Fail if the generated code is stale
 	$(PY) tools/gen_protos.py --check
