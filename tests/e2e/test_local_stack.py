@@ -15,11 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tensorwasm_client.stack import PORT_OFFSETS, LocalStack, port_free
+from tensorwasm_client.stack import AUDIT_FILE, PORT_OFFSETS, LocalStack, port_free
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +139,11 @@ def test_two_stacks_a_taken_port_and_a_restart(stacks: tuple[Path, Path], wat_di
     gateway = f"127.0.0.1:{base}"
     deployed = tw("--gateway", gateway, "deploy", str(wat_dir / "add.wat"))
     assert deployed.returncode == 0, deployed.stderr
+    # audit records in a file of their own, not among the log lines
+    audit = [json.loads(line) for line in (first / "logs" / AUDIT_FILE).read_text().splitlines()]
+    assert any(record.get("request_id") for record in audit)
+    for line in (first / "logs" / "gateway.log").read_text().splitlines():
+        assert "level" in json.loads(line), line
     executor_pid = json.loads((first / "stack.json").read_text())["executor"]["pid"]
     os.kill(executor_pid, signal.SIGKILL)
     down_status = tw("status", "--data-dir", str(first))
@@ -147,7 +153,11 @@ def test_two_stacks_a_taken_port_and_a_restart(stacks: tuple[Path, Path], wat_di
     assert restarted.returncode == 0, restarted.stderr
     assert f"grpc 127.0.0.1:{base + 1} " in restarted.stdout
     assert json.loads((first / "stack.json").read_text())["executor"]["pid"] != executor_pid
-    assert tw("status", "--data-dir", str(first)).returncode == 0
+    # the gateway sees its executor again within its health interval: wait for it
+    deadline = time.monotonic() + 90
+    while tw("status", "--data-dir", str(first)).returncode != 0:
+        assert time.monotonic() < deadline, "the stack never served again after the restart"
+        time.sleep(0.5)
     invoked = tw("--gateway", gateway, "invoke", "add", "--args", "[1, 2]")
     assert invoked.returncode == 0, invoked.stderr
     assert invoked.stdout == "[3]\n"

@@ -43,6 +43,7 @@ METRICS_OFFSET = 10
 DEFAULT_HTTP_PORT = 8080
 HTTP_OFFSET = 20  # the HTTP face's port for a port base other than the default
 STATE_FILE = "stack.json"
+AUDIT_FILE = "gateway.audit.jsonl"  # under logs/: the gateway's audit records
 # The fleet's service token (see tensorwasm_common.service_auth), made at the first start.
 SERVICE_TOKEN_FILE = "service-token"  # noqa: S105 (a file name)
 
@@ -294,6 +295,8 @@ class LocalStack:
             )
             env[prefix + "HTTP_ADDRESS"] = planned["http"]
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
+            # Audit records (their own JSON layout) apart from the log lines.
+            env.setdefault(prefix + "AUDIT_LOG", f"file:{self.data_dir / 'logs' / AUDIT_FILE}")
         return env
 
     def _start_one(
