@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import ArgumentError
 from tensorwasm_client.cli import app, local_stack, quick_parse
 from tensorwasm_client.cli import run as run_command
-from tensorwasm_client.cli.app import hoist_global_options, main
 from tensorwasm_client.cli.common import exit_code, print_outcome
+from tensorwasm_client.cli.entry import hoist_global_options, main
 from tensorwasm_client.client import TensorWasmError
 from tensorwasm_client.local_run import DEFAULT_RUN_TIMEOUT_SECONDS
 from tensorwasm_client.stack import StackAddresses
@@ -352,3 +353,21 @@ def test_invoke_says_when_output_was_cut(capsysbinary: pytest.CaptureFixture[byt
     out, err = capsysbinary.readouterr()
     assert out == b"12345[]\n"
     assert b"warning: the guest's stdout was cut at the call's output cap" in err
+
+
+def test_runs_start_up_path_loads_neither_grpc_nor_pydantic() -> None:
+    """What `tensorwasm run` imports before the guest: no gateway client, no command tree,
+    no pydantic (typer's adapters): about half of the CLI's start-up (bench run_startup)."""
+    code = (
+        "import sys\n"
+        "from tensorwasm_client.cli import entry, quick_parse, run\n"
+        "quick_parse.parse(run.run, ['x.wasm', '--env', 'A=1', '--', 'a'])\n"
+        "import tensorwasm_executor.wasm.sandbox, tensorwasm_executor.convert\n"
+        "heavy = ('grpc', 'pydantic', 'tensorwasm_client.cli.tree', 'tensorwasm_client.client')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "[]\n"

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    from tensorwasm_client.cli.app import run_app
+    from tensorwasm_client.cli.tree import run_app
 
     run_app(args)
 

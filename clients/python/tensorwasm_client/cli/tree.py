@@ -10,11 +10,10 @@ import typer
 
 from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
-from tensorwasm_client.cli.entry import GLOBAL_OPTIONS, hoist_global_options, main
 from tensorwasm_client.client import DEFAULT_GATEWAY
 from tensorwasm_client.stack import default_data_dir
 
-__all__ = ["GLOBAL_OPTIONS", "app", "hoist_global_options", "main", "run_app"]
+__all__ = ["app", "run_app"]
 
 
 def _group(help_text: str) -> typer.Typer:
