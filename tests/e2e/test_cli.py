@@ -358,7 +358,8 @@ def test_deploy_with_a_wasi_config(cli: Cli, wat_dir: Path) -> None:
         "deploy", str(wat_dir / "wasi_probe.wat"), "--argv", "probe", "--argv=-v",
         "--env", "MODE=test",
     )  # fmt: skip
-    assert cli.ok("invoke", "wasi-probe", "--export", "args").startswith("probe\0-v\0")
+    # argv[0] is the function's name; --argv entries follow it
+    assert cli.ok("invoke", "wasi-probe", "--export", "args").startswith("wasi-probe\0probe\0-v\0")
     assert cli.ok("invoke", "wasi-probe", "--export", "environ").startswith("MODE=test\0")
     assert "INVALID_WASI_CONFIG" in cli.fails(
         "deploy", str(wat_dir / "wasi_probe.wat"), "--name", "bad", "--dir", "../up"
