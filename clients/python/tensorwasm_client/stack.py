@@ -44,6 +44,10 @@ DEFAULT_HTTP_PORT = 8080
 HTTP_OFFSET = 20  # the HTTP face's port for a port base other than the default
 STATE_FILE = "stack.json"
 AUDIT_FILE = "gateway.audit.jsonl"  # under logs/: the gateway's audit records
+# A service's log (and the audit file) past this size when the service starts is rotated:
+# <name>.log -> <name>.log.1 -> ... -> <name>.log.<LOG_KEEP>, the oldest dropped.
+LOG_ROTATE_BYTES = 16 << 20
+LOG_KEEP = 3
 # The fleet's service token (see tensorwasm_common.service_auth), made at the first start.
 SERVICE_TOKEN_FILE = "service-token"  # noqa: S105 (a file name)
 
@@ -310,6 +314,9 @@ class LocalStack:
         env = self._service_env(name, started, previous)
         ready_file.unlink(missing_ok=True)
         log_path = self.data_dir / "logs" / f"{name}.log"
+        rotate_log(log_path)
+        if _kind(name) == "gateway":
+            rotate_log(self.data_dir / "logs" / AUDIT_FILE)
         log_offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -459,6 +466,23 @@ def stack_service_token(data_dir: Path) -> str | None:
 
 
 _FACES = {"grpc": "gRPC", "metrics": "metrics", "http": "HTTP"}
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Shifts `path` to `path.1` (and `.1` to `.2`, ..., dropping `.<keep>`) when it is
+    larger than `max_bytes`; returns whether it did. Called before a service starts (a
+    running service keeps its file open, so it is not rotated under it)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for index in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+    return True
 
 
 def port_free(address: str) -> bool:

@@ -241,12 +241,20 @@ def test_environment_addresses_are_honoured_and_explicit_ports_beat_them(
     assert flagged.planned_addresses("gateway")["http"] == "127.0.0.1:7101"
 
 
+def _free_port_base() -> int:
+    for base in range(21000, 60000, 100):
+        if all(stack.port_free(f"127.0.0.1:{base + i}") for i in range(21)):
+            return base
+    raise AssertionError("no free port range")
+
+
 def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    base = _free_port_base()
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
+        holder.bind(("127.0.0.1", base + 1))  # the executor's gRPC port
         holder.listen()
-        port = holder.getsockname()[1]
-        local = LocalStack(tmp_path, addresses=stack.StackAddresses(ports={"executor": port}))
+        port = base + 1
+        local = LocalStack(tmp_path, addresses=stack.StackAddresses(port_base=base))
         with pytest.raises(stack.StackError) as refused:
             local.start()
     message = str(refused.value)
@@ -260,3 +268,18 @@ def test_bad_addresses_are_refused() -> None:
         stack.StackAddresses(ports={"nosuch": 1})
     with pytest.raises(stack.StackError, match="port base 65530"):
         stack.StackAddresses(port_base=65530)
+
+
+def test_a_large_log_is_rotated_before_its_service_starts(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    assert stack.rotate_log(log, max_bytes=10) is False  # none yet
+    log.write_text("small\n")
+    assert stack.rotate_log(log, max_bytes=10) is False
+    for generation in range(1, 5):
+        log.write_text(f"generation {generation}: more than ten bytes\n")
+        assert stack.rotate_log(log, max_bytes=10, keep=3) is True
+        assert not log.exists()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["gateway.log.1", "gateway.log.2", "gateway.log.3"]  # the oldest dropped
+    assert (tmp_path / "gateway.log.1").read_text().startswith("generation 4")
+    assert (tmp_path / "gateway.log.3").read_text().startswith("generation 2")
