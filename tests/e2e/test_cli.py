@@ -341,7 +341,7 @@ def test_instance_create_call_delete(cli: Cli, wat_dir: Path) -> None:
     created = cli("instance", "create", "counter")
     assert created.returncode == 0, created.stderr
     first, second = created.stdout.splitlines()
-    name = json.loads(first)["name"]  # the name first: `head -n 1` finds it
+    name = json.loads(first)["name"]  # the name first, on a line of its own
     assert second == "started"  # then the start function's stdout
     got = json.loads(cli.ok("instance", "get", name))
     assert (got["name"], got["function"], got["tenant"]) == (name, "functions/counter", cli.tenant)

@@ -7,6 +7,7 @@ command: `tensorwasm run` needs neither.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 # The global options and whether each takes a value: accepted before or after the command.
@@ -38,6 +39,9 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: runs one command and exits with its code."""
+    # Output piped into a reader that stops early (`| head`) ends the process quietly, as
+    # it does any Unix tool, not with a BrokenPipeError traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     command = _command_index(args)
     if command is not None and args[command] == "run":  # fast path: no gateway client

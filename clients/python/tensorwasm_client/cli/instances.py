@@ -49,7 +49,7 @@ def create(
         sys.stdout.buffer.write(created.outcome.stdout)
         sys.stderr.buffer.write(created.outcome.stderr)
         return report(created.outcome)
-    # The name first, on a line of its own: scripts read it with `head -n 1`; what the
+    # The name first, on a line of its own (scripts read the first line); what the
     # start function wrote follows.
     print(json.dumps({"name": created.instance.name}), flush=True)
     sys.stdout.buffer.write(created.outcome.stdout)
