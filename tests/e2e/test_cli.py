@@ -345,9 +345,12 @@ def test_instance_create_call_delete(cli: Cli, wat_dir: Path) -> None:
     assert second == "started"  # then the start function's stdout
     got = json.loads(cli.ok("instance", "get", name))
     assert (got["name"], got["function"], got["tenant"]) == (name, "functions/counter", cli.tenant)
+    listed = cli.ok("instance", "list").splitlines()
+    assert [line.split()[:2] for line in listed] == [[name, "functions/counter"]]
     assert cli.ok("instance", "call", name, "--export", "inc") == "[1]\n"
     assert cli.ok("instance", "call", name, "--export", "add", "--args", "[5]") == "[6]\n"
     assert cli.ok("instance", "delete", name) == f"deleted {name}\n"
+    assert cli.ok("instance", "list") == ""
     assert cli.fails("instance", "call", name, "--export", "inc").startswith(
         "error: NOT_FOUND INSTANCE_NOT_FOUND"
     )

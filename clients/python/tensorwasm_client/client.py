@@ -304,6 +304,20 @@ class GatewayClient:
         assert isinstance(response, pb.GetInstanceResponse)
         return response.instance
 
+    def list_instances(self) -> list[pb.Instance]:
+        """Every live instance of the tenant (all pages), by id."""
+        instances: list[pb.Instance] = []
+        token = ""
+        while True:
+            response = self._call(
+                "ListInstances", pb.ListInstancesRequest(page_size=1000, page_token=token)
+            )
+            assert isinstance(response, pb.ListInstancesResponse)
+            instances.extend(response.instances)
+            token = response.next_page_token
+            if not token:
+                return instances
+
     def delete_instance(self, instance: str) -> None:
         """Terminates a live instance."""
         self._call("DeleteInstance", pb.DeleteInstanceRequest(name=_instance_name(instance)))

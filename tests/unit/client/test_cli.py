@@ -39,7 +39,7 @@ COMMANDS = {
 }
 VERBS = {
     "invocation": {"get", "list"},
-    "instance": {"create", "get", "call", "delete"},
+    "instance": {"create", "list", "get", "call", "delete"},
     "snapshot": {"ls", "get", "rm", "verify"},
 }
 ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")

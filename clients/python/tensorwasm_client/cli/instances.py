@@ -1,4 +1,4 @@
-"""`tensorwasm instance create | call | delete`: live (stateful) instances of a function."""
+"""`tensorwasm instance create | list | get | call | delete`: live (stateful) instances."""
 
 from __future__ import annotations
 
@@ -54,6 +54,20 @@ def create(
     print(json.dumps({"name": created.instance.name}), flush=True)
     sys.stdout.buffer.write(created.outcome.stdout)
     sys.stderr.buffer.write(created.outcome.stderr)
+    return 0
+
+
+def list_instances(ctx: typer.Context) -> int:
+    """List the tenant's live instances: name, function, created, idle TTL."""
+    with client_for(ctx) as client:
+        for found in client.list_instances():
+            ttl = (
+                f"{found.idle_ttl.ToNanoseconds() / 1e9:g}s" if found.HasField("idle_ttl") else "-"
+            )
+            print(
+                f"{found.name:<44} {found.function:<40} {found.create_time.ToJsonString()}  "
+                f"ttl {ttl}"
+            )
     return 0
 
 

@@ -103,6 +103,7 @@ app.add_typer(_invocation, name="invocation")
 
 _instance = _group("Live (stateful) instances.")
 _bind(_instance, "create", instances.create)
+_bind(_instance, "list", instances.list_instances)
 _bind(_instance, "get", instances.get)
 _bind(_instance, "call", instances.call)
 _bind(_instance, "delete", instances.delete)

@@ -189,6 +189,16 @@ class Registry:
             )
         return InstanceRecord(*row)
 
+    def list_instances(self, tenant: str, after: str, limit: int) -> list[InstanceRecord]:
+        """Up to `limit` of the tenant's instances with ids greater than `after`, by id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM instances WHERE tenant = ? AND instance_id > ? "
+                "ORDER BY instance_id LIMIT ?",
+                (tenant, after, limit),
+            ).fetchall()
+        return [InstanceRecord(*row) for row in rows]
+
     def delete_instance(self, tenant: str, instance_id: str) -> bool:
         """Forgets an instance; False when there was no such row."""
         with self._lock:
