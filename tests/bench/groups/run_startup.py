@@ -6,9 +6,9 @@ WASI, the call, exit) against the anchor `wasmtime/process/hello`, one Python pr
 imports wasmtime, compiles the same module, links WASI preview 1 and calls `_start`. Their
 ratio is the start-up `tensorwasm run` costs over the floor of a Python host.
 
-Harness-timed, in one process: `run/in_process/hello` (`local_run.run_local`: a sandbox,
-compile, the call on its own thread) against `wasmtime/in_process/hello` (engine, module,
-store, WASI, instance, `_start`).
+Harness-timed, in one process: `run/in_process/hello` (`local_run.run_local`: a sandbox
+with its engine and epoch ticker, compile, the call on its own thread) against
+`wasmtime/in_process/hello` (a new engine, module, store, WASI, instance, `_start`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _process(argv: list[str]) -> None:
         raise RuntimeError(f"{argv[0]}: exit {done.returncode}, {done.stdout!r} {done.stderr!r}")
 
 
-def _wasmtime_in_process(engine: wasmtime.Engine, wasm: bytes) -> None:
+def _wasmtime_in_process(wasm: bytes) -> None:
+    engine = wasmtime.Engine()  # a run makes its engine, as run_local makes its sandbox
     module = wasmtime.Module(engine, wasm)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -100,7 +101,6 @@ def run_startup(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             ],
             tier,
         )
-        engine = wasmtime.Engine()
         yield [
             Benchmark(
                 "run/in_process/hello",
@@ -111,7 +111,7 @@ def run_startup(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             ),
             Benchmark(
                 "wasmtime/in_process/hello",
-                lambda: _wasmtime_in_process(engine, wasm),
-                description="module, linker, store, WASI, instance, _start",
+                lambda: _wasmtime_in_process(wasm),
+                description="engine, module, linker, store, WASI, instance, _start",
             ),
         ]

@@ -81,7 +81,10 @@ class Sandbox:
 
     def _run_ticker(self) -> None:
         while not (self._stop.is_set() and self._active == 0):
-            time.sleep(self._tick)
+            if self._stop.is_set():  # closing: tick on for the calls still in flight
+                time.sleep(self._tick)
+            else:  # woken at once by close(), which then need not wait out a tick
+                self._stop.wait(self._tick)
             self._engine.increment_epoch()
 
     @property
