@@ -2,7 +2,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv: the one on PATH, else ~/.local/bin/uv, else our own copy under .tools/uv (installed by
+# tools/install_uv.py from PyPI's wheel: no pip, no venv, nothing in the system Python, so a
+# PEP 668 "externally managed" Python is fine).
+UV_LOCAL := $(CURDIR)/.tools/uv/bin/uv
+UV ?= $(shell command -v uv 2>/dev/null || { [ -x $(HOME)/.local/bin/uv ] && echo $(HOME)/.local/bin/uv; } || echo $(UV_LOCAL))
+SYSTEM_PYTHON ?= python3
 PY := .venv/bin/python
 PROTO_SRC := $(shell find protos/tensorwasm -name '*.proto' | sort)
 NPM_PREFIX := .tools/npm
@@ -16,26 +21,45 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke help setup proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed engines-postgres
+.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke engines-postgres
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-$(UV):
-	python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
+$(UV_LOCAL):
+	$(SYSTEM_PYTHON) tools/install_uv.py --dest .tools/uv
 
-.venv/.synced: pyproject.toml uv.lock $(wildcard */pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml) | $(UV)
-	$(UV) sync --frozen --all-packages
+uv: | $(UV) ## Install uv under .tools/uv when none is on PATH (no pip, PEP 668-safe)
+	@echo "uv: $(UV)"
+
+LOCKED_SOURCES := pyproject.toml uv.lock $(wildcard */pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml)
+
+# Development and CI: every package, the dev tools (mypy, ruff, grpcio-tools, pytest) and the
+# extras (cuda-python for the dispatcher's CUDA backend).
+.venv/.synced: $(LOCKED_SOURCES) | $(UV)
+	$(UV) sync --frozen --all-packages --all-extras
+	@touch $@ .venv/.synced-runtime
+
+# The demo's lean install: the services and the CLI only (no dev tools, no cuda-python, no
+# buf). --inexact: a venv that `make setup` completed keeps its dev tools.
+.venv/.synced-runtime: $(LOCKED_SOURCES) | $(UV)
+	$(UV) sync --frozen --all-packages --no-dev --inexact
 	@touch $@
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(NPM_PREFIX) @bufbuild/buf@1.75.0
+
+runtime: .venv/.synced-runtime ## The services and the CLI only, in .venv (what make demo needs)
+	@echo "runtime: .venv/bin/tensorwasm is ready"
 
 setup: .venv/.synced $(BUF) ## Create .venv (uv workspace, all services + dev tools) and install buf
 	@echo "setup: .venv/bin/tensorwasm is ready"
 
 proto: .venv/.synced ## Regenerate Python code from protos/ (checked in)
 	$(PY) tools/gen_protos.py
+
+settings-reference: .venv/.synced ## Regenerate docs/SETTINGS.md from the settings code
+	$(PY) tools/settings_reference.py
 
 proto-check: .venv/.synced ## Fail if the generated code is stale
 	$(PY) tools/gen_protos.py --check
@@ -173,7 +197,7 @@ bench: setup engines-postgres ## Run the benchmark groups; JSON under bench-resu
 bench-smoke: setup engines-postgres ## Every benchmark group at smoke sizing (CI: the groups still run; timings not judged)
 	$(PY) -m tests.bench --quick --out $${TMPDIR:-/tmp}/tensorwasm-bench-smoke
 
-up: setup ## Start the five services on loopback (state in DATA_DIR)
+up: runtime ## Start the five services on loopback (state in DATA_DIR)
 	.venv/bin/tensorwasm --data-dir $(DATA_DIR) up
 
 down: ## Stop the local stack
@@ -182,7 +206,7 @@ down: ## Stop the local stack
 status: ## Show the local stack's health
 	.venv/bin/tensorwasm --data-dir $(DATA_DIR) status
 
-demo: setup ## Fresh clone to result: stack up, deploy the example, invoke it, stack down
+demo: runtime ## Fresh clone to result: stack up, deploy the example, invoke it, stack down
 	bash deploy/demo.sh $(DATA_DIR)
 
 clean: ## Remove the venv, tools and local data

@@ -20,7 +20,7 @@ echo "stdin reaches the guest" > "$data_dir/stdin.txt"
 "${tw[@]}" invoke hello-demo --stdin "$data_dir/stdin.txt"
 echo "== a live instance keeps its state across calls"
 "${tw[@]}" deploy clients/guest/examples/counter.wat --name counter-demo >/dev/null
-instance=$("${tw[@]}" instance create counter-demo | tail -n 1 | sed -E 's/.*"(instances\/[0-9a-f]+)".*/\1/')
+instance=$("${tw[@]}" instance create counter-demo | sed -n 1p | sed -E 's/.*"(instances\/[0-9a-f]+)".*/\1/')
 "${tw[@]}" instance call "$instance" --export inc >/dev/null
 count=$("${tw[@]}" instance call "$instance" --export add --args '[40]')
 echo "$instance: $count"

@@ -30,7 +30,9 @@ def request_deadline(remaining_seconds: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
+        # A stream the event loop finalised ends in another context: nothing to reset.
+        with contextlib.suppress(ValueError):
+            _DEADLINE.reset(token)
 
 
 def detached_context() -> contextvars.Context:

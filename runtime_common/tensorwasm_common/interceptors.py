@@ -73,8 +73,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async with self._handling(context, method, request if streams else None):
-                async for response in behavior(request, context):
+            async with (
+                self._handling(context, method, request if streams else None),
+                contextlib.aclosing(behavior(request, context)) as responses,
+            ):
+                async for response in responses:
                     yield response
 
         return wrapped

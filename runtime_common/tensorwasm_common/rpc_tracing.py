@@ -23,6 +23,8 @@ structure downstream and the sampling decision propagate unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -119,8 +121,11 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             with _server_span(self._tracer, context, method):
-                async for response in behavior(request, context):
-                    yield response
+                # Closed here, in this call's context, even when the call is cancelled
+                # between two messages (else the loop finalises it later, elsewhere).
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
 
         return wrapped
 
@@ -162,8 +167,21 @@ def _server_span(
             if code:
                 span.set_status(Status(StatusCode.ERROR, context.details() or None))
     finally:
-        otel_context.detach(token)
+        _detach(token)
         span.end()
+
+
+def _detach(token: object) -> None:
+    """`otel_context.detach`, quietly when the stream ends in another context: a stream
+    the event loop finalised (its call cancelled between two messages) is closed in a task
+    of its own, where the call's context is gone and there is nothing to restore (otel's
+    `detach` would log a "created in a different Context" traceback for a successful call).
+    """
+    if isinstance(token, contextvars.Token):
+        with contextlib.suppress(ValueError):
+            token.var.reset(token)
+        return
+    otel_context.detach(token)  # type: ignore[arg-type]
 
 
 def _exception_code(exc: BaseException) -> int:

@@ -188,9 +188,24 @@ def load_settings(
         if name in environ:
             values[field.name] = _convert(name, hints[field.name], environ[name])
     if argv is not None:
-        parser = argparse.ArgumentParser(prog=f"tensorwasm-{service}")
+        from tensorwasm_common.settings_doc import describe_all
+
+        docs = {doc.name: doc for doc in describe_all(cls)}
+        parser = argparse.ArgumentParser(
+            prog=f"tensorwasm-{service}",
+            description="Each flag overrides its variable; see docs/SETTINGS.md.",
+        )
         for field in fields:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name)
+            doc = docs.get(field.name)
+            parts = [doc.description] if doc and doc.description else []
+            parts.append(f"env {env_name(service, field.name)}")
+            if doc is not None:
+                parts.append(f"default {doc.default}")
+            parser.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                dest=field.name,
+                help="; ".join(parts).replace("%", "%%"),
+            )
         parsed = parser.parse_args(argv)
         for field in fields:
             raw = getattr(parsed, field.name)

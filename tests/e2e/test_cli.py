@@ -175,8 +175,10 @@ def test_typed_arguments_and_results(cli: Cli, wat_dir: Path) -> None:
     assert cli.ok("invoke", "numeric", "--export", "add_f32", "--args", "[1.5, 2.25]") == "[3.75]\n"
     assert (
         cli.ok("invoke", "numeric", "--export", "id_f32", "--args", '[{"bits": "0x7fa00000"}]')
-        == '["nan"]\n'
+        == '[{"bits": "0x7fa00000"}]\n'  # a NaN payload prints as its exact bits
     )
+    assert cli.ok("invoke", "numeric", "--export", "id_f32", "--args", '["nan"]') == '["nan"]\n'
+
     assert cli.ok("invoke", "numeric", "--export", "id_f64", "--args", '["-inf"]') == '["-inf"]\n'
     assert (
         cli.ok("invoke", "numeric", "--export", "add_i64", "--args", "[9223372036854775807, 1]")
@@ -301,17 +303,24 @@ def test_status_and_down(tmp_path: Path) -> None:
         status = tensorwasm("status", data_dir=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
         rows = [line.split() for line in status.stdout.splitlines()]
-        assert rows == [[n, services[n].grpc_address, "SERVING"] for n in SERVICES]
+        assert [row[:4] for row in rows] == [
+            [n, "SERVING", "grpc", services[n].grpc_address] for n in SERVICES
+        ]
+        for row, name in zip(rows, SERVICES, strict=True):
+            assert f"http://{services[name].metrics_address}/metrics" in row
+            assert services[name].log_path in row
+        assert services["gateway"].http_address in rows[-1]
 
         launcher.kill("jit")
         status = tensorwasm("status", data_dir=tmp_path)
         assert status.returncode == 1
-        assert [row.split()[2] for row in status.stdout.splitlines()] == [
+        assert [row.split()[1] for row in status.stdout.splitlines()] == [
             "SERVING",
-            "UNREACHABLE",
+            "EXITED",
             "SERVING",
             "SERVING",
             "SERVING",
+            "one",  # restart one service with: tensorwasm restart SERVICE
         ]
 
         down = tensorwasm("down", data_dir=tmp_path)
@@ -332,11 +341,16 @@ def test_instance_create_call_delete(cli: Cli, wat_dir: Path) -> None:
     created = cli("instance", "create", "counter")
     assert created.returncode == 0, created.stderr
     first, second = created.stdout.splitlines()
-    assert first == "started"  # the start function's stdout
-    name = json.loads(second)["name"]
+    name = json.loads(first)["name"]  # the name first, on a line of its own
+    assert second == "started"  # then the start function's stdout
+    got = json.loads(cli.ok("instance", "get", name))
+    assert (got["name"], got["function"], got["tenant"]) == (name, "functions/counter", cli.tenant)
+    listed = cli.ok("instance", "list").splitlines()
+    assert [line.split()[:2] for line in listed] == [[name, "functions/counter"]]
     assert cli.ok("instance", "call", name, "--export", "inc") == "[1]\n"
     assert cli.ok("instance", "call", name, "--export", "add", "--args", "[5]") == "[6]\n"
     assert cli.ok("instance", "delete", name) == f"deleted {name}\n"
+    assert cli.ok("instance", "list") == ""
     assert cli.fails("instance", "call", name, "--export", "inc").startswith(
         "error: NOT_FOUND INSTANCE_NOT_FOUND"
     )
@@ -347,7 +361,8 @@ def test_deploy_with_a_wasi_config(cli: Cli, wat_dir: Path) -> None:
         "deploy", str(wat_dir / "wasi_probe.wat"), "--argv", "probe", "--argv=-v",
         "--env", "MODE=test",
     )  # fmt: skip
-    assert cli.ok("invoke", "wasi-probe", "--export", "args").startswith("probe\0-v\0")
+    # argv[0] is the function's name; --argv entries follow it
+    assert cli.ok("invoke", "wasi-probe", "--export", "args").startswith("wasi-probe\0probe\0-v\0")
     assert cli.ok("invoke", "wasi-probe", "--export", "environ").startswith("MODE=test\0")
     assert "INVALID_WASI_CONFIG" in cli.fails(
         "deploy", str(wat_dir / "wasi_probe.wat"), "--name", "bad", "--dir", "../up"
@@ -394,3 +409,33 @@ def test_async_invoke_then_invocation_get_and_list(cli: Cli, wat_dir: Path) -> N
     assert json.loads(cli.ok("invocation", "get", name))["state"] == "succeeded"
     (line,) = cli.ok("invocation", "list").splitlines()
     assert line.split() == [name, "succeeded", "functions/add", "add"]
+
+
+def test_argv0_is_the_function_name_and_argv_follows(cli: Cli, wat_dir: Path) -> None:
+    probe = str(wat_dir / "wasi_probe.wat")
+    cli.ok("deploy", probe, "--name", "probe")
+    assert cli.ok("invoke", "probe", "--export", "args") == "probe\0[]\n"  # argc 1, as a shell
+    cli.ok("deploy", probe, "--name", "flags", "--argv", "x", "--argv", "--y")
+    assert cli.ok("invoke", "flags", "--export", "args") == "flags\0x\0--y\0[]\n"
+
+
+def test_a_directory_outside_the_grant_is_refused_at_deploy(cli: Cli, wat_dir: Path) -> None:
+    probe = str(wat_dir / "wasi_probe.wat")
+    refused = cli.fails("deploy", probe, "--name", "reader", "--dir", "assets")
+    assert "DIRECTORY_NOT_GRANTED" in refused
+    assert "<TENSORWASM_EXECUTOR_GUEST_DIRS_ROOT>/" in refused
+    grant = cli.data_dir / "guest-dirs" / str(cli.tenant) / "assets"
+    assert f"on this local stack: mkdir -p {grant}" in refused
+    assert cli.ok("list") == ""  # nothing was deployed
+    grant.mkdir(parents=True)
+    (grant / "hello.txt").write_text("granted\n")
+    cli.ok("deploy", probe, "--name", "reader", "--dir", "assets")
+    assert cli.ok("invoke", "reader", "--export", "cat").startswith("granted\n")
+
+
+def test_deploy_replace(cli: Cli, wat_dir: Path) -> None:
+    cli.ok("deploy", str(wat_dir / "add.wat"), "--name", "fn")
+    assert "ALREADY_EXISTS" in cli.fails("deploy", str(wat_dir / "hello.wat"), "--name", "fn")
+    cli.ok("deploy", str(wat_dir / "hello.wat"), "--name", "fn", "--replace")
+    assert cli.ok("invoke", "fn") == "hello, world\n[]\n"
+    cli.ok("deploy", str(wat_dir / "add.wat"), "--name", "new", "--replace")  # none to replace

@@ -50,12 +50,23 @@ def test_read_only_directory_under_the_tenant_grant(
     assert client.invoke("no-fs", "cat").outcome.success.results[0].i32 == 8
 
 
-def test_a_directory_that_is_not_granted_fails_the_call(
+def test_a_directory_that_is_not_granted_fails_the_deploy_and_the_call(
     stack: RunningStack, client: GatewayClient, tenant: str, wasm: Callable[[str], bytes]
 ) -> None:
     other = stack.data_dir / "guest-dirs" / f"{tenant}-x" / "data"
     other.mkdir(parents=True)
-    client.create_function("missing-dir", wasm("wasi_probe"), _config(read_only_dir="nowhere"))
+    with pytest.raises(TensorWasmError) as refused:  # at deploy, naming where grants live
+        client.create_function("missing-dir", wasm("wasi_probe"), _config(read_only_dir="data"))
+    assert (refused.value.code, refused.value.reason) == (
+        "INVALID_ARGUMENT",
+        "DIRECTORY_NOT_GRANTED",
+    )
+    assert f"<TENSORWASM_EXECUTOR_GUEST_DIRS_ROOT>/{tenant}/" in refused.value.message
+    assert "missing-dir" not in [f.name.split("/")[-1] for f in client.list_functions()]
+    granted = stack.data_dir / "guest-dirs" / tenant / "data"
+    granted.mkdir(parents=True)
+    client.create_function("missing-dir", wasm("wasi_probe"), _config(read_only_dir="data"))
+    granted.rmdir()  # a grant withdrawn after deploy fails the call
     with pytest.raises(TensorWasmError) as caught:
         client.invoke("missing-dir", "cat")
     assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", "DIRECTORY_NOT_GRANTED")

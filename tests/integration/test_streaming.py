@@ -4,18 +4,23 @@ then the outcome; request errors before any event; a cancelled call stops its gu
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from prometheus_client.parser import text_string_to_metric_families
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gateway_pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as gateway_pb_grpc
+from tensorwasm_client.cli import app
 from tensorwasm_client.client import GatewayClient, TensorWasmError
+from typer.testing import CliRunner
 
 from .conftest import RunningStack, start_stack
 
@@ -277,3 +282,76 @@ def test_leaving_a_client_stream_early_cancels_the_guest(
             _admitted(lambda: leave_after_the_first_event(client))
         response = _admitted(lambda: client.invoke("stream", "lines"))
         assert list(response.outcome.success.results) == [Value(i32=42)]
+
+
+def _invocation_codes(metrics_address: str, tenant: str) -> dict[str, float]:
+    """The gateway's `tensorwasm_gateway_invocations_total` for one tenant, by code."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    codes: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tensorwasm_gateway_invocations_total" and (
+                sample.labels.get("tenant") == tenant
+            ):
+                code = sample.labels["code"]
+                codes[code] = codes.get(code, 0.0) + sample.value
+    return codes
+
+
+def test_successful_streamed_cli_calls_are_counted_ok(
+    stack: RunningStack, client: GatewayClient, tenant: str, wasm: Callable[[str], bytes]
+) -> None:
+    """`tensorwasm invoke --stream` that exits 0 is an OK call in the gateway's metrics:
+    the CLI reads the stream to its end instead of cancelling the call as soon as it has
+    the outcome, and the gateway's stream wrappers end in the call's own context (no
+    "created in a different Context" errors, no CANCELLED or INTERNAL counted)."""
+    client.create_function("hello", wasm("hello"))
+    gateway = stack.services["gateway"]
+    log = Path(gateway.log_path)
+    log_offset = log.stat().st_size
+    calls = 30
+    runner = CliRunner()
+    for _ in range(calls):
+        result = runner.invoke(
+            app, ["--gateway", stack.gateway, "--tenant", tenant, "invoke", "hello", "--stream"]
+        )
+        assert result.exit_code == 0, result.output
+    deadline = time.monotonic() + 60
+    codes = _invocation_codes(gateway.metrics_address, tenant)
+    while sum(codes.values()) < calls and time.monotonic() < deadline:
+        time.sleep(0.1)
+        codes = _invocation_codes(gateway.metrics_address, tenant)
+    assert codes == {"OK": float(calls)}
+    with log.open("rb") as lines:
+        lines.seek(log_offset)
+        assert b"different Context" not in lines.read()
+
+
+def test_streams_cancelled_after_their_outcome_are_still_counted(
+    stack: RunningStack, client: GatewayClient, tenant: str, wasm: Callable[[str], bytes]
+) -> None:
+    """A client that cancels as soon as it has the outcome may leave the gateway's stream
+    to be finalised by the event loop, in another context: each call is still counted
+    (whatever its code) and no "different Context" error is logged."""
+    client.create_function("hello", wasm("hello"))
+    gateway = stack.services["gateway"]
+    log = Path(gateway.log_path)
+    log_offset = log.stat().st_size
+    calls = 20
+    for _ in range(calls):
+        with client.invoke_stream("hello") as events:
+            for event in events:
+                if event.HasField("outcome"):
+                    events.cancel()
+                    break
+    deadline = time.monotonic() + 60
+    codes = _invocation_codes(gateway.metrics_address, tenant)
+    while sum(codes.values()) < calls and time.monotonic() < deadline:
+        time.sleep(0.1)
+        codes = _invocation_codes(gateway.metrics_address, tenant)
+    assert sum(codes.values()) == calls, codes
+    assert set(codes) <= {"OK", "CANCELLED"}, codes
+    with log.open("rb") as lines:
+        lines.seek(log_offset)
+        assert b"different Context" not in lines.read()

@@ -8,6 +8,7 @@ twin of this client.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -348,6 +349,21 @@ class GatewayClient:
         request = pb.GetInstanceRequest(name=instance_name(instance))
         return self._call("GetInstance", request, pb.GetInstanceResponse).instance
 
+    def list_instances(self) -> list[pb.Instance]:
+        """Every live instance of the tenant (all pages), by id."""
+        instances: list[pb.Instance] = []
+        token = ""
+        while True:
+            response = self._call(
+                "ListInstances",
+                pb.ListInstancesRequest(page_size=1000, page_token=token),
+                pb.ListInstancesResponse,
+            )
+            instances.extend(response.instances)
+            token = response.next_page_token
+            if not token:
+                return instances
+
     def delete_instance(self, instance: str) -> None:
         """Terminates a live instance."""
         request = pb.DeleteInstanceRequest(name=instance_name(instance))
@@ -366,6 +382,7 @@ class InvocationStream:
         self._start = start
         self._retry = retry
         self._call: Any = None
+        self._outcome_seen = False
 
     def __iter__(self) -> Iterator[pb.InvokeStreamResponse]:
         return self
@@ -385,6 +402,8 @@ class InvocationStream:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         assert isinstance(event, pb.InvokeStreamResponse)
+        if event.HasField("outcome"):
+            self._outcome_seen = True
         return event
 
     def cancel(self) -> None:
@@ -392,8 +411,22 @@ class InvocationStream:
         if self._call is not None:
             self._call.cancel()
 
+    def finish(self) -> None:
+        """Reads the call to its end (its status) after the outcome, the last event: a
+        call cancelled as soon as its outcome arrived would end CANCELLED at the gateway,
+        a successful call counted as a failure."""
+        if self._call is None:
+            return
+        with contextlib.suppress(grpc.RpcError, StopIteration):
+            for _ in self._call:
+                pass
+
     def __enter__(self) -> InvocationStream:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Leaving the block after the outcome ends the call normally; leaving it
+        earlier (or on an error) cancels it, which stops the guest."""
+        if self._outcome_seen and exc_type is None:
+            self.finish()
         self.cancel()

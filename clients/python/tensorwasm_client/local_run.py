@@ -1,14 +1,46 @@
 """`tensorwasm run`: runs a module in this process on the executor's sandbox, without
-the services (as `wasmtime run` does), with the same limits, WASI view and outcome."""
+the services, with the same limits, WASI view and outcome.
+
+As under `wasmtime run`: the guest's stdout and stderr are written through as it writes
+them, stdin is the caller's, a Ctrl-C stops even a guest spinning in native code (the call
+runs on a thread of its own and is cancelled within about one epoch tick). Unlike it,
+every run has a deadline (`DEFAULT_RUN_TIMEOUT_SECONDS` unless told otherwise) and each
+output stream a cap.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import ArgumentError, to_wire
+
+DEFAULT_RUN_TIMEOUT_SECONDS = 300.0
+# `--timeout 0`: no deadline worth the name (a year), the sandbox needs a finite one.
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
+# Host modules the services provide (the executor, served by the dispatcher and the jit
+# cache); `tensorwasm run` has none of them.
+GPU_IMPORT_PREFIXES = ("wasi:cuda/", "tensorwasm:gpu/")
+
+OutputSink = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class LocalOutcome:
+    """What a local run ended with: the results (None on failure) or the failure."""
+
+    results: list[Any] | None
+    has_results: bool  # the export returns values (print them), unlike `_start`
+    failure_reason: str
+    failure_message: str
+    exit_code: int
+    stdout_truncated: bool
+    stderr_truncated: bool
 
 
 def load_module_bytes(path: Path) -> bytes:
@@ -36,36 +68,116 @@ def run_local(
     stdin: bytes,
     timeout_seconds: float,
     fuel: int,
-) -> invocation_pb2.InvocationOutcome:
-    """Compiles and runs one export; returns the outcome as the services would.
+    on_output: OutputSink,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> LocalOutcome:
+    """Compiles and runs one export, its output passed to `on_output` as it is written.
+
+    `timeout_seconds` 0 means no deadline. A KeyboardInterrupt (Ctrl-C) while the guest
+    runs cancels it, waits for it to stop, and is raised again.
 
     Raises:
-        ArgumentError: the executor package is not installed, or the export or the
-            arguments do not fit the module.
-        ServiceError (from the executor): the module is invalid, imports are missing.
+        ArgumentError: the executor package is not installed, the module is invalid or
+            imports what the sandbox lacks (a GPU import says where it does run), or the
+            export or the arguments do not fit the module.
     """
     try:
-        from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
+        from tensorwasm_common.errors import ServiceError
+        from tensorwasm_executor.convert import export_to_wire, value_from_wire, value_to_wire
         from tensorwasm_executor.wasm.sandbox import Sandbox, WasiOptions
     except ImportError:
         raise ArgumentError(
             "tensorwasm run needs the executor package: pip install 'tensorwasm-client[local]'"
         ) from None
+    from tensorwasm.common.v1.values_json import to_json
+
     wasm = load_module_bytes(path)
-    with Sandbox(fuel_metering=fuel > 0, default_timeout_seconds=timeout_seconds or 3600.0) as box:
-        module = box.compile(hashlib.sha256(wasm).hexdigest(), wasm)
+    deadline = timeout_seconds if timeout_seconds > 0 else NO_DEADLINE_SECONDS
+    with Sandbox(
+        fuel_metering=fuel > 0,
+        default_timeout_seconds=deadline,
+        max_output_bytes=max_output_bytes,
+    ) as box:
+        try:
+            module = box.compile(hashlib.sha256(wasm).hexdigest(), wasm)
+        except ServiceError as exc:
+            raise ArgumentError(_refusal(path, exc)) from None
         exports = {e.name: e for e in module.exports}
         chosen = export or _default_export(list(exports))
         if chosen not in exports:
             raise ArgumentError(f"choose an export with --export: {', '.join(exports)}")
-        params = list(export_to_wire(exports[chosen]).signature.params)
+        signature = export_to_wire(exports[chosen]).signature
+        params = list(signature.params)
         values = [value_from_wire(v, i) for i, v in enumerate(to_wire(list(json_args), params))]
         wasi = WasiOptions(
             argv=(path.name, *argv), env=tuple(env), read_only_dir=read_only_dir,
             guest_dir=guest_dir,
         )  # fmt: skip
-        outcome = box.invoke(module, chosen, values, stdin=stdin, fuel=fuel or None, wasi=wasi)
-    return outcome_to_wire(outcome)
+        cancel = threading.Event()
+        done: list[Any] = []
+
+        def call() -> None:
+            try:
+                done.append(
+                    box.invoke(
+                        module,
+                        chosen,
+                        values,
+                        stdin=stdin,
+                        fuel=fuel or None,
+                        wasi=wasi,
+                        on_output=on_output,
+                        cancel=cancel,
+                    )
+                )
+            except BaseException as exc:  # re-raised on the caller's thread
+                done.append(exc)
+
+        worker = threading.Thread(target=call, name="tensorwasm-run", daemon=True)
+        try:  # started inside: a Ctrl-C as soon as the guest runs still cancels it
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.1)  # the main thread stays free to take a Ctrl-C
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+            raise
+    result = done[0]
+    if isinstance(result, ServiceError):
+        raise ArgumentError(str(result)) from None
+    if isinstance(result, BaseException):
+        raise result
+    failure = result.failure
+    return LocalOutcome(
+        results=None
+        if failure is not None
+        else list(to_json([value_to_wire(v) for v in result.results or ()])),
+        has_results=bool(signature.results),
+        failure_reason=failure.reason if failure is not None else "",
+        failure_message=failure.message if failure is not None else "",
+        exit_code=(failure.exit_code or 0) if failure is not None else 0,
+        stdout_truncated=result.stdout_truncated,
+        stderr_truncated=result.stderr_truncated,
+    )
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """The message of a module the sandbox refused; a GPU import says where it runs."""
+    metadata = getattr(exc, "metadata", None) or {}
+    module = str(metadata.get("module", ""))
+    if module.startswith(GPU_IMPORT_PREFIXES):
+        return (
+            f"{path} imports {module}.{metadata.get('name', '')}: GPU guests run on the "
+            "services (the dispatcher serves them, on its cpu backend without a GPU), not "
+            f"under tensorwasm run. Use: tensorwasm up; tensorwasm deploy {path} --name NAME; "
+            "tensorwasm invoke NAME"
+        )
+    if module:
+        return (
+            f"{path} imports {module}.{metadata.get('name', '')}, which tensorwasm run does "
+            "not provide (it provides WASI preview 1, wasi_snapshot_preview1)"
+        )
+    return f"{path}: {exc}"
 
 
 def _default_export(names: list[str]) -> str:

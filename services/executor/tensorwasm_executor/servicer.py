@@ -54,9 +54,10 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         request: pb.PrepareModuleRequest,
         context: grpc.aio.ServicerContext[pb.PrepareModuleRequest, pb.PrepareModuleResponse],
     ) -> pb.PrepareModuleResponse:
-        prepared = await self._calls.prepare(
-            request.module_digest, request.init_export, request.tenant or DEFAULT_TENANT
-        )
+        tenant = request.tenant or DEFAULT_TENANT
+        if request.HasField("wasi"):  # refused at deploy as every call would be
+            wasi_from_wire(request.wasi, tenant=tenant, guest_dirs_root=self._guest_dirs_root)
+        prepared = await self._calls.prepare(request.module_digest, request.init_export, tenant)
         image = prepared.image
         return pb.PrepareModuleResponse(
             exports=[export_to_wire(e) for e in prepared.exports],

@@ -50,7 +50,10 @@ def _granted(relative: str, tenant: str, root: Path | None) -> Path:
     """Resolves `relative` inside `<root>/<tenant>`, refusing anything that escapes it."""
     meta = {"read_only_dir": relative}
     if root is None:
-        raise DirectoryNotGrantedError("this executor grants no directories", metadata=meta)
+        raise DirectoryNotGrantedError(
+            "this executor grants no directories (set TENSORWASM_EXECUTOR_GUEST_DIRS_ROOT)",
+            metadata=meta,
+        )
     if not TENANT_PATTERN.fullmatch(tenant):
         raise DirectoryNotGrantedError("the tenant id cannot name a directory", metadata=meta)
     path = PurePosixPath(relative)  # check_wasi_config made it relative, without '..'
@@ -58,6 +61,9 @@ def _granted(relative: str, tenant: str, root: Path | None) -> Path:
     target = (base / path).resolve()
     if not target.is_relative_to(base) or not target.is_dir():
         raise DirectoryNotGrantedError(
-            f"{relative!r} is not a directory granted to tenant {tenant!r}", metadata=meta
+            f"{relative!r} is not a directory granted to tenant {tenant!r}: grants are the "
+            f"directories under <TENSORWASM_EXECUTOR_GUEST_DIRS_ROOT>/{tenant}/ on the "
+            "executor (the local stack's root is <data dir>/guest-dirs)",
+            metadata=meta,
         )
     return target

@@ -350,6 +350,23 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         record = await self._instances().get(tenant, instance_id_from_name(request.name))
         return pb.GetInstanceResponse(instance=instance_to_wire(record))
 
+    async def ListInstances(
+        self,
+        request: pb.ListInstancesRequest,
+        context: grpc.aio.ServicerContext[pb.ListInstancesRequest, pb.ListInstancesResponse],
+    ) -> pb.ListInstancesResponse:
+        tenant = tenant_of(context)
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if page_size < 0:
+            page_size = DEFAULT_PAGE_SIZE
+        after = decode_page_token(request.page_token)
+        records = await self._instances().list_page(tenant, after, page_size + 1)
+        page = records[:page_size]
+        token = encode_page_token(page[-1].instance_id) if len(records) > page_size else ""
+        return pb.ListInstancesResponse(
+            instances=[instance_to_wire(r) for r in page], next_page_token=token
+        )
+
     async def CallInstance(
         self,
         request: pb.CallInstanceRequest,

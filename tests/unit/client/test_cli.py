@@ -3,20 +3,30 @@ its commands, global options and environment, exit codes, and `run ... -- guest 
 
 from __future__ import annotations
 
+import io
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import typer
-from tensorwasm_client.cli import app, local_stack
-from tensorwasm_client.cli.common import exit_code
+from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1.values_json import ArgumentError
+from tensorwasm_client.cli import app, local_stack, quick_parse
+from tensorwasm_client.cli import run as run_command
+from tensorwasm_client.cli.common import exit_code, print_outcome
+from tensorwasm_client.cli.entry import hoist_global_options, main
 from tensorwasm_client.client import TensorWasmError
+from tensorwasm_client.local_run import DEFAULT_RUN_TIMEOUT_SECONDS
+from tensorwasm_client.stack import StackAddresses
 from typer.testing import CliRunner, Result
 
 COMMANDS = {
     "up",
     "down",
     "status",
+    "restart",
     "deploy",
     "list",
     "get",
@@ -29,7 +39,7 @@ COMMANDS = {
 }
 VERBS = {
     "invocation": {"get", "list"},
-    "instance": {"create", "call", "delete"},
+    "instance": {"create", "list", "get", "call", "delete"},
     "snapshot": {"ls", "get", "rm", "verify"},
 }
 ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")
@@ -147,6 +157,48 @@ def test_a_command_exits_with_the_code_it_returns(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err == "error: interrupted\n"
 
 
+@pytest.mark.parametrize(
+    ("argv", "hoisted"),
+    [
+        (["up", "--data-dir", "D"], ["--data-dir", "D", "up"]),
+        (["status", "--data-dir=D", "--tenant", "t"], ["--data-dir=D", "--tenant", "t", "status"]),
+        (
+            ["run", "m.wasm", "--gateway", "g", "--", "--tenant", "x"],
+            ["--gateway", "g", "run", "m.wasm", "--", "--tenant", "x"],
+        ),
+        (["--token", "k", "list"], ["--token", "k", "list"]),
+    ],
+)
+def test_global_options_are_accepted_after_the_command(argv: list[str], hoisted: list[str]) -> None:
+    assert hoist_global_options(argv) == hoisted
+
+
+def test_up_with_the_data_dir_after_the_command_reaches_the_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[Path, object]] = []
+
+    class RecordingStack:
+        start_warnings = [("gateway", "NO BEARER TOKENS CONFIGURED: dev mode")]
+
+        def __init__(self, data_dir: Path, addresses: object = None, **_options: object) -> None:
+            seen.append((data_dir, addresses))
+
+        def start(self) -> dict[str, object]:
+            return {}
+
+    monkeypatch.setattr(local_stack, "LocalStack", RecordingStack)
+    monkeypatch.setattr(
+        sys, "argv", ["tensorwasm", "up", "--port-base", "41000", "--data-dir", str(tmp_path)]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    assert seen[0][0] == tmp_path
+    assert seen[0][1] == StackAddresses(port_base=41000)
+    assert "warning: gateway: NO BEARER TOKENS CONFIGURED" in capsys.readouterr().err
+
+
 def test_the_makefile_targets_call_the_cli_as_it_parses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +207,9 @@ def test_the_makefile_targets_call_the_cli_as_it_parses(
     class RecordingStack:
         """Stands in for LocalStack: records the data dir, starts and stops nothing."""
 
-        def __init__(self, data_dir: Path, *, tls: bool = False) -> None:
+        start_warnings: list[tuple[str, str]] = []
+
+        def __init__(self, data_dir: Path, **_options: object) -> None:
             data_dirs.append(data_dir)
 
         def start(self) -> dict[str, object]:
@@ -180,3 +234,140 @@ def test_the_makefile_targets_call_the_cli_as_it_parses(
         result = tensorwasm(*shlex.split(recipe))
         assert result.exit_code in (0, 1), (recipe, result.output)
     assert data_dirs == [tmp_path] * 3
+
+
+def test_a_bad_args_is_named_not_a_parser_trace(wat_dir: Path) -> None:
+    bad = tensorwasm("run", str(wat_dir / "add.wat"), "--args", "[1,")
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("error: --args is not JSON (Expecting value at character 3)")
+    assert "--args '[1, 2.5" in bad.stderr
+
+
+def test_run_prints_results_only_for_exports_that_return_values(wat_dir: Path) -> None:
+    hello = tensorwasm("run", str(wat_dir / "hello.wat"))
+    assert (hello.exit_code, hello.stdout) == (0, "hello, world\n")  # no [] after _start
+    added = tensorwasm("run", str(wat_dir / "add.wat"), "--args", "[1, 2]")
+    assert added.stdout == "[3]\n"
+
+
+def test_run_reads_piped_stdin_and_dash(wat_dir: Path) -> None:
+    echo = str(wat_dir / "wasi_echo.wat")
+    piped = CliRunner().invoke(app, ["run", echo], input="from the pipe\n")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == "hello stdout\nfrom the pipe\n"
+    dash = CliRunner().invoke(app, ["run", echo, "--stdin", "-"], input="dash\n")
+    assert dash.stdout == "hello stdout\ndash\n"
+
+
+def test_run_says_when_output_was_cut(wat_dir: Path) -> None:
+    cut = tensorwasm("run", str(wat_dir / "hello.wat"), "--max-output", "5")
+    assert cut.exit_code == 0
+    assert cut.stdout == "hello"
+    assert "warning: the guest's stdout was cut at 5 bytes (--max-output)" in cut.stderr
+
+
+def test_run_has_a_default_deadline(wat_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    def spy(*args: object, timeout_seconds: float, **kwargs: object) -> object:
+        seen.append(timeout_seconds)
+        raise ArgumentError("stop here")
+
+    monkeypatch.setattr(run_command, "run_local", spy)
+    tensorwasm("run", str(wat_dir / "add.wat"))
+    tensorwasm("run", str(wat_dir / "add.wat"), "--timeout", "0")
+    assert seen == [DEFAULT_RUN_TIMEOUT_SECONDS, 0.0]
+    assert DEFAULT_RUN_TIMEOUT_SECONDS == 300.0
+
+
+def test_run_refuses_unknown_and_gpu_imports_in_one_line(tmp_path: Path, wat_dir: Path) -> None:
+    unknown = tensorwasm("run", str(wat_dir / "bad_import.wat"))
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("error: ")
+    assert "imports env.host_fn, which tensorwasm run does not provide" in unknown.stderr
+    assert "Traceback" not in unknown.output
+    gpu = tmp_path / "gpu.wat"
+    gpu.write_text(
+        '(module (import "wasi:cuda/host@0.2.0" "device-count" (func (result i32)))'
+        ' (func (export "_start")))'
+    )
+    refused = tensorwasm("run", str(gpu))
+    assert refused.exit_code == 1
+    assert refused.stderr.count("\n") == 1
+    assert "imports wasi:cuda/host@0.2.0.device-count: GPU guests run on the services" in (
+        refused.stderr
+    )
+    assert f"tensorwasm deploy {gpu} --name NAME" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["add.wat", "--args", "[1, 2]"],
+        ["add.wat", "--env", "A=1", "--env", "B=2", "--timeout", "2.5", "--fuel", "7"],
+        ["probe.wat", "--export", "args", "--", "x", "--y", "--export"],
+        ["probe.wat", "--dir", "/tmp", "--guest-dir", "/in", "--max-output", "9", "--", "a"],
+    ],
+)
+def test_runs_fast_path_parses_as_typer_does(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tensorwasm run` parsed by quick_parse (the console script's fast path) reaches
+    run_local with exactly what the typer command passes."""
+    calls: list[dict[str, object]] = []
+    quick_parse.parse(run_command.run, argv)  # the fast path covers these (no fallback)
+
+    def spy(path: Path, **kwargs: object) -> object:
+        kwargs.pop("on_output")
+        calls.append({"path": path, **kwargs})
+        raise ArgumentError("stop here")
+
+    monkeypatch.setattr(run_command, "run_local", spy)
+    tensorwasm("run", *argv)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # as CliRunner's
+    assert run_command.run_main(argv) == 1
+    assert len(calls) == 2
+    assert calls[0] == calls[1]
+
+
+def test_runs_fast_path_leaves_help_and_errors_to_typer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_command.run_main(["add.wat", "--bogus"]) == 2
+    assert "No such option: --bogus" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    shown = tensorwasm("--version")
+    assert shown.exit_code == 0
+    assert shown.stdout.startswith("tensorwasm 0.1.0 (wasmtime-py ")
+
+
+def test_invoke_says_when_output_was_cut(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    outcome = invocation_pb2.InvocationOutcome(
+        stdout=b"12345",
+        stdout_truncated=True,
+        success=invocation_pb2.InvocationSuccess(),
+    )
+    assert print_outcome(outcome) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == b"12345[]\n"
+    assert b"warning: the guest's stdout was cut at the call's output cap" in err
+
+
+def test_runs_start_up_path_loads_neither_grpc_nor_pydantic() -> None:
+    """What `tensorwasm run` imports before the guest: no gateway client, no command tree,
+    no pydantic (typer's adapters): about half of the CLI's start-up (bench run_startup)."""
+    code = (
+        "import sys\n"
+        "from tensorwasm_client.cli import entry, quick_parse, run\n"
+        "quick_parse.parse(run.run, ['x.wasm', '--env', 'A=1', '--', 'a'])\n"
+        "import tensorwasm_executor.wasm.sandbox, tensorwasm_executor.convert\n"
+        "heavy = ('grpc', 'pydantic', 'tensorwasm_client.cli.tree', 'tensorwasm_client.client')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "[]\n"

@@ -186,3 +186,100 @@ def test_tail_keeps_the_last_lines(tmp_path: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(50)))
     assert stack._tail(log) == "\n".join(f"line {i}" for i in range(20, 50))
     assert stack._tail(log, lines=2) == "line 48\nline 49"
+
+
+# --- where the services listen (StackAddresses, the environment, the port check) ---
+
+
+def _planned(local: LocalStack) -> dict[str, dict[str, str]]:
+    return {name: local.planned_addresses(name) for name in SERVICES}
+
+
+def test_port_base_places_grpc_metrics_and_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in SERVICES:
+        for face in ("LISTEN", "METRICS", "HTTP"):
+            monkeypatch.delenv(f"TENSORWASM_{name.upper()}_{face}_ADDRESS", raising=False)
+    default = _planned(LocalStack(tmp_path))
+    assert default["gateway"] == {
+        "grpc": "127.0.0.1:50051",
+        "metrics": "127.0.0.1:50061",
+        "http": "127.0.0.1:8080",
+    }
+    assert default["jit"] == {"grpc": "127.0.0.1:50055", "metrics": "127.0.0.1:50065"}
+    moved = _planned(
+        LocalStack(tmp_path, addresses=stack.StackAddresses("0.0.0.0", 41000, {"jit": 42000}))
+    )
+    assert moved["gateway"]["http"] == "0.0.0.0:41020"
+    assert moved["executor"] == {"grpc": "0.0.0.0:41001", "metrics": "0.0.0.0:41011"}
+    assert moved["jit"]["grpc"] == "0.0.0.0:42000"
+    off = LocalStack(tmp_path, addresses=stack.StackAddresses(http_address="off"))
+    assert off.planned_addresses("gateway")["http"] == ""
+
+
+def test_environment_addresses_are_honoured_and_explicit_ports_beat_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENSORWASM_GATEWAY_LISTEN_ADDRESS", "127.0.0.1:7001")
+    monkeypatch.setenv("TENSORWASM_GATEWAY_METRICS_ADDRESS", "127.0.0.1:7002")
+    monkeypatch.setenv("TENSORWASM_GATEWAY_HTTP_ADDRESS", "127.0.0.1:7003")
+    monkeypatch.setenv("TENSORWASM_SNAPSHOT_LISTEN_ADDRESS", "127.0.0.1:7004")
+    local = LocalStack(tmp_path)
+    assert local.planned_addresses("gateway") == {
+        "grpc": "127.0.0.1:7001",
+        "metrics": "127.0.0.1:7002",
+        "http": "127.0.0.1:7003",
+    }
+    env = local._service_env("snapshot", {})
+    assert env["TENSORWASM_SNAPSHOT_LISTEN_ADDRESS"] == "127.0.0.1:7004"
+    flagged = LocalStack(
+        tmp_path,
+        addresses=stack.StackAddresses(ports={"gateway": 7100}, http_address="127.0.0.1:7101"),
+    )
+    assert flagged.planned_addresses("gateway")["grpc"] == "127.0.0.1:7100"
+    assert flagged.planned_addresses("gateway")["http"] == "127.0.0.1:7101"
+
+
+def _free_port_base() -> int:
+    for base in range(21000, 32000, 100):  # below the kernel's usual ephemeral range
+        if all(stack.port_free(f"127.0.0.1:{base + i}") for i in range(21)):
+            return base
+    raise AssertionError("no free port range")
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    base = _free_port_base()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", base + 1))  # the executor's gRPC port
+        holder.listen()
+        port = base + 1
+        local = LocalStack(tmp_path, addresses=stack.StackAddresses(port_base=base))
+        with pytest.raises(stack.StackError) as refused:
+            local.start()
+    message = str(refused.value)
+    assert message.startswith(f"127.0.0.1:{port} (executor gRPC) is in use")
+    assert "\n" not in message
+    assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def test_bad_addresses_are_refused() -> None:
+    with pytest.raises(stack.StackError, match="no service named nosuch"):
+        stack.StackAddresses(ports={"nosuch": 1})
+    with pytest.raises(stack.StackError, match="port base 65530"):
+        stack.StackAddresses(port_base=65530)
+
+
+def test_a_large_log_is_rotated_before_its_service_starts(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    assert stack.rotate_log(log, max_bytes=10) is False  # none yet
+    log.write_text("small\n")
+    assert stack.rotate_log(log, max_bytes=10) is False
+    for generation in range(1, 5):
+        log.write_text(f"generation {generation}: more than ten bytes\n")
+        assert stack.rotate_log(log, max_bytes=10, keep=3) is True
+        assert not log.exists()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["gateway.log.1", "gateway.log.2", "gateway.log.3"]  # the oldest dropped
+    assert (tmp_path / "gateway.log.1").read_text().startswith("generation 4")
+    assert (tmp_path / "gateway.log.3").read_text().startswith("generation 2")

@@ -48,7 +48,7 @@ class FakeExecutors:
     def __init__(self) -> None:
         self.invoked: list[executor_pb.InvokeRequest] = []
 
-    async def prepare(self, digest: str) -> executor_pb.PrepareModuleResponse:
+    async def prepare(self, digest: str, **_options: object) -> executor_pb.PrepareModuleResponse:
         raise AssertionError("not used")
 
     async def invoke(self, call: AddressedCall) -> CallResult:

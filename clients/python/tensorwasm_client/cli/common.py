@@ -3,23 +3,39 @@ with its hint), arguments, outcome printing."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ParamSpec
+from typing import ParamSpec
 
 import typer
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.common.v1.values_json import TYPE_NAMES, ArgumentError, to_json
 
-from tensorwasm_client.cli.hints import hint_for
+from tensorwasm_client.cli.options import (
+    Deadline,
+    EnvEntries,
+    Export,
+    Fuel,
+    GuestDir,
+    JsonArgs,
+    StdinFile,
+    env_pairs,
+    exit_code_for,
+    json_args,
+    read_stdin,
+)
 from tensorwasm_client.client import GatewayClient, TensorWasmError, TlsOptions
 from tensorwasm_client.stack import StackError
 
 P = ParamSpec("P")
+__all__ = [
+    "Deadline", "EnvEntries", "Export", "Fuel", "GlobalOptions", "GuestDir", "JsonArgs",
+    "StdinFile", "client_for", "default_export", "env_pairs", "exit_code", "global_options",
+    "json_args", "print_outcome", "read_stdin", "report", "signature_text",
+]  # fmt: skip
 
 # A refusal the user can act on: printed as `error: ...`, exit code 1.
 _COMMAND_ERRORS = (TensorWasmError, StackError, ArgumentError, OSError, ValueError)
@@ -58,71 +74,9 @@ def client_for(ctx: typer.Context) -> GatewayClient:
 
 
 def exit_code(command: Callable[P, int]) -> Callable[P, None]:
-    """Wraps a command that returns its exit code: refusals print `error: ...` and exit 1,
-    Ctrl-C prints `error: interrupted` and exits 130 (a streaming call is cancelled on the
-    way out)."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        try:
-            code = command(*args, **kwargs)
-        except _COMMAND_ERRORS as exc:
-            typer.echo(f"error: {exc}", err=True)
-            hint = hint_for(exc) if isinstance(exc, TensorWasmError) else ""
-            if hint:
-                typer.echo(f"hint: {hint}", err=True)
-            code = 1
-        except KeyboardInterrupt:
-            typer.echo("error: interrupted", err=True)
-            code = 130
-        if code:
-            raise typer.Exit(code)
-
-    return run
-
-
-# Options several commands take, spelled once.
-Export = Annotated[str, typer.Option(help="export to call (default: the only one)")]
-JsonArgs = Annotated[str, typer.Option("--args", help="JSON array of arguments")]
-StdinFile = Annotated[
-    Path | None, typer.Option("--stdin", help="file whose bytes the guest reads on stdin")
-]
-Deadline = Annotated[float, typer.Option("--timeout", help="guest deadline in seconds")]
-Fuel = Annotated[int, typer.Option("--fuel", help="instruction budget (0: unmetered)")]
-EnvEntries = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--env",
-        help="guest environment variable (repeat)",
-        metavar="NAME=value",
-        show_default=False,
-    ),
-]
-GuestDir = Annotated[str, typer.Option("--guest-dir", help="where the guest sees --dir")]
-
-
-def env_pairs(entries: list[str] | None) -> list[tuple[str, str]]:
-    """The `--env NAME=value` entries as pairs; raises ArgumentError for a malformed one."""
-    pairs = []
-    for entry in entries or ():
-        name, sep, value = entry.partition("=")
-        if not sep or not name:
-            raise ArgumentError(f"--env takes NAME=value, got {entry!r}")
-        pairs.append((name, value))
-    return pairs
-
-
-def json_args(text: str) -> list[object]:
-    """The `--args` JSON array; raises ArgumentError when it is not an array."""
-    raw = json.loads(text)
-    if not isinstance(raw, list):
-        raise ArgumentError("--args must be a JSON array")
-    return raw
-
-
-def read_stdin(path: Path | None) -> bytes:
-    """The bytes of the `--stdin` file, or none."""
-    return path.read_bytes() if path else b""
+    """Wraps a command that returns its exit code (see `options.exit_code_for`): the
+    refusals of every command print `error: ...` and exit 1."""
+    return exit_code_for(_COMMAND_ERRORS)(command)
 
 
 def default_export(names: list[str]) -> str:
@@ -142,6 +96,16 @@ def signature_text(signature: object) -> str:
 def report(outcome: invocation_pb2.InvocationOutcome) -> int:
     """Prints the results as JSON (or the failure); returns the exit code."""
     sys.stdout.flush()
+    for stream, truncated in (
+        ("stdout", outcome.stdout_truncated),
+        ("stderr", outcome.stderr_truncated),
+    ):
+        if truncated:
+            print(
+                f"warning: the guest's {stream} was cut at the call's output cap "
+                "(the tenant's max_output_bytes limit, TENSORWASM_EXECUTOR_MAX_OUTPUT_BYTES)",
+                file=sys.stderr,
+            )
     if outcome.HasField("failure"):
         failure = outcome.failure
         code = failure.exit_code if failure.reason == "PROC_EXIT" else 1

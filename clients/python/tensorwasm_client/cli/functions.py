@@ -16,13 +16,17 @@ from tensorwasm_client.cli.common import (
     GuestDir,
     client_for,
     env_pairs,
+    global_options,
     signature_text,
 )
 from tensorwasm_client.cli.output import show_record, show_rows
 from tensorwasm_client.cli.progress import transfer_bar
-from tensorwasm_client.client import invocation_limits
+from tensorwasm_client.client import TensorWasmError, invocation_limits
 from tensorwasm_client.local_run import load_module_bytes
+from tensorwasm_client.stack import LocalStack
 from tensorwasm_client.uploads import module_size
+
+DEFAULT_TENANT = "default"  # the gateway's tenant for a call that names none
 
 
 def deploy(
@@ -43,8 +47,17 @@ def deploy(
     memory: Annotated[int, typer.Option(help="default linear-memory cap (bytes)")] = 0,
     argv: Annotated[
         list[str] | None,
-        typer.Option(help="guest argv entry (repeat)", metavar="ARG", show_default=False),
+        typer.Option(
+            help="guest argument (repeat); argv[0] is the function's name, as a shell "
+            "gives a program its own",
+            metavar="ARG",
+            show_default=False,
+        ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="delete a function of that name first, if any"),
+    ] = False,
     init_export: Annotated[
         str,
         typer.Option(
@@ -76,7 +89,7 @@ def deploy(
     name = name or re.sub(r"[^a-z0-9-]+", "-", file.stem.lower()).strip("-")
     config = gateway_pb.FunctionConfig(
         wasi=invocation_pb2.WasiConfig(
-            argv=argv or [],
+            argv=[name, *(argv or [])],
             env=dict(env_pairs(env)),
             read_only_dir=directory,
             guest_dir=guest_dir if directory else "",
@@ -86,8 +99,27 @@ def deploy(
         no_init=no_init,
         auto_offload=offload,
     )
-    with client_for(ctx) as client, transfer_bar("uploading", module_size(source)) as progress:
-        function = client.upload_function(name, source, config, progress=progress)
+    with client_for(ctx) as client:
+        if replace:
+            try:
+                client.delete_function(name)
+            except TensorWasmError as exc:
+                if exc.code != "NOT_FOUND":
+                    raise
+        try:
+            with transfer_bar("uploading", module_size(source)) as progress:
+                function = client.upload_function(name, source, config, progress=progress)
+        except TensorWasmError as exc:
+            if exc.reason == "DIRECTORY_NOT_GRANTED":
+                raise type(exc)(
+                    exc.code,
+                    exc.reason,
+                    exc.message + _local_grant(ctx, directory),
+                    exc.metadata,
+                    domain=exc.domain,
+                    request_id=exc.request_id,
+                ) from None
+            raise
     exports = {e.name: signature_text(e.signature) for e in function.exports}
     document = {
         "name": function.name,
@@ -98,6 +130,17 @@ def deploy(
     }
     show_record(ctx, document, lambda: print(json.dumps(document)))
     return 0
+
+
+def _local_grant(ctx: typer.Context, directory: str) -> str:
+    """Where the grant lives when the gateway is the local stack's (else nothing)."""
+    options = global_options(ctx)
+    stack = LocalStack(options.data_dir).services()
+    gateway = stack.get("gateway")
+    if gateway is None or gateway.grpc_address.split(":")[-1] != options.gateway.split(":")[-1]:
+        return ""
+    tenant = options.tenant or DEFAULT_TENANT
+    return f"; on this local stack: mkdir -p {options.data_dir / 'guest-dirs' / tenant / directory}"
 
 
 def list_functions(ctx: typer.Context) -> int:

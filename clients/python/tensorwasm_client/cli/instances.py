@@ -1,4 +1,4 @@
-"""`tensorwasm instance create | call | delete`: live (stateful) instances of a function."""
+"""`tensorwasm instance create | list | get | call | delete`: live (stateful) instances."""
 
 from __future__ import annotations
 
@@ -39,17 +39,55 @@ def create(
 ) -> int:
     """Start an instance of a function.
 
-    Prints its name as JSON.
+    Prints its name as JSON on the first line, then what its start function wrote.
     """
     with client_for(ctx) as client:
         created = client.create_instance(
             name, stdin=read_stdin(stdin), timeout_seconds=timeout, idle_ttl_seconds=ttl
         )
+    if not created.HasField("instance"):
+        sys.stdout.buffer.write(created.outcome.stdout)
+        sys.stderr.buffer.write(created.outcome.stderr)
+        return report(created.outcome)
+    # The name first, on a line of its own (scripts read the first line); what the
+    # start function wrote follows.
+    print(json.dumps({"name": created.instance.name}), flush=True)
     sys.stdout.buffer.write(created.outcome.stdout)
     sys.stderr.buffer.write(created.outcome.stderr)
-    if not created.HasField("instance"):
-        return report(created.outcome)
-    print(json.dumps({"name": created.instance.name}))
+    return 0
+
+
+def list_instances(ctx: typer.Context) -> int:
+    """List the tenant's live instances: name, function, created, idle TTL."""
+    with client_for(ctx) as client:
+        for found in client.list_instances():
+            ttl = (
+                f"{found.idle_ttl.ToNanoseconds() / 1e9:g}s" if found.HasField("idle_ttl") else "-"
+            )
+            print(
+                f"{found.name:<44} {found.function:<40} {found.create_time.ToJsonString()}  "
+                f"ttl {ttl}"
+            )
+    return 0
+
+
+def get(ctx: typer.Context, instance: InstanceName) -> int:
+    """Show one live instance as indented JSON."""
+    with client_for(ctx) as client:
+        found = client.get_instance(instance)
+    ttl = found.idle_ttl.ToNanoseconds() / 1e9 if found.HasField("idle_ttl") else None
+    print(
+        json.dumps(
+            {
+                "name": found.name,
+                "function": found.function,
+                "tenant": found.tenant,
+                "create_time": found.create_time.ToJsonString(),
+                "idle_ttl_seconds": ttl,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -96,15 +96,23 @@ def _float_bits(kind: str, bits: int) -> values_pb2.Value:
     return values_pb2.Value(f32_bits=bits) if kind == "f32" else values_pb2.Value(f64_bits=bits)
 
 
+# The canonical quiet NaNs (positive sign, payload 0): "nan" in JSON; any other NaN prints
+# as its exact bits ({"bits": "0x7fa00000"}), which `to_wire` takes back unchanged.
+_CANONICAL_NAN = {"f32_bits": 0x7FC00000, "f64_bits": 0x7FF8000000000000}
+
+
 def to_json(values: Sequence[values_pb2.Value]) -> list[Any]:
-    """Typed values as JSON: integers, floats (non-finite as "nan"/"inf"/"-inf"), hex v128."""
+    """Typed values as JSON: integers, floats (non-finite as "nan"/"inf"/"-inf", a NaN
+    other than the canonical one as its exact bits), hex v128."""
     out: list[Any] = []
     for value in values:
         kind = value.WhichOneof("kind")
         if kind == "f32_bits":
-            out.append(_float_json(struct.unpack("<f", struct.pack("<I", value.f32_bits))[0]))
+            number = struct.unpack("<f", struct.pack("<I", value.f32_bits))[0]
+            out.append(_float_json(number, kind, value.f32_bits, 8))
         elif kind == "f64_bits":
-            out.append(_float_json(struct.unpack("<d", struct.pack("<Q", value.f64_bits))[0]))
+            number = struct.unpack("<d", struct.pack("<Q", value.f64_bits))[0]
+            out.append(_float_json(number, kind, value.f64_bits, 16))
         elif kind == "v128":
             out.append(value.v128.hex())
         elif kind is not None:
@@ -112,9 +120,9 @@ def to_json(values: Sequence[values_pb2.Value]) -> list[Any]:
     return out
 
 
-def _float_json(number: float) -> float | str:
+def _float_json(number: float, kind: str, bits: int, digits: int) -> float | str | dict[str, str]:
     if math.isnan(number):
-        return "nan"
+        return "nan" if bits == _CANONICAL_NAN[kind] else {"bits": f"0x{bits:0{digits}x}"}
     if math.isinf(number):
         return "inf" if number > 0 else "-inf"
     return number

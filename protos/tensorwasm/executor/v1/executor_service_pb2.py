@@ -27,37 +27,37 @@ from tensorwasm.common.v1 import invocation_pb2 as tensorwasm_dot_common_dot_v1_
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"R\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0binit_export\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x9b\x01\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x1a\n\x12image_memory_bytes\x18\x04 \x01(\x03\"\xca\x02\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12\x13\n\x0binit_export\x18\x08 \x01(\t\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\n \x01(\x0c\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"P\n\x13InvokeStreamRequest\x12\x39\n\ninvocation\x18\x01 \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequest\"\xa1\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xbf\x02\n\x15\x43reateInstanceRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x05 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0binit_export\x18\x07 \x01(\t\x12\x37\n\x08offloads\x18\x08 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\t \x01(\x0c\"\x94\x01\n\x16\x43reateInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12+\n\x08idle_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc1\x01\n\x13\x43\x61llInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\t\x12)\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x06 \x01(\x0c\"P\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"<\n\x15\x44\x65leteInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse2\x92\x05\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponse\x12k\n\x0cInvokeStream\x12+.tensorwasm.executor.v1.InvokeStreamRequest\x1a,.tensorwasm.executor.v1.InvokeStreamResponse0\x01\x12o\n\x0e\x43reateInstance\x12-.tensorwasm.executor.v1.CreateInstanceRequest\x1a..tensorwasm.executor.v1.CreateInstanceResponse\x12i\n\x0c\x43\x61llInstance\x12+.tensorwasm.executor.v1.CallInstanceRequest\x1a,.tensorwasm.executor.v1.CallInstanceResponse\x12o\n\x0e\x44\x65leteInstance\x12-.tensorwasm.executor.v1.DeleteInstanceRequest\x1a..tensorwasm.executor.v1.DeleteInstanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\x82\x01\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0binit_export\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12.\n\x04wasi\x18\x04 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\"\x9b\x01\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x1a\n\x12image_memory_bytes\x18\x04 \x01(\x03\"\xca\x02\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12\x13\n\x0binit_export\x18\x08 \x01(\t\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\n \x01(\x0c\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"P\n\x13InvokeStreamRequest\x12\x39\n\ninvocation\x18\x01 \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequest\"\xa1\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xbf\x02\n\x15\x43reateInstanceRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x05 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0binit_export\x18\x07 \x01(\t\x12\x37\n\x08offloads\x18\x08 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\t \x01(\x0c\"\x94\x01\n\x16\x43reateInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12+\n\x08idle_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc1\x01\n\x13\x43\x61llInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\t\x12)\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x06 \x01(\x0c\"P\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"<\n\x15\x44\x65leteInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse2\x92\x05\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponse\x12k\n\x0cInvokeStream\x12+.tensorwasm.executor.v1.InvokeStreamRequest\x1a,.tensorwasm.executor.v1.InvokeStreamResponse0\x01\x12o\n\x0e\x43reateInstance\x12-.tensorwasm.executor.v1.CreateInstanceRequest\x1a..tensorwasm.executor.v1.CreateInstanceResponse\x12i\n\x0c\x43\x61llInstance\x12+.tensorwasm.executor.v1.CallInstanceRequest\x1a,.tensorwasm.executor.v1.CallInstanceResponse\x12o\n\x0e\x44\x65leteInstance\x12-.tensorwasm.executor.v1.DeleteInstanceRequest\x1a..tensorwasm.executor.v1.DeleteInstanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.executor.v1.executor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREPAREMODULEREQUEST']._serialized_start=179
-  _globals['_PREPAREMODULEREQUEST']._serialized_end=261
-  _globals['_PREPAREMODULERESPONSE']._serialized_start=264
-  _globals['_PREPAREMODULERESPONSE']._serialized_end=419
-  _globals['_INVOKEREQUEST']._serialized_start=422
-  _globals['_INVOKEREQUEST']._serialized_end=752
-  _globals['_INVOKERESPONSE']._serialized_start=754
-  _globals['_INVOKERESPONSE']._serialized_end=828
-  _globals['_INVOKESTREAMREQUEST']._serialized_start=830
-  _globals['_INVOKESTREAMREQUEST']._serialized_end=910
-  _globals['_INVOKESTREAMRESPONSE']._serialized_start=913
-  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1074
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1077
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1396
-  _globals['_CREATEINSTANCERESPONSE']._serialized_start=1399
-  _globals['_CREATEINSTANCERESPONSE']._serialized_end=1547
-  _globals['_CALLINSTANCEREQUEST']._serialized_start=1550
-  _globals['_CALLINSTANCEREQUEST']._serialized_end=1743
-  _globals['_CALLINSTANCERESPONSE']._serialized_start=1745
-  _globals['_CALLINSTANCERESPONSE']._serialized_end=1825
-  _globals['_DELETEINSTANCEREQUEST']._serialized_start=1827
-  _globals['_DELETEINSTANCEREQUEST']._serialized_end=1887
-  _globals['_DELETEINSTANCERESPONSE']._serialized_start=1889
-  _globals['_DELETEINSTANCERESPONSE']._serialized_end=1913
-  _globals['_EXECUTORSERVICE']._serialized_start=1916
-  _globals['_EXECUTORSERVICE']._serialized_end=2574
+  _globals['_PREPAREMODULEREQUEST']._serialized_start=180
+  _globals['_PREPAREMODULEREQUEST']._serialized_end=310
+  _globals['_PREPAREMODULERESPONSE']._serialized_start=313
+  _globals['_PREPAREMODULERESPONSE']._serialized_end=468
+  _globals['_INVOKEREQUEST']._serialized_start=471
+  _globals['_INVOKEREQUEST']._serialized_end=801
+  _globals['_INVOKERESPONSE']._serialized_start=803
+  _globals['_INVOKERESPONSE']._serialized_end=877
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=879
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=959
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=962
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1123
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1126
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1445
+  _globals['_CREATEINSTANCERESPONSE']._serialized_start=1448
+  _globals['_CREATEINSTANCERESPONSE']._serialized_end=1596
+  _globals['_CALLINSTANCEREQUEST']._serialized_start=1599
+  _globals['_CALLINSTANCEREQUEST']._serialized_end=1792
+  _globals['_CALLINSTANCERESPONSE']._serialized_start=1794
+  _globals['_CALLINSTANCERESPONSE']._serialized_end=1874
+  _globals['_DELETEINSTANCEREQUEST']._serialized_start=1876
+  _globals['_DELETEINSTANCEREQUEST']._serialized_end=1936
+  _globals['_DELETEINSTANCERESPONSE']._serialized_start=1938
+  _globals['_DELETEINSTANCERESPONSE']._serialized_end=1962
+  _globals['_EXECUTORSERVICE']._serialized_start=1965
+  _globals['_EXECUTORSERVICE']._serialized_end=2623
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class PrepareModuleRequest(_message.Message):
     MODULE_DIGEST_FIELD_NUMBER: _builtins.int
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    WASI_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     init_export: _builtins.str
@@ -38,16 +39,24 @@ class PrepareModuleRequest(_message.Message):
     """
     tenant: _builtins.str
     """The tenant whose snapshot records hold the image (set by the gateway)."""
+    @_builtins.property
+    def wasi(self) -> _invocation_pb2.WasiConfig:
+        """When set, the function's WASI view, checked as each call's would be (its read-only
+        directory against the tenant's grant: DIRECTORY_NOT_GRANTED), so that deploy refuses
+        a configuration every call would fail with.
+        """
+
     def __init__(
         self,
         *,
         module_digest: _builtins.str = ...,
         init_export: _builtins.str = ...,
         tenant: _builtins.str = ...,
+        wasi: _invocation_pb2.WasiConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["init_export", b"init_export", "module_digest", b"module_digest", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["init_export", b"init_export", "module_digest", b"module_digest", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

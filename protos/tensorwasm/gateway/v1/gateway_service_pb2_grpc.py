@@ -108,6 +108,11 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.FromString,
                 _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/ListInstances',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
         self.CallInstance = channel.unary_unary(
                 '/tensorwasm.gateway.v1.GatewayService/CallInstance',
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.CallInstanceRequest.SerializeToString,
@@ -239,6 +244,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstances(self, request, context):
+        """Lists the tenant's live instances (as the gateway last knew them), by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CallInstance(self, request, context):
         """Calls one export of a live instance (calls on one instance take turns).
         """
@@ -334,6 +346,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetInstance,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesResponse.SerializeToString,
             ),
             'CallInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.CallInstance,
@@ -616,6 +633,33 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/GetInstance',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/ListInstances',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListInstancesResponse.FromString,
             options,
             channel_credentials,
             insecure,

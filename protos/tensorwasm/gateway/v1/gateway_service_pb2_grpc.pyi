@@ -92,6 +92,8 @@ class GatewayServiceStub:
     """
     GetInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInstanceRequest, _gateway_service_pb2.GetInstanceResponse]
     """Returns one live instance (as the gateway last knew it)."""
+    ListInstances: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInstancesRequest, _gateway_service_pb2.ListInstancesResponse]
+    """Lists the tenant's live instances (as the gateway last knew them), by id."""
     CallInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]
@@ -182,6 +184,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     GetInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetInstanceRequest, _gateway_service_pb2.GetInstanceResponse]  # type: ignore[assignment]
     """Returns one live instance (as the gateway last knew it)."""
+    ListInstances: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListInstancesRequest, _gateway_service_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """Lists the tenant's live instances (as the gateway last knew them), by id."""
     CallInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CallInstanceRequest, _gateway_service_pb2.CallInstanceResponse]  # type: ignore[assignment]
     """Calls one export of a live instance (calls on one instance take turns)."""
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteInstanceRequest, _gateway_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
@@ -317,6 +321,14 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.GetInstanceResponse, _abc.Awaitable[_gateway_service_pb2.GetInstanceResponse]]:
         """Returns one live instance (as the gateway last knew it)."""
+
+    @_abc_1.abstractmethod
+    def ListInstances(
+        self,
+        request: _gateway_service_pb2.ListInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListInstancesResponse, _abc.Awaitable[_gateway_service_pb2.ListInstancesResponse]]:
+        """Lists the tenant's live instances (as the gateway last knew them), by id."""
 
     @_abc_1.abstractmethod
     def CallInstance(

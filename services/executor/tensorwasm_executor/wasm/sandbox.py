@@ -83,7 +83,10 @@ class Sandbox:
 
     def _run_ticker(self) -> None:
         while not (self._stop.is_set() and self._active == 0):
-            time.sleep(self._tick)
+            if self._stop.is_set():  # closing: tick on for the calls still in flight
+                time.sleep(self._tick)
+            else:  # woken at once by close(), which then need not wait out a tick
+                self._stop.wait(self._tick)
             self._engine.increment_epoch()
 
     @property
@@ -352,7 +355,11 @@ class Sandbox:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
         limit = self._max_output if max_output_bytes is None else max(0, max_output_bytes)
         if fuel is not None and not self.fuel_metering:
-            raise FuelUnsupportedError("this executor does not meter fuel")
+            raise FuelUnsupportedError(
+                "this executor does not meter fuel: start it with "
+                "TENSORWASM_EXECUTOR_FUEL_METERING=true (tensorwasm run meters fuel when "
+                "--fuel is given)"
+            )
         memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
         return CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
 

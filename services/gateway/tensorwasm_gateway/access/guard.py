@@ -16,6 +16,7 @@ Each method's class and audit policy come from a declarative table
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import time
@@ -250,8 +251,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(self._guard, policy, request, context)
             try:
                 call.enter()
-                async for response in behavior(request, context):
-                    yield response
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
             except BaseException as exc:
                 call.failed(exc, context)
                 raise
@@ -259,6 +261,14 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 call.exit()
 
         return guarded
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    """Resets `var` where `token` was made. A stream that the event loop finalised (its
+    call cancelled between two messages) ends in another context, where the call's context
+    is gone: there is nothing to reset, and the call is still counted and audited."""
+    with contextlib.suppress(ValueError):
+        var.reset(token)
 
 
 class _Call:
@@ -333,9 +343,9 @@ class _Call:
             self.code = Code.CANCELLED
 
     def exit(self) -> None:
-        CURRENT_REQUEST_ID.reset(self._request_id_token)
+        _reset(CURRENT_REQUEST_ID, self._request_id_token)
         if self._tenant_token is not None:
-            CURRENT_TENANT.reset(self._tenant_token)
+            _reset(CURRENT_TENANT, self._tenant_token)
         if self._slot:
             self._guard.caps.release(self._policy.call_class)
             if self._policy.invoking:

@@ -33,6 +33,7 @@ GATEWAY_RPCS: Mapping[str, tuple[CallClass, bool]] = {
     "InvokeStream": ("invoke", True),
     "CreateInstance": ("write", True),
     "GetInstance": ("read", False),
+    "ListInstances": ("read", False),
     "CallInstance": ("invoke", True),
     "DeleteInstance": ("write", True),
     "StartInvocation": ("invoke", True),

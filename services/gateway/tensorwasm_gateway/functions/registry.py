@@ -196,11 +196,16 @@ class Registry:
             raise InstanceNotFoundError(
                 f"instance {instance_id!r} not found", metadata={"instance_id": instance_id}
             )
-        tenant_, instance_id_, function_id, digest, executor, ttl, created = row
-        return InstanceRecord(
-            str(tenant_), str(instance_id_), str(function_id), str(digest), str(executor),
-            int(ttl), int(created),
-        )  # fmt: skip
+        return _instance(row)
+
+    def list_instances(self, tenant: str, after: str, limit: int) -> list[InstanceRecord]:
+        """Up to `limit` of the tenant's instances with ids greater than `after`, by id."""
+        rows = self.database.execute(
+            "SELECT * FROM instances WHERE tenant = ? AND instance_id > ? "
+            "ORDER BY instance_id LIMIT ?",
+            (tenant, after, limit),
+        ).rows
+        return [_instance(row) for row in rows]
 
     def delete_instance(self, tenant: str, instance_id: str) -> bool:
         """Forgets an instance; False when there was no such row."""
@@ -255,4 +260,12 @@ def _record(row: tuple[Any, ...]) -> FunctionRecord:
     return FunctionRecord(
         str(tenant), str(function_id), str(digest), int(size), exports, int(created),
         bytes(config),
+    )  # fmt: skip
+
+
+def _instance(row: tuple[Any, ...]) -> InstanceRecord:
+    tenant, instance_id, function_id, digest, executor, ttl, created = row
+    return InstanceRecord(
+        str(tenant), str(instance_id), str(function_id), str(digest), str(executor),
+        int(ttl), int(created),
     )  # fmt: skip

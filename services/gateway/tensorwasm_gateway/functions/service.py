@@ -58,6 +58,10 @@ _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
 MAX_DISPLAY_NAME_CHARS = 256
+# The init exports a deploy runs unasked, the first one exported as `() -> ()`: Wizer's,
+# then a WASI reactor's `_initialize` (clang -mexec-model=reactor), which must run once
+# before any other export: every call then starts from the state it left.
+DEFAULT_INIT_EXPORTS = (DEFAULT_INIT_EXPORT, "_initialize")
 
 
 class BlobPutter(Protocol):
@@ -92,7 +96,8 @@ def function_id_from_name(name: str) -> str:
 
 def resolve_init_export(config: FunctionConfig, exports: Sequence[ExportRecord]) -> str:
     """The init export a deploy asks for: the named one (checked: an exported function
-    `() -> ()`), none with `no_init`, else `wizer.initialize` when it is such an export.
+    `() -> ()`), none with `no_init`, else `wizer.initialize` or (a WASI reactor's)
+    `_initialize`, the first that is such an export.
 
     Raises:
         InitExportInvalidError: the named export is missing or not `() -> ()`, or both
@@ -107,10 +112,11 @@ def resolve_init_export(config: FunctionConfig, exports: Sequence[ExportRecord])
         return ""
     by_name = {e.name: e for e in exports}
     if not config.init_export:
-        default = by_name.get(DEFAULT_INIT_EXPORT)
-        if default is None or default.params or default.results:
-            return ""
-        return DEFAULT_INIT_EXPORT
+        for name in DEFAULT_INIT_EXPORTS:
+            default = by_name.get(name)
+            if default is not None and not default.params and not default.results:
+                return name
+        return ""
     export = by_name.get(config.init_export)
     if export is None or export.params or export.results:
         raise InitExportInvalidError(
@@ -239,7 +245,9 @@ class FunctionService:
     ) -> FunctionRecord:
         """Compiles the stored module (running its init export) and checks its offload
         declarations; the record to keep."""
-        prepared = await self._executors.prepare(digest)
+        # A read-only directory is checked against the tenant's grant now, not at each call.
+        wasi = config.wasi if config.wasi.read_only_dir else None
+        prepared = await self._executors.prepare(digest, tenant=tenant, wasi=wasi)
         init_export = resolve_init_export(config, prepared.exports)
         if init_export:  # run init now: a failing init fails the deploy, not a call
             await self._executors.prepare(digest, init_export=init_export, tenant=tenant)

@@ -98,6 +98,10 @@ class InstanceService:
         """One live instance of the tenant, as recorded."""
         return await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
 
+    async def list_page(self, tenant: str, after: str, limit: int) -> list[InstanceRecord]:
+        """Up to `limit` of the tenant's recorded instances after id `after`."""
+        return await asyncio.to_thread(self._registry.list_instances, tenant, after, limit)
+
     async def call(self, tenant: str, instance_id: str, call: Call) -> tuple[CallResult, str]:
         """Calls a live instance on its executor; returns the result and the export.
 

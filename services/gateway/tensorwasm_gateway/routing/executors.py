@@ -39,6 +39,7 @@ from tensorwasm_gateway.calls import (
     InstanceLaunch,
     LaunchedInstance,
     Target,
+    WasiConfig,
     WireMessage,
 )
 from tensorwasm_gateway.limits import limits_to_wire
@@ -281,21 +282,27 @@ class ExecutorPool:
         )
 
     async def prepare(
-        self, digest: str, *, init_export: str = "", tenant: str = ""
+        self,
+        digest: str,
+        *,
+        init_export: str = "",
+        tenant: str = "",
+        wasi: WasiConfig | None = None,
     ) -> CompiledModule:
         """Compiles on the preferred replica; PrepareModule is idempotent, so any
-        UNAVAILABLE replica is skipped for the next one."""
+        UNAVAILABLE replica is skipped for the next one. With `wasi`, the replica checks
+        it as each call's would be (a directory outside the tenant's grant is refused)."""
+        request = pb.PrepareModuleRequest(
+            module_digest=digest, init_export=init_export, tenant=tenant
+        )
+        if wasi is not None:
+            request.wasi.CopyFrom(wasi_to_wire(wasi))
         last: ServiceError | None = None
         for address in rendezvous_order(digest, list(self._replicas)):
             try:
                 response: pb.PrepareModuleResponse = await self._replicas[
                     address
-                ].stub.PrepareModule(
-                    pb.PrepareModuleRequest(
-                        module_digest=digest, init_export=init_export, tenant=tenant
-                    ),
-                    timeout=downstream_timeout(self._timeout),
-                )
+                ].stub.PrepareModule(request, timeout=downstream_timeout(self._timeout))
                 return CompiledModule(exports_from_wire(response.exports))
             except grpc.aio.AioRpcError as exc:
                 last = downstream_error(exc, f"executor {address}")

@@ -491,6 +491,7 @@ def test_fuel_without_metering_is_refused_and_metering_changes_the_fingerprint()
         with pytest.raises(InvalidArgumentError) as caught:
             plain.invoke(module, "count", [WasmValue.i64(1)], fuel=100)
         assert caught.value.reason == "FUEL_UNSUPPORTED"
+        assert "TENSORWASM_EXECUTOR_FUEL_METERING=true" in str(caught.value)  # how to enable
         assert plain.engine_fingerprint != metered.engine_fingerprint
 
 

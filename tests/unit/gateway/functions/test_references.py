@@ -44,9 +44,9 @@ class GoesDownOnPrepare(FakeExecutors):
         super().__init__(prepare_error=UnavailableError("module fetch failed"))
         self.store = store
 
-    async def prepare(self, digest: str) -> object:  # type: ignore[override]
+    async def prepare(self, digest: str, **options: object) -> object:  # type: ignore[override]
         self.store.down = True
-        return await super().prepare(digest)
+        return await super().prepare(digest, **options)
 
 
 @pytest.fixture

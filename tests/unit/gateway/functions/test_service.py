@@ -112,7 +112,7 @@ class FakeExecutors:
         self.prepared: list[str] = []
         self.invoked: list[executor_pb.InvokeRequest] = []
 
-    async def prepare(self, digest: str) -> CompiledModule:
+    async def prepare(self, digest: str, **_options: object) -> CompiledModule:
         self.prepared.append(digest)
         if self.prepare_error is not None:
             raise self.prepare_error

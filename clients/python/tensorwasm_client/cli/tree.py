@@ -14,6 +14,8 @@ from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_pro
 from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
 from tensorwasm_client.stack import default_data_dir
 
+__all__ = ["app", "run_app"]
+
 
 def _group(help_text: str) -> typer.Typer:
     # Plain (click) help and errors: the output stays greppable and unboxed.
@@ -31,8 +33,22 @@ def _bind(group: typer.Typer, name: str, command: Callable[..., int]) -> None:
     group.command(name)(exit_code(command))
 
 
-def _global_options(  # noqa: PLR0917 (typer passes each option by position)
+def _version(value: bool) -> None:
+    """`--version`: the CLI's version and the wasmtime-py that `run` uses."""
+    if value:
+        import importlib.metadata
+
+        try:
+            engine = f" (wasmtime-py {importlib.metadata.version('wasmtime')})"
+        except importlib.metadata.PackageNotFoundError:
+            engine = ""
+        print(f"tensorwasm {importlib.metadata.version('tensorwasm-client')}{engine}")
+        raise typer.Exit()
+
+
+def _global_options(
     ctx: typer.Context,
+    *,
     gateway: Annotated[
         str, typer.Option(envvar="TENSORWASM_GATEWAY", help="gateway address")
     ] = DEFAULT_GATEWAY,
@@ -74,7 +90,12 @@ def _global_options(  # noqa: PLR0917 (typer passes each option by position)
     key: Annotated[
         Path | None, typer.Option(help="the client certificate's private key", show_default=False)
     ] = None,
-    *,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_version
+        ),
+    ] = False,
     profile: ProfileOption = None,
     output: OutputOption = None,
 ) -> None:
@@ -104,6 +125,7 @@ app.callback()(_global_options)
 _bind(app, "up", local_stack.up)
 _bind(app, "down", local_stack.down)
 _bind(app, "status", local_stack.status)
+_bind(app, "restart", local_stack.restart)
 _bind(app, "deploy", functions.deploy)
 _bind(app, "list", functions.list_functions)
 _bind(app, "get", functions.get)
@@ -118,6 +140,8 @@ app.add_typer(_invocation, name="invocation")
 
 _instance = _group("Live (stateful) instances.")
 _bind(_instance, "create", instances.create)
+_bind(_instance, "list", instances.list_instances)
+_bind(_instance, "get", instances.get)
 _bind(_instance, "call", instances.call)
 _bind(_instance, "delete", instances.delete)
 app.add_typer(_instance, name="instance")
@@ -131,6 +155,6 @@ _bind(_snapshot, "verify", snapshots.verify)
 app.add_typer(_snapshot, name="snapshot")
 
 
-def main() -> None:
-    """The console script: runs one command and exits with its code."""
-    app(prog_name="tensorwasm")
+def run_app(args: list[str]) -> None:
+    """Runs the whole command tree on `args` (global options already in front)."""
+    app(args=args, prog_name="tensorwasm")
