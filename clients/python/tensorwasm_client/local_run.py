@@ -1,6 +1,11 @@
 """`tensorwasm run`: runs a module in this process on the executor's sandbox, without
 the services, with the same limits, WASI view and outcome.
 
+A guest that imports `wasi:cuda` or `tensorwasm:gpu` runs too: its batches go to the
+dispatcher's batch runner in this process, on the cpu backend (PTX run by its PTX executor),
+as the services would run them on a host without a GPU. The jit cache is not there, so
+`jit_kernel` and the tensor ops answer not_available.
+
 As under `wasmtime run`: the guest's stdout and stderr are written through as it writes
 them, stdin is the caller's, a Ctrl-C stops even a guest spinning in native code (the call
 runs on a thread of its own and is cancelled within about one epoch tick). Unlike it,
@@ -23,9 +28,11 @@ DEFAULT_RUN_TIMEOUT_SECONDS = 300.0
 # `--timeout 0`: no deadline worth the name (a year), the sandbox needs a finite one.
 NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
-# Host modules the services provide (the executor, served by the dispatcher and the jit
-# cache); `tensorwasm run` has none of them.
+# Host modules the executor provides, served by the dispatcher (in process under `run`, on
+# the cpu backend) and the jit cache (not under `run`).
 GPU_IMPORT_PREFIXES = ("wasi:cuda/", "tensorwasm:gpu/")
+# The tenant a local run's GPU session is accounted to.
+LOCAL_TENANT = "local"
 
 OutputSink = Callable[[str, bytes], None]
 
@@ -93,10 +100,14 @@ def run_local(
 
     wasm = load_module_bytes(path)
     deadline = timeout_seconds if timeout_seconds > 0 else NO_DEADLINE_SECONDS
+    # The GPU host only for a module that names a GPU module (a cheap byte search: the
+    # import's module name is in the binary as UTF-8), so other runs start as light as ever.
+    gpu = _local_gpu_host() if any(p.encode() in wasm for p in GPU_IMPORT_PREFIXES) else None
     with Sandbox(
         fuel_metering=fuel > 0,
         default_timeout_seconds=deadline,
         max_output_bytes=max_output_bytes,
+        host_modules=gpu.host_modules if gpu is not None else (),
     ) as box:
         try:
             module = box.compile(hashlib.sha256(wasm).hexdigest(), wasm)
@@ -128,6 +139,7 @@ def run_local(
                         wasi=wasi,
                         on_output=on_output,
                         cancel=cancel,
+                        host_state=gpu.state_for(module, LOCAL_TENANT) if gpu else None,
                     )
                 )
             except BaseException as exc:  # re-raised on the caller's thread
@@ -161,17 +173,53 @@ def run_local(
     )
 
 
+def _local_gpu_host() -> Any:
+    """The executor's GPU host (`CudaHost`), its batches run by a dispatcher batch runner in
+    this process on the cpu backend."""
+    try:
+        from tensorwasm_dispatcher.accounting import Ledger
+        from tensorwasm_dispatcher.backends.cpu import CpuBackend
+        from tensorwasm_dispatcher.batch_runner import Dispatcher
+        from tensorwasm_dispatcher.gpu_sessions import GpuSessionTable
+        from tensorwasm_executor.gpu.host import CudaHost
+    except ImportError:
+        raise ArgumentError(
+            "a GPU guest under tensorwasm run needs the dispatcher package: "
+            "pip install 'tensorwasm-client[local]'"
+        ) from None
+    backend = CpuBackend()
+    ledger = Ledger(1 << 30)
+    dispatcher = Dispatcher(backend, ledger, GpuSessionTable(backend, idle_ttl_seconds=600))
+    return CudaHost(lambda tenant: InProcessTransport(dispatcher, tenant))
+
+
+class InProcessTransport:
+    """The executor's `Transport` to a dispatcher batch runner in this process."""
+
+    def __init__(self, dispatcher: Any, tenant: str) -> None:
+        self._dispatcher = dispatcher
+        self._tenant = tenant
+
+    def execute(self, request: Any, timeout_seconds: float) -> Any:
+        """Runs the batch now, on the guest's thread (a malformed batch: internal, -7)."""
+        import time
+
+        from tensorwasm_common.errors import ServiceError
+        from tensorwasm_common.gpu_abi import AbiError
+        from tensorwasm_executor.gpu.batch import TransportError
+
+        try:
+            return self._dispatcher.execute(
+                self._tenant, request, time.monotonic() + timeout_seconds
+            )
+        except ServiceError as exc:
+            raise TransportError(AbiError.INTERNAL, exc.message) from None
+
+
 def _refusal(path: Path, exc: Exception) -> str:
-    """The message of a module the sandbox refused; a GPU import says where it runs."""
+    """The message of a module the sandbox refused."""
     metadata = getattr(exc, "metadata", None) or {}
     module = str(metadata.get("module", ""))
-    if module.startswith(GPU_IMPORT_PREFIXES):
-        return (
-            f"{path} imports {module}.{metadata.get('name', '')}: GPU guests run on the "
-            "services (the dispatcher serves them, on its cpu backend without a GPU), not "
-            f"under tensorwasm run. Use: tensorwasm up; tensorwasm deploy {path} --name NAME; "
-            "tensorwasm invoke NAME"
-        )
     if module:
         return (
             f"{path} imports {module}.{metadata.get('name', '')}, which tensorwasm run does "

@@ -7,6 +7,7 @@ import io
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -280,12 +281,13 @@ def test_run_has_a_default_deadline(wat_dir: Path, monkeypatch: pytest.MonkeyPat
     assert DEFAULT_RUN_TIMEOUT_SECONDS == 300.0
 
 
-def test_run_refuses_unknown_and_gpu_imports_in_one_line(tmp_path: Path, wat_dir: Path) -> None:
+def test_run_refuses_unknown_imports_in_one_line(tmp_path: Path, wat_dir: Path) -> None:
     unknown = tensorwasm("run", str(wat_dir / "bad_import.wat"))
     assert unknown.exit_code == 1
     assert unknown.stderr.startswith("error: ")
     assert "imports env.host_fn, which tensorwasm run does not provide" in unknown.stderr
     assert "Traceback" not in unknown.output
+    # A GPU module's function that does not exist is refused the same way.
     gpu = tmp_path / "gpu.wat"
     gpu.write_text(
         '(module (import "wasi:cuda/host@0.2.0" "device-count" (func (result i32)))'
@@ -294,10 +296,20 @@ def test_run_refuses_unknown_and_gpu_imports_in_one_line(tmp_path: Path, wat_dir
     refused = tensorwasm("run", str(gpu))
     assert refused.exit_code == 1
     assert refused.stderr.count("\n") == 1
-    assert "imports wasi:cuda/host@0.2.0.device-count: GPU guests run on the services" in (
-        refused.stderr
-    )
-    assert f"tensorwasm deploy {gpu} --name NAME" in refused.stderr
+    assert "imports wasi:cuda/host@0.2.0.device-count, which tensorwasm run" in refused.stderr
+
+
+def test_run_runs_a_gpu_guest_in_process_on_the_cpu_backend(
+    tmp_path: Path, cuda_guest: Callable[[str], bytes]
+) -> None:
+    guest = tmp_path / "vector_add.wasm"
+    guest.write_bytes(cuda_guest("cuda_vector_add"))
+    # c = a + b by one launch of the canonical vector_add PTX, checked by the guest (0: ok).
+    once = tensorwasm("run", str(guest), "--export", "run")
+    assert (once.exit_code, once.stdout.strip()) == (0, "[0]"), once.output
+    # Ten launches in place, one sync: each reads the previous one's output.
+    many = tensorwasm("run", str(guest), "--export", "accumulate", "--args", "[10]")
+    assert (many.exit_code, many.stdout.strip()) == (0, "[0]"), many.output
 
 
 @pytest.mark.parametrize(
