@@ -75,7 +75,11 @@ fmt: .venv/.synced ## Format the Python code
 	.venv/bin/ruff check --fix .
 
 test: setup guest-toolchain engines-postgres k8s-tools observability-tools envoy-tools ## Run the whole test suite (unit, integration, e2e) on the cpu backend; C guests included
-	.venv/bin/pytest -m "not gpu and not bench" -q --durations=25
+	.venv/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not bench" -q --durations=25
+
+# `make test` runs the files on this many pytest-xdist workers (a file's tests stay on one
+# worker, so its module fixtures are shared as before; each worker has its own session stack).
+TEST_WORKERS ?= 2
 
 # Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
 # with as many spinning loops), so races that only show on a loaded machine fail here first.

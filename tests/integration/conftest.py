@@ -56,6 +56,10 @@ def start_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Runn
             "OTEL_TRACES_EXPORTER": "jsonl",
             "TENSORWASM_EXECUTOR_INSTANCE_SWEEP_SECONDS": "0.1",
             "TENSORWASM_EXECUTOR_CALL_LOG": "true",
+            # Each test acts as a tenant of its own: label every one in the metrics (past the
+            # default 100 they would all be `_other`, and a test reading its own would fail
+            # depending on how many ran before it).
+            "TENSORWASM_GATEWAY_METRICS_MAX_TENANTS": "100000",
             **(extra_env or {}),
         },
     )

@@ -236,7 +236,7 @@ def test_bad_certificate_files_stop_the_service_naming_the_setting(tmp_path: Pat
 
 
 def test_the_cli_reaches_a_tls_stack_with_its_options(tls_stack: RunningStack) -> None:
-    from tensorwasm_client.cli.app import app
+    from tensorwasm_client.cli import app
     from typer.testing import CliRunner
 
     tls = _client_tls(tls_stack)
