@@ -21,7 +21,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo clean guest-toolchain guests cuda-tools test-oversubscribed k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke engines-postgres
+.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo cluster-demo clean guest-toolchain guests cuda-tools test-oversubscribed k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke engines-postgres
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -212,6 +212,9 @@ status: ## Show the local stack's health
 
 demo: runtime ## Fresh clone to result: stack up, deploy the example, invoke it, stack down
 	bash deploy/demo.sh $(DATA_DIR)
+
+cluster-demo: setup engines-postgres ## The multi-replica proof: PostgreSQL, SeaweedFS, 2 gateways, 3 executors, 2 stores; kill -9 one of each under load
+	$(PY) -m tests.engines.cluster
 
 clean: ## Remove the venv, tools and local data
 	rm -rf .venv .tools .demo-data bench-results .pytest_cache .mypy_cache .ruff_cache

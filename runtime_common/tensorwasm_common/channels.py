@@ -49,15 +49,24 @@ def open_channel(
     service_token: str | None = None,
     tls: ClientTls | None = None,
     target_name: str = "",
+    balanced: bool = False,
 ) -> grpc.aio.Channel:
     """A channel that propagates W3C traceparent and, given one, sends the fleet's service
     token on every call: TLS (mTLS with a client certificate) with `tls`, else plaintext
     (loopback, or a mesh's mTLS around it). `target_name` overrides the name the peer's
-    certificate is checked against (default: the address's host)."""
+    certificate is checked against (default: the address's host).
+
+    `balanced`: for a stateless peer with several replicas behind one target (a DNS name
+    with several addresses, as a headless Service gives, or `ipv4:A,B`): calls go round
+    robin over every replica that is up, and one that is down is left out until it is
+    back. Without it the channel keeps to the first address that answers (right for a
+    peer that holds per-client state, as the dispatcher does with GPU sessions)."""
     options: list[tuple[str, int | str]] = [
         *channel_options(max_message_bytes),
         ("grpc.enable_retries", 1),
     ]
+    if balanced:
+        options.append(("grpc.lb_policy_name", "round_robin"))
     if tls is None:
         channel = grpc.aio.insecure_channel(address, options=options)
     else:

@@ -136,9 +136,13 @@ class LocalStack:
         ephemeral_ports: bool = False,
         extra_env: dict[str, str] | None = None,
         executor_replicas: int = 1,
+        gateway_replicas: int = 1,
+        snapshot_replicas: int = 1,
         addresses: StackAddresses | None = None,
         tls: bool = False,
     ) -> None:
+        if tls and snapshot_replicas > 1:
+            raise StackError("store replicas share one multi-address target: not with TLS")
         self.data_dir = data_dir.resolve()
         self._tls = tls
         self.addresses = addresses or StackAddresses(host=host)
@@ -149,10 +153,12 @@ class LocalStack:
         self._extra_env = dict(extra_env or {})
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         # replicas after the first are named executor-2, executor-3, ...
+        replicas = {"executor": executor_replicas, "gateway": gateway_replicas,
+                    "snapshot": snapshot_replicas}  # fmt: skip
         self._names = [
-            *SERVICES[:-1],
-            *(f"executor-{i}" for i in range(2, executor_replicas + 1)),
-            SERVICES[-1],
+            name if i == 1 else f"{name}-{i}"
+            for name in SERVICES
+            for i in range(1, replicas.get(name, 1) + 1)
         ]
 
     @property
@@ -255,7 +261,7 @@ class LocalStack:
         if kind == "gateway":
             if previous is not None:
                 planned["http"] = previous.http_address
-            elif self._ephemeral:
+            elif self._ephemeral or replica != kind:
                 planned["http"] = self.addresses._at(self._http_port())
             elif self.addresses.http_address:
                 planned["http"] = self.addresses.default_http_address()
@@ -302,8 +308,8 @@ class LocalStack:
             and "TENSORWASM_TRACES_JSONL_PATH" not in self._extra_env
         ):
             env["TENSORWASM_TRACES_JSONL_PATH"] = str(self.data_dir / "traces" / f"{replica}.jsonl")
-        if name == "snapshot":
-            env[prefix + "DATA_DIR"] = str(self.data_dir / "snapshot")
+        if name == "snapshot":  # replicas keep apart what is not in the blob and index URLs
+            env[prefix + "DATA_DIR"] = str(self.data_dir / replica)
         if name == "jit":  # emitted kernels and shared cubins persist with the stack
             env.setdefault(prefix + "DATA_DIR", str(self.data_dir / "jit"))
         if name == "executor":  # read-only directories granted as <data dir>/guest-dirs/<tenant>/
@@ -312,7 +318,7 @@ class LocalStack:
             env.setdefault(prefix + "ARTIFACT_DIR", str(artifacts))
             env.setdefault(prefix + "IMAGE_DIR", str(self.data_dir / replica / "images"))
         if name in ("executor", "gateway"):
-            env[prefix + "SNAPSHOT_ADDRESS"] = started["snapshot"].grpc_address
+            env[prefix + "SNAPSHOT_ADDRESS"] = store_target(started)
         if name == "executor" and "dispatcher" in started:  # guests' wasi:cuda calls go there
             env[prefix + "DISPATCHER_ADDRESS"] = started["dispatcher"].grpc_address
         if name in ("executor", "dispatcher") and "jit" in started:
@@ -325,7 +331,8 @@ class LocalStack:
             env[prefix + "HTTP_ADDRESS"] = planned["http"]
             env[prefix + "DATABASE_PATH"] = str(self.data_dir / "gateway" / "registry.sqlite3")
             # Audit records (their own JSON layout) apart from the log lines.
-            env.setdefault(prefix + "AUDIT_LOG", f"file:{self.data_dir / 'logs' / AUDIT_FILE}")
+            audit = AUDIT_FILE if replica == name else f"{replica}.audit.jsonl"
+            env.setdefault(prefix + "AUDIT_LOG", f"file:{self.data_dir / 'logs' / audit}")
         return env
 
     def _start_one(
@@ -340,8 +347,10 @@ class LocalStack:
         ready_file.unlink(missing_ok=True)
         log_path = self.data_dir / "logs" / f"{name}.log"
         rotate_log(log_path)
-        if _kind(name) == "gateway":
+        if name == "gateway":
             rotate_log(self.data_dir / "logs" / AUDIT_FILE)
+        elif _kind(name) == "gateway":
+            rotate_log(self.data_dir / "logs" / f"{name}.audit.jsonl")
         log_offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -367,7 +376,7 @@ class LocalStack:
             ready["grpc_address"],
             ready["metrics_address"],
             str(log_path),
-            env.get("TENSORWASM_GATEWAY_HTTP_ADDRESS", "") if name == "gateway" else "",
+            env.get("TENSORWASM_GATEWAY_HTTP_ADDRESS", "") if _kind(name) == "gateway" else "",
         )
         while health(service.grpc_address, tls=stack_tls(self.data_dir)) != "SERVING":
             if process.poll() is not None or time.monotonic() > deadline:
@@ -541,6 +550,14 @@ def _warnings(log_path: Path, offset: int) -> list[str]:
         if isinstance(entry, dict) and entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
             found.append(str(entry.get("message", "")))
     return found
+
+
+def store_target(services: Mapping[str, ServiceProcess]) -> str:
+    """The snapshot store's address as its clients are given it: the one replica's
+    HOST:PORT, or every replica's behind one gRPC target (`ipv4:A,B`; the clients balance
+    over them and leave out one that is down)."""
+    stores = [s.grpc_address for n, s in services.items() if _kind(n) == "snapshot"]
+    return stores[0] if len(stores) == 1 else "ipv4:" + ",".join(stores)
 
 
 def _port_of(address: str) -> int:

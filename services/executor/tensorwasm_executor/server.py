@@ -104,6 +104,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_message_bytes=settings.max_message_bytes,
         service_token=settings.service_token(),
         tls=settings.client_tls(),
+        balanced=True,  # store replicas are interchangeable
     )
     blobs = BlobClient(store_channel)
     modules = ModuleProvider(

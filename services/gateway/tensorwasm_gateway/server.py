@@ -130,6 +130,7 @@ async def serve(settings: GatewaySettings) -> None:
         max_message_bytes=settings.max_message_bytes,
         service_token=settings.service_token(),
         tls=settings.client_tls(),
+        balanced=True,  # store replicas are interchangeable
     )
     executors = await open_executor_pool(settings)
     functions = FunctionService(

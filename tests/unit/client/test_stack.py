@@ -283,3 +283,38 @@ def test_a_large_log_is_rotated_before_its_service_starts(tmp_path: Path) -> Non
     assert kept == ["gateway.log.1", "gateway.log.2", "gateway.log.3"]  # the oldest dropped
     assert (tmp_path / "gateway.log.1").read_text().startswith("generation 4")
     assert (tmp_path / "gateway.log.3").read_text().startswith("generation 2")
+
+
+def test_replicas_of_gateway_store_and_executor_are_named_and_kept_apart(tmp_path: Path) -> None:
+    local = LocalStack(tmp_path, executor_replicas=2, gateway_replicas=2, snapshot_replicas=2)
+    assert local._names == [
+        "snapshot", "snapshot-2", "jit", "dispatcher", "executor", "executor-2",
+        "gateway", "gateway-2",
+    ]  # fmt: skip
+    started = {
+        name: ServiceProcess(name, 1, f"127.0.0.1:{port}", "", "")
+        for name, port in (("snapshot", 7001), ("snapshot-2", 7002), ("executor", 7003),
+                           ("executor-2", 7004))
+    }  # fmt: skip
+    # The store's clients get one target naming every replica (balanced over them).
+    assert stack.store_target(started) == "ipv4:127.0.0.1:7001,127.0.0.1:7002"
+    gateway_2 = local._service_env("gateway-2", started)
+    assert gateway_2["TENSORWASM_GATEWAY_SNAPSHOT_ADDRESS"] == stack.store_target(started)
+    assert gateway_2["TENSORWASM_GATEWAY_EXECUTOR_ADDRESSES"] == "127.0.0.1:7003,127.0.0.1:7004"
+    # A second gateway does not take the first one's ports, HTTP face or audit file.
+    assert local.planned_addresses("gateway-2")["grpc"].endswith(":0")
+    assert (
+        local.planned_addresses("gateway-2")["http"] != local.planned_addresses("gateway")["http"]
+    )
+    assert gateway_2["TENSORWASM_GATEWAY_AUDIT_LOG"].endswith("gateway-2.audit.jsonl")
+    # Each store replica has a data directory of its own.
+    first = local._service_env("snapshot", {})["TENSORWASM_SNAPSHOT_DATA_DIR"]
+    second = local._service_env("snapshot-2", {})["TENSORWASM_SNAPSHOT_DATA_DIR"]
+    assert first != second
+    single = {"snapshot": started["snapshot"]}
+    assert stack.store_target(single) == "127.0.0.1:7001"
+
+
+def test_store_replicas_are_refused_with_tls(tmp_path: Path) -> None:
+    with pytest.raises(stack.StackError, match="not with TLS"):
+        LocalStack(tmp_path, snapshot_replicas=2, tls=True)
