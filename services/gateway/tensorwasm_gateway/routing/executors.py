@@ -134,6 +134,10 @@ def not_started(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAVAILABLE and _NOT_STARTED in (exc.details() or "")
 
 
+# How often a replica last seen down is asked again (healthy ones: each health interval).
+DOWN_RECHECK_SECONDS = 0.25
+
+
 class Replica:
     """One executor replica: its channel, health and calls in flight."""
 
@@ -245,8 +249,9 @@ class ExecutorPool:
         if self._source is not None:
             self._tasks.append(asyncio.create_task(self._follow_source(self._source)))
 
-    async def check_health(self) -> None:
-        """Asks every replica's grpc.health.v1 once and records the answers."""
+    async def check_health(self, *, down_only: bool = False) -> None:
+        """Asks every replica's grpc.health.v1 once (with `down_only`, those last seen
+        down) and records the answers."""
 
         async def check(replica: Replica) -> None:
             try:
@@ -257,12 +262,21 @@ class ExecutorPool:
             except grpc.aio.AioRpcError:
                 replica.mark(False)
 
-        await asyncio.gather(*(check(r) for r in list(self._replicas.values())))
+        replicas = [r for r in self._replicas.values() if not (down_only and r.healthy)]
+        await asyncio.gather(*(check(r) for r in replicas))
 
     async def _poll_health(self) -> None:
+        """Every replica each health interval; a replica seen down more often (every
+        DOWN_RECHECK_SECONDS), so one that restarts takes calls again within about that
+        plus the channel's reconnect backoff, not a whole interval later."""
+        recheck = min(self._health_interval, DOWN_RECHECK_SECONDS)
+        next_full = 0.0
         while True:
-            await self.check_health()
-            await asyncio.sleep(self._health_interval)
+            now = asyncio.get_running_loop().time()
+            await self.check_health(down_only=now < next_full)
+            if now >= next_full:
+                next_full = now + self._health_interval
+            await asyncio.sleep(recheck)
 
     async def _follow_source(self, source: ReplicaSource) -> None:
         while True:

@@ -28,6 +28,12 @@ class FakeExecutor(pb_grpc.ExecutorServiceServicer):
         self.invokes = 0
         self.streams = 0
         self.fail_with: grpc.StatusCode | None = None
+        self.health: health.aio.HealthServicer | None = None
+
+    async def serve(self, serving: bool) -> None:
+        """Sets what the replica's health check answers."""
+        assert self.health is not None
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING if serving else 2)
 
     async def Invoke(self, request: pb.InvokeRequest, context: Any) -> pb.InvokeResponse:
         self.invokes += 1
@@ -51,6 +57,7 @@ async def start_fake(serving: bool = True) -> tuple[grpc.aio.Server, str, FakeEx
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     status = health_pb2.HealthCheckResponse.SERVING if serving else 2  # NOT_SERVING
     await health_servicer.set("", status)
+    fake.health = health_servicer
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}", fake
@@ -219,5 +226,27 @@ def test_localhost_resolves_to_loopback_replicas() -> None:
     async def scenario() -> None:
         addresses = await ReplicaSource("localhost:50052", interval_seconds=1).resolve()
         assert "127.0.0.1:50052" in addresses
+
+    run(scenario)
+
+
+def test_a_down_only_check_asks_only_the_replicas_seen_down() -> None:
+    async def scenario() -> None:
+        sick_server, sick, sick_fake = await start_fake(serving=False)
+        well_server, well, well_fake = await start_fake()
+        executors = pool([sick, well])
+        try:
+            await executors.check_health()
+            assert [executors._replicas[a].healthy for a in (sick, well)] == [False, True]
+            await sick_fake.serve(True)  # the down replica is back
+            await well_fake.serve(False)  # and the other goes down, unseen yet
+            await executors.check_health(down_only=True)
+            assert [executors._replicas[a].healthy for a in (sick, well)] == [True, True]
+            await executors.check_health()
+            assert [executors._replicas[a].healthy for a in (sick, well)] == [True, False]
+        finally:
+            await executors.close()
+            await sick_server.stop(None)
+            await well_server.stop(None)
 
     run(scenario)
