@@ -55,14 +55,14 @@ class EpochWatch:
         """Hooks the callback into `store` and has it run at every epoch tick."""
         self._callback = rawcall.set_epoch_callback(store, self._on_tick)
 
-    def arm(
-        self, store: wasmtime.Store, events: Sequence[threading.Event], deadline: float
-    ) -> None:
-        """Starts watching one call: stop it when an event is set or at `deadline`."""
+    def arm(self, events: Sequence[threading.Event], deadline: float) -> None:
+        """Starts watching one call: stop it when an event is set or at `deadline`.
+
+        The store's epoch deadline must then be one tick, so the callback runs at each.
+        """
         self._events = tuple(events)
         self._deadline = deadline
         self.stopped = None
-        store.set_epoch_deadline(1)
 
     def _on_tick(self) -> str | None:
         if any(event.is_set() for event in self._events):
@@ -121,11 +121,14 @@ class CallStore:
             config.preopen_dir(wasi.read_only_dir, wasi.guest_dir, fs_mutable=False)
         self.store = wasmtime.Store(engine)
         self.instance: object | None = None
+        # The instance's exports called so far, prepared (rawcall.ExportCall) by name.
+        self._calls: dict[str, rawcall.ExportCall] = {}
         self.watch: EpochWatch | None = None
         # The cap-hit counters' values seen so far, and whether the last call raised them.
         self._cap_hits_seen = (0, 0)
         self._caps_hit = (False, False)
         try:
+            self._context = rawcall.StoreContext(self.store)
             self.store.set_wasi(config)
             self.store.set_limits(memory_size=memory_bytes, table_elements=table_elements)
             if watched:
@@ -162,12 +165,13 @@ class CallStore:
         if self.host_state is not None:
             self.host_state.begin_call(deadline)
         if self.watch is not None:
-            self.watch.arm(self.store, events, deadline)
+            self.watch.arm(events, deadline)
+            self._context.set_epoch_deadline(1)
         else:
             ticks = math.ceil(limits.timeout_seconds / tick_seconds)
-            self.store.set_epoch_deadline(min(max(1, ticks), 1 << 62))
+            self._context.set_epoch_deadline(min(max(1, ticks), 1 << 62))
         if fuel_metering:
-            self.store.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
+            self._context.set_fuel(limits.fuel if limits.fuel is not None else _UNMETERED_FUEL)
 
     def run(
         self,
@@ -196,8 +200,11 @@ class CallStore:
                     preinit.apply_image(self.store, self.instance, image)
             if info is not None:
                 # A host state may run the export itself (auto-offload, offload.py).
-                call = getattr(self.host_state, "call_export", None) or rawcall.call
-                results = call(self.store, self.instance, info.name, info.results, args)
+                offload = getattr(self.host_state, "call_export", None)
+                if offload is None:
+                    results = self._export_call(info)(args)
+                else:
+                    results = offload(self.store, self.instance, info.name, info.results, args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             stopped = self.watch.stopped if self.watch is not None else None
             returns = info is not None and bool(info.results)
@@ -211,6 +218,16 @@ class CallStore:
         if self.host_state is not None:
             self._end_host_call(completed=failure is None)
         return (None if failure else results), failure, elapsed
+
+    def _export_call(self, info: ExportInfo) -> rawcall.ExportCall:
+        """The instance's prepared call of `info`, made at its first call."""
+        call = self._calls.get(info.name)
+        if call is None:
+            call = rawcall.ExportCall(
+                self.store, self.instance, info.name, info.params, info.results
+            )
+            self._calls[info.name] = call
+        return call
 
     def _read_cap_hits(self, module: CompiledModule) -> None:
         """Sets which caps the call just run ran into, from the module's counters."""
@@ -259,6 +276,7 @@ class CallStore:
             except Exception:
                 _log.exception("a host module failed to close")
             self.host_state = None
+        self._calls = {}  # their context pointer dies with the store
         self.store.close()
         if self.instance is not None:
             INSTANCE_TERMINATIONS.inc()

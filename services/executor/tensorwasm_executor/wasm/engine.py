@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import operator
 import platform
 import re
 from collections.abc import Mapping, Sequence
@@ -61,9 +62,17 @@ class CompiledModule:
     # The cap-hit counters the module exports (`cap_watch`): (memory, table), None if absent.
     cap_counters: tuple[str | None, str | None] = field(default=(None, None), repr=False)
     _by_name: Mapping[str, ExportInfo] = field(init=False, repr=False)
+    # The exports a call can reach: no reference type in their signature.
+    _callable: Mapping[str, ExportInfo] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {info.name: info for info in self.exports})
+        callable_ = {
+            info.name: info
+            for info in self.exports
+            if not any(t.is_reference for t in info.params + info.results)
+        }
+        object.__setattr__(self, "_callable", callable_)
 
     def export(self, name: str) -> ExportInfo:
         """Returns the callable export `name`.
@@ -93,8 +102,8 @@ class CompiledModule:
             ExportNotFoundError, UnsupportedValueTypeError: as for `export`.
             ArgumentMismatchError: the arguments' types are not the export's parameters.
         """
-        info = self.export(name)
-        got = tuple(arg.type for arg in args)
+        info = self._callable.get(name) or self.export(name)
+        got = tuple(map(_TYPE_OF, args))
         if got != info.params:
             expected = _signature(info.params)
             raise ArgumentMismatchError(
@@ -102,6 +111,9 @@ class CompiledModule:
                 metadata={"export": name, "expected": expected, "got": _signature(got)},
             )
         return info
+
+
+_TYPE_OF = operator.attrgetter("type")
 
 
 def _signature(types: Sequence[ValueType]) -> str:

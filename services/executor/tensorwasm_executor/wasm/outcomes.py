@@ -33,9 +33,13 @@ class Failure:
     exit_code: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
-    """The result of one invocation: results or a failure, plus captured output."""
+    """The result of one invocation: results or a failure, plus captured output.
+
+    Read-only by convention, not frozen: every call builds one, and a frozen dataclass's
+    `__init__` (one `object.__setattr__` per field) costs several times a plain one's.
+    """
 
     results: tuple[WasmValue, ...] | None
     failure: Failure | None

@@ -4,15 +4,21 @@
 NaNs), and `wasmtime.ValType` aborts the process on v128 (`wasm_valtype_kind` panics).
 This module avoids both: types are identified by `wasmtime_wasm_valtype_equal` against
 canonical types, and calls go through `wasmtime_func_call_unchecked` with one
-`wasmtime_val_raw_t` array that holds the arguments in and the results out. Failures are
-raised as wasmtime-py's own owning wrappers (`Trap`, `WasmtimeError`, `ExitTrap`), which
-free the C objects when collected.
+`wasmtime_val_raw_t` array that holds the arguments in and the results out. An
+`ExportCall` prepares that once per export of a live instance (lookup, buffer, C
+arguments, `struct` layouts), so a call creates no more Python objects than its results.
+Failures are raised as wasmtime-py's own owning wrappers (`Trap`, `WasmtimeError`,
+`ExitTrap`), which free the C objects when collected.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import struct
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import wasmtime
@@ -21,15 +27,13 @@ import wasmtime._func
 from tensorwasm_common.errors import ExportNotFoundError
 from wasmtime import _ffi as ffi
 
-from tensorwasm_executor.wasm.values import ValueType, WasmValue
+from tensorwasm_executor.errors import UnsupportedValueTypeError
+from tensorwasm_executor.wasm.values import ValueType, WasmValue, from_guest
 
 __all__ = [
-    "EpochCallback", "call", "export_memory", "instantiate", "set_epoch_callback",
-    "set_stdin_bytes", "signature_of", "take_host_exception",
+    "EpochCallback", "ExportCall", "StoreContext", "call", "export_memory", "instantiate",
+    "set_epoch_callback", "set_stdin_bytes", "signature_of", "take_host_exception",
 ]  # fmt: skip
-
-_RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
-_U32, _U64 = 1 << 32, 1 << 64
 
 # Canonical wasm_valtype_t pointers, owned by this module for the process lifetime.
 _CANONICAL: tuple[tuple[ValueType, Any], ...] = (
@@ -68,28 +72,6 @@ def signature_of(
     if any(t is None for t in params) or any(t is None for t in results):
         return None
     return tuple(t for t in params if t), tuple(t for t in results if t)
-
-
-def _store(slot: Any, address: int, value: WasmValue) -> None:
-    payload = value.payload
-    if isinstance(payload, bytes):  # v128, 16 bytes in memory order
-        ctypes.memmove(address, payload, 16)
-    elif value.type in (ValueType.I32, ValueType.F32):
-        slot.i32 = payload - _U32 if payload >= 1 << 31 else payload
-    else:
-        slot.i64 = payload - _U64 if payload >= 1 << 63 else payload
-
-
-def _load(slot: Any, address: int, kind: ValueType) -> WasmValue:
-    if kind is ValueType.I32:
-        return WasmValue(kind, int(slot.i32))
-    if kind is ValueType.I64:
-        return WasmValue(kind, int(slot.i64))
-    if kind is ValueType.F32:
-        return WasmValue(kind, int(slot.i32) & (_U32 - 1))
-    if kind is ValueType.F64:
-        return WasmValue(kind, int(slot.i64) & (_U64 - 1))
-    return WasmValue(kind, ctypes.string_at(address, 16))
 
 
 def set_stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
@@ -201,6 +183,203 @@ def instantiate(pre: wasmtime.InstancePre, store: wasmtime.Store) -> Any:
     return instance
 
 
+# wasmtime_func_call_unchecked as a function object of its own: every argument is a
+# prepared ctypes object (no per-call conversion), and wasmtime-py's shared one keeps its
+# argtypes. Like all of `ffi.dll`'s functions it releases the GIL while the guest runs.
+_CALL_UNCHECKED: Any = ffi.dll["wasmtime_func_call_unchecked"]
+_CALL_UNCHECKED.restype = ctypes.c_void_p
+_CALL_UNCHECKED.argtypes = None
+_ERROR_POINTER: Any = ctypes.POINTER(ffi.wasmtime_error_t)
+_TRAP_POINTER: Any = ctypes.POINTER(ffi.wasm_trap_t)
+
+# One `wasmtime_val_raw_t` (16 bytes, little-endian) per value type, as `struct` formats:
+# i32/i64 signed, f32/f64 their raw bits, v128 its 16 bytes in memory order.
+_SLOT_FORMATS = {
+    ValueType.I32: "i12x", ValueType.I64: "q8x", ValueType.F32: "I12x",
+    ValueType.F64: "Q8x", ValueType.V128: "16s",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one signature's arguments and results sit in a `wasmtime_val_raw_t` array."""
+
+    slots: int
+    pack: Callable[..., None] | None  # Struct.pack_into(buffer, 0, *payloads)
+    unpack: Callable[[Any], tuple[Any, ...]] | None  # Struct.unpack_from(buffer)
+    results: tuple[ValueType, ...]
+
+
+@functools.lru_cache(maxsize=512)
+def _layout(params: tuple[ValueType, ...], results: tuple[ValueType, ...]) -> _Layout:
+    def packer(types: tuple[ValueType, ...]) -> struct.Struct | None:
+        try:
+            formats = [_SLOT_FORMATS[kind] for kind in types]
+        except KeyError as exc:
+            raise UnsupportedValueTypeError(
+                f"{exc.args[0].value} values cannot cross the executor boundary",
+                metadata={"type": exc.args[0].value},
+            ) from None
+        return struct.Struct("<" + "".join(formats)) if formats else None
+
+    arguments, returned = packer(params), packer(results)
+    return _Layout(
+        slots=max(len(params), len(results), 1),
+        pack=None if arguments is None else arguments.pack_into,
+        unpack=None if returned is None else returned.unpack_from,
+        results=results,
+    )
+
+
+class _Frame:
+    """One call's `wasmtime_val_raw_t` array, trap slot, and the C arguments naming them."""
+
+    __slots__ = ("arguments", "buffer", "trap")
+
+    def __init__(self, context: ctypes.c_void_p, func: ctypes.c_void_p, slots: int) -> None:
+        self.buffer = (ffi.wasmtime_val_raw_t * slots)()
+        self.trap = ctypes.c_void_p()
+        self.arguments = (
+            context, func, self.buffer, ctypes.c_size_t(slots),
+            ctypes.c_void_p(ctypes.addressof(self.trap)),
+        )  # fmt: skip
+
+
+class ExportCall:
+    """One function export of one live instance, ready to be called again and again.
+
+    Everything that does not change between calls is done once: the export lookup, the
+    store's context pointer, the C arguments of `wasmtime_func_call_unchecked`, the
+    argument/result buffer and the `struct` layouts that fill and read it. A call packs
+    the arguments, calls, and unpacks the results.
+
+    The buffer is taken for the length of a call. A call that finds it taken (a host
+    function calling back into this export, or another thread) runs on a buffer of its
+    own, so no call ever sees another's values.
+
+    Keep it only while its store is open: it checks the store before each call.
+    """
+
+    __slots__ = ("_busy", "_context", "_frame", "_func", "_layout", "_store", "export")
+
+    def __init__(
+        self,
+        store: wasmtime.Store,
+        instance: Any,
+        export: str,
+        params: tuple[ValueType, ...],
+        results: tuple[ValueType, ...],
+    ) -> None:
+        """Looks `export` up in `instance` and prepares its calls.
+
+        Args:
+            store: the store that owns `instance`.
+            instance: the raw instance (from `instantiate`).
+            export: the function export's name.
+            params, results: the export's signature (from `signature_of`).
+
+        Raises:
+            ExportNotFoundError: the instance has no function export of that name.
+            UnsupportedValueTypeError: a reference type in the signature.
+        """
+        context = store._context()
+        name = export.encode("utf-8")
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(
+            context, ctypes.byref(instance), ctypes.create_string_buffer(name),
+            len(name), ctypes.byref(item),
+        )  # fmt: skip
+        if not found or cast(int, item.kind) != ffi.WASMTIME_EXTERN_FUNC.value:
+            raise ExportNotFoundError(f"no function export {export!r}", metadata={"export": export})
+        self.export = export
+        self._store = store
+        self._layout = _layout(params, results)
+        self._func = item.of.func  # a view into `item`, which it keeps alive
+        self._context = ctypes.c_void_p(ctypes.cast(context, ctypes.c_void_p).value)
+        self._frame = self._new_frame()
+        self._busy = threading.Lock()
+
+    def _new_frame(self) -> _Frame:
+        func = ctypes.c_void_p(ctypes.addressof(self._func))
+        return _Frame(self._context, func, self._layout.slots)
+
+    def __call__(self, args: Sequence[WasmValue]) -> tuple[WasmValue, ...]:
+        """Calls the export with arguments of exactly its parameter types.
+
+        Returns:
+            The results, bit-exact.
+
+        Raises:
+            wasmtime.Trap: the guest trapped (ownership of the trap is taken).
+            wasmtime.WasmtimeError: the call failed otherwise; `wasmtime.ExitTrap` for
+                proc_exit.
+            ValueError: the store was closed.
+        """
+        self._store._context()  # raises once the store is closed: the context is freed
+        busy = self._busy
+        if not busy.acquire(blocking=False):
+            return self._run(self._new_frame(), args)
+        try:
+            return self._run(self._frame, args)
+        finally:
+            busy.release()
+
+    def _run(self, frame: _Frame, args: Sequence[WasmValue]) -> tuple[WasmValue, ...]:
+        layout = self._layout
+        if layout.pack is not None:
+            layout.pack(frame.buffer, 0, *[arg.payload for arg in args])
+        error = _CALL_UNCHECKED(*frame.arguments)
+        if error or frame.trap.value:
+            _raise_call_failure(error, frame.trap)
+        if layout.unpack is None:
+            return ()
+        return tuple(map(from_guest, layout.results, layout.unpack(frame.buffer)))
+
+
+def _raise_call_failure(error: int | None, trap: ctypes.c_void_p) -> None:
+    """Raises a failed call's error or trap, taking ownership (and clearing the slot)."""
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ERROR_POINTER))
+    address, trap.value = trap.value or 0, None
+    raise wasmtime.Trap._from_ptr(ctypes.cast(address, _TRAP_POINTER))
+
+
+# The per-call store settings, as function objects of their own (see _CALL_UNCHECKED).
+_SET_EPOCH_DEADLINE: Any = ffi.dll["wasmtime_context_set_epoch_deadline"]
+_SET_EPOCH_DEADLINE.restype = None
+_SET_EPOCH_DEADLINE.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
+_SET_FUEL: Any = ffi.dll["wasmtime_context_set_fuel"]
+_SET_FUEL.restype = ctypes.c_void_p
+_SET_FUEL.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
+
+
+class StoreContext:
+    """A store's context pointer, and the settings a call re-arms through it.
+
+    `wasmtime.Store.set_epoch_deadline` and `set_fuel` go through two Python wrappers
+    and a typed pointer conversion per call; these go straight to the C API. Like an
+    `ExportCall`, it checks the store is still open first.
+    """
+
+    __slots__ = ("_context", "_store")
+
+    def __init__(self, store: wasmtime.Store) -> None:
+        self._store = store
+        self._context = ctypes.c_void_p(ctypes.cast(store._context(), ctypes.c_void_p).value)
+
+    def set_epoch_deadline(self, ticks_after_current: int) -> None:
+        """As `wasmtime.Store.set_epoch_deadline`."""
+        self._store._context()  # raises once the store is closed
+        _SET_EPOCH_DEADLINE(self._context, ticks_after_current)
+
+    def set_fuel(self, fuel: int) -> None:
+        """As `wasmtime.Store.set_fuel` (raises `wasmtime.WasmtimeError` without metering)."""
+        self._store._context()
+        error = _SET_FUEL(self._context, fuel)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ERROR_POINTER))
+
+
 def call(
     store: wasmtime.Store,
     instance: Any,
@@ -208,7 +387,10 @@ def call(
     results: Sequence[ValueType],
     args: Sequence[WasmValue],
 ) -> tuple[WasmValue, ...]:
-    """Calls a function export with already type-checked numeric/v128 arguments.
+    """Calls a function export once with already type-checked numeric/v128 arguments.
+
+    A caller that calls the same export again keeps an `ExportCall` instead, which
+    looks the export up and lays out its buffer only once.
 
     Args:
         store: the store that owns `instance`.
@@ -225,28 +407,8 @@ def call(
         wasmtime.WasmtimeError: the call failed otherwise; `wasmtime.ExitTrap` for proc_exit.
         ExportNotFoundError: the instance has no function export of that name.
     """
-    context = store._context()
-    name = export.encode("utf-8")
-    item = ffi.wasmtime_extern_t()
-    found = ffi.wasmtime_instance_export_get(
-        context, ctypes.byref(instance), ctypes.create_string_buffer(name),
-        len(name), ctypes.byref(item),
-    )  # fmt: skip
-    if not found or cast(int, item.kind) != ffi.WASMTIME_EXTERN_FUNC.value:
-        raise ExportNotFoundError(f"no function export {export!r}", metadata={"export": export})
-    count = max(len(args), len(results), 1)
-    values = (ffi.wasmtime_val_raw_t * count)()
-    base = ctypes.addressof(values)
-    for index, value in enumerate(args):
-        _store(values[index], base + index * _RAW_SIZE, value)
-    trap = ctypes.POINTER(ffi.wasm_trap_t)()
-    error = ffi.wasmtime_func_call_unchecked(
-        context, ctypes.byref(item.of.func), values, count, ctypes.byref(trap)
-    )
-    _raise_failure(error, trap)
-    return tuple(
-        _load(values[index], base + index * _RAW_SIZE, kind) for index, kind in enumerate(results)
-    )
+    params = tuple(arg.type for arg in args)
+    return ExportCall(store, instance, export, params, tuple(results))(args)
 
 
 def export_memory(

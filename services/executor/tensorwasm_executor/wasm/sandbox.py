@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import wasmtime
@@ -41,6 +41,34 @@ __all__ = [
     "HostModule", "HostState", "InstanceBusyError", "Outcome", "OutputSink", "Resident",
     "ResidentGoneError", "Sandbox", "WasiOptions", "current_host_state",
 ]  # fmt: skip
+
+
+_NO_LIMITS_ASKED = (None, None, None, None)
+
+
+class _CallsInFlight:
+    """The sandbox's count of calls in flight, entered once per call (`Sandbox.activity`).
+
+    A reusable context manager object rather than a generator one: it is on every
+    call's path, and a resident call is meant to cost no more than wasmtime-py's own.
+    """
+
+    __slots__ = ("_lock", "_stop", "count")
+
+    def __init__(self, lock: threading.Lock, stop: threading.Event) -> None:
+        self._lock = lock
+        self._stop = stop
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                raise UnavailableError("the sandbox is closed")
+            self.count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.count -= 1
 
 
 class Sandbox:
@@ -75,14 +103,17 @@ class Sandbox:
         self._cache: LRUCache[str, CompiledModule] = LRUCache(maxsize=module_cache_entries)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._active = 0  # invocations in flight; the ticker outlives close() until 0
+        # Invocations in flight; the ticker outlives close() until none is.
+        self._in_flight = _CallsInFlight(self._lock, self._stop)
+        # The limits of a call that sets none of its own (the resident hot path's), once known.
+        self._default_limits: CallLimits | None = None
         self._ticker = threading.Thread(
             target=self._run_ticker, name="wasm-epoch-ticker", daemon=True
         )
         self._ticker.start()
 
     def _run_ticker(self) -> None:
-        while not (self._stop.is_set() and self._active == 0):
+        while not (self._stop.is_set() and self._in_flight.count == 0):
             if self._stop.is_set():  # closing: tick on for the calls still in flight
                 time.sleep(self._tick)
             else:  # woken at once by close(), which then need not wait out a tick
@@ -350,6 +381,20 @@ class Sandbox:
             InvalidArgumentError: the timeout is not a positive finite number, or fuel
                 was asked for without fuel metering.
         """
+        asked = (timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
+        if asked == _NO_LIMITS_ASKED:
+            if self._default_limits is None:
+                self._default_limits = self._resolve_limits(None, None, None, None)
+            return self._default_limits
+        return self._resolve_limits(timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
+
+    def _resolve_limits(
+        self,
+        timeout_seconds: float | None,
+        max_output_bytes: int | None,
+        fuel: int | None,
+        max_memory_bytes: int | None,
+    ) -> CallLimits:
         timeout = self._timeout if timeout_seconds is None else timeout_seconds
         if not 0 < timeout < math.inf:
             raise InvalidArgumentError(f"timeout_seconds must be positive, got {timeout}")
@@ -363,18 +408,9 @@ class Sandbox:
         memory = self._max_memory if max_memory_bytes is None else max_memory_bytes
         return CallLimits(timeout, limit, fuel, min(max(memory, 0), self._max_memory))
 
-    @contextmanager
-    def activity(self) -> Iterator[None]:
+    def activity(self) -> AbstractContextManager[None]:
         """Counts a call in flight (the ticker runs until none is); refused once closed."""
-        with self._lock:
-            if self._stop.is_set():
-                raise UnavailableError("the sandbox is closed")
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
+        return self._in_flight
 
     def close(self) -> None:
         """Stops the epoch ticker once in-flight invocations end (their deadlines bound it).

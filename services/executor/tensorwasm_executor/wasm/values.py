@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tensorwasm_executor.errors import InvalidValueError, UnsupportedValueTypeError
 
-__all__ = ["ValueType", "WasmValue"]
+__all__ = ["ValueType", "WasmValue", "from_guest"]
 
 _I32_MIN, _I32_END = -(1 << 31), 1 << 31
 _I64_MIN, _I64_END = -(1 << 63), 1 << 63
@@ -121,3 +121,21 @@ class WasmValue:
         raise InvalidValueError(
             f"{self.type.value} is not a float type", metadata={"type": self.type.value}
         )
+
+
+# The slots' own setters: what the frozen dataclass's __init__ calls, minus the checks.
+_SET_TYPE = WasmValue.__dict__["type"].__set__
+_SET_PAYLOAD = WasmValue.__dict__["payload"].__set__
+
+
+def from_guest(kind: ValueType, payload: int | bytes) -> WasmValue:
+    """A value a wasm call produced, built without the range checks of `WasmValue`.
+
+    Only for payloads read out of a `wasmtime_val_raw_t` with `kind`'s own layout (an
+    i32 as a signed 32-bit int, an f64 as 64 unsigned bits, a v128 as 16 bytes), which
+    are in range by construction; it is on every call's hot path.
+    """
+    value = object.__new__(WasmValue)
+    _SET_TYPE(value, kind)
+    _SET_PAYLOAD(value, payload)
+    return value
