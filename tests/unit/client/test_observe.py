@@ -166,6 +166,39 @@ def test_the_board_sums_the_services_series() -> None:
     assert restarted.calls_per_second is None  # the counters began again
 
 
+def slow_invokes(count: int, seconds: float) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    duration = Histogram(
+        "tensorwasm_grpc_server_request_duration_seconds", "time", ["service", "method"],
+        buckets=(0.001, 0.01, 0.1, 1), registry=registry,
+    )  # fmt: skip
+    for _ in range(count):
+        duration.labels("gateway", INVOKE).observe(seconds)
+    return registry
+
+
+def test_latency_is_that_of_the_last_interval_when_it_had_calls() -> None:
+    sources = (SourceState("gateway", "g:1"),)
+    first = build_board({"gateway": scraped(gateway_registry())}, sources)
+    assert not first.latency_window  # no previous frame: since start
+    assert first.latency_p50_seconds == pytest.approx(0.001)
+    assert "latency_buckets" not in first.to_json()
+    json.dumps(first.to_json(), allow_nan=False)  # strict JSON: no +Inf bound in it
+
+    # Ten more calls, all slow: the window's P50 is theirs, not diluted by the fast ones.
+    grown = scraped(gateway_registry()) + scraped(slow_invokes(10, 0.5))
+    second = build_board({"gateway": grown}, sources, first, 2.0)
+    assert second.latency_window
+    assert second.latency_p50_seconds == pytest.approx(0.1 + 0.9 * 0.5)
+
+    # No call since: back to the latency since start.
+    third = build_board({"gateway": grown}, sources, second, 2.0)
+    assert not third.latency_window
+    assert third.latency_p50_seconds == pytest.approx(
+        histogram_quantile(0.5, list(second.latency_buckets))
+    )
+
+
 def test_the_rendered_board_shows_the_numbers() -> None:
     board = Board(
         sources=(SourceState("gateway", "127.0.0.1:1"),

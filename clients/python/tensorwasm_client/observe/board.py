@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from tensorwasm_client.observe.scrape import LabelFilter, Scrape
+from tensorwasm_client.observe.scrape import LabelFilter, Scrape, histogram_quantile
 
 # The gateway methods whose latency the board shows: the calls that run a guest.
 INVOKE_METHODS = frozenset({"Invoke", "InvokeStream", "CallInstance"})
@@ -46,7 +46,9 @@ class TenantRow:
 @dataclass(frozen=True)
 class Board:
     """One frame of the board: counts since the services started, gauges now, and the
-    call rate over the time since the previous frame (None on the first)."""
+    call rate over the time since the previous frame (None on the first). P50/P99 are
+    those of the calls since the previous frame when there were any
+    (`latency_window` True), else of every call since the gateway started."""
 
     sources: tuple[SourceState, ...]
     calls_total: int = 0
@@ -55,6 +57,7 @@ class Board:
     errors_by_reason: Mapping[str, int] = field(default_factory=dict)
     latency_p50_seconds: float | None = None
     latency_p99_seconds: float | None = None
+    latency_window: bool = False
     tenants: tuple[TenantRow, ...] = ()
     executor_in_flight: int = 0
     executor_in_flight_limit: int = 0
@@ -69,10 +72,14 @@ class Board:
     store_bytes: int | None = None
     store_bytes_at_rest: int | None = None
     store_refs: int | None = None
+    # The invoking calls' latency histogram since the gateway started: (bound, count).
+    latency_buckets: tuple[tuple[float, float], ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        """The frame as a JSON document."""
-        return asdict(self)
+        """The frame as a JSON document (without the raw histogram)."""
+        document = asdict(self)
+        del document["latency_buckets"]
+        return document
 
 
 def build_board(
@@ -96,15 +103,18 @@ def build_board(
         "service": "gateway",
         "method": lambda method: method.rpartition("/")[2] in INVOKE_METHODS,
     }
-    latency = "tensorwasm_grpc_server_request_duration_seconds"
+    buckets = tuple(gateway.buckets("tensorwasm_grpc_server_request_duration_seconds", invoking))
+    window = _window(buckets, previous)
+    measured = list(window or buckets)
     return Board(
         sources=sources,
         calls_total=calls_total,
         calls_per_second=_rate(calls_total, previous, elapsed_seconds),
         errors_total=sum(errors.values()),
         errors_by_reason=dict(sorted(errors.items(), key=lambda item: (-item[1], item[0]))),
-        latency_p50_seconds=gateway.quantile(latency, 0.5, invoking),
-        latency_p99_seconds=gateway.quantile(latency, 0.99, invoking),
+        latency_p50_seconds=histogram_quantile(0.5, measured),
+        latency_p99_seconds=histogram_quantile(0.99, measured),
+        latency_window=window is not None,
         tenants=_tenants(gateway, dispatcher),
         executor_in_flight=int(executor.total("tensorwasm_executor_calls_in_flight")),
         executor_in_flight_limit=int(executor.total("tensorwasm_executor_calls_in_flight_limit")),
@@ -123,6 +133,7 @@ def build_board(
         store_bytes=_gauge(store, "tensorwasm_snapshot_object_bytes", {"kind": "plain"}),
         store_bytes_at_rest=_gauge(store, "tensorwasm_snapshot_object_bytes", {"kind": "stored"}),
         store_refs=_gauge(store, "tensorwasm_snapshot_refs"),
+        latency_buckets=buckets,
     )
 
 
@@ -152,6 +163,20 @@ def _tenants(gateway: Scrape, dispatcher: Scrape) -> tuple[TenantRow, ...]:
         for name in names
     ]
     return tuple(sorted(rows, key=lambda row: (-row.calls, -row.gpu_seconds, row.tenant)))
+
+
+def _window(
+    buckets: tuple[tuple[float, float], ...], previous: Board | None
+) -> list[tuple[float, float]] | None:
+    """The histogram of the calls since `previous` (None: no previous frame, no call since,
+    or the gateway restarted and its counts began again)."""
+    if previous is None or not buckets:
+        return None
+    before = dict(previous.latency_buckets)
+    window = [(bound, count - before.get(bound, 0.0)) for bound, count in buckets]
+    if any(count < 0 for _, count in window) or window[-1][1] <= 0:
+        return None
+    return window
 
 
 def _rate(total: int, previous: Board | None, elapsed_seconds: float) -> float | None:

@@ -14,12 +14,13 @@ from tensorwasm_client.observe.board import Board
 def render(board: Board, *, title: str = "tensorwasm observe") -> RenderableType:
     """The board as one rich renderable."""
     parts: list[RenderableType] = [Text(title, style="bold")]
+    span = "(last interval)" if board.latency_window else "(since start)"
     parts.append(_pairs("calls", [
         ("calls", str(board.calls_total)),
         ("calls/s", "-" if board.calls_per_second is None else f"{board.calls_per_second:.1f}"),
         ("errors", str(board.errors_total)),
-        ("p50", _seconds(board.latency_p50_seconds)),
-        ("p99", _seconds(board.latency_p99_seconds)),
+        (f"p50 {span}", _seconds(board.latency_p50_seconds)),
+        (f"p99 {span}", _seconds(board.latency_p99_seconds)),
     ]))  # fmt: skip
     parts.append(_counts("errors by reason", "reason", board.errors_by_reason))
     tenants = Table(title="tenants", title_justify="left")
