@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,25 +64,55 @@ def load_module_bytes(path: Path) -> bytes:
         raise ArgumentError(f"{path} is not valid WAT: {exc}") from None
 
 
-def run_local(
+class LocalModule:
+    """A module compiled in a local sandbox, one export chosen and its arguments converted:
+    each `call` spawns a fresh instance, calls the export, and ends the instance (as the
+    services do for a call), so `run` calls it once and `bench` many times."""
+
+    def __init__(self, box: Any, module: Any, export: str, values: list[Any], gpu: Any) -> None:
+        self._box = box
+        self._module = module
+        self.export = export
+        self._values = values
+        self._gpu = gpu
+
+    def call(
+        self,
+        *,
+        wasi: Any,
+        stdin: bytes = b"",
+        on_output: OutputSink | None = None,
+        cancel: threading.Event | None = None,
+        fuel: int = 0,
+    ) -> Any:
+        """One call in a fresh instance; returns the sandbox's Outcome (a guest failure
+        is in it, not raised)."""
+        return self._box.invoke(
+            self._module,
+            self.export,
+            self._values,
+            stdin=stdin,
+            fuel=fuel or None,
+            wasi=wasi,
+            on_output=on_output,
+            cancel=cancel,
+            host_state=self._gpu.state_for(self._module, LOCAL_TENANT) if self._gpu else None,
+        )
+
+
+@contextmanager
+def local_module(
     path: Path,
     *,
     export: str,
     json_args: Sequence[object],
-    argv: Sequence[str],
-    env: Sequence[tuple[str, str]],
-    read_only_dir: str | None,
-    guest_dir: str,
-    stdin: bytes,
     timeout_seconds: float,
     fuel: int,
-    on_output: OutputSink,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-) -> LocalOutcome:
-    """Compiles and runs one export, its output passed to `on_output` as it is written.
-
-    `timeout_seconds` 0 means no deadline. A KeyboardInterrupt (Ctrl-C) while the guest
-    runs cancels it, waits for it to stop, and is raised again.
+) -> Iterator[tuple[LocalModule, bool]]:
+    """Compiles `path` in a sandbox of this process and prepares a call of `export` (the
+    default export when empty) with `json_args`; yields it with whether the export returns
+    values. `timeout_seconds` 0 means no deadline.
 
     Raises:
         ArgumentError: the executor package is not installed, the module is invalid or
@@ -90,13 +121,12 @@ def run_local(
     """
     try:
         from tensorwasm_common.errors import ServiceError
-        from tensorwasm_executor.convert import export_to_wire, value_from_wire, value_to_wire
-        from tensorwasm_executor.wasm.sandbox import Sandbox, WasiOptions
+        from tensorwasm_executor.convert import export_to_wire, value_from_wire
+        from tensorwasm_executor.wasm.sandbox import Sandbox
     except ImportError:
         raise ArgumentError(
             "tensorwasm run needs the executor package: pip install 'tensorwasm-client[local]'"
         ) from None
-    from tensorwasm.common.v1.values_json import to_json
 
     wasm = load_module_bytes(path)
     deadline = timeout_seconds if timeout_seconds > 0 else NO_DEADLINE_SECONDS
@@ -120,6 +150,39 @@ def run_local(
         signature = export_to_wire(exports[chosen]).signature
         params = list(signature.params)
         values = [value_from_wire(v, i) for i, v in enumerate(to_wire(list(json_args), params))]
+        yield LocalModule(box, module, chosen, values, gpu), bool(signature.results)
+
+
+def run_local(
+    path: Path,
+    *,
+    export: str,
+    json_args: Sequence[object],
+    argv: Sequence[str],
+    env: Sequence[tuple[str, str]],
+    read_only_dir: str | None,
+    guest_dir: str,
+    stdin: bytes,
+    timeout_seconds: float,
+    fuel: int,
+    on_output: OutputSink,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> LocalOutcome:
+    """Compiles and runs one export, its output passed to `on_output` as it is written.
+
+    `timeout_seconds` 0 means no deadline. A KeyboardInterrupt (Ctrl-C) while the guest
+    runs cancels it, waits for it to stop, and is raised again.
+
+    Raises:
+        ArgumentError: as `local_module` does.
+    """
+    with local_module(
+        path, export=export, json_args=json_args, timeout_seconds=timeout_seconds,
+        fuel=fuel, max_output_bytes=max_output_bytes,
+    ) as (prepared, has_results):  # fmt: skip
+        from tensorwasm_common.errors import ServiceError
+        from tensorwasm_executor.wasm.sandbox import WasiOptions
+
         wasi = WasiOptions(
             argv=(path.name, *argv), env=tuple(env), read_only_dir=read_only_dir,
             guest_dir=guest_dir,
@@ -130,16 +193,8 @@ def run_local(
         def call() -> None:
             try:
                 done.append(
-                    box.invoke(
-                        module,
-                        chosen,
-                        values,
-                        stdin=stdin,
-                        fuel=fuel or None,
-                        wasi=wasi,
-                        on_output=on_output,
-                        cancel=cancel,
-                        host_state=gpu.state_for(module, LOCAL_TENANT) if gpu else None,
+                    prepared.call(
+                        wasi=wasi, stdin=stdin, on_output=on_output, cancel=cancel, fuel=fuel
                     )
                 )
             except BaseException as exc:  # re-raised on the caller's thread
@@ -159,12 +214,20 @@ def run_local(
         raise ArgumentError(str(result)) from None
     if isinstance(result, BaseException):
         raise result
+    return local_outcome(result, has_results)
+
+
+def local_outcome(result: Any, has_results: bool) -> LocalOutcome:
+    """The sandbox's Outcome of a local call as a LocalOutcome (results as JSON values)."""
+    from tensorwasm.common.v1.values_json import to_json
+    from tensorwasm_executor.convert import value_to_wire
+
     failure = result.failure
     return LocalOutcome(
         results=None
         if failure is not None
         else list(to_json([value_to_wire(v) for v in result.results or ()])),
-        has_results=bool(signature.results),
+        has_results=has_results,
         failure_reason=failure.reason if failure is not None else "",
         failure_message=failure.message if failure is not None else "",
         exit_code=(failure.exit_code or 0) if failure is not None else 0,

@@ -74,6 +74,16 @@ class Usage:
     ref_count: int
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What the store holds, all tenants together."""
+
+    object_count: int
+    size_bytes: int  # plaintext
+    stored_size_bytes: int  # at rest
+    ref_count: int
+
+
 class BlobIndex:
     """Object and reference rows; every write is committed durably before it returns."""
 
@@ -258,6 +268,17 @@ class BlobIndex:
         """The tenant's charged bytes and counts."""
         with self.reading() as db:
             return _usage(db, tenant)
+
+    def totals(self) -> Totals:
+        """The objects held (count, plaintext and at-rest bytes) and the references."""
+        with self.reading() as db:
+            found = db.execute(
+                "SELECT count(*), coalesce(sum(size_bytes), 0),"
+                " coalesce(sum(stored_size_bytes), 0) FROM objects"
+            ).one()
+            counted = db.execute("SELECT count(*) FROM refs").one()
+        assert found is not None and counted is not None
+        return Totals(int(found[0]), int(found[1]), int(found[2]), int(counted[0]))
 
     def collectable(self, cutoff_ns: int) -> list[str]:
         """Digests with no reference, untouched since `cutoff_ns` or earlier."""

@@ -27,7 +27,7 @@ from tensorwasm_common.tenants import TENANT_PATTERN
 
 from tensorwasm_snapshot import errors
 from tensorwasm_snapshot.backends import BlobBackend
-from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Usage
+from tensorwasm_snapshot.blob_index import BlobIndex, ObjectRecord, Totals, Usage
 from tensorwasm_snapshot.blobstore import BlobInfo, BlobStore, BlobWriter, Codec, validate_digest
 
 _log = logging.getLogger(__name__)
@@ -262,6 +262,10 @@ class SnapshotStore:
     def usage(self, tenant: str) -> Usage:
         """What `tenant` is charged."""
         return self.index.usage(validate_tenant(tenant))
+
+    def totals(self) -> Totals:
+        """What the store holds, all tenants together."""
+        return self.index.totals()
 
     # --- garbage collection and recovery ---
 

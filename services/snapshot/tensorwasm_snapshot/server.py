@@ -14,7 +14,7 @@ from tensorwasm_common.bootstrap import ServiceHost, create_host, serve_forever
 from tensorwasm_common.database import DatabaseStartError
 
 from tensorwasm_snapshot.backends import BlobLocationError, open_backend
-from tensorwasm_snapshot.metrics import collect_garbage
+from tensorwasm_snapshot.metrics import STORE_HOLDINGS, collect_garbage
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.records import SnapshotRecords
 from tensorwasm_snapshot.settings import SnapshotSettings
@@ -56,6 +56,7 @@ def build_server(settings: SnapshotSettings) -> tuple[ServiceHost, SnapshotStore
     host = create_host("snapshot", settings, [SERVICE_NAME])
     servicer = SnapshotStoreServicer(store, records)
     pb_grpc.add_SnapshotStoreServiceServicer_to_server(servicer, host.server)
+    STORE_HOLDINGS.watch(store)
     return host, store
 
 
@@ -100,6 +101,7 @@ async def serve(settings: SnapshotSettings) -> None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+        STORE_HOLDINGS.watch(None)
         store.close()
 
     await serve_forever(host, health_check=healthy, cleanup=cleanup)

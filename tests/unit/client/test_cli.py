@@ -37,6 +37,10 @@ COMMANDS = {
     "invocation",
     "instance",
     "snapshot",
+    "bench",
+    "metrics",
+    "observe",
+    "completions",
 }
 VERBS = {
     "invocation": {"get", "list"},

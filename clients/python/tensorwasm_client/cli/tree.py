@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
+from tensorwasm_client.cli import (
+    bench,
+    completions,
+    functions,
+    instances,
+    invocations,
+    local_stack,
+    metrics,
+    observe,
+    run,
+    snapshots,
+)
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
 from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_profile
 from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
@@ -132,6 +143,10 @@ _bind(app, "get", functions.get)
 _bind(app, "delete", functions.delete)
 _bind(app, "invoke", invocations.invoke)
 _bind(app, "run", run.run)
+_bind(app, "bench", bench.bench)
+_bind(app, "metrics", metrics.metrics)
+_bind(app, "observe", observe.observe)
+_bind(app, "completions", completions.completions)
 
 _invocation = _group("Async invocations.")
 _bind(_invocation, "get", invocations.get_invocation)
