@@ -134,6 +134,7 @@ EDGE: dict[str, frozenset[str]] = {
             "__main__.py",
             "server.py",
             "servicer.py",
+            "kernels/servicer.py",  # the kernel registry's RPCs, mixed into the servicer
             "wire.py",  # wire messages <-> calls, function configs, invocation errors
             "limits.py",  # the wire's InvocationLimits <-> CallLimits
             "routing/executors.py",  # the executors' client

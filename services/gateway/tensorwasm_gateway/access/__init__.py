@@ -2,7 +2,12 @@
 concurrency caps and the audit log, enforced by one server interceptor (the guard)."""
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog, AuditSink, FdSink, open_sink
-from tensorwasm_gateway.access.guard import CURRENT_TENANT, Guard, GuardInterceptor
+from tensorwasm_gateway.access.guard import (
+    CURRENT_PRINCIPAL,
+    CURRENT_TENANT,
+    Guard,
+    GuardInterceptor,
+)
 from tensorwasm_gateway.access.policies import (
     CALL_CLASSES,
     GATEWAY_POLICIES,
@@ -23,11 +28,19 @@ from tensorwasm_gateway.access.ratelimit import (
 from tensorwasm_gateway.access.shared_limits import SharedRateLimiter, limiter_for
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
-from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
+from tensorwasm_gateway.access.tokens import (
+    DEV_PRINCIPAL,
+    Principal,
+    Scope,
+    TokenStore,
+    parse_tokens,
+)
 
 __all__ = [
     "CALL_CLASSES",
+    "CURRENT_PRINCIPAL",
     "CURRENT_TENANT",
+    "DEV_PRINCIPAL",
     "GATEWAY_POLICIES",
     "GATEWAY_RPCS",
     "NO_PROXIES",
