@@ -287,11 +287,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_KERNEL_PTX_TOO_LARGE: _ErrorReason.ValueType  # 167
     """The PTX text is larger than 8 MiB (metadata: size_bytes, max_bytes)."""
     ERROR_REASON_KERNEL_NAME_INVALID: _ErrorReason.ValueType  # 168
-    """The kernel name is not 1-128 characters of [A-Za-z0-9._-] starting with a letter
+    """The kernel name is not 1-64 characters of [A-Za-z0-9._-] starting with a letter
     or digit (metadata: name).
     """
     ERROR_REASON_KERNEL_VERSION_INVALID: _ErrorReason.ValueType  # 169
-    """The version is not a SemVer 2.0.0 version (metadata: version)."""
+    """The version is not a SemVer 2.0.0 version of at most 64 characters (metadata: version)."""
     ERROR_REASON_KERNEL_MANIFEST_INVALID: _ErrorReason.ValueType  # 170
     """A manifest field is malformed: a digest or signature that is not 32 bytes, an
     sm_version outside 10..1000, PTX that is empty or not UTF-8 text, or an entry the PTX
@@ -572,11 +572,11 @@ ERROR_REASON_KERNEL_NOT_FOUND: ErrorReason.ValueType  # 166
 ERROR_REASON_KERNEL_PTX_TOO_LARGE: ErrorReason.ValueType  # 167
 """The PTX text is larger than 8 MiB (metadata: size_bytes, max_bytes)."""
 ERROR_REASON_KERNEL_NAME_INVALID: ErrorReason.ValueType  # 168
-"""The kernel name is not 1-128 characters of [A-Za-z0-9._-] starting with a letter
+"""The kernel name is not 1-64 characters of [A-Za-z0-9._-] starting with a letter
 or digit (metadata: name).
 """
 ERROR_REASON_KERNEL_VERSION_INVALID: ErrorReason.ValueType  # 169
-"""The version is not a SemVer 2.0.0 version (metadata: version)."""
+"""The version is not a SemVer 2.0.0 version of at most 64 characters (metadata: version)."""
 ERROR_REASON_KERNEL_MANIFEST_INVALID: ErrorReason.ValueType  # 170
 """A manifest field is malformed: a digest or signature that is not 32 bytes, an
 sm_version outside 10..1000, PTX that is empty or not UTF-8 text, or an entry the PTX

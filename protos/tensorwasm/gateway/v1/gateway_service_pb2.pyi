@@ -1296,9 +1296,9 @@ class KernelManifest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     PTX_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The kernel's name, 1-128 characters of [A-Za-z0-9._-] (e.g. `matmul.f32`)."""
+    """The kernel's name, 1-64 characters of [A-Za-z0-9._-] (e.g. `matmul.f32`)."""
     version: _builtins.str
-    """A SemVer 2.0.0 version (e.g. `1.2.0`, `2.0.0-rc.1`)."""
+    """A SemVer 2.0.0 version of at most 64 characters (e.g. `1.2.0`, `2.0.0-rc.1`)."""
     sm_version: _builtins.int
     """The compute capability the PTX targets, as major*10+minor (80 for sm_80)."""
     digest: _builtins.bytes
