@@ -22,18 +22,6 @@ INSTANCE_IMAGE = pb.SNAPSHOT_KIND_INSTANCE_IMAGE
 # Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
 # the module, so the fleet keeps them under one store tenant of its own.
 ARTIFACT_TENANT = "fleet-artifacts"
-# The kernel registry's PTX texts: one store tenant for every namespace (the namespace is
-# part of each record's key), written by the gateway, read by executors.
-KERNEL = pb.SNAPSHOT_KIND_KERNEL
-KERNEL_TENANT = "fleet-kernels"
-KERNEL_FINGERPRINT = "ptx"
-_KERNEL_KEY_DOMAIN = b"tensorwasm-kernel-registry/v1\x00"
-
-
-def kernel_record_key(namespace: str, name: str, version: str) -> tuple[str, str]:
-    """The (source_digest, variant) of a registered kernel's record in the store."""
-    key = b"\x00".join(part.encode("utf-8") for part in (namespace, name, version))
-    return blake3.blake3(_KERNEL_KEY_DOMAIN + key).hexdigest(), f"{namespace}/{name}@{version}"
 
 
 def _error(exc: grpc.aio.AioRpcError) -> ServiceError:

@@ -126,6 +126,7 @@ EDGE: dict[str, frozenset[str]] = {
             "call_log.py",  # a server interceptor
             "gpu/dispatcher_client.py",  # the dispatcher's client
             "gpu/jit_client.py",  # the jit cache's client
+            "gpu/registry_client.py",  # the snapshot store's registered kernels
             "images/image_provider.py",  # images are snapshot records of the store
         }
     ),

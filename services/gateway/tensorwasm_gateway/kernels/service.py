@@ -10,13 +10,17 @@ from dataclasses import dataclass
 
 from tensorwasm_common.errors import ServiceError
 from tensorwasm_common.gpu_abi import MAX_PTX_BYTES
-from tensorwasm_common.snapshot_client import (
-    KERNEL,
+from tensorwasm_common.kernel_records import (
     KERNEL_FINGERPRINT,
+    KERNEL_KIND,
     KERNEL_TENANT,
-    SnapshotClient,
+    KernelHeader,
+    KernelPayloadError,
+    decode_kernel_payload,
+    encode_kernel_payload,
     kernel_record_key,
 )
+from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_gateway.errors import (
     KernelBadSignatureError,
@@ -120,10 +124,13 @@ class KernelService:
             raise already_exists(*key)
         await asyncio.to_thread(self._catalog.insert, record)
         source_digest, variant = kernel_record_key(*key)
+        header = KernelHeader(
+            record.name, record.version, record.sm_version, record.entry, record.digest.hex()
+        )
         try:
             await self._store.create_snapshot(
-                KERNEL, KERNEL_FINGERPRINT, source_digest, ptx, variant=variant,
-                tenant=KERNEL_TENANT,
+                KERNEL_KIND, KERNEL_FINGERPRINT, source_digest,
+                encode_kernel_payload(header, ptx), variant=variant, tenant=KERNEL_TENANT,
             )  # fmt: skip
         except BaseException as exc:
             await asyncio.shield(asyncio.to_thread(self._catalog.delete, *key))
@@ -142,15 +149,21 @@ class KernelService:
             raise _not_found(name, version)
         source_digest, variant = kernel_record_key(record.namespace, name, version)
         snapshot = await self._store.find_snapshot(
-            KERNEL, source_digest, KERNEL_FINGERPRINT, variant=variant, tenant=KERNEL_TENANT
+            KERNEL_KIND, source_digest, KERNEL_FINGERPRINT, variant=variant, tenant=KERNEL_TENANT
         )
         if snapshot is None:
             raise KernelRegistryStorageError(
                 f"the PTX of kernel {name}@{version} is missing from the snapshot store",
                 metadata={"name": name, "version": version},
             )
-        ptx = await self._store.read_snapshot(snapshot.id, KERNEL_FINGERPRINT, tenant=KERNEL_TENANT)
-        if signing.ptx_digest(ptx) != record.digest:
+        payload = await self._store.read_snapshot(
+            snapshot.id, KERNEL_FINGERPRINT, tenant=KERNEL_TENANT
+        )
+        try:
+            header, ptx = decode_kernel_payload(payload)
+        except KernelPayloadError:
+            header, ptx = None, b""
+        if header is None or header.digest != record.digest.hex():
             raise KernelRegistryStorageError(
                 f"the stored PTX of kernel {name}@{version} does not match its manifest",
                 metadata={"name": name, "version": version},
