@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
+from tensorwasm_client.cli import (
+    functions,
+    instances,
+    invocations,
+    kernels,
+    local_stack,
+    run,
+    snapshots,
+)
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
 from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_profile
 from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
@@ -153,6 +161,13 @@ _bind(_snapshot, "get", snapshots.get)
 _bind(_snapshot, "rm", snapshots.rm)
 _bind(_snapshot, "verify", snapshots.verify)
 app.add_typer(_snapshot, name="snapshot")
+
+_kernel = _group("The signed kernel registry (PTX by NAME@VERSION).")
+_bind(_kernel, "publish", kernels.publish)
+_bind(_kernel, "list", kernels.list_kernels)
+_bind(_kernel, "get", kernels.get)
+_bind(_kernel, "verify", kernels.verify_kernel)
+app.add_typer(_kernel, name="kernel")
 
 
 def run_app(args: list[str]) -> None:
