@@ -28,19 +28,12 @@ from tensorwasm_gateway.access.ratelimit import (
 from tensorwasm_gateway.access.shared_limits import SharedRateLimiter, limiter_for
 from tensorwasm_gateway.access.tenants import validate_tenant
 from tensorwasm_gateway.access.token_reload import TokenReloader
-from tensorwasm_gateway.access.tokens import (
-    DEV_PRINCIPAL,
-    Principal,
-    Scope,
-    TokenStore,
-    parse_tokens,
-)
+from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse_tokens
 
 __all__ = [
     "CALL_CLASSES",
     "CURRENT_PRINCIPAL",
     "CURRENT_TENANT",
-    "DEV_PRINCIPAL",
     "GATEWAY_POLICIES",
     "GATEWAY_RPCS",
     "NO_PROXIES",

@@ -12,7 +12,7 @@ import grpc
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
 
-from tensorwasm_gateway.access import CURRENT_PRINCIPAL, DEV_PRINCIPAL
+from tensorwasm_gateway.access import CURRENT_PRINCIPAL
 from tensorwasm_gateway.access.tokens import may_publish_shared_kernels
 from tensorwasm_gateway.kernels import KernelPublication, KernelRecord, KernelService, Publisher
 
@@ -92,11 +92,12 @@ class KernelsMixin:
         request: pb.PublishKernelRequest,
         context: grpc.aio.ServicerContext[pb.PublishKernelRequest, pb.PublishKernelResponse],
     ) -> pb.PublishKernelResponse:
-        principal = CURRENT_PRINCIPAL.get() or DEV_PRINCIPAL
+        # Without the guard (no principal admitted) nobody may write the shared catalogue.
+        principal = CURRENT_PRINCIPAL.get()
         publisher = Publisher(
             tenant=self._tenant(context),
-            token_id=principal.token_id,
-            may_publish_shared=may_publish_shared_kernels(principal),
+            token_id=principal.token_id if principal is not None else "",
+            may_publish_shared=principal is not None and may_publish_shared_kernels(principal),
         )
         record = await self._kernel_service().publish(publisher, publication_from_wire(request))
         return pb.PublishKernelResponse(manifest=kernel_manifest_to_wire(record))
