@@ -33,6 +33,7 @@ from tensorwasm_common.kernel_records import (
 
 from tests.guests import NO_CLANG, TENSORWASM, find_clang, load_builder
 from tests.integration.conftest import RunningStack, start_stack
+from tests.integration.test_gateway_replicas import SecondGateway
 
 pytestmark = pytest.mark.integration
 
@@ -447,3 +448,38 @@ def test_an_unconfigured_registry_refuses_publishes(stack: RunningStack, tenant:
     body = {"manifest": _http_manifest("nokey", "1.0.0"), "ptx_text": PTX.decode()}
     status, reply = _http(stack, "POST", "/kernels", "", tenant, body)
     assert (status, reply["error"]["kind"]) == (503, "kernel_registry_not_configured")
+
+
+@pytest.mark.engines
+def test_two_gateways_on_postgresql_share_the_registry(
+    launch_stack: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    """Manifests in PostgreSQL: what one gateway publishes the other serves, and a second
+    publish of the name@version through the other is ALREADY_EXISTS."""
+    key_path = tmp_path / "kernel.key"
+    key_path.write_text(KEY.hex())
+    env = {
+        "TENSORWASM_GATEWAY_DATABASE_URL": postgres_url,
+        "TENSORWASM_GATEWAY_KERNEL_HMAC_KEY_FILE": str(key_path),
+    }
+    stack = launch_stack(tmp_path / "stack", env)
+    second = SecondGateway(
+        stack,
+        "gateway-b",
+        {**env, "TENSORWASM_GATEWAY_SERVICE_TOKEN_FILE": str(stack.launcher.service_token_path)},
+    )
+    second.start()
+    try:
+        with stack.client("ta") as first:
+            first.publish_kernel(signed_manifest(KEY, "pg.vadd", "1.0.0", 80, PTX), PTX.decode())
+        with GatewayClient(second.address, tenant="tb") as other:
+            assert other.get_kernel("pg.vadd", "1.0.0").ptx_text.encode() == PTX
+            duplicate = _error(
+                lambda: other.publish_kernel(
+                    signed_manifest(KEY, "pg.vadd", "1.0.0", 80, PTX), PTX.decode()
+                )
+            )
+            assert duplicate.reason == "KERNEL_ALREADY_EXISTS"
+            assert [m.name for m in other.list_kernels()] == ["pg.vadd"]
+    finally:
+        second.stop()
