@@ -49,6 +49,8 @@ class LoadKernel:
     kernel_id: int
     ptx: bytes = field(repr=False)
     entry: str
+    # When set, BLAKE3 of `ptx` (hex): PTX with another digest is refused, not loaded.
+    expected_digest: str = ""
 
 
 @dataclass(frozen=True)

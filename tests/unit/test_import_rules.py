@@ -126,6 +126,7 @@ EDGE: dict[str, frozenset[str]] = {
             "call_log.py",  # a server interceptor
             "gpu/dispatcher_client.py",  # the dispatcher's client
             "gpu/jit_client.py",  # the jit cache's client
+            "gpu/registry_client.py",  # the snapshot store's registered kernels
             "images/image_provider.py",  # images are snapshot records of the store
         }
     ),
@@ -134,6 +135,7 @@ EDGE: dict[str, frozenset[str]] = {
             "__main__.py",
             "server.py",
             "servicer.py",
+            "kernels/servicer.py",  # the kernel registry's RPCs, mixed into the servicer
             "wire.py",  # wire messages <-> calls, function configs, invocation errors
             "limits.py",  # the wire's InvocationLimits <-> CallLimits
             "routing/executors.py",  # the executors' client

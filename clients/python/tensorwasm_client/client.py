@@ -369,6 +369,28 @@ class GatewayClient:
         request = pb.DeleteInstanceRequest(name=instance_name(instance))
         self._call("DeleteInstance", request, pb.DeleteInstanceResponse)
 
+    def publish_kernel(self, manifest: pb.KernelManifest, ptx_text: str) -> pb.KernelManifest:
+        """Publishes a signed kernel (see `tensorwasm_client.kernels.signed_manifest`);
+        -> the manifest as the registry stored it."""
+        request = pb.PublishKernelRequest(manifest=manifest, ptx_text=ptx_text)
+        return self._call("PublishKernel", request, pb.PublishKernelResponse).manifest
+
+    def get_kernel(self, name: str, version: str) -> pb.GetKernelResponse:
+        """A kernel's manifest and PTX text (the tenant's own, else the shared one)."""
+        request = pb.GetKernelRequest(name=name, version=version)
+        return self._call("GetKernel", request, pb.GetKernelResponse)
+
+    def list_kernels(self, page_size: int = 100) -> Iterator[pb.KernelManifest]:
+        """Every manifest the tenant sees, fetching page after page."""
+        token = ""
+        while True:
+            request = pb.ListKernelsRequest(page_size=page_size, page_token=token)
+            response = self._call("ListKernels", request, pb.ListKernelsResponse)
+            yield from response.manifests
+            token = response.next_page_token
+            if not token:
+                return
+
 
 class InvocationStream:
     """The events of a streaming invoke; iterate it once.

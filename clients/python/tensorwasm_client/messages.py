@@ -163,7 +163,15 @@ FINISHED_STATES = (pb.INVOCATION_STATE_SUCCEEDED, pb.INVOCATION_STATE_FAILED)
 
 # Calls that change nothing: retried after an UNAVAILABLE that carries a RetryInfo.
 _READS = frozenset(
-    {"GetFunction", "ListFunctions", "GetInvocation", "ListInvocations", "GetInstance"}
+    {
+        "GetFunction",
+        "ListFunctions",
+        "GetInvocation",
+        "ListInvocations",
+        "GetInstance",
+        "GetKernel",
+        "ListKernels",
+    }
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
+from tensorwasm_common.digests import blake3_hex
 from tensorwasm_common.gpu_abi import (
     MAX_BLOCK_DIM,
     MAX_BLOCK_THREADS,
@@ -357,6 +358,11 @@ class Dispatcher:
             raise AbiFailure(
                 AbiError.MALFORMED_PTX,
                 f"the PTX has {len(command.ptx)} bytes, more than {MAX_PTX_BYTES}",
+            )
+        if command.expected_digest and blake3_hex(command.ptx) != command.expected_digest:
+            raise AbiFailure(
+                AbiError.MALFORMED_PTX,
+                f"the PTX does not match its registered digest {command.expected_digest[:16]}…",
             )
         if not ptx_declares_entry(command.ptx, entry):
             raise AbiFailure(AbiError.MALFORMED_PTX, f"the PTX declares no `.entry {entry}`")

@@ -171,7 +171,7 @@ def _command_from_wire(command: pb.Command, index: int) -> Command:
     kind = command.WhichOneof("command")
     if kind == "load":
         load = command.load
-        return LoadKernel(load.kernel_id, load.ptx, load.entry)
+        return LoadKernel(load.kernel_id, load.ptx, load.entry, load.expected_ptx_digest)
     if kind == "launch":
         launch = command.launch
         return LaunchKernel(

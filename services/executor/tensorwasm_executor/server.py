@@ -19,6 +19,8 @@ from tensorwasm_executor.gpu.dispatcher_client import DispatcherClient
 from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.gpu.jit_client import JitClient
 from tensorwasm_executor.gpu.jit_ops import JitHost
+from tensorwasm_executor.gpu.registered import RegisteredKernelHost
+from tensorwasm_executor.gpu.registry_client import KernelRegistryClient
 from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
@@ -81,6 +83,16 @@ async def serve(settings: ExecutorSettings) -> None:
         else None
     )
     jit_host = JitHost(jit)
+    registered = RegisteredKernelHost(
+        KernelRegistryClient(
+            settings.snapshot_address,
+            max_message_bytes=settings.max_message_bytes,
+            service_token=settings.service_token(),
+            tls=settings.client_tls(),
+        )
+        if dispatcher is not None
+        else None
+    )
     gpu.offload_jit = jit_host  # auto-offload (offload.py), with a dispatcher and a jit cache
     sandbox = Sandbox(
         default_timeout_seconds=settings.default_timeout_seconds,
@@ -90,7 +102,7 @@ async def serve(settings: ExecutorSettings) -> None:
         max_memory_bytes=settings.max_memory_bytes,
         max_table_elements=settings.max_table_elements,
         fuel_metering=settings.fuel_metering,
-        host_modules=[*gpu.host_modules, jit_host.host_module],
+        host_modules=[*gpu.host_modules, jit_host.host_module, registered.host_module],
     )
     admission = Admission(
         max_in_flight=settings.in_flight_limit, max_per_tenant=settings.tenant_in_flight_limit
@@ -175,6 +187,7 @@ async def serve(settings: ExecutorSettings) -> None:
             dispatcher.close()
         if jit is not None:
             jit.close()
+        registered.close()
 
     await serve_forever(
         host,

@@ -124,3 +124,80 @@ class ConcurrencyExhaustedError(ResourceExhaustedError):
     """Every slot of the call's class is taken."""
 
     reason = Reason.CONCURRENCY_EXHAUSTED
+
+
+class KernelRegistryNotConfiguredError(ServiceError):
+    """The gateway has no kernel signing key, so it cannot verify a manifest."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = Reason.KERNEL_REGISTRY_NOT_CONFIGURED
+
+
+class KernelPublishScopeRequiredError(ServiceError):
+    """Publishing to the shared catalogue without role=publish or role=admin."""
+
+    code = Code.PERMISSION_DENIED
+    reason = Reason.KERNEL_PUBLISH_SCOPE_REQUIRED
+
+
+class KernelBadSignatureError(ServiceError):
+    """The manifest's signature does not verify under the registry's key."""
+
+    code = Code.PERMISSION_DENIED
+    reason = Reason.KERNEL_BAD_SIGNATURE
+
+
+class KernelSigningKeyMismatchError(ServiceError):
+    """The manifest names a signing key other than the registry's."""
+
+    code = Code.PERMISSION_DENIED
+    reason = Reason.KERNEL_SIGNING_KEY_MISMATCH
+
+
+class KernelDigestMismatchError(InvalidArgumentError):
+    """The PTX text does not hash to the manifest's digest."""
+
+    reason = Reason.KERNEL_DIGEST_MISMATCH
+
+
+class KernelAlreadyExistsError(AlreadyExistsError):
+    """That name@version is already published in the namespace."""
+
+    reason = Reason.KERNEL_ALREADY_EXISTS
+
+
+class KernelNotFoundError(NotFoundError):
+    """No kernel of that name@version is visible to the tenant."""
+
+    reason = Reason.KERNEL_NOT_FOUND
+
+
+class KernelPtxTooLargeError(InvalidArgumentError):
+    """The PTX text is over the registry's cap."""
+
+    reason = Reason.KERNEL_PTX_TOO_LARGE
+
+
+class KernelNameInvalidError(InvalidArgumentError):
+    """The kernel name does not match the registry's name pattern."""
+
+    reason = Reason.KERNEL_NAME_INVALID
+
+
+class KernelVersionInvalidError(InvalidArgumentError):
+    """The version is not SemVer 2.0.0."""
+
+    reason = Reason.KERNEL_VERSION_INVALID
+
+
+class KernelManifestInvalidError(InvalidArgumentError):
+    """A manifest field is malformed (metadata: field)."""
+
+    reason = Reason.KERNEL_MANIFEST_INVALID
+
+
+class KernelRegistryStorageError(ServiceError):
+    """The registry database or the snapshot store failed; nothing was published."""
+
+    code = Code.UNAVAILABLE
+    reason = Reason.KERNEL_REGISTRY_STORAGE_ERROR

@@ -36,6 +36,7 @@ from tensorwasm_gateway.http.app import FaceOptions
 from tensorwasm_gateway.http.openai import token_tenant
 from tensorwasm_gateway.instances import InstanceService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
+from tensorwasm_gateway.kernels import KernelCatalog, KernelService
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.metrics import tenant_label
 from tensorwasm_gateway.routing import open_executor_pool
@@ -166,7 +167,14 @@ async def serve(settings: GatewaySettings) -> None:
         reloader.start(settings.tokens_reload_seconds)
     host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(functions, invocations, InstanceService(functions, registry, executors)),
+        GatewayServicer(
+            functions,
+            invocations,
+            InstanceService(functions, registry, executors),
+            KernelService(
+                KernelCatalog(database), SnapshotClient(store_channel), settings.kernel_hmac_key
+            ),
+        ),
         host.server,
     )
 

@@ -41,6 +41,8 @@ from tensorwasm_gateway.invocations import (
     InvocationService,
     invocation_id_from_name,
 )
+from tensorwasm_gateway.kernels import KernelService
+from tensorwasm_gateway.kernels.servicer import KernelsMixin
 from tensorwasm_gateway.limits import limits_from_wire
 from tensorwasm_gateway.wire import call_from_wire, exports_to_wire, function_config_from_wire
 
@@ -193,7 +195,7 @@ class InvocationsMixin:
         )
 
 
-class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
+class GatewayServicer(InvocationsMixin, KernelsMixin, pb_grpc.GatewayServiceServicer):
     """The public API."""
 
     def __init__(
@@ -201,10 +203,15 @@ class GatewayServicer(InvocationsMixin, pb_grpc.GatewayServiceServicer):
         functions: FunctionService,
         invocations: InvocationService | None = None,
         instances: InstanceService | None = None,
+        kernels: KernelService | None = None,
     ) -> None:
         self._functions = functions
         self._invocations = invocations
         self._instances_service = instances
+        self._kernels = kernels
+
+    def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        return tenant_of(context)
 
     def _instances(self) -> InstanceService:
         if self._instances_service is None:

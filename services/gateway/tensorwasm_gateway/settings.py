@@ -120,6 +120,9 @@ class GatewaySettings(ServerSettings):
     trusted_proxies: tuple[str, ...] = ()
     # The OpenAI-compatible front's models: `model:function,...` (function ids).
     openai_model_map: str = ""
+    # The kernel registry's HMAC-SHA256 key: a file holding 64 hex digits (32 bytes).
+    # Unset: the registry answers publishes FAILED_PRECONDITION (reads still work).
+    kernel_hmac_key_file: Path | None = None
 
     def __post_init__(self) -> None:  # noqa: PLR0912, PLR0915 (one check per setting)
         super().__post_init__()
@@ -183,6 +186,7 @@ class GatewaySettings(ServerSettings):
         self._check_security()
         self.database  # noqa: B018 -- a malformed URL fails at start
         self.openai_models  # noqa: B018 (a malformed map fails at start)
+        self.kernel_hmac_key  # noqa: B018 (a missing or malformed key file fails at start)
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
@@ -270,6 +274,22 @@ class GatewaySettings(ServerSettings):
                 )
             models[model] = function
         return models
+
+    @property
+    def kernel_hmac_key(self) -> bytes | None:
+        """The kernel registry's signing key, or None when no key file is set.
+
+        Raises:
+            SettingsError: the file is unreadable or does not hold exactly 64 hex digits.
+        """
+        if self.kernel_hmac_key_file is None:
+            return None
+        from tensorwasm_gateway.kernels.signing import KeyFileError, read_key_file  # (grpc-free)
+
+        try:
+            return read_key_file(self.kernel_hmac_key_file)
+        except KeyFileError as exc:
+            raise SettingsError(f"kernel_hmac_key_file: {exc}") from None
 
     @property
     def loopback_only(self) -> bool:

@@ -32,7 +32,7 @@ from tensorwasm_common.errors import (
 MAGIC = b"\x89TWSNAP\n"
 FORMAT_VERSION = 1
 FLAG_SIGNED = 1
-KINDS = {1: "compiled_module", 2: "instance_image"}  # = SnapshotKind numbers
+KINDS = {1: "compiled_module", 2: "instance_image", 3: "kernel"}  # = SnapshotKind numbers
 MAC_BYTES = 32
 MAX_STRING_BYTES = 1024
 _PREAMBLE = struct.Struct("<8sHHI")

@@ -41,11 +41,13 @@ COMMANDS = {
     "metrics",
     "observe",
     "completions",
+    "kernel",
 }
 VERBS = {
     "invocation": {"get", "list"},
     "instance": {"create", "list", "get", "call", "delete"},
     "snapshot": {"ls", "get", "rm", "verify"},
+    "kernel": {"publish", "list", "get", "verify"},
 }
 ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")
 
@@ -387,3 +389,22 @@ def test_runs_start_up_path_loads_neither_grpc_nor_pydantic() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("ref", ["nover", "a@", "@1.0.0", "a@1@2"])
+def test_kernel_refs_must_be_name_at_version(ref: str) -> None:
+    result = tensorwasm("kernel", "get", ref)
+    assert result.exit_code == 1
+    assert "expected NAME@VERSION" in result.stderr
+
+
+def test_kernel_publish_refuses_a_key_file_that_is_not_64_hex_digits(tmp_path: Path) -> None:
+    key, ptx = tmp_path / "k", tmp_path / "k.ptx"
+    key.write_text("abc")
+    ptx.write_text(".visible .entry k()\n{}\n")
+    result = tensorwasm(
+        "kernel", "publish", "k", "1.0.0", "--ptx-file", str(ptx), "--sm", "80",
+        "--key-file", str(key),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "64 hex digits" in result.stderr

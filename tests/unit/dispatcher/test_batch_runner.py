@@ -8,6 +8,7 @@ import struct
 import threading
 from collections.abc import Sequence
 
+import blake3
 import numpy as np
 import pytest
 from tensorwasm_common.gpu_abi import AbiError, ArgTag, BufferRef, ScalarArg
@@ -432,3 +433,13 @@ def test_requests_of_many_threads_account_exactly() -> None:
         0,
         16 * 3 * 512,  # three 256-byte buffers, each one 512-byte allocation granule
     )
+
+
+def test_a_registered_kernel_loads_only_with_its_digest() -> None:
+    """LoadKernel.expected_digest (a registered kernel's manifest digest) is checked before
+    the PTX is loaded."""
+    text = ptx("vector_add")
+    good = LoadKernel(1, text, "vector_add", blake3.blake3(text).hexdigest())
+    assert run_one(good) == (0, "")
+    code, message = run_one(LoadKernel(1, text, "vector_add", "00" * 32))
+    assert code == AbiError.MALFORMED_PTX and "registered digest" in message

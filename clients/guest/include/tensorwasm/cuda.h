@@ -130,6 +130,17 @@ TW_IMPORT(TW_GPU_MODULE, "jit_kernel")
 int64_t tw_gpu_jit_kernel(const char *op, uint32_t op_len, const char *params,
                           uint32_t params_len);
 
+/* A kernel published in the gateway's kernel registry (`tensorwasm kernel publish`), by
+ * name and SemVer version: the tenant's own kernel of that name@version, else the shared
+ * catalogue's. Returns a kernel id for wasi_cuda_launch (the manifest's entry), or -9 (a
+ * name or version that is empty, over 64 bytes or not UTF-8), -2, -3 (none registered),
+ * -4 (the stored PTX does not match the manifest's digest; the dispatcher verifies it
+ * before loading), -1. Loaded once per instance.
+ * wasm: (i32 name_ptr, i32 name_len, i32 version_ptr, i32 version_len) -> i64 */
+TW_IMPORT(TW_GPU_MODULE, "kernel_by_name")
+int64_t tw_gpu_kernel_by_name(const char *name, uint32_t name_len, const char *version,
+                              uint32_t version_len);
+
 /* C[m x n] = A[m x k] @ B[k x n], row-major f32 in linear memory, run by the dispatcher
  * (a jit-emitted tiled matmul): 0 once C is written, -9 (a dimension outside [1, 2^15]),
  * -2 (a matrix outside memory), or another code. Like sync, launches queued before it
@@ -223,6 +234,12 @@ static inline int64_t wasi_cuda_load_ptx_str(const char *ptx, const char *entry)
 static inline int64_t tw_gpu_jit_kernel_str(const char *op, const char *params) {
     return tw_gpu_jit_kernel(op, (uint32_t)__builtin_strlen(op), params,
                              (uint32_t)__builtin_strlen(params));
+}
+
+/* kernel_by_name with NUL-terminated name and version. */
+static inline int64_t tw_gpu_kernel_by_name_str(const char *name, const char *version) {
+    return tw_gpu_kernel_by_name(name, (uint32_t)__builtin_strlen(name), version,
+                                 (uint32_t)__builtin_strlen(version));
 }
 
 /* Launches with a built argv. */

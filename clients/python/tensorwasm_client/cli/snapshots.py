@@ -30,11 +30,13 @@ class KindName(StrEnum):
 
     COMPILED_MODULE = "compiled_module"
     INSTANCE_IMAGE = "instance_image"
+    KERNEL = "kernel"
 
 
 KIND_NAMES = {
     pb.SNAPSHOT_KIND_COMPILED_MODULE: KindName.COMPILED_MODULE,
     pb.SNAPSHOT_KIND_INSTANCE_IMAGE: KindName.INSTANCE_IMAGE,
+    pb.SNAPSHOT_KIND_KERNEL: KindName.KERNEL,
 }
 _KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 

@@ -14,6 +14,7 @@ from tensorwasm_client.cli import (
     functions,
     instances,
     invocations,
+    kernels,
     local_stack,
     metrics,
     observe,
@@ -168,6 +169,13 @@ _bind(_snapshot, "get", snapshots.get)
 _bind(_snapshot, "rm", snapshots.rm)
 _bind(_snapshot, "verify", snapshots.verify)
 app.add_typer(_snapshot, name="snapshot")
+
+_kernel = _group("The signed kernel registry (PTX by NAME@VERSION).")
+_bind(_kernel, "publish", kernels.publish)
+_bind(_kernel, "list", kernels.list_kernels)
+_bind(_kernel, "get", kernels.get)
+_bind(_kernel, "verify", kernels.verify_kernel)
+app.add_typer(_kernel, name="kernel")
 
 
 def run_app(args: list[str]) -> None:

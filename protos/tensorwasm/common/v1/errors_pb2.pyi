@@ -257,6 +257,50 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
     actual).
     """
+    ERROR_REASON_KERNEL_REGISTRY_NOT_CONFIGURED: _ErrorReason.ValueType  # 160
+    """(160-179: the kernel registry, PublishKernel/GetKernel/ListKernels.)
+    The gateway has no kernel signing key (TENSORWASM_GATEWAY_KERNEL_HMAC_KEY_FILE), so
+    it cannot verify a manifest: publishing is refused.
+    """
+    ERROR_REASON_KERNEL_PUBLISH_SCOPE_REQUIRED: _ErrorReason.ValueType  # 161
+    """Publishing to the shared kernel catalogue needs a token with role=publish or
+    role=admin (metadata: token_id).
+    """
+    ERROR_REASON_KERNEL_BAD_SIGNATURE: _ErrorReason.ValueType  # 162
+    """The manifest's signature is not the HMAC-SHA256 of its signing input under the
+    registry's key: the manifest or its signature was altered (metadata: name, version).
+    """
+    ERROR_REASON_KERNEL_SIGNING_KEY_MISMATCH: _ErrorReason.ValueType  # 163
+    """The manifest was signed with another key than the registry's: its key_id is not the
+    registry key's (metadata: key_id, expected_key_id).
+    """
+    ERROR_REASON_KERNEL_DIGEST_MISMATCH: _ErrorReason.ValueType  # 164
+    """The PTX text's BLAKE3 digest is not the manifest's digest (metadata: declared,
+    actual). Checked before the signature.
+    """
+    ERROR_REASON_KERNEL_ALREADY_EXISTS: _ErrorReason.ValueType  # 165
+    """A kernel of that name@version is already published in that namespace (metadata:
+    name, version, namespace).
+    """
+    ERROR_REASON_KERNEL_NOT_FOUND: _ErrorReason.ValueType  # 166
+    """No kernel of that name@version is visible to the tenant (metadata: name, version)."""
+    ERROR_REASON_KERNEL_PTX_TOO_LARGE: _ErrorReason.ValueType  # 167
+    """The PTX text is larger than 8 MiB (metadata: size_bytes, max_bytes)."""
+    ERROR_REASON_KERNEL_NAME_INVALID: _ErrorReason.ValueType  # 168
+    """The kernel name is not 1-64 characters of [A-Za-z0-9._-] starting with a letter
+    or digit (metadata: name).
+    """
+    ERROR_REASON_KERNEL_VERSION_INVALID: _ErrorReason.ValueType  # 169
+    """The version is not a SemVer 2.0.0 version of at most 64 characters (metadata: version)."""
+    ERROR_REASON_KERNEL_MANIFEST_INVALID: _ErrorReason.ValueType  # 170
+    """A manifest field is malformed: a digest or signature that is not 32 bytes, an
+    sm_version outside 10..1000, PTX that is empty or not UTF-8 text, or an entry the PTX
+    does not declare (metadata: field).
+    """
+    ERROR_REASON_KERNEL_REGISTRY_STORAGE_ERROR: _ErrorReason.ValueType  # 171
+    """The kernel registry's storage (the registry database or the snapshot store holding
+    the PTX) failed; nothing was published. Retry later.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
@@ -497,6 +541,50 @@ declared_bytes, received_bytes).
 ERROR_REASON_UPLOAD_DIGEST_MISMATCH: ErrorReason.ValueType  # 152
 """The uploaded bytes' BLAKE3 digest is not the declared one (metadata: declared,
 actual).
+"""
+ERROR_REASON_KERNEL_REGISTRY_NOT_CONFIGURED: ErrorReason.ValueType  # 160
+"""(160-179: the kernel registry, PublishKernel/GetKernel/ListKernels.)
+The gateway has no kernel signing key (TENSORWASM_GATEWAY_KERNEL_HMAC_KEY_FILE), so
+it cannot verify a manifest: publishing is refused.
+"""
+ERROR_REASON_KERNEL_PUBLISH_SCOPE_REQUIRED: ErrorReason.ValueType  # 161
+"""Publishing to the shared kernel catalogue needs a token with role=publish or
+role=admin (metadata: token_id).
+"""
+ERROR_REASON_KERNEL_BAD_SIGNATURE: ErrorReason.ValueType  # 162
+"""The manifest's signature is not the HMAC-SHA256 of its signing input under the
+registry's key: the manifest or its signature was altered (metadata: name, version).
+"""
+ERROR_REASON_KERNEL_SIGNING_KEY_MISMATCH: ErrorReason.ValueType  # 163
+"""The manifest was signed with another key than the registry's: its key_id is not the
+registry key's (metadata: key_id, expected_key_id).
+"""
+ERROR_REASON_KERNEL_DIGEST_MISMATCH: ErrorReason.ValueType  # 164
+"""The PTX text's BLAKE3 digest is not the manifest's digest (metadata: declared,
+actual). Checked before the signature.
+"""
+ERROR_REASON_KERNEL_ALREADY_EXISTS: ErrorReason.ValueType  # 165
+"""A kernel of that name@version is already published in that namespace (metadata:
+name, version, namespace).
+"""
+ERROR_REASON_KERNEL_NOT_FOUND: ErrorReason.ValueType  # 166
+"""No kernel of that name@version is visible to the tenant (metadata: name, version)."""
+ERROR_REASON_KERNEL_PTX_TOO_LARGE: ErrorReason.ValueType  # 167
+"""The PTX text is larger than 8 MiB (metadata: size_bytes, max_bytes)."""
+ERROR_REASON_KERNEL_NAME_INVALID: ErrorReason.ValueType  # 168
+"""The kernel name is not 1-64 characters of [A-Za-z0-9._-] starting with a letter
+or digit (metadata: name).
+"""
+ERROR_REASON_KERNEL_VERSION_INVALID: ErrorReason.ValueType  # 169
+"""The version is not a SemVer 2.0.0 version of at most 64 characters (metadata: version)."""
+ERROR_REASON_KERNEL_MANIFEST_INVALID: ErrorReason.ValueType  # 170
+"""A manifest field is malformed: a digest or signature that is not 32 bytes, an
+sm_version outside 10..1000, PTX that is empty or not UTF-8 text, or an entry the PTX
+does not declare (metadata: field).
+"""
+ERROR_REASON_KERNEL_REGISTRY_STORAGE_ERROR: ErrorReason.ValueType  # 171
+"""The kernel registry's storage (the registry database or the snapshot store holding
+the PTX) failed; nothing was published. Retry later.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -494,22 +494,28 @@ class LoadKernel(_message.Message):
     KERNEL_ID_FIELD_NUMBER: _builtins.int
     PTX_FIELD_NUMBER: _builtins.int
     ENTRY_FIELD_NUMBER: _builtins.int
+    EXPECTED_PTX_DIGEST_FIELD_NUMBER: _builtins.int
     kernel_id: _builtins.int
     """The id the executor gave the kernel (instance-scoped; the guest's id)."""
     ptx: _builtins.bytes
     """The PTX text (at most 8 MiB)."""
     entry: _builtins.str
     """The `.entry` symbol to launch."""
+    expected_ptx_digest: _builtins.str
+    """When set, BLAKE3 of `ptx` as 64 lowercase hex digits: the dispatcher refuses to load
+    PTX with another digest (a registered kernel's manifest digest).
+    """
     def __init__(
         self,
         *,
         kernel_id: _builtins.int = ...,
         ptx: _builtins.bytes = ...,
         entry: _builtins.str = ...,
+        expected_ptx_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "kernel_id", b"kernel_id", "ptx", b"ptx"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "expected_ptx_digest", b"expected_ptx_digest", "kernel_id", b"kernel_id", "ptx", b"ptx"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

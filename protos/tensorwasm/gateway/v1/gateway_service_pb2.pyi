@@ -59,6 +59,30 @@ before it could run or while it ran (`error`).
 """
 Global___InvocationState: _TypeAlias = InvocationState  # noqa: Y015
 
+class _KernelVisibility:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KernelVisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KernelVisibility.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KERNEL_VISIBILITY_UNSPECIFIED: _KernelVisibility.ValueType  # 0
+    """Not set: the shared catalogue."""
+    KERNEL_VISIBILITY_SHARED: _KernelVisibility.ValueType  # 1
+    """The shared catalogue: every tenant reads it; publishing needs role=publish or admin."""
+    KERNEL_VISIBILITY_PRIVATE: _KernelVisibility.ValueType  # 2
+    """The publishing tenant's own namespace: only that tenant reads it."""
+
+class KernelVisibility(_KernelVisibility, metaclass=_KernelVisibilityEnumTypeWrapper):
+    """Who sees a published kernel."""
+
+KERNEL_VISIBILITY_UNSPECIFIED: KernelVisibility.ValueType  # 0
+"""Not set: the shared catalogue."""
+KERNEL_VISIBILITY_SHARED: KernelVisibility.ValueType  # 1
+"""The shared catalogue: every tenant reads it; publishing needs role=publish or admin."""
+KERNEL_VISIBILITY_PRIVATE: KernelVisibility.ValueType  # 2
+"""The publishing tenant's own namespace: only that tenant reads it."""
+Global___KernelVisibility: _TypeAlias = KernelVisibility  # noqa: Y015
+
 @_typing.final
 class UploadFunctionRequest(_message.Message):
     """One message of an UploadFunction stream."""
@@ -1248,3 +1272,247 @@ class ListInvocationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInvocationsResponse: _TypeAlias = ListInvocationsResponse  # noqa: Y015
+
+@_typing.final
+class KernelManifest(_message.Message):
+    """A kernel's manifest. `name`, `version`, `sm_version` and `digest` are signed: the
+    signature is HMAC-SHA256 under the registry's key of
+    `name || 0x00 || version || 0x00 || sm_version (u32 little-endian) || digest`.
+    The other fields are advisory (not signed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SM_VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    PUBLISHER_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    PTX_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The kernel's name, 1-64 characters of [A-Za-z0-9._-] (e.g. `matmul.f32`)."""
+    version: _builtins.str
+    """A SemVer 2.0.0 version of at most 64 characters (e.g. `1.2.0`, `2.0.0-rc.1`)."""
+    sm_version: _builtins.int
+    """The compute capability the PTX targets, as major*10+minor (80 for sm_80)."""
+    digest: _builtins.bytes
+    """BLAKE3 digest of the PTX text, 32 bytes."""
+    signature: _builtins.bytes
+    """HMAC-SHA256 of the signing input, 32 bytes."""
+    publisher: _builtins.str
+    """Who published it: the publishing token's id (set by the gateway)."""
+    key_id: _builtins.str
+    """The signing key's id: the first 8 bytes of BLAKE3(key), 16 hex digits. Optional on
+    publish; when given, a key other than the registry's is KERNEL_SIGNING_KEY_MISMATCH.
+    """
+    entry: _builtins.str
+    """The `.entry` a guest's `kernel_by_name` launches; optional when the PTX declares
+    exactly one entry.
+    """
+    visibility: Global___KernelVisibility.ValueType
+    """The shared catalogue or the tenant's own namespace."""
+    namespace: _builtins.str
+    """The owning tenant of a private kernel; empty for the shared catalogue (set by the
+    gateway).
+    """
+    ptx_size_bytes: _builtins.int
+    """Size of the PTX text in bytes (set by the gateway)."""
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the registry accepted the kernel (set by the gateway)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        sm_version: _builtins.int = ...,
+        digest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        publisher: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        entry: _builtins.str = ...,
+        visibility: Global___KernelVisibility.ValueType = ...,
+        namespace: _builtins.str = ...,
+        ptx_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "entry", b"entry", "key_id", b"key_id", "name", b"name", "namespace", b"namespace", "ptx_size_bytes", b"ptx_size_bytes", "publish_time", b"publish_time", "publisher", b"publisher", "signature", b"signature", "sm_version", b"sm_version", "version", b"version", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KernelManifest: _TypeAlias = KernelManifest  # noqa: Y015
+
+@_typing.final
+class PublishKernelRequest(_message.Message):
+    """Request for PublishKernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    PTX_TEXT_FIELD_NUMBER: _builtins.int
+    ptx_text: _builtins.str
+    """The PTX text, at most 8 MiB."""
+    @_builtins.property
+    def manifest(self) -> Global___KernelManifest:
+        """The signed manifest."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___KernelManifest | None = ...,
+        ptx_text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "ptx_text", b"ptx_text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishKernelRequest: _TypeAlias = PublishKernelRequest  # noqa: Y015
+
+@_typing.final
+class PublishKernelResponse(_message.Message):
+    """The result of PublishKernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def manifest(self) -> Global___KernelManifest:
+        """The manifest as stored (publish_time, publisher, namespace and entry filled in)."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___KernelManifest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishKernelResponse: _TypeAlias = PublishKernelResponse  # noqa: Y015
+
+@_typing.final
+class GetKernelRequest(_message.Message):
+    """Request for GetKernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The kernel's name."""
+    version: _builtins.str
+    """Its version."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKernelRequest: _TypeAlias = GetKernelRequest  # noqa: Y015
+
+@_typing.final
+class GetKernelResponse(_message.Message):
+    """The result of GetKernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    PTX_TEXT_FIELD_NUMBER: _builtins.int
+    ptx_text: _builtins.str
+    """The PTX text (its BLAKE3 digest verified against the manifest's)."""
+    @_builtins.property
+    def manifest(self) -> Global___KernelManifest:
+        """The manifest."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___KernelManifest | None = ...,
+        ptx_text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "ptx_text", b"ptx_text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKernelResponse: _TypeAlias = GetKernelResponse  # noqa: Y015
+
+@_typing.final
+class ListKernelsRequest(_message.Message):
+    """Request for ListKernels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum manifests per page (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """The `next_page_token` of a previous response, to continue from there."""
+    offset: _builtins.int
+    """Manifests to skip before the page (the HTTP face's `offset`); with a page_token,
+    counted from the token's position.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKernelsRequest: _TypeAlias = ListKernelsRequest  # noqa: Y015
+
+@_typing.final
+class ListKernelsResponse(_message.Message):
+    """The result of ListKernels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def manifests(self) -> _containers.RepeatedCompositeFieldContainer[Global___KernelManifest]:
+        """One page of manifests (no PTX)."""
+
+    def __init__(
+        self,
+        *,
+        manifests: _abc.Iterable[Global___KernelManifest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifests", b"manifests", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKernelsResponse: _TypeAlias = ListKernelsResponse  # noqa: Y015

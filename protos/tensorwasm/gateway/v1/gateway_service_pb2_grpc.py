@@ -143,6 +143,21 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
                 _registered_method=True)
+        self.PublishKernel = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/PublishKernel',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelResponse.FromString,
+                _registered_method=True)
+        self.GetKernel = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/GetKernel',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelResponse.FromString,
+                _registered_method=True)
+        self.ListKernels = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/ListKernels',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -304,6 +319,36 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishKernel(self, request, context):
+        """Publishes a signed PTX kernel as `name@version` in the shared catalogue (a token
+        with role=publish or role=admin) or in the calling tenant's own namespace
+        (`visibility: KERNEL_VISIBILITY_PRIVATE`). The PTX's BLAKE3 digest must be the
+        manifest's (KERNEL_DIGEST_MISMATCH, checked first), then the signature must verify
+        under the registry's key (KERNEL_SIGNING_KEY_MISMATCH, KERNEL_BAD_SIGNATURE). A
+        second publish of a name@version in the same namespace is ALREADY_EXISTS. Without a
+        configured key: FAILED_PRECONDITION, KERNEL_REGISTRY_NOT_CONFIGURED. A refused
+        publish stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKernel(self, request, context):
+        """Returns a kernel's manifest and PTX: the tenant's own kernel of that name@version,
+        else the shared catalogue's (NOT_FOUND, KERNEL_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKernels(self, request, context):
+        """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
+        kernels, ordered by name, version and namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -381,6 +426,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.UploadFunction,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.SerializeToString,
+            ),
+            'PublishKernel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishKernel,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelResponse.SerializeToString,
+            ),
+            'GetKernel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKernel,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelResponse.SerializeToString,
+            ),
+            'ListKernels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKernels,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -822,6 +882,87 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/UploadFunction',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishKernel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/PublishKernel',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.PublishKernelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKernel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/GetKernel',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.GetKernelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKernels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/ListKernels',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,6 +119,24 @@ class GatewayServiceStub:
     UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
     (a declared size over the cap, or more bytes than declared).
     """
+    PublishKernel: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.PublishKernelRequest, _gateway_service_pb2.PublishKernelResponse]
+    """Publishes a signed PTX kernel as `name@version` in the shared catalogue (a token
+    with role=publish or role=admin) or in the calling tenant's own namespace
+    (`visibility: KERNEL_VISIBILITY_PRIVATE`). The PTX's BLAKE3 digest must be the
+    manifest's (KERNEL_DIGEST_MISMATCH, checked first), then the signature must verify
+    under the registry's key (KERNEL_SIGNING_KEY_MISMATCH, KERNEL_BAD_SIGNATURE). A
+    second publish of a name@version in the same namespace is ALREADY_EXISTS. Without a
+    configured key: FAILED_PRECONDITION, KERNEL_REGISTRY_NOT_CONFIGURED. A refused
+    publish stores nothing.
+    """
+    GetKernel: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetKernelRequest, _gateway_service_pb2.GetKernelResponse]
+    """Returns a kernel's manifest and PTX: the tenant's own kernel of that name@version,
+    else the shared catalogue's (NOT_FOUND, KERNEL_NOT_FOUND).
+    """
+    ListKernels: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListKernelsRequest, _gateway_service_pb2.ListKernelsResponse]
+    """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
+    kernels, ordered by name, version and namespace.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -210,6 +228,24 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
     UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
     (a declared size over the cap, or more bytes than declared).
+    """
+    PublishKernel: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.PublishKernelRequest, _gateway_service_pb2.PublishKernelResponse]  # type: ignore[assignment]
+    """Publishes a signed PTX kernel as `name@version` in the shared catalogue (a token
+    with role=publish or role=admin) or in the calling tenant's own namespace
+    (`visibility: KERNEL_VISIBILITY_PRIVATE`). The PTX's BLAKE3 digest must be the
+    manifest's (KERNEL_DIGEST_MISMATCH, checked first), then the signature must verify
+    under the registry's key (KERNEL_SIGNING_KEY_MISMATCH, KERNEL_BAD_SIGNATURE). A
+    second publish of a name@version in the same namespace is ALREADY_EXISTS. Without a
+    configured key: FAILED_PRECONDITION, KERNEL_REGISTRY_NOT_CONFIGURED. A refused
+    publish stores nothing.
+    """
+    GetKernel: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetKernelRequest, _gateway_service_pb2.GetKernelResponse]  # type: ignore[assignment]
+    """Returns a kernel's manifest and PTX: the tenant's own kernel of that name@version,
+    else the shared catalogue's (NOT_FOUND, KERNEL_NOT_FOUND).
+    """
+    ListKernels: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListKernelsRequest, _gateway_service_pb2.ListKernelsResponse]  # type: ignore[assignment]
+    """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
+    kernels, ordered by name, version and namespace.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -389,6 +425,42 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT: UPLOAD_MALFORMED (messages out of order, no digest),
         UPLOAD_INCOMPLETE (fewer bytes than declared), UPLOAD_DIGEST_MISMATCH, or TOO_LARGE
         (a declared size over the cap, or more bytes than declared).
+        """
+
+    @_abc_1.abstractmethod
+    def PublishKernel(
+        self,
+        request: _gateway_service_pb2.PublishKernelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.PublishKernelResponse, _abc.Awaitable[_gateway_service_pb2.PublishKernelResponse]]:
+        """Publishes a signed PTX kernel as `name@version` in the shared catalogue (a token
+        with role=publish or role=admin) or in the calling tenant's own namespace
+        (`visibility: KERNEL_VISIBILITY_PRIVATE`). The PTX's BLAKE3 digest must be the
+        manifest's (KERNEL_DIGEST_MISMATCH, checked first), then the signature must verify
+        under the registry's key (KERNEL_SIGNING_KEY_MISMATCH, KERNEL_BAD_SIGNATURE). A
+        second publish of a name@version in the same namespace is ALREADY_EXISTS. Without a
+        configured key: FAILED_PRECONDITION, KERNEL_REGISTRY_NOT_CONFIGURED. A refused
+        publish stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetKernel(
+        self,
+        request: _gateway_service_pb2.GetKernelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.GetKernelResponse, _abc.Awaitable[_gateway_service_pb2.GetKernelResponse]]:
+        """Returns a kernel's manifest and PTX: the tenant's own kernel of that name@version,
+        else the shared catalogue's (NOT_FOUND, KERNEL_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListKernels(
+        self,
+        request: _gateway_service_pb2.ListKernelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListKernelsResponse, _abc.Awaitable[_gateway_service_pb2.ListKernelsResponse]]:
+        """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
+        kernels, ordered by name, version and namespace.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -32,6 +32,11 @@ class _SnapshotKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Snapshot
     """A compiled module: wasmtime `Module.serialize()` output."""
     SNAPSHOT_KIND_INSTANCE_IMAGE: _SnapshotKind.ValueType  # 2
     """A pre-initialised instance image (the executor's own payload format)."""
+    SNAPSHOT_KIND_KERNEL: _SnapshotKind.ValueType  # 3
+    """A registered kernel's PTX text (the gateway's kernel registry): engine_fingerprint
+    `ptx`, source_digest BLAKE3 of `namespace 0x00 name 0x00 version`, variant
+    `namespace/name@version`, stored for the kernel-catalogue tenant.
+    """
 
 class SnapshotKind(_SnapshotKind, metaclass=_SnapshotKindEnumTypeWrapper):
     """What a snapshot record holds."""
@@ -42,6 +47,11 @@ SNAPSHOT_KIND_COMPILED_MODULE: SnapshotKind.ValueType  # 1
 """A compiled module: wasmtime `Module.serialize()` output."""
 SNAPSHOT_KIND_INSTANCE_IMAGE: SnapshotKind.ValueType  # 2
 """A pre-initialised instance image (the executor's own payload format)."""
+SNAPSHOT_KIND_KERNEL: SnapshotKind.ValueType  # 3
+"""A registered kernel's PTX text (the gateway's kernel registry): engine_fingerprint
+`ptx`, source_digest BLAKE3 of `namespace 0x00 name 0x00 version`, variant
+`namespace/name@version`, stored for the kernel-catalogue tenant.
+"""
 Global___SnapshotKind: _TypeAlias = SnapshotKind  # noqa: Y015
 
 @_typing.final

@@ -158,10 +158,15 @@ class CudaSession:
             return self._fail(failure)
         return self.load_kernel(memory, ptx, entry)
 
-    def load_kernel(self, memory: GuestMemory | None, ptx: bytes, entry: str) -> int:
-        """Loads PTX the host provides (a jit-emitted kernel) as this store's next kernel.
+    def load_kernel(
+        self, memory: GuestMemory | None, ptx: bytes, entry: str, expected_digest: str = ""
+    ) -> int:
+        """Loads PTX the host provides (a jit-emitted or registered kernel) as this store's
+        next kernel.
 
-        The same caps and checks as `load_ptx`; the id works with `wasi_cuda_launch`.
+        The same caps and checks as `load_ptx`; the id works with `wasi_cuda_launch`. With
+        `expected_digest` (a registered kernel's BLAKE3, hex) the dispatcher verifies the
+        PTX against it before loading.
 
         Returns:
             The kernel id (>= 0), or an ABI error code.
@@ -171,7 +176,7 @@ class CudaSession:
             if not ptx_declares_entry(ptx, entry):
                 raise AbiFailure(AbiError.MALFORMED_PTX, f"the PTX declares no `.entry {entry}`")
             kernel_id = self._next_kernel_id
-            result = self._flush(memory, extra=LoadKernel(kernel_id, ptx, entry))
+            result = self._flush(memory, extra=LoadKernel(kernel_id, ptx, entry, expected_digest))
             if result is not None and result.code != 0:
                 raise AbiFailure(_abi_code(result.code), result.message)
         except AbiFailure as failure:

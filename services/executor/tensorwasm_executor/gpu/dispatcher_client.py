@@ -275,7 +275,12 @@ def _command_to_wire(
         return pb.Command(launch=_launch_to_wire(command, args_memo, dims_memo))
     if isinstance(command, LoadKernel):
         return pb.Command(
-            load=pb.LoadKernel(kernel_id=command.kernel_id, ptx=command.ptx, entry=command.entry)
+            load=pb.LoadKernel(
+                kernel_id=command.kernel_id,
+                ptx=command.ptx,
+                entry=command.entry,
+                expected_ptx_digest=command.expected_digest,
+            )
         )
     if isinstance(command, AllocBuffer):
         return pb.Command(

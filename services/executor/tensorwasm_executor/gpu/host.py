@@ -92,6 +92,10 @@ class CudaHost:
             max_batch_commands=self._max_batch_commands,
             max_batch_bytes=self._max_batch_bytes,
         )
-        if planned and jit is not None:
-            return offload.OffloadingState(session, jit, planned)
-        return CudaHostState(session)
+        state = (
+            offload.OffloadingState(session, jit, planned)
+            if planned and jit is not None
+            else CudaHostState(session)
+        )
+        state.tenant = tenant
+        return state

@@ -17,6 +17,7 @@ from typing import Any
 import wasmtime
 from opentelemetry import context as otel_context
 from tensorwasm_common.gpu_abi import AbiError
+from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_executor.gpu.cuda_session import CudaSession
 from tensorwasm_executor.wasm.host_modules import current_host_state
@@ -60,6 +61,7 @@ class CudaHostState:
 
     def __init__(self, session: CudaSession) -> None:
         self.session = session
+        self.tenant = DEFAULT_TENANT  # the store's tenant (set by CudaHost.state_for)
         self.trace_context = otel_context.get_current()
         self._memory: wasmtime.Memory | None = None
 

@@ -2,7 +2,12 @@
 concurrency caps and the audit log, enforced by one server interceptor (the guard)."""
 
 from tensorwasm_gateway.access.audit import AuditEvent, AuditLog, AuditSink, FdSink, open_sink
-from tensorwasm_gateway.access.guard import CURRENT_TENANT, Guard, GuardInterceptor
+from tensorwasm_gateway.access.guard import (
+    CURRENT_PRINCIPAL,
+    CURRENT_TENANT,
+    Guard,
+    GuardInterceptor,
+)
 from tensorwasm_gateway.access.policies import (
     CALL_CLASSES,
     GATEWAY_POLICIES,
@@ -27,6 +32,7 @@ from tensorwasm_gateway.access.tokens import Principal, Scope, TokenStore, parse
 
 __all__ = [
     "CALL_CLASSES",
+    "CURRENT_PRINCIPAL",
     "CURRENT_TENANT",
     "GATEWAY_POLICIES",
     "GATEWAY_RPCS",

@@ -86,6 +86,10 @@ _GUARD_ERRORS = (
 CURRENT_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tensorwasm_gateway_tenant", default=None
 )
+# Who the guard admitted the current call for (the kernel registry checks role=publish).
+CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "tensorwasm_gateway_principal", default=None
+)
 
 
 def resource_of(request: Any) -> str:
@@ -279,6 +283,7 @@ class _Call:
         "_guard",
         "_metadata",
         "_policy",
+        "_principal_token",
         "_request",
         "_request_id_token",
         "_slot",
@@ -307,6 +312,7 @@ class _Call:
         self._metadata = context.invocation_metadata()
         self._slot = False
         self._tenant_token: contextvars.Token[str | None] | None = None
+        self._principal_token: contextvars.Token[Principal | None] | None = None
         # Chosen before any check, so refused calls are answered with it too.
         self.request_id = request_id_from(self._metadata)
         self._request_id_token = CURRENT_REQUEST_ID.set(self.request_id)
@@ -328,6 +334,7 @@ class _Call:
         self._guard.caps.acquire(self._policy.call_class)
         self._slot = True
         self._tenant_token = CURRENT_TENANT.set(self.tenant)
+        self._principal_token = CURRENT_PRINCIPAL.set(principal)
 
     def failed(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if isinstance(exc, ServiceError):
@@ -346,6 +353,8 @@ class _Call:
         _reset(CURRENT_REQUEST_ID, self._request_id_token)
         if self._tenant_token is not None:
             _reset(CURRENT_TENANT, self._tenant_token)
+        if self._principal_token is not None:
+            _reset(CURRENT_PRINCIPAL, self._principal_token)
         if self._slot:
             self._guard.caps.release(self._policy.call_class)
             if self._policy.invoking:

@@ -39,6 +39,9 @@ GATEWAY_RPCS: Mapping[str, tuple[CallClass, bool]] = {
     "StartInvocation": ("invoke", True),
     "GetInvocation": ("read", False),
     "ListInvocations": ("read", False),
+    "PublishKernel": ("write", True),
+    "GetKernel": ("read", False),
+    "ListKernels": ("read", False),
 }
 
 

@@ -7,6 +7,7 @@ named by `TENSORWASM_GATEWAY_TOKENS_FILE`):
     tok:tenant=*              every tenant
     tok:tenant=acme,beta      only these tenants
     tok:role=admin            every tenant, and the fleet operations (ADMIN scope)
+    tok:role=publish          every tenant, and publishing to the shared kernel catalogue
 
 Entries are separated by commas, semicolons or newlines. After a `:tenant=` entry, a
 comma-separated fragment without ':' that is `*` or a tenant id continues that entry's
@@ -56,12 +57,15 @@ class Scope:
 
     tenants: frozenset[str] | None = None
     admin: bool = False
+    publish: bool = False  # may publish to the shared kernel catalogue (admin may too)
 
     @property
     def kind(self) -> str:
         """`admin`, `wildcard` or `tenant_set` (as written in the audit log)."""
         if self.admin:
             return "admin"
+        if self.publish:
+            return "publish"
         return "wildcard" if self.tenants is None else "tenant_set"
 
     def allows(self, tenant: str) -> bool:
@@ -129,8 +133,12 @@ def _parse_entry(raw: str, tenants: list[str]) -> tuple[str, Scope]:
     key = key.strip()
     if key == "role" and eq and value.strip() == "admin" and not tenants:
         return token, Scope(admin=True)
+    if key == "role" and eq and value.strip() == "publish" and not tenants:
+        return token, Scope(publish=True)
     if key != "tenant" or not eq:
-        raise _EntryError(f"unknown key {key[:32]!r} (expected tenant= or role=admin)")
+        raise _EntryError(
+            f"unknown key {key[:32]!r} (expected tenant=, role=admin or role=publish)"
+        )
     names = [n for n in (v.strip() for v in [value, *tenants]) if n]
     if not names:
         raise _EntryError("empty tenant list")
@@ -271,3 +279,9 @@ def authorize_admin(principal: Principal) -> None:
             "this is a fleet operation; it needs a token with role=admin",
             metadata={"token_id": principal.token_id},
         )
+
+
+def may_publish_shared_kernels(principal: Principal) -> bool:
+    """True when the principal may publish to the shared kernel catalogue (role=publish
+    or role=admin; dev mode's principal is admin)."""
+    return principal.scope.publish or principal.scope.admin

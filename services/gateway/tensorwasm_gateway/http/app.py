@@ -25,6 +25,7 @@ from tensorwasm_gateway.http.errors import (
     on_unexpected,
 )
 from tensorwasm_gateway.http.hosts import TrustedHosts
+from tensorwasm_gateway.http.kernels import KernelRoutes
 from tensorwasm_gateway.http.metadata import FORWARDED, ForwardedHeaders
 from tensorwasm_gateway.http.openai import OpenAiFront, on_openai_error
 from tensorwasm_gateway.http.openai_documents import OpenAiError
@@ -48,6 +49,7 @@ def build_app(face: HttpFace, openai: OpenAiFront, options: FaceOptions) -> Star
     """The REST routes on `face` and the OpenAI-compatible ones on `openai`; anything
     else is 404 (or 405 with `allow`). Outermost first: request and trace ids (on every
     response), CORS (when origins are allowed), the Host allowlist (when set)."""
+    kernels = KernelRoutes(face)
     routes = [
         _route("GET", "/healthz", face.healthz),
         _route("GET", "/metrics", face.metrics),
@@ -58,6 +60,9 @@ def build_app(face: HttpFace, openai: OpenAiFront, options: FaceOptions) -> Star
         _route("POST", "/functions/{id}/invoke-async", face.invoke_async),
         _route("POST", "/functions/{id}/invoke-stream", face.invoke_stream),
         _route("GET", "/jobs/{id}", face.job),
+        _route("POST", "/kernels", kernels.publish),
+        _route("GET", "/kernels", kernels.list),
+        _route("GET", "/kernels/{name}/{version}", kernels.get),
         _route("POST", "/v1/completions", openai.completions),
         _route("POST", "/v1/chat/completions", openai.chat_completions),
     ]

@@ -32,6 +32,18 @@ _BY_REASON: dict[Reason, tuple[int, str]] = {
     Reason.TENANT_CAPACITY_EXHAUSTED: (429, "tenant_capacity_exhausted"),
     Reason.EXECUTOR_SATURATED: (503, "executor_saturated"),
     Reason.ROUTE_NOT_FOUND: (404, "not_found"),
+    Reason.KERNEL_REGISTRY_NOT_CONFIGURED: (503, "kernel_registry_not_configured"),
+    Reason.KERNEL_REGISTRY_STORAGE_ERROR: (503, "kernel_registry_storage_error"),
+    Reason.KERNEL_PUBLISH_SCOPE_REQUIRED: (403, "kernel_publish_scope_required"),
+    Reason.KERNEL_BAD_SIGNATURE: (403, "bad_signature"),
+    Reason.KERNEL_SIGNING_KEY_MISMATCH: (403, "signing_key_mismatch"),
+    Reason.KERNEL_DIGEST_MISMATCH: (400, "digest_mismatch"),
+    Reason.KERNEL_ALREADY_EXISTS: (409, "already_registered"),
+    Reason.KERNEL_NOT_FOUND: (404, "not_found"),
+    Reason.KERNEL_PTX_TOO_LARGE: (413, "ptx_too_large"),
+    Reason.KERNEL_NAME_INVALID: (400, "invalid_request"),
+    Reason.KERNEL_VERSION_INVALID: (400, "invalid_request"),
+    Reason.KERNEL_MANIFEST_INVALID: (400, "invalid_request"),
 }
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "bad_request"),

@@ -83,6 +83,46 @@ def _completion_route(summary: str, request: str) -> dict[str, Any]:
     }
 
 
+def _kernel_paths() -> dict[str, Any]:
+    def query(name: str, text: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": text,
+                "schema": {"type": "integer", "minimum": 0}}  # fmt: skip
+
+    def path(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    publish_body = {"required": True, "content": {_JSON: {"schema": _ref("PublishKernel")}}}
+    return {
+        "/kernels": {
+            "post": _operation(
+                "Publish a signed PTX kernel (docs/HTTP.md, Kernel registry)",
+                {
+                    "201": _json(_ref("KernelName"), "Published"),
+                    **_errors(400, 401, 403, 409, 413, 429, 503),
+                },
+                parameters=[_TENANT],
+                requestBody=publish_body,
+            ),
+            "get": _operation(
+                "The kernel manifests the tenant sees (shared catalogue and its own)",
+                {"200": _json(_ref("KernelList"), "A page of manifests"), **_errors(400, 401, 429)},
+                parameters=[
+                    query("offset", "Manifests to skip (default 0)"),
+                    query("limit", "Page size (default 100, clamped to 1..1000)"),
+                    _TENANT,
+                ],
+            ),
+        },
+        "/kernels/{name}/{version}": {
+            "get": _operation(
+                "A kernel's manifest and PTX text",
+                {"200": _json(_ref("KernelWithPtx"), "The kernel"), **_errors(401, 404, 429, 503)},
+                parameters=[path("name"), path("version"), _TENANT],
+            )
+        },
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/healthz": {
@@ -189,6 +229,7 @@ def _paths() -> dict[str, Any]:
                 parameters=[_ID, _TENANT],
             )
         },
+        **_kernel_paths(),
         "/v1/completions": _completion_route("OpenAI-compatible completion", "CompletionRequest"),
         "/v1/chat/completions": _completion_route(
             "OpenAI-compatible chat completion", "ChatCompletionRequest"
@@ -202,7 +243,67 @@ _NUMBER_OR_OK = {
         {"type": "array", "items": {"type": "number"}},
     ]
 }
+_BYTES32 = {
+    "oneOf": [
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+        {"type": "string", "pattern": "^[0-9a-fA-F]*$"},
+    ]
+}
+_KERNEL_MANIFEST = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string", "description": "SemVer 2.0.0"},
+        "sm_version": {"type": "integer", "minimum": 0},
+        "digest": _BYTES32,
+        "signature": _BYTES32,
+        "published_unix_ms": {"type": "integer"},
+        "publisher": {"type": "string"},
+        "key_id": {"type": "string"},
+        "entry": {"type": "string"},
+        "visibility": {"enum": ["shared", "private"]},
+        "namespace": {"type": "string"},
+        "ptx_size_bytes": {"type": "integer"},
+    },
+    "required": ["name", "version", "sm_version", "digest", "signature"],
+    "additionalProperties": False,
+}
 _SCHEMAS: dict[str, Any] = {
+    "KernelManifest": _KERNEL_MANIFEST,
+    "PublishKernel": {
+        "type": "object",
+        "properties": {
+            "manifest": {"$ref": "#/components/schemas/KernelManifest"},
+            "ptx_text": {"type": "string"},
+        },
+        "required": ["manifest", "ptx_text"],
+        "additionalProperties": False,
+    },
+    "KernelName": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        "required": ["name", "version"],
+    },
+    "KernelList": {
+        "type": "object",
+        "properties": {
+            "manifests": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/KernelManifest"},
+            },
+            "offset": {"type": "integer"},
+            "limit": {"type": "integer"},
+        },
+        "required": ["manifests", "offset", "limit"],
+    },
+    "KernelWithPtx": {
+        "type": "object",
+        "properties": {
+            "manifest": {"$ref": "#/components/schemas/KernelManifest"},
+            "ptx_text": {"type": "string"},
+        },
+        "required": ["manifest", "ptx_text"],
+    },
     "Health": {
         "type": "object",
         "properties": {"status": {"enum": ["ok", "not_serving"]}},

@@ -155,6 +155,26 @@ CREATE TABLE rate_buckets (
 )
 """
 
+# The kernel registry's manifests (tensorwasm_gateway.kernels.catalog); the PTX is in the
+# snapshot store. `namespace` is '' for the shared catalogue, else the owning tenant.
+_KERNELS = """
+CREATE TABLE kernels (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sm_version {int} NOT NULL,
+    digest TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    ptx_size_bytes {int} NOT NULL,
+    publish_time_ns {int} NOT NULL,
+    PRIMARY KEY (namespace, name, version)
+){suffix}"""
+_SQLITE_V4 = _KERNELS.format(int="INTEGER", suffix=" WITHOUT ROWID")
+_POSTGRES_V4 = _KERNELS.format(int="BIGINT", suffix="")
+
 
 def _sqlite_v1(session: Session) -> None:
     session.script(_SQLITE_V1)
@@ -169,4 +189,5 @@ MIGRATIONS = (
     Migration(1, "initial", _sqlite_v1, _POSTGRES_V1),
     Migration(2, "functions_by_module", _V2_MODULE_INDEX, _V2_MODULE_INDEX),
     Migration(3, "rate_buckets", "", _POSTGRES_V3),
+    Migration(4, "kernels", _SQLITE_V4, _POSTGRES_V4),
 )

@@ -36,6 +36,13 @@ def test_grammar_forms() -> None:
     }
 
 
+def test_the_publish_role_covers_every_tenant_but_no_fleet_operation() -> None:
+    scope = _scopes("p1:role=publish")["p1"]
+    assert scope == Scope(publish=True)
+    assert scope.allows("anyone") and not scope.admin and scope.kind == "publish"
+    assert _scopes("p2:role=publisher") == {}  # unknown role: dropped
+
+
 def test_semicolons_and_newlines_end_entries() -> None:
     # "beta" after a ';' is a bare token, not a continuation of acme's list.
     scopes = _scopes("c3:tenant=acme;beta\n# comment\nf6:tenant=z")
