@@ -339,4 +339,16 @@ def run_main(
         print(f"tensorwasm-{service}: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     bootstrap(service, settings)
-    asyncio.run(serve(settings))
+    run_on_loop(serve(settings), settings.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Runs `main` to completion on a new event loop of the kind named (`uvloop`, or
+    `asyncio` for the standard library's), as `asyncio.run` does."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
