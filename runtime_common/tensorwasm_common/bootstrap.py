@@ -26,10 +26,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tensorwasm_common.interceptors import ErrorInterceptor
+from tensorwasm_common.handlers import HandlerLayer
+from tensorwasm_common.interceptors import HopInterceptor
 from tensorwasm_common.logs import configure_logging
 from tensorwasm_common.metrics import start_metrics_endpoint
-from tensorwasm_common.rpc_tracing import TracingInterceptor
 from tensorwasm_common.service_auth import ServiceTokenInterceptor
 from tensorwasm_common.settings import (
     ServerSettings,
@@ -93,25 +93,29 @@ def create_host(
     settings: ServerSettings,
     service_names: Sequence[str],
     *,
+    layers: Sequence[HandlerLayer] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> ServiceHost:
-    """Creates the server with tracing and error interceptors, health and reflection, on a
+    """Creates the server with tracing and error handling, health and reflection, on a
     TLS port when the settings name a certificate (mTLS with a client CA), else plaintext.
 
-    `interceptors` run inside the error interceptor (what they raise becomes a rich status).
-    An internal service (`settings.fleet_only`) with a service token first checks it on
-    every call; without one it warns loudly (settings refused to start one beyond loopback
-    unless allowed). Register the service's servicers on `host.server`, then call
-    `serve_forever`.
+    One interceptor does tracing, deadlines, errors and metrics (`HopInterceptor`), with
+    the service's `layers` folded in (inside the error handling: what they raise becomes a
+    rich status); `interceptors` are separate grpc interceptors inside it (each costs an
+    interceptor coroutine per call). An internal service (`settings.fleet_only`) with a
+    service token first checks it on every call; without one it warns loudly (settings
+    refused to start one beyond loopback unless allowed). Register the service's
+    servicers on `host.server`, then call `serve_forever`.
     """
-    guards = _fleet_guard(service, settings)
+    token = _fleet_guard(service, settings)
+    hop = HopInterceptor(service, service_token=token, layers=layers)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[TracingInterceptor(), ErrorInterceptor(service), *guards, *interceptors],
+        interceptors=[hop, *interceptors],
         options=options,
     )
     health_servicer = health.aio.HealthServicer()
@@ -158,14 +162,14 @@ def _health_only_server(
     return server, port
 
 
-def _fleet_guard(service: str, settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
+def _fleet_guard(service: str, settings: ServerSettings) -> ServiceTokenInterceptor | None:
     """The service-token check of an internal service, or a loud warning without a token."""
     if not settings.fleet_only:
-        return []
+        return None
     token = settings.service_token()
     if token is not None:
         _log.info("service token required on internal calls", extra={"service": service})
-        return [ServiceTokenInterceptor(token)]
+        return ServiceTokenInterceptor(token)
     _log.warning(
         "NO SERVICE TOKEN CONFIGURED: %s accepts calls from anyone who can reach %s. "
         "Set TENSORWASM_SERVICE_TOKEN_FILE for any shared use.",
@@ -176,7 +180,7 @@ def _fleet_guard(service: str, settings: ServerSettings) -> list[grpc.aio.Server
             "beyond_loopback": not listens_on_loopback(settings.listen_address),
         },
     )
-    return []
+    return None
 
 
 def bootstrap(service: str, settings: ServerSettings) -> None:
@@ -335,4 +339,16 @@ def run_main(
         print(f"tensorwasm-{service}: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     bootstrap(service, settings)
-    asyncio.run(serve(settings))
+    run_on_loop(serve(settings), settings.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Runs `main` to completion on a new event loop of the kind named (`uvloop`, or
+    `asyncio` for the standard library's), as `asyncio.run` does."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)

@@ -20,19 +20,32 @@ _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def request_deadline(remaining_seconds: float | None) -> Iterator[None]:
-    """Makes `remaining_seconds` from now the deadline of the request being served."""
+def enter_request_deadline(
+    remaining_seconds: float | None,
+) -> contextvars.Token[float | None]:
+    """Makes `remaining_seconds` from now the deadline of the request being served; the
+    token is for `exit_request_deadline`."""
     deadline = None
     if remaining_seconds is not None and remaining_seconds < _NO_DEADLINE:
         deadline = time.monotonic() + max(remaining_seconds, 0.0)
-    token = _DEADLINE.set(deadline)
+    return _DEADLINE.set(deadline)
+
+
+def exit_request_deadline(token: contextvars.Token[float | None]) -> None:
+    """Restores the deadline `enter_request_deadline` replaced."""
+    # A stream the event loop finalised ends in another context: nothing to reset.
+    with contextlib.suppress(ValueError):
+        _DEADLINE.reset(token)
+
+
+@contextlib.contextmanager
+def request_deadline(remaining_seconds: float | None) -> Iterator[None]:
+    """Makes `remaining_seconds` from now the deadline of the request being served."""
+    token = enter_request_deadline(remaining_seconds)
     try:
         yield
     finally:
-        # A stream the event loop finalised ends in another context: nothing to reset.
-        with contextlib.suppress(ValueError):
-            _DEADLINE.reset(token)
+        exit_request_deadline(token)
 
 
 def detached_context() -> contextvars.Context:

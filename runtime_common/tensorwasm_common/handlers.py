@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 
@@ -77,3 +77,15 @@ class PerMethod:
         """Remembers `wrapped` as the wrapper of this method's `handler`; returns it."""
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class HandlerLayer(Protocol):
+    """A server interceptor's work as a handler wrapper built once per method, so that
+    `HopInterceptor` can fold it into the one interceptor of a hop."""
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
+        """`handler` with the layer's work around its behaviour (or `handler` itself for a
+        method the layer leaves alone)."""
+        ...

@@ -26,14 +26,18 @@ import asyncio
 import contextlib
 import contextvars
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tensorwasm_common.handlers import (
     Behavior,
@@ -84,7 +88,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
     are exported. Put it first, so the span covers the other interceptors."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self._spans = ServerSpans(tracer_provider)
         self._wrapped = PerMethod()
 
     async def intercept_service(
@@ -111,7 +115,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with _server_span(self._tracer, context, method):
+            with server_span(self._spans, context, method):
                 return await behavior(request, context)
 
         return wrapped
@@ -120,7 +124,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            with _server_span(self._tracer, context, method):
+            with server_span(self._spans, context, method):
                 # Closed here, in this call's context, even when the call is cancelled
                 # between two messages (else the loop finalises it later, elsewhere).
                 async with contextlib.aclosing(behavior(request, context)) as responses:
@@ -132,43 +136,152 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
 def _remote_context(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
     """The caller's trace context from the call's metadata (None when it sent none)."""
-    carrier = {
-        key: value
-        for key, value in (context.invocation_metadata() or ())
-        if key in _TRACE_KEYS and isinstance(value, str)
-    }
-    return propagate.extract(carrier) if carrier else None
+    carrier: dict[str, str] | None = None
+    for key, value in context.invocation_metadata() or ():
+        if key in _TRACE_KEYS and isinstance(value, str):
+            if carrier is None:
+                carrier = {}
+            carrier[key] = value
+    if carrier is None:
+        return None
+    if len(carrier) == 1 and "traceparent" in carrier and _w3c_propagation():
+        return _from_traceparent(carrier["traceparent"])
+    return propagate.extract(carrier)
 
 
-@contextmanager
-def _server_span(
-    tracer: trace.Tracer, context: grpc.aio.ServicerContext[Any, Any], method: str
-) -> Iterator[None]:
-    parent = _remote_context(context)
-    if span_recording():
-        span = tracer.start_span(
-            method, context=parent, kind=SpanKind.SERVER, attributes=_attributes(method)
+# The default propagators (OTEL_PROPAGATORS unset: W3C trace context and baggage) are the
+# ones the fast paths below stand in for; any other configuration takes the generic path.
+_W3C = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+_w3c_checked: list[Any] = [None, False]  # [the global propagator checked, is it the default]
+
+
+def _w3c_propagation() -> bool:
+    """True when the global propagator is the default W3C trace context + baggage pair."""
+    textmap = propagate.get_global_textmap()
+    if _w3c_checked[0] is not textmap:
+        members = getattr(textmap, "_propagators", None)
+        _w3c_checked[1] = (
+            isinstance(textmap, CompositePropagator)
+            and isinstance(members, list)
+            and tuple(type(m) for m in members) == _W3C
         )
-    else:
-        span = _unrecorded_child(parent)
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        yield
-    except BaseException as exc:
+        _w3c_checked[0] = textmap
+    return bool(_w3c_checked[1])
+
+
+# The W3C traceparent, as the trace context propagator parses it.
+_TRACEPARENT = re.compile(
+    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+)
+
+
+def _from_traceparent(header: str) -> otel_context.Context:
+    """What `propagate.extract` makes of a carrier holding only this `traceparent` under
+    the default propagators (same rules): the remote span in the current context, or the
+    current context unchanged when the header is not a valid one."""
+    match = _TRACEPARENT.search(header)
+    if match is None:
+        return otel_context.get_current()
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or trace_hex == "0" * 32
+        or span_hex == "0" * 16
+    ):
+        return otel_context.get_current()
+    remote = SpanContext(
+        int(trace_hex, 16),
+        int(span_hex, 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(int(flags, 16)),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
+def _injected() -> dict[str, str]:
+    """What `propagate.inject` puts in a carrier for the current context (the traceparent
+    formatted here under the default propagators when there is no baggage)."""
+    if not _w3c_propagation() or baggage.get_all():
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    injected = {
+        "traceparent": (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+            f"-{span_context.trace_flags:02x}"
+        )
+    }
+    if span_context.trace_state:
+        injected["tracestate"] = span_context.trace_state.to_header()
+    return injected
+
+
+class ServerSpans:
+    """The SERVER span of each call (see `TracingInterceptor`) in separate steps, for an
+    interceptor that does more than tracing around the same handler call."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    def start(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> tuple[trace.Span, object]:
+        """Continues the caller's trace: the call's span, made current (with the token
+        that `end` detaches)."""
+        parent = _remote_context(context)
+        if span_recording():
+            span = self._tracer.start_span(
+                method, context=parent, kind=SpanKind.SERVER, attributes=_attributes(method)
+            )
+        else:
+            span = _unrecorded_child(parent)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def failed(
+        span: trace.Span, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+    ) -> None:
+        """Marks a recorded span with what the handler raised."""
         if span.is_recording():
             code = _code_value(context.code()) or _exception_code(exc)
             span.set_attribute("rpc.grpc.status_code", code)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}"))
-        raise
-    else:
+
+    @staticmethod
+    def returned(span: trace.Span, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Marks a recorded span with the status the handler returned with."""
         if span.is_recording():
             code = _code_value(context.code())
             span.set_attribute("rpc.grpc.status_code", code)
             if code:
                 span.set_status(Status(StatusCode.ERROR, context.details() or None))
-    finally:
+
+    @staticmethod
+    def end(span: trace.Span, token: object) -> None:
+        """Restores the context the call's span replaced and ends the span."""
         _detach(token)
         span.end()
+
+
+@contextmanager
+def server_span(
+    spans: ServerSpans, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> Iterator[None]:
+    """The call's SERVER span around a block (see `ServerSpans`)."""
+    span, token = spans.start(context, method)
+    try:
+        yield
+    except BaseException as exc:
+        spans.failed(span, context, exc)
+        raise
+    else:
+        spans.returned(span, context)
+    finally:
+        spans.end(span, token)
 
 
 def _detach(token: object) -> None:
@@ -212,8 +325,11 @@ def _outgoing(
     if span_recording():
         span = tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_attributes(method))
         ctx = trace.set_span_in_context(span)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=ctx)
+    if ctx is None:
+        carrier = _injected()
+    else:
+        carrier = {}
+        propagate.inject(carrier, context=ctx)
     if not carrier:
         return metadata, span
     return (*(tuple(metadata) if metadata else ()), *carrier.items()), span

@@ -39,6 +39,11 @@ _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+def token_exempt(method: str) -> bool:
+    """True for the methods callable without the token (health, reflection)."""
+    return method.startswith(_EXEMPT_PREFIXES)
+
+
 class ServiceTokenError(ValueError):
     """The token file is missing, unreadable or not a usable token."""
 
@@ -82,9 +87,9 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_EXEMPT_PREFIXES):
+        if handler is None or token_exempt(method):
             return handler
-        error = self._check(handler_call_details.invocation_metadata)
+        error = self.check(handler_call_details.invocation_metadata)
         if error is None:
             return handler
         key = (method, error.reason)
@@ -94,7 +99,8 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
             self._refusals[key] = refusal
         return refusal
 
-    def _check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> ServiceError | None:
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> ServiceError | None:
+        """None when `metadata` carries the fleet's token once, else the refusal."""
         sent = [value for key, value in metadata or () if key == SERVICE_TOKEN_METADATA_KEY]
         if not sent:
             return ServiceTokenRequiredError(

@@ -165,7 +165,7 @@ async def serve(settings: GatewaySettings) -> None:
     if settings.tokens_file is not None:
         reloader = TokenReloader(guard, settings.tokens_file, settings.tokens)
         reloader.start(settings.tokens_reload_seconds)
-    host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
+    host = create_host("gateway", settings, [SERVICE_NAME], layers=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(
             functions,

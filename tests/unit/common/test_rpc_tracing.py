@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -205,3 +206,54 @@ def test_recorded_server_span_of_an_aborted_call_has_its_code() -> None:
         assert attributes is not None
         assert attributes["rpc.grpc.status_code"] == expected
         assert spans[kind].status.status_code.name == "ERROR"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        " \t00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \t",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "garbage",
+        "",
+    ],
+)
+def test_the_traceparent_fast_path_reads_what_the_propagator_reads(header: str) -> None:
+    """Under the default propagators a lone traceparent is parsed directly: same result
+    as `propagate.extract`, valid or not."""
+    assert rpc_tracing._w3c_propagation()
+    expected = trace.get_current_span(propagate.extract({"traceparent": header}))
+    got = trace.get_current_span(rpc_tracing._from_traceparent(header))
+    assert got.get_span_context() == expected.get_span_context()
+
+
+def test_the_injected_context_is_what_the_propagator_injects() -> None:
+    """The fast traceparent (and tracestate) equals `propagate.inject`'s; with baggage the
+    propagators themselves write the carrier."""
+    state = trace.TraceState([("vendor", "value")])
+    for trace_state in (trace.TraceState(), state):
+        span_context = trace.SpanContext(
+            0x4BF92F3577B34DA6A3CE929D0E0E4736,
+            0x00F067AA0BA902B7,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1),
+            trace_state=trace_state,
+        )
+        ctx = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+        for with_baggage in (False, True):
+            if with_baggage:
+                ctx = baggage.set_baggage("user", "42", ctx)
+            token = otel_context.attach(ctx)
+            try:
+                expected: dict[str, str] = {}
+                propagate.inject(expected)
+                assert rpc_tracing._injected() == expected
+            finally:
+                otel_context.detach(token)
+    assert rpc_tracing._injected() == {}  # no span: nothing to send

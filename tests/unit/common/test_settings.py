@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
 import pytest
+from tensorwasm_common.bootstrap import run_on_loop
 from tensorwasm_common.settings import (
     ServerSettings,
     SettingsError,
@@ -215,6 +217,11 @@ def test_settings_error_is_a_value_error() -> None:
             str((1 << 20) - 1),
             "demo settings: max_message_bytes: must be at least 1 MiB",
         ),
+        (
+            "EVENT_LOOP",
+            "trio",
+            "demo settings: event_loop: expected one of uvloop, asyncio, got 'trio'",
+        ),
     ],
 )
 def test_validation_errors_name_service_and_field(variable: str, raw: str, message: str) -> None:
@@ -237,6 +244,18 @@ def test_validation_boundaries_are_accepted() -> None:
     assert settings.log_level == "debug"
     assert settings.metrics_address == ""  # empty disables the metrics endpoint
     assert settings.listen_address == "[::1]:65535"
+
+
+@pytest.mark.parametrize(("name", "expected"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_service_runs_on_the_event_loop_it_names(name: str, expected: str) -> None:
+    settings = load_settings(DemoSettings, "demo", environ={"TENSORWASM_DEMO_EVENT_LOOP": name})
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.partition(".")[0])
+
+    run_on_loop(main(), settings.event_loop)
+    assert seen == [expected]
 
 
 def test_direct_construction_validates_too() -> None:

@@ -13,6 +13,7 @@ peer, trace_id.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -93,34 +94,40 @@ class AuditEvent:
 
 
 def render(event: AuditEvent, now_ns: int) -> bytes:
-    """The JSON line of an event."""
-    actor: dict[str, Any] | None = None
-    if event.principal is not None:
-        scope = event.principal.scope
-        scope_json: dict[str, Any] = {"kind": scope.kind}
-        if scope.tenants is not None:
-            scope_json["tenants"] = sorted(scope.tenants)
-        actor = {
-            "kind": event.principal.kind,
-            "token_id": event.principal.token_id,
-            "scope": scope_json,
-        }
+    """The JSON line of an event: what `json.dumps(record, separators=(",", ":"))` writes
+    for the record of the module docstring, built from parts (the actor's JSON once per
+    principal, the timestamp's once per second), as it is written on every call."""
     millis = now_ns // 1_000_000
-    record = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
-        + f".{millis % 1000:03d}Z",
-        "ts_unix_ms": millis,
-        "request_id": event.request_id,
-        "actor": actor,
-        "action": event.action,
-        "resource": event.resource,
-        "tenant": event.tenant,
-        "outcome": {"code": event.code, "reason": event.reason},
-        "latency_ms": round(event.latency_seconds * 1000, 3),
-        "peer": event.peer,
-        "trace_id": event.trace_id,
-    }
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    actor = "null" if event.principal is None else _actor_json(event.principal)
+    latency_ms = round(event.latency_seconds * 1000, 3)
+    line = (
+        f'{{"ts":"{_utc_second(millis // 1000)}.{millis % 1000:03d}Z","ts_unix_ms":{millis}'
+        f',"request_id":{_string(event.request_id)},"actor":{actor}'
+        f',"action":{_string(event.action)},"resource":{_string(event.resource)}'
+        f',"tenant":{_string(event.tenant)},"outcome":{{"code":{_string(event.code)}'
+        f',"reason":{_string(event.reason)}}},"latency_ms":{json.dumps(latency_ms)}'
+        f',"peer":{_string(event.peer)},"trace_id":{_string(event.trace_id)}}}\n'
+    )
+    return line.encode()
+
+
+# How json.dumps (ensure_ascii) writes a string.
+_string = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+@functools.lru_cache(maxsize=256)
+def _actor_json(principal: Principal) -> str:
+    scope = principal.scope
+    scope_json: dict[str, Any] = {"kind": scope.kind}
+    if scope.tenants is not None:
+        scope_json["tenants"] = sorted(scope.tenants)
+    actor = {"kind": principal.kind, "token_id": principal.token_id, "scope": scope_json}
+    return json.dumps(actor, separators=(",", ":"))
 
 
 class AuditLog:

@@ -205,7 +205,11 @@ class Guard:
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Runs the Guard around every guarded method; wrapped handlers are cached per method."""
+    """Runs the Guard around every guarded method; wrapped handlers are cached per method.
+
+    Also a `HandlerLayer`: the gateway folds it into its one interceptor (`create_host`'s
+    `layers`), where `wrap_handler` is called once per method.
+    """
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
@@ -217,22 +221,27 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
         method: str = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
-            return handler
         wrapped = self._wrapped.get(method, handler)
         if wrapped is None:
-            policy = self._guard.policies.of(method)
-            wrapped = self._wrapped.put(
-                method,
-                handler,
-                rewrap(
-                    handler,
-                    lambda behavior: self._unary(behavior, policy),
-                    lambda behavior: self._stream(behavior, policy),
-                ),
-            )
+            wrapped = self._wrapped.put(method, handler, self.wrap_handler(method, handler))
         return wrapped
+
+    def wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
+        """`handler` guarded by the method's policy; open probes (health, reflection) as
+        they are."""
+        if method.startswith(OPEN_PREFIXES):
+            return handler
+        policy = self._guard.policies.of(method)
+        return rewrap(
+            handler,
+            lambda behavior: self._unary(behavior, policy),
+            lambda behavior: self._stream(behavior, policy),
+        )
 
     def _unary(self, behavior: Behavior, policy: MethodPolicy) -> Behavior:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

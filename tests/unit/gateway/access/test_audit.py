@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,50 @@ def test_render_has_every_field() -> None:
         "peer": "127.0.0.1:5000",
         "trace_id": "ab" * 16,
     }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"principal": None, "code": "UNAUTHENTICATED", "reason": "TOKEN_INVALID"},
+        {"principal": Principal("dev", Scope(admin=True), kind="dev")},
+        {"principal": Principal("t", Scope())},
+        {"resource": 'functions/"quoted"\\back\nline \u00e9\u4e2d\U0001f600'},
+        {"peer": "[::1]:80", "trace_id": "", "latency_seconds": 12.3456789},
+        {"latency_seconds": 0.0},
+        {"latency_seconds": 1e-9},
+        {"latency_seconds": 123456.0},
+    ],
+)
+def test_render_writes_what_json_dumps_writes(overrides: dict[str, object]) -> None:
+    """The line is built from parts: byte for byte the record through json.dumps."""
+    event = _event(**overrides)
+    for now_ns in (0, 1_700_000_000_123_000_000, 1_700_000_000_999_999_999):
+        millis = now_ns // 1_000_000
+        principal = event.principal
+        actor = None
+        if principal is not None:
+            scope: dict[str, object] = {"kind": principal.scope.kind}
+            if principal.scope.tenants is not None:
+                scope["tenants"] = sorted(principal.scope.tenants)
+            actor = {"kind": principal.kind, "token_id": principal.token_id, "scope": scope}
+        record = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
+            + f".{millis % 1000:03d}Z",
+            "ts_unix_ms": millis,
+            "request_id": event.request_id,
+            "actor": actor,
+            "action": event.action,
+            "resource": event.resource,
+            "tenant": event.tenant,
+            "outcome": {"code": event.code, "reason": event.reason},
+            "latency_ms": round(event.latency_seconds * 1000, 3),
+            "peer": event.peer,
+            "trace_id": event.trace_id,
+        }
+        expected = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        assert render(event, now_ns) == expected
 
 
 def test_denied_without_actor() -> None:
