@@ -15,6 +15,7 @@ from tensorwasm_common.errors import (
     Reason,
     ResourceExhaustedError,
     ServiceError,
+    UnavailableError,
 )
 
 
@@ -124,3 +125,8 @@ class ConcurrencyExhaustedError(ResourceExhaustedError):
     """Every slot of the call's class is taken."""
 
     reason = Reason.CONCURRENCY_EXHAUSTED
+
+
+class HolderUnreachableError(UnavailableError):
+    """The executor holding an instance could not be connected: the call never left the
+    gateway (the replica is down, or left the configuration); metadata: executor."""

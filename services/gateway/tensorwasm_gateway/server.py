@@ -34,7 +34,7 @@ from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http import ConnectionLimits, start_http_face
 from tensorwasm_gateway.http.app import FaceOptions
 from tensorwasm_gateway.http.openai import token_tenant
-from tensorwasm_gateway.instances import InstanceService
+from tensorwasm_gateway.instances import InstanceService, InstanceSnapshotService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.metrics import tenant_label
@@ -165,7 +165,18 @@ async def serve(settings: GatewaySettings) -> None:
         reloader.start(settings.tokens_reload_seconds)
     host = create_host("gateway", settings, [SERVICE_NAME], interceptors=[GuardInterceptor(guard)])
     pb_grpc.add_GatewayServiceServicer_to_server(
-        GatewayServicer(functions, invocations, InstanceService(functions, registry, executors)),
+        GatewayServicer(
+            functions,
+            invocations,
+            InstanceService(
+                functions,
+                registry,
+                executors,
+                InstanceSnapshotService(
+                    functions, registry, executors, SnapshotClient(store_channel)
+                ),
+            ),
+        ),
         host.server,
     )
 

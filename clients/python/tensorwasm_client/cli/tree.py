@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from tensorwasm_client.cli import functions, instances, invocations, local_stack, run, snapshots
+from tensorwasm_client.cli import (
+    functions,
+    instance_snapshots,
+    instances,
+    invocations,
+    local_stack,
+    run,
+    snapshots,
+)
 from tensorwasm_client.cli.common import GlobalOptions, exit_code
 from tensorwasm_client.cli.profiles import OutputOption, ProfileOption, with_profile
 from tensorwasm_client.client import DEFAULT_GATEWAY, TlsOptions
@@ -152,6 +160,8 @@ _bind(_snapshot, "ls", snapshots.ls)
 _bind(_snapshot, "get", snapshots.get)
 _bind(_snapshot, "rm", snapshots.rm)
 _bind(_snapshot, "verify", snapshots.verify)
+_bind(_snapshot, "save", instance_snapshots.save)
+_bind(_snapshot, "restore", instance_snapshots.restore)
 app.add_typer(_snapshot, name="snapshot")
 
 

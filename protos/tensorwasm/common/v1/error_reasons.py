@@ -98,6 +98,11 @@ class Reason(enum.StrEnum):
     UPLOAD_MALFORMED = "UPLOAD_MALFORMED"
     UPLOAD_INCOMPLETE = "UPLOAD_INCOMPLETE"
     UPLOAD_DIGEST_MISMATCH = "UPLOAD_DIGEST_MISMATCH"
+    SNAPSHOT_FUNCTION_MISMATCH = "SNAPSHOT_FUNCTION_MISMATCH"
+    SNAPSHOT_TRUNCATED = "SNAPSHOT_TRUNCATED"
+    SNAPSHOT_TOO_LARGE = "SNAPSHOT_TOO_LARGE"
+    SNAPSHOT_KIND_MISMATCH = "SNAPSHOT_KIND_MISMATCH"
+    INSTANCE_STATE_UNSUPPORTED = "INSTANCE_STATE_UNSUPPORTED"
 
 
 OWNED_DOMAINS: dict[Reason, str] = {
@@ -162,4 +167,8 @@ OWNED_DOMAINS: dict[Reason, str] = {
     Reason.UPLOAD_MALFORMED: "gateway.tensorwasm.dev",
     Reason.UPLOAD_INCOMPLETE: "gateway.tensorwasm.dev",
     Reason.UPLOAD_DIGEST_MISMATCH: "gateway.tensorwasm.dev",
+    Reason.SNAPSHOT_TRUNCATED: "snapshot.tensorwasm.dev",
+    Reason.SNAPSHOT_TOO_LARGE: "snapshot.tensorwasm.dev",
+    Reason.SNAPSHOT_KIND_MISMATCH: "snapshot.tensorwasm.dev",
+    Reason.INSTANCE_STATE_UNSUPPORTED: "executor.tensorwasm.dev",
 }

@@ -97,6 +97,12 @@ class CudaSession:
         self.tenant_kernel_seconds = 0.0
 
     @property
+    def holds_device_state(self) -> bool:
+        """Whether the session has kernels loaded or device buffers allocated (state that
+        lives on the dispatcher, outside the instance)."""
+        return bool(self._kernels or self.device_buffers)
+
+    @property
     def requests_sent(self) -> int:
         """Requests sent to the dispatcher so far (retries and the session's end included)."""
         return self._sender.requests_sent
