@@ -96,6 +96,7 @@ def _served(service: ServiceProcess, method: str) -> float:
 
 
 def _start_fleet(data_dir: Path) -> Fleet:
+    data_dir.mkdir(parents=True, exist_ok=True)
     key_file = data_dir / "signing.key"
     key_file.write_bytes(KEY)
     launcher = LocalStack(

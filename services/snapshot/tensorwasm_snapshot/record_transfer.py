@@ -126,17 +126,20 @@ class RecordImport:
             raise SnapshotTruncatedError.of(self._declared, self._received)
         self._spool.seek(0)
         raw = self._spool.read()
-        declared = record_format.declared_size(raw)
-        if declared is not None and declared > len(raw):
-            raise SnapshotTruncatedError.of(declared, len(raw))
         key = self._records.signing_key
         if self._require_signature and key is None:
             raise SnapshotSignatureError(
                 "a signature is required, and this store holds no key to verify one"
             )
-        parsed = record_format.parse(
-            raw, signing_key=key, max_payload_bytes=self._records.store.blobs.max_blob_bytes
-        )
+        try:  # the signature first; only a file it does not verify may be called truncated
+            parsed = record_format.parse(
+                raw, signing_key=key, max_payload_bytes=self._records.store.blobs.max_blob_bytes
+            )
+        except (SnapshotCorruptError, SnapshotSignatureError):
+            declared = record_format.declared_size(raw)
+            if declared is not None and declared > len(raw):
+                raise SnapshotTruncatedError.of(declared, len(raw)) from None
+            raise
         meta = parsed.meta
         if self._require_signature and not parsed.signed:
             raise SnapshotSignatureError("the snapshot is unsigned; a signature is required")

@@ -17,9 +17,10 @@ from tensorwasm.snapshot.v1 import snapshot_service_pb2 as store_pb
 from tensorwasm_common.call_limits import UNSET
 from tensorwasm_common.errors import (
     InstanceNotFoundError,
+    Reason,
+    ServiceError,
     SnapshotFunctionMismatchError,
     SnapshotKindMismatchError,
-    SnapshotNotFoundError,
 )
 from tensorwasm_common.snapshot_client import INSTANCE_STATE, SnapshotClient
 
@@ -159,7 +160,9 @@ class InstanceSnapshotService:
             launched = await self._executors.restore_instance(
                 launch, restore, avoid=instance.executor
             )
-        except SnapshotNotFoundError:
+        except ServiceError as exc:  # the executor's refusal, relayed with its reason
+            if exc.reason is not Reason.SNAPSHOT_NOT_FOUND:
+                raise
             await asyncio.to_thread(
                 self._registry.delete_instance, instance.tenant, instance.instance_id
             )
