@@ -74,7 +74,7 @@ class Fleet:
         with channel:
             reply = stub.ListSnapshots(
                 store_pb.ListSnapshotsRequest(kind=store_pb.SNAPSHOT_KIND_INSTANCE_STATE),
-                metadata=metadata,
+                metadata=tuple(metadata),
             )
         return list(reply.snapshots)
 
@@ -307,7 +307,7 @@ def test_engine_mismatch_and_kind_mismatch(fleet: Fleet) -> None:
                     store_pb.CreateSnapshotRequest(chunk=b"abcd"),
                 ]
             ),
-            metadata=metadata,
+            metadata=tuple(metadata),
         ).snapshot
     with fleet.client(tenant) as client:
         assert _reason(lambda: client.restore_instance(made.id)) == "ENGINE_FINGERPRINT_MISMATCH"

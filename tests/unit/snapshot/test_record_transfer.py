@@ -20,6 +20,7 @@ from tensorwasm_common.errors import (
 from tensorwasm_snapshot import record_format
 from tensorwasm_snapshot.object_store import SnapshotStore
 from tensorwasm_snapshot.record_format import RecordMeta
+from tensorwasm_snapshot.record_index import SnapshotRow
 from tensorwasm_snapshot.record_transfer import INSTANCE_STATE, RecordTransfer
 from tensorwasm_snapshot.records import SnapshotRecords
 
@@ -56,11 +57,22 @@ def original(records: SnapshotRecords) -> tuple[str, bytes]:
     return row.id, raw
 
 
-def import_file(records: SnapshotRecords, raw: bytes, tenant: str = "acme", **guards: object):  # type: ignore[no-untyped-def]
+def import_file(
+    records: SnapshotRecords,
+    raw: bytes,
+    tenant: str = "acme",
+    *,
+    size_bytes: int | None = None,
+    max_restore_bytes: int = 0,
+    require_signature: bool = False,
+) -> SnapshotRow:
     importer = RecordTransfer(records).importer(
-        tenant, size_bytes=guards.pop("size_bytes", len(raw)), expected_kind=INSTANCE_STATE,
-        **guards,  # type: ignore[arg-type]
-    )  # fmt: skip
+        tenant,
+        size_bytes=len(raw) if size_bytes is None else size_bytes,
+        expected_kind=INSTANCE_STATE,
+        max_restore_bytes=max_restore_bytes,
+        require_signature=require_signature,
+    )
     try:
         importer.write(raw)
         return importer.commit()

@@ -469,8 +469,12 @@ class ExecutorPool:
                 )
         except grpc.aio.AioRpcError as exc:
             error = downstream_error(exc, f"executor {address}")
-            if not_started(exc):
-                raise HolderUnreachableError(error.message, metadata={"executor": address}) from exc
+            if not_started(exc):  # the call never left: the instance may be recovered
+                raise HolderUnreachableError(
+                    error.message,
+                    metadata={**error.metadata, "executor": address},
+                    retry_after_seconds=error.retry_after_seconds,
+                ) from exc
             raise error from exc
 
     async def close(self) -> None:

@@ -70,7 +70,7 @@ def spawn(sandbox: Sandbox, module: CompiledModule, image: object = None) -> Res
 def result(resident: Resident, export: str) -> int:
     outcome = resident.call(export, [])
     assert outcome.results is not None, outcome.failure
-    return int(outcome.results[0].payload)  # type: ignore[arg-type]
+    return int(outcome.results[0].payload)
 
 
 def capture(sandbox: Sandbox, resident: Resident, exposure: object) -> bytes:
