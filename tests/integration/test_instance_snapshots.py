@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 import wasmtime
+from tensorwasm.common.v1 import values_pb2
 from tensorwasm.common.v1.service_token import SERVICE_TOKEN_METADATA_KEY
 from tensorwasm.gateway.v1 import gateway_service_pb2 as gw
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as store_pb
@@ -38,6 +39,35 @@ HIDDEN_COUNTER = """
     (i32.store (i32.const 16) (i32.add (i32.load (i32.const 16)) (i32.const 10)))
     (global.get $count))
   (func (export "stored") (result i32) (i32.load (i32.const 16))))
+"""
+# A device buffer (tensorwasm:gpu) holds state only the device has: `put` writes 16 bytes
+# into a new buffer and then wipes its source in linear memory; `get` reads byte 15 back.
+GPU_BUFFER = """
+(module
+  (import "tensorwasm:gpu/host@0.1.0" "tw_gpu_buffer_alloc" (func $alloc (param i64) (result i32)))
+  (import "tensorwasm:gpu/host@0.1.0" "tw_gpu_buffer_write"
+    (func $write (param i32 i64 i32 i32) (result i32)))
+  (import "tensorwasm:gpu/host@0.1.0" "tw_gpu_buffer_read"
+    (func $read (param i32 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $handle (mut i32) (i32.const 0))
+  (func (export "put") (param $n i32) (result i32)
+    (local $i i32)
+    (global.set $handle (call $alloc (i64.const 16)))
+    (loop $l
+      (i32.store8 (i32.add (i32.const 64) (local.get $i)) (i32.add (local.get $n) (local.get $i)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 16))))
+    (drop (call $write (global.get $handle) (i64.const 0) (i32.const 64) (i32.const 16)))
+    (i64.store (i32.const 64) (i64.const 0))
+    (i64.store (i32.const 72) (i64.const 0))
+    (global.get $handle))
+  (func (export "get") (result i32)
+    (local $code i32)
+    (local.set $code (call $read (global.get $handle) (i64.const 0) (i32.const 128) (i32.const 16)))
+    (if (result i32) (i32.ne (local.get $code) (i32.const 0))
+      (then (local.get $code))
+      (else (i32.load8_u (i32.const 143))))))
 """
 OTHER_MODULE = '(module (func (export "inc") (result i32) i32.const 7))'
 
@@ -183,6 +213,22 @@ def test_snapshot_restores_memory_and_hidden_globals_through_grpc(fleet: Fleet) 
             == "SNAPSHOT_FUNCTION_MISMATCH"
         )
         assert len(client.list_instances()) == before
+
+
+def test_device_buffers_are_copied_back_and_restored(fleet: Fleet) -> None:
+    with fleet.client("snap-gpu") as client:
+        client.create_function("buffers", _wasm(GPU_BUFFER))
+        instance = client.create_instance("buffers").instance.name
+        put = client.call_instance(instance, "put", [values_pb2.Value(i32=100)])
+        assert put.outcome.success.results[0].i32 == 1  # handle 1
+        assert _inc(client, instance, "get") == 115
+        snapshot = client.snapshot_instance(instance)
+        client.delete_instance(instance)  # its device buffer is freed with it
+        restored = client.restore_instance(snapshot.name).instance.name
+        assert _inc(client, restored, "get") == 115  # the bytes came back to a new buffer
+        put = client.call_instance(restored, "put", [values_pb2.Value(i32=7)])
+        assert put.outcome.success.results[0].i32 == 2  # handles go on, none reused
+        assert _inc(client, restored, "get") == 22
 
 
 def test_cli_save_to_a_file_and_restore_on_the_other_replica(

@@ -21,10 +21,15 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 from tensorwasm_common.offload_section import Declaration
 
 from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.gpu.device_state import DeviceState
 from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
-from tensorwasm_executor.instances.snapshots import InstanceSnapshots, SavedState
+from tensorwasm_executor.instances.snapshots import (
+    InstanceSnapshots,
+    SavedState,
+    restore_device_state,
+)
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
@@ -200,11 +205,16 @@ class GuestCalls:
         return future
 
     async def create_instance(
-        self, spec: InstanceSpec, *, state: InstanceImage | None = None, instance_id: str = ""
+        self,
+        spec: InstanceSpec,
+        *,
+        state: InstanceImage | None = None,
+        device: DeviceState | None = None,
+        instance_id: str = "",
     ) -> tuple[str, Outcome, float]:
         """Instantiates on a worker: (instance id, or "" when start failed; outcome; TTL).
         With `state` (a restore), the instance starts from it instead of the function's
-        image, under `instance_id` when given.
+        image, and from `device` on the GPU, under `instance_id` when given.
 
         The instance is registered on the worker, so one whose client went away
         mid-creation is still owned by the table (and expires).
@@ -235,11 +245,14 @@ class GuestCalls:
                 reservation.release()
                 return "", outcome
             try:
+                if device is not None:
+                    restore_device_state(host_state, device)
                 live = reservation.commit(
                     resident, module.digest, ttl, instance_id=instance_id,
                     function_id=spec.function_id, checkpoint_seconds=spec.checkpoint_seconds,
                 )  # fmt: skip
             except BaseException:
+                reservation.release()  # a no-op once committed
                 resident.terminate()
                 raise
             return live.id, outcome
@@ -301,14 +314,14 @@ class GuestCalls:
     ) -> tuple[str, Outcome, float, str]:
         """Brings a snapshot back as a live instance of `spec` (its module must be the
         snapshot's); -> (instance id or "", the start function's outcome, TTL, record id)."""
-        snapshot_id, state = await self._snapshot_service().load(
+        snapshot_id, state, device = await self._snapshot_service().load(
             spec.tenant, snapshot_id=restore.snapshot_id, function_id=spec.function_id,
             instance_id=restore.instance_id, module_digest=spec.module_digest,
             max_restore_bytes=restore.max_restore_bytes,
             require_signature=restore.require_signature,
         )  # fmt: skip
         instance_id, outcome, ttl = await self.create_instance(
-            spec, state=state, instance_id=restore.instance_id
+            spec, state=state, device=device, instance_id=restore.instance_id
         )
         return instance_id, outcome, ttl, snapshot_id
 

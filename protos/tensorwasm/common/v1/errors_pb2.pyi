@@ -277,9 +277,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     given where an instance state is expected (metadata: expected, actual).
     """
     ERROR_REASON_INSTANCE_STATE_UNSUPPORTED: _ErrorReason.ValueType  # 184
-    """The live instance holds state a snapshot cannot carry: a memory or mutable global
-    the module does not export, a mutable reference global, or device buffers and
-    loaded kernels (metadata: kind, index). Nothing was stored.
+    """The live instance holds state a snapshot cannot carry (a mutable reference global),
+    its device state could not be copied back or restored (e.g. the tenant's GPU memory
+    quota), or the restored instance did not start (metadata: kind, index). Nothing was
+    stored or restored.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -542,9 +543,10 @@ ERROR_REASON_SNAPSHOT_KIND_MISMATCH: ErrorReason.ValueType  # 183
 given where an instance state is expected (metadata: expected, actual).
 """
 ERROR_REASON_INSTANCE_STATE_UNSUPPORTED: ErrorReason.ValueType  # 184
-"""The live instance holds state a snapshot cannot carry: a memory or mutable global
-the module does not export, a mutable reference global, or device buffers and
-loaded kernels (metadata: kind, index). Nothing was stored.
+"""The live instance holds state a snapshot cannot carry (a mutable reference global),
+its device state could not be copied back or restored (e.g. the tenant's GPU memory
+quota), or the restored instance did not start (metadata: kind, index). Nothing was
+stored or restored.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

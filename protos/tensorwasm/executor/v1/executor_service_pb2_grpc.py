@@ -133,8 +133,9 @@ class ExecutorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SnapshotInstance(self, request, context):
-        """Captures a live instance's state (exported memories and mutable globals) between
-        calls into an INSTANCE_STATE record of the tenant in the snapshot store.
+        """Captures a live instance's state (memories, mutable globals, its GPU session's
+        kernels and device buffers) between calls into an INSTANCE_STATE record of the
+        tenant in the snapshot store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

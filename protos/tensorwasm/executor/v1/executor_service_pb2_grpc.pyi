@@ -59,8 +59,9 @@ class ExecutorServiceStub:
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]
     """Terminates an instance; a call running on it stops within about one epoch tick."""
     SnapshotInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.SnapshotInstanceRequest, _executor_service_pb2.SnapshotInstanceResponse]
-    """Captures a live instance's state (exported memories and mutable globals) between
-    calls into an INSTANCE_STATE record of the tenant in the snapshot store.
+    """Captures a live instance's state (memories, mutable globals, its GPU session's
+    kernels and device buffers) between calls into an INSTANCE_STATE record of the
+    tenant in the snapshot store.
     """
     RestoreInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.RestoreInstanceRequest, _executor_service_pb2.RestoreInstanceResponse]
     """Brings an INSTANCE_STATE record back as a new live instance of its module on this
@@ -98,8 +99,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
     """Terminates an instance; a call running on it stops within about one epoch tick."""
     SnapshotInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.SnapshotInstanceRequest, _executor_service_pb2.SnapshotInstanceResponse]  # type: ignore[assignment]
-    """Captures a live instance's state (exported memories and mutable globals) between
-    calls into an INSTANCE_STATE record of the tenant in the snapshot store.
+    """Captures a live instance's state (memories, mutable globals, its GPU session's
+    kernels and device buffers) between calls into an INSTANCE_STATE record of the
+    tenant in the snapshot store.
     """
     RestoreInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.RestoreInstanceRequest, _executor_service_pb2.RestoreInstanceResponse]  # type: ignore[assignment]
     """Brings an INSTANCE_STATE record back as a new live instance of its module on this
@@ -176,8 +178,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_service_pb2.SnapshotInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executor_service_pb2.SnapshotInstanceResponse, _abc.Awaitable[_executor_service_pb2.SnapshotInstanceResponse]]:
-        """Captures a live instance's state (exported memories and mutable globals) between
-        calls into an INSTANCE_STATE record of the tenant in the snapshot store.
+        """Captures a live instance's state (memories, mutable globals, its GPU session's
+        kernels and device buffers) between calls into an INSTANCE_STATE record of the
+        tenant in the snapshot store.
         """
 
     @_abc_1.abstractmethod

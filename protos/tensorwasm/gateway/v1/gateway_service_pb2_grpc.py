@@ -325,8 +325,9 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SnapshotInstance(self, request, context):
-        """Captures a live instance between calls (its exported memories and mutable
-        globals) as a signed INSTANCE_STATE record of the tenant in the snapshot store.
+        """Captures a live instance between calls (its memories, mutable globals, and the
+        kernels and device buffers of its GPU session, copied back) as a signed
+        INSTANCE_STATE record of the tenant in the snapshot store.
         Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
         cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
         """

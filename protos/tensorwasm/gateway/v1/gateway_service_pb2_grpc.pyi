@@ -120,8 +120,9 @@ class GatewayServiceStub:
     (a declared size over the cap, or more bytes than declared).
     """
     SnapshotInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.SnapshotInstanceRequest, _gateway_service_pb2.SnapshotInstanceResponse]
-    """Captures a live instance between calls (its exported memories and mutable
-    globals) as a signed INSTANCE_STATE record of the tenant in the snapshot store.
+    """Captures a live instance between calls (its memories, mutable globals, and the
+    kernels and device buffers of its GPU session, copied back) as a signed
+    INSTANCE_STATE record of the tenant in the snapshot store.
     Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
     cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
     """
@@ -232,8 +233,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     (a declared size over the cap, or more bytes than declared).
     """
     SnapshotInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.SnapshotInstanceRequest, _gateway_service_pb2.SnapshotInstanceResponse]  # type: ignore[assignment]
-    """Captures a live instance between calls (its exported memories and mutable
-    globals) as a signed INSTANCE_STATE record of the tenant in the snapshot store.
+    """Captures a live instance between calls (its memories, mutable globals, and the
+    kernels and device buffers of its GPU session, copied back) as a signed
+    INSTANCE_STATE record of the tenant in the snapshot store.
     Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
     cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
     """
@@ -437,8 +439,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.SnapshotInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.SnapshotInstanceResponse, _abc.Awaitable[_gateway_service_pb2.SnapshotInstanceResponse]]:
-        """Captures a live instance between calls (its exported memories and mutable
-        globals) as a signed INSTANCE_STATE record of the tenant in the snapshot store.
+        """Captures a live instance between calls (its memories, mutable globals, and the
+        kernels and device buffers of its GPU session, copied back) as a signed
+        INSTANCE_STATE record of the tenant in the snapshot store.
         Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
         cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
         """

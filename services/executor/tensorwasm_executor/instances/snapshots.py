@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,22 +28,32 @@ from tensorwasm_common.errors import (
     SnapshotSignatureError,
     SnapshotTooLargeError,
 )
+from tensorwasm_common.gpu_abi import AbiFailure
 from tensorwasm_common.snapshot_client import SnapshotClient
 
 from tensorwasm_executor.errors import ImageFormatError, InstanceStateUnsupportedError
+from tensorwasm_executor.gpu.device_state import DeviceState
 from tensorwasm_executor.instances.state import (
     Exposure,
     capture_state,
+    decode_state,
+    encode_state,
     exposure_of,
     state_layout,
 )
 from tensorwasm_executor.instances.table import InstanceTable, LiveInstance
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.wasm.engine import CompiledModule
-from tensorwasm_executor.wasm.instance_image import InstanceImage, decode_image, encode_image
+from tensorwasm_executor.wasm.instance_image import InstanceImage
 from tensorwasm_executor.wasm.sandbox import Sandbox
 
-__all__ = ["CHECKPOINT_LABEL", "InstanceSnapshots", "SavedState", "variant_of"]
+__all__ = [
+    "CHECKPOINT_LABEL",
+    "InstanceSnapshots",
+    "SavedState",
+    "restore_device_state",
+    "variant_of",
+]
 
 INSTANCE_STATE = snapshot_pb.SNAPSHOT_KIND_INSTANCE_STATE
 CHECKPOINT_LABEL = "checkpoint"
@@ -50,6 +61,8 @@ EXPOSED_SUFFIX = "#exposed"  # the sandbox's cache key of a module's exposed cop
 DEFAULT_MAX_STATE_BYTES = 256 << 20
 # A capture waits this long for a running call to end before it gives up (INSTANCE_BUSY).
 CAPTURE_WAIT_SECONDS = 30.0
+# The deadline of copying device state back from (or to) the dispatcher.
+DEVICE_SECONDS = 60.0
 FetchBlob = Callable[[str], Awaitable[bytes]]
 _log = logging.getLogger(__name__)
 
@@ -159,12 +172,6 @@ class InstanceSnapshots:
     async def _capture(self, live: LiveInstance, label: str, max_state_bytes: int) -> SavedState:
         host_state: Any = live.resident.host_state
         session = getattr(host_state, "session", None)
-        if session is not None and session.holds_device_state:
-            raise InstanceStateUnsupportedError(
-                "the instance holds loaded kernels or device buffers, which a snapshot "
-                "cannot carry yet",
-                metadata={"kind": "device", "index": "-1"},
-            )
         module = live.resident.module
         skip = [name for name in module.cap_counters if name is not None]
         layout = state_layout(module, await self._exposure(module.digest, live.tenant), skip)
@@ -175,7 +182,16 @@ class InstanceSnapshots:
                 store, instance, layout, source_digest=module.digest,
                 engine_fingerprint=fingerprint,
             )  # fmt: skip
-            return encode_image(image)
+            device = None
+            if session is not None and session.holds_device_state:
+                try:
+                    device = session.export_device_state(time.monotonic() + DEVICE_SECONDS)
+                except AbiFailure as failure:
+                    raise InstanceStateUnsupportedError(
+                        f"the instance's device buffers could not be read back: {failure.message}",
+                        metadata={"kind": "device", "index": "-1"},
+                    ) from None
+            return encode_state(image, device)
 
         def between_calls() -> bytes:
             return live.resident.between_calls(capture, CAPTURE_WAIT_SECONDS)
@@ -200,9 +216,10 @@ class InstanceSnapshots:
         module_digest: str,
         max_restore_bytes: int = 0,
         require_signature: bool = False,
-    ) -> tuple[str, InstanceImage]:
+    ) -> tuple[str, InstanceImage, DeviceState | None]:
         """The state a restored instance starts from: the record `snapshot_id`, or (empty)
-        the checkpoint of `function_id`/`instance_id`; -> (record id, its image).
+        the checkpoint of `function_id`/`instance_id`; -> (record id, its image, its device
+        state or None).
 
         Raises:
             SnapshotNotFoundError: no such record (or no checkpoint).
@@ -236,13 +253,36 @@ class InstanceSnapshots:
             )
         payload = await self._records.read_snapshot(record.id, fingerprint, tenant=tenant)
         try:
-            image = decode_image(payload)
+            image, device = decode_state(payload)
         except ImageFormatError as exc:
             raise SnapshotKindMismatchError(
                 f"the snapshot's payload is not an instance state: {exc.message}",
                 metadata={"expected": "instance_state", "actual": "unreadable"},
             ) from None
-        return record.id, image
+        return record.id, image, device
+
+
+def restore_device_state(host_state: Any, device: DeviceState) -> None:
+    """Loads a snapshot's kernels and buffers into a restored instance's `wasi:cuda`
+    session (on its worker, before anyone can call it).
+
+    Raises:
+        InstanceStateUnsupportedError: the instance has no GPU session here, or the
+            dispatcher refused a kernel or buffer (e.g. the tenant's GPU memory quota).
+    """
+    session = getattr(host_state, "session", None)
+    if session is None:
+        raise InstanceStateUnsupportedError(
+            "the snapshot holds device state, and the instance has no GPU session here",
+            metadata={"kind": "device", "index": "-1"},
+        )
+    try:
+        session.import_device_state(device, time.monotonic() + DEVICE_SECONDS)
+    except AbiFailure as failure:
+        raise InstanceStateUnsupportedError(
+            f"the snapshot's device state could not be restored: {failure.message}",
+            metadata={"kind": "device", "index": "-1"},
+        ) from None
 
 
 def _check_record(record: snapshot_pb.Snapshot, function_id: str, module_digest: str) -> None:

@@ -10,10 +10,16 @@ bytes) and every mutable numeric global, in the pre-initialised image format
 copy with the image written over it. Tables are not captured: a restored instance has the
 tables instantiation gives it. A mutable reference global cannot be captured
 (INSTANCE_STATE_UNSUPPORTED).
+
+An instance whose `wasi:cuda` session holds kernels or device buffers adds its device state
+(`gpu/device_state.py`, the buffers' bytes copied back from the device); the payload is
+then `b"TWSTATE\0"`, the image's length (u64 LE), the image, the device state. Without
+device state it is the image alone.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +27,12 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from tensorwasm_executor.errors import InstanceStateUnsupportedError
+from tensorwasm_executor.errors import ImageFormatError, InstanceStateUnsupportedError
+from tensorwasm_executor.gpu.device_state import (
+    DeviceState,
+    decode_device_state,
+    encode_device_state,
+)
 from tensorwasm_executor.images.probes import export_everything
 from tensorwasm_executor.wasm.engine import CompiledModule
 from tensorwasm_executor.wasm.instance_image import (
@@ -29,13 +40,21 @@ from tensorwasm_executor.wasm.instance_image import (
     GlobalImage,
     InstanceImage,
     MemoryImage,
+    decode_image,
+    encode_image,
     export_of,
     global_is_mutable,
     read_global,
     read_memory,
 )
 
-__all__ = ["Exposure", "StateLayout", "capture_state", "exposure_of", "state_layout"]
+__all__ = [
+    "Exposure", "StateLayout", "capture_state", "decode_state", "encode_state", "exposure_of",
+    "state_layout",
+]  # fmt: skip
+
+STATE_MAGIC = b"TWSTATE\x00"
+_LENGTH = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -116,3 +135,29 @@ def capture_state(
     return InstanceImage(
         source_digest, engine_fingerprint, "", 0.0, tuple(memories), tuple(globals_)
     )
+
+
+def encode_state(image: InstanceImage, device: DeviceState | None) -> bytes:
+    """A snapshot's payload: the image, with the device state when there is one."""
+    encoded = encode_image(image)
+    if device is None:
+        return encoded
+    return STATE_MAGIC + _LENGTH.pack(len(encoded)) + encoded + encode_device_state(device)
+
+
+def decode_state(payload: bytes) -> tuple[InstanceImage, DeviceState | None]:
+    """The image and the device state (None: none) of a snapshot's payload.
+
+    Raises:
+        ImageFormatError: the payload is malformed.
+    """
+    if not payload.startswith(STATE_MAGIC):
+        return decode_image(payload), None
+    start = len(STATE_MAGIC) + _LENGTH.size
+    if len(payload) < start:
+        raise ImageFormatError("instance state is truncated")
+    (length,) = _LENGTH.unpack_from(payload, len(STATE_MAGIC))
+    if start + length > len(payload):
+        raise ImageFormatError("instance state is truncated")
+    image = decode_image(payload[start : start + length])
+    return image, decode_device_state(payload[start + length :])

@@ -1,6 +1,6 @@
-"""InstanceSnapshots' refusals, with an in-memory record client: device state, a record of
-another kind or function, over the size guard, unsigned when a signature is required, and
-a missing checkpoint. Nothing is read or stored for a refused record."""
+"""InstanceSnapshots' refusals, with an in-memory record client: a record of another kind or
+function, over the size guard, unsigned when a signature is required, a missing checkpoint
+(nothing is read for a refused record); device state in the payload and its restore."""
 
 from __future__ import annotations
 
@@ -19,10 +19,18 @@ from tensorwasm_common.errors import (
     SnapshotSignatureError,
     SnapshotTooLargeError,
 )
-from tensorwasm_executor.errors import InstanceStateUnsupportedError
-from tensorwasm_executor.instances.snapshots import InstanceSnapshots, variant_of
+from tensorwasm_common.gpu_abi import AbiError, AbiFailure
+from tensorwasm_executor.errors import ImageFormatError, InstanceStateUnsupportedError
+from tensorwasm_executor.gpu.device_state import DeviceState
+from tensorwasm_executor.instances.snapshots import (
+    InstanceSnapshots,
+    restore_device_state,
+    variant_of,
+)
+from tensorwasm_executor.instances.state import decode_state, encode_state
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.scheduling import FairPool
+from tensorwasm_executor.wasm.instance_image import InstanceImage, MemoryImage
 from tensorwasm_executor.wasm.sandbox import Sandbox
 
 DIGEST = "ab" * 32
@@ -117,15 +125,32 @@ def test_a_missing_checkpoint_is_not_found(
         load(snapshots, "")
 
 
-def test_an_instance_holding_device_state_is_refused(
-    parts: tuple[InstanceSnapshots, Records, InstanceTable],
-) -> None:
-    snapshots, records, table = parts
-    session = SimpleNamespace(holds_device_state=True)
-    resident: Any = SimpleNamespace(host_state=SimpleNamespace(session=session))
-    live = table.reserve("acme").commit(resident, DIGEST, 60.0, function_id="counter")
+def test_device_state_needs_a_gpu_session_to_restore_into() -> None:
+    device = DeviceState(((0, b"ptx", "k"),), ((1, b"bytes"),), 1, 1)
     with pytest.raises(InstanceStateUnsupportedError) as caught:
-        asyncio.run(snapshots.snapshot("acme", live.id))
+        restore_device_state(None, device)
     assert caught.value.metadata["kind"] == "device"
-    assert records.records == {}  # nothing stored
-    assert table.checkout(live.id, "acme").busy == 1  # the failed snapshot checked it in
+
+
+def test_a_refused_device_restore_is_typed() -> None:
+    class Session:
+        def import_device_state(self, device: DeviceState, deadline: float) -> None:
+            raise AbiFailure(AbiError.QUOTA_EXCEEDED, "over the tenant's GPU memory quota")
+
+    device = DeviceState((), ((1, b"bytes"),), 0, 1)
+    with pytest.raises(InstanceStateUnsupportedError) as caught:
+        restore_device_state(SimpleNamespace(session=Session()), device)
+    assert "quota" in caught.value.message
+
+
+def test_the_payload_carries_device_state_beside_the_image() -> None:
+    image = InstanceImage(DIGEST, "engine", "", 0.0, (MemoryImage("memory", 1, b"m" * 65536),), ())
+    device = DeviceState(((3, b".entry k", "k"),), ((1, b"abc"), (4, b"")), 4, 4)
+    plain, with_device = encode_state(image, None), encode_state(image, device)
+    assert decode_state(plain)[1] is None
+    decoded, restored = decode_state(with_device)
+    assert restored == device
+    assert bytes(decoded.memories[0].data) == b"m" * 65536
+    for cut in (with_device[:20], with_device[: len(with_device) - 2]):
+        with pytest.raises(ImageFormatError):
+            decode_state(cut)
