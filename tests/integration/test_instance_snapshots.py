@@ -231,6 +231,22 @@ def test_device_buffers_are_copied_back_and_restored(fleet: Fleet) -> None:
         assert _inc(client, restored, "get") == 22
 
 
+def test_loaded_kernels_and_buffers_come_back_under_their_ids(
+    fleet: Fleet, cuda_guest: Callable[[str], bytes]
+) -> None:
+    with fleet.client("snap-gpu-kernel") as client:
+        client.create_function("resident", cuda_guest("gpu_resident"))
+        instance = client.create_instance("resident").instance.name
+        assert _inc(client, instance, "setup") == 0
+        assert _inc(client, instance, "run") == 19
+        snapshot = client.snapshot_instance(instance)
+        client.delete_instance(instance)
+        restored = client.restore_instance(snapshot.name).instance.name
+        # The kernel id and the handles the guest kept in its globals work again: a and b
+        # are only on the device (setup wiped them from linear memory).
+        assert _inc(client, restored, "run") == 19
+
+
 def test_cli_save_to_a_file_and_restore_on_the_other_replica(
     own_fleet: Fleet, tmp_path: Path
 ) -> None:
