@@ -40,8 +40,12 @@ __all__ = [
     "ServiceTokenInvalidError",
     "ServiceTokenRequiredError",
     "SnapshotCorruptError",
+    "SnapshotFunctionMismatchError",
+    "SnapshotKindMismatchError",
     "SnapshotNotFoundError",
     "SnapshotSignatureError",
+    "SnapshotTooLargeError",
+    "SnapshotTruncatedError",
     "TooLargeError",
     "UnavailableError",
     "UnimplementedError",
@@ -364,3 +368,48 @@ class UnsupportedSnapshotFormatError(ServiceError):
 
     code = Code.FAILED_PRECONDITION
     reason = Reason.UNSUPPORTED_SNAPSHOT_FORMAT
+
+
+class SnapshotFunctionMismatchError(ServiceError):
+    """An instance snapshot is of another function (gone, another module, another tenant's,
+    or not the one asked for); metadata: function, expected, actual."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = Reason.SNAPSHOT_FUNCTION_MISMATCH
+
+
+class SnapshotTruncatedError(InvalidArgumentError):
+    """A snapshot file ended before its declared size (metadata: declared_bytes,
+    received_bytes)."""
+
+    reason = Reason.SNAPSHOT_TRUNCATED
+
+    @classmethod
+    def of(cls, declared_bytes: int, received_bytes: int) -> SnapshotTruncatedError:
+        """The error for a file of `received_bytes` that should have had `declared_bytes`."""
+        return cls(
+            f"snapshot file is truncated: {received_bytes} of {declared_bytes} bytes",
+            metadata={"declared_bytes": str(declared_bytes), "received_bytes": str(received_bytes)},
+        )
+
+
+class SnapshotTooLargeError(InvalidArgumentError):
+    """A snapshot is larger than the request's max_restore_bytes (metadata: size_bytes,
+    limit_bytes)."""
+
+    reason = Reason.SNAPSHOT_TOO_LARGE
+
+    @classmethod
+    def of(cls, size_bytes: int, limit_bytes: int, what: str = "snapshot") -> SnapshotTooLargeError:
+        """The error for `what` of `size_bytes` over `limit_bytes`."""
+        return cls(
+            f"{what} is {size_bytes} bytes, over max_restore_bytes {limit_bytes}",
+            metadata={"size_bytes": str(size_bytes), "limit_bytes": str(limit_bytes)},
+        )
+
+
+class SnapshotKindMismatchError(ServiceError):
+    """A snapshot record is not of the kind the call needs (metadata: expected, actual)."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = Reason.SNAPSHOT_KIND_MISMATCH

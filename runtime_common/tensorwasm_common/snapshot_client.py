@@ -19,6 +19,7 @@ from tensorwasm_common.store_client_base import CHUNK_BYTES, StoreClientBase
 
 COMPILED_MODULE = pb.SNAPSHOT_KIND_COMPILED_MODULE
 INSTANCE_IMAGE = pb.SNAPSHOT_KIND_INSTANCE_IMAGE
+INSTANCE_STATE = pb.SNAPSHOT_KIND_INSTANCE_STATE
 # Compiled artifacts depend only on (wasm digest, engine fingerprint), not on who deployed
 # the module, so the fleet keeps them under one store tenant of its own.
 ARTIFACT_TENANT = "fleet-artifacts"
@@ -176,6 +177,53 @@ class SnapshotClient(StoreClientBase):
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from exc
 
+    async def export_snapshot(
+        self, snapshot_id: str, *, tenant: str | None = None
+    ) -> AsyncIterator[tuple[pb.Snapshot | None, bytes]]:
+        """Yields (record on the first message else None, chunk of its file as stored)."""
+        try:
+            async for message in self._stub.ExportSnapshot(
+                pb.ExportSnapshotRequest(id=snapshot_id),
+                timeout=self._timeout,
+                metadata=self._metadata(tenant),
+            ):
+                first = message.snapshot if message.HasField("snapshot") else None
+                yield first, message.chunk
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from exc
+
+    async def import_snapshot(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        size_bytes: int,
+        expected_kind: pb.SnapshotKind.ValueType = pb.SNAPSHOT_KIND_UNSPECIFIED,
+        max_restore_bytes: int = 0,
+        require_signature: bool = False,
+        tenant: str | None = None,
+    ) -> pb.Snapshot:
+        """Stores a record file (its `size_bytes` in `chunks`) as a new record of the
+        tenant, checked whole by the store first; -> the new record."""
+        header = pb.ImportSnapshotHeader(
+            size_bytes=size_bytes,
+            expected_kind=expected_kind,
+            max_restore_bytes=max_restore_bytes,
+            require_signature=require_signature,
+        )
+
+        async def messages() -> AsyncIterator[pb.ImportSnapshotRequest]:
+            yield pb.ImportSnapshotRequest(header=header)
+            async for chunk in chunks:
+                yield pb.ImportSnapshotRequest(chunk=chunk)
+
+        try:
+            response: pb.ImportSnapshotResponse = await self._stub.ImportSnapshot(
+                messages(), timeout=self._timeout, metadata=self._metadata(tenant)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from exc
+        return response.snapshot
+
     async def delete_compiled_artifacts(self, source_digest: str) -> int:
         """Deletes the fleet's compiled artifacts of a module (one per engine fingerprint,
         so one page holds them), releasing their blobs; -> how many. An executor that needs
@@ -200,5 +248,6 @@ __all__ = [
     "ARTIFACT_TENANT",
     "COMPILED_MODULE",
     "INSTANCE_IMAGE",
+    "INSTANCE_STATE",
     "SnapshotClient",
 ]

@@ -7,8 +7,12 @@ from tensorwasm_common.errors import (
     Reason,
     ServiceError,
     SnapshotCorruptError,
+    SnapshotFunctionMismatchError,
+    SnapshotKindMismatchError,
     SnapshotNotFoundError,
     SnapshotSignatureError,
+    SnapshotTooLargeError,
+    SnapshotTruncatedError,
     UnsupportedSnapshotFormatError,
 )
 
@@ -22,6 +26,10 @@ _BY_REASON: dict[Reason, type[ServiceError]] = {
         SnapshotCorruptError,
         SnapshotSignatureError,
         UnsupportedSnapshotFormatError,
+        SnapshotFunctionMismatchError,
+        SnapshotTruncatedError,
+        SnapshotTooLargeError,
+        SnapshotKindMismatchError,
     )
 }
 

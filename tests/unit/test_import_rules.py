@@ -128,6 +128,7 @@ EDGE: dict[str, frozenset[str]] = {
             "gpu/jit_client.py",  # the jit cache's client
             "gpu/registry_client.py",  # the snapshot store's registered kernels
             "images/image_provider.py",  # images are snapshot records of the store
+            "instances/snapshots.py",  # instance snapshots are records of the store
         }
     ),
     "gateway": frozenset(
@@ -139,6 +140,7 @@ EDGE: dict[str, frozenset[str]] = {
             "wire.py",  # wire messages <-> calls, function configs, invocation errors
             "limits.py",  # the wire's InvocationLimits <-> CallLimits
             "routing/executors.py",  # the executors' client
+            "instances/snapshots.py",  # instance snapshots are records of the store
             "access/guard.py",  # a server interceptor
             "http/",  # the HTTP face: a client of the gateway's own gRPC API, all of it edge
         }

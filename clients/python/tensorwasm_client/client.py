@@ -34,6 +34,7 @@ from tensorwasm_client.messages import (
     invocation_name,
     invoke_request,
     rpc_timeout,
+    snapshot_name,
 )
 from tensorwasm_client.retries import RetryPolicy
 from tensorwasm_client.uploads import DEFAULT_CHUNK_BYTES, Progress, upload_messages
@@ -390,6 +391,82 @@ class GatewayClient:
             token = response.next_page_token
             if not token:
                 return
+
+    def snapshot_instance(
+        self, instance: str, *, max_restore_bytes: int = 0
+    ) -> pb.InstanceSnapshot:
+        """Captures a live instance between calls into a snapshot in the store."""
+        request = pb.SnapshotInstanceRequest(
+            name=instance_name(instance), max_restore_bytes=max_restore_bytes
+        )
+        return self._call("SnapshotInstance", request, pb.SnapshotInstanceResponse).snapshot
+
+    def restore_instance(
+        self,
+        snapshot: str,
+        *,
+        function_id: str = "",
+        idle_ttl_seconds: float = 0.0,
+        max_restore_bytes: int = 0,
+        require_signature: bool = False,
+    ) -> pb.RestoreInstanceResponse:
+        """Brings a snapshot (`snapshots/{id}` or the bare id) back as a new live instance."""
+        request = pb.RestoreInstanceRequest(
+            snapshot=snapshot_name(snapshot),
+            function=function_name(function_id) if function_id else "",
+            max_restore_bytes=max_restore_bytes,
+            require_signature=require_signature,
+        )
+        if idle_ttl_seconds:
+            request.idle_ttl.FromNanoseconds(round(idle_ttl_seconds * 1e9))
+        return self._call("RestoreInstance", request, pb.RestoreInstanceResponse)
+
+    def export_snapshot(self, snapshot: str) -> tuple[pb.InstanceSnapshot, Iterator[bytes]]:
+        """A snapshot and its record file in chunks (read them before the next call)."""
+        request = pb.ExportSnapshotRequest(name=snapshot_name(snapshot))
+        try:
+            stream = self._stub.ExportSnapshot(request, metadata=self._metadata, timeout=300.0)
+            first = next(stream)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+        def chunks() -> Iterator[bytes]:
+            yield first.chunk
+            try:
+                for message in stream:
+                    yield message.chunk
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        return first.snapshot, chunks()
+
+    def import_snapshot(
+        self,
+        record: bytes,
+        *,
+        max_restore_bytes: int = 0,
+        require_signature: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> pb.InstanceSnapshot:
+        """Stores a snapshot record file (as `export_snapshot` gave it) as a new snapshot."""
+        header = pb.ImportSnapshotHeader(
+            size_bytes=len(record),
+            max_restore_bytes=max_restore_bytes,
+            require_signature=require_signature,
+        )
+
+        def messages() -> Iterator[pb.ImportSnapshotRequest]:
+            yield pb.ImportSnapshotRequest(header=header)
+            view = memoryview(record)
+            for start in range(0, len(record), chunk_bytes):
+                yield pb.ImportSnapshotRequest(chunk=bytes(view[start : start + chunk_bytes]))
+
+        try:
+            response = self._stub.ImportSnapshot(messages(), metadata=self._metadata, timeout=300.0)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        assert isinstance(response, pb.ImportSnapshotResponse)
+        return response.snapshot
 
 
 class InvocationStream:

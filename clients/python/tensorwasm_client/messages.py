@@ -159,6 +159,11 @@ def instance_name(instance: str) -> str:
     return instance if instance.startswith("instances/") else f"instances/{instance}"
 
 
+def snapshot_name(snapshot: str) -> str:
+    """`snapshots/{id}` for a bare id or a resource name."""
+    return snapshot if snapshot.startswith("snapshots/") else f"snapshots/{snapshot}"
+
+
 FINISHED_STATES = (pb.INVOCATION_STATE_SUCCEEDED, pb.INVOCATION_STATE_FAILED)
 
 # Calls that change nothing: retried after an UNAVAILABLE that carries a RetryInfo.

@@ -24,6 +24,7 @@ __all__ = [
     "InitFailedError",
     "InstanceBusyError",
     "InstanceCapacityExhaustedError",
+    "InstanceStateUnsupportedError",
     "InvalidValueError",
     "PreinitStateUnsupportedError",
     "ResidentGoneError",
@@ -71,6 +72,13 @@ class PreinitStateUnsupportedError(ServiceError):
 
     code = Code.FAILED_PRECONDITION
     reason = Reason.PREINIT_STATE_UNSUPPORTED
+
+
+class InstanceStateUnsupportedError(ServiceError):
+    """A live instance holds state a snapshot cannot carry (metadata: kind, index)."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = Reason.INSTANCE_STATE_UNSUPPORTED
 
 
 class ImageFormatError(ServiceError):

@@ -21,9 +21,15 @@ from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 from tensorwasm_common.offload_section import Declaration
 
 from tensorwasm_executor.admission import Admission
+from tensorwasm_executor.gpu.device_state import DeviceState
 from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.snapshots import (
+    InstanceSnapshots,
+    SavedState,
+    restore_device_state,
+)
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
@@ -67,6 +73,18 @@ class InstanceSpec:
     offloads: Sequence[Declaration] = ()
     idle_ttl_seconds: float | None = None
     guest_input: bytes = b""  # the instance's wasi:tensor input
+    function_id: str = ""  # named in its snapshots
+    checkpoint_seconds: int = 0  # 0: never checkpointed
+
+
+@dataclass(frozen=True)
+class RestoreSpec:
+    """Where a restored instance's state comes from, and the guards on it."""
+
+    snapshot_id: str = ""  # empty: the checkpoint of `instance_id`
+    instance_id: str = ""  # the id it takes; empty: a new one
+    max_restore_bytes: int = 0
+    require_signature: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,7 @@ class GuestCalls:
         instances: InstanceTable,
         gpu: CudaHost | None = None,
         images: ImageProvider | None = None,
+        snapshots: InstanceSnapshots | None = None,
     ) -> None:
         self._settings = settings
         self._sandbox = sandbox
@@ -114,6 +133,7 @@ class GuestCalls:
         self._instances = instances
         self._gpu = gpu
         self._images = images
+        self._snapshots = snapshots
         # This executor's defaults and caps: fixed for its lifetime, resolved against per call.
         self._default_limits = CallLimits(
             timeout_seconds=settings.default_timeout_seconds,
@@ -184,8 +204,17 @@ class GuestCalls:
         future.add_done_callback(count_cap_hits)
         return future
 
-    async def create_instance(self, spec: InstanceSpec) -> tuple[str, Outcome, float]:
+    async def create_instance(
+        self,
+        spec: InstanceSpec,
+        *,
+        state: InstanceImage | None = None,
+        device: DeviceState | None = None,
+        instance_id: str = "",
+    ) -> tuple[str, Outcome, float]:
         """Instantiates on a worker: (instance id, or "" when start failed; outcome; TTL).
+        With `state` (a restore), the instance starts from it instead of the function's
+        image, and from `device` on the GPU, under `instance_id` when given.
 
         The instance is registered on the worker, so one whose client went away
         mid-creation is still owned by the table (and expires).
@@ -194,7 +223,9 @@ class GuestCalls:
         ttl = self.idle_ttl(spec.idle_ttl_seconds)
         limits = self.limits(spec.limits)
         module, _ = await self._modules.get(spec.module_digest, tenant)
-        image = await self._image(module, spec.init_export, tenant)
+        image = state if state is not None else await self._image(module, spec.init_export, tenant)
+        if self._snapshots is not None:  # its state reachable by snapshots
+            module = await self._snapshots.live_module(module, tenant)
         reservation = self._instances.reserve(tenant)
         host_state = self._host_state(module, tenant, spec.offloads)
 
@@ -213,7 +244,18 @@ class GuestCalls:
             if resident is None:
                 reservation.release()
                 return "", outcome
-            return reservation.commit(resident, module.digest, ttl).id, outcome
+            try:
+                if device is not None:
+                    restore_device_state(host_state, device)
+                live = reservation.commit(
+                    resident, module.digest, ttl, instance_id=instance_id,
+                    function_id=spec.function_id, checkpoint_seconds=spec.checkpoint_seconds,
+                )  # fmt: skip
+            except BaseException:
+                reservation.release()  # a no-op once committed
+                resident.terminate()
+                raise
+            return live.id, outcome
 
         try:
             slot = self._admission.acquire(tenant)
@@ -256,6 +298,37 @@ class GuestCalls:
         """Unregisters at once; a running call is stopped and waited for off the loop."""
         live = self._instances.remove(instance_id, tenant)
         await asyncio.get_running_loop().run_in_executor(None, live.resident.terminate)
+        if self._snapshots is not None:
+            await self._snapshots.forget_checkpoint(live)
+
+    async def snapshot_instance(
+        self, tenant: str, instance_id: str, max_state_bytes: int
+    ) -> SavedState:
+        """Captures a live instance between calls into a store record."""
+        return await self._snapshot_service().snapshot(
+            tenant, instance_id, max_state_bytes=max_state_bytes
+        )
+
+    async def restore_instance(
+        self, spec: InstanceSpec, restore: RestoreSpec
+    ) -> tuple[str, Outcome, float, str]:
+        """Brings a snapshot back as a live instance of `spec` (its module must be the
+        snapshot's); -> (instance id or "", the start function's outcome, TTL, record id)."""
+        snapshot_id, state, device = await self._snapshot_service().load(
+            spec.tenant, snapshot_id=restore.snapshot_id, function_id=spec.function_id,
+            instance_id=restore.instance_id, module_digest=spec.module_digest,
+            max_restore_bytes=restore.max_restore_bytes,
+            require_signature=restore.require_signature,
+        )  # fmt: skip
+        instance_id, outcome, ttl = await self.create_instance(
+            spec, state=state, device=device, instance_id=restore.instance_id
+        )
+        return instance_id, outcome, ttl, snapshot_id
+
+    def _snapshot_service(self) -> InstanceSnapshots:
+        if self._snapshots is None:
+            raise UnavailableError("this executor does not snapshot instances")
+        return self._snapshots
 
     def idle_ttl(self, requested: float | None) -> float:
         """An instance's idle TTL: the default, or the request's up to the cap.

@@ -24,6 +24,7 @@ from tensorwasm_executor.gpu.registry_client import KernelRegistryClient
 from tensorwasm_executor.guest_calls import GuestCalls
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.instances.snapshots import InstanceSnapshots
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.servicer import ExecutorServicer
@@ -34,14 +35,22 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 _log = logging.getLogger(__name__)
 
 
-async def _expire_idle(instances: InstanceTable, interval_seconds: float) -> None:
-    """Terminates instances idle past their TTL, every `interval_seconds`."""
+async def _expire_idle(
+    instances: InstanceTable, snapshots: InstanceSnapshots, interval_seconds: float
+) -> None:
+    """Every `interval_seconds`: terminates instances idle past their TTL (deleting their
+    checkpoints), then checkpoints the idle ones whose checkpoint is due."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval_seconds)
         for live in instances.expire():
             _log.info("instance %s expired (idle ttl)", live.id, extra={"tenant": live.tenant})
             await loop.run_in_executor(None, live.resident.terminate)
+            await snapshots.forget_checkpoint(live)
+        try:
+            await snapshots.checkpoint_due()
+        except Exception:  # a sweep must survive anything one checkpoint does
+            _log.exception("checkpoint sweep failed")
 
 
 def gpu_host(settings: ExecutorSettings) -> tuple[CudaHost, DispatcherClient | None]:
@@ -140,6 +149,9 @@ async def serve(settings: ExecutorSettings) -> None:
     instances = InstanceTable(
         max_instances=settings.max_instances, max_per_tenant=settings.max_instances_per_tenant
     )
+    snapshots = InstanceSnapshots(
+        sandbox, instances, blobs.get, SnapshotClient(store_channel), workers
+    )
     pb_grpc.add_ExecutorServiceServicer_to_server(
         ExecutorServicer(
             GuestCalls(
@@ -151,12 +163,15 @@ async def serve(settings: ExecutorSettings) -> None:
                 instances=instances,
                 gpu=gpu,
                 images=images,
+                snapshots=snapshots,
             ),
             guest_dirs_root=settings.guest_dirs_root,
         ),
         host.server,
     )
-    sweeper = asyncio.create_task(_expire_idle(instances, settings.instance_sweep_seconds))
+    sweeper = asyncio.create_task(
+        _expire_idle(instances, snapshots, settings.instance_sweep_seconds)
+    )
 
     health_channels = {"snapshot": store_channel}
     for dependency, address in (

@@ -22,11 +22,13 @@ from tensorwasm_common.offload_section import Declaration
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
+from tensorwasm_executor.errors import InstanceStateUnsupportedError
 from tensorwasm_executor.guest_calls import (
     GuestCalls,
     InstanceCall,
     InstanceSpec,
     Invocation,
+    RestoreSpec,
 )
 from tensorwasm_executor.wasi import wasi_from_wire
 from tensorwasm_executor.wasm.values import WasmValue
@@ -92,16 +94,63 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             init_export=request.init_export,
             offloads=offloads_from_wire(request.offloads),
             guest_input=request.input,
-            idle_ttl_seconds=(
-                duration_seconds(request.idle_ttl, "idle_ttl")
-                if request.HasField("idle_ttl")
-                else None
-            ),
+            idle_ttl_seconds=_idle_ttl(request),
+            function_id=request.function_id,
+            checkpoint_seconds=request.checkpoint_seconds,
         )
         instance_id, outcome, ttl = await self._calls.create_instance(spec)
         response = pb.CreateInstanceResponse(
             instance_id=instance_id, outcome=outcome_to_wire(outcome)
         )
+        response.idle_ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+        return response
+
+    async def SnapshotInstance(
+        self,
+        request: pb.SnapshotInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.SnapshotInstanceRequest, pb.SnapshotInstanceResponse],
+    ) -> pb.SnapshotInstanceResponse:
+        saved = await self._calls.snapshot_instance(
+            request.tenant or DEFAULT_TENANT, request.instance_id, request.max_state_bytes
+        )
+        return pb.SnapshotInstanceResponse(
+            snapshot_id=saved.snapshot_id,
+            state_size_bytes=saved.state_size_bytes,
+            variant=saved.variant,
+            signed=saved.signed,
+        )
+
+    async def RestoreInstance(
+        self,
+        request: pb.RestoreInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.RestoreInstanceRequest, pb.RestoreInstanceResponse],
+    ) -> pb.RestoreInstanceResponse:
+        tenant = request.tenant or DEFAULT_TENANT
+        spec = InstanceSpec(
+            tenant=tenant,
+            module_digest=request.module_digest,
+            wasi=wasi_from_wire(request.wasi, tenant=tenant, guest_dirs_root=self._guest_dirs_root),
+            limits=limits_from_wire(request.limits),
+            offloads=offloads_from_wire(request.offloads),
+            idle_ttl_seconds=_idle_ttl(request),
+            function_id=request.function_id,
+            checkpoint_seconds=request.checkpoint_seconds,
+        )
+        restore = RestoreSpec(
+            snapshot_id=request.snapshot_id,
+            instance_id=request.instance_id,
+            max_restore_bytes=request.max_restore_bytes,
+            require_signature=request.require_signature,
+        )
+        instance_id, outcome, ttl, snapshot_id = await self._calls.restore_instance(spec, restore)
+        if not instance_id:
+            failure = outcome.failure
+            raise InstanceStateUnsupportedError(
+                "the snapshot could not be restored: the instance failed to start"
+                + (f" ({failure.message})" if failure is not None else ""),
+                metadata={"kind": "restore", "index": "-1"},
+            )
+        response = pb.RestoreInstanceResponse(instance_id=instance_id, snapshot_id=snapshot_id)
         response.idle_ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
         return response
 
@@ -200,6 +249,13 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             offloads=offloads_from_wire(request.offloads),
             guest_input=request.input,
         )
+
+
+def _idle_ttl(request: pb.CreateInstanceRequest | pb.RestoreInstanceRequest) -> float | None:
+    """The request's idle TTL in seconds; None when unset (the executor's default)."""
+    if not request.HasField("idle_ttl"):
+        return None
+    return duration_seconds(request.idle_ttl, "idle_ttl")
 
 
 def args_from_wire(args: Sequence[values_pb2.Value]) -> list[WasmValue]:

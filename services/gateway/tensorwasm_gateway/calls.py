@@ -64,6 +64,7 @@ class FunctionConfig:
     auto_offload: bool = False
     offloads: tuple[OffloadDeclaration, ...] = ()  # deployed: the checked declarations
     display_name: str = ""  # free-form, not unique (the HTTP face's `name`)
+    checkpoint_seconds: int = 0  # > 0: live instances are checkpointed this often
 
 
 DEFAULT_CONFIG = FunctionConfig()
@@ -136,6 +137,19 @@ class InstanceLaunch:
     limits: CallLimits = UNSET
     idle_ttl_ns: int | None = None
     input: bytes = b""  # the instance's wasi:tensor input
+    function_id: str = ""  # named in the instance's snapshots
+    checkpoint_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceRestore:
+    """Where a restored instance's state comes from (a record, or "" for the checkpoint of
+    `instance_id`), the id it takes ("" for a new one) and the guards on the record."""
+
+    snapshot_id: str = ""
+    instance_id: str = ""
+    max_restore_bytes: int = 0
+    require_signature: bool = False
 
 
 @dataclass(frozen=True)

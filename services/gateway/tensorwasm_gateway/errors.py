@@ -15,6 +15,7 @@ from tensorwasm_common.errors import (
     Reason,
     ResourceExhaustedError,
     ServiceError,
+    UnavailableError,
 )
 
 
@@ -201,3 +202,8 @@ class KernelRegistryStorageError(ServiceError):
 
     code = Code.UNAVAILABLE
     reason = Reason.KERNEL_REGISTRY_STORAGE_ERROR
+
+
+class HolderUnreachableError(UnavailableError):
+    """The executor holding an instance could not be connected: the call never left the
+    gateway (the replica is down, or left the configuration); metadata: executor."""

@@ -34,7 +34,7 @@ from tensorwasm_gateway.functions import FunctionService, Registry
 from tensorwasm_gateway.http import ConnectionLimits, start_http_face
 from tensorwasm_gateway.http.app import FaceOptions
 from tensorwasm_gateway.http.openai import token_tenant
-from tensorwasm_gateway.instances import InstanceService
+from tensorwasm_gateway.instances import InstanceService, InstanceSnapshotService
 from tensorwasm_gateway.invocations import InvocationService, InvocationStore
 from tensorwasm_gateway.kernels import KernelCatalog, KernelService
 from tensorwasm_gateway.limits import TenantCeilings
@@ -170,7 +170,14 @@ async def serve(settings: GatewaySettings) -> None:
         GatewayServicer(
             functions,
             invocations,
-            InstanceService(functions, registry, executors),
+            InstanceService(
+                functions,
+                registry,
+                executors,
+                InstanceSnapshotService(
+                    functions, registry, executors, SnapshotClient(store_channel)
+                ),
+            ),
             KernelService(
                 KernelCatalog(database), SnapshotClient(store_channel), settings.kernel_hmac_key
             ),

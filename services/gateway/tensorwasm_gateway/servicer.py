@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,12 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_common.call_args import check_call
 from tensorwasm_common.channels import TENANT_METADATA_KEY
 from tensorwasm_common.durations import duration_seconds
-from tensorwasm_common.errors import InvalidPageTokenError, UnimplementedError
+from tensorwasm_common.errors import (
+    InvalidArgumentError,
+    InvalidNameError,
+    InvalidPageTokenError,
+    UnimplementedError,
+)
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
 from tensorwasm_gateway.access import CURRENT_TENANT, validate_tenant
@@ -33,7 +39,9 @@ from tensorwasm_gateway.functions import (
 from tensorwasm_gateway.instances import (
     InstanceRecord,
     InstanceService,
+    InstanceSnapshotService,
     InstanceSpec,
+    SnapshotInfo,
     instance_id_from_name,
 )
 from tensorwasm_gateway.invocations import (
@@ -400,9 +408,128 @@ class GatewayServicer(InvocationsMixin, KernelsMixin, pb_grpc.GatewayServiceServ
         await self._instances().delete(tenant, instance_id_from_name(request.name))
         return pb.DeleteInstanceResponse()
 
+    # --- instance snapshots ---
+
+    def _snapshots(self) -> InstanceSnapshotService:
+        snapshots = self._instances().snapshots
+        if snapshots is None:
+            raise UnimplementedError("instance snapshots are not enabled")
+        return snapshots
+
+    async def SnapshotInstance(
+        self,
+        request: pb.SnapshotInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.SnapshotInstanceRequest, pb.SnapshotInstanceResponse],
+    ) -> pb.SnapshotInstanceResponse:
+        tenant = tenant_of(context)
+        instance_id = instance_id_from_name(request.name)
+        info = await self._snapshots().snapshot(
+            tenant, instance_id, _non_negative(request.max_restore_bytes, "max_restore_bytes")
+        )
+        return pb.SnapshotInstanceResponse(snapshot=snapshot_to_wire(info))
+
+    async def RestoreInstance(
+        self,
+        request: pb.RestoreInstanceRequest,
+        context: grpc.aio.ServicerContext[pb.RestoreInstanceRequest, pb.RestoreInstanceResponse],
+    ) -> pb.RestoreInstanceResponse:
+        tenant = tenant_of(context)
+        snapshot_id = snapshot_id_from_name(request.snapshot)
+        function_id = function_id_from_name(request.function) if request.function else ""
+        if request.HasField("idle_ttl"):
+            duration_seconds(request.idle_ttl, "idle_ttl")  # refused here, named, if invalid
+        record, info = await self._snapshots().restore(
+            tenant,
+            snapshot_id,
+            function_id=function_id,
+            idle_ttl_ns=request.idle_ttl.ToNanoseconds() if request.HasField("idle_ttl") else None,
+            max_restore_bytes=_non_negative(request.max_restore_bytes, "max_restore_bytes"),
+            require_signature=request.require_signature,
+        )
+        return pb.RestoreInstanceResponse(
+            instance=instance_to_wire(record), snapshot=snapshot_to_wire(info)
+        )
+
+    async def ExportSnapshot(
+        self,
+        request: pb.ExportSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.ExportSnapshotRequest, pb.ExportSnapshotResponse],
+    ) -> AsyncIterator[pb.ExportSnapshotResponse]:
+        tenant = tenant_of(context)
+        info, chunks = await self._snapshots().export(tenant, snapshot_id_from_name(request.name))
+        first = True
+        async for chunk in chunks:
+            if first:
+                yield pb.ExportSnapshotResponse(snapshot=snapshot_to_wire(info), chunk=chunk)
+                first = False
+            else:
+                yield pb.ExportSnapshotResponse(chunk=chunk)
+
+    async def ImportSnapshot(
+        self,
+        request_iterator: AsyncIterator[pb.ImportSnapshotRequest],
+        context: grpc.aio.ServicerContext[pb.ImportSnapshotRequest, pb.ImportSnapshotResponse],
+    ) -> pb.ImportSnapshotResponse:
+        tenant = tenant_of(context)
+        iterator = request_iterator.__aiter__()
+        first = await anext(iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise no_header()
+        header = first.header
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise second_header()
+                yield message.chunk
+
+        info = await self._snapshots().import_file(
+            tenant,
+            chunks(),
+            size_bytes=header.size_bytes,
+            max_restore_bytes=_non_negative(header.max_restore_bytes, "max_restore_bytes"),
+            require_signature=header.require_signature,
+        )
+        return pb.ImportSnapshotResponse(snapshot=snapshot_to_wire(info))
+
 
 def _outcome(result: CallResult) -> invocation_pb2.InvocationOutcome:
     """The executor's outcome the domain relayed (see `tensorwasm_gateway.calls`)."""
     outcome = result.outcome
     assert isinstance(outcome, invocation_pb2.InvocationOutcome)
     return outcome
+
+
+SNAPSHOT_ID = re.compile(r"snap_[0-9a-f]{32}")
+
+
+def snapshot_id_from_name(name: str) -> str:
+    """`snapshots/{id}` -> id, validating the pattern."""
+    prefix, _, snapshot_id = name.partition("/")
+    if prefix != "snapshots" or not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise InvalidNameError(
+            "name must be snapshots/{id} with id snap_ + 32 lowercase hex digits",
+            metadata={"name": name[:200]},
+        )
+    return snapshot_id
+
+
+def snapshot_to_wire(info: SnapshotInfo) -> pb.InstanceSnapshot:
+    """The instance snapshot resource on the wire."""
+    snapshot = pb.InstanceSnapshot(
+        name=f"snapshots/{info.snapshot_id}",
+        function=f"functions/{info.function_id}",
+        instance=f"instances/{info.instance_id}",
+        module_digest=info.module_digest,
+        state_size_bytes=info.state_size_bytes,
+        record_size_bytes=info.record_size_bytes,
+        signed=info.signed,
+    )
+    snapshot.create_time.FromNanoseconds(info.create_time_ns)
+    return snapshot
+
+
+def _non_negative(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgumentError(f"{field} must be >= 0", metadata={"field": field})
+    return value

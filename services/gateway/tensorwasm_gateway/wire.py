@@ -110,6 +110,7 @@ def function_config_from_wire(config: pb.FunctionConfig) -> FunctionConfig:
             OffloadDeclaration(o.export_name, o.op, tuple(o.args)) for o in config.offloads
         ),
         display_name=config.display_name,
+        checkpoint_seconds=config.checkpoint_seconds,
     )
 
 
@@ -123,6 +124,7 @@ def function_config_to_wire(config: FunctionConfig) -> pb.FunctionConfig:
         auto_offload=config.auto_offload,
         offloads=offloads_to_wire(config.offloads),
         display_name=config.display_name,
+        checkpoint_seconds=config.checkpoint_seconds,
     )
 
 

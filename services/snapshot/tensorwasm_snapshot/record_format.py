@@ -32,7 +32,8 @@ from tensorwasm_common.errors import (
 MAGIC = b"\x89TWSNAP\n"
 FORMAT_VERSION = 1
 FLAG_SIGNED = 1
-KINDS = {1: "compiled_module", 2: "instance_image", 3: "kernel"}  # = SnapshotKind numbers
+# = the SnapshotKind numbers
+KINDS = {1: "compiled_module", 2: "instance_image", 3: "kernel", 4: "instance_state"}
 MAC_BYTES = 32
 MAX_STRING_BYTES = 1024
 _PREAMBLE = struct.Struct("<8sHHI")
@@ -222,6 +223,21 @@ def parse(
     if meta.payload_size_bytes > max_payload_bytes:  # the bomb guard, before decompressing
         raise SnapshotCorruptError("snapshot payload declares more than the store's cap")
     return ParsedRecord(meta, version, signed, view[frame_start:body_end])
+
+
+def declared_size(record: bytes | memoryview) -> int | None:
+    """The whole size a record's preamble and header declare, None when the bytes are too
+    short (or too malformed) to say; a reader compares it with what it has to tell a
+    truncated file from a damaged one."""
+    view = memoryview(record)
+    if len(view) < _PREAMBLE.size:
+        return None
+    magic, _, flags, header_size = _PREAMBLE.unpack_from(view)
+    if magic != MAGIC or len(view) < _PREAMBLE.size + _FIXED.size:
+        return None
+    *_, frame_size = _FIXED.unpack_from(view, _PREAMBLE.size)
+    mac = MAC_BYTES if flags & FLAG_SIGNED else 0
+    return int(_PREAMBLE.size + header_size + frame_size + mac)
 
 
 def _header(view: memoryview, header_size: int) -> tuple[RecordMeta, int]:

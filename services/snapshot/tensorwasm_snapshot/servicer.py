@@ -17,6 +17,7 @@ from tensorwasm_snapshot.blobstore import BlobInfo
 from tensorwasm_snapshot.metrics import collect_garbage, record_put
 from tensorwasm_snapshot.object_store import ObjectWriter, SnapshotStore, validate_tenant
 from tensorwasm_snapshot.record_index import SnapshotRow
+from tensorwasm_snapshot.record_transfer import RecordImport, RecordTransfer
 from tensorwasm_snapshot.records import SnapshotCreator, SnapshotRecords
 
 
@@ -60,6 +61,7 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
     def __init__(self, store: SnapshotStore, records: SnapshotRecords | None = None) -> None:
         self._store = store
         self._records = records if records is not None else SnapshotRecords(store)
+        self._transfer = RecordTransfer(self._records)
 
     async def PutBlob(
         self,
@@ -278,3 +280,51 @@ class SnapshotStoreServicer(pb_grpc.SnapshotStoreServiceServicer):
     ) -> pb.DeleteSnapshotResponse:
         await asyncio.to_thread(self._records.delete, tenant_of(context), request.id)
         return pb.DeleteSnapshotResponse()
+
+    async def ExportSnapshot(
+        self,
+        request: pb.ExportSnapshotRequest,
+        context: grpc.aio.ServicerContext[pb.ExportSnapshotRequest, pb.ExportSnapshotResponse],
+    ) -> AsyncIterator[pb.ExportSnapshotResponse]:
+        row, raw = await asyncio.to_thread(self._transfer.export, tenant_of(context), request.id)
+        chunk_bytes = self._store.blobs.chunk_bytes
+        view = memoryview(raw)
+        yield pb.ExportSnapshotResponse(
+            snapshot=snapshot_proto(row), chunk=bytes(view[:chunk_bytes])
+        )
+        for start in range(chunk_bytes, len(raw), chunk_bytes):
+            yield pb.ExportSnapshotResponse(chunk=bytes(view[start : start + chunk_bytes]))
+
+    async def ImportSnapshot(
+        self,
+        request_iterator: AsyncIterator[pb.ImportSnapshotRequest],
+        context: grpc.aio.ServicerContext[pb.ImportSnapshotRequest, pb.ImportSnapshotResponse],
+    ) -> pb.ImportSnapshotResponse:
+        importer: RecordImport | None = None
+        try:
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "header" and importer is None:
+                    header = message.header
+                    importer = await asyncio.to_thread(
+                        self._transfer.importer,
+                        tenant_of(context),
+                        size_bytes=header.size_bytes,
+                        expected_kind=header.expected_kind,
+                        max_restore_bytes=header.max_restore_bytes,
+                        require_signature=header.require_signature,
+                    )
+                elif importer is None or part != "chunk":
+                    raise InvalidArgumentError(
+                        "the header must be the first message, and only it",
+                        metadata={"field": "header"},
+                    )
+                else:
+                    await asyncio.to_thread(importer.write, message.chunk)
+            if importer is None:
+                raise InvalidArgumentError("missing header", metadata={"field": "header"})
+            row = await asyncio.to_thread(importer.commit)
+        finally:
+            if importer is not None:
+                await asyncio.to_thread(importer.abort)
+        return pb.ImportSnapshotResponse(snapshot=snapshot_proto(row))

@@ -46,7 +46,7 @@ COMMANDS = {
 VERBS = {
     "invocation": {"get", "list"},
     "instance": {"create", "list", "get", "call", "delete"},
-    "snapshot": {"ls", "get", "rm", "verify"},
+    "snapshot": {"ls", "get", "rm", "verify", "save", "restore"},
     "kernel": {"publish", "list", "get", "verify"},
 }
 ENV_VARS = ("TENSORWASM_GATEWAY", "TENSORWASM_TENANT", "TENSORWASM_TOKEN", "TENSORWASM_DATA_DIR")

@@ -77,6 +77,16 @@ def deploy(
             "as tensor ops on the GPU (checked at deploy)",
         ),
     ] = False,
+    checkpoint_seconds: Annotated[
+        int,
+        typer.Option(
+            "--checkpoint-seconds",
+            min=0,
+            max=86400,
+            help="snapshot live instances at most this often while idle; an instance whose "
+            "executor dies is restored from its last checkpoint (0: never)",
+        ),
+    ] = 0,
 ) -> int:
     """Deploy a .wasm or .wat file.
 
@@ -98,6 +108,7 @@ def deploy(
         init_export=init_export,
         no_init=no_init,
         auto_offload=offload,
+        checkpoint_seconds=checkpoint_seconds,
     )
     with client_for(ctx) as client:
         if replace:

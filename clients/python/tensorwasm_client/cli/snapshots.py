@@ -1,4 +1,5 @@
-"""`tensorwasm snapshot ls | get | rm | verify`: snapshot records of the store, as a tenant."""
+"""`tensorwasm snapshot ls | get | rm | verify`: snapshot records of the store, as a tenant
+(`snapshot save | restore`, through the gateway, are in `instance_snapshots`)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ class KindName(StrEnum):
     COMPILED_MODULE = "compiled_module"
     INSTANCE_IMAGE = "instance_image"
     KERNEL = "kernel"
+    INSTANCE_STATE = "instance_state"
 
 
 KIND_NAMES = {
     pb.SNAPSHOT_KIND_COMPILED_MODULE: KindName.COMPILED_MODULE,
     pb.SNAPSHOT_KIND_INSTANCE_IMAGE: KindName.INSTANCE_IMAGE,
     pb.SNAPSHOT_KIND_KERNEL: KindName.KERNEL,
+    pb.SNAPSHOT_KIND_INSTANCE_STATE: KindName.INSTANCE_STATE,
 }
 _KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 

@@ -12,6 +12,7 @@ from tensorwasm_client.cli import (
     bench,
     completions,
     functions,
+    instance_snapshots,
     instances,
     invocations,
     kernels,
@@ -168,6 +169,8 @@ _bind(_snapshot, "ls", snapshots.ls)
 _bind(_snapshot, "get", snapshots.get)
 _bind(_snapshot, "rm", snapshots.rm)
 _bind(_snapshot, "verify", snapshots.verify)
+_bind(_snapshot, "save", instance_snapshots.save)
+_bind(_snapshot, "restore", instance_snapshots.restore)
 app.add_typer(_snapshot, name="snapshot")
 
 _kernel = _group("The signed kernel registry (PTX by NAME@VERSION).")

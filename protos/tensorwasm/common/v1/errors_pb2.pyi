@@ -301,6 +301,31 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The kernel registry's storage (the registry database or the snapshot store holding
     the PTX) failed; nothing was published. Retry later.
     """
+    ERROR_REASON_SNAPSHOT_FUNCTION_MISMATCH: _ErrorReason.ValueType  # 180
+    """(180-199: live-instance snapshots.)
+    The instance snapshot is of another function: the function it names is gone, runs
+    another module now, is not the one the request names, or belongs to another tenant
+    (metadata: function, expected, actual). Nothing was restored or stored.
+    """
+    ERROR_REASON_SNAPSHOT_TRUNCATED: _ErrorReason.ValueType  # 181
+    """The snapshot file ended before its declared size, or its record is cut short
+    (metadata: declared_bytes, received_bytes). Nothing was stored.
+    """
+    ERROR_REASON_SNAPSHOT_TOO_LARGE: _ErrorReason.ValueType  # 182
+    """The snapshot (its file, or the instance state it holds) is larger than the
+    request's `max_restore_bytes` (metadata: size_bytes, limit_bytes). Nothing was
+    stored or restored.
+    """
+    ERROR_REASON_SNAPSHOT_KIND_MISMATCH: _ErrorReason.ValueType  # 183
+    """The snapshot record is not of the kind the call needs, e.g. a compiled module
+    given where an instance state is expected (metadata: expected, actual).
+    """
+    ERROR_REASON_INSTANCE_STATE_UNSUPPORTED: _ErrorReason.ValueType  # 184
+    """The live instance holds state a snapshot cannot carry (a mutable reference global),
+    its device state could not be copied back or restored (e.g. the tenant's GPU memory
+    quota), or the restored instance did not start (metadata: kind, index). Nothing was
+    stored or restored.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The catalogue of `google.rpc.ErrorInfo.reason` values: every reason a TensorWasm
@@ -585,6 +610,31 @@ does not declare (metadata: field).
 ERROR_REASON_KERNEL_REGISTRY_STORAGE_ERROR: ErrorReason.ValueType  # 171
 """The kernel registry's storage (the registry database or the snapshot store holding
 the PTX) failed; nothing was published. Retry later.
+"""
+ERROR_REASON_SNAPSHOT_FUNCTION_MISMATCH: ErrorReason.ValueType  # 180
+"""(180-199: live-instance snapshots.)
+The instance snapshot is of another function: the function it names is gone, runs
+another module now, is not the one the request names, or belongs to another tenant
+(metadata: function, expected, actual). Nothing was restored or stored.
+"""
+ERROR_REASON_SNAPSHOT_TRUNCATED: ErrorReason.ValueType  # 181
+"""The snapshot file ended before its declared size, or its record is cut short
+(metadata: declared_bytes, received_bytes). Nothing was stored.
+"""
+ERROR_REASON_SNAPSHOT_TOO_LARGE: ErrorReason.ValueType  # 182
+"""The snapshot (its file, or the instance state it holds) is larger than the
+request's `max_restore_bytes` (metadata: size_bytes, limit_bytes). Nothing was
+stored or restored.
+"""
+ERROR_REASON_SNAPSHOT_KIND_MISMATCH: ErrorReason.ValueType  # 183
+"""The snapshot record is not of the kind the call needs, e.g. a compiled module
+given where an instance state is expected (metadata: expected, actual).
+"""
+ERROR_REASON_INSTANCE_STATE_UNSUPPORTED: ErrorReason.ValueType  # 184
+"""The live instance holds state a snapshot cannot carry (a mutable reference global),
+its device state could not be copied back or restored (e.g. the tenant's GPU memory
+quota), or the restored instance did not start (metadata: kind, index). Nothing was
+stored or restored.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -276,6 +276,8 @@ class CreateInstanceRequest(_message.Message):
     INIT_EXPORT_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SECONDS_FIELD_NUMBER: _builtins.int
     module_digest: _builtins.str
     """BLAKE3 digest of the module bytes in the snapshot store."""
     tenant: _builtins.str
@@ -289,6 +291,13 @@ class CreateInstanceRequest(_message.Message):
     input: _builtins.bytes
     """Bytes staged for the `wasi:tensor` input channel of the start function and of
     every call that stages none of its own.
+    """
+    function_id: _builtins.str
+    """The function the instance is of (`{function_id}`), named in its snapshots."""
+    checkpoint_seconds: _builtins.int
+    """When > 0, the instance's state is checkpointed into the store at most this often,
+    while it is idle and after it changed (record variant
+    `{function_id}/{instance_id}/checkpoint`, replaced each time).
     """
     @_builtins.property
     def limits(self) -> _invocation_pb2.InvocationLimits:
@@ -322,10 +331,12 @@ class CreateInstanceRequest(_message.Message):
         init_export: _builtins.str = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
         input: _builtins.bytes = ...,
+        function_id: _builtins.str = ...,
+        checkpoint_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "init_export", b"init_export", "input", b"input", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_seconds", b"checkpoint_seconds", "function_id", b"function_id", "idle_ttl", b"idle_ttl", "init_export", b"init_export", "input", b"input", "limits", b"limits", "module_digest", b"module_digest", "offloads", b"offloads", "stdin", b"stdin", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,3 +488,177 @@ class DeleteInstanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteInstanceResponse: _TypeAlias = DeleteInstanceResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotInstanceRequest(_message.Message):
+    """Request for SnapshotInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    MAX_STATE_BYTES_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance, as CreateInstance returned it."""
+    tenant: _builtins.str
+    """The calling tenant; an instance of another tenant is NOT_FOUND."""
+    max_state_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) state larger than this many bytes; 0: no limit but the
+    store's.
+    """
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        max_state_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "max_state_bytes", b"max_state_bytes", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceRequest: _TypeAlias = SnapshotInstanceRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotInstanceResponse(_message.Message):
+    """The result of SnapshotInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    STATE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    snapshot_id: _builtins.str
+    """The store's record id, `snap_...`."""
+    state_size_bytes: _builtins.int
+    """Bytes of state captured (the record's payload)."""
+    variant: _builtins.str
+    """The record's variant, `{function_id}/{instance_id}/{label}`."""
+    signed: _builtins.bool
+    """Whether the store signed the record."""
+    def __init__(
+        self,
+        *,
+        snapshot_id: _builtins.str = ...,
+        state_size_bytes: _builtins.int = ...,
+        variant: _builtins.str = ...,
+        signed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed", b"signed", "snapshot_id", b"snapshot_id", "state_size_bytes", b"state_size_bytes", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceResponse: _TypeAlias = SnapshotInstanceResponse  # noqa: Y015
+
+@_typing.final
+class RestoreInstanceRequest(_message.Message):
+    """Request for RestoreInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    FUNCTION_ID_FIELD_NUMBER: _builtins.int
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    WASI_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    OFFLOADS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_RESTORE_BYTES_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    snapshot_id: _builtins.str
+    """The INSTANCE_STATE record to restore; empty: the latest checkpoint of
+    `function_id`/`instance_id`.
+    """
+    instance_id: _builtins.str
+    """The id the restored instance takes (a failover keeps the original's); empty: new."""
+    tenant: _builtins.str
+    """The tenant that will own the instance (the record must be this tenant's)."""
+    function_id: _builtins.str
+    """The function the record must be of, `{function_id}`."""
+    module_digest: _builtins.str
+    """The function's module; the record must be of this module."""
+    checkpoint_seconds: _builtins.int
+    """Checkpointing of the restored instance, as for CreateInstance."""
+    max_restore_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) a record whose state is larger; 0: the store's cap."""
+    require_signature: _builtins.bool
+    """Refuse (SNAPSHOT_SIGNATURE_INVALID) a record the store did not sign."""
+    @_builtins.property
+    def limits(self) -> _invocation_pb2.InvocationLimits:
+        """The instance's limits, as for CreateInstance."""
+
+    @_builtins.property
+    def wasi(self) -> _invocation_pb2.WasiConfig:
+        """argv, environment and the read-only directory of the instance."""
+
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """The idle TTL, as for CreateInstance."""
+
+    @_builtins.property
+    def offloads(self) -> _containers.RepeatedCompositeFieldContainer[_invocation_pb2.OffloadedExport]:
+        """Exports to run as tensor ops on the GPU, as for CreateInstance."""
+
+    def __init__(
+        self,
+        *,
+        snapshot_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        function_id: _builtins.str = ...,
+        module_digest: _builtins.str = ...,
+        limits: _invocation_pb2.InvocationLimits | None = ...,
+        wasi: _invocation_pb2.WasiConfig | None = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+        offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
+        checkpoint_seconds: _builtins.int = ...,
+        max_restore_bytes: _builtins.int = ...,
+        require_signature: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "limits", b"limits", "wasi", b"wasi"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_seconds", b"checkpoint_seconds", "function_id", b"function_id", "idle_ttl", b"idle_ttl", "instance_id", b"instance_id", "limits", b"limits", "max_restore_bytes", b"max_restore_bytes", "module_digest", b"module_digest", "offloads", b"offloads", "require_signature", b"require_signature", "snapshot_id", b"snapshot_id", "tenant", b"tenant", "wasi", b"wasi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreInstanceRequest: _TypeAlias = RestoreInstanceRequest  # noqa: Y015
+
+@_typing.final
+class RestoreInstanceResponse(_message.Message):
+    """The result of RestoreInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The restored instance's id."""
+    snapshot_id: _builtins.str
+    """The record it was restored from."""
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """The idle TTL that applies."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+        snapshot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl", "instance_id", b"instance_id", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreInstanceResponse: _TypeAlias = RestoreInstanceResponse  # noqa: Y015

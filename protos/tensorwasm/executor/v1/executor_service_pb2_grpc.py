@@ -66,6 +66,16 @@ class ExecutorServiceStub:
                 request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.FromString,
                 _registered_method=True)
+        self.SnapshotInstance = channel.unary_unary(
+                '/tensorwasm.executor.v1.ExecutorService/SnapshotInstance',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceResponse.FromString,
+                _registered_method=True)
+        self.RestoreInstance = channel.unary_unary(
+                '/tensorwasm.executor.v1.ExecutorService/RestoreInstance',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -122,6 +132,23 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotInstance(self, request, context):
+        """Captures a live instance's state (memories, mutable globals, its GPU session's
+        kernels and device buffers) between calls into an INSTANCE_STATE record of the
+        tenant in the snapshot store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreInstance(self, request, context):
+        """Brings an INSTANCE_STATE record back as a new live instance of its module on this
+        executor (the start function runs, then the state is written over what it left).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +181,16 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.DeleteInstance,
                     request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.FromString,
                     response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.SerializeToString,
+            ),
+            'SnapshotInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotInstance,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceResponse.SerializeToString,
+            ),
+            'RestoreInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreInstance,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +357,60 @@ class ExecutorService:
             '/tensorwasm.executor.v1.ExecutorService/DeleteInstance',
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceRequest.SerializeToString,
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.DeleteInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/SnapshotInstance',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.SnapshotInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/RestoreInstance',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,15 @@ class ExecutorServiceStub:
     """Calls one export of a live instance. Calls on one instance run one at a time."""
     DeleteInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]
     """Terminates an instance; a call running on it stops within about one epoch tick."""
+    SnapshotInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.SnapshotInstanceRequest, _executor_service_pb2.SnapshotInstanceResponse]
+    """Captures a live instance's state (memories, mutable globals, its GPU session's
+    kernels and device buffers) between calls into an INSTANCE_STATE record of the
+    tenant in the snapshot store.
+    """
+    RestoreInstance: _grpc.UnaryUnaryMultiCallable[_executor_service_pb2.RestoreInstanceRequest, _executor_service_pb2.RestoreInstanceResponse]
+    """Brings an INSTANCE_STATE record back as a new live instance of its module on this
+    executor (the start function runs, then the state is written over what it left).
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -89,6 +98,15 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Calls one export of a live instance. Calls on one instance run one at a time."""
     DeleteInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.DeleteInstanceRequest, _executor_service_pb2.DeleteInstanceResponse]  # type: ignore[assignment]
     """Terminates an instance; a call running on it stops within about one epoch tick."""
+    SnapshotInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.SnapshotInstanceRequest, _executor_service_pb2.SnapshotInstanceResponse]  # type: ignore[assignment]
+    """Captures a live instance's state (memories, mutable globals, its GPU session's
+    kernels and device buffers) between calls into an INSTANCE_STATE record of the
+    tenant in the snapshot store.
+    """
+    RestoreInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.RestoreInstanceRequest, _executor_service_pb2.RestoreInstanceResponse]  # type: ignore[assignment]
+    """Brings an INSTANCE_STATE record back as a new live instance of its module on this
+    executor (the start function runs, then the state is written over what it left).
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The executor runs untrusted WebAssembly guests. Modules are addressed by the
@@ -153,5 +171,26 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_service_pb2.DeleteInstanceResponse, _abc.Awaitable[_executor_service_pb2.DeleteInstanceResponse]]:
         """Terminates an instance; a call running on it stops within about one epoch tick."""
+
+    @_abc_1.abstractmethod
+    def SnapshotInstance(
+        self,
+        request: _executor_service_pb2.SnapshotInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.SnapshotInstanceResponse, _abc.Awaitable[_executor_service_pb2.SnapshotInstanceResponse]]:
+        """Captures a live instance's state (memories, mutable globals, its GPU session's
+        kernels and device buffers) between calls into an INSTANCE_STATE record of the
+        tenant in the snapshot store.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreInstance(
+        self,
+        request: _executor_service_pb2.RestoreInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_service_pb2.RestoreInstanceResponse, _abc.Awaitable[_executor_service_pb2.RestoreInstanceResponse]]:
+        """Brings an INSTANCE_STATE record back as a new live instance of its module on this
+        executor (the start function runs, then the state is written over what it left).
+        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -219,6 +219,7 @@ class FunctionConfig(_message.Message):
     AUTO_OFFLOAD_FIELD_NUMBER: _builtins.int
     OFFLOADS_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SECONDS_FIELD_NUMBER: _builtins.int
     init_export: _builtins.str
     """The init export: a function `() -> ()` run once at deploy; every instance then
     starts from the memory and globals it left (a pre-initialised image). Empty at
@@ -235,6 +236,12 @@ class FunctionConfig(_message.Message):
     display_name: _builtins.str
     """A free-form name kept for display (the HTTP face's `name`: any non-blank text, not
     unique); the function is addressed by its id. At most 256 characters.
+    """
+    checkpoint_seconds: _builtins.int
+    """When > 0, every live instance of the function is checkpointed (snapshotted into
+    the store) at most every this many seconds while idle; when the executor holding
+    one dies, the gateway restores it on another replica from its last checkpoint
+    (state since that checkpoint is lost). At most 86400.
     """
     @_builtins.property
     def wasi(self) -> _invocation_pb2.WasiConfig:
@@ -258,10 +265,11 @@ class FunctionConfig(_message.Message):
         auto_offload: _builtins.bool = ...,
         offloads: _abc.Iterable[_invocation_pb2.OffloadedExport] | None = ...,
         display_name: _builtins.str = ...,
+        checkpoint_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "wasi", b"wasi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "default_limits", b"default_limits", "display_name", b"display_name", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_offload", b"auto_offload", "checkpoint_seconds", b"checkpoint_seconds", "default_limits", b"default_limits", "display_name", b"display_name", "init_export", b"init_export", "no_init", b"no_init", "offloads", b"offloads", "wasi", b"wasi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1516,3 +1524,309 @@ class ListKernelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListKernelsResponse: _TypeAlias = ListKernelsResponse  # noqa: Y015
+
+@_typing.final
+class InstanceSnapshot(_message.Message):
+    """A snapshot of a live instance, kept in the snapshot store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    MODULE_DIGEST_FIELD_NUMBER: _builtins.int
+    STATE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    RECORD_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `snapshots/{snapshot_id}`."""
+    function: _builtins.str
+    """The function the instance was of, `functions/{function_id}`."""
+    instance: _builtins.str
+    """The instance it was taken from, `instances/{instance_id}`."""
+    module_digest: _builtins.str
+    """BLAKE3 digest of the function's module."""
+    state_size_bytes: _builtins.int
+    """Bytes of instance state it holds."""
+    record_size_bytes: _builtins.int
+    """Bytes of its record file (what `snapshot save -o FILE` writes)."""
+    signed: _builtins.bool
+    """Whether the store signed the record (HMAC-SHA256)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was taken."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        function: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        module_digest: _builtins.str = ...,
+        state_size_bytes: _builtins.int = ...,
+        record_size_bytes: _builtins.int = ...,
+        signed: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "function", b"function", "instance", b"instance", "module_digest", b"module_digest", "name", b"name", "record_size_bytes", b"record_size_bytes", "signed", b"signed", "state_size_bytes", b"state_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceSnapshot: _TypeAlias = InstanceSnapshot  # noqa: Y015
+
+@_typing.final
+class SnapshotInstanceRequest(_message.Message):
+    """Request for SnapshotInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_RESTORE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The instance, `instances/{instance_id}`."""
+    max_restore_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) state larger than this; 0: 256 MiB."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        max_restore_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_restore_bytes", b"max_restore_bytes", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceRequest: _TypeAlias = SnapshotInstanceRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotInstanceResponse(_message.Message):
+    """The result of SnapshotInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___InstanceSnapshot:
+        """The snapshot."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___InstanceSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceResponse: _TypeAlias = SnapshotInstanceResponse  # noqa: Y015
+
+@_typing.final
+class RestoreInstanceRequest(_message.Message):
+    """Request for RestoreInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_FIELD_NUMBER: _builtins.int
+    MAX_RESTORE_BYTES_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.str
+    """The snapshot, `snapshots/{snapshot_id}`."""
+    function: _builtins.str
+    """When set, the function the snapshot must be of, `functions/{function_id}`."""
+    max_restore_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) a snapshot holding more state than this; 0: 256 MiB."""
+    require_signature: _builtins.bool
+    """Refuse (SNAPSHOT_SIGNATURE_INVALID) a snapshot the store did not sign."""
+    @_builtins.property
+    def idle_ttl(self) -> _duration_pb2.Duration:
+        """Idle TTL of the new instance; the executor's default when unset."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: _builtins.str = ...,
+        function: _builtins.str = ...,
+        idle_ttl: _duration_pb2.Duration | None = ...,
+        max_restore_bytes: _builtins.int = ...,
+        require_signature: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_ttl", b"idle_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "idle_ttl", b"idle_ttl", "max_restore_bytes", b"max_restore_bytes", "require_signature", b"require_signature", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreInstanceRequest: _TypeAlias = RestoreInstanceRequest  # noqa: Y015
+
+@_typing.final
+class RestoreInstanceResponse(_message.Message):
+    """The result of RestoreInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___Instance:
+        """The new instance."""
+
+    @_builtins.property
+    def snapshot(self) -> Global___InstanceSnapshot:
+        """The snapshot it was restored from."""
+
+    def __init__(
+        self,
+        *,
+        instance: Global___Instance | None = ...,
+        snapshot: Global___InstanceSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreInstanceResponse: _TypeAlias = RestoreInstanceResponse  # noqa: Y015
+
+@_typing.final
+class ExportSnapshotRequest(_message.Message):
+    """Request for ExportSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The snapshot, `snapshots/{snapshot_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSnapshotRequest: _TypeAlias = ExportSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ExportSnapshotResponse(_message.Message):
+    """One message of an ExportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the record file."""
+    @_builtins.property
+    def snapshot(self) -> Global___InstanceSnapshot:
+        """The snapshot, on the first message only."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___InstanceSnapshot | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSnapshotResponse: _TypeAlias = ExportSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotHeader(_message.Message):
+    """The first message of an ImportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESTORE_BYTES_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    size_bytes: _builtins.int
+    """The size of the record file that follows."""
+    max_restore_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) a larger file or state; 0: 256 MiB."""
+    require_signature: _builtins.bool
+    """Refuse (SNAPSHOT_SIGNATURE_INVALID) an unsigned record."""
+    def __init__(
+        self,
+        *,
+        size_bytes: _builtins.int = ...,
+        max_restore_bytes: _builtins.int = ...,
+        require_signature: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_restore_bytes", b"max_restore_bytes", "require_signature", b"require_signature", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSnapshotHeader: _TypeAlias = ImportSnapshotHeader  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotRequest(_message.Message):
+    """One message of an ImportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the record file."""
+    @_builtins.property
+    def header(self) -> Global___ImportSnapshotHeader:
+        """What follows, and the guards to apply."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ImportSnapshotHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ImportSnapshotRequest: _TypeAlias = ImportSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotResponse(_message.Message):
+    """The result of ImportSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___InstanceSnapshot:
+        """The new snapshot."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___InstanceSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSnapshotResponse: _TypeAlias = ImportSnapshotResponse  # noqa: Y015

@@ -158,6 +158,26 @@ class GatewayServiceStub:
                 request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.FromString,
                 _registered_method=True)
+        self.SnapshotInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/SnapshotInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceResponse.FromString,
+                _registered_method=True)
+        self.RestoreInstance = channel.unary_unary(
+                '/tensorwasm.gateway.v1.GatewayService/RestoreInstance',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceResponse.FromString,
+                _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/tensorwasm.gateway.v1.GatewayService/ExportSnapshot',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ImportSnapshot = channel.stream_unary(
+                '/tensorwasm.gateway.v1.GatewayService/ImportSnapshot',
+                request_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -349,6 +369,44 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotInstance(self, request, context):
+        """Captures a live instance between calls (its memories, mutable globals, and the
+        kernels and device buffers of its GPU session, copied back) as a signed
+        INSTANCE_STATE record of the tenant in the snapshot store.
+        Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
+        cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreInstance(self, request, context):
+        """Brings an instance snapshot back as a new live instance of the same function, on
+        whichever executor replica the routing picks. Refused (nothing restored) with
+        SNAPSHOT_FUNCTION_MISMATCH (the function is gone or runs another module),
+        ENGINE_FINGERPRINT_MISMATCH, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSnapshot(self, request, context):
+        """Streams an instance snapshot's record file, for `tensorwasm snapshot save -o FILE`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSnapshot(self, request_iterator, context):
+        """Stores a record file made by ExportSnapshot as a new snapshot of the tenant: a
+        header first, then the file in chunks. Checked whole before anything is stored:
+        SNAPSHOT_TRUNCATED, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID,
+        SNAPSHOT_KIND_MISMATCH, SNAPSHOT_CORRUPT, SNAPSHOT_FUNCTION_MISMATCH.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +499,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListKernels,
                     request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.FromString,
                     response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.SerializeToString,
+            ),
+            'SnapshotInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceResponse.SerializeToString,
+            ),
+            'RestoreInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreInstance,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceResponse.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotResponse.SerializeToString,
+            ),
+            'ImportSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSnapshot,
+                    request_deserializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -963,6 +1041,114 @@ class GatewayService:
             '/tensorwasm.gateway.v1.GatewayService/ListKernels',
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsRequest.SerializeToString,
             tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ListKernelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/SnapshotInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.SnapshotInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/RestoreInstance',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.RestoreInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/ExportSnapshot',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorwasm.gateway.v1.GatewayService/ImportSnapshot',
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotRequest.SerializeToString,
+            tensorwasm_dot_gateway_dot_v1_dot_gateway__service__pb2.ImportSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,6 +137,27 @@ class GatewayServiceStub:
     """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
     kernels, ordered by name, version and namespace.
     """
+    SnapshotInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.SnapshotInstanceRequest, _gateway_service_pb2.SnapshotInstanceResponse]
+    """Captures a live instance between calls (its memories, mutable globals, and the
+    kernels and device buffers of its GPU session, copied back) as a signed
+    INSTANCE_STATE record of the tenant in the snapshot store.
+    Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
+    cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
+    """
+    RestoreInstance: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RestoreInstanceRequest, _gateway_service_pb2.RestoreInstanceResponse]
+    """Brings an instance snapshot back as a new live instance of the same function, on
+    whichever executor replica the routing picks. Refused (nothing restored) with
+    SNAPSHOT_FUNCTION_MISMATCH (the function is gone or runs another module),
+    ENGINE_FINGERPRINT_MISMATCH, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID.
+    """
+    ExportSnapshot: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.ExportSnapshotRequest, _gateway_service_pb2.ExportSnapshotResponse]
+    """Streams an instance snapshot's record file, for `tensorwasm snapshot save -o FILE`."""
+    ImportSnapshot: _grpc.StreamUnaryMultiCallable[_gateway_service_pb2.ImportSnapshotRequest, _gateway_service_pb2.ImportSnapshotResponse]
+    """Stores a record file made by ExportSnapshot as a new snapshot of the tenant: a
+    header first, then the file in chunks. Checked whole before anything is stored:
+    SNAPSHOT_TRUNCATED, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID,
+    SNAPSHOT_KIND_MISMATCH, SNAPSHOT_CORRUPT, SNAPSHOT_FUNCTION_MISMATCH.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -246,6 +267,27 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     ListKernels: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListKernelsRequest, _gateway_service_pb2.ListKernelsResponse]  # type: ignore[assignment]
     """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
     kernels, ordered by name, version and namespace.
+    """
+    SnapshotInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.SnapshotInstanceRequest, _gateway_service_pb2.SnapshotInstanceResponse]  # type: ignore[assignment]
+    """Captures a live instance between calls (its memories, mutable globals, and the
+    kernels and device buffers of its GPU session, copied back) as a signed
+    INSTANCE_STATE record of the tenant in the snapshot store.
+    Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
+    cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
+    """
+    RestoreInstance: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RestoreInstanceRequest, _gateway_service_pb2.RestoreInstanceResponse]  # type: ignore[assignment]
+    """Brings an instance snapshot back as a new live instance of the same function, on
+    whichever executor replica the routing picks. Refused (nothing restored) with
+    SNAPSHOT_FUNCTION_MISMATCH (the function is gone or runs another module),
+    ENGINE_FINGERPRINT_MISMATCH, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID.
+    """
+    ExportSnapshot: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.ExportSnapshotRequest, _gateway_service_pb2.ExportSnapshotResponse]  # type: ignore[assignment]
+    """Streams an instance snapshot's record file, for `tensorwasm snapshot save -o FILE`."""
+    ImportSnapshot: _aio.StreamUnaryMultiCallable[_gateway_service_pb2.ImportSnapshotRequest, _gateway_service_pb2.ImportSnapshotResponse]  # type: ignore[assignment]
+    """Stores a record file made by ExportSnapshot as a new snapshot of the tenant: a
+    header first, then the file in chunks. Checked whole before anything is stored:
+    SNAPSHOT_TRUNCATED, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID,
+    SNAPSHOT_KIND_MISMATCH, SNAPSHOT_CORRUPT, SNAPSHOT_FUNCTION_MISMATCH.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -461,6 +503,51 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_service_pb2.ListKernelsResponse, _abc.Awaitable[_gateway_service_pb2.ListKernelsResponse]]:
         """Lists the manifests (no PTX) the tenant sees: the shared catalogue and its own
         kernels, ordered by name, version and namespace.
+        """
+
+    @_abc_1.abstractmethod
+    def SnapshotInstance(
+        self,
+        request: _gateway_service_pb2.SnapshotInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.SnapshotInstanceResponse, _abc.Awaitable[_gateway_service_pb2.SnapshotInstanceResponse]]:
+        """Captures a live instance between calls (its memories, mutable globals, and the
+        kernels and device buffers of its GPU session, copied back) as a signed
+        INSTANCE_STATE record of the tenant in the snapshot store.
+        Refused with INSTANCE_STATE_UNSUPPORTED when the instance holds state a snapshot
+        cannot carry, SNAPSHOT_TOO_LARGE over `max_restore_bytes`; nothing is stored then.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreInstance(
+        self,
+        request: _gateway_service_pb2.RestoreInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.RestoreInstanceResponse, _abc.Awaitable[_gateway_service_pb2.RestoreInstanceResponse]]:
+        """Brings an instance snapshot back as a new live instance of the same function, on
+        whichever executor replica the routing picks. Refused (nothing restored) with
+        SNAPSHOT_FUNCTION_MISMATCH (the function is gone or runs another module),
+        ENGINE_FINGERPRINT_MISMATCH, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportSnapshot(
+        self,
+        request: _gateway_service_pb2.ExportSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.ExportSnapshotResponse], _abc.AsyncIterator[_gateway_service_pb2.ExportSnapshotResponse]]:
+        """Streams an instance snapshot's record file, for `tensorwasm snapshot save -o FILE`."""
+
+    @_abc_1.abstractmethod
+    def ImportSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_service_pb2.ImportSnapshotRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ImportSnapshotResponse, _abc.Awaitable[_gateway_service_pb2.ImportSnapshotResponse]]:
+        """Stores a record file made by ExportSnapshot as a new snapshot of the tenant: a
+        header first, then the file in chunks. Checked whole before anything is stored:
+        SNAPSHOT_TRUNCATED, SNAPSHOT_TOO_LARGE, SNAPSHOT_SIGNATURE_INVALID,
+        SNAPSHOT_KIND_MISMATCH, SNAPSHOT_CORRUPT, SNAPSHOT_FUNCTION_MISMATCH.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -37,6 +37,10 @@ class _SnapshotKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Snapshot
     `ptx`, source_digest BLAKE3 of `namespace 0x00 name 0x00 version`, variant
     `namespace/name@version`, stored for the kernel-catalogue tenant.
     """
+    SNAPSHOT_KIND_INSTANCE_STATE: _SnapshotKind.ValueType  # 4
+    """The state of a live instance (memories and globals), captured by SnapshotInstance
+    or a checkpoint; variant = `{function_id}/{instance_id}/{label}`.
+    """
 
 class SnapshotKind(_SnapshotKind, metaclass=_SnapshotKindEnumTypeWrapper):
     """What a snapshot record holds."""
@@ -51,6 +55,10 @@ SNAPSHOT_KIND_KERNEL: SnapshotKind.ValueType  # 3
 """A registered kernel's PTX text (the gateway's kernel registry): engine_fingerprint
 `ptx`, source_digest BLAKE3 of `namespace 0x00 name 0x00 version`, variant
 `namespace/name@version`, stored for the kernel-catalogue tenant.
+"""
+SNAPSHOT_KIND_INSTANCE_STATE: SnapshotKind.ValueType  # 4
+"""The state of a live instance (memories and globals), captured by SnapshotInstance
+or a checkpoint; variant = `{function_id}/{instance_id}/{label}`.
 """
 Global___SnapshotKind: _TypeAlias = SnapshotKind  # noqa: Y015
 
@@ -904,3 +912,145 @@ class DeleteSnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteSnapshotResponse: _TypeAlias = DeleteSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ExportSnapshotRequest(_message.Message):
+    """Request for ExportSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The record's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSnapshotRequest: _TypeAlias = ExportSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ExportSnapshotResponse(_message.Message):
+    """One message of an ExportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the record file."""
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The record's metadata, set on the first message only."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSnapshotResponse: _TypeAlias = ExportSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotHeader(_message.Message):
+    """The first message of an ImportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_KIND_FIELD_NUMBER: _builtins.int
+    MAX_RESTORE_BYTES_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    size_bytes: _builtins.int
+    """The size of the record file that follows."""
+    expected_kind: Global___SnapshotKind.ValueType
+    """The kind the record must be (SNAPSHOT_KIND_MISMATCH otherwise); unspecified: any."""
+    max_restore_bytes: _builtins.int
+    """Refuse (SNAPSHOT_TOO_LARGE) a file or a payload larger than this; 0: the store's
+    blob cap.
+    """
+    require_signature: _builtins.bool
+    """Refuse (SNAPSHOT_SIGNATURE_INVALID) a record that is unsigned, or that this store
+    cannot verify because it holds no key.
+    """
+    def __init__(
+        self,
+        *,
+        size_bytes: _builtins.int = ...,
+        expected_kind: Global___SnapshotKind.ValueType = ...,
+        max_restore_bytes: _builtins.int = ...,
+        require_signature: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_kind", b"expected_kind", "max_restore_bytes", b"max_restore_bytes", "require_signature", b"require_signature", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSnapshotHeader: _TypeAlias = ImportSnapshotHeader  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotRequest(_message.Message):
+    """One message of an ImportSnapshot stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next chunk of the record file."""
+    @_builtins.property
+    def header(self) -> Global___ImportSnapshotHeader:
+        """What follows, and the guards to apply."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ImportSnapshotHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ImportSnapshotRequest: _TypeAlias = ImportSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class ImportSnapshotResponse(_message.Message):
+    """The result of ImportSnapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot:
+        """The new record."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSnapshotResponse: _TypeAlias = ImportSnapshotResponse  # noqa: Y015

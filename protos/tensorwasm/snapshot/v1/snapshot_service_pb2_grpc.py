@@ -119,6 +119,16 @@ class SnapshotStoreServiceStub:
                 request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.FromString,
                 _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/ExportSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ImportSnapshot = channel.stream_unary(
+                '/tensorwasm.snapshot.v1.SnapshotStoreService/ImportSnapshot',
+                request_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotStoreServiceServicer:
@@ -251,6 +261,25 @@ class SnapshotStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSnapshot(self, request, context):
+        """Streams a record's file exactly as stored (signed when the store signs), after
+        verifying it whole; the first message carries the record's metadata. For a tenant
+        to keep a snapshot outside the store and bring it back with ImportSnapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSnapshot(self, request_iterator, context):
+        """Stores a record file a tenant exported: a header first, then the file in chunks.
+        The file is checked whole (its declared size and the header's cap, then the
+        signature, the record's kind and tenant, the payload digest) before anything is
+        stored; it is stored as a new record of the calling tenant (signed by this store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +347,16 @@ def add_SnapshotStoreServiceServicer_to_server(servicer, server):
                     servicer.DeleteSnapshot,
                     request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.FromString,
                     response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotResponse.SerializeToString,
+            ),
+            'ImportSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSnapshot,
+                    request_deserializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotRequest.FromString,
+                    response_serializer=tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -691,6 +730,60 @@ class SnapshotStoreService:
             '/tensorwasm.snapshot.v1.SnapshotStoreService/DeleteSnapshot',
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotRequest.SerializeToString,
             tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/ExportSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ExportSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorwasm.snapshot.v1.SnapshotStoreService/ImportSnapshot',
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotRequest.SerializeToString,
+            tensorwasm_dot_snapshot_dot_v1_dot_snapshot__service__pb2.ImportSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

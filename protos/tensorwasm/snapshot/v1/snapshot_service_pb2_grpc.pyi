@@ -102,6 +102,17 @@ class SnapshotStoreServiceStub:
     """Lists the calling tenant's records, newest first, a page at a time."""
     DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_snapshot_service_pb2.DeleteSnapshotRequest, _snapshot_service_pb2.DeleteSnapshotResponse]
     """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
+    ExportSnapshot: _grpc.UnaryStreamMultiCallable[_snapshot_service_pb2.ExportSnapshotRequest, _snapshot_service_pb2.ExportSnapshotResponse]
+    """Streams a record's file exactly as stored (signed when the store signs), after
+    verifying it whole; the first message carries the record's metadata. For a tenant
+    to keep a snapshot outside the store and bring it back with ImportSnapshot.
+    """
+    ImportSnapshot: _grpc.StreamUnaryMultiCallable[_snapshot_service_pb2.ImportSnapshotRequest, _snapshot_service_pb2.ImportSnapshotResponse]
+    """Stores a record file a tenant exported: a header first, then the file in chunks.
+    The file is checked whole (its declared size and the header's cap, then the
+    signature, the record's kind and tenant, the payload digest) before anything is
+    stored; it is stored as a new record of the calling tenant (signed by this store).
+    """
 
 @_typing.type_check_only
 class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
@@ -177,6 +188,17 @@ class SnapshotStoreServiceAsyncStub(SnapshotStoreServiceStub):
     """Lists the calling tenant's records, newest first, a page at a time."""
     DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.DeleteSnapshotRequest, _snapshot_service_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
     """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
+    ExportSnapshot: _aio.UnaryStreamMultiCallable[_snapshot_service_pb2.ExportSnapshotRequest, _snapshot_service_pb2.ExportSnapshotResponse]  # type: ignore[assignment]
+    """Streams a record's file exactly as stored (signed when the store signs), after
+    verifying it whole; the first message carries the record's metadata. For a tenant
+    to keep a snapshot outside the store and bring it back with ImportSnapshot.
+    """
+    ImportSnapshot: _aio.StreamUnaryMultiCallable[_snapshot_service_pb2.ImportSnapshotRequest, _snapshot_service_pb2.ImportSnapshotResponse]  # type: ignore[assignment]
+    """Stores a record file a tenant exported: a header first, then the file in chunks.
+    The file is checked whole (its declared size and the header's cap, then the
+    signature, the record's kind and tenant, the payload digest) before anything is
+    stored; it is stored as a new record of the calling tenant (signed by this store).
+    """
 
 class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The snapshot store: durable content-addressed blobs. A blob's address is the
@@ -327,5 +349,28 @@ class SnapshotStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_service_pb2.DeleteSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.DeleteSnapshotResponse]]:
         """Deletes a record and releases its blob reference; another tenant's id is NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ExportSnapshot(
+        self,
+        request: _snapshot_service_pb2.ExportSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_snapshot_service_pb2.ExportSnapshotResponse], _abc.AsyncIterator[_snapshot_service_pb2.ExportSnapshotResponse]]:
+        """Streams a record's file exactly as stored (signed when the store signs), after
+        verifying it whole; the first message carries the record's metadata. For a tenant
+        to keep a snapshot outside the store and bring it back with ImportSnapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_snapshot_service_pb2.ImportSnapshotRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_service_pb2.ImportSnapshotResponse, _abc.Awaitable[_snapshot_service_pb2.ImportSnapshotResponse]]:
+        """Stores a record file a tenant exported: a header first, then the file in chunks.
+        The file is checked whole (its declared size and the header's cap, then the
+        signature, the record's kind and tenant, the payload digest) before anything is
+        stored; it is stored as a new record of the calling tenant (signed by this store).
+        """
 
 def add_SnapshotStoreServiceServicer_to_server(servicer: SnapshotStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

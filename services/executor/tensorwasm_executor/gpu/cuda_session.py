@@ -30,12 +30,15 @@ from tensorwasm_common.gpu_abi import (
     ptx_declares_entry,
 )
 from tensorwasm_common.gpu_batch import (
+    AllocBuffer,
     Batch,
     BatchResult,
     BufferCommand,
     CommandResult,
     LaunchKernel,
     LoadKernel,
+    ReadBuffer,
+    WriteBuffer,
 )
 
 from tensorwasm_executor.gpu.abi import (
@@ -53,6 +56,7 @@ from tensorwasm_executor.gpu.batch import (
     build_request,
     staged_bytes,
 )
+from tensorwasm_executor.gpu.device_state import DeviceState
 from tensorwasm_executor.gpu.sender import BatchSender
 from tensorwasm_executor.metrics import KERNEL_DISPATCHES
 
@@ -81,6 +85,7 @@ class CudaSession:
         self._max_commands = max_batch_commands
         self._max_bytes = max_batch_bytes
         self._kernels: dict[int, str] = {}  # id -> entry
+        self._kernel_sources: dict[int, bytes] = {}  # id -> PTX, for snapshots
         self._next_kernel_id = 0
         self._ptx_bytes = 0
         self._pending: list[QueuedCommand] = []
@@ -95,6 +100,63 @@ class CudaSession:
         self.device_handles_issued = 0
         self.kernel_seconds = 0.0
         self.tenant_kernel_seconds = 0.0
+
+    @property
+    def holds_device_state(self) -> bool:
+        """Whether the session has kernels loaded or device buffers allocated (state that
+        lives on the dispatcher, outside the instance)."""
+        return bool(self._kernels or self.device_buffers)
+
+    def export_device_state(self, deadline: float) -> DeviceState:
+        """The session's kernels and its buffers' bytes, read back from the device (one
+        round trip), between calls.
+
+        Raises:
+            AbiFailure: the dispatcher could not read a buffer.
+        """
+        self._sender.deadline = deadline
+        buffers = []
+        for handle, size in sorted(self.device_buffers.items()):
+            result = self.request(None, ReadBuffer(handle, 0, size))
+            if result.code != 0:
+                raise AbiFailure(_abi_code(result.code), result.message)
+            if len(result.data) != size:
+                raise AbiFailure(AbiError.INTERNAL, "the dispatcher read the wrong size")
+            buffers.append((handle, result.data))
+        kernels = tuple(
+            (kernel_id, self._kernel_sources[kernel_id], entry)
+            for kernel_id, entry in sorted(self._kernels.items())
+        )
+        return DeviceState(
+            kernels, tuple(buffers), self._next_kernel_id, self.device_handles_issued
+        )
+
+    def import_device_state(self, state: DeviceState, deadline: float) -> None:
+        """Loads the kernels and allocates and writes the buffers of `state` under their
+        ids, in this (fresh) session.
+
+        Raises:
+            AbiFailure: the dispatcher refused a kernel or a buffer (quota, PTX).
+        """
+        self._sender.deadline = deadline
+        for kernel_id, ptx, entry in state.kernels:
+            self._check_load_quota(len(ptx))
+            result = self.request(None, LoadKernel(kernel_id, ptx, entry))
+            if result.code != 0:
+                raise AbiFailure(_abi_code(result.code), result.message)
+            self._kernels[kernel_id] = entry
+            self._kernel_sources[kernel_id] = ptx
+            self._ptx_bytes += len(ptx)
+        for handle, data in state.buffers:
+            result = self.request(None, AllocBuffer(handle, len(data)))
+            if result.code != 0:
+                raise AbiFailure(_abi_code(result.code), result.message)
+            self.device_buffers[handle] = len(data)
+            result = self.request(None, WriteBuffer(handle, 0, data))
+            if result.code != 0:
+                raise AbiFailure(_abi_code(result.code), result.message)
+        self._next_kernel_id = max(self._next_kernel_id, state.next_kernel_id)
+        self.device_handles_issued = max(self.device_handles_issued, state.handles_issued)
 
     @property
     def requests_sent(self) -> int:
@@ -182,6 +244,7 @@ class CudaSession:
         except AbiFailure as failure:
             return self._fail(failure)
         self._kernels[kernel_id] = entry
+        self._kernel_sources[kernel_id] = ptx
         self._next_kernel_id += 1
         self._ptx_bytes += len(ptx)
         return kernel_id

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensorwasm_common.errors import InstanceNotFoundError
+from tensorwasm_common.errors import AlreadyExistsError, InstanceNotFoundError
 
 from tensorwasm_executor.errors import InstanceCapacityExhaustedError, TenantCapacityExhaustedError
 from tensorwasm_executor.wasm.sandbox import Resident
@@ -26,6 +26,11 @@ class LiveInstance:
     resident: Resident = field(repr=False)
     last_used: float = 0.0
     busy: int = 0  # calls running or waiting on it
+    function_id: str = ""  # named in its snapshots
+    checkpoint_seconds: int = 0  # 0: never checkpointed
+    calls: int = 0  # calls made on it so far
+    checkpointed_calls: int = 0  # `calls` when its last checkpoint was taken
+    last_checkpoint: float = 0.0  # when that was (the table's clock)
 
 
 class Reservation:
@@ -36,13 +41,30 @@ class Reservation:
         self.tenant = tenant
 
     def commit(
-        self, resident: Resident, module_digest: str, idle_ttl_seconds: float
+        self,
+        resident: Resident,
+        module_digest: str,
+        idle_ttl_seconds: float,
+        *,
+        instance_id: str = "",
+        function_id: str = "",
+        checkpoint_seconds: int = 0,
     ) -> LiveInstance:
-        """Registers the created instance under a new id (the slot becomes its)."""
+        """Registers the created instance under `instance_id`, or a new id (the slot
+        becomes its)."""
         table, self._table = self._table, None
         if table is None:
             raise RuntimeError("reservation already used")
-        return table._commit(self.tenant, resident, module_digest, idle_ttl_seconds)
+        live = LiveInstance(
+            id=instance_id or secrets.token_hex(16),
+            tenant=self.tenant,
+            module_digest=module_digest,
+            idle_ttl_seconds=idle_ttl_seconds,
+            resident=resident,
+            function_id=function_id,
+            checkpoint_seconds=checkpoint_seconds,
+        )
+        return table._commit(live)
 
     def release(self) -> None:
         """Gives the slot back (creation failed). Idempotent; a no-op after commit."""
@@ -111,18 +133,14 @@ class InstanceTable:
             if not self._counts[tenant]:
                 del self._counts[tenant]
 
-    def _commit(
-        self, tenant: str, resident: Resident, module_digest: str, idle_ttl_seconds: float
-    ) -> LiveInstance:
-        live = LiveInstance(
-            id=secrets.token_hex(16),
-            tenant=tenant,
-            module_digest=module_digest,
-            idle_ttl_seconds=idle_ttl_seconds,
-            resident=resident,
-            last_used=self._clock(),
-        )
+    def _commit(self, live: LiveInstance) -> LiveInstance:
+        live.last_used = live.last_checkpoint = self._clock()
         with self._lock:
+            if live.id in self._live:
+                self._counts[live.tenant] -= 1
+                raise AlreadyExistsError(
+                    f"instance {live.id} is live here already", metadata={"instance_id": live.id}
+                )
             self._live[live.id] = live
         return live
 
@@ -135,6 +153,7 @@ class InstanceTable:
         with self._lock:
             live = self._owned(instance_id, tenant)
             live.busy += 1
+            live.calls += 1
             return live
 
     def _owned(self, instance_id: str, tenant: str) -> LiveInstance:
@@ -182,6 +201,33 @@ class InstanceTable:
             for live in expired:
                 self._drop(live)
         return expired
+
+    def due_checkpoints(self) -> list[LiveInstance]:
+        """The idle instances whose checkpoint is due: changed since their last one, at
+        least `checkpoint_seconds` ago. Each is marked busy (no expiry, no second
+        checkpoint) until `checkpointed`."""
+        now = self._clock()
+        with self._lock:
+            due = [
+                live
+                for live in self._live.values()
+                if live.checkpoint_seconds > 0
+                and not live.busy
+                and live.calls != live.checkpointed_calls
+                and now - live.last_checkpoint >= live.checkpoint_seconds
+            ]
+            for live in due:
+                live.busy += 1
+        return due
+
+    def checkpointed(self, live: LiveInstance, calls: int | None) -> None:
+        """Ends a checkpoint of `live` (`calls`: its call count at the capture, None when
+        it failed); its idle time is not reset."""
+        with self._lock:
+            live.busy -= 1
+            live.last_checkpoint = self._clock()
+            if calls is not None:
+                live.checkpointed_calls = calls
 
     def drain(self) -> list[LiveInstance]:
         """Unregisters and returns every instance (shutdown)."""

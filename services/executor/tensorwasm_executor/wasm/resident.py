@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+import wasmtime
 
 from tensorwasm_executor.errors import InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
 from tensorwasm_executor.wasm.engine import CompiledModule
 from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import OutputSink
+from tensorwasm_executor.wasm.host_modules import HostState
 from tensorwasm_executor.wasm.outcomes import Outcome
 from tensorwasm_executor.wasm.values import WasmValue
+
+T = TypeVar("T")
 
 
 class Sandbox(Protocol):
@@ -111,6 +116,29 @@ class Resident:
                 return call_store.outcome(*call_store.run(self.module, info, args))
         finally:
             lock.release()
+
+    def between_calls(self, action: Callable[[wasmtime.Store, Any], T], timeout: float) -> T:
+        """Runs `action(store, instance)` while no call runs on the instance.
+
+        Raises:
+            InstanceBusyError: no turn within `timeout` seconds.
+            ResidentGoneError: the instance was terminated.
+        """
+        if not self._lock.acquire(timeout=timeout):
+            raise InstanceBusyError("a call held the instance for the whole deadline")
+        try:
+            call_store = self._call_store
+            if call_store is None or self._terminated.is_set() or call_store.instance is None:
+                raise ResidentGoneError("the instance was terminated")
+            return action(call_store.store, call_store.instance)
+        finally:
+            self._lock.release()
+
+    @property
+    def host_state(self) -> HostState | None:
+        """The instance's host-module state (its `wasi:cuda` session), if any."""
+        call_store = self._call_store
+        return None if call_store is None else call_store.host_state
 
     def terminate(self) -> None:
         """Stops a running call and frees the store (once no call runs). Idempotent."""

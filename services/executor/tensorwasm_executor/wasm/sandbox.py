@@ -135,12 +135,14 @@ class Sandbox:
         """The period of the epoch ticker, the granularity of deadlines."""
         return self._tick
 
-    def compile(self, digest: str, wasm: bytes) -> CompiledModule:
+    def compile(self, digest: str, wasm: bytes, *, cache_key: str | None = None) -> CompiledModule:
         """Validates, compiles and caches a module under `digest` (which is not re-checked).
 
         Args:
             digest: the content digest the caller computed over `wasm`.
             wasm: the module's binary bytes (text format is rejected).
+            cache_key: the cache entry, when not `digest` (a rewritten copy of the module
+                `digest` names, cached beside it).
 
         Returns:
             The cached module when `digest` is known, else the newly compiled one.
@@ -149,7 +151,7 @@ class Sandbox:
             InvalidWasmError: the bytes do not validate (wasmtime's message).
             UnsatisfiedImportError: an import is neither WASI preview 1 nor a host module.
         """
-        cached = self.lookup(digest)
+        cached = self.lookup(cache_key or digest)
         if cached is not None:
             return cached
         try:
@@ -158,7 +160,7 @@ class Sandbox:
             module = wasmtime.Module(self._engine, cap_watch.instrument(wasm) or wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
-        return self._install(digest, module, len(wasm))
+        return self._install(digest, module, len(wasm), cache_key)
 
     def load_artifact(self, digest: str, path: Path) -> CompiledModule:
         """Loads a module this engine compiled and serialized earlier (`serialize`), from a
@@ -180,12 +182,14 @@ class Sandbox:
             raise InvalidWasmError(str(exc), metadata={"digest": digest}) from None
         return self._install(digest, module, path.stat().st_size)
 
-    def _install(self, digest: str, module: wasmtime.Module, size: int) -> CompiledModule:
+    def _install(
+        self, digest: str, module: wasmtime.Module, size: int, cache_key: str | None = None
+    ) -> CompiledModule:
         """Resolves imports once (InstancePre), reads the export signatures, caches."""
         compiled = link(self._engine, self._linker, digest, module, size)
         with self._lock:
             # One compiled meanwhile by another thread wins; either is now most recently used.
-            compiled = self._cache.setdefault(digest, compiled)
+            compiled = self._cache.setdefault(cache_key or digest, compiled)
         return compiled
 
     def lookup(self, digest: str) -> CompiledModule | None:

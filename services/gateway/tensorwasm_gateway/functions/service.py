@@ -15,6 +15,7 @@ from tensorwasm_common.call_limits import CallLimits, resolve_call_limits
 from tensorwasm_common.errors import (
     ExportNotFoundError,
     InitExportInvalidError,
+    InvalidArgumentError,
     InvalidNameError,
     InvalidWasmError,
 )
@@ -58,6 +59,7 @@ _log = logging.getLogger(__name__)
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
 MAX_DISPLAY_NAME_CHARS = 256
+MAX_CHECKPOINT_SECONDS = 86400
 # The init exports a deploy runs unasked, the first one exported as `() -> ()`: Wizer's,
 # then a WASI reactor's `_initialize` (clang -mexec-model=reactor), which must run once
 # before any other export: every call then starts from the state it left.
@@ -206,6 +208,11 @@ class FunctionService:
             raise InvalidNameError(
                 f"display_name is over {MAX_DISPLAY_NAME_CHARS} characters",
                 metadata={"field": "config.display_name"},
+            )
+        if config.checkpoint_seconds > MAX_CHECKPOINT_SECONDS:
+            raise InvalidArgumentError(
+                f"checkpoint_seconds is over {MAX_CHECKPOINT_SECONDS}",
+                metadata={"field": "config.checkpoint_seconds"},
             )
         _check_function_id(function_id)
         if len(wasm) > self._max_module_bytes:

@@ -1,4 +1,5 @@
-"""Live instances: created on one executor, called there until deleted or idle too long."""
+"""Live instances: created on one executor, called there until deleted or idle too long;
+their snapshots (`snapshots`): taken, restored on any replica, recovered from checkpoints."""
 
 from tensorwasm_gateway.functions.registry import InstanceRecord
 from tensorwasm_gateway.instances.service import (
@@ -6,5 +7,13 @@ from tensorwasm_gateway.instances.service import (
     InstanceSpec,
     instance_id_from_name,
 )
+from tensorwasm_gateway.instances.snapshots import InstanceSnapshotService, SnapshotInfo
 
-__all__ = ["InstanceRecord", "InstanceService", "InstanceSpec", "instance_id_from_name"]
+__all__ = [
+    "InstanceRecord",
+    "InstanceService",
+    "InstanceSnapshotService",
+    "InstanceSpec",
+    "SnapshotInfo",
+    "instance_id_from_name",
+]

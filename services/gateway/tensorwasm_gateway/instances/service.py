@@ -16,7 +16,7 @@ from tensorwasm_gateway.calls import (
     InstanceCall,
     InstanceLaunch,
 )
-from tensorwasm_gateway.errors import FunctionNotFoundError
+from tensorwasm_gateway.errors import FunctionNotFoundError, HolderUnreachableError
 from tensorwasm_gateway.functions import (
     FunctionService,
     InstanceRecord,
@@ -24,6 +24,7 @@ from tensorwasm_gateway.functions import (
     choose_export,
     now_ns,
 )
+from tensorwasm_gateway.instances.snapshots import InstanceSnapshotService
 from tensorwasm_gateway.routing import ExecutorPool
 
 INSTANCE_ID = re.compile(r"[0-9a-f]{32}")
@@ -56,11 +57,16 @@ class InstanceService:
     every call after creation goes to that executor (no routing)."""
 
     def __init__(
-        self, functions: FunctionService, registry: Registry, executors: ExecutorPool
+        self,
+        functions: FunctionService,
+        registry: Registry,
+        executors: ExecutorPool,
+        snapshots: InstanceSnapshotService | None = None,
     ) -> None:
         self._functions = functions
         self._registry = registry
         self._executors = executors
+        self.snapshots = snapshots
 
     async def create(
         self, tenant: str, function_id: str, spec: InstanceSpec
@@ -78,6 +84,8 @@ class InstanceService:
             limits=self._functions.limits_for(tenant, spec.limits, config),
             idle_ttl_ns=spec.idle_ttl_ns,
             input=spec.input,
+            function_id=function_id,
+            checkpoint_seconds=config.checkpoint_seconds,
         )
         launched = await self._executors.create_instance(launch)
         if not launched.instance_id:
@@ -106,7 +114,9 @@ class InstanceService:
         """Calls a live instance on its executor; returns the result and the export.
 
         An instance the executor no longer has (expired, or its executor restarted) is
-        forgotten here too and reported as INSTANCE_NOT_FOUND.
+        forgotten here too and reported as INSTANCE_NOT_FOUND. An instance of a
+        checkpointed function whose executor cannot be reached is first restored on
+        another replica from its last checkpoint (`InstanceSnapshotService.recover`).
         """
         instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
         try:
@@ -125,7 +135,13 @@ class InstanceService:
             input=call.input,
         )
         try:
-            result = await self._executors.call_instance(instance.executor, addressed)
+            try:
+                result = await self._executors.call_instance(instance.executor, addressed)
+            except HolderUnreachableError:
+                moved = await self.snapshots.recover(instance) if self.snapshots else None
+                if moved is None:
+                    raise
+                result = await self._executors.call_instance(moved.executor, addressed)
         except ServiceError as exc:
             if exc.reason is Reason.INSTANCE_NOT_FOUND:
                 await asyncio.to_thread(self._registry.delete_instance, tenant, instance_id)

@@ -37,11 +37,13 @@ from tensorwasm_gateway.calls import (
     CompiledModule,
     InstanceCall,
     InstanceLaunch,
+    InstanceRestore,
     LaunchedInstance,
     Target,
     WasiConfig,
     WireMessage,
 )
+from tensorwasm_gateway.errors import HolderUnreachableError
 from tensorwasm_gateway.limits import limits_to_wire
 from tensorwasm_gateway.request_ids import downstream_metadata
 from tensorwasm_gateway.routing.rendezvous import ReplicaView, rendezvous_order, route
@@ -106,6 +108,8 @@ def create_instance_request(launch: InstanceLaunch) -> pb.CreateInstanceRequest:
         init_export=target.init_export,
         offloads=offloads_to_wire(target.offloads),
         input=launch.input,
+        function_id=launch.function_id,
+        checkpoint_seconds=launch.checkpoint_seconds,
     )
     if launch.idle_ttl_ns is not None:
         request.idle_ttl.FromNanoseconds(launch.idle_ttl_ns)
@@ -423,10 +427,53 @@ class ExecutorPool:
         request = pb.DeleteInstanceRequest(instance_id=instance_id, tenant=tenant)
         await self._pinned(address, "DeleteInstance", request)
 
+    async def snapshot_instance(
+        self, address: str, tenant: str, instance_id: str, max_state_bytes: int
+    ) -> str:
+        """Snapshots an instance on the replica that holds it; -> the record's id."""
+        request = pb.SnapshotInstanceRequest(
+            instance_id=instance_id, tenant=tenant, max_state_bytes=max_state_bytes
+        )
+        response: pb.SnapshotInstanceResponse = await self._pinned(
+            address, "SnapshotInstance", request
+        )
+        return response.snapshot_id
+
+    async def restore_instance(
+        self, launch: InstanceLaunch, restore: InstanceRestore, *, avoid: str = ""
+    ) -> LaunchedInstance:
+        """Restores an instance on the routed replica (failing over only while not
+        started), skipping `avoid` (the replica that held it) while others are healthy."""
+        target = launch.target
+        request = pb.RestoreInstanceRequest(
+            snapshot_id=restore.snapshot_id,
+            instance_id=restore.instance_id,
+            tenant=target.tenant,
+            function_id=launch.function_id,
+            module_digest=target.module_digest,
+            limits=limits_to_wire(launch.limits),
+            wasi=wasi_to_wire(target.wasi),
+            offloads=offloads_to_wire(target.offloads),
+            checkpoint_seconds=launch.checkpoint_seconds,
+            max_restore_bytes=restore.max_restore_bytes,
+            require_signature=restore.require_signature,
+        )
+        if launch.idle_ttl_ns is not None:
+            request.idle_ttl.FromNanoseconds(launch.idle_ttl_ns)
+        if avoid in self._replicas:
+            self._replicas[avoid].mark(False)  # until its next health check says otherwise
+        address, response = await self._routed(target.module_digest, "RestoreInstance", request)
+        return LaunchedInstance(
+            executor=address,
+            instance_id=response.instance_id,
+            idle_ttl_ns=response.idle_ttl.ToNanoseconds(),
+            result=CallResult(outcome=invocation_pb2.InvocationOutcome(), succeeded=True),
+        )
+
     async def _pinned(self, address: str, method: str, request: Any) -> Any:
         replica = self._replicas.get(address)
         if replica is None:  # the replica left the configuration, with its instances
-            raise UnavailableError(
+            raise HolderUnreachableError(
                 f"executor {address} is no longer configured", metadata={"executor": address}
             )
         try:
@@ -437,7 +484,14 @@ class ExecutorPool:
                     metadata=downstream_metadata(),
                 )
         except grpc.aio.AioRpcError as exc:
-            raise downstream_error(exc, f"executor {address}") from exc
+            error = downstream_error(exc, f"executor {address}")
+            if not_started(exc):  # the call never left: the instance may be recovered
+                raise HolderUnreachableError(
+                    error.message,
+                    metadata={**error.metadata, "executor": address},
+                    retry_after_seconds=error.retry_after_seconds,
+                ) from exc
+            raise error from exc
 
     async def close(self) -> None:
         """Stops the background tasks and closes every channel."""

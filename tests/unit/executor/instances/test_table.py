@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tensorwasm_common.errors import Code, InstanceNotFoundError
+from tensorwasm_common.errors import AlreadyExistsError, Code, InstanceNotFoundError
 from tensorwasm_executor.errors import InstanceCapacityExhaustedError, TenantCapacityExhaustedError
 from tensorwasm_executor.instances.table import InstanceTable
 
@@ -87,3 +87,39 @@ def test_drain_returns_everything() -> None:
     made = {table.reserve(t).commit(RESIDENT, "d" * 64, 1.0).id for t in ("a", "b")}
     assert {live.id for live in table.drain()} == made
     assert len(table) == 0 and table.tenant_count("a") == 0
+
+
+def test_a_restored_instance_keeps_its_id_once() -> None:
+    table = InstanceTable(max_instances=10, max_per_tenant=10)
+    live = table.reserve("acme").commit(RESIDENT, "d" * 64, 60.0, instance_id="a" * 32)
+    assert live.id == "a" * 32
+    with pytest.raises(AlreadyExistsError):
+        table.reserve("acme").commit(RESIDENT, "d" * 64, 60.0, instance_id="a" * 32)
+    assert table.tenant_count("acme") == 1  # the refused one holds no slot
+
+
+def test_checkpoints_are_due_when_idle_changed_and_old_enough() -> None:
+    clock = Clock()
+    table = InstanceTable(max_instances=10, max_per_tenant=10, clock=clock)
+    live = table.reserve("acme").commit(RESIDENT, "d" * 64, 600.0, checkpoint_seconds=5)
+    never = table.reserve("acme").commit(RESIDENT, "d" * 64, 600.0)  # not checkpointed
+    clock.now += 10
+    assert table.due_checkpoints() == []  # unchanged since it started
+    table.checkin(table.checkout(live.id, "acme"))
+    table.checkin(table.checkout(never.id, "acme"))
+    held = table.checkout(live.id, "acme")
+    assert table.due_checkpoints() == []  # a call is running on it
+    table.checkin(held)
+    assert table.due_checkpoints() == [live]
+    assert table.due_checkpoints() == []  # taken already: marked busy until done
+    assert table.expire() == []  # a checkpoint in progress keeps it alive
+    table.checkpointed(live, live.calls)
+    assert table.due_checkpoints() == []  # no call since, and not 5 s yet
+    table.checkin(table.checkout(live.id, "acme"))
+    assert table.due_checkpoints() == []
+    clock.now += 5
+    due = table.due_checkpoints()
+    assert due == [live]
+    table.checkpointed(live, None)  # it failed: it stays due at its next period
+    clock.now += 5
+    assert table.due_checkpoints() == [live]
