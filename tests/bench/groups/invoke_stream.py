@@ -244,4 +244,3 @@ def invoke_stream(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
                 params=params,
             ),
         ]
-
