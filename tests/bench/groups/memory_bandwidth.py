@@ -138,21 +138,21 @@ def memory_bandwidth(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
             description="CallInstance of noop() on the same instance: the call's floor",
         )
 
-        entries: list[dict[str, Any]] = []
+        tiers: dict[str, dict[str, Any]] = {}
         for size in sizes:
             results = run_self_timed(
                 f"memory_bandwidth [self-timed: {_label(size)}]",
                 [floor, *_pair(call, size)],
                 BULK_TIER,
             )
+            tier = tiers[_label(size)] = {}
             for name, result in results.items():
-                entry = as_params(result, BULK_TIER)
+                entry = tier[name] = as_params(result, BULK_TIER)
                 if name != CALL_FLOOR:
                     entry["mb_per_second_p50"] = round(size / 1e6 / (result.summary.p50 / 1e9), 1)
                     print(f"{name}: {entry['mb_per_second_p50']} MB/s at P50")
-                entries.append(entry)
             print()
 
         memcpy, h2d, d2h = _pair(call, HARNESS_SIZE)
-        h2d = dataclasses.replace(h2d, params={**h2d.params, "self_timed": entries})
+        h2d = dataclasses.replace(h2d, params={**h2d.params, "self_timed": tiers})
         yield [floor, memcpy, h2d, d2h]
