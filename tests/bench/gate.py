@@ -19,8 +19,10 @@ does not produce is reported as missing and fails the gate too (a gate that pass
 its metric vanished is no gate); a metric the baseline does not know is listed, not gated.
 Tolerances are per metric, in the baseline: when measuring it, each is the default of its
 percentile (`DEFAULT_TOLERANCE`) or, if larger, twice the relative spread seen between the
-baseline's runs; a percentile whose default is None (P99.9, too few samples behind it in a
-smoke-sized run) is recorded and reported, not gated.
+baseline's runs. A percentile is gated only when at least MIN_TAIL_SAMPLES samples lie
+beyond it (P50 from 20 samples, P95 from 200, P99 from 1,000, P99.9 from 10,000): a
+percentile nearer the end is one of the last few samples, i.e. whatever else the machine
+did at that moment. Such metrics are recorded and reported, not gated (tolerance null).
 
 Commands (see `make bench-check` and `make bench-baseline`):
   python -m tests.bench.gate check --baseline FILE --results DIR
@@ -42,14 +44,25 @@ from typing import Any
 BASELINE_FORMAT = "tensorwasm-bench-baseline/1"
 PERCENTILES = ("p50", "p95", "p99", "p99_9")
 # Relative headroom over the baseline ratio before a metric counts as regressed. Generous,
-# for a loaded shared machine: a P50 ratio may rise by half, a P95 double, a P99 rise 2.5x.
-DEFAULT_TOLERANCE: Mapping[str, float | None] = {
-    "p50": 0.5,
-    "p95": 1.0,
-    "p99": 1.5,
-    "p99_9": None,
-}
+# for a loaded shared machine: a P50 ratio may rise by half, a P95 double, a P99 rise 2.5x,
+# a P99.9 triple.
+DEFAULT_TOLERANCE: Mapping[str, float] = {"p50": 0.5, "p95": 1.0, "p99": 1.5, "p99_9": 2.0}
+PERCENT = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p99_9": 99.9}
 SPREAD_FACTOR = 2.0
+MIN_TAIL_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One metric of a run: the ratio, and the fewer of the two sample counts behind it."""
+
+    value: float
+    samples: int
+
+
+def gated(percentile: str, samples: int) -> bool:
+    """True when at least MIN_TAIL_SAMPLES of `samples` lie beyond the percentile."""
+    return samples * (100.0 - PERCENT[percentile]) / 100.0 >= MIN_TAIL_SAMPLES - 1e-9
 
 
 class GateError(Exception):
@@ -65,7 +78,7 @@ def _is_entry(value: object) -> bool:
 
 def _ratios(
     group: str, entries: Sequence[Mapping[str, Any]], suffix: str = ""
-) -> Iterator[tuple[str, float]]:
+) -> Iterator[tuple[str, Ratio]]:
     """Per-percentile ratios of every non-floor entry against each of its anchors."""
     by_name: dict[str, Mapping[str, Any]] = {}
     duplicates: set[str] = set()
@@ -81,12 +94,11 @@ def _ratios(
             anchor = by_name.get(anchor_name)
             if anchor is None or anchor_name in duplicates or entry["name"] in duplicates:
                 continue  # not in this tier, or ambiguous: nothing honest to compute
+            samples = min(int(entry["n"]), int(anchor["n"]))
             for p in PERCENTILES:
                 if anchor.get(p):
-                    yield (
-                        f"{group}: {entry['name']} vs {anchor_name} @{p}{suffix}",
-                        (entry[p] / anchor[p]),
-                    )
+                    key = f"{group}: {entry['name']} vs {anchor_name} @{p}{suffix}"
+                    yield key, Ratio(entry[p] / anchor[p], samples)
 
 
 def _tiers(value: object, path: str) -> Iterator[tuple[str, list[Mapping[str, Any]]]]:
@@ -107,7 +119,7 @@ def _tiers(value: object, path: str) -> Iterator[tuple[str, list[Mapping[str, An
                 yield from _tiers(child, path)
 
 
-def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+def report_metrics(report: Mapping[str, Any]) -> dict[str, Ratio]:
     """Every gated ratio of one group report (`<out>/<group>.json`)."""
     group = report["group"]
     results = report["results"]
@@ -118,10 +130,10 @@ def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def run_metrics(results_dir: Path, groups: Sequence[str]) -> dict[str, float]:
+def run_metrics(results_dir: Path, groups: Sequence[str]) -> dict[str, Ratio]:
     """The metrics of the named groups' reports in `results_dir` (a missing report
     contributes nothing: its metrics are then reported missing)."""
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Ratio] = {}
     for name in groups:
         path = results_dir / f"{name}.json"
         if path.exists():
@@ -157,11 +169,12 @@ class Verdict:
         return f"{self.status.upper():9} {self.key}: {now} (baseline {base}, {limit})"
 
 
-def compare(baseline: Mapping[str, Any], current: Mapping[str, float]) -> list[Verdict]:
+def compare(baseline: Mapping[str, Any], current: Mapping[str, Ratio]) -> list[Verdict]:
     """Each baseline metric against the run's, then the run's metrics the baseline lacks."""
     verdicts = []
     for key, spec in sorted(baseline["metrics"].items()):
-        value = current.get(key)
+        found = current.get(key)
+        value = None if found is None else found.value
         tolerance = spec.get("tolerance")
         base = float(spec["baseline"])
         if value is None:
@@ -176,7 +189,7 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, float]) -> list[V
             status = "ok"
         verdicts.append(Verdict(key, status, base, value, tolerance))
     for key in sorted(set(current) - set(baseline["metrics"])):
-        verdicts.append(Verdict(key, "new", None, current[key], None))
+        verdicts.append(Verdict(key, "new", None, current[key].value, None))
     return verdicts
 
 
@@ -188,13 +201,13 @@ def failed(verdicts: Sequence[Verdict]) -> list[Verdict]:
 # --- baseline ---------------------------------------------------------------------------------
 
 
-def tolerance_for(percentile: str, observed: Sequence[float]) -> float | None:
-    """The percentile's default, or twice the runs' relative spread when that is larger."""
-    default = DEFAULT_TOLERANCE[percentile]
-    if default is None:
+def tolerance_for(percentile: str, observed: Sequence[float], samples: int) -> float | None:
+    """None when the percentile has too few samples beyond it to gate; else its default,
+    or twice the runs' relative spread when that is larger."""
+    if not gated(percentile, samples):
         return None
     spread = max(observed) / min(observed) - 1 if min(observed) > 0 else 0.0
-    return round(max(default, SPREAD_FACTOR * spread), 3)
+    return round(max(DEFAULT_TOLERANCE[percentile], SPREAD_FACTOR * spread), 3)
 
 
 def build_baseline(
@@ -206,12 +219,14 @@ def build_baseline(
     common = set(per_run[0]).intersection(*per_run[1:]) if per_run else set()
     metrics = {}
     for key in sorted(common):
-        observed = [m[key] for m in per_run]
+        observed = [m[key].value for m in per_run]
+        samples = min(m[key].samples for m in per_run)
         percentile = key.rsplit("@", 1)[1].split(" ", 1)[0]
         metrics[key] = {
             "baseline": round(statistics.median(observed), 4),
-            "tolerance": tolerance_for(percentile, observed),
+            "tolerance": tolerance_for(percentile, observed, samples),
             "observed": [round(v, 4) for v in observed],
+            "samples": samples,
         }
     return {
         "format": BASELINE_FORMAT,

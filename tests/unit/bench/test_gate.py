@@ -108,11 +108,12 @@ TIER_P50 = "demo: tier/subject vs tier/anchor @p50 [demo/subject.first]"
 
 def test_metrics_are_ratios_of_non_floor_benchmarks_at_each_percentile(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run", 300, tail_ns=900)
-    metrics = gate.run_metrics(run, ["demo"])
+    metrics = {k: m.value for k, m in gate.run_metrics(run, ["demo"]).items()}
     assert metrics[SUBJECT_P50] == pytest.approx(3.0)
     assert metrics["demo: demo/subject vs floor/two_hop @p95"] == pytest.approx(1.5)
     assert metrics["demo: demo/subject vs floor/one_hop @p99_9"] == pytest.approx(9.0)
     assert metrics[TIER_P50] == pytest.approx(3.0)
+    assert {m.samples for m in gate.run_metrics(run, ["demo"]).values()} == {N}
     # floor/two_hop is an anchor of the subject: a floor, whose own ratio is not gated.
     assert not [k for k in metrics if "floor/two_hop vs" in k]
     assert len(metrics) == 2 * 4 + 4
@@ -195,12 +196,37 @@ def test_a_metric_the_baseline_lacks_is_listed_not_gated(
     assert "1 new" in out
 
 
-def test_p99_9_is_recorded_but_not_gated(tmp_path: Path) -> None:
+def test_a_tail_with_too_few_samples_beyond_it_is_recorded_but_not_gated(
+    tmp_path: Path,
+) -> None:
+    # 100 samples: P50 is gated; P95, P99 and P99.9 have fewer than 10 samples beyond them.
     baseline = _baseline(tmp_path, [_write_run(tmp_path / "base", 300, tail_ns=300)])
+    data = json.loads(baseline.read_text())
+    assert data["metrics"]["demo: demo/subject vs floor/one_hop @p95"]["tolerance"] is None
     run = _write_run(tmp_path / "run", 300, tail_ns=30_000)
     statuses = _statuses(baseline, run)
     assert statuses["demo: demo/subject vs floor/one_hop @p99_9"] == "reported"
+    assert statuses["demo: demo/subject vs floor/one_hop @p95"] == "reported"
     assert statuses[SUBJECT_P50] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("percentile", "samples", "expected"),
+    [
+        ("p50", 20, True),
+        ("p50", 19, False),
+        ("p95", 200, True),
+        ("p95", 199, False),
+        ("p99", 1000, True),
+        ("p99", 300, False),
+        ("p99_9", 10_000, True),
+        ("p99_9", 9_999, False),
+    ],
+)
+def test_gated_needs_ten_samples_beyond_the_percentile(
+    percentile: str, samples: int, expected: bool
+) -> None:
+    assert gate.gated(percentile, samples) is expected
 
 
 def test_baseline_takes_the_median_and_widens_tolerance_to_the_runs_spread(
@@ -220,16 +246,19 @@ def test_baseline_takes_the_median_and_widens_tolerance_to_the_runs_spread(
 
 
 @pytest.mark.parametrize(
-    ("percentile", "observed", "expected"),
+    ("percentile", "observed", "samples", "expected"),
     [
-        ("p50", [2.0], 0.5),
-        ("p95", [2.0, 2.1], 1.0),
-        ("p99", [1.0, 3.0], 4.0),
-        ("p99_9", [1.0], None),
+        ("p50", [2.0], 300, 0.5),
+        ("p95", [2.0, 2.1], 300, 1.0),
+        ("p99", [1.0, 3.0], 1000, 4.0),
+        ("p99", [1.0, 3.0], 300, None),
+        ("p99_9", [1.0], 10_000, 2.0),
     ],
 )
-def test_tolerance_for(percentile: str, observed: list[float], expected: float | None) -> None:
-    assert gate.tolerance_for(percentile, observed) == expected
+def test_tolerance_for(
+    percentile: str, observed: list[float], samples: int, expected: float | None
+) -> None:
+    assert gate.tolerance_for(percentile, observed, samples) == expected
 
 
 def test_run_args_prints_the_baseline_command(
