@@ -21,7 +21,7 @@ CUDA_TOOLS_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-n
 CUDA_HOME_BIN ?= /usr/local/cuda/bin
 export PATH := $(PATH):$(CUDA_HOME_BIN):$(CUDA_TOOLS_BIN)
 
-.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke up down status demo cluster-demo clean guest-toolchain guests cuda-tools test-oversubscribed k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke engines-postgres
+.PHONY: help uv runtime setup settings-reference proto proto-check lint fmt typecheck test test-unit test-integration test-gpu bench bench-smoke bench-check bench-baseline up down status demo cluster-demo clean guest-toolchain guests cuda-tools test-oversubscribed k8s-tools k8s-lint observability-tools envoy-tools images-tools images images-smoke engines-postgres
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -201,6 +201,33 @@ bench: setup engines-postgres ## Run the benchmark groups; JSON under bench-resu
 bench-smoke: setup engines-postgres ## Every benchmark group at smoke sizing (CI: the groups still run; timings not judged)
 	$(PY) -m tests.bench --quick --out $${TMPDIR:-/tmp}/tensorwasm-bench-smoke
 
+# The regression gate. bench-results/baseline.json (committed) holds, per metric, a ratio of
+# a subject's percentile to its anchor's measured in the same run, never a time, with its
+# tolerance; bench-check runs the gated groups with the arguments the baseline was measured
+# with and fails when a ratio rose past its tolerance or a metric went missing
+# (tests/bench/gate.py; docs/PERFORMANCE.md, "Regression gate").
+BENCH_BASELINE := bench-results/baseline.json
+BENCH_GATED_GROUPS ?= invoke_stream,memory_bandwidth,tenant_registry,e2e,call_export
+BENCH_BASELINE_RUNS ?= 3
+BENCH_BASELINE_NOTE ?= say where it ran: the machine, its load, what else shared it
+
+bench-check: setup engines-postgres ## Run the gated groups and fail when a ratio regressed past its tolerance (bench-results/baseline.json)
+	@out=$$(mktemp -d "$${TMPDIR:-/tmp}/tensorwasm-bench-check.XXXXXX"); \
+	args=$$($(PY) -m tests.bench.gate run-args --baseline $(BENCH_BASELINE)) || exit 2; \
+	echo "bench-check: python -m tests.bench $$args --out $$out"; \
+	$(PY) -m tests.bench $$args --out $$out || exit $$?; \
+	$(PY) -m tests.bench.gate check --baseline $(BENCH_BASELINE) --results $$out
+
+bench-baseline: setup engines-postgres ## Re-measure bench-results/baseline.json: BENCH_BASELINE_RUNS smoke-sized runs of BENCH_GATED_GROUPS
+	@runs=(); for run in $$(seq $(BENCH_BASELINE_RUNS)); do \
+	  out=$$(mktemp -d "$${TMPDIR:-/tmp}/tensorwasm-bench-baseline.XXXXXX"); runs+=("$$out"); \
+	  echo "bench-baseline: run $$run of $(BENCH_BASELINE_RUNS) -> $$out"; \
+	  $(PY) -m tests.bench --quick --groups $(BENCH_GATED_GROUPS) --out "$$out" || exit $$?; \
+	done; \
+	$(PY) -m tests.bench.gate baseline --results "$${runs[@]}" --groups $(BENCH_GATED_GROUPS) \
+	  --out $(BENCH_BASELINE) --run-args=--quick --note "$(BENCH_BASELINE_NOTE)" \
+	  --command "make bench-baseline (python -m tests.bench --quick --groups $(BENCH_GATED_GROUPS), $(BENCH_BASELINE_RUNS) runs)"
+
 up: runtime ## Start the five services on loopback (state in DATA_DIR)
 	.venv/bin/tensorwasm --data-dir $(DATA_DIR) up
 
@@ -217,7 +244,8 @@ cluster-demo: setup engines-postgres ## The multi-replica proof: PostgreSQL, Sea
 	$(PY) -m tests.engines.cluster
 
 clean: ## Remove the venv, tools and local data
-	rm -rf .venv .tools .demo-data bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .demo-data .pytest_cache .mypy_cache .ruff_cache
+	find bench-results -mindepth 1 ! -name baseline.json -delete 2>/dev/null || true
 
 # The TypeScript client (clients/node): dependencies under clients/node/node_modules
 # (npm ci, from the committed lock), code generated from protos/ at build time, its tests

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -22,7 +23,9 @@ METHOD = "Unary"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
 # Streaming floors for bulk transfers: Upload drains a client stream and answers its byte
 # count (8 bytes, little-endian); Download answers a request of 16 bytes (total, chunk size,
-# little-endian u64s) with that many bytes in chunks of that size.
+# little-endian u64s) with that many bytes in chunks of that size. A relay (`--forward`)
+# relays Unary and Download (each chunk as it arrives: the two-hop floor of a stream);
+# Upload stays local.
 UPLOAD_METHOD = f"/{SERVICE}/Upload"
 DOWNLOAD_METHOD = f"/{SERVICE}/Download"
 
@@ -60,13 +63,23 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 async def _serve(host: str, port: int, forward: str) -> None:
     downstream: grpc.aio.Channel | None = None
+    download: Any = _download
     if forward:
         downstream = grpc.aio.insecure_channel(forward)
         relay = downstream.unary_unary(FULL_METHOD)
+        relay_download = downstream.unary_stream(DOWNLOAD_METHOD)
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             reply: bytes = await relay(request, timeout=FORWARD_TIMEOUT_SECONDS)
             return reply
+
+        async def relayed_download(
+            request: bytes, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            async for chunk in relay_download(request, timeout=FORWARD_TIMEOUT_SECONDS):
+                yield chunk
+
+        download = relayed_download
 
     else:
 
@@ -83,7 +96,7 @@ async def _serve(host: str, port: int, forward: str) -> None:
                 {
                     METHOD: grpc.unary_unary_rpc_method_handler(handle),
                     "Upload": grpc.stream_unary_rpc_method_handler(_upload),
-                    "Download": grpc.unary_stream_rpc_method_handler(_download),
+                    "Download": grpc.unary_stream_rpc_method_handler(download),
                 },
             ),
         )
