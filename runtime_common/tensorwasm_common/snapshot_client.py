@@ -243,6 +243,30 @@ class SnapshotClient(StoreClientBase):
             deleted += 1
         return deleted
 
+    async def delete_instance_images(self, tenant: str, source_digest: str) -> int:
+        """Deletes the tenant's pre-initialised instance images of a module (one per init
+        export and engine fingerprint), releasing their blobs; -> how many. An executor
+        that needs one again runs init again."""
+        deleted = 0
+        token = ""
+        while True:
+            page = await self.list_snapshots(
+                kind=INSTANCE_IMAGE,
+                source_digest=source_digest,
+                page_size=1000,
+                page_token=token,
+                tenant=tenant,
+            )
+            for record in page.snapshots:
+                try:
+                    await self.delete_snapshot(record.id, tenant=tenant)
+                except SnapshotNotFoundError:
+                    continue  # deleted meanwhile, by another gateway
+                deleted += 1
+            token = page.next_page_token
+            if not token:
+                return deleted
+
 
 __all__ = [
     "ARTIFACT_TENANT",

@@ -170,3 +170,37 @@ def test_a_restarted_executor_without_local_files_takes_the_image_from_the_store
     assert image_records(second, tenant) == [record]
     # The image taken from the store is kept in the local file again.
     assert len(image_files(tmp_path)) == 1
+
+
+def test_a_deleted_functions_images_are_released_once_no_function_of_the_tenant_runs_it(
+    stack: Any, tenant: str, wasm: Callable[[str], bytes]
+) -> None:
+    with stack.client(tenant) as client:
+        client.create_function("table", wasm("preinit_table"))
+        client.create_function("twin", wasm("preinit_table"))  # the same module
+        assert result(client, "table", "init_runs").i32 == 1
+        [record] = image_records(stack, tenant)
+        client.delete_function("table")
+        assert image_records(stack, tenant) == [record]  # "twin" still runs the module
+        assert result(client, "twin", "init_runs").i32 == 1
+        client.delete_function("twin")
+        assert image_records(stack, tenant) == []
+        # Deployed again, the function starts from an image as before (the executor's
+        # local one, or init run again).
+        client.create_function("table", wasm("preinit_table"))
+        assert result(client, "table", "init_runs").i32 == 1
+        assert result(client, "table", "bump").i32 == 1
+
+
+def test_two_tenants_deploying_one_module_get_images_of_their_own(
+    stack: Any, tenant: str, wasm: Callable[[str], bytes]
+) -> None:
+    """init's random stamp stands for a secret init made (a key, say): a tenant deploying a
+    module another tenant runs must not start from that tenant's init state."""
+    stamps = []
+    for who in (f"{tenant[:60]}-a", f"{tenant[:60]}-b"):
+        with stack.client(who) as client:
+            client.create_function("table", wasm("preinit_table"))
+            stamps.append(result(client, "table", "stamp").i64)
+            assert result(client, "table", "init_runs").i32 == 1
+    assert stamps[0] != stamps[1]

@@ -3,8 +3,10 @@ else the tenant's snapshot record in the store, else run init once and keep the 
 three (file: temp file, fsync, rename, then its BLAKE3 digest beside it, checked before the
 file is mapped; store: an INSTANCE_IMAGE record, variant = init export).
 
-Images are keyed by (module digest, engine fingerprint, init export); the fingerprint is this
-executor's, so it is part of the directory and of the store lookup, not of the memory key.
+Images are keyed by (tenant, module digest, engine fingerprint, init export); the fingerprint
+is this executor's, so it is part of the directory and of the store lookup, not of the memory
+key. The tenant is part of every key: init may draw secrets (WASI random) or read what the
+tenant granted, so two tenants deploying the same module never share an image.
 """
 
 from __future__ import annotations
@@ -90,8 +92,10 @@ class ImageProvider:
         self._fetch = fetch
         self._pool = pool
         self._records = records
-        self._cache: LRUCache[tuple[str, str], InstanceImage] = LRUCache(maxsize=cache_entries)
-        self._inflight: dict[tuple[str, str], asyncio.Future[InstanceImage]] = {}
+        self._cache: LRUCache[tuple[str, str, str], InstanceImage] = LRUCache(
+            maxsize=cache_entries
+        )
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[InstanceImage]] = {}
         fingerprint = sandbox.engine_fingerprint
         self._dir = image_dir / fingerprint[:16] if image_dir is not None else None
         # What each image came from, for tests and logs: init runs, files, store records.
@@ -99,11 +103,12 @@ class ImageProvider:
         self.loaded_from_file = 0
         self.loaded_from_store = 0
 
-    def image_path(self, digest: str, init_export: str) -> Path | None:
-        """Where the image of (digest, init export) is kept (None: no image directory)."""
+    def image_path(self, digest: str, init_export: str, tenant: str) -> Path | None:
+        """Where the tenant's image of (digest, init export) is kept (None: no image
+        directory)."""
         if self._dir is None:
             return None
-        name = hashlib.sha256(init_export.encode()).hexdigest()[:32]
+        name = hashlib.sha256(f"{tenant}\0{init_export}".encode()).hexdigest()[:32]
         return self._dir / f"{digest}.{name}.twimg"
 
     async def get(self, module: CompiledModule, init_export: str, tenant: str) -> InstanceImage:
@@ -113,7 +118,7 @@ class ImageProvider:
             InitExportInvalidError, InitFailedError, PreinitStateUnsupportedError: from
                 running init (nothing is cached then).
         """
-        key = (module.digest, init_export)
+        key = (tenant, module.digest, init_export)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -139,7 +144,7 @@ class ImageProvider:
     ) -> InstanceImage:
         loop = asyncio.get_running_loop()
         pool = pool_for(self._pool, tenant)  # init runs as the tenant's work
-        path = self.image_path(module.digest, init_export)
+        path = self.image_path(module.digest, init_export, tenant)
         image = await loop.run_in_executor(pool, self._read_file, path)
         if image is not None:
             self.loaded_from_file += 1

@@ -156,6 +156,14 @@ class Registry:
         ).one()
         return row is not None
 
+    def tenant_uses_module(self, tenant: str, module_digest: str) -> bool:
+        """True when a function of `tenant` runs the module."""
+        row = self.database.execute(
+            "SELECT 1 FROM functions WHERE tenant = ? AND module_digest = ? LIMIT 1",
+            (tenant, module_digest),
+        ).one()
+        return row is not None
+
     def delete(self, tenant: str, function_id: str) -> None:
         """Removes a function; FunctionNotFoundError when there is none."""
         with self.database.transaction() as session:

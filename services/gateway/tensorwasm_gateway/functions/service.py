@@ -37,7 +37,11 @@ from tensorwasm_gateway.errors import (
     FunctionAlreadyExistsError,
     ModuleTooLargeError,
 )
-from tensorwasm_gateway.functions.artifacts import ArtifactRecords, release_unused_artifacts
+from tensorwasm_gateway.functions.artifacts import (
+    ArtifactRecords,
+    release_unused_artifacts,
+    release_unused_images,
+)
 from tensorwasm_gateway.functions.references import References
 from tensorwasm_gateway.functions.registry import FunctionRecord, Registry, now_ns
 from tensorwasm_gateway.functions.upload import ModuleUpload, UploadHeader
@@ -290,6 +294,9 @@ class FunctionService:
         await self.references.release(tenant, record.module_digest, f"functions/{function_id}")
         if self._artifacts is not None:
             await release_unused_artifacts(self._registry, self._artifacts, record.module_digest)
+            await release_unused_images(
+                self._registry, self._artifacts, tenant, record.module_digest
+            )
 
     def config_of(self, record: FunctionRecord) -> FunctionConfig:
         """The function's configuration."""

@@ -137,7 +137,7 @@ def test_concurrent_first_requests_run_init_once_and_keep_it_everywhere(
     got = asyncio.run(main())
     assert images.captured == 1 and setup.fetches == 1
     assert all(image is got[0] for image in got)
-    path = images.image_path(setup.digest, INIT)
+    path = images.image_path(setup.digest, INIT, "acme")
     assert path is not None and path.is_file()
     assert list(records.records) == [
         ("acme", INSTANCE_IMAGE, sandbox.engine_fingerprint, setup.digest, INIT)
@@ -145,6 +145,24 @@ def test_concurrent_first_requests_run_init_once_and_keep_it_everywhere(
     assert asyncio.run(images.get(setup.module, INIT, "acme")) is got[0]  # memory hit
     assert file_backed(got[0])  # what the LRU holds is the mapped file: restores map it
     assert images.captured == 1
+
+
+def test_two_tenants_of_one_module_never_share_an_image(
+    sandbox: Sandbox, setup: Setup, pool: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    """init draws a random stamp: a shared image would hand tenant b what init made for a
+    (a key generated at init, say)."""
+    images = provider(sandbox, setup, pool, tmp_path, FakeRecords())
+    first = asyncio.run(images.get(setup.module, INIT, "a"))
+    second = asyncio.run(images.get(setup.module, INIT, "b"))
+    assert images.captured == 2  # init ran for each tenant, from memory, file or store
+    assert stamp(sandbox, setup.module, first) != stamp(sandbox, setup.module, second)
+    assert images.image_path(setup.digest, INIT, "a") != images.image_path(setup.digest, INIT, "b")
+    again = provider(sandbox, setup, pool, tmp_path, FakeRecords())  # the files, per tenant
+    assert stamp(sandbox, setup.module, asyncio.run(again.get(setup.module, INIT, "b"))) == (
+        stamp(sandbox, setup.module, second)
+    )
+    assert again.loaded_from_file == 1
 
 
 def test_a_new_provider_reads_the_file_then_the_store_and_never_reruns_init(
@@ -166,7 +184,7 @@ def test_a_new_provider_reads_the_file_then_the_store_and_never_reruns_init(
     assert (from_store.loaded_from_store, from_store.captured, setup.fetches) == (1, 0, 1)
     assert file_backed(image)
     assert stamp(sandbox, setup.module, image) == original
-    path = from_store.image_path(setup.digest, INIT)
+    path = from_store.image_path(setup.digest, INIT, "acme")
     assert path is not None and path.is_file()  # and now it has the file too
 
     # Another tenant has no record: init runs for it (and its record is made).
@@ -181,7 +199,7 @@ def test_a_damaged_file_is_removed_and_init_runs_again(
 ) -> None:
     first = provider(sandbox, setup, pool, tmp_path, None)
     asyncio.run(first.get(setup.module, INIT, "acme"))
-    path = first.image_path(setup.digest, INIT)
+    path = first.image_path(setup.digest, INIT, "acme")
     assert path is not None
     path.write_bytes(b"TWIMAGE\x00\x09\x00\x00\x00")  # an unknown format version
     second = provider(sandbox, setup, pool, tmp_path, None)
@@ -198,7 +216,7 @@ def test_an_image_file_that_fails_its_digest_is_not_mapped(
     catches it: without it every instance would start from silently wrong memory."""
     first = provider(sandbox, setup, pool, tmp_path, None)
     asyncio.run(first.get(setup.module, INIT, "acme"))
-    path = first.image_path(setup.digest, INIT)
+    path = first.image_path(setup.digest, INIT, "acme")
     assert path is not None
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # the last byte of the last memory block
