@@ -81,8 +81,9 @@ test: setup guest-toolchain engines-postgres k8s-tools observability-tools envoy
 # worker, so its module fixtures are shared as before; each worker has its own session stack).
 TEST_WORKERS ?= 2
 
-# Busy processes beside pytest (one per core, so pytest and the five services share the CPUs
-# with as many spinning loops), so races that only show on a loaded machine fail here first.
+# Busy processes beside pytest (one per core, so the test workers and their services share
+# the CPUs with as many spinning loops), so races that only show on a loaded machine fail
+# here first. The files run on TEST_WORKERS workers, as in `make test`: more load, not less.
 # Bounded in time; the busy loops end with the target, pass or fail.
 BUSY_PROCESSES ?= $(shell nproc)
 OVERSUBSCRIBED_LIMIT_SECONDS ?= 1200
@@ -95,7 +96,7 @@ test-oversubscribed: setup guest-toolchain ## Integration tests once, CPUs overs
 	echo "test-oversubscribed: $(BUSY_PROCESSES) busy processes on $$(nproc) cores"; \
 	started=$$SECONDS; status=0; \
 	timeout --kill-after=30 $(OVERSUBSCRIBED_LIMIT_SECONDS) \
-	  .venv/bin/pytest tests/integration -m "not gpu and not bench and not engines" -q -p no:cacheprovider || status=$$?; \
+	  .venv/bin/pytest -n $(TEST_WORKERS) --dist loadfile tests/integration -m "not gpu and not bench and not engines" -q -p no:cacheprovider || status=$$?; \
 	echo "test-oversubscribed: $$((SECONDS - started)) s, exit $$status"; \
 	if [ $$status = 124 ] || [ $$status = 137 ]; then \
 	  echo "test-oversubscribed: FAILED: not done within $(OVERSUBSCRIBED_LIMIT_SECONDS) s" >&2; fi; \
