@@ -92,9 +92,7 @@ class ImageProvider:
         self._fetch = fetch
         self._pool = pool
         self._records = records
-        self._cache: LRUCache[tuple[str, str, str], InstanceImage] = LRUCache(
-            maxsize=cache_entries
-        )
+        self._cache: LRUCache[tuple[str, str, str], InstanceImage] = LRUCache(maxsize=cache_entries)
         self._inflight: dict[tuple[str, str, str], asyncio.Future[InstanceImage]] = {}
         fingerprint = sandbox.engine_fingerprint
         self._dir = image_dir / fingerprint[:16] if image_dir is not None else None
