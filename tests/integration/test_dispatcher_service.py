@@ -3,6 +3,7 @@ isolation under it, malformed batches, and the tenant taken from the metadata.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -62,6 +63,11 @@ def conv2d_batch(session: str, side: int, launches: int) -> pb.ExecuteRequest:
     )
 
 
+# Launches left once the slow batch is seen running: each takes far longer than a small
+# batch's round trip, on any machine.
+SLOW_LAUNCHES = 8
+
+
 def small_batch(session: str) -> pb.ExecuteRequest:
     return conv2d_batch(session, 16, 1)
 
@@ -73,26 +79,34 @@ def tenant(name: str) -> tuple[tuple[str, str]]:
 def test_a_busy_tenant_is_turned_away_and_another_is_served(
     stub: pb_grpc.DispatcherServiceStub,
 ) -> None:
-    slow = stub.Execute.future(conv2d_batch("slow", 1024, 4), metadata=tenant("flood"), timeout=120)
-    rejection, admitted = None, 0
-    while rejection is None and not slow.done():
-        try:  # admitted only if it slipped in before the slow one
-            stub.Execute(small_batch(f"again{admitted}"), metadata=tenant("flood"), timeout=30)
-            admitted += 1
-        except grpc.RpcError as exc:
-            rejection = error_from_rpc(exc)
-            # while the flood's request runs, another tenant is served at once
-            served = stub.Execute(small_batch("light"), metadata=tenant("light"), timeout=30)
-            assert [r.abi_code for r in served.results] == [0, 0]
-    assert rejection is not None, "the slow batch finished before a second one was tried"
+    slow = stub.Execute.future(
+        conv2d_batch("slow", 1024, SLOW_LAUNCHES), metadata=tenant("flood"), timeout=300
+    )
+    # The slow batch is running once its 4 MiB image is staged (at its first launch): from
+    # then on, the tenant's one slot is taken for the remaining launches.
+    image_bytes = 4 * 1024 * 1024
+    deadline = time.monotonic() + 120
+    while not slow.done():
+        usage = stub.GetTenantUsage(pb.GetTenantUsageRequest(), metadata=tenant("flood"))
+        if usage.staged_bytes_current >= image_bytes:
+            break
+        assert time.monotonic() < deadline, "the slow batch never started"
+        time.sleep(0.01)
+    assert not slow.done(), f"the slow batch ended before it was seen running: {slow.exception()}"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Execute(small_batch("again"), metadata=tenant("flood"), timeout=30)
+    rejection = error_from_rpc(caught.value)
+    # while the flood's request runs, another tenant is served at once
+    served = stub.Execute(small_batch("light"), metadata=tenant("light"), timeout=30)
+    assert [r.abi_code for r in served.results] == [0, 0]
     assert (rejection.code.name, rejection.reason) == ("RESOURCE_EXHAUSTED", "GPU_TENANT_BUSY")
     assert rejection.retry_after_seconds == pytest.approx(0.05)
     assert rejection.metadata == {"tenant": "flood", "limit": "1"}
     done = slow.result()
-    assert [r.abi_code for r in done.results] == [0] * 5
+    assert [r.abi_code for r in done.results] == [0] * (SLOW_LAUNCHES + 1)
     usage = stub.GetTenantUsage(pb.GetTenantUsageRequest(), metadata=tenant("flood"))
     assert usage.tenant == "flood" and usage.rejected_requests >= 1
-    assert usage.launches == 4 + admitted and usage.open_sessions == 0
+    assert usage.launches == SLOW_LAUNCHES and usage.open_sessions == 0
 
 
 def test_tenant_field_and_metadata_must_agree(stub: pb_grpc.DispatcherServiceStub) -> None:
