@@ -96,6 +96,19 @@ def i32(value: int) -> values_pb2.Value:
     return values_pb2.Value(i32=value)
 
 
+def retrying(call: Callable[[], T]) -> T:
+    """`call` until it is neither refused nor sent to a replica still starting (setup and
+    the final checks only)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        try:
+            return call()
+        except TensorWasmError as exc:
+            if exc.code not in _SETUP_RETRIED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def wait_for(predicate: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
     """Polls `predicate` until it holds; fails naming `what` past `seconds`."""
     deadline = time.monotonic() + seconds
@@ -185,9 +198,8 @@ class ProofReport:
 class Cluster:
     """The engines and the replicated services; a context manager that tears all down."""
 
-    def __init__(self, work_dir: Path, *, executor_health_seconds: float | None = None) -> None:
+    def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
-        self._health_seconds = executor_health_seconds
         self.postgres: PostgresServer | None = None
         self.seaweedfs: SeaweedFS | None = None
         self.stack: LocalStack | None = None
@@ -223,8 +235,6 @@ class Cluster:
             "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_BURST": str(RATE_BURST),
             "TENSORWASM_EXECUTOR_CALL_LOG": "true",
         }
-        if self._health_seconds is not None:
-            env["TENSORWASM_GATEWAY_EXECUTOR_HEALTH_INTERVAL_SECONDS"] = str(self._health_seconds)
         self.stack = LocalStack(
             self.work_dir / "stack",
             ephemeral_ports=True,
@@ -299,27 +309,15 @@ class Load:
                     continue
                 wanted[first] -= 1
                 function_id = f"f{constant}"
-                self._retrying(functools.partial(client.create_function, function_id, wasm))
+                retrying(functools.partial(client.create_function, function_id, wasm))
                 self.functions[function_id] = constant
         with self.cluster.client(GATEWAYS[1], WORK_TENANT, WORK_TOKEN) as client:
             for function_id, constant in self.functions.items():  # warm, through the other
-                reply = self._retrying(
+                reply = retrying(
                     functools.partial(client.invoke, function_id, "add", [i32(1), i32(2)])
                 )
                 if reply.outcome.success.results[0].i32 != 3 + constant:
                     raise ClusterCheckError(f"{function_id} answered {reply.outcome}")
-
-    @staticmethod
-    def _retrying(call: Callable[[], T]) -> T:
-        """`call` until it is not refused by the rate limit (setup only)."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            try:
-                return call()
-            except TensorWasmError as exc:
-                if exc.code not in _SETUP_RETRIED or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
     def start(self) -> None:
         for index in range(self.callers):
@@ -595,7 +593,7 @@ def _check_deploys(cluster: Cluster, load: Load, report: ProofReport) -> None:
     report.acknowledged_deploys = len(acknowledged)
     for gateway in GATEWAYS:
         with cluster.client(gateway, DEPLOY_TENANT, DEPLOY_TOKEN) as client:
-            functions = Load._retrying(functools.partial(_listed, client))
+            functions = retrying(functools.partial(_listed, client))
             listed = {f.name.removeprefix("functions/") for f in functions}
         missing = sorted(set(acknowledged) - listed)
         if missing:
@@ -606,7 +604,7 @@ def _check_deploys(cluster: Cluster, load: Load, report: ProofReport) -> None:
     try:
         for function_id, (home, constant) in acknowledged.items():
             other = GATEWAYS[1 - GATEWAYS.index(home)]
-            reply = Load._retrying(
+            reply = retrying(
                 functools.partial(clients[other].invoke, function_id, "add", [i32(1), i32(1)])
             )
             answer = reply.outcome.success.results
