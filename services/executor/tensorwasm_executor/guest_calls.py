@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from tensorwasm_executor.gpu.device_state import DeviceState
 from tensorwasm_executor.gpu.host import CudaHost
 from tensorwasm_executor.images.image_provider import ImageProvider
 from tensorwasm_executor.images.module_provider import ModuleProvider
+from tensorwasm_executor.inline import InlinePolicy
 from tensorwasm_executor.instances.snapshots import (
     InstanceSnapshots,
     SavedState,
@@ -34,6 +36,7 @@ from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.metrics import count_cap_hits
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
+from tensorwasm_executor.wasm.call_store import PreemptedError
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
 from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
@@ -139,6 +142,7 @@ class GuestCalls:
             timeout_seconds=settings.default_timeout_seconds,
             max_output_bytes=settings.max_output_bytes,
         )
+        self._inline = InlinePolicy(settings.inline_budget_seconds, settings.inline_qualify_calls)
         self._limit_caps = CallLimits(
             timeout_seconds=settings.max_timeout_seconds,
             max_output_bytes=settings.max_output_bytes,
@@ -178,8 +182,8 @@ class GuestCalls:
             module, _ = await self._modules.get(invocation.module_digest, tenant)
             image = await self._image(module, invocation.init_export, tenant)
             limits = self.limits(invocation.limits)
-            future = self._workers.submit(
-                tenant,
+            host_state = self._host_state(module, tenant, invocation.offloads)
+            run = functools.partial(
                 self._sandbox.invoke,
                 module,
                 invocation.export_name,
@@ -190,19 +194,61 @@ class GuestCalls:
                 on_chunk=on_chunk,
                 guest_input=invocation.guest_input,
                 cancel=cancel,
-                host_state=self._host_state(module, tenant, invocation.offloads),
+                host_state=host_state,
                 image=image,
                 timeout_seconds=limits.timeout_seconds,
                 max_output_bytes=limits.max_output_bytes,
                 fuel=limits.fuel,
                 max_memory_bytes=limits.max_memory_bytes,
             )
+            future: concurrent.futures.Future[Outcome] | None = None
+            # Only a call nothing outside its store can observe may run inline (inline.py).
+            unobserved = (
+                self._inline.enabled
+                and on_output is None
+                and on_chunk is None
+                and host_state is None
+                and invocation.wasi.read_only_dir is None
+            )
+            if unobserved:
+                key = (tenant, module.digest, invocation.export_name)
+                if self._inline.runs_inline(key, module):
+                    future = self._run_inline(key, run)
+                if future is None:
+                    run = functools.partial(self._learning, key, run)
+            if future is None:
+                future = self._workers.submit(tenant, run)
         except BaseException:
             slot.release()
             raise
         future.add_done_callback(lambda _: slot.release())
         future.add_done_callback(count_cap_hits)
         return future
+
+    def _run_inline(
+        self, key: tuple[str, str, str], run: Callable[..., Outcome]
+    ) -> concurrent.futures.Future[Outcome] | None:
+        """Runs the call here, on the event loop; None when it overran the inline budget
+        and was stopped (it is then to run again on a worker)."""
+        future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            outcome = run(preempt_after=self._inline.budget_seconds)
+        except PreemptedError:
+            self._inline.preempted(key)
+            return None
+        except BaseException as exc:  # the caller's, through the future, as from a worker
+            future.set_exception(exc)
+            return future
+        self._inline.ran_inline(key, outcome.guest_seconds)
+        future.set_result(outcome)
+        return future
+
+    def _learning(self, key: tuple[str, str, str], run: Callable[[], Outcome]) -> Outcome:
+        """Runs the call (on a worker) and tells the inline policy how long it took."""
+        outcome = run()
+        self._inline.ran(key, outcome.guest_seconds)
+        return outcome
 
     async def create_instance(
         self,
@@ -376,6 +422,8 @@ async def outcome_of(
     future: concurrent.futures.Future[Outcome], cancel: threading.Event
 ) -> Outcome:
     """Awaits a guest call; if the caller is cancelled, the guest is stopped too."""
+    if future.done():  # run inline: no need to wait on the loop
+        return future.result()
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:

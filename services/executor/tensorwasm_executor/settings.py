@@ -40,6 +40,12 @@ class ExecutorSettings(ServerSettings):
     max_in_flight: int = 0
     max_in_flight_per_tenant: int = 0
     epoch_tick_seconds: float = 0.01
+    # Fresh unary calls of an export whose recent runs all took less than this run on the
+    # event loop, without the hop to a worker thread, and are stopped and run again on a
+    # worker if they overrun it (inline.py); 0: every call goes to a worker.
+    inline_budget_seconds: float = 0.001
+    # Consecutive runs under the budget before an export's calls run inline.
+    inline_qualify_calls: int = 8
     # Read-only directories a function may be granted live under <root>/<tenant>/;
     # empty: no guest ever gets a filesystem.
     guest_dirs_root: Path | None = None
@@ -127,6 +133,10 @@ class ExecutorSettings(ServerSettings):
             raise SettingsError("instance_sweep_seconds: must be positive")
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")
+        if not 0 <= self.inline_budget_seconds <= 0.1:
+            raise SettingsError("inline_budget_seconds: must be in [0, 0.1] (0: never inline)")
+        if self.inline_qualify_calls < 1:
+            raise SettingsError("inline_qualify_calls: must be positive")
 
     def _check_scheduling(self) -> None:
         if self.workers <= 0:

@@ -25,7 +25,18 @@ from tensorwasm_executor.wasm.outcomes import Failure, Outcome, failure_of, stop
 from tensorwasm_executor.wasm.values import WasmValue
 
 _UNMETERED_FUEL = (1 << 63) - 1
+# What `EpochWatch.stopped` says of a call stopped at its `preempt_at` (see Sandbox.invoke).
+PREEMPTED = "PREEMPTED"
 _log = logging.getLogger(__name__)
+
+
+class PreemptedError(Exception):
+    """A call stopped at its `preempt_after` (see Sandbox.invoke): nothing of it stands,
+    and it is to be run again from the start elsewhere."""
+
+    def __init__(self, guest_seconds: float) -> None:
+        super().__init__(f"preempted after {guest_seconds:.6f}s")
+        self.guest_seconds = guest_seconds
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class EpochWatch:
     def __init__(self) -> None:
         self._events: tuple[threading.Event, ...] = ()
         self._deadline = math.inf
+        self._preempt_at = math.inf
         self.stopped: str | None = None
         self._callback: rawcall.EpochCallback | None = None
 
@@ -55,22 +67,30 @@ class EpochWatch:
         """Hooks the callback into `store` and has it run at every epoch tick."""
         self._callback = rawcall.set_epoch_callback(store, self._on_tick)
 
-    def arm(self, events: Sequence[threading.Event], deadline: float) -> None:
-        """Starts watching one call: stop it when an event is set or at `deadline`.
+    def arm(
+        self, events: Sequence[threading.Event], deadline: float, preempt_at: float = math.inf
+    ) -> None:
+        """Starts watching one call: stop it when an event is set, at `deadline`, or
+        (as PREEMPTED, to be run again elsewhere) at `preempt_at`.
 
         The store's epoch deadline must then be one tick, so the callback runs at each.
         """
         self._events = tuple(events)
         self._deadline = deadline
+        self._preempt_at = preempt_at
         self.stopped = None
 
     def _on_tick(self) -> str | None:
         if any(event.is_set() for event in self._events):
             self.stopped = "CANCELLED"
             return "cancelled"
-        if time.monotonic() >= self._deadline:
+        now = time.monotonic()
+        if now >= self._deadline:
             self.stopped = "DEADLINE_EXCEEDED"
             return "deadline exceeded"
+        if now >= self._preempt_at:
+            self.stopped = PREEMPTED
+            return "preempted"
         return None
 
 
@@ -154,18 +174,23 @@ class CallStore:
         events: Sequence[threading.Event],
         guest_input: bytes = b"",
         on_chunk: ChunkSink | None = None,
+        preempt_after: float | None = None,
     ) -> None:
         """Arms the store for one call: fresh output captures, a fresh guest channel
-        (`guest_input` staged, chunks to `on_chunk` or collected), the deadline, the fuel."""
+        (`guest_input` staged, chunks to `on_chunk` or collected), the deadline, the fuel;
+        with `preempt_after` (seconds; a watched store only), the call is stopped as
+        PREEMPTED at the first epoch tick after that long."""
         self.stdout = OutputCapture(limits.output_bytes, "stdout", on_output)
         self.stderr = OutputCapture(limits.output_bytes, "stderr", on_output)
-        deadline = time.monotonic() + limits.timeout_seconds
+        now = time.monotonic()
+        deadline = now + limits.timeout_seconds
         self.channel = GuestChannel(guest_input, on_chunk)
         self.channel.arm(deadline, events)
         if self.host_state is not None:
             self.host_state.begin_call(deadline)
         if self.watch is not None:
-            self.watch.arm(events, deadline)
+            preempt_at = math.inf if preempt_after is None else now + preempt_after
+            self.watch.arm(events, deadline, preempt_at)
             self._context.set_epoch_deadline(1)
         else:
             ticks = math.ceil(limits.timeout_seconds / tick_seconds)

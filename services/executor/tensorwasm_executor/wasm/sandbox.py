@@ -20,7 +20,7 @@ from tensorwasm_common.errors import InvalidArgumentError, InvalidWasmError, Una
 
 from tensorwasm_executor.errors import FuelUnsupportedError, InstanceBusyError, ResidentGoneError
 from tensorwasm_executor.wasm import cap_watch
-from tensorwasm_executor.wasm.call_store import CallLimits, CallStore
+from tensorwasm_executor.wasm.call_store import PREEMPTED, CallLimits, CallStore, PreemptedError
 from tensorwasm_executor.wasm.engine import (
     ENGINE_FLAGS,
     CompiledModule,
@@ -215,6 +215,7 @@ class Sandbox:
         image: InstanceImage | None = None,
         guest_input: bytes = b"",
         on_chunk: ChunkSink | None = None,
+        preempt_after: float | None = None,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -249,6 +250,9 @@ class Sandbox:
             on_chunk: receives each chunk the guest emits (`wasi:tensor` emit_chunk) on
                 the guest's thread, and returns False once its consumer is gone; without
                 it the chunks are collected into the Outcome's `chunks`.
+            preempt_after: seconds after which the call is stopped at the next epoch tick
+                and `PreemptedError` raised, so that the caller can run it again elsewhere
+                (the stopped attempt leaves nothing behind but what its callbacks saw).
 
         Returns:
             The Outcome: results or a Failure, captured output, chunks and guest time.
@@ -258,9 +262,12 @@ class Sandbox:
             InvalidArgumentError: the timeout is not a positive finite number, or fuel
                 was asked for without fuel metering.
             UnavailableError: the sandbox is closed.
+            PreemptedError: the call ran past `preempt_after`.
         """
         self._own(module)
         info = module.checked_export(export, args)
+        if preempt_after is not None and cancel is None:
+            cancel = threading.Event()  # a watched store: its epoch callback preempts
         limits = self.call_limits(timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
         with self.activity():
             call_store = CallStore(
@@ -273,11 +280,14 @@ class Sandbox:
                 call_store.begin(
                     limits, self._tick, fuel_metering=self.fuel_metering,
                     on_output=on_output, events=events, guest_input=guest_input,
-                    on_chunk=on_chunk,
+                    on_chunk=on_chunk, preempt_after=preempt_after,
                 )  # fmt: skip
                 if cancel is not None and cancel.is_set():
                     return call_store.outcome(None, CANCELLED, 0.0)
-                return call_store.outcome(*call_store.run(module, info, args, image))
+                ran = call_store.run(module, info, args, image)
+                if call_store.watch is not None and call_store.watch.stopped == PREEMPTED:
+                    raise PreemptedError(ran[2])
+                return call_store.outcome(*ran)
             finally:
                 call_store.close()
 
