@@ -7,9 +7,10 @@ it measures, in the harness's rotating interleaved blocks:
 
 - a tail of sequential calls: the two-hop echo, A's and B's `invoke_noop` (nearest-rank
   P50/P95/P99/P99.9, ratios against the two-hop echo, and B against A);
-- 64 concurrent callers: the one-hop echo, A and B in alternating blocks (calls/second,
-  ratios to the echo) and the CPU time per invoke of each stack's gateway and executor
-  (user + system, all threads, from /proc).
+- 64 concurrent callers: the one-hop and two-hop echoes, A and B in rotating blocks
+  (calls/second, ratios to both echoes: the two-hop echo is the floor of a relayed call)
+  and the CPU time per invoke of each stack's gateway and executor (user + system, all
+  threads, from /proc).
 
 Only reports; both stacks run on this machine at once, so A and B see the same load.
 Dependencies come from the working tree's environment for both (a revision that needs
@@ -115,10 +116,12 @@ def _throughput(
             for proc, pid in procs.items():
                 cpu[name, proc] += e2e._cpu_seconds(pid) - before[proc]
     rates = {name: blocks * calls / total for name, total in seconds.items()}
-    echo = rates[e2e.ECHO_UNARY]
+    echo, two_hop = rates[e2e.ECHO_UNARY], rates[e2e.ECHO_TWO_HOP]
     print(f"throughput at {e2e.CONCURRENT_CALLERS} callers ({blocks} blocks of {calls} calls):")
     for name, rate in rates.items():
         line = f"  {name}: {rate:.0f} calls/s, {rate / echo:.3f}x the one-hop echo"
+        if name != e2e.ECHO_UNARY:
+            line += f", {rate / two_hop:.3f}x the two-hop echo"
         if name in pids:
             per_call = {
                 proc: round(cpu[name, proc] / (blocks * calls) * 1e6) for proc in pids[name]
@@ -178,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         subjects = {
             e2e.ECHO_UNARY: driver(leaf, FULL_METHOD, payload, None),
+            e2e.ECHO_TWO_HOP: driver(relay, FULL_METHOD, payload, None),
             "A": driver(gateways["A"], INVOKE, request, e2e.METADATA),
             "B": driver(gateways["B"], INVOKE, request, e2e.METADATA),
         }
