@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,6 +233,7 @@ class GuestCalls:
         and was stopped (it is then to run again on a worker)."""
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
+        started = time.thread_time()
         try:
             outcome = run(preempt_after=self._inline.budget_seconds)
         except PreemptedError:
@@ -240,14 +242,16 @@ class GuestCalls:
         except BaseException as exc:  # the caller's, through the future, as from a worker
             future.set_exception(exc)
             return future
-        self._inline.ran_inline(key, outcome.guest_seconds)
+        self._inline.ran_inline(key, time.thread_time() - started)
         future.set_result(outcome)
         return future
 
     def _learning(self, key: tuple[str, str, str], run: Callable[[], Outcome]) -> Outcome:
-        """Runs the call (on a worker) and tells the inline policy how long it took."""
+        """Runs the call (on a worker) and tells the inline policy how much CPU it took
+        (not its wall time, which waits for the GIL on a loaded machine)."""
+        started = time.thread_time()
         outcome = run()
-        self._inline.ran(key, outcome.guest_seconds)
+        self._inline.ran(key, time.thread_time() - started)
         return outcome
 
     async def create_instance(

@@ -8,6 +8,8 @@ been consistently short runs inline, on the loop's thread, speculatively:
 
 - An export qualifies after `qualify_calls` consecutive runs (on workers) that each took
   less than the budget; one run over it, inline or not, and it starts again from zero.
+  Runs are measured in the CPU time of their thread, not wall time: on a loaded machine a
+  worker's wall time is mostly waiting for the GIL, which says nothing of the guest.
 - An inline call is watched by the epoch callback: still running after the budget, it is
   stopped at the next epoch tick and run again from the start on a worker. That is safe
   because only calls that nothing outside their store can observe are run inline: a fresh

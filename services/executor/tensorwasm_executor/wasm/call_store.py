@@ -71,7 +71,9 @@ class EpochWatch:
         self, events: Sequence[threading.Event], deadline: float, preempt_at: float = math.inf
     ) -> None:
         """Starts watching one call: stop it when an event is set, at `deadline`, or
-        (as PREEMPTED, to be run again elsewhere) at `preempt_at`.
+        (as PREEMPTED, to be run again elsewhere) once the thread's CPU time
+        (`time.thread_time()`) reaches `preempt_at`: time the guest spent, not time its
+        thread waited for the CPU or the GIL on a loaded machine.
 
         The store's epoch deadline must then be one tick, so the callback runs at each.
         """
@@ -84,11 +86,10 @@ class EpochWatch:
         if any(event.is_set() for event in self._events):
             self.stopped = "CANCELLED"
             return "cancelled"
-        now = time.monotonic()
-        if now >= self._deadline:
+        if time.monotonic() >= self._deadline:
             self.stopped = "DEADLINE_EXCEEDED"
             return "deadline exceeded"
-        if now >= self._preempt_at:
+        if self._preempt_at != math.inf and time.thread_time() >= self._preempt_at:
             self.stopped = PREEMPTED
             return "preempted"
         return None
@@ -178,18 +179,19 @@ class CallStore:
     ) -> None:
         """Arms the store for one call: fresh output captures, a fresh guest channel
         (`guest_input` staged, chunks to `on_chunk` or collected), the deadline, the fuel;
-        with `preempt_after` (seconds; a watched store only), the call is stopped as
-        PREEMPTED at the first epoch tick after that long."""
+        with `preempt_after` (seconds of this thread's CPU time; a watched store only),
+        the call is stopped as PREEMPTED at the first epoch tick after that much."""
         self.stdout = OutputCapture(limits.output_bytes, "stdout", on_output)
         self.stderr = OutputCapture(limits.output_bytes, "stderr", on_output)
-        now = time.monotonic()
-        deadline = now + limits.timeout_seconds
+        deadline = time.monotonic() + limits.timeout_seconds
         self.channel = GuestChannel(guest_input, on_chunk)
         self.channel.arm(deadline, events)
         if self.host_state is not None:
             self.host_state.begin_call(deadline)
         if self.watch is not None:
-            preempt_at = math.inf if preempt_after is None else now + preempt_after
+            preempt_at = math.inf
+            if preempt_after is not None:
+                preempt_at = time.thread_time() + preempt_after
             self.watch.arm(events, deadline, preempt_at)
             self._context.set_epoch_deadline(1)
         else:

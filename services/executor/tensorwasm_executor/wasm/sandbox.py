@@ -250,7 +250,8 @@ class Sandbox:
             on_chunk: receives each chunk the guest emits (`wasi:tensor` emit_chunk) on
                 the guest's thread, and returns False once its consumer is gone; without
                 it the chunks are collected into the Outcome's `chunks`.
-            preempt_after: seconds after which the call is stopped at the next epoch tick
+            preempt_after: seconds of the thread's CPU time after which the call is
+                stopped at the next epoch tick
                 and `PreemptedError` raised, so that the caller can run it again elsewhere
                 (the stopped attempt leaves nothing behind but what its callbacks saw).
 
