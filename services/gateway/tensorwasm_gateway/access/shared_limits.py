@@ -13,6 +13,9 @@ call of a rate-limited tenant costs one short transaction (a row update on the d
 server), taken inline; at high rates it is one per ~100 ms of traffic.
 Requests granted to a gateway that then sees no calls are lost to the others until the
 grant expires (at most a grant per gateway and bucket): the limit errs on the safe side.
+A bucket found empty is marked so until it refills a whole request (its level only grows
+with time, whoever draws from it), and calls are refused locally until then: a tenant over
+its limit costs the database one transaction per refill, not one per refused call.
 Calls that the dev mode's missing tokens do not rate-limit never touch the table.
 """
 
@@ -57,6 +60,16 @@ class _Grant:
     expires: float
 
 
+@dataclass(frozen=True)
+class _Empty:
+    """A bucket found empty: no gateway can be granted a request from it before `until`
+    (its level refills at the configured rate, and grants only take from it), so calls
+    are refused here until then without asking the database again."""
+
+    until: float
+    level: float
+
+
 def limiter_for(
     database: Database | None, tenant_layer: BucketConfig, token_layer: BucketConfig
 ) -> Limiter:
@@ -86,6 +99,10 @@ class SharedRateLimiter:
         }
         self._clock = clock
         self._grants: dict[tuple[str, str], _Grant] = {}
+        self._empty: dict[tuple[str, str], _Empty] = {}
+        # Expired grants and empty marks are dropped when found, and swept at most once a
+        # grant TTL (not on every call: a gateway may hold thousands).
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -105,14 +122,26 @@ class SharedRateLimiter:
         keys = {"tenant": f"{token_id}/{tenant}", "token": token_id}
         with self._lock:
             now = self._clock()
-            self._forget_expired(now)
+            if now >= self._next_sweep:
+                self._forget_expired(now)
+                self._next_sweep = now + GRANT_TTL_SECONDS
             for scope, config in self._layers.items():
-                grant = self._grants.get((scope, keys[scope]))
+                bucket = (scope, keys[scope])
+                grant = self._grants.get(bucket)
+                if grant is not None and grant.expires <= now:
+                    del self._grants[bucket]
+                    grant = None
                 if grant is None or grant.requests < 1.0:
+                    empty = self._empty.get(bucket)
+                    if empty is not None and now < empty.until:
+                        wait = empty.until - now
+                        raise _limited(scope, config, empty.level, tenant, token_id, wait=wait)
                     granted, level = self._draw(scope, keys[scope], config)
                     if granted == 0:
+                        self._empty[bucket] = _Empty(now + _refill_seconds(config, level), level)
                         raise _limited(scope, config, level, tenant, token_id)
-                    self._grants[(scope, keys[scope])] = _Grant(
+                    self._empty.pop(bucket, None)
+                    self._grants[bucket] = _Grant(
                         (grant.requests if grant else 0.0) + granted, now + GRANT_TTL_SECONDS
                     )
             for scope in self._layers:
@@ -134,15 +163,34 @@ class SharedRateLimiter:
         expired = [key for key, grant in self._grants.items() if grant.expires <= now]
         for key in expired:
             del self._grants[key]
+        refilled = [key for key, empty in self._empty.items() if empty.until <= now]
+        for key in refilled:
+            del self._empty[key]
+
+
+def _refill_seconds(config: BucketConfig, level: float) -> float:
+    """How long a bucket at `level` (< 1) takes to hold one whole request again."""
+    if config.qps <= 0:
+        return math.inf
+    return (1.0 - level) / config.qps
 
 
 def _limited(
-    scope: str, config: BucketConfig, level: float, tenant: str, token_id: str
+    scope: str,
+    config: BucketConfig,
+    level: float,
+    tenant: str,
+    token_id: str,
+    *,
+    wait: float | None = None,
 ) -> RateLimitedError:
+    """The refusal: `wait` is how long until the bucket holds a request again (default:
+    from `level`)."""
     if config.qps <= 0:
         retry = NEVER_REFILLS_RETRY_SECONDS
     else:
-        retry = max(1.0, math.ceil((1.0 - level) / config.qps))
+        refill = (1.0 - level) / config.qps if wait is None else wait
+        retry = max(1.0, math.ceil(refill))
     return RateLimitedError(
         f"{scope} rate limit exceeded; retry after {retry:g}s",
         metadata={"scope": scope, "tenant": tenant, "token_id": token_id},

@@ -4,8 +4,13 @@ retry hint; on PostgreSQL two gateways together admit the burst, not twice it.""
 from __future__ import annotations
 
 import pytest
-from tensorwasm_common.database import Database, Engine, parse_database_url
-from tensorwasm_gateway.access import BucketConfig, limiter_for
+from tensorwasm_common.database import (
+    Database,
+    DatabaseUnavailableError,
+    Engine,
+    parse_database_url,
+)
+from tensorwasm_gateway.access import BucketConfig, SharedRateLimiter, limiter_for
 from tensorwasm_gateway.access.ratelimit import NEVER_REFILLS_RETRY_SECONDS, Limiter
 from tensorwasm_gateway.errors import RateLimitedError
 from tensorwasm_gateway.state import open_database
@@ -66,3 +71,49 @@ def test_two_gateways_on_postgres_together_admit_the_burst(postgres_url: str) ->
     finally:
         first.close()
         second.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_empty_shared_bucket_refuses_without_the_database_until_it_refills(
+    postgres_url: str,
+) -> None:
+    database = _open(postgres_url)
+    clock = _Clock()
+    limiter = SharedRateLimiter(database, BucketConfig(qps=1, burst=2), OFF, clock=clock)
+    try:
+        assert _admitted(limiter, 2) == 2
+        with pytest.raises(RateLimitedError):
+            limiter.take("tok", "acme")  # asks the database: empty, marked until it refills
+    finally:
+        database.close()
+    # Refused from the mark: the closed database is not asked.
+    with pytest.raises(RateLimitedError) as caught:
+        limiter.take("tok", "acme")
+    assert caught.value.retry_after_seconds == 1
+    clock.now += 1.0  # one request refilled: the database is asked again
+    with pytest.raises(DatabaseUnavailableError):
+        limiter.take("tok", "acme")
+
+
+def test_a_refusal_from_the_empty_mark_counts_down_its_retry_hint(postgres_url: str) -> None:
+    database = _open(postgres_url)
+    clock = _Clock()
+    limiter = SharedRateLimiter(database, BucketConfig(qps=0.1, burst=1), OFF, clock=clock)
+    try:
+        assert _admitted(limiter, 1) == 1
+        with pytest.raises(RateLimitedError) as first:
+            limiter.take("tok", "acme")
+        clock.now += 6.0
+        with pytest.raises(RateLimitedError) as later:
+            limiter.take("tok", "acme")
+    finally:
+        database.close()
+    assert first.value.retry_after_seconds == 10  # a whole request at 0.1/s
+    assert 1 <= later.value.retry_after_seconds <= 4
