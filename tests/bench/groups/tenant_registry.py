@@ -27,6 +27,7 @@ an in-memory tenant check). The same sizes with --quick (only the sample count c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -107,8 +108,12 @@ def _guard(registry: Registry) -> Guard:
     return Guard(tokens, limiter, ConcurrencyCaps({}), AuditLog(None))
 
 
-def _tenant_check(guard: Guard, keys: Sequence[Key]) -> Callable[[], None]:
-    """Admits an Invoke of the next key's tenant with its token, as the guard does."""
+def _tenant_check(
+    guard: Guard, keys: Sequence[Key], loop: asyncio.AbstractEventLoop
+) -> Callable[[], None]:
+    """Admits an Invoke of the next key's tenant with its token, as the guard does; a
+    decision the limiter defers (a grant to draw from PostgreSQL, on a worker thread) is
+    awaited on `loop`, so a sample is the whole admission."""
     policy = GATEWAY_POLICIES.of(INVOKE)
     metadata = {
         tenant: (("authorization", f"Bearer {_token(tenant)}"), ("x-tensorwasm-tenant", tenant))
@@ -120,7 +125,9 @@ def _tenant_check(guard: Guard, keys: Sequence[Key]) -> Callable[[], None]:
         tenant = next(cycle)[0]
         call = metadata[tenant]
         principal = guard.authenticate(call, "127.0.0.1")
-        guard.authorize(policy, principal, Guard.tenant_of(principal, call))
+        pending = guard.authorize(policy, principal, Guard.tenant_of(principal, call))
+        if pending is not None:
+            loop.run_until_complete(pending)
 
     return run
 
@@ -186,7 +193,9 @@ def tenant_registry(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         records: dict[Key, FunctionRecord] = {k: on_sqlite.get(*k) for k in keys}
 
         guards = {"sqlite": _guard(on_sqlite), "postgres": _guard(on_postgres)}
-        checks = {engine: _tenant_check(guard, keys) for engine, guard in guards.items()}
+        loop = asyncio.new_event_loop()
+        cleanup.callback(loop.close)
+        checks = {engine: _tenant_check(guard, keys, loop) for engine, guard in guards.items()}
         for check in checks.values():  # every tenant's buckets exist and hold a grant
             for _ in range(TENANTS):
                 check()

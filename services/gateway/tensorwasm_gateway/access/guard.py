@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -195,13 +195,18 @@ class Guard:
             return tenant
         return DEFAULT_TENANT
 
-    def authorize(self, policy: MethodPolicy, principal: Principal, tenant: str) -> None:
-        """Scope (and admin role) checks, then the rate-limit buckets."""
+    def authorize(
+        self, policy: MethodPolicy, principal: Principal, tenant: str
+    ) -> Awaitable[None] | None:
+        """Scope (and admin role) checks, then the rate-limit buckets: None once
+        admitted, or an awaitable that decides without blocking the event loop (a shared
+        limiter that must ask its database first; it raises RateLimitedError too)."""
         authorize_tenant(principal, tenant)
         if policy.call_class == "admin":
             authorize_admin(principal)
-        if principal.kind != "dev":  # dev mode (no tokens, loopback) is not rate-limited
-            self.limiter.take(principal.token_id, tenant)
+        if principal.kind == "dev":  # dev mode (no tokens, loopback) is not rate-limited
+            return None
+        return self.limiter.take_or_defer(principal.token_id, tenant)
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
@@ -247,7 +252,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = _Call(self._guard, policy, request, context)
             try:
-                call.enter()
+                pending = call.enter()
+                if pending is not None:
+                    await pending
                 return await behavior(request, context)
             except BaseException as exc:
                 call.failed(exc, context)
@@ -263,7 +270,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         ) -> AsyncIterator[Any]:
             call = _Call(self._guard, policy, request, context)
             try:
-                call.enter()
+                pending = call.enter()
+                if pending is not None:
+                    await pending
                 async with contextlib.aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         yield response
@@ -332,18 +341,31 @@ class _Call:
         self.code = Code.OK
         self.reason = ""
 
-    def enter(self) -> None:
+    def enter(self) -> Awaitable[None] | None:
+        """Admits the call, or raises; None once admitted, else an awaitable that
+        admits it (the rate limiter must ask its database first)."""
         guard = self._guard
         # Read once: audited at exit, and failed authentication is charged to its host.
         self.peer = peer_of(self._context, self._metadata, guard.trusted_proxies)
         host = peer_host(self._context, self.peer)
         self.principal = principal = guard.authenticate(self._metadata, host)
         self.tenant = guard.tenant_of(principal, self._metadata)
-        guard.authorize(self._policy, principal, self.tenant)
+        pending = guard.authorize(self._policy, principal, self.tenant)
+        if pending is not None:
+            return self._admit_after(pending)
+        self._admit()
+        return None
+
+    async def _admit_after(self, pending: Awaitable[None]) -> None:
+        await pending
+        self._admit()
+
+    def _admit(self) -> None:
+        """Takes a concurrency slot and makes the caller's tenant and principal current."""
         self._guard.caps.acquire(self._policy.call_class)
         self._slot = True
         self._tenant_token = CURRENT_TENANT.set(self.tenant)
-        self._principal_token = CURRENT_PRINCIPAL.set(principal)
+        self._principal_token = CURRENT_PRINCIPAL.set(self.principal)
 
     def failed(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if isinstance(exc, ServiceError):

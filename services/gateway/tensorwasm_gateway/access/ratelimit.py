@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +62,11 @@ class Limiter(Protocol):
 
     def take(self, token_id: str, tenant: str) -> None:
         """Takes one request from each applicable bucket, or raises RateLimitedError."""
+        ...
+
+    def take_or_defer(self, token_id: str, tenant: str) -> Awaitable[None] | None:
+        """`take` for the event loop: None once decided (or raises RateLimitedError), or
+        an awaitable that decides without blocking the loop (it may raise the same)."""
         ...
 
 
@@ -135,6 +140,10 @@ class RateLimiter:
     def bucket_count(self) -> int:
         """How many buckets are held (for tests and metrics)."""
         return sum(len(layer) for layer in (self._tenant, self._token) if layer is not None)
+
+    def take_or_defer(self, token_id: str, tenant: str) -> None:
+        """`take`: in memory, it never waits."""
+        self.take(token_id, tenant)
 
     def take(self, token_id: str, tenant: str) -> None:
         """Takes one request from each applicable bucket, or raises RateLimitedError."""

@@ -10,7 +10,10 @@ request) and is dropped, unspent, after GRANT_TTL_SECONDS, so no gateway hoards 
 
 The trade-off: at low rates (the default 10 qps) a grant is one request, so each admitted
 call of a rate-limited tenant costs one short transaction (a row update on the database
-server), taken inline; at high rates it is one per ~100 ms of traffic.
+server); at high rates it is one per ~100 ms of traffic. The guard takes grants with
+`take_or_defer`: a call that its gateway's grants decide costs no I/O, and one that needs
+the database draws on a worker thread, so no transaction ever blocks the event loop (and
+with it every other tenant's calls).
 Requests granted to a gateway that then sees no calls are lost to the others until the
 grant expires (at most a grant per gateway and bucket): the limit errs on the safe side.
 A bucket found empty is marked so until it refills a whole request (its level only grows
@@ -21,10 +24,11 @@ Calls that the dev mode's missing tokens do not rate-limit never touch the table
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tensorwasm_common.database import Database, Engine
@@ -116,10 +120,34 @@ class SharedRateLimiter:
 
     def take(self, token_id: str, tenant: str) -> None:
         """Takes one request from each applicable bucket, or raises RateLimitedError
-        (a rejected call consumes nothing of what this gateway holds)."""
+        (a rejected call consumes nothing of what this gateway holds). Blocks for the
+        database when a grant must be drawn: on the event loop use `take_or_defer`."""
+        while True:
+            missing = self._take_held(token_id, tenant)
+            if not missing:
+                return
+            for scope, key, config in missing:
+                self._draw_grant(scope, key, config, tenant, token_id)
+
+    def take_or_defer(self, token_id: str, tenant: str) -> Awaitable[None] | None:
+        """`take` without blocking the caller's thread: None when the grants held here
+        decided (admitted, or refused from an empty mark), else an awaitable that draws
+        from the database on a worker thread and then decides."""
+        if not self._take_held(token_id, tenant):
+            return None
+        return asyncio.to_thread(self.take, token_id, tenant)
+
+    def _take_held(self, token_id: str, tenant: str) -> list[tuple[str, str, BucketConfig]]:
+        """Takes one request from each bucket's grant if every one holds a request, and
+        returns []; else takes nothing and returns the buckets to draw a grant for.
+
+        Raises:
+            RateLimitedError: a bucket without a grant is marked empty.
+        """
         if not self._layers:
-            return
+            return []
         keys = {"tenant": f"{token_id}/{tenant}", "token": token_id}
+        missing: list[tuple[str, str, BucketConfig]] = []
         with self._lock:
             now = self._clock()
             if now >= self._next_sweep:
@@ -136,16 +164,29 @@ class SharedRateLimiter:
                     if empty is not None and now < empty.until:
                         wait = empty.until - now
                         raise _limited(scope, config, empty.level, tenant, token_id, wait=wait)
-                    granted, level = self._draw(scope, keys[scope], config)
-                    if granted == 0:
-                        self._empty[bucket] = _Empty(now + _refill_seconds(config, level), level)
-                        raise _limited(scope, config, level, tenant, token_id)
-                    self._empty.pop(bucket, None)
-                    self._grants[bucket] = _Grant(
-                        (grant.requests if grant else 0.0) + granted, now + GRANT_TTL_SECONDS
-                    )
-            for scope in self._layers:
-                self._grants[(scope, keys[scope])].requests -= 1.0
+                    missing.append((scope, keys[scope], config))
+            if not missing:
+                for scope in self._layers:
+                    self._grants[(scope, keys[scope])].requests -= 1.0
+        return missing
+
+    def _draw_grant(
+        self, scope: str, key: str, config: BucketConfig, tenant: str, token_id: str
+    ) -> None:
+        """Draws a grant for one bucket from the database (outside the lock, so other
+        calls' held grants are spent meanwhile) and adds it to what is held, or marks the
+        bucket empty and raises RateLimitedError."""
+        granted, level = self._draw(scope, key, config)
+        bucket = (scope, key)
+        with self._lock:
+            now = self._clock()
+            if granted == 0:
+                self._empty[bucket] = _Empty(now + _refill_seconds(config, level), level)
+                raise _limited(scope, config, level, tenant, token_id)
+            self._empty.pop(bucket, None)
+            grant = self._grants.get(bucket)
+            held = grant.requests if grant is not None and grant.expires > now else 0.0
+            self._grants[bucket] = _Grant(held + granted, now + GRANT_TTL_SECONDS)
 
     def _draw(self, scope: str, key: str, config: BucketConfig) -> tuple[int, float]:
         """Takes a grant from the shared row: (requests granted, level left)."""

@@ -3,6 +3,9 @@ retry hint; on PostgreSQL two gateways together admit the burst, not twice it.""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+
 import pytest
 from tensorwasm_common.database import (
     Database,
@@ -117,3 +120,28 @@ def test_a_refusal_from_the_empty_mark_counts_down_its_retry_hint(postgres_url: 
         database.close()
     assert first.value.retry_after_seconds == 10  # a whole request at 0.1/s
     assert 1 <= later.value.retry_after_seconds <= 4
+
+
+def test_the_shared_limiter_never_asks_the_database_on_the_callers_thread(
+    postgres_url: str,
+) -> None:
+    """`take_or_defer` decides from the grants held here, or hands back the draw to await
+    (on a worker thread): the event loop never waits for the database."""
+    database = _open(postgres_url)
+    limiter = SharedRateLimiter(database, BucketConfig(qps=100, burst=40), OFF)
+    try:
+        first = limiter.take_or_defer("tok", "acme")
+        assert first is not None  # no grant yet: a draw to await
+        asyncio.run(_awaited(first))
+        # A grant of 40 / 8 = 5 requests was drawn, one spent: four more decide at once.
+        assert [limiter.take_or_defer("tok", "acme") for _ in range(4)] == [None] * 4
+    finally:
+        database.close()
+    cold = limiter.take_or_defer("tok", "other")  # the database is gone: not asked here
+    assert cold is not None
+    with pytest.raises(DatabaseUnavailableError):
+        asyncio.run(_awaited(cold))
+
+
+async def _awaited(pending: Awaitable[None]) -> None:
+    await pending
