@@ -11,8 +11,8 @@ from pathlib import Path
 import blake3
 
 __all__ = [
-    "DIGEST_SUFFIX", "TEMP_PREFIX", "digest_path", "remove_sealed", "seal_is_intact",
-    "write_atomically", "write_sealed",
+    "DIGEST_SUFFIX", "TEMP_PREFIX", "digest_path", "evict_least_recent", "remove_sealed",
+    "seal_is_intact", "write_atomically", "write_sealed",
 ]  # fmt: skip
 
 # Temporary files are named `.tmp-*` next to their target (a reader of the directory skips them).
@@ -86,3 +86,27 @@ def remove_sealed(path: Path) -> None:
     """Deletes a sealed file and its digest (either may be absent)."""
     path.unlink(missing_ok=True)
     digest_path(path).unlink(missing_ok=True)
+
+
+def evict_least_recent(directory: Path, suffix: str, max_bytes: int, *, keep: Path) -> int:
+    """Removes the sealed files named `*<suffix>` of `directory`, least recently modified
+    first (a cache touches a file it uses), never `keep`, until they hold at most
+    `max_bytes` in all; returns how many it removed. Writes in flight are skipped. A file
+    being mapped stays valid: on Linux an unlinked file lives on while it is mapped."""
+    files = []
+    for entry in os.scandir(directory):
+        if entry.name.startswith(TEMP_PREFIX) or not entry.name.endswith(suffix):
+            continue  # a write in flight, or a digest file
+        if entry.is_file(follow_symlinks=False):
+            stat = entry.stat(follow_symlinks=False)
+            files.append((stat.st_mtime_ns, stat.st_size, Path(entry.path)))
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        if path != keep:
+            remove_sealed(path)
+            total -= size
+            removed += 1
+    return removed

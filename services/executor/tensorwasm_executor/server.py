@@ -139,6 +139,7 @@ async def serve(settings: ExecutorSettings) -> None:
     images = ImageProvider(
         sandbox, blobs.get, compile_pool, image_dir=settings.image_dir,
         records=SnapshotClient(store_channel), cache_entries=settings.image_cache_entries,
+        image_dir_max_bytes=settings.image_dir_max_bytes,
     )  # fmt: skip
     host: ServiceHost = create_host(
         "executor",

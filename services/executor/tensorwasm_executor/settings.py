@@ -62,6 +62,9 @@ class ExecutorSettings(ServerSettings):
         default_factory=lambda: default_data_dir() / "executor" / "images"
     )
     image_cache_entries: int = 32
+    # The most bytes of image files kept there: the least recently used go first (an image
+    # whose file went is read from the store again, or init runs again); 0: no cap.
+    image_dir_max_bytes: int = 1 << 30
     max_instances: int = 1000
     max_instances_per_tenant: int = 100
     instance_idle_ttl_seconds: float = 300.0
@@ -115,8 +118,9 @@ class ExecutorSettings(ServerSettings):
         self._check_scheduling()
         if not 0 < self.default_timeout_seconds <= self.max_timeout_seconds:
             raise SettingsError("default_timeout_seconds: must be in (0, max_timeout_seconds]")
-        if self.artifact_dir_max_bytes < 0:
-            raise SettingsError("artifact_dir_max_bytes: must be >= 0 (0: no cap)")
+        for cap in ("artifact_dir_max_bytes", "image_dir_max_bytes"):
+            if getattr(self, cap) < 0:
+                raise SettingsError(f"{cap}: must be >= 0 (0: no cap)")
         if self.image_cache_entries <= 0:
             raise SettingsError("image_cache_entries: must be positive")
         if self.max_output_bytes < 0 or self.module_cache_entries <= 0:
@@ -131,6 +135,9 @@ class ExecutorSettings(ServerSettings):
             )
         if self.instance_sweep_seconds <= 0:
             raise SettingsError("instance_sweep_seconds: must be positive")
+        self._check_ticks()
+
+    def _check_ticks(self) -> None:
         if not 0.001 <= self.epoch_tick_seconds <= 1.0:
             raise SettingsError("epoch_tick_seconds: must be in [0.001, 1]")
         if not 0 <= self.inline_budget_seconds <= 0.1:

@@ -12,8 +12,11 @@ tenant granted, so two tenants deploying the same module never share an image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -22,7 +25,12 @@ from typing import Protocol
 from cachetools import LRUCache
 from tensorwasm.snapshot.v1 import snapshot_service_pb2 as snapshot_pb
 from tensorwasm_common.errors import ServiceError
-from tensorwasm_common.files import remove_sealed, seal_is_intact, write_sealed
+from tensorwasm_common.files import (
+    evict_least_recent,
+    remove_sealed,
+    seal_is_intact,
+    write_sealed,
+)
 
 from tensorwasm_executor.errors import ImageFormatError
 from tensorwasm_executor.images.capture import capture_image
@@ -87,6 +95,7 @@ class ImageProvider:
         image_dir: Path | None = None,
         records: ImageRecords | None = None,
         cache_entries: int = 32,
+        image_dir_max_bytes: int = 0,
     ) -> None:
         self._sandbox = sandbox
         self._fetch = fetch
@@ -96,6 +105,9 @@ class ImageProvider:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[InstanceImage]] = {}
         fingerprint = sandbox.engine_fingerprint
         self._dir = image_dir / fingerprint[:16] if image_dir is not None else None
+        # The most bytes of image files kept (least recently used removed first); 0: no cap.
+        self._max_dir_bytes = image_dir_max_bytes
+        self.evicted = 0  # image files removed to stay under the cap
         # What each image came from, for tests and logs: init runs, files, store records.
         self.captured = 0
         self.loaded_from_file = 0
@@ -180,11 +192,15 @@ class ImageProvider:
             remove_sealed(path)
             return None
         try:
-            return self._checked(read_image_file(path))
+            image = self._checked(read_image_file(path))
         except (ImageFormatError, OSError) as exc:
             _log.warning("image %s refused (%s); looking further", path, exc)
             remove_sealed(path)
             return None
+        with contextlib.suppress(OSError):  # recently used: evicted last
+            now = time.time_ns()  # not the file system's coarser clock: orders close reads
+            os.utime(path, ns=(now, now))
+        return image
 
     def _checked(self, image: InstanceImage) -> InstanceImage:
         if image.engine_fingerprint != self._sandbox.engine_fingerprint:
@@ -199,7 +215,12 @@ class ImageProvider:
                 return self._checked(decode_image(payload))
             self._checked(decode_image(payload))
             write_sealed(path, payload)
-            return self._checked(read_image_file(path))
+            image = self._checked(read_image_file(path))  # mapped: eviction cannot hurt it
+            if self._max_dir_bytes > 0:
+                self.evicted += evict_least_recent(
+                    path.parent, ".twimg", self._max_dir_bytes, keep=path
+                )
+            return image
         except ImageFormatError as exc:
             _log.warning("image payload refused: %s", exc)
             return None

@@ -27,7 +27,12 @@ from tensorwasm_common.errors import (
     InvalidWasmError,
     ServiceError,
 )
-from tensorwasm_common.files import TEMP_PREFIX, remove_sealed, seal_is_intact, write_sealed
+from tensorwasm_common.files import (
+    evict_least_recent,
+    remove_sealed,
+    seal_is_intact,
+    write_sealed,
+)
 from tensorwasm_common.snapshot_client import ARTIFACT_TENANT, COMPILED_MODULE, SnapshotClient
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
@@ -203,20 +208,7 @@ class ModuleProvider:
 
     def _evict(self, keep: Path) -> None:
         """Removes the least recently used artifact files (never `keep`) until the directory
-        holds at most `artifact_dir_max_bytes`. A file being mapped stays valid: on Linux an
-        unlinked file lives on while it is mapped."""
-        files = []
-        for entry in os.scandir(keep.parent):
-            if entry.name.startswith(TEMP_PREFIX) or not entry.name.endswith(".cwasm"):
-                continue  # a write in flight, or a digest file
-            if entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
-                files.append((stat.st_mtime_ns, stat.st_size, Path(entry.path)))
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self._max_artifact_bytes:
-                return
-            if path != keep:
-                remove_sealed(path)
-                total -= size
-                self.evicted += 1
+        holds at most `artifact_dir_max_bytes`."""
+        self.evicted += evict_least_recent(
+            keep.parent, ".cwasm", self._max_artifact_bytes, keep=keep
+        )

@@ -263,3 +263,29 @@ def test_a_failing_init_caches_nothing(
             asyncio.run(images.get(setup.module, "init", "t"))
     assert setup.fetches == 2 and records.records == {}
     assert not list(tmp_path.rglob("*.twimg"))
+
+
+def test_the_image_directory_keeps_under_its_cap_evicting_the_least_recently_used(
+    sandbox: Sandbox, setup: Setup, pool: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    first = provider(sandbox, setup, pool, tmp_path, None)
+    asyncio.run(first.get(setup.module, INIT, "a"))
+    paths = {t: first.image_path(setup.digest, INIT, t) for t in ("a", "b", "c")}
+    assert paths["a"] is not None
+    size = paths["a"].stat().st_size
+    capped = ImageProvider(
+        sandbox, setup.fetch, pool, image_dir=tmp_path, image_dir_max_bytes=2 * size + size // 2
+    )
+
+    asyncio.run(capped.get(setup.module, INIT, "b"))  # two files: under the cap
+    assert capped.evicted == 0
+    asyncio.run(capped.get(setup.module, INIT, "a"))  # read from its file: used after b's
+    assert capped.loaded_from_file == 1
+    asyncio.run(capped.get(setup.module, INIT, "c"))  # a third: b goes
+
+    assert capped.evicted == 1
+    assert {t: p is not None and p.exists() for t, p in paths.items()} == {
+        "a": True,
+        "b": False,
+        "c": True,
+    }
