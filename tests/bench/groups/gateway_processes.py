@@ -202,7 +202,9 @@ def gateway_processes(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
         services = stack.start()
         gateways = {
             name: cleanup.enter_context(
-                _gateway(stack, services, name, server.create_database(), processes)
+                _gateway(
+                    stack, services, f"gateway-{processes}proc", server.create_database(), processes
+                )
             )
             for name, processes in ((ONE, 1), (TWO, 2))
         }
