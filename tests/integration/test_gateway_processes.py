@@ -3,7 +3,8 @@ processes on a real PostgreSQL: calls over many separate connections are served 
 workers (seen in each worker's own /metrics), the rate limit holds in total across them,
 the audit file they share stays one JSON record per line, a worker killed -9 leaves the
 other serving and is restarted, and SIGTERM to the supervisor stops them all. Several
-processes on SQLite, or a port another program holds, stop the gateway at start."""
+processes on SQLite, a port another program holds, or a worker that cannot start stop the
+gateway at start."""
 
 from __future__ import annotations
 
@@ -278,3 +279,20 @@ def test_a_port_held_by_another_program_stops_the_gateway(tmp_path: Path) -> Non
         )
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"cannot listen on 127.0.0.1:{port} (listen_address)" in result.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_whole_gateway(tmp_path: Path) -> None:
+    result = run_gateway(
+        tmp_path,
+        {
+            "TENSORWASM_GATEWAY_PROCESSES": "2",
+            "TENSORWASM_GATEWAY_DATABASE_URL": "postgresql://u:p@127.0.0.1:1/none",
+            "TENSORWASM_GATEWAY_LISTEN_ADDRESS": "127.0.0.1:0",
+            "TENSORWASM_GATEWAY_READY_FILE": str(tmp_path / "ready.json"),
+        },
+    )
+    # the workers' own refusal (their database), then the supervisor's, status 2
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "TENSORWASM_GATEWAY_DATABASE_URL" in result.stderr
+    assert "exited with status 2 while starting" in result.stderr
+    assert not (tmp_path / "ready.json").exists()
