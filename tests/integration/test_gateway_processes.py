@@ -2,7 +2,8 @@
 processes on a real PostgreSQL: calls over many separate connections are served by both
 workers (seen in each worker's own /metrics), the rate limit holds in total across them,
 the audit file they share stays one JSON record per line, a worker killed -9 leaves the
-other serving and is restarted, and SIGTERM to the supervisor stops them all. Several
+other serving and is restarted, SIGHUP to the supervisor reloads the tokens file in every
+worker, and SIGTERM to the supervisor stops them all. Several
 processes on SQLite, a port another program holds, or a worker that cannot start stop the
 gateway at start."""
 
@@ -56,7 +57,9 @@ class Gateway:
     """`python -m tensorwasm_gateway` with PROCESSES=2 on its own; backends unreachable
     (DeleteFunction of a missing function needs only the registry database)."""
 
-    def __init__(self, tmp_path: Path, database_url: str) -> None:
+    def __init__(
+        self, tmp_path: Path, database_url: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.ready_file = tmp_path / "gateway.ready.json"
         self.audit_file = tmp_path / "audit.jsonl"
         self.log_file = tmp_path / "gateway.log"
@@ -76,6 +79,7 @@ class Gateway:
             "TENSORWASM_GATEWAY_AUDIT_LOG": f"file:{self.audit_file}",
             "TENSORWASM_DATA_DIR": str(tmp_path / "data"),
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
@@ -114,7 +118,7 @@ def gateway(tmp_path: Path, postgres_url: str) -> Iterator[Gateway]:
         running.stop()
 
 
-def delete_missing(address: str, tenant: str) -> str:
+def delete_missing(address: str, tenant: str, token: str = TOKEN) -> str:
     """DeleteFunction of a missing function over a connection of its own: the ErrorInfo
     reason (FUNCTION_NOT_FOUND when served and admitted, RATE_LIMITED when refused)."""
     options = [("grpc.use_local_subchannel_pool", 1)]  # a TCP connection per channel
@@ -122,7 +126,7 @@ def delete_missing(address: str, tenant: str) -> str:
         try:
             pb_grpc.GatewayServiceStub(channel).DeleteFunction(
                 pb.DeleteFunctionRequest(name="functions/missing"),
-                metadata=(("authorization", f"Bearer {TOKEN}"), ("x-tensorwasm-tenant", tenant)),
+                metadata=(("authorization", f"Bearer {token}"), ("x-tensorwasm-tenant", tenant)),
                 timeout=60,
             )
         except grpc.RpcError as exc:
@@ -236,6 +240,45 @@ def test_a_killed_worker_is_restarted_while_the_other_serves_and_sigterm_stops_a
     assert gateway.process.wait(DEADLINE_SECONDS) == 0
     for pid in workers:
         wait_for(lambda pid=pid: gone(pid), f"worker {pid} stopped")  # type: ignore[misc]
+
+
+@pytest.mark.timeout(600)
+def test_sighup_to_the_supervisor_reloads_the_tokens_in_every_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}:tenant=*\n")
+    later = secrets.token_urlsafe(24)
+    gateway = Gateway(
+        tmp_path,
+        postgres_url,
+        {
+            "TENSORWASM_GATEWAY_TOKENS": "",
+            "TENSORWASM_GATEWAY_TOKENS_FILE": str(tokens),
+            "TENSORWASM_GATEWAY_TOKENS_RELOAD_SECONDS": "0",  # only on SIGHUP
+        },
+    )
+    try:
+        address = gateway.ready["grpc_address"]
+        assert delete_missing(address, "hup-before", later) == "UNAUTHENTICATED"
+        tokens.write_text(f"{TOKEN}:tenant=*\n{later}:tenant=*\n")
+        before = served_by_worker(gateway)
+        gateway.process.send_signal(signal.SIGHUP)
+        calls = iter(range(10_000))
+        # every worker reloaded: calls over fresh connections (spread over both) all pass
+        wait_for(
+            lambda: all(
+                delete_missing(address, f"hup-{next(calls)}", later) == "FUNCTION_NOT_FOUND"
+                for _ in range(8)
+            ),
+            "the new token is accepted",
+        )
+        outcomes = [delete_missing(address, f"hup-after-{i}", later) for i in range(CALLS)]
+        assert outcomes == ["FUNCTION_NOT_FOUND"] * CALLS
+        after = served_by_worker(gateway)
+        assert all(after[pid] > before[pid] for pid in after), (before, after)
+    finally:
+        gateway.stop()
 
 
 def run_gateway(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
