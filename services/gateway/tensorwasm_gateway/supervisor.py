@@ -219,7 +219,10 @@ class Supervisor:
         self._write_ready_file()
         _log.info(
             "gateway workers serving",
-            extra={"workers": [w.ready for w in self._workers], "pid": os.getpid()},
+            extra={
+                "worker_pids": [w.process.pid for w in self._workers if w.process is not None],
+                "pid": os.getpid(),
+            },
         )
         while self._stopping is None:
             self._pass_on_hangups()
@@ -285,7 +288,10 @@ class Supervisor:
             self._start(worker)
         if worker.process is not None and worker.ready is None and worker.ready_file.exists():
             worker.ready = self._read_ready(worker)
-            _log.info("gateway worker serving again", extra={"worker": worker.ready})
+            _log.info(
+                "gateway worker serving again",
+                extra={"worker": worker.index, "pid": worker.ready["pid"]},
+            )
             self._write_ready_file()
 
     def _start(self, worker: _Worker) -> None:
