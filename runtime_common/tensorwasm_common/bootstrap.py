@@ -96,6 +96,7 @@ def create_host(
     *,
     layers: Sequence[HandlerLayer] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> ServiceHost:
     """Creates the server with tracing and error handling, health and reflection, on a
     TLS port when the settings name a certificate (mTLS with a client CA), else plaintext.
@@ -106,14 +107,16 @@ def create_host(
     interceptor coroutine per call). An internal service (`settings.fleet_only`) with a
     service token first checks it on every call; without one it warns loudly (settings
     refused to start one beyond loopback unless allowed). Register the service's
-    servicers on `host.server`, then call `serve_forever`.
+    servicers on `host.server`, then call `serve_forever`. With `reuse_port` the ports
+    are bound with SO_REUSEPORT, so that several processes of one service serve them
+    together (the kernel spreads the connections); otherwise a port in use fails.
     """
     token = _fleet_guard(service, settings)
     hop = HopInterceptor(service, service_token=token, layers=layers)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     server = grpc.aio.server(
         interceptors=[hop, *interceptors],
@@ -142,20 +145,23 @@ def create_host(
         )
     if port == 0:
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
-    health_server, health_port = _health_only_server(service, settings, health_servicer)
+    health_server, health_port = _health_only_server(service, settings, health_servicer, reuse_port)
     return ServiceHost(
         service, settings, server, health_servicer, names, port, health_server, health_port
     )
 
 
 def _health_only_server(
-    service: str, settings: ServerSettings, servicer: health.aio.HealthServicer
+    service: str,
+    settings: ServerSettings,
+    servicer: health.aio.HealthServicer,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server | None, int]:
     """A plaintext server of `grpc.health.v1` alone on `health_address`, for probes that
     speak no TLS (Kubernetes' gRPC probes); it answers from the main server's statuses."""
     if not settings.health_address:
         return None, 0
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port(settings.health_address)
     if port == 0:
@@ -339,15 +345,21 @@ def run_main(
     argv: Sequence[str] | None = None,
 ) -> None:
     """The body of every service's `main()`: settings (fail fast), logging, tracing, serve."""
+    settings = load_or_exit(service, settings_type, argv)
+    bootstrap(service, settings)
+    run_on_loop(serve(settings), settings.event_loop)
+
+
+def load_or_exit(
+    service: str, settings_type: type[SettingsT], argv: Sequence[str] | None = None
+) -> SettingsT:
+    """The service's settings from the environment and `argv` (default: the command
+    line); a bad value prints what is wrong to stderr and exits 2."""
     try:
-        settings = load_settings(
-            settings_type, service, argv=sys.argv[1:] if argv is None else argv
-        )
+        return load_settings(settings_type, service, argv=sys.argv[1:] if argv is None else argv)
     except SettingsError as exc:
         print(f"tensorwasm-{service}: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    bootstrap(service, settings)
-    run_on_loop(serve(settings), settings.event_loop)
 
 
 def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:

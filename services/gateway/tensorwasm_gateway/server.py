@@ -76,12 +76,13 @@ def build_guard(
     tenant_layer = BucketConfig(settings.rate_limit_tenant_qps, settings.rate_limit_tenant_burst)
     token_layer = BucketConfig(settings.rate_limit_token_qps, settings.rate_limit_token_burst)
     limiter = limiter_for(database, tenant_layer, token_layer)
+    workers = settings.worker_count
     caps = ConcurrencyCaps(
         {
-            "invoke": settings.max_concurrent_invoke,
-            "write": settings.max_concurrent_write,
-            "read": settings.max_concurrent_read,
-            "admin": settings.max_concurrent_admin,
+            "invoke": per_worker_cap(settings.max_concurrent_invoke, workers),
+            "write": per_worker_cap(settings.max_concurrent_write, workers),
+            "read": per_worker_cap(settings.max_concurrent_read, workers),
+            "admin": per_worker_cap(settings.max_concurrent_admin, workers),
         }
     )
     auth_failures = AuthFailureThrottle(
@@ -97,6 +98,15 @@ def build_guard(
     )
 
 
+def per_worker_cap(cap: int, workers: int) -> int:
+    """One worker process's share of a concurrency cap: the cap divided among the
+    `workers` (rounded down, so that together they hold at most the cap), at least 1;
+    0 (no cap) stays 0."""
+    if cap == 0:
+        return 0
+    return max(1, cap // workers)
+
+
 def _face_loopback_tls(settings: GatewaySettings) -> ClientTls | None:
     """The HTTP face's TLS to this gateway's own gRPC port: the fleet CA (else the
     certificate file, which then must hold its own root) and the gateway's key pair as the
@@ -107,8 +117,12 @@ def _face_loopback_tls(settings: GatewaySettings) -> ClientTls | None:
     return ClientTls(ca_file, settings.tls_cert_file, settings.tls_key_file)
 
 
-async def serve(settings: GatewaySettings) -> None:
+async def serve(settings: GatewaySettings, *, face_secret: str | None = None) -> None:
     """Serves until SIGTERM.
+
+    One of several worker processes (`settings.worker_count` > 1) binds its ports with
+    SO_REUSEPORT and takes the HTTP face's `face_secret` from the supervisor (the face's
+    loopback calls may land on any worker); alone it makes its own secret.
 
     Health: SERVING while it can invoke (its registry answers and an executor replica is
     healthy); `dependency:snapshot` and `dependency:executor` report those dependencies
@@ -157,15 +171,20 @@ async def serve(settings: GatewaySettings) -> None:
     await asyncio.to_thread(invocations.recover)
     invocations.start_heartbeat(settings.lease_heartbeat_seconds)
     invocations.start_sweeping(min(60.0, settings.invocation_retention_seconds))
-    # Proves the in-process HTTP face's calls to the guard; never leaves this process.
-    face_secret = secrets.token_urlsafe(32) if settings.http_address else ""
+    # Proves the in-process HTTP face's calls to the guard; never leaves the gateway's
+    # processes (the supervisor hands its workers one secret).
+    if face_secret is None:
+        face_secret = secrets.token_urlsafe(32) if settings.http_address else ""
+    reuse_port = settings.worker_count > 1
     guard = build_guard(settings, face_secret=face_secret, database=database)
     tenant_label.configure(settings.metrics_max_tenants)
     reloader = None
     if settings.tokens_file is not None:
         reloader = TokenReloader(guard, settings.tokens_file, settings.tokens)
         reloader.start(settings.tokens_reload_seconds)
-    host = create_host("gateway", settings, [SERVICE_NAME], layers=[GuardInterceptor(guard)])
+    host = create_host(
+        "gateway", settings, [SERVICE_NAME], layers=[GuardInterceptor(guard)], reuse_port=reuse_port
+    )
     pb_grpc.add_GatewayServiceServicer_to_server(
         GatewayServicer(
             functions,
@@ -210,6 +229,7 @@ async def serve(settings: GatewaySettings) -> None:
             openai_tenant_of=token_tenant(lambda values: guard.tokens.authenticate(values)),  # noqa: PLW0108
             tls=settings.server_tls(),
             loopback_tls=_face_loopback_tls(settings),
+            reuse_port=reuse_port,
         )
         _log.info("http face listening", extra={"http_address": http.address})
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import ClassVar
 
-from tensorwasm_common.database import DatabaseUrl, DatabaseUrlError, parse_database_url, sqlite_url
+from tensorwasm_common.database import (
+    DatabaseUrl,
+    DatabaseUrlError,
+    Engine,
+    parse_database_url,
+    sqlite_url,
+)
 from tensorwasm_common.paths import default_data_dir
 from tensorwasm_common.settings import (
     ServerSettings,
@@ -23,6 +30,8 @@ DATABASE_URL_SETTING = "TENSORWASM_GATEWAY_DATABASE_URL"
 # The module cap: 64 MiB unless set, at most 256 MiB (as the original system).
 DEFAULT_MAX_MODULE_BYTES = 64 << 20
 MAX_MODULE_BYTES_CEILING = 256 << 20
+PROCESSES_SETTING = "TENSORWASM_GATEWAY_PROCESSES"
+MAX_PROCESSES = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,6 +132,11 @@ class GatewaySettings(ServerSettings):
     # The kernel registry's HMAC-SHA256 key: a file holding 64 hex digits (32 bytes).
     # Unset: the registry answers publishes FAILED_PRECONDITION (reads still work).
     kernel_hmac_key_file: Path | None = None
+    # Worker processes serving the gRPC port (and the HTTP face's) together with
+    # SO_REUSEPORT under a supervisor (tensorwasm_gateway.supervisor); 1: one process, no
+    # supervisor; 0: one per CPU. More than one needs a PostgreSQL database (the rate
+    # limits are shared through it); the concurrency caps are divided among the workers.
+    processes: int = 1
 
     def __post_init__(self) -> None:  # noqa: PLR0912, PLR0915 (one check per setting)
         super().__post_init__()
@@ -185,11 +199,35 @@ class GatewaySettings(ServerSettings):
             )
         self._check_security()
         self.database  # noqa: B018 -- a malformed URL fails at start
+        self._check_processes()
         self.openai_models  # noqa: B018 (a malformed map fails at start)
         self.kernel_hmac_key  # noqa: B018 (a missing or malformed key file fails at start)
         from tensorwasm_gateway.limits import TenantCeilings  # (it imports these settings' errors)
 
         TenantCeilings.load(self.tenant_limits_file)  # a malformed file fails at start
+
+    def _check_processes(self) -> None:
+        """Workers share the rate limits through a PostgreSQL database; SQLite's limits
+        live in each process, so several workers would admit several times the rate."""
+        if not 0 <= self.processes <= MAX_PROCESSES:
+            raise SettingsError(
+                f"processes ({PROCESSES_SETTING}): must be in [0, {MAX_PROCESSES}] "
+                f"(0: one per CPU), got {self.processes}"
+            )
+        if self.processes != 1 and self.database.engine is Engine.SQLITE:
+            raise SettingsError(
+                f"processes ({PROCESSES_SETTING}={self.processes}): several gateway "
+                "processes need a PostgreSQL database (TENSORWASM_GATEWAY_DATABASE_URL="
+                "postgresql://...): on SQLite each process would keep its own rate-limit "
+                "buckets and together admit several times the configured rate"
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """How many gateway processes serve: `processes`, or the usable CPUs for 0."""
+        if self.processes:
+            return self.processes
+        return max(1, len(os.sched_getaffinity(0)))
 
     def _check_security(self) -> None:
         rates = (

@@ -241,6 +241,22 @@ def test_environment_addresses_are_honoured_and_explicit_ports_beat_them(
     assert flagged.planned_addresses("gateway")["http"] == "127.0.0.1:7101"
 
 
+def test_a_gateway_of_several_processes_gets_ephemeral_metrics_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its workers' /metrics would take the planned port plus 1, 2, ...: the executor's
+    monkeypatch.delenv("TENSORWASM_GATEWAY_METRICS_ADDRESS", raising=False)
+    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "2")
+    local = LocalStack(tmp_path)
+    assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:0"
+    assert local.planned_addresses("executor")["metrics"] == "127.0.0.1:50062"
+    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "1")
+    assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:50061"
+    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "2")
+    monkeypatch.setenv("TENSORWASM_GATEWAY_METRICS_ADDRESS", "127.0.0.1:7200")
+    assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:7200"
+
+
 def _free_port_base() -> int:
     for base in range(21000, 32000, 100):  # below the kernel's usual ephemeral range
         if all(stack.port_free(f"127.0.0.1:{base + i}") for i in range(21)):

@@ -71,6 +71,7 @@ async def start_http_face(
     openai_tenant_of: TenantOf = lambda _: None,
     tls: ServerTls | None = None,
     loopback_tls: ClientTls | None = None,
+    reuse_port: bool = False,
 ) -> HttpFaceServer:
     """Listens on `address` (HOST:PORT) and serves the face over a loopback channel to
     this gateway's gRPC port (`grpc_port`); the OpenAI front maps `options.openai_models`
@@ -79,7 +80,8 @@ async def start_http_face(
     With `tls` the face serves HTTPS only, from the gRPC server's files (client
     certificates required with a client CA; the files reload as the gRPC side's do), and
     the loopback channel is TLS with `loopback_tls`, checking the gateway's certificate
-    under the first name it carries.
+    under the first name it carries. With `reuse_port` the address is bound with
+    SO_REUSEPORT, shared with the other gateway worker processes.
 
     Raises:
         OSError: the address cannot be bound.
@@ -102,7 +104,7 @@ async def start_http_face(
         face_secret=face_secret,
     )
     host, port = split_address(address)
-    listener = socket.create_server((host, port), backlog=ACCEPT_BATCH)
+    listener = socket.create_server((host, port), backlog=ACCEPT_BATCH, reuse_port=reuse_port)
     config = uvicorn.Config(
         build_app(face, OpenAiFront(face, options.openai_models, openai_tenant_of), options),
         http=GuardedH11Protocol.with_limits(limits),
