@@ -43,5 +43,5 @@ def check_call(export_name: str, args: Sequence[SizedValue]) -> None:
         raise FieldTooLargeError.of("export_name", MAX_EXPORT_NAME_BYTES, "bytes")
     if len(args) > MAX_ARGUMENTS:
         raise FieldTooLargeError.of("args", MAX_ARGUMENTS, "arguments")
-    if sum(arg.ByteSize() for arg in args) > MAX_ARGUMENT_BYTES:
+    if args and sum(arg.ByteSize() for arg in args) > MAX_ARGUMENT_BYTES:
         raise FieldTooLargeError.of("args", MAX_ARGUMENT_BYTES, "bytes")

@@ -179,9 +179,20 @@ def _from_traceparent(header: str) -> otel_context.Context:
     """What `propagate.extract` makes of a carrier holding only this `traceparent` under
     the default propagators (same rules): the remote span in the current context, or the
     current context unchanged when the header is not a valid one."""
+    parsed = _parse_traceparent(header)
+    if parsed is None:
+        return otel_context.get_current()
+    trace_id, span_id, flags = parsed
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
+def _parse_traceparent(header: str) -> tuple[int, int, trace.TraceFlags] | None:
+    """The trace id, span id and flags of a valid W3C `traceparent` (the trace context
+    propagator's rules), or None."""
     match = _TRACEPARENT.search(header)
     if match is None:
-        return otel_context.get_current()
+        return None
     version, trace_hex, span_hex, flags, rest = match.groups()
     if (
         version == "ff"
@@ -189,14 +200,8 @@ def _from_traceparent(header: str) -> otel_context.Context:
         or trace_hex == "0" * 32
         or span_hex == "0" * 16
     ):
-        return otel_context.get_current()
-    remote = SpanContext(
-        int(trace_hex, 16),
-        int(span_hex, 16),
-        is_remote=True,
-        trace_flags=trace.TraceFlags(int(flags, 16)),
-    )
-    return trace.set_span_in_context(NonRecordingSpan(remote))
+        return None
+    return int(trace_hex, 16), int(span_hex, 16), trace.TraceFlags(int(flags, 16))
 
 
 def _injected() -> dict[str, str]:
@@ -232,6 +237,13 @@ class ServerSpans:
     ) -> tuple[trace.Span, object]:
         """Continues the caller's trace: the call's span, made current (with the token
         that `end` detaches)."""
+        if not span_recording():
+            # The common case (nothing exported), on every call: the caller's traceparent
+            # read straight into the unrecorded child, with no remote span or parent
+            # context built in between (the context made current is the same).
+            span = _unrecorded_child_of_traceparent(context)
+            if span is not None:
+                return span, otel_context.attach(trace.set_span_in_context(span))
         parent = _remote_context(context)
         if span_recording():
             span = self._tracer.start_span(
@@ -301,6 +313,28 @@ def _exception_code(exc: BaseException) -> int:
     if isinstance(exc, asyncio.CancelledError):
         return _code_value(grpc.StatusCode.CANCELLED)
     return _code_value(grpc.StatusCode.UNKNOWN)
+
+
+def _unrecorded_child_of_traceparent(
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> trace.Span | None:
+    """What `_unrecorded_child(_remote_context(context))` gives when the call's only trace
+    metadata is a valid `traceparent` under the default propagators (the caller is another
+    hop or an instrumented client); None for any other case, which takes that path."""
+    traceparent = None
+    for key, value in context.invocation_metadata() or ():
+        if key in _TRACE_KEYS:
+            if key != "traceparent" or traceparent is not None or not isinstance(value, str):
+                return None
+            traceparent = value
+    if traceparent is None or not _w3c_propagation():
+        return None
+    parsed = _parse_traceparent(traceparent)
+    if parsed is None:
+        return None
+    trace_id, _, flags = parsed
+    span_id = random.getrandbits(64) or 1
+    return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
 
 
 def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:

@@ -88,6 +88,8 @@ def limits_from_wire(limits: invocation_pb2.InvocationLimits, field: str = "limi
     Raises:
         InvalidArgumentError: the timeout is not a valid duration (named `{field}.timeout`).
     """
+    if not limits.ByteSize():  # nothing set (most calls): the shared UNSET, not a copy
+        return UNSET
     timeout = (
         duration_seconds(limits.timeout, f"{field}.timeout") if limits.HasField("timeout") else 0
     )

@@ -168,6 +168,16 @@ class Guard:
         self.audit = audit
         self.policies = policies
         self.auth_failures = auth_failures or AuthFailureThrottle(BucketConfig(0, 0))
+        self._invocations: dict[tuple[str, str, str], Any] = {}
+
+    def count_invocation(self, tenant: str, action: str, code: str) -> None:
+        """Counts an admitted invoking call (`INVOCATIONS`); each label set's child is
+        looked up once, not on every call."""
+        labels = (tenant_label(tenant), action, code)
+        child = self._invocations.get(labels)
+        if child is None:
+            child = self._invocations[labels] = INVOCATIONS.labels(*labels)
+        child.inc()
 
     def authenticate(self, metadata: Any, peer: str = "") -> Principal:
         """The caller's principal (UNAUTHENTICATED / INVALID_METADATA when none).
@@ -389,9 +399,7 @@ class _Call:
         if self._slot:
             self._guard.caps.release(self._policy.call_class)
             if self._policy.invoking:
-                INVOCATIONS.labels(
-                    tenant_label(self.tenant), self._policy.action, self.code.name
-                ).inc()
+                self._guard.count_invocation(self.tenant, self._policy.action, self.code.name)
         audit = self._guard.audit
         if not self._policy.audited or not audit.enabled:
             return

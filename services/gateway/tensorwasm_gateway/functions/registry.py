@@ -8,6 +8,7 @@ which every gateway invalidates from the registry's NOTIFY on each delete.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -116,7 +117,9 @@ class Registry:
         if self._reader is not None:
             with self._reader_lock:
                 row = self._reader.execute(_SELECT_FUNCTION, (tenant, function_id)).fetchone()
-            return _found(row, function_id)
+            if row is None:
+                return _found(row, function_id)
+            return _cached_record(row)
         assert self._cache is not None and self._listener is not None
         if not self._listener.live:  # notifications may be missed: trust nothing cached
             return None
@@ -256,6 +259,17 @@ def _found(row: tuple[Any, ...] | None, function_id: str) -> FunctionRecord:
         raise FunctionNotFoundError(
             f"function {function_id!r} not found", metadata={"function_id": function_id}
         )
+    return _record(row)
+
+
+# Invoke reads its function's row on every call: the same row (all its columns equal)
+# gives the same record, decoded once. Sharing it is safe (it is frozen), and it lets the
+# function service keep what it derives from a record for as long as the row is unchanged.
+_ROW_CACHE_ENTRIES = 4096
+
+
+@functools.lru_cache(maxsize=_ROW_CACHE_ENTRIES)
+def _cached_record(row: tuple[Any, ...]) -> FunctionRecord:
     return _record(row)
 
 

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import blake3
 from tensorwasm_common import offload_section
-from tensorwasm_common.call_limits import CallLimits, resolve_call_limits
+from tensorwasm_common.call_limits import UNSET, CallLimits, resolve_call_limits
 from tensorwasm_common.errors import (
     ExportNotFoundError,
     InitExportInvalidError,
@@ -60,6 +60,8 @@ def _check_function_id(function_id: str) -> None:
 
 
 _log = logging.getLogger(__name__)
+# Functions whose derived call data (`_Addressing`) is kept; past it, all are forgotten.
+_ADDRESSING_ENTRIES = 4096
 WASM_MAGIC = b"\x00asm"
 DEFAULT_INIT_EXPORT = "wizer.initialize"
 MAX_DISPLAY_NAME_CHARS = 256
@@ -68,6 +70,18 @@ MAX_CHECKPOINT_SECONDS = 86400
 # then a WASI reactor's `_initialize` (clang -mexec-model=reactor), which must run once
 # before any other export: every call then starts from the state it left.
 DEFAULT_INIT_EXPORTS = (DEFAULT_INIT_EXPORT, "_initialize")
+
+
+@dataclass(frozen=True)
+class _Addressing:
+    """What every call of one function record shares: its configuration, target, export
+    names and the limits of a call that asks for none (the tenant's ceilings are fixed)."""
+
+    record: FunctionRecord
+    config: FunctionConfig
+    target: Target
+    export_names: frozenset[str]
+    default_limits: CallLimits
 
 
 class BlobPutter(Protocol):
@@ -175,6 +189,7 @@ class FunctionService:
         self._max_module_bytes = max_module_bytes
         self._configs = configs
         self._ceilings = ceilings or TenantCeilings()
+        self._addressing: dict[tuple[str, str], _Addressing] = {}
         self.references = references or References(registry, store)
 
     async def begin_upload(self, tenant: str, header: UploadHeader) -> ModuleUpload:
@@ -324,16 +339,45 @@ class FunctionService:
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
         if record is None:  # not cached (PostgreSQL): one read, off the event loop
             record = await asyncio.to_thread(self._registry.load, tenant, function_id)
-        export = choose_export(record, call.export_name)
-        config = self.config_of(record)
+        addressing = self._addressing_of(tenant, record)
+        requested = call.export_name
+        if requested and requested in addressing.export_names:
+            export = requested
+        else:  # the default export, or the error naming what is available
+            export = choose_export(record, requested)
+        if call.limits is UNSET:
+            limits = addressing.default_limits
+        else:
+            limits = self.limits_for(tenant, call.limits, addressing.config)
         return AddressedCall(
-            target=self.target(tenant, record, config),
+            target=addressing.target,
             export_name=export,
             args=call.args,
             stdin=call.stdin,
-            limits=self.limits_for(tenant, call.limits, config),
+            limits=limits,
             input=call.input,
         )
+
+    def _addressing_of(self, tenant: str, record: FunctionRecord) -> _Addressing:
+        """The record's call data, derived once: the registry hands out the same record
+        object while the function's row is unchanged (a new one after a redeploy), so an
+        identity check tells whether what was derived still holds."""
+        key = (tenant, record.function_id)
+        cached = self._addressing.get(key)
+        if cached is not None and cached.record is record:
+            return cached
+        config = self.config_of(record)
+        addressing = _Addressing(
+            record=record,
+            config=config,
+            target=self.target(tenant, record, config),
+            export_names=frozenset(e.name for e in record.exports),
+            default_limits=self.limits_for(tenant, UNSET, config),
+        )
+        if len(self._addressing) >= _ADDRESSING_ENTRIES:
+            self._addressing.clear()
+        self._addressing[key] = addressing
+        return addressing
 
     def target(self, tenant: str, record: FunctionRecord, config: FunctionConfig) -> Target:
         """Where the function's calls run: its module, WASI view, image and offloads."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, cast
@@ -81,19 +82,51 @@ def _values(args: Sequence[WireMessage]) -> Sequence[values_pb2.Value]:
 
 def invoke_request(call: AddressedCall) -> pb.InvokeRequest:
     """The executor's InvokeRequest for an addressed call."""
-    target = call.target
-    return pb.InvokeRequest(
-        module_digest=target.module_digest,
-        export_name=call.export_name,
-        args=_values(call.args),
-        stdin=call.stdin,
-        limits=limits_to_wire(call.limits),
-        tenant=target.tenant,
-        wasi=wasi_to_wire(target.wasi),
-        init_export=target.init_export,
-        offloads=offloads_to_wire(target.offloads),
-        input=call.input,
-    )
+    request = pb.InvokeRequest()
+    request.CopyFrom(_TARGETS.request_of(call.target))
+    request.export_name = call.export_name
+    if call.args:
+        request.args.extend(_values(call.args))
+    request.stdin = call.stdin
+    request.limits.CopyFrom(_limits_wire(call.limits))
+    request.input = call.input
+    return request
+
+
+class _TargetRequests:
+    """The part of an executor InvokeRequest that a call's target decides (module, tenant,
+    WASI view, init export, offloads), built once per Target object: the function service
+    hands out the same Target for every call of a function version, and converting the
+    WASI view and offloads on each call cost more than the rest of the request. A Target
+    cannot be a dict key (its WASI env is a dict), hence the identity check; the entry
+    holds the Target, so its id is not reused while it is cached."""
+
+    def __init__(self, entries: int = 4096) -> None:
+        self._entries = entries
+        self._requests: dict[int, tuple[Target, pb.InvokeRequest]] = {}
+
+    def request_of(self, target: Target) -> pb.InvokeRequest:
+        """The target's part of the request (never modified: callers copy it)."""
+        cached = self._requests.get(id(target))
+        if cached is not None and cached[0] is target:
+            return cached[1]
+        request = pb.InvokeRequest(
+            module_digest=target.module_digest,
+            tenant=target.tenant,
+            wasi=wasi_to_wire(target.wasi),
+            init_export=target.init_export,
+            offloads=offloads_to_wire(target.offloads),
+        )
+        if len(self._requests) >= self._entries:
+            self._requests.clear()
+        self._requests[id(target)] = (target, request)
+        return request
+
+
+_TARGETS = _TargetRequests()
+# A call's limits are few distinct values (a function's defaults under a tenant's
+# ceiling); each message is only ever copied from.
+_limits_wire = functools.lru_cache(maxsize=1024)(limits_to_wire)
 
 
 def create_instance_request(launch: InstanceLaunch) -> pb.CreateInstanceRequest:
@@ -161,6 +194,7 @@ class Replica:
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
         self._in_flight_gauge = EXECUTOR_IN_FLIGHT.labels(address)  # looked up once
+        self.calls_ok = EXECUTOR_CALLS.labels(address, "ok")  # counted on every call
         EXECUTOR_HEALTHY.labels(address).set(1)
 
     def view(self) -> ReplicaView:
@@ -378,13 +412,16 @@ class ExecutorPool:
 
     async def _routed(self, digest: str, method: str, request: Any) -> tuple[str, Any]:
         async def call(replica: Replica) -> Any:
-            with replica.holding():
+            replica.acquire()  # what `holding` does, without a context manager per call
+            try:
                 return await getattr(replica.stub, method)(
                     request,
                     timeout=downstream_timeout(self._timeout),
                     wait_for_ready=False,
                     metadata=downstream_metadata(),
                 )
+            finally:
+                replica.release()
 
         return await self._failover(digest, call)
 
@@ -409,7 +446,7 @@ class ExecutorPool:
                     continue
                 EXECUTOR_CALLS.labels(address, "error").inc()
                 raise downstream_error(exc, f"executor {address}") from exc
-            EXECUTOR_CALLS.labels(address, "ok").inc()
+            replica.calls_ok.inc()
             return address, result
         if last is None:
             raise UnavailableError("no executor replica is configured")
