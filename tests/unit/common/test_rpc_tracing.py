@@ -233,6 +233,59 @@ def test_the_traceparent_fast_path_reads_what_the_propagator_reads(header: str) 
     assert got.get_span_context() == expected.get_span_context()
 
 
+class _Metadata:
+    """The part of a servicer context the span code reads."""
+
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "garbage",
+    ],
+)
+def test_the_unrecorded_child_fast_path_continues_what_the_generic_path_does(
+    header: str,
+) -> None:
+    """A lone valid traceparent gives the child the generic path would (same trace id,
+    flags and state, a new span id); anything else is left to the generic path."""
+    context: Any = _Metadata(("authorization", "Bearer x"), ("traceparent", header))
+    fast = rpc_tracing._unrecorded_child_of_traceparent(context)
+    generic = rpc_tracing._unrecorded_child(rpc_tracing._remote_context(context))
+    caller = trace.get_current_span(propagate.extract({"traceparent": header}))
+    if not caller.get_span_context().is_valid:
+        assert fast is None
+        return
+    assert fast is not None
+    got, expected = fast.get_span_context(), generic.get_span_context()
+    assert (got.trace_id, got.trace_flags, got.trace_state, got.is_remote) == (
+        expected.trace_id,
+        expected.trace_flags,
+        expected.trace_state,
+        expected.is_remote,
+    )
+    assert got.span_id not in (0, caller.get_span_context().span_id)
+    assert not fast.is_recording()
+
+
+def test_the_unrecorded_child_fast_path_leaves_baggage_to_the_propagators() -> None:
+    traceparent = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    for metadata in ((traceparent, ("baggage", "k=v")), (traceparent, traceparent), ()):
+        context: Any = _Metadata(*metadata)
+        assert rpc_tracing._unrecorded_child_of_traceparent(context) is None
+
+
 def test_the_injected_context_is_what_the_propagator_injects() -> None:
     """The fast traceparent (and tracestate) equals `propagate.inject`'s; with baggage the
     propagators themselves write the carrier."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 
 import pytest
 from tensorwasm_executor.call_log import request_id_of
@@ -13,6 +14,7 @@ from tensorwasm_gateway.request_ids import (
     CURRENT_REQUEST_ID,
     REQUEST_ID_KEY,
     downstream_metadata,
+    new_request_id,
     request_id_from,
 )
 
@@ -28,6 +30,16 @@ def test_otherwise_a_fresh_uuid_is_chosen(supplied: list[tuple[str, object]] | N
     first, second = request_id_from(supplied), request_id_from(supplied)
     assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert first != second
+
+
+def test_a_fresh_id_is_a_random_uuid4() -> None:
+    ids = {new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.hex == request_id  # 32 lowercase hex digits
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 def test_downstream_metadata_carries_the_current_id() -> None:

@@ -198,3 +198,19 @@ def test_lookup_reads_what_the_writer_committed(registry: Registry) -> None:
     registry.delete("acme", "late")
     with pytest.raises(FunctionNotFoundError):
         registry.lookup("acme", "late")
+
+
+def test_lookup_gives_the_same_record_until_the_row_changes(registry: Registry) -> None:
+    registry.insert(_record("adder"))
+    first = registry.lookup("default", "adder")
+    assert first is not None
+    assert registry.lookup("default", "adder") is first  # decoded once per row
+    registry.delete("default", "adder")
+    with pytest.raises(FunctionNotFoundError):
+        registry.lookup("default", "adder")
+    registry.insert(_record("adder", digest="cd" * 32))
+    redeployed = registry.lookup("default", "adder")
+    assert redeployed is not None
+    assert redeployed.module_digest == "cd" * 32
+    registry.insert(_record("adder", tenant="other"))
+    assert registry.lookup("other", "adder") == _record("adder", tenant="other")

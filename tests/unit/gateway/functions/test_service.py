@@ -23,7 +23,16 @@ from tensorwasm_common.errors import (
     UnavailableError,
 )
 from tensorwasm_gateway.access.tenants import validate_tenant
-from tensorwasm_gateway.calls import AddressedCall, Call, CallResult, CompiledModule
+from tensorwasm_common.call_limits import CallLimits
+from tensorwasm_gateway.calls import (
+    AddressedCall,
+    Call,
+    CallResult,
+    CompiledModule,
+    FunctionConfig,
+    WasiConfig,
+)
+from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.errors import (
     ExportRequiredError,
     FunctionAlreadyExistsError,
@@ -401,6 +410,81 @@ def test_invoke_routes_with_digest_export_and_tenant(registry: Registry) -> None
     assert sent.tenant == "acme"
     assert list(sent.args) == [values_pb2.Value(i32=1)]
     assert sent.stdin == b"in"
+
+
+def test_each_call_sends_its_own_arguments_and_limits(registry: Registry) -> None:
+    executors = FakeExecutors()
+    service = FunctionService(
+        registry,
+        FakeStore(),
+        executors,  # type: ignore[arg-type]
+        max_module_bytes=LIMIT,
+        configs=FUNCTION_CONFIGS,
+        ceilings=TenantCeilings(CallLimits(timeout_seconds=30.0)),
+    )
+    config = FunctionConfig(
+        wasi=WasiConfig(argv=("prog", "-v"), env={"MODE": "fast"}),
+        default_limits=CallLimits(max_memory_bytes=1 << 20),
+    )
+
+    async def scenario() -> None:
+        await service.create("acme", "adder", WASM, config)
+        await service.invoke(
+            "acme",
+            "adder",
+            Call(
+                export_name="add",
+                args=[values_pb2.Value(i32=1), values_pb2.Value(i32=2)],
+                stdin=b"in",
+                limits=CallLimits(timeout_seconds=5.0, fuel=1000),
+                input=b"tensor",
+            ),
+        )
+        await service.invoke("acme", "adder", Call(export_name="add"))
+        await service.invoke("acme", "adder", Call(export_name="add", args=[values_pb2.Value(i32=3)]))
+
+    asyncio.run(scenario())
+    first, second, third = executors.invoked
+    assert list(first.args) == [values_pb2.Value(i32=1), values_pb2.Value(i32=2)]
+    assert (first.stdin, first.input) == (b"in", b"tensor")
+    assert first.limits.timeout.seconds == 5
+    assert first.limits.fuel == 1000
+    assert first.limits.max_memory_bytes == 1 << 20  # the function's default
+    # The next calls carry nothing of the first: only their own fields, the defaults and
+    # the tenant's ceiling (which fills the unset timeout).
+    assert list(second.args) == []
+    assert (second.stdin, second.input) == (b"", b"")
+    assert second.limits.timeout.seconds == 30
+    assert second.limits.fuel == 0
+    assert second.limits.max_memory_bytes == 1 << 20
+    assert list(third.args) == [values_pb2.Value(i32=3)]
+    for sent in (first, second, third):
+        assert sent.tenant == "acme"
+        assert sent.module_digest == WASM_DIGEST
+        assert list(sent.wasi.argv) == ["prog", "-v"]
+        assert dict(sent.wasi.env) == {"MODE": "fast"}
+
+
+def test_a_redeployed_function_is_called_as_redeployed(registry: Registry) -> None:
+    executors = FakeExecutors()
+    service = _service(registry, executors=executors)
+    other_wasm = WASM + b"\x00\x00"  # a custom section (no name): another digest
+
+    async def scenario() -> None:
+        await service.create("acme", "adder", WASM)
+        await service.invoke("acme", "adder", Call(export_name="add"))
+        await service.delete("acme", "adder")
+        await service.create(
+            "acme", "adder", other_wasm, FunctionConfig(wasi=WasiConfig(argv=("new",)))
+        )
+        await service.invoke("acme", "adder", Call(export_name="add"))
+
+    asyncio.run(scenario())
+    before, after = executors.invoked
+    assert before.module_digest == WASM_DIGEST
+    assert list(before.wasi.argv) == []
+    assert after.module_digest == blake3.blake3(other_wasm).hexdigest()
+    assert list(after.wasi.argv) == ["new"]
 
 
 def test_invoke_unknown_export_is_not_sent(registry: Registry) -> None:

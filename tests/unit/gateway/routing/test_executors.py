@@ -15,8 +15,12 @@ from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.errors import Code, ServiceError
-from tensorwasm_gateway.calls import AddressedCall, Target
-from tensorwasm_gateway.routing.executors import ExecutorPool
+from tensorwasm.common.v1 import values_pb2
+from tensorwasm_common.call_limits import CallLimits
+from tensorwasm_gateway.calls import AddressedCall, OffloadDeclaration, Target, WasiConfig
+from tensorwasm_gateway.limits import limits_to_wire
+from tensorwasm_gateway.routing.executors import ExecutorPool, invoke_request
+from tensorwasm_gateway.wire import offloads_to_wire, wasi_to_wire
 from tensorwasm_gateway.routing.rendezvous import rendezvous_order
 from tensorwasm_gateway.routing.replicas import ReplicaSource
 
@@ -250,3 +254,39 @@ def test_a_down_only_check_asks_only_the_replicas_seen_down() -> None:
             await well_server.stop(None)
 
     run(scenario)
+
+
+def test_invoke_request_holds_the_target_and_the_calls_own_fields() -> None:
+    target = Target(
+        tenant="acme",
+        module_digest="ab" * 32,
+        wasi=WasiConfig(argv=("prog",), env={"K": "v"}, read_only_dir="data", guest_dir="/d"),
+        init_export="init",
+        offloads=(OffloadDeclaration("mm", "matmul", ("a", "b")),),
+    )
+    calls = [
+        AddressedCall(
+            target=target,
+            export_name="run",
+            args=(values_pb2.Value(i32=1), values_pb2.Value(i64=2)),
+            stdin=b"in",
+            limits=CallLimits(timeout_seconds=1.5, fuel=10),
+            input=b"tensor",
+        ),
+        AddressedCall(target=target, export_name="other"),  # the same target again
+    ]
+    for call in calls:
+        expected = pb.InvokeRequest(
+            module_digest=target.module_digest,
+            export_name=call.export_name,
+            args=call.args,
+            stdin=call.stdin,
+            limits=limits_to_wire(call.limits),
+            tenant=target.tenant,
+            wasi=wasi_to_wire(target.wasi),
+            init_export=target.init_export,
+            offloads=offloads_to_wire(target.offloads),
+            input=call.input,
+        )
+        assert invoke_request(call) == expected
+        assert invoke_request(call).SerializeToString() == expected.SerializeToString()
