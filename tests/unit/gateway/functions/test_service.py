@@ -15,6 +15,7 @@ import blake3
 import pytest
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as executor_pb
+from tensorwasm_common.call_limits import CallLimits
 from tensorwasm_common.errors import (
     Code,
     ExportNotFoundError,
@@ -23,7 +24,6 @@ from tensorwasm_common.errors import (
     UnavailableError,
 )
 from tensorwasm_gateway.access.tenants import validate_tenant
-from tensorwasm_common.call_limits import CallLimits
 from tensorwasm_gateway.calls import (
     AddressedCall,
     Call,
@@ -32,7 +32,6 @@ from tensorwasm_gateway.calls import (
     FunctionConfig,
     WasiConfig,
 )
-from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.errors import (
     ExportRequiredError,
     FunctionAlreadyExistsError,
@@ -45,6 +44,7 @@ from tensorwasm_gateway.functions.service import (
     choose_export,
     function_id_from_name,
 )
+from tensorwasm_gateway.limits import TenantCeilings
 from tensorwasm_gateway.routing.executors import invoke_request
 from tensorwasm_gateway.wire import FUNCTION_CONFIGS, exports_from_wire
 
@@ -441,7 +441,9 @@ def test_each_call_sends_its_own_arguments_and_limits(registry: Registry) -> Non
             ),
         )
         await service.invoke("acme", "adder", Call(export_name="add"))
-        await service.invoke("acme", "adder", Call(export_name="add", args=[values_pb2.Value(i32=3)]))
+        await service.invoke(
+            "acme", "adder", Call(export_name="add", args=[values_pb2.Value(i32=3)])
+        )
 
     asyncio.run(scenario())
     first, second, third = executors.invoked

@@ -11,18 +11,17 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorwasm.common.v1 import invocation_pb2
+from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
-from tensorwasm_common.errors import Code, ServiceError
-from tensorwasm.common.v1 import values_pb2
 from tensorwasm_common.call_limits import CallLimits
+from tensorwasm_common.errors import Code, ServiceError
 from tensorwasm_gateway.calls import AddressedCall, OffloadDeclaration, Target, WasiConfig
 from tensorwasm_gateway.limits import limits_to_wire
 from tensorwasm_gateway.routing.executors import ExecutorPool, invoke_request
-from tensorwasm_gateway.wire import offloads_to_wire, wasi_to_wire
 from tensorwasm_gateway.routing.rendezvous import rendezvous_order
 from tensorwasm_gateway.routing.replicas import ReplicaSource
+from tensorwasm_gateway.wire import offloads_to_wire, wasi_to_wire
 
 
 class FakeExecutor(pb_grpc.ExecutorServiceServicer):
