@@ -239,9 +239,9 @@ class ServerSpans:
         that `end` detaches)."""
         if not span_recording():
             # The common case (nothing exported), on every call: the caller's traceparent
-            # read straight into the unrecorded child, with no remote span or parent
-            # context built in between (the context made current is the same).
-            span = _unrecorded_child_of_traceparent(context)
+            # (or none) read straight into the unrecorded child, with no remote span or
+            # parent context built in between (the context made current is the same).
+            span = _unrecorded_child_of_caller(context)
             if span is not None:
                 return span, otel_context.attach(trace.set_span_in_context(span))
         parent = _remote_context(context)
@@ -315,19 +315,22 @@ def _exception_code(exc: BaseException) -> int:
     return _code_value(grpc.StatusCode.UNKNOWN)
 
 
-def _unrecorded_child_of_traceparent(
+def _unrecorded_child_of_caller(
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> trace.Span | None:
-    """What `_unrecorded_child(_remote_context(context))` gives when the call's only trace
-    metadata is a valid `traceparent` under the default propagators (the caller is another
-    hop or an instrumented client); None for any other case, which takes that path."""
+    """What `_unrecorded_child(_remote_context(context))` gives when the call has no trace
+    metadata (a new trace) or only a valid `traceparent` under the default propagators
+    (the caller is another hop or an instrumented client); None for any other case,
+    which takes that path."""
     traceparent = None
     for key, value in context.invocation_metadata() or ():
         if key in _TRACE_KEYS:
             if key != "traceparent" or traceparent is not None or not isinstance(value, str):
                 return None
             traceparent = value
-    if traceparent is None or not _w3c_propagation():
+    if traceparent is None:
+        return _unrecorded_child(None)
+    if not _w3c_propagation():
         return None
     parsed = _parse_traceparent(traceparent)
     if parsed is None:

@@ -261,7 +261,7 @@ def test_the_unrecorded_child_fast_path_continues_what_the_generic_path_does(
     """A lone valid traceparent gives the child the generic path would (same trace id,
     flags and state, a new span id); anything else is left to the generic path."""
     context: Any = _Metadata(("authorization", "Bearer x"), ("traceparent", header))
-    fast = rpc_tracing._unrecorded_child_of_traceparent(context)
+    fast = rpc_tracing._unrecorded_child_of_caller(context)
     generic = rpc_tracing._unrecorded_child(rpc_tracing._remote_context(context))
     caller = trace.get_current_span(propagate.extract({"traceparent": header}))
     if not caller.get_span_context().is_valid:
@@ -281,9 +281,20 @@ def test_the_unrecorded_child_fast_path_continues_what_the_generic_path_does(
 
 def test_the_unrecorded_child_fast_path_leaves_baggage_to_the_propagators() -> None:
     traceparent = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    for metadata in ((traceparent, ("baggage", "k=v")), (traceparent, traceparent), ()):
+    for metadata in ((traceparent, ("baggage", "k=v")), (traceparent, traceparent)):
         context: Any = _Metadata(*metadata)
-        assert rpc_tracing._unrecorded_child_of_traceparent(context) is None
+        assert rpc_tracing._unrecorded_child_of_caller(context) is None
+
+
+def test_the_unrecorded_child_of_a_caller_without_a_trace_starts_one() -> None:
+    context: Any = _Metadata(("authorization", "Bearer x"))
+    first = rpc_tracing._unrecorded_child_of_caller(context)
+    second = rpc_tracing._unrecorded_child_of_caller(context)
+    assert first is not None and second is not None
+    assert first.get_span_context().is_valid
+    assert first.get_span_context().trace_id != second.get_span_context().trace_id
+    assert first.get_span_context().trace_flags.sampled
+    assert not first.is_recording()
 
 
 def test_the_injected_context_is_what_the_propagator_injects() -> None:

@@ -84,6 +84,11 @@ class _Layer:
         self._buckets: dict[object, _Bucket] = {}
         self._max_buckets = max_buckets
 
+    def holds(self, key: object) -> bool:
+        """True when `key` has a bucket (one without is full: never used, or forgotten
+        once it refilled)."""
+        return key in self._buckets
+
     def refilled(self, key: object, now: float) -> _Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -151,19 +156,28 @@ class RateLimiter:
             return
         with self._lock:
             now = self._clock()
-            held: list[tuple[str, _Layer, _Bucket]] = []
+            tenant_bucket = token_bucket = None
             if self._tenant is not None:
-                held.append(
-                    ("tenant", self._tenant, self._tenant.refilled((token_id, tenant), now))
-                )
+                tenant_bucket = self._tenant.refilled((token_id, tenant), now)
             if self._token is not None:
-                held.append(("token", self._token, self._token.refilled(token_id, now)))
-            empty = [(scope, layer, b) for scope, layer, b in held if b.level < 1.0]
-            if not empty:
-                for _, _, bucket in held:
-                    bucket.level -= 1.0
+                token_bucket = self._token.refilled(token_id, now)
+            # Every call passes here: the admitted case builds nothing.
+            if (tenant_bucket is None or tenant_bucket.level >= 1.0) and (
+                token_bucket is None or token_bucket.level >= 1.0
+            ):
+                if tenant_bucket is not None:
+                    tenant_bucket.level -= 1.0
+                if token_bucket is not None:
+                    token_bucket.level -= 1.0
                 return
-        retry = min(layer.retry_after(bucket) for _, layer, bucket in empty)
+            empty: list[tuple[str, float]] = []  # (scope, retry after), tenant first
+            if self._tenant is not None and tenant_bucket is not None:
+                if tenant_bucket.level < 1.0:
+                    empty.append(("tenant", self._tenant.retry_after(tenant_bucket)))
+            if self._token is not None and token_bucket is not None:
+                if token_bucket.level < 1.0:
+                    empty.append(("token", self._token.retry_after(token_bucket)))
+        retry = min(after for _, after in empty)
         scope = empty[0][0]
         raise RateLimitedError(
             f"{scope} rate limit exceeded; retry after {retry:g}s",
@@ -194,6 +208,8 @@ class AuthFailureThrottle:
         if self._layer is None:
             return
         with self._lock:
+            if not self._layer.holds(peer):  # never failed lately: every call but a guess
+                return
             bucket = self._layer.refilled(peer, self._clock())
             if bucket.level >= 1.0:
                 return

@@ -224,7 +224,11 @@ class TokenStore:
         # tokens. The lookup's time can tell only whether that digest is configured, which
         # the answer says anyway; the digests are SHA-256 of high-entropy secrets, so
         # comparing them reveals nothing about another token.
-        self._by_digest = {entry.digest: entry for entry in stored}
+        # Each token's principal is built once (the guard and the audit log's actor cache
+        # then see the same object on every call).
+        self._by_digest = {
+            entry.digest: Principal(entry.token_id, entry.scope) for entry in stored
+        }
 
     @classmethod
     def load(cls, text: str = "", path: Path | None = None) -> TokenStore:
@@ -263,7 +267,7 @@ class TokenStore:
         found = self._by_digest.get(digest)
         if found is None:
             raise UnauthenticatedError("unknown bearer token")
-        return Principal(found.token_id, found.scope)
+        return found
 
 
 def authorize_tenant(principal: Principal, tenant: str) -> None:
