@@ -207,11 +207,12 @@ def _parse_traceparent(header: str) -> tuple[int, int, trace.TraceFlags] | None:
 def _injected() -> dict[str, str]:
     """What `propagate.inject` puts in a carrier for the current context (the traceparent
     formatted here under the default propagators when there is no baggage)."""
-    if not _w3c_propagation() or baggage.get_all():
+    current = otel_context.get_current()  # read once for both lookups
+    if not _w3c_propagation() or baggage.get_all(current):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return carrier
-    span_context = trace.get_current_span().get_span_context()
+    span_context = trace.get_current_span(current).get_span_context()
     if not span_context.is_valid:
         return {}
     injected = {
@@ -340,6 +341,9 @@ def _unrecorded_child_of_caller(
     return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
 
 
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+
 def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:
     """A span that records nothing but carries the caller's trace id and flags (a new
     trace when there is none) under a new span id, as a sampled-out SDK span would."""
@@ -348,7 +352,7 @@ def _unrecorded_child(parent: otel_context.Context | None) -> trace.Span:
         trace_id, flags, state = remote.trace_id, remote.trace_flags, remote.trace_state
     else:
         trace_id = random.getrandbits(128) or 1
-        flags, state = trace.TraceFlags(trace.TraceFlags.SAMPLED), trace.TraceState()
+        flags, state = _SAMPLED, trace.DEFAULT_TRACE_STATE
     span_id = random.getrandbits(64) or 1
     return NonRecordingSpan(SpanContext(trace_id, span_id, False, flags, state))
 

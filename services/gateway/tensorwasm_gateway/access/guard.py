@@ -299,10 +299,8 @@ def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> N
     """Resets `var` where `token` was made. A stream that the event loop finalised (its
     call cancelled between two messages) ends in another context, where the call's context
     is gone: there is nothing to reset, and the call is still counted and audited."""
-    try:
+    with contextlib.suppress(ValueError):
         var.reset(token)
-    except ValueError:  # not contextlib.suppress: this runs three times on every call
-        pass
 
 
 class _Call:

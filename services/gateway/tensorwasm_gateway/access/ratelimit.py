@@ -171,12 +171,12 @@ class RateLimiter:
                     token_bucket.level -= 1.0
                 return
             empty: list[tuple[str, float]] = []  # (scope, retry after), tenant first
-            if self._tenant is not None and tenant_bucket is not None:
-                if tenant_bucket.level < 1.0:
-                    empty.append(("tenant", self._tenant.retry_after(tenant_bucket)))
-            if self._token is not None and token_bucket is not None:
-                if token_bucket.level < 1.0:
-                    empty.append(("token", self._token.retry_after(token_bucket)))
+            for scope, layer, bucket in (
+                ("tenant", self._tenant, tenant_bucket),
+                ("token", self._token, token_bucket),
+            ):
+                if layer is not None and bucket is not None and bucket.level < 1.0:
+                    empty.append((scope, layer.retry_after(bucket)))
         retry = min(after for _, after in empty)
         scope = empty[0][0]
         raise RateLimitedError(

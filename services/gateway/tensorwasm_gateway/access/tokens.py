@@ -226,9 +226,7 @@ class TokenStore:
         # comparing them reveals nothing about another token.
         # Each token's principal is built once (the guard and the audit log's actor cache
         # then see the same object on every call).
-        self._by_digest = {
-            entry.digest: Principal(entry.token_id, entry.scope) for entry in stored
-        }
+        self._by_digest = {entry.digest: Principal(entry.token_id, entry.scope) for entry in stored}
 
     @classmethod
     def load(cls, text: str = "", path: Path | None = None) -> TokenStore:

@@ -193,7 +193,9 @@ class Replica:
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
-        self._in_flight_gauge = EXECUTOR_IN_FLIGHT.labels(address)  # looked up once
+        # Read when scraped, not kept up to date on every call (two locked updates less
+        # per call); a replica that joins again under the same address takes it over.
+        EXECUTOR_IN_FLIGHT.labels(address).set_function(lambda: self.in_flight)
         self.calls_ok = EXECUTOR_CALLS.labels(address, "ok")  # counted on every call
         EXECUTOR_HEALTHY.labels(address).set(1)
 
@@ -211,12 +213,10 @@ class Replica:
     def acquire(self) -> None:
         """Counts one more call in flight."""
         self.in_flight += 1
-        self._in_flight_gauge.inc()
 
     def release(self) -> None:
         """Counts one call less in flight."""
         self.in_flight -= 1
-        self._in_flight_gauge.dec()
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from tensorwasm.common.v1 import invocation_pb2, values_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
@@ -187,6 +188,10 @@ def test_not_serving_replicas_are_routed_last_after_a_health_check() -> None:
     run(scenario)
 
 
+def _in_flight_gauge(address: str) -> float | None:
+    return REGISTRY.get_sample_value("tensorwasm_gateway_executor_in_flight", {"replica": address})
+
+
 def test_in_flight_calls_are_counted_while_they_run_and_released() -> None:
     async def scenario() -> None:
         server, live, _fake = await start_fake()
@@ -194,10 +199,12 @@ def test_in_flight_calls_are_counted_while_they_run_and_released() -> None:
         try:
             stream = await executors.invoke_stream(call_of("cd" * 32))
             assert executors._replicas[live].in_flight == 1
+            assert _in_flight_gauge(live) == 1
             _ = [event async for event in stream]
             assert executors._replicas[live].in_flight == 0
             await executors.invoke(call_of("cd" * 32))
             assert executors._replicas[live].in_flight == 0
+            assert _in_flight_gauge(live) == 0
         finally:
             await executors.close()
             await server.stop(None)
