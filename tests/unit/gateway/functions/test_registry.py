@@ -214,3 +214,27 @@ def test_lookup_gives_the_same_record_until_the_row_changes(registry: Registry) 
     assert redeployed.module_digest == "cd" * 32
     registry.insert(_record("adder", tenant="other"))
     assert registry.lookup("other", "adder") == _record("adder", tenant="other")
+
+
+def test_lookup_sees_what_other_connections_commit(tmp_path: Path) -> None:
+    """Another gateway process on the same file: its deletes, redeploys and any change to
+    a row are seen by the next lookup, never a record kept from before."""
+    path = tmp_path / "registry.sqlite3"
+    mine, other = Registry(path), Registry(path)
+    try:
+        other.insert(_record("adder"))
+        first = mine.lookup("default", "adder")
+        assert first is not None and first.module_digest == DIGEST
+        other.delete("default", "adder")
+        with pytest.raises(FunctionNotFoundError):
+            mine.lookup("default", "adder")
+        other.insert(_record("adder", digest="cd" * 32))
+        redeployed = mine.lookup("default", "adder")
+        assert redeployed is not None and redeployed.module_digest == "cd" * 32
+        with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+            raw.execute("UPDATE functions SET module_size_bytes = 7 WHERE function_id = 'adder'")
+        changed = mine.lookup("default", "adder")
+        assert changed is not None and changed.module_size_bytes == 7
+    finally:
+        mine.close()
+        other.close()
