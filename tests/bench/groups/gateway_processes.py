@@ -23,10 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +37,7 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack, ServiceProcess
 
+from tests.bench.gateways import extra_gateway
 from tests.bench.harness import Benchmark, RunConfig, group
 from tests.engines.postgres import PostgresServer, postgres_bin_dir
 
@@ -67,45 +65,23 @@ def _gateway(
 ) -> Iterator[tuple[str, list[int]]]:
     """A gateway of `processes` processes; yields its address and its pids (the
     supervisor's and the workers', or the one process's)."""
-    ready = stack.data_dir / "run" / f"{name}.ready.json"
     env = {
-        **os.environ,
-        "OTEL_TRACES_EXPORTER": "none",
         "TENSORWASM_GATEWAY_PROCESSES": str(processes),
-        "TENSORWASM_GATEWAY_LISTEN_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_GATEWAY_METRICS_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_GATEWAY_HTTP_ADDRESS": "",
-        "TENSORWASM_GATEWAY_READY_FILE": str(ready),
-        "TENSORWASM_GATEWAY_DATABASE_URL": database_url,
-        "TENSORWASM_GATEWAY_SERVICE_TOKEN_FILE": str(stack.service_token_path),
-        "TENSORWASM_GATEWAY_EXECUTOR_ADDRESSES": services["executor"].grpc_address,
-        "TENSORWASM_GATEWAY_SNAPSHOT_ADDRESS": services["snapshot"].grpc_address,
         "TENSORWASM_GATEWAY_TOKENS": f"{TOKEN}:tenant={TENANT}",
         "TENSORWASM_GATEWAY_AUDIT_LOG": f"file:{stack.data_dir / 'logs' / f'{name}.audit.jsonl'}",
         "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_QPS": "1000000",
         "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_BURST": "1000000",
     }
-    with (stack.data_dir / "logs" / f"{name}.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tensorwasm_gateway"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway {name} did not start (see its log)")
-            time.sleep(0.05)
-        written = json.loads(ready.read_text())
-        pids = [process.pid, *(int(w["pid"]) for w in written.get("workers", []))]
-        yield str(written["grpc_address"]), pids
-    finally:
-        process.terminate()
-        process.wait(60)
+    with extra_gateway(
+        stack,
+        services,
+        name,
+        database_url,
+        env=env,
+        start_timeout_seconds=START_TIMEOUT_SECONDS,
+    ) as (process, ready):
+        pids = [process.pid, *(int(w["pid"]) for w in ready.get("workers", []))]
+        yield str(ready["grpc_address"]), pids
 
 
 async def _drive(address: str, request: bytes, calls: int, *, expect_ok: bool) -> float:

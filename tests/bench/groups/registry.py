@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +19,7 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.client import GatewayClient
 from tensorwasm_client.stack import LocalStack, ServiceProcess
 
+from tests.bench.gateways import extra_gateway
 from tests.bench.groups.invoke import ADD_WAT, CALL_TIMEOUT_SECONDS, _check_add
 from tests.bench.harness import Benchmark, RunConfig, group
 from tests.engines.postgres import PostgresServer, postgres_bin_dir
@@ -40,38 +36,10 @@ def _gateway_on(
 ) -> Iterator[str]:
     """A gateway process on `database_url`, before the stack's executor and store (both
     subjects are started this same way, so only their database differs)."""
-    ready = stack.data_dir / "run" / f"{name}.ready.json"
-    env = {
-        **os.environ,
-        "OTEL_TRACES_EXPORTER": "none",
-        "TENSORWASM_GATEWAY_LISTEN_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_GATEWAY_METRICS_ADDRESS": "127.0.0.1:0",
-        "TENSORWASM_GATEWAY_HTTP_ADDRESS": "",
-        "TENSORWASM_GATEWAY_READY_FILE": str(ready),
-        "TENSORWASM_GATEWAY_DATABASE_URL": database_url,
-        "TENSORWASM_GATEWAY_SERVICE_TOKEN_FILE": str(stack.service_token_path),
-        "TENSORWASM_GATEWAY_EXECUTOR_ADDRESSES": services["executor"].grpc_address,
-        "TENSORWASM_GATEWAY_SNAPSHOT_ADDRESS": services["snapshot"].grpc_address,
-    }
-    with (stack.data_dir / "logs" / f"{name}.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tensorwasm_gateway"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway {name} did not start (see its log)")
-            time.sleep(0.05)
-        yield str(json.loads(ready.read_text())["grpc_address"])
-    finally:
-        process.terminate()
-        process.wait(30)
+    with extra_gateway(
+        stack, services, name, database_url, start_timeout_seconds=START_TIMEOUT_SECONDS
+    ) as (_, ready):
+        yield str(ready["grpc_address"])
 
 
 @group("gateway_registry")
