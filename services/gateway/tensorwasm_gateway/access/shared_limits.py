@@ -13,7 +13,9 @@ call of a rate-limited tenant costs one short transaction (a row update on the d
 server); at high rates it is one per ~100 ms of traffic. The guard takes grants with
 `take_or_defer`: a call that its gateway's grants decide costs no I/O, and one that needs
 the database draws on a worker thread, so no transaction ever blocks the event loop (and
-with it every other tenant's calls).
+with it every other tenant's calls). A call that spends a grant starts drawing the next
+one at once, so at a steady rate a tenant's calls find their grant held and wait for no
+transaction; the price is at most one more grant per gateway and bucket held ahead.
 Requests granted to a gateway that then sees no calls are lost to the others until the
 grant expires (at most a grant per gateway and bucket): the limit errs on the safe side.
 A bucket found empty is marked so until it refills a whole request (its level only grows
@@ -25,6 +27,7 @@ Calls that the dev mode's missing tokens do not rate-limit never touch the table
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -108,6 +111,8 @@ class SharedRateLimiter:
         # grant TTL (not on every call: a gateway may hold thousands).
         self._next_sweep = 0.0
         self._lock = threading.Lock()
+        # Grants being drawn ahead of need, by bucket (touched on the event loop only).
+        self._refilling: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -118,36 +123,92 @@ class SharedRateLimiter:
         """How many grants this gateway holds (for tests and metrics)."""
         return len(self._grants)
 
+    def refills_in_flight(self) -> int:
+        """Grants being drawn ahead of need now (for tests)."""
+        return len(self._refilling)
+
     def take(self, token_id: str, tenant: str) -> None:
         """Takes one request from each applicable bucket, or raises RateLimitedError
         (a rejected call consumes nothing of what this gateway holds). Blocks for the
         database when a grant must be drawn: on the event loop use `take_or_defer`."""
         while True:
-            missing = self._take_held(token_id, tenant)
+            missing, _ = self._take_held(token_id, tenant)
             if not missing:
                 return
             for scope, key, config in missing:
                 self._draw_grant(scope, key, config, tenant, token_id)
 
     def take_or_defer(self, token_id: str, tenant: str) -> Awaitable[None] | None:
-        """`take` without blocking the caller's thread: None when the grants held here
-        decided (admitted, or refused from an empty mark), else an awaitable that draws
-        from the database on a worker thread and then decides."""
-        if not self._take_held(token_id, tenant):
-            return None
-        return asyncio.to_thread(self.take, token_id, tenant)
+        """`take` on the event loop, never blocking it: None when the grants held here
+        decided (admitted, or refused from an empty mark), else an awaitable that waits for
+        the grant being drawn ahead, or draws one on a worker thread, and then decides.
 
-    def _take_held(self, token_id: str, tenant: str) -> list[tuple[str, str, BucketConfig]]:
-        """Takes one request from each bucket's grant if every one holds a request, and
-        returns []; else takes nothing and returns the buckets to draw a grant for.
+        A call that spends a bucket's grant starts drawing the next one on a worker thread,
+        so a tenant's next call finds it held (a grant is kept `GRANT_TTL_SECONDS`).
+        """
+        missing, spent = self._take_held(token_id, tenant)
+        for bucket in spent:
+            self._refill(*bucket)
+        if not missing:
+            return None
+        drawing = [self._refilling[(s, k)] for s, k, _ in missing if (s, k) in self._refilling]
+        return self._decide_after(token_id, tenant, missing, drawing)
+
+    async def _decide_after(
+        self,
+        token_id: str,
+        tenant: str,
+        missing: list[tuple[str, str, BucketConfig]],
+        drawing: list[asyncio.Future[None]],
+    ) -> None:
+        if drawing:  # the grants are on their way: wait for them rather than draw again
+            await asyncio.wait(drawing)
+        else:
+            for scope, key, config in missing:
+                await asyncio.to_thread(self._draw_grant, scope, key, config, tenant, token_id)
+        decided = self.take_or_defer(token_id, tenant)
+        if decided is not None:  # spent meanwhile by other calls, or the draw came back empty
+            await decided
+
+    def _refill(self, scope: str, key: str, config: BucketConfig) -> None:
+        """Starts drawing the next grant of a bucket on a worker thread (once at a time);
+        a failure is left for the next call that needs the grant to meet."""
+        bucket = (scope, key)
+        if bucket in self._refilling:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called off an event loop (a test): its next call draws
+            return
+        future = loop.run_in_executor(None, self._refill_now, scope, key, config)
+        self._refilling[bucket] = future
+
+        def done(finished: asyncio.Future[None]) -> None:
+            del self._refilling[bucket]
+            if not finished.cancelled():
+                finished.exception()  # retrieved: the next call draws and meets it itself
+
+        future.add_done_callback(done)
+
+    def _refill_now(self, scope: str, key: str, config: BucketConfig) -> None:
+        with contextlib.suppress(RateLimitedError):  # marked empty: the next call is refused
+            self._draw_grant(scope, key, config, tenant="", token_id="")
+
+    def _take_held(
+        self, token_id: str, tenant: str
+    ) -> tuple[list[tuple[str, str, BucketConfig]], list[tuple[str, str, BucketConfig]]]:
+        """Takes one request from each bucket's grant if every one holds a request; returns
+        the buckets to draw a grant for (then nothing was taken) and those whose grant this
+        call spent.
 
         Raises:
             RateLimitedError: a bucket without a grant is marked empty.
         """
         if not self._layers:
-            return []
+            return [], []
         keys = {"tenant": f"{token_id}/{tenant}", "token": token_id}
         missing: list[tuple[str, str, BucketConfig]] = []
+        spent: list[tuple[str, str, BucketConfig]] = []
         with self._lock:
             now = self._clock()
             if now >= self._next_sweep:
@@ -166,9 +227,12 @@ class SharedRateLimiter:
                         raise _limited(scope, config, empty.level, tenant, token_id, wait=wait)
                     missing.append((scope, keys[scope], config))
             if not missing:
-                for scope in self._layers:
-                    self._grants[(scope, keys[scope])].requests -= 1.0
-        return missing
+                for scope, config in self._layers.items():
+                    grant = self._grants[(scope, keys[scope])]
+                    grant.requests -= 1.0
+                    if grant.requests < 1.0:
+                        spent.append((scope, keys[scope], config))
+        return missing, spent
 
     def _draw_grant(
         self, scope: str, key: str, config: BucketConfig, tenant: str, token_id: str

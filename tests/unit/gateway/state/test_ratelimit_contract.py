@@ -4,6 +4,7 @@ retry hint; on PostgreSQL two gateways together admit the burst, not twice it.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -145,3 +146,39 @@ def test_the_shared_limiter_never_asks_the_database_on_the_callers_thread(
 
 async def _awaited(pending: Awaitable[None]) -> None:
     await pending
+
+
+def test_a_spent_grant_is_drawn_again_ahead_of_the_next_call(postgres_url: str) -> None:
+    """At a low rate a grant is one request: the call that spends it starts drawing the
+    next, so the tenant's next call is decided from what is held, until the bucket is
+    empty; then it is refused from the mark, and the total stays the burst."""
+    database = _open(postgres_url)
+    limiter = SharedRateLimiter(database, BucketConfig(qps=0, burst=3), OFF)
+
+    async def settled() -> None:
+        give_up = time.monotonic() + 30
+        while limiter.refills_in_flight():
+            assert time.monotonic() < give_up, "the grant was never drawn"
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[str]:
+        decided = []
+        first = limiter.take_or_defer("tok", "acme")
+        assert first is not None  # nothing held yet: drawn for this call
+        await first
+        for _ in range(3):
+            await settled()
+            try:
+                pending = limiter.take_or_defer("tok", "acme")
+            except RateLimitedError:
+                decided.append("refused")
+                continue
+            decided.append("admitted" if pending is None else "deferred")
+            if pending is not None:
+                await pending
+        return decided
+
+    try:
+        assert asyncio.run(scenario()) == ["admitted", "admitted", "refused"]
+    finally:
+        database.close()
