@@ -225,33 +225,26 @@ class SnapshotClient(StoreClientBase):
         return response.snapshot
 
     async def delete_compiled_artifacts(self, source_digest: str) -> int:
-        """Deletes the fleet's compiled artifacts of a module (one per engine fingerprint,
-        so one page holds them), releasing their blobs; -> how many. An executor that needs
-        one again compiles it."""
-        page = await self.list_snapshots(
-            kind=COMPILED_MODULE,
-            source_digest=source_digest,
-            page_size=1000,
-            tenant=ARTIFACT_TENANT,
-        )
-        deleted = 0
-        for record in page.snapshots:
-            try:
-                await self.delete_snapshot(record.id, tenant=ARTIFACT_TENANT)
-            except SnapshotNotFoundError:
-                continue  # deleted meanwhile, by another gateway
-            deleted += 1
-        return deleted
+        """Deletes the fleet's compiled artifacts of a module (one per engine fingerprint),
+        releasing their blobs; -> how many. An executor that needs one again compiles it."""
+        return await self._delete_records(COMPILED_MODULE, source_digest, ARTIFACT_TENANT)
 
     async def delete_instance_images(self, tenant: str, source_digest: str) -> int:
         """Deletes the tenant's pre-initialised instance images of a module (one per init
         export and engine fingerprint), releasing their blobs; -> how many. An executor
         that needs one again runs init again."""
+        return await self._delete_records(INSTANCE_IMAGE, source_digest, tenant)
+
+    async def _delete_records(
+        self, kind: pb.SnapshotKind.ValueType, source_digest: str, tenant: str
+    ) -> int:
+        """Deletes every record of `kind` made from `source_digest` under `tenant`, page by
+        page; one another gateway deleted meanwhile is skipped. -> how many it deleted."""
         deleted = 0
         token = ""
         while True:
             page = await self.list_snapshots(
-                kind=INSTANCE_IMAGE,
+                kind=kind,
                 source_digest=source_digest,
                 page_size=1000,
                 page_token=token,
