@@ -27,7 +27,6 @@ Calls that the dev mode's missing tokens do not rate-limit never touch the table
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
@@ -191,8 +190,7 @@ class SharedRateLimiter:
         future.add_done_callback(done)
 
     def _refill_now(self, scope: str, key: str, config: BucketConfig) -> None:
-        with contextlib.suppress(RateLimitedError):  # marked empty: the next call is refused
-            self._draw_grant(scope, key, config, tenant="", token_id="")
+        self._hold(scope, key, config, *self._draw(scope, key, config))
 
     def _take_held(
         self, token_id: str, tenant: str
@@ -241,16 +239,23 @@ class SharedRateLimiter:
         calls' held grants are spent meanwhile) and adds it to what is held, or marks the
         bucket empty and raises RateLimitedError."""
         granted, level = self._draw(scope, key, config)
+        if not self._hold(scope, key, config, granted, level):
+            raise _limited(scope, config, level, tenant, token_id)
+
+    def _hold(self, scope: str, key: str, config: BucketConfig, granted: int, level: float) -> bool:
+        """Adds a drawn grant to what is held; False (the bucket marked empty until it
+        refills) when the draw granted nothing."""
         bucket = (scope, key)
         with self._lock:
             now = self._clock()
             if granted == 0:
                 self._empty[bucket] = _Empty(now + _refill_seconds(config, level), level)
-                raise _limited(scope, config, level, tenant, token_id)
+                return False
             self._empty.pop(bucket, None)
             grant = self._grants.get(bucket)
             held = grant.requests if grant is not None and grant.expires > now else 0.0
             self._grants[bucket] = _Grant(held + granted, now + GRANT_TTL_SECONDS)
+            return True
 
     def _draw(self, scope: str, key: str, config: BucketConfig) -> tuple[int, float]:
         """Takes a grant from the shared row: (requests granted, level left)."""
