@@ -251,9 +251,9 @@ class Sandbox:
                 the guest's thread, and returns False once its consumer is gone; without
                 it the chunks are collected into the Outcome's `chunks`.
             preempt_after: seconds of the thread's CPU time after which the call is
-                stopped at the next epoch tick
-                and `PreemptedError` raised, so that the caller can run it again elsewhere
-                (the stopped attempt leaves nothing behind but what its callbacks saw).
+                stopped at the next epoch tick and `PreemptedError` raised, so that the
+                caller can run it again elsewhere (the stopped attempt leaves nothing
+                behind but what its callbacks saw).
 
         Returns:
             The Outcome: results or a Failure, captured output, chunks and guest time.
