@@ -144,6 +144,9 @@ class GuestCalls:
             max_output_bytes=settings.max_output_bytes,
         )
         self._inline = InlinePolicy(settings.inline_budget_seconds, settings.inline_qualify_calls)
+        # Whether the sandbox's tidy (closing inline calls' stores, making the next ones
+        # ahead) is already scheduled on the loop.
+        self._tidy_scheduled = False
         self._limit_caps = CallLimits(
             timeout_seconds=settings.max_timeout_seconds,
             max_output_bytes=settings.max_output_bytes,
@@ -234,8 +237,9 @@ class GuestCalls:
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         started = time.thread_time()
+        self._schedule_tidy()
         try:
-            outcome = run(preempt_after=self._inline.budget_seconds)
+            outcome = run(preempt_after=self._inline.budget_seconds, defer_close=True)
         except PreemptedError:
             self._inline.preempted(key)
             return None
@@ -245,6 +249,18 @@ class GuestCalls:
         self._inline.ran_inline(key, time.thread_time() - started)
         future.set_result(outcome)
         return future
+
+    def _schedule_tidy(self) -> None:
+        """Has the loop tidy the sandbox once this step is over: a callback scheduled now
+        runs after the handler's answer has been handed to grpc, so closing the call's
+        store and making the next one ahead are off the call's path."""
+        if not self._tidy_scheduled:
+            self._tidy_scheduled = True
+            asyncio.get_running_loop().call_soon(self._tidy)
+
+    def _tidy(self) -> None:
+        self._tidy_scheduled = False
+        self._sandbox.tidy()
 
     def _learning(self, key: tuple[str, str, str], run: Callable[[], Outcome]) -> Outcome:
         """Runs the call (on a worker) and tells the inline policy how much CPU it took

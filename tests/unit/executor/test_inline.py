@@ -21,7 +21,7 @@ from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.engine import CompiledModule
 from tensorwasm_executor.wasm.guest_io import WasiOptions
-from tensorwasm_executor.wasm.sandbox import Sandbox
+from tensorwasm_executor.wasm.sandbox import READY_STORES, Sandbox
 from tensorwasm_executor.wasm.values import WasmValue
 
 T = TypeVar("T")
@@ -137,6 +137,25 @@ def test_an_export_runs_inline_once_its_runs_on_workers_were_short(
     assert outcome.stdout == b"x"
     assert pool.submitted == QUALIFY  # not handed to a worker
     assert _inline_calls("completed") == completed + 1
+
+
+def test_an_inline_call_leaves_its_store_and_the_next_ones_to_the_loops_idle_time(
+    sandbox: Sandbox, counter: CompiledModule, pool: CountingPool
+) -> None:
+    calls = _calls(sandbox, counter, pool)
+    for _ in range(QUALIFY):
+        _count(calls, counter, 1)  # on workers: they close their stores themselves
+    sandbox.tidy()
+    made_ahead = sandbox.ready_stores
+
+    for _ in range(2 * READY_STORES):
+        assert _count(calls, counter, 2).stdout == b"x"  # inline
+
+    assert pool.submitted == QUALIFY
+    # The loop tidied after each call: the stores used were closed, new ones made ahead.
+    assert sandbox.ready_stores == READY_STORES
+    assert made_ahead in (0, READY_STORES)
+    assert not sandbox._retired
 
 
 def test_an_inline_call_that_overruns_is_run_again_on_a_worker_and_answers_once(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -44,6 +45,9 @@ __all__ = [
 
 
 _NO_LIMITS_ASKED = (None, None, None, None)
+# Stores made ahead per memory cap (see Sandbox.tidy): one call on the event loop at a
+# time takes them, so two cover a call and the one that follows before the next tidy.
+READY_STORES = 2
 
 
 class _CallsInFlight:
@@ -107,6 +111,11 @@ class Sandbox:
         self._in_flight = _CallsInFlight(self._lock, self._stop)
         # The limits of a call that sets none of its own (the resident hot path's), once known.
         self._default_limits: CallLimits | None = None
+        # Stores made ahead for plain fresh calls (no stdin, WASI options or host state),
+        # by memory cap, and the stores of calls that left closing them to `tidy`.
+        self._ready: dict[int, deque[CallStore]] = {}
+        self._ready_for = -1  # the memory cap of the last plain call that left its store
+        self._retired: deque[CallStore] = deque()
         self._ticker = threading.Thread(
             target=self._run_ticker, name="wasm-epoch-ticker", daemon=True
         )
@@ -216,6 +225,7 @@ class Sandbox:
         guest_input: bytes = b"",
         on_chunk: ChunkSink | None = None,
         preempt_after: float | None = None,
+        defer_close: bool = False,
     ) -> Outcome:
         """Runs `export` in a fresh store and instance of `module`.
 
@@ -254,6 +264,9 @@ class Sandbox:
                 stopped at the next epoch tick and `PreemptedError` raised, so that the
                 caller can run it again elsewhere (the stopped attempt leaves nothing
                 behind but what its callbacks saw).
+            defer_close: leave closing the call's store to the next `tidy` (which the
+                caller is to run soon), and have `tidy` make stores ahead for calls
+                like this one: for a caller with idle time after answering.
 
         Returns:
             The Outcome: results or a Failure, captured output, chunks and guest time.
@@ -270,12 +283,15 @@ class Sandbox:
         if preempt_after is not None and cancel is None:
             cancel = threading.Event()  # a watched store: its epoch callback preempts
         limits = self.call_limits(timeout_seconds, max_output_bytes, fuel, max_memory_bytes)
+        plain = cancel is not None and host_state is None and not stdin and wasi == NO_WASI_OPTIONS
         with self.activity():
-            call_store = CallStore(
-                self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
-                table_elements=self._max_table_elements, watched=cancel is not None,
-                host_state=host_state, final_calls=True,
-            )  # fmt: skip
+            call_store = self._take_ready(limits.memory_bytes) if plain else None
+            if call_store is None:
+                call_store = CallStore(
+                    self._engine, stdin=stdin, wasi=wasi, memory_bytes=limits.memory_bytes,
+                    table_elements=self._max_table_elements, watched=cancel is not None,
+                    host_state=host_state, final_calls=True,
+                )  # fmt: skip
             try:
                 events = () if cancel is None else (cancel,)
                 call_store.begin(
@@ -290,7 +306,66 @@ class Sandbox:
                     raise PreemptedError(ran[2])
                 return call_store.outcome(*ran)
             finally:
-                call_store.close()
+                if defer_close:
+                    self._retired.append(call_store)
+                    if plain:
+                        self._ready_for = limits.memory_bytes
+                else:
+                    call_store.close()
+
+    def _take_ready(self, memory_bytes: int) -> CallStore | None:
+        """A store made ahead for a plain call with this memory cap, or None."""
+        ready = self._ready.get(memory_bytes)
+        return None if ready is None else self._take_ready_from(ready)
+
+    @staticmethod
+    def _take_ready_from(ready: deque[CallStore]) -> CallStore | None:
+        try:
+            return ready.popleft()
+        except IndexError:  # none, or taken meanwhile by another thread
+            return None
+
+    def _plain_store(self, memory_bytes: int) -> CallStore:
+        """A store as `invoke` makes for a plain call: no stdin, no WASI options, no host
+        state, watched (its epoch callback decides at each tick), each call final."""
+        return CallStore(
+            self._engine, stdin=b"", wasi=NO_WASI_OPTIONS, memory_bytes=memory_bytes,
+            table_elements=self._max_table_elements, watched=True, final_calls=True,
+        )  # fmt: skip
+
+    @property
+    def ready_stores(self) -> int:
+        """How many stores made ahead are waiting for a plain call."""
+        return sum(len(ready) for ready in self._ready.values())
+
+    def _close_ready(self) -> None:
+        for ready in self._ready.values():
+            while (store := self._take_ready_from(ready)) is not None:
+                store.close()
+
+    def tidy(self) -> None:
+        """Closes the stores calls left with `defer_close`, and makes stores ahead (up to
+        READY_STORES) for plain calls with the memory cap of the last such call.
+
+        A store made ahead has never run anything, so a call that takes one gets the
+        same fresh store it would otherwise have made: only the work moves, out of the
+        call and into the caller's idle time. Closing a store is moved the same way.
+        """
+        while self._retired:
+            try:
+                store = self._retired.popleft()
+            except IndexError:
+                break
+            store.close()
+        memory_bytes = self._ready_for
+        if memory_bytes < 0 or self._stop.is_set():
+            return
+        ready = self._ready.get(memory_bytes)
+        if ready is None:  # stores are kept for the last cap only
+            self._close_ready()
+            self._ready = {memory_bytes: (ready := deque())}
+        while len(ready) < READY_STORES:
+            ready.append(self._plain_store(memory_bytes))
 
     def spawn(
         self,
@@ -434,6 +509,8 @@ class Sandbox:
         """
         with self._lock:
             self._stop.set()
+        self.tidy()
+        self._close_ready()
         if self._ticker.is_alive() and self._ticker is not threading.current_thread():
             self._ticker.join()
 
