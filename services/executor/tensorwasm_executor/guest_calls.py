@@ -34,7 +34,7 @@ from tensorwasm_executor.instances.snapshots import (
     restore_device_state,
 )
 from tensorwasm_executor.instances.table import InstanceTable
-from tensorwasm_executor.metrics import count_cap_hits
+from tensorwasm_executor.metrics import count_cap_hits, count_caps_hit_by
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.call_store import PreemptedError
@@ -164,7 +164,10 @@ class GuestCalls:
 
     async def invoke(self, invocation: Invocation, cancel: threading.Event) -> Outcome:
         """Runs one call; setting `cancel` (the caller went away) stops the guest."""
-        return await outcome_of(await self.start(invocation, cancel=cancel), cancel)
+        started = await self._start(invocation, None, None, cancel)
+        if isinstance(started, Outcome):  # ran inline
+            return started
+        return await outcome_of(started, cancel)
 
     async def start(
         self,
@@ -174,17 +177,38 @@ class GuestCalls:
         on_chunk: ChunkSink | None = None,
         cancel: threading.Event | None = None,
     ) -> concurrent.futures.Future[Outcome]:
-        """Admits the call and submits the guest to the worker pool.
+        """Admits the call and submits the guest to the worker pool (or runs it inline).
 
         The admission slot is released when the guest thread finishes (or the queued
         call is cancelled), not when the caller returns, so a call whose client went
         away keeps counting until its guest has really stopped.
         """
+        started = await self._start(invocation, on_output, on_chunk, cancel)
+        if isinstance(started, Outcome):  # ran inline: its future is done already
+            future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()
+            future.set_result(started)
+            return future
+        return started
+
+    async def _start(
+        self,
+        invocation: Invocation,
+        on_output: OutputSink | None,
+        on_chunk: ChunkSink | None,
+        cancel: threading.Event | None,
+    ) -> Outcome | concurrent.futures.Future[Outcome]:
+        """`start`'s work: the Outcome of a call run inline (no future is made for it:
+        this is the short call's path), else the future of the call on a worker."""
         tenant = invocation.tenant
         slot = self._admission.acquire(tenant)
         try:
             module, _ = await self._modules.get(invocation.module_digest, tenant)
-            image = await self._image(module, invocation.init_export, tenant)
+            image = (
+                await self._image(module, invocation.init_export, tenant)
+                if invocation.init_export
+                else None
+            )
             limits = self.limits(invocation.limits)
             host_state = self._host_state(module, tenant, invocation.offloads)
             run = functools.partial(
@@ -205,7 +229,6 @@ class GuestCalls:
                 fuel=limits.fuel,
                 max_memory_bytes=limits.max_memory_bytes,
             )
-            future: concurrent.futures.Future[Outcome] | None = None
             # Only a call nothing outside its store can observe may run inline (inline.py).
             unobserved = (
                 self._inline.enabled
@@ -217,11 +240,13 @@ class GuestCalls:
             if unobserved:
                 key = (tenant, module.digest, invocation.export_name)
                 if self._inline.runs_inline(key, module):
-                    future = self._run_inline(key, run)
-                if future is None:
-                    run = functools.partial(self._learning, key, run)
-            if future is None:
-                future = self._workers.submit(tenant, run)
+                    outcome = self._run_inline(key, run)
+                    if outcome is not None:
+                        slot.release()
+                        count_caps_hit_by(outcome)
+                        return outcome
+                run = functools.partial(self._learning, key, run)
+            future = self._workers.submit(tenant, run)
         except BaseException:
             slot.release()
             raise
@@ -229,13 +254,10 @@ class GuestCalls:
         future.add_done_callback(count_cap_hits)
         return future
 
-    def _run_inline(
-        self, key: tuple[str, str, str], run: Callable[..., Outcome]
-    ) -> concurrent.futures.Future[Outcome] | None:
+    def _run_inline(self, key: tuple[str, str, str], run: Callable[..., Outcome]) -> Outcome | None:
         """Runs the call here, on the event loop; None when it overran the inline budget
-        and was stopped (it is then to run again on a worker)."""
-        future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
+        and was stopped (it is then to run again on a worker). What the call raises is
+        raised here, as a worker's would be through its future."""
         started = time.thread_time()
         self._schedule_tidy()
         try:
@@ -243,12 +265,8 @@ class GuestCalls:
         except PreemptedError:
             self._inline.preempted(key)
             return None
-        except BaseException as exc:  # the caller's, through the future, as from a worker
-            future.set_exception(exc)
-            return future
         self._inline.ran_inline(key, time.thread_time() - started)
-        future.set_result(outcome)
-        return future
+        return outcome
 
     def _schedule_tidy(self) -> None:
         """Has the loop tidy the sandbox once this step is over: a callback scheduled now

@@ -39,7 +39,11 @@ def count_cap_hits(future: concurrent.futures.Future[Any]) -> None:
     """
     if future.cancelled() or future.exception() is not None:
         return
-    result = future.result()
+    count_caps_hit_by(future.result())
+
+
+def count_caps_hit_by(result: Any) -> None:
+    """Counts the caps a guest call's result (as `count_cap_hits` reads it) ran into."""
     for outcome in result if isinstance(result, tuple) else (result,):
         if getattr(outcome, "memory_cap_hit", False):
             CAP_HITS.labels("memory").inc()
