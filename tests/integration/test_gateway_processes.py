@@ -1,6 +1,7 @@
 """Several gateway worker processes on one port (TENSORWASM_GATEWAY_PROCESSES=2), real
 processes on a real PostgreSQL: calls over many separate connections are served by both
-workers (seen in each worker's own /metrics), the rate limit holds in total across them,
+workers (seen in each worker's own /metrics, and in the gateway's one /metrics over all of
+them, each series labelled with its worker), the rate limit holds in total across them,
 the audit file they share stays one JSON record per line, a worker killed -9 leaves the
 other serving and is restarted, SIGHUP to the supervisor reloads the tokens file in every
 worker, and SIGTERM to the supervisor stops them all. Several
@@ -26,6 +27,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 
@@ -164,6 +166,27 @@ def served_by_worker(gateway: Gateway) -> dict[int, int]:
     }
 
 
+def gateway_metrics(gateway: Gateway) -> dict[str, dict[str, float]]:
+    """The gateway's own /metrics (the supervisor's, over every worker's): per worker
+    index, DeleteFunction calls served and `up`; and the restarts counter ("" key)."""
+    address = gateway.ready["metrics_address"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    seen: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            worker = sample.labels.get("worker", "")
+            if sample.name == "tensorwasm_grpc_server_requests_total":
+                if sample.labels["method"].endswith(METHOD):
+                    served = seen.setdefault(worker, {})
+                    served["served"] = served.get("served", 0) + sample.value
+            elif sample.name == "tensorwasm_gateway_worker_up":
+                seen.setdefault(worker, {})["up"] = sample.value
+            elif sample.name == "tensorwasm_gateway_worker_restarts_total":
+                seen.setdefault("", {})["restarts"] = sample.value
+    return seen
+
+
 @pytest.mark.timeout(600)
 def test_two_workers_share_the_port_the_rate_limit_and_the_audit_file(gateway: Gateway) -> None:
     address = gateway.ready["grpc_address"]
@@ -178,6 +201,14 @@ def test_two_workers_share_the_port_the_rate_limit_and_the_audit_file(gateway: G
     spread = served_by_worker(gateway)
     assert sum(spread.values()) == CALLS
     assert all(count > 0 for count in spread.values()), spread
+    # the gateway's one /metrics shows both workers' series, each labelled with its worker
+    metrics = gateway_metrics(gateway)
+    by_index = {int(w["index"]): int(w["pid"]) for w in gateway.ready["workers"]}
+    assert {str(i): spread[pid] for i, pid in by_index.items()} == {
+        worker: seen["served"] for worker, seen in metrics.items() if worker
+    }
+    assert [metrics[str(i)]["up"] for i in sorted(by_index)] == [1, 1]
+    assert metrics[""]["restarts"] == 0
 
     # (b) one tenant's bucket holds BURST calls in total, though each worker alone saw
     # more than BURST calls of it (per-process buckets would admit about 2 x BURST)
@@ -233,6 +264,9 @@ def test_a_killed_worker_is_restarted_while_the_other_serves_and_sigterm_stops_a
         return served_by_worker(gateway)[restarted] > 0
 
     wait_for(restarted_served, "the restarted worker took calls")
+    metrics = gateway_metrics(gateway)
+    assert metrics[""]["restarts"] == 1
+    assert [metrics[w]["up"] for w in ("0", "1")] == [1, 1]
 
     # (d) SIGTERM to the supervisor: every worker drains and exits, then the supervisor
     workers = gateway.worker_pids()

@@ -250,7 +250,7 @@ class LocalStack:
             planned["grpc"] = environ.get(
                 prefix + "LISTEN_ADDRESS", self.addresses.grpc_address(kind)
             )
-        if self._ephemeral or replica != kind or self._gateway_workers(kind, environ):
+        if self._ephemeral or replica != kind:
             planned["metrics"] = self.addresses._at(0)
         elif previous is not None and previous.metrics_address:
             planned["metrics"] = previous.metrics_address
@@ -270,16 +270,6 @@ class LocalStack:
                     prefix + "HTTP_ADDRESS", self.addresses.default_http_address()
                 )
         return planned
-
-    @staticmethod
-    def _gateway_workers(kind: str, environ: Mapping[str, str]) -> bool:
-        """True for a gateway of several worker processes (TENSORWASM_GATEWAY_PROCESSES
-        other than 1) without a metrics address of its own: each worker serves /metrics,
-        on the planned port plus its index, which would be the next services' ports, so
-        they take ephemeral ports instead (the ready file names them)."""
-        if kind != "gateway" or "TENSORWASM_GATEWAY_METRICS_ADDRESS" in environ:
-            return False
-        return environ.get("TENSORWASM_GATEWAY_PROCESSES", "1").strip() not in ("", "1")
 
     def check_ports(self, names: list[str] | None = None) -> None:
         """Fails, naming the first one, when a fixed port the services would take is in

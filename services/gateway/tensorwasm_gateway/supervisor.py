@@ -8,9 +8,9 @@ binds those ports with SO_REUSEPORT too, so the kernel spreads the connections a
 
 - Ready: the supervisor writes its ready file (the one launchers wait on) once every
   worker wrote its own, i.e. every worker serves; it names the supervisor's pid, the
-  shared addresses (the HTTP face's as `http_address`), the first worker's metrics
-  address and every worker's pid and metrics address (`workers`), and is rewritten when
-  a restarted worker serves.
+  shared addresses (the HTTP face's as `http_address`), its own metrics address and
+  every worker's pid and metrics address (`workers`), and is rewritten when a restarted
+  worker serves.
 - A worker that exits before the gateway was ready (it cannot bind, its database is
   unreachable, ...) stops the whole gateway: the others are stopped and the supervisor
   exits with that worker's status (1 when it died of a signal).
@@ -25,8 +25,9 @@ binds those ports with SO_REUSEPORT too, so the kernel spreads the connections a
 Each worker is a replica of its own as far as shared state goes: its own gateway id and
 lease for async invocations; the rate limits shared through the PostgreSQL database (the
 settings refuse several processes on SQLite); the concurrency caps divided among the
-workers (server.per_worker_cap); its own /metrics (an ephemeral port each for `:0`, else
-the configured port plus the worker's index).
+workers (server.per_worker_cap); its own /metrics on a private loopback port, which the
+supervisor's endpoint on the configured metrics address reads at every scrape and serves
+with every other worker's, labelled by worker (worker_metrics.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import Any
 from tensorwasm_common.settings import split_address
 
 from tensorwasm_gateway.settings import GatewaySettings
+from tensorwasm_gateway.worker_metrics import WORKER_METRICS_ADDRESS, WorkerMetrics
 
 _log = logging.getLogger(__name__)
 
@@ -110,18 +112,6 @@ def reserve(address: str, name: str) -> tuple[socket.socket, str]:
     return sock, f"{shown}:{bound_port}"
 
 
-def worker_metrics_address(address: str, index: int) -> str:
-    """Worker `index`'s /metrics address: an ephemeral port each for `:0`, else the
-    configured port plus the index; empty stays empty (no endpoint)."""
-    if not address:
-        return ""
-    host, port = split_address(address)
-    if port == 0:
-        return address
-    shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port + index}"
-
-
 def worker_main(settings: GatewaySettings, face_secret: str, supervisor_pid: int) -> None:
     """A worker process's body (the `spawn` target): dies with the supervisor, then
     serves as a whole gateway until SIGTERM."""
@@ -154,6 +144,8 @@ class Supervisor:
         self._http_address = ""
         self._stopping: int | None = None
         self._hangups = 0
+        self._metrics: WorkerMetrics | None = None
+        self._restarts = 0
 
     def run(self) -> int:
         """Serves until SIGTERM/SIGINT; returns the process's exit status."""
@@ -171,6 +163,8 @@ class Supervisor:
             return self._supervise()
         finally:
             self._stop_all()
+            if self._metrics is not None:
+                self._metrics.close()
             for sock in self._held:
                 sock.close()
             shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -190,6 +184,8 @@ class Supervisor:
         http_address = self._reserve(settings.http_address, "http_address")
         self._http_address = http_address
         health_address = self._reserve(settings.health_address, "health_address")
+        if settings.metrics_address:
+            self._metrics = self._serve_metrics(settings.metrics_address)
         for worker in self._workers:
             self._worker_settings.append(
                 dataclasses.replace(
@@ -197,10 +193,29 @@ class Supervisor:
                     listen_address=listen_address,
                     http_address=http_address,
                     health_address=health_address,
-                    metrics_address=worker_metrics_address(settings.metrics_address, worker.index),
+                    # each its own on loopback; the supervisor serves them all together
+                    metrics_address=WORKER_METRICS_ADDRESS if settings.metrics_address else "",
                     ready_file=worker.ready_file,
                 )
             )
+
+    def _serve_metrics(self, address: str) -> WorkerMetrics:
+        """Starts the gateway's /metrics: every worker's series, labelled by worker."""
+        try:
+            metrics = WorkerMetrics(
+                address,
+                workers=lambda: [
+                    (w.index, str(w.ready["metrics_address"]))
+                    for w in self._workers
+                    if w.ready is not None
+                ],
+                expected=lambda: [w.index for w in self._workers],
+                restarts=lambda: self._restarts,
+            )
+        except OSError as exc:
+            raise BindError(f"cannot listen on {address} (metrics_address): {exc}") from None
+        metrics.start()
+        return metrics
 
     def _reserve(self, address: str, name: str) -> str:
         """The address with its concrete port, held (empty: not served)."""
@@ -285,6 +300,7 @@ class Supervisor:
             worker.restart_at = now + delay
         if worker.process is None and worker.restart_at is not None and now >= worker.restart_at:
             worker.restart_at = None
+            self._restarts += 1
             self._start(worker)
         if worker.process is not None and worker.ready is None and worker.ready_file.exists():
             worker.ready = self._read_ready(worker)
@@ -358,7 +374,7 @@ class Supervisor:
             "service": "gateway",
             "pid": os.getpid(),
             "grpc_address": first["grpc_address"],
-            "metrics_address": first["metrics_address"],
+            "metrics_address": self._metrics.address if self._metrics is not None else "",
             "health_address": first["health_address"],
             "http_address": self._http_address,
             "workers": [

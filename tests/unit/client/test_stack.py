@@ -241,18 +241,16 @@ def test_environment_addresses_are_honoured_and_explicit_ports_beat_them(
     assert flagged.planned_addresses("gateway")["http"] == "127.0.0.1:7101"
 
 
-def test_a_gateway_of_several_processes_gets_ephemeral_metrics_ports(
+def test_a_gateway_of_several_processes_keeps_its_one_metrics_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # its workers' /metrics would take the planned port plus 1, 2, ...: the executor's
+    # its supervisor serves every worker's series there (the workers' own are ephemeral)
     monkeypatch.delenv("TENSORWASM_GATEWAY_METRICS_ADDRESS", raising=False)
-    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "2")
     local = LocalStack(tmp_path)
-    assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:0"
-    assert local.planned_addresses("executor")["metrics"] == "127.0.0.1:50062"
-    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "1")
-    assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:50061"
-    monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", "2")
+    for processes in ("2", "1", "0"):
+        monkeypatch.setenv("TENSORWASM_GATEWAY_PROCESSES", processes)
+        assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:50061"
+        assert local.planned_addresses("executor")["metrics"] == "127.0.0.1:50062"
     monkeypatch.setenv("TENSORWASM_GATEWAY_METRICS_ADDRESS", "127.0.0.1:7200")
     assert local.planned_addresses("gateway")["metrics"] == "127.0.0.1:7200"
 

@@ -1,5 +1,6 @@
 """TENSORWASM_GATEWAY_PROCESSES: its validation, the concurrency caps divided among the
-workers, the per-worker metrics addresses and the supervisor's port reservation."""
+workers and the supervisor's port reservation (its /metrics over the workers': in
+test_worker_metrics.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tensorwasm_common.settings import SettingsError, load_settings
 from tensorwasm_gateway.errors import ConcurrencyExhaustedError
 from tensorwasm_gateway.server import build_guard, per_worker_cap
 from tensorwasm_gateway.settings import GatewaySettings
-from tensorwasm_gateway.supervisor import BindError, reserve, worker_metrics_address
+from tensorwasm_gateway.supervisor import BindError, reserve
 
 POSTGRES = "postgresql://u:p@127.0.0.1:1/db"  # parsed only
 
@@ -81,14 +82,6 @@ def test_each_worker_guard_holds_its_share_of_the_cap() -> None:
         caps.acquire("admin")
     with pytest.raises(ConcurrencyExhaustedError, match="limit 4"):
         caps.acquire("admin")
-
-
-def test_worker_metrics_addresses() -> None:
-    assert worker_metrics_address("127.0.0.1:0", 1) == "127.0.0.1:0"
-    assert worker_metrics_address("127.0.0.1:9100", 0) == "127.0.0.1:9100"
-    assert worker_metrics_address("127.0.0.1:9100", 2) == "127.0.0.1:9102"
-    assert worker_metrics_address("[::1]:9100", 1) == "[::1]:9101"
-    assert worker_metrics_address("", 1) == ""
 
 
 def test_a_reserved_port_is_concrete_and_shared_with_reuseport_only() -> None:
