@@ -67,6 +67,15 @@ class EpochWatch:
         """Hooks the callback into `store` and has it run at every epoch tick."""
         self._callback = rawcall.set_epoch_callback(store, self._on_tick)
 
+    def release(self) -> None:
+        """Drops the callback once its store is closed (it is never called again): the
+        watch and its ctypes callback refer to each other, and a cycle would leave them,
+        and the events they hold, to the cyclic collector instead of being freed now."""
+        if self._callback is not None:
+            self._callback.release()
+            self._callback = None
+        self._events = ()
+
     def arm(
         self, events: Sequence[threading.Event], deadline: float, preempt_at: float = math.inf
     ) -> None:
@@ -309,4 +318,6 @@ class CallStore:
             INSTANCE_TERMINATIONS.inc()
             ACTIVE_INSTANCES.dec()
             self.instance = None
-        self.watch = None  # only now may the ctypes callback be collected
+        if self.watch is not None:  # only now may the ctypes callback be collected
+            self.watch.release()
+            self.watch = None

@@ -42,6 +42,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from tensorwasm_executor.errors import ImageFormatError
+from tensorwasm_executor.wasm.rawcall import address_of
 
 __all__ = [
     "FORMAT_VERSION", "MAGIC", "GlobalImage", "InstanceImage", "MemoryImage", "apply_image",
@@ -283,7 +284,7 @@ def _map_private(pointer: Any, length: int, source: ImageFile, offset: int) -> b
     """Maps the file block copy-on-write over the memory's first `length` bytes (as
     wasmtime maps a module's data segments): pages are read lazily, writes stay private.
     False where that is not possible (then the bytes are copied)."""
-    address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+    address = address_of(pointer)
     libc = _libc()
     if libc is None or address % mmap.PAGESIZE or offset % mmap.PAGESIZE:
         return False

@@ -97,6 +97,13 @@ _NO_FINALIZER = _EPOCH_ARGTYPES[3]()  # a NULL function pointer
 WASMTIME_UPDATE_DEADLINE_CONTINUE = 0
 
 
+def address_of(pointer: Any) -> int:
+    """The address a ctypes pointer holds (0 for NULL), read from the pointer's own
+    memory: `ctypes.cast(pointer, c_void_p)` would make the pointer and its `_objects`
+    a reference cycle, left for the cyclic collector, on every call."""
+    return ctypes.c_void_p.from_address(ctypes.addressof(pointer)).value or 0
+
+
 class EpochCallback:
     """A store's epoch-deadline callback, and the ctypes object wasmtime calls.
 
@@ -105,16 +112,23 @@ class EpochCallback:
     """
 
     def __init__(self, on_tick: Callable[[], str | None]) -> None:
-        self._on_tick = on_tick
-        self.thunk = _EPOCH_CALLBACK_TYPE(self._call)
+        self._on_tick: Callable[[], str | None] | None = on_tick
+        self.thunk: Any = _EPOCH_CALLBACK_TYPE(self._call)
+
+    def release(self) -> None:
+        """Drops the thunk and `on_tick` once the store is closed (the thunk refers back
+        to this object: without this the pair is left to the cyclic collector)."""
+        self.thunk = None
+        self._on_tick = None
 
     def _call(self, context: Any, data: Any, delta: Any, kind: Any) -> int:
         # Runs on the guest's thread, inside the wasm call, each time the store's epoch
         # deadline is reached. Returning NULL with delta=1 resumes the guest for one
         # more tick; returning a new wasmtime_error_t (wasmtime takes ownership) makes
         # the call fail with that error.
+        on_tick = self._on_tick
         try:
-            stop = self._on_tick()
+            stop = on_tick() if on_tick is not None else None
         except BaseException as exc:  # never let an exception cross the C boundary
             stop = f"epoch callback failed: {type(exc).__name__}"
         if stop is None:
@@ -295,7 +309,7 @@ class ExportCall:
         self._store = store
         self._layout = _layout(params, results)
         self._func = item.of.func  # a view into `item`, which it keeps alive
-        self._context = ctypes.c_void_p(ctypes.cast(context, ctypes.c_void_p).value)
+        self._context = ctypes.c_void_p(address_of(context))
         self._frame = self._new_frame()
         self._busy = threading.Lock()
 
@@ -365,7 +379,7 @@ class StoreContext:
 
     def __init__(self, store: wasmtime.Store) -> None:
         self._store = store
-        self._context = ctypes.c_void_p(ctypes.cast(store._context(), ctypes.c_void_p).value)
+        self._context = ctypes.c_void_p(address_of(store._context()))
 
     def set_epoch_deadline(self, ticks_after_current: int) -> None:
         """As `wasmtime.Store.set_epoch_deadline`."""

@@ -24,6 +24,7 @@ from tensorwasm_executor.wasm.guest_channel import (
     YieldVerdict,
     current_channel,
 )
+from tensorwasm_executor.wasm.rawcall import address_of
 
 TENSOR_MODULE = "wasi:tensor/host@0.1.0"
 SCHEDULER_MODULE = "wasi:scheduler/host@0.1.0"
@@ -41,7 +42,7 @@ def _memory_range(caller: wasmtime.Caller, ptr: int, length: int, what: str) -> 
         raise GuestMemoryError(f"{what}: the guest exports no memory")
     if ptr + length > memory.data_len(caller):
         raise GuestMemoryError(f"{what}: [{ptr}, {ptr + length}) is outside linear memory")
-    return ctypes.cast(memory.data_ptr(caller), ctypes.c_void_p).value or 0
+    return address_of(memory.data_ptr(caller))
 
 
 def _emit_chunk(caller: wasmtime.Caller, ptr: int, length: int) -> int:
