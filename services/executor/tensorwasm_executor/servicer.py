@@ -73,9 +73,12 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         request: pb.InvokeRequest,
         context: grpc.aio.ServicerContext[pb.InvokeRequest, pb.InvokeResponse],
     ) -> pb.InvokeResponse:
-        """Runs one call; a client that cancels (or whose deadline passes) stops the guest."""
+        """Runs one call; a client that cancels (or whose deadline passes) stops the guest.
+
+        grpc cancels this handler's task then, and the guest call's wait sets `cancel`
+        (`outcome_of`). No done callback on the context: grpc keeps it in a reference
+        cycle with the call's state, which every call would leave to the collector."""
         cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
         outcome = await self._calls.invoke(self._invocation(request), cancel)
         return pb.InvokeResponse(outcome=outcome_to_wire(outcome))
 
@@ -159,8 +162,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         request: pb.CallInstanceRequest,
         context: grpc.aio.ServicerContext[pb.CallInstanceRequest, pb.CallInstanceResponse],
     ) -> pb.CallInstanceResponse:
-        cancel = threading.Event()
-        context.add_done_callback(lambda _: cancel.set())  # type: ignore[arg-type]  # stubs: _DoneCallback is no Protocol
+        cancel = threading.Event()  # set when grpc cancels this handler (as for Invoke)
         check_call(request.export_name, request.args)
         call = InstanceCall(
             tenant=request.tenant or DEFAULT_TENANT,
