@@ -92,7 +92,11 @@ class Gateway:
                 stderr=log,
                 start_new_session=True,
             )
-        wait_for(self._started, "the gateway's ready file")
+        try:
+            wait_for(self._started, "the gateway's ready file")
+        except BaseException:
+            self.stop()
+            raise
 
     def _started(self) -> bool:
         assert self.process.poll() is None, self.log_file.read_text()[-4000:]
@@ -106,9 +110,20 @@ class Gateway:
         return [int(w["pid"]) for w in self.ready["workers"]]
 
     def stop(self) -> None:
+        """SIGTERM (the workers drain, the supervisor removes its run directory), then
+        SIGKILL to whatever of its process group (its own session) is left."""
+        workers: list[int] = []
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            workers = self.worker_pids()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(60)
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(DEADLINE_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(60)
+        for pid in workers:
+            wait_for(lambda pid=pid: gone(pid), f"worker {pid} stopped")  # type: ignore[misc]
 
 
 @pytest.fixture

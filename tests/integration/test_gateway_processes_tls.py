@@ -13,10 +13,6 @@ function needs only the registry database."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -30,10 +26,8 @@ from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.local_certs import Authority, Issued, issue, make_authority
 
 from tests.integration.test_gateway_processes import (
-    DEADLINE_SECONDS,
     TOKEN,
     Gateway,
-    gone,
     served_by_worker,
     wait_for,
 )
@@ -46,8 +40,7 @@ _TENANTS = count()
 
 
 class TlsGateway(Gateway):
-    """The supervisor and its two workers on TLS (mTLS with `client_ca`), no HTTP face,
-    stopped (all of its process group) also when the start fails."""
+    """The supervisor and its two workers on TLS (mTLS with `client_ca`), no HTTP face."""
 
     def __init__(
         self, tmp_path: Path, database_url: str, served: Issued, client_ca: Path | None = None
@@ -59,28 +52,7 @@ class TlsGateway(Gateway):
         }
         if client_ca is not None:
             env["TENSORWASM_GATEWAY_TLS_CLIENT_CA_FILE"] = str(client_ca)
-        try:
-            super().__init__(tmp_path, database_url, env)
-        except BaseException:
-            if hasattr(self, "process"):
-                self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM (the workers drain, the supervisor cleans up), then SIGKILL to whatever
-        of its process group (its own session) is left."""
-        workers: list[int] = []
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            workers = self.worker_pids()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(DEADLINE_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(60)
-        for pid in workers:
-            wait_for(lambda pid=pid: gone(pid), f"worker {pid} stopped")  # type: ignore[misc]
+        super().__init__(tmp_path, database_url, env)
 
 
 @pytest.fixture
