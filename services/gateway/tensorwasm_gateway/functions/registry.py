@@ -30,6 +30,7 @@ from tensorwasm_gateway.state import open_database
 CHANGES_CHANNEL = "tensorwasm_gateway_functions"
 
 _SELECT_FUNCTION = "SELECT * FROM functions WHERE tenant = ? AND function_id = ?"
+_SELECT_INSTANCE = "SELECT * FROM instances WHERE tenant = ? AND instance_id = ?"
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ class Registry:
         self._listener: Listener | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
-        # What `lookup` read from the SQLite file, and the file's data_version then.
+        # What `lookup` and `lookup_instance` read from the SQLite file, and the file's
+        # data_version then.
         self._read: dict[tuple[str, str], FunctionRecord] = {}
+        self._read_instances: dict[tuple[str, str], InstanceRecord] = {}
         self._read_version: int | None = None
         if self.database.engine is Engine.POSTGRESQL:
             self._cache = FunctionCache()
@@ -135,10 +138,7 @@ class Registry:
         before it changed is forgotten, so a record is never served after its row changed.
         A read that races a commit is read again on the next call. Misses are not kept.
         """
-        version = reader.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._read_version:
-            self._read.clear()
-            self._read_version = version
+        self._check_version(reader)
         record = self._read.get((tenant, function_id))
         if record is None:
             row = reader.execute(_SELECT_FUNCTION, (tenant, function_id)).fetchone()
@@ -147,6 +147,14 @@ class Registry:
                 self._read.clear()
             self._read[(tenant, function_id)] = record
         return record
+
+    def _check_version(self, reader: sqlite3.Connection) -> None:
+        """Forgets everything read inline once another connection committed to the file."""
+        version = reader.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._read_version:
+            self._read.clear()
+            self._read_instances.clear()
+            self._read_version = version
 
     def load(self, tenant: str, function_id: str) -> FunctionRecord:
         """`get`, remembered for `lookup` (when no change raced the read)."""
@@ -222,15 +230,26 @@ class Registry:
 
     def get_instance(self, tenant: str, instance_id: str) -> InstanceRecord:
         """The tenant's instance; InstanceNotFoundError when it has none of that id."""
-        row = self.database.execute(
-            "SELECT * FROM instances WHERE tenant = ? AND instance_id = ?",
-            (tenant, instance_id),
-        ).one()
-        if row is None:
-            raise InstanceNotFoundError(
-                f"instance {instance_id!r} not found", metadata={"instance_id": instance_id}
-            )
-        return _instance(row)
+        row = self.database.execute(_SELECT_INSTANCE, (tenant, instance_id)).one()
+        return _found_instance(row, instance_id)
+
+    def lookup_instance(self, tenant: str, instance_id: str) -> InstanceRecord | None:
+        """`get_instance` without a round trip to a database server, cheap enough for the
+        event loop: on SQLite, from the local file, remembered while the file is
+        unchanged (as `lookup`); None on PostgreSQL (the caller must `get_instance`)."""
+        if self._reader is None:
+            return None
+        with self._reader_lock:
+            self._check_version(self._reader)
+            key = (tenant, instance_id)
+            record = self._read_instances.get(key)
+            if record is None:
+                row = self._reader.execute(_SELECT_INSTANCE, key).fetchone()
+                record = _found_instance(row, instance_id)
+                if len(self._read_instances) >= _READ_ENTRIES:
+                    self._read_instances.clear()
+                self._read_instances[key] = record
+            return record
 
     def list_instances(self, tenant: str, after: str, limit: int) -> list[InstanceRecord]:
         """Up to `limit` of the tenant's instances with ids greater than `after`, by id."""
@@ -285,7 +304,15 @@ def _found(row: tuple[Any, ...] | None, function_id: str) -> FunctionRecord:
     return _record(row)
 
 
-# The functions whose records `lookup` keeps (SQLite); past it, all are forgotten.
+def _found_instance(row: tuple[Any, ...] | None, instance_id: str) -> InstanceRecord:
+    if row is None:
+        raise InstanceNotFoundError(
+            f"instance {instance_id!r} not found", metadata={"instance_id": instance_id}
+        )
+    return _instance(row)
+
+
+# The records `lookup` (and `lookup_instance`) keep (SQLite); past it, all are forgotten.
 _READ_ENTRIES = 4096
 
 

@@ -339,6 +339,29 @@ class FunctionService:
         record = self._registry.lookup(tenant, function_id)  # inline: see Registry.lookup
         if record is None:  # not cached (PostgreSQL): one read, off the event loop
             record = await asyncio.to_thread(self._registry.load, tenant, function_id)
+        addressing, export, limits = self.call_terms(tenant, record, call)
+        return AddressedCall(
+            target=addressing.target,
+            export_name=export,
+            args=call.args,
+            stdin=call.stdin,
+            limits=limits,
+            input=call.input,
+        )
+
+    async def record(self, tenant: str, function_id: str) -> FunctionRecord:
+        """The function as calls see it: read inline where the registry can (see
+        `Registry.lookup`), else once off the event loop (FunctionNotFoundError)."""
+        record = self._registry.lookup(tenant, function_id)
+        if record is None:
+            record = await asyncio.to_thread(self._registry.load, tenant, function_id)
+        return record
+
+    def call_terms(
+        self, tenant: str, record: FunctionRecord, call: Call
+    ) -> tuple[_Addressing, str, CallLimits]:
+        """What a call of the function runs: the record's call data (derived once per
+        record), the export chosen (or the error naming the exports) and the limits."""
         addressing = self._addressing_of(tenant, record)
         requested = call.export_name
         if requested and requested in addressing.export_names:
@@ -349,14 +372,7 @@ class FunctionService:
             limits = addressing.default_limits
         else:
             limits = self.limits_for(tenant, call.limits, addressing.config)
-        return AddressedCall(
-            target=addressing.target,
-            export_name=export,
-            args=call.args,
-            stdin=call.stdin,
-            limits=limits,
-            input=call.input,
-        )
+        return addressing, export, limits
 
     def _addressing_of(self, tenant: str, record: FunctionRecord) -> _Addressing:
         """The record's call data, derived once: the registry hands out the same record

@@ -21,7 +21,6 @@ from tensorwasm_gateway.functions import (
     FunctionService,
     InstanceRecord,
     Registry,
-    choose_export,
     now_ns,
 )
 from tensorwasm_gateway.instances.snapshots import InstanceSnapshotService
@@ -118,20 +117,22 @@ class InstanceService:
         checkpointed function whose executor cannot be reached is first restored on
         another replica from its last checkpoint (`InstanceSnapshotService.recover`).
         """
-        instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
+        instance = self._registry.lookup_instance(tenant, instance_id)  # inline on SQLite
+        if instance is None:
+            instance = await asyncio.to_thread(self._registry.get_instance, tenant, instance_id)
         try:
-            function = await self._functions.get(tenant, instance.function_id)
+            function = await self._functions.record(tenant, instance.function_id)
         except FunctionNotFoundError:  # deleted since: the instance lives on
-            config, export = DEFAULT_CONFIG, call.export_name
+            export = call.export_name
+            limits = self._functions.limits_for(tenant, call.limits, DEFAULT_CONFIG)
         else:
-            config = self._functions.config_of(function)
-            export = choose_export(function, call.export_name)
+            _, export, limits = self._functions.call_terms(tenant, function, call)
         addressed = InstanceCall(
             tenant=tenant,
             instance_id=instance_id,
             export_name=export,
             args=call.args,
-            limits=self._functions.limits_for(tenant, call.limits, config),
+            limits=limits,
             input=call.input,
         )
         try:

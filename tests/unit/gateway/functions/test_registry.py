@@ -10,9 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tensorwasm_common.errors import Code
+from tensorwasm_common.errors import Code, InstanceNotFoundError
 from tensorwasm_gateway.errors import FunctionAlreadyExistsError, FunctionNotFoundError
-from tensorwasm_gateway.functions.registry import ExportRecord, FunctionRecord, Registry, now_ns
+from tensorwasm_gateway.functions.registry import (
+    ExportRecord,
+    FunctionRecord,
+    InstanceRecord,
+    Registry,
+    now_ns,
+)
 
 DIGEST = "ab" * 32
 
@@ -235,6 +241,27 @@ def test_lookup_sees_what_other_connections_commit(tmp_path: Path) -> None:
             raw.execute("UPDATE functions SET module_size_bytes = 7 WHERE function_id = 'adder'")
         changed = mine.lookup("default", "adder")
         assert changed is not None and changed.module_size_bytes == 7
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_lookup_instance_sees_what_other_connections_commit(tmp_path: Path) -> None:
+    """Another gateway process on the same file: an instance it forgot or moved to
+    another executor is seen so by the next lookup, never the row kept from before."""
+    path = tmp_path / "registry.sqlite3"
+    mine, other = Registry(path), Registry(path)
+    record = InstanceRecord("t", "i1", "f", DIGEST, "127.0.0.1:1", 5_000_000_000, 42)
+    try:
+        other.insert_instance(record)
+        assert mine.lookup_instance("t", "i1") == record
+        with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+            raw.execute("UPDATE instances SET executor = '127.0.0.1:2' WHERE instance_id = 'i1'")
+        moved = mine.lookup_instance("t", "i1")
+        assert moved is not None and moved.executor == "127.0.0.1:2"
+        other.delete_instance("t", "i1")
+        with pytest.raises(InstanceNotFoundError):
+            mine.lookup_instance("t", "i1")
     finally:
         mine.close()
         other.close()

@@ -85,3 +85,24 @@ def test_instances_round_trip(registry: Registry) -> None:
         registry.get_instance("other", "i1")
     assert registry.delete_instance("t", "i1")
     assert not registry.delete_instance("t", "i1")
+
+
+def test_lookup_instance_is_get_instance_where_it_answers(registry: Registry) -> None:
+    """Inline on SQLite (remembered while the file is unchanged), None on PostgreSQL
+    (the caller reads with get_instance): never a record the row no longer holds."""
+    record = InstanceRecord("t", "i2", "f", "ab" * 32, "127.0.0.1:1", 5_000_000_000, 42)
+    registry.insert_instance(record)
+    found = registry.lookup_instance("t", "i2")
+    if registry.database.engine is Engine.POSTGRESQL:
+        assert found is None
+        return
+    assert found == record
+    assert registry.lookup_instance("t", "i2") is found  # decoded once per row
+    with pytest.raises(InstanceNotFoundError):
+        registry.lookup_instance("other", "i2")
+    registry.delete_instance("t", "i2")
+    with pytest.raises(InstanceNotFoundError):
+        registry.lookup_instance("t", "i2")
+    moved = InstanceRecord("t", "i2", "f", "ab" * 32, "127.0.0.1:2", 5_000_000_000, 43)
+    registry.insert_instance(moved)
+    assert registry.lookup_instance("t", "i2") == moved
