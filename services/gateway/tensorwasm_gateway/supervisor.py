@@ -204,10 +204,10 @@ class Supervisor:
         try:
             metrics = WorkerMetrics(
                 address,
-                workers=lambda: [
-                    (w.index, str(w.ready["metrics_address"]))
+                workers=lambda: [  # read once each: the supervisor may reset it meanwhile
+                    (w.index, str(ready["metrics_address"]))
                     for w in self._workers
-                    if w.ready is not None
+                    if (ready := w.ready) is not None
                 ],
                 expected=lambda: [w.index for w in self._workers],
                 restarts=lambda: self._restarts,
