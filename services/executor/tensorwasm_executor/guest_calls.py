@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from tensorwasm_executor.metrics import count_cap_hits, count_caps_hit_by
 from tensorwasm_executor.scheduling import FairPool
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.call_store import PreemptedError
+from tensorwasm_executor.wasm.cpu_time import guest_cpu_seconds
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
 from tensorwasm_executor.wasm.guest_channel import ChunkSink
 from tensorwasm_executor.wasm.guest_io import NO_WASI_OPTIONS, OutputSink, WasiOptions
@@ -258,14 +258,14 @@ class GuestCalls:
         """Runs the call here, on the event loop; None when it overran the inline budget
         and was stopped (it is then to run again on a worker). What the call raises is
         raised here, as a worker's would be through its future."""
-        started = time.thread_time()
+        started = guest_cpu_seconds()
         self._schedule_tidy()
         try:
             outcome = run(preempt_after=self._inline.budget_seconds, defer_close=True)
         except PreemptedError:
             self._inline.preempted(key)
             return None
-        self._inline.ran_inline(key, time.thread_time() - started)
+        self._inline.ran_inline(key, guest_cpu_seconds() - started)
         return outcome
 
     def _schedule_tidy(self) -> None:
@@ -283,9 +283,9 @@ class GuestCalls:
     def _learning(self, key: tuple[str, str, str], run: Callable[[], Outcome]) -> Outcome:
         """Runs the call (on a worker) and tells the inline policy how much CPU it took
         (not its wall time, which waits for the GIL on a loaded machine)."""
-        started = time.thread_time()
+        started = guest_cpu_seconds()
         outcome = run()
-        self._inline.ran(key, time.thread_time() - started)
+        self._inline.ran(key, guest_cpu_seconds() - started)
         return outcome
 
     async def create_instance(

@@ -15,6 +15,7 @@ from wasmtime import _ffi as ffi
 from tensorwasm_executor.metrics import ACTIVE_INSTANCES, INSTANCE_SPAWNS, INSTANCE_TERMINATIONS
 from tensorwasm_executor.wasm import instance_image as preinit
 from tensorwasm_executor.wasm import rawcall
+from tensorwasm_executor.wasm.cpu_time import guest_cpu_seconds
 from tensorwasm_executor.wasm.engine import CompiledModule, ExportInfo
 from tensorwasm_executor.wasm.guest_channel import CURRENT as CHANNEL
 from tensorwasm_executor.wasm.guest_channel import ChunkSink, GuestChannel
@@ -80,9 +81,10 @@ class EpochWatch:
         self, events: Sequence[threading.Event], deadline: float, preempt_at: float = math.inf
     ) -> None:
         """Starts watching one call: stop it when an event is set, at `deadline`, or
-        (as PREEMPTED, to be run again elsewhere) once the thread's CPU time
-        (`time.thread_time()`) reaches `preempt_at`: time the guest spent, not time its
-        thread waited for the CPU or the GIL on a loaded machine.
+        (as PREEMPTED, to be run again elsewhere) once the thread's CPU time less the
+        collector's passes (`cpu_time.guest_cpu_seconds()`) reaches `preempt_at`: time
+        the guest spent, not time its thread waited for the CPU or the GIL on a loaded
+        machine, nor a collection that happened to fall inside the call.
 
         The store's epoch deadline must then be one tick, so the callback runs at each.
         """
@@ -98,7 +100,7 @@ class EpochWatch:
         if time.monotonic() >= self._deadline:
             self.stopped = "DEADLINE_EXCEEDED"
             return "deadline exceeded"
-        if self._preempt_at != math.inf and time.thread_time() >= self._preempt_at:
+        if self._preempt_at != math.inf and guest_cpu_seconds() >= self._preempt_at:
             self.stopped = PREEMPTED
             return "preempted"
         return None
@@ -200,7 +202,7 @@ class CallStore:
         if self.watch is not None:
             preempt_at = math.inf
             if preempt_after is not None:
-                preempt_at = time.thread_time() + preempt_after
+                preempt_at = guest_cpu_seconds() + preempt_after
             self.watch.arm(events, deadline, preempt_at)
             self._context.set_epoch_deadline(1)
         else:
