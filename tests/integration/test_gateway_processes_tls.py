@@ -4,7 +4,8 @@ and both workers serve some; plaintext is refused; with a client CA (mTLS) a cli
 a certificate, or with one from another CA, is refused while one signed by the CA is served
 by both workers; and a server key pair rotated in place reaches every worker (new
 connections verify only against the new CA), as does a rotated client CA, without a
-restart.
+restart; and the workers' HTTP face serves HTTPS only (plain HTTP and a client trusting
+another CA are never answered).
 
 Each call runs over a channel of its own (`grpc.use_local_subchannel_pool`: its own TCP
 connection and TLS handshake), so the kernel spreads them over the workers (SO_REUSEPORT);
@@ -13,6 +14,8 @@ function needs only the registry database."""
 
 from __future__ import annotations
 
+import http.client
+import ssl
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -40,13 +43,20 @@ _TENANTS = count()
 
 
 class TlsGateway(Gateway):
-    """The supervisor and its two workers on TLS (mTLS with `client_ca`), no HTTP face."""
+    """The supervisor and its two workers on TLS (mTLS with `client_ca`); the HTTP face
+    (then HTTPS) only with `http_face`."""
 
     def __init__(
-        self, tmp_path: Path, database_url: str, served: Issued, client_ca: Path | None = None
+        self,
+        tmp_path: Path,
+        database_url: str,
+        served: Issued,
+        client_ca: Path | None = None,
+        *,
+        http_face: bool = False,
     ) -> None:
         env = {
-            "TENSORWASM_GATEWAY_HTTP_ADDRESS": "",
+            "TENSORWASM_GATEWAY_HTTP_ADDRESS": "127.0.0.1:0" if http_face else "",
             "TENSORWASM_GATEWAY_TLS_CERT_FILE": str(served.cert_file),
             "TENSORWASM_GATEWAY_TLS_KEY_FILE": str(served.key_file),
         }
@@ -225,3 +235,55 @@ def test_a_rotated_key_pair_and_client_ca_reach_every_worker_without_a_restart(
     assert served_by_worker(mtls_gateway) == counted
     assert mtls_gateway.worker_pids() == workers  # the same processes: no restart
     assert mtls_gateway.process.poll() is None
+
+
+def https_delete_missing(address: str, context: ssl.SSLContext) -> int:
+    """DELETE /functions/missing on the HTTP face over a connection of its own: the status."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=60)
+    try:
+        connection.request(
+            "DELETE",
+            "/functions/missing",
+            headers={
+                "authorization": f"Bearer {TOKEN}",
+                "x-tensorwasm-tenant": f"https-{next(_TENANTS)}",
+            },
+        )
+        reply = connection.getresponse()
+        reply.read()
+        return reply.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(600)
+def test_the_http_face_of_the_workers_serves_https_only(
+    tmp_path: Path, postgres_url: str, authority: Authority, served: Issued
+) -> None:
+    gateway = TlsGateway(tmp_path, postgres_url, served, http_face=True)
+    try:
+        address = gateway.ready["http_address"]
+        before = served_by_worker(gateway)
+        context = ssl.create_default_context(cafile=str(authority.cert_file))
+        # every HTTPS connection (spread over the workers' faces) is answered, through the
+        # gRPC side, with the function's 404
+        assert [https_delete_missing(address, context) for _ in range(CALLS)] == [404] * CALLS
+        after = served_by_worker(gateway)
+        assert sum(after.values()) - sum(before.values()) == CALLS, (before, after)
+        # plain HTTP on the same port is never answered
+        host, port = address.rsplit(":", 1)
+        for _ in range(8):
+            plain = http.client.HTTPConnection(host, int(port), timeout=60)
+            with pytest.raises((http.client.HTTPException, OSError)):
+                plain.request("DELETE", "/functions/missing")
+                plain.getresponse()
+            plain.close()
+        # nor is a client that trusts another CA
+        stranger = make_authority(tmp_path / "stranger")
+        wrong = ssl.create_default_context(cafile=str(stranger.cert_file))
+        with pytest.raises(ssl.SSLError):
+            https_delete_missing(address, wrong)
+        assert served_by_worker(gateway) == after
+    finally:
+        gateway.stop()
