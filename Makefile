@@ -208,7 +208,7 @@ bench-smoke: setup engines-postgres ## Every benchmark group at smoke sizing (CI
 # with and fails when a ratio rose past its tolerance or a metric went missing
 # (tests/bench/gate.py; docs/PERFORMANCE.md, "Regression gate").
 BENCH_BASELINE := bench-results/baseline.json
-BENCH_GATED_GROUPS ?= invoke_stream,memory_bandwidth,tenant_registry,e2e,call_export
+BENCH_GATED_GROUPS ?= invoke_stream,memory_bandwidth,tenant_registry,e2e,call_export,small_calls
 BENCH_BASELINE_RUNS ?= 3
 BENCH_BASELINE_NOTE ?= say where it ran: the machine, its load, what else shared it
 
