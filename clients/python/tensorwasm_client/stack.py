@@ -598,8 +598,10 @@ def health(address: str, timeout_seconds: float = 1.0, *, tls: TlsOptions | None
 
 def _alive(service: ServiceProcess, *, exiting: bool = False) -> bool:
     """True while the service's process runs. With `exiting`, also while it is on its way
-    out: its memory (and so its cmdline) is released before its sockets are closed, so a
-    port is free only once the process is a zombie or gone."""
+    out: its memory (and so its cmdline) is released before its sockets are closed, and
+    its main thread can be a zombie while other threads still exit (the sockets close with
+    the last one), so a port is free only once the process is gone, or a zombie with no
+    other thread left."""
     try:
         cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{service.pid}/stat").read_text()
@@ -607,8 +609,16 @@ def _alive(service: ServiceProcess, *, exiting: bool = False) -> bool:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
     if zombie:
-        return False
+        return exiting and _other_threads(service.pid)
     return f"tensorwasm_{_kind(service.name)}".encode() in cmdline or (exiting and not cmdline)
+
+
+def _other_threads(pid: int) -> bool:
+    """True while a thread other than the main one of process `pid` still exists."""
+    try:
+        return any(task != str(pid) for task in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
 
 
 def _tail(path: Path, lines: int = 30) -> str:

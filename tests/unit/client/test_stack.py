@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -332,3 +333,55 @@ def test_replicas_of_gateway_store_and_executor_are_named_and_kept_apart(tmp_pat
 def test_store_replicas_are_refused_with_tls(tmp_path: Path) -> None:
     with pytest.raises(stack.StackError, match="not with TLS"):
         LocalStack(tmp_path, snapshot_replicas=2, tls=True)
+
+
+# A process whose main thread exits (pthread_exit: it stays a zombie) while another thread
+# keeps a listening socket open until a file appears: how a service looks for a moment
+# when it exits with threads of its own still running.
+_LINGERING_THREAD = """
+import ctypes, os, socket, sys, threading, time
+listener = socket.create_server(("127.0.0.1", 0))
+release = sys.argv[1]
+
+def linger():
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    listener.close()
+
+threading.Thread(target=linger).start()
+print(listener.getsockname()[1], flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_service_whose_main_thread_exited_first_runs_until_its_last_thread_did(
+    tmp_path: Path,
+) -> None:
+    release = tmp_path / "release"
+    child = subprocess.Popen(
+        # the service's module name in its command line, as `python -m` puts it there
+        [sys.executable, "-c", _LINGERING_THREAD, str(release), "tensorwasm_gateway"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        address = f"127.0.0.1:{int(child.stdout.readline())}"
+        service = stack.ServiceProcess("gateway", child.pid, address, "", str(tmp_path / "log"))
+        deadline = time.monotonic() + 60
+        while stack._alive(service):  # the main thread is a zombie: not running any more...
+            assert time.monotonic() < deadline, "the main thread never exited"
+            time.sleep(0.01)
+        # ...but the process is still on its way out, its socket open
+        assert stack._alive(service, exiting=True)
+        assert not stack.port_free(address)
+        release.touch()
+        while stack._alive(service, exiting=True):
+            assert time.monotonic() < deadline, "the last thread never exited"
+            time.sleep(0.01)
+        assert stack.port_free(address)
+    finally:
+        release.touch()
+        child.wait(60)
+        if child.stdout is not None:
+            child.stdout.close()
