@@ -47,12 +47,16 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 def gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie, or reaped)."""
+    """True once `pid` has exited: reaped, or a zombie with no thread left. Its main thread
+    is a zombie while the others still exit, and its sockets close only with the last one:
+    a connection the kernel gives its listening socket meanwhile would be reset."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return zombie and all(task == str(pid) for task in tasks)
 
 
 class Gateway:
