@@ -141,6 +141,24 @@ def outcomes(address: str, credentials: grpc.ChannelCredentials | None, calls: i
     return [delete_missing(address, credentials) for _ in range(calls)]
 
 
+def assert_rotated(
+    gateway: Gateway,
+    accepted: grpc.ChannelCredentials,
+    refused: grpc.ChannelCredentials,
+    what: str,
+) -> None:
+    """Once new connections with `accepted` pass (waited for: `what`), CALLS more are all
+    served, by both workers, and CALLS with `refused` are all refused, counted by none."""
+    address = gateway.ready["grpc_address"]
+    wait_for(lambda: outcomes(address, accepted, 8) == [FOUND] * 8, what)
+    before = served_by_worker(gateway)
+    assert outcomes(address, accepted, CALLS) == [FOUND] * CALLS
+    assert_served_by_both(gateway, before, CALLS)
+    counted = served_by_worker(gateway)
+    assert outcomes(address, refused, CALLS) == [REFUSED] * CALLS
+    assert served_by_worker(gateway) == counted
+
+
 def assert_served_by_both(gateway: Gateway, before: dict[int, int], calls: int) -> None:
     """The last `calls` calls were all answered, some by each of the two workers."""
     after = served_by_worker(gateway)
@@ -206,33 +224,22 @@ def test_a_rotated_key_pair_and_client_ca_reach_every_worker_without_a_restart(
     # which signed `client`, stays)
     rotated = issue(new_ca, "gateway", ["127.0.0.1"], served.cert_file.parent)
     assert rotated == served
-    wait_for(
-        lambda: outcomes(address, trusts_new, 8) == [FOUND] * 8,
-        "new connections verify against the new CA",
-    )
     # every worker serves the new pair, and none the old one any more
-    before = served_by_worker(mtls_gateway)
-    assert outcomes(address, trusts_new, CALLS) == [FOUND] * CALLS
-    assert_served_by_both(mtls_gateway, before, CALLS)
-    counted = served_by_worker(mtls_gateway)
-    assert outcomes(address, trusts_old, CALLS) == [REFUSED] * CALLS
-    assert served_by_worker(mtls_gateway) == counted
+    assert_rotated(
+        mtls_gateway, trusts_new, trusts_old, "new connections verify against the new CA"
+    )
 
     # the client CA rotated in place too: only client certificates of the new one pass
     client_ca = make_authority(authority.cert_file.parent)  # over the client CA file
     assert client_ca.cert_file == authority.cert_file
     renewed = issue(client_ca, "client", ["localhost"], tmp_path / "renewed-client")
     trusts_renewed = trusting(new_ca, renewed)
-    wait_for(
-        lambda: outcomes(address, trusts_renewed, 8) == [FOUND] * 8,
+    assert_rotated(  # the old client's certificate refused
+        mtls_gateway,
+        trusts_renewed,
+        trusts_new,
         "client certificates of the new client CA are accepted",
     )
-    before = served_by_worker(mtls_gateway)
-    assert outcomes(address, trusts_renewed, CALLS) == [FOUND] * CALLS
-    assert_served_by_both(mtls_gateway, before, CALLS)
-    counted = served_by_worker(mtls_gateway)
-    assert outcomes(address, trusts_new, CALLS) == [REFUSED] * CALLS  # the old client's
-    assert served_by_worker(mtls_gateway) == counted
     assert mtls_gateway.worker_pids() == workers  # the same processes: no restart
     assert mtls_gateway.process.poll() is None
 
