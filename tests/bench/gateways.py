@@ -1,5 +1,6 @@
-"""A gateway process of its own beside a `LocalStack` (its executor and store), for groups
-that compare gateways configured differently in front of the same back end."""
+"""Stacks for benchmark groups: a `LocalStack` in a temporary directory (`started_stack`),
+and a gateway process of its own beside one (its executor and store), for groups that
+compare gateways configured differently in front of the same back end."""
 
 from __future__ import annotations
 
@@ -8,11 +9,31 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from tensorwasm_client.stack import LocalStack, ServiceProcess
+
+# A stack whose tenants are never throttled: a group's own calls in a row are its workload.
+UNTHROTTLED_ENV: Mapping[str, str] = {
+    "OTEL_TRACES_EXPORTER": "none",
+    "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_QPS": "1000000",
+    "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_BURST": "1000000",
+}
+
+
+def started_stack(
+    cleanup: contextlib.ExitStack, env: Mapping[str, str] = UNTHROTTLED_ENV
+) -> tuple[Path, str]:
+    """A `LocalStack` on ephemeral ports in a temporary directory, with `env`, stopped
+    (and the directory removed) by `cleanup`: (the directory, the gateway's address)."""
+    data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tw-bench-")))
+    stack = LocalStack(data_dir / "stack", ephemeral_ports=True, extra_env=dict(env))
+    cleanup.callback(stack.stop)
+    return data_dir, stack.start()["gateway"].grpc_address
 
 
 @contextlib.contextmanager

@@ -21,11 +21,9 @@ Goal (issue 14): success >= 99% and P99 <= 3x alone under both floods. Only repo
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,8 +31,8 @@ from tensorwasm.common.v1.values_pb2 import Value
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.client import GatewayClient
-from tensorwasm_client.stack import LocalStack
 
+from tests.bench.gateways import started_stack
 from tests.bench.groups.executor import load_wat
 from tests.bench.harness import Benchmark, RunConfig, group, summarize
 
@@ -175,18 +173,7 @@ def _print(report: dict[str, dict[str, Any]]) -> None:
 def isolation(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
     """Starts a stack on default executor settings; measures the phases; yields B alone."""
     with contextlib.ExitStack() as cleanup:
-        data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tw-bench-")))
-        stack = LocalStack(
-            data_dir / "stack",
-            ephemeral_ports=True,
-            extra_env={
-                "OTEL_TRACES_EXPORTER": "none",
-                "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_QPS": "1000000",
-                "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_BURST": "1000000",
-            },
-        )
-        cleanup.callback(stack.stop)
-        gateway = stack.start()["gateway"].grpc_address
+        _, gateway = started_stack(cleanup)
         wasm = load_wat("noisy.wat")
         for tenant in (LIGHT, NOISY):
             with GatewayClient(gateway, tenant=tenant) as client:

@@ -23,10 +23,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,9 +33,9 @@ from tensorwasm.common.v1 import values_pb2
 from tensorwasm.gateway.v1 import gateway_service_pb2 as pb
 from tensorwasm.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from tensorwasm_client.client import GatewayClient
-from tensorwasm_client.stack import LocalStack
 
 from tests.bench.echo_server import FULL_METHOD, running_echo_server
+from tests.bench.gateways import started_stack
 from tests.bench.harness import Benchmark, RunConfig, group
 
 MODULES = 24
@@ -126,19 +124,7 @@ def _workload(calls: int, ways: dict[str, Callable[[], None]]) -> dict[str, Any]
 def small_calls(config: RunConfig) -> Iterator[Sequence[Benchmark]]:
     """Starts the stack, deploys the 24 modules and one live instance each, measures."""
     with contextlib.ExitStack() as cleanup:
-        data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tw-bench-")))
-        stack = LocalStack(
-            data_dir / "stack",
-            ephemeral_ports=True,
-            extra_env={
-                "OTEL_TRACES_EXPORTER": "none",
-                # the workload is one tenant's calls in a row: not to be throttled
-                "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_QPS": "1000000",
-                "TENSORWASM_GATEWAY_RATE_LIMIT_TENANT_BURST": "1000000",
-            },
-        )
-        cleanup.callback(stack.stop)
-        gateway = stack.start()["gateway"].grpc_address
+        data_dir, gateway = started_stack(cleanup)  # one tenant's calls, never throttled
         client = cleanup.enter_context(GatewayClient(gateway, tenant=TENANT))
         instances = []
         for constant in range(MODULES):
