@@ -285,9 +285,12 @@ def refused_after_header(
             error = failure(
                 lambda: stub.PutBlob(messages(), timeout=15, metadata=as_tenant(tenant))
             )
+            # read before the release: once released, grpc's request thread (still waiting
+            # in `messages`) may pull the chunk at any moment, answered call or not
+            pulled_before = pulled[0]
         finally:
             release.set()
-    return error, pulled[0]
+    return error, pulled_before
 
 
 # --- streaming in bounded chunks ---
