@@ -70,6 +70,9 @@ class ServiceHost:
     # The plaintext health-only server (`health_address`) and its bound port.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    # The server's one interceptor, for handlers run outside grpc's dispatch (a call
+    # carried on another call's stream: `HopInterceptor.frame_behavior`).
+    hop: HopInterceptor | None = None
 
     def set_serving(self, serving: bool) -> None:
         """Sets the health of the whole server and of each of its services."""
@@ -147,7 +150,7 @@ def create_host(
         raise OSError(f"{service}: cannot listen on {settings.listen_address}")
     health_server, health_port = _health_only_server(service, settings, health_servicer, reuse_port)
     return ServiceHost(
-        service, settings, server, health_servicer, names, port, health_server, health_port
+        service, settings, server, health_servicer, names, port, health_server, health_port, hop
     )
 
 

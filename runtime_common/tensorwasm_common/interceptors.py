@@ -203,14 +203,28 @@ class HopInterceptor(ErrorInterceptor):
             wrapped = self._wrapped.put(method, handler, self._build(method, handler))
         return wrapped
 
+    def frame_behavior(self, method: str, behavior: Behavior) -> Behavior:
+        """A unary behaviour of `method` wrapped as a call of it would be, less the
+        service-token check: for calls carried as frames of a stream whose own call
+        was checked (see `tensorwasm_common.frames`). The context it is called with
+        stands in for grpc's (metadata, deadline, status)."""
+        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(behavior)
+        wrapped = self._build(method, handler, check_token=False).unary_unary
+        assert wrapped is not None
+        return wrapped
+
     def _build(
-        self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler[RequestT, ResponseT],
+        *,
+        check_token: bool = True,
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
         inner = handler
         for layer in reversed(self._layers):
             inner = layer.wrap_handler(method, inner)
         streams = bool(handler.request_streaming)
-        token = None if token_exempt(method) else self._token
+        token = None if token_exempt(method) or not check_token else self._token
         return rewrap(
             inner,
             lambda behavior: self._hop_unary(behavior, method, streams, token),

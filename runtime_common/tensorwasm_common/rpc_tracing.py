@@ -376,6 +376,36 @@ def _outgoing(
     return (*(tuple(metadata) if metadata else ()), *carrier.items()), span
 
 
+class FrameTracing:
+    """The trace context of a call carried as a frame of a stream (see
+    `tensorwasm_common.frames`): what a traced multicallable adds to a unary call's
+    metadata, for the frame's fields, and its CLIENT span when recorded."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    def start(self, method: str) -> tuple[dict[str, str], trace.Span | None]:
+        """The carrier to send with the call (`traceparent`, maybe `tracestate`), and the
+        call's CLIENT span if one is recorded (end it with `end`)."""
+        if not span_recording():
+            return _injected(), None
+        span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_attributes(method))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier, span
+
+    @staticmethod
+    def end(span: trace.Span | None, code: grpc.StatusCode, details: str | None = None) -> None:
+        """Ends a recorded CLIENT span with the call's status."""
+        if span is None:
+            return
+        value = _code_value(code)
+        span.set_attribute("rpc.grpc.status_code", value)
+        if value:
+            span.set_status(Status(StatusCode.ERROR, details))
+        span.end()
+
+
 def _end_when_done(call: grpc.aio.Call, span: trace.Span) -> None:
     """Ends the CLIENT span with the call's status once the call completes."""
 

@@ -124,6 +124,7 @@ EDGE: dict[str, frozenset[str]] = {
             "convert.py",  # wire values <-> wasm values
             "wasi.py",  # the wire's WASI configuration -> WasiOptions
             "call_log.py",  # a server interceptor
+            "call_stream.py",  # the Calls stream: frames <-> the unary handlers
             "gpu/dispatcher_client.py",  # the dispatcher's client
             "gpu/jit_client.py",  # the jit cache's client
             "gpu/registry_client.py",  # the snapshot store's registered kernels
@@ -140,6 +141,7 @@ EDGE: dict[str, frozenset[str]] = {
             "wire.py",  # wire messages <-> calls, function configs, invocation errors
             "limits.py",  # the wire's InvocationLimits <-> CallLimits
             "routing/executors.py",  # the executors' client
+            "routing/call_stream.py",  # the executors' client: calls as stream frames
             "instances/snapshots.py",  # instance snapshots are records of the store
             "access/guard.py",  # a server interceptor
             "http/",  # the HTTP face: a client of the gateway's own gRPC API, all of it edge

@@ -3,7 +3,8 @@
 On when `TENSORWASM_EXECUTOR_CALL_LOG=true`. The line is written when the call arrives,
 before it is admitted or run, from the call's metadata alone (the handler is not wrapped,
 so the log costs one metadata scan and one log record per call). A call the gateway
-forwarded carries the gateway's `x-request-id`, so the executors' logs, taken together,
+forwarded carries the gateway's `x-request-id` (a call carried on a `Calls` stream, its
+frame's `request_id`: `call_stream` logs it the same way), so the executors' logs, taken together,
 show each request id once per time an executor received it: the evidence that the
 gateway never sent a call twice. Its fields: `message` "call received", `method` (the
 RPC's name), `request_id` ("" when the caller sent none).
@@ -37,6 +38,14 @@ def request_id_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return ""
 
 
+def log_call(method: str, request_id: str) -> None:
+    """Writes the line of one call received (`method`: the RPC's full name)."""
+    _log.info(
+        "call received",
+        extra={"method": method.rpartition("/")[2], "request_id": request_id[:128]},
+    )
+
+
 class CallLogInterceptor(grpc.aio.ServerInterceptor):
     """Logs one line per invoking call received (see the module docstring)."""
 
@@ -47,11 +56,5 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         method: str = handler_call_details.method
         if method in LOGGED_METHODS:
-            _log.info(
-                "call received",
-                extra={
-                    "method": method.rpartition("/")[2],
-                    "request_id": request_id_of(handler_call_details.invocation_metadata),
-                },
-            )
+            log_call(method, request_id_of(handler_call_details.invocation_metadata))
         return await continuation(handler_call_details)

@@ -153,23 +153,23 @@ async def serve(settings: ExecutorSettings) -> None:
     snapshots = InstanceSnapshots(
         sandbox, instances, blobs.get, SnapshotClient(store_channel), workers
     )
-    pb_grpc.add_ExecutorServiceServicer_to_server(
-        ExecutorServicer(
-            GuestCalls(
-                settings,
-                sandbox,
-                modules,
-                workers,
-                admission=admission,
-                instances=instances,
-                gpu=gpu,
-                images=images,
-                snapshots=snapshots,
-            ),
-            guest_dirs_root=settings.guest_dirs_root,
+    servicer = ExecutorServicer(
+        GuestCalls(
+            settings,
+            sandbox,
+            modules,
+            workers,
+            admission=admission,
+            instances=instances,
+            gpu=gpu,
+            images=images,
+            snapshots=snapshots,
         ),
-        host.server,
+        guest_dirs_root=settings.guest_dirs_root,
     )
+    assert host.hop is not None
+    servicer.carry_calls(host.hop, call_log=settings.call_log)
+    pb_grpc.add_ExecutorServiceServicer_to_server(servicer, host.server)
     sweeper = asyncio.create_task(
         _expire_idle(instances, snapshots, settings.instance_sweep_seconds)
     )

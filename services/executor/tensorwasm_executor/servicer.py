@@ -17,10 +17,12 @@ from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.call_args import check_call
 from tensorwasm_common.call_limits import CallLimits
 from tensorwasm_common.durations import duration_seconds
-from tensorwasm_common.errors import UnavailableError
+from tensorwasm_common.errors import UnavailableError, UnimplementedError
+from tensorwasm_common.interceptors import HopInterceptor
 from tensorwasm_common.offload_section import Declaration
 from tensorwasm_common.tenants import DEFAULT_TENANT
 
+from tensorwasm_executor.call_stream import CallStreams
 from tensorwasm_executor.convert import export_to_wire, outcome_to_wire, value_from_wire
 from tensorwasm_executor.errors import InstanceStateUnsupportedError
 from tensorwasm_executor.guest_calls import (
@@ -34,6 +36,7 @@ from tensorwasm_executor.wasi import wasi_from_wire
 from tensorwasm_executor.wasm.values import WasmValue
 
 _log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 
 # Largest data of one streamed OutputChunk; a bigger guest write is split.
 OUTPUT_CHUNK_BYTES = 64 << 10
@@ -50,6 +53,31 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     def __init__(self, calls: GuestCalls, *, guest_dirs_root: Path | None) -> None:
         self._calls = calls
         self._guest_dirs_root = guest_dirs_root
+        self._streams: CallStreams | None = None
+
+    def carry_calls(self, hop: HopInterceptor, *, call_log: bool = False) -> None:
+        """Serves `Calls`: Invoke and CallInstance carried as frames, each wrapped by `hop`
+        as its unary RPC is (until this is called, `Calls` is UNIMPLEMENTED)."""
+        self._streams = CallStreams(
+            {
+                field: (method, hop.frame_behavior(method, behavior))
+                for field, method, behavior in (
+                    ("invoke", f"/{SERVICE}/Invoke", self.Invoke),
+                    ("call_instance", f"/{SERVICE}/CallInstance", self.CallInstance),
+                )
+            },
+            call_log=call_log,
+        )
+
+    async def Calls(  # type: ignore[override]  # stubs: aio's reader/writer form returns None
+        self,
+        request_iterator: AsyncIterator[pb.CallsRequest],
+        context: grpc.aio.ServicerContext[pb.CallsRequest, pb.CallsResponse],
+    ) -> None:
+        """Invoke and CallInstance calls as frames of one stream (see `call_stream`)."""
+        if self._streams is None:
+            raise UnimplementedError("this executor does not carry calls on a stream")
+        await self._streams.serve(context)
 
     async def PrepareModule(
         self,

@@ -23,49 +23,56 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from tensorwasm.common.v1 import invocation_pb2 as tensorwasm_dot_common_dot_v1_dot_invocation__pb2
 from tensorwasm.common.v1 import values_pb2 as tensorwasm_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\x82\x01\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0binit_export\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12.\n\x04wasi\x18\x04 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\"\x9b\x01\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x1a\n\x12image_memory_bytes\x18\x04 \x01(\x03\"\xca\x02\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12\x13\n\x0binit_export\x18\x08 \x01(\t\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\n \x01(\x0c\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"P\n\x13InvokeStreamRequest\x12\x39\n\ninvocation\x18\x01 \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequest\"\xa1\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xf0\x02\n\x15\x43reateInstanceRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x05 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0binit_export\x18\x07 \x01(\t\x12\x37\n\x08offloads\x18\x08 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\t \x01(\x0c\x12\x13\n\x0b\x66unction_id\x18\n \x01(\t\x12\x1a\n\x12\x63heckpoint_seconds\x18\x0b \x01(\r\"\x94\x01\n\x16\x43reateInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12+\n\x08idle_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc1\x01\n\x13\x43\x61llInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\t\x12)\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x06 \x01(\x0c\"P\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"<\n\x15\x44\x65leteInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse\"W\n\x17SnapshotInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0fmax_state_bytes\x18\x03 \x01(\x03\"j\n\x18SnapshotInstanceResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x18\n\x10state_size_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06signed\x18\x04 \x01(\x08\"\x9e\x03\n\x16RestoreInstanceRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x04 \x01(\t\x12\x15\n\rmodule_digest\x18\x05 \x01(\t\x12\x36\n\x06limits\x18\x06 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\x1a\n\x12\x63heckpoint_seconds\x18\n \x01(\r\x12\x19\n\x11max_restore_bytes\x18\x0b \x01(\x03\x12\x19\n\x11require_signature\x18\x0c \x01(\x08\"p\n\x17RestoreInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x08idle_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t2\xfd\x06\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponse\x12k\n\x0cInvokeStream\x12+.tensorwasm.executor.v1.InvokeStreamRequest\x1a,.tensorwasm.executor.v1.InvokeStreamResponse0\x01\x12o\n\x0e\x43reateInstance\x12-.tensorwasm.executor.v1.CreateInstanceRequest\x1a..tensorwasm.executor.v1.CreateInstanceResponse\x12i\n\x0c\x43\x61llInstance\x12+.tensorwasm.executor.v1.CallInstanceRequest\x1a,.tensorwasm.executor.v1.CallInstanceResponse\x12o\n\x0e\x44\x65leteInstance\x12-.tensorwasm.executor.v1.DeleteInstanceRequest\x1a..tensorwasm.executor.v1.DeleteInstanceResponse\x12u\n\x10SnapshotInstance\x12/.tensorwasm.executor.v1.SnapshotInstanceRequest\x1a\x30.tensorwasm.executor.v1.SnapshotInstanceResponse\x12r\n\x0fRestoreInstance\x12..tensorwasm.executor.v1.RestoreInstanceRequest\x1a/.tensorwasm.executor.v1.RestoreInstanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tensorwasm/executor/v1/executor_service.proto\x12\x16tensorwasm.executor.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a%tensorwasm/common/v1/invocation.proto\x1a!tensorwasm/common/v1/values.proto\"\xc6\x02\n\x0c\x43\x61llsRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\x12\x12\n\ntracestate\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x37\n\x06invoke\x18\n \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequestH\x00\x12\x44\n\rcall_instance\x18\x0b \x01(\x0b\x32+.tensorwasm.executor.v1.CallInstanceRequestH\x00\x12\x35\n\x06\x63\x61ncel\x18\x0c \x01(\x0b\x32#.tensorwasm.executor.v1.CallsCancelH\x00\x42\x06\n\x04\x63\x61ll\"\r\n\x0b\x43\x61llsCancel\"\xd0\x01\n\rCallsResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x38\n\x06invoke\x18\n \x01(\x0b\x32&.tensorwasm.executor.v1.InvokeResponseH\x00\x12\x45\n\rcall_instance\x18\x0b \x01(\x0b\x32,.tensorwasm.executor.v1.CallInstanceResponseH\x00\x12#\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\x82\x01\n\x14PrepareModuleRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0binit_export\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12.\n\x04wasi\x18\x04 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\"\x9b\x01\n\x15PrepareModuleResponse\x12\x37\n\x07\x65xports\x18\x01 \x03(\x0b\x32&.tensorwasm.common.v1.ExportedFunction\x12\x1a\n\x12\x65ngine_fingerprint\x18\x02 \x01(\t\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x1a\n\x12image_memory_bytes\x18\x04 \x01(\x03\"\xca\x02\n\rInvokeRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12\x13\n\x0binit_export\x18\x08 \x01(\t\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\n \x01(\x0c\"J\n\x0eInvokeResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"P\n\x13InvokeStreamRequest\x12\x39\n\ninvocation\x18\x01 \x01(\x0b\x32%.tensorwasm.executor.v1.InvokeRequest\"\xa1\x01\n\x14InvokeStreamResponse\x12\x33\n\x06output\x18\x01 \x01(\x0b\x32!.tensorwasm.common.v1.OutputChunkH\x00\x12:\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcomeH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xf0\x02\n\x15\x43reateInstanceRequest\x12\x15\n\rmodule_digest\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x36\n\x06limits\x18\x04 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x05 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0binit_export\x18\x07 \x01(\t\x12\x37\n\x08offloads\x18\x08 \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\r\n\x05input\x18\t \x01(\x0c\x12\x13\n\x0b\x66unction_id\x18\n \x01(\t\x12\x1a\n\x12\x63heckpoint_seconds\x18\x0b \x01(\r\"\x94\x01\n\x16\x43reateInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x38\n\x07outcome\x18\x02 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\x12+\n\x08idle_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc1\x01\n\x13\x43\x61llInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x03 \x01(\t\x12)\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x1b.tensorwasm.common.v1.Value\x12\x36\n\x06limits\x18\x05 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12\r\n\x05input\x18\x06 \x01(\x0c\"P\n\x14\x43\x61llInstanceResponse\x12\x38\n\x07outcome\x18\x01 \x01(\x0b\x32\'.tensorwasm.common.v1.InvocationOutcome\"<\n\x15\x44\x65leteInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteInstanceResponse\"W\n\x17SnapshotInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0fmax_state_bytes\x18\x03 \x01(\x03\"j\n\x18SnapshotInstanceResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x18\n\x10state_size_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06signed\x18\x04 \x01(\x08\"\x9e\x03\n\x16RestoreInstanceRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x04 \x01(\t\x12\x15\n\rmodule_digest\x18\x05 \x01(\t\x12\x36\n\x06limits\x18\x06 \x01(\x0b\x32&.tensorwasm.common.v1.InvocationLimits\x12.\n\x04wasi\x18\x07 \x01(\x0b\x32 .tensorwasm.common.v1.WasiConfig\x12+\n\x08idle_ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x08offloads\x18\t \x03(\x0b\x32%.tensorwasm.common.v1.OffloadedExport\x12\x1a\n\x12\x63heckpoint_seconds\x18\n \x01(\r\x12\x19\n\x11max_restore_bytes\x18\x0b \x01(\x03\x12\x19\n\x11require_signature\x18\x0c \x01(\x08\"p\n\x17RestoreInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12+\n\x08idle_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\t2\xd7\x07\n\x0f\x45xecutorService\x12l\n\rPrepareModule\x12,.tensorwasm.executor.v1.PrepareModuleRequest\x1a-.tensorwasm.executor.v1.PrepareModuleResponse\x12W\n\x06Invoke\x12%.tensorwasm.executor.v1.InvokeRequest\x1a&.tensorwasm.executor.v1.InvokeResponse\x12k\n\x0cInvokeStream\x12+.tensorwasm.executor.v1.InvokeStreamRequest\x1a,.tensorwasm.executor.v1.InvokeStreamResponse0\x01\x12o\n\x0e\x43reateInstance\x12-.tensorwasm.executor.v1.CreateInstanceRequest\x1a..tensorwasm.executor.v1.CreateInstanceResponse\x12i\n\x0c\x43\x61llInstance\x12+.tensorwasm.executor.v1.CallInstanceRequest\x1a,.tensorwasm.executor.v1.CallInstanceResponse\x12o\n\x0e\x44\x65leteInstance\x12-.tensorwasm.executor.v1.DeleteInstanceRequest\x1a..tensorwasm.executor.v1.DeleteInstanceResponse\x12u\n\x10SnapshotInstance\x12/.tensorwasm.executor.v1.SnapshotInstanceRequest\x1a\x30.tensorwasm.executor.v1.SnapshotInstanceResponse\x12r\n\x0fRestoreInstance\x12..tensorwasm.executor.v1.RestoreInstanceRequest\x1a/.tensorwasm.executor.v1.RestoreInstanceResponse\x12X\n\x05\x43\x61lls\x12$.tensorwasm.executor.v1.CallsRequest\x1a%.tensorwasm.executor.v1.CallsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorwasm.executor.v1.executor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREPAREMODULEREQUEST']._serialized_start=180
-  _globals['_PREPAREMODULEREQUEST']._serialized_end=310
-  _globals['_PREPAREMODULERESPONSE']._serialized_start=313
-  _globals['_PREPAREMODULERESPONSE']._serialized_end=468
-  _globals['_INVOKEREQUEST']._serialized_start=471
-  _globals['_INVOKEREQUEST']._serialized_end=801
-  _globals['_INVOKERESPONSE']._serialized_start=803
-  _globals['_INVOKERESPONSE']._serialized_end=877
-  _globals['_INVOKESTREAMREQUEST']._serialized_start=879
-  _globals['_INVOKESTREAMREQUEST']._serialized_end=959
-  _globals['_INVOKESTREAMRESPONSE']._serialized_start=962
-  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1123
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1126
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=1494
-  _globals['_CREATEINSTANCERESPONSE']._serialized_start=1497
-  _globals['_CREATEINSTANCERESPONSE']._serialized_end=1645
-  _globals['_CALLINSTANCEREQUEST']._serialized_start=1648
-  _globals['_CALLINSTANCEREQUEST']._serialized_end=1841
-  _globals['_CALLINSTANCERESPONSE']._serialized_start=1843
-  _globals['_CALLINSTANCERESPONSE']._serialized_end=1923
-  _globals['_DELETEINSTANCEREQUEST']._serialized_start=1925
-  _globals['_DELETEINSTANCEREQUEST']._serialized_end=1985
-  _globals['_DELETEINSTANCERESPONSE']._serialized_start=1987
-  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2011
-  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_start=2013
-  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_end=2100
-  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_start=2102
-  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_end=2208
-  _globals['_RESTOREINSTANCEREQUEST']._serialized_start=2211
-  _globals['_RESTOREINSTANCEREQUEST']._serialized_end=2625
-  _globals['_RESTOREINSTANCERESPONSE']._serialized_start=2627
-  _globals['_RESTOREINSTANCERESPONSE']._serialized_end=2739
-  _globals['_EXECUTORSERVICE']._serialized_start=2742
-  _globals['_EXECUTORSERVICE']._serialized_end=3635
+  _globals['_CALLSREQUEST']._serialized_start=205
+  _globals['_CALLSREQUEST']._serialized_end=531
+  _globals['_CALLSCANCEL']._serialized_start=533
+  _globals['_CALLSCANCEL']._serialized_end=546
+  _globals['_CALLSRESPONSE']._serialized_start=549
+  _globals['_CALLSRESPONSE']._serialized_end=757
+  _globals['_PREPAREMODULEREQUEST']._serialized_start=760
+  _globals['_PREPAREMODULEREQUEST']._serialized_end=890
+  _globals['_PREPAREMODULERESPONSE']._serialized_start=893
+  _globals['_PREPAREMODULERESPONSE']._serialized_end=1048
+  _globals['_INVOKEREQUEST']._serialized_start=1051
+  _globals['_INVOKEREQUEST']._serialized_end=1381
+  _globals['_INVOKERESPONSE']._serialized_start=1383
+  _globals['_INVOKERESPONSE']._serialized_end=1457
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=1459
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=1539
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1542
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1703
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=1706
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=2074
+  _globals['_CREATEINSTANCERESPONSE']._serialized_start=2077
+  _globals['_CREATEINSTANCERESPONSE']._serialized_end=2225
+  _globals['_CALLINSTANCEREQUEST']._serialized_start=2228
+  _globals['_CALLINSTANCEREQUEST']._serialized_end=2421
+  _globals['_CALLINSTANCERESPONSE']._serialized_start=2423
+  _globals['_CALLINSTANCERESPONSE']._serialized_end=2503
+  _globals['_DELETEINSTANCEREQUEST']._serialized_start=2505
+  _globals['_DELETEINSTANCEREQUEST']._serialized_end=2565
+  _globals['_DELETEINSTANCERESPONSE']._serialized_start=2567
+  _globals['_DELETEINSTANCERESPONSE']._serialized_end=2591
+  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_start=2593
+  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_end=2680
+  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_start=2682
+  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_end=2788
+  _globals['_RESTOREINSTANCEREQUEST']._serialized_start=2791
+  _globals['_RESTOREINSTANCEREQUEST']._serialized_end=3205
+  _globals['_RESTOREINSTANCERESPONSE']._serialized_start=3207
+  _globals['_RESTOREINSTANCERESPONSE']._serialized_end=3319
+  _globals['_EXECUTORSERVICE']._serialized_start=3322
+  _globals['_EXECUTORSERVICE']._serialized_end=4305
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 from tensorwasm.common.v1 import invocation_pb2 as _invocation_pb2
 from tensorwasm.common.v1 import values_pb2 as _values_pb2
 import builtins as _builtins
@@ -20,6 +21,122 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class CallsRequest(_message.Message):
+    """One frame from the client on a Calls stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INVOKE_FIELD_NUMBER: _builtins.int
+    CALL_INSTANCE_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The call this frame is about; unique among the stream's calls in flight, never 0."""
+    traceparent: _builtins.str
+    """The caller's W3C trace context of this call (empty: a new trace)."""
+    tracestate: _builtins.str
+    request_id: _builtins.str
+    """The gateway's request id of this call (the call log's `request_id`)."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The call's deadline, relative to when the frame is read (as grpc-timeout is);
+        unset: no deadline.
+        """
+
+    @_builtins.property
+    def invoke(self) -> Global___InvokeRequest: ...
+    @_builtins.property
+    def call_instance(self) -> Global___CallInstanceRequest: ...
+    @_builtins.property
+    def cancel(self) -> Global___CallsCancel:
+        """Stops the call `call_id` (the caller gave up); no frame answers it."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        invoke: Global___InvokeRequest | None = ...,
+        call_instance: Global___CallInstanceRequest | None = ...,
+        cancel: Global___CallsCancel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "call_instance", b"call_instance", "cancel", b"cancel", "invoke", b"invoke", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "call_id", b"call_id", "call_instance", b"call_instance", "cancel", b"cancel", "invoke", b"invoke", "request_id", b"request_id", "timeout", b"timeout", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["invoke", "call_instance", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___CallsRequest: _TypeAlias = CallsRequest  # noqa: Y015
+
+@_typing.final
+class CallsCancel(_message.Message):
+    """Stops one call of a Calls stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallsCancel: _TypeAlias = CallsCancel  # noqa: Y015
+
+@_typing.final
+class CallsResponse(_message.Message):
+    """One frame from the executor on a Calls stream: the answer of one call (or, with
+    call_id 0 and no result, the stream being open).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    INVOKE_FIELD_NUMBER: _builtins.int
+    CALL_INSTANCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The call answered (0: the stream is open)."""
+    @_builtins.property
+    def invoke(self) -> Global___InvokeResponse: ...
+    @_builtins.property
+    def call_instance(self) -> Global___CallInstanceResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The call failed: what the unary RPC would have ended with (code, message and
+        details: one ErrorInfo, and a RetryInfo where one applies).
+        """
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        invoke: Global___InvokeResponse | None = ...,
+        call_instance: Global___CallInstanceResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_instance", b"call_instance", "error", b"error", "invoke", b"invoke", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "call_instance", b"call_instance", "error", b"error", "invoke", b"invoke", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["invoke", "call_instance", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___CallsResponse: _TypeAlias = CallsResponse  # noqa: Y015
 
 @_typing.final
 class PrepareModuleRequest(_message.Message):

@@ -76,6 +76,11 @@ class ExecutorServiceStub:
                 request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.SerializeToString,
                 response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/tensorwasm.executor.v1.ExecutorService/Calls',
+                request_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsRequest.SerializeToString,
+                response_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -149,6 +154,21 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Many Invoke and CallInstance calls over one stream: the gateway's hop, which costs
+        a stream message each way per call instead of a whole RPC. The executor first sends
+        a frame with call_id 0 (the stream is open: no call sent before it was lost); then
+        each request frame starts a call, answered by one frame with its call_id. Each call
+        runs as the unary RPC would (same checks, limits, metrics, spans and errors), under
+        the frame's timeout and trace context; the stream's metadata (service token)
+        applies to all its calls. A cancel frame stops a call (no answer follows). When
+        the client half-closes, the calls running finish and are answered; when the
+        stream is cancelled or lost, they are stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +211,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.RestoreInstance,
                     request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.FromString,
                     response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsRequest.FromString,
+                    response_serializer=tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +436,33 @@ class ExecutorService:
             '/tensorwasm.executor.v1.ExecutorService/RestoreInstance',
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceRequest.SerializeToString,
             tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.RestoreInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tensorwasm.executor.v1.ExecutorService/Calls',
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsRequest.SerializeToString,
+            tensorwasm_dot_executor_dot_v1_dot_executor__service__pb2.CallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,17 @@ class ExecutorServiceStub:
     """Brings an INSTANCE_STATE record back as a new live instance of its module on this
     executor (the start function runs, then the state is written over what it left).
     """
+    Calls: _grpc.StreamStreamMultiCallable[_executor_service_pb2.CallsRequest, _executor_service_pb2.CallsResponse]
+    """Many Invoke and CallInstance calls over one stream: the gateway's hop, which costs
+    a stream message each way per call instead of a whole RPC. The executor first sends
+    a frame with call_id 0 (the stream is open: no call sent before it was lost); then
+    each request frame starts a call, answered by one frame with its call_id. Each call
+    runs as the unary RPC would (same checks, limits, metrics, spans and errors), under
+    the frame's timeout and trace context; the stream's metadata (service token)
+    applies to all its calls. A cancel frame stops a call (no answer follows). When
+    the client half-closes, the calls running finish and are answered; when the
+    stream is cancelled or lost, they are stopped.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -106,6 +117,17 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     RestoreInstance: _aio.UnaryUnaryMultiCallable[_executor_service_pb2.RestoreInstanceRequest, _executor_service_pb2.RestoreInstanceResponse]  # type: ignore[assignment]
     """Brings an INSTANCE_STATE record back as a new live instance of its module on this
     executor (the start function runs, then the state is written over what it left).
+    """
+    Calls: _aio.StreamStreamMultiCallable[_executor_service_pb2.CallsRequest, _executor_service_pb2.CallsResponse]  # type: ignore[assignment]
+    """Many Invoke and CallInstance calls over one stream: the gateway's hop, which costs
+    a stream message each way per call instead of a whole RPC. The executor first sends
+    a frame with call_id 0 (the stream is open: no call sent before it was lost); then
+    each request frame starts a call, answered by one frame with its call_id. Each call
+    runs as the unary RPC would (same checks, limits, metrics, spans and errors), under
+    the frame's timeout and trace context; the stream's metadata (service token)
+    applies to all its calls. A cancel frame stops a call (no answer follows). When
+    the client half-closes, the calls running finish and are answered; when the
+    stream is cancelled or lost, they are stopped.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -191,6 +213,23 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_service_pb2.RestoreInstanceResponse, _abc.Awaitable[_executor_service_pb2.RestoreInstanceResponse]]:
         """Brings an INSTANCE_STATE record back as a new live instance of its module on this
         executor (the start function runs, then the state is written over what it left).
+        """
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_service_pb2.CallsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.CallsResponse], _abc.AsyncIterator[_executor_service_pb2.CallsResponse]]:
+        """Many Invoke and CallInstance calls over one stream: the gateway's hop, which costs
+        a stream message each way per call instead of a whole RPC. The executor first sends
+        a frame with call_id 0 (the stream is open: no call sent before it was lost); then
+        each request frame starts a call, answered by one frame with its call_id. Each call
+        runs as the unary RPC would (same checks, limits, metrics, spans and errors), under
+        the frame's timeout and trace context; the stream's metadata (service token)
+        applies to all its calls. A cancel frame stops a call (no answer follows). When
+        the client half-closes, the calls running finish and are answered; when the
+        stream is cancelled or lost, they are stopped.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
