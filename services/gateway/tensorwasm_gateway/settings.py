@@ -50,6 +50,10 @@ class GatewaySettings(ServerSettings):
     executor_health_interval_seconds: float = 2.0
     # Bounded load: a replica holding more than this x the average calls is skipped.
     executor_load_factor: float = 1.25
+    # Invoke and CallInstance requests up to this many bytes go to their executor as
+    # frames of one stream per replica (a message each way instead of an RPC); bigger
+    # ones as RPCs. 0: every call as an RPC.
+    executor_call_stream_max_bytes: int = 64 << 10
     snapshot_address: str = "127.0.0.1:50054"
     database_path: Path = dataclasses.field(
         default_factory=lambda: default_data_dir() / "gateway" / "registry.sqlite3"
@@ -157,6 +161,8 @@ class GatewaySettings(ServerSettings):
             raise SettingsError("executor_health_interval_seconds: must be >= 0.1")
         if not 1.0 <= self.executor_load_factor < float("inf"):
             raise SettingsError("executor_load_factor: must be >= 1.0")
+        if self.executor_call_stream_max_bytes < 0:
+            raise SettingsError("executor_call_stream_max_bytes: must be >= 0")
         if self.http_address:
             try:
                 split_address(self.http_address)

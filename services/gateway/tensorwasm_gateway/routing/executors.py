@@ -46,7 +46,8 @@ from tensorwasm_gateway.calls import (
 )
 from tensorwasm_gateway.errors import HolderUnreachableError
 from tensorwasm_gateway.limits import limits_to_wire
-from tensorwasm_gateway.request_ids import downstream_metadata
+from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, downstream_metadata
+from tensorwasm_gateway.routing.call_stream import CallStream, StreamUnsupportedError
 from tensorwasm_gateway.routing.rendezvous import ReplicaView, rendezvous_order, route
 from tensorwasm_gateway.routing.replicas import ReplicaSource
 from tensorwasm_gateway.settings import GatewaySettings
@@ -171,6 +172,11 @@ def not_started(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAVAILABLE and _NOT_STARTED in (exc.details() or "")
 
 
+# The largest request sent as a frame of a replica's call stream (bigger: a unary RPC).
+CALL_STREAM_MAX_BYTES = 64 << 10
+# The methods carried on the call stream, by their request frame's field.
+_CARRIED = {"Invoke": "invoke", "CallInstance": "call_instance"}
+
 # How often a replica last seen down is asked again (healthy ones: each health interval).
 DOWN_RECHECK_SECONDS = 0.25
 
@@ -185,12 +191,15 @@ class Replica:
         max_message_bytes: int,
         service_token: str | None = None,
         tls: ClientTls | None = None,
+        call_stream: bool = True,
     ) -> None:
         self.address = address
         self.channel = open_channel(
             address, max_message_bytes=max_message_bytes, service_token=service_token, tls=tls
         )
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
+        # Short Invoke and CallInstance calls go as frames of one stream (`call_stream`).
+        self.calls = CallStream(self.stub, address) if call_stream else None
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
         # Read when scraped, not kept up to date on every call (two locked updates less
@@ -242,8 +251,10 @@ class ExecutorPool:
         source: ReplicaSource | None = None,
         service_token: str | None = None,
         tls: ClientTls | None = None,
+        call_stream_max_bytes: int = CALL_STREAM_MAX_BYTES,
     ) -> None:
         self._max_message_bytes = max_message_bytes
+        self._call_stream_max_bytes = call_stream_max_bytes
         self._service_token = service_token
         self._tls = tls
         self._timeout = timeout
@@ -277,6 +288,7 @@ class ExecutorPool:
                     max_message_bytes=self._max_message_bytes,
                     service_token=self._service_token,
                     tls=self._tls,
+                    call_stream=self._call_stream_max_bytes > 0,
                 )
         if wanted:
             _log.info("executor replicas: %s", ",".join(wanted))
@@ -414,16 +426,39 @@ class ExecutorPool:
         async def call(replica: Replica) -> Any:
             replica.acquire()  # what `holding` does, without a context manager per call
             try:
-                return await getattr(replica.stub, method)(
-                    request,
-                    timeout=downstream_timeout(self._timeout),
-                    wait_for_ready=False,
-                    metadata=downstream_metadata(),
-                )
+                return await self._send(replica, method, request, wait_for_ready=False)
             finally:
                 replica.release()
 
         return await self._failover(digest, call)
+
+    async def _send(
+        self, replica: Replica, method: str, request: Any, *, wait_for_ready: bool | None = None
+    ) -> Any:
+        """One call of `method` to the replica: as a frame of its call stream when the
+        method is carried there and the request is small enough (a big one would hold
+        up the stream's other calls while it is sent), else as a unary RPC."""
+        timeout = downstream_timeout(self._timeout)
+        stream = replica.calls
+        kind = _CARRIED.get(method)
+        if (
+            kind is not None
+            and stream is not None
+            and not stream.unsupported
+            and request.ByteSize() <= self._call_stream_max_bytes
+        ):
+            try:
+                return await stream.call(
+                    kind, request, timeout_seconds=timeout, request_id=CURRENT_REQUEST_ID.get()
+                )
+            except StreamUnsupportedError:
+                _log.warning("executor %s has no call stream: calling it unary", replica.address)
+        return await getattr(replica.stub, method)(
+            request,
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
+            metadata=downstream_metadata(),
+        )
 
     async def _failover(
         self, digest: str, attempt: Callable[[Replica], Awaitable[Any]]
@@ -515,11 +550,7 @@ class ExecutorPool:
             )
         try:
             with replica.holding():
-                return await getattr(replica.stub, method)(
-                    request,
-                    timeout=downstream_timeout(self._timeout),
-                    metadata=downstream_metadata(),
-                )
+                return await self._send(replica, method, request)
         except grpc.aio.AioRpcError as exc:
             error = downstream_error(exc, f"executor {address}")
             if not_started(exc):  # the call never left: the instance may be recovered
@@ -538,6 +569,8 @@ class ExecutorPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for replica in [*self._replicas.values(), *self._retired]:
+            if replica.calls is not None:
+                await replica.calls.close()
             await replica.channel.close()
 
 
@@ -564,6 +597,7 @@ async def open_executor_pool(settings: GatewaySettings) -> ExecutorPool:
         source=source,
         service_token=settings.service_token(),
         tls=settings.client_tls(),
+        call_stream_max_bytes=settings.executor_call_stream_max_bytes,
     )
     pool.start()
     return pool

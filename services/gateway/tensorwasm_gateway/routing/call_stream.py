@@ -1,0 +1,229 @@
+"""The gateway's `Calls` stream to one executor replica: its short Invoke and
+CallInstance calls as frames (see `tensorwasm_common.frames` for why).
+
+The stream is opened by the first call that needs it and is open once the executor's
+first frame arrives; a call is written only then, so a stream that cannot be opened
+fails the call as grpc fails a unary call that never left (the caller's failover applies
+unchanged). Each call gets a frame id, its own timer (the unary call's timeout) and a
+CLIENT span; its answer or error is raised as the unary call's would be. A caller that
+gives up sends a cancel frame, which stops the guest as a cancelled unary call does.
+When the stream is lost, every call waiting on it fails UNAVAILABLE (it may have run:
+never resent), and the next call opens a new one. An executor without `Calls`
+(UNIMPLEMENTED: an older version) is called unary from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import logging
+from typing import Any
+
+import grpc
+from tensorwasm.executor.v1 import executor_service_pb2 as pb
+from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tensorwasm_common.frames import frame_error, local_error
+from tensorwasm_common.rpc_tracing import FrameTracing
+
+_log = logging.getLogger(__name__)
+_SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+METHODS = {"invoke": f"/{_SERVICE}/Invoke", "call_instance": f"/{_SERVICE}/CallInstance"}
+_TRACING = FrameTracing()
+
+
+class StreamUnsupportedError(Exception):
+    """The replica has no `Calls` method: call it unary."""
+
+
+class CallStream:
+    """One replica's Calls stream (see the module doc)."""
+
+    def __init__(self, stub: pb_grpc.ExecutorServiceStub, address: str) -> None:
+        self._stub = stub
+        self._address = address
+        self._call: Any = None  # the open stream-stream call
+        self._opening: asyncio.Task[Any] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, tuple[asyncio.Future[Any], asyncio.TimerHandle]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()  # one write in flight per call
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.unsupported = False
+
+    @property
+    def in_flight(self) -> int:
+        """Calls written and not yet answered."""
+        return len(self._pending)
+
+    async def call(
+        self, kind: str, request: Any, *, timeout_seconds: float, request_id: str = ""
+    ) -> Any:
+        """Runs one call (`kind`: `invoke` or `call_instance`) and returns its response.
+
+        Raises:
+            grpc.aio.AioRpcError: what the unary call would have raised.
+            StreamUnsupportedError: the replica has no Calls method (nothing was sent).
+        """
+        stream = self._call
+        if stream is None:
+            stream = await self._open()
+        loop = asyncio.get_running_loop()
+        call_id = next(self._ids)
+        carrier, span = _TRACING.start(METHODS[kind])
+        frame = pb.CallsRequest(
+            call_id=call_id,
+            request_id=request_id,
+            traceparent=carrier.get("traceparent", ""),
+            tracestate=carrier.get("tracestate", ""),
+            **{kind: request},
+        )
+        nanos = int(timeout_seconds * 1e9)
+        frame.timeout.seconds, frame.timeout.nanos = divmod(nanos, 1_000_000_000)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[call_id] = (future, loop.call_later(timeout_seconds, self._expire, call_id))
+        code = grpc.StatusCode.OK
+        details = None
+        try:
+            try:
+                async with self._lock:
+                    await stream.write(frame)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                raise local_error(
+                    grpc.StatusCode.UNAVAILABLE, f"the call stream to {self._address} ended"
+                ) from exc
+            return await future
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            if self._forget(call_id):  # the caller gave up: stop the call
+                self._send_cancel(stream, call_id)
+            raise
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details()
+            raise
+        finally:
+            self._forget(call_id)  # still there only when the write failed
+            _TRACING.end(span, code, details)
+
+    async def _open(self) -> Any:
+        if self.unsupported:
+            raise StreamUnsupportedError(self._address)
+        if self._opening is None:
+            # In a context of its own: the stream outlives the call that opens it (its
+            # deadline and trace are that call's alone).
+            self._opening = asyncio.get_running_loop().create_task(
+                self._start(), context=contextvars.Context()
+            )
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
+                raise StreamUnsupportedError(self._address) from exc
+            raise
+
+    async def _start(self) -> Any:
+        try:
+            stream: Any = self._stub.Calls(wait_for_ready=False)  # type: ignore[call-arg]  # stubs: aio's reader/writer form takes no iterator
+            first = await stream.read()
+            if first is grpc.aio.EOF:
+                raise local_error(
+                    grpc.StatusCode.UNAVAILABLE, f"the executor {self._address} ended the stream"
+                )
+            if self._closed:
+                stream.cancel()
+                raise local_error(grpc.StatusCode.CANCELLED, "the gateway is closing")
+            self._call = stream
+            self._reader = asyncio.get_running_loop().create_task(self._read(stream))
+            return stream
+        finally:
+            self._opening = None
+
+    async def _read(self, stream: Any) -> None:
+        error = local_error(
+            grpc.StatusCode.UNAVAILABLE, f"the executor {self._address} ended the call stream"
+        )
+        try:
+            while (frame := await stream.read()) is not grpc.aio.EOF:
+                entry = self._pending.pop(frame.call_id, None)
+                if entry is None:  # expired or cancelled meanwhile
+                    continue
+                future, timer = entry
+                timer.cancel()
+                if future.done():
+                    continue
+                result = frame.WhichOneof("result")
+                if result == "error":
+                    future.set_exception(frame_error(frame.error))
+                elif result is None:
+                    future.set_exception(
+                        local_error(grpc.StatusCode.INTERNAL, "an empty answer on the call stream")
+                    )
+                else:
+                    future.set_result(getattr(frame, result))
+        except grpc.aio.AioRpcError as exc:
+            # Never a "failed to connect" message: these calls were sent, so they must
+            # not be failed over (they may have run).
+            error = local_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the call stream to {self._address} was lost ({exc.code().name})",
+            )
+        except asyncio.CancelledError:
+            error = local_error(grpc.StatusCode.UNAVAILABLE, "the gateway is closing")
+            raise
+        finally:
+            if self._call is stream:
+                self._call = None
+            self._fail_pending(error)
+
+    def _fail_pending(self, error: grpc.aio.AioRpcError) -> None:
+        pending, self._pending = self._pending, {}
+        for future, timer in pending.values():
+            timer.cancel()
+            if not future.done():
+                future.set_exception(error)
+
+    def _forget(self, call_id: int) -> bool:
+        """Drops a call still waiting; True when it was."""
+        entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return False
+        entry[1].cancel()
+        return True
+
+    def _expire(self, call_id: int) -> None:
+        entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return
+        future = entry[0]
+        if not future.done():
+            future.set_exception(
+                local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            )
+        if self._call is not None:
+            self._send_cancel(self._call, call_id)
+
+    def _send_cancel(self, stream: Any, call_id: int) -> None:
+        async def cancel() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                async with self._lock:
+                    await stream.write(pb.CallsRequest(call_id=call_id, cancel=pb.CallsCancel()))
+
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Ends the stream; calls still waiting fail UNAVAILABLE."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        for task in (self._reader, self._opening, *self._background):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._fail_pending(local_error(grpc.StatusCode.UNAVAILABLE, "the gateway is closing"))
