@@ -73,6 +73,9 @@ class ServiceHost:
     # The server's one interceptor, for handlers run outside grpc's dispatch (a call
     # carried on another call's stream: `HopInterceptor.frame_behavior`).
     hop: HopInterceptor | None = None
+    # Called when shutdown begins, before the grace period (a stream of calls stops
+    # taking new ones then, as the server stops taking new RPCs).
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
 
     def set_serving(self, serving: bool) -> None:
         """Sets the health of the whole server and of each of its services."""
@@ -266,6 +269,8 @@ async def serve_forever(
     _log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     monitor.cancel()
     host.set_serving(False)
+    for drain in host.on_drain:
+        drain()
     for dependency in dependencies:
         host.set_dependency(dependency, False)
     await host.server.stop(settings.shutdown_grace_seconds)

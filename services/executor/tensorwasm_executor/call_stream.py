@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm_common.channels import REQUEST_ID_KEY
-from tensorwasm_common.errors import InvalidArgumentError
+from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
 from tensorwasm_common.frames import FrameContext, status_of
 from tensorwasm_common.status import to_status_proto
 
@@ -39,6 +39,12 @@ class CallStreams:
     ) -> None:
         self._behaviors = dict(behaviors)  # field -> (method name, behaviour)
         self._call_log = call_log
+        self._draining = False
+
+    def drain(self) -> None:
+        """From now on, answers new calls not run (the server is shutting down: a client
+        sends them to another replica); the calls running finish."""
+        self._draining = True
 
     async def serve(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Reads frames until the client half-closes, then lets the calls running finish;
@@ -64,6 +70,9 @@ class CallStreams:
                 carried = self._behaviors.get(kind or "")
                 if carried is None or frame.call_id == 0 or frame.call_id in running:
                     await answer(_refusal(frame, kind))
+                    continue
+                if self._draining:
+                    await answer(_not_run(frame.call_id))
                     continue
                 running[frame.call_id] = loop.create_task(
                     self._run(frame, kind or "", carried, answer, running)
@@ -126,6 +135,11 @@ def _metadata(frame: pb.CallsRequest) -> tuple[tuple[str, str], ...]:
     if frame.request_id:
         metadata += ((REQUEST_ID_KEY, frame.request_id),)
     return metadata
+
+
+def _not_run(call_id: int) -> pb.CallsResponse:
+    error = UnavailableError("the executor is shutting down: the call was not run")
+    return pb.CallsResponse(call_id=call_id, not_run=True, error=to_status_proto(error, _DOMAIN))
 
 
 def _refusal(frame: pb.CallsRequest, kind: str | None) -> pb.CallsResponse:

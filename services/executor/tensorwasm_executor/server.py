@@ -169,6 +169,7 @@ async def serve(settings: ExecutorSettings) -> None:
     )
     assert host.hop is not None
     servicer.carry_calls(host.hop, call_log=settings.call_log)
+    host.on_drain.append(servicer.drain_calls)
     pb_grpc.add_ExecutorServiceServicer_to_server(servicer, host.server)
     sweeper = asyncio.create_task(
         _expire_idle(instances, snapshots, settings.instance_sweep_seconds)

@@ -69,6 +69,11 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             call_log=call_log,
         )
 
+    def drain_calls(self) -> None:
+        """New calls on `Calls` streams are answered not run from now on (shutdown)."""
+        if self._streams is not None:
+            self._streams.drain()
+
     async def Calls(  # type: ignore[override]  # stubs: aio's reader/writer form returns None
         self,
         request_iterator: AsyncIterator[pb.CallsRequest],

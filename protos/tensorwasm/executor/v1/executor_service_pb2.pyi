@@ -105,11 +105,17 @@ class CallsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CALL_ID_FIELD_NUMBER: _builtins.int
+    NOT_RUN_FIELD_NUMBER: _builtins.int
     INVOKE_FIELD_NUMBER: _builtins.int
     CALL_INSTANCE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     """The call answered (0: the stream is open)."""
+    not_run: _builtins.bool
+    """True when the call was not started, because the executor is shutting down: the
+    client may send it to another replica (`error` says UNAVAILABLE). Once it has seen
+    one, a client opens a new stream for its next calls.
+    """
     @_builtins.property
     def invoke(self) -> Global___InvokeResponse: ...
     @_builtins.property
@@ -124,13 +130,14 @@ class CallsResponse(_message.Message):
         self,
         *,
         call_id: _builtins.int = ...,
+        not_run: _builtins.bool = ...,
         invoke: Global___InvokeResponse | None = ...,
         call_instance: Global___CallInstanceResponse | None = ...,
         error: _status_pb2.Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["call_instance", b"call_instance", "error", b"error", "invoke", b"invoke", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "call_instance", b"call_instance", "error", b"error", "invoke", b"invoke", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "call_instance", b"call_instance", "error", b"error", "invoke", b"invoke", "not_run", b"not_run", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["invoke", "call_instance", "error"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

@@ -163,7 +163,8 @@ class ExecutorServiceServicer:
         the frame's timeout and trace context; the stream's metadata (service token)
         applies to all its calls. A cancel frame stops a call (no answer follows). When
         the client half-closes, the calls running finish and are answered; when the
-        stream is cancelled or lost, they are stopped.
+        stream is cancelled or lost, they are stopped. While the executor shuts down, the
+        calls still running finish, and new ones are answered not run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,7 +76,8 @@ class ExecutorServiceStub:
     the frame's timeout and trace context; the stream's metadata (service token)
     applies to all its calls. A cancel frame stops a call (no answer follows). When
     the client half-closes, the calls running finish and are answered; when the
-    stream is cancelled or lost, they are stopped.
+    stream is cancelled or lost, they are stopped. While the executor shuts down, the
+    calls still running finish, and new ones are answered not run.
     """
 
 @_typing.type_check_only
@@ -127,7 +128,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     the frame's timeout and trace context; the stream's metadata (service token)
     applies to all its calls. A cancel frame stops a call (no answer follows). When
     the client half-closes, the calls running finish and are answered; when the
-    stream is cancelled or lost, they are stopped.
+    stream is cancelled or lost, they are stopped. While the executor shuts down, the
+    calls still running finish, and new ones are answered not run.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -229,7 +231,8 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         the frame's timeout and trace context; the stream's metadata (service token)
         applies to all its calls. A cancel frame stops a call (no answer follows). When
         the client half-closes, the calls running finish and are answered; when the
-        stream is cancelled or lost, they are stopped.
+        stream is cancelled or lost, they are stopped. While the executor shuts down, the
+        calls still running finish, and new ones are answered not run.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -31,10 +31,31 @@ _log = logging.getLogger(__name__)
 _SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 METHODS = {"invoke": f"/{_SERVICE}/Invoke", "call_instance": f"/{_SERVICE}/CallInstance"}
 _TRACING = FrameTracing()
+# A call's timer fires this long after its timeout. When the timeout is what was left of
+# the request's own deadline, grpc cancels the gateway's handler at that deadline and the
+# caller gets DEADLINE_EXCEEDED, as with a unary executor call (whose failure grpc raises
+# only after that cancellation); a timer firing at the same moment could race it and
+# answer the caller UNAVAILABLE first. With no earlier deadline, the call fails this
+# much later than its timeout. The frame sent to the executor carries the exact timeout.
+EXPIRY_SLACK_SECONDS = 0.1
+
+
+class NotRunError(grpc.aio.AioRpcError):
+    """The executor answered that it did not start the call (it is shutting down): the
+    call may go to another replica."""
 
 
 class StreamUnsupportedError(Exception):
     """The replica has no `Calls` method: call it unary."""
+
+
+def _not_run(status: Any) -> NotRunError:
+    return NotRunError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=status.message or "the call was not run",
+    )
 
 
 class CallStream:
@@ -45,18 +66,14 @@ class CallStream:
         self._address = address
         self._call: Any = None  # the open stream-stream call
         self._opening: asyncio.Task[Any] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, tuple[asyncio.Future[Any], asyncio.TimerHandle]] = {}
+        # Calls written and not answered: call id -> (future, timer, the stream it is on).
+        # Ids are unique across streams; a lost stream fails only its own calls.
+        self._pending: dict[int, tuple[asyncio.Future[Any], asyncio.TimerHandle, Any]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()  # one write in flight per call
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.unsupported = False
-
-    @property
-    def in_flight(self) -> int:
-        """Calls written and not yet answered."""
-        return len(self._pending)
 
     async def call(
         self, kind: str, request: Any, *, timeout_seconds: float, request_id: str = ""
@@ -83,7 +100,8 @@ class CallStream:
         nanos = int(timeout_seconds * 1e9)
         frame.timeout.seconds, frame.timeout.nanos = divmod(nanos, 1_000_000_000)
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending[call_id] = (future, loop.call_later(timeout_seconds, self._expire, call_id))
+        timer = loop.call_later(timeout_seconds + EXPIRY_SLACK_SECONDS, self._expire, call_id)
+        self._pending[call_id] = (future, timer, stream)
         code = grpc.StatusCode.OK
         details = None
         try:
@@ -137,7 +155,7 @@ class CallStream:
                 stream.cancel()
                 raise local_error(grpc.StatusCode.CANCELLED, "the gateway is closing")
             self._call = stream
-            self._reader = asyncio.get_running_loop().create_task(self._read(stream))
+            self._spawn(self._read(stream))
             return stream
         finally:
             self._opening = None
@@ -151,12 +169,15 @@ class CallStream:
                 entry = self._pending.pop(frame.call_id, None)
                 if entry is None:  # expired or cancelled meanwhile
                     continue
-                future, timer = entry
+                future, timer, _ = entry
                 timer.cancel()
                 if future.done():
                     continue
                 result = frame.WhichOneof("result")
-                if result == "error":
+                if frame.not_run:
+                    future.set_exception(_not_run(frame.error))
+                    self._retire(stream)
+                elif result == "error":
                     future.set_exception(frame_error(frame.error))
                 elif result is None:
                     future.set_exception(
@@ -177,11 +198,34 @@ class CallStream:
         finally:
             if self._call is stream:
                 self._call = None
-            self._fail_pending(error)
+            self._fail_pending(error, stream)
 
-    def _fail_pending(self, error: grpc.aio.AioRpcError) -> None:
-        pending, self._pending = self._pending, {}
-        for future, timer in pending.values():
+    def _retire(self, stream: Any) -> None:
+        """Takes no more calls on `stream` (its executor is shutting down): the next call
+        opens a new one, which a replica that has stopped refuses (failover); the calls
+        written to it are still answered, and the executor ends it after them."""
+        if self._call is stream:
+            self._call = None
+            self._send_done(stream)
+
+    def _send_done(self, stream: Any) -> None:
+        async def done() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                async with self._lock:
+                    await stream.done_writing()
+
+        self._spawn(done())
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _fail_pending(self, error: grpc.aio.AioRpcError, stream: Any = None) -> None:
+        """Fails the calls waiting on `stream` (None: on any)."""
+        lost = [i for i, entry in self._pending.items() if stream is None or entry[2] is stream]
+        for call_id in lost:
+            future, timer, _ = self._pending.pop(call_id)
             timer.cancel()
             if not future.done():
                 future.set_exception(error)
@@ -198,13 +242,12 @@ class CallStream:
         entry = self._pending.pop(call_id, None)
         if entry is None:
             return
-        future = entry[0]
+        future, _, stream = entry
         if not future.done():
             future.set_exception(
                 local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             )
-        if self._call is not None:
-            self._send_cancel(self._call, call_id)
+        self._send_cancel(stream, call_id)
 
     def _send_cancel(self, stream: Any, call_id: int) -> None:
         async def cancel() -> None:
@@ -212,16 +255,14 @@ class CallStream:
                 async with self._lock:
                     await stream.write(pb.CallsRequest(call_id=call_id, cancel=pb.CallsCancel()))
 
-        task = asyncio.get_running_loop().create_task(cancel())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(cancel())
 
     async def close(self) -> None:
         """Ends the stream; calls still waiting fail UNAVAILABLE."""
         self._closed = True
         if self._call is not None:
             self._call.cancel()
-        for task in (self._reader, self._opening, *self._background):
+        for task in (self._opening, *self._background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):

@@ -47,7 +47,11 @@ from tensorwasm_gateway.calls import (
 from tensorwasm_gateway.errors import HolderUnreachableError
 from tensorwasm_gateway.limits import limits_to_wire
 from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID, downstream_metadata
-from tensorwasm_gateway.routing.call_stream import CallStream, StreamUnsupportedError
+from tensorwasm_gateway.routing.call_stream import (
+    CallStream,
+    NotRunError,
+    StreamUnsupportedError,
+)
 from tensorwasm_gateway.routing.rendezvous import ReplicaView, rendezvous_order, route
 from tensorwasm_gateway.routing.replicas import ReplicaSource
 from tensorwasm_gateway.settings import GatewaySettings
@@ -168,7 +172,10 @@ def call_result(outcome: invocation_pb2.InvocationOutcome) -> CallResult:
 
 
 def not_started(exc: grpc.aio.AioRpcError) -> bool:
-    """True when grpc reports that the call was never sent to the replica."""
+    """True when grpc reports that the call was never sent to the replica, or the
+    replica answered that it did not start it (a call stream's executor shutting down)."""
+    if isinstance(exc, NotRunError):
+        return True
     return exc.code() == grpc.StatusCode.UNAVAILABLE and _NOT_STARTED in (exc.details() or "")
 
 
