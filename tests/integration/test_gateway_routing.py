@@ -25,11 +25,15 @@ MODULES = 24
 
 
 def module(index: int) -> bytes:
-    """`add`, plus an export that makes each module's digest its own."""
+    """`add`; `count(n)`, which loops n times and answers n; and an export that makes
+    each module's digest its own."""
     return bytes(
         wasmtime.wat2wasm(
             '(module (func (export "add") (param i32 i32) (result i32)'
             " local.get 0 local.get 1 i32.add)"
+            ' (func (export "count") (param i32) (result i32) (local i32)'
+            " (loop $l (local.set 1 (i32.add (local.get 1) (i32.const 1)))"
+            " (br_if $l (i32.lt_u (local.get 1) (local.get 0)))) (local.get 1))"
             f' (func (export "v{index}")))'
         )
     )
@@ -64,12 +68,25 @@ def executed(service: ServiceProcess) -> float:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[LocalStack, dict[str, ServiceProcess]]]:
+    yield from started_fleet(tmp_path, health_interval_seconds=0.5)
+
+
+@pytest.fixture
+def fleet_slow_health(tmp_path: Path) -> Iterator[tuple[LocalStack, dict[str, ServiceProcess]]]:
+    """A fleet whose gateway asks the replicas' health only every minute: a replica that
+    shuts down keeps being routed to, as in the moments before a health check sees it."""
+    yield from started_fleet(tmp_path, health_interval_seconds=60)
+
+
+def started_fleet(
+    tmp_path: Path, *, health_interval_seconds: float
+) -> Iterator[tuple[LocalStack, dict[str, ServiceProcess]]]:
     launcher = LocalStack(
         tmp_path / "fleet",
         ephemeral_ports=True,
         executor_replicas=3,
         extra_env={
-            "TENSORWASM_GATEWAY_EXECUTOR_HEALTH_INTERVAL_SECONDS": "0.5",
+            "TENSORWASM_GATEWAY_EXECUTOR_HEALTH_INTERVAL_SECONDS": str(health_interval_seconds),
             "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT": "64",
             "TENSORWASM_EXECUTOR_MAX_IN_FLIGHT_PER_TENANT": "64",
             "TENSORWASM_EXECUTOR_CALL_LOG": "true",
@@ -216,3 +233,66 @@ def test_calls_spread_over_replicas_then_survive_a_kill(
         len(first_try_failures),
     )
     assert len(first_try_failures) <= 8 * 2, first_try_failures
+
+
+def test_a_replica_shut_down_under_load_fails_no_call(
+    fleet_slow_health: tuple[LocalStack, dict[str, ServiceProcess]],
+) -> None:
+    """SIGTERM one replica under load from 8 callers that never retry, while the gateway
+    still routes to it (no health check in between): every call succeeds. The calls it
+    had started finish within its grace period; the gateway's call stream to it is
+    answered "not run" from then on, and those calls, and the later ones (which it
+    refuses), go to the other replicas."""
+    launcher, services = fleet_slow_health
+    gateway = services["gateway"]
+    with GatewayClient(gateway.grpc_address, tenant="draining") as client:
+        for i in range(MODULES):
+            client.create_function(f"f{i}", module(i))
+        for i in range(MODULES):  # every replica now has its call stream open
+            assert add(client, f"f{i}", i, 1) == i + 1
+    counts = {name: executed(services[name]) for name in EXECUTORS}
+    victim = max(EXECUTORS, key=lambda n: counts[n])
+    failures: list[str] = []
+    lock = threading.Lock()
+    logical = [0]
+    stopped, stop = threading.Event(), threading.Event()
+    # Long enough calls (tens of milliseconds) that the victim always has some running.
+    loops = values_pb2.Value(i32=20_000_000)
+
+    def caller(worker: int) -> None:
+        with GatewayClient(gateway.grpc_address, tenant="draining") as caller_client:
+            n = worker
+            while not stop.is_set():
+                try:
+                    response = caller_client.invoke(f"f{n % MODULES}", "count", [loops])
+                    assert response.outcome.success.results[0].i32 == loops.i32, response
+                except TensorWasmError as exc:
+                    with lock:
+                        failures.append(f"{exc.code}: {exc.message}")
+                n += 8
+                with lock:
+                    logical[0] += 1
+
+    def calls_reach(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while logical[0] < count:
+            assert time.monotonic() < deadline, f"only {logical[0]} of {count} calls ended"
+            time.sleep(0.02)
+
+    def shut_down_under_load() -> None:
+        try:
+            calls_reach(25)
+            launcher.stop_service(victim)  # SIGTERM, then waits for the process to end
+            stopped.set()
+            calls_reach(logical[0] + 30)
+        finally:
+            stop.set()
+
+    stopper = threading.Thread(target=shut_down_under_load)
+    stopper.start()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(caller, range(8)))
+    stopper.join()
+    assert stopped.is_set()
+    assert failures == []
+    assert logical[0] > 55
