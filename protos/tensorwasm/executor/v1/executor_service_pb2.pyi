@@ -41,6 +41,7 @@ class CallsRequest(_message.Message):
     traceparent: _builtins.str
     """The caller's W3C trace context of this call (empty: a new trace)."""
     tracestate: _builtins.str
+    """The W3C tracestate that goes with `traceparent` (may be empty)."""
     request_id: _builtins.str
     """The gateway's request id of this call (the call log's `request_id`)."""
     @_builtins.property
@@ -50,9 +51,13 @@ class CallsRequest(_message.Message):
         """
 
     @_builtins.property
-    def invoke(self) -> Global___InvokeRequest: ...
+    def invoke(self) -> Global___InvokeRequest:
+        """Starts an Invoke call."""
+
     @_builtins.property
-    def call_instance(self) -> Global___CallInstanceRequest: ...
+    def call_instance(self) -> Global___CallInstanceRequest:
+        """Starts a CallInstance call."""
+
     @_builtins.property
     def cancel(self) -> Global___CallsCancel:
         """Stops the call `call_id` (the caller gave up); no frame answers it."""
@@ -117,9 +122,13 @@ class CallsResponse(_message.Message):
     one, a client opens a new stream for its next calls.
     """
     @_builtins.property
-    def invoke(self) -> Global___InvokeResponse: ...
+    def invoke(self) -> Global___InvokeResponse:
+        """The Invoke call's response."""
+
     @_builtins.property
-    def call_instance(self) -> Global___CallInstanceResponse: ...
+    def call_instance(self) -> Global___CallInstanceResponse:
+        """The CallInstance call's response."""
+
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """The call failed: what the unary RPC would have ended with (code, message and
