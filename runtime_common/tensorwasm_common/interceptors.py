@@ -223,7 +223,10 @@ class HopInterceptor(ErrorInterceptor):
         inner = handler
         for layer in reversed(self._layers):
             inner = layer.wrap_handler(method, inner)
-        streams = bool(handler.request_streaming)
+        # A refused upload is answered once the client has sent it all (`drain`); a
+        # bidirectional stream (the executor's Calls) reads nothing before it answers
+        # and its client may never half-close, so it is refused at once.
+        streams = bool(handler.request_streaming and not handler.response_streaming)
         token = None if token_exempt(method) or not check_token else self._token
         return rewrap(
             inner,

@@ -18,15 +18,21 @@ from typing import Any
 import grpc
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm_common.channels import REQUEST_ID_KEY
-from tensorwasm_common.errors import InvalidArgumentError, UnavailableError
+from tensorwasm_common.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from tensorwasm_common.frames import FrameContext, status_of
 from tensorwasm_common.status import to_status_proto
 
 from tensorwasm_executor.call_log import log_call
 
 Behavior = Callable[[Any, FrameContext], Awaitable[Any]]
-Answer = Callable[[pb.CallsResponse], Awaitable[None]]
 _DOMAIN = "executor.tensorwasm.dev"
+# Metadata of a Calls stream: the largest message its client receives (its cap, so that an
+# answer over it fails its call alone instead of the stream).
+MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"
 _log = logging.getLogger(__name__)
 
 
@@ -35,10 +41,17 @@ class CallStreams:
     keyed by the request frame's field (`invoke`, `call_instance`)."""
 
     def __init__(
-        self, behaviors: Mapping[str, tuple[str, Behavior]], *, call_log: bool = False
+        self,
+        behaviors: Mapping[str, tuple[str, Behavior]],
+        *,
+        call_log: bool = False,
+        max_answer_bytes: int = 64 << 20,
     ) -> None:
         self._behaviors = dict(behaviors)  # field -> (method name, behaviour)
         self._call_log = call_log
+        # The server's send cap: a bigger answer would end the whole stream, and with it
+        # every other call on it; that call alone fails instead, as its RPC would.
+        self._max_answer_bytes = max_answer_bytes
         self._draining = False
 
     def drain(self) -> None:
@@ -49,15 +62,11 @@ class CallStreams:
     async def serve(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Reads frames until the client half-closes, then lets the calls running finish;
         a stream that is cancelled or lost stops them."""
-        lock = asyncio.Lock()
-
-        async def answer(frame: pb.CallsResponse) -> None:
-            async with lock:
-                await context.write(frame)
-
-        running: dict[int, asyncio.Task[None]] = {}
+        cap = _client_cap(context) or self._max_answer_bytes
+        stream = _Stream(context, min(self._max_answer_bytes, cap), self._call_log)
+        running = stream.running
         loop = asyncio.get_running_loop()
-        await answer(pb.CallsResponse())  # the stream is open
+        await stream.answer(pb.CallsResponse())  # the stream is open
         try:
             while (frame := await context.read()) is not grpc.aio.EOF:
                 assert isinstance(frame, pb.CallsRequest)
@@ -69,28 +78,38 @@ class CallStreams:
                     continue
                 carried = self._behaviors.get(kind or "")
                 if carried is None or frame.call_id == 0 or frame.call_id in running:
-                    await answer(_refusal(frame, kind))
+                    await stream.answer(_refusal(frame, kind))
                     continue
                 if self._draining:
-                    await answer(_not_run(frame.call_id))
+                    await stream.answer(_not_run(frame.call_id))
                     continue
-                running[frame.call_id] = loop.create_task(
-                    self._run(frame, kind or "", carried, answer, running)
-                )
+                running[frame.call_id] = loop.create_task(stream.run(frame, kind or "", carried))
             if running:
                 await asyncio.wait(list(running.values()))
         finally:
             for task in running.values():
                 task.cancel()
 
-    async def _run(
-        self,
-        frame: pb.CallsRequest,
-        kind: str,
-        carried: tuple[str, Behavior],
-        answer: Answer,
-        running: dict[int, asyncio.Task[None]],
+
+class _Stream:
+    """One Calls stream being served: its calls running and its answers."""
+
+    def __init__(
+        self, context: grpc.aio.ServicerContext[Any, Any], max_answer: int, call_log: bool
     ) -> None:
+        self._context = context
+        self._lock = asyncio.Lock()  # one write in flight per call
+        self._max_answer = max_answer
+        self._call_log = call_log
+        self.running: dict[int, asyncio.Task[None]] = {}
+
+    async def answer(self, frame: pb.CallsResponse) -> None:
+        """Writes one frame (after those being written)."""
+        async with self._lock:
+            await self._context.write(frame)
+
+    async def run(self, frame: pb.CallsRequest, kind: str, carried: tuple[str, Behavior]) -> None:
+        """Runs the frame's call and answers it (unless it is cancelled first)."""
         method, behavior = carried
         call_id = frame.call_id
         timer = None
@@ -115,14 +134,24 @@ class CallStreams:
                 reply = pb.CallsResponse(call_id=call_id, error=status)
             else:
                 reply = pb.CallsResponse(call_id=call_id, **{kind: response})
+                if reply.ByteSize() > self._max_answer:
+                    reply = _too_large(call_id, reply.ByteSize(), self._max_answer)
             try:
-                await answer(reply)
+                await self.answer(reply)
             except Exception:  # the stream ended meanwhile: nobody to answer
                 _log.debug("call %d answered after its stream ended", call_id)
         finally:
             if timer is not None:
                 timer.cancel()
-            running.pop(call_id, None)
+            self.running.pop(call_id, None)
+
+
+def _client_cap(context: grpc.aio.ServicerContext[Any, Any]) -> int:
+    """The largest answer the client said it receives (MAX_ANSWER_KEY), or 0."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MAX_ANSWER_KEY and isinstance(value, str) and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _metadata(frame: pb.CallsRequest) -> tuple[tuple[str, str], ...]:
@@ -135,6 +164,14 @@ def _metadata(frame: pb.CallsRequest) -> tuple[tuple[str, str], ...]:
     if frame.request_id:
         metadata += ((REQUEST_ID_KEY, frame.request_id),)
     return metadata
+
+
+def _too_large(call_id: int, size: int, limit: int) -> pb.CallsResponse:
+    error = ResourceExhaustedError(
+        f"the call's answer is {size} bytes, more than the {limit} this executor sends",
+        metadata={"size_bytes": str(size), "limit_bytes": str(limit)},
+    )
+    return pb.CallsResponse(call_id=call_id, error=to_status_proto(error, _DOMAIN))
 
 
 def _not_run(call_id: int) -> pb.CallsResponse:

@@ -168,7 +168,9 @@ async def serve(settings: ExecutorSettings) -> None:
         guest_dirs_root=settings.guest_dirs_root,
     )
     assert host.hop is not None
-    servicer.carry_calls(host.hop, call_log=settings.call_log)
+    servicer.carry_calls(
+        host.hop, call_log=settings.call_log, max_answer_bytes=settings.max_message_bytes
+    )
     host.on_drain.append(servicer.drain_calls)
     pb_grpc.add_ExecutorServiceServicer_to_server(servicer, host.server)
     sweeper = asyncio.create_task(

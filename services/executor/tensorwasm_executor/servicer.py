@@ -55,7 +55,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self._guest_dirs_root = guest_dirs_root
         self._streams: CallStreams | None = None
 
-    def carry_calls(self, hop: HopInterceptor, *, call_log: bool = False) -> None:
+    def carry_calls(
+        self, hop: HopInterceptor, *, call_log: bool = False, max_answer_bytes: int = 64 << 20
+    ) -> None:
         """Serves `Calls`: Invoke and CallInstance carried as frames, each wrapped by `hop`
         as its unary RPC is (until this is called, `Calls` is UNIMPLEMENTED)."""
         self._streams = CallStreams(
@@ -67,6 +69,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
                 )
             },
             call_log=call_log,
+            max_answer_bytes=max_answer_bytes,
         )
 
     def drain_calls(self) -> None:

@@ -31,6 +31,7 @@ _log = logging.getLogger(__name__)
 _SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 METHODS = {"invoke": f"/{_SERVICE}/Invoke", "call_instance": f"/{_SERVICE}/CallInstance"}
 _TRACING = FrameTracing()
+MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"  # the executor's call_stream reads it
 # A call's timer fires this long after its timeout. When the timeout is what was left of
 # the request's own deadline, grpc cancels the gateway's handler at that deadline and the
 # caller gets DEADLINE_EXCEEDED, as with a unary executor call (whose failure grpc raises
@@ -61,9 +62,14 @@ def _not_run(status: Any) -> NotRunError:
 class CallStream:
     """One replica's Calls stream (see the module doc)."""
 
-    def __init__(self, stub: pb_grpc.ExecutorServiceStub, address: str) -> None:
+    def __init__(
+        self, stub: pb_grpc.ExecutorServiceStub, address: str, *, max_receive_bytes: int
+    ) -> None:
         self._stub = stub
         self._address = address
+        # Sent when the stream opens: the executor fails a call whose answer is bigger
+        # (a message over the channel's cap would end the stream with all its calls).
+        self._metadata = ((MAX_ANSWER_KEY, str(max_receive_bytes)),)
         self._call: Any = None  # the open stream-stream call
         self._opening: asyncio.Task[Any] | None = None
         # Calls written and not answered: call id -> (future, timer, the stream it is on).
@@ -145,7 +151,7 @@ class CallStream:
 
     async def _start(self) -> Any:
         try:
-            stream: Any = self._stub.Calls(wait_for_ready=False)  # type: ignore[call-arg]  # stubs: aio's reader/writer form takes no iterator
+            stream: Any = self._stub.Calls(wait_for_ready=False, metadata=self._metadata)  # type: ignore[call-arg]  # stubs: aio's reader/writer form takes no iterator
             first = await stream.read()
             if first is grpc.aio.EOF:
                 raise local_error(

@@ -206,7 +206,11 @@ class Replica:
         )
         self.stub = pb_grpc.ExecutorServiceStub(self.channel)
         # Short Invoke and CallInstance calls go as frames of one stream (`call_stream`).
-        self.calls = CallStream(self.stub, address) if call_stream else None
+        self.calls = (
+            CallStream(self.stub, address, max_receive_bytes=max_message_bytes)
+            if call_stream
+            else None
+        )
         self.in_flight = 0
         self.healthy = True  # optimistic until the first check answers
         # Read when scraped, not kept up to date on every call (two locked updates less
