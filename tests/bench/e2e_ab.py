@@ -5,8 +5,10 @@ runs the services of git revision REF (a `git archive` of it, put first on their
 PYTHONPATH), B the working tree's. With one pair of bare grpc.aio echo servers as anchors
 it measures, in the harness's rotating interleaved blocks:
 
-- a tail of sequential calls: the two-hop echo, A's and B's `invoke_noop` (nearest-rank
-  P50/P95/P99/P99.9, ratios against the two-hop echo, and B against A);
+- a tail of sequential calls: the two-hop echo, the two-hop echo whose relay sends its
+  calls as frames of one stream (the floor of a gateway that does), A's and B's
+  `invoke_noop` (nearest-rank P50/P95/P99/P99.9, ratios against the two-hop echo, and B
+  against A and the framed echo);
 - 64 concurrent callers: the one-hop and two-hop echoes, A and B in rotating blocks
   (calls/second, ratios to both echoes: the two-hop echo is the floor of a relayed call)
   and the CPU time per invoke of each stack's gateway and executor (user + system, all
@@ -56,6 +58,11 @@ SOURCE_ROOTS = (
     "protos",
 )
 INVOKE = "/tensorwasm.gateway.v1.GatewayService/Invoke"
+
+
+# The two-hop echo whose relay carries its calls as frames of one stream: the floor of a
+# gateway that does (the anchor of the goal stays the plain two-hop echo).
+ECHO_TWO_HOP_FRAMED = "grpcio/echo_two_hop_framed"
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -151,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         relay = cleanup.enter_context(
             running_echo_server(data_dir / "echo-relay.log", forward=leaf)
         )
+        framed_relay = cleanup.enter_context(
+            running_echo_server(data_dir / "echo-framed.log", forward=leaf, frames=True)
+        )
         noop = pb.InvokeRequest(name=f"functions/{e2e.FUNCTION_ID}", export_name="noop")
         payload = b"\x5a" * noop.ByteSize()
         timeout = {"timeout": e2e.CALL_TIMEOUT_SECONDS}
@@ -161,13 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if invokes[label]().outcome.WhichOneof("result") != "success":
                 raise RuntimeError(f"noop() failed on stack {label}")
         two_hop = cleanup.enter_context(grpc.insecure_channel(relay)).unary_unary(FULL_METHOD)
+        framed = cleanup.enter_context(grpc.insecure_channel(framed_relay)).unary_unary(FULL_METHOD)
         run_self_timed(
             "e2e A/B tail (A: --base, B: working tree)",
             [
                 Benchmark(e2e.ECHO_TWO_HOP, functools.partial(two_hop, payload, **timeout)),
+                Benchmark(
+                    ECHO_TWO_HOP_FRAMED,
+                    functools.partial(framed, payload, **timeout),
+                    anchors=(e2e.ECHO_TWO_HOP,),
+                ),
                 Benchmark("A/invoke_noop", invokes["A"], anchors=(e2e.ECHO_TWO_HOP,)),
                 Benchmark(
-                    "B/invoke_noop", invokes["B"], anchors=(e2e.ECHO_TWO_HOP, "A/invoke_noop")
+                    "B/invoke_noop",
+                    invokes["B"],
+                    anchors=(e2e.ECHO_TWO_HOP, "A/invoke_noop", ECHO_TWO_HOP_FRAMED),
                 ),
             ],
             Tier(samples=args.samples, warmup=200, blocks=10),

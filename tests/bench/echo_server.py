@@ -28,6 +28,39 @@ FULL_METHOD = f"/{SERVICE}/{METHOD}"
 # Upload stays local.
 UPLOAD_METHOD = f"/{SERVICE}/Upload"
 DOWNLOAD_METHOD = f"/{SERVICE}/Download"
+# The floor of a relay that carries its calls as frames of one stream (as the gateway does
+# to the executor): Frames echoes each message of a bidirectional stream; a relay with
+# `--frames` forwards each Unary call as one message of one such stream, prefixed with an
+# 8-byte call id, and answers the call with the echo that carries its id.
+FRAMES_METHOD = f"/{SERVICE}/Frames"
+
+
+async def _frames(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    while (message := await context.read()) is not grpc.aio.EOF:
+        await context.write(message)
+
+
+class _FramedRelay:
+    """Unary calls relayed as frames of one stream to the leaf (see FRAMES_METHOD)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call: Any = channel.stream_stream(FRAMES_METHOD)()
+        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._ids = iter(range(1, 1 << 63))
+        self._lock = asyncio.Lock()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        while (message := await self._call.read()) is not grpc.aio.EOF:
+            self._pending.pop(message[:8]).set_result(message[8:])
+
+    async def __call__(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        key = next(self._ids).to_bytes(8, "little")
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        async with self._lock:
+            await self._call.write(key + request)
+        return await future
 
 
 async def _upload(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
@@ -58,10 +91,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--forward", default="", metavar="HOST:PORT", help="relay each call to this echo server"
     )
+    parser.add_argument(
+        "--frames", action="store_true", help="relay Unary as frames of one stream (--forward)"
+    )
     return parser.parse_args(argv)
 
 
-async def _serve(host: str, port: int, forward: str) -> None:
+async def _serve(host: str, port: int, forward: str, frames: bool = False) -> None:
     downstream: grpc.aio.Channel | None = None
     download: Any = _download
     if forward:
@@ -72,6 +108,9 @@ async def _serve(host: str, port: int, forward: str) -> None:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             reply: bytes = await relay(request, timeout=FORWARD_TIMEOUT_SECONDS)
             return reply
+
+        if frames:
+            handle = _FramedRelay(downstream).__call__  # type: ignore[assignment]
 
         async def relayed_download(
             request: bytes, context: grpc.aio.ServicerContext
@@ -97,6 +136,7 @@ async def _serve(host: str, port: int, forward: str) -> None:
                     METHOD: grpc.unary_unary_rpc_method_handler(handle),
                     "Upload": grpc.stream_unary_rpc_method_handler(_upload),
                     "Download": grpc.unary_stream_rpc_method_handler(download),
+                    "Frames": grpc.stream_stream_rpc_method_handler(_frames),
                 },
             ),
         )
@@ -119,13 +159,15 @@ async def _serve(host: str, port: int, forward: str) -> None:
 
 @contextlib.contextmanager
 def running_echo_server(
-    log_path: Path, *, forward: str = "", timeout_seconds: float = 30.0
+    log_path: Path, *, forward: str = "", frames: bool = False, timeout_seconds: float = 30.0
 ) -> Iterator[str]:
     """Starts an echo server in its own OS process, yields its address, stops it on exit."""
     repo_root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "tests.bench.echo_server", "--port", "0"]
     if forward:
         command += ["--forward", forward]
+    if frames:
+        command.append("--frames")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -174,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Serves until SIGTERM/SIGINT, after printing the bound port on stdout."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.forward))
+        asyncio.run(_serve(args.host, args.port, args.forward, args.frames))
 
 
 if __name__ == "__main__":
