@@ -125,10 +125,13 @@ class _Stream:
                 assert task is not None
                 timer = asyncio.get_running_loop().call_later(max(remaining, 0.0), task.cancel)
             context = FrameContext(metadata, deadline)
+            response: Any = None
             try:
                 response = await behavior(getattr(frame, kind), context)
             except asyncio.CancelledError:
                 return  # cancelled, past its deadline or the stream ended: nobody waits
+            except grpc.aio.AbortError:
+                pass  # `context.abort`: the status it set is the answer, as grpc sends it
             status = status_of(context)
             if status is not None:
                 reply = pb.CallsResponse(call_id=call_id, error=status)

@@ -92,7 +92,10 @@ class CallStream:
         """
         stream = self._call
         if stream is None:
-            stream = await self._open()
+            try:
+                stream = await asyncio.wait_for(self._open(), timeout_seconds)
+            except TimeoutError:  # connected, but the executor never said it is open
+                raise local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         carrier, span = _TRACING.start(METHODS[kind])
