@@ -22,7 +22,7 @@ from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import REQUEST_ID_KEY
 from tensorwasm_common.errors import NotFoundError
 from tensorwasm_common.interceptors import HopInterceptor
-from tensorwasm_executor.call_stream import CallStreams
+from tensorwasm_executor.call_stream import MAX_ANSWER_KEY, CallStreams
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 INVOKE = f"/{SERVICE}/Invoke"
@@ -31,6 +31,9 @@ CALLS = f"/{SERVICE}/Calls"
 HOP_SERVICE = "executor"
 # How long a test waits for a condition before it fails (never reached when it holds).
 WAIT_SECONDS = 60.0
+# The stdout of the `big` export's answer, and a cap on answers that it exceeds.
+BIG = 10_000
+CAP = 4_096
 
 
 def answer(request: Any) -> Any:
@@ -68,6 +71,8 @@ class Script:
             raise NotFoundError("no such module", metadata={"module_digest": "ab" * 32})
         elif export == "abort":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not in this state")
+        elif export == "big":
+            return pb.InvokeResponse(outcome=invocation_pb2.InvocationOutcome(stdout=bytes(BIG)))
         elif export == "observe":
             ids = [v for k, v in context.invocation_metadata() if k == REQUEST_ID_KEY]
             self.observed.append((trace.get_current_span().get_span_context().trace_id, ids))
@@ -79,7 +84,7 @@ class Executor(pb_grpc.ExecutorServiceServicer):
 
     def __init__(self, hop: HopInterceptor, script: Script) -> None:
         self._script = script
-        self._streams = CallStreams(
+        self.streams = CallStreams(
             {
                 "invoke": (INVOKE, hop.frame_behavior(INVOKE, script)),
                 "call_instance": (CALL_INSTANCE, hop.frame_behavior(CALL_INSTANCE, script)),
@@ -90,19 +95,19 @@ class Executor(pb_grpc.ExecutorServiceServicer):
         return await self._script(request, context)
 
     async def Calls(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
-        await self._streams.serve(context)
+        await self.streams.serve(context)
 
 
 class Client:
     """A raw Calls stream to the server, and its unary stub."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         self.stub = pb_grpc.ExecutorServiceStub(channel)
         self.call: Any = channel.stream_stream(
             CALLS,
             request_serializer=pb.CallsRequest.SerializeToString,
             response_deserializer=pb.CallsResponse.FromString,
-        )()
+        )(metadata=metadata)
 
     async def write(self, frame: pb.CallsRequest) -> None:
         await self.call.write(frame)
@@ -131,16 +136,23 @@ def cancel(call_id: int) -> pb.CallsRequest:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[tuple[Client, Script]]:
+async def serving(
+    metadata: tuple[tuple[str, str], ...] = (), executors: list[Executor] | None = None
+) -> AsyncIterator[tuple[Client, Script]]:
+    """A server and a client stream opened with `metadata`; the servicer is appended to
+    `executors`, for a test that acts on it."""
     hop = HopInterceptor(HOP_SERVICE)
     script = Script()
     server = grpc.aio.server(interceptors=[hop])
-    pb_grpc.add_ExecutorServiceServicer_to_server(Executor(hop, script), server)
+    executor = Executor(hop, script)
+    if executors is not None:
+        executors.append(executor)
+    pb_grpc.add_ExecutorServiceServicer_to_server(executor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            client = Client(channel)
+            client = Client(channel, metadata)
             try:
                 yield client, script
             finally:
@@ -392,5 +404,66 @@ def test_a_cancelled_stream_stops_its_running_calls() -> None:
             await until(lambda: sorted(script.arrived) == ["wait-1", "wait-2"])
             client.call.cancel()  # the gateway went away
             await until(lambda: sorted(script.cancelled) == ["wait-1", "wait-2"])
+
+    run(scenario)
+
+
+def test_an_answer_over_the_clients_cap_fails_its_call_alone() -> None:
+    """An answer bigger than the client said it receives would end the stream with all its
+    calls: that call fails RESOURCE_EXHAUSTED, and the stream goes on."""
+
+    async def scenario() -> None:
+        async with serving(metadata=((MAX_ANSWER_KEY, str(CAP)),)) as (client, _script):
+            await client.open()
+            await client.write(invoke(1, "big"))
+            reply = await client.read()
+            assert reply.call_id == 1
+            assert reply.WhichOneof("result") == "error"
+            assert reply.error.code == code_pb2.RESOURCE_EXHAUSTED
+            [detail] = reply.error.details
+            info = error_details_pb2.ErrorInfo()
+            assert detail.Unpack(info)
+            assert info.reason == "RESOURCE_EXHAUSTED"
+            assert info.metadata["limit_bytes"] == str(CAP)
+            assert int(info.metadata["size_bytes"]) > BIG
+            await client.write(invoke(2, "run"))
+            reply = await client.read()
+            assert (reply.call_id, reply.invoke.outcome.stdout) == (2, b"run")
+            await client.finish()
+
+    run(scenario)
+
+
+def test_an_answer_within_the_clients_cap_is_sent_whole() -> None:
+    async def scenario() -> None:
+        async with serving(metadata=((MAX_ANSWER_KEY, str(BIG + 1024)),)) as (client, _script):
+            await client.open()
+            await client.write(invoke(1, "big"))
+            reply = await client.read()
+            assert reply.invoke.outcome.stdout == bytes(BIG)
+            await client.finish()
+
+    run(scenario)
+
+
+def test_a_draining_executor_answers_new_calls_not_run_and_finishes_running_ones() -> None:
+    async def scenario() -> None:
+        executors: list[Executor] = []
+        async with serving(executors=executors) as (client, script):
+            await client.open()
+            await client.write(invoke(1, "wait-running"))
+            await until(lambda: "wait-running" in script.arrived)
+            executors[0].streams.drain()
+            await client.write(invoke(2, "late"))
+            reply = await client.read()
+            assert reply.call_id == 2
+            assert reply.not_run
+            assert reply.error.code == code_pb2.UNAVAILABLE
+            assert "late" not in script.arrived  # never started
+            script.gate("wait-running").set()
+            reply = await client.read()
+            assert (reply.call_id, reply.not_run) == (1, False)
+            assert reply.invoke.outcome.stdout == b"wait-running"
+            await client.finish()
 
     run(scenario)

@@ -81,6 +81,11 @@ class CallStream:
         self._closed = False
         self.unsupported = False
 
+    @property
+    def in_flight(self) -> int:
+        """Calls written and not yet answered, on any of its streams."""
+        return len(self._pending)
+
     async def call(
         self, kind: str, request: Any, *, timeout_seconds: float, request_id: str = ""
     ) -> Any:

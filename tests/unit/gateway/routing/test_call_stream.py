@@ -523,3 +523,41 @@ def test_a_call_whose_stream_never_opens_still_ends_at_its_deadline() -> None:
             await server.stop()
 
     run(scenario)
+
+
+def test_a_call_a_draining_executor_did_not_run_goes_to_the_next_replica() -> None:
+    """An executor shutting down answers new frames not run: the call goes to the next
+    replica (it never started, so it runs once), and the gateway stops using that stream."""
+
+    async def scenario() -> None:
+        ran: dict[str, list[str]] = {"first": [], "second": []}
+
+        def recording(name: str) -> Behaviour:
+            async def behaviour(request: Any, context: Any) -> Any:
+                ran[name].append(request.export_name)
+                return answer(request)
+
+            return behaviour
+
+        async with (
+            executor(recording("first")) as (first, first_fake),
+            executor(recording("second")) as (second, second_fake),
+        ):
+            addresses = [first.address, second.address]
+            key = key_preferring(first.address, addresses)
+            async with pool_of(addresses) as pool:
+                result = await pool.invoke(call_of("before", digest=key))
+                assert result.outcome.stdout == b"before"
+                assert ran == {"first": ["before"], "second": []}
+                first_fake._call_streams.drain()
+                result = await pool.invoke(call_of("during", digest=key))
+                assert result.outcome.stdout == b"during"
+                assert ran == {"first": ["before"], "second": ["during"]}
+                assert (first_fake.unary, second_fake.unary) == (0, 0)
+                # `first` is routed last until its health is checked again, and its
+                # drained stream is given up: a call to it opens a new one
+                assert pool.order(key) == [second.address, first.address]
+                calls = pool._replicas[first.address].calls
+                assert calls is not None and calls._call is None
+
+    run(scenario)
