@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.frames import frame_error, local_error
@@ -31,6 +32,11 @@ _log = logging.getLogger(__name__)
 _SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 METHODS = {"invoke": f"/{_SERVICE}/Invoke", "call_instance": f"/{_SERVICE}/CallInstance"}
 _TRACING = FrameTracing()
+STREAMS_OPENED = Counter(
+    "tensorwasm_gateway_executor_call_streams_opened",
+    "Call streams opened to each executor replica (one while all is well).",
+    ["replica"],
+)
 MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"  # the executor's call_stream reads it
 # A call's timer fires this long after its timeout. When the timeout is what was left of
 # the request's own deadline, grpc cancels the gateway's handler at that deadline and the
@@ -170,6 +176,7 @@ class CallStream:
                 raise local_error(grpc.StatusCode.CANCELLED, "the gateway is closing")
             self._call = stream
             self._spawn(self._read(stream))
+            STREAMS_OPENED.labels(self._address).inc()
             return stream
         finally:
             self._opening = None

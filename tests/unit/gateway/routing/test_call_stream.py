@@ -18,6 +18,7 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from prometheus_client import REGISTRY
 from tensorwasm.common.v1 import invocation_pb2
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
@@ -189,6 +190,14 @@ async def settled(event: asyncio.Event) -> None:
         await event.wait()
 
 
+def streams_opened(address: str) -> float:
+    """The gateway's count of call streams opened to the replica at `address`."""
+    sample = REGISTRY.get_sample_value(
+        "tensorwasm_gateway_executor_call_streams_opened_total", {"replica": address}
+    )
+    return sample or 0.0
+
+
 def key_preferring(first: str, replicas: list[str]) -> str:
     """A module digest whose rendezvous order starts with `first`."""
     for i in range(1000):
@@ -240,6 +249,7 @@ def test_concurrent_calls_share_one_stream_and_each_gets_its_own_answer_out_of_o
     async def scenario() -> None:
         blocking = Blocking()
         async with executor(blocking) as (server, fake), pool_of([server.address]) as pool:
+            opened = streams_opened(server.address)  # a port may have served another test
             exports = [f"call-{i}" for i in range(8)]
             tasks = {e: asyncio.create_task(pool.invoke(call_of(e))) for e in exports}
             await until(lambda: len(blocking.arrived) == len(exports))
@@ -252,6 +262,7 @@ def test_concurrent_calls_share_one_stream_and_each_gets_its_own_answer_out_of_o
             assert (fake.streams, fake.unary) == (1, 0)
             assert server.log.count(CALLS) == 1
             assert server.log.count(INVOKE) == 0
+            assert streams_opened(server.address) == opened + 1
 
     run(scenario)
 
@@ -375,6 +386,7 @@ def test_a_lost_stream_fails_its_calls_unavailable_without_failover_then_reopens
                 assert (other.streams, other.unary) == (0, 0)
                 assert second.log.methods == []
 
+                opened_before = streams_opened(first.address) + streams_opened(second.address)
                 await first.start()  # back on the same port
                 blocking.release("after")
                 result = await pool.invoke(call_of("after", digest=key))
@@ -382,6 +394,8 @@ def test_a_lost_stream_fails_its_calls_unavailable_without_failover_then_reopens
                 # a new stream, on whichever replica the call could reach
                 assert first_fake.streams + other.streams == 2
                 assert (first_fake.unary, other.unary) == (0, 0)
+                opened = streams_opened(first.address) + streams_opened(second.address)
+                assert opened == opened_before + 1
 
     run(scenario)
 
