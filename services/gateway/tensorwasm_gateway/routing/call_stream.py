@@ -129,6 +129,8 @@ class CallStream:
                 async with self._lock:
                     await stream.write(frame)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                if self._call is stream:  # the next call opens a new one at once
+                    self._call = None
                 raise local_error(
                     grpc.StatusCode.UNAVAILABLE, f"the call stream to {self._address} ended"
                 ) from exc
