@@ -25,6 +25,9 @@ from grpc.aio import AbortError
 from tensorwasm_common.status import STATUS_DETAILS_KEY
 
 _GRPC_CODES = {member.value[0]: member for member in grpc.StatusCode}
+# Metadata of a Calls stream, from its client: the largest message it receives, so that an
+# answer over it fails its own call instead of ending the stream with all its calls.
+MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"
 
 
 class FrameContext:

@@ -387,12 +387,8 @@ class FrameTracing:
     def start(self, method: str) -> tuple[dict[str, str], trace.Span | None]:
         """The carrier to send with the call (`traceparent`, maybe `tracestate`), and the
         call's CLIENT span if one is recorded (end it with `end`)."""
-        if not span_recording():
-            return _injected(), None
-        span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_attributes(method))
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        return carrier, span
+        metadata, span = _outgoing(self._tracer, None, method)
+        return {key: str(value) for key, value in metadata or ()}, span
 
     @staticmethod
     def end(span: trace.Span | None, code: grpc.StatusCode, details: str | None = None) -> None:

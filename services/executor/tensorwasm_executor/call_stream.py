@@ -23,16 +23,13 @@ from tensorwasm_common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from tensorwasm_common.frames import FrameContext, status_of
-from tensorwasm_common.status import to_status_proto
+from tensorwasm_common.frames import MAX_ANSWER_KEY, FrameContext, status_of
+from tensorwasm_common.status import domain_of, to_status_proto
 
 from tensorwasm_executor.call_log import log_call
 
 Behavior = Callable[[Any, FrameContext], Awaitable[Any]]
-_DOMAIN = "executor.tensorwasm.dev"
-# Metadata of a Calls stream: the largest message its client receives (its cap, so that an
-# answer over it fails its call alone instead of the stream).
-MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"
+_DOMAIN = domain_of("executor")
 _log = logging.getLogger(__name__)
 
 

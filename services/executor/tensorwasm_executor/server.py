@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import grpc
-from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.blob_client import BlobClient
 from tensorwasm_common.bootstrap import HealthCheck, ServiceHost, create_host, serve_forever
@@ -27,11 +26,10 @@ from tensorwasm_executor.images.module_provider import ModuleProvider
 from tensorwasm_executor.instances.snapshots import InstanceSnapshots
 from tensorwasm_executor.instances.table import InstanceTable
 from tensorwasm_executor.scheduling import FairPool
-from tensorwasm_executor.servicer import ExecutorServicer
+from tensorwasm_executor.servicer import SERVICE, ExecutorServicer
 from tensorwasm_executor.settings import ExecutorSettings
 from tensorwasm_executor.wasm.sandbox import Sandbox
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 _log = logging.getLogger(__name__)
 
 
@@ -144,7 +142,7 @@ async def serve(settings: ExecutorSettings) -> None:
     host: ServiceHost = create_host(
         "executor",
         settings,
-        [SERVICE_NAME],
+        [SERVICE],
         interceptors=[CallLogInterceptor()] if settings.call_log else [],
     )
     instances = InstanceTable(

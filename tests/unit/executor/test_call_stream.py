@@ -21,8 +21,9 @@ from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tensorwasm_common.channels import REQUEST_ID_KEY
 from tensorwasm_common.errors import NotFoundError
+from tensorwasm_common.frames import MAX_ANSWER_KEY
 from tensorwasm_common.interceptors import HopInterceptor
-from tensorwasm_executor.call_stream import MAX_ANSWER_KEY, CallStreams
+from tensorwasm_executor.call_stream import CallStreams
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 INVOKE = f"/{SERVICE}/Invoke"

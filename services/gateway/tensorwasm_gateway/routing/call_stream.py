@@ -25,7 +25,7 @@ import grpc
 from prometheus_client import Counter
 from tensorwasm.executor.v1 import executor_service_pb2 as pb
 from tensorwasm.executor.v1 import executor_service_pb2_grpc as pb_grpc
-from tensorwasm_common.frames import frame_error, local_error
+from tensorwasm_common.frames import MAX_ANSWER_KEY, frame_error, local_error
 from tensorwasm_common.rpc_tracing import FrameTracing
 
 _log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ STREAMS_OPENED = Counter(
     "Call streams opened to each executor replica (one while all is well).",
     ["replica"],
 )
-MAX_ANSWER_KEY = "x-tensorwasm-max-answer-bytes"  # the executor's call_stream reads it
 # A call's timer fires this long after its timeout. When the timeout is what was left of
 # the request's own deadline, grpc cancels the gateway's handler at that deadline and the
 # caller gets DEADLINE_EXCEEDED, as with a unary executor call (whose failure grpc raises
