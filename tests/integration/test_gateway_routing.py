@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,6 +104,44 @@ def add(client: GatewayClient, function: str, a: int, b: int) -> int:
     return int(response.outcome.success.results[0].i32)
 
 
+def under_load(one: Callable[[int], None], disrupt: Callable[[], None]) -> int:
+    """8 callers make calls `one(n)` (caller k: n = k, k + 8, ...) until stopped. Once 25
+    have ended, `disrupt()` runs; 30 more calls end and the load stops (counted in calls,
+    not seconds: a loaded machine makes fewer calls per second). -> the calls ended."""
+    lock = threading.Lock()
+    logical = [0]
+    stop = threading.Event()
+
+    def caller(worker: int) -> None:
+        n = worker
+        while not stop.is_set():
+            one(n)
+            n += 8
+            with lock:
+                logical[0] += 1
+
+    def calls_reach(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while logical[0] < count:
+            assert time.monotonic() < deadline, f"only {logical[0]} of {count} calls ended"
+            time.sleep(0.02)
+
+    def disrupt_under_load() -> None:
+        try:
+            calls_reach(25)
+            disrupt()
+            calls_reach(logical[0] + 30)
+        finally:
+            stop.set()
+
+    disrupter = threading.Thread(target=disrupt_under_load)
+    disrupter.start()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(caller, range(8)))
+    disrupter.join()
+    return logical[0]
+
+
 def test_calls_spread_over_replicas_then_survive_a_kill(
     fleet: tuple[LocalStack, dict[str, ServiceProcess]],
 ) -> None:
@@ -123,8 +161,8 @@ def test_calls_spread_over_replicas_then_survive_a_kill(
     victim = max(EXECUTORS, key=lambda n: counts[n])
     first_try_failures: list[tuple[int, int, str]] = []
     lock = threading.Lock()
-    issued, logical = [0], [0]
-    killed, stop = threading.Event(), threading.Event()
+    issued = [0]
+    killed = threading.Event()
 
     def one(n: int) -> None:
         with GatewayClient(gateway.grpc_address, tenant="routing") as caller:
@@ -141,37 +179,13 @@ def test_calls_spread_over_replicas_then_survive_a_kill(
                     time.sleep(0.05)
             raise AssertionError(f"call {n} never succeeded")
 
-    def caller(worker: int) -> None:
-        n = worker
-        while not stop.is_set():
-            one(n)
-            n += 8
-            with lock:
-                logical[0] += 1
+    def kill() -> None:
+        launcher.kill(victim)
+        killed.set()
 
-    def calls_reach(count: int) -> None:
-        deadline = time.monotonic() + 120
-        while logical[0] < count:
-            assert time.monotonic() < deadline, f"only {logical[0]} of {count} calls ended"
-            time.sleep(0.02)
-
-    def kill_under_load() -> None:
-        # counted in calls, not seconds: a loaded machine makes fewer calls per second
-        try:
-            calls_reach(25)
-            launcher.kill(victim)
-            killed.set()
-            calls_reach(logical[0] + 30)
-        finally:
-            stop.set()
-
-    killer = threading.Thread(target=kill_under_load)
-    killer.start()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(caller, range(8)))
-    killer.join()
+    logical = under_load(one, kill)
     assert killed.is_set()
-    assert logical[0] > 50
+    assert logical > 50
 
     gateway_metrics = scrape(gateway.metrics_address)
     started = {
@@ -254,45 +268,24 @@ def test_a_replica_shut_down_under_load_fails_no_call(
     victim = max(EXECUTORS, key=lambda n: counts[n])
     failures: list[str] = []
     lock = threading.Lock()
-    logical = [0]
-    stopped, stop = threading.Event(), threading.Event()
+    stopped = threading.Event()
     # Long enough calls (tens of milliseconds) that the victim always has some running.
     loops = values_pb2.Value(i32=20_000_000)
 
-    def caller(worker: int) -> None:
-        with GatewayClient(gateway.grpc_address, tenant="draining") as caller_client:
-            n = worker
-            while not stop.is_set():
-                try:
-                    response = caller_client.invoke(f"f{n % MODULES}", "count", [loops])
-                    assert response.outcome.success.results[0].i32 == loops.i32, response
-                except TensorWasmError as exc:
-                    with lock:
-                        failures.append(f"{exc.code}: {exc.message}")
-                n += 8
+    def one(n: int) -> None:
+        with GatewayClient(gateway.grpc_address, tenant="draining") as caller:
+            try:
+                response = caller.invoke(f"f{n % MODULES}", "count", [loops])
+                assert response.outcome.success.results[0].i32 == loops.i32, response
+            except TensorWasmError as exc:
                 with lock:
-                    logical[0] += 1
+                    failures.append(f"{exc.code}: {exc.message}")
 
-    def calls_reach(count: int) -> None:
-        deadline = time.monotonic() + 120
-        while logical[0] < count:
-            assert time.monotonic() < deadline, f"only {logical[0]} of {count} calls ended"
-            time.sleep(0.02)
+    def shut_down() -> None:
+        launcher.stop_service(victim)  # SIGTERM, then waits for the process to end
+        stopped.set()
 
-    def shut_down_under_load() -> None:
-        try:
-            calls_reach(25)
-            launcher.stop_service(victim)  # SIGTERM, then waits for the process to end
-            stopped.set()
-            calls_reach(logical[0] + 30)
-        finally:
-            stop.set()
-
-    stopper = threading.Thread(target=shut_down_under_load)
-    stopper.start()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(caller, range(8)))
-    stopper.join()
+    logical = under_load(one, shut_down)
     assert stopped.is_set()
     assert failures == []
-    assert logical[0] > 55
+    assert logical > 55

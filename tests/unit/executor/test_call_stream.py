@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,13 +24,13 @@ from tensorwasm_common.frames import MAX_ANSWER_KEY
 from tensorwasm_common.interceptors import HopInterceptor
 from tensorwasm_executor.call_stream import CallStreams
 
+from tests.asyncio_waits import WAIT_SECONDS, run, until
+
 SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 INVOKE = f"/{SERVICE}/Invoke"
 CALL_INSTANCE = f"/{SERVICE}/CallInstance"
 CALLS = f"/{SERVICE}/Calls"
 HOP_SERVICE = "executor"
-# How long a test waits for a condition before it fails (never reached when it holds).
-WAIT_SECONDS = 60.0
 # The stdout of the `big` export's answer, and a cap on answers that it exceeds.
 BIG = 10_000
 CAP = 4_096
@@ -160,18 +159,6 @@ async def serving(
                 client.call.cancel()
     finally:
         await server.stop(None)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Waits until `predicate` holds (polled; the bound only turns a hang into a failure)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not predicate():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.002)
 
 
 def requests_counted(method: str, code: str) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -30,15 +29,15 @@ from tensorwasm_executor.call_stream import CallStreams
 from tensorwasm_gateway.calls import AddressedCall, InstanceCall, Target
 from tensorwasm_gateway.request_ids import CURRENT_REQUEST_ID
 from tensorwasm_gateway.routing.executors import ExecutorPool
-from tensorwasm_gateway.routing.rendezvous import rendezvous_order
+
+from tests.asyncio_waits import WAIT_SECONDS, run, settled, until
+from tests.unit.gateway.routing.test_executors import key_preferring
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 INVOKE = f"/{SERVICE}/Invoke"
 CALL_INSTANCE = f"/{SERVICE}/CallInstance"
 CALLS = f"/{SERVICE}/Calls"
 DIGEST = "ab" * 32
-# How long a test waits for a condition before it fails (never reached when it holds).
-WAIT_SECONDS = 60.0
 
 Behaviour = Callable[[Any, Any], Awaitable[Any]]
 
@@ -173,38 +172,12 @@ def call_of(export: str, *, digest: str = DIGEST, data: bytes = b"") -> Addresse
     return AddressedCall(Target(tenant="", module_digest=digest), export, input=data)
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Waits until `predicate` holds (polled; the bound only turns a hang into a failure)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not predicate():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.002)
-
-
-async def settled(event: asyncio.Event) -> None:
-    async with asyncio.timeout(WAIT_SECONDS):
-        await event.wait()
-
-
 def streams_opened(address: str) -> float:
     """The gateway's count of call streams opened to the replica at `address`."""
     sample = REGISTRY.get_sample_value(
         "tensorwasm_gateway_executor_call_streams_opened_total", {"replica": address}
     )
     return sample or 0.0
-
-
-def key_preferring(first: str, replicas: list[str]) -> str:
-    """A module digest whose rendezvous order starts with `first`."""
-    for i in range(1000):
-        key = f"{i:064x}"
-        if rendezvous_order(key, replicas)[0] == first:
-            return key
-    raise AssertionError("no key prefers that replica")
 
 
 def as_tuple(error: ServiceError) -> tuple[Any, ...]:
