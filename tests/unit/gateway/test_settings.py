@@ -73,11 +73,17 @@ def test_tokens_file_must_exist(tmp_path: Path) -> None:
         ("http_idle_timeout_seconds", "0"),
         ("http_read_timeout_seconds", "inf"),
         ("http_max_connections", "0"),
+        ("executor_call_stream_max_bytes", "-1"),
     ],
 )
 def test_invalid_values(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name.split("_", maxsplit=1)[0]):
         _load(**{name: value})
+
+
+def test_the_call_stream_cap_defaults_to_64_kib_and_0_turns_it_off() -> None:
+    assert _load().executor_call_stream_max_bytes == 64 << 10
+    assert _load(executor_call_stream_max_bytes="0").executor_call_stream_max_bytes == 0
 
 
 def test_lease_settings() -> None:
